@@ -1,0 +1,36 @@
+# Everything a fresh machine needs: `make test` and `make demo` install what they use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+YURT := $(VENV)/bin/yurt
+# Debian packages the tests and the demo use (none yet beyond Python itself).
+DEBS :=
+
+.PHONY: test demo deps clean
+
+.stamp-debs:
+	@if [ -n "$(DEBS)" ]; then \
+	  missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+	@touch $@
+
+.stamp-venv: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, pytest, hypothesis'
+	@touch $@
+
+deps: .stamp-debs .stamp-venv
+
+test: deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: deps
+	$(YURT) job validate examples/countdash/countdash.nomad
+	$(YURT) job run -output examples/countdash/countdash.nomad
+
+clean:
+	rm -rf $(VENV) .stamp-* build *.egg-info src/*.egg-info

@@ -1,0 +1,25 @@
+"""The data model, with Nomad's and Consul's JSON field names. Imports nothing else of yurt."""
+
+from .base import Struct, field, hcl_name, json_name
+from .duration import Duration, format_duration, parse_duration
+from .job import JOB_TYPES, Job, TaskGroup
+from .network import CNIConfig, DNSConfig, NetworkResource, Port
+from .placement import Affinity, Constraint, Spread, SpreadTarget
+from .policies import (EphemeralDisk, LogConfig, MigrateStrategy, ReschedulePolicy,
+                       RestartPolicy, UpdateStrategy)
+from .resources import Resources
+from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExposePath,
+                      ConsulProxy, ConsulSidecarService, ConsulTransparentProxy, ConsulUpstream,
+                      MeshGateway, Service, ServiceCheck, ServiceWeights, SidecarTask)
+from .task import ChangeScript, Task, TaskLifecycle, Template, WaitConfig
+
+__all__ = [
+    "Affinity", "CNIConfig", "ChangeScript", "CheckRestart", "Constraint", "ConsulConnect",
+    "ConsulExposeConfig", "ConsulExposePath", "ConsulProxy", "ConsulSidecarService",
+    "ConsulTransparentProxy", "ConsulUpstream", "DNSConfig", "Duration", "EphemeralDisk",
+    "JOB_TYPES", "Job", "LogConfig", "MeshGateway", "MigrateStrategy", "NetworkResource", "Port",
+    "ReschedulePolicy", "Resources", "RestartPolicy", "Service", "ServiceCheck", "ServiceWeights",
+    "SidecarTask", "Spread", "SpreadTarget", "Struct", "Task", "TaskGroup", "TaskLifecycle",
+    "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",
+    "json_name", "parse_duration",
+]

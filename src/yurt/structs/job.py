@@ -1,0 +1,81 @@
+"""Jobs and task groups (Nomad's api/jobs.go Job, api/tasks.go TaskGroup)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Struct, field
+from .duration import Duration
+from .network import NetworkResource
+from .placement import Affinity, Constraint, Spread
+from .policies import EphemeralDisk, MigrateStrategy, ReschedulePolicy, RestartPolicy, UpdateStrategy
+from .service import Service
+from .task import Task
+
+JOB_TYPES = ("service", "batch", "system", "sysbatch")
+
+
+class TaskGroup(Struct):
+    name: str = field("", hcl="label")
+    count: int | None = None
+    constraints: list[Constraint] | None = field(None, hcl="constraint")
+    affinities: list[Affinity] | None = field(None, hcl="affinity")
+    spreads: list[Spread] | None = field(None, hcl="spread")
+    tasks: list[Task] | None = field(None, hcl="task")
+    networks: list[NetworkResource] | None = field(None, hcl="network")
+    services: list[Service] | None = field(None, hcl="service")
+    restart_policy: RestartPolicy | None = field(None, hcl="restart")
+    reschedule_policy: ReschedulePolicy | None = field(None, hcl="reschedule")
+    update: UpdateStrategy | None = None
+    migrate: MigrateStrategy | None = None
+    ephemeral_disk: EphemeralDisk | None = None
+    meta: dict[str, str] | None = None
+    shutdown_delay: Duration | None = None
+    stop_after_client_disconnect: Duration | None = None
+    max_client_disconnect: Duration | None = None
+
+    def task(self, name: str) -> Task | None:
+        return next((t for t in self.tasks or [] if t.name == name), None)
+
+    @property
+    def network(self) -> NetworkResource | None:
+        return self.networks[0] if self.networks else None
+
+
+class Job(Struct):
+    region: str | None = None
+    namespace: str | None = None
+    id: str = field("", json="ID", hcl="label")
+    name: str | None = None
+    type: str | None = None
+    priority: int | None = None
+    all_at_once: bool = False
+    datacenters: list[str] | None = None
+    node_pool: str | None = None
+    constraints: list[Constraint] | None = field(None, hcl="constraint")
+    affinities: list[Affinity] | None = field(None, hcl="affinity")
+    spreads: list[Spread] | None = field(None, hcl="spread")
+    task_groups: list[TaskGroup] | None = field(None, hcl="group")
+    update: UpdateStrategy | None = None
+    reschedule: ReschedulePolicy | None = None
+    migrate: MigrateStrategy | None = None
+    meta: dict[str, str] | None = None
+    # Set by the server, never by a job file.
+    stop: bool = field(False, hcl="-")
+    parent_id: str = field("", json="ParentID", hcl="-")
+    dispatched: bool = field(False, hcl="-")
+    status: str = field("", hcl="-")
+    status_description: str = field("", hcl="-")
+    stable: bool = field(False, hcl="-")
+    version: int = field(0, hcl="-")
+    submit_time: int = field(0, hcl="-")
+    create_index: int = field(0, hcl="-")
+    modify_index: int = field(0, hcl="-")
+    job_modify_index: int = field(0, hcl="-")
+
+    def group(self, name: str) -> TaskGroup | None:
+        return next((g for g in self.task_groups or [] if g.name == name), None)
+
+    def to_document(self) -> dict[str, Any]:
+        """``{"Job": {...}}``, the shape of Nomad's register request and `-output`."""
+        return {"Job": self.to_json()}

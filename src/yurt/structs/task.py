@@ -1,0 +1,75 @@
+"""Tasks and what belongs to them only: lifecycle, templates (Nomad's api/tasks.go)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Struct, field
+from .duration import Duration
+from .placement import Affinity, Constraint
+from .policies import LogConfig, RestartPolicy
+from .resources import Resources
+from .service import Service
+
+
+class TaskLifecycle(Struct):
+    hook: str = ""
+    sidecar: bool = False
+
+
+class ChangeScript(Struct):
+    command: str = ""
+    args: list[str] | None = None
+    timeout: Duration | None = None
+    fail_on_error: bool = False
+
+
+class WaitConfig(Struct):
+    min: Duration | None = None
+    max: Duration | None = None
+
+
+class Template(Struct):
+    source_path: str = field("", hcl="source")
+    dest_path: str = field("", hcl="destination")
+    embedded_tmpl: str = field("", hcl="data")
+    change_mode: str = ""
+    change_signal: str = ""
+    change_script: ChangeScript | None = None
+    splay: Duration | None = None
+    perms: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    left_delim: str = field("", hcl="left_delimiter")
+    right_delim: str = field("", hcl="right_delimiter")
+    envvars: bool = field(False, hcl="env")
+    once: bool = False
+    wait: WaitConfig | None = None
+    err_missing_key: bool = field(False, hcl="error_on_missing_key")
+
+
+class Task(Struct):
+    name: str = field("", hcl="label")
+    driver: str = ""
+    user: str = ""
+    lifecycle: TaskLifecycle | None = None
+    config: dict[str, Any] | None = None
+    constraints: list[Constraint] | None = field(None, hcl="constraint")
+    affinities: list[Affinity] | None = field(None, hcl="affinity")
+    env: dict[str, str] | None = None
+    services: list[Service] | None = field(None, hcl="service")
+    resources: Resources | None = None
+    restart_policy: RestartPolicy | None = field(None, hcl="restart")
+    meta: dict[str, str] | None = None
+    kill_timeout: Duration | None = None
+    log_config: LogConfig | None = field(None, hcl="logs")
+    templates: list[Template] | None = field(None, hcl="template")
+    leader: bool = False
+    shutdown_delay: Duration = 0
+    kill_signal: str = ""
+    kind: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        """A main task: no lifecycle hook (prestart/poststart/poststop tasks are helpers)."""
+        return self.lifecycle is None or not self.lifecycle.hook
