@@ -12,6 +12,15 @@ from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExp
                       ConsulProxy, ConsulSidecarService, ConsulTransparentProxy, ConsulUpstream,
                       MeshGateway, Service, ServiceCheck, ServiceWeights, SidecarTask)
 from .task import ChangeScript, Task, TaskLifecycle, Template, WaitConfig
+from .node import (DriverInfo, Node, NodeCpuResources, NodeDiskResources, NodeMemoryResources,
+                   NodeReservedResources, NodeResources)
+from .alloc import (AllocatedCpuResources, AllocatedMemoryResources, AllocatedPortMapping,
+                    AllocatedResources, AllocatedSharedResources, AllocatedTaskResources, Allocation,
+                    AllocNetworkStatus, DesiredTransition, RescheduleEvent, RescheduleTracker,
+                    TaskEvent, TaskState)
+from .evaluation import (AllocMetric, DesiredUpdates, Evaluation, JobSummary, Plan, PlanAnnotations,
+                         PlanResult, TaskGroupSummary)
+from . import alloc as alloc_status, evaluation as eval_status, node as node_status
 
 __all__ = [
     "Affinity", "CNIConfig", "ChangeScript", "CheckRestart", "Constraint", "ConsulConnect",
@@ -22,4 +31,10 @@ __all__ = [
     "SidecarTask", "Spread", "SpreadTarget", "Struct", "Task", "TaskGroup", "TaskLifecycle",
     "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",
     "json_name", "parse_duration",
+    "DriverInfo", "Node", "NodeCpuResources", "NodeDiskResources", "NodeMemoryResources",
+    "NodeReservedResources", "NodeResources", "AllocatedCpuResources", "AllocatedMemoryResources",
+    "AllocatedPortMapping", "AllocatedResources", "AllocatedSharedResources", "AllocatedTaskResources",
+    "Allocation", "AllocNetworkStatus", "DesiredTransition", "RescheduleEvent", "RescheduleTracker",
+    "TaskEvent", "TaskState", "AllocMetric", "DesiredUpdates", "Evaluation", "JobSummary", "Plan",
+    "PlanAnnotations", "PlanResult", "TaskGroupSummary", "alloc_status", "eval_status", "node_status",
 ]

@@ -1,0 +1,180 @@
+"""Allocations, their resources and task states (Nomad's structs.Allocation and friends)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Struct, field
+from .job import Job
+
+# Desired status: what the server wants.
+ALLOC_DESIRED_RUN = "run"
+ALLOC_DESIRED_STOP = "stop"
+ALLOC_DESIRED_EVICT = "evict"
+
+# Client status: what the client reports.
+ALLOC_PENDING = "pending"
+ALLOC_RUNNING = "running"
+ALLOC_COMPLETE = "complete"
+ALLOC_FAILED = "failed"
+ALLOC_LOST = "lost"
+ALLOC_UNKNOWN = "unknown"
+
+TASK_PENDING = "pending"
+TASK_RUNNING = "running"
+TASK_DEAD = "dead"
+
+
+class AllocatedPortMapping(Struct):
+    label: str = ""
+    value: int = 0
+    to: int = 0
+    host_ip: str = field("", json="HostIP")
+
+
+class AllocatedCpuResources(Struct):
+    cpu_shares: int = 0
+
+
+class AllocatedMemoryResources(Struct):
+    memory_mb: int = field(0, json="MemoryMB")
+    memory_max_mb: int = field(0, json="MemoryMaxMB")
+
+
+class AllocatedTaskResources(Struct):
+    cpu: AllocatedCpuResources = field(factory=AllocatedCpuResources)
+    memory: AllocatedMemoryResources = field(factory=AllocatedMemoryResources)
+
+
+class AllocatedSharedResources(Struct):
+    disk_mb: int = field(0, json="DiskMB")
+    ports: list[AllocatedPortMapping] = field(factory=list)
+    networks: list[dict[str, Any]] | None = None
+
+
+class AllocatedResources(Struct):
+    tasks: dict[str, AllocatedTaskResources] = field(factory=dict)
+    task_lifecycles: dict[str, Any] | None = None
+    shared: AllocatedSharedResources = field(factory=AllocatedSharedResources)
+
+    def cpu(self) -> int:
+        return sum(t.cpu.cpu_shares for t in self.tasks.values())
+
+    def memory(self) -> int:
+        return sum(t.memory.memory_mb for t in self.tasks.values())
+
+
+class TaskEvent(Struct):
+    type: str = ""
+    time: int = 0  # unix nanoseconds
+    message: str = ""
+    display_message: str = ""
+    details: dict[str, str] = field(factory=dict)
+    exit_code: int = 0
+    signal: int = 0
+    fails_task: bool = False
+    restart_reason: str = ""
+    driver_error: str = ""
+    kill_timeout: int = 0
+
+
+class TaskState(Struct):
+    state: str = TASK_PENDING
+    failed: bool = False
+    restarts: int = 0
+    last_restart: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    events: list[TaskEvent] = field(factory=list)
+
+
+class RescheduleEvent(Struct):
+    reschedule_time: int = 0
+    prev_alloc_id: str = field("", json="PrevAllocID")
+    prev_node_id: str = field("", json="PrevNodeID")
+    delay: int = 0
+
+
+class RescheduleTracker(Struct):
+    events: list[RescheduleEvent] = field(factory=list)
+
+
+class DesiredTransition(Struct):
+    migrate: bool | None = None
+    reschedule: bool | None = None
+    force_reschedule: bool | None = None
+
+
+class AllocNetworkStatus(Struct):
+    interface_name: str = ""
+    address: str = ""
+    dns: dict[str, Any] | None = field(None, json="DNS")
+
+
+class Allocation(Struct):
+    id: str = field("", json="ID")
+    namespace: str = "default"
+    eval_id: str = field("", json="EvalID")
+    name: str = ""
+    node_id: str = field("", json="NodeID")
+    node_name: str = ""
+    job_id: str = field("", json="JobID")
+    job: Job | None = None
+    task_group: str = ""
+    allocated_resources: AllocatedResources = field(factory=AllocatedResources)
+    desired_status: str = ALLOC_DESIRED_RUN
+    desired_description: str = ""
+    desired_transition: DesiredTransition = field(factory=DesiredTransition)
+    client_status: str = ALLOC_PENDING
+    client_description: str = ""
+    task_states: dict[str, TaskState] = field(factory=dict)
+    previous_allocation: str = ""
+    next_allocation: str = ""
+    reschedule_tracker: RescheduleTracker | None = None
+    followup_eval_id: str = field("", json="FollowupEvalID")
+    network_status: AllocNetworkStatus | None = None
+    metrics: dict[str, Any] | None = None
+    create_index: int = 0
+    modify_index: int = 0
+    alloc_modify_index: int = 0
+    create_time: int = 0
+    modify_time: int = 0
+
+    @property
+    def index(self) -> int:
+        """The N of `job.group[N]`."""
+        try:
+            return int(self.name[self.name.rindex("[") + 1:-1])
+        except ValueError:
+            return 0
+
+    def terminal(self) -> bool:
+        """Stopped by the server, or finished on the client."""
+        return self.server_terminal() or self.client_terminal()
+
+    def server_terminal(self) -> bool:
+        return self.desired_status in (ALLOC_DESIRED_STOP, ALLOC_DESIRED_EVICT)
+
+    def client_terminal(self) -> bool:
+        return self.client_status in (ALLOC_COMPLETE, ALLOC_FAILED, ALLOC_LOST)
+
+    def job_version(self) -> int:
+        return self.job.version if self.job else 0
+
+    def stub(self) -> dict[str, Any]:
+        """The row of `/v1/allocations` and `/v1/job/<id>/allocations` (AllocationListStub)."""
+        return {
+            "ID": self.id, "EvalID": self.eval_id, "Name": self.name, "Namespace": self.namespace,
+            "NodeID": self.node_id, "NodeName": self.node_name, "JobID": self.job_id,
+            "JobType": self.job.type if self.job else "", "JobVersion": self.job_version(),
+            "TaskGroup": self.task_group, "DesiredStatus": self.desired_status,
+            "DesiredDescription": self.desired_description, "ClientStatus": self.client_status,
+            "ClientDescription": self.client_description,
+            "TaskStates": {k: v.to_json() for k, v in self.task_states.items()},
+            "FollowupEvalID": self.followup_eval_id, "PreviousAllocation": self.previous_allocation,
+            "NextAllocation": self.next_allocation,
+            "RescheduleTracker": self.reschedule_tracker.to_json() if self.reschedule_tracker else None,
+            "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
+            "AllocModifyIndex": self.alloc_modify_index,
+            "CreateTime": self.create_time, "ModifyTime": self.modify_time,
+        }

@@ -1,0 +1,167 @@
+"""Evaluations, placement metrics, plans and job summaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .alloc import Allocation
+from .base import Struct, field
+from .job import Job
+
+EVAL_PENDING = "pending"
+EVAL_BLOCKED = "blocked"
+EVAL_COMPLETE = "complete"
+EVAL_FAILED = "failed"
+EVAL_CANCELED = "canceled"
+
+TRIGGER_JOB_REGISTER = "job-register"
+TRIGGER_JOB_DEREGISTER = "job-deregister"
+TRIGGER_NODE_UPDATE = "node-update"
+TRIGGER_ALLOC_STOP = "alloc-stop"
+TRIGGER_ALLOC_FAILURE = "alloc-failure"
+TRIGGER_RETRY_FAILED_ALLOC = "alloc-failure"
+TRIGGER_QUEUED_ALLOCS = "queued-allocs"
+TRIGGER_MAX_PLANS = "max-plan-attempts"
+TRIGGER_FAILED_FOLLOW_UP = "failed-follow-up"
+
+
+class AllocMetric(Struct):
+    """Why placement went as it did (Nomad's AllocMetric)."""
+
+    nodes_evaluated: int = 0
+    nodes_filtered: int = 0
+    nodes_in_pool: int = 0
+    nodes_available: dict[str, int] = field(factory=dict)
+    class_filtered: dict[str, int] = field(factory=dict)
+    constraint_filtered: dict[str, int] = field(factory=dict)
+    nodes_exhausted: int = 0
+    class_exhausted: dict[str, int] = field(factory=dict)
+    dimension_exhausted: dict[str, int] = field(factory=dict)
+    quota_exhausted: list[str] = field(factory=list)
+    resources_exhausted: dict[str, Any] | None = None
+    scores: dict[str, float] | None = None
+    score_meta_data: list[dict[str, Any]] | None = None
+    allocation_time: int = 0
+    coalesced_failures: int = 0
+
+    def filter(self, reason: str) -> None:
+        self.nodes_filtered += 1
+        self.constraint_filtered[reason] = self.constraint_filtered.get(reason, 0) + 1
+
+    def exhausted(self, dimension: str) -> None:
+        self.nodes_exhausted += 1
+        self.dimension_exhausted[dimension] = self.dimension_exhausted.get(dimension, 0) + 1
+
+    def reasons(self) -> list[str]:
+        """Human lines, as `nomad job run` prints them under a failed placement."""
+        lines = []
+        if self.nodes_evaluated == 0 and not self.nodes_in_pool:
+            lines.append("No nodes were eligible for evaluation")
+        for dc, n in sorted(self.nodes_available.items()):
+            if n == 0:
+                lines.append(f'No nodes are available in datacenter "{dc}"')
+        for reason, n in sorted(self.constraint_filtered.items()):
+            lines.append(f"{n} node{'s' if n != 1 else ''} excluded by filter: {reason}")
+        for reason, n in sorted(self.class_filtered.items()):
+            lines.append(f'Class "{reason}": {n} nodes excluded by filter')
+        if self.nodes_exhausted:
+            lines.append(f"Resources exhausted on {self.nodes_exhausted} node{'s' if self.nodes_exhausted != 1 else ''}")
+        for dim, n in sorted(self.dimension_exhausted.items()):
+            lines.append(f'Dimension "{dim}" exhausted on {n} node{"s" if n != 1 else ""}')
+        return lines
+
+
+class Evaluation(Struct):
+    id: str = field("", json="ID")
+    namespace: str = "default"
+    priority: int = 50
+    type: str = "service"
+    triggered_by: str = ""
+    job_id: str = field("", json="JobID")
+    job_modify_index: int = 0
+    node_id: str = field("", json="NodeID")
+    node_modify_index: int = 0
+    deployment_id: str = field("", json="DeploymentID")
+    status: str = EVAL_PENDING
+    status_description: str = ""
+    wait: int = 0
+    wait_until: int = 0  # unix nanoseconds; 0 = now
+    next_eval: str = ""
+    previous_eval: str = ""
+    blocked_eval: str = ""
+    failed_tg_allocs: dict[str, AllocMetric] | None = field(None, json="FailedTGAllocs")
+    class_eligibility: dict[str, bool] | None = None
+    escaped_computed_class: bool = False
+    annotate_plan: bool = False
+    queued_allocations: dict[str, int] | None = None
+    snapshot_index: int = 0
+    create_index: int = 0
+    modify_index: int = 0
+    create_time: int = 0
+    modify_time: int = 0
+
+    def terminal(self) -> bool:
+        return self.status in (EVAL_COMPLETE, EVAL_FAILED, EVAL_CANCELED)
+
+
+class DesiredUpdates(Struct):
+    ignore: int = 0
+    place: int = 0
+    migrate: int = 0
+    stop: int = 0
+    in_place_update: int = 0
+    destructive_update: int = 0
+    canary: int = 0
+    preemptions: int = 0
+    reschedule_now: int = 0
+    reschedule_later: int = 0
+
+
+class PlanAnnotations(Struct):
+    desired_tg_updates: dict[str, DesiredUpdates] = field(factory=dict, json="DesiredTGUpdates")
+
+
+class Plan(Struct):
+    """What a scheduler wants to change: allocations to stop and to place, per node."""
+
+    eval_id: str = field("", json="EvalID")
+    priority: int = 50
+    job: Job | None = None
+    all_at_once: bool = False
+    node_update: dict[str, list[Allocation]] = field(factory=dict)
+    node_allocation: dict[str, list[Allocation]] = field(factory=dict)
+    annotations: PlanAnnotations | None = None
+    snapshot_index: int = 0
+
+    def is_noop(self) -> bool:
+        return not any(self.node_update.values()) and not any(self.node_allocation.values())
+
+
+class PlanResult(Struct):
+    node_update: dict[str, list[Allocation]] = field(factory=dict)
+    node_allocation: dict[str, list[Allocation]] = field(factory=dict)
+    refresh_index: int = 0
+    alloc_index: int = 0
+    rejected_nodes: list[str] = field(factory=list)
+
+    def fully_committed(self, plan: Plan) -> bool:
+        return not self.rejected_nodes
+
+
+class TaskGroupSummary(Struct):
+    queued: int = 0
+    complete: int = 0
+    failed: int = 0
+    running: int = 0
+    starting: int = 0
+    lost: int = 0
+    unknown: int = 0
+
+
+class JobSummary(Struct):
+    job_id: str = field("", json="JobID")
+    namespace: str = "default"
+    summary: dict[str, TaskGroupSummary] = field(factory=dict)
+    children: dict[str, int] | None = None
+    create_index: int = 0
+    modify_index: int = 0
