@@ -11,6 +11,7 @@ import click
 
 from yurt.jobspec import JobspecError, Loaded, load_file
 
+from .flags import NomadGroup
 from .output import EXIT_ERROR, fail, out, show_problems, show_warnings
 
 
@@ -73,7 +74,7 @@ def load_job(path: str, var: tuple[str, ...] = (), var_file: tuple[str, ...] = (
         raise SystemExit(EXIT_ERROR) from None
 
 
-@click.group("job", context_settings={"help_option_names": ["-h", "-help", "--help"]})
+@click.group("job", cls=NomadGroup, context_settings={"help_option_names": ["-h", "-help", "--help"]})
 def job_group() -> None:
     """Work with jobs: validate, run, init."""
 

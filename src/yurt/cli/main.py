@@ -8,10 +8,11 @@ import click
 
 from yurt import __version__
 
+from .flags import NomadGroup
 from .job import job_group, run_cmd
 
 
-@click.group(context_settings={"help_option_names": ["-h", "-help", "--help"]})
+@click.group(cls=NomadGroup, context_settings={"help_option_names": ["-h", "-help", "--help"]})
 @click.version_option(__version__, "-v", "-version", "--version", prog_name="yurt", message="Yurt v%(version)s")
 def cli() -> None:
     """Yurt: a workload orchestrator with a built-in service mesh.
@@ -25,10 +26,22 @@ cli.add_command(run_cmd, "run")  # `yurt run FILE`, as `nomad run`
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. Exit codes: 0 ok, 1 error (bad usage included), 2 placement failures on run."""
     try:
-        cli.main(args=argv, prog_name="yurt", standalone_mode=True)
+        rv = cli.main(args=argv, prog_name="yurt", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.UsageError as e:
+        e.show()
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(1)
+    except click.exceptions.Abort:
+        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

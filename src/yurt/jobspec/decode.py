@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from yurt.structs.duration import DURATION_VALIDATOR
 from yurt.structs import (Affinity, Constraint, Duration, NetworkResource, Port, hcl_name, json_name,
                           parse_duration)
 
@@ -62,6 +63,8 @@ def schema(model: type[BaseModel]) -> dict[str, tuple[FieldSpec, ...]]:
         if hcl == "-":
             continue
         t = _unwrap_optional(info.annotation)
+        if DURATION_VALIDATOR in info.metadata:  # pydantic moves a bare Annotated's metadata here
+            t = Duration
         origin = typing.get_origin(t)
         sub = None
         if hcl == "label":

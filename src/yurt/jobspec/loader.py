@@ -97,7 +97,7 @@ def _decode_text(source: str | bytes, file: str) -> str:
 
 
 def _looks_like_json(text: str, file: str) -> bool:
-    return file.endswith(".json") or text.lstrip().startswith("{")
+    return file.endswith(".json") or text.lstrip()[:1] in ("{", "[")
 
 
 # -- HCL ------------------------------------------------------------------------------------

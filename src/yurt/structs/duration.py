@@ -78,5 +78,6 @@ def _coerce(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[int, BeforeValidator(_coerce)]
+DURATION_VALIDATOR = BeforeValidator(_coerce)
+Duration = Annotated[int, DURATION_VALIDATOR]
 """A duration in nanoseconds; accepts integers (Nomad JSON) and strings like "30s" (job files)."""
