@@ -9,6 +9,7 @@ import click
 from yurt import __version__
 
 from .flags import NomadGroup
+from .agent_cmd import agent_cmd
 from .job import job_group, run_cmd
 
 
@@ -22,6 +23,7 @@ def cli() -> None:
 
 
 cli.add_command(job_group)
+cli.add_command(agent_cmd)
 cli.add_command(run_cmd, "run")  # `yurt run FILE`, as `nomad run`
 
 

@@ -1,0 +1,103 @@
+"""The agent: assembles the state store, server, HTTP API and client from a config, and runs them."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import uvicorn
+
+from yurt.api.app import create_app
+from yurt.api.client import YurtClient
+
+from .config import AgentConfig
+
+log = logging.getLogger("yurt.agent")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        config.check()
+        self.config = config
+        self._tmp: str | None = None
+        if config.data_dir is None:
+            self._tmp = tempfile.mkdtemp(prefix="yurt-dev-")
+            config.data_dir = Path(self._tmp)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = None
+        self.server = None
+        self.client = None
+        if config.server:
+            from yurt.server.server import Server
+            from yurt.state import StateStore
+            (config.data_dir / "server").mkdir(exist_ok=True)
+            self.store = StateStore(str(config.data_dir / "server" / "state.db"))
+            self.server = Server(self.store, num_workers=config.num_schedulers,
+                                 heartbeat_ttl=config.heartbeat_ttl, region=config.region,
+                                 datacenter=config.datacenter)
+        if config.client:
+            from yurt.client.node_agent import ClientConfig, NodeAgent
+            server_addr = config.address if config.server else _http(config.servers[0])
+            self.client = NodeAgent(ClientConfig(
+                data_dir=config.data_dir / "client", node_name=config.name, datacenter=config.datacenter,
+                region=config.region, node_class=config.node_class, node_pool=config.node_pool,
+                meta=dict(config.meta), raw_exec_enabled=config.raw_exec,
+                network_ip="127.0.0.1" if config.bind in ("127.0.0.1", "0.0.0.0", "") else config.bind,
+                http_addr=config.address), YurtClient(server_addr))
+        self.app = create_app(self)
+        self._http: uvicorn.Server | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.client.node_id if self.client else ""
+
+    def alloc_logs_dir(self, alloc_id: str) -> Path | None:
+        return self.client.logs_dir(alloc_id) if self.client else None
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until SIGINT/SIGTERM, then shut down in order."""
+        if self.server:
+            self.server.start()
+        http_config = uvicorn.Config(self.app, host=self.config.bind, port=self.config.http_port,
+                                     log_level="warning", access_log=False, lifespan="off",
+                                     timeout_graceful_shutdown=2)
+        self._http = uvicorn.Server(http_config)
+        if self.client:
+            threading.Thread(target=self._start_client_when_serving, daemon=True).start()
+        try:
+            self._http.run()
+        finally:
+            self.shutdown()
+        if not self._http.started:
+            raise OSError(f"cannot listen on {self.config.bind}:{self.config.http_port}: the address is "
+                          "in use or not available; pick another with -http-port or -bind")
+
+    def _start_client_when_serving(self) -> None:
+        while self._http is not None and not self._http.started and not self._http.should_exit:
+            threading.Event().wait(0.05)
+        if self._http is not None and self._http.started:
+            self.client.start()
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+
+    def shutdown(self) -> None:
+        if self.client:
+            # dev mode keeps nothing: its allocations go with it. Otherwise tasks keep running and a
+            # restarted agent re-attaches to them.
+            self.client.stop(destroy_allocs=self.config.dev)
+        if self.server:
+            self.server.stop()
+        if self.store is not None:
+            self.store.close()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _http(address: str) -> str:
+    return address if "://" in address else f"http://{address}"

@@ -1,0 +1,140 @@
+"""Agent configuration: Nomad's agent config file (HCL), flags, and the -dev presets."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hcl2
+
+
+class ConfigError(Exception):
+    """A bad agent configuration; the message names the setting and the fix."""
+
+
+@dataclass
+class AgentConfig:
+    name: str = field(default_factory=socket.gethostname)
+    region: str = "global"
+    datacenter: str = "dc1"
+    data_dir: Path | None = None
+    bind: str = "127.0.0.1"
+    http_port: int = 4646
+    advertise: str = ""
+    server: bool = True
+    client: bool = True
+    dev: bool = False
+    dev_connect: bool = False
+    raw_exec: bool = False
+    servers: list[str] = field(default_factory=list)   # a client-only agent's server addresses
+    node_class: str = ""
+    node_pool: str = "default"
+    meta: dict[str, str] = field(default_factory=dict)
+    num_schedulers: int = 2
+    heartbeat_ttl: float = 10.0
+    log_level: str = "INFO"
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data_dir"] = str(self.data_dir) if self.data_dir else ""
+        return d
+
+    @property
+    def address(self) -> str:
+        host = self.advertise or ("127.0.0.1" if self.bind in ("0.0.0.0", "::", "") else self.bind)
+        return f"http://{host}:{self.http_port}"
+
+    def check(self) -> None:
+        if not (self.server or self.client):
+            raise ConfigError("neither server nor client is enabled: set server { enabled = true } "
+                              "and/or client { enabled = true }, or use -dev")
+        if self.data_dir is None and not self.dev:
+            raise ConfigError("no data directory: pass -data-dir DIR (or data_dir in the config file), "
+                              "or run with -dev to keep state in a temporary directory")
+        if not (0 < self.http_port < 65536):
+            raise ConfigError(f"ports.http = {self.http_port} is not a TCP port (1-65535)")
+        if self.client and not self.server and not self.servers:
+            raise ConfigError("a client-only agent needs its servers: client { servers = [\"host:4646\"] }")
+
+
+def dev_config() -> AgentConfig:
+    """`-dev`: server and client in one process, state in a temporary directory, raw_exec on."""
+    return AgentConfig(dev=True, raw_exec=True, log_level="DEBUG", heartbeat_ttl=10.0)
+
+
+def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
+    """Merge a Nomad-style agent config file (HCL or JSON) into `cfg`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read the config file {path}: {e.strerror}") from None
+    try:
+        raw = hcl2.loads(text) if not path.endswith(".json") else __import__("json").loads(text)
+    except Exception as e:  # noqa: BLE001 - parse errors of every kind become one message
+        raise ConfigError(f"{path}: not a valid agent config file: {str(e).splitlines()[0]}") from None
+    raw = _unwrap(raw)
+    known = {"name", "region", "datacenter", "data_dir", "bind_addr", "ports", "server", "client",
+             "plugin", "log_level", "advertise", "leave_on_interrupt", "leave_on_terminate"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f'{path}: unknown setting "{key}"; Yurt reads: {", ".join(sorted(known))}')
+    for key in ("name", "region", "datacenter", "log_level"):
+        if key in raw:
+            setattr(cfg, key, str(raw[key]))
+    if "data_dir" in raw:
+        cfg.data_dir = Path(raw["data_dir"])
+    if "bind_addr" in raw:
+        cfg.bind = str(raw["bind_addr"])
+    ports = _first(raw.get("ports"))
+    if ports and "http" in ports:
+        cfg.http_port = _int(ports["http"], path, "ports.http")
+    advertise = _first(raw.get("advertise"))
+    if advertise and "http" in advertise:
+        cfg.advertise = str(advertise["http"]).split(":")[0]
+    server = _first(raw.get("server"))
+    if server is not None:
+        cfg.server = bool(server.get("enabled", False))
+        if "num_schedulers" in server:
+            cfg.num_schedulers = _int(server["num_schedulers"], path, "server.num_schedulers")
+    client = _first(raw.get("client"))
+    if client is not None:
+        cfg.client = bool(client.get("enabled", False))
+        cfg.servers = [str(s) for s in client.get("servers", [])]
+        cfg.node_class = str(client.get("node_class", cfg.node_class))
+        cfg.node_pool = str(client.get("node_pool", cfg.node_pool))
+        cfg.meta.update({k: str(v) for k, v in (_first(client.get("meta")) or {}).items()})
+        options = _first(client.get("options")) or {}
+        if str(options.get("driver.raw_exec.enable", "")).lower() in ("1", "true"):
+            cfg.raw_exec = True
+    for plugin in raw.get("plugin", []) or []:
+        for name, body in (plugin or {}).items():
+            conf = _first((_first(body) or {}).get("config")) or {}
+            if name == "raw_exec" and conf.get("enabled") in (True, "true", 1):
+                cfg.raw_exec = True
+    return cfg
+
+
+def _unwrap(raw: Any) -> Any:
+    """python-hcl2 marks blocks and keeps comments; drop its bookkeeping keys."""
+    if isinstance(raw, dict):
+        return {k.strip('"'): _unwrap(v) for k, v in raw.items() if not k.startswith("__")}
+    if isinstance(raw, list):
+        return [_unwrap(v) for v in raw]
+    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        return raw[1:-1]
+    return raw
+
+
+def _first(value: Any) -> Any:
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def _int(value: Any, path: str, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: {name} must be a whole number, not {value!r}") from None

@@ -1,0 +1,108 @@
+"""Allocations, evaluations and nodes: /v1/allocation(s), /v1/evaluation(s), /v1/node(s)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from yurt.server.server import NotFound
+from yurt.structs import Allocation
+
+from .common import APIError, block, by_prefix, flag, reply
+
+router = APIRouter()
+
+
+def _full_alloc(alloc: Allocation) -> dict:
+    return alloc.to_json()
+
+
+@router.get("/v1/allocations")
+async def list_allocs(request: Request):
+    store = request.app.state.agent.store
+    index = await block(request, store, "allocs")
+    allocs = by_prefix(store.allocs(), request.query_params.get("prefix", ""))
+    rows = []
+    for a in sorted(allocs, key=lambda a: a.create_index):
+        row = a.stub()
+        if request.query_params.get("task_states", "true").lower() == "false":
+            row["TaskStates"] = None
+        if flag(request, "resources"):
+            row["AllocatedResources"] = a.allocated_resources.to_json()
+        rows.append(row)
+    return reply(rows, index)
+
+
+@router.get("/v1/allocation/{alloc_id}")
+async def read_alloc(request: Request, alloc_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "allocs")
+    alloc = store.alloc(alloc_id)
+    if alloc is None:
+        raise APIError(404, "alloc not found")
+    return reply(_full_alloc(alloc), index)
+
+
+@router.put("/v1/allocation/{alloc_id}/stop")
+@router.post("/v1/allocation/{alloc_id}/stop")
+async def stop_alloc(request: Request, alloc_id: str):
+    try:
+        result = request.app.state.agent.server.stop_alloc(alloc_id)
+    except NotFound as e:
+        raise APIError(404, str(e)) from None
+    return reply(result, result["Index"])
+
+
+@router.get("/v1/evaluations")
+async def list_evals(request: Request):
+    store = request.app.state.agent.store
+    index = await block(request, store, "evals")
+    evals = by_prefix(store.evals(), request.query_params.get("prefix", ""))
+    return reply([e.to_json() for e in sorted(evals, key=lambda e: e.create_index)], index)
+
+
+@router.get("/v1/evaluation/{eval_id}")
+async def read_eval(request: Request, eval_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "evals")
+    ev = store.eval(eval_id)
+    if ev is None:
+        raise APIError(404, "eval not found")
+    return reply(ev.to_json(), index)
+
+
+@router.get("/v1/evaluation/{eval_id}/allocations")
+async def eval_allocs(request: Request, eval_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "allocs")
+    return reply([a.stub() for a in store.allocs_by_eval(eval_id)], index)
+
+
+@router.get("/v1/nodes")
+async def list_nodes(request: Request):
+    store = request.app.state.agent.store
+    index = await block(request, store, "nodes")
+    nodes = by_prefix(store.nodes(), request.query_params.get("prefix", ""))
+    return reply([n.stub() for n in sorted(nodes, key=lambda n: n.name)], index)
+
+
+@router.get("/v1/node/{node_id}")
+async def read_node(request: Request, node_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "nodes")
+    node = store.node(node_id)
+    if node is None:
+        raise APIError(404, "node not found")
+    body = node.to_json()
+    body.pop("SecretID", None)
+    return reply(body, index)
+
+
+@router.get("/v1/node/{node_id}/allocations")
+async def node_allocs(request: Request, node_id: str):
+    """Full allocations of a node; the client agent watches this with a blocking query."""
+    store = request.app.state.agent.store
+    index = await block(request, store, "allocs")
+    if store.node(node_id) is None:
+        raise APIError(404, "node not found")
+    allocs = store.allocs_by_node(node_id)
+    return reply([a.to_json() for a in allocs], index)

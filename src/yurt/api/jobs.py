@@ -1,0 +1,217 @@
+"""Nomad's job endpoints: /v1/jobs, /v1/job/<id>/..., /v1/jobs/parse, /v1/validate/job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from yurt.jobspec import JobspecError, load
+from yurt.jobspec.defaults import canonicalize
+from yurt.jobspec.loader import prune, to_struct
+from yurt.jobspec.locate import Locator
+from yurt.jobspec.validate import validate
+from yurt.structs import Job
+
+from .common import APIError, block, by_prefix, flag, json_body, reply
+
+router = APIRouter()
+
+
+def job_from_body(body: Any, source: str = "request body") -> tuple[Job, list[str]]:
+    """A job in Nomad's JSON, checked exactly like a job file: 400 lists every problem."""
+    if not isinstance(body, dict) or not isinstance(body.get("Job"), dict):
+        raise APIError(400, 'the body must be {"Job": {...}}')
+    doc = prune(body["Job"], Job)
+    loc = Locator(source, {}, doc)
+    try:
+        job = to_struct(doc, loc)
+        canonicalize(job)
+        problems = validate(job, loc)
+    except JobspecError as e:
+        problems = e.problems
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise APIError(400, "job validation failed:\n" + "\n".join(f"* {p.where}: {p.message}" if p.where
+                                                                    else f"* {p.message}" for p in errors))
+    return job, [f"{p.where}: {p.message}" for p in problems if p.severity == "warning"]
+
+
+def _stub(job: Job, summary) -> dict[str, Any]:
+    return {
+        "ID": job.id, "ParentID": job.parent_id, "Name": job.name, "Namespace": job.namespace,
+        "Datacenters": job.datacenters, "NodePool": job.node_pool, "Type": job.type,
+        "Priority": job.priority, "Periodic": False, "ParameterizedJob": False, "Stop": job.stop,
+        "Status": job.status, "StatusDescription": job.status_description,
+        "JobSummary": summary.to_json() if summary else None,
+        "CreateIndex": job.create_index, "ModifyIndex": job.modify_index,
+        "JobModifyIndex": job.job_modify_index, "SubmitTime": job.submit_time, "Version": job.version,
+    }
+
+
+def _ns(request: Request) -> str:
+    return request.query_params.get("namespace") or "default"
+
+
+def _job(request: Request, job_id: str) -> Job:
+    job = request.app.state.agent.store.job(_ns(request), job_id)
+    if job is None:
+        raise APIError(404, "job not found")
+    return job
+
+
+@router.get("/v1/jobs")
+async def list_jobs(request: Request):
+    store = request.app.state.agent.store
+    index = await block(request, store, "jobs")
+    ns = request.query_params.get("namespace")
+    jobs = store.jobs(None if ns in (None, "*") else ns, request.query_params.get("prefix", ""))
+    return reply([_stub(j, store.job_summary(j.namespace, j.id)) for j in sorted(jobs, key=lambda j: j.id)], index)
+
+
+@router.put("/v1/jobs")
+@router.post("/v1/jobs")
+async def register(request: Request):
+    job, warnings = job_from_body(await json_body(request))
+    result = request.app.state.agent.server.register_job(job)
+    result["Warnings"] = "\n".join(warnings)
+    return reply(result, result["Index"])
+
+
+@router.put("/v1/jobs/parse")
+@router.post("/v1/jobs/parse")
+async def parse(request: Request):
+    body = await json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("JobHCL"), str):
+        raise APIError(400, 'the body must be {"JobHCL": "<job file text>"}')
+    variables = body.get("Variables") or {}
+    if isinstance(variables, str):
+        variables = _parse_var_lines(variables)
+    try:
+        loaded = load(body["JobHCL"], "JobHCL", variables, canonical=bool(body.get("Canonicalize")))
+    except JobspecError as e:
+        raise APIError(400, str(e)) from None
+    return reply(loaded.job.to_json())
+
+
+def _parse_var_lines(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip().strip('"')
+    return out
+
+
+@router.put("/v1/validate/job")
+@router.post("/v1/validate/job")
+async def validate_job(request: Request):
+    try:
+        _, warnings = job_from_body(await json_body(request))
+    except APIError as e:
+        if e.status_code != 400:
+            raise
+        errors = [ln[2:] for ln in str(e.detail).splitlines()[1:]] or [str(e.detail)]
+        return reply({"DriverConfigValidated": False, "ValidationErrors": errors,
+                      "Error": "\n".join(errors), "Warnings": ""})
+    return reply({"DriverConfigValidated": True, "ValidationErrors": [], "Error": "",
+                  "Warnings": "\n".join(warnings)})
+
+
+@router.get("/v1/job/{job_id}")
+async def read_job(request: Request, job_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "jobs")
+    return reply(_job(request, job_id).to_json(), index)
+
+
+@router.put("/v1/job/{job_id}")
+@router.post("/v1/job/{job_id}")
+async def update_job(request: Request, job_id: str):
+    body = await json_body(request)
+    job, warnings = job_from_body(body)
+    if job.id != job_id:
+        raise APIError(400, f'job ID "{job.id}" does not match the URL ("{job_id}")')
+    result = request.app.state.agent.server.register_job(job)
+    result["Warnings"] = "\n".join(warnings)
+    return reply(result, result["Index"])
+
+
+@router.delete("/v1/job/{job_id}")
+async def stop_job(request: Request, job_id: str):
+    _job(request, job_id)
+    result = request.app.state.agent.server.deregister_job(_ns(request), job_id, purge=flag(request, "purge"))
+    return reply(result, result["Index"])
+
+
+@router.put("/v1/job/{job_id}/plan")
+@router.post("/v1/job/{job_id}/plan")
+async def plan_job(request: Request, job_id: str):
+    body = await json_body(request)
+    job, warnings = job_from_body(body)
+    if job.id != job_id:
+        raise APIError(400, f'job ID "{job.id}" does not match the URL ("{job_id}")')
+    result = request.app.state.agent.server.plan_job(job, diff=bool(body.get("Diff", True)))
+    result["Warnings"] = "\n".join(warnings)
+    return reply(result, result.get("Index"))
+
+
+@router.put("/v1/job/{job_id}/evaluate")
+@router.post("/v1/job/{job_id}/evaluate")
+async def evaluate(request: Request, job_id: str):
+    _job(request, job_id)
+    result = request.app.state.agent.server.evaluate_job(_ns(request), job_id)
+    return reply(result, result["Index"])
+
+
+@router.get("/v1/job/{job_id}/allocations")
+async def job_allocations(request: Request, job_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "allocs")
+    job = _job(request, job_id)
+    allocs = store.allocs_by_job(job.namespace, job.id)
+    if not flag(request, "all"):
+        allocs = [a for a in allocs if a.create_index >= job.create_index]
+    return reply([a.stub() for a in sorted(allocs, key=lambda a: a.create_index)], index)
+
+
+@router.get("/v1/job/{job_id}/evaluations")
+async def job_evaluations(request: Request, job_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "evals")
+    job = _job(request, job_id)
+    evals = store.evals_by_job(job.namespace, job.id)
+    return reply([e.to_json() for e in sorted(evals, key=lambda e: e.create_index)], index)
+
+
+@router.get("/v1/job/{job_id}/versions")
+async def job_versions(request: Request, job_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "jobs")
+    job = _job(request, job_id)
+    versions = store.job_versions(job.namespace, job.id)
+    return reply({"Versions": [v.to_json() for v in versions], "Diffs": None, "Index": index}, index)
+
+
+@router.get("/v1/job/{job_id}/summary")
+async def job_summary(request: Request, job_id: str):
+    store = request.app.state.agent.store
+    index = await block(request, store, "allocs")
+    job = _job(request, job_id)
+    summary = store.job_summary(job.namespace, job.id)
+    return reply(summary.to_json() if summary else None, index)
+
+
+@router.get("/v1/job/{job_id}/deployment")
+async def job_deployment(request: Request, job_id: str):
+    _job(request, job_id)
+    return reply(None, request.app.state.agent.store.index())
+
+
+@router.get("/v1/job/{job_id}/deployments")
+async def job_deployments(request: Request, job_id: str):
+    _job(request, job_id)
+    return reply([], request.app.state.agent.store.index())
+
+

@@ -1,0 +1,150 @@
+"""`/v1/client/fs/logs/<alloc>`: a task's stdout or stderr, across rotated files, optionally followed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from .common import APIError, flag
+
+router = APIRouter()
+
+POLL = 0.2  # seconds between looks at a followed log
+
+
+def log_files(logs_dir: Path, task: str, kind: str) -> list[Path]:
+    pattern = re.compile(re.escape(f"{task}.{kind}.") + r"(\d+)$")
+    found = []
+    if logs_dir.is_dir():
+        for entry in os.scandir(logs_dir):
+            m = pattern.match(entry.name)
+            if m:
+                found.append((int(m.group(1)), Path(entry.path)))
+    return [p for _, p in sorted(found)]
+
+
+class LogCursor:
+    """Reads the chain task.stdout.0, .1, ... as one stream, surviving rotation."""
+
+    def __init__(self, logs_dir: Path, task: str, kind: str) -> None:
+        self.logs_dir, self.task, self.kind = logs_dir, task, kind
+        self.file: Path | None = None
+        self.pos = 0
+
+    def seek(self, origin: str, offset: int) -> None:
+        files = log_files(self.logs_dir, self.task, self.kind)
+        if not files:
+            return
+        if origin == "end":
+            remaining = offset
+            for f in reversed(files):
+                size = f.stat().st_size
+                if remaining <= size:
+                    self.file, self.pos = f, size - remaining
+                    return
+                remaining -= size
+            self.file, self.pos = files[0], 0
+        else:
+            remaining = offset
+            for f in files:
+                size = f.stat().st_size
+                if remaining < size or f == files[-1]:
+                    self.file, self.pos = f, min(remaining, size)
+                    return
+                remaining -= size
+
+    def read(self, limit: int = 64 * 1024) -> bytes:
+        files = log_files(self.logs_dir, self.task, self.kind)
+        if not files:
+            return b""
+        if self.file is None or self.file not in files:
+            # first read, or our file was rotated away: continue with the oldest we still have
+            newer = [f for f in files if self.file is None or _num(f) > _num(self.file)]
+            self.file, self.pos = (newer or files)[0], 0
+        out = b""
+        while len(out) < limit:
+            try:
+                with open(self.file, "rb") as fh:
+                    fh.seek(self.pos)
+                    chunk = fh.read(limit - len(out))
+            except FileNotFoundError:
+                chunk = b""
+            self.pos += len(chunk)
+            out += chunk
+            if chunk:
+                continue
+            later = [f for f in files if _num(f) > _num(self.file)]
+            if not later:
+                break
+            self.file, self.pos = later[0], 0
+        return out
+
+
+def _num(p: Path) -> int:
+    return int(p.name.rsplit(".", 1)[1])
+
+
+@router.get("/v1/client/fs/logs/{alloc_id}")
+async def logs(request: Request, alloc_id: str):
+    agent = request.app.state.agent
+    alloc = agent.store.alloc(alloc_id) if agent.store else None
+    if alloc is None:
+        raise APIError(404, "alloc not found")
+    q = request.query_params
+    task = q.get("task") or ""
+    tg = alloc.job.group(alloc.task_group) if alloc.job else None
+    names = [t.name for t in (tg.tasks if tg else [])]
+    if not task:
+        if len(names) != 1:
+            raise APIError(400, f"must include task name: one of {', '.join(names)}")
+        task = names[0]
+    if names and task not in names:
+        raise APIError(400, f'task "{task}" is not in allocation {alloc_id[:8]}: tasks are {", ".join(names)}')
+    kind = q.get("type", "stdout")
+    if kind not in ("stdout", "stderr"):
+        raise APIError(400, 'type must be "stdout" or "stderr"')
+    origin = q.get("origin", "start")
+    if origin not in ("start", "end"):
+        raise APIError(400, 'origin must be "start" or "end"')
+    try:
+        offset = int(q.get("offset", "0") or 0)
+    except ValueError:
+        raise APIError(400, "offset must be a whole number of bytes") from None
+    logs_dir = agent.alloc_logs_dir(alloc_id)
+    if logs_dir is None:
+        raise APIError(404, f"allocation {alloc_id[:8]} does not run on this agent")
+    cursor = LogCursor(logs_dir, task, kind)
+    cursor.seek(origin, offset)
+    follow, plain = flag(request, "follow"), flag(request, "plain")
+
+    async def stream() -> AsyncIterator[bytes]:
+        while True:
+            data = cursor.read()
+            if data:
+                if plain:
+                    yield data
+                else:
+                    yield json.dumps({"Offset": cursor.pos, "Data": base64.b64encode(data).decode(),
+                                      "File": f"alloc/logs/{cursor.file.name if cursor.file else ''}"}).encode()
+                continue
+            if not follow or await request.is_disconnected():
+                return
+            current = agent.store.alloc(alloc_id)
+            if current is None or current.client_terminal():
+                tail = cursor.read()
+                if tail:
+                    yield tail if plain else json.dumps({"Offset": cursor.pos,
+                                                         "Data": base64.b64encode(tail).decode()}).encode()
+                return
+            await asyncio.sleep(POLL)
+
+    media = "text/plain; charset=utf-8" if plain else "application/json"
+    return StreamingResponse(stream(), media_type=media)

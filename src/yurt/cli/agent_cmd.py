@@ -1,0 +1,78 @@
+"""`yurt agent`: run a server and/or client (`-dev` for both in one process, state in a temp dir)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .output import fail, out
+
+
+@click.command("agent")
+@click.option("-dev", "--dev", is_flag=True, help="Server and client in one process; state in a temporary directory.")
+@click.option("-dev-connect", "--dev-connect", "dev_connect", is_flag=True,
+              help="Like -dev, for the service mesh (Connect): root, bridge networking.")
+@click.option("-config", "--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Agent config file (HCL or JSON); repeatable.")
+@click.option("-data-dir", "--data-dir", "data_dir", type=click.Path(file_okay=False),
+              help="Where state is kept across restarts.")
+@click.option("-bind", "--bind", help="Address to listen on (default 127.0.0.1).")
+@click.option("-http-port", "--http-port", "http_port", type=int, help="HTTP API port (default 4646).")
+@click.option("-node", "--node", "node_name", help="Node name (default: the hostname).")
+@click.option("-dc", "--dc", "datacenter", help="Datacenter (default dc1).")
+@click.option("-region", "--region", help="Region (default global).")
+@click.option("-server", "--server", "server_flag", is_flag=True, help="Enable the server.")
+@click.option("-client", "--client", "client_flag", is_flag=True, help="Enable the client.")
+@click.option("-servers", "--servers", help="Comma-separated server addresses for a client-only agent.")
+@click.option("-log-level", "--log-level", "log_level", help="DEBUG, INFO, WARN or ERROR.")
+def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_dir: str | None,
+              bind: str | None, http_port: int | None, node_name: str | None, datacenter: str | None,
+              region: str | None, server_flag: bool, client_flag: bool, servers: str | None,
+              log_level: str | None) -> None:
+    """Run a Yurt agent."""
+    from yurt.agent.agent import Agent
+    from yurt.agent.config import AgentConfig, ConfigError, dev_config, load_file
+
+    cfg = dev_config() if (dev or dev_connect) else AgentConfig(server=False, client=False)
+    cfg.dev_connect = dev_connect
+    try:
+        for path in config_files:
+            cfg = load_file(path, cfg)
+        if server_flag:
+            cfg.server = True
+        if client_flag:
+            cfg.client = True
+        if data_dir:
+            cfg.data_dir = Path(data_dir)
+            cfg.dev = False if not (dev or dev_connect) else cfg.dev
+        for name, value in (("bind", bind), ("http_port", http_port), ("name", node_name),
+                            ("datacenter", datacenter), ("region", region), ("log_level", log_level)):
+            if value is not None:
+                setattr(cfg, name, value)
+        if servers:
+            cfg.servers = [s.strip() for s in servers.split(",") if s.strip()]
+        if data_dir and (dev or dev_connect):
+            cfg.dev = False  # -dev with -data-dir: dev presets, but keep the state
+        agent = Agent(cfg)
+    except ConfigError as e:
+        fail(str(e))
+    level = {"WARN": "WARNING"}.get(cfg.log_level.upper(), cfg.log_level.upper())
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    out.print(f"==> Yurt agent configuration:\n\n"
+              f"       Client: {str(cfg.client).lower()}\n"
+              f"    Data Dir: {cfg.data_dir}{' (temporary)' if cfg.dev else ''}\n"
+              f"   Datacenter: {cfg.datacenter}\n"
+              f"        Region: {cfg.region}\n"
+              f"       Server: {str(cfg.server).lower()}\n"
+              f"      Address: {cfg.address}\n\n==> Yurt agent started! Log data will stream in below:\n")
+    try:
+        agent.run()
+    except OSError as e:
+        fail(str(e))
+    out.print("==> Yurt agent stopped")

@@ -1,0 +1,188 @@
+"""The client agent: registers its node, heartbeats, watches its allocations, runs them.
+
+It reaches the server only through `api.client` over HTTP, so a client on another host works
+exactly like the one inside a dev agent. Allocation runners report state changes; those are
+batched and sent to the server a few times a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yurt.api.client import APIError, Unreachable, YurtClient
+from yurt.structs import Allocation, Node, TaskState
+
+from .alloc_runner import AllocRunner
+from .drivers.raw_exec import RawExecDriver
+
+log = logging.getLogger("yurt.client")
+
+SYNC_INTERVAL = 0.2     # seconds between batches of allocation updates to the server
+WATCH_WAIT = "30s"      # blocking-query wait for the node's allocations
+
+
+@dataclass
+class ClientConfig:
+    data_dir: Path
+    node_name: str
+    datacenter: str = "dc1"
+    region: str = "global"
+    node_class: str = ""
+    node_pool: str = "default"
+    meta: dict[str, str] = field(default_factory=dict)
+    raw_exec_enabled: bool = False
+    network_ip: str = "127.0.0.1"
+    http_addr: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+
+
+class NodeAgent:
+    def __init__(self, config: ClientConfig, api: YurtClient) -> None:
+        self.config = config
+        self.api = api
+        self.drivers = {"raw_exec": RawExecDriver(enabled=config.raw_exec_enabled)}
+        self.node: Node | None = None
+        self.runners: dict[str, AllocRunner] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._pending_lock = threading.Lock()
+        self._registered = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._heartbeat_ttl = 10.0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        from .fingerprint import fingerprint_node
+        c = self.config
+        self.node = fingerprint_node(c.data_dir, drivers=self.drivers, name=c.node_name, datacenter=c.datacenter,
+                                     region=c.region, node_class=c.node_class, node_pool=c.node_pool,
+                                     address=c.network_ip, http_addr=c.http_addr, meta=c.meta)
+        self._restore_runners()
+        for target, name in ((self._register_and_heartbeat, "heartbeat"), (self._watch, "watch"),
+                             (self._sync, "sync")):
+            t = threading.Thread(target=target, name=f"yurt-client-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def registered(self) -> bool:
+        return self._registered.is_set()
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id if self.node else ""
+
+    def stop(self, destroy_allocs: bool = False) -> None:
+        """Stop the agent. Tasks keep running (a restarted agent re-attaches) unless destroy_allocs."""
+        self._stop.set()
+        if destroy_allocs:
+            for runner in list(self.runners.values()):
+                runner.destroy(timeout=60)
+        self._flush()
+
+    def logs_dir(self, alloc_id: str) -> Path:
+        return self.config.data_dir / "alloc" / alloc_id / "alloc" / "logs"
+
+    # -- registration and heartbeats --------------------------------------------------------
+    def _register_and_heartbeat(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                if not self._registered.is_set():
+                    result = self.api.register_node(self.node.to_json())
+                    self._registered.set()
+                    log.info("node %s registered", self.node.id[:8])
+                else:
+                    result = self.api.heartbeat(self.node.id)
+                self._heartbeat_ttl = max(1.0, result.get("HeartbeatTTL", 10e9) / 1e9)
+                backoff = 0.2
+                self._stop.wait(self._heartbeat_ttl / 2)
+            except APIError as e:
+                if e.status == 404:  # the server forgot us (new data dir): register again
+                    self._registered.clear()
+                else:
+                    log.warning("heartbeat failed: %s", e.message)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Unreachable as e:
+                log.debug("server unreachable: %s", e)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # -- allocations ------------------------------------------------------------------------
+    def _restore_runners(self) -> None:
+        for alloc_id in AllocRunner.persisted_ids(self.config.data_dir):
+            try:
+                runner = AllocRunner.restore(self.config.data_dir, alloc_id, drivers=self.drivers,
+                                             node=self.node, on_update=self._on_update, region=self.config.region)
+            except Exception as e:  # noqa: BLE001 - a corrupt state file must not stop the agent
+                log.warning("cannot restore allocation %s: %s", alloc_id[:8], e)
+                continue
+            self.runners[alloc_id] = runner
+            runner.run()
+            log.info("re-attached to allocation %s", alloc_id[:8])
+
+    def _watch(self) -> None:
+        self._registered.wait()
+        index = 0
+        while not self._stop.is_set():
+            try:
+                allocs, index = self.api.node_allocations(self.node.id, index=index, wait=WATCH_WAIT)
+            except (APIError, Unreachable) as e:
+                log.debug("watching allocations failed: %s", e)
+                self._stop.wait(1.0)
+                continue
+            self._reconcile([Allocation.model_validate(a) for a in allocs])
+
+    def _reconcile(self, allocs: list[Allocation]) -> None:
+        seen = set()
+        for alloc in allocs:
+            seen.add(alloc.id)
+            runner = self.runners.get(alloc.id)
+            if runner is None:
+                if alloc.server_terminal() or alloc.client_terminal():
+                    continue
+                try:
+                    runner = AllocRunner(alloc, data_dir=self.config.data_dir, drivers=self.drivers,
+                                         node=self.node, on_update=self._on_update, region=self.config.region)
+                except ValueError as e:
+                    log.error("cannot run allocation %s: %s", alloc.id[:8], e)
+                    continue
+                self.runners[alloc.id] = runner
+                runner.run()
+            elif alloc.alloc_modify_index != runner.alloc.alloc_modify_index or \
+                    alloc.desired_status != runner.alloc.desired_status:
+                runner.update(alloc)
+        for alloc_id in [a for a in self.runners if a not in seen]:
+            # garbage-collected on the server: nothing of it should stay here
+            runner = self.runners.pop(alloc_id)
+            threading.Thread(target=runner.destroy, kwargs={"timeout": 60}, daemon=True).start()
+
+    def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
+        with self._pending_lock:
+            self._pending[alloc_id] = {"ID": alloc_id, "ClientStatus": status, "ClientDescription": description,
+                                       "TaskStates": {k: v.to_json() for k, v in states.items()}}
+
+    def _sync(self) -> None:
+        while not self._stop.wait(SYNC_INTERVAL):
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, {}
+        if not batch or not self._registered.is_set():
+            with self._pending_lock:
+                for k, v in batch.items():
+                    self._pending.setdefault(k, v)
+            return
+        try:
+            self.api.update_allocations(self.node.id, list(batch.values()))
+        except (APIError, Unreachable) as e:
+            log.debug("sending allocation updates failed: %s; will retry", e)
+            with self._pending_lock:
+                for k, v in batch.items():
+                    self._pending.setdefault(k, v)

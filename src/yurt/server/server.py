@@ -1,0 +1,198 @@
+"""The control plane: jobs -> evaluations -> broker -> workers -> plan applier -> allocations.
+
+HTTP handlers call these methods; nothing here knows about HTTP. Every write goes through the
+state store, which stamps it with the next index.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from yurt.structs import Allocation, Evaluation, Job, Node
+from yurt.structs.alloc import (ALLOC_DESIRED_STOP, ALLOC_FAILED, ALLOC_LOST, ALLOC_COMPLETE)
+from yurt.structs.evaluation import (EVAL_PENDING, TRIGGER_ALLOC_FAILURE, TRIGGER_ALLOC_STOP,
+                                     TRIGGER_JOB_DEREGISTER, TRIGGER_JOB_REGISTER, TRIGGER_NODE_UPDATE)
+from yurt.structs.node import NODE_DOWN, NODE_READY
+
+from .broker import EvalBroker
+from .heartbeat import FAILOVER_GRACE, Heartbeats
+from .plan_apply import PlanApplier
+from .worker import Worker
+
+log = logging.getLogger("yurt.server")
+
+
+class NotFound(Exception):
+    """A named object does not exist (the API answers 404 with this text)."""
+
+
+class Server:
+    def __init__(self, store, *, num_workers: int = 2, heartbeat_ttl: float = 10.0,
+                 region: str = "global", datacenter: str = "dc1") -> None:
+        self.store = store
+        self.region = region
+        self.datacenter = datacenter
+        self.broker = EvalBroker()
+        self.applier = PlanApplier(store)
+        self.heartbeats = Heartbeats(self._node_expired, heartbeat_ttl)
+        self.workers = [Worker(self, i) for i in range(num_workers)]
+        self.started_at = time.time()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._restore()
+        self.heartbeats.start()
+        for w in self.workers:
+            w.start()
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.broker.close()
+        self.heartbeats.stop()
+
+    def _restore(self) -> None:
+        """After a restart: pending evals go back to the broker, blocked ones are parked, and
+        every node that was up gets a fresh TTL plus grace to heartbeat again."""
+        for ev in self.store.evals():
+            if ev.status == EVAL_PENDING:
+                self.broker.enqueue(ev)
+            elif ev.status == "blocked":
+                self.broker.block(ev)
+        for node in self.store.nodes():
+            if node.status != NODE_DOWN:
+                self.heartbeats.reset(node.id, grace=FAILOVER_GRACE)
+
+    # -- evaluations ------------------------------------------------------------------------
+    def _new_eval(self, job: Job | None, namespace: str, job_id: str, trigger: str, **extra: Any) -> Evaluation:
+        now = time.time_ns()
+        return Evaluation(id=str(uuid.uuid4()), namespace=namespace, job_id=job_id,
+                          priority=job.priority if job and job.priority else 50,
+                          type=job.type if job and job.type else "service", triggered_by=trigger,
+                          job_modify_index=job.job_modify_index if job else 0, status=EVAL_PENDING,
+                          create_time=now, modify_time=now, **extra)
+
+    def _submit(self, evals: list[Evaluation]) -> int:
+        if not evals:
+            return self.store.index()
+        index = self.store.upsert_evals(evals)
+        for ev in evals:
+            self.broker.enqueue(ev)
+        return index
+
+    # -- jobs -------------------------------------------------------------------------------
+    def register_job(self, job: Job) -> dict[str, Any]:
+        """Store a new job or version and evaluate it (Nomad's Job.Register)."""
+        job = job.model_copy(update={"stop": False})
+        job_index = self.store.upsert_job(job)
+        stored = self.store.job(job.namespace or "default", job.id)
+        ev = self._new_eval(stored, stored.namespace, stored.id, TRIGGER_JOB_REGISTER)
+        self.broker.drop_job(stored.namespace, stored.id)
+        index = self._submit([ev])
+        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index,
+                "Warnings": "", "Index": index, "KnownLeader": True, "LastContact": 0}
+
+    def deregister_job(self, namespace: str, job_id: str, purge: bool = False) -> dict[str, Any]:
+        job = self.store.job(namespace, job_id)
+        if job is None:
+            raise NotFound("job not found")
+        if purge:
+            job_index = self.store.delete_job(namespace, job_id)
+        else:
+            job_index = self.store.upsert_job(job.model_copy(update={"stop": True}))
+        self.broker.drop_job(namespace, job_id)
+        ev = self._new_eval(job, namespace, job_id, TRIGGER_JOB_DEREGISTER)
+        index = self._submit([ev])
+        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index, "Index": index,
+                "KnownLeader": True, "LastContact": 0}
+
+    def evaluate_job(self, namespace: str, job_id: str) -> dict[str, Any]:
+        job = self.store.job(namespace, job_id)
+        if job is None:
+            raise NotFound("job not found")
+        ev = self._new_eval(job, namespace, job_id, "job-eval")
+        index = self._submit([ev])
+        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job.job_modify_index, "Index": index}
+
+    # -- nodes ------------------------------------------------------------------------------
+    def register_node(self, node: Node) -> dict[str, Any]:
+        old = self.store.node(node.id)
+        if old is not None and old.secret_id and node.secret_id != old.secret_id:
+            raise PermissionError("node secret ID does not match")
+        node = node.model_copy(update={"status": NODE_READY, "status_updated_at": int(time.time()),
+                                       "status_description": ""})
+        index = self.store.upsert_node(node)
+        ttl = self.heartbeats.reset(node.id)
+        if old is None or old.status != NODE_READY:
+            self._capacity_changed(node_evals_for=node.id)
+        return {"HeartbeatTTL": int(ttl * 1e9), "Index": index, "NodeModifyIndex": index,
+                "EvalIDs": [], "KnownLeader": True, "LastContact": 0}
+
+    def heartbeat(self, node_id: str) -> dict[str, Any]:
+        node = self.store.node(node_id)
+        if node is None:
+            raise NotFound("node not found")
+        if node.status != NODE_READY:
+            self.store.update_node_status(node_id, NODE_READY, "heartbeat resumed")
+            self._capacity_changed(node_evals_for=node_id)
+        ttl = self.heartbeats.reset(node_id)
+        return {"HeartbeatTTL": int(ttl * 1e9), "Index": self.store.index()}
+
+    def _node_expired(self, node_id: str) -> None:
+        node = self.store.node(node_id)
+        if node is None or node.status == NODE_DOWN:
+            return
+        log.warning("node %s missed its heartbeat: marking it down", node_id[:8])
+        self.store.update_node_status(node_id, NODE_DOWN, "node heartbeat missed")
+        self._evals_for_node_jobs(node_id)
+
+    def _evals_for_node_jobs(self, node_id: str) -> None:
+        jobs = {(a.namespace, a.job_id) for a in self.store.allocs_by_node(node_id) if not a.terminal()}
+        evals = []
+        for ns, job_id in sorted(jobs):
+            job = self.store.job(ns, job_id)
+            evals.append(self._new_eval(job, ns, job_id, TRIGGER_NODE_UPDATE, node_id=node_id))
+        self._submit(evals)
+
+    def _capacity_changed(self, node_evals_for: str | None = None) -> None:
+        self.broker.unblock()
+        if node_evals_for:
+            self._evals_for_node_jobs(node_evals_for)
+
+    # -- allocations ------------------------------------------------------------------------
+    def client_update_allocs(self, node_id: str, updates: list[Allocation]) -> int:
+        """A client reports task states and client status for its allocations."""
+        before = {a.id: a for a in (self.store.alloc(u.id) for u in updates) if a is not None}
+        index = self.store.update_allocs_from_client(updates)
+        failed_jobs: set[tuple[str, str]] = set()
+        freed = False
+        for u in updates:
+            old = before.get(u.id)
+            if old is None or old.client_status == u.client_status:
+                continue
+            if u.client_status == ALLOC_FAILED and old.desired_status != ALLOC_DESIRED_STOP:
+                failed_jobs.add((old.namespace, old.job_id))
+            if u.client_status in (ALLOC_FAILED, ALLOC_COMPLETE, ALLOC_LOST):
+                freed = True
+        evals = [self._new_eval(self.store.job(ns, j), ns, j, TRIGGER_ALLOC_FAILURE) for ns, j in sorted(failed_jobs)]
+        self._submit(evals)
+        if freed:
+            self.broker.unblock()
+        return index
+
+    def stop_alloc(self, alloc_id: str) -> dict[str, Any]:
+        """Stop one allocation; the scheduler places a replacement (Nomad's alloc stop)."""
+        alloc = self.store.alloc(alloc_id)
+        if alloc is None:
+            raise NotFound("alloc not found")
+        stopped = alloc.model_copy(update={"desired_status": ALLOC_DESIRED_STOP,
+                                           "desired_description": "alloc was stopped by the operator",
+                                           "modify_time": time.time_ns()})
+        self.store.upsert_allocs([stopped])
+        job = self.store.job(alloc.namespace, alloc.job_id)
+        ev = self._new_eval(job, alloc.namespace, alloc.job_id, TRIGGER_ALLOC_STOP)
+        index = self._submit([ev])
+        return {"EvalID": ev.id, "Index": index}
