@@ -28,9 +28,10 @@ deps: .stamp-debs .stamp-venv
 test: deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# For now the demo shows the job pipeline on the countdash job: validation and its canonical JSON.
 demo: deps
-	$(YURT) job validate examples/countdash/countdash.nomad
-	$(YURT) job run -output examples/countdash/countdash.nomad
+	$(YURT) job validate src/yurt/cli/assets/connect.nomad
+	$(YURT) job run -output src/yurt/cli/assets/connect.nomad | head -40
 
 clean:
 	rm -rf $(VENV) .stamp-* build *.egg-info src/*.egg-info

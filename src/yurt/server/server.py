@@ -109,6 +109,29 @@ class Server:
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index, "Index": index,
                 "KnownLeader": True, "LastContact": 0}
 
+    def plan_job(self, job: Job, diff: bool = True) -> dict[str, Any]:
+        """A dry run (Nomad's Job.Plan): what the scheduler would do, and the diff; nothing is stored."""
+        from yurt.scheduler import schedule
+
+        from .job_diff import job_diff
+
+        snap = self.store.snapshot()
+        old = snap.job(job.namespace or "default", job.id)
+        candidate = job.model_copy(update={
+            "version": (old.version + 1) if old else 0,
+            "job_modify_index": snap.index + 1, "create_index": old.create_index if old else snap.index + 1,
+            "modify_index": snap.index + 1, "stop": False, "status": old.status if old else "pending"})
+        ev = self._new_eval(candidate, candidate.namespace, candidate.id, TRIGGER_JOB_REGISTER, annotate_plan=True)
+        result = schedule(ev, _PlanView(snap, candidate), seed=0, now_ns=time.time_ns())
+        return {
+            "JobModifyIndex": old.job_modify_index if old else 0, "CreatedEvals": None,
+            "Diff": job_diff(old.to_json() if old else None, candidate.to_json()) if diff else None,
+            "Annotations": {"DesiredTGUpdates": {k: v.to_json() for k, v in result.desired_updates.items()},
+                            "PreemptedAllocs": None},
+            "FailedTGAllocs": {k: v.to_json() for k, v in result.failed_tg_allocs.items()} or None,
+            "NextPeriodicLaunch": None, "Index": snap.index,
+        }
+
     def evaluate_job(self, namespace: str, job_id: str) -> dict[str, Any]:
         job = self.store.job(namespace, job_id)
         if job is None:
@@ -196,3 +219,20 @@ class Server:
         ev = self._new_eval(job, alloc.namespace, alloc.job_id, TRIGGER_ALLOC_STOP)
         index = self._submit([ev])
         return {"EvalID": ev.id, "Index": index}
+
+
+class _PlanView:
+    """A snapshot in which one job is replaced by the version being planned."""
+
+    def __init__(self, snap, job: Job) -> None:
+        self._snap = snap
+        self._job = job
+        self.index = snap.index
+
+    def job(self, namespace: str, job_id: str) -> Job | None:
+        if (namespace, job_id) == (self._job.namespace, self._job.id):
+            return self._job
+        return self._snap.job(namespace, job_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._snap, name)

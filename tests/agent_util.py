@@ -1,0 +1,106 @@
+"""A real `yurt agent` in a subprocess, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
+    """Poll until condition() is truthy; return its value. Raises AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+        except (httpx.HTTPError, KeyError, IndexError):
+            last = None
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last value: {last!r})")
+
+
+class AgentProcess:
+    """`yurt agent -dev` (or with -data-dir) on a free port; logs go to a file for post-mortems."""
+
+    def __init__(self, data_dir: str | None = None, port: int | None = None, extra: list[str] | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.extra = extra or []
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="yurt-agent-", suffix=".log")[1])
+
+    def start(self) -> "AgentProcess":
+        args = [sys.executable, "-m", "yurt.cli.main", "agent", "-dev", "-http-port", str(self.port)]
+        if self.data_dir:
+            args += ["-data-dir", self.data_dir]
+        args += self.extra
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._healthy, 60, what=f"agent on port {self.port} (log: {self.log_path})")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+        r = httpx.get(self.url + "/v1/agent/health", timeout=2)
+        return r.status_code == 200
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> "AgentProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def register(client: httpx.Client, hcl: str, name: str = "job.nomad") -> dict:
+    """Parse a job file the way the CLI does and register it; returns the register response."""
+    from yurt.jobspec import load
+    doc = load(hcl, name).job.to_document()
+    r = client.put("/v1/jobs", json=doc)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def allocs(client: httpx.Client, job_id: str) -> list[dict]:
+    return client.get(f"/v1/job/{job_id}/allocations").json()
+
+
+def task_events(client: httpx.Client, alloc_id: str, task: str) -> list[dict]:
+    alloc = client.get(f"/v1/allocation/{alloc_id}").json()
+    return alloc["TaskStates"].get(task, {}).get("Events", [])
