@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from yurt.scheduler import allocs_fit
-from yurt.structs import Allocation, Plan, PlanResult
+from yurt.structs import Plan, PlanResult
 
 
 class PlanApplier:
@@ -32,8 +32,15 @@ class PlanApplier:
                     result.node_allocation[node_id] = allocs
                 else:
                     result.rejected_nodes.append(node_id)
-            to_write: list[Allocation] = [a for v in result.node_update.values() for a in v]
-            to_write += [a for v in result.node_allocation.values() for a in v]
+            to_write = {a.id: a for v in result.node_update.values() for a in v}
+            to_write.update({a.id: a for v in result.node_allocation.values() for a in v})
+            for alloc in list(to_write.values()):
+                # a replacement points back at what it replaces; the old one learns its successor
+                prev_id = alloc.previous_allocation
+                prev = to_write.get(prev_id) or (snap.alloc(prev_id) if prev_id else None)
+                if prev is not None and prev.next_allocation != alloc.id:
+                    to_write[prev_id] = prev.model_copy(update={"next_allocation": alloc.id})
+            to_write = list(to_write.values())
             if to_write:
                 result.alloc_index = self.store.upsert_allocs(to_write)
             result.refresh_index = self.store.index()

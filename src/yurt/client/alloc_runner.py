@@ -1,0 +1,353 @@
+"""Runs one allocation: hooks around task runners, in Nomad's lifecycle order.
+
+Order: prerun hooks -> prestart tasks (ephemeral ones run to completion, sidecars until they
+run) -> main tasks -> poststart tasks once every main task runs -> (main tasks end, a task
+fails, the leader dies, or a stop is asked) -> kill main tasks, then poststart tasks, then
+prestart sidecars -> poststop tasks run to completion -> postrun hooks.
+
+Every change is persisted to ``<data_dir>/client/state/<alloc_id>.json`` and reported through
+``on_update(alloc_id, client_status, client_description, task_states)``, called on runner
+threads (one call at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Callable, Iterable, Mapping
+
+from yurt.structs import Allocation, Node, TaskEvent, TaskState
+
+from . import alloc_state, task_events as ev
+from .alloc_hooks import AllocHook, default_hooks
+from .alloc_status import client_status
+from .allocdir import AllocDir
+from .drivers.base import Driver, DriverError, DriverFingerprint, TaskHandle
+from .task_runner import TaskRunner
+
+log = logging.getLogger(__name__)
+
+OnUpdate = Callable[[str, str, str, dict[str, TaskState]], None]
+POLL = 0.5
+
+
+class MissingDriver:
+    """Stands in for a driver this node does not have: every start fails for good."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fingerprint(self) -> DriverFingerprint:
+        return DriverFingerprint()
+
+    def start(self, cfg):
+        raise DriverError(f'failed to start: driver "{self.name}" is not available on this node',
+                          recoverable=False)
+
+    def recover(self, handle: TaskHandle) -> None:
+        raise DriverError(f'driver "{self.name}" is not available on this node')
+
+    def wait(self, handle, timeout=None):
+        return None
+
+    def stop(self, handle, signal, timeout):
+        pass
+
+    def signal(self, handle, signal):
+        pass
+
+    def destroy(self, handle):
+        pass
+
+    def stats(self, handle):
+        return None
+
+
+class AllocRunner:
+    """Runs ``alloc`` on this node.
+
+    ``drivers`` maps driver names to drivers; ``hooks`` defaults to `default_hooks()`;
+    ``region`` is the client's region (for NOMAD_REGION / ``${node.region}``).
+    """
+
+    def __init__(self, alloc: Allocation, *, data_dir: str | os.PathLike,
+                 drivers: Mapping[str, Driver], node: Node | None = None,
+                 on_update: OnUpdate | None = None, hooks: list[AllocHook] | None = None,
+                 region: str | None = None,
+                 _restored: alloc_state.PersistedAlloc | None = None) -> None:
+        if alloc.job is None or alloc.job.group(alloc.task_group) is None:
+            raise ValueError(f"allocation {alloc.id} has no job or no task group {alloc.task_group!r}")
+        self.alloc = alloc
+        self.alloc_id = alloc.id
+        self.data_dir = data_dir
+        self.node = node
+        self.region = region
+        self.on_update = on_update
+        self.hooks = list(default_hooks() if hooks is None else hooks)
+        self.alloc_dir = AllocDir(data_dir, alloc.id)
+        self.group = alloc.job.group(alloc.task_group)
+        self.tasks = list(self.group.tasks or [])
+        self.hook_env: dict[str, str] = {}
+        self.hook_resources: dict[str, object] = {}
+        self._cond = threading.Condition(threading.RLock())
+        self._report_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._destroying = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._finished = bool(_restored and _restored.done)
+        self._kill_event: TaskEvent | None = None
+        self._forced: tuple[str, str] | None = None
+        self._last_report: tuple | None = None
+        restored = _restored.tasks if _restored else {}
+        self.task_runners: dict[str, TaskRunner] = {}
+        for task in self.tasks:
+            saved = restored.get(task.name)
+            self.task_runners[task.name] = TaskRunner(
+                alloc, task, self.alloc_dir, drivers.get(task.driver) or MissingDriver(task.driver),
+                node, on_change=self._task_changed, hook_env=lambda: dict(self.hook_env),
+                region=region, state=saved.state if saved else None,
+                handle=saved.handle if saved else None)
+
+    # --- construction from disk -------------------------------------------------------------
+
+    @classmethod
+    def restore(cls, data_dir: str | os.PathLike, alloc_id: str, *, drivers: Mapping[str, Driver],
+                node: Node | None = None, on_update: OnUpdate | None = None,
+                hooks: list[AllocHook] | None = None, region: str | None = None) -> "AllocRunner":
+        """A runner for an allocation an earlier agent ran; `run()` re-attaches its tasks."""
+        persisted = alloc_state.load(data_dir, alloc_id)
+        if persisted is None:
+            raise FileNotFoundError(f"no local state for allocation {alloc_id} in {data_dir}")
+        return cls(persisted.alloc, data_dir=data_dir, drivers=drivers, node=node,
+                   on_update=on_update, hooks=hooks, region=region, _restored=persisted)
+
+    @staticmethod
+    def persisted_ids(data_dir: str | os.PathLike) -> list[str]:
+        return alloc_state.persisted_alloc_ids(data_dir)
+
+    # --- what others see --------------------------------------------------------------------
+
+    def task_states(self) -> dict[str, TaskState]:
+        return {name: tr.state for name, tr in self.task_runners.items()}
+
+    def status(self) -> tuple[str, str]:
+        if self._forced is not None:
+            return self._forced
+        # Main and prestart tasks always count; poststart/poststop helpers only once they run
+        # (waiting for their turn, or starting late, does not make the allocation pending).
+        counted = []
+        for tr in self.task_runners.values():
+            state = tr.state
+            if tr.hook in ("", "prestart") or state.state != "pending":
+                counted.append(state)
+        return client_status(counted, finished=self._finished)
+
+    @property
+    def client_status(self) -> str:
+        return self.status()[0]
+
+    def is_done(self) -> bool:
+        return self._done.is_set()
+
+    # --- control ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start running the allocation on a thread of its own (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=f"alloc-{self.alloc_id[:8]}",
+                                            daemon=True)
+            self._thread.start()
+
+    def update(self, alloc: Allocation) -> None:
+        """A new version of the allocation from the server; a stopped one stops the tasks."""
+        if alloc.job is None:  # keep the job we run when the server sends a stripped alloc
+            alloc = alloc.model_copy(update={"job": self.alloc.job})
+        self.alloc = alloc
+        for hook in self.hooks:
+            try:
+                hook.update(self, alloc)
+            except Exception:
+                log.exception("alloc %s: update hook %s failed", self.alloc_id, hook.name)
+        self._persist()
+        if alloc.server_terminal():
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill the tasks (main first, sidecars last); poststop tasks still run. Asynchronous."""
+        self._stopping.set()
+        self._notify()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def destroy(self, timeout: float | None = None) -> None:
+        """Stop everything (poststop tasks too), run destroy hooks, forget the allocation."""
+        self._destroying.set()
+        self.stop()
+        if self._thread is None:
+            for tr in self.task_runners.values():
+                tr.kill()
+        elif not self.wait(timeout):
+            log.warning("alloc %s: destroy timed out waiting for tasks", self.alloc_id)
+        for hook in reversed(self.hooks):
+            try:
+                hook.destroy(self)
+            except Exception:
+                log.exception("alloc %s: destroy hook %s failed", self.alloc_id, hook.name)
+        alloc_state.delete(self.data_dir, self.alloc_id)
+
+    # --- reporting --------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _task_changed(self, _runner: TaskRunner) -> None:
+        self._report()
+        self._notify()
+
+    def _persist(self) -> None:
+        persisted = alloc_state.PersistedAlloc(
+            self.alloc, {name: alloc_state.PersistedTask(tr.state, tr.handle)
+                         for name, tr in self.task_runners.items()}, self._finished)
+        alloc_state.save(self.data_dir, persisted)
+
+    def _report(self) -> None:
+        with self._report_lock:
+            if self._destroying.is_set() and self._done.is_set():
+                return
+            self._persist()
+            states = self.task_states()
+            status, description = self.status()
+            key = (status, description, tuple((n, s.state, s.failed, len(s.events), s.restarts)
+                                              for n, s in states.items()))
+            if key == self._last_report or self.on_update is None:
+                self._last_report = key
+                return
+            self._last_report = key
+            try:
+                self.on_update(self.alloc_id, status, description, states)
+            except Exception:
+                log.exception("alloc %s: on_update failed", self.alloc_id)
+
+    # --- the lifecycle ----------------------------------------------------------------------
+
+    def _runners(self, hook: str, sidecar: bool | None = None) -> list[TaskRunner]:
+        return [tr for tr in self.task_runners.values()
+                if tr.hook == hook and (sidecar is None or tr.is_sidecar == sidecar)]
+
+    def _check_failures(self) -> bool:
+        """Note why the allocation must be brought down; True when it must."""
+        if self._kill_event is not None:
+            return True
+        for tr in self.task_runners.values():
+            if tr.failed():
+                self._kill_event = ev.sibling_failed(tr.name)
+                return True
+            if tr.task.leader and tr.is_dead():
+                self._kill_event = ev.leader_dead()
+                return True
+        return False
+
+    def _wait_until(self, ready: Callable[[], bool], *, until_stop: bool = True) -> bool:
+        """Wait for ``ready``; False when a failure or (if ``until_stop``) a stop came first."""
+        with self._cond:
+            while True:
+                if self._check_failures() or (until_stop and self._stopping.is_set()):
+                    return False
+                if ready():
+                    return True
+                self._cond.wait(POLL)
+
+    def _main(self) -> None:
+        try:
+            self._lifecycle()
+        except Exception as e:
+            log.exception("alloc %s: runner crashed", self.alloc_id)
+            self._forced = ("failed", f"alloc runner error: {e}")
+            for tr in self.task_runners.values():
+                tr.kill()
+        finally:
+            self._finished = True
+            self._report()
+            self._done.set()
+
+    def _prerun(self) -> bool:
+        for hook in self.hooks:
+            try:
+                hook.prerun(self)
+            except Exception as e:
+                message = f"prerun hook {hook.name!r} failed: {e}"
+                log.warning("alloc %s: %s", self.alloc_id, message)
+                for tr in self.task_runners.values():
+                    tr.kill(ev.setup_failure(message))
+                self._forced = ("failed", message)
+                return False
+        return True
+
+    def _lifecycle(self) -> None:
+        self._report()
+        if not self._prerun():
+            return
+        prestart = self._runners("prestart")
+        ephemeral = [tr for tr in prestart if not tr.is_sidecar]
+        sidecars = [tr for tr in prestart if tr.is_sidecar]
+        main = self._runners("")
+        poststart = self._runners("poststart")
+
+        def started(runners: Iterable[TaskRunner]) -> None:
+            for tr in runners:
+                tr.run()
+
+        if self.alloc.server_terminal():
+            self._stopping.set()
+        if not self._stopping.is_set():
+            started(prestart)
+            if self._wait_until(lambda: all(tr.is_dead() for tr in ephemeral)
+                                and all(tr.is_running() or tr.is_dead() for tr in sidecars)):
+                started(main)
+                if self._wait_until(lambda: all(tr.is_running() or tr.is_dead() for tr in main)):
+                    started(poststart)
+                    self._wait_until(lambda: all(tr.is_dead() for tr in main))
+        self._shutdown(main, poststart, sidecars, ephemeral)
+        for hook in self.hooks:
+            try:
+                hook.postrun(self)
+            except Exception:
+                log.exception("alloc %s: postrun hook %s failed", self.alloc_id, hook.name)
+
+    def _kill_all(self, runners: list[TaskRunner], event_for: Callable[[], TaskEvent | None]) -> None:
+        for tr in runners:
+            if not tr.is_dead():
+                tr.kill(event_for())
+        for tr in runners:
+            while not tr.wait(POLL):
+                pass
+
+    def _shutdown(self, main, poststart, sidecars, ephemeral) -> None:
+        self._check_failures()
+        reason = self._kill_event
+
+        def event() -> TaskEvent | None:
+            return reason.model_copy(deep=True) if reason is not None else None
+
+        leaders = [tr for tr in main if tr.task.leader]
+        self._kill_all(leaders, event)
+        self._kill_all([tr for tr in main if not tr.task.leader], event)
+        self._kill_all(list(reversed(poststart)), lambda: event() or ev.main_dead())
+        self._kill_all(list(reversed(sidecars)), lambda: event() or ev.main_dead())
+        self._kill_all(ephemeral, event)
+        poststop = self._runners("poststop")
+        if self._destroying.is_set():
+            self._kill_all(poststop, event)
+            return
+        for tr in poststop:
+            tr.run()
+        with self._cond:
+            while not all(tr.is_dead() for tr in poststop):
+                if self._destroying.is_set():
+                    break
+                self._cond.wait(POLL)
+        self._kill_all(poststop, event)

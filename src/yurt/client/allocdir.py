@@ -1,0 +1,93 @@
+"""The allocation directory: ``<data_dir>/alloc/<alloc_id>/``.
+
+Layout (Nomad's client/allocdir)::
+
+    <alloc_id>/
+      alloc/            shared by every task of the allocation (NOMAD_ALLOC_DIR)
+        logs/           <task>.stdout.N / <task>.stderr.N
+        tmp/
+        data/
+      <task>/
+        local/          NOMAD_TASK_DIR, the task's working directory
+        secrets/        NOMAD_SECRETS_DIR, mode 0700
+        tmp/
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+SHARED_DIR = "alloc"
+SHARED_SUBDIRS = ("logs", "tmp", "data")
+
+
+@dataclass(frozen=True)
+class TaskDir:
+    """The directories of one task inside its allocation directory."""
+
+    root: Path
+    shared: Path  # the allocation's shared `alloc/` directory
+
+    @property
+    def local(self) -> Path:
+        return self.root / "local"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def logs(self) -> Path:
+        return self.shared / "logs"
+
+    def build(self) -> None:
+        for d in (self.local, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o777 if d == self.tmp else 0o755)
+        self.secrets.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.secrets, 0o700)
+
+
+class AllocDir:
+    """Builds and destroys one allocation's directory tree."""
+
+    def __init__(self, data_dir: str | os.PathLike, alloc_id: str) -> None:
+        self.alloc_id = alloc_id
+        self.root = Path(data_dir) / "alloc" / alloc_id
+
+    @property
+    def shared(self) -> Path:
+        return self.root / SHARED_DIR
+
+    @property
+    def logs(self) -> Path:
+        return self.shared / "logs"
+
+    def task_dir(self, task: str) -> TaskDir:
+        if not task or "/" in task or "\\" in task or task in (SHARED_DIR, ".", ".."):
+            raise ValueError(f"invalid task name {task!r} for an allocation directory")
+        return TaskDir(self.root / task, self.shared)
+
+    def build(self, tasks: list[str]) -> None:
+        """Create the tree (idempotent: an existing tree is kept as it is)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        for sub in SHARED_SUBDIRS:
+            d = self.shared / sub
+            d.mkdir(parents=True, exist_ok=True)
+            os.chmod(d, 0o777 if sub == "tmp" else 0o755)
+        for task in tasks:
+            self.task_dir(task).build()
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def destroy(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

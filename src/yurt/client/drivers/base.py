@@ -1,0 +1,122 @@
+"""The protocol every task driver implements, and the values it trades in.
+
+A driver starts a task from a `TaskConfig` and returns a `TaskHandle`: a small, JSON-serializable
+record that is enough to find the task again after the agent restarts (`recover`). `wait`
+returns an `ExitResult` when the task has ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+class DriverError(Exception):
+    """A task could not be started, recovered or stopped; the message is for the user."""
+
+    def __init__(self, message: str, recoverable: bool = True) -> None:
+        super().__init__(message)
+        self.recoverable = recoverable
+
+
+@dataclass
+class DriverFingerprint:
+    """What a driver reports about this node (becomes a node's `Drivers[name]`)."""
+
+    detected: bool = False
+    healthy: bool = False
+    description: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TaskConfig:
+    """Everything a driver needs to start one task (values already interpolated)."""
+
+    alloc_id: str
+    name: str
+    env: dict[str, str]
+    config: dict[str, Any]
+    task_dir: Path  # <alloc>/<task>
+    local_dir: Path  # <alloc>/<task>/local, the working directory
+    alloc_dir: Path  # <alloc>/alloc, the shared directory
+    logs_dir: Path
+    user: str = ""
+    max_files: int = 10
+    max_file_size_mb: int = 10
+    logs_disabled: bool = False
+    # tests and operators may bound log files in bytes directly; overrides max_file_size_mb
+    max_file_size_bytes: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.alloc_id}/{self.name}"
+
+
+@dataclass
+class TaskHandle:
+    """A started task, as persisted by the client to re-attach after a restart."""
+
+    driver: str
+    alloc_id: str
+    task: str
+    pid: int = 0  # the task's process (also its process group)
+    pid_start: int | None = None  # /proc start time, to tell a reused pid apart
+    executor_pid: int = 0
+    executor_start: int | None = None
+    started_at: int = 0  # unix nanoseconds
+    task_dir: str = ""
+    state: dict[str, Any] = field(default_factory=dict)  # driver-specific
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaskHandle":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class ExitResult:
+    exit_code: int = 0
+    signal: int = 0
+    oom_killed: bool = False
+    err: str = ""
+
+    def successful(self) -> bool:
+        return self.exit_code == 0 and self.signal == 0 and not self.err
+
+
+@dataclass
+class TaskStats:
+    cpu_user_seconds: float = 0.0
+    cpu_system_seconds: float = 0.0
+    rss_bytes: int = 0
+    pids: list[int] = field(default_factory=list)
+
+
+@runtime_checkable
+class Driver(Protocol):
+    name: str
+
+    def fingerprint(self) -> DriverFingerprint: ...
+
+    def start(self, cfg: TaskConfig) -> TaskHandle:
+        """Start the task; raises DriverError with a user-facing message."""
+
+    def wait(self, handle: TaskHandle, timeout: float | None = None) -> ExitResult | None:
+        """The exit result once the task ended; None when still running after ``timeout``."""
+
+    def stop(self, handle: TaskHandle, signal: str, timeout: float) -> None:
+        """Send ``signal``; after ``timeout`` seconds SIGKILL. Returns when the task is gone."""
+
+    def signal(self, handle: TaskHandle, signal: str) -> None: ...
+
+    def destroy(self, handle: TaskHandle) -> None:
+        """Release everything the task holds (kills it if still running)."""
+
+    def recover(self, handle: TaskHandle) -> None:
+        """Re-attach to a task started by an earlier agent; DriverError if it is gone."""
+
+    def stats(self, handle: TaskHandle) -> TaskStats: ...

@@ -1,0 +1,235 @@
+"""raw_exec: runs a host command without isolation, under a detached executor process.
+
+The executor (`yurt.client.executor`) is started in its own session, so the task keeps running
+when the agent stops or crashes; the files it writes in the task directory (pid file, status
+file) are how an agent, old or new, follows the task.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as _signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..procs import is_alive, kill_group, read_json, signal_number, write_json_atomic
+from .base import DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats
+
+NAME = "raw_exec"
+SPEC_FILE = ".executor-spec.json"
+PID_FILE = ".executor-pid.json"
+STATUS_FILE = ".executor-status.json"
+EXECUTOR_LOG = ".executor.log"
+START_TIMEOUT = 30.0
+POLL = 0.05
+KILL_GRACE = 10.0
+MB = 1024 * 1024
+_YURT_SRC = str(Path(__file__).resolve().parents[3])
+
+
+def lookup_command(command: str, task_dir: Path, env: dict[str, str]) -> str:
+    """Where ``command`` is: the task's local/ dir, the task dir, then $PATH (Nomad lookupBin)."""
+    def runnable(p: Path) -> bool:
+        return p.is_file() and os.access(p, os.X_OK)
+
+    if os.path.isabs(command):
+        if runnable(Path(command)):
+            return command
+        raise DriverError(f'failed to start: exec: "{command}": no such executable file')
+    for base in (task_dir / "local", task_dir):
+        candidate = base / command
+        if runnable(candidate):
+            return str(candidate)
+    if "/" not in command:
+        path = env.get("PATH") or os.environ.get("PATH") or os.defpath
+        for d in path.split(os.pathsep):
+            candidate = Path(d or ".") / command
+            if runnable(candidate):
+                return str(candidate)
+    raise DriverError(f'failed to start: exec: "{command}": executable file not found in $PATH')
+
+
+class RawExecDriver:
+    """The `raw_exec` driver; ``enabled`` comes from the client config (on in dev mode)."""
+
+    name = NAME
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._children: dict[int, subprocess.Popen] = {}  # executors this agent started
+        self._lock = threading.Lock()
+
+    # --- fingerprint ------------------------------------------------------------------------
+
+    def fingerprint(self) -> DriverFingerprint:
+        if not self.enabled:
+            return DriverFingerprint(detected=False, healthy=False, description="disabled")
+        return DriverFingerprint(detected=True, healthy=True, description="Healthy",
+                                 attributes={"driver.raw_exec": "1"})
+
+    # --- start ------------------------------------------------------------------------------
+
+    def start(self, cfg: TaskConfig) -> TaskHandle:
+        if not self.enabled:
+            raise DriverError("raw_exec is disabled on this client", recoverable=False)
+        command = (cfg.config or {}).get("command")
+        if not command or not isinstance(command, str):
+            raise DriverError('failed to start: missing required "command" in the task\'s config',
+                              recoverable=False)
+        args = (cfg.config or {}).get("args") or []
+        if not isinstance(args, list):
+            raise DriverError('failed to start: "args" must be a list of strings', recoverable=False)
+        path = lookup_command(command, cfg.task_dir, cfg.env)
+
+        task_dir = Path(cfg.task_dir)
+        task_dir.mkdir(parents=True, exist_ok=True)
+        for name in (PID_FILE, STATUS_FILE):
+            (task_dir / name).unlink(missing_ok=True)
+        size = cfg.max_file_size_bytes or cfg.max_file_size_mb * MB
+        spec = {
+            "command": path, "args": [str(a) for a in args], "env": cfg.env,
+            "cwd": str(cfg.local_dir), "user": cfg.user, "task": cfg.name,
+            "logs_dir": str(cfg.logs_dir), "logs_disabled": cfg.logs_disabled,
+            "max_files": cfg.max_files, "max_file_size": size,
+            "pid_file": str(task_dir / PID_FILE), "status_file": str(task_dir / STATUS_FILE),
+        }
+        write_json_atomic(task_dir / SPEC_FILE, spec)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_YURT_SRC, env.get("PYTHONPATH")) if p)
+        with open(task_dir / EXECUTOR_LOG, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "yurt.client.executor", str(task_dir / SPEC_FILE)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                close_fds=True, env=env, cwd=str(task_dir))
+        with self._lock:
+            self._children[proc.pid] = proc
+        return self._await_start(proc, task_dir, cfg)
+
+    def _await_start(self, proc: subprocess.Popen, task_dir: Path, cfg: TaskConfig) -> TaskHandle:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            pids = read_json(task_dir / PID_FILE)
+            if pids:
+                return TaskHandle(
+                    driver=NAME, alloc_id=cfg.alloc_id, task=cfg.name, pid=pids["task_pid"],
+                    pid_start=pids["task_start"], executor_pid=pids["executor_pid"],
+                    executor_start=pids["executor_start"], started_at=pids["started_at"],
+                    task_dir=str(task_dir))
+            status = read_json(task_dir / STATUS_FILE)
+            if status and status.get("start_error"):
+                self._reap(proc.pid)
+                raise DriverError(f"failed to start: {status['start_error']}")
+            if proc.poll() is not None:
+                raise DriverError(f"failed to start: executor exited with code {proc.returncode}: "
+                                  f"{self._log_tail(task_dir)}")
+            time.sleep(POLL)
+        proc.kill()
+        raise DriverError("failed to start: executor did not report the task within "
+                          f"{START_TIMEOUT:.0f}s: {self._log_tail(task_dir)}")
+
+    @staticmethod
+    def _log_tail(task_dir: Path) -> str:
+        try:
+            return (task_dir / EXECUTOR_LOG).read_text(errors="replace")[-500:].strip()
+        except OSError:
+            return ""
+
+    def _reap(self, pid: int, wait: float = 0.0) -> None:
+        """Collect exited executors this agent started (``pid`` waited for up to ``wait`` s)."""
+        with self._lock:
+            children = dict(self._children)
+        for child_pid, proc in children.items():
+            done = proc.poll() is not None
+            if not done and child_pid == pid and wait > 0:
+                try:
+                    proc.wait(wait)
+                    done = True
+                except subprocess.TimeoutExpired:
+                    pass
+            if done:
+                with self._lock:
+                    self._children.pop(child_pid, None)
+
+    # --- follow -----------------------------------------------------------------------------
+
+    def _status(self, handle: TaskHandle) -> ExitResult | None:
+        data = read_json(Path(handle.task_dir) / STATUS_FILE)
+        if not data:
+            return None
+        if data.get("start_error"):
+            return ExitResult(exit_code=-1, err=data["start_error"])
+        return ExitResult(exit_code=int(data.get("exit_code", 0)), signal=int(data.get("signal", 0)),
+                          oom_killed=bool(data.get("oom_killed", False)))
+
+    def _executor_alive(self, handle: TaskHandle) -> bool:
+        self._reap(handle.executor_pid)
+        return is_alive(handle.executor_pid, handle.executor_start)
+
+    def _task_alive(self, handle: TaskHandle) -> bool:
+        return is_alive(handle.pid, handle.pid_start)
+
+    def wait(self, handle: TaskHandle, timeout: float | None = None) -> ExitResult | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            result = self._status(handle)
+            if result is not None:
+                self._reap(handle.executor_pid)
+                return result
+            if not self._executor_alive(handle):
+                result = self._status(handle)  # it may have just written it
+                if result is not None:
+                    return result
+                if self._task_alive(handle):
+                    kill_group(handle.pid, _signal.SIGKILL)
+                return ExitResult(exit_code=-1, err="executor exited without reporting the task's status")
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL)
+
+    def recover(self, handle: TaskHandle) -> None:
+        if self._status(handle) is not None or self._executor_alive(handle):
+            return
+        if self._task_alive(handle):
+            kill_group(handle.pid, _signal.SIGKILL)
+        raise DriverError(f"failed to recover task {handle.task!r}: its executor "
+                          f"(pid {handle.executor_pid}) is gone")
+
+    # --- stop -------------------------------------------------------------------------------
+
+    def signal(self, handle: TaskHandle, signal: str) -> None:
+        if self._task_alive(handle):
+            kill_group(handle.pid, signal_number(signal))
+
+    def stop(self, handle: TaskHandle, signal: str, timeout: float) -> None:
+        if self._status(handle) is not None:
+            return
+        if self._task_alive(handle):
+            kill_group(handle.pid, signal_number(signal))
+        if self.wait(handle, timeout) is not None:
+            return
+        if self._task_alive(handle):
+            kill_group(handle.pid, _signal.SIGKILL)
+        if self.wait(handle, KILL_GRACE) is None:
+            raise DriverError(f"task {handle.task!r} did not exit after SIGKILL")
+
+    def destroy(self, handle: TaskHandle) -> None:
+        if self._status(handle) is None and (self._task_alive(handle) or self._executor_alive(handle)):
+            self.stop(handle, "SIGKILL", 0)
+        self._reap(handle.executor_pid, wait=5.0)
+
+    def stats(self, handle: TaskHandle) -> TaskStats:
+        stats = TaskStats(pids=[handle.pid])
+        try:
+            with open(f"/proc/{handle.pid}/stat", "rb") as f:
+                rest = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            stats.cpu_user_seconds = int(rest[11]) / ticks
+            stats.cpu_system_seconds = int(rest[12]) / ticks
+            with open(f"/proc/{handle.pid}/statm") as f:
+                stats.rss_bytes = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+        return stats

@@ -1,0 +1,108 @@
+"""The executor: a small detached process that runs one task and outlives the agent.
+
+``python -m yurt.client.executor <spec.json>`` starts the task in its own process group, pumps
+its stdout/stderr into rotating files under ``alloc/logs``, forwards the signals it receives to
+the task's process group, and when the task ends kills what is left of that group and writes
+the exit status to ``status_file``. The agent finds the task through ``pid_file``; both files
+are written atomically, so an agent that restarts can read them at any time.
+
+Spec keys: command, args, env, cwd, user, task, logs_dir, logs_disabled, max_files,
+max_file_size (bytes), pid_file, status_file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .logrotate import FileRotator
+from .procs import kill_group, start_time, write_json_atomic
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+             signal.SIGUSR1, signal.SIGUSR2)
+DRAIN_TIMEOUT = 5.0
+
+
+def _pump(fd: int, rotator: FileRotator) -> None:
+    try:
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            rotator.write(data)
+    finally:
+        rotator.close()
+        os.close(fd)
+
+
+def run(spec: dict) -> int:
+    status_file = Path(spec["status_file"])
+    pid_file = Path(spec["pid_file"])
+    task = spec["task"]
+    disabled = bool(spec.get("logs_disabled"))
+    stdout = stderr = subprocess.DEVNULL
+    if not disabled:
+        stdout = stderr = subprocess.PIPE
+    child: subprocess.Popen | None = None
+
+    def forward(signum, _frame):
+        if child is not None:
+            kill_group(child.pid, signum)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+
+    try:
+        child = subprocess.Popen(
+            [spec["command"], *spec.get("args", [])], env=spec.get("env", {}),
+            cwd=spec.get("cwd") or None, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+            start_new_session=True, user=spec.get("user") or None, close_fds=True)
+    except (OSError, ValueError, KeyError) as e:
+        write_json_atomic(status_file, {"start_error": str(e), "finished_at": time.time_ns()})
+        return 1
+
+    write_json_atomic(pid_file, {
+        "executor_pid": os.getpid(), "executor_start": start_time(os.getpid()),
+        "task_pid": child.pid, "task_start": start_time(child.pid), "started_at": time.time_ns()})
+
+    pumps = []
+    if not disabled:
+        size = int(spec.get("max_file_size") or 10 * 1024 * 1024)
+        files = int(spec.get("max_files") or 10)
+        for stream, name in ((child.stdout, "stdout"), (child.stderr, "stderr")):
+            rotator = FileRotator(spec["logs_dir"], f"{task}.{name}", files, size)
+            fd = os.dup(stream.fileno())
+            stream.close()
+            t = threading.Thread(target=_pump, args=(fd, rotator), daemon=True)
+            t.start()
+            pumps.append(t)
+
+    code = child.wait()
+    kill_group(child.pid, signal.SIGKILL)  # what the task left behind in its group
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    for t in pumps:
+        t.join(max(0.0, deadline - time.monotonic()))
+    result = {"exit_code": code if code >= 0 else 0, "signal": -code if code < 0 else 0,
+              "oom_killed": False, "finished_at": time.time_ns()}
+    write_json_atomic(status_file, result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m yurt.client.executor <spec.json>", file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        spec = json.load(f)
+    return run(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Runs one task of an allocation: start through its driver, wait, restart per policy, kill.
+
+One thread per task. The driver's calls block, so they run on that thread; everything the
+outside sees (`state`, `handle`) changes under a lock and is announced through ``on_change``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Callable, Mapping
+
+from yurt.structs import Allocation, Node, Task, TaskEvent, TaskState
+from yurt.structs.alloc import TASK_DEAD, TASK_PENDING, TASK_RUNNING
+from yurt.structs.duration import SECOND
+
+from . import task_events as ev
+from .allocdir import AllocDir
+from .drivers.base import Driver, DriverError, ExitResult, TaskConfig, TaskHandle
+from .restarts import NOT_RESTARTING, TERMINATED, RestartTracker
+from .taskenv import build_task_env, interpolate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KILL_SIGNAL = "SIGINT"  # Nomad's default for raw_exec/exec
+DEFAULT_KILL_TIMEOUT = 5 * SECOND
+MAX_KILL_TIMEOUT = 30 * SECOND  # Nomad's client max_kill_timeout default
+WAIT_SLICE = 0.2
+
+OnChange = Callable[["TaskRunner"], None]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class TaskRunner:
+    """Runs ``task`` of ``alloc`` with ``driver``.
+
+    ``on_change(runner)`` is called (on the runner's thread, or the caller's for `kill` before
+    start) after every change of `state` or `handle`. ``hook_env`` returns the variables the
+    allocation's hooks add to the task's environment. ``state``/``handle`` restore a runner
+    from persisted state: a live handle is re-attached instead of started again.
+    """
+
+    def __init__(self, alloc: Allocation, task: Task, alloc_dir: AllocDir, driver: Driver,
+                 node: Node | None = None, *, on_change: OnChange | None = None,
+                 hook_env: Callable[[], Mapping[str, str]] | None = None,
+                 region: str | None = None, state: TaskState | None = None,
+                 handle: TaskHandle | None = None,
+                 max_kill_timeout: int = MAX_KILL_TIMEOUT) -> None:
+        self.alloc = alloc
+        self.max_kill_timeout = max_kill_timeout
+        self.task = task
+        self.name = task.name
+        self.alloc_dir = alloc_dir
+        self.task_dir = alloc_dir.task_dir(task.name)
+        self.driver = driver
+        self.node = node
+        self.region = region
+        self.on_change = on_change
+        self.hook_env = hook_env
+        job_type = (alloc.job.type if alloc.job else None) or "service"
+        policy = task.restart_policy
+        if policy is None:
+            from yurt.jobspec.defaults import default_restart_policy
+            policy = default_restart_policy(job_type)
+        self.tracker = RestartTracker(policy, job_type, task.lifecycle)
+        self._lock = threading.RLock()
+        self._kill = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handle = handle
+        self._restored = state is not None
+        self._next_delay = 0.0
+        self._state = state.model_copy(deep=True) if state is not None else TaskState()
+        if not self._restored:
+            self._state.events.append(ev.received())
+
+    # --- what others see --------------------------------------------------------------------
+
+    @property
+    def state(self) -> TaskState:
+        with self._lock:
+            return self._state.model_copy(deep=True)
+
+    @property
+    def handle(self) -> TaskHandle | None:
+        with self._lock:
+            return self._handle
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def is_dead(self) -> bool:
+        with self._lock:
+            return self._state.state == TASK_DEAD
+
+    def is_running(self) -> bool:
+        with self._lock:
+            return self._state.state == TASK_RUNNING
+
+    def failed(self) -> bool:
+        with self._lock:
+            return self._state.state == TASK_DEAD and self._state.failed
+
+    @property
+    def is_sidecar(self) -> bool:
+        return bool(self.task.lifecycle and self.task.lifecycle.sidecar)
+
+    @property
+    def hook(self) -> str:
+        return self.task.lifecycle.hook if self.task.lifecycle else ""
+
+    # --- control ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start the runner's thread (once)."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            if self._state.state == TASK_DEAD:
+                self._thread = threading.Thread()  # marks "started"; nothing to do
+                self._done.set()
+                return
+            self._thread = threading.Thread(target=self._main, name=f"task-{self.name}", daemon=True)
+        self._thread.start()
+
+    def kill(self, event: TaskEvent | None = None) -> None:
+        """Ask the task to stop (asynchronously); ``event`` says why (e.g. Sibling Task Failed)."""
+        with self._lock:
+            if self._kill.is_set() or self._state.state == TASK_DEAD:
+                self._kill.set()
+                return
+            if event is not None:
+                self._state.events.append(event)
+                if event.fails_task:
+                    self._state.failed = True
+            self._kill.set()
+            never_started = self._thread is None
+            if never_started:
+                self._thread = threading.Thread()
+                self._set_dead(failed=False)
+        self._changed()
+        if never_started:
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the task is dead and its runner finished."""
+        return self._done.wait(timeout)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self)
+            except Exception:  # a broken observer must not kill the task runner
+                log.exception("task %s: on_change failed", self.name)
+
+    def _emit(self, event: TaskEvent, state: str | None = None, **changes) -> None:
+        with self._lock:
+            self._state.events.append(event)
+            if event.fails_task:
+                self._state.failed = True
+            if state is not None:
+                self._state.state = state
+            for k, v in changes.items():
+                setattr(self._state, k, v)
+        self._changed()
+
+    def _set_dead(self, failed: bool | None = None) -> None:
+        self._state.state = TASK_DEAD
+        self._state.finished_at = now_rfc3339()
+        if failed:
+            self._state.failed = True
+
+    def _dead(self, event: TaskEvent | None = None) -> None:
+        with self._lock:
+            if event is not None:
+                self._state.events.append(event)
+                if event.fails_task:
+                    self._state.failed = True
+            self._set_dead()
+            self._handle = None
+        self._changed()
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # never leave a task runner hanging
+            log.exception("task %s: runner crashed", self.name)
+            self._dead(ev.driver_failure(f"task runner error: {e}") if not self.is_dead() else None)
+        finally:
+            self._done.set()
+
+    def _recover(self) -> TaskHandle | None:
+        handle = self.handle
+        if handle is None:
+            return None
+        try:
+            self.driver.recover(handle)
+        except DriverError as e:
+            with self._lock:
+                self._handle = None
+            self._emit(ev.restore_failed(str(e)), TASK_PENDING)
+            return None
+        with self._lock:
+            if self._state.state != TASK_RUNNING:
+                self._state.state = TASK_RUNNING
+        self._changed()
+        return handle
+
+    def _loop(self) -> None:
+        handle = self._recover()
+        if handle is None and not self._restored:
+            self._emit(ev.setup())
+        while True:
+            if handle is None:
+                if self._kill.is_set():
+                    self._dead()
+                    return
+                handle = self._start()
+                if handle is None:  # start failed; the restart policy decided
+                    if self.is_dead() or not self._delay_or_killed():
+                        return
+                    continue
+            result = self._wait(handle)
+            if result is None:  # killed while running
+                self._stop(handle)
+                return
+            self.driver.destroy(handle)
+            with self._lock:
+                self._handle = None
+            handle = None
+            self._emit(ev.terminated(result.exit_code, result.signal,
+                                     "OOM Killed" if result.oom_killed else result.err))
+            if self._kill.is_set():
+                self._dead()
+                return
+            decision = self.tracker.next(exit=result)
+            if not self._apply(decision):
+                return
+            if not self._delay_or_killed():
+                return
+
+    def _apply(self, decision) -> bool:
+        """Record a restart decision; False when the task is now dead."""
+        if decision.state == TERMINATED:
+            self._dead()
+            return False
+        if decision.state == NOT_RESTARTING:
+            self._dead(ev.not_restarting(decision.reason))
+            return False
+        self._next_delay = decision.delay
+        self._emit(ev.restarting(decision.delay, decision.reason), TASK_PENDING)
+        return True
+
+    def _delay_or_killed(self) -> bool:
+        """Sleep the restart delay; False (and dead) when killed meanwhile."""
+        if self._kill.wait(self._next_delay):
+            self._dead()
+            return False
+        with self._lock:
+            self._state.restarts += 1
+            self._state.last_restart = now_rfc3339()
+        return True
+
+    def _config(self) -> TaskConfig:
+        self.task_dir.build()
+        env = build_task_env(self.alloc, self.task, self.task_dir, self.node,
+                             hook_env=self.hook_env() if self.hook_env else None, region=self.region)
+        config = interpolate(dict(self.task.config or {}), env, self.node, self.region)
+        logs = self.task.log_config
+        return TaskConfig(
+            alloc_id=self.alloc.id, name=self.name, env=env, config=config,
+            task_dir=self.task_dir.root, local_dir=self.task_dir.local,
+            alloc_dir=self.task_dir.shared, logs_dir=self.task_dir.logs,
+            user=interpolate(self.task.user, env, self.node, self.region),
+            max_files=(logs.max_files if logs and logs.max_files else 10),
+            max_file_size_mb=(logs.max_file_size_mb if logs and logs.max_file_size_mb else 10),
+            logs_disabled=bool(logs and logs.disabled))
+
+    def _start(self) -> TaskHandle | None:
+        try:
+            handle = self.driver.start(self._config())
+        except DriverError as e:
+            return self._start_failed(str(e), e.recoverable)
+        except Exception as e:  # a bug or a broken config: report it like a driver failure
+            log.exception("task %s: start failed", self.name)
+            return self._start_failed(f"failed to start: {e}", True)
+        with self._lock:
+            self._handle = handle
+            self._state.state = TASK_RUNNING
+            if self._state.started_at is None:
+                self._state.started_at = now_rfc3339()
+            self._state.events.append(ev.started())
+        self._changed()
+        return handle
+
+    def _start_failed(self, message: str, recoverable: bool) -> None:
+        self._emit(ev.driver_failure(message))
+        decision = self.tracker.next(start_error=DriverError(message), recoverable=recoverable)
+        self._apply(decision)
+        return None
+
+    def _wait(self, handle: TaskHandle) -> ExitResult | None:
+        while not self._kill.is_set():
+            result = self.driver.wait(handle, WAIT_SLICE)
+            if result is not None:
+                return result
+        return None
+
+    def _stop(self, handle: TaskHandle) -> None:
+        timeout = min(self.task.kill_timeout or DEFAULT_KILL_TIMEOUT, self.max_kill_timeout)
+        signal = self.task.kill_signal or DEFAULT_KILL_SIGNAL
+        if self.task.shutdown_delay:
+            self._kill_sleep(self.task.shutdown_delay / SECOND)
+        self._emit(ev.killing(timeout, signal))
+        err = ""
+        try:
+            self.driver.stop(handle, signal, timeout / SECOND)
+        except (DriverError, ValueError) as e:
+            err = str(e)
+        result = self.driver.wait(handle, 0)
+        if result is not None:
+            self._emit(ev.terminated(result.exit_code, result.signal,
+                                     "OOM Killed" if result.oom_killed else result.err))
+        self.driver.destroy(handle)
+        self._dead(ev.killed(err))
+
+    @staticmethod
+    def _kill_sleep(seconds: float) -> None:
+        threading.Event().wait(seconds)

@@ -1,0 +1,140 @@
+"""Which nodes can run a group at all: readiness, datacenter, pool, drivers, network, constraints.
+
+The checks that only depend on the node and the job are cached per node for one evaluation
+(Nomad caches them per computed node class); distinct_hosts / distinct_property depend on what
+is already placed and are checked for every placement.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Callable
+
+from yurt.structs import Constraint, Job, Node, TaskGroup
+
+from .constraints import (DISTINCT_HOSTS, DISTINCT_PROPERTY, compile_constraint, describe,
+                          resolve_target)
+
+_UNSET = object()
+CNI_PLUGINS = ("bridge", "firewall", "host-local", "loopback", "portmap")
+
+
+def dc_matches(datacenter: str, patterns: list[str]) -> bool:
+    return any(p == "*" or p == datacenter or fnmatchcase(datacenter, p) for p in patterns)
+
+
+def _is_glob(p: str) -> bool:
+    return any(ch in p for ch in "*?[")
+
+
+def ready_nodes(job: Job, nodes: list[Node]) -> tuple[list[Node], dict[str, int], int]:
+    """(ready nodes in the job's datacenters and pool, ready count per datacenter, pool size)."""
+    patterns = job.datacenters or ["*"]
+    pool = job.node_pool or "default"
+    any_pool = pool == "all"
+    ready = [n for n in nodes if (any_pool or n.node_pool == pool) and n.status == "ready"
+             and n.scheduling_eligibility == "eligible" and not n.drain]
+    in_pool = len(ready)
+    if "*" not in patterns:
+        literal = {p for p in patterns if not _is_glob(p)}
+        globs = [p for p in patterns if _is_glob(p)]
+        present = {n.datacenter for n in ready}
+        allowed = {dc for dc in present if dc in literal or any(fnmatchcase(dc, g) for g in globs)}
+        if allowed != present:
+            ready = [n for n in ready if n.datacenter in allowed]
+    by_dc: dict[str, int] = {p: 0 for p in patterns if not _is_glob(p)}
+    for n in ready:
+        by_dc[n.datacenter] = by_dc.get(n.datacenter, 0) + 1
+    return ready, by_dc, in_pool
+
+
+def _plain(constraints: list[Constraint] | None) -> list[tuple[Callable[[Node], bool], str]]:
+    return [(compile_constraint(c.l_target, c.operand, c.r_target),
+             describe(c.l_target, c.operand, c.r_target))
+            for c in constraints or [] if c.operand not in (DISTINCT_HOSTS, DISTINCT_PROPERTY)]
+
+
+def _check_constraints(node: Node, constraints: list[tuple[Callable[[Node], bool], str]]) -> str | None:
+    for check, text in constraints:
+        if not check(node):
+            return text
+    return None
+
+
+def driver_ok(node: Node, driver: str) -> bool:
+    info = node.drivers.get(driver)
+    if info is not None:
+        return info.detected and info.healthy
+    return node.attributes.get(f"driver.{driver}", "").lower() in ("1", "true")
+
+
+class JobChecker:
+    """The job-level constraints, cached per node."""
+
+    def __init__(self, job: Job) -> None:
+        self.constraints = _plain(job.constraints)
+        self.cache: dict[str, str | None] = {}
+
+    def __call__(self, node: Node) -> str | None:
+        reason = self.cache.get(node.id, _UNSET)
+        if reason is _UNSET:
+            reason = self.cache[node.id] = _check_constraints(node, self.constraints)
+        return reason
+
+
+class GroupChecker:
+    """A group's drivers, network and constraints (its own and its tasks'), cached per node."""
+
+    def __init__(self, tg: TaskGroup) -> None:
+        self.drivers = sorted({t.driver for t in tg.tasks or [] if t.driver})
+        self.bridge = any((n.mode or "host") == "bridge" for n in tg.networks or [])
+        self.constraints = _plain(tg.constraints)
+        for t in tg.tasks or []:
+            self.constraints += _plain(t.constraints)
+        self.cache: dict[str, str | None] = {}
+
+    def __call__(self, node: Node) -> str | None:
+        reason = self.cache.get(node.id, _UNSET)
+        if reason is _UNSET:
+            reason = self.cache[node.id] = self._check(node)
+        return reason
+
+    def _check(self, node: Node) -> str | None:
+        for d in self.drivers:
+            if not driver_ok(node, d):
+                return f"missing driver {d}"
+        if self.bridge:
+            for p in CNI_PLUGINS:
+                if f"plugins.cni.version.{p}" not in node.attributes:
+                    return f'missing CNI plugin "{p}"'
+        return _check_constraints(node, self.constraints)
+
+
+class DistinctRules:
+    """distinct_hosts and distinct_property rules that apply to one group.
+
+    ``hosts``: "job" or "group" scope (or None). ``properties``: (attribute, limit, scope).
+    """
+
+    def __init__(self, job: Job, tg: TaskGroup) -> None:
+        self.hosts: str | None = None
+        self.properties: list[tuple[str, int, str]] = []
+        for scope, cons in (("job", job.constraints), ("group", tg.constraints)):
+            for c in cons or []:
+                if c.operand == DISTINCT_HOSTS:
+                    if (c.r_target or "true").strip().lower() not in ("false", "0"):
+                        self.hosts = "job" if "job" in (scope, self.hosts) else "group"
+                elif c.operand == DISTINCT_PROPERTY:
+                    try:
+                        limit = int(c.r_target) if c.r_target else 1
+                    except ValueError:
+                        limit = 1
+                    self.properties.append((c.l_target, max(limit, 1), scope))
+
+    def __bool__(self) -> bool:
+        return self.hosts is not None or bool(self.properties)
+
+
+def property_value(node: Node, attribute: str) -> str | None:
+    value, found = resolve_target(attribute, node)
+    return value if found else None

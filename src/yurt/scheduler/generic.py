@@ -1,0 +1,255 @@
+"""The service and batch scheduler (Nomad scheduler/generic_sched.go), as one pure function.
+
+``schedule(eval, state, seed=, now_ns=)`` reads the job, its allocations and the nodes from a
+read-only state view, reconciles, places what must be placed and returns the plan and what the
+eval should say. No I/O, no clock, all randomness from ``random.Random(seed)``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from yurt.structs import (AllocatedCpuResources, AllocatedMemoryResources, AllocatedResources,
+                          AllocatedSharedResources, AllocatedTaskResources, Allocation,
+                          AllocMetric, DesiredTransition, DesiredUpdates, Evaluation, Job, Node,
+                          Plan, PlanAnnotations)
+
+from . import reschedule
+from .ports import host_ip, port_mappings
+from .reconcile import Place, Reconciled, reconcile
+from .stack import Group, Metric, NodeUsage, Stack
+from .util import ALLOC_RESCHEDULED, ALLOC_UPDATING, new_id
+
+UNSUPPORTED = "system jobs are not supported yet"
+BLOCKED_DESCRIPTION = "created to place remaining allocations"
+
+
+@dataclass
+class SchedulerResult:
+    plan: Plan
+    failed_tg_allocs: dict[str, AllocMetric] = field(default_factory=dict)
+    queued: dict[str, int] = field(default_factory=dict)
+    desired_updates: dict[str, DesiredUpdates] = field(default_factory=dict)
+    followup_evals: list[Evaluation] = field(default_factory=list)
+    blocked_eval: Evaluation | None = None
+    status: str = "complete"
+    status_description: str = ""
+
+
+def schedule(ev: Evaluation, state, *, seed: int, now_ns: int) -> SchedulerResult:
+    """Plan what evaluation ``ev`` asks for, against ``state`` (a SchedulerState)."""
+    namespace = ev.namespace or "default"
+    job = state.job(namespace, ev.job_id)
+    plan = Plan.model_construct(
+        eval_id=ev.id, priority=(job.priority if job else ev.priority) or 50, job=job,
+        all_at_once=bool(job and job.all_at_once), node_update={}, node_allocation={},
+        annotations=None, snapshot_index=state.index)
+    jtype = (job.type if job else ev.type) or "service"
+    if jtype in ("system", "sysbatch"):
+        return SchedulerResult(plan=plan, status="failed", status_description=UNSUPPORTED)
+    # The eval's ID is mixed into the seed so two evals given the same seed still draw
+    # different allocation IDs; the same (seed, eval) always gives the same plan.
+    rng = random.Random(f"{seed}:{ev.id}")
+    return _Scheduler(ev, job, state, plan, rng, now_ns).run()
+
+
+class _Scheduler:
+    def __init__(self, ev: Evaluation, job: Job | None, state, plan: Plan, rng: random.Random,
+                 now_ns: int) -> None:
+        self.ev, self.job, self.state, self.plan, self.rng, self.now = ev, job, state, plan, rng, now_ns
+        self.stopped: set[str] = set()
+        self.result = SchedulerResult(plan=plan)
+        self.stack: Stack | None = None
+        self.live: list[tuple[Node, str]] = []      # (node, group) of the job's running allocs
+
+    # --- plan bookkeeping ---------------------------------------------------------------------
+    def stop(self, alloc: Allocation, description: str, client_status: str = "") -> None:
+        update: dict[str, Any] = {"desired_status": "stop", "desired_description": description,
+                                  "modify_time": self.now}
+        if client_status:
+            update["client_status"] = client_status
+        self.plan.node_update.setdefault(alloc.node_id, []).append(alloc.model_copy(update=update))
+        self.stopped.add(alloc.id)
+        usage = self.stack.usage.get(alloc.node_id) if self.stack else None
+        if usage is not None and not alloc.terminal():
+            usage.add(alloc, self._mine(alloc), -1)
+
+    def unstop(self, alloc: Allocation) -> None:
+        entries = self.plan.node_update.get(alloc.node_id, [])
+        for i in range(len(entries) - 1, -1, -1):
+            if entries[i].id == alloc.id:
+                del entries[i]
+                break
+        if not entries:
+            self.plan.node_update.pop(alloc.node_id, None)
+        self.stopped.discard(alloc.id)
+        usage = self.stack.usage.get(alloc.node_id) if self.stack else None
+        if usage is not None and not alloc.terminal():
+            usage.add(alloc, self._mine(alloc), 1)
+
+    def _mine(self, alloc: Allocation) -> bool:
+        return alloc.job_id == self.job.id and alloc.namespace == (self.job.namespace or "default")
+
+    def usage_of(self, node: Node) -> NodeUsage:
+        usage = self.stack.usage.get(node.id)
+        if usage is None:
+            usage = self.stack.usage[node.id] = NodeUsage(node)
+            for a in self.state.allocs_by_node(node.id):
+                if a.id not in self.stopped and not a.terminal():
+                    usage.add(a, self._mine(a))
+        return usage
+
+    # --- the run ------------------------------------------------------------------------------
+    def run(self) -> SchedulerResult:
+        ev, job, res = self.ev, self.job, self.result
+        allocs = self.state.allocs_by_job(ev.namespace or "default", ev.job_id)
+        rec = reconcile(job, allocs, self.state.node, ev, self.now, self.rng)
+        res.desired_updates = rec.desired
+        res.followup_evals = rec.followup_evals
+        self.plan.annotations = PlanAnnotations.model_construct(desired_tg_updates=rec.desired)
+        for s in rec.stops:
+            self.stop(s.alloc, s.description, s.client_status)
+        for a in rec.alloc_updates:
+            self.plan.node_allocation.setdefault(a.node_id, []).append(a)
+        if job is not None and not job.stop and any(
+                g.places or g.destructive or g.inplace for g in rec.groups):
+            self._place_all(rec, allocs)
+        if res.failed_tg_allocs:
+            res.blocked_eval = self._blocked()
+        return res
+
+    def _place_all(self, rec: Reconciled, allocs: list[Allocation]) -> None:
+        job = self.job
+        self.stack = Stack(job, self.state.nodes(), self.rng)
+        replaced = {p.previous.id for g in rec.groups for p in g.destructive}
+        for a in allocs:
+            if not a.terminal() and a.id not in self.stopped and a.id not in replaced:
+                node = self.state.node(a.node_id)
+                if node is not None:
+                    self.live.append((node, a.task_group))
+        n_nodes = len(self.stack.order)
+        for gp in rec.groups:
+            if not (gp.places or gp.destructive or gp.inplace):
+                continue
+            group = Group(job, gp.tg, self.live, n_nodes)
+            du = rec.desired[gp.tg.name]
+            destructive = list(gp.destructive)
+            for a in gp.inplace:
+                node = self.state.node(a.node_id)
+                if node is not None and self.stack.feasible_static(node, group) is None:
+                    self.plan.node_allocation.setdefault(a.node_id, []).append(a.model_copy(
+                        update={"job": job, "eval_id": self.ev.id, "modify_time": self.now}))
+                else:   # the node no longer suits the group: replace it
+                    destructive.append(Place(gp.tg, a.name, previous=a))
+                    du.in_place_update -= 1
+                    du.destructive_update += 1
+            for p in destructive:
+                self._place(group, p, destructive=True)
+            for p in gp.places:
+                self._place(group, p)
+            if group.failed is not None:
+                self.result.failed_tg_allocs[gp.tg.name] = self._metric_struct(group.failed)
+
+    def _place(self, group: Group, p: Place, destructive: bool = False) -> None:
+        tg_name = group.tg.name
+        res = self.result
+        if group.failed is not None:
+            group.failed.coalesced += 1
+            res.queued[tg_name] = res.queued.get(tg_name, 0) + 1
+            return
+        prev = p.previous
+        if destructive:
+            self.stop(prev, ALLOC_UPDATING)
+        penalty = reschedule.penalty_nodes(prev) if (prev is not None and p.reschedule) else None
+        node, ports, metric = self.stack.select(group, penalty, self.usage_of)
+        if node is None:
+            if destructive:
+                self.unstop(prev)
+            group.failed = metric
+            res.queued[tg_name] = res.queued.get(tg_name, 0) + 1
+            return
+        alloc = self._new_alloc(group, p, node, ports, metric)
+        self.plan.node_allocation.setdefault(node.id, []).append(alloc)
+        usage = self.stack.usage[node.id]
+        usage.add(alloc, True)
+        self.live.append((node, tg_name))
+        group.count_placed(node, tg_name)
+        if p.reschedule and prev is not None:
+            self.stop(prev, ALLOC_RESCHEDULED)
+
+    def _new_alloc(self, group: Group, p: Place, node: Node, ports, metric: Metric) -> Allocation:
+        tmpl = group.template
+        if tmpl is None:
+            tmpl = group.template = self._template(group)
+        ar = tmpl.allocated_resources
+        update: dict[str, Any] = {
+            "id": new_id(self.rng), "name": p.name, "node_id": node.id, "node_name": node.name,
+            "metrics": self._metric_json(metric), "task_states": {},
+            "desired_transition": tmpl.desired_transition.model_copy(),
+            "allocated_resources": ar.model_copy(update={
+                "tasks": dict(ar.tasks),
+                "shared": ar.shared.model_copy(update={
+                    "ports": port_mappings(ports, host_ip(node)) if ports else []})})}
+        prev = p.previous
+        if prev is not None:
+            update["previous_allocation"] = prev.id
+            if p.reschedule:
+                update["reschedule_tracker"] = reschedule.new_tracker(
+                    prev, group.tg.reschedule_policy, self.now)
+        return tmpl.model_copy(update=update)
+
+    def _template(self, group: Group) -> Allocation:
+        """What every new allocation of the group shares; copied (shallowly) per placement."""
+        job, now = self.job, self.now
+        tasks = {name: AllocatedTaskResources.model_construct(
+                    cpu=AllocatedCpuResources.model_construct(cpu_shares=cpu),
+                    memory=AllocatedMemoryResources.model_construct(memory_mb=mem, memory_max_mb=mmax))
+                 for name, cpu, mem, mmax in group.ask.tasks}
+        shared = AllocatedSharedResources.model_construct(disk_mb=group.ask.disk, ports=[], networks=None)
+        return Allocation.model_construct(
+            id="", namespace=job.namespace or "default", eval_id=self.ev.id, name="", node_id="",
+            node_name="", job_id=job.id, job=job, task_group=group.tg.name,
+            allocated_resources=AllocatedResources.model_construct(
+                tasks=tasks, task_lifecycles=None, shared=shared),
+            desired_status="run", desired_description="",
+            desired_transition=DesiredTransition.model_construct(),
+            client_status="pending", client_description="", task_states={},
+            previous_allocation="", next_allocation="", reschedule_tracker=None,
+            followup_eval_id="", network_status=None, metrics=None, create_index=0,
+            modify_index=0, alloc_modify_index=0, create_time=now, modify_time=now)
+
+    # --- results ------------------------------------------------------------------------------
+    def _metric_json(self, m: Metric) -> dict[str, Any]:
+        stack = self.stack
+        return {
+            "NodesEvaluated": m.evaluated, "NodesFiltered": m.filtered,
+            "NodesInPool": stack.in_pool, "NodesAvailable": dict(stack.by_dc),
+            "ClassFiltered": {}, "ConstraintFiltered": dict(m.constraint),
+            "NodesExhausted": m.exhausted, "ClassExhausted": {},
+            "DimensionExhausted": dict(m.dimension), "QuotaExhausted": [],
+            "ResourcesExhausted": None, "Scores": None,
+            "ScoreMetaData": list(m.scores) or None, "AllocationTime": 0,
+            "CoalescedFailures": m.coalesced,
+        }
+
+    def _metric_struct(self, m: Metric) -> AllocMetric:
+        return AllocMetric(
+            nodes_evaluated=m.evaluated, nodes_filtered=m.filtered, nodes_in_pool=self.stack.in_pool,
+            nodes_available=dict(self.stack.by_dc), constraint_filtered=dict(m.constraint),
+            nodes_exhausted=m.exhausted, dimension_exhausted=dict(m.dimension),
+            coalesced_failures=m.coalesced)
+
+    def _blocked(self) -> Evaluation:
+        ev, job = self.ev, self.job
+        fields = dict(
+            status="blocked", status_description=BLOCKED_DESCRIPTION,
+            escaped_computed_class=True,
+            queued_allocations=dict(self.result.queued), snapshot_index=self.state.index)
+        if ev.status == "blocked":   # a blocked eval that still cannot place is blocked again
+            return ev.model_copy(update=fields)
+        return Evaluation(
+            id=new_id(self.rng), namespace=ev.namespace, priority=job.priority or ev.priority,
+            type=job.type or ev.type, triggered_by=ev.triggered_by, job_id=job.id,
+            job_modify_index=job.job_modify_index, previous_eval=ev.id, **fields)

@@ -1,0 +1,255 @@
+"""Choosing a node for one allocation (Nomad feasible/stack.go GenericStack.Select).
+
+Nodes come from a per-eval shuffled list, read round-robin from where the previous placement
+stopped; each goes through feasibility (job, then group checks, then distinct_*), bin-packing
+(resources and ports against what the node holds after this plan), then scoring. The limit
+iterator stops after a few scored candidates; the best one wins.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from yurt.structs import Allocation, Job, Node, TaskGroup
+
+from .feasible import _UNSET, DistinctRules, GroupChecker, JobChecker, property_value, ready_nodes
+from .ports import PortAsk, assign_ports, parse_port_spec, ports_free
+from .rank import Affinities, Spreads, binpack_score
+from .util import GroupAsk, alloc_usage
+
+MAX_SKIP = 3
+SCORE_THRESHOLD = 0.0
+FEASIBILITY_LIMIT = 100
+MAX_SCORE_META = 5
+
+
+class NodeUsage:
+    """What a node holds once this plan is applied (so far)."""
+
+    __slots__ = ("cap_cpu", "cap_mem", "cap_disk", "cpu", "mem", "disk", "ports", "job_allocs",
+                 "tg_allocs")
+
+    def __init__(self, node: Node) -> None:
+        nr, rr = node.node_resources, node.reserved_resources
+        self.cap_cpu = nr.cpu.cpu_shares - rr.cpu.cpu_shares
+        self.cap_mem = nr.memory.memory_mb - rr.memory.memory_mb
+        self.cap_disk = nr.disk.disk_mb - rr.disk.disk_mb
+        self.cpu = self.mem = self.disk = self.job_allocs = 0
+        spec = rr.networks.reserved_host_ports
+        self.ports: set[int] = set(parse_port_spec(spec)) if spec else set()
+        self.tg_allocs: dict[str, int] = {}
+
+    def add(self, alloc: Allocation, mine: bool, sign: int = 1) -> None:
+        c, m, d = alloc_usage(alloc)
+        self.cpu += sign * c
+        self.mem += sign * m
+        self.disk += sign * d
+        for p in alloc.allocated_resources.shared.ports:
+            if sign > 0:
+                self.ports.add(p.value)
+            else:
+                self.ports.discard(p.value)
+        if mine:
+            self.job_allocs += sign
+            self.tg_allocs[alloc.task_group] = self.tg_allocs.get(alloc.task_group, 0) + sign
+
+
+class Metric:
+    """AllocMetric counters for one placement, kept as plain numbers."""
+
+    __slots__ = ("evaluated", "filtered", "constraint", "exhausted", "dimension", "scores",
+                 "coalesced")
+
+    def __init__(self) -> None:
+        self.evaluated = self.filtered = self.exhausted = self.coalesced = 0
+        self.constraint: dict[str, int] = {}
+        self.dimension: dict[str, int] = {}
+        self.scores: list[dict[str, Any]] = []
+
+    def filter(self, reason: str) -> None:
+        self.filtered += 1
+        self.constraint[reason] = self.constraint.get(reason, 0) + 1
+
+    def exhaust(self, dim: str) -> None:
+        self.exhausted += 1
+        self.dimension[dim] = self.dimension.get(dim, 0) + 1
+
+
+class Group:
+    """Everything about a group that is computed once per evaluation."""
+
+    def __init__(self, job: Job, tg: TaskGroup, live: list[tuple[Node, str]], n_nodes: int) -> None:
+        self.tg = tg
+        self.count = tg.count or 0
+        self.ask = GroupAsk(tg)
+        self.ports = PortAsk(tg.networks)
+        self.checker = GroupChecker(tg)
+        self.distinct = DistinctRules(job, tg)
+        self.affinities = Affinities(job, tg)
+        self.spreads = Spreads(job, tg)
+        self.failed: Metric | None = None
+        self.template: Allocation | None = None     # built by the scheduler on first placement
+        self.feasible: dict[str, str | None] = {}   # job + group checks, per node id
+        if self.affinities or self.spreads:
+            self.limit = max(self.count, FEASIBILITY_LIMIT)
+        elif job.type == "batch":
+            self.limit = 2
+        else:
+            self.limit = max(2, math.ceil(math.log2(n_nodes))) if n_nodes > 1 else 2
+        # distinct_property counts per rule, spread counts: from the job's live allocations
+        self.property_used: list[dict[str, int]] = [{} for _ in self.distinct.properties]
+        for node, group in live:
+            self.count_placed(node, group)
+
+    def count_placed(self, node: Node, group: str) -> None:
+        for (attr, _, scope), used in zip(self.distinct.properties, self.property_used):
+            if scope == "job" or group == self.tg.name:
+                value = property_value(node, attr)
+                if value is not None:
+                    used[value] = used.get(value, 0) + 1
+        if group == self.tg.name and self.spreads:
+            self.spreads.add(node)
+
+
+class Stack:
+    def __init__(self, job: Job, nodes: list[Node], rng: random.Random) -> None:
+        self.job = job
+        self.rng = rng
+        ready, self.by_dc, self.in_pool = ready_nodes(job, nodes)
+        # Shuffled lazily (Fisher-Yates one step per node reached): a uniform random order
+        # without paying for the nodes no placement ever looks at.
+        self.order = ready
+        self.offset = 0
+        self.fixed = 0
+        self.job_checker = JobChecker(job)
+        self.usage: dict[str, NodeUsage] = {}
+
+    def feasible_static(self, node: Node, group: Group) -> str | None:
+        return self.job_checker(node) or group.checker(node)
+
+    def _distinct(self, node: Node, group: Group, usage: NodeUsage) -> str | None:
+        d = group.distinct
+        if d.hosts == "job" and usage.job_allocs > 0:
+            return "distinct_hosts"
+        if d.hosts == "group" and usage.tg_allocs.get(group.tg.name, 0) > 0:
+            return "distinct_hosts"
+        for (attr, limit, _), used in zip(d.properties, group.property_used):
+            value = property_value(node, attr)
+            if value is None:
+                return f"missing property {attr}"
+            if used.get(value, 0) >= limit:
+                return "distinct_property"
+        return None
+
+    def select(self, group: Group, penalty: set[str] | None, usage_of) -> tuple[
+            Node | None, list | None, Metric]:
+        """The best node for one more allocation of ``group`` and its ports."""
+        metric = Metric()
+        order = self.order
+        n = len(order)
+        ask_cpu, ask_mem, ask_disk = group.ask.cpu, group.ask.memory, group.ask.disk
+        count = group.count
+        tg_name = group.tg.name
+        candidates: list[tuple[float, Node]] = []
+        skipped: list[tuple[float, Node]] = []
+        limit = group.limit
+        offset = self.offset
+        rand = self.rng.random
+        job_checker, group_checker = self.job_checker, group.checker
+        feasible = group.feasible       # node id -> reason it is filtered, or None
+        usages = self.usage
+        distinct = bool(group.distinct)
+        port_ask = group.ports if group.ports else None
+        affinities = group.affinities if group.affinities else None
+        spreads = group.spreads if group.spreads else None
+        scores_meta = metric.scores
+        evaluated = 0
+        for _ in range(n):
+            if offset >= self.fixed:
+                j = offset + int(rand() * (n - offset))
+                order[offset], order[j] = order[j], order[offset]
+                self.fixed = offset + 1
+            node = order[offset]
+            offset += 1
+            if offset == n:
+                offset = 0
+            evaluated += 1
+            nid = node.id
+            reason = feasible.get(nid, _UNSET)
+            if reason is _UNSET:
+                reason = feasible[nid] = job_checker(node) or group_checker(node)
+            if reason is not None:
+                metric.filter(reason)
+                continue
+            usage = usages.get(nid) or usage_of(node)
+            if distinct:
+                reason = self._distinct(node, group, usage)
+                if reason is not None:
+                    metric.filter(reason)
+                    continue
+            cpu = usage.cpu + ask_cpu
+            if cpu > usage.cap_cpu:
+                metric.exhaust("cpu")
+                continue
+            mem = usage.mem + ask_mem
+            if mem > usage.cap_mem:
+                metric.exhaust("memory")
+                continue
+            if usage.disk + ask_disk > usage.cap_disk:
+                metric.exhaust("disk")
+                continue
+            if port_ask is not None:
+                dim = ports_free(port_ask, usage.ports, node)
+                if dim:
+                    metric.exhaust(dim)
+                    continue
+            binpack = binpack_score(cpu, mem, usage.cap_cpu, usage.cap_mem)
+            total, parts = binpack, 1
+            collisions = usage.tg_allocs.get(tg_name, 0) if usage.tg_allocs else 0
+            anti = -(collisions + 1) / count if collisions > 0 and count > 0 else 0.0
+            if anti:
+                total += anti
+                parts += 1
+            pen = -1.0 if penalty and nid in penalty else 0.0
+            if pen:
+                total += pen
+                parts += 1
+            aff = affinities.score(node) if affinities is not None else 0.0
+            if aff:
+                total += aff
+                parts += 1
+            spr = spreads.score(node) if spreads is not None else 0.0
+            if spr:
+                total += spr
+                parts += 1
+            final = total / parts
+            if len(scores_meta) < MAX_SCORE_META:
+                detail = {"binpack": binpack}
+                for key, value in (("job-anti-affinity", anti), ("node-reschedule-penalty", pen),
+                                   ("node-affinity", aff), ("allocation-spread", spr)):
+                    if value:
+                        detail[key] = value
+                scores_meta.append({"NodeID": nid, "Scores": detail, "NormScore": final})
+            if final <= SCORE_THRESHOLD and len(skipped) < MAX_SKIP:
+                skipped.append((final, node))
+                continue
+            candidates.append((final, node))
+            if len(candidates) >= limit:
+                break
+        metric.evaluated = evaluated
+        self.offset = offset
+        if not candidates:
+            candidates = skipped
+        if not candidates:
+            return None, None, metric
+        best = candidates[0]
+        for c in candidates[1:]:
+            if c[0] > best[0]:
+                best = c
+        node = best[1]
+        ports = None
+        if group.ports:   # dynamic ports are drawn for the winner only
+            ports, _ = assign_ports(group.ports, usage_of(node).ports, node, self.rng)
+        return node, ports, metric
