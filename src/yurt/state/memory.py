@@ -1,0 +1,208 @@
+"""The in-memory read model: plain dicts, copied on the first write after a snapshot.
+
+`Tables` holds every table and secondary index as dicts. A snapshot (`freeze()`) is a shallow
+copy of the references, after which the live tables own nothing: the next write to a table
+copies its top-level dict (and, for a dict-of-dicts index, only the buckets it touches) before
+changing it. So a snapshot costs O(number of tables), the first write after it O(rows in the
+tables it touches), and writes with no snapshot in between copy nothing.
+
+Stored objects are never mutated once they are in a table; a write replaces them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yurt.structs import Allocation, Evaluation, Job, Node
+
+JobKey = tuple[str, str]            # (namespace, job id)
+VersionKey = tuple[str, str, int]   # (namespace, job id, JobModifyIndex of that version)
+CountKey = tuple[str, str, int]     # (namespace, job id, the job's CreateIndex)
+
+TABLES = ("jobs", "evals", "allocs", "nodes")
+
+_TOP = ("jobs", "versions", "job_cache", "evals", "evals_by_job", "allocs", "allocs_by_job",
+        "allocs_by_node", "allocs_by_eval", "nodes", "counts")
+_NESTED = ("versions", "evals_by_job", "allocs_by_job", "allocs_by_node", "allocs_by_eval")
+
+
+def job_key(job: Job) -> JobKey:
+    return (job.namespace or "default", job.id)
+
+
+def version_key(job: Job) -> VersionKey:
+    return (job.namespace or "default", job.id, job.job_modify_index)
+
+
+def count_key(alloc: Allocation) -> CountKey:
+    return (alloc.namespace, alloc.job_id, alloc.job.create_index if alloc.job is not None else 0)
+
+
+class AllocCounts:
+    """Per job incarnation: allocations in all, non-terminal ones, per group per client status."""
+
+    __slots__ = ("total", "live", "groups", "modify_index")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.live = 0
+        self.groups: dict[str, dict[str, int]] = {}
+        self.modify_index = 0  # the last index at which one of these allocations changed
+
+    def copy(self) -> "AllocCounts":
+        c = AllocCounts()
+        c.total, c.live, c.modify_index = self.total, self.live, self.modify_index
+        c.groups = {g: dict(s) for g, s in self.groups.items()}
+        return c
+
+    def add(self, alloc: Allocation, sign: int) -> None:
+        self.total += sign
+        if not alloc.terminal():
+            self.live += sign
+        g = self.groups.setdefault(alloc.task_group, {})
+        g[alloc.client_status] = g.get(alloc.client_status, 0) + sign
+
+
+class Tables:
+    """Every table and index of the read model. See the module doc for the copy rules."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.table_index: dict[str, int] = {t: 0 for t in TABLES}
+        self.jobs: dict[JobKey, Job] = {}
+        self.versions: dict[JobKey, dict[int, Job]] = {}      # live versions by Version
+        self.job_cache: dict[VersionKey, Job] = {}            # every kept version, purged too
+        self.evals: dict[str, Evaluation] = {}
+        self.evals_by_job: dict[JobKey, dict[str, Evaluation]] = {}
+        self.allocs: dict[str, Allocation] = {}
+        self.allocs_by_job: dict[JobKey, dict[str, Allocation]] = {}
+        self.allocs_by_node: dict[str, dict[str, Allocation]] = {}
+        self.allocs_by_eval: dict[str, dict[str, Allocation]] = {}
+        self.nodes: dict[str, Node] = {}
+        self.counts: dict[CountKey, AllocCounts] = {}
+        self._owned: set[str] = set(_TOP)
+        self._owned_keys: dict[str, set[Any]] = {n: set() for n in _NESTED + ("counts",)}
+        self._all_owned = True
+
+    # --- snapshots -----------------------------------------------------------------------------
+
+    def freeze(self) -> "Tables":
+        """A read-only copy sharing every dict; the live tables copy before their next write."""
+        snap = Tables.__new__(Tables)
+        snap.index = self.index
+        snap.table_index = dict(self.table_index)
+        for name in _TOP:
+            setattr(snap, name, getattr(self, name))
+        snap._owned, snap._owned_keys, snap._all_owned = set(), {}, False
+        self._owned = set()
+        for keys in self._owned_keys.values():
+            keys.clear()
+        self._all_owned = False
+        return snap
+
+    def _top(self, name: str) -> dict:
+        d = getattr(self, name)
+        if self._all_owned or name in self._owned:
+            return d
+        d = dict(d)
+        setattr(self, name, d)
+        self._owned.add(name)
+        return d
+
+    def _bucket(self, name: str, key: Any) -> dict:
+        top = self._top(name)
+        b = top.get(key)
+        if b is None:
+            b = top[key] = {}
+            self._owned_keys[name].add(key)
+        elif not self._all_owned and key not in self._owned_keys[name]:
+            b = top[key] = dict(b)
+            self._owned_keys[name].add(key)
+        return b
+
+    def _unbucket(self, name: str, key: Any, item: Any) -> None:
+        b = self._bucket(name, key)
+        b.pop(item, None)
+        if not b:
+            del getattr(self, name)[key]
+
+    def _count(self, key: CountKey) -> AllocCounts:
+        top = self._top("counts")
+        c = top.get(key)
+        if c is None:
+            c = top[key] = AllocCounts()
+            self._owned_keys["counts"].add(key)
+        elif not self._all_owned and key not in self._owned_keys["counts"]:
+            c = top[key] = c.copy()
+            self._owned_keys["counts"].add(key)
+        return c
+
+    # --- writes (called with the store's memory lock held, after the SQLite commit) -------------
+
+    def put_job(self, job: Job) -> None:
+        self._top("jobs")[job_key(job)] = job
+
+    def drop_job(self, key: JobKey) -> None:
+        self._top("jobs").pop(key, None)
+        self._top("versions").pop(key, None)
+
+    def put_version(self, job: Job) -> None:
+        self._bucket("versions", job_key(job))[job.version] = job
+        self._top("job_cache")[version_key(job)] = job
+
+    def is_live_version(self, vkey: VersionKey) -> bool:
+        """Listed by job_versions (not purged)."""
+        job = self.job_cache.get(vkey)
+        return job is not None and self.versions.get(vkey[:2], {}).get(job.version) is job
+
+    def hide_version(self, vkey: VersionKey) -> None:
+        """Purged but still referenced by allocations: kept in the cache only."""
+        if self.is_live_version(vkey):
+            self._unbucket("versions", vkey[:2], self.job_cache[vkey].version)
+
+    def drop_version(self, vkey: VersionKey) -> None:
+        self.hide_version(vkey)
+        self._top("job_cache").pop(vkey, None)
+
+    def put_eval(self, ev: Evaluation) -> None:
+        self._top("evals")[ev.id] = ev
+        self._bucket("evals_by_job", (ev.namespace, ev.job_id))[ev.id] = ev
+
+    def drop_eval(self, eval_id: str) -> None:
+        ev = self._top("evals").pop(eval_id, None)
+        if ev is not None:
+            self._unbucket("evals_by_job", (ev.namespace, ev.job_id), eval_id)
+
+    def put_alloc(self, alloc: Allocation) -> None:
+        old = self.allocs.get(alloc.id)
+        if old is not None:
+            self._unindex_alloc(old)
+        self._top("allocs")[alloc.id] = alloc
+        self._bucket("allocs_by_job", (alloc.namespace, alloc.job_id))[alloc.id] = alloc
+        self._bucket("allocs_by_node", alloc.node_id)[alloc.id] = alloc
+        self._bucket("allocs_by_eval", alloc.eval_id)[alloc.id] = alloc
+        c = self._count(count_key(alloc))
+        c.add(alloc, 1)
+        c.modify_index = max(c.modify_index, alloc.modify_index)
+
+    def drop_alloc(self, alloc_id: str) -> None:
+        old = self._top("allocs").pop(alloc_id, None)
+        if old is not None:
+            self._unindex_alloc(old)
+
+    def _unindex_alloc(self, old: Allocation) -> None:
+        self._unbucket("allocs_by_job", (old.namespace, old.job_id), old.id)
+        self._unbucket("allocs_by_node", old.node_id, old.id)
+        self._unbucket("allocs_by_eval", old.eval_id, old.id)
+        key = count_key(old)
+        c = self._count(key)
+        c.add(old, -1)
+        c.modify_index = self.index
+        if c.total == 0:
+            del self.counts[key]
+
+    def put_node(self, node: Node) -> None:
+        self._top("nodes")[node.id] = node
+
+    def drop_node(self, node_id: str) -> None:
+        self._top("nodes").pop(node_id, None)

@@ -1,0 +1,344 @@
+"""StateStore: the server's store -- SQLite for durability, dicts for reads.
+
+* One index, like Raft's: every write is one SQLite transaction that bumps it by exactly one and
+  stamps CreateIndex/ModifyIndex (and AllocModifyIndex, JobModifyIndex, Version, times) on what
+  it writes; a write that raises writes nothing and bumps nothing. Reads never bump it.
+* Reads come from an in-memory model loaded at open and updated after each commit; they return
+  the stored objects themselves: do not mutate them (copy with `model_copy(update=...)`).
+* `snapshot()` is a consistent read-only view for the scheduler (copy-on-write; see memory.py).
+* `wait()` / `wait_async()` are blocking queries on the index or a table's index.
+* Durability: see sqlite_backend.py (WAL, synchronous=NORMAL: a killed process loses nothing
+  committed; FULL adds power-loss durability).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Callable, Iterable
+
+from yurt.structs import Allocation, Evaluation, Job, JobSummary, Node
+
+from . import derive
+from .blocking import Target, Waiters
+from .errors import NotFound
+from .memory import TABLES, Tables, version_key
+from .sqlite_backend import Changes, SqliteBackend
+from .view import Snapshot, StateView
+from .writes import Txn
+
+
+class StateStore:
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self._backend = SqliteBackend(path, synchronous)
+        self._write_lock = threading.Lock()   # serializes writers (SQLite + memory)
+        self._mem_lock = threading.Lock()     # guards the read model; held briefly
+        self._t = Tables()
+        self._view = StateView(self._t)
+        self._snap: Snapshot | None = None
+        self._tmpdir: str | None = None
+        self._load()
+        self._waiters = Waiters(self._mem_lock, self._current)
+
+    @classmethod
+    def temporary(cls, **kw) -> "StateStore":
+        """A store in a fresh temporary directory, removed by close() (for `-dev`)."""
+        d = tempfile.mkdtemp(prefix="yurt-state-")
+        store = cls(os.path.join(d, "state.db"), **kw)
+        store._tmpdir = d
+        return store
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._backend.close()
+            if self._tmpdir:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+                self._tmpdir = None
+
+    def __enter__(self) -> "StateStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- open ----------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        # Loading creates many long-lived objects; the cyclic GC would rescan them over and
+        # over (it more than doubles the load time), and there are no cycles to find here.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._load_tables()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _load_tables(self) -> None:
+        loaded = self._backend.load()
+        t = self._t
+        t.index = loaded.index
+        t.table_index = loaded.table_index
+        for job, purged in loaded.versions:
+            t.put_version(job)
+        for job, purged in loaded.versions:
+            if purged:
+                t.hide_version(version_key(job))
+        for job in loaded.jobs:
+            t.put_job(job)
+        for ev in loaded.evals:
+            t.put_eval(ev)
+        for node in loaded.nodes:
+            t.put_node(node)
+        for alloc, vkey in loaded.allocs:
+            if alloc.job is None:
+                alloc.job = t.job_cache.get(vkey)  # not shared yet: setting is fine
+            t.put_alloc(alloc)
+        for key, job in list(t.jobs.items()):  # status is stored, but heal it if it drifted
+            counts = t.counts.get((key[0], key[1], job.create_index))
+            status = derive.job_status(job, counts, t.evals_by_job.get(key, {}).values())
+            if status != job.status and not (status == derive.JOB_PENDING and job.status == derive.JOB_DEAD):
+                t.put_job(job.model_copy(update={"status": status}))
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def _write(self, build: Callable[[Txn], None]) -> int:
+        with self._write_lock:
+            txn = Txn(self._t, self._t.index + 1, time.time_ns())
+            build(txn)
+            ch = txn.finish()
+            table_index = dict(self._t.table_index)
+            for name in ch.tables():
+                table_index[name] = ch.index
+            self._backend.commit(ch, table_index)
+            with self._mem_lock:
+                self._apply(ch, table_index)
+                self._snap = None
+                self._waiters.notify()
+            return ch.index
+
+    def _apply(self, ch: Changes, table_index: dict[str, int]) -> None:
+        t = self._t
+        t.index = ch.index
+        t.table_index = table_index
+        for v in ch.versions:
+            t.put_version(v)
+        for key, job in ch.jobs.items():
+            if job is None:
+                t.drop_job(key)
+            else:
+                t.put_job(job)
+        for vkey in ch.versions_purged:
+            t.hide_version(vkey)
+        for vkey in ch.versions_dropped:
+            t.drop_version(vkey)
+        for i, ev in ch.evals.items():
+            if ev is None:
+                t.drop_eval(i)
+            else:
+                t.put_eval(ev)
+        for i, alloc in ch.allocs.items():
+            if alloc is None:
+                t.drop_alloc(i)
+            else:
+                t.put_alloc(alloc)
+        for i, node in ch.nodes.items():
+            if node is None:
+                t.drop_node(i)
+            else:
+                t.put_node(node)
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def upsert_job(self, job: Job) -> int:
+        """Register a job. A changed spec is a new Version (JobModifyIndex = this index); an
+        identical one keeps Version and JobModifyIndex and only gets a new ModifyIndex."""
+        return self._write(lambda txn: txn.upsert_job(job))
+
+    def stop_job(self, namespace: str, job_id: str, stop: bool = True) -> int:
+        """Set (or clear) Stop; like Nomad, stopping is a spec change, hence a new version."""
+        def build(txn: Txn) -> None:
+            job = txn.job((namespace, job_id))
+            if job is None:
+                raise NotFound(f"job {job_id!r} not found in namespace {namespace!r}")
+            txn.upsert_job(job.model_copy(update={"stop": stop}))
+        return self._write(build)
+
+    def delete_job(self, namespace: str, job_id: str) -> int:
+        """Purge: the job, its versions and its summary go; allocations and evals stay (GC)."""
+        return self._write(lambda txn: txn.delete_job((namespace, job_id)))
+
+    # --- evaluations ---------------------------------------------------------------------------
+
+    def upsert_evals(self, evals: Iterable[Evaluation]) -> int:
+        def build(txn: Txn) -> None:
+            for e in evals:
+                txn.upsert_eval(e)
+        return self._write(build)
+
+    def delete_evals(self, eval_ids: Iterable[str], alloc_ids: Iterable[str] = ()) -> int:
+        """Garbage collection (Nomad's DeleteEval): evaluations and allocations, unknown IDs
+        ignored."""
+        def build(txn: Txn) -> None:
+            for i in eval_ids:
+                txn.delete_eval(i)
+            for i in alloc_ids:
+                txn.delete_alloc(i)
+        return self._write(build)
+
+    # --- allocations ---------------------------------------------------------------------------
+
+    def upsert_allocs(self, allocs: Iterable[Allocation]) -> int:
+        """Server writes. New allocations need a job; on existing ones the client's fields
+        (ClientStatus unless the server says lost/unknown, TaskStates, NetworkStatus) are kept
+        and a missing Job is re-attached."""
+        def build(txn: Txn) -> None:
+            for a in allocs:
+                txn.upsert_alloc(a)
+        return self._write(build)
+
+    def update_allocs_from_client(self, allocs: Iterable[Allocation]) -> int:
+        """Client writes: only ClientStatus, ClientDescription, TaskStates, NetworkStatus and
+        ModifyTime are taken; unknown allocations are ignored."""
+        def build(txn: Txn) -> None:
+            for a in allocs:
+                txn.update_alloc_from_client(a)
+        return self._write(build)
+
+    def delete_allocs(self, alloc_ids: Iterable[str]) -> int:
+        return self.delete_evals((), alloc_ids)
+
+    def apply_plan_result(self, allocs: Iterable[Allocation] = (),
+                          evals: Iterable[Evaluation] = (), *,
+                          stopped: Iterable[Allocation] = ()) -> int:
+        """A scheduler plan in one transaction: `stopped` (stop/evict: DesiredStatus,
+        DesiredDescription, FollowupEvalID, and ClientStatus when lost/unknown are taken from
+        each, the rest kept), then `allocs` (placements and updates, as upsert_allocs), then
+        `evals` (the eval's own update, follow-up and blocked evals, as upsert_evals)."""
+        def build(txn: Txn) -> None:
+            for s in stopped:
+                txn.stop_alloc(s)
+            for a in allocs:
+                txn.upsert_alloc(a)
+            for e in evals:
+                txn.upsert_eval(e)
+        return self._write(build)
+
+    # --- nodes ---------------------------------------------------------------------------------
+
+    def upsert_node(self, node: Node) -> int:
+        """Register or update a node; SchedulingEligibility and Drain are kept on update."""
+        return self._write(lambda txn: txn.upsert_node(node))
+
+    def update_node_status(self, node_id: str, status: str, description: str = "") -> int:
+        return self._write(lambda txn: txn.update_node(
+            node_id, status=status, status_description=description,
+            status_updated_at=txn.ch.now // 1_000_000_000))
+
+    def update_node_eligibility(self, node_id: str, eligibility: str) -> int:
+        return self._write(lambda txn: txn.update_node(node_id, scheduling_eligibility=eligibility))
+
+    def delete_node(self, node_id: str) -> int:
+        return self._write(lambda txn: txn.delete_node(node_id))
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """A consistent read-only view at the current index (shared while nothing changes)."""
+        with self._mem_lock:
+            if self._snap is None:
+                self._snap = Snapshot(self._t.freeze())
+            return self._snap
+
+    def index(self) -> int:
+        return self._t.index
+
+    def table_index(self, table: str | Iterable[str]) -> int:
+        with self._mem_lock:
+            return self._view.table_index(table)
+
+    def job(self, namespace: str, job_id: str) -> Job | None:
+        return self._view.job(namespace, job_id)
+
+    def jobs(self, namespace: str | None = None, prefix: str = "") -> list[Job]:
+        with self._mem_lock:
+            return self._view.jobs(namespace, prefix)
+
+    def job_version(self, namespace: str, job_id: str, version: int) -> Job | None:
+        with self._mem_lock:
+            return self._view.job_version(namespace, job_id, version)
+
+    def job_versions(self, namespace: str, job_id: str) -> list[Job]:
+        with self._mem_lock:
+            return self._view.job_versions(namespace, job_id)
+
+    def job_summary(self, namespace: str, job_id: str) -> JobSummary | None:
+        with self._mem_lock:
+            return self._view.job_summary(namespace, job_id)
+
+    def eval(self, eval_id: str) -> Evaluation | None:
+        return self._view.eval(eval_id)
+
+    def evals(self, namespace: str | None = None, job_id: str | None = None,
+              prefix: str = "") -> list[Evaluation]:
+        with self._mem_lock:
+            return self._view.evals(namespace, job_id, prefix)
+
+    def evals_by_job(self, namespace: str, job_id: str) -> list[Evaluation]:
+        with self._mem_lock:
+            return self._view.evals_by_job(namespace, job_id)
+
+    def alloc(self, alloc_id: str) -> Allocation | None:
+        return self._view.alloc(alloc_id)
+
+    def allocs(self, prefix: str = "", namespace: str | None = None) -> list[Allocation]:
+        with self._mem_lock:
+            return self._view.allocs(prefix, namespace)
+
+    def allocs_by_job(self, namespace: str, job_id: str, all_versions: bool = True) -> list[Allocation]:
+        with self._mem_lock:
+            return self._view.allocs_by_job(namespace, job_id, all_versions)
+
+    def allocs_by_node(self, node_id: str, terminal: bool | None = None) -> list[Allocation]:
+        with self._mem_lock:
+            return self._view.allocs_by_node(node_id, terminal)
+
+    def allocs_by_eval(self, eval_id: str) -> list[Allocation]:
+        with self._mem_lock:
+            return self._view.allocs_by_eval(eval_id)
+
+    def node(self, node_id: str) -> Node | None:
+        return self._view.node(node_id)
+
+    def nodes(self, prefix: str = "") -> list[Node]:
+        with self._mem_lock:
+            return self._view.nodes(prefix)
+
+    # --- blocking queries ----------------------------------------------------------------------
+
+    def _current(self, target: Target) -> int:
+        if target is None:
+            return self._t.index
+        return self._view.table_index(target)
+
+    @staticmethod
+    def _check(target: Target) -> Target:
+        names = [target] if isinstance(target, str) else list(target or ())
+        bad = [n for n in names if n not in TABLES]
+        if bad:
+            raise ValueError(f"unknown table {bad[0]!r}; tables are {', '.join(TABLES)}")
+        return target if target is None or isinstance(target, str) else tuple(names)
+
+    def wait(self, min_index: int, timeout_s: float, table: Target = None) -> int:
+        """Block until the index (or `table`'s index, or the largest of several tables') is
+        greater than `min_index`, or `timeout_s` passes; return that index."""
+        return self._waiters.wait(min_index, timeout_s, self._check(table))
+
+    async def wait_async(self, min_index: int, timeout_s: float, table: Target = None) -> int:
+        """`wait` for asyncio: the event loop is not blocked."""
+        return await self._waiters.wait_async(min_index, timeout_s, self._check(table))

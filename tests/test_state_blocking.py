@@ -1,0 +1,133 @@
+"""Blocking queries: wait()/wait_async() wake on a change and time out otherwise.
+
+Only returned indexes are asserted, never durations: a wake-up that does not happen shows as the
+old index coming back after the (long) timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from yurt.state import StateStore, mock
+
+LONG = 30.0
+
+
+@pytest.fixture
+def store():
+    s = StateStore.temporary()
+    yield s
+    s.close()
+
+
+def later(fn, delay: float = 0.05) -> threading.Timer:
+    t = threading.Timer(delay, fn)
+    t.start()
+    return t
+
+
+def test_wait_returns_at_once_when_the_index_is_past(store):
+    store.upsert_node(mock.node())
+    assert store.wait(0, LONG) == 1
+
+
+def test_wait_times_out_with_the_same_index(store):
+    store.upsert_node(mock.node())
+    assert store.wait(1, 0.05) == 1
+    assert store.wait(1, 0) == 1
+
+
+def test_wait_wakes_on_a_write(store):
+    store.upsert_node(mock.node())
+    t = later(lambda: store.upsert_node(mock.node()))
+    assert store.wait(1, LONG) == 2
+    t.join()
+
+
+def test_wait_on_a_table_ignores_other_tables(store):
+    job = mock.job("web")
+    store.upsert_job(job)
+    job = store.job("default", "web")
+    store.upsert_allocs([mock.alloc(job, "n1")])
+    allocs_index = store.table_index("allocs")
+    t = later(lambda: store.upsert_node(mock.node()))
+    assert store.wait(allocs_index, 0.3, table="allocs") == allocs_index
+    t.join()
+    assert store.index() == allocs_index + 1
+    t = later(lambda: store.upsert_allocs([mock.alloc(job, "n1")]))
+    assert store.wait(allocs_index, LONG, table="allocs") == allocs_index + 2
+    t.join()
+    # several tables: the largest of their indexes
+    assert store.wait(0, 0, table=("jobs", "nodes")) == allocs_index + 1
+
+
+def test_wait_on_an_unknown_table_is_an_error(store):
+    with pytest.raises(ValueError):
+        store.wait(0, 0, table="nope")
+
+
+def test_many_thread_waiters_all_wake(store):
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.wait(0, LONG))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    later(lambda: store.upsert_node(mock.node())).join()
+    for t in threads:
+        t.join()
+    assert results == [1] * 8
+
+
+def test_wait_async_wakes_without_blocking_the_loop(store):
+    async def main():
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        tick_task = asyncio.create_task(ticker())
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, lambda: threading.Thread(
+            target=store.upsert_node, args=(mock.node(),)).start())
+        got = await store.wait_async(0, LONG)
+        done.set()
+        await tick_task
+        return got, ticks
+
+    got, ticks = asyncio.run(main())
+    assert got == 1
+    assert ticks > 1  # the loop kept running while we waited
+
+
+def test_wait_async_times_out_and_on_table(store):
+    async def main():
+        store.upsert_node(mock.node())
+        timed_out = await store.wait_async(1, 0.05)
+        loop = asyncio.get_running_loop()
+        # a write on another table does not wake an allocs waiter; an alloc write does
+        loop.call_later(0.05, store.upsert_node, mock.node())
+        not_woken = await store.wait_async(0, 0.3, table="allocs")
+        job = mock.job("web")
+        loop.call_later(0.05, store.upsert_job, job)
+        woken = await store.wait_async(0, LONG, table="jobs")
+        immediate = await store.wait_async(0, LONG)
+        return timed_out, not_woken, woken, immediate
+
+    assert asyncio.run(main()) == (1, 0, 3, 3)
+
+
+def test_wait_async_many_waiters(store):
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, lambda: threading.Thread(
+            target=store.upsert_node, args=(mock.node(),)).start())
+        return await asyncio.gather(*(store.wait_async(0, LONG) for _ in range(20)))
+
+    assert asyncio.run(main()) == [1] * 20
+    assert store._waiters._async == []
