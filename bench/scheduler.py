@@ -9,9 +9,9 @@ to half of the racks with ``set_contains_any`` as Nomad's benchmark does. Each j
 evaluation; its plan is applied to the in-memory state before the next one, as a plan applier
 would. Prints placements per second and milliseconds per evaluation.
 
-Sections are listed in ``SECTIONS``: each is a function (args) -> dict of figures. The pure
-scheduler is the first; the server path (eval broker -> scheduler -> plan applier -> store)
-can be added as another entry.
+Sections are listed in ``SECTIONS``: each is a function (args) -> dict of figures: the pure
+scheduler, then the server path (eval broker -> scheduler workers -> plan applier -> SQLite
+store), in one run, with the ratio between them.
 """
 
 from __future__ import annotations
@@ -114,8 +114,43 @@ def pure_scheduler(args) -> dict[str, float]:
             "placements/s (CPU time)": round(placements / sched_cpu)}
 
 
+def server_path(args) -> dict[str, float]:
+    """The whole control plane minus HTTP: register -> eval broker -> workers -> plan applier ->
+    SQLite store, timed from the first registration until every allocation is stored."""
+    from yurt.server.server import Server
+    from yurt.state import StateStore
+
+    store = StateStore.temporary()
+    try:
+        for node in build_nodes(args.nodes):
+            store.upsert_node(node)
+        jobs = [build_job(i, args.count, args.spread) for i in range(args.jobs)]
+        server = Server(store, num_workers=args.workers, heartbeat_ttl=3600.0)
+        gc.collect()
+        gc.freeze()
+        server.start()
+        want = args.jobs * args.count
+        t0 = time.perf_counter()
+        for job in jobs:
+            server.register_job(job)
+        while True:
+            stored = sum(len(store.allocs_by_job("default", j.id)) for j in jobs)
+            if stored >= want or (server.broker.idle() and time.perf_counter() - t0 > 1):
+                break
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        server.stop()
+        blocked = sum(1 for e in store.evals() if e.status == "blocked")
+        return {"evals": len(jobs), "placements": stored, "blocked evals": blocked,
+                "seconds to all stored": round(elapsed, 3), "placements/s": round(stored / elapsed),
+                "ms per eval": round(1000 * elapsed / len(jobs), 2)}
+    finally:
+        store.close()
+
+
 SECTIONS: list[tuple[str, Callable[[argparse.Namespace], dict[str, float]]]] = [
     ("pure scheduler (schedule() on MemoryState)", pure_scheduler),
+    ("server path (register -> broker -> workers -> plan applier -> SQLite)", server_path),
 ]
 
 
@@ -127,13 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spread", action="store_true", help="add spread on ${meta.rack} to every job")
     p.add_argument("--profile", action="store_true", help="cProfile the schedule() calls")
     p.add_argument("--sort", default="tottime", help="profile sort key (tottime, cumulative)")
+    p.add_argument("--workers", type=int, default=2, help="scheduler workers in the server path")
+    p.add_argument("--only", choices=["pure", "server"], help="run one section")
     args = p.parse_args(argv)
     print(f"cluster: {args.nodes} nodes, 2 DCs, {RACKS} racks; {args.jobs} jobs x {args.count} allocs"
           f"{' with spread' if args.spread else ''}")
+    results = {}
     for title, section in SECTIONS:
-        print(f"\n== {title}")
-        for key, value in section(args).items():
-            print(f"  {key:<24} {value}")
+        if args.only and not title.startswith(args.only):
+            continue
+        print(f"\n== {title}", flush=True)
+        results[section.__name__] = figures = section(args)
+        for key, value in figures.items():
+            print(f"  {key:<24} {value}", flush=True)
+    if len(results) == 2:
+        ratio = results["server_path"]["placements/s"] / results["pure_scheduler"]["placements/s"]
+        print(f"\nserver path / pure scheduler: {ratio:.2f}x  "
+              f"(goal: >= 1,000 placements/s through the server path; Nomad C2M ~1,500/s on 3 servers)")
     return 0
 
 
