@@ -107,6 +107,7 @@ class AllocRunner:
             self.task_runners[task.name] = TaskRunner(
                 alloc, task, self.alloc_dir, drivers.get(task.driver) or MissingDriver(task.driver),
                 node, on_change=self._task_changed, hook_env=lambda: dict(self.hook_env),
+                hook_resources=lambda: self.hook_resources,
                 region=region, state=saved.state if saved else None,
                 handle=saved.handle if saved else None)
 

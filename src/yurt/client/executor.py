@@ -7,7 +7,7 @@ the exit status to ``status_file``. The agent finds the task through ``pid_file`
 are written atomically, so an agent that restarts can read them at any time.
 
 Spec keys: command, args, env, cwd, user, task, logs_dir, logs_disabled, max_files,
-max_file_size (bytes), pid_file, status_file.
+max_file_size (bytes), pid_file, status_file, netns (a network namespace to join first).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .logrotate import FileRotator
-from .procs import kill_group, start_time, write_json_atomic
+from .procs import join_netns, kill_group, start_time, write_json_atomic
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2)
@@ -50,6 +50,13 @@ def run(spec: dict) -> int:
     if not disabled:
         stdout = stderr = subprocess.PIPE
     child: subprocess.Popen | None = None
+    if spec.get("netns"):
+        try:
+            join_netns(spec["netns"])  # the task inherits the group's network namespace
+        except OSError as e:
+            write_json_atomic(status_file, {"start_error": f"cannot join network namespace {spec['netns']}: {e}",
+                                            "finished_at": time.time_ns()})
+            return 1
 
     def forward(signum, _frame):
         if child is not None:

@@ -76,3 +76,21 @@ def read_json(path: Path) -> Any | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def join_netns(path: str) -> None:
+    """Move the calling process into the network namespace at `path` (setns(2))."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)

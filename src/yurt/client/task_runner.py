@@ -47,6 +47,7 @@ class TaskRunner:
     def __init__(self, alloc: Allocation, task: Task, alloc_dir: AllocDir, driver: Driver,
                  node: Node | None = None, *, on_change: OnChange | None = None,
                  hook_env: Callable[[], Mapping[str, str]] | None = None,
+                 hook_resources: Callable[[], Mapping[str, object]] | None = None,
                  region: str | None = None, state: TaskState | None = None,
                  handle: TaskHandle | None = None,
                  max_kill_timeout: int = MAX_KILL_TIMEOUT) -> None:
@@ -61,6 +62,7 @@ class TaskRunner:
         self.region = region
         self.on_change = on_change
         self.hook_env = hook_env
+        self.hook_resources = hook_resources
         job_type = (alloc.job.type if alloc.job else None) or "service"
         policy = task.restart_policy
         if policy is None:
@@ -281,7 +283,8 @@ class TaskRunner:
             user=interpolate(self.task.user, env, self.node, self.region),
             max_files=(logs.max_files if logs and logs.max_files else 10),
             max_file_size_mb=(logs.max_file_size_mb if logs and logs.max_file_size_mb else 10),
-            logs_disabled=bool(logs and logs.disabled))
+            logs_disabled=bool(logs and logs.disabled),
+            netns=str((self.hook_resources() if self.hook_resources else {}).get("netns") or ""))
 
     def _start(self) -> TaskHandle | None:
         try:

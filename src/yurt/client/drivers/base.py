@@ -48,6 +48,8 @@ class TaskConfig:
     logs_disabled: bool = False
     # tests and operators may bound log files in bytes directly; overrides max_file_size_mb
     max_file_size_bytes: int | None = None
+    # the allocation's network namespace (/var/run/netns/<alloc id>); "" = the host's network
+    netns: str = ""
 
     @property
     def id(self) -> str:

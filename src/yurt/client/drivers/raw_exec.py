@@ -95,6 +95,7 @@ class RawExecDriver:
             "logs_dir": str(cfg.logs_dir), "logs_disabled": cfg.logs_disabled,
             "max_files": cfg.max_files, "max_file_size": size,
             "pid_file": str(task_dir / PID_FILE), "status_file": str(task_dir / STATUS_FILE),
+            "netns": cfg.netns,
         }
         write_json_atomic(task_dir / SPEC_FILE, spec)
         env = dict(os.environ)
