@@ -269,3 +269,14 @@ def test_sigkill_mid_write_loses_and_duplicates_nothing(tmp_path):
                      allocs(api, accepted[-1][0]), what="last job ran")
     finally:
         agent.stop()
+
+
+def test_check_index_registers_only_at_the_expected_version(api):
+    from yurt.jobspec import load
+    doc = load(sh_job("guarded", "exec sleep 600"), "g.nomad").job.to_document()
+    assert api.put("/v1/jobs", json={**doc, "EnforceIndex": True, "JobModifyIndex": 0}).status_code == 200
+    current = api.get("/v1/job/guarded").json()["JobModifyIndex"]
+    stale = api.put("/v1/jobs", json={**doc, "EnforceIndex": True, "JobModifyIndex": current - 1})
+    assert stale.status_code == 400 and "conflicting job modify index" in stale.text
+    assert api.put("/v1/jobs", json={**doc, "EnforceIndex": True, "JobModifyIndex": current}).status_code == 200
+    api.delete("/v1/job/guarded", params={"purge": "true"})

@@ -70,10 +70,25 @@ async def list_jobs(request: Request):
     return reply([_stub(j, store.job_summary(j.namespace, j.id)) for j in sorted(jobs, key=lambda j: j.id)], index)
 
 
+def enforce_index(request: Request, body: dict, job: Job) -> None:
+    """`EnforceIndex` (`yurt job run -check-index N`): register only if the job is still at N."""
+    if not body.get("EnforceIndex"):
+        return
+    want = int(body.get("JobModifyIndex") or 0)
+    current = request.app.state.agent.store.job(job.namespace or "default", job.id)
+    have = current.job_modify_index if current else 0
+    if want == 0 and current is not None:
+        raise APIError(400, f"Enforcing job modify index 0: job {job.id} already exists")
+    if want != have:
+        raise APIError(400, f"Enforcing job modify index {want}: job exists with conflicting job modify index: {have}")
+
+
 @router.put("/v1/jobs")
 @router.post("/v1/jobs")
 async def register(request: Request):
-    job, warnings = job_from_body(await json_body(request))
+    body = await json_body(request)
+    job, warnings = job_from_body(body)
+    enforce_index(request, body, job)
     result = request.app.state.agent.server.register_job(job)
     result["Warnings"] = "\n".join(warnings)
     return reply(result, result["Index"])
@@ -133,6 +148,7 @@ async def update_job(request: Request, job_id: str):
     job, warnings = job_from_body(body)
     if job.id != job_id:
         raise APIError(400, f'job ID "{job.id}" does not match the URL ("{job_id}")')
+    enforce_index(request, body, job)
     result = request.app.state.agent.server.register_job(job)
     result["Warnings"] = "\n".join(warnings)
     return reply(result, result["Index"])

@@ -1,4 +1,4 @@
-"""`yurt job ...`: validate, run, init (Nomad's verbs and flags, single- or double-dash)."""
+"""`yurt job ...`: validate, run, plan, stop, init (Nomad's verbs and flags, single- or double-dash)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 
 import click
 
+from yurt.api.client import APIError, Unreachable
 from yurt.jobspec import JobspecError, Loaded, load_file
 
 from .flags import NomadGroup
-from .output import EXIT_ERROR, fail, out, show_problems, show_warnings
+from .format import address_option, api_errors, api_message, connect
+from .output import EXIT_ERROR, err, fail, out, show_problems, show_warnings
 
 
 def _var_options(fn: Any) -> Any:
@@ -76,7 +78,7 @@ def load_job(path: str, var: tuple[str, ...] = (), var_file: tuple[str, ...] = (
 
 @click.group("job", cls=NomadGroup, context_settings={"help_option_names": ["-h", "-help", "--help"]})
 def job_group() -> None:
-    """Work with jobs: validate, run, init."""
+    """Work with jobs: run, plan, status, stop, validate, init."""
 
 
 @job_group.command("validate")
@@ -89,20 +91,115 @@ def validate_cmd(file: str, var: tuple[str, ...], var_file: tuple[str, ...]) -> 
     out.print("Job validation successful")
 
 
+def _timeout_option(default: str) -> Any:
+    return click.option("-timeout", "--timeout", "timeout", default=default, show_default=True, metavar="DURATION",
+                        help="How long to follow the evaluation and its allocations (e.g. 90s, 5m).")
+
+
+def _seconds(value: str) -> float:
+    from yurt.structs import parse_duration
+    try:
+        return parse_duration(value) / 1e9
+    except (ValueError, TypeError):
+        fail(f'-timeout "{value}" is not a duration; write it like 90s or 5m')
+
+
 @job_group.command("run")
 @click.argument("file", metavar="FILE")
 @click.option("-output", "--output", is_flag=True,
               help="Print the canonical JSON of the job ({\"Job\": ...}) and submit nothing.")
+@click.option("-detach", "--detach", is_flag=True,
+              help="Submit the job and print its evaluation ID; do not follow it.")
+@click.option("-check-index", "--check-index", "check_index", type=int, default=None, metavar="N",
+              help="Register only if the job's modify index is N (0: only if the job is new).")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@_timeout_option("5m")
+@address_option
 @_var_options
-def run_cmd(file: str, output: bool, var: tuple[str, ...], var_file: tuple[str, ...]) -> None:
-    """Run a job (with -output: print its canonical JSON instead)."""
+@api_errors
+def run_cmd(file: str, output: bool, detach: bool, check_index: int | None, verbose: bool, timeout: str,
+            address: str | None, var: tuple[str, ...], var_file: tuple[str, ...]) -> None:
+    """Run a job and follow it until its allocations run (with -output: print its JSON instead).
+
+    Exit codes: 0 all placed and running, 1 an error or a failed allocation, 2 placement failures.
+    """
     loaded = load_job(file, var, var_file)
     show_warnings(loaded.warnings)
     if output:
         click.echo(json.dumps(loaded.job.to_document(), indent=4))
         return
-    fail("submitting a job needs a running agent, which this version of yurt does not have yet; "
-         "use -output to see the job Yurt would submit")
+    follow_for = _seconds(timeout)
+    doc = loaded.job.to_document()
+    if check_index is not None:
+        doc["EnforceIndex"] = True
+        doc["JobModifyIndex"] = check_index
+    with connect(address) as client:
+        resp = client.register_job(doc)
+        if resp.get("Warnings") and not loaded.warnings:
+            err.print("[bold yellow]Job Warnings:[/]")
+            err.print(str(resp["Warnings"]), markup=False)
+        eval_id = resp.get("EvalID") or ""
+        if detach or not eval_id:
+            click.echo("Job registration successful")
+            if eval_id:
+                click.echo(f"Evaluation ID: {eval_id}")
+            return
+        from .monitor import Monitor
+        raise SystemExit(Monitor(client, verbose=verbose, timeout=follow_for).monitor(eval_id))
+
+
+@job_group.command("stop")
+@click.argument("job_id", metavar="JOB")
+@click.option("-purge", "--purge", is_flag=True, help="Remove the job from the cluster's state, not only stop it.")
+@click.option("-detach", "--detach", is_flag=True, help="Print the evaluation ID and return at once.")
+@click.option("-yes", "--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@_timeout_option("2m")
+@address_option
+@api_errors
+def stop_cmd(job_id: str, purge: bool, detach: bool, yes: bool, verbose: bool, timeout: str,
+             address: str | None) -> None:
+    """Stop a job (JOB may be a unique prefix of its ID) and follow until its allocations stop."""
+    from .status import find_job
+    follow_for = _seconds(timeout)
+    with connect(address) as client:
+        job = find_job(client, job_id)
+        if job["ID"] != job_id and not yes and click.get_text_stream("stdin").isatty():
+            if not click.confirm(f'Are you sure you want to stop job "{job["ID"]}"?', default=False):
+                click.echo("Cancelling job stop")
+                raise SystemExit(0)
+        resp = client.stop_job(job["ID"], purge=purge)
+        eval_id = resp.get("EvalID") or ""
+        if detach or not eval_id:
+            click.echo(eval_id)
+            return
+        from .monitor import Monitor
+        raise SystemExit(Monitor(client, verbose=verbose, timeout=follow_for).monitor(eval_id, follow="stops"))
+
+
+@job_group.command("plan")
+@click.argument("file", metavar="FILE")
+@click.option("-verbose", "--verbose", is_flag=True, help="Show the whole diff, unchanged groups and added fields too.")
+@address_option
+@_var_options
+def plan_cmd(file: str, verbose: bool, address: str | None, var: tuple[str, ...], var_file: tuple[str, ...]) -> None:
+    """Dry-run a job: the diff against the running version and what the scheduler would do.
+
+    Exit codes: 0 no allocations would be created or destroyed, 1 some would, 255 an error.
+    """
+    try:
+        loaded = load_job(file, var, var_file)
+        show_warnings(loaded.warnings)
+        with connect(address) as client:
+            try:
+                resp = client.plan_job(loaded.job.to_document(), diff=True)
+            except Unreachable as e:
+                fail(str(e))
+            except APIError as e:
+                fail(api_message(e))
+    except SystemExit as e:
+        raise SystemExit(255 if e.code not in (0, None) else e.code) from None
+    raise SystemExit(show_plan(resp, file, verbose))
 
 
 INIT_FILES = {False: "example.nomad.hcl", True: "example.nomad.hcl"}
@@ -128,3 +225,150 @@ def init_cmd(filename: str | None, connect: bool, short: bool) -> None:
     except OSError as e:
         fail(f"cannot write {target}: {e.strerror}")
     out.print(f"Example job file written to {target}")
+
+
+# -- `job plan` output (command/job_plan.go formatJobDiff, formatDryRun) -----------------------------
+_MARKERS = {"Added": "+ ", "Deleted": "- ", "Edited": "+/- "}
+_UPDATE_NAMES = (("Place", "create"), ("DestructiveUpdate", "create/destroy update"), ("Stop", "destroy"),
+                 ("Ignore", "ignore"), ("InPlaceUpdate", "in-place update"), ("Migrate", "migrate"),
+                 ("Canary", "canary"))
+_CHANGES = ("Place", "Stop", "Migrate", "DestructiveUpdate", "Canary")
+
+
+def _marker(kind: str | None) -> str:
+    return _MARKERS.get(kind or "", "")
+
+
+def _longest(fields: list[dict], objects: list[dict]) -> tuple[int, int]:
+    lf = max((len(f.get("Name", "")) for f in fields), default=0)
+    lm = max((len(_marker(x.get("Type"))) for x in [*fields, *objects]), default=0)
+    return lf, lm
+
+
+def _annot(items: list[str] | None) -> str:
+    return f" ({', '.join(items)})" if items else ""
+
+
+def _field(f: dict, start: int, kpre: int, vpre: int) -> str:
+    kind = f.get("Type")
+    value = {"Added": json.dumps(f.get("New", "")), "Deleted": json.dumps(f.get("Old", "")),
+             "Edited": f'{json.dumps(f.get("Old", ""))} => {json.dumps(f.get("New", ""))}'}.get(
+        kind or "", json.dumps(f.get("New", "")))
+    return f'{" " * start}{_marker(kind)}{" " * kpre}{f.get("Name")}: {" " * vpre}{value}{_annot(f.get("Annotations"))}'
+
+
+def _object(o: dict, start: int, kpre: int) -> str:
+    head = f'{" " * start}{_marker(o.get("Type"))}{" " * kpre}{o.get("Name")} {{\n'
+    lf, lm = _longest(o.get("Fields") or [], o.get("Objects") or [])
+    body = _aligned(o.get("Fields") or [], o.get("Objects") or [], start + kpre + 2, lf, lm)
+    return f'{head}{body}\n{" " * (start + kpre)}}}'
+
+
+def _aligned(fields: list[dict], objects: list[dict], start: int, lf: int, lm: int) -> str:
+    parts = [_field(f, start, lm - len(_marker(f.get("Type"))), lf - len(f.get("Name", ""))) for f in fields]
+    parts += [_object(o, start, lm - len(_marker(o.get("Type")))) for o in objects]
+    return "\n".join(parts)
+
+
+def _task_diff(t: dict, start: int, tpre: int, verbose: bool) -> str:
+    out_ = f'{" " * start}{_marker(t.get("Type"))}{" " * tpre}Task: "{t.get("Name")}"{_annot(t.get("Annotations"))}'
+    kind = t.get("Type")
+    if kind == "None" or (kind in ("Added", "Deleted") and not verbose):
+        return out_
+    lf, lm = _longest(t.get("Fields") or [], t.get("Objects") or [])
+    body = _aligned(t.get("Fields") or [], t.get("Objects") or [], start + 2, lf, lm)
+    return out_ + ("\n" + body if body else "")
+
+
+def _group_diff(g: dict, pre: int, updates: dict | None, verbose: bool) -> str:
+    out_ = f'{_marker(g.get("Type"))}{" " * pre}Task Group: "{g.get("Name")}"'
+    counts = [f"{(updates or {}).get(key, 0)} {name}" for key, name in sorted(_UPDATE_NAMES, key=lambda x: x[1])
+              if (updates or {}).get(key, 0)]
+    if counts:
+        out_ += f" ({', '.join(counts)})"
+    out_ += "\n"
+    fields, objects, tasks = g.get("Fields") or [], g.get("Objects") or [], g.get("Tasks") or []
+    if g.get("Type") != "Edited" and not verbose:
+        fields, objects = [], []  # not shown, so not aligned against
+    lf, lm = _longest(fields, objects)
+    lm = max([lm] + [len(_marker(t.get("Type"))) for t in tasks])
+    sub = pre + 2
+    if g.get("Type") == "Edited" or verbose:
+        fo = _aligned(fields, objects, sub, lf, lm)
+        if fo:
+            out_ += fo + "\n"
+    for t in tasks:
+        out_ += _task_diff(t, sub, lm - len(_marker(t.get("Type"))), verbose) + "\n"
+    return out_
+
+
+def format_job_diff(diff: dict, updates: dict[str, dict], verbose: bool = False) -> str:
+    groups = diff.get("TaskGroups") or []
+    fields, objects = diff.get("Fields") or [], diff.get("Objects") or []
+    if diff.get("Type") != "Edited" and not verbose:
+        fields, objects = [], []  # not shown, so not aligned against
+    groups = [g for g in groups if verbose or g.get("Type") != "None" or _changes(updates.get(g.get("Name", "")))]
+    text = f'{_marker(diff.get("Type"))}Job: "{diff.get("ID")}"\n'
+    lf, lm = _longest(fields, objects)
+    lm = max([lm] + [len(_marker(g.get("Type"))) for g in groups])
+    if diff.get("Type") == "Edited" or verbose:
+        fo = _aligned(fields, objects, 0, lf, lm)
+        if fo:
+            text += fo + "\n"
+    for g in groups:
+        text += _group_diff(g, lm - len(_marker(g.get("Type"))), updates.get(g.get("Name", "")), verbose) + "\n"
+    return text.strip()
+
+
+def _changes(u: dict | None) -> bool:
+    return any((u or {}).get(k, 0) for k in _CHANGES)
+
+
+def format_dry_run(resp: dict) -> str:
+    from .format import metric_reasons
+    failed = resp.get("FailedTGAllocs") or {}
+    if not failed:
+        return "- All tasks successfully allocated."
+    lines = ["- WARNING: Failed to place all allocations."]
+    for group, metric in sorted(failed.items()):
+        n = (metric or {}).get("CoalescedFailures", 0) + 1
+        lines.append(f'  Task Group "{group}" (failed to place {n} allocation{"s" if n != 1 else ""}):')
+        lines += [f"    * {r}" for r in metric_reasons(metric)]
+    return "\n".join(lines)
+
+
+def _paint(text: str) -> None:
+    """Plain text when piped; on a terminal color the diff markers as Nomad does."""
+    if not out.is_terminal:
+        click.echo(text)
+        return
+    from rich.markup import escape
+    for line in text.splitlines():
+        s = line.lstrip()
+        style = ("yellow" if s.startswith("+/-") else "green" if s.startswith("+") else
+                 "red" if s.startswith("-") and not s.startswith("- All") else "")
+        out.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False)
+
+
+def show_plan(resp: dict, file: str, verbose: bool) -> int:
+    """Print a plan response like `nomad job plan`; returns its exit code (0 or 1)."""
+    updates = (resp.get("Annotations") or {}).get("DesiredTGUpdates") or {}
+    if resp.get("Diff"):
+        _paint(format_job_diff(resp["Diff"], updates, verbose) + "\n")
+    click.echo("Scheduler dry-run:")
+    _paint(format_dry_run(resp))
+    click.echo("")
+    if resp.get("Warnings"):
+        err.print("[bold yellow]Job Warnings:[/]")
+        err.print(str(resp["Warnings"]), markup=False)
+    index = resp.get("JobModifyIndex", 0)
+    click.echo(f"Job Modify Index: {index}\n"
+               "To submit the job with version verification run:\n\n"
+               f"yurt job run -check-index {index} {file}\n\n"
+               "When running the job with the check-index flag, the job will only be run if the\n"
+               "job modify index given matches the server-side version. If the index has\n"
+               "changed, another user has modified the job and the plan's results are\n"
+               "potentially invalid.")
+    if resp.get("Diff") is None:
+        return 0
+    return 1 if any(_changes(u) for u in updates.values()) else 0

@@ -10,7 +10,10 @@ from yurt import __version__
 
 from .flags import NomadGroup
 from .agent_cmd import agent_cmd
-from .job import job_group, run_cmd
+from .alloc_cmd import alloc_group
+from .job import job_group, plan_cmd, run_cmd, stop_cmd
+from .node_cmd import node_group
+from .status import eval_group, job_status_cmd
 
 
 @click.group(cls=NomadGroup, context_settings={"help_option_names": ["-h", "-help", "--help"]})
@@ -25,6 +28,13 @@ def cli() -> None:
 cli.add_command(job_group)
 cli.add_command(agent_cmd)
 cli.add_command(run_cmd, "run")  # `yurt run FILE`, as `nomad run`
+job_group.add_command(job_status_cmd, "status")
+cli.add_command(job_status_cmd, "status")  # `yurt status [JOB]`, as `nomad status`
+cli.add_command(stop_cmd, "stop")
+cli.add_command(plan_cmd, "plan")
+cli.add_command(alloc_group)
+cli.add_command(eval_group)
+cli.add_command(node_group)
 
 
 def main(argv: list[str] | None = None) -> None:

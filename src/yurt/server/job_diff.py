@@ -51,8 +51,13 @@ def object_diff(name: str, old: dict | None, new: dict | None, skip: set[str] = 
                 if sub["Type"] != "None":
                     objects.append(sub)
         elif o != n:
-            fields.append({"Type": _kind(o, n) if o not in (None, "", [], 0, False) or n not in (None, "", [], 0, False)
-                           else "Edited", "Name": key, "Old": _scalar(o), "New": _scalar(n), "Annotations": None})
+            if old is None or (o is None and n is not None):
+                change = "Added"
+            elif new is None or (n is None and o is not None):
+                change = "Deleted"
+            else:
+                change = "Edited"
+            fields.append({"Type": change, "Name": key, "Old": _scalar(o), "New": _scalar(n), "Annotations": None})
     kind = _kind(old, new)
     if kind == "Edited" and not fields and not objects:
         kind = "None"

@@ -1,0 +1,208 @@
+"""`yurt alloc status | logs | stop` (command/alloc_status.go, alloc_logs.go, alloc_stop.go)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from yurt.api.client import YurtClient
+
+from .flags import NomadGroup
+from .format import (address_option, api_errors, connect, echo, fmt_iso, fmt_time, heading, kv, print_table,
+                     relative, resolve, short)
+from .monitor import Monitor, event_rows
+from .output import fail
+
+
+@click.group("alloc", cls=NomadGroup, context_settings={"help_option_names": ["-h", "-help", "--help"]})
+def alloc_group() -> None:
+    """Inspect and control allocations: status, logs, stop."""
+
+
+def find_alloc(client: YurtClient, ident: str, verbose: bool = False) -> dict:
+    allocs = client.allocations(prefix=ident)
+    return resolve("allocation", ident, allocs,
+                   ["ID", "Eval ID", "Node ID", "Task Group", "Version", "Desired", "Status", "Created"],
+                   lambda a: (short(a["ID"], verbose), short(a.get("EvalID"), verbose), short(a.get("NodeID"), verbose),
+                              a.get("TaskGroup"), a.get("JobVersion", 0), a.get("DesiredStatus"),
+                              a.get("ClientStatus"), relative(a.get("CreateTime"))),
+                   missing=f'No allocation(s) with prefix or id "{ident}" found')
+
+
+def _dynamic_labels(alloc: dict) -> tuple[set[str], set[str]]:
+    """(reserved, dynamic) port labels of the allocation's group."""
+    reserved, dynamic = set(), set()
+    job = alloc.get("Job") or {}
+    for g in job.get("TaskGroups") or []:
+        if g.get("Name") != alloc.get("TaskGroup"):
+            continue
+        for net in g.get("Networks") or []:
+            reserved.update(p.get("Label") for p in net.get("ReservedPorts") or [])
+            dynamic.update(p.get("Label") for p in net.get("DynamicPorts") or [])
+    return reserved, dynamic
+
+
+def _task_resources(alloc: dict, task: str) -> tuple[str, str, str]:
+    res = ((alloc.get("AllocatedResources") or {}).get("Tasks") or {}).get(task) or {}
+    cpu = (res.get("Cpu") or {}).get("CpuShares", 0)
+    mem = (res.get("Memory") or {}).get("MemoryMB", 0)
+    mem_max = (res.get("Memory") or {}).get("MemoryMaxMB", 0)
+    disk = ((alloc.get("AllocatedResources") or {}).get("Shared") or {}).get("DiskMB", 0)
+    memory = f"{mem} MiB" + (f" (max {mem_max} MiB)" if mem_max and mem_max > mem else "")
+    return f"{cpu} MHz", memory, f"{disk} MiB"
+
+
+@alloc_group.command("status")
+@click.argument("alloc_id", metavar="ALLOC")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs, absolute times, all events.")
+@click.option("-json", "--json", "as_json", is_flag=True, help="Print the allocation as JSON.")
+@address_option
+@api_errors
+def alloc_status_cmd(alloc_id: str, verbose: bool, as_json: bool, address: str | None) -> None:
+    """Show an allocation (ALLOC may be a unique prefix of its ID): placement, ports, tasks, events."""
+    with connect(address) as client:
+        stub = find_alloc(client, alloc_id, verbose)
+        alloc = client.allocation(stub["ID"])
+    if as_json:
+        echo(json.dumps(alloc, indent=4))
+        return
+    when = fmt_time if verbose else relative
+    job = alloc.get("Job") or {}
+    echo(kv([
+        ("ID", short(alloc["ID"], verbose)), ("Eval ID", short(alloc.get("EvalID"), verbose)),
+        ("Name", alloc.get("Name")), ("Node ID", short(alloc.get("NodeID"), verbose)),
+        ("Node Name", alloc.get("NodeName")), ("Job ID", alloc.get("JobID")),
+        ("Job Version", job.get("Version", 0)), ("Client Status", alloc.get("ClientStatus")),
+        ("Client Description", alloc.get("ClientDescription")), ("Desired Status", alloc.get("DesiredStatus")),
+        ("Desired Description", alloc.get("DesiredDescription")), ("Created", when(alloc.get("CreateTime"))),
+        ("Modified", when(alloc.get("ModifyTime"))),
+        *([("Previous Allocation", short(alloc["PreviousAllocation"], verbose))] if alloc.get("PreviousAllocation") else []),
+        *([("Next Allocation", short(alloc["NextAllocation"], verbose))] if alloc.get("NextAllocation") else []),
+        *([("Follow-up Eval", short(alloc["FollowupEvalID"], verbose))] if alloc.get("FollowupEvalID") else []),
+    ]))
+    ports = ((alloc.get("AllocatedResources") or {}).get("Shared") or {}).get("Ports") or []
+    if ports:
+        reserved, _ = _dynamic_labels(alloc)
+        echo()
+        heading("Allocation Addresses:")
+        print_table(["Label", "Dynamic", "Address"],
+                    [(f"*{p.get('Label')}", "no" if p.get("Label") in reserved else "yes",
+                      f"{p.get('HostIP') or '127.0.0.1'}:{p.get('Value')}" + (f" -> {p['To']}" if p.get("To") else ""))
+                     for p in ports])
+    states = alloc.get("TaskStates") or {}
+    tasks = sorted(set(states) | set(((alloc.get("AllocatedResources") or {}).get("Tasks") or {})))
+    for task in tasks:
+        st = states.get(task) or {}
+        echo()
+        heading(f'Task "{task}" is "{st.get("State", "pending")}"')
+        heading("Task Resources:")
+        print_table(["CPU", "Memory", "Disk"], [_task_resources(alloc, task)])
+        echo()
+        heading("Task Events:")
+        echo(kv([("Started At", fmt_iso(st.get("StartedAt"))), ("Finished At", fmt_iso(st.get("FinishedAt"))),
+                 ("Total Restarts", st.get("Restarts", 0)), ("Last Restart", fmt_iso(st.get("LastRestart")))]))
+        echo()
+        heading("Recent Events:")
+        rows = event_rows(st, limit=None if verbose else 10)
+        if rows:
+            print_table(["Time", "Type", "Description"], rows)
+        else:
+            echo("No events")
+
+
+def _pick_task(alloc: dict, task: str | None) -> str:
+    tasks = sorted(set((alloc.get("TaskStates") or {})) |
+                   set(((alloc.get("AllocatedResources") or {}).get("Tasks") or {})))
+    if task:
+        if tasks and task not in tasks:
+            fail(f'Could not find task named: {task}; allocation "{short(alloc["ID"])}" runs: ' + ", ".join(tasks))
+        return task
+    if len(tasks) == 1:
+        return tasks[0]
+    if not tasks:
+        fail(f'allocation "{short(alloc["ID"])}" has no tasks yet; name the task')
+    fail(f'Allocation "{short(alloc["ID"])}" is running the following tasks:\n'
+         + "\n".join(f"  * {t}" for t in tasks) + "\n\nPlease specify the task.")
+
+
+@alloc_group.command("logs")
+@click.argument("alloc_id", metavar="ALLOC")
+@click.argument("task", required=False, metavar="[TASK]")
+@click.option("-f", "-follow", "--follow", "follow", is_flag=True, help="Keep printing new output (Ctrl-C to stop).")
+@click.option("-stderr", "--stderr", is_flag=True, help="Show stderr instead of stdout.")
+@click.option("-tail", "--tail", is_flag=True, help="Start at the end (the last 10 lines unless -n/-c).")
+@click.option("-n", "lines", type=int, default=None, metavar="LINES", help="With -tail: how many lines.")
+@click.option("-c", "nbytes", type=int, default=None, metavar="BYTES", help="With -tail: how many bytes.")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs in messages.")
+@address_option
+@api_errors
+def alloc_logs_cmd(alloc_id: str, task: str | None, follow: bool, stderr: bool, tail: bool, lines: int | None,
+                   nbytes: int | None, verbose: bool, address: str | None) -> None:
+    """Print a task's stdout (or -stderr). TASK may be left out when the allocation has one task."""
+    if lines is not None or nbytes is not None:
+        tail = True
+    with connect(address) as client:
+        stub = find_alloc(client, alloc_id, verbose)
+        alloc = client.allocation(stub["ID"])
+        name = _pick_task(alloc, task)
+        stream = sys.stdout.buffer
+        try:
+            if not tail:
+                for chunk in client.logs(alloc["ID"], name, stderr=stderr, follow=follow):
+                    stream.write(chunk)
+                    stream.flush()
+                return
+            if nbytes is not None:
+                data = b"".join(client.logs(alloc["ID"], name, stderr=stderr, origin="end", offset=nbytes))
+            else:
+                want = 10 if lines is None else max(lines, 0)
+                data = _last_lines(client, alloc["ID"], name, stderr, want)
+            stream.write(data)
+            stream.flush()
+            if follow:
+                for chunk in client.logs(alloc["ID"], name, stderr=stderr, follow=True, origin="end", offset=0):
+                    stream.write(chunk)
+                    stream.flush()
+        except KeyboardInterrupt:
+            raise SystemExit(0) from None
+        except BrokenPipeError:
+            raise SystemExit(0) from None
+
+
+def _last_lines(client: YurtClient, alloc_id: str, task: str, stderr: bool, n: int) -> bytes:
+    """The last n lines: read back from the end in growing steps until enough lines are seen."""
+    if n == 0:
+        return b""
+    step = 4096
+    while True:
+        data = b"".join(client.logs(alloc_id, task, stderr=stderr, origin="end", offset=step))
+        body = data[:-1] if data.endswith(b"\n") else data
+        if body.count(b"\n") >= n or len(data) < step:
+            parts = body.split(b"\n")
+            tail = b"\n".join(parts[-n:])
+            return tail + (b"\n" if data.endswith(b"\n") else b"")
+        step *= 4
+
+
+@alloc_group.command("stop")
+@click.argument("alloc_id", metavar="ALLOC")
+@click.option("-detach", "--detach", is_flag=True, help="Print the evaluation ID and return at once.")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@click.option("-timeout", "--timeout", "timeout", default="5m", metavar="DURATION",
+              help="How long to follow the replacement.")
+@address_option
+@api_errors
+def alloc_stop_cmd(alloc_id: str, detach: bool, verbose: bool, timeout: str, address: str | None) -> None:
+    """Stop an allocation; the scheduler places a replacement, which is followed unless -detach."""
+    from .job import _seconds
+    follow_for = _seconds(timeout)
+    with connect(address) as client:
+        stub = find_alloc(client, alloc_id, verbose)
+        resp = client.stop_allocation(stub["ID"])
+        eval_id = resp.get("EvalID") or ""
+        if detach or not eval_id:
+            echo(eval_id)
+            return
+        raise SystemExit(Monitor(client, verbose=verbose, timeout=follow_for).monitor(eval_id))

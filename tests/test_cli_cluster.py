@@ -1,0 +1,377 @@
+"""The cluster CLI against a real dev agent: run, status, plan, update, scale, alloc, logs, stop.
+
+One `yurt agent -dev` process serves the whole module (raw_exec driver, no docker). Every command
+runs the real CLI in a subprocess with YURT_ADDR pointing at it. Waits are for conditions, with
+timeouts; nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import YURT, run_yurt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    """A `yurt agent -dev` on a free port; yields its address; SIGINT (then SIGKILL) at the end."""
+    cwd = tmp_path_factory.mktemp("agent")
+    port = _free_port()
+    address = f"http://127.0.0.1:{port}"
+    log = open(cwd / "agent.log", "wb")
+    proc = subprocess.Popen([*YURT, "agent", "-dev", "-http-port", str(port)], cwd=cwd, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the agent exited with {proc.returncode}:\n{(cwd / 'agent.log').read_text()}")
+            try:
+                body = httpx.get(f"{address}/v1/agent/health", timeout=2).json()
+                nodes = httpx.get(f"{address}/v1/nodes", timeout=2).json()
+                if body.get("client", {}).get("ok") and any(n.get("Status") == "ready" for n in nodes):
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the agent did not become healthy:\n" + (cwd / "agent.log").read_text())
+            time.sleep(0.2)
+        yield address
+    finally:
+        try:
+            for job in httpx.get(f"{address}/v1/jobs", timeout=5).json():
+                httpx.delete(f"{address}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
+        except (httpx.HTTPError, ValueError):
+            pass
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def cli(agent, tmp_path):
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return run_yurt(*args, cwd=tmp_path, env={"YURT_ADDR": agent, "NO_COLOR": "1"}, timeout=timeout)
+    return run
+
+
+def web_job(name: str, count: int = 1, greeting: str = "hello", driver: str = "raw_exec") -> str:
+    return f'''job "{name}" {{
+  datacenters = ["dc1"]
+  group "web" {{
+    count = {count}
+    network {{
+      port "http" {{}}
+    }}
+    restart {{
+      attempts = 0
+      mode     = "fail"
+    }}
+    task "server" {{
+      driver = "{driver}"
+      config {{
+        command = "{sys.executable}"
+        args    = ["-u", "-m", "http.server", "--bind", "127.0.0.1", "${{NOMAD_PORT_http}}"]
+      }}
+      env {{
+        GREETING = "{greeting}"
+      }}
+      resources {{
+        cpu    = 50
+        memory = 32
+      }}
+    }}
+  }}
+}}
+'''
+
+
+def write(tmp: Path, name: str, text: str) -> str:
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def api(agent: str, path: str, **params):
+    return httpx.get(f"{agent}{path}", params=params, timeout=10).json()
+
+
+def wait_for(cond, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def running(agent: str, job: str) -> list[dict]:
+    return [a for a in api(agent, f"/v1/job/{job}/allocations")
+            if a["DesiredStatus"] == "run" and a["ClientStatus"] == "running"]
+
+
+def port_of(agent: str, alloc_id: str) -> int:
+    alloc = api(agent, f"/v1/allocation/{alloc_id}")
+    return alloc["AllocatedResources"]["Shared"]["Ports"][0]["Value"]
+
+
+def no_traceback(res: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.stderr
+
+
+# -- the life of a service job ----------------------------------------------------------------
+def test_run_status_plan_update_scale_stop(cli, agent, tmp_path):
+    job_file = write(tmp_path, "web.nomad.hcl", web_job("web"))
+    res = cli("job", "run", "-timeout", "90s", job_file)
+    no_traceback(res)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'Monitoring evaluation "' in res.stdout
+    assert 'Evaluation triggered by job "web"' in res.stdout
+    assert "created: node" in res.stdout and 'group "web"' in res.stdout
+    assert '-> "running"' in res.stdout
+
+    allocs = running(agent, "web")
+    assert len(allocs) == 1
+    first = allocs[0]["ID"]
+    port = port_of(agent, first)
+    body = wait_for(lambda: _get(f"http://127.0.0.1:{port}/"), 30, "the http server")
+    assert body.status_code == 200
+
+    # job status: the list, then the job
+    res = cli("job", "status")
+    assert res.returncode == 0 and "web" in res.stdout and "Submit Date" in res.stdout
+    res = cli("job", "status", "web")
+    no_traceback(res)
+    assert res.returncode == 0, res.stderr
+    for text in ("ID            = web", "Type          = service", "Status        = running", "Summary",
+                 "Task Group  Queued  Starting  Running", "Allocations", first[:8]):
+        assert text in res.stdout, res.stdout
+    row = next(ln for ln in res.stdout.splitlines() if ln.startswith(first[:8]))
+    assert "running" in row and " ago" in row
+    assert first not in res.stdout  # short IDs unless -verbose
+    assert first in cli("job", "status", "-verbose", "web").stdout
+    res = cli("job", "status", "-json", "web")
+    assert res.returncode == 0 and '"ID": "web"' in res.stdout
+
+    # plan: unchanged -> 0, count changed -> 1 with the diff
+    res = cli("job", "plan", job_file)
+    no_traceback(res)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Scheduler dry-run:" in res.stdout and "- All tasks successfully allocated." in res.stdout
+    assert "Job Modify Index: " in res.stdout and "-check-index" in res.stdout
+    scaled = write(tmp_path, "web3.nomad.hcl", web_job("web", count=3))
+    res = cli("job", "plan", scaled)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert '+/- Job: "web"' in res.stdout
+    assert '+/- Task Group: "web" (2 create' in res.stdout
+    assert '+/- Count: "1" => "3"' in res.stdout
+
+    # update: a new env value -> new version, the old allocation stopped
+    changed = write(tmp_path, "web-v2.nomad.hcl", web_job("web", greeting="bonjour"))
+    res = cli("job", "run", "-timeout", "90s", changed)
+    no_traceback(res)
+    assert res.returncode == 0, res.stdout + res.stderr
+    now = running(agent, "web")
+    assert len(now) == 1 and now[0]["ID"] != first and now[0]["JobVersion"] == 1
+    wait_for(lambda: next(a for a in api(agent, "/v1/job/web/allocations") if a["ID"] == first)["ClientStatus"]
+             == "complete", 60, "the old allocation to stop")
+    assert api(agent, "/v1/job/web")["Version"] == 1
+
+    # scale 1 -> 3
+    scaled = write(tmp_path, "web3.nomad.hcl", web_job("web", count=3, greeting="bonjour"))
+    res = cli("job", "run", "-timeout", "90s", scaled)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("created: node") == 2
+    assert len(running(agent, "web")) == 3
+    res = cli("job", "status", "web")
+    summary = res.stdout.split("Summary", 1)[1].splitlines()[2].split()
+    assert summary[0] == "web" and summary[3] == "3", res.stdout
+
+    # stop: every allocation complete, the job dead (stopped)
+    res = cli("job", "stop", "web")
+    no_traceback(res)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert all(a["ClientStatus"] in ("complete", "failed", "lost") for a in api(agent, "/v1/job/web/allocations"))
+    res = cli("job", "status", "web")
+    assert "dead (stopped)" in res.stdout, res.stdout
+    res = cli("job", "status")
+    row = next(ln for ln in res.stdout.splitlines() if ln.startswith("web "))
+    assert "dead (stopped)" in row
+
+
+def _get(url: str):
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+
+
+def test_alloc_status_and_logs(cli, agent, tmp_path):
+    job_file = write(tmp_path, "logs.nomad.hcl", web_job("logsjob"))
+    res = cli("job", "run", "-timeout", "90s", job_file)
+    assert res.returncode == 0, res.stdout + res.stderr
+    alloc = running(agent, "logsjob")[0]
+    port = port_of(agent, alloc["ID"])
+    wait_for(lambda: _get(f"http://127.0.0.1:{port}/"), 30, "the http server")
+
+    res = cli("alloc", "status", alloc["ID"][:8])
+    no_traceback(res)
+    assert res.returncode == 0, res.stderr
+    for text in (f"ID                  = {alloc['ID'][:8]}", "Job ID              = logsjob",
+                 "Client Status       = running", "Desired Status      = run", 'Task "server" is "running"',
+                 "Recent Events:", "Time", "Type", "Description", "Started", "Task started by client",
+                 "Allocation Addresses:", f"127.0.0.1:{port}"):
+        assert text in res.stdout, res.stdout
+    events = res.stdout.split("Recent Events:", 1)[1].splitlines()
+    assert events[2].split()[1] == "Started"  # newest first
+
+    # stdout of the task (the task is the only one, so TASK may be left out)
+    out = wait_for(lambda: (r := cli("alloc", "logs", alloc["ID"])).returncode == 0 and "Serving HTTP" in r.stdout
+                   and r, 30, "the task's stdout")
+    assert f"port {port}" in out.stdout
+    res = cli("alloc", "logs", "-stderr", alloc["ID"], "server")
+    assert res.returncode == 0 and "GET / " in res.stdout, res.stdout + res.stderr
+    res = cli("alloc", "logs", "-tail", "-n", "1", "-stderr", alloc["ID"])
+    assert res.returncode == 0 and len(res.stdout.strip().splitlines()) == 1
+    res = cli("alloc", "logs", alloc["ID"], "nosuchtask")
+    assert res.returncode == 1 and "nosuchtask" in res.stderr
+
+    res = cli("alloc", "stop", alloc["ID"][:8])
+    assert res.returncode == 0, res.stdout + res.stderr
+    wait_for(lambda: running(agent, "logsjob") and running(agent, "logsjob")[0]["ID"] != alloc["ID"], 60,
+             "the replacement allocation")
+    assert cli("job", "stop", "-purge", "logsjob").returncode == 0
+
+
+def test_missing_driver_is_a_placement_failure(cli, agent, tmp_path):
+    job_file = write(tmp_path, "docker.nomad.hcl", web_job("dockerjob", count=2, driver="docker"))
+    res = cli("job", "run", job_file)
+    no_traceback(res)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert 'finished with status "complete" but failed to place all allocations:' in res.stdout
+    assert 'Task Group "web" (failed to place 2 allocations):' in res.stdout
+    assert "missing driver docker" in res.stdout and "      * " in res.stdout
+    assert "waiting for additional capacity to place remainder" in res.stdout
+    res = cli("job", "status", "dockerjob")
+    assert res.returncode == 0 and "Placement Failure" in res.stdout and "missing driver docker" in res.stdout
+    assert "No allocations placed" in res.stdout
+    # the plan shows the same failure
+    res = cli("job", "plan", job_file)
+    assert "- WARNING: Failed to place all allocations." in res.stdout and "missing driver docker" in res.stdout
+
+
+def test_batch_job_completes_and_failed_task_explained(cli, agent, tmp_path):
+    batch = write(tmp_path, "batch.nomad.hcl", f'''job "hello" {{
+  type = "batch"
+  group "g" {{
+    task "t" {{
+      driver = "raw_exec"
+      config {{
+        command = "{sys.executable}"
+        args    = ["-c", "print('hello from batch')"]
+      }}
+    }}
+  }}
+}}
+''')
+    res = cli("job", "run", "-timeout", "90s", batch)
+    assert res.returncode == 0, res.stdout + res.stderr
+    alloc = api(agent, "/v1/job/hello/allocations")[0]
+    assert cli("alloc", "logs", alloc["ID"]).stdout.strip() == "hello from batch"
+
+    bad = write(tmp_path, "bad.nomad.hcl", '''job "broken" {
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/nonexistent/program"
+      }
+    }
+  }
+}
+''')
+    res = cli("job", "run", "-timeout", "90s", bad)
+    no_traceback(res)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert '-> "failed"' in res.stdout and "failed to start" in res.stdout, res.stdout
+
+
+def test_detach_eval_status_and_prefixes(cli, agent, tmp_path):
+    for name in ("multi-a", "multi-b"):
+        res = cli("job", "run", "-detach", write(tmp_path, f"{name}.hcl", web_job(name, driver="docker")))
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("Job registration successful\nEvaluation ID: ")
+    eval_id = res.stdout.split("Evaluation ID: ")[1].strip()
+    res = cli("eval", "status", eval_id[:8])
+    assert res.returncode == 0, res.stderr
+    assert "Job ID             = multi-b" in res.stdout and "Placement Failures = true" in res.stdout
+    assert "missing driver docker" in res.stdout
+
+    res = cli("job", "status", "multi")
+    assert res.returncode == 1 and "Prefix matched multiple jobs" in res.stdout
+    assert "multi-a" in res.stdout and "multi-b" in res.stdout
+    res = cli("job", "status", "multi-a")
+    assert res.returncode == 0 and "ID            = multi-a" in res.stdout
+
+    res = cli("job", "stop", "nosuchjob")
+    assert res.returncode == 1 and 'No job(s) with prefix or ID "nosuchjob" found' in res.stderr
+    res = cli("alloc", "status", "ffffffff")
+    assert res.returncode == 1 and "No allocation(s)" in res.stderr
+
+
+def test_node_status(cli, agent):
+    res = cli("node", "status")
+    assert res.returncode == 0, res.stderr
+    header, row = res.stdout.splitlines()[:2]
+    assert header.split() == ["ID", "DC", "Name", "Class", "Drain", "Eligibility", "Status"]
+    assert row.split()[-1] == "ready" and "dc1" in row
+    node_id = row.split()[0]
+    res = cli("node", "status", node_id)
+    assert res.returncode == 0, res.stderr
+    assert "Status        = ready" in res.stdout or "Status  " in res.stdout
+    assert "raw_exec" in res.stdout and "Allocations" in res.stdout
+
+
+def test_unreachable_agent(tmp_path):
+    port = _free_port()
+    for args in (["job", "status"], ["node", "status"], ["job", "run", write(tmp_path, "j.hcl", web_job("x"))]):
+        res = run_yurt(*args, "-address", f"http://127.0.0.1:{port}", cwd=tmp_path)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert (f"Error: cannot reach the Yurt agent at http://127.0.0.1:{port}: connection refused; "
+                "is `yurt agent` running?") in res.stderr
+        no_traceback(res)
+    res = run_yurt("job", "status", cwd=tmp_path, env={"YURT_ADDR": f"127.0.0.1:{port}"})
+    assert res.returncode == 1 and "cannot reach the Yurt agent" in res.stderr
+    res = run_yurt("job", "plan", write(tmp_path, "p.hcl", web_job("x")), "-address", f"http://127.0.0.1:{port}",
+                   cwd=tmp_path)
+    assert res.returncode == 255 and "cannot reach the Yurt agent" in res.stderr
