@@ -280,3 +280,28 @@ def test_check_index_registers_only_at_the_expected_version(api):
     assert stale.status_code == 400 and "conflicting job modify index" in stale.text
     assert api.put("/v1/jobs", json={**doc, "EnforceIndex": True, "JobModifyIndex": current}).status_code == 200
     api.delete("/v1/job/guarded", params={"purge": "true"})
+
+
+def test_node_that_misses_its_heartbeat_goes_down_and_its_allocations_move(api):
+    """A second node registers and never heartbeats: after its TTL it is down, its allocation is
+    lost, and the scheduler places a replacement on the node that is alive."""
+    real = api.get("/v1/nodes").json()[0]
+    node = api.get(f"/v1/node/{real['ID']}").json()
+    fake_id = "00000000-0000-4000-8000-00000000fa4e"
+    node.update({"ID": fake_id, "SecretID": "", "Name": "fake-node", "Status": "initializing"})
+    node["Attributes"] = {**node["Attributes"], "unique.hostname": "fake-node"}
+    r = api.put("/v1/internal/node/register", json={"Node": node})
+    assert r.status_code == 200, r.text
+    text = sh_job("mover", "exec sleep 600").replace(
+        '  group "g" {', '  group "g" {\n    affinity {\n      attribute = "${node.unique.name}"\n'
+                        '      value = "fake-node"\n      weight = 100\n    }', 1)
+    register(api, text)
+    (first,) = wait_for(lambda: allocs(api, "mover"), what="placed")
+    assert first["NodeID"] == fake_id  # the affinity put it on the node that will die
+    wait_for(lambda: api.get(f"/v1/node/{fake_id}").json()["Status"] == "down", timeout=90, what="node down")
+    lost = wait_for(lambda: (lambda a: a if a["ClientStatus"] == "lost" else None)(
+        api.get(f"/v1/allocation/{first['ID']}").json()), what="lost")
+    assert lost["DesiredStatus"] == "stop"
+    repl = wait_for(lambda: [a for a in allocs(api, "mover") if a["ClientStatus"] == "running"], what="replacement")
+    assert repl[0]["NodeID"] == real["ID"] and repl[0]["Name"] == first["Name"]
+    api.delete("/v1/job/mover", params={"purge": "true"})
