@@ -305,3 +305,18 @@ def test_node_that_misses_its_heartbeat_goes_down_and_its_allocations_move(api):
     repl = wait_for(lambda: [a for a in allocs(api, "mover") if a["ClientStatus"] == "running"], what="replacement")
     assert repl[0]["NodeID"] == real["ID"] and repl[0]["Name"] == first["Name"]
     api.delete("/v1/job/mover", params={"purge": "true"})
+
+
+def test_parse_and_validate_endpoints(api):
+    from .conftest import SEED
+    r = api.put("/v1/jobs/parse", json={"JobHCL": SEED.read_text(), "Canonicalize": True})
+    assert r.status_code == 200 and r.json()["ID"] == "countdash" and r.json()["Priority"] == 50
+    raw = api.put("/v1/jobs/parse", json={"JobHCL": SEED.read_text()}).json()
+    assert raw["Priority"] is None  # without Canonicalize, defaults are not filled
+    bad = api.put("/v1/jobs/parse", json={"JobHCL": 'job "x" {\n  group "g" {\n    cout = 1\n  }\n}\n'})
+    assert bad.status_code == 400 and "JobHCL:3:5" in bad.text and 'did you mean "count"' in bad.text
+    ok = api.put("/v1/validate/job", json={"Job": r.json()}).json()
+    assert ok["ValidationErrors"] == [] and ok["Error"] == ""
+    broken = dict(r.json(), Priority=500)
+    res = api.put("/v1/validate/job", json={"Job": broken}).json()
+    assert res["ValidationErrors"] and "priority" in res["Error"].lower()

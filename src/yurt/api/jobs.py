@@ -2,40 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from yurt.jobspec import JobspecError, load
-from yurt.jobspec.defaults import canonicalize
-from yurt.jobspec.loader import prune, to_struct
-from yurt.jobspec.locate import Locator
-from yurt.jobspec.validate import validate
+from yurt.server.admission import InvalidJob, admit_job, parse_job_file
 from yurt.structs import Job
 
-from .common import APIError, block, by_prefix, flag, json_body, reply
+from .common import APIError, block, flag, json_body, reply
 
 router = APIRouter()
 
 
-def job_from_body(body: Any, source: str = "request body") -> tuple[Job, list[str]]:
+def job_from_body(body: Any) -> tuple[Job, list[str]]:
     """A job in Nomad's JSON, checked exactly like a job file: 400 lists every problem."""
-    if not isinstance(body, dict) or not isinstance(body.get("Job"), dict):
-        raise APIError(400, 'the body must be {"Job": {...}}')
-    doc = prune(body["Job"], Job)
-    loc = Locator(source, {}, doc)
     try:
-        job = to_struct(doc, loc)
-        canonicalize(job)
-        problems = validate(job, loc)
-    except JobspecError as e:
-        problems = e.problems
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        raise APIError(400, "job validation failed:\n" + "\n".join(f"* {p.where}: {p.message}" if p.where
-                                                                    else f"* {p.message}" for p in errors))
-    return job, [f"{p.where}: {p.message}" for p in problems if p.severity == "warning"]
+        return admit_job(body)
+    except InvalidJob as e:
+        raise APIError(400, str(e)) from None
 
 
 def _stub(job: Job, summary) -> dict[str, Any]:
@@ -104,10 +88,10 @@ async def parse(request: Request):
     if isinstance(variables, str):
         variables = _parse_var_lines(variables)
     try:
-        loaded = load(body["JobHCL"], "JobHCL", variables, canonical=bool(body.get("Canonicalize")))
-    except JobspecError as e:
-        raise APIError(400, str(e)) from None
-    return reply(loaded.job.to_json())
+        job = parse_job_file(body["JobHCL"], variables, canonical=bool(body.get("Canonicalize")))
+    except InvalidJob as e:
+        raise APIError(400, "\n".join(e.errors)) from None
+    return reply(job.to_json())
 
 
 def _parse_var_lines(text: str) -> dict[str, str]:
@@ -123,11 +107,9 @@ def _parse_var_lines(text: str) -> dict[str, str]:
 @router.post("/v1/validate/job")
 async def validate_job(request: Request):
     try:
-        _, warnings = job_from_body(await json_body(request))
-    except APIError as e:
-        if e.status_code != 400:
-            raise
-        errors = [ln[2:] for ln in str(e.detail).splitlines()[1:]] or [str(e.detail)]
+        _, warnings = admit_job(await json_body(request))
+    except InvalidJob as e:
+        errors = e.errors
         return reply({"DriverConfigValidated": False, "ValidationErrors": errors,
                       "Error": "\n".join(errors), "Warnings": ""})
     return reply({"DriverConfigValidated": True, "ValidationErrors": [], "Error": "",

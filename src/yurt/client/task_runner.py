@@ -11,7 +11,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Callable, Mapping
 
-from yurt.structs import Allocation, Node, Task, TaskEvent, TaskState
+from yurt.structs import Allocation, Node, RestartPolicy, Task, TaskEvent, TaskState
 from yurt.structs.alloc import TASK_DEAD, TASK_PENDING, TASK_RUNNING
 from yurt.structs.duration import SECOND
 
@@ -65,9 +65,8 @@ class TaskRunner:
         self.hook_resources = hook_resources
         job_type = (alloc.job.type if alloc.job else None) or "service"
         policy = task.restart_policy
-        if policy is None:
-            from yurt.jobspec.defaults import default_restart_policy
-            policy = default_restart_policy(job_type)
+        if policy is None:  # jobs arrive canonicalized; hand-built ones get the type's default
+            policy = RestartPolicy.for_job_type(job_type)
         self.tracker = RestartTracker(policy, job_type, task.lifecycle)
         self._lock = threading.RLock()
         self._kill = threading.Event()

@@ -56,11 +56,7 @@ def default_migrate_strategy() -> MigrateStrategy:
 
 
 def default_restart_policy(job_type: str) -> RestartPolicy:
-    if job_type in ("service", "system"):
-        return RestartPolicy(attempts=2, interval=30 * MINUTE, delay=15 * SECOND,
-                             mode="fail", render_templates=False)
-    return RestartPolicy(attempts=3, interval=24 * HOUR, delay=15 * SECOND,
-                         mode="fail", render_templates=False)
+    return RestartPolicy.for_job_type(job_type)
 
 
 def _zero_reschedule_policy() -> ReschedulePolicy:

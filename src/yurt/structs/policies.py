@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import Struct, field
-from .duration import Duration
+from .duration import HOUR, MINUTE, SECOND, Duration
 
 
 class RestartPolicy(Struct):
@@ -12,6 +12,13 @@ class RestartPolicy(Struct):
     delay: Duration | None = None
     mode: str | None = None
     render_templates: bool | None = None
+
+    @classmethod
+    def for_job_type(cls, job_type: str) -> "RestartPolicy":
+        """Nomad's default restart policy of a job type (service/system vs batch/sysbatch)."""
+        if job_type in ("service", "system"):
+            return cls(attempts=2, interval=30 * MINUTE, delay=15 * SECOND, mode="fail", render_templates=False)
+        return cls(attempts=3, interval=24 * HOUR, delay=15 * SECOND, mode="fail", render_templates=False)
 
 
 class ReschedulePolicy(Struct):

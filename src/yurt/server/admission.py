@@ -1,0 +1,54 @@
+"""Admitting jobs that arrive over the API: the same reading, defaults and validation as a job file.
+
+The API hands over the JSON body; the server decides whether it is a job. Problems carry the
+path in the job (there are no line numbers in a request body).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yurt.jobspec import JobspecError, load
+from yurt.jobspec.defaults import canonicalize
+from yurt.jobspec.loader import prune, to_struct
+from yurt.jobspec.locate import Locator
+from yurt.jobspec.validate import validate
+from yurt.structs import Job
+
+
+class InvalidJob(Exception):
+    """The body is not a valid job; `errors` lists each problem as "<where>: <what>"."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("job validation failed:\n" + "\n".join(f"* {e}" for e in errors))
+        self.errors = errors
+
+
+def _line(p) -> str:
+    return f"{p.where}: {p.message}" if p.where else p.message
+
+
+def admit_job(body: Any, source: str = "request body") -> tuple[Job, list[str]]:
+    """`{"Job": {...}}` in Nomad's JSON -> a canonical, validated Job and its warnings."""
+    if not isinstance(body, dict) or not isinstance(body.get("Job"), dict):
+        raise InvalidJob(['the body must be {"Job": {...}}'])
+    doc = prune(body["Job"], Job)
+    loc = Locator(source, {}, doc)
+    try:
+        job = to_struct(doc, loc)
+        canonicalize(job)
+        problems = validate(job, loc)
+    except JobspecError as e:
+        problems = e.problems
+    errors = [_line(p) for p in problems if p.severity == "error"]
+    if errors:
+        raise InvalidJob(errors)
+    return job, [_line(p) for p in problems if p.severity == "warning"]
+
+
+def parse_job_file(text: str, variables: dict[str, Any], canonical: bool) -> Job:
+    """`/v1/jobs/parse`: a job file's text -> a Job (defaults filled only when asked)."""
+    try:
+        return load(text, "JobHCL", variables, canonical=canonical).job
+    except JobspecError as e:
+        raise InvalidJob([str(p) for p in e.problems]) from None
