@@ -27,7 +27,7 @@ def wait_for(condition, timeout: float = 60.0, interval: float = 0.2, what: str 
     while time.monotonic() < deadline:
         try:
             last = condition()
-        except (httpx.HTTPError, KeyError, IndexError):
+        except (httpx.HTTPError, OSError, KeyError, IndexError):
             last = None
         if last:
             return last

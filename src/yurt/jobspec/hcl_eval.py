@@ -140,8 +140,9 @@ class Evaluator:
     """Evaluates expressions of one file with its variables and locals."""
 
     def __init__(self, file: str, text: str, variables: dict[str, Any] | None = None,
-                 locals_: dict[str, Tree] | None = None) -> None:
+                 locals_: dict[str, Tree] | None = None, base_dir: str | None = None) -> None:
         self.file = file
+        self.base_dir = base_dir  # where file() reads from; None: file() is not available
         self.text = text
         self.variables = variables or {}
         self._local_exprs = locals_ or {}
@@ -262,7 +263,7 @@ class Evaluator:
         except Exception:
             return "${" + inner + "}"
         expr = trees(trees(trees(tree)[0])[0])[-1]
-        sub = Evaluator(self.file, f"x = {inner}\n", self.variables, self._local_exprs)
+        sub = Evaluator(self.file, f"x = {inner}\n", self.variables, self._local_exprs, self.base_dir)
         sub._locals = self._locals
         try:
             value = sub.value(expr)
@@ -364,6 +365,8 @@ class Evaluator:
         args = [self.value(a) for a in trees(args_node) if a.data != "new_line_or_comment"] if args_node else []
         if args_node is not None and any(isinstance(t, Token) and t.type == "ELLIPSIS" for t in args_node.children):
             args = args[:-1] + list(args[-1])
+        if name == "file":
+            return self._file(node, args)
         if name not in FUNCTIONS:
             raise EvalError(node, f"unknown function {name}(): job files may use "
                                   + ", ".join(sorted(FUNCTIONS)))
@@ -377,6 +380,26 @@ class Evaluator:
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - any failure of a function is the user's input
             raise EvalError(node, f"{name}(): {e}") from None
+
+    def _file(self, node: Tree, args: list[Any]) -> str:
+        """file("path"): a file's text, relative to the job file (only for job files on disk)."""
+        import os
+        if len(args) != 1 or not isinstance(args[0], str):
+            raise EvalError(node, 'file() takes one path, like file("app.py")')
+        if self.base_dir is None:
+            raise EvalError(node, "file() is only available in job files read from disk")
+        path = os.path.join(self.base_dir, args[0])
+        try:
+            with open(path, "rb") as f:
+                data = f.read(1024 * 1024 + 1)
+        except OSError as e:
+            raise EvalError(node, f'file("{args[0]}"): {e.strerror} ({path})') from None
+        if len(data) > 1024 * 1024:
+            raise EvalError(node, f'file("{args[0]}"): larger than 1 MB')
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EvalError(node, f'file("{args[0]}"): not UTF-8 text') from None
 
     def _binary_op(self, node: Tree) -> Any:
         left_node, term = trees(node)[0], trees(node)[1]

@@ -37,17 +37,18 @@ def load_file(path: str, variables: dict[str, Any] | None = None) -> Loaded:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise JobspecError.one(Position(path, 1, 1), f"cannot read the job file: {e.strerror}") from None
-    return load(data, path, variables)
+    import os
+    return load(data, path, variables, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
 def load(source: str | bytes, file: str = "job.nomad", variables: dict[str, Any] | None = None,
-         *, canonical: bool = True) -> Loaded:
+         *, canonical: bool = True, base_dir: str | None = None) -> Loaded:
     """Parse a job file's text (HCL2 or JSON), fill defaults and validate it."""
     text = _decode_text(source, file)
     if _looks_like_json(text, file):
         doc, locator = read_json(text, file)
     else:
-        doc, locator = read_hcl(text, file, variables or {})
+        doc, locator = read_hcl(text, file, variables or {}, base_dir)
     return finish(doc, locator, canonical=canonical)
 
 
@@ -102,7 +103,8 @@ def _looks_like_json(text: str, file: str) -> bool:
 
 # -- HCL ------------------------------------------------------------------------------------
 
-def read_hcl(text: str, file: str, variables: dict[str, Any]) -> tuple[dict[str, Any], Locator]:
+def read_hcl(text: str, file: str, variables: dict[str, Any],
+             base_dir: str | None = None) -> tuple[dict[str, Any], Locator]:
     try:
         body = parse_body(text, file)
     except RecursionError:
@@ -137,7 +139,7 @@ def read_hcl(text: str, file: str, variables: dict[str, Any]) -> tuple[dict[str,
     values = _variable_values(declared, variables, file, problems)
     if problems:
         raise JobspecError(problems)
-    ev = Evaluator(file, text + "\n", values, local_exprs)
+    ev = Evaluator(file, text + "\n", values, local_exprs, base_dir)
     decoder = Decoder(file, ev)
     try:
         doc = decoder.block(Job, jobs[0], (), "")
