@@ -433,22 +433,21 @@ def test_no_sidecar_task_is_invented():
     assert s.connect.sidecar_service.proxy.upstreams[0].local_bind_port == 8080
 
 
-def test_written_sidecar_task_gets_task_defaults():
+def test_written_sidecar_task_keeps_only_what_it_sets():
+    # Better than Nomad, whose client fills a written sidecar_task with task defaults (100/300).
     svc = Service(name="count-api", connect=ConsulConnect(
         sidecar_service=ConsulSidecarService(),
         sidecar_task=SidecarTask(resources=Resources(memory_mb=64))))
     st = only_group(canonicalize(service_job(group_services=[svc]))).services[0].connect.sidecar_task
-    assert (st.resources.cpu, st.resources.memory_mb, st.resources.cores) == (100, 64, 0)
-    assert st.log_config == LogConfig(max_files=10, max_file_size_mb=10, disabled=False)
-    assert st.kill_timeout == 5 * S
-    assert st.shutdown_delay == 0
+    assert (st.resources.cpu, st.resources.memory_mb) == (None, 64)
+    assert st.log_config is None and st.kill_timeout is None and st.shutdown_delay is None
 
 
-def test_bare_sidecar_task_gets_100_300():
+def test_bare_sidecar_task_changes_nothing():
     svc = Service(name="count-api", connect=ConsulConnect(
         sidecar_service=ConsulSidecarService(), sidecar_task=SidecarTask()))
     st = only_group(canonicalize(service_job(group_services=[svc]))).services[0].connect.sidecar_task
-    assert (st.resources.cpu, st.resources.memory_mb) == (100, 300)
+    assert st.resources is None
 
 
 # --- templates --------------------------------------------------------------------------------

@@ -326,13 +326,12 @@ def _connect(s: Service) -> None:
 
 
 def _sidecar_task(st: SidecarTask) -> None:
-    """api SidecarTask.Canonicalize: a written sidecar_task gets ordinary task defaults."""
+    """A written sidecar_task keeps only what it sets: it is merged over the injected proxy task.
+
+    Nomad's API client fills a sidecar_task with ordinary task defaults, so writing
+    `sidecar_task { env { ... } }` silently raises the proxy to 100 MHz / 300 MB and drops its
+    shutdown delay. Yurt does not: unset fields stay unset and keep the proxy's own values.
+    """
     st.config = _none_if_empty(st.config)
     st.env = _none_if_empty(st.env)
     st.meta = _none_if_empty(st.meta)
-    st.resources = _resources(st.resources)
-    st.log_config = merge(default_log_config(), st.log_config)
-    if st.kill_timeout is None:
-        st.kill_timeout = DEFAULT_KILL_TIMEOUT
-    if st.shutdown_delay is None:
-        st.shutdown_delay = 0

@@ -18,6 +18,7 @@ from yurt.structs.evaluation import (EVAL_PENDING, TRIGGER_ALLOC_FAILURE, TRIGGE
 from yurt.structs.node import NODE_DOWN, NODE_READY
 
 from .broker import EvalBroker
+from .connect_inject import inject_sidecars
 from .heartbeat import FAILOVER_GRACE, Heartbeats
 from .plan_apply import PlanApplier
 from .worker import Worker
@@ -86,7 +87,7 @@ class Server:
     # -- jobs -------------------------------------------------------------------------------
     def register_job(self, job: Job) -> dict[str, Any]:
         """Store a new job or version and evaluate it (Nomad's Job.Register)."""
-        job = job.model_copy(update={"stop": False})
+        job = inject_sidecars(job.model_copy(update={"stop": False}, deep=True))
         job_index = self.store.upsert_job(job)
         stored = self.store.job(job.namespace or "default", job.id)
         ev = self._new_eval(stored, stored.namespace, stored.id, TRIGGER_JOB_REGISTER)
@@ -117,6 +118,7 @@ class Server:
 
         snap = self.store.snapshot()
         old = snap.job(job.namespace or "default", job.id)
+        job = inject_sidecars(job.model_copy(deep=True))
         candidate = job.model_copy(update={
             "version": (old.version + 1) if old else 0,
             "job_modify_index": snap.index + 1, "create_index": old.create_index if old else snap.index + 1,

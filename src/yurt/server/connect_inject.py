@@ -1,0 +1,101 @@
+"""Injecting the sidecar proxy task for each `connect { sidecar_service {} }` (Nomad's connect mutator).
+
+For a group service with a sidecar, the group gets a prestart sidecar task
+`connect-proxy-<service>` (Kind `connect-proxy:<service>`) that runs Yurt's own proxy, and a
+dynamic port `connect-proxy-<service>` with `to = -1` for its public mTLS listener. A
+`sidecar_task` block is merged over the injected task. Running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from yurt.structs import (Job, LogConfig, Port, Resources, Service, SidecarTask, Task, TaskGroup,
+                          TaskLifecycle)
+from yurt.structs.duration import SECOND
+
+PROXY_DRIVER = "connect-proxy"
+# Much less than Nomad's 250 MHz / 128 MB for Envoy: Yurt's proxy is small (see bench/proxy.py).
+PROXY_CPU = 50
+PROXY_MEMORY = 64
+
+
+def clean(label: str) -> str:
+    """Nomad's env-var cleaning for a port label (`connect-proxy-count-api` -> `connect_proxy_count_api`)."""
+    out = "".join(c if c.isalnum() or c in "_." else "_" for c in label)
+    return "_" + out[1:] if out[:1].isdigit() else out
+
+
+def inject_sidecars(job: Job) -> Job:
+    for group in job.task_groups or []:
+        if not group.networks:
+            continue  # validation reports the missing network
+        for service in group.services or []:
+            if service.has_sidecar:
+                _inject(group, service)
+    return job
+
+
+def _inject(group: TaskGroup, service: Service) -> None:
+    kind = f"connect-proxy:{service.name}"
+    sidecar = service.connect.sidecar_service
+    label = sidecar.port or f"connect-proxy-{service.name}"
+    network = group.networks[0]
+    if not any(p.label == label for p in network.ports()):
+        network.dynamic_ports = list(network.dynamic_ports or []) + [Port(label=label, to=-1, host_network="default")]
+    if any(t.kind == kind for t in group.tasks or []):
+        return
+    name = f"connect-proxy-{service.name}"
+    if group.task(name) is not None:
+        name = f"{name}-{uuid.uuid4().hex[:6]}"
+    proxy = sidecar.proxy
+    upstreams = [{"destination_name": u.destination_name, "local_bind_address": u.local_bind_address or "127.0.0.1",
+                  "local_bind_port": u.local_bind_port} for u in (proxy.upstreams if proxy else None) or []]
+    task = Task(
+        name=name, driver=PROXY_DRIVER, kind=kind,
+        lifecycle=TaskLifecycle(hook="prestart", sidecar=True),
+        config={"service": service.name, "listen": f"0.0.0.0:${{NOMAD_PORT_{clean(label)}}}",
+                "local_service_address": (proxy.local_service_address if proxy else "") or "127.0.0.1",
+                "local_service_port": _local_port(group, service), "upstreams": upstreams},
+        resources=Resources(cpu=PROXY_CPU, cores=0, memory_mb=PROXY_MEMORY, memory_max_mb=0, disk_mb=0, secrets_mb=0),
+        restart_policy=group.restart_policy, kill_timeout=5 * SECOND, shutdown_delay=5 * SECOND,
+        log_config=LogConfig(max_files=2, max_file_size_mb=2, disabled=False))
+    if service.connect.sidecar_task is not None:
+        task = _merge(task, service.connect.sidecar_task)
+    group.tasks = list(group.tasks or []) + [task]
+
+
+def _local_port(group: TaskGroup, service: Service) -> int | str:
+    proxy = service.connect.sidecar_service.proxy
+    if proxy and proxy.local_service_port:
+        return proxy.local_service_port
+    if service.port_label.isdigit():
+        return int(service.port_label)
+    port = next((p for p in group.networks[0].ports() if p.label == service.port_label), None)
+    if port is not None and port.to > 0:
+        return port.to
+    return f"${{NOMAD_PORT_{clean(service.port_label)}}}"
+
+
+def _merge(task: Task, over: SidecarTask) -> Task:
+    """sidecar_task over the injected task, as Nomad merges it."""
+    update: dict = {}
+    for attr in ("name", "user", "kill_signal"):
+        if getattr(over, attr):
+            update[attr] = getattr(over, attr)
+    if over.driver and over.driver != task.driver:
+        update["driver"], update["config"] = over.driver, dict(over.config or {})
+    elif over.config:
+        update["config"] = {**(task.config or {}), **over.config}
+    if over.env:
+        update["env"] = {**(task.env or {}), **over.env}
+    if over.meta:
+        update["meta"] = {**(task.meta or {}), **over.meta}
+    if over.resources:
+        base = task.resources.model_dump()
+        given = {k: v for k, v in over.resources.model_dump().items() if v}
+        update["resources"] = Resources(**{**base, **given})
+    for attr in ("kill_timeout", "shutdown_delay", "log_config"):
+        if getattr(over, attr) is not None:
+            update[attr] = getattr(over, attr)
+    return task.model_copy(update=update)
