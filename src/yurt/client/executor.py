@@ -7,7 +7,9 @@ the exit status to ``status_file``. The agent finds the task through ``pid_file`
 are written atomically, so an agent that restarts can read them at any time.
 
 Spec keys: command, args, env, cwd, user, task, logs_dir, logs_disabled, max_files,
-max_file_size (bytes), pid_file, status_file, netns (a network namespace to join first).
+max_file_size (bytes), pid_file, status_file, netns (a network namespace to join first),
+isolation (optional: run the task in its own namespaces, root and cgroup; see `sandbox`).
+Without ``isolation`` (raw_exec) the task is a plain child in its own session.
 """
 
 from __future__ import annotations
@@ -65,13 +67,18 @@ def run(spec: dict) -> int:
     for sig in FORWARDED:
         signal.signal(sig, forward)
 
+    iso = spec.get("isolation")
     try:
-        child = subprocess.Popen(
-            [spec["command"], *spec.get("args", [])], env=spec.get("env", {}),
-            cwd=spec.get("cwd") or None, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-            start_new_session=True, user=spec.get("user") or None, close_fds=True)
+        if iso:
+            child = _spawn_isolated(spec, iso, capture=not disabled)
+        else:
+            child = subprocess.Popen(
+                [spec["command"], *spec.get("args", [])], env=spec.get("env", {}),
+                cwd=spec.get("cwd") or None, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                start_new_session=True, user=spec.get("user") or None, close_fds=True)
     except (OSError, ValueError, KeyError) as e:
         write_json_atomic(status_file, {"start_error": str(e), "finished_at": time.time_ns()})
+        _cleanup_isolated(iso)
         return 1
 
     write_json_atomic(pid_file, {
@@ -91,14 +98,39 @@ def run(spec: dict) -> int:
             pumps.append(t)
 
     code = child.wait()
-    kill_group(child.pid, signal.SIGKILL)  # what the task left behind in its group
+    if not iso:  # an isolated task's pid namespace died with its init
+        kill_group(child.pid, signal.SIGKILL)  # what the task left behind in its group
     deadline = time.monotonic() + DRAIN_TIMEOUT
     for t in pumps:
         t.join(max(0.0, deadline - time.monotonic()))
     result = {"exit_code": code if code >= 0 else 0, "signal": -code if code < 0 else 0,
-              "oom_killed": False, "finished_at": time.time_ns()}
+              "oom_killed": _cleanup_isolated(iso), "finished_at": time.time_ns()}
     write_json_atomic(status_file, result)
     return 0
+
+
+def _spawn_isolated(spec: dict, iso: dict, capture: bool):
+    from .sandbox import SandboxError, spawn  # raw_exec never loads the namespace code
+
+    argv = [spec.get("argv0") or spec["command"], *spec.get("args", [])]
+    try:
+        return spawn(iso, spec["command"], argv, spec.get("env", {}), capture=capture)
+    except SandboxError as e:
+        raise OSError(str(e)) from None
+
+
+def _cleanup_isolated(iso: dict | None) -> bool:
+    """Remove the task's cgroup; True when the kernel OOM-killed something in it."""
+    if not iso or not iso.get("cgroup"):
+        return False
+    from .cgroups import Cgroup
+
+    cgroup = Cgroup.from_dict(iso["cgroup"])
+    if cgroup is None:
+        return False
+    oom = cgroup.oom_killed()
+    cgroup.destroy()
+    return oom
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from yurt.api.client import APIError, Unreachable, YurtClient
 from yurt.structs import Allocation, Node, TaskState
 
 from .alloc_runner import AllocRunner
+from .drivers.exec import ExecDriver
 from .drivers.raw_exec import RawExecDriver
 
 log = logging.getLogger("yurt.client")
@@ -45,7 +46,7 @@ class NodeAgent:
     def __init__(self, config: ClientConfig, api: YurtClient) -> None:
         self.config = config
         self.api = api
-        self.drivers = {"raw_exec": RawExecDriver(enabled=config.raw_exec_enabled)}
+        self.drivers = {"raw_exec": RawExecDriver(enabled=config.raw_exec_enabled), "exec": ExecDriver()}
         self.node: Node | None = None
         self.runners: dict[str, AllocRunner] = {}
         self._pending: dict[str, dict[str, Any]] = {}

@@ -19,7 +19,7 @@ from . import task_events as ev
 from .allocdir import AllocDir
 from .drivers.base import Driver, DriverError, ExitResult, TaskConfig, TaskHandle
 from .restarts import NOT_RESTARTING, TERMINATED, RestartTracker
-from .taskenv import build_task_env, interpolate
+from .taskenv import build_task_env, interpolate, task_limits
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +272,12 @@ class TaskRunner:
     def _config(self) -> TaskConfig:
         self.task_dir.build()
         env = build_task_env(self.alloc, self.task, self.task_dir, self.node,
-                             hook_env=self.hook_env() if self.hook_env else None, region=self.region)
+                             hook_env=self.hook_env() if self.hook_env else None, region=self.region,
+                             isolated=getattr(self.driver, "fs_isolation", "none") != "none")
         config = interpolate(dict(self.task.config or {}), env, self.node, self.region)
         logs = self.task.log_config
+        resources = self.hook_resources() if self.hook_resources else {}
+        cpu, memory, memory_max = task_limits(self.alloc, self.task)
         return TaskConfig(
             alloc_id=self.alloc.id, name=self.name, env=env, config=config,
             task_dir=self.task_dir.root, local_dir=self.task_dir.local,
@@ -283,7 +286,10 @@ class TaskRunner:
             max_files=(logs.max_files if logs and logs.max_files else 10),
             max_file_size_mb=(logs.max_file_size_mb if logs and logs.max_file_size_mb else 10),
             logs_disabled=bool(logs and logs.disabled),
-            netns=str((self.hook_resources() if self.hook_resources else {}).get("netns") or ""))
+            netns=str(resources.get("netns") or ""),
+            cpu_shares=cpu, memory_mb=memory, memory_max_mb=memory_max,
+            resolv_conf=str(resources.get("resolv_conf") or ""),
+            hostname=str(resources.get("hostname") or ""))
 
     def _start(self) -> TaskHandle | None:
         try:

@@ -141,15 +141,21 @@ def upstream_vars(group: TaskGroup | None) -> dict[str, str]:
     return env
 
 
-def _limits(alloc: Allocation, task: Task) -> dict[str, str]:
-    env: dict[str, str] = {}
+def task_limits(alloc: Allocation, task: Task) -> tuple[int, int, int]:
+    """(cpu MHz, memory MB, memory_max MB) allocated to ``task`` (else its resources block)."""
     allocated = alloc.allocated_resources.tasks.get(task.name)
     res = task.resources
-    cpu = allocated.cpu.cpu_shares if allocated else 0
-    mem = allocated.memory.memory_mb if allocated else 0
-    mem_max = allocated.memory.memory_max_mb if allocated else 0
-    if not allocated and res is not None:
-        cpu, mem, mem_max = res.cpu or 0, res.memory_mb or 0, res.memory_max_mb or 0
+    if allocated:
+        return (allocated.cpu.cpu_shares, allocated.memory.memory_mb,
+                allocated.memory.memory_max_mb)
+    if res is not None:
+        return res.cpu or 0, res.memory_mb or 0, res.memory_max_mb or 0
+    return 0, 0, 0
+
+
+def _limits(alloc: Allocation, task: Task) -> dict[str, str]:
+    env: dict[str, str] = {}
+    cpu, mem, mem_max = task_limits(alloc, task)
     if cpu:
         env["NOMAD_CPU_LIMIT"] = str(cpu)
     if mem:
@@ -159,13 +165,19 @@ def _limits(alloc: Allocation, task: Task) -> dict[str, str]:
     return env
 
 
+ISOLATED_DIRS = {"NOMAD_ALLOC_DIR": "/alloc", "NOMAD_TASK_DIR": "/local",
+                 "NOMAD_SECRETS_DIR": "/secrets"}
+
+
 def base_vars(alloc: Allocation, task: Task, task_dir: TaskDir, node: Node | None,
-              region: str | None = None) -> dict[str, str]:
+              region: str | None = None, isolated: bool = False) -> dict[str, str]:
+    """``isolated``: the task runs chrooted in its task dir (exec), so the dirs are /alloc..."""
     job = alloc.job
     env = {
         "NOMAD_ALLOC_DIR": str(task_dir.shared),
         "NOMAD_TASK_DIR": str(task_dir.local),
         "NOMAD_SECRETS_DIR": str(task_dir.secrets),
+        **(ISOLATED_DIRS if isolated else {}),
         "NOMAD_ALLOC_ID": alloc.id,
         "NOMAD_SHORT_ALLOC_ID": alloc.id[:8],
         "NOMAD_ALLOC_NAME": alloc.name,
@@ -188,10 +200,10 @@ def base_vars(alloc: Allocation, task: Task, task_dir: TaskDir, node: Node | Non
 def build_task_env(alloc: Allocation, task: Task, task_dir: TaskDir, node: Node | None = None,
                    *, host_env: Mapping[str, str] | None = None,
                    hook_env: Mapping[str, str] | None = None,
-                   region: str | None = None) -> dict[str, str]:
-    """The full environment a task runs with."""
+                   region: str | None = None, isolated: bool = False) -> dict[str, str]:
+    """The full environment a task runs with (``isolated``: paths as seen inside a chroot)."""
     region = region or node_region(node, alloc)
-    env = base_vars(alloc, task, task_dir, node, region)
+    env = base_vars(alloc, task, task_dir, node, region, isolated)
     env.update(port_vars(alloc))
     env.update(upstream_vars(_group(alloc)))
     env.update(hook_env or {})

@@ -50,6 +50,13 @@ class TaskConfig:
     max_file_size_bytes: int | None = None
     # the allocation's network namespace (/var/run/netns/<alloc id>); "" = the host's network
     netns: str = ""
+    # resources, for drivers that enforce them (exec: cgroups); 0 = no limit
+    cpu_shares: int = 0  # MHz, Nomad's CpuShares
+    memory_mb: int = 0
+    memory_max_mb: int = 0  # 0 = none, -1 = unlimited (memory_mb is then a soft limit)
+    # from the network hook, for drivers with their own /etc and UTS namespace ("" = not set)
+    resolv_conf: str = ""  # the text of /etc/resolv.conf
+    hostname: str = ""
 
     @property
     def id(self) -> str:
