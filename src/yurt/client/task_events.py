@@ -55,6 +55,10 @@ def terminated(exit_code: int, signal: int = 0, message: str = "") -> TaskEvent:
                           "exit_message": message, "oom_killed": str(message == "OOM Killed").lower()})
 
 
+def restart_signaled(reason: str) -> TaskEvent:
+    return event("Restart Signaled", reason, restart_reason=reason, details={"restart_reason": reason})
+
+
 def restarting(delay_seconds: float, reason: str) -> TaskEvent:
     ns = int(delay_seconds * SECOND)
     return event(RESTARTING, f"Task restarting in {format_duration(ns)}", restart_reason=reason,

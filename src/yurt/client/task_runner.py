@@ -148,6 +148,27 @@ class TaskRunner:
         if never_started:
             self._done.set()
 
+    def restart(self, reason: str) -> bool:
+        """Restart a running task (a failing health check asks for it): the task is stopped with
+        its kill signal and comes back per its restart policy, as a crash would. False if the
+        task is not running."""
+        with self._lock:
+            handle = self._handle
+            if handle is None or self._kill.is_set() or self._state.state != TASK_RUNNING:
+                return False
+            self._state.events.append(ev.restart_signaled(reason))
+        self._changed()
+        timeout = min(self.task.kill_timeout or DEFAULT_KILL_TIMEOUT, self.max_kill_timeout) / SECOND
+        signal = self.task.kill_signal or DEFAULT_KILL_SIGNAL
+
+        def stop() -> None:
+            try:
+                self.driver.stop(handle, signal, timeout)
+            except (DriverError, ValueError) as e:
+                log.warning("task %s: restart: %s", self.name, e)
+        threading.Thread(target=stop, name=f"restart-{self.name}", daemon=True).start()
+        return True
+
     def wait(self, timeout: float | None = None) -> bool:
         """True once the task is dead and its runner finished."""
         return self._done.wait(timeout)
