@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 YURT := $(VENV)/bin/yurt
-# Debian packages the tests and the demo use (none yet beyond Python itself).
-DEBS :=
+# Debian packages the tests and the demo use: the CNI plugins, iptables and iproute2 for bridge networking.
+DEBS := containernetworking-plugins iptables iproute2
 
 .PHONY: test demo deps clean
 

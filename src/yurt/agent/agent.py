@@ -27,6 +27,9 @@ class Agent:
             self._tmp = tempfile.mkdtemp(prefix="yurt-dev-")
             config.data_dir = Path(self._tmp)
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        if config.dev:
+            (config.data_dir / "client").mkdir(exist_ok=True)
+            (config.data_dir / "client" / "ephemeral").touch()  # networks die with this agent
         self.store = None
         self.server = None
         self.client = None
@@ -37,7 +40,19 @@ class Agent:
             self.store = StateStore(str(config.data_dir / "server" / "state.db"))
             self.server = Server(self.store, num_workers=config.num_schedulers,
                                  heartbeat_ttl=config.heartbeat_ttl, region=config.region,
-                                 datacenter=config.datacenter)
+                                 datacenter=config.datacenter,
+                                 default_intention_policy=config.default_intention_policy,
+                                 leaf_cert_ttl=config.leaf_cert_ttl)
+        # the server this agent talks to: itself, or the first configured server
+        self.server_address = config.address if config.server else (
+            _http(config.servers[0]) if config.servers else "")
+        self.api_client = YurtClient(self.server_address) if self.server_address else None
+        from .leaf_cert import LeafCerts, LocalCA, RemoteCA
+        self.leaf_certs = LeafCerts(LocalCA(self.server) if self.server else RemoteCA(self.api_client),
+                                    config.datacenter)
+        # the HTTP API on a unix socket too: a sidecar inside an allocation's network namespace
+        # reaches its agent there (127.0.0.1:4646 in the namespace is not the agent)
+        self.api_socket = str(config.data_dir / "yurt.sock")
         if config.client:
             from yurt.client.node_agent import ClientConfig, NodeAgent
             server_addr = config.address if config.server else _http(config.servers[0])
@@ -49,6 +64,7 @@ class Agent:
                 http_addr=config.address), YurtClient(server_addr))
         self.app = create_app(self)
         self._http: uvicorn.Server | None = None
+        self._uds: uvicorn.Server | None = None
 
     @property
     def node_id(self) -> str:
@@ -68,6 +84,11 @@ class Agent:
         self._http = uvicorn.Server(http_config)
         if self.client:
             threading.Thread(target=self._start_client_when_serving, daemon=True).start()
+        self.leaf_certs.start()
+        from .check_runner import CheckRunner
+        self._checks = CheckRunner(YurtClient(self.config.address))
+        self._checks.start()
+        self._serve_socket()
         try:
             self._http.run()
         finally:
@@ -75,6 +96,20 @@ class Agent:
         if not self._http.started:
             raise OSError(f"cannot listen on {self.config.bind}:{self.config.http_port}: the address is "
                           "in use or not available; pick another with -http-port or -bind")
+
+    def _serve_socket(self) -> None:
+        """The same API on <data_dir>/yurt.sock, served from its own thread and event loop."""
+        if len(self.api_socket) > 100:  # sun_path is ~108 bytes
+            log.warning("not serving the API on %s: the path is too long for a unix socket", self.api_socket)
+            return
+        try:
+            Path(self.api_socket).unlink(missing_ok=True)
+        except OSError:
+            pass
+        config = uvicorn.Config(self.app, uds=self.api_socket, log_level="warning", access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=2)
+        self._uds = uvicorn.Server(config)  # off the main thread: it leaves signals alone
+        threading.Thread(target=self._uds.run, name="yurt-api-socket", daemon=True).start()
 
     def _start_client_when_serving(self) -> None:
         while self._http is not None and not self._http.started and not self._http.should_exit:
@@ -85,8 +120,15 @@ class Agent:
     def stop(self) -> None:
         if self._http is not None:
             self._http.should_exit = True
+        if self._uds is not None:
+            self._uds.should_exit = True
 
     def shutdown(self) -> None:
+        if self._uds is not None:
+            self._uds.should_exit = True
+        self.leaf_certs.stop()
+        if getattr(self, "_checks", None) is not None:
+            self._checks.stop()
         if self.client:
             # dev mode keeps nothing: its allocations go with it. Otherwise tasks keep running and a
             # restarted agent re-attaches to them.

@@ -10,6 +10,7 @@ from yurt import __version__
 
 from .flags import NomadGroup
 from .agent_cmd import agent_cmd
+from .doctor_cmd import doctor_cmd
 from .alloc_cmd import alloc_group
 from .job import job_group, plan_cmd, run_cmd, stop_cmd
 from .node_cmd import node_group
@@ -35,6 +36,7 @@ cli.add_command(plan_cmd, "plan")
 cli.add_command(alloc_group)
 cli.add_command(eval_group)
 cli.add_command(node_group)
+cli.add_command(doctor_cmd)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,4 +49,5 @@ class AllocDirHook(AllocHook):
 
 def default_hooks() -> list[AllocHook]:
     """The hooks every allocation runs with, in order."""
-    return [AllocDirHook()]
+    from .network.network_hook import NetworkHook
+    return [AllocDirHook(), NetworkHook()]

@@ -276,6 +276,7 @@ class AllocRunner:
             self._done.set()
 
     def _prerun(self) -> bool:
+        done: list[AllocHook] = []
         for hook in self.hooks:
             try:
                 hook.prerun(self)
@@ -285,7 +286,13 @@ class AllocRunner:
                 for tr in self.task_runners.values():
                     tr.kill(ev.setup_failure(message))
                 self._forced = ("failed", message)
+                for earlier in reversed(done):  # undo what the hooks before it set up
+                    try:
+                        earlier.postrun(self)
+                    except Exception:
+                        log.exception("alloc %s: postrun hook %s failed", self.alloc_id, earlier.name)
                 return False
+            done.append(hook)
         return True
 
     def _lifecycle(self) -> None:

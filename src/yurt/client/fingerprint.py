@@ -23,7 +23,7 @@ from yurt.structs.node import (NodeCpuResources, NodeDiskResources, NodeMemoryRe
 
 from .drivers.base import Driver
 
-CNI_PATHS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni")
+CNI_PATHS = ("/opt/cni/bin", "/usr/libexec/cni", "/usr/lib/cni")
 _VERSION = re.compile(r"\bv?(\d+\.\d+\.\d+(?:[-+][\w.]+)?)")
 
 
@@ -141,6 +141,8 @@ def fingerprint_node(data_dir: str | os.PathLike, *, drivers: Mapping[str, Drive
     attrs["unique.storage.bytestotal"] = str(disk.total)
     attrs["unique.storage.bytesfree"] = str(disk.free)
     attrs.update(cni_attributes(cni_paths))
+    from .preflight import preflight_attributes
+    attrs.update(preflight_attributes())  # what bridge networking needs, as the scheduler sees it
 
     driver_infos: dict[str, DriverInfo] = {}
     for dname, driver in (drivers or {}).items():

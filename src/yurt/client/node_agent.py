@@ -55,11 +55,16 @@ class NodeAgent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._heartbeat_ttl = 10.0
+        self._service_hook = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         from .fingerprint import fingerprint_node
         c = self.config
+        from .network import reconcile_networks
+        removed = reconcile_networks(c.data_dir, set(AllocRunner.persisted_ids(c.data_dir)))
+        if removed:
+            log.info("removed network leftovers of allocations this client no longer has: %s", ", ".join(removed))
         self.node = fingerprint_node(c.data_dir, drivers=self.drivers, name=c.node_name, datacenter=c.datacenter,
                                      region=c.region, node_class=c.node_class, node_pool=c.node_pool,
                                      address=c.network_ip, http_addr=c.http_addr, meta=c.meta)
@@ -119,7 +124,8 @@ class NodeAgent:
         for alloc_id in AllocRunner.persisted_ids(self.config.data_dir):
             try:
                 runner = AllocRunner.restore(self.config.data_dir, alloc_id, drivers=self.drivers,
-                                             node=self.node, on_update=self._on_update, region=self.config.region)
+                                             node=self.node, on_update=self._on_update, region=self.config.region,
+                                             hooks=self._hooks())
             except Exception as e:  # noqa: BLE001 - a corrupt state file must not stop the agent
                 log.warning("cannot restore allocation %s: %s", alloc_id[:8], e)
                 continue
@@ -149,7 +155,8 @@ class NodeAgent:
                     continue
                 try:
                     runner = AllocRunner(alloc, data_dir=self.config.data_dir, drivers=self.drivers,
-                                         node=self.node, on_update=self._on_update, region=self.config.region)
+                                         node=self.node, on_update=self._on_update, region=self.config.region,
+                                         hooks=self._hooks())
                 except ValueError as e:
                     log.error("cannot run allocation %s: %s", alloc.id[:8], e)
                     continue
@@ -163,10 +170,24 @@ class NodeAgent:
             runner = self.runners.pop(alloc_id)
             threading.Thread(target=runner.destroy, kwargs={"timeout": 60}, daemon=True).start()
 
+    def _hooks(self) -> list:
+        """The allocation hooks, in order: alloc dir, network, then service registration."""
+        from .alloc_hooks import default_hooks
+        from .service_hook import ServiceHook
+        if self._service_hook is None:
+            self._service_hook = ServiceHook(self.api, self.node.id if self.node else "")
+        return default_hooks() + [self._service_hook]
+
     def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
+        from .network import network_status
+        runner = self.runners.get(alloc_id)
+        update = {"ID": alloc_id, "ClientStatus": status, "ClientDescription": description,
+                  "TaskStates": {k: v.to_json() for k, v in states.items()}}
+        net = network_status(runner) if runner is not None else None
+        if net:
+            update["NetworkStatus"] = net
         with self._pending_lock:
-            self._pending[alloc_id] = {"ID": alloc_id, "ClientStatus": status, "ClientDescription": description,
-                                       "TaskStates": {k: v.to_json() for k, v in states.items()}}
+            self._pending[alloc_id] = update
 
     def _sync(self) -> None:
         while not self._stop.wait(SYNC_INTERVAL):
