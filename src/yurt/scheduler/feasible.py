@@ -106,7 +106,8 @@ class GroupChecker:
         if self.bridge:
             for p in CNI_PLUGINS:
                 if f"plugins.cni.version.{p}" not in node.attributes:
-                    return f'missing CNI plugin "{p}"'
+                    return (f'missing CNI plugin "{p}" (install containernetworking-plugins; '
+                            'yurt doctor on the node shows what else bridge networking needs)')
         return _check_constraints(node, self.constraints)
 
 
