@@ -20,7 +20,7 @@ DEBS := containernetworking-plugins iptables iproute2
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, pytest, hypothesis'
+	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, hypothesis, nomad'
 	@touch $@
 
 deps: .stamp-debs .stamp-venv
