@@ -35,6 +35,8 @@ class AgentConfig:
     num_schedulers: int = 2
     heartbeat_ttl: float = 10.0
     log_level: str = "INFO"
+    default_intention_policy: str = "allow"   # what intentions decide when none matches
+    leaf_cert_ttl: str | None = None          # Connect leaf certificate TTL (CA default 72h)
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -55,6 +57,17 @@ class AgentConfig:
                               "or run with -dev to keep state in a temporary directory")
         if not (0 < self.http_port < 65536):
             raise ConfigError(f"ports.http = {self.http_port} is not a TCP port (1-65535)")
+        if self.default_intention_policy not in ("allow", "deny"):
+            raise ConfigError(f'default_intention_policy "{self.default_intention_policy}" must be '
+                              '"allow" or "deny"')
+        if self.leaf_cert_ttl:
+            from yurt.structs import parse_duration
+            try:
+                ttl = parse_duration(self.leaf_cert_ttl)
+            except ValueError as e:
+                raise ConfigError(f"leaf_cert_ttl: {e}") from None
+            if ttl < 60 * 10**9:
+                raise ConfigError(f'leaf_cert_ttl "{self.leaf_cert_ttl}" is too short: at least "1m"')
         if self.client and not self.server and not self.servers:
             raise ConfigError("a client-only agent needs its servers: client { servers = [\"host:4646\"] }")
 
@@ -76,7 +89,8 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
         raise ConfigError(f"{path}: not a valid agent config file: {str(e).splitlines()[0]}") from None
     raw = _unwrap(raw)
     known = {"name", "region", "datacenter", "data_dir", "bind_addr", "ports", "server", "client",
-             "plugin", "log_level", "advertise", "leave_on_interrupt", "leave_on_terminate"}
+             "plugin", "log_level", "advertise", "leave_on_interrupt", "leave_on_terminate",
+             "connect"}
     for key in raw:
         if key not in known:
             raise ConfigError(f'{path}: unknown setting "{key}"; Yurt reads: {", ".join(sorted(known))}')
@@ -108,6 +122,12 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
         options = _first(client.get("options")) or {}
         if str(options.get("driver.raw_exec.enable", "")).lower() in ("1", "true"):
             cfg.raw_exec = True
+    connect = _first(raw.get("connect"))
+    if connect is not None:  # connect { default_intention_policy = "deny"  leaf_cert_ttl = "1h" }
+        if "default_intention_policy" in connect:
+            cfg.default_intention_policy = str(connect["default_intention_policy"])
+        if "leaf_cert_ttl" in connect:
+            cfg.leaf_cert_ttl = str(connect["leaf_cert_ttl"])
     for plugin in raw.get("plugin", []) or []:
         for name, body in (plugin or {}).items():
             conf = _first((_first(body) or {}).get("config")) or {}

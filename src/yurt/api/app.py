@@ -8,14 +8,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yurt import __version__
 
-from . import agent_routes, allocs, internal, jobs, logs
+from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_intentions, internal, jobs,
+               logs)
 from .common import error_response
 
 
 def create_app(agent) -> FastAPI:
     app = FastAPI(title="Yurt", version=__version__, docs_url="/ui/api", redoc_url=None)
     app.state.agent = agent
-    for module in (jobs, allocs, logs, agent_routes, internal):
+    for module in (jobs, allocs, logs, agent_routes, internal, consul_catalog, consul_connect,
+                   consul_intentions):
         app.include_router(module.router)
 
     @app.exception_handler(StarletteHTTPException)

@@ -32,8 +32,15 @@ def default_address() -> str:
 
 
 class YurtClient:
+    """`address` is http(s)://host:port, host:port, or unix:///path/to/yurt.sock (the agent's
+    socket, which a sidecar inside an allocation's network namespace uses)."""
+
     def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
         self.address = (address or default_address()).rstrip("/")
+        if self.address.startswith("unix://"):
+            transport = httpx.HTTPTransport(uds=self.address[len("unix://"):])
+            self._http = httpx.Client(base_url="http://localhost", timeout=timeout, transport=transport)
+            return
         if "://" not in self.address:
             self.address = "http://" + self.address
         self._http = httpx.Client(base_url=self.address, timeout=timeout)
@@ -73,7 +80,8 @@ class YurtClient:
             q["wait"] = wait or "5m"
             timeout = _seconds(q["wait"]) + 15
         resp = self.request("GET", path, params=q, timeout=timeout)
-        return resp.json(), int(resp.headers.get("X-Nomad-Index", "0") or 0)
+        index = resp.headers.get("X-Nomad-Index") or resp.headers.get("X-Consul-Index") or "0"
+        return resp.json(), int(index)
 
     def put(self, path: str, body: Any = None, **params: Any) -> Any:
         return self.request("PUT", path, json=body, params={k: v for k, v in params.items() if v is not None}).json()
@@ -167,6 +175,88 @@ class YurtClient:
 
     def update_allocations(self, node_id: str, updates: list[dict]) -> dict:
         return self.put(f"/v1/internal/node/{node_id}/allocations", {"Allocs": updates})
+
+    # -- service mesh: CA, leaf certificates, intentions (Consul's API) -----------------------
+    def ca_roots(self, index: int = 0, wait: str | None = None) -> tuple[dict, int]:
+        """{ActiveRootID, TrustDomain, Roots: [...]}, blocking on ?index= when given."""
+        return self.get("/v1/agent/connect/ca/roots", index=index, wait=wait)
+
+    def ca_configuration(self) -> dict:
+        return self.get("/v1/connect/ca/configuration")[0]
+
+    def set_ca_configuration(self, config: dict, provider: str = "yurt") -> None:
+        """A new Config; {"ForceRotation": true} (or a new PrivateKey) rotates the root."""
+        self.request("PUT", "/v1/connect/ca/configuration", json={"Provider": provider, "Config": config})
+
+    def leaf(self, service: str, index: int = 0, wait: str | None = None) -> tuple[dict, int]:
+        """This agent's IssuedCert for `service` (CertPEM = leaf + intermediates, PrivateKeyPEM);
+        with `index`, returns when a newer certificate was issued (renewal, root rotation)."""
+        return self.get(f"/v1/agent/connect/ca/leaf/{service}", index=index, wait=wait)
+
+    def ca_sign(self, csr_pem: str, service: str) -> dict:
+        return self.put("/v1/internal/connect/ca/sign", {"CSR": csr_pem, "Service": service})
+
+    def authorize(self, target: str, client_cert_uri: str, client_cert_serial: str = "") -> dict:
+        """{Authorized, Reason}: may the holder of that SPIFFE ID connect to `target`?"""
+        return self.request("POST", "/v1/agent/connect/authorize", json={
+            "Target": target, "ClientCertURI": client_cert_uri,
+            "ClientCertSerial": client_cert_serial}).json()
+
+    def intentions(self, index: int = 0, wait: str | None = None) -> tuple[list[dict], int]:
+        return self.get("/v1/connect/intentions", index=index, wait=wait)
+
+    def intention_match(self, destination: str, index: int = 0, wait: str | None = None) -> tuple[list[dict], int]:
+        """The intentions for `destination`, in evaluation order."""
+        body, idx = self.get("/v1/connect/intentions/match", index=index, wait=wait, by="destination",
+                             name=destination)
+        return body.get(destination, []), idx
+
+    def intention_check(self, source: str, destination: str) -> dict:
+        return self.get("/v1/connect/intentions/check", source=source, destination=destination)[0]
+
+    def intention_get(self, source: str, destination: str) -> dict:
+        return self.get("/v1/connect/intentions/exact", source=source, destination=destination)[0]
+
+    def intention_upsert(self, source: str, destination: str, action: str = "allow",
+                         description: str = "") -> None:
+        self.request("PUT", "/v1/connect/intentions/exact",
+                     params={"source": source, "destination": destination},
+                     json={"Action": action, "Description": description, "SourceType": "consul"})
+
+    def intention_delete(self, source: str, destination: str) -> None:
+        self.request("DELETE", "/v1/connect/intentions/exact",
+                     params={"source": source, "destination": destination})
+
+    # -- service mesh: catalog (Consul's API) ---------------------------------------------------
+    def health_connect(self, name: str, passing: bool = True, index: int = 0,
+                       wait: str | None = None) -> tuple[list[dict], int]:
+        """The mesh endpoints (sidecars) of service `name`: [{Node, Service, Checks}]."""
+        return self.get(f"/v1/health/connect/{name}", index=index, wait=wait,
+                        passing="1" if passing else None)
+
+    def health_service(self, name: str, passing: bool = False, index: int = 0,
+                       wait: str | None = None) -> tuple[list[dict], int]:
+        return self.get(f"/v1/health/service/{name}", index=index, wait=wait,
+                        passing="1" if passing else None)
+
+    def agent_service(self, service_id: str, node: str | None = None) -> dict:
+        return self.get(f"/v1/agent/service/{service_id}", node=node)[0]
+
+    def register_service(self, registration: dict) -> None:
+        """PUT /v1/agent/service/register. Yurt's client adds NodeID, Node and AllocID so the
+        server can remove the service when the allocation stops."""
+        self.request("PUT", "/v1/agent/service/register", json=registration)
+
+    def deregister_service(self, service_id: str, node: str | None = None) -> None:
+        """Also deregisters `<service_id>-sidecar-proxy`. `node` (ID or name) when calling a
+        server for another node's service."""
+        self.request("PUT", f"/v1/agent/service/deregister/{service_id}",
+                     params={"node": node} if node else None)
+
+    def update_check(self, check_id: str, status: str, output: str = "", node: str | None = None) -> None:
+        """Report a check result: status passing, warning or critical."""
+        self.request("PUT", f"/v1/agent/check/update/{check_id}", params={"node": node} if node else None,
+                     json={"Status": status, "Output": output})
 
 
 def _seconds(wait: str) -> float:

@@ -28,10 +28,16 @@ from .output import fail, out
 @click.option("-client", "--client", "client_flag", is_flag=True, help="Enable the client.")
 @click.option("-servers", "--servers", help="Comma-separated server addresses for a client-only agent.")
 @click.option("-log-level", "--log-level", "log_level", help="DEBUG, INFO, WARN or ERROR.")
+@click.option("-default-intention-policy", "--default-intention-policy", "default_intention_policy",
+              type=click.Choice(["allow", "deny"]),
+              help="What service mesh intentions decide when none matches (default allow).")
+@click.option("-leaf-cert-ttl", "--leaf-cert-ttl", "leaf_cert_ttl",
+              help='Lifetime of Connect leaf certificates, e.g. "72h" (the default) or "2m".')
 def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_dir: str | None,
               bind: str | None, http_port: int | None, node_name: str | None, datacenter: str | None,
               region: str | None, server_flag: bool, client_flag: bool, servers: str | None,
-              log_level: str | None) -> None:
+              log_level: str | None, default_intention_policy: str | None,
+              leaf_cert_ttl: str | None) -> None:
     """Run a Yurt agent."""
     from yurt.agent.agent import Agent
     from yurt.agent.config import AgentConfig, ConfigError, dev_config, load_file
@@ -49,7 +55,9 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
             cfg.data_dir = Path(data_dir)
             cfg.dev = False if not (dev or dev_connect) else cfg.dev
         for name, value in (("bind", bind), ("http_port", http_port), ("name", node_name),
-                            ("datacenter", datacenter), ("region", region), ("log_level", log_level)):
+                            ("datacenter", datacenter), ("region", region), ("log_level", log_level),
+                            ("default_intention_policy", default_intention_policy),
+                            ("leaf_cert_ttl", leaf_cert_ttl)):
             if value is not None:
                 setattr(cfg, name, value)
         if servers:

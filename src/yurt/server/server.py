@@ -7,6 +7,7 @@ state store, which stamps it with the next index.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -18,6 +19,9 @@ from yurt.structs.evaluation import (EVAL_PENDING, TRIGGER_ALLOC_FAILURE, TRIGGE
 from yurt.structs.node import NODE_DOWN, NODE_READY
 
 from .broker import EvalBroker
+from .ca import ConnectCA
+from .catalog import Catalog
+from .intentions import Intentions
 from .connect_inject import inject_sidecars
 from .heartbeat import FAILOVER_GRACE, Heartbeats
 from .plan_apply import PlanApplier
@@ -32,7 +36,8 @@ class NotFound(Exception):
 
 class Server:
     def __init__(self, store, *, num_workers: int = 2, heartbeat_ttl: float = 10.0,
-                 region: str = "global", datacenter: str = "dc1") -> None:
+                 region: str = "global", datacenter: str = "dc1",
+                 default_intention_policy: str = "allow", leaf_cert_ttl: str | None = None) -> None:
         self.store = store
         self.region = region
         self.datacenter = datacenter
@@ -41,9 +46,15 @@ class Server:
         self.heartbeats = Heartbeats(self._node_expired, heartbeat_ttl)
         self.workers = [Worker(self, i) for i in range(num_workers)]
         self.started_at = time.time()
+        self.catalog = Catalog(store, datacenter)
+        self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
+        self.ca = ConnectCA(store, datacenter, leaf_cert_ttl=leaf_cert_ttl)
+        self._ca_prune_stop = threading.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        self.ca.bootstrap()
+        threading.Thread(target=self._prune_ca_roots, name="yurt-ca-prune", daemon=True).start()
         self._restore()
         self.heartbeats.start()
         for w in self.workers:
@@ -54,6 +65,15 @@ class Server:
             w.stop()
         self.broker.close()
         self.heartbeats.stop()
+        self._ca_prune_stop.set()
+
+    def _prune_ca_roots(self) -> None:
+        """Rotated-out roots go 2 x LeafCertTTL after their rotation (checked every minute)."""
+        while not self._ca_prune_stop.wait(60.0):
+            try:
+                self.ca.prune()
+            except Exception:  # noqa: BLE001 - a failed prune is retried a minute later
+                log.exception("pruning CA roots failed")
 
     def _restore(self) -> None:
         """After a restart: pending evals go back to the broker, blocked ones are parked, and
@@ -172,6 +192,7 @@ class Server:
             return
         log.warning("node %s missed its heartbeat: marking it down", node_id[:8])
         self.store.update_node_status(node_id, NODE_DOWN, "node heartbeat missed")
+        self.catalog.remove_node(node_id)  # its services must not be offered to anyone
         self._evals_for_node_jobs(node_id)
 
     def _evals_for_node_jobs(self, node_id: str) -> None:
@@ -193,6 +214,7 @@ class Server:
         before = {a.id: a for a in (self.store.alloc(u.id) for u in updates) if a is not None}
         index = self.store.update_allocs_from_client(updates)
         failed_jobs: set[tuple[str, str]] = set()
+        stopped_allocs: list[str] = []
         freed = False
         for u in updates:
             old = before.get(u.id)
@@ -202,8 +224,10 @@ class Server:
                 failed_jobs.add((old.namespace, old.job_id))
             if u.client_status in (ALLOC_FAILED, ALLOC_COMPLETE, ALLOC_LOST):
                 freed = True
+                stopped_allocs.append(u.id)
         evals = [self._new_eval(self.store.job(ns, j), ns, j, TRIGGER_ALLOC_FAILURE) for ns, j in sorted(failed_jobs)]
         self._submit(evals)
+        self.catalog.remove_allocs(stopped_allocs)  # a stopped allocation's services go with it
         if freed:
             self.broker.unblock()
         return index

@@ -13,17 +13,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from yurt.structs import Allocation, Evaluation, Job, Node
+from yurt.structs import Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
 
 JobKey = tuple[str, str]            # (namespace, job id)
 VersionKey = tuple[str, str, int]   # (namespace, job id, JobModifyIndex of that version)
 CountKey = tuple[str, str, int]     # (namespace, job id, the job's CreateIndex)
 
-TABLES = ("jobs", "evals", "allocs", "nodes")
+ServiceKey = tuple[str, str]        # (node ID or name, service ID)
+
+# "ca" is the CA's state (roots, config); "ca_serial" its certificate serial counter, apart so
+# that signing a leaf does not wake everyone watching the roots.
+TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "ca_serial")
 
 _TOP = ("jobs", "versions", "job_cache", "evals", "evals_by_job", "allocs", "allocs_by_job",
-        "allocs_by_node", "allocs_by_eval", "nodes", "counts")
-_NESTED = ("versions", "evals_by_job", "allocs_by_job", "allocs_by_node", "allocs_by_eval")
+        "allocs_by_node", "allocs_by_eval", "nodes", "counts", "services", "services_by_name",
+        "services_by_dest", "services_by_alloc", "services_by_node", "intentions")
+_NESTED = ("versions", "evals_by_job", "allocs_by_job", "allocs_by_node", "allocs_by_eval",
+           "services_by_name", "services_by_dest", "services_by_alloc", "services_by_node")
 
 
 def job_key(job: Job) -> JobKey:
@@ -80,6 +86,14 @@ class Tables:
         self.allocs_by_eval: dict[str, dict[str, Allocation]] = {}
         self.nodes: dict[str, Node] = {}
         self.counts: dict[CountKey, AllocCounts] = {}
+        self.services: dict[ServiceKey, ServiceRegistration] = {}
+        self.services_by_name: dict[str, dict[ServiceKey, ServiceRegistration]] = {}
+        self.services_by_dest: dict[str, dict[ServiceKey, ServiceRegistration]] = {}
+        self.services_by_alloc: dict[str, dict[ServiceKey, ServiceRegistration]] = {}
+        self.services_by_node: dict[str, dict[ServiceKey, ServiceRegistration]] = {}
+        self.intentions: dict[str, Intention] = {}
+        self.ca_state: CAState | None = None   # replaced whole on write, never mutated
+        self.ca_serial = 0
         self._owned: set[str] = set(_TOP)
         self._owned_keys: dict[str, set[Any]] = {n: set() for n in _NESTED + ("counts",)}
         self._all_owned = True
@@ -93,6 +107,7 @@ class Tables:
         snap.table_index = dict(self.table_index)
         for name in _TOP:
             setattr(snap, name, getattr(self, name))
+        snap.ca_state, snap.ca_serial = self.ca_state, self.ca_serial
         snap._owned, snap._owned_keys, snap._all_owned = set(), {}, False
         self._owned = set()
         for keys in self._owned_keys.values():
@@ -206,3 +221,36 @@ class Tables:
 
     def drop_node(self, node_id: str) -> None:
         self._top("nodes").pop(node_id, None)
+
+    # --- catalog, intentions, CA ---------------------------------------------------------------
+
+    def put_service(self, svc: ServiceRegistration) -> None:
+        old = self.services.get(svc.key)
+        if old is not None:
+            self._unindex_service(old)
+        self._top("services")[svc.key] = svc
+        self._bucket("services_by_name", svc.service)[svc.key] = svc
+        self._bucket("services_by_node", svc.key[0])[svc.key] = svc
+        if svc.connect_destination:
+            self._bucket("services_by_dest", svc.connect_destination)[svc.key] = svc
+        if svc.alloc_id:
+            self._bucket("services_by_alloc", svc.alloc_id)[svc.key] = svc
+
+    def drop_service(self, key: ServiceKey) -> None:
+        old = self._top("services").pop(key, None)
+        if old is not None:
+            self._unindex_service(old)
+
+    def _unindex_service(self, old: ServiceRegistration) -> None:
+        self._unbucket("services_by_name", old.service, old.key)
+        self._unbucket("services_by_node", old.key[0], old.key)
+        if old.connect_destination:
+            self._unbucket("services_by_dest", old.connect_destination, old.key)
+        if old.alloc_id:
+            self._unbucket("services_by_alloc", old.alloc_id, old.key)
+
+    def put_intention(self, ix: Intention) -> None:
+        self._top("intentions")[ix.id] = ix
+
+    def drop_intention(self, ix_id: str) -> None:
+        self._top("intentions").pop(ix_id, None)

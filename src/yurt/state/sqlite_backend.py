@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from yurt.structs import Allocation, Evaluation, Job, Node
+from yurt.structs import Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
 
 from .memory import TABLES
 
@@ -46,6 +46,13 @@ CREATE INDEX IF NOT EXISTS allocs_node ON allocs (node_id);
 CREATE INDEX IF NOT EXISTS allocs_eval ON allocs (eval_id);
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, modify_index INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS services (
+    node TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, alloc_id TEXT NOT NULL,
+    modify_index INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (node, id));
+CREATE TABLE IF NOT EXISTS intentions (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, destination TEXT NOT NULL,
+    modify_index INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ca (key TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
 
@@ -67,9 +74,21 @@ class Changes:
     allocs: dict[str, Allocation | None] = field(default_factory=dict)
     inline_jobs: set[str] = field(default_factory=set)  # alloc IDs whose job is stored inline
     nodes: dict[str, Node | None] = field(default_factory=dict)
+    services: dict[tuple[str, str], ServiceRegistration | None] = field(default_factory=dict)
+    intentions: dict[str, Intention | None] = field(default_factory=dict)
+    ca_state: CAState | None = None     # set: the CA's new state
+    ca_serial: int | None = None        # set: the serial counter's new value
 
     def tables(self) -> set[str]:
         t = set()
+        if self.services:
+            t.add("services")
+        if self.intentions:
+            t.add("intentions")
+        if self.ca_state is not None:
+            t.add("ca")
+        if self.ca_serial is not None:
+            t.add("ca_serial")
         if self.jobs or self.versions or self.versions_purged or self.versions_dropped:
             t.add("jobs")
         if self.evals:
@@ -90,6 +109,10 @@ class Loaded:
     evals: list[Evaluation]
     allocs: list[tuple[Allocation, tuple[str, str, int]]]  # (alloc without job, version key)
     nodes: list[Node]
+    services: list[ServiceRegistration] = field(default_factory=list)
+    intentions: list[Intention] = field(default_factory=list)
+    ca_state: CAState | None = None
+    ca_serial: int = 0
 
 
 class SqliteBackend:
@@ -131,7 +154,13 @@ class SqliteBackend:
             if job_body is not None:
                 a.job = Job.model_validate_json(job_body)  # not shared yet: setting is fine
             allocs.append((a, (ns, job_id, jmi)))
-        return Loaded(meta.get("index", 0), table_index, jobs, versions, evals, allocs, nodes)
+        services = [ServiceRegistration.model_validate_json(b)
+                    for (b,) in c.execute("SELECT body FROM services")]
+        intentions = [Intention.model_validate_json(b) for (b,) in c.execute("SELECT body FROM intentions")]
+        ca = dict(c.execute("SELECT key, body FROM ca"))
+        ca_state = CAState.model_validate_json(ca["state"]) if "state" in ca else None
+        return Loaded(meta.get("index", 0), table_index, jobs, versions, evals, allocs, nodes,
+                      services, intentions, ca_state, int(ca.get("serial", 0)))
 
     # --- write ---------------------------------------------------------------------------------
 
@@ -204,5 +233,32 @@ class SqliteBackend:
                               " VALUES (?,?,?,?)", puts)
             if dels:
                 c.executemany("DELETE FROM nodes WHERE id=?", dels)
+        self._write_mesh(c, ch)
         meta = [("index", ch.index)] + [(f"table:{t}", table_index[t]) for t in ch.tables()]
         c.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", meta)
+
+    @staticmethod
+    def _write_mesh(c: sqlite3.Connection, ch: Changes) -> None:
+        """The catalog, intentions and CA rows of one write."""
+        if ch.services:
+            puts = [(s.key[0], s.key[1], s.service, s.alloc_id, s.modify_index, dump(s))
+                    for s in ch.services.values() if s is not None]
+            dels = [k for k, s in ch.services.items() if s is None]
+            if puts:
+                c.executemany("INSERT OR REPLACE INTO services (node, id, name, alloc_id,"
+                              " modify_index, body) VALUES (?,?,?,?,?,?)", puts)
+            if dels:
+                c.executemany("DELETE FROM services WHERE node=? AND id=?", dels)
+        if ch.intentions:
+            puts = [(i.id, i.source_name, i.destination_name, i.modify_index, dump(i))
+                    for i in ch.intentions.values() if i is not None]
+            dels = [(k,) for k, i in ch.intentions.items() if i is None]
+            if puts:
+                c.executemany("INSERT OR REPLACE INTO intentions (id, source, destination,"
+                              " modify_index, body) VALUES (?,?,?,?,?)", puts)
+            if dels:
+                c.executemany("DELETE FROM intentions WHERE id=?", dels)
+        if ch.ca_state is not None:
+            c.execute("INSERT OR REPLACE INTO ca (key, body) VALUES ('state', ?)", (dump(ch.ca_state),))
+        if ch.ca_serial is not None:
+            c.execute("INSERT OR REPLACE INTO ca (key, body) VALUES ('serial', ?)", (str(ch.ca_serial),))

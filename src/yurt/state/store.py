@@ -27,12 +27,13 @@ from . import derive
 from .blocking import Target, Waiters
 from .errors import NotFound
 from .memory import TABLES, Tables, version_key
+from .mesh_store import MeshStore
 from .sqlite_backend import Changes, SqliteBackend
 from .view import Snapshot, StateView
 from .writes import Txn
 
 
-class StateStore:
+class StateStore(MeshStore):
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         self._backend = SqliteBackend(path, synchronous)
@@ -99,6 +100,11 @@ class StateStore:
             if alloc.job is None:
                 alloc.job = t.job_cache.get(vkey)  # not shared yet: setting is fine
             t.put_alloc(alloc)
+        for svc in loaded.services:
+            t.put_service(svc)
+        for ix in loaded.intentions:
+            t.put_intention(ix)
+        t.ca_state, t.ca_serial = loaded.ca_state, loaded.ca_serial
         for key, job in list(t.jobs.items()):  # status is stored, but heal it if it drifted
             counts = t.counts.get((key[0], key[1], job.create_index))
             status = derive.job_status(job, counts, t.evals_by_job.get(key, {}).values())
@@ -152,6 +158,20 @@ class StateStore:
                 t.drop_node(i)
             else:
                 t.put_node(node)
+        for k, svc in ch.services.items():
+            if svc is None:
+                t.drop_service(k)
+            else:
+                t.put_service(svc)
+        for i, ix in ch.intentions.items():
+            if ix is None:
+                t.drop_intention(i)
+            else:
+                t.put_intention(ix)
+        if ch.ca_state is not None:
+            t.ca_state = ch.ca_state
+        if ch.ca_serial is not None:
+            t.ca_serial = ch.ca_serial
 
     # --- jobs ----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from yurt.structs import Allocation, Evaluation, Job, JobSummary, Node
 
 from . import derive
 from .memory import Tables
+from .mesh_view import MeshView
 
 
 def _ids(d: dict, prefix: str) -> list:
@@ -27,7 +28,7 @@ def _filter_terminal(allocs: Iterable[Allocation], terminal: bool | None) -> lis
     return [a for a in allocs if a.terminal() is terminal]
 
 
-class StateView:
+class StateView(MeshView):
     """Read-only access to one `Tables` (live, or frozen for a snapshot)."""
 
     def __init__(self, tables: Tables) -> None:

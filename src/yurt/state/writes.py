@@ -15,13 +15,14 @@ from yurt.structs.alloc import ALLOC_LOST, ALLOC_UNKNOWN
 
 from . import derive
 from .errors import NotFound, StateError
+from .mesh_writes import MeshTxn
 from .memory import AllocCounts, JobKey, Tables, count_key, job_key, version_key
 from .sqlite_backend import Changes
 
 _MISSING = object()
 
 
-class Txn:
+class Txn(MeshTxn):
     def __init__(self, tables: Tables, index: int, now_ns: int) -> None:
         self.t = tables
         self.ch = Changes(index, now_ns)

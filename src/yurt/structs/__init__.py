@@ -20,6 +20,10 @@ from .alloc import (AllocatedCpuResources, AllocatedMemoryResources, AllocatedPo
                     TaskEvent, TaskState)
 from .evaluation import (AllocMetric, DesiredUpdates, Evaluation, JobSummary, Plan, PlanAnnotations,
                          PlanResult, TaskGroupSummary)
+from .catalog import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, ConnectProxyConfig, HealthCheck,
+                      ServiceRegistration, UpstreamConfig)
+from .connect import (CAConfig, CARoot, CAState, Intention, IssuedCert, SpiffeService,
+                      parse_service_uri, service_uri)
 from . import alloc as alloc_status, evaluation as eval_status, node as node_status
 
 __all__ = [
@@ -37,4 +41,7 @@ __all__ = [
     "Allocation", "AllocNetworkStatus", "DesiredTransition", "RescheduleEvent", "RescheduleTracker",
     "TaskEvent", "TaskState", "AllocMetric", "DesiredUpdates", "Evaluation", "JobSummary", "Plan",
     "PlanAnnotations", "PlanResult", "TaskGroupSummary", "alloc_status", "eval_status", "node_status",
+    "CHECK_CRITICAL", "CHECK_PASSING", "CHECK_WARNING", "ConnectProxyConfig", "HealthCheck",
+    "ServiceRegistration", "UpstreamConfig", "CAConfig", "CARoot", "CAState", "Intention",
+    "IssuedCert", "SpiffeService", "parse_service_uri", "service_uri",
 ]

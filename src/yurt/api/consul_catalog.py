@@ -1,0 +1,172 @@
+"""Consul's catalog, health and agent-service routes.
+
+/v1/agent/service/register|deregister, /v1/agent/services, /v1/agent/service/<id>,
+/v1/agent/checks, /v1/agent/check/pass|warn|fail|update/<id>, /v1/catalog/services,
+/v1/catalog/service/<name>, /v1/catalog/connect/<name>, /v1/health/service/<name>,
+/v1/health/connect/<name>, /v1/health/checks/<name>, /v1/health/state/<state>.
+Reads are blocking queries on the "services" table (?index=&wait=) and always send
+X-Consul-Index. On a client-only agent everything goes to the server; the agent endpoints add
+this agent's node so the server knows whose services they are.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+
+from .common import flag
+from .consul_common import (agent_of, body_json, cblock, cerror, consul_route, creply,
+                            forward_to_server, local_node, node_key)
+
+router = APIRouter()
+
+
+def _catalog(request: Request):
+    return agent_of(request).server.catalog
+
+
+# -- agent: local services and checks --------------------------------------------------------
+
+@router.put("/v1/agent/service/register")
+@consul_route(forward=False)
+async def register(request: Request):
+    body = await body_json(request)
+    node_id, node, address = local_node(request)
+    if agent_of(request).server is None:
+        if isinstance(body, dict):
+            body = {"NodeID": node_id, "Node": node, "NodeAddress": address, **body}
+        return await forward_to_server(request, json.dumps(body).encode())
+    services = _catalog(request).register(body, node_id, node, address)
+    return creply(request, None, services[-1].modify_index)
+
+
+@router.put("/v1/agent/service/deregister/{service_id}")
+@router.get("/v1/agent/service/deregister/{service_id}")  # python-consul 0.x used GET
+@consul_route(forward=False)
+async def deregister(request: Request, service_id: str):
+    if agent_of(request).server is None:
+        return await forward_to_server(request, params={"node": node_key(request)})
+    index = _catalog(request).deregister(node_key(request), service_id)
+    return creply(request, None, index)
+
+
+@router.get("/v1/agent/services")
+@consul_route(forward=False)
+async def agent_services(request: Request):
+    if agent_of(request).server is None:
+        return await forward_to_server(request, params={"node": node_key(request)})
+    store = agent_of(request).store
+    rows = store.services_by_node(node_key(request))
+    return creply(request, {s.id: s.agent_json() for s in rows}, store.table_index("services"))
+
+
+@router.get("/v1/agent/service/{service_id}")
+@consul_route(forward=False)
+async def agent_service(request: Request, service_id: str):
+    if agent_of(request).server is None:
+        return await forward_to_server(request, params={"node": node_key(request)})
+    index = await cblock(request, "services")
+    svc = agent_of(request).store.service(node_key(request), service_id)
+    if svc is None:
+        return cerror(request, 404, f'unknown service ID "{service_id}"', index)
+    return creply(request, svc.agent_json(), index)
+
+
+@router.get("/v1/agent/checks")
+@consul_route(forward=False)
+async def agent_checks(request: Request):
+    if agent_of(request).server is None:
+        return await forward_to_server(request, params={"node": node_key(request)})
+    cat = _catalog(request)
+    checks = {c.check_id: c.public() for s in agent_of(request).store.services_by_node(node_key(request))
+              for c in cat.checks_of(s)}
+    return creply(request, checks, agent_of(request).store.table_index("services"))
+
+
+async def _set_check(request: Request, check_id: str, status: str, output: str | None):
+    if agent_of(request).server is None:
+        return await forward_to_server(request, params={"node": node_key(request)})
+    check = _catalog(request).update_check(node_key(request), check_id, status, output)
+    return creply(request, None, check.modify_index)
+
+
+@router.put("/v1/agent/check/{verb}/{check_id:path}")
+@consul_route(forward=False)
+async def check_ttl(request: Request, verb: str, check_id: str):
+    """pass|warn|fail with ?note=, or update with {"Status", "Output"}: how the client's check
+    runner reports results."""
+    if verb == "update":
+        body = await body_json(request)
+        return await _set_check(request, check_id, str(body.get("Status", "")).lower(), body.get("Output"))
+    if verb not in ("pass", "warn", "fail"):
+        return cerror(request, 404, f"unknown check operation {verb!r}: use pass, warn, fail or update")
+    return await _set_check(request, check_id, verb, request.query_params.get("note", ""))
+
+
+# -- catalog ---------------------------------------------------------------------------------
+
+@router.get("/v1/catalog/services")
+@consul_route
+async def catalog_services(request: Request):
+    index = await cblock(request, "services")
+    return creply(request, _catalog(request).service_map(), index)
+
+
+@router.get("/v1/catalog/service/{name}")
+@consul_route
+async def catalog_service(request: Request, name: str):
+    index = await cblock(request, "services")
+    cat = _catalog(request)
+    rows = cat.instances(name, request.query_params.get("tag"))
+    return creply(request, [cat.catalog_entry(s) for s in rows], index)
+
+
+@router.get("/v1/catalog/connect/{name}")
+@consul_route
+async def catalog_connect(request: Request, name: str):
+    index = await cblock(request, "services")
+    cat = _catalog(request)
+    rows = cat.instances(name, request.query_params.get("tag"), connect=True)
+    return creply(request, [cat.catalog_entry(s) for s in rows], index)
+
+
+# -- health ----------------------------------------------------------------------------------
+
+def _passing(request: Request) -> bool:
+    return "passing" in request.query_params and (
+        request.query_params["passing"] == "" or flag(request, "passing"))
+
+
+@router.get("/v1/health/service/{name}")
+@consul_route
+async def health_service(request: Request, name: str):
+    index = await cblock(request, "services")
+    cat = _catalog(request)
+    rows = cat.instances(name, request.query_params.get("tag"), passing=_passing(request))
+    return creply(request, [cat.health_entry(s) for s in rows], index)
+
+
+@router.get("/v1/health/connect/{name}")
+@consul_route
+async def health_connect(request: Request, name: str):
+    """The mesh endpoints of `name`: its sidecars (and Connect-native instances). Proxies use
+    this, with ?passing, to find where to dial."""
+    index = await cblock(request, "services")
+    cat = _catalog(request)
+    rows = cat.instances(name, request.query_params.get("tag"), connect=True, passing=_passing(request))
+    return creply(request, [cat.health_entry(s) for s in rows], index)
+
+
+@router.get("/v1/health/checks/{name}")
+@consul_route
+async def health_checks(request: Request, name: str):
+    index = await cblock(request, "services")
+    return creply(request, _catalog(request).checks_for_service(name), index)
+
+
+@router.get("/v1/health/state/{state}")
+@consul_route
+async def health_state(request: Request, state: str):
+    index = await cblock(request, "services")
+    return creply(request, _catalog(request).checks_in_state(state), index)

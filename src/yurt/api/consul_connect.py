@@ -1,0 +1,108 @@
+"""Consul's Connect CA and agent connect routes.
+
+GET /v1/connect/ca/roots (?pem=true), GET /v1/agent/connect/ca/roots, GET|PUT
+/v1/connect/ca/configuration, GET /v1/agent/connect/ca/leaf/<service> (blocking: returns when a
+new certificate is issued), POST /v1/agent/connect/authorize, and the client agents' side door
+PUT /v1/internal/connect/ca/sign {CSR, Service}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from yurt.server import intentions as ixmod
+from yurt.structs import Intention, parse_service_uri
+
+from .common import query_index, wait_seconds
+from .consul_common import (agent_of, body_json, cblock, cerror, consul_route, creply, headers)
+
+router = APIRouter()
+
+
+def _ca(request: Request):
+    return agent_of(request).server.ca
+
+
+# -- roots and configuration -------------------------------------------------------------------
+
+@router.get("/v1/connect/ca/roots")
+@router.get("/v1/agent/connect/ca/roots")
+@consul_route
+async def ca_roots(request: Request):
+    index = await cblock(request, "ca")
+    roots = _ca(request).roots()
+    if request.query_params.get("pem", "").lower() in ("1", "true"):
+        pem = "".join(r["RootCert"] + "".join(r["IntermediateCerts"] or []) for r in roots["Roots"])
+        return Response(pem, media_type="application/pem-certificate-chain", headers=headers(request, index))
+    return creply(request, roots, index)
+
+
+@router.get("/v1/connect/ca/configuration")
+@consul_route
+async def ca_config(request: Request):
+    index = await cblock(request, "ca")
+    return creply(request, _ca(request).configuration(), index)
+
+
+@router.put("/v1/connect/ca/configuration")
+@consul_route
+async def ca_set_config(request: Request):
+    """A changed key (`Config.PrivateKey`) or `Config.ForceRotation: true` rotates the root,
+    cross-signed by the old one. Other `Config` keys (LeafCertTTL ...) just apply."""
+    body = await body_json(request)
+    state = await asyncio.to_thread(_ca(request).set_configuration, body)
+    return creply(request, None, state.modify_index)
+
+
+@router.put("/v1/internal/connect/ca/sign")
+@consul_route
+async def ca_sign(request: Request):
+    """A client-only agent has its CSR signed here (the key stays on the client)."""
+    body = await body_json(request)
+    cert = await asyncio.to_thread(_ca(request).sign, str(body.get("CSR", "")), body.get("Service") or None)
+    return creply(request, cert.to_json(), cert.modify_index)
+
+
+# -- leaf certificates ------------------------------------------------------------------------
+
+@router.get("/v1/agent/connect/ca/leaf/{service}")
+@consul_route(forward=False)
+async def leaf(request: Request, service: str):
+    """This agent's certificate for `service` (made on demand; key generated here). With
+    ?index=N it waits until a certificate newer than N is issued (renewal or root rotation)."""
+    leafs = agent_of(request).leaf_certs
+    index = query_index(request)
+    cert = await leafs.wait(service, index, wait_seconds(request) if index else 0)
+    return creply(request, cert, cert["ModifyIndex"])
+
+
+# -- authorize -------------------------------------------------------------------------------
+
+@router.post("/v1/agent/connect/authorize")
+@router.put("/v1/agent/connect/authorize")
+@consul_route(forward=False)
+async def authorize(request: Request):
+    """May the holder of `ClientCertURI` connect to `Target`? Decided by the intentions that
+    match Target and this agent's default policy. The caller has verified the certificate."""
+    body = await body_json(request)
+    target = body.get("Target") if isinstance(body, dict) else None
+    if not target:
+        return cerror(request, 400, "Target service must be specified")
+    uri = str(body.get("ClientCertURI") or "")
+    sid = parse_service_uri(uri)
+    if sid is None:
+        return cerror(request, 400, f'ClientCertURI "{uri}" is not a service SPIFFE ID '
+                                    "(spiffe://<trust-domain>/ns/default/dc/<dc>/svc/<service>)")
+    agent = agent_of(request)
+    default_allow = (agent.config.default_intention_policy or "allow") != "deny"
+    if agent.server is not None:
+        matching = agent.server.intentions.match("destination", target)
+        index = agent.store.table_index("intentions")
+    else:
+        found, index = await asyncio.to_thread(agent.api_client.intention_match, target)
+        matching = [Intention.model_validate(i) for i in found]
+    allowed, reason = ixmod.decide(matching, sid.service, target, default_allow)
+    return creply(request, {"Authorized": allowed, "Reason": reason}, index)

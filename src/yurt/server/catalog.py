@@ -1,0 +1,277 @@
+"""The service catalog: registration as Consul's agent accepts it, and the catalog/health views.
+
+Registration bodies may use Consul's CamelCase keys or any case / snake_case spelling of them
+(python-consul sends `name`, `id`, `port`, `check`...). `Connect.SidecarService` registers the
+sidecar `<id>-sidecar-proxy` with Consul's defaults; Yurt's client instead registers its sidecar
+explicitly (Kind "connect-proxy" with a Proxy block) with the real host port. Both work.
+
+Instances live in the state store's "services" table, keyed by (node, service ID); checks travel
+with their service. Alias checks take their status from the aliased service when read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, HealthCheck,
+                          ServiceRegistration, format_duration)
+from yurt.structs.catalog import CHECK_STATES, KIND_CONNECT_PROXY, SIDECAR_SUFFIX
+
+SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
+
+_TOP = ("ID", "Name", "Service", "Kind", "Address", "Port", "Tags", "Meta", "Proxy", "Connect",
+        "Check", "Checks", "Weights", "EnableTagOverride", "Namespace", "TaggedAddresses",
+        "SocketPath", "Token", "Node", "NodeID", "AllocID", "Datacenter", "NodeAddress")
+_PROXY = ("DestinationServiceName", "DestinationServiceID", "LocalServiceAddress",
+          "LocalServicePort", "Mode", "Config", "Upstreams", "Expose", "MeshGateway",
+          "TransparentProxy", "LocalServiceSocketPath")
+_UPSTREAM = ("DestinationType", "DestinationName", "DestinationNamespace", "DestinationPartition",
+             "DestinationPeer", "Datacenter", "LocalBindAddress", "LocalBindPort", "Config",
+             "MeshGateway", "LocalBindSocketPath", "LocalBindSocketMode")
+_CHECK = ("CheckID", "ID", "Name", "Status", "Notes", "Output", "TCP", "HTTP", "Method", "Header",
+          "Body", "TTL", "Interval", "Timeout", "Args", "ScriptArgs", "Script", "GRPC",
+          "AliasService", "DeregisterCriticalServiceAfter", "TLSSkipVerify", "Type", "ServiceID")
+_CONNECT = ("Native", "SidecarService")
+_SEVERITY = {CHECK_PASSING: 0, CHECK_WARNING: 1, CHECK_CRITICAL: 2}
+
+
+class CatalogError(ValueError):
+    """A registration Yurt refuses (400 with this text)."""
+
+
+def _fold(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def canon(body: Any, known: tuple[str, ...]) -> dict[str, Any]:
+    """Rename the keys of `body` to their canonical spelling, whatever their case or snake_case;
+    unknown keys are kept as they are."""
+    if not isinstance(body, dict):
+        raise CatalogError(f"expected a JSON object, got {type(body).__name__}")
+    table = {_fold(k): k for k in known}
+    return {table.get(_fold(k), k): v for k, v in body.items()}
+
+
+def _duration(value: Any) -> str:
+    if value in (None, "", 0):
+        return ""
+    if isinstance(value, (int, float)):
+        return format_duration(int(value))
+    return str(value)
+
+
+def _check(raw: Any, svc_id: str, svc_name: str, n: int, many: bool) -> HealthCheck:
+    c = canon(raw, _CHECK)
+    args = c.get("Args") or c.get("ScriptArgs") or ([c["Script"]] if c.get("Script") else None)
+    kind = c.get("Type") or next((t for t, k in (("ttl", "TTL"), ("tcp", "TCP"), ("http", "HTTP"),
+                                                  ("grpc", "GRPC"), ("alias", "AliasService"))
+                                  if c.get(k)), "script" if args else "")
+    check_id = c.get("CheckID") or c.get("ID") or (f"service:{svc_id}:{n}" if many else f"service:{svc_id}")
+    status = str(c.get("Status") or CHECK_CRITICAL).lower()
+    if status not in CHECK_STATES:
+        raise CatalogError(f'check "{check_id}": Status must be passing, warning or critical')
+    out = HealthCheck(check_id=check_id, name=c.get("Name") or f"Service '{svc_name}' check",
+                      status=status, notes=c.get("Notes") or "", output=c.get("Output") or "",
+                      type=kind, interval=_duration(c.get("Interval")),
+                      timeout=_duration(c.get("Timeout")), tcp=c.get("TCP") or "",
+                      http=c.get("HTTP") or "", method=c.get("Method") or "",
+                      ttl=_duration(c.get("TTL")), alias_service=c.get("AliasService") or "", args=args)
+    if "Status" not in c:
+        out.model_fields_set.discard("status")  # a re-registration keeps the current status
+    return out
+
+
+def _checks(c: dict[str, Any], svc_id: str, svc_name: str) -> list[HealthCheck]:
+    raws = ([c["Check"]] if c.get("Check") else []) + list(c.get("Checks") or [])
+    return [_check(r, svc_id, svc_name, i + 1, len(raws) > 1) for i, r in enumerate(raws)]
+
+
+def _proxy(raw: Any) -> dict[str, Any]:
+    p = canon(raw or {}, _PROXY)
+    p["Upstreams"] = [canon(u, _UPSTREAM) for u in (p.get("Upstreams") or [])]
+    return p
+
+
+class Catalog:
+    def __init__(self, store, datacenter: str = "dc1") -> None:
+        self.store = store
+        self.datacenter = datacenter
+
+    # -- registration -----------------------------------------------------------------------
+    def build(self, body: Any, node_id: str, node: str, node_address: str = "") -> list[ServiceRegistration]:
+        """The instances one registration body makes: the service, plus its sidecar if it has a
+        nested `Connect.SidecarService`."""
+        c = canon(body, _TOP)
+        name = c.get("Name") or c.get("Service")
+        if not name or not isinstance(name, str):
+            raise CatalogError('a service registration needs a "Name"')
+        node_id = c.get("NodeID") or node_id
+        node = c.get("Node") or node
+        common = {"namespace": c.get("Namespace") or "default", "datacenter": self.datacenter,
+                  "node": node, "node_id": node_id,
+                  "node_address": c.get("NodeAddress") or node_address,
+                  "alloc_id": c.get("AllocID") or ""}
+        svc_id = c.get("ID") or name
+        kind = c.get("Kind") or ""
+        if kind not in ("", KIND_CONNECT_PROXY):
+            raise CatalogError(f'Kind "{kind}" is not supported: use "" or "connect-proxy"')
+        connect = canon(c.get("Connect") or {}, _CONNECT)
+        proxy = _proxy(c.get("Proxy")) if (kind or c.get("Proxy")) else None
+        if kind == KIND_CONNECT_PROXY and not (proxy or {}).get("DestinationServiceName"):
+            raise CatalogError(f'service "{name}": a connect-proxy needs Proxy.DestinationServiceName')
+        sidecar_raw = connect.pop("SidecarService", None)
+        try:
+            svc = ServiceRegistration.model_validate({
+                "ID": svc_id, "Service": name, "Kind": kind, "Address": c.get("Address") or "",
+                "Port": int(c.get("Port") or 0), "Tags": list(c.get("Tags") or []),
+                "Meta": dict(c.get("Meta") or {}), "Proxy": proxy,
+                "Connect": {**connect, **({"SidecarService": {}} if sidecar_raw is not None else {})},
+                "EnableTagOverride": bool(c.get("EnableTagOverride")),
+                **({"Weights": c["Weights"]} if c.get("Weights") else {}),
+                "Checks": [], **_aliases(common)})
+        except (ValueError, TypeError) as e:
+            raise CatalogError(f'service "{name}": {e}') from None
+        svc.checks = _checks(c, svc_id, name)
+        out = [svc]
+        if sidecar_raw is not None:
+            out.append(self._sidecar(svc, canon(sidecar_raw, _TOP), common))
+        return out
+
+    def _sidecar(self, parent: ServiceRegistration, sc: dict[str, Any], common: dict) -> ServiceRegistration:
+        """Consul's sidecar_service defaults (reference §4)."""
+        sid = f"{parent.id}{SIDECAR_SUFFIX}"
+        if sc.get("ID") and sc["ID"] != sid:
+            raise CatalogError(f'the sidecar of "{parent.id}" is always "{sid}"; do not set its ID')
+        proxy = _proxy(sc.get("Proxy"))
+        proxy.setdefault("DestinationServiceName", parent.service)
+        proxy.setdefault("DestinationServiceID", parent.id)
+        proxy.setdefault("LocalServiceAddress", "127.0.0.1")
+        proxy.setdefault("LocalServicePort", parent.port)
+        port = int(sc.get("Port") or 0) or self._sidecar_port(parent.key[0], sid)
+        svc = ServiceRegistration.model_validate({
+            "ID": sid, "Service": sc.get("Name") or f"{parent.service}{SIDECAR_SUFFIX}",
+            "Kind": KIND_CONNECT_PROXY, "Address": sc.get("Address") or parent.address, "Port": port,
+            "Tags": list(sc.get("Tags") or parent.tags), "Meta": dict(sc.get("Meta") or parent.meta),
+            "Proxy": proxy, **_aliases(common)})
+        svc.checks = _checks(sc, sid, svc.service) or [
+            HealthCheck(check_id=f"service:{sid}:1", name="Connect Sidecar Listening", type="tcp",
+                        tcp=f"{sc.get('Address') or proxy['LocalServiceAddress']}:{port}",
+                        interval="10s", status=CHECK_CRITICAL),
+            HealthCheck(check_id=f"service:{sid}:2", name=f"Connect Sidecar Aliasing {parent.id}",
+                        type="alias", alias_service=parent.id, status=CHECK_PASSING)]
+        return svc
+
+    def _sidecar_port(self, node_key: str, sid: str) -> int:
+        current = self.store.service(node_key, sid)
+        if current is not None and current.port:
+            return current.port
+        used = {s.port for s in self.store.services_by_node(node_key)}
+        for port in range(SIDECAR_MIN_PORT, SIDECAR_MAX_PORT + 1):
+            if port not in used:
+                return port
+        raise CatalogError(f"no free sidecar port in {SIDECAR_MIN_PORT}-{SIDECAR_MAX_PORT}")
+
+    def register(self, body: Any, node_id: str, node: str, node_address: str = "") -> list[ServiceRegistration]:
+        services = self.build(body, node_id, node, node_address)
+        parent = services[0]
+        before = self.store.service(*parent.key)
+        self.store.upsert_services(services)
+        if (len(services) == 1 and before is not None
+                and before.connect.get("SidecarService") is not None):
+            # the nested sidecar was removed from the definition: so goes the sidecar
+            self.store.delete_services([(parent.key[0], parent.id + SIDECAR_SUFFIX)])
+        return services
+
+    def deregister(self, node_key: str, service_id: str) -> int | None:
+        """The service and its `<id>-sidecar-proxy`, if any; nothing registered -> None."""
+        return self.store.delete_services([(node_key, service_id), (node_key, service_id + SIDECAR_SUFFIX)])
+
+    def update_check(self, node_key: str, check_id: str, status: str, output: str | None = None) -> HealthCheck:
+        status = {"pass": CHECK_PASSING, "warn": CHECK_WARNING, "fail": CHECK_CRITICAL}.get(status, status)
+        if status not in CHECK_STATES:
+            raise CatalogError(f'Status must be passing, warning or critical, not "{status}"')
+        return self.store.update_check(node_key, check_id, status, output)
+
+    # -- cleanup ----------------------------------------------------------------------------
+    def remove_allocs(self, alloc_ids: list[str]) -> int | None:
+        return self.store.delete_services_of_allocs(alloc_ids) if alloc_ids else None
+
+    def remove_node(self, node_id: str) -> int | None:
+        return self.store.delete_services_of_node(node_id)
+
+    # -- views ------------------------------------------------------------------------------
+    def checks_of(self, svc: ServiceRegistration) -> list[HealthCheck]:
+        """The instance's checks with alias checks resolved (worst status of the aliased service)."""
+        out = []
+        for c in svc.checks:
+            if c.type == "alias" and c.alias_service:
+                target = self.store.service(svc.key[0], c.alias_service)
+                if target is None:
+                    c = c.model_copy(update={"status": CHECK_CRITICAL,
+                                             "output": f'service "{c.alias_service}" is not registered'})
+                else:
+                    worst = max((x.status for x in target.checks if x.type != "alias"),
+                                key=_SEVERITY.get, default=CHECK_PASSING)
+                    c = c.model_copy(update={"status": worst, "output": f"aliased service is {worst}"})
+            out.append(c)
+        return out
+
+    def status(self, svc: ServiceRegistration) -> str:
+        return max((c.status for c in self.checks_of(svc)), key=_SEVERITY.get, default=CHECK_PASSING)
+
+    def service_map(self) -> dict[str, list[str]]:
+        out: dict[str, set[str]] = {}
+        for s in self.store.services():
+            out.setdefault(s.service, set()).update(s.tags)
+        return {k: sorted(v) for k, v in sorted(out.items())}
+
+    def instances(self, name: str, tag: str | None = None, connect: bool = False,
+                  passing: bool = False) -> list[ServiceRegistration]:
+        rows = self.store.connect_services(name) if connect else self.store.services(name)
+        if tag:
+            rows = [s for s in rows if tag in s.tags]
+        if passing:
+            rows = [s for s in rows if self.status(s) == CHECK_PASSING]
+        return rows
+
+    def node_json(self, svc: ServiceRegistration) -> dict[str, Any]:
+        node = self.store.node(svc.node_id) if svc.node_id else None
+        return {"ID": svc.node_id, "Node": svc.node or (node.name if node else ""),
+                "Address": svc.node_address or (node.http_addr.split(":")[0] if node and node.http_addr else ""),
+                "Datacenter": self.datacenter, "TaggedAddresses": {}, "Meta": dict(node.meta) if node else {},
+                "CreateIndex": node.create_index if node else svc.create_index,
+                "ModifyIndex": node.modify_index if node else svc.modify_index}
+
+    def catalog_entry(self, svc: ServiceRegistration) -> dict[str, Any]:
+        n = self.node_json(svc)
+        a = svc.agent_json()
+        return {"ID": n["ID"], "Node": n["Node"], "Address": n["Address"], "Datacenter": self.datacenter,
+                "TaggedAddresses": {}, "NodeMeta": n["Meta"], "ServiceKind": svc.kind,
+                "ServiceID": svc.id, "ServiceName": svc.service, "ServiceTags": a["Tags"],
+                "ServiceAddress": svc.address, "ServiceTaggedAddresses": {}, "ServiceWeights": a["Weights"],
+                "ServiceMeta": a["Meta"], "ServicePort": svc.port, "ServiceSocketPath": "",
+                "ServiceEnableTagOverride": svc.enable_tag_override, "ServiceProxy": a["Proxy"],
+                "ServiceConnect": a["Connect"], "Namespace": svc.namespace, "AllocID": svc.alloc_id,
+                "CreateIndex": svc.create_index, "ModifyIndex": svc.modify_index}
+
+    def health_entry(self, svc: ServiceRegistration) -> dict[str, Any]:
+        a = svc.agent_json()
+        a["Service"] = svc.service
+        for k in ("ContentHash",):
+            a.pop(k)
+        return {"Node": self.node_json(svc), "Service": a,
+                "Checks": [c.public() for c in self.checks_of(svc)]}
+
+    def checks_for_service(self, name: str) -> list[dict[str, Any]]:
+        return [c.public() for s in self.store.services(name) for c in self.checks_of(s)]
+
+    def checks_in_state(self, state: str) -> list[dict[str, Any]]:
+        if state != "any" and state not in CHECK_STATES:
+            raise CatalogError(f'state must be any, passing, warning or critical, not "{state}"')
+        return [c.public() for s in self.store.services() for c in self.checks_of(s)
+                if state == "any" or c.status == state]
+
+
+def _aliases(common: dict[str, Any]) -> dict[str, Any]:
+    return {"Namespace": common["namespace"], "Datacenter": common["datacenter"], "Node": common["node"],
+            "NodeID": common["node_id"], "NodeAddress": common["node_address"], "AllocID": common["alloc_id"]}

@@ -1,0 +1,134 @@
+"""The service catalog in Consul's shapes: registered service instances and their health checks.
+
+One `ServiceRegistration` is one service instance on one node (Consul's agent/catalog service);
+its checks travel with it. `Kind` is "" for an application and "connect-proxy" for a sidecar,
+whose `Proxy` names the service it fronts. `AllocID` ties an instance to the allocation that
+registered it, so the server can remove it when the allocation stops or its node goes down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ConfigDict
+
+from .base import Struct, field
+
+CHECK_PASSING = "passing"
+CHECK_WARNING = "warning"
+CHECK_CRITICAL = "critical"
+CHECK_STATES = (CHECK_PASSING, CHECK_WARNING, CHECK_CRITICAL)
+
+KIND_CONNECT_PROXY = "connect-proxy"
+SIDECAR_SUFFIX = "-sidecar-proxy"
+
+
+class Lenient(Struct):
+    """Input from clients may carry fields Yurt does not model: they are ignored, not refused."""
+
+    model_config = ConfigDict(**{**Struct.model_config, "extra": "ignore"})
+
+
+class HealthCheck(Lenient):
+    node: str = ""
+    check_id: str = field("", json="CheckID")
+    name: str = ""
+    status: str = CHECK_CRITICAL
+    notes: str = ""
+    output: str = ""
+    service_id: str = field("", json="ServiceID")
+    service_name: str = ""
+    service_tags: list[str] = field(factory=list)
+    type: str = ""                      # tcp, http, grpc, script, ttl, alias, ""
+    interval: str = ""
+    timeout: str = ""
+    tcp: str = field("", json="TCP")
+    http: str = field("", json="HTTP")
+    method: str = ""
+    ttl: str = field("", json="TTL")
+    alias_service: str = ""
+    args: list[str] | None = None
+    create_index: int = 0
+    modify_index: int = 0
+
+    def public(self) -> dict[str, Any]:
+        """The check as Consul's health endpoints show it."""
+        return {"Node": self.node, "CheckID": self.check_id, "Name": self.name, "Status": self.status,
+                "Notes": self.notes, "Output": self.output, "ServiceID": self.service_id,
+                "ServiceName": self.service_name, "ServiceTags": list(self.service_tags),
+                "Type": self.type, "Interval": self.interval, "Timeout": self.timeout,
+                "Definition": {k: v for k, v in (("TCP", self.tcp), ("HTTP", self.http),
+                                                 ("TTL", self.ttl), ("AliasService", self.alias_service))
+                               if v},
+                "CreateIndex": self.create_index, "ModifyIndex": self.modify_index}
+
+
+class UpstreamConfig(Lenient):
+    destination_type: str = "service"
+    destination_name: str = ""
+    destination_namespace: str = ""
+    datacenter: str = ""
+    local_bind_address: str = "127.0.0.1"
+    local_bind_port: int = 0
+    config: dict[str, Any] = field(factory=dict)
+
+
+class ConnectProxyConfig(Lenient):
+    destination_service_name: str = ""
+    destination_service_id: str = field("", json="DestinationServiceID")
+    local_service_address: str = "127.0.0.1"
+    local_service_port: int = 0
+    mode: str = ""
+    config: dict[str, Any] = field(factory=dict)
+    upstreams: list[UpstreamConfig] = field(factory=list)
+    expose: dict[str, Any] = field(factory=dict)
+
+
+class ServiceRegistration(Lenient):
+    id: str = field("", json="ID")
+    service: str = ""                   # the service name ("Name" when registering)
+    kind: str = ""
+    address: str = ""
+    port: int = 0
+    tags: list[str] = field(factory=list)
+    meta: dict[str, str] = field(factory=dict)
+    proxy: ConnectProxyConfig | None = None
+    connect: dict[str, Any] = field(factory=dict)
+    weights: dict[str, int] = field(factory=lambda: {"Passing": 1, "Warning": 1})
+    enable_tag_override: bool = False
+    namespace: str = "default"
+    datacenter: str = "dc1"
+    node: str = ""                      # node name
+    node_id: str = field("", json="NodeID")
+    node_address: str = ""
+    alloc_id: str = field("", json="AllocID")
+    checks: list[HealthCheck] = field(factory=list)
+    create_index: int = 0
+    modify_index: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Service IDs are unique per node (agent), as in Consul."""
+        return (self.node_id or self.node, self.id)
+
+    @property
+    def connect_destination(self) -> str:
+        """The service this instance serves mesh traffic for: a proxy's destination, a
+        Connect-native service's own name, otherwise ""."""
+        if self.kind == KIND_CONNECT_PROXY and self.proxy is not None:
+            return self.proxy.destination_service_name
+        if self.connect.get("Native"):
+            return self.service
+        return ""
+
+    def agent_json(self) -> dict[str, Any]:
+        """`/v1/agent/service(s)` shape."""
+        return {"ID": self.id, "Service": self.service, "Kind": self.kind, "Tags": list(self.tags),
+                "Meta": dict(self.meta), "Port": self.port, "Address": self.address,
+                "TaggedAddresses": {}, "Weights": dict(self.weights),
+                "EnableTagOverride": self.enable_tag_override,
+                "Proxy": self.proxy.to_json() if self.proxy else None,
+                "Connect": dict(self.connect), "Datacenter": self.datacenter,
+                "Namespace": self.namespace, "AllocID": self.alloc_id,
+                "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
+                "ContentHash": f"{self.modify_index:016x}"}
