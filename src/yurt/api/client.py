@@ -259,9 +259,14 @@ class YurtClient:
                      json={"Status": status, "Output": output})
 
 
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def _seconds(wait: str) -> float:
-    from yurt.structs import parse_duration
-    try:
-        return parse_duration(wait) / 1e9
-    except ValueError:
+    """A blocking-query wait ("30s", "5m", "250ms") in seconds. Parsed here rather than with
+    yurt.structs so that the sidecar proxy, which uses this client, never imports pydantic."""
+    import re
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", wait.strip())
+    if not m:
         return 300.0
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]

@@ -12,6 +12,7 @@ from .flags import NomadGroup
 from .agent_cmd import agent_cmd
 from .doctor_cmd import doctor_cmd
 from .alloc_cmd import alloc_group
+from .connect_cmd import connect_group
 from .intention_cmd import intention_group
 from .job import job_group, plan_cmd, run_cmd, stop_cmd
 from .node_cmd import node_group
@@ -39,6 +40,7 @@ cli.add_command(eval_group)
 cli.add_command(node_group)
 cli.add_command(doctor_cmd)
 cli.add_command(intention_group)
+cli.add_command(connect_group)
 
 
 def main(argv: list[str] | None = None) -> None:

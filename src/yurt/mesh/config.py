@@ -1,0 +1,168 @@
+"""The proxy's configuration: flags of `yurt connect proxy`, or the JSON file the client agent
+writes for the sidecar task (`-config FILE`; flags given as well override the file).
+
+JSON (every key optional except service):
+  {"service": "count-api",                 # the service this sidecar fronts = its identity
+   "datacenter": "dc1",
+   "listen": "0.0.0.0:21000",              # public mTLS listener; omit for an upstream-only proxy
+   "local_addr": "127.0.0.1", "local_port": 9001,   # the app behind the public listener
+   "upstreams": [{"destination_name": "count-api", "local_bind_address": "127.0.0.1",
+                  "local_bind_port": 8080, "datacenter": "dc1"}],
+   "address": "unix:///var/run/yurt/agent.sock",     # the agent's API (else YURT_ADDR)
+   "ready_file": "/alloc/tmp/connect-proxy.ready", "ready_addr": "127.0.0.1:19001",
+   "handshake_timeout_ms": 10000, "connect_timeout_ms": 3000,
+   "static_source": "/path/static.json"}  # dev/bench only: certificates and routes from a file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class UpstreamConfig:
+    destination: str
+    local_bind_port: int
+    local_bind_address: str = "127.0.0.1"
+    datacenter: str = ""
+
+
+@dataclass
+class ProxyConfig:
+    service: str
+    datacenter: str = "dc1"
+    listen_addr: str = "0.0.0.0"
+    listen_port: int | None = None  # None = no public listener (upstreams only); 0 = any port
+    local_addr: str = "127.0.0.1"
+    local_port: int = 0
+    upstreams: list[UpstreamConfig] = field(default_factory=list)
+    address: str = ""
+    ready_file: str = ""
+    ready_addr: str = ""
+    handshake_timeout: float = 10.0
+    connect_timeout: float = 3.0
+    static_source: str = ""
+
+    def validate(self) -> "ProxyConfig":
+        if not self.service:
+            raise ConfigError("-service is required: the name of the service this sidecar fronts")
+        if self.listen_port is not None and not self.local_port:
+            raise ConfigError("-local-port is required with -listen: the port of the app behind the proxy")
+        if self.listen_port is None and not self.upstreams:
+            raise ConfigError("nothing to do: give -listen ADDR:PORT and/or -upstream DEST:PORT")
+        seen = set()
+        for u in self.upstreams:
+            key = (u.local_bind_address, u.local_bind_port)
+            if key in seen:
+                raise ConfigError(f"upstream {u.destination}: {key[0]}:{key[1]} is bound twice")
+            seen.add(key)
+        return self
+
+
+def split_hostport(s: str, what: str) -> tuple[str, int]:
+    host, sep, port = s.rpartition(":")
+    if not sep:
+        host, port = "", s
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        p = int(port)
+    except ValueError:
+        raise ConfigError(f"{what} {s!r}: expected ADDR:PORT") from None
+    if not 0 <= p <= 65535:
+        raise ConfigError(f"{what} {s!r}: port out of range")
+    return host, p
+
+
+def parse_upstream(s: str) -> UpstreamConfig:
+    """DEST:PORT or DEST:ADDR:PORT."""
+    parts = s.split(":")
+    try:
+        if len(parts) == 2:
+            return UpstreamConfig(parts[0], int(parts[1]))
+        if len(parts) == 3:
+            return UpstreamConfig(parts[0], int(parts[2]), parts[1])
+    except ValueError:
+        pass
+    raise ConfigError(f"-upstream {s!r}: expected DEST:PORT or DEST:ADDR:PORT")
+
+
+def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
+    cfg = cfg or ProxyConfig(service="")
+    cfg.service = doc.get("service", cfg.service)
+    cfg.datacenter = doc.get("datacenter", cfg.datacenter)
+    if doc.get("listen"):
+        cfg.listen_addr, cfg.listen_port = split_hostport(doc["listen"], "listen")
+    cfg.local_addr = doc.get("local_addr", cfg.local_addr)
+    cfg.local_port = int(doc.get("local_port", cfg.local_port) or 0)
+    for u in doc.get("upstreams") or []:
+        cfg.upstreams.append(UpstreamConfig(u["destination_name"], int(u["local_bind_port"]),
+                                            u.get("local_bind_address") or "127.0.0.1",
+                                            u.get("datacenter") or ""))
+    cfg.address = doc.get("address", cfg.address)
+    cfg.ready_file = doc.get("ready_file", cfg.ready_file)
+    cfg.ready_addr = doc.get("ready_addr", cfg.ready_addr)
+    if "handshake_timeout_ms" in doc:
+        cfg.handshake_timeout = doc["handshake_timeout_ms"] / 1000
+    if "connect_timeout_ms" in doc:
+        cfg.connect_timeout = doc["connect_timeout_ms"] / 1000
+    cfg.static_source = doc.get("static_source", cfg.static_source)
+    return cfg
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="yurt connect proxy", description=(
+        "Run the Connect sidecar proxy: an mTLS public listener in front of a local app and plain "
+        "TCP upstream listeners to other services. Access log: JSON lines on stdout."))
+    a = p.add_argument
+    a("-service", "--service", help="the service this proxy fronts (its identity)")
+    a("-listen", "--listen", help="public mTLS listener ADDR:PORT (default address 0.0.0.0)")
+    a("-local-addr", "--local-addr", help="the app's address (default 127.0.0.1)")
+    a("-local-port", "--local-port", type=int, help="the app's port")
+    a("-upstream", "--upstream", action="append", default=[], help="DEST:PORT or DEST:ADDR:PORT (repeatable)")
+    a("-address", "--address", help="the agent's API, e.g. unix:///path/agent.sock (default $YURT_ADDR)")
+    a("-dc", "--dc", help="datacenter (default dc1)")
+    a("-ready-file", "--ready-file", help="file written once listeners are bound and a valid leaf is loaded")
+    a("-ready-addr", "--ready-addr", help="ADDR:PORT answering HTTP 200 LIVE once ready (503 before)")
+    a("-config", "--config", help="JSON config file (what the client agent writes)")
+    a("-static-source", "--static-source", help=argparse.SUPPRESS)
+    return p
+
+
+def from_args(argv: list[str]) -> ProxyConfig:
+    ns = parser().parse_args(argv)
+    cfg = ProxyConfig(service="")
+    if ns.config:
+        try:
+            with open(ns.config) as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"-config {ns.config}: {e}") from None
+        from_dict(doc, cfg)
+    if ns.service:
+        cfg.service = ns.service
+    if ns.listen:
+        cfg.listen_addr, cfg.listen_port = split_hostport(ns.listen, "-listen")
+    if ns.local_addr:
+        cfg.local_addr = ns.local_addr
+    if ns.local_port:
+        cfg.local_port = ns.local_port
+    cfg.upstreams.extend(parse_upstream(u) for u in ns.upstream)
+    if ns.address:
+        cfg.address = ns.address
+    if ns.dc:
+        cfg.datacenter = ns.dc
+    if ns.ready_file:
+        cfg.ready_file = ns.ready_file
+    if ns.ready_addr:
+        cfg.ready_addr = ns.ready_addr
+    if ns.static_source:
+        cfg.static_source = ns.static_source
+    cfg.address = cfg.address or os.environ.get("YURT_ADDR", "")
+    return cfg.validate()

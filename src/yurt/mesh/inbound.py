@@ -1,0 +1,196 @@
+"""The public listener: mTLS in, intentions, plain TCP to the local app.
+
+Per connection: TLS 1.3 handshake with a client certificate required and verified against the
+CA roots (OpenSSL) → first URI SAN parsed as a service SPIFFE ID in our trust domain →
+authorization (cached per identity) → dial the app at local_addr:local_port → pump.
+Any failure closes that connection and logs why; the listener keeps serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+from .pump import IN, OUT, ERRS, Pipe, Side, set_nodelay
+from .tls import ssl_reason, parse_spiffe, peer_cert
+
+if TYPE_CHECKING:
+    from .proxy import Proxy
+
+ACCEPT_BATCH = 64
+
+
+def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        s.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    s.listen(backlog)
+    s.setblocking(False)
+    return s
+
+
+class Listener:
+    """A bound listening socket in the reactor; `make(sock, addr)` handles each accept."""
+
+    def __init__(self, proxy: "Proxy", sock: socket.socket, make) -> None:
+        self.proxy = proxy
+        self.sock = sock
+        self.make = make
+        self.port = sock.getsockname()[1]
+        proxy.reactor.register(sock.fileno(), IN, self)
+
+    def on_event(self, ev: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                s, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and friends: log, keep the listener
+                self.proxy.log.event("accept-error", port=self.port, error=str(e))
+                return
+            s.setblocking(False)
+            set_nodelay(s)
+            try:
+                self.make(s, addr)
+            except Exception as e:
+                s.close()
+                self.proxy.log.event("accept-error", port=self.port, error=repr(e))
+
+    def abort(self, reason: str) -> None:
+        pass
+
+    def close(self) -> None:
+        self.proxy.reactor.unregister(self.sock.fileno())
+        self.sock.close()
+
+
+def _addr(addr) -> str:
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+
+class InboundConn:
+    """One inbound connection until it becomes a Pipe (or is refused)."""
+
+    def __init__(self, proxy: "Proxy", sock: socket.socket, addr) -> None:
+        self.proxy = proxy
+        self.started = time.monotonic()
+        self.peer = _addr(addr)
+        self.src = ""
+        self.uri = ""
+        self.serial = ""
+        self.done = False
+        self.local: Side | None = None
+        material = proxy.material
+        if material is None:
+            sock.close()
+            self._log("refused", "proxy not ready: no certificate yet")
+            self.done = True
+            return
+        tls = material.server.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.side = Side(proxy.reactor, tls, True, self, IN)
+        self.state = "handshake"
+        self.timer = proxy.reactor.call_later(proxy.cfg.handshake_timeout, self._timeout)
+        self._handshake()
+
+    def _log(self, verdict: str, reason: str) -> None:
+        self.proxy.log.conn("inbound", self.src or self.peer, self.proxy.cfg.service, self.peer,
+                            0, 0, self.started, verdict, reason, serial=self.serial)
+
+    def fail(self, verdict: str, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.timer.cancel()
+        self.side.close()
+        if self.local is not None:
+            self.local.close()
+        self._log(verdict, reason)
+
+    def abort(self, reason: str) -> None:
+        self.fail("error", reason)
+
+    def _timeout(self) -> None:
+        self.fail("refused" if self.state == "handshake" else "error", f"timed out in {self.state}")
+
+    def on_side_event(self, side: Side, ev: int) -> None:
+        if self.done:
+            return
+        if side is self.side:
+            if self.state == "handshake":
+                self._handshake()
+            elif ev & ERRS:
+                self.fail("error", "client went away")
+        elif self.state == "connect":
+            self._connected()
+
+    def _handshake(self) -> None:
+        sock = self.side.sock
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.side.set_mask(IN)
+            return
+        except ssl.SSLWantWriteError:
+            self.side.set_mask(OUT)
+            return
+        except ssl.SSLError as e:
+            self.fail("refused", f"tls handshake: {ssl_reason(e)}")
+            return
+        except OSError as e:
+            self.fail("refused", f"tls handshake: {ssl_reason(e)}")
+            return
+        self.side.set_mask(0)
+        pc = peer_cert(sock)
+        if pc is None:
+            self.fail("refused", "no client certificate")
+            return
+        self.serial = pc.serial
+        sid = parse_spiffe(pc.uri)
+        if sid is None:
+            self.fail("refused", f"client certificate URI {pc.uri!r} is not a service SPIFFE ID")
+            return
+        self.src = sid.service
+        self.uri = pc.uri.lower()
+        td = self.proxy.material.trust_domain if self.proxy.material else ""
+        if sid.trust_domain != td:
+            self.fail("refused", f"trust domain {sid.trust_domain} is not ours ({td})")
+            return
+        self.state = "authorize"
+        self.proxy.authz.check(self.uri, self.serial, self._decided)
+
+    def _decided(self, allowed: bool, reason: str) -> None:
+        if self.done:
+            return
+        if not allowed:
+            self.fail("denied", reason)
+            return
+        cfg = self.proxy.cfg
+        s = socket.socket(socket.AF_INET6 if ":" in cfg.local_addr else socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        set_nodelay(s)
+        err = s.connect_ex((cfg.local_addr, cfg.local_port))
+        self.state = "connect"
+        self.local = Side(self.proxy.reactor, s, False, self, OUT)
+        if err not in (0, errno.EINPROGRESS):
+            self.fail("error", f"local service {cfg.local_addr}:{cfg.local_port}: {os.strerror(err)}")
+
+    def _connected(self) -> None:
+        err = self.local.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        cfg = self.proxy.cfg
+        if err:
+            self.fail("error", f"local service {cfg.local_addr}:{cfg.local_port}: {os.strerror(err)}")
+            return
+        self.done = True
+        self.timer.cancel()
+        pipe = Pipe(self.proxy.reactor, self.side, self.local, self.proxy.inbound_closed, self)
+        self.proxy.inbound_opened(pipe)
+        pipe.start()

@@ -1,0 +1,272 @@
+"""The sidecar proxy, assembled: listeners + reactor + watches + authorization + readiness.
+
+Threads: the reactor (all sockets, all proxy state) and one watch thread per followed item
+(roots, leaf, intentions, each upstream's endpoints) plus two authorization workers. Watches
+only hand values to the reactor; nothing else is shared.
+
+Ready = every listener bound AND a leaf that verifies against the roots is loaded. Then the
+ready file is written and the ready address answers `200 LIVE`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+from .accesslog import AccessLog
+from .authz import Authorizer
+from .balancer import Balancer, instances_from_health
+from .config import ProxyConfig, UpstreamConfig
+from .inbound import InboundConn, Listener, listen
+from .pump import IN, Pipe, Reactor
+from .source import MeshSource, Watch
+from .tls import TLSMaterial, build_material, roots_bundle
+from .upstream import UpstreamConn
+
+
+class Proxy:
+    def __init__(self, cfg: ProxyConfig, source: MeshSource, log: AccessLog | None = None) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.log = log or AccessLog()
+        self.reactor = Reactor()
+        self.reactor.on_error = lambda e: self.log.event("internal-error", error=repr(e))
+        self.material: TLSMaterial | None = None
+        self._roots: dict | None = None
+        self._leaf: dict | None = None
+        self.authz = Authorizer(self.reactor, lambda uri, serial: source.authorize(cfg.service, uri, serial),
+                                self._deny_existing)
+        self.listeners: list[Listener] = []
+        self.balancers: dict[int, Balancer] = {}
+        self.inbound: dict[str, set[Pipe]] = {}  # source URI → open pipes
+        self.upstream_pipes: set[Pipe] = set()
+        self.watches: list[Watch] = []
+        self.ready = threading.Event()
+        self.public_port = 0
+        self.upstream_ports: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+
+    # -- startup -------------------------------------------------------------------------------
+    def bind(self) -> None:
+        cfg = self.cfg
+        if cfg.listen_port is not None:
+            s = listen(cfg.listen_addr, cfg.listen_port)
+            lst = Listener(self, s, lambda sock, addr: InboundConn(self, sock, addr))
+            self.public_port = lst.port
+            self.listeners.append(lst)
+        for up in cfg.upstreams:
+            bal = Balancer()
+            s = listen(up.local_bind_address, up.local_bind_port)
+            lst = Listener(self, s, self._upstream_maker(up, bal))
+            self.balancers[lst.port] = bal
+            self.upstream_ports[up.destination] = lst.port
+            self.listeners.append(lst)
+        if cfg.ready_addr:
+            from .config import split_hostport
+            host, port = split_hostport(cfg.ready_addr, "-ready-addr")
+            self.listeners.append(Listener(self, listen(host, port), lambda sock, addr: ReadyConn(self, sock)))
+
+    def _upstream_maker(self, up: UpstreamConfig, bal: Balancer):
+        return lambda sock, addr: UpstreamConn(self, up, bal, sock, addr)
+
+    def _watch(self, name: str, fn, on_value) -> None:
+        w = Watch(name, fn, lambda v: self.reactor.call_soon_threadsafe(on_value, v),
+                  lambda n, err: self.reactor.call_soon_threadsafe(
+                      lambda: self.log.event("watch-error", watch=n, error=err)))
+        self.watches.append(w)
+        w.start()
+
+    def start_watches(self) -> None:
+        src, cfg = self.source, self.cfg
+        self._watch("roots", src.roots, self._on_roots)
+        self._watch("leaf", lambda i, w: src.leaf(cfg.service, i, w), self._on_leaf)
+        self._watch("intentions", lambda i, w: src.intentions(cfg.service, i, w), self._on_intentions)
+        for up in cfg.upstreams:
+            bal = self.balancers[self.upstream_ports[up.destination]] if up.destination in self.upstream_ports else None
+            if bal is None:
+                continue
+            dc = up.datacenter or cfg.datacenter
+            self._watch(f"endpoints-{up.destination}",
+                        lambda i, w, d=up.destination, dc=dc: src.endpoints(d, dc, i, w),
+                        lambda v, b=bal, dc=dc, d=up.destination: self._on_endpoints(d, b, dc, v))
+
+    # -- watch results (reactor thread) ---------------------------------------------------------
+    def _on_roots(self, roots: dict) -> None:
+        self._roots = roots
+        self._rebuild("roots")
+
+    def _on_leaf(self, leaf: dict) -> None:
+        self._leaf = leaf
+        self._rebuild("leaf")
+
+    def _rebuild(self, why: str) -> None:
+        if not self._roots or not self._leaf:
+            return
+        td = self._roots.get("TrustDomain") or ""
+        try:
+            m = build_material(td, self.cfg.service, self._leaf["CertPEM"], self._leaf["PrivateKeyPEM"],
+                               roots_bundle(self._roots), self._leaf.get("SerialNumber", ""),
+                               self._leaf.get("ValidBefore", ""))
+        except Exception as e:  # keep serving with the previous material
+            self.log.event("tls-error", cause=why, error=str(e))
+            return
+        self.material = m
+        self.log.event(why, serial=m.serial, trust_domain=m.trust_domain,
+                       roots=len(self._roots.get("Roots") or []), valid_before=m.valid_before)
+        self._check_ready()
+
+    def _on_intentions(self, _value: Any) -> None:
+        self.authz.invalidate()
+
+    def _on_endpoints(self, dest: str, bal: Balancer, dc: str, entries: list[dict]) -> None:
+        bal.update(instances_from_health(entries, dc))
+        self.log.event("endpoints", destination=dest,
+                       instances=[f"{i.address}:{i.port}" for i in bal.instances])
+
+    def _check_ready(self) -> None:
+        if self.ready.is_set() or self.material is None:
+            return
+        if self.cfg.ready_file:
+            tmp = self.cfg.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write("LIVE\n")
+            os.replace(tmp, self.cfg.ready_file)
+        self.ready.set()
+        self.log.event("ready", service=self.cfg.service, public_port=self.public_port,
+                       upstreams=self.upstream_ports)
+
+    # -- connection registries (reactor thread) -------------------------------------------------
+    def inbound_opened(self, pipe: Pipe) -> None:
+        self.inbound.setdefault(pipe.meta.uri, set()).add(pipe)
+
+    def inbound_closed(self, pipe: Pipe, verdict: str, reason: str) -> None:
+        conn = pipe.meta
+        pipes = self.inbound.get(conn.uri)
+        if pipes is not None:
+            pipes.discard(pipe)
+            if not pipes:
+                del self.inbound[conn.uri]
+        self.log.conn("inbound", conn.src, self.cfg.service, conn.peer, pipe.a_to_b, pipe.b_to_a,
+                      conn.started, verdict, reason, serial=conn.serial)
+
+    def upstream_opened(self, pipe: Pipe) -> None:
+        self.upstream_pipes.add(pipe)
+
+    def upstream_closed(self, pipe: Pipe, verdict: str, reason: str) -> None:
+        conn = pipe.meta
+        self.upstream_pipes.discard(pipe)
+        conn.balancer.release(conn.inst)
+        self.log.conn("upstream", self.cfg.service, conn.up.destination, conn.peer, pipe.a_to_b, pipe.b_to_a,
+                      conn.started, verdict, reason, upstream=f"{conn.inst.address}:{conn.inst.port}",
+                      attempts=conn.attempts)
+
+    def _deny_existing(self, uri: str, reason: str) -> None:
+        for pipe in list(self.inbound.get(uri, ())):
+            pipe.close("denied", f"intentions changed: {reason}")
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Bind, watch, serve until stop(). Bind errors raise before anything is served."""
+        self.bind()
+        self.start_watches()
+        try:
+            self.reactor.run()
+        finally:
+            self._shutdown()
+
+    def start_background(self) -> "Proxy":
+        """For tests and benches: bind now (errors raise here), serve on a thread."""
+        self.bind()
+        self.start_watches()
+
+        def loop() -> None:
+            try:
+                self.reactor.run()
+            finally:
+                self._shutdown()
+
+        self._thread = threading.Thread(target=loop, name="yurt-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.reactor.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _shutdown(self) -> None:
+        for w in self.watches:
+            w.stop()
+        self.authz.close()
+        for lst in self.listeners:
+            try:
+                lst.close()
+            except OSError:
+                pass
+        for pipes in list(self.inbound.values()):
+            for p in list(pipes):
+                p.close("allowed", "proxy stopping")
+        for p in list(self.upstream_pipes):
+            p.close("allowed", "proxy stopping")
+        if self.cfg.ready_file:
+            try:
+                os.unlink(self.cfg.ready_file)
+            except OSError:
+                pass
+        self.reactor.close()
+
+
+class ReadyConn:
+    """`GET` anything on the ready address: 200 LIVE once ready, 503 before."""
+
+    def __init__(self, proxy: Proxy, sock: socket.socket) -> None:
+        self.proxy, self.sock = proxy, sock
+        proxy.reactor.register(sock.fileno(), IN, self)
+
+    def on_event(self, ev: int) -> None:
+        try:
+            self.sock.recv(4096)
+            body = b"LIVE" if self.proxy.ready.is_set() else b"NOT READY"
+            status = b"200 OK" if self.proxy.ready.is_set() else b"503 Service Unavailable"
+            self.sock.send(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
+                           + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        except OSError:
+            pass
+        self.abort("")
+
+    def abort(self, reason: str) -> None:
+        self.proxy.reactor.unregister(self.sock.fileno())
+        self.sock.close()
+
+
+def make_source(cfg: ProxyConfig) -> MeshSource:
+    if cfg.static_source:
+        from .static import StaticSource
+        return StaticSource.from_file(cfg.static_source)
+    from .source import AgentSource
+    return AgentSource(cfg.address or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+    from .config import ConfigError, from_args
+    try:
+        cfg = from_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    source = make_source(cfg)
+    proxy = Proxy(cfg, source)
+    signal.signal(signal.SIGTERM, lambda *_: proxy.reactor.stop())
+    signal.signal(signal.SIGINT, lambda *_: proxy.reactor.stop())
+    try:
+        proxy.run()
+    except OSError as e:
+        print(f"Error: {e.strerror or e}", file=sys.stderr)
+        return 1
+    finally:
+        source.close()
+    return 0

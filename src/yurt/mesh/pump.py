@@ -1,0 +1,411 @@
+"""The hot path: a small epoll reactor and the bidirectional byte pump.
+
+Why not asyncio: measured on the 2-vCPU bench box (wrk -t2 -c50, 1 KiB responses, proxy pair
+with mTLS between), a hand-rolled level-triggered epoll loop over non-blocking sockets did
+~7.0k req/s against ~5.5k for asyncio+uvloop protocols (memory-BIO SSL) and ~5.4k for a thread
+per direction, and moved bulk data faster than uvloop. OpenSSL reads and writes the socket
+directly (ssl.SSLSocket), one shared preallocated buffer serves every read (`recv_into` a
+memoryview; data is copied only when the far side is slow and must buffer it), TCP_NODELAY on.
+
+One thread runs the reactor; other threads (watches, authorization) hand it work through
+`call_soon_threadsafe`, woken by an eventfd.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import select
+import socket
+import ssl
+import time
+from collections import deque
+from typing import Any, Callable
+
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
+ERRS = select.EPOLLHUP | select.EPOLLERR
+BUFSIZE = 256 * 1024
+TLS_RECORD = 16384
+
+WantRead = ssl.SSLWantReadError
+WantWrite = ssl.SSLWantWriteError
+ZeroReturn = ssl.SSLZeroReturnError
+
+
+class Timer:
+    __slots__ = ("when", "fn", "args", "cancelled")
+
+    def __init__(self, when: float, fn: Callable, args: tuple) -> None:
+        self.when, self.fn, self.args, self.cancelled = when, fn, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: "Timer") -> bool:
+        return self.when < other.when
+
+
+class Reactor:
+    def __init__(self) -> None:
+        self.ep = select.epoll()
+        self.handlers: dict[int, Any] = {}
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ep.register(self._efd, IN)
+        self._calls: deque = deque()
+        self._timers: list[Timer] = []
+        self.running = False
+        self.buf = bytearray(BUFSIZE)
+        self.mv = memoryview(self.buf)
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    # -- registration (reactor thread) ----------------------------------------------------
+    def register(self, fd: int, mask: int, handler: Any) -> None:
+        self.handlers[fd] = handler
+        self.ep.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.ep.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            try:
+                self.ep.unregister(fd)
+            except (OSError, ValueError):
+                pass
+
+    def call_later(self, delay: float, fn: Callable, *args: Any) -> Timer:
+        t = Timer(time.monotonic() + delay, fn, args)
+        heapq.heappush(self._timers, t)
+        return t
+
+    # -- any thread -------------------------------------------------------------------------
+    def call_soon_threadsafe(self, fn: Callable, *args: Any) -> None:
+        self._calls.append((fn, args))
+        try:
+            os.eventfd_write(self._efd, 1)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.call_soon_threadsafe(self._stop)
+
+    def _stop(self) -> None:
+        self.running = False
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        self.running = True
+        handlers = self.handlers
+        poll = self.ep.poll
+        efd = self._efd
+        timers = self._timers
+        while self.running:
+            timeout = -1.0
+            if timers:
+                timeout = max(0.0, timers[0].when - time.monotonic())
+            try:
+                events = poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                if fd == efd:
+                    try:
+                        os.eventfd_read(efd)
+                    except OSError:
+                        pass
+                    continue
+                h = handlers.get(fd)
+                if h is not None:
+                    try:
+                        h.on_event(ev)
+                    except Exception as e:  # a bug in one connection must not stop the proxy
+                        self._report(e)
+                        try:
+                            h.abort(f"internal error: {e!r}")
+                        except Exception:
+                            pass
+            calls = self._calls
+            while calls:
+                fn, args = calls.popleft()
+                try:
+                    fn(*args)
+                except Exception as e:
+                    self._report(e)
+            if timers:
+                now = time.monotonic()
+                while timers and timers[0].when <= now:
+                    t = heapq.heappop(timers)
+                    if not t.cancelled:
+                        try:
+                            t.fn(*t.args)
+                        except Exception as e:
+                            self._report(e)
+
+    def _report(self, e: BaseException) -> None:
+        if self.on_error:
+            self.on_error(e)
+
+    def close(self) -> None:
+        self.ep.close()
+        os.close(self._efd)
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+def tcp_shutdown_write(sock: socket.socket) -> None:
+    """Half-close at the TCP level. For an SSLSocket this deliberately bypasses
+    SSLSocket.shutdown (which would drop the TLS layer for the read side too)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class Side:
+    """One socket of a pipe. Owner receives `on_side_event(side, ev)`; the owner changes from
+    the connection-setup object to the Pipe once both ends are established."""
+    __slots__ = ("sock", "fd", "tls", "owner", "mask", "out", "eof", "shut", "other", "reactor")
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, tls: bool, owner: Any, mask: int) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.tls = tls
+        self.owner = owner
+        self.mask = mask
+        self.out: bytes | None = None  # bytes still to write to this socket
+        self.eof = False  # read side finished
+        self.shut = False  # write side shut down
+        self.other: Side | None = None
+        reactor.register(self.fd, mask, self)
+
+    def on_event(self, ev: int) -> None:
+        self.owner.on_side_event(self, ev)
+
+    def abort(self, reason: str) -> None:
+        self.owner.abort(reason)
+
+    def set_mask(self, mask: int) -> None:
+        if mask != self.mask:
+            if self.mask == -1:  # parked: re-arm
+                if not mask:
+                    return
+                self.reactor.ep.register(self.fd, mask)
+            else:
+                self.reactor.modify(self.fd, mask)
+            self.mask = mask
+
+    def park(self) -> None:
+        """Stop all events, HUP included (epoll reports HUP whatever the mask): used while a
+        hung-up socket must wait for the other direction to drain."""
+        if self.mask != -1 and self.fd >= 0:
+            self.reactor.ep.unregister(self.fd)
+            self.mask = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.reactor.unregister(self.fd)
+            self.fd = -1
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+class Pipe:
+    """Two established sides pumping bytes both ways. `a` is the side that connected to us
+    (downstream), `b` the side we dialed. `on_close(pipe, verdict, reason)` is called once."""
+    __slots__ = ("reactor", "a", "b", "a_to_b", "b_to_a", "closed", "on_close", "meta")
+
+    def __init__(self, reactor: Reactor, a: Side, b: Side, on_close: Callable, meta: Any = None) -> None:
+        self.reactor = reactor
+        self.a, self.b = a, b
+        a.other, b.other = b, a
+        a.owner = b.owner = self
+        self.a_to_b = 0
+        self.b_to_a = 0
+        self.closed = False
+        self.on_close = on_close
+        self.meta = meta
+
+    def start(self) -> None:
+        self._update(self.a)
+        self._update(self.b)
+        # Either side may already hold decrypted bytes or have data waiting: read both now.
+        self._read(self.a)
+        if not self.closed:
+            self._read(self.b)
+
+    # -- events ------------------------------------------------------------------------------
+    def on_side_event(self, s: Side, ev: int) -> None:
+        if self.closed:
+            return
+        if ev & OUT and s.out is not None:
+            self._flush(s)
+            if self.closed:
+                return
+        if ev & (IN | ERRS):
+            if s.eof or s.other.out is not None:
+                if ev & select.EPOLLERR:
+                    self.close("allowed", "connection reset")
+                elif ev & select.EPOLLHUP:
+                    s.park()
+                return
+            self._read(s)
+
+    def abort(self, reason: str) -> None:
+        self.close("error", reason)
+
+    # -- pumping -----------------------------------------------------------------------------
+    def _read(self, s: Side) -> None:
+        o = s.other
+        if s.eof or o.out is not None or self.closed:
+            return
+        sock = s.sock
+        buf = self.reactor.buf
+        mv = self.reactor.mv
+        while True:
+            n = 0
+            more = False
+            eof = False
+            if s.tls:
+                # SSL_read hands back one record at a time; gather records into the buffer so the
+                # plain side gets one large send instead of many small ones.
+                limit = BUFSIZE - TLS_RECORD
+                while True:
+                    try:
+                        k = sock.recv_into(mv[n:]) if n else sock.recv_into(buf)
+                    except WantRead:
+                        break
+                    except WantWrite:
+                        break
+                    except ZeroReturn:
+                        eof = True
+                        break
+                    except (ssl.SSLError, OSError) as e:
+                        if n:
+                            break  # deliver what we have; the error repeats on the next read
+                        self.close("allowed", _reason(e))
+                        return
+                    if not k:
+                        eof = True
+                        break
+                    n += k
+                    if n > limit:
+                        more = True
+                        break
+                    if k < TLS_RECORD and not sock.pending():
+                        # a short record: most likely nothing else is queued. Stop here rather
+                        # than pay a read + exception to learn so; epoll is level-triggered and
+                        # reports any further record.
+                        break
+            else:
+                try:
+                    n = sock.recv_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    self.close("allowed", _reason(e))
+                    return
+                if not n:
+                    eof = True
+            if n:
+                if s is self.a:
+                    self.a_to_b += n
+                else:
+                    self.b_to_a += n
+                if not self._send(o, mv[:n]):
+                    if eof:
+                        s.eof = True
+                    self._update(s)
+                    return
+            if eof:
+                self._eof(s)
+                return
+            if not more:
+                return
+
+    def _send(self, o: Side, data: memoryview) -> bool:
+        """Write to o; on a short write keep the rest in o.out and stop reading its feeder.
+        Returns True when everything was written."""
+        try:
+            m = o.sock.send(data)
+        except (BlockingIOError, InterruptedError, WantWrite, WantRead):
+            m = 0
+        except (ssl.SSLError, OSError) as e:
+            self.close("allowed", _reason(e))
+            return False
+        n = len(data)
+        if m >= n:
+            return True
+        # TLS without partial writes is all-or-nothing: the retry must offer the same bytes.
+        o.out = bytes(data) if o.tls else bytes(data[m:])
+        self._update(o)
+        return False
+
+    def _flush(self, s: Side) -> None:
+        data = s.out
+        try:
+            m = s.sock.send(data)
+        except (BlockingIOError, InterruptedError, WantWrite, WantRead):
+            return
+        except (ssl.SSLError, OSError) as e:
+            self.close("allowed", _reason(e))
+            return
+        if m < len(data):
+            if not s.tls:
+                s.out = data[m:]
+            return
+        s.out = None
+        o = s.other
+        if o.eof:
+            self._shut(s)
+            if self.closed:
+                return
+        self._update(s)
+        self._update(o)
+        self._read(o)
+
+    def _eof(self, s: Side) -> None:
+        s.eof = True
+        o = s.other
+        if o.out is None:
+            self._shut(o)
+        if not self.closed:
+            self._update(s)
+
+    def _shut(self, o: Side) -> None:
+        if not o.shut:
+            o.shut = True
+            tcp_shutdown_write(o.sock)
+        if o.eof and o.other.eof and o.out is None and o.other.out is None:
+            self.close("allowed", "")
+
+    def _update(self, s: Side) -> None:
+        if s.fd < 0:
+            return
+        mask = 0
+        if not s.eof and s.other.out is None:
+            mask |= IN
+        if s.out is not None:
+            mask |= OUT
+        s.set_mask(mask)
+
+    def close(self, verdict: str, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.a.close()
+        self.b.close()
+        self.on_close(self, verdict, reason)
+
+
+def _reason(e: BaseException) -> str:
+    from .tls import ssl_reason
+    return ssl_reason(e)

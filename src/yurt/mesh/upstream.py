@@ -1,0 +1,161 @@
+"""Upstream listeners: plain TCP in on 127.0.0.1:<local_bind_port>, mTLS out to a healthy
+instance of the destination's sidecar.
+
+Per connection: pick an instance (least connections) from the live health watch → dial →
+TLS 1.3 handshake presenting our leaf → the server's first URI SAN must be exactly the
+destination's SPIFFE ID (`spiffe://<td>/ns/default/dc/<instance dc>/svc/<dest>`). A failed dial,
+handshake or identity check moves on to another instance (bounded); with no healthy instance
+the client's connection is closed at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+from .balancer import Balancer, Instance
+from .pump import IN, OUT, ERRS, Pipe, Side, set_nodelay
+from .tls import ssl_reason, peer_cert, service_uri
+
+if TYPE_CHECKING:
+    from .config import UpstreamConfig
+    from .proxy import Proxy
+
+MAX_ATTEMPTS = 3
+
+
+class UpstreamConn:
+    def __init__(self, proxy: "Proxy", up: "UpstreamConfig", balancer: Balancer, sock: socket.socket, addr) -> None:
+        self.proxy = proxy
+        self.up = up
+        self.balancer = balancer
+        self.started = time.monotonic()
+        self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        self.client = Side(proxy.reactor, sock, False, self, 0)
+        self.server: Side | None = None
+        self.inst: Instance | None = None
+        self.tried: set = set()
+        self.attempts = 0
+        self.errors: list[str] = []
+        self.done = False
+        self.state = "pick"
+        self.timer = None
+        self._next()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _log(self, verdict: str, reason: str) -> None:
+        self.proxy.log.conn("upstream", self.proxy.cfg.service, self.up.destination, self.peer, 0, 0,
+                            self.started, verdict, reason, attempts=self.attempts)
+
+    def fail(self, reason: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer:
+            self.timer.cancel()
+        if self.server is not None:
+            self.server.close()
+        self.client.close()
+        self._log("error", reason)
+
+    def abort(self, reason: str) -> None:
+        self.fail(reason)
+
+    def _retry(self, reason: str) -> None:
+        self.errors.append(f"{self.inst.address}:{self.inst.port}: {reason}" if self.inst else reason)
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self._next()
+
+    def _next(self) -> None:
+        material = self.proxy.material
+        if material is None:
+            self.fail("proxy not ready: no certificate yet")
+            return
+        if self.attempts >= MAX_ATTEMPTS:
+            self.fail("all attempts failed: " + "; ".join(self.errors))
+            return
+        inst = self.balancer.pick(self.tried)
+        if inst is None:
+            if self.attempts == 0:
+                self.fail(f"no healthy instance of {self.up.destination}")
+            else:
+                self.fail("no instance left to try: " + "; ".join(self.errors))
+            return
+        self.attempts += 1
+        self.tried.add(inst.key)
+        self.inst = inst
+        s = socket.socket(socket.AF_INET6 if ":" in inst.address else socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        set_nodelay(s)
+        err = s.connect_ex((inst.address, inst.port))
+        self.state = "connect"
+        self.server = Side(self.proxy.reactor, s, False, self, OUT)
+        self.timer = self.proxy.reactor.call_later(self.proxy.cfg.connect_timeout, self._timeout)
+        if err not in (0, errno.EINPROGRESS):
+            self._retry(os.strerror(err))
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if not self.done:
+            self._retry(f"timed out in {self.state}")
+
+    # -- events --------------------------------------------------------------------------------
+    def on_side_event(self, side: Side, ev: int) -> None:
+        if self.done:
+            return
+        if side is self.client:
+            if ev & ERRS:
+                self.fail("client went away")
+            return
+        if self.state == "connect":
+            err = side.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._retry(os.strerror(err))
+                return
+            material = self.proxy.material
+            side.sock = material.client.wrap_socket(side.sock, server_side=False,
+                                                    do_handshake_on_connect=False)
+            side.tls = True
+            self.state = "handshake"
+            self.material = material
+        if self.state == "handshake":
+            self._handshake()
+
+    def _handshake(self) -> None:
+        side = self.server
+        try:
+            side.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            side.set_mask(IN)
+            return
+        except ssl.SSLWantWriteError:
+            side.set_mask(OUT)
+            return
+        except ssl.SSLError as e:
+            self._retry(f"tls handshake: {ssl_reason(e)}")
+            return
+        except OSError as e:
+            self._retry(f"tls handshake: {ssl_reason(e)}")
+            return
+        pc = peer_cert(side.sock)
+        want = service_uri(self.material.trust_domain, self.inst.datacenter, self.up.destination)
+        got = pc.uri if pc else ""
+        if got.lower() != want.lower():
+            self._retry(f"server identity {got or '(none)'} is not {want}")
+            return
+        self.done = True
+        if self.timer:
+            self.timer.cancel()
+        self.balancer.acquire(self.inst)
+        pipe = Pipe(self.proxy.reactor, self.client, side, self.proxy.upstream_closed, self)
+        self.proxy.upstream_opened(pipe)
+        pipe.start()
