@@ -16,7 +16,7 @@ def test_seed_gets_one_proxy_task_and_port_per_connect_service():
     assert proxy.name == "connect-proxy-count-api" and proxy.kind == "connect-proxy:count-api"
     assert proxy.lifecycle.hook == "prestart" and proxy.lifecycle.sidecar is True
     assert proxy.driver == "connect-proxy"
-    assert proxy.config["local_service_port"] == 9001
+    assert proxy.config["local_port"] == 9001
     assert proxy.config["listen"] == "0.0.0.0:${NOMAD_PORT_connect_proxy_count_api}"
     assert proxy.resources.cpu < 250 and proxy.resources.memory_mb < 128  # lighter than Envoy's defaults
     assert [(p.label, p.to) for p in api.networks[0].dynamic_ports] == [("connect-proxy-count-api", -1)]

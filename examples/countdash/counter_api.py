@@ -17,6 +17,7 @@ _lock = threading.Lock()
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "counter-api/1"
+    protocol_version = "HTTP/1.1"  # keep-alive: long-lived connections through the mesh
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         global _count

@@ -57,6 +57,7 @@ def fetch_count(url: str) -> dict:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "counter-dashboard/1"
+    protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         if self.path == "/api/count":

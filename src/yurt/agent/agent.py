@@ -61,7 +61,8 @@ class Agent:
                 region=config.region, node_class=config.node_class, node_pool=config.node_pool,
                 meta=dict(config.meta), raw_exec_enabled=config.raw_exec,
                 network_ip="127.0.0.1" if config.bind in ("127.0.0.1", "0.0.0.0", "") else config.bind,
-                http_addr=config.address), YurtClient(server_addr))
+                http_addr=config.address, api_socket=self.api_socket if len(self.api_socket) <= 100 else ""),
+                YurtClient(server_addr))
         self.app = create_app(self)
         self._http: uvicorn.Server | None = None
         self._uds: uvicorn.Server | None = None

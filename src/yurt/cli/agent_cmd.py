@@ -70,8 +70,10 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
     level = {"WARN": "WARNING"}.get(cfg.log_level.upper(), cfg.log_level.upper())
     logging.basicConfig(level=getattr(logging, level, logging.INFO), stream=sys.stderr,
                         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.error"):
+    for noisy in ("httpx", "httpcore", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # uvicorn reports blocking queries still open at shutdown as an error; they are expected
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     out.print(f"==> Yurt agent configuration:\n\n"
               f"       Client: {str(cfg.client).lower()}\n"
               f"    Data Dir: {cfg.data_dir}{' (temporary)' if cfg.dev else ''}\n"

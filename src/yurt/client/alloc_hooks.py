@@ -49,5 +49,6 @@ class AllocDirHook(AllocHook):
 
 def default_hooks() -> list[AllocHook]:
     """The hooks every allocation runs with, in order."""
+    from .network.mesh_inbound import MeshInboundHook
     from .network.network_hook import NetworkHook
-    return [AllocDirHook(), NetworkHook()]
+    return [AllocDirHook(), NetworkHook(), MeshInboundHook()]

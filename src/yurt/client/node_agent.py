@@ -18,6 +18,7 @@ from yurt.api.client import APIError, Unreachable, YurtClient
 from yurt.structs import Allocation, Node, TaskState
 
 from .alloc_runner import AllocRunner
+from .drivers.connect_proxy import ConnectProxyDriver
 from .drivers.exec import ExecDriver
 from .drivers.raw_exec import RawExecDriver
 
@@ -40,13 +41,15 @@ class ClientConfig:
     network_ip: str = "127.0.0.1"
     http_addr: str = ""
     options: dict[str, str] = field(default_factory=dict)
+    api_socket: str = ""   # the agent's API on a unix socket, for sidecar proxies in namespaces
 
 
 class NodeAgent:
     def __init__(self, config: ClientConfig, api: YurtClient) -> None:
         self.config = config
         self.api = api
-        self.drivers = {"raw_exec": RawExecDriver(enabled=config.raw_exec_enabled), "exec": ExecDriver()}
+        self.drivers = {"raw_exec": RawExecDriver(enabled=config.raw_exec_enabled), "exec": ExecDriver(),
+                        "connect-proxy": ConnectProxyDriver(f"unix://{config.api_socket}" if config.api_socket else "")}
         self.node: Node | None = None
         self.runners: dict[str, AllocRunner] = {}
         self._pending: dict[str, dict[str, Any]] = {}

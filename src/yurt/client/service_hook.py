@@ -153,9 +153,15 @@ class ServiceHook(AllocHook):
         upstreams = [{"DestinationType": "service", "DestinationName": u.destination_name,
                       "LocalBindAddress": u.local_bind_address or "127.0.0.1", "LocalBindPort": u.local_bind_port}
                      for u in ((proxy_cfg.upstreams if proxy_cfg else None) or [])]
+        address, port = host_ip, (p.value if p else 0)
+        status = runner.hook_resources.get("network_status") or {}
+        if host_ip.startswith("127.") and isinstance(status, dict) and status.get("Address") and p:
+            # A node that advertises loopback (a dev agent): 127.0.0.1 inside another allocation's
+            # namespace is that namespace itself, so peers reach this sidecar on the bridge.
+            address, port = status["Address"], (p.to if p.to > 0 else p.value)
         return {"ID": f"{sid}-sidecar-proxy", "Name": f"{svc.name}-sidecar-proxy", "Kind": "connect-proxy",
                 "Tags": (sidecar.tags if sidecar.tags is not None else svc.tags) or [],
-                "Address": host_ip, "Port": p.value if p else 0, "AllocID": runner.alloc_id, "NodeID": self.node_id,
+                "Address": address, "Port": port, "AllocID": runner.alloc_id, "NodeID": self.node_id,
                 "Meta": {**(sidecar.meta or {}), "external-source": "yurt", "alloc_id": runner.alloc_id},
                 "Proxy": {"DestinationServiceName": svc.name, "DestinationServiceID": sid,
                           "LocalServiceAddress": "127.0.0.1", "LocalServicePort": local_port,
@@ -171,7 +177,7 @@ class ServiceHook(AllocHook):
         for reg in regs:
             while True:
                 try:
-                    self.api.request("PUT", "/v1/agent/service/register", json=reg)
+                    self.api.register_service(reg)
                     break
                 except Exception as e:  # noqa: BLE001 - retried until the server takes it
                     log.warning("registering service %s failed: %s; retrying", reg["Name"], e)
@@ -185,7 +191,7 @@ class ServiceHook(AllocHook):
                     if c.get("Type") == "alias" and c["CheckID"] == f"{check_id}-alias"]
         for cid in ids:
             try:
-                self.api.request("PUT", f"/v1/agent/check/update/{cid}", json={"Status": status, "Output": output})
+                self.api.update_check(cid, status, output, node=self.node_id or None)
             except Exception as e:  # noqa: BLE001 - the next change reports again
                 log.debug("reporting check %s failed: %s", cid, e)
 
@@ -197,7 +203,7 @@ class ServiceHook(AllocHook):
             checks.stop()
         for sid in ids:
             try:
-                self.api.request("PUT", f"/v1/agent/service/deregister/{sid}")
+                self.api.deregister_service(sid, node=self.node_id or None)
             except Exception as e:  # noqa: BLE001 - the server also drops a stopped alloc's services
                 log.debug("deregistering %s failed: %s", sid, e)
 

@@ -55,8 +55,8 @@ def _inject(group: TaskGroup, service: Service) -> None:
         name=name, driver=PROXY_DRIVER, kind=kind,
         lifecycle=TaskLifecycle(hook="prestart", sidecar=True),
         config={"service": service.name, "listen": f"0.0.0.0:${{NOMAD_PORT_{clean(label)}}}",
-                "local_service_address": (proxy.local_service_address if proxy else "") or "127.0.0.1",
-                "local_service_port": _local_port(group, service), "upstreams": upstreams},
+                "local_addr": (proxy.local_service_address if proxy else "") or "127.0.0.1",
+                "local_port": _local_port(group, service), "upstreams": upstreams},
         resources=Resources(cpu=PROXY_CPU, cores=0, memory_mb=PROXY_MEMORY, memory_max_mb=0, disk_mb=0, secrets_mb=0),
         restart_policy=group.restart_policy, kill_timeout=5 * SECOND, shutdown_delay=5 * SECOND,
         log_config=LogConfig(max_files=2, max_file_size_mb=2, disabled=False))

@@ -1,0 +1,83 @@
+"""Mesh-only inbound: in a group with a Connect sidecar, only the mesh gets in.
+
+Nomad and Consul leave the application's port open on the allocation's address, so anything
+on the bridge can walk around the mesh (and its intentions). Yurt closes the namespace's
+INPUT to everything but loopback, replies, the sidecar's public port and the ports the job
+maps explicitly (`port "x" { to = ... }`), so count-api is reachable only through its proxy.
+The rules live in the allocation's own namespace and go with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from typing import TYPE_CHECKING
+
+from ..alloc_hooks import AllocHook
+from .iptables import IptablesError, binary
+
+if TYPE_CHECKING:
+    from ..alloc_runner import AllocRunner
+
+log = logging.getLogger("yurt.client.network")
+
+CHAIN = "YURT-MESH-IN"
+
+
+def open_ports(runner: "AllocRunner") -> list[int]:
+    """The ports inside the namespace that may be reached from outside it."""
+    ports = {p.label: p for p in runner.alloc.allocated_resources.shared.ports}
+    return sorted({(p.to if p.to > 0 else p.value) for p in ports.values() if p.value})
+
+
+def has_sidecar(runner: "AllocRunner") -> bool:
+    return any(s.has_sidecar for s in runner.group.services or [])
+
+
+def rules(ports: list[int]) -> list[list[str]]:
+    out = [["-i", "lo", "-j", "ACCEPT"],
+           ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+           ["-p", "icmp", "-j", "ACCEPT"]]
+    for port in ports:
+        out.append(["-p", "tcp", "--dport", str(port), "-j", "ACCEPT"])
+        out.append(["-p", "udp", "--dport", str(port), "-j", "ACCEPT"])
+    out.append(["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"])
+    out.append(["-j", "REJECT"])
+    return out
+
+
+def apply(netns_name: str, ports: list[int]) -> None:
+    """(Re)write the namespace's inbound rules; idempotent."""
+    exe = binary()
+    if exe is None:
+        raise IptablesError("iptables is not installed: apt-get install iptables")
+
+    def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["ip", "netns", "exec", netns_name, exe, "-w", *args],
+                              capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            raise IptablesError(f"iptables {' '.join(args)} in namespace {netns_name}: {proc.stderr.strip()}")
+        return proc
+
+    if ipt("-S", CHAIN, check=False).returncode != 0:
+        ipt("-N", CHAIN)
+    ipt("-F", CHAIN)
+    for rule in rules(ports):
+        ipt("-A", CHAIN, *rule)
+    if ipt("-C", "INPUT", "-j", CHAIN, check=False).returncode != 0:
+        ipt("-I", "INPUT", "1", "-j", CHAIN)
+
+
+class MeshInboundHook(AllocHook):
+    """After the network hook: close the namespace to all but the mesh and the mapped ports."""
+
+    name = "mesh_inbound"
+
+    def prerun(self, runner: "AllocRunner") -> None:
+        netns = str(runner.hook_resources.get("netns") or "")
+        if not netns or not has_sidecar(runner):
+            return
+        ports = open_ports(runner)
+        apply(netns.rsplit("/", 1)[-1], ports)
+        log.info("alloc %s: inbound limited to ports %s (mesh-only)", runner.alloc_id[:8],
+                 ", ".join(map(str, ports)) or "none")
