@@ -7,7 +7,7 @@ YURT := $(VENV)/bin/yurt
 # Debian packages the tests and the demo use: the CNI plugins, iptables and iproute2 for bridge networking.
 DEBS := containernetworking-plugins iptables iproute2
 
-.PHONY: test demo deps clean
+.PHONY: test demo bench deps clean
 
 .stamp-debs:
 	@if [ -n "$(DEBS)" ]; then \
@@ -28,10 +28,18 @@ deps: .stamp-debs .stamp-venv
 test: deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# For now the demo shows the job pipeline on the countdash job: validation and its canonical JSON.
+# The countdash job on a dev agent with the service mesh; prints the dashboard's URL and runs
+# until Ctrl-C (DEMO_SECONDS=N to stop by itself). Needs root, like Nomad's -dev-connect.
 demo: deps
-	$(YURT) job validate src/yurt/cli/assets/connect.nomad
-	$(YURT) job run -output src/yurt/cli/assets/connect.nomad | head -40
+	examples/countdash/demo.sh
+
+# Benchmarks (not part of the tests): the scheduler, and the sidecar proxy against HAProxy.
+BENCH_DEBS := nginx haproxy wrk
+bench: deps
+	@missing=$$(for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	$(PY) bench/scheduler.py
+	$(PY) bench/proxy.py
 
 clean:
 	rm -rf $(VENV) .stamp-* build *.egg-info src/*.egg-info

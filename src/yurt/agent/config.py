@@ -49,6 +49,11 @@ class AgentConfig:
         return f"http://{host}:{self.http_port}"
 
     def check(self) -> None:
+        import os
+        import sys
+        if self.dev_connect and (sys.platform != "linux" or os.geteuid() != 0):
+            raise ConfigError("-dev-connect needs root on Linux: the service mesh gives each task group a "
+                              "network namespace and iptables rules; run it with sudo, or use -dev")
         if not (self.server or self.client):
             raise ConfigError("neither server nor client is enabled: set server { enabled = true } "
                               "and/or client { enabled = true }, or use -dev")
