@@ -308,9 +308,10 @@ def test_node_that_misses_its_heartbeat_goes_down_and_its_allocations_move(api):
     assert first["NodeID"] == fake_id  # the affinity put it on the node that will die
     wait_for(lambda: api.get(f"/v1/node/{fake_id}").json()["Status"] == "down", timeout=90, what="node down")
     lost = wait_for(lambda: (lambda a: a if a["ClientStatus"] == "lost" else None)(
-        api.get(f"/v1/allocation/{first['ID']}").json()), what="lost")
+        api.get(f"/v1/allocation/{first['ID']}").json()), timeout=120, what="lost")
     assert lost["DesiredStatus"] == "stop"
-    repl = wait_for(lambda: [a for a in allocs(api, "mover") if a["ClientStatus"] == "running"], what="replacement")
+    repl = wait_for(lambda: [a for a in allocs(api, "mover") if a["ClientStatus"] == "running"], timeout=120,
+                    what="replacement")
     assert repl[0]["NodeID"] == real["ID"] and repl[0]["Name"] == first["Name"]
     api.delete("/v1/job/mover", params={"purge": "true"})
 

@@ -7,65 +7,30 @@ timeouts; nothing asserts how long anything took.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import YURT, run_yurt
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .agent_util import AgentProcess, free_port, wait_for
+from .conftest import run_yurt
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory):
-    """A `yurt agent -dev` on a free port; yields its address; SIGINT (then SIGKILL) at the end."""
-    cwd = tmp_path_factory.mktemp("agent")
-    port = _free_port()
-    address = f"http://127.0.0.1:{port}"
-    log = open(cwd / "agent.log", "wb")
-    proc = subprocess.Popen([*YURT, "agent", "-dev", "-http-port", str(port)], cwd=cwd, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+def agent():
+    """A `yurt agent -dev` on a free port; yields its address; every job purged at the end."""
+    proc = AgentProcess().start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the agent exited with {proc.returncode}:\n{(cwd / 'agent.log').read_text()}")
-            try:
-                body = httpx.get(f"{address}/v1/agent/health", timeout=2).json()
-                nodes = httpx.get(f"{address}/v1/nodes", timeout=2).json()
-                if body.get("client", {}).get("ok") and any(n.get("Status") == "ready" for n in nodes):
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the agent did not become healthy:\n" + (cwd / "agent.log").read_text())
-            time.sleep(0.2)
-        yield address
+        yield proc.url
     finally:
         try:
-            for job in httpx.get(f"{address}/v1/jobs", timeout=5).json():
-                httpx.delete(f"{address}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
+            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
+                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
         except (httpx.HTTPError, ValueError):
             pass
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        log.close()
+        proc.stop()
 
 
 @pytest.fixture
@@ -114,17 +79,6 @@ def write(tmp: Path, name: str, text: str) -> str:
 
 def api(agent: str, path: str, **params):
     return httpx.get(f"{agent}{path}", params=params, timeout=10).json()
-
-
-def wait_for(cond, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def running(agent: str, job: str) -> list[dict]:
@@ -363,7 +317,7 @@ def test_node_status(cli, agent):
 
 
 def test_unreachable_agent(tmp_path):
-    port = _free_port()
+    port = free_port()
     for args in (["job", "status"], ["node", "status"], ["job", "run", write(tmp_path, "j.hcl", web_job("x"))]):
         res = run_yurt(*args, "-address", f"http://127.0.0.1:{port}", cwd=tmp_path)
         assert res.returncode == 1, res.stdout + res.stderr

@@ -11,8 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 
 from yurt.jobspec import load_file
 
-from .agent_util import AgentProcess, allocs, free_port, wait_for
+from .agent_util import AgentProcess, allocs, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from yurt.structs import Allocation, Node, TaskState
 
 from .alloc_runner import AllocRunner
 from .drivers.connect_proxy import ConnectProxyDriver
+from .drivers.docker import DockerDriver
 from .drivers.exec import ExecDriver
 from .drivers.raw_exec import RawExecDriver
 
@@ -49,7 +49,8 @@ class NodeAgent:
         self.config = config
         self.api = api
         self.drivers = {"raw_exec": RawExecDriver(enabled=config.raw_exec_enabled), "exec": ExecDriver(),
-                        "connect-proxy": ConnectProxyDriver(f"unix://{config.api_socket}" if config.api_socket else "")}
+                        "connect-proxy": ConnectProxyDriver(f"unix://{config.api_socket}" if config.api_socket else ""),
+                        "docker": DockerDriver(config.options.get("docker.endpoint", ""), owner=str(config.data_dir))}
         self.node: Node | None = None
         self.runners: dict[str, AllocRunner] = {}
         self._pending: dict[str, dict[str, Any]] = {}
@@ -68,6 +69,9 @@ class NodeAgent:
         removed = reconcile_networks(c.data_dir, set(AllocRunner.persisted_ids(c.data_dir)))
         if removed:
             log.info("removed network leftovers of allocations this client no longer has: %s", ", ".join(removed))
+        orphans = self.drivers["docker"].remove_orphans(set(AllocRunner.persisted_ids(c.data_dir)))
+        if orphans:
+            log.info("removed containers of allocations this client no longer has: %s", ", ".join(orphans))
         self.node = fingerprint_node(c.data_dir, drivers=self.drivers, name=c.node_name, datacenter=c.datacenter,
                                      region=c.region, node_class=c.node_class, node_pool=c.node_pool,
                                      address=c.network_ip, http_addr=c.http_addr, meta=c.meta)

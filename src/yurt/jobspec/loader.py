@@ -6,7 +6,6 @@ Nothing here raises anything but JobspecError for bad input.
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,10 +13,10 @@ from pydantic import BaseModel, ValidationError
 
 from yurt.structs import Job
 
-from .decode import Decoder, _unwrap_optional, schema
+from .decode import Decoder
 from .errors import JobspecError, Path, Position, Problem, errors_only, warnings_only
 from .hcl_eval import Evaluator
-from .hcl_syntax import Block, Body, parse_body
+from .hcl_syntax import Block, parse_body
 from .json_source import parse_json
 from .locate import Locator, _fields, _submodel
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from yurt.scheduler import allocs_fit
-from yurt.structs import Plan, PlanResult
+from yurt.structs import Allocation, Plan, PlanResult
 
 
 class PlanApplier:
