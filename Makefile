@@ -4,12 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 YURT := $(VENV)/bin/yurt
-# Debian packages the tests and the demo use: the CNI plugins, iptables and iproute2 for bridge networking.
-DEBS := containernetworking-plugins iptables iproute2
+# Debian packages the tests and the demo use: the CNI plugins, iptables and iproute2 for bridge networking;
+# podman (with runc) as the container engine behind the docker driver, through its Docker-compatible API.
+DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl
+# The engine the docker driver's tests and `make images` use: podman's socket, unless DOCKER_HOST says otherwise.
+PODMAN_SOCK := /run/podman/podman.sock
+ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
 
-.PHONY: test demo bench deps clean
+.PHONY: test demo bench deps clean podman images
 
-.stamp-debs:
+.stamp-debs: Makefile
 	@if [ -n "$(DEBS)" ]; then \
 	  missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
@@ -20,13 +24,26 @@ DEBS := containernetworking-plugins iptables iproute2
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, hypothesis, nomad'
+	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, hypothesis, nomad, docker'
 	@touch $@
 
 deps: .stamp-debs .stamp-venv
 
-test: deps
-	$(PY) -m pytest -q -p no:cacheprovider
+# podman's Docker API service (configured for this machine, started in the background if not running).
+# Not root: nothing is set up, and the docker driver's tests skip, saying why.
+podman: deps
+	@if [ -n "$(DOCKER_HOST)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then scripts/podman-setup.sh; \
+	else echo "make podman: not root, podman's service is not set up (the docker driver's tests will skip)"; fi
+
+# hashicorpnomad/counter-api:v1, hashicorpnomad/counter-dashboard:v1 and yurt/pause:1, built locally
+# from examples/countdash (no registry needed); kept when present (FORCE=1 rebuilds them).
+images: podman
+	@if [ -n "$(DOCKER_HOST)" ] || [ "$$(id -u)" = 0 ]; then \
+	  DOCKER_HOST=$(ENGINE) $(PY) images/build.py $(if $(FORCE),--force); fi
+
+test: deps images
+	YURT_TEST_DOCKER_HOST=$(ENGINE) $(PY) -m pytest -q -p no:cacheprovider
 
 # The countdash job on a dev agent with the service mesh; prints the dashboard's URL and runs
 # until Ctrl-C (DEMO_SECONDS=N to stop by itself). Needs root, like Nomad's -dev-connect.

@@ -808,10 +808,28 @@ job "x" {
     network {
       hostname = "web"
     }
-    task "t" { driver = "docker" }
+    task "t" {
+      driver = "docker"
+      config { image = "redis:7" }
+    }
   }
 }
 """
     loaded = load(text, FILE)
     assert [str(w.pos) for w in loaded.warnings] == [f"{FILE}:4:7"]
     assert "no effect in host mode" in loaded.warnings[0].message
+
+
+@pytest.mark.parametrize("config, line, fragment", [
+    ('config {\n      image = "redis"\n      portz = ["db"]\n    }', 5, 'unknown docker config key "portz"'),
+    ('config {\n      command = "redis"\n    }', 5, 'the docker driver needs config { image = ... }'),
+    ('config {\n      image = "redis"\n      privileged = "yes"\n    }', 5, 'docker config "privileged" must be a boolean'),
+    ('config {\n      image = "redis"\n      mount {\n        source = "x"\n      }\n    }', 5,
+     'a docker mount needs a "target"'),
+])
+def test_driver_config_is_checked_at_validation(config, line, fragment):
+    text = f'job "x" {{\n  group "g" {{\n    task "t" {{\n      driver = "docker"\n    {config}\n    }}\n  }}\n}}\n'
+    with pytest.raises(JobspecError) as e:
+        load(text, FILE)
+    (p,) = e.value.problems
+    assert str(p.pos) == f"{FILE}:{line}:5" and fragment in p.message, str(p)

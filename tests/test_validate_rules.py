@@ -93,7 +93,8 @@ def kitchen_sink() -> Job:
                           lifecycle=TaskLifecycle(hook="prestart", sidecar=True),
                           resources=Resources(cpu=50, memory_mb=64),
                           log_config=LogConfig(max_files=2, max_file_size_mb=2)))
-    api.tasks.append(task("init", lifecycle=TaskLifecycle(hook="prestart"), driver="raw_exec"))
+    api.tasks.append(task("init", lifecycle=TaskLifecycle(hook="prestart"), driver="raw_exec",
+                          config={"command": "/bin/true"}))
     api.tasks[0].templates = [
         Template(embedded_tmpl="x={{ key \"x\" }}", dest_path="local/x.env", envvars=True),
         Template(source_path="tpl/a.tpl", dest_path="../alloc/shared.conf", change_mode="signal",
@@ -219,7 +220,7 @@ def test_kitchen_sink_is_valid():
 
 
 def test_partially_filled_job_does_not_raise():
-    job = Job(id="j", task_groups=[TaskGroup(name="g", tasks=[Task(name="t", driver="exec",
+    job = Job(id="j", task_groups=[TaskGroup(name="g", tasks=[Task(name="t", driver="exec", config={"command": "x"},
               resources=Resources(), restart_policy=RestartPolicy(), log_config=LogConfig())],
               update=UpdateStrategy(), reschedule_policy=ReschedulePolicy(),
               migrate=MigrateStrategy(), ephemeral_disk=EphemeralDisk(),

@@ -13,6 +13,7 @@ import posixpath
 import re
 
 from yurt.structs import JOB_TYPES, Job, NetworkResource, Task, TaskGroup, Template
+from yurt.structs.driver_config import config_problems
 
 from .errors import Path, Problem
 from .locate import Locator
@@ -298,6 +299,8 @@ def validate_task(r: Report, job: Job, g: TaskGroup, base: Path, t: Task,
     validate_placement(r, base, t, job.type, task_level=True)
     validate_env(r, t.env, base + ("Env",))
     validate_meta(r, t.meta, base + ("Meta",))
+    for key, message in config_problems(t.driver, t.config):
+        r.error(base + ("Config", key), message)
 
 
 def validate_task_timeouts(r: Report, job: Job, g: TaskGroup, base: Path, t: Task) -> None:

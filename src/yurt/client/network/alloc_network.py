@@ -41,6 +41,9 @@ class NetworkSpec:
     cni_paths: tuple[str, ...] = cni.DEFAULT_CNI_PATHS
     cni_config_dirs: tuple[str, ...] = cni.DEFAULT_CNI_CONFIG_DIRS
     check_ports: Any = None                                     # callable run before ADD (port check)
+    # holder(alloc_id, hostname, dns) -> record: creates the namespace at /var/run/netns/<alloc id>
+    # held by something else than `ip netns add` (the docker driver's pause container)
+    holder: Any = None
 
 
 def conflist_for(mode: str, config_dirs: tuple[str, ...]) -> dict[str, Any] | None:
@@ -97,7 +100,7 @@ def setup(data_dir: str | os.PathLike, spec: NetworkSpec) -> NetworkState:
     """Create (or, after a restart, find again) the allocation's network. Raises NetworkError."""
     existing = netstate.load(data_dir, spec.alloc_id)
     if existing is not None:
-        if existing.complete and netns.exists(spec.alloc_id):
+        if existing.complete and netns.exists(spec.alloc_id) and _holder_alive(existing):
             _check(existing)
             _write_resolv_conf(existing, spec.dns)
             return existing
@@ -123,6 +126,9 @@ def setup(data_dir: str | os.PathLike, spec: NetworkSpec) -> NetworkState:
         if spec.mode == "bridge":
             bridge.ensure_admin_chain()
         netstate.save(data_dir, st)  # before anything exists: a crash from here on is undoable
+        if spec.holder is not None:
+            st.holder = spec.holder(spec.alloc_id, spec.hostname, spec.dns)
+            netstate.save(data_dir, st)
         netns.create(spec.alloc_id)
         if conflist is not None:
             st.result = _add(conflist, st)
@@ -152,6 +158,13 @@ def _add(conflist: dict[str, Any], st: NetworkState) -> dict[str, Any]:
             log.info("alloc %s: CNI ADD attempt %d failed (%s); retrying", st.alloc_id, attempt, e)
             time.sleep(random.uniform(0.3, 0.8))
     raise AssertionError("unreachable")
+
+
+def _holder_alive(st: NetworkState) -> bool:
+    if not st.holder:
+        return True
+    from yurt.client import docker_pause
+    return docker_pause.alive(st.holder)
 
 
 def _check(st: NetworkState) -> None:
@@ -194,6 +207,9 @@ def teardown(data_dir: str | os.PathLike, st: NetworkState) -> list[str]:
         netns.delete(st.alloc_id)
     except netns.NetnsError as e:
         errors.append(str(e))
+    if st.holder:
+        from yurt.client import docker_pause
+        errors += docker_pause.release(st.holder)
     if not errors or not netns.exists(st.alloc_id):
         netstate.delete(data_dir, st.alloc_id)
     return errors

@@ -79,7 +79,8 @@ class NetworkHook(AllocHook):
             if mode != "none" else [],
             dns=dns, hostname=self._hostname(runner, network.hostname),
             cni_paths=self.cni_paths, cni_config_dirs=self.cni_config_dirs,
-            check_ports=(lambda: check_host_ports_free(alloc)) if mode != "none" else None)
+            check_ports=(lambda: check_host_ports_free(alloc)) if mode != "none" else None,
+            holder=self._holder(runner))
         st = setup(runner.data_dir, spec)
         runner.hook_resources["netns"] = st.netns
         runner.hook_resources["network_status"] = st.network_status()
@@ -87,6 +88,15 @@ class NetworkHook(AllocHook):
         if st.hostname:
             runner.hook_resources["hostname"] = st.hostname
         runner.hook_env.update(alloc_env(alloc, st.address, st.ifname))
+
+    @staticmethod
+    def _holder(runner: "AllocRunner"):
+        """Groups with container tasks: the namespace is held by the container driver's pause container."""
+        for tr in getattr(runner, "task_runners", {}).values():
+            holder = getattr(tr.driver, "netns_holder", None)
+            if holder is not None:
+                return holder
+        return None
 
     @staticmethod
     def _hostname(runner: "AllocRunner", hostname: str) -> str:

@@ -35,6 +35,7 @@ class NetworkState:
     dns: dict[str, Any] | None = None
     resolv_conf: str = ""
     hostname: str = ""
+    holder: dict[str, Any] | None = None        # what holds the namespace when not `ip netns add` (docker_pause)
 
     @property
     def complete(self) -> bool:
