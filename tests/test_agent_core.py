@@ -329,3 +329,21 @@ def test_parse_and_validate_endpoints(api):
     broken = dict(r.json(), Priority=500)
     res = api.put("/v1/validate/job", json={"Job": broken}).json()
     assert res["ValidationErrors"] and "priority" in res["Error"].lower()
+
+
+def test_dev_agent_stopped_with_sigterm_takes_its_tasks_with_it(tmp_path):
+    agent = AgentProcess().start()
+    try:
+        with agent.api() as api:
+            register(api, sh_job("goner", 'echo $$ > "$NOMAD_ALLOC_DIR/pid"; exec sleep 600'))
+            (alloc,) = wait_for(lambda: [a for a in allocs(api, "goner") if a["ClientStatus"] == "running"],
+                                what="running")
+            data = api.get("/v1/agent/self").json()["config"]["data_dir"]
+        pid_file = f"{data}/client/alloc/{alloc['ID']}/alloc/pid"
+        pid = int(wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read().strip(), what="pid"))
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.proc.wait(timeout=120)
+        assert "Yurt agent stopped" in agent.log()
+        wait_for(lambda: not _alive(pid), timeout=30, what="the task gone with its dev agent")
+    finally:
+        agent.kill()

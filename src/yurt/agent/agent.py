@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -79,8 +80,8 @@ class Agent:
         """Serve until SIGINT/SIGTERM, then shut down in order."""
         if self.server:
             self.server.start()
-        http_config = uvicorn.Config(self.app, host=self.config.bind, port=self.config.http_port,
-                                     log_level="warning", access_log=False, lifespan="off",
+        http_config = uvicorn.Config(self.app, host=self.config.bind, port=self.config.http_port, log_config=None,
+                                     log_level="critical", access_log=False, lifespan="off",
                                      timeout_graceful_shutdown=2)
         self._http = uvicorn.Server(http_config)
         if self.client:
@@ -90,9 +91,16 @@ class Agent:
         self._checks = CheckRunner(YurtClient(self.config.address))
         self._checks.start()
         self._serve_socket()
+        # uvicorn stops on SIGINT/SIGTERM and then re-raises the signal with the handler that was
+        # there before it: with the default SIGTERM handler the process would die right there,
+        # before shutdown() (a dev agent would leave its tasks running). Ours ends run() instead.
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             self._http.run()
+        except _Terminated:
+            pass
         finally:
+            signal.signal(signal.SIGTERM, previous)
             self.shutdown()
         if not self._http.started:
             raise OSError(f"cannot listen on {self.config.bind}:{self.config.http_port}: the address is "
@@ -107,7 +115,7 @@ class Agent:
             Path(self.api_socket).unlink(missing_ok=True)
         except OSError:
             pass
-        config = uvicorn.Config(self.app, uds=self.api_socket, log_level="warning", access_log=False,
+        config = uvicorn.Config(self.app, uds=self.api_socket, log_config=None, log_level="critical", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=2)
         self._uds = uvicorn.Server(config)  # off the main thread: it leaves signals alone
         threading.Thread(target=self._uds.run, name="yurt-api-socket", daemon=True).start()
@@ -140,6 +148,14 @@ class Agent:
             self.store.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class _Terminated(Exception):
+    """SIGTERM: stop the agent in order."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _http(address: str) -> str:
