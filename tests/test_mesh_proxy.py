@@ -472,3 +472,38 @@ def test_openssl_s_client_without_cert_refused_real_process(mesh, tmp_path):
     refused = [x for x in lines if x.get("type") == "conn" and x["verdict"] == "refused"]
     assert refused and "certificate" in refused[0]["reason"].lower(), out + err
     assert proc.returncode == 0, err
+
+
+def test_workers_share_the_public_port_real_processes(mesh, tmp_path):
+    """-workers 2: two processes on one port (SO_REUSEPORT); connections work whichever worker
+    takes them; stopping the first worker stops the other."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    static = tmp_path / "static.json"
+    static.write_text(json.dumps(mesh.ca.static_doc({"api": mesh.ca.leaf("api")})))
+    cfg = tmp_path / "proxy.json"
+    ready = tmp_path / "ready"
+    cfg.write_text(json.dumps({"service": "api", "listen": f"127.0.0.1:{port}", "local_port": mesh.echo.port,
+                               "ready_file": str(ready), "static_source": str(static)}))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg), "-workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(ready.exists, timeout=15, what="proxy process ready")
+        time.sleep(0.5)  # the second worker binds at about the same time
+        ctx = _base(ssl.PROTOCOL_TLS_CLIENT, *(lambda l: (l["CertPEM"], l["PrivateKeyPEM"]))(mesh.ca.leaf("web")),
+                    mesh.ca.root_pem)
+        for i in range(12):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw) as c:
+                c.sendall(f"hello {i}".encode())
+                assert c.recv(100) == f"hello {i}".encode()
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)  # returns once every worker closed stdout
+    assert proc.returncode == 0, err
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert len([x for x in lines if x.get("type") == "conn" and x["verdict"] == "allowed"]) == 12, out
+    assert len([x for x in lines if x.get("event") in ("leaf", "roots")]) >= 2, out  # both workers loaded it

@@ -11,6 +11,7 @@ JSON (every key optional except service):
    "address": "unix:///var/run/yurt/agent.sock",     # the agent's API (else YURT_ADDR)
    "ready_file": "/alloc/tmp/connect-proxy.ready", "ready_addr": "127.0.0.1:19001",
    "handshake_timeout_ms": 10000, "connect_timeout_ms": 3000,
+   "workers": 1,                           # >1: that many processes share the listeners (SO_REUSEPORT)
    "static_source": "/path/static.json"}  # dev/bench only: certificates and routes from a file
 """
 
@@ -49,6 +50,8 @@ class ProxyConfig:
     handshake_timeout: float = 10.0
     connect_timeout: float = 3.0
     static_source: str = ""
+    debug_modules: bool = False  # log the loaded Python modules once ready (footprint checks)
+    workers: int = 1  # reactor processes sharing the listeners (SO_REUSEPORT); 1 = one process
 
     def validate(self) -> "ProxyConfig":
         if not self.service:
@@ -57,6 +60,10 @@ class ProxyConfig:
             raise ConfigError("-local-port is required with -listen: the port of the app behind the proxy")
         if self.listen_port is None and not self.upstreams:
             raise ConfigError("nothing to do: give -listen ADDR:PORT and/or -upstream DEST:PORT")
+        if self.workers < 1:
+            raise ConfigError("-workers must be at least 1")
+        if self.workers > 1 and (self.listen_port == 0 or any(u.local_bind_port == 0 for u in self.upstreams)):
+            raise ConfigError("-workers > 1 needs fixed listener ports (workers share them with SO_REUSEPORT)")
         seen = set()
         for u in self.upstreams:
             key = (u.local_bind_address, u.local_bind_port)
@@ -113,6 +120,8 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
     if "connect_timeout_ms" in doc:
         cfg.connect_timeout = doc["connect_timeout_ms"] / 1000
     cfg.static_source = doc.get("static_source", cfg.static_source)
+    cfg.debug_modules = bool(doc.get("debug_modules", cfg.debug_modules))
+    cfg.workers = int(doc.get("workers", cfg.workers) or 1)
     return cfg
 
 
@@ -131,7 +140,12 @@ def parser() -> argparse.ArgumentParser:
     a("-ready-file", "--ready-file", help="file written once listeners are bound and a valid leaf is loaded")
     a("-ready-addr", "--ready-addr", help="ADDR:PORT answering HTTP 200 LIVE once ready (503 before)")
     a("-config", "--config", help="JSON config file (what the client agent writes)")
+    a("-workers", "--workers", type=int, help=(
+        "proxy processes sharing the listeners through SO_REUSEPORT (default 1). Each worker has "
+        "its own reactor, watches and agent connections; the first one owns the ready file and "
+        "ready address"))
     a("-static-source", "--static-source", help=argparse.SUPPRESS)
+    a("-debug-modules", "--debug-modules", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -164,5 +178,9 @@ def from_args(argv: list[str]) -> ProxyConfig:
         cfg.ready_addr = ns.ready_addr
     if ns.static_source:
         cfg.static_source = ns.static_source
+    if ns.debug_modules:
+        cfg.debug_modules = True
+    if ns.workers is not None:
+        cfg.workers = ns.workers
     cfg.address = cfg.address or os.environ.get("YURT_ADDR", "")
     return cfg.validate()

@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 ACCEPT_BATCH = 64
 
 
-def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def listen(host: str, port: int, backlog: int = 1024, reuseport: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:  # -workers N: the kernel spreads new connections over the workers' sockets
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         s.bind((host, port))
     except OSError as e:

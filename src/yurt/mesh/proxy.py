@@ -53,13 +53,13 @@ class Proxy:
     def bind(self) -> None:
         cfg = self.cfg
         if cfg.listen_port is not None:
-            s = listen(cfg.listen_addr, cfg.listen_port)
+            s = listen(cfg.listen_addr, cfg.listen_port, reuseport=cfg.workers > 1)
             lst = Listener(self, s, lambda sock, addr: InboundConn(self, sock, addr))
             self.public_port = lst.port
             self.listeners.append(lst)
         for up in cfg.upstreams:
             bal = Balancer()
-            s = listen(up.local_bind_address, up.local_bind_port)
+            s = listen(up.local_bind_address, up.local_bind_port, reuseport=cfg.workers > 1)
             lst = Listener(self, s, self._upstream_maker(up, bal))
             self.balancers[lst.port] = bal
             self.upstream_ports[up.destination] = lst.port
@@ -137,6 +137,9 @@ class Proxy:
         self.ready.set()
         self.log.event("ready", service=self.cfg.service, public_port=self.public_port,
                        upstreams=self.upstream_ports)
+        if self.cfg.debug_modules:
+            import sys
+            self.log.event("modules", modules=sorted(sys.modules))
 
     # -- connection registries (reactor thread) -------------------------------------------------
     def inbound_opened(self, pipe: Pipe) -> None:
@@ -250,6 +253,22 @@ def make_source(cfg: ProxyConfig) -> MeshSource:
     return AgentSource(cfg.address or None)
 
 
+def _fork_workers(cfg: ProxyConfig) -> tuple[list[int], bool]:
+    """-workers N: fork N-1 more proxy processes, each binding the same ports with SO_REUSEPORT
+    (the kernel spreads connections over them). Called before any thread exists, so fork is
+    safe. Only the first process keeps the ready file and ready address. Returns (children,
+    is_child)."""
+    children: list[int] = []
+    for _ in range(cfg.workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            cfg.ready_file = ""
+            cfg.ready_addr = ""
+            return [], True
+        children.append(pid)
+    return children, False
+
+
 def main(argv: list[str] | None = None) -> int:
     import sys
     from .config import ConfigError, from_args
@@ -258,15 +277,32 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
+    children, is_child = _fork_workers(cfg) if cfg.workers > 1 else ([], False)
     source = make_source(cfg)
     proxy = Proxy(cfg, source)
     signal.signal(signal.SIGTERM, lambda *_: proxy.reactor.stop())
     signal.signal(signal.SIGINT, lambda *_: proxy.reactor.stop())
+    code = 0
     try:
         proxy.run()
     except OSError as e:
         print(f"Error: {e.strerror or e}", file=sys.stderr)
-        return 1
+        code = 1
     finally:
         source.close()
-    return 0
+        for pid in children:  # the first worker takes the others down with it
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        for pid in children:
+            try:
+                _, status = os.waitpid(pid, 0)
+                if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
+                    code = code or 1
+            except OSError:
+                pass
+    if is_child:
+        sys.stdout.flush()
+        os._exit(code)
+    return code

@@ -77,10 +77,11 @@ class Watch(threading.Thread):
 
 
 # ------------------------------------------------------------------------------------------
-# The product source: the local agent's HTTP API (normally a unix socket) through api.client.
+# The product source: the local agent's HTTP API (normally a unix socket) through the lean
+# stdlib client in agent_client (never yurt.api.client: httpx would cost the sidecar ~10 MB).
 
 def _wait_str(wait: float) -> str:
-    return f"{int(wait)}s"
+    return f"{max(1, int(wait))}s"
 
 
 def _split(result: Any) -> tuple[Any, int]:
@@ -91,46 +92,33 @@ def _split(result: Any) -> tuple[Any, int]:
 
 
 class AgentSource:
-    """MeshSource over `yurt.api.client.YurtClient` (Consul-shaped agent endpoints)."""
+    """MeshSource over the agent's Consul-shaped endpoints. `client` defaults to
+    `agent_client.AgentClient(address)`; anything with the same methods (ca_roots, leaf,
+    health_connect, authorize, get) works, e.g. `yurt.api.client.YurtClient` in tests."""
 
     def __init__(self, address: str | None = None, client: Any = None) -> None:
         if client is None:
-            from yurt.api.client import YurtClient
-            client = YurtClient(address, timeout=WAIT_SECONDS + 30)
+            from .agent_client import AgentClient
+            client = AgentClient(address, timeout=WAIT_SECONDS + 30)
         self.client = client
 
-    def _call(self, method: str, path: str, index: int, wait: float, *args: Any, **params: Any) -> tuple[Any, int]:
-        fn = getattr(self.client, method, None)
-        if fn is not None:
-            return _split(fn(*args, index=index, wait=_wait_str(wait)))
-        return self.client.get(path, index=index, wait=_wait_str(wait), **params)
-
     def roots(self, index: int, wait: float) -> tuple[dict, int]:
-        return self._call("ca_roots", "/v1/agent/connect/ca/roots", index, wait)
+        return _split(self.client.ca_roots(index=index, wait=_wait_str(wait)))
 
     def leaf(self, service: str, index: int, wait: float) -> tuple[dict, int]:
-        return self._call("leaf", f"/v1/agent/connect/ca/leaf/{service}", index, wait, service)
+        return _split(self.client.leaf(service, index=index, wait=_wait_str(wait)))
 
     def intentions(self, service: str, index: int, wait: float) -> tuple[Any, int]:
         return self.client.get("/v1/connect/intentions/match", index=index, wait=_wait_str(wait),
                                by="destination", name=service)
 
     def authorize(self, service: str, client_uri: str, serial: str) -> tuple[bool, str]:
-        fn = getattr(self.client, "authorize", None)
-        if fn is not None:
-            r = fn(service, client_uri, serial)
-        else:
-            r = self.client.request("POST", "/v1/agent/connect/authorize",
-                                    json={"Target": service, "ClientCertURI": client_uri,
-                                          "ClientCertSerial": serial}).json()
+        r = self.client.authorize(service, client_uri, serial) or {}
         return bool(r.get("Authorized")), str(r.get("Reason", ""))
 
     def endpoints(self, destination: str, datacenter: str, index: int, wait: float) -> tuple[list[dict], int]:
-        fn = getattr(self.client, "health_connect", None)
-        if fn is not None:
-            return _split(fn(destination, passing=True, index=index, wait=_wait_str(wait)))
-        return self.client.get(f"/v1/health/connect/{destination}", index=index, wait=_wait_str(wait),
-                               passing="true", dc=datacenter or None)
+        return _split(self.client.health_connect(destination, passing=True, index=index,
+                                                 wait=_wait_str(wait)))
 
     def close(self) -> None:
         try:
