@@ -41,6 +41,7 @@ def cli(agent, tmp_path):
 
 
 def web_job(name: str, count: int = 1, greeting: str = "hello", driver: str = "raw_exec") -> str:
+    image = '\n        image   = "python:3.11"' if driver == "docker" else ""
     return f'''job "{name}" {{
   datacenters = ["dc1"]
   group "web" {{
@@ -54,7 +55,7 @@ def web_job(name: str, count: int = 1, greeting: str = "hello", driver: str = "r
     }}
     task "server" {{
       driver = "{driver}"
-      config {{
+      config {{{image}
         command = "{sys.executable}"
         args    = ["-u", "-m", "http.server", "--bind", "127.0.0.1", "${{NOMAD_PORT_http}}"]
       }}

@@ -58,7 +58,7 @@ def test_two_bridge_allocations_get_their_own_address_and_env(tmp_path):
         assert ra.hook_resources["netns"] == f"/var/run/netns/{a.id}"
         assert ra.hook_resources["network_status"]["InterfaceName"] == "eth0"
         my_port = a.allocated_resources.shared.ports[1].value
-        out = wait_for(lambda: "eth0" in logs(ra, "t") and logs(ra, "t"), what="env dump")
+        out = wait_for(lambda: "inet " in logs(ra, "t") and logs(ra, "t"), what="env dump")
         assert f"NOMAD_ALLOC_IP_http={ip_a}\n" in out
         assert f"NOMAD_ALLOC_ADDR_http={ip_a}:8080\n" in out
         assert "NOMAD_ALLOC_INTERFACE_http=eth0\n" in out
