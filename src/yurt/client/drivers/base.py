@@ -129,3 +129,20 @@ class Driver(Protocol):
         """Re-attach to a task started by an earlier agent; DriverError if it is gone."""
 
     def stats(self, handle: TaskHandle) -> TaskStats: ...
+
+
+def process_stats(pid: int) -> "TaskStats":
+    """CPU seconds and RSS of one process, from /proc (zeros when it is gone)."""
+    import os
+    stats = TaskStats(pids=[pid])
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        stats.cpu_user_seconds = int(rest[11]) / ticks
+        stats.cpu_system_seconds = int(rest[12]) / ticks
+        with open(f"/proc/{pid}/statm") as f:
+            stats.rss_bytes = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        pass
+    return stats

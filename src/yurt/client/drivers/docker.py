@@ -30,7 +30,8 @@ from yurt.structs.driver_config import LIST, MAP, MOUNTS, SCHEMAS, block, config
 
 from .. import docker_pause
 from ..procs import is_alive, read_json, signal_number, write_json_atomic
-from .base import DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats
+from .base import (DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats,
+                   process_stats)
 
 NAME = "docker"
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
@@ -419,18 +420,7 @@ class DockerDriver:
         except DriverError:
             return TaskStats()
         pid = int(state.get("Pid") or 0)
-        stats = TaskStats(pids=[pid] if pid else [])
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                rest = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
-            ticks = os.sysconf("SC_CLK_TCK")
-            stats.cpu_user_seconds = int(rest[11]) / ticks
-            stats.cpu_system_seconds = int(rest[12]) / ticks
-            with open(f"/proc/{pid}/statm") as f:
-                stats.rss_bytes = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            pass
-        return stats
+        return process_stats(pid) if pid else TaskStats()
 
     # --- housekeeping -----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..procs import is_alive, kill_group, read_json, signal_number, write_json_atomic
-from .base import DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats
+from .base import DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats, process_stats
 
 NAME = "raw_exec"
 SPEC_FILE = ".executor-spec.json"
@@ -222,15 +222,4 @@ class RawExecDriver:
         self._reap(handle.executor_pid, wait=5.0)
 
     def stats(self, handle: TaskHandle) -> TaskStats:
-        stats = TaskStats(pids=[handle.pid])
-        try:
-            with open(f"/proc/{handle.pid}/stat", "rb") as f:
-                rest = f.read().decode(errors="replace").rsplit(")", 1)[1].split()
-            ticks = os.sysconf("SC_CLK_TCK")
-            stats.cpu_user_seconds = int(rest[11]) / ticks
-            stats.cpu_system_seconds = int(rest[12]) / ticks
-            with open(f"/proc/{handle.pid}/statm") as f:
-                stats.rss_bytes = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            pass
-        return stats
+        return process_stats(handle.pid)
