@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 YURT := $(VENV)/bin/yurt
 # Debian packages the tests and the demo use: the CNI plugins, iptables and iproute2 for bridge networking;
 # podman (with runc) as the container engine behind the docker driver, through its Docker-compatible API.
-DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl
+DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl
 # The engine the docker driver's tests and `make images` use: podman's socket, unless DOCKER_HOST says otherwise.
 PODMAN_SOCK := /run/podman/podman.sock
 ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -425,9 +424,8 @@ def test_readiness_file_and_endpoint(mesh, tmp_path):
     src.close()
 
 
-@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl binary not installed")
-def test_openssl_s_client_without_cert_refused_real_process(mesh, tmp_path):
-    """A real `python -m yurt.mesh` process (static source file), probed by the real openssl."""
+def proxy_process_config(mesh, tmp_path):
+    """A free port, a proxy config file on a static source for service "api", its ready file, env."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -438,7 +436,12 @@ def test_openssl_s_client_without_cert_refused_real_process(mesh, tmp_path):
     ready = tmp_path / "ready"
     cfg.write_text(json.dumps({"service": "api", "listen": f"127.0.0.1:{port}", "local_port": mesh.echo.port,
                                "ready_file": str(ready), "static_source": str(static)}))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return port, cfg, ready, {**os.environ, "PYTHONPATH": str(SRC)}
+
+
+def test_openssl_s_client_without_cert_refused_real_process(mesh, tmp_path):
+    """A real `python -m yurt.mesh` process (static source file), probed by the real openssl."""
+    port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -477,17 +480,7 @@ def test_openssl_s_client_without_cert_refused_real_process(mesh, tmp_path):
 def test_workers_share_the_public_port_real_processes(mesh, tmp_path):
     """-workers 2: two processes on one port (SO_REUSEPORT); connections work whichever worker
     takes them; stopping the first worker stops the other."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    static = tmp_path / "static.json"
-    static.write_text(json.dumps(mesh.ca.static_doc({"api": mesh.ca.leaf("api")})))
-    cfg = tmp_path / "proxy.json"
-    ready = tmp_path / "ready"
-    cfg.write_text(json.dumps({"service": "api", "listen": f"127.0.0.1:{port}", "local_port": mesh.echo.port,
-                               "ready_file": str(ready), "static_source": str(static)}))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg), "-workers", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
