@@ -222,3 +222,45 @@ def test_the_agent_runs_tcp_checks_of_api_registered_services(api):
     finally:
         listener.close()
         api.put("/v1/agent/service/deregister/tcpweb")
+
+
+def test_the_agent_runs_http_checks_of_api_registered_services(api):
+    """An HTTP check registered through Consul's agent API passes while the endpoint answers
+    2xx and turns critical, with the answer in its output, when it answers 500."""
+    import http.server
+    import threading
+
+    from .agent_util import wait_for
+
+    answer = {"code": 200}
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(answer["code"])
+            self.end_headers()
+            self.wfile.write(b"db ok" if answer["code"] == 200 else b"db down")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/health?deep=1"
+    try:
+        api.put("/v1/agent/service/register", json={
+            "Name": "httpweb", "Port": httpd.server_address[1],
+            "Check": {"HTTP": url, "Interval": "1s", "Timeout": "1s"}})
+
+        def check():
+            (c,) = api.get("/v1/health/checks/httpweb").json()
+            return c
+        passing = wait_for(lambda: (c := check())["Status"] == "passing" and c, timeout=30,
+                           what="the HTTP check to pass")
+        assert passing["Output"] == f"HTTP GET {url}: 200 OK Output: db ok"
+        answer["code"] = 500
+        critical = wait_for(lambda: (c := check())["Status"] == "critical" and c, timeout=30,
+                            what="the HTTP check to turn critical")
+        assert critical["Output"] == f"HTTP GET {url}: 500 Internal Server Error Output: db down"
+    finally:
+        httpd.shutdown()
+        api.put("/v1/agent/service/deregister/httpweb")

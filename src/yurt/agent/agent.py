@@ -87,8 +87,8 @@ class Agent:
         if self.client:
             threading.Thread(target=self._start_client_when_serving, daemon=True).start()
         self.leaf_certs.start()
-        from .check_runner import CheckRunner
-        self._checks = CheckRunner(YurtClient(self.config.address))
+        from .agent_checks import AgentChecks
+        self._checks = AgentChecks(YurtClient(self.config.address))
         self._checks.start()
         self._serve_socket()
         # uvicorn stops on SIGINT/SIGTERM and then re-raises the signal with the handler that was

@@ -9,9 +9,7 @@ from typing import Any
 
 import hcl2
 
-
-class ConfigError(Exception):
-    """A bad agent configuration; the message names the setting and the fix."""
+from yurt.errors import ConfigError
 
 
 @dataclass

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from yurt.server.server import NotFound
+from yurt.errors import NotFound
 from yurt.structs import Allocation
 
-from .common import APIError, block, by_prefix, flag, reply
+from .common import block, by_prefix, flag, reply
 
 router = APIRouter()
 
@@ -38,17 +38,14 @@ async def read_alloc(request: Request, alloc_id: str):
     index = await block(request, store, "allocs")
     alloc = store.alloc(alloc_id)
     if alloc is None:
-        raise APIError(404, "alloc not found")
+        raise NotFound("alloc not found")
     return reply(_full_alloc(alloc), index)
 
 
 @router.put("/v1/allocation/{alloc_id}/stop")
 @router.post("/v1/allocation/{alloc_id}/stop")
 async def stop_alloc(request: Request, alloc_id: str):
-    try:
-        result = request.app.state.agent.server.stop_alloc(alloc_id)
-    except NotFound as e:
-        raise APIError(404, str(e)) from None
+    result = request.app.state.agent.server.stop_alloc(alloc_id)
     return reply(result, result["Index"])
 
 
@@ -66,7 +63,7 @@ async def read_eval(request: Request, eval_id: str):
     index = await block(request, store, "evals")
     ev = store.eval(eval_id)
     if ev is None:
-        raise APIError(404, "eval not found")
+        raise NotFound("eval not found")
     return reply(ev.to_json(), index)
 
 
@@ -91,7 +88,7 @@ async def read_node(request: Request, node_id: str):
     index = await block(request, store, "nodes")
     node = store.node(node_id)
     if node is None:
-        raise APIError(404, "node not found")
+        raise NotFound("node not found")
     body = node.to_json()
     body.pop("SecretID", None)
     return reply(body, index)
@@ -103,6 +100,6 @@ async def node_allocs(request: Request, node_id: str):
     store = request.app.state.agent.store
     index = await block(request, store, "allocs")
     if store.node(node_id) is None:
-        raise APIError(404, "node not found")
+        raise NotFound("node not found")
     allocs = store.allocs_by_node(node_id)
     return reply([a.to_json() for a in allocs], index)

@@ -1,7 +1,9 @@
-"""The one HTTP client for Yurt's API, used by the CLI, the client agent and the proxy.
+"""The HTTP client for Yurt's API, used by the CLI and the client agent. (The sidecar proxy has
+its own stdlib client, `mesh.agent_client`, so that it never imports httpx or pydantic.)
 
-Errors come back as `APIError(status, message)` carrying the server's text; connection problems
-as `Unreachable` with the address, so a CLI can say "is the agent running?".
+An error answer comes back as the `yurt.errors` class the server raised (`NotFound` for a 404,
+`InvalidInput` for a 400, ...) carrying the server's text and `.status`; connection problems as
+`Unreachable` with the address, so a CLI can say "is the agent running?".
 """
 
 from __future__ import annotations
@@ -11,21 +13,9 @@ from typing import Any, Iterator
 
 import httpx
 
+from yurt.errors import Unreachable, error_for_status
+
 DEFAULT_ADDRESS = "http://127.0.0.1:4646"
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class Unreachable(Exception):
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(f"cannot reach the Yurt agent at {address}: {reason}")
-        self.address = address
-
 
 def default_address() -> str:
     return os.environ.get("YURT_ADDR") or os.environ.get("NOMAD_ADDR") or DEFAULT_ADDRESS
@@ -68,7 +58,7 @@ class YurtClient:
         except httpx.HTTPError as e:
             raise Unreachable(self.address, str(e)) from None
         if resp.status_code >= 400:
-            raise APIError(resp.status_code, resp.text.strip())
+            raise error_for_status(resp.status_code, resp.text.strip())
         return resp
 
     def get(self, path: str, *, index: int = 0, wait: str | None = None, **params: Any) -> tuple[Any, int]:
@@ -154,7 +144,7 @@ class YurtClient:
                                    timeout=httpx.Timeout(30.0, read=None)) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise APIError(resp.status_code, resp.text.strip())
+                    raise error_for_status(resp.status_code, resp.text.strip())
                 yield from resp.iter_bytes()
         except httpx.ConnectError as e:
             raise Unreachable(self.address, str(e)) from None
@@ -180,9 +170,6 @@ class YurtClient:
     def ca_roots(self, index: int = 0, wait: str | None = None) -> tuple[dict, int]:
         """{ActiveRootID, TrustDomain, Roots: [...]}, blocking on ?index= when given."""
         return self.get("/v1/agent/connect/ca/roots", index=index, wait=wait)
-
-    def ca_configuration(self) -> dict:
-        return self.get("/v1/connect/ca/configuration")[0]
 
     def set_ca_configuration(self, config: dict, provider: str = "yurt") -> None:
         """A new Config; {"ForceRotation": true} (or a new PrivateKey) rotates the root."""

@@ -1,28 +1,20 @@
-"""What every route shares: Nomad-style errors, blocking queries, index headers, JSON bodies."""
+"""What every route shares: blocking queries, index headers, JSON bodies, write answers.
+
+Errors are raised as `yurt.errors` values and answered by `errors.install` in one place."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from fastapi import HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
+from yurt.errors import InvalidInput
 from yurt.structs import parse_duration
 
 DEFAULT_WAIT = 300.0   # Nomad's default blocking-query wait: 5 minutes
 MAX_WAIT = 600.0       # and its cap: 10 minutes
-
-
-class APIError(HTTPException):
-    """An error Nomad would answer with: a status code and a plain-text body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status_code=status, detail=message)
-
-
-def error_response(status: int, message: str) -> Response:
-    return PlainTextResponse(message, status_code=status)
 
 
 def wait_seconds(request: Request) -> float:
@@ -32,7 +24,7 @@ def wait_seconds(request: Request) -> float:
     try:
         seconds = float(raw) if raw.replace(".", "", 1).isdigit() else parse_duration(raw) / 1e9
     except ValueError:
-        raise APIError(400, f'invalid wait "{raw}": use a duration like "5s" or "1m"') from None
+        raise InvalidInput(f'invalid wait "{raw}": use a duration like "5s" or "1m"') from None
     return max(0.0, min(seconds, MAX_WAIT))
 
 
@@ -41,7 +33,7 @@ def query_index(request: Request) -> int:
     try:
         return max(0, int(raw))
     except ValueError:
-        raise APIError(400, f'invalid index "{raw}": must be a whole number') from None
+        raise InvalidInput(f'invalid index "{raw}": must be a whole number') from None
 
 
 async def block(request: Request, store, table: str | None = None) -> int:
@@ -63,14 +55,22 @@ def reply(body: Any, index: int | None = None, status: int = 200, headers: dict 
     return JSONResponse(body, status_code=status, headers=h)
 
 
-async def json_body(request: Request) -> Any:
+def write_reply(result: dict[str, Any]) -> Response:
+    """The answer to a write: the server's result with Nomad's QueryMeta fields, at its index."""
+    return reply({**result, "KnownLeader": True, "LastContact": 0}, result["Index"])
+
+
+async def json_body(request: Request, *, required: bool = True) -> Any:
+    """The request's JSON; an empty body is an error unless `required=False` (then {})."""
     raw = await request.body()
     if not raw.strip():
-        raise APIError(400, "request body is empty: send a JSON object")
+        if required:
+            raise InvalidInput("request body is empty: send a JSON object")
+        return {}
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise APIError(400, f"request body is not valid JSON: {e}") from None
+        raise InvalidInput(f"request body is not valid JSON: {e}") from None
 
 
 def flag(request: Request, name: str) -> bool:

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
-from .common import flag
-from .consul_common import (agent_of, body_json, cblock, cerror, consul_route, creply,
+from yurt.errors import NotFound
+
+from .common import flag, json_body
+from .consul_common import (agent_of, cblock, consul_route, consul_router, creply,
                             forward_to_server, local_node, node_key)
 
-router = APIRouter()
+router = consul_router()
 
 
 def _catalog(request: Request):
@@ -31,7 +33,7 @@ def _catalog(request: Request):
 @router.put("/v1/agent/service/register")
 @consul_route(forward=False)
 async def register(request: Request):
-    body = await body_json(request)
+    body = await json_body(request)
     node_id, node, address = local_node(request)
     if agent_of(request).server is None:
         if isinstance(body, dict):
@@ -69,7 +71,7 @@ async def agent_service(request: Request, service_id: str):
     index = await cblock(request, "services")
     svc = agent_of(request).store.service(node_key(request), service_id)
     if svc is None:
-        return cerror(request, 404, f'unknown service ID "{service_id}"', index)
+        raise NotFound(f'unknown service ID "{service_id}"')
     return creply(request, svc.agent_json(), index)
 
 
@@ -97,10 +99,10 @@ async def check_ttl(request: Request, verb: str, check_id: str):
     """pass|warn|fail with ?note=, or update with {"Status", "Output"}: how the client's check
     runner reports results."""
     if verb == "update":
-        body = await body_json(request)
+        body = await json_body(request)
         return await _set_check(request, check_id, str(body.get("Status", "")).lower(), body.get("Output"))
     if verb not in ("pass", "warn", "fail"):
-        return cerror(request, 404, f"unknown check operation {verb!r}: use pass, warn, fail or update")
+        raise NotFound(f"unknown check operation {verb!r}: use pass, warn, fail or update")
     return await _set_check(request, check_id, verb, request.query_params.get("note", ""))
 
 

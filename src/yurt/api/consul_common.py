@@ -1,23 +1,21 @@
-"""What the Consul-shaped routes share: X-Consul-* headers on every answer (404s included, as
-python-consul reads X-Consul-Index there too), blocking on the mesh tables, errors as plain text,
-and forwarding to the server when this agent is a client only."""
+"""What the Consul-shaped routes share: X-Consul-* headers on every answer (errors get them from
+`errors.install`, as python-consul reads X-Consul-Index on a 404 too), blocking on the mesh
+tables, and forwarding to the server when this agent is a client only."""
 
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any, Callable, Iterable
 
 import httpx
-from fastapi import Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
-from yurt.server.ca import CAError
-from yurt.server.catalog import CatalogError
-from yurt.server.intentions import IntentionError, IntentionExists
-from yurt.state import NotFound as StateNotFound
+from yurt.errors import Unavailable
 
-from .common import APIError, block
+from .common import block
+
+CONSUL = "consul"   # the tag of the Consul-shaped routers
 
 FORWARDED_HEADERS = ("X-Consul-Index", "X-Consul-KnownLeader", "X-Consul-LastContact",
                      "X-Consul-Default-ACL-Policy", "Content-Type", "X-Nomad-Index")
@@ -45,12 +43,18 @@ def headers(request: Request, index: int | None = None) -> dict[str, str]:
             "X-Consul-LastContact": "0", "X-Consul-Default-ACL-Policy": default_policy(request)}
 
 
+def consul_router() -> APIRouter:
+    """A router for Consul-shaped routes: its errors carry the X-Consul-* headers."""
+    return APIRouter(tags=[CONSUL])
+
+
+def is_consul_route(request: Request) -> bool:
+    route = request.scope.get("route")
+    return CONSUL in (getattr(route, "tags", None) or ())
+
+
 def creply(request: Request, body: Any, index: int | None = None, status: int = 200) -> Response:
     return JSONResponse(body, status_code=status, headers=headers(request, index))
-
-
-def cerror(request: Request, status: int, message: str, index: int | None = None) -> Response:
-    return PlainTextResponse(message, status_code=status, headers=headers(request, index))
 
 
 async def cblock(request: Request, tables: str | Iterable[str]) -> int:
@@ -59,36 +63,15 @@ async def cblock(request: Request, tables: str | Iterable[str]) -> int:
     return await block(request, agent_of(request).store, tables)
 
 
-async def body_json(request: Request, *, required: bool = True) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        if required:
-            raise CatalogError("request body is empty: send a JSON object")
-        return {}
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CatalogError(f"request body is not valid JSON: {e}") from None
-
-
 def consul_route(fn: Callable | None = None, *, forward: bool = True) -> Callable:
-    """Errors become Consul answers (400/404/409 with X-Consul-Index); on a client-only agent
-    the request goes to the server unless `forward=False`."""
+    """On a client-only agent the request goes to the server, unless `forward=False` (the
+    route answers for this agent itself)."""
     def deco(f: Callable) -> Callable:
         @functools.wraps(f)
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Response:
             if forward and agent_of(request).server is None:
                 return await forward_to_server(request)
-            try:
-                return await f(request, *args, **kwargs)
-            except IntentionExists as e:
-                return cerror(request, 409, str(e))
-            except (CatalogError, IntentionError, CAError) as e:
-                return cerror(request, 400, str(e))
-            except StateNotFound as e:
-                return cerror(request, 404, str(e).strip("'\""))
-            except APIError as e:
-                return cerror(request, e.status_code, str(e.detail))
+            return await f(request, *args, **kwargs)
         return wrapper
     return deco(fn) if fn is not None else deco
 
@@ -97,7 +80,7 @@ def server_address(request: Request) -> str:
     agent = agent_of(request)
     addr = getattr(agent, "server_address", "") or (agent.config.servers[0] if agent.config.servers else "")
     if not addr:
-        raise APIError(500, "this agent has no server to ask")
+        raise Unavailable("this agent has no server to ask: give it client { servers = [...] }")
     return addr if "://" in addr else f"http://{addr}"
 
 
@@ -111,7 +94,7 @@ async def forward_to_server(request: Request, body: bytes | None = None,
                                         params={**request.query_params, **(params or {})},
                                         content=body if body is not None else await request.body())
     except httpx.HTTPError as e:
-        return cerror(request, 503, f"cannot reach the server at {url}: {e}")
+        raise Unavailable(f"cannot reach the server at {url}: {e}") from None
     return Response(resp.content, status_code=resp.status_code,
                     headers={k: v for k, v in resp.headers.items() if k.title() in
                              {h.title() for h in FORWARDED_HEADERS}})

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
+from yurt.errors import InvalidInput
 from yurt.server import intentions as ixmod
 from yurt.structs import Intention, parse_service_uri
 
-from .common import query_index, wait_seconds
-from .consul_common import (agent_of, body_json, cblock, cerror, consul_route, creply, headers)
+from .common import json_body, query_index, wait_seconds
+from .consul_common import (agent_of, cblock, consul_route, consul_router, creply, headers)
 
-router = APIRouter()
+router = consul_router()
 
 
 def _ca(request: Request):
@@ -52,7 +53,7 @@ async def ca_config(request: Request):
 async def ca_set_config(request: Request):
     """A changed key (`Config.PrivateKey`) or `Config.ForceRotation: true` rotates the root,
     cross-signed by the old one. Other `Config` keys (LeafCertTTL ...) just apply."""
-    body = await body_json(request)
+    body = await json_body(request)
     state = await asyncio.to_thread(_ca(request).set_configuration, body)
     return creply(request, None, state.modify_index)
 
@@ -61,7 +62,7 @@ async def ca_set_config(request: Request):
 @consul_route
 async def ca_sign(request: Request):
     """A client-only agent has its CSR signed here (the key stays on the client)."""
-    body = await body_json(request)
+    body = await json_body(request)
     cert = await asyncio.to_thread(_ca(request).sign, str(body.get("CSR", "")), body.get("Service") or None)
     return creply(request, cert.to_json(), cert.modify_index)
 
@@ -87,15 +88,15 @@ async def leaf(request: Request, service: str):
 async def authorize(request: Request):
     """May the holder of `ClientCertURI` connect to `Target`? Decided by the intentions that
     match Target and this agent's default policy. The caller has verified the certificate."""
-    body = await body_json(request)
+    body = await json_body(request)
     target = body.get("Target") if isinstance(body, dict) else None
     if not target:
-        return cerror(request, 400, "Target service must be specified")
+        raise InvalidInput("Target service must be specified")
     uri = str(body.get("ClientCertURI") or "")
     sid = parse_service_uri(uri)
     if sid is None:
-        return cerror(request, 400, f'ClientCertURI "{uri}" is not a service SPIFFE ID '
-                                    "(spiffe://<trust-domain>/ns/default/dc/<dc>/svc/<service>)")
+        raise InvalidInput(f'ClientCertURI "{uri}" is not a service SPIFFE ID '
+                           "(spiffe://<trust-domain>/ns/default/dc/<dc>/svc/<service>)")
     agent = agent_of(request)
     default_allow = (agent.config.default_intention_policy or "allow") != "deny"
     if agent.server is not None:

@@ -4,13 +4,14 @@ match and check. Every answer carries X-Consul-Default-ACL-Policy, the default i
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
-from yurt.state import NotFound
+from yurt.errors import InvalidInput, NotFound
 
-from .consul_common import agent_of, body_json, cblock, cerror, consul_route, creply
+from .common import json_body
+from .consul_common import agent_of, cblock, consul_route, consul_router, creply
 
-router = APIRouter()
+router = consul_router()
 
 
 def _ix(request: Request):
@@ -37,7 +38,7 @@ async def list_intentions(request: Request):
 @router.post("/v1/connect/intentions")
 @consul_route
 async def create(request: Request):
-    body = await body_json(request)
+    body = await json_body(request)
     ix = _ix(request).create(body)
     return creply(request, {"ID": ix.id}, ix.modify_index)
 
@@ -47,11 +48,11 @@ async def create(request: Request):
 async def get_exact(request: Request):
     pair = _checked_pair(request)
     if pair is None:
-        return cerror(request, 400, "source and destination are required query parameters")
+        raise InvalidInput("source and destination are required query parameters")
     index = await cblock(request, "intentions")
     ix = _ix(request).get_exact(*pair)
     if ix is None:
-        return cerror(request, 404, f"intention not found: {pair[0]} => {pair[1]}", index)
+        raise NotFound(f"intention not found: {pair[0]} => {pair[1]}")
     return creply(request, ix.public(), index)
 
 
@@ -60,8 +61,8 @@ async def get_exact(request: Request):
 async def put_exact(request: Request):
     pair = _checked_pair(request)
     if pair is None:
-        return cerror(request, 400, "source and destination are required query parameters")
-    ix = _ix(request).upsert_exact(*pair, await body_json(request))
+        raise InvalidInput("source and destination are required query parameters")
+    ix = _ix(request).upsert_exact(*pair, await json_body(request))
     return creply(request, True, ix.modify_index)
 
 
@@ -70,7 +71,7 @@ async def put_exact(request: Request):
 async def delete_exact(request: Request):
     pair = _checked_pair(request)
     if pair is None:
-        return cerror(request, 400, "source and destination are required query parameters")
+        raise InvalidInput("source and destination are required query parameters")
     index = _ix(request).delete_exact(*pair)
     return creply(request, True, index)
 
@@ -81,7 +82,7 @@ async def match(request: Request):
     by = request.query_params.get("by", "")
     names = request.query_params.getlist("name")
     if not names:
-        return cerror(request, 400, "name is a required query parameter")
+        raise InvalidInput("name is a required query parameter")
     index = await cblock(request, "intentions")
     ix = _ix(request)
     return creply(request, {n: [i.public() for i in ix.match(by, n)] for n in names}, index)
@@ -92,7 +93,7 @@ async def match(request: Request):
 async def check(request: Request):
     pair = _checked_pair(request)
     if pair is None:
-        return cerror(request, 400, "source and destination are required query parameters")
+        raise InvalidInput("source and destination are required query parameters")
     allowed, reason = _ix(request).check(*pair)
     return creply(request, {"Allowed": allowed, "Reason": reason},
                   agent_of(request).store.table_index("intentions"))
@@ -104,14 +105,14 @@ async def get_by_id(request: Request, ix_id: str):
     index = await cblock(request, "intentions")
     ix = _ix(request).get(ix_id)
     if ix is None:
-        return cerror(request, 404, f"intention {ix_id!r} not found", index)
+        raise NotFound(f"intention {ix_id!r} not found")
     return creply(request, ix.public(), index)
 
 
 @router.put("/v1/connect/intentions/{ix_id}")
 @consul_route
 async def update_by_id(request: Request, ix_id: str):
-    ix = _ix(request).update(ix_id, await body_json(request))
+    ix = _ix(request).update(ix_id, await json_body(request))
     return creply(request, None, ix.modify_index)
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from yurt.server.server import NotFound
+from yurt.errors import InvalidInput
 from yurt.structs import Allocation, Node
 
-from .common import APIError, json_body, reply
+from .common import json_body, reply, write_reply
 
 router = APIRouter()
 
@@ -25,20 +25,13 @@ async def register_node(request: Request):
     try:
         node = Node.model_validate(body.get("Node", body))
     except ValidationError as e:
-        raise APIError(400, f"invalid node: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
-    try:
-        result = request.app.state.agent.server.register_node(node)
-    except PermissionError as e:
-        raise APIError(403, str(e)) from None
-    return reply(result, result["Index"])
+        raise InvalidInput(f"invalid node: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
+    return write_reply(request.app.state.agent.server.register_node(node))
 
 
 @router.put("/v1/internal/node/{node_id}/heartbeat")
 async def heartbeat(request: Request, node_id: str):
-    try:
-        result = request.app.state.agent.server.heartbeat(node_id)
-    except NotFound as e:
-        raise APIError(404, str(e)) from None
+    result = request.app.state.agent.server.heartbeat(node_id)
     return reply(result, result["Index"])
 
 
@@ -47,11 +40,11 @@ async def update_allocs(request: Request, node_id: str):
     body = await json_body(request)
     items = body.get("Allocs") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise APIError(400, 'the body must be {"Allocs": [...]}')
+        raise InvalidInput('the body must be {"Allocs": [...]}')
     try:
         updates = [Allocation.model_validate({k: v for k, v in item.items() if k in CLIENT_FIELDS})
                    for item in items]
     except (ValidationError, AttributeError) as e:
-        raise APIError(400, f"invalid allocation update: {e}") from None
+        raise InvalidInput(f"invalid allocation update: {e}") from None
     index = request.app.state.agent.server.client_update_allocs(node_id, updates)
     return reply({"Index": index}, index)

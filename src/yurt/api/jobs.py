@@ -6,20 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from yurt.errors import InvalidInput, NotFound
 from yurt.server.admission import InvalidJob, admit_job, parse_job_file
 from yurt.structs import Job
 
-from .common import APIError, block, flag, json_body, reply
+from .common import block, flag, json_body, reply, write_reply
 
 router = APIRouter()
-
-
-def job_from_body(body: Any) -> tuple[Job, list[str]]:
-    """A job in Nomad's JSON, checked exactly like a job file: 400 lists every problem."""
-    try:
-        return admit_job(body)
-    except InvalidJob as e:
-        raise APIError(400, str(e)) from None
 
 
 def _stub(job: Job, summary) -> dict[str, Any]:
@@ -41,7 +34,7 @@ def _ns(request: Request) -> str:
 def _job(request: Request, job_id: str) -> Job:
     job = request.app.state.agent.store.job(_ns(request), job_id)
     if job is None:
-        raise APIError(404, "job not found")
+        raise NotFound("job not found")
     return job
 
 
@@ -62,20 +55,20 @@ def enforce_index(request: Request, body: dict, job: Job) -> None:
     current = request.app.state.agent.store.job(job.namespace or "default", job.id)
     have = current.job_modify_index if current else 0
     if want == 0 and current is not None:
-        raise APIError(400, f"Enforcing job modify index 0: job {job.id} already exists")
+        raise InvalidInput(f"Enforcing job modify index 0: job {job.id} already exists")
     if want != have:
-        raise APIError(400, f"Enforcing job modify index {want}: job exists with conflicting job modify index: {have}")
+        raise InvalidInput(f"Enforcing job modify index {want}: job exists with conflicting job modify index: {have}")
 
 
 @router.put("/v1/jobs")
 @router.post("/v1/jobs")
 async def register(request: Request):
     body = await json_body(request)
-    job, warnings = job_from_body(body)
+    job, warnings = admit_job(body)
     enforce_index(request, body, job)
     result = request.app.state.agent.server.register_job(job)
     result["Warnings"] = "\n".join(warnings)
-    return reply(result, result["Index"])
+    return write_reply(result)
 
 
 @router.put("/v1/jobs/parse")
@@ -83,14 +76,11 @@ async def register(request: Request):
 async def parse(request: Request):
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("JobHCL"), str):
-        raise APIError(400, 'the body must be {"JobHCL": "<job file text>"}')
+        raise InvalidInput('the body must be {"JobHCL": "<job file text>"}')
     variables = body.get("Variables") or {}
     if isinstance(variables, str):
         variables = _parse_var_lines(variables)
-    try:
-        job = parse_job_file(body["JobHCL"], variables, canonical=bool(body.get("Canonicalize")))
-    except InvalidJob as e:
-        raise APIError(400, "\n".join(e.errors)) from None
+    job = parse_job_file(body["JobHCL"], variables, canonical=bool(body.get("Canonicalize")))
     return reply(job.to_json())
 
 
@@ -127,29 +117,29 @@ async def read_job(request: Request, job_id: str):
 @router.post("/v1/job/{job_id}")
 async def update_job(request: Request, job_id: str):
     body = await json_body(request)
-    job, warnings = job_from_body(body)
+    job, warnings = admit_job(body)
     if job.id != job_id:
-        raise APIError(400, f'job ID "{job.id}" does not match the URL ("{job_id}")')
+        raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
     enforce_index(request, body, job)
     result = request.app.state.agent.server.register_job(job)
     result["Warnings"] = "\n".join(warnings)
-    return reply(result, result["Index"])
+    return write_reply(result)
 
 
 @router.delete("/v1/job/{job_id}")
 async def stop_job(request: Request, job_id: str):
     _job(request, job_id)
     result = request.app.state.agent.server.deregister_job(_ns(request), job_id, purge=flag(request, "purge"))
-    return reply(result, result["Index"])
+    return write_reply(result)
 
 
 @router.put("/v1/job/{job_id}/plan")
 @router.post("/v1/job/{job_id}/plan")
 async def plan_job(request: Request, job_id: str):
     body = await json_body(request)
-    job, warnings = job_from_body(body)
+    job, warnings = admit_job(body)
     if job.id != job_id:
-        raise APIError(400, f'job ID "{job.id}" does not match the URL ("{job_id}")')
+        raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
     result = request.app.state.agent.server.plan_job(job, diff=bool(body.get("Diff", True)))
     result["Warnings"] = "\n".join(warnings)
     return reply(result, result.get("Index"))

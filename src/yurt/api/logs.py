@@ -13,7 +13,9 @@ from typing import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .common import APIError, flag
+from yurt.errors import InvalidInput, NotFound
+
+from .common import flag
 
 router = APIRouter()
 
@@ -97,30 +99,30 @@ async def logs(request: Request, alloc_id: str):
     agent = request.app.state.agent
     alloc = agent.store.alloc(alloc_id) if agent.store else None
     if alloc is None:
-        raise APIError(404, "alloc not found")
+        raise NotFound("alloc not found")
     q = request.query_params
     task = q.get("task") or ""
     tg = alloc.job.group(alloc.task_group) if alloc.job else None
     names = [t.name for t in (tg.tasks if tg else [])]
     if not task:
         if len(names) != 1:
-            raise APIError(400, f"must include task name: one of {', '.join(names)}")
+            raise InvalidInput(f"must include task name: one of {', '.join(names)}")
         task = names[0]
     if names and task not in names:
-        raise APIError(400, f'task "{task}" is not in allocation {alloc_id[:8]}: tasks are {", ".join(names)}')
+        raise InvalidInput(f'task "{task}" is not in allocation {alloc_id[:8]}: tasks are {", ".join(names)}')
     kind = q.get("type", "stdout")
     if kind not in ("stdout", "stderr"):
-        raise APIError(400, 'type must be "stdout" or "stderr"')
+        raise InvalidInput('type must be "stdout" or "stderr"')
     origin = q.get("origin", "start")
     if origin not in ("start", "end"):
-        raise APIError(400, 'origin must be "start" or "end"')
+        raise InvalidInput('origin must be "start" or "end"')
     try:
         offset = int(q.get("offset", "0") or 0)
     except ValueError:
-        raise APIError(400, "offset must be a whole number of bytes") from None
+        raise InvalidInput("offset must be a whole number of bytes") from None
     logs_dir = agent.alloc_logs_dir(alloc_id)
     if logs_dir is None:
-        raise APIError(404, f"allocation {alloc_id[:8]} does not run on this agent")
+        raise NotFound(f"allocation {alloc_id[:8]} does not run on this agent")
     cursor = LogCursor(logs_dir, task, kind)
     cursor.seek(origin, offset)
     follow, plain = flag(request, "follow"), flag(request, "plain")

@@ -40,7 +40,8 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
               leaf_cert_ttl: str | None) -> None:
     """Run a Yurt agent."""
     from yurt.agent.agent import Agent
-    from yurt.agent.config import AgentConfig, ConfigError, dev_config, load_file
+    from yurt.agent.config import AgentConfig, dev_config, load_file
+    from yurt.errors import ConfigError
 
     cfg = dev_config() if (dev or dev_connect) else AgentConfig(server=False, client=False)
     cfg.dev_connect = dev_connect

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from yurt.api.client import APIError, Unreachable, YurtClient, default_address
+from yurt.api.client import YurtClient, default_address
+from yurt.errors import Unreachable, YurtError
 
 from .output import EXIT_ERROR, fail, out
 
@@ -31,19 +32,19 @@ def address_option(fn: Callable) -> Callable:
 
 
 def api_errors(fn: Callable) -> Callable:
-    """Turn Unreachable / APIError into `Error: ...` and exit 1."""
+    """Turn an unreachable agent or an error answer into `Error: ...` and exit 1."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except Unreachable as e:
             fail(str(e))
-        except APIError as e:
+        except YurtError as e:
             fail(api_message(e))
     return wrapper
 
 
-def api_message(e: APIError) -> str:
+def api_message(e: YurtError) -> str:
     return e.message or f"the agent answered HTTP {e.status}"
 
 

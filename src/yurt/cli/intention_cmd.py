@@ -10,7 +10,7 @@ import json
 
 import click
 
-from yurt.api.client import APIError
+from yurt.errors import NotFound
 
 from .flags import NomadGroup
 from .format import address_option, api_errors, connect, echo, kv, print_table
@@ -44,9 +44,8 @@ def create_cmd(source: str, destination: str, action: str, description: str, rep
         if not replace:
             try:
                 client.intention_get(source, destination)
-            except APIError as e:
-                if e.status != 404:
-                    raise
+            except NotFound:
+                pass
             else:
                 fail(f"an intention {source} => {destination} already exists; use -replace to replace it")
         client.intention_upsert(source, destination, action, description)
@@ -80,10 +79,8 @@ def get_cmd(source: str, destination: str, address: str | None) -> None:
     with connect(address) as client:
         try:
             ix = client.intention_get(source, destination)
-        except APIError as e:
-            if e.status == 404:
-                fail(f"no intention {source} => {destination}")
-            raise
+        except NotFound:
+            fail(f"no intention {source} => {destination}")
     echo(kv([("Source", ix["SourceName"]), ("Destination", ix["DestinationName"]),
              ("Action", _action(ix)), ("Precedence", ix["Precedence"]),
              ("Description", ix.get("Description")), ("Created At", ix.get("CreatedAt")),
@@ -116,9 +113,7 @@ def delete_cmd(source: str, destination: str, address: str | None) -> None:
     with connect(address) as client:
         try:
             client.intention_get(source, destination)
-        except APIError as e:
-            if e.status == 404:
-                fail(f"no intention {source} => {destination}")
-            raise
+        except NotFound:
+            fail(f"no intention {source} => {destination}")
         client.intention_delete(source, destination)
     echo("Intention deleted.")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from yurt.api.client import APIError, Unreachable
+from yurt.errors import Unreachable, YurtError
 from yurt.jobspec import JobspecError, Loaded, load_file
 
 from .flags import NomadGroup
@@ -195,7 +195,7 @@ def plan_cmd(file: str, verbose: bool, address: str | None, var: tuple[str, ...]
                 resp = client.plan_job(loaded.job.to_document(), diff=True)
             except Unreachable as e:
                 fail(str(e))
-            except APIError as e:
+            except YurtError as e:
                 fail(api_message(e))
     except SystemExit as e:
         raise SystemExit(255 if e.code not in (0, None) else e.code) from None

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from yurt.api.client import APIError, YurtClient
+from yurt.api.client import YurtClient
+from yurt.errors import YurtError
 
 from .flags import NomadCommand, NomadGroup
 from .format import (address_option, api_errors, connect, echo, fmt_time, heading, kv, print_table,
@@ -140,7 +141,7 @@ def eval_status_cmd(eval_id: str, verbose: bool, as_json: bool, address: str | N
                        missing=f'No evaluation(s) with prefix or id "{eval_id}" found')
         try:
             ev, _ = client.evaluation(stub["ID"])
-        except APIError as e:
+        except YurtError as e:
             fail(e.message)
         if as_json:
             echo(json.dumps(ev, indent=4))

@@ -149,9 +149,6 @@ class AllocRunner:
     def client_status(self) -> str:
         return self.status()[0]
 
-    def is_done(self) -> bool:
-        return self._done.is_set()
-
     # --- control ----------------------------------------------------------------------------
 
     def run(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import socket
 import subprocess
 import threading
@@ -191,8 +190,3 @@ class CheckRunner(threading.Thread):
         if status == CRITICAL and current != CRITICAL and count <= spec.failures_before_critical:
             return current
         return status
-
-
-def netns_path(alloc_id: str) -> str:
-    path = f"/var/run/netns/{alloc_id}"
-    return path if os.path.exists(path) else ""

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yurt.api.client import APIError, Unreachable, YurtClient
+from yurt.api.client import YurtClient
+from yurt.errors import NotFound, Unreachable, YurtError
 from yurt.structs import Allocation, Node, TaskState
 
 from .alloc_runner import AllocRunner
@@ -114,15 +115,13 @@ class NodeAgent:
                 self._heartbeat_ttl = max(1.0, result.get("HeartbeatTTL", 10e9) / 1e9)
                 backoff = 0.2
                 self._stop.wait(self._heartbeat_ttl / 2)
-            except APIError as e:
-                if e.status == 404:  # the server forgot us (new data dir): register again
+            except YurtError as e:
+                if isinstance(e, NotFound):  # the server forgot us (new data dir): register again
                     self._registered.clear()
+                elif isinstance(e, Unreachable):
+                    log.debug("server unreachable: %s", e)
                 else:
                     log.warning("heartbeat failed: %s", e.message)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Unreachable as e:
-                log.debug("server unreachable: %s", e)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -146,7 +145,7 @@ class NodeAgent:
         while not self._stop.is_set():
             try:
                 allocs, index = self.api.node_allocations(self.node.id, index=index, wait=WATCH_WAIT)
-            except (APIError, Unreachable) as e:
+            except YurtError as e:
                 log.debug("watching allocations failed: %s", e)
                 self._stop.wait(1.0)
                 continue
@@ -210,7 +209,7 @@ class NodeAgent:
             return
         try:
             self.api.update_allocations(self.node.id, list(batch.values()))
-        except (APIError, Unreachable) as e:
+        except YurtError as e:
             log.debug("sending allocation updates failed: %s; will retry", e)
             with self._pending_lock:
                 for k, v in batch.items():

@@ -22,24 +22,11 @@ import threading
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from yurt.errors import Unreachable, YurtError, error_for_status
+
 DEFAULT_ADDRESS = "http://127.0.0.1:4646"
 DEFAULT_TIMEOUT = 30.0
 BLOCK_MARGIN = 15.0  # seconds added to ?wait= for the socket timeout of a blocking query
-
-
-class AgentError(Exception):
-    """The agent answered with an HTTP error (status >= 400)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class AgentUnreachable(Exception):
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(f"cannot reach the Yurt agent at {address}: {reason}")
-        self.address = address
 
 
 def default_address() -> str:
@@ -147,7 +134,7 @@ class AgentClient:
                 timeout: float | None = None) -> tuple[Any, dict]:
         """One request; returns (decoded JSON body or None, {lower-case header: value})."""
         if self._closed:
-            raise AgentUnreachable(self.address, "client closed")
+            raise Unreachable(self.address, "client closed")
         q = {k: v for k, v in (params or {}).items() if v is not None}
         url = path + ("?" + urlencode(q) if q else "")
         headers = {"Accept": "application/json"}
@@ -171,26 +158,26 @@ class AgentClient:
                 self._drop(conn)
                 if reused and attempt == 0:
                     continue
-                raise AgentUnreachable(self.address, str(e) or type(e).__name__) from None
+                raise Unreachable(self.address, str(e) or type(e).__name__) from None
             except socket.timeout:
                 self._drop(conn)
-                raise AgentUnreachable(self.address, "the request timed out") from None
+                raise Unreachable(self.address, "the request timed out") from None
             except (OSError, http.client.HTTPException) as e:
                 self._drop(conn)
                 reason = "connection refused; is `yurt agent` running?" \
                     if isinstance(e, ConnectionRefusedError) else (str(e) or type(e).__name__)
-                raise AgentUnreachable(self.address, reason) from None
+                raise Unreachable(self.address, reason) from None
             if resp.will_close:
                 self._drop(conn)
             hdrs = {k.lower(): v for k, v in resp.getheaders()}
             if resp.status >= 400:
-                raise AgentError(resp.status, raw.decode("utf-8", "replace").strip())
+                raise error_for_status(resp.status, raw.decode("utf-8", "replace").strip())
             if not raw:
                 return None, hdrs
             try:
                 return json.loads(raw), hdrs
             except ValueError as e:
-                raise AgentError(resp.status, f"invalid JSON from the agent: {e}") from None
+                raise YurtError(f"invalid JSON from the agent: {e}", status=resp.status) from None
         raise AssertionError("unreachable")
 
     def get(self, path: str, *, index: int = 0, wait: Any = None, **params: Any) -> tuple[Any, int]:

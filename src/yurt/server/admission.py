@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from yurt.errors import InvalidInput
 from yurt.jobspec import JobspecError, load
 from yurt.jobspec.defaults import canonicalize
 from yurt.jobspec.loader import prune, to_struct
@@ -16,11 +17,12 @@ from yurt.jobspec.validate import validate
 from yurt.structs import Job
 
 
-class InvalidJob(Exception):
+class InvalidJob(InvalidInput):
     """The body is not a valid job; `errors` lists each problem as "<where>: <what>"."""
 
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("job validation failed:\n" + "\n".join(f"* {e}" for e in errors))
+    def __init__(self, errors: list[str], summary: str = "job validation failed:") -> None:
+        lines = [f"* {e}" for e in errors] if summary else errors
+        super().__init__("\n".join([summary, *lines] if summary else lines))
         self.errors = errors
 
 
@@ -51,4 +53,4 @@ def parse_job_file(text: str, variables: dict[str, Any], canonical: bool) -> Job
     try:
         return load(text, "JobHCL", variables, canonical=canonical).job
     except JobspecError as e:
-        raise InvalidJob([str(p) for p in e.problems]) from None
+        raise InvalidJob([str(p) for p in e.problems], summary="") from None

@@ -5,6 +5,10 @@ workers never schedule the same job at once; the job's later evals wait behind i
 WaitUntil in the future (delayed reschedules) sit in a timer heap until due. Blocked evals
 (placements that failed for lack of capacity) are parked per job and re-enqueued when capacity
 changes: a node joins or comes back, or allocations finish.
+
+A worker acks an eval it processed, or nacks one whose processing failed: a nacked eval is
+handed out again after a delay (1 s, then 20 s, as Nomad), until it has been delivered
+`delivery_limit` times; then `nack` says so and the worker marks it failed.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ import itertools
 import threading
 import time
 from collections import defaultdict, deque
+from typing import Callable
 
 from yurt.structs import Evaluation
 
 JobKey = tuple[str, str]
+
+DELIVERY_LIMIT = 3                          # Nomad's EvalDeliveryLimit
+NACK_DELAYS = (1_000_000_000, 20_000_000_000)  # ns before the 1st and every later redelivery
 
 
 def _key(ev: Evaluation) -> JobKey:
@@ -25,8 +33,13 @@ def _key(ev: Evaluation) -> JobKey:
 
 
 class EvalBroker:
-    def __init__(self, clock=time.time_ns) -> None:
+    def __init__(self, clock: Callable[[], int] = time.time_ns, *, delivery_limit: int = DELIVERY_LIMIT,
+                 nack_delays: tuple[int, int] = NACK_DELAYS) -> None:
         self._clock = clock
+        self._delivery_limit = delivery_limit
+        self._nack_delays = nack_delays
+        self._deliveries: dict[str, int] = {}
+        self._redeliver: set[str] = set()   # nacked evals in the timer heap; their job stays reserved
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._ready: list[tuple[int, int, Evaluation]] = []
@@ -88,6 +101,7 @@ class EvalBroker:
                     _, _, ev = heapq.heappop(self._ready)
                     self._inflight[ev.id] = ev
                     self._job_inflight[_key(ev)] = ev.id
+                    self._deliveries[ev.id] = self._deliveries.get(ev.id, 0) + 1
                     return ev
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -102,33 +116,58 @@ class EvalBroker:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, ev = heapq.heappop(self._delayed)
-            self._push_ready(ev)
+            if ev.id in self._redeliver:
+                self._redeliver.discard(ev.id)
+                heapq.heappush(self._ready, (-ev.priority, next(self._seq), ev))
+            else:
+                self._push_ready(ev)
 
     def ack(self, eval_id: str) -> None:
+        """The eval was processed: it leaves the broker, and its job's next eval may go."""
         with self._cond:
-            ev = self._inflight.pop(eval_id, None)
-            self._known.discard(eval_id)
-            if ev is None:
-                return
-            key = _key(ev)
-            self._job_inflight.pop(key, None)
-            waiting = self._job_waiting.get(key)
-            if waiting:
-                nxt = waiting.popleft()
-                if not waiting:
-                    del self._job_waiting[key]
-                self._push_ready(nxt)
+            self._done(eval_id)
             self._cond.notify_all()
 
-    def nack(self, eval_id: str) -> None:
-        """Give an eval back (its worker failed); it is retried."""
+    def _done(self, eval_id: str) -> None:
+        ev = self._inflight.pop(eval_id, None)
+        self._known.discard(eval_id)
+        self._deliveries.pop(eval_id, None)
+        if ev is None:
+            return
+        key = _key(ev)
+        self._job_inflight.pop(key, None)
+        waiting = self._job_waiting.get(key)
+        if waiting:
+            nxt = waiting.popleft()
+            if not waiting:
+                del self._job_waiting[key]
+            self._push_ready(nxt)
+
+    def nack(self, eval_id: str) -> bool:
+        """Processing failed. True: the eval will be handed out again after a delay (its job's
+        later evals keep waiting behind it). False: it reached the delivery limit and left the
+        broker, as with ack; the caller marks it failed."""
         with self._cond:
-            ev = self._inflight.pop(eval_id, None)
+            ev = self._inflight.get(eval_id)
             if ev is None:
-                return
-            self._job_inflight.pop(_key(ev), None)
-            self._push_ready(ev)
+                return False
+            deliveries = self._deliveries.get(eval_id, 1)
+            if deliveries >= self._delivery_limit:
+                self._done(eval_id)
+                self._cond.notify_all()
+                return False
+            del self._inflight[eval_id]
+            self._job_inflight[_key(ev)] = ""   # still reserved: redelivered before the job's next
+            self._redeliver.add(eval_id)
+            delay = self._nack_delays[0 if deliveries == 1 else 1]
+            heapq.heappush(self._delayed, (self._clock() + delay, next(self._seq), ev))
             self._cond.notify_all()
+            return True
+
+    def deliveries(self, eval_id: str) -> int:
+        """How many times the eval has been handed out so far."""
+        with self._cond:
+            return self._deliveries.get(eval_id, 0)
 
     def close(self) -> None:
         with self._cond:

@@ -18,6 +18,7 @@ import time
 import uuid
 from typing import Any, Callable
 
+from yurt.errors import InvalidInput
 from yurt.structs import CAConfig, CARoot, CAState, IssuedCert, parse_duration, parse_service_uri
 from yurt.structs.connect import service_uri, signing_uri
 
@@ -30,7 +31,7 @@ MAX_LEAF_TTL_NS = 8760 * 3600 * 1_000_000_000
 PROVIDERS = ("yurt", "consul")
 
 
-class CAError(ValueError):
+class CAError(InvalidInput):
     """A request the CA refuses (bad CSR, bad configuration); the message says why."""
 
 

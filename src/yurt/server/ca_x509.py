@@ -11,11 +11,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from yurt.errors import InvalidInput
+
 CROSS_SIGN_VALIDITY = dt.timedelta(days=7)   # Consul's: leaves live at most days
 SKEW = dt.timedelta(minutes=1)               # NotBefore backdating for clock skew
 
 
-class CSRError(ValueError):
+class CSRError(InvalidInput):
     """A certificate signing request the CA refuses; the message says why."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from yurt.errors import InvalidInput
 from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, HealthCheck,
                           ServiceRegistration, format_duration)
 from yurt.structs.catalog import CHECK_STATES, KIND_CONNECT_PROXY, SIDECAR_SUFFIX
@@ -35,7 +36,7 @@ _CONNECT = ("Native", "SidecarService")
 _SEVERITY = {CHECK_PASSING: 0, CHECK_WARNING: 1, CHECK_CRITICAL: 2}
 
 
-class CatalogError(ValueError):
+class CatalogError(InvalidInput):
     """A registration Yurt refuses (400 with this text)."""
 
 

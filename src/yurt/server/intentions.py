@@ -11,16 +11,17 @@ import datetime as dt
 import uuid
 from typing import Any, Iterable
 
-from yurt.state import NotFound, StateError
+from yurt.errors import Conflict, InvalidInput, NotFound
+from yurt.state import StateError
 from yurt.structs import Intention
 from yurt.structs.connect import ACTION_ALLOW, ACTION_DENY, WILDCARD
 
 
-class IntentionError(ValueError):
+class IntentionError(InvalidInput):
     """A bad intention (the API answers 400 with this text)."""
 
 
-class IntentionExists(IntentionError):
+class IntentionExists(Conflict, IntentionError):
     """The legacy create of a pair that already has an intention (409)."""
 
 

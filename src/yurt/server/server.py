@@ -1,7 +1,8 @@
 """The control plane: jobs -> evaluations -> broker -> workers -> plan applier -> allocations.
 
-HTTP handlers call these methods; nothing here knows about HTTP. Every write goes through the
-state store, which stamps it with the next index.
+The API calls these methods; errors are `yurt.errors` values, which the API maps to HTTP. The
+methods answer with Nomad's response bodies (EvalID, Index, ...), since that is what every
+caller sends on. Every write goes through the state store, which stamps it with the next index.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+from yurt.errors import NotFound, PermissionDenied
 from yurt.structs import Allocation, Evaluation, Job, Node
 from yurt.structs.alloc import (ALLOC_DESIRED_STOP, ALLOC_FAILED, ALLOC_LOST, ALLOC_COMPLETE)
 from yurt.structs.evaluation import (EVAL_PENDING, TRIGGER_ALLOC_FAILURE, TRIGGER_ALLOC_STOP,
@@ -28,10 +30,6 @@ from .plan_apply import PlanApplier
 from .worker import Worker
 
 log = logging.getLogger("yurt.server")
-
-
-class NotFound(Exception):
-    """A named object does not exist (the API answers 404 with this text)."""
 
 
 class Server:
@@ -114,7 +112,7 @@ class Server:
         self.broker.drop_job(stored.namespace, stored.id)
         index = self._submit([ev])
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index,
-                "Warnings": "", "Index": index, "KnownLeader": True, "LastContact": 0}
+                "Warnings": "", "Index": index}
 
     def deregister_job(self, namespace: str, job_id: str, purge: bool = False) -> dict[str, Any]:
         job = self.store.job(namespace, job_id)
@@ -127,8 +125,7 @@ class Server:
         self.broker.drop_job(namespace, job_id)
         ev = self._new_eval(job, namespace, job_id, TRIGGER_JOB_DEREGISTER)
         index = self._submit([ev])
-        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index, "Index": index,
-                "KnownLeader": True, "LastContact": 0}
+        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index, "Index": index}
 
     def plan_job(self, job: Job, diff: bool = True) -> dict[str, Any]:
         """A dry run (Nomad's Job.Plan): what the scheduler would do, and the diff; nothing is stored."""
@@ -166,7 +163,7 @@ class Server:
     def register_node(self, node: Node) -> dict[str, Any]:
         old = self.store.node(node.id)
         if old is not None and old.secret_id and node.secret_id != old.secret_id:
-            raise PermissionError("node secret ID does not match")
+            raise PermissionDenied("node secret ID does not match: a node re-registers with the SecretID it first registered with")
         node = node.model_copy(update={"status": NODE_READY, "status_updated_at": int(time.time()),
                                        "status_description": ""})
         index = self.store.upsert_node(node)
@@ -174,7 +171,7 @@ class Server:
         if old is None or old.status != NODE_READY:
             self._capacity_changed(node_evals_for=node.id)
         return {"HeartbeatTTL": int(ttl * 1e9), "Index": index, "NodeModifyIndex": index,
-                "EvalIDs": [], "KnownLeader": True, "LastContact": 0}
+                "EvalIDs": []}
 
     def heartbeat(self, node_id: str) -> dict[str, Any]:
         node = self.store.node(node_id)

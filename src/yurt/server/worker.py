@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 import zlib
+from typing import TYPE_CHECKING
 
-from yurt.scheduler import schedule
+from yurt.scheduler import SchedulerResult, schedule
 from yurt.structs import Evaluation
-from yurt.structs.evaluation import EVAL_BLOCKED, EVAL_COMPLETE, EVAL_FAILED, TRIGGER_MAX_PLANS
+from yurt.structs.evaluation import EVAL_COMPLETE, EVAL_FAILED, TRIGGER_MAX_PLANS
+
+if TYPE_CHECKING:
+    from .server import Server
 
 log = logging.getLogger("yurt.server.worker")
 
@@ -18,7 +21,7 @@ MAX_PLAN_ATTEMPTS = 5
 
 
 class Worker(threading.Thread):
-    def __init__(self, server, n: int) -> None:
+    def __init__(self, server: Server, n: int) -> None:
         super().__init__(name=f"yurt-worker-{n}", daemon=True)
         self.server = server
         self._stop_event = threading.Event()
@@ -35,11 +38,12 @@ class Worker(threading.Thread):
             try:
                 self.process(ev)
             except Exception:  # noqa: BLE001 - a scheduler bug must not kill the worker
-                log.exception("evaluation %s failed", ev.id)
-                self.server.store.upsert_evals([ev.model_copy(update={
-                    "status": EVAL_FAILED, "status_description": "internal error while scheduling; see the agent log",
-                    "modify_time": time.time_ns()})])
-            finally:
+                tries = broker.deliveries(ev.id)
+                log.exception("evaluation %s failed (delivery %d)", ev.id, tries)
+                if not broker.nack(ev.id):
+                    self._failed(ev, f"scheduling failed {tries} times with an internal error; "
+                                     "see the agent log")
+            else:
                 broker.ack(ev.id)
 
     def process(self, ev: Evaluation) -> None:
@@ -56,41 +60,36 @@ class Worker(threading.Thread):
                 break
             log.info("plan for eval %s rejected on %d node(s); re-planning", ev.id[:8], len(applied.rejected_nodes))
         else:
-            ev = ev.model_copy(update={"triggered_by": ev.triggered_by})
-            self._finish(ev, None, failed=f"{TRIGGER_MAX_PLANS}: the plan kept conflicting")
+            self._failed(ev, f"{TRIGGER_MAX_PLANS}: the plan kept conflicting")
             return
         self._finish(ev, result)
 
-    def _finish(self, ev: Evaluation, result, failed: str = "") -> None:
+    def _failed(self, ev: Evaluation, description: str) -> None:
+        self.server.store.upsert_evals([ev.model_copy(update={
+            "status": EVAL_FAILED, "status_description": description, "modify_time": time.time_ns()})])
+
+    def _finish(self, ev: Evaluation, result: SchedulerResult) -> None:
+        """Record the outcome. The scheduler built the blocked eval, if any: a new one for
+        what is still queued, or `ev` itself when a blocked eval still cannot place."""
         now = time.time_ns()
-        updates: list[Evaluation] = []
-        if result is None:
-            updates.append(ev.model_copy(update={"status": EVAL_FAILED, "status_description": failed,
-                                                 "modify_time": now}))
-            self.server.store.upsert_evals(updates)
-            return
-        blocked = None
-        if result.failed_tg_allocs:
-            blocked = Evaluation(
-                id=str(uuid.uuid4()), namespace=ev.namespace, priority=ev.priority, type=ev.type,
-                triggered_by="queued-allocs", job_id=ev.job_id, job_modify_index=ev.job_modify_index,
-                status=EVAL_BLOCKED, status_description="created to place remaining allocations",
-                previous_eval=ev.id, failed_tg_allocs=None, create_time=now, modify_time=now)
-        done = ev.model_copy(update={
-            "status": result.status or EVAL_COMPLETE,
-            "status_description": result.status_description,
-            "failed_tg_allocs": result.failed_tg_allocs or None,
-            "queued_allocations": result.queued,
-            "blocked_eval": blocked.id if blocked else "",
-            "next_eval": result.followup_evals[0].id if result.followup_evals else "",
-            "modify_time": now,
-        })
-        updates.append(done)
-        if blocked:
-            updates.append(blocked)
+        blocked = result.blocked_eval
+        if blocked is not None and blocked.id == ev.id:
+            updates = [blocked]
+        else:
+            updates = [ev.model_copy(update={
+                "status": result.status or EVAL_COMPLETE,
+                "status_description": result.status_description,
+                "failed_tg_allocs": result.failed_tg_allocs or None,
+                "queued_allocations": result.queued,
+                "blocked_eval": blocked.id if blocked else "",
+                "next_eval": result.followup_evals[0].id if result.followup_evals else "",
+                "modify_time": now,
+            })]
+            if blocked is not None:
+                updates.append(blocked)
         updates.extend(result.followup_evals)
         self.server.store.upsert_evals(updates)
-        if blocked:
+        if blocked is not None:
             self.server.broker.block(blocked)
         for follow in result.followup_evals:
             self.server.broker.enqueue(follow)

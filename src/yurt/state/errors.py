@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+from yurt.errors import Conflict, NotFound
 
-class StateError(Exception):
-    """A write that the store refuses; nothing was written."""
+__all__ = ["NotFound", "StateError"]
 
 
-class NotFound(StateError, KeyError):
-    """The object a write names does not exist (job, node, ...)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else "not found"
+class StateError(Conflict):
+    """A write that the store refuses because of what it holds; nothing was written."""

@@ -26,7 +26,8 @@ TRIGGER_FAILED_FOLLOW_UP = "failed-follow-up"
 
 
 class AllocMetric(Struct):
-    """Why placement went as it did (Nomad's AllocMetric)."""
+    """Why placement went as it did (Nomad's AllocMetric). The scheduler counts into one per
+    placement (`filter`, `exhaust`); allocations and failed placements carry it."""
 
     nodes_evaluated: int = 0
     nodes_filtered: int = 0
@@ -48,7 +49,7 @@ class AllocMetric(Struct):
         self.nodes_filtered += 1
         self.constraint_filtered[reason] = self.constraint_filtered.get(reason, 0) + 1
 
-    def exhausted(self, dimension: str) -> None:
+    def exhaust(self, dimension: str) -> None:
         self.nodes_exhausted += 1
         self.dimension_exhausted[dimension] = self.dimension_exhausted.get(dimension, 0) + 1
 
@@ -143,9 +144,6 @@ class PlanResult(Struct):
     refresh_index: int = 0
     alloc_index: int = 0
     rejected_nodes: list[str] = field(factory=list)
-
-    def fully_committed(self, plan: Plan) -> bool:
-        return not self.rejected_nodes
 
 
 class TaskGroupSummary(Struct):

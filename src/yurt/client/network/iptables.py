@@ -87,9 +87,6 @@ class Ruleset:
     def referencing(self, table: str, chain: str) -> list[Rule]:
         return [r for r in self.rules if r.table == table and r.target == chain]
 
-    def in_chain(self, table: str, chain: str) -> list[Rule]:
-        return [r for r in self.rules if r.table == table and r.chain == chain]
-
 
 def save_text() -> str:
     exe = binary("iptables-save")

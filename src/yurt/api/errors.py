@@ -1,0 +1,43 @@
+"""Every error to an HTTP answer, in one place, for both API shapes.
+
+Routes raise `yurt.errors` values (the server's, the store's, or their own for a bad request);
+this maps each to its status with the message as a plain-text body. A Consul-shaped route (its
+router is tagged "consul") also gets the X-Consul-* headers, which Consul's clients read on
+errors too; a Nomad-shaped route gets Nomad's plain answer.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from yurt.errors import InvalidInput, YurtError
+
+from .consul_common import headers, is_consul_route
+
+
+def error_response(request: Request, status: int, message: str) -> Response:
+    if is_consul_route(request):
+        return PlainTextResponse(message, status_code=status, headers=headers(request))
+    return PlainTextResponse(message, status_code=status)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(YurtError)
+    async def yurt_error(request: Request, exc: YurtError) -> Response:
+        return error_response(request, exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            return error_response(request, 404, f"Invalid URL: {request.url.path} is not a Yurt API path")
+        if exc.status_code == 405:
+            return error_response(request, 405, f"Invalid method {request.method} for {request.url.path}")
+        return error_response(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        err = InvalidInput(f"bad request: {exc.errors()[0].get('msg', 'invalid input')}")
+        return error_response(request, err.status, err.message)
