@@ -1,8 +1,10 @@
-"""`yurt connect proxy`: the Connect sidecar proxy (flags parsed by yurt.mesh.config, so the
-lean entry point `python -m yurt.mesh` takes exactly the same flags)."""
+"""`yurt connect proxy`: the Connect sidecar proxy. The command becomes the lean entry point
+`python -m yurt.mesh` (the same process, by exec), which takes exactly these flags: the proxy
+never carries the CLI's imports, and the CLI never imports the mesh's internals."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -20,5 +22,6 @@ def connect_group() -> None:
 def proxy_cmd(args: tuple[str, ...]) -> None:
     """Run the sidecar proxy (-service, -listen, -local-port, -upstream DEST:PORT, -address,
     -ready-file, -ready-addr, -dc, -config FILE). `-h` for details."""
-    from yurt.mesh.proxy import main
-    sys.exit(main(list(args)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "yurt.mesh", *args])

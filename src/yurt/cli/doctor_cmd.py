@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from yurt.client.preflight import bridge_ready, preflight_attributes, run_checks
+from yurt.agent.doctor import diagnose
 
 
 def _table(rows: list[tuple[str, str, str]]) -> str:
@@ -25,11 +25,10 @@ def _table(rows: list[tuple[str, str, str]]) -> str:
 @click.option("-json", "--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor_cmd(as_json: bool) -> int:
     """Check this machine for what running allocations needs (CNI plugins, iptables, namespaces...)."""
-    checks = run_checks()
-    ready = bridge_ready(checks)
+    report = diagnose()
+    checks, ready = report.checks, report.ready
     if as_json:
-        click.echo(json.dumps({"Ready": ready, "Checks": [c.to_json() for c in checks],
-                               "Attributes": preflight_attributes(checks)}, indent=4))
+        click.echo(json.dumps(report.to_json(), indent=4))
     else:
         click.echo(_table([(c.name, c.status, c.detail) for c in checks]))
         problems = [c for c in checks if not c.ok]

@@ -22,6 +22,8 @@ from .alloc_hooks import AllocHook
 from .checks import CRITICAL, PASSING, WARNING, CheckRunner, CheckSpec
 
 if TYPE_CHECKING:
+    from yurt.api.client import YurtClient
+
     from .alloc_runner import AllocRunner
 
 log = logging.getLogger("yurt.client.services")
@@ -38,7 +40,7 @@ def service_id(alloc_id: str, group: str, service: Service) -> str:
 class ServiceHook(AllocHook):
     name = "services"
 
-    def __init__(self, api, node_id: str = "") -> None:
+    def __init__(self, api: YurtClient, node_id: str = "") -> None:
         self.api = api
         self.node_id = node_id
         self._runners: dict[str, CheckRunner] = {}

@@ -1,5 +1,5 @@
 """`python -m yurt.mesh [flags]`: the sidecar proxy without the rest of the CLI loaded
-(same flags as `yurt connect proxy`; this is the lean entry point the client agent should use)."""
+(the flags of `yurt connect proxy`, which execs this; the connect-proxy driver runs it too)."""
 
 import sys
 

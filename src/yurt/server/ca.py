@@ -21,6 +21,7 @@ from typing import Any, Callable
 from yurt.errors import InvalidInput
 from yurt.structs import CAConfig, CARoot, CAState, IssuedCert, parse_duration, parse_service_uri
 from yurt.structs.connect import service_uri, signing_uri
+from yurt.state import StateStore
 
 from . import ca_x509 as x
 
@@ -45,7 +46,7 @@ def leaf_ttl_ns(cfg: CAConfig) -> int:
 
 
 class ConnectCA:
-    def __init__(self, store, datacenter: str = "dc1", *, clock: Callable[[], float] = time.time,
+    def __init__(self, store: StateStore, datacenter: str = "dc1", *, clock: Callable[[], float] = time.time,
                  leaf_cert_ttl: str | None = None) -> None:
         self.store = store
         self.datacenter = datacenter

@@ -17,6 +17,7 @@ from yurt.errors import InvalidInput
 from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, HealthCheck,
                           ServiceRegistration, format_duration)
 from yurt.structs.catalog import CHECK_STATES, KIND_CONNECT_PROXY, SIDECAR_SUFFIX
+from yurt.state import StateStore
 
 SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
 
@@ -94,7 +95,7 @@ def _proxy(raw: Any) -> dict[str, Any]:
 
 
 class Catalog:
-    def __init__(self, store, datacenter: str = "dc1") -> None:
+    def __init__(self, store: StateStore, datacenter: str = "dc1") -> None:
         self.store = store
         self.datacenter = datacenter
 

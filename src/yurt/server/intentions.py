@@ -12,7 +12,7 @@ import uuid
 from typing import Any, Iterable
 
 from yurt.errors import Conflict, InvalidInput, NotFound
-from yurt.state import StateError
+from yurt.state import StateError, StateStore
 from yurt.structs import Intention
 from yurt.structs.connect import ACTION_ALLOW, ACTION_DENY, WILDCARD
 
@@ -72,7 +72,7 @@ def _name(value: Any, what: str) -> str:
 
 
 class Intentions:
-    def __init__(self, store, default_allow: bool = True) -> None:
+    def __init__(self, store: StateStore, default_allow: bool = True) -> None:
         self.store = store
         self.default_allow = default_allow
 

@@ -11,10 +11,11 @@ import threading
 
 from yurt.scheduler import allocs_fit
 from yurt.structs import Allocation, Plan, PlanResult
+from yurt.state import StateStore
 
 
 class PlanApplier:
-    def __init__(self, store) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
         self._lock = threading.Lock()
 

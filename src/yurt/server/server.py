@@ -19,6 +19,7 @@ from yurt.structs.alloc import (ALLOC_DESIRED_STOP, ALLOC_FAILED, ALLOC_LOST, AL
 from yurt.structs.evaluation import (EVAL_PENDING, TRIGGER_ALLOC_FAILURE, TRIGGER_ALLOC_STOP,
                                      TRIGGER_JOB_DEREGISTER, TRIGGER_JOB_REGISTER, TRIGGER_NODE_UPDATE)
 from yurt.structs.node import NODE_DOWN, NODE_READY
+from yurt.state import StateStore
 
 from .broker import EvalBroker
 from .ca import ConnectCA
@@ -33,7 +34,7 @@ log = logging.getLogger("yurt.server")
 
 
 class Server:
-    def __init__(self, store, *, num_workers: int = 2, heartbeat_ttl: float = 10.0,
+    def __init__(self, store: StateStore, *, num_workers: int = 2, heartbeat_ttl: float = 10.0,
                  region: str = "global", datacenter: str = "dc1",
                  default_intention_policy: str = "allow", leaf_cert_ttl: str | None = None) -> None:
         self.store = store
