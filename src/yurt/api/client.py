@@ -70,8 +70,8 @@ class YurtClient:
             q["wait"] = wait or "5m"
             timeout = _seconds(q["wait"]) + 15
         resp = self.request("GET", path, params=q, timeout=timeout)
-        index = resp.headers.get("X-Nomad-Index") or resp.headers.get("X-Consul-Index") or "0"
-        return resp.json(), int(index)
+        new_index = resp.headers.get("X-Nomad-Index") or resp.headers.get("X-Consul-Index") or "0"
+        return resp.json(), int(new_index)
 
     def put(self, path: str, body: Any = None, **params: Any) -> Any:
         return self.request("PUT", path, json=body, params={k: v for k, v in params.items() if v is not None}).json()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from yurt.errors import Unreachable, YurtError
-from yurt.jobspec import JobspecError, Loaded, load_file
+from yurt.jobspec import JobspecError, Loaded, load_file, read_variables
 
 from .flags import NomadGroup
 from .format import address_option, api_errors, api_message, connect
@@ -38,8 +38,6 @@ def _variables(var: tuple[str, ...], var_file: tuple[str, ...]) -> dict[str, Any
 
 
 def _read_var_file(path: str) -> dict[str, Any]:
-    from yurt.jobspec.hcl_eval import Evaluator
-    from yurt.jobspec.hcl_syntax import parse_body
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -51,9 +49,7 @@ def _read_var_file(path: str) -> dict[str, Any]:
         except (ValueError, TypeError) as e:
             fail(f"{path}: not a JSON object of variable values ({e})")
     try:
-        body = parse_body(text, path)
-        ev = Evaluator(path, text + "\n")
-        return {a.name: ev.evaluate(a.expr) for a in body.attributes}
+        return read_variables(text, path)
     except JobspecError as e:
         show_problems(e.problems, path)
         raise SystemExit(EXIT_ERROR) from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import typing
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -54,7 +54,7 @@ def _unwrap_optional(t: Any) -> Any:
     return t
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema(model: type[BaseModel]) -> dict[str, tuple[FieldSpec, ...]]:
     """HCL name -> the fields it may decode into (a `port` block is two: reserved, dynamic)."""
     out: dict[str, list[FieldSpec]] = {}
@@ -71,7 +71,8 @@ def schema(model: type[BaseModel]) -> dict[str, tuple[FieldSpec, ...]]:
             kind = "label"
         elif isinstance(t, type) and issubclass(t, BaseModel):
             kind, sub = "block", t
-        elif origin is list and isinstance(typing.get_args(t)[0], type) and issubclass(typing.get_args(t)[0], BaseModel):
+        elif origin is list and isinstance(typing.get_args(t)[0], type) \
+                and issubclass(typing.get_args(t)[0], BaseModel):
             kind, sub = "blocks", typing.get_args(t)[0]
         elif origin is dict:
             kind = "map"
@@ -135,7 +136,8 @@ class Decoder:
         label_fields = [f for fs in spec.values() for f in fs if f.kind == "label"]
         if label_fields:
             if len(block.labels) != 1:
-                self.error(block.pos, where, f'{block.type} needs exactly one name: write {block.type} "name" {{ ... }}')
+                self.error(block.pos, where,
+                           f'{block.type} needs exactly one name: write {block.type} "name" {{ ... }}')
             else:
                 doc[label_fields[0].json] = block.labels[0]
                 self.positions[path + (label_fields[0].json,)] = block.label_pos[0]
@@ -251,8 +253,8 @@ class Decoder:
         key = "DynamicPorts"
         if static is not None:
             value = self.ev.evaluate(static.expr)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0 or \
-                    isinstance(value, str) and value.isdigit() and int(value) > 0:
+            if (isinstance(value, int) and not isinstance(value, bool) and value > 0) or \
+                    (isinstance(value, str) and value.isdigit() and int(value) > 0):
                 key = "ReservedPorts"
         items = doc.setdefault(key, [])
         items.append(self.block(Port, blk, path + (key, len(items)), _join(where, "port" + label)))

@@ -13,15 +13,16 @@ mutate what they get.
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from yurt.structs import (ChangeScript, CheckRestart, EphemeralDisk, Job, LogConfig,
-                          MigrateStrategy, NetworkResource, ReschedulePolicy, Resources,
-                          RestartPolicy, Service, ServiceCheck, SidecarTask, Struct, Task,
-                          TaskGroup, Template, UpdateStrategy)
+from yurt.structs import (Affinity, ChangeScript, CheckRestart, Constraint, ConsulConnect,
+                          EphemeralDisk, Job, LogConfig, MigrateStrategy, NetworkResource,
+                          ReschedulePolicy, Resources, RestartPolicy, Service, ServiceCheck,
+                          SidecarTask, Spread, Struct, Task, TaskGroup, Template, UpdateStrategy)
 from yurt.structs.duration import HOUR, MINUTE, SECOND
 
 S = TypeVar("S", bound=Struct)
+T = TypeVar("T")
 
 DEFAULT_REGION = "global"
 DEFAULT_NAMESPACE = "default"
@@ -84,10 +85,6 @@ def default_log_config() -> LogConfig:
     return LogConfig(max_files=10, max_file_size_mb=10, disabled=False)
 
 
-def default_resources() -> Resources:
-    return Resources(cpu=100, cores=0, memory_mb=300, memory_max_mb=0, disk_mb=0, secrets_mb=0)
-
-
 # --- merging ----------------------------------------------------------------------------------
 
 def merge(base: S | None, override: S | None) -> S | None:
@@ -104,7 +101,7 @@ def merge(base: S | None, override: S | None) -> S | None:
     return out
 
 
-def _copy(value):
+def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return list(value)
     if isinstance(value, dict):
@@ -112,7 +109,7 @@ def _copy(value):
     return value
 
 
-def _none_if_empty(value):
+def _none_if_empty(value: T) -> T | None:
     return value or None
 
 
@@ -140,7 +137,8 @@ def canonicalize(job: Job) -> Job:
     return job
 
 
-def _placement(constraints, affinities, spreads=None) -> None:
+def _placement(constraints: list[Constraint] | None, affinities: list[Affinity] | None,
+               spreads: list[Spread] | None = None) -> None:
     for c in constraints or []:
         c.operand = c.operand or DEFAULT_OPERAND
     for a in affinities or []:
@@ -153,7 +151,7 @@ def _placement(constraints, affinities, spreads=None) -> None:
 
 
 def _group(job: Job, group: TaskGroup) -> None:
-    jtype = job.type
+    jtype = job.type or DEFAULT_TYPE  # set by canonicalize already
     if group.count is None:
         group.count = 1
     group.ephemeral_disk = merge(default_ephemeral_disk(), group.ephemeral_disk)
@@ -278,7 +276,7 @@ def _service(s: Service, job: Job, group: TaskGroup, task: Task | None) -> None:
     for check in s.checks or []:
         _check(check, s)
     if s.connect is not None:
-        _connect(s)
+        _connect(s, s.connect)
 
 
 def _check(c: ServiceCheck, s: Service) -> None:
@@ -310,8 +308,7 @@ def _merge_check_restart(service: CheckRestart | None,
     return out
 
 
-def _connect(s: Service) -> None:
-    connect = s.connect
+def _connect(s: Service, connect: ConsulConnect) -> None:
     sidecar = connect.sidecar_service
     if sidecar is not None:
         if not sidecar.tags:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 Path = tuple  # JSON path in the job: ("TaskGroups", 0, "Services", 1, "PortLabel")
 
@@ -45,7 +45,7 @@ class JobspecError(Exception):
         return "\n".join(str(p) for p in self.problems)
 
     @classmethod
-    def one(cls, pos: Position, message: str, where: str = "") -> "JobspecError":
+    def one(cls, pos: Position, message: str, where: str = "") -> JobspecError:
         return cls([Problem(pos, where, message)])
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import hcl2
 from lark import Token, Tree
@@ -260,7 +261,7 @@ class Evaluator:
     def _interpolate_one(self, node: Tree, inner: str) -> str:
         try:
             tree = hcl2.parses_to_tree(f"x = {inner}\n")
-        except Exception:
+        except Exception:  # noqa: BLE001 - what python-hcl2 cannot parse stays literal text
             return "${" + inner + "}"
         expr = trees(trees(trees(tree)[0])[0])[-1]
         sub = Evaluator(self.file, f"x = {inner}\n", self.variables, self._local_exprs, self.base_dir)
@@ -279,7 +280,8 @@ class Evaluator:
         for elem in trees(node):
             if elem.data != "object_elem":
                 continue
-            key_node, val_node = [c for c in trees(elem)][0], [c for c in trees(elem)][-1]
+            kids = trees(elem)
+            key_node, val_node = kids[0], kids[-1]
             out[self._key(key_node)] = self.value(val_node)
         return out
 
@@ -350,7 +352,7 @@ class Evaluator:
         if index.data == "short_index":
             key: Any = int(str(index.children[-1]))
         else:
-            key = self.value([c for c in trees(index) if c.data != "new_line_or_comment"][0])
+            key = self.value(next(c for c in trees(index) if c.data != "new_line_or_comment"))
         if isinstance(base, Unknown) or isinstance(key, Unknown):
             return Unknown(self.source(node))
         try:
@@ -473,7 +475,7 @@ class Evaluator:
         intro = parts[0]
         cond = next((p for p in parts if p.data == "for_cond"), None)
         body = [p for p in parts[1:] if p.data != "for_cond"]
-        cond_expr = [c for c in trees(cond) if c.data != "new_line_or_comment"][0] if cond else None
+        cond_expr = next(c for c in trees(cond) if c.data != "new_line_or_comment") if cond else None
         return intro, body, cond_expr
 
     def _for_scopes(self, intro: Tree) -> list[dict[str, Any]]:

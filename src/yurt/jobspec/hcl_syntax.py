@@ -29,7 +29,7 @@ class Attribute:
 class Block:
     type: str
     labels: list[str]
-    body: "Body"
+    body: Body
     pos: Position
     label_pos: list[Position] = field(default_factory=list)
 
@@ -149,7 +149,8 @@ def parse_body(text: str, file: str) -> Body:
         raise JobspecError.one(Position(file, line, col),
                                f"invalid HCL: unexpected {_describe_token(e.token)}{hint}") from None
     except UnexpectedCharacters as e:
-        ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
+        pos = e.pos_in_stream
+        ch = text[pos] if pos is not None and 0 <= pos < len(text) else "?"
         hint = _syntax_hint(text, e.line, e.column, None, []) if ch != "'" else "; strings use double quotes"
         if hint.startswith("; a block is not closed"):
             hint = ""

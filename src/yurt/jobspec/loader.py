@@ -66,6 +66,14 @@ def finish(doc: dict[str, Any], locator: Locator, *, canonical: bool = True) -> 
     return Loaded(job, warnings_only(problems), locator)
 
 
+def load_document(doc: Any, source: str = "request body", *, canonical: bool = True) -> Loaded:
+    """A job already decoded from JSON (the ``Job`` of an API body ``{"Job": {...}}``) -> a
+    validated Job, defaults filled when canonical. With no text behind it, problems name the
+    path in the job (``group "api" > service "x" > port``) and `source` instead of a line."""
+    doc = prune(doc, Job)
+    return finish(doc, Locator(source, {}, doc), canonical=canonical)
+
+
 # -- text -----------------------------------------------------------------------------------
 
 def _decode_text(source: str | bytes, file: str) -> str:
@@ -101,6 +109,13 @@ def _looks_like_json(text: str, file: str) -> bool:
 
 
 # -- HCL ------------------------------------------------------------------------------------
+
+def read_variables(text: str, file: str) -> dict[str, Any]:
+    """A variables file in HCL (``name = value`` lines, what ``-var-file`` takes) -> the values."""
+    body = parse_body(text, file)
+    ev = Evaluator(file, text + "\n")
+    return {a.name: ev.evaluate(a.expr) for a in body.attributes}
+
 
 def read_hcl(text: str, file: str, variables: dict[str, Any],
              base_dir: str | None = None) -> tuple[dict[str, Any], Locator]:
@@ -180,8 +195,9 @@ def _variable_values(declared: dict[str, _Var], given: dict[str, Any], file: str
     values: dict[str, Any] = {}
     for name, value in given.items():
         if name not in declared:
-            problems.append(Problem(Position(file, 1, 1), "", f'a value was given for variable "{name}", '
-                                                              f'which the file does not declare: add variable "{name}" {{}}'))
+            problems.append(Problem(Position(file, 1, 1), "",
+                                    f'a value was given for variable "{name}", '
+                                    f'which the file does not declare: add variable "{name}" {{}}'))
             continue
         values[name] = _typed(value, declared[name], problems)
     for name, var in declared.items():

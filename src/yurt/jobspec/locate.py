@@ -9,7 +9,7 @@ says where that is in words a job author recognises: `group "api" > service "cou
 from __future__ import annotations
 
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -32,7 +32,7 @@ _NAMED = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fields(model: type[BaseModel]) -> dict[str, tuple[str, Any]]:
     """JSON name -> (HCL name, annotation) for a struct."""
     out = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
+from typing import Any
 
 from yurt.structs import JOB_TYPES, Job, NetworkResource, Task, TaskGroup, Template
 from yurt.structs.driver_config import config_problems
@@ -148,7 +150,7 @@ def validate_group_tasks(r: Report, g: TaskGroup, base: Path) -> None:
                                    '(one without a lifecycle block)')
 
 
-def _inherited(mine, parent, check) -> list[Issue]:
+def _inherited(mine: Any, parent: Any, check: Callable[[Any], list[Issue]]) -> list[Issue]:
     """Issues of a policy, without those already reported for the policy it was merged from."""
     return check(parent) if parent is not None and mine is not None else []
 

@@ -18,6 +18,12 @@ def connect_services(group: TaskGroup) -> list[tuple[int, Service]]:
     return [(i, s) for i, s in enumerate(group.services or []) if s.connect is not None]
 
 
+def _sidecar_proxy(s: Service) -> ConsulProxy | None:
+    """The proxy block of a connect service's sidecar_service, if both are written."""
+    sidecar = s.connect.sidecar_service if s.connect is not None else None
+    return sidecar.proxy if sidecar is not None else None
+
+
 def validate_connect(r: Report, job: Job, group: TaskGroup, s: Service, path: Path,
                      group_level: bool) -> None:
     """One service's connect block; group-wide rules are in validate_group_connect."""
@@ -140,7 +146,7 @@ def validate_group_connect(r: Report, job: Job, gi: int, group: TaskGroup) -> No
     base = ("TaskGroups", gi)
     services = connect_services(group)
     sidecars = [(i, s) for i, s in services if s.has_sidecar]
-    gateways = [(i, s) for i, s in services if s.connect.gateway is not None]
+    gateways = [(i, s) for i, s in services if s.connect is not None and s.connect.gateway is not None]
     nets = group.networks or []
     if sidecars or gateways:
         first = sidecars[0] if sidecars else gateways[0]
@@ -157,8 +163,8 @@ def validate_group_connect(r: Report, job: Job, gi: int, group: TaskGroup) -> No
     if sidecars and group.name != group.name.lower():
         r.error(base + ("Name",), f'group "{group.name}" has a connect sidecar, so its name must be '
                                   f'lowercase: rename it "{group.name.lower()}"')
-    tproxies = [(i, s) for i, s in sidecars if s.connect.sidecar_service.proxy is not None
-                and s.connect.sidecar_service.proxy.transparent_proxy is not None]
+    tproxies = [(i, s) for i, s in sidecars
+                if (proxy := _sidecar_proxy(s)) is not None and proxy.transparent_proxy is not None]
     if tproxies and len(services) > 1:
         i = tproxies[0][0]
         r.error(base + ("Services", i, "Connect", "SidecarService", "Proxy", "TransparentProxy"),
@@ -173,7 +179,7 @@ def _validate_upstream_listeners(r: Report, group: TaskGroup, base: Path,
     app_ports = _app_ports(group)
     seen: dict[str, str] = {}
     for si, s in sidecars:
-        proxy = s.connect.sidecar_service.proxy
+        proxy = _sidecar_proxy(s)
         for ui, u in enumerate((proxy.upstreams if proxy else None) or []):
             upath = base + ("Services", si, "Connect", "SidecarService", "Proxy", "Upstreams", ui)
             if u.local_bind_socket_path:

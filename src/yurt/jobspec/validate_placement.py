@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from yurt.structs import Affinity, Constraint, Spread
+from yurt.structs import Affinity, Constraint, Job, Spread, Task, TaskGroup
 
 from .errors import Path
 from .validate_common import Report
@@ -15,7 +15,8 @@ CONSTRAINT_OPERATORS = COMPARISONS + SET_OPERATORS + (
     "distinct_hosts", "distinct_property", "regexp", "version", "semver", "is_set", "is_not_set")
 AFFINITY_OPERATORS = COMPARISONS + SET_OPERATORS + ("regexp", "version", "semver")
 
-_VERSION = r"v?[0-9]+(?:\.[0-9]+)*(?:-?[0-9A-Za-z\-~]+(?:\.[0-9A-Za-z\-~]+)*)?(?:\+[0-9A-Za-z\-~]+(?:\.[0-9A-Za-z\-~]+)*)?"
+_VERSION = (r"v?[0-9]+(?:\.[0-9]+)*(?:-?[0-9A-Za-z\-~]+(?:\.[0-9A-Za-z\-~]+)*)?"
+            r"(?:\+[0-9A-Za-z\-~]+(?:\.[0-9A-Za-z\-~]+)*)?")
 _VERSION_PART = re.compile(r"^\s*(=|!=|>=|<=|>|<|~>)?\s*(" + _VERSION + r")\s*$")
 _SEMVER_PART = re.compile(r"^\s*(=|!=|>=|<=|>|<)?\s*(" + _VERSION + r")\s*$")
 
@@ -119,7 +120,7 @@ def validate_spread(r: Report, s: Spread, path: Path) -> None:
                                           'lower them so the sum is at most 100')
 
 
-def validate_placement(r: Report, base: Path, owner, job_type: str | None,
+def validate_placement(r: Report, base: Path, owner: Job | TaskGroup | Task, job_type: str | None,
                        task_level: bool = False) -> None:
     """constraint, affinity and spread blocks of a job, group or task (`owner`)."""
     for i, c in enumerate(owner.constraints or []):

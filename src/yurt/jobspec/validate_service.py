@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlparse
 
-from yurt.structs import Job, Service, ServiceCheck, Task, TaskGroup
+from yurt.structs import CheckRestart, Job, Service, ServiceCheck, Task, TaskGroup
 
 from .errors import Path
 from .validate_common import (MAX_PORT, SECOND, Report, dur, group_mode, group_ports,
@@ -102,7 +102,7 @@ def _validate_service_port(r: Report, group: TaskGroup, s: Service, path: Path) 
                                        'or use a number')
 
 
-def _validate_check_restart(r: Report, cr, path: Path) -> None:
+def _validate_check_restart(r: Report, cr: CheckRestart, path: Path) -> None:
     if cr.limit < 0:
         r.error(path + ("Limit",), f'check_restart limit {cr.limit} is negative: use 0 or more')
     if cr.grace is not None and cr.grace < 0:

@@ -7,9 +7,11 @@ A target is either a literal or an interpolation: ``${node.unique.id}``, ``${nod
 
 from __future__ import annotations
 
+import operator
 import re
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
+from typing import Any
 
 from yurt.structs import Node
 
@@ -61,16 +63,16 @@ def _to_float(v: str) -> float | None:
         return None
 
 
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt}
+
+
 def check_order(op: str, left: str, right: str) -> bool:
+    """Numbers compare as numbers when both sides are numbers, else as strings."""
+    cmp = _ORDER.get(op, operator.ge)
     lf, rf = _to_float(left), _to_float(right)
-    a, b = (lf, rf) if lf is not None and rf is not None else (left, right)
-    if op == "<":
-        return a < b
-    if op == "<=":
-        return a <= b
-    if op == ">":
-        return a > b
-    return a >= b
+    if lf is not None and rf is not None:
+        return cmp(lf, rf)
+    return cmp(left, right)
 
 
 # --- versions (hashicorp/go-version for "version", strict semver ordering for "semver") -------
@@ -84,7 +86,7 @@ class Version:
     def __init__(self, segments: tuple[int, ...], pre: str, nseg: int) -> None:
         self.segments, self.pre, self.nseg = segments, pre, nseg
 
-    def cmp(self, other: "Version") -> int:
+    def cmp(self, other: Version) -> int:
         if self.segments != other.segments:
             return -1 if self.segments < other.segments else 1
         return _cmp_pre(self.pre, other.pre)
@@ -107,7 +109,7 @@ def _cmp_pre(a: str, b: str) -> int:
     if not b:
         return -1
     pa, pb = a.split("."), b.split(".")
-    for x, y in zip(pa, pb):
+    for x, y in zip(pa, pb, strict=False):
         if x == y:
             continue
         xd, yd = x.isdigit(), y.isdigit()
@@ -201,7 +203,7 @@ def check_operator(op: str, left: str | None, lfound: bool, right: str | None, r
         return lfound
     if op == "is_not_set":
         return not lfound
-    if not (lfound and rfound):
+    if not (lfound and rfound) or left is None or right is None:  # found: not None, said twice for mypy
         return False
     if op in ("<", "<=", ">", ">="):
         return check_order(op, left, right)

@@ -7,20 +7,22 @@ is already placed and are checked for every placement.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from enum import Enum
 from fnmatch import fnmatchcase
-from typing import Callable
+from typing import Final
 
 from yurt.structs import Constraint, Job, Node, TaskGroup
 
 from .constraints import (DISTINCT_HOSTS, DISTINCT_PROPERTY, compile_constraint, describe,
                           resolve_target)
 
-_UNSET = object()
+class _Unset(Enum):
+    UNSET = 0
+
+
+_UNSET: Final = _Unset.UNSET  # a cache miss (None is a cached answer: feasible)
 CNI_PLUGINS = ("bridge", "firewall", "host-local", "loopback", "portmap")
-
-
-def dc_matches(datacenter: str, patterns: list[str]) -> bool:
-    return any(p == "*" or p == datacenter or fnmatchcase(datacenter, p) for p in patterns)
 
 
 def _is_glob(p: str) -> bool:

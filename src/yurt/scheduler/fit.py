@@ -6,7 +6,7 @@ node of a plan against the latest state before committing it.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from yurt.structs import Allocation, Node
 

@@ -14,16 +14,18 @@ from typing import Any
 from yurt.structs import (AllocatedCpuResources, AllocatedMemoryResources, AllocatedResources,
                           AllocatedSharedResources, AllocatedTaskResources, Allocation,
                           AllocMetric, DesiredTransition, DesiredUpdates, Evaluation, Job, Node,
-                          Plan, PlanAnnotations)
+                          Plan, PlanAnnotations, ReschedulePolicy)
 
 from . import reschedule
 from .ports import host_ip, port_mappings
 from .reconcile import Place, Reconciled, reconcile
-from .stack import Group, Metric, NodeUsage, Stack
+from .stack import Group, NodeUsage, Stack
+from .state import SchedulerState
 from .util import ALLOC_RESCHEDULED, ALLOC_UPDATING, new_id
 
 UNSUPPORTED = "system jobs are not supported yet"
 BLOCKED_DESCRIPTION = "created to place remaining allocations"
+TRIGGER_QUEUED_ALLOCS = "queued-allocs"   # Nomad's trigger of a blocked eval
 
 
 @dataclass
@@ -38,7 +40,7 @@ class SchedulerResult:
     status_description: str = ""
 
 
-def schedule(ev: Evaluation, state, *, seed: int, now_ns: int) -> SchedulerResult:
+def schedule(ev: Evaluation, state: SchedulerState, *, seed: int, now_ns: int) -> SchedulerResult:
     """Plan what evaluation ``ev`` asks for, against ``state`` (a SchedulerState)."""
     namespace = ev.namespace or "default"
     job = state.job(namespace, ev.job_id)
@@ -55,9 +57,12 @@ def schedule(ev: Evaluation, state, *, seed: int, now_ns: int) -> SchedulerResul
     return _Scheduler(ev, job, state, plan, rng, now_ns).run()
 
 
+Ports = list[tuple[str, int, int]]   # (label, host port, port in the namespace)
+
+
 class _Scheduler:
-    def __init__(self, ev: Evaluation, job: Job | None, state, plan: Plan, rng: random.Random,
-                 now_ns: int) -> None:
+    def __init__(self, ev: Evaluation, job: Job | None, state: SchedulerState, plan: Plan,
+                 rng: random.Random, now_ns: int) -> None:
         self.ev, self.job, self.state, self.plan, self.rng, self.now = ev, job, state, plan, rng, now_ns
         self.stopped: set[str] = set()
         self.result = SchedulerResult(plan=plan)
@@ -90,9 +95,12 @@ class _Scheduler:
             usage.add(alloc, self._mine(alloc), 1)
 
     def _mine(self, alloc: Allocation) -> bool:
-        return alloc.job_id == self.job.id and alloc.namespace == (self.job.namespace or "default")
+        job = self.job
+        return job is not None and alloc.job_id == job.id and alloc.namespace == (job.namespace or "default")
 
     def usage_of(self, node: Node) -> NodeUsage:
+        """What `node` holds with this plan so far (only while placing: the stack exists)."""
+        assert self.stack is not None, "usage_of is called while placing"
         usage = self.stack.usage.get(node.id)
         if usage is None:
             usage = self.stack.usage[node.id] = NodeUsage(node)
@@ -115,21 +123,20 @@ class _Scheduler:
             self.plan.node_allocation.setdefault(a.node_id, []).append(a)
         if job is not None and not job.stop and any(
                 g.places or g.destructive or g.inplace for g in rec.groups):
-            self._place_all(rec, allocs)
-        if res.failed_tg_allocs:
-            res.blocked_eval = self._blocked()
+            self._place_all(job, rec, allocs)
+            if res.failed_tg_allocs:
+                res.blocked_eval = self._blocked(job)
         return res
 
-    def _place_all(self, rec: Reconciled, allocs: list[Allocation]) -> None:
-        job = self.job
-        self.stack = Stack(job, self.state.nodes(), self.rng)
-        replaced = {p.previous.id for g in rec.groups for p in g.destructive}
+    def _place_all(self, job: Job, rec: Reconciled, allocs: list[Allocation]) -> None:
+        stack = self.stack = Stack(job, self.state.nodes(), self.rng)
+        replaced = {p.previous.id for g in rec.groups for p in g.destructive if p.previous is not None}
         for a in allocs:
             if not a.terminal() and a.id not in self.stopped and a.id not in replaced:
                 node = self.state.node(a.node_id)
                 if node is not None:
                     self.live.append((node, a.task_group))
-        n_nodes = len(self.stack.order)
+        n_nodes = len(stack.order)
         for gp in rec.groups:
             if not (gp.places or gp.destructive or gp.inplace):
                 continue
@@ -138,7 +145,7 @@ class _Scheduler:
             destructive = list(gp.destructive)
             for a in gp.inplace:
                 node = self.state.node(a.node_id)
-                if node is not None and self.stack.feasible_static(node, group) is None:
+                if node is not None and stack.feasible_static(node, group) is None:
                     self.plan.node_allocation.setdefault(a.node_id, []).append(a.model_copy(
                         update={"job": job, "eval_id": self.ev.id, "modify_time": self.now}))
                 else:   # the node no longer suits the group: replace it
@@ -146,47 +153,48 @@ class _Scheduler:
                     du.in_place_update -= 1
                     du.destructive_update += 1
             for p in destructive:
-                self._place(group, p, destructive=True)
+                self._place(job, stack, group, p, destructive=True)
             for p in gp.places:
-                self._place(group, p)
+                self._place(job, stack, group, p)
             if group.failed is not None:
-                self.result.failed_tg_allocs[gp.tg.name] = self._metric_struct(group.failed)
+                self.result.failed_tg_allocs[gp.tg.name] = group.failed
 
-    def _place(self, group: Group, p: Place, destructive: bool = False) -> None:
+    def _place(self, job: Job, stack: Stack, group: Group, p: Place, destructive: bool = False) -> None:
         tg_name = group.tg.name
         res = self.result
         if group.failed is not None:
-            group.failed.coalesced += 1
+            group.failed.coalesced_failures += 1
             res.queued[tg_name] = res.queued.get(tg_name, 0) + 1
             return
         prev = p.previous
-        if destructive:
+        if destructive and prev is not None:
             self.stop(prev, ALLOC_UPDATING)
         penalty = reschedule.penalty_nodes(prev) if (prev is not None and p.reschedule) else None
-        node, ports, metric = self.stack.select(group, penalty, self.usage_of)
+        node, ports, metric = stack.select(group, penalty, self.usage_of)
         if node is None:
-            if destructive:
+            if destructive and prev is not None:
                 self.unstop(prev)
             group.failed = metric
             res.queued[tg_name] = res.queued.get(tg_name, 0) + 1
             return
-        alloc = self._new_alloc(group, p, node, ports, metric)
+        alloc = self._new_alloc(job, group, p, node, ports, metric)
         self.plan.node_allocation.setdefault(node.id, []).append(alloc)
-        usage = self.stack.usage[node.id]
+        usage = stack.usage[node.id]
         usage.add(alloc, True)
         self.live.append((node, tg_name))
         group.count_placed(node, tg_name)
         if p.reschedule and prev is not None:
             self.stop(prev, ALLOC_RESCHEDULED)
 
-    def _new_alloc(self, group: Group, p: Place, node: Node, ports, metric: Metric) -> Allocation:
+    def _new_alloc(self, job: Job, group: Group, p: Place, node: Node, ports: Ports | None,
+                   metric: AllocMetric) -> Allocation:
         tmpl = group.template
         if tmpl is None:
-            tmpl = group.template = self._template(group)
+            tmpl = group.template = self._template(job, group)
         ar = tmpl.allocated_resources
         update: dict[str, Any] = {
             "id": new_id(self.rng), "name": p.name, "node_id": node.id, "node_name": node.name,
-            "metrics": self._metric_json(metric), "task_states": {},
+            "metrics": metric.to_json(), "task_states": {},
             "desired_transition": tmpl.desired_transition.model_copy(),
             "allocated_resources": ar.model_copy(update={
                 "tasks": dict(ar.tasks),
@@ -197,12 +205,12 @@ class _Scheduler:
             update["previous_allocation"] = prev.id
             if p.reschedule:
                 update["reschedule_tracker"] = reschedule.new_tracker(
-                    prev, group.tg.reschedule_policy, self.now)
+                    prev, group.tg.reschedule_policy or ReschedulePolicy(), self.now)
         return tmpl.model_copy(update=update)
 
-    def _template(self, group: Group) -> Allocation:
+    def _template(self, job: Job, group: Group) -> Allocation:
         """What every new allocation of the group shares; copied (shallowly) per placement."""
-        job, now = self.job, self.now
+        now = self.now
         tasks = {name: AllocatedTaskResources.model_construct(
                     cpu=AllocatedCpuResources.model_construct(cpu_shares=cpu),
                     memory=AllocatedMemoryResources.model_construct(memory_mb=mem, memory_max_mb=mmax))
@@ -221,35 +229,19 @@ class _Scheduler:
             modify_index=0, alloc_modify_index=0, create_time=now, modify_time=now)
 
     # --- results ------------------------------------------------------------------------------
-    def _metric_json(self, m: Metric) -> dict[str, Any]:
-        stack = self.stack
-        return {
-            "NodesEvaluated": m.evaluated, "NodesFiltered": m.filtered,
-            "NodesInPool": stack.in_pool, "NodesAvailable": dict(stack.by_dc),
-            "ClassFiltered": {}, "ConstraintFiltered": dict(m.constraint),
-            "NodesExhausted": m.exhausted, "ClassExhausted": {},
-            "DimensionExhausted": dict(m.dimension), "QuotaExhausted": [],
-            "ResourcesExhausted": None, "Scores": None,
-            "ScoreMetaData": list(m.scores) or None, "AllocationTime": 0,
-            "CoalescedFailures": m.coalesced,
-        }
-
-    def _metric_struct(self, m: Metric) -> AllocMetric:
-        return AllocMetric(
-            nodes_evaluated=m.evaluated, nodes_filtered=m.filtered, nodes_in_pool=self.stack.in_pool,
-            nodes_available=dict(self.stack.by_dc), constraint_filtered=dict(m.constraint),
-            nodes_exhausted=m.exhausted, dimension_exhausted=dict(m.dimension),
-            coalesced_failures=m.coalesced)
-
-    def _blocked(self) -> Evaluation:
-        ev, job = self.ev, self.job
-        fields = dict(
+    def _blocked(self, job: Job) -> Evaluation:
+        """The eval that waits for capacity to place what is still queued. Built here only, so
+        a blocked eval that still cannot place is blocked again as itself, not duplicated."""
+        ev = self.ev
+        fields: dict[str, Any] = dict(
             status="blocked", status_description=BLOCKED_DESCRIPTION,
             escaped_computed_class=True,
-            queued_allocations=dict(self.result.queued), snapshot_index=self.state.index)
-        if ev.status == "blocked":   # a blocked eval that still cannot place is blocked again
+            queued_allocations=dict(self.result.queued), snapshot_index=self.state.index,
+            modify_time=self.now)
+        if ev.status == "blocked":
             return ev.model_copy(update=fields)
         return Evaluation(
             id=new_id(self.rng), namespace=ev.namespace, priority=job.priority or ev.priority,
-            type=job.type or ev.type, triggered_by=ev.triggered_by, job_id=job.id,
-            job_modify_index=job.job_modify_index, previous_eval=ev.id, **fields)
+            type=job.type or ev.type, triggered_by=TRIGGER_QUEUED_ALLOCS, job_id=job.id,
+            job_modify_index=job.job_modify_index, previous_eval=ev.id, create_time=self.now,
+            **fields)

@@ -9,8 +9,8 @@ then by a precise scan of what is left.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 from yurt.structs import AllocatedPortMapping, Allocation, NetworkResource, Node
 
@@ -42,10 +42,6 @@ def reserved_ports(node: Node) -> frozenset[int]:
 
 def host_ip(node: Node) -> str:
     return node.attributes.get("unique.network.ip-address") or DEFAULT_HOST_IP
-
-
-def alloc_ports(alloc: Allocation) -> list[int]:
-    return [p.value for p in alloc.allocated_resources.shared.ports]
 
 
 class PortAsk:
@@ -88,7 +84,7 @@ def ports_free(ask: PortAsk, used: set[int] | frozenset[int], node: Node) -> str
 def assign_ports(ask: PortAsk, used: set[int] | frozenset[int], node: Node, rng: random.Random
                  ) -> tuple[list[tuple[str, int, int]] | None, str]:
     """Pick host ports for an ask: ``([(label, value, to)], "")`` or ``(None, dimension)``."""
-    taken = set()
+    taken: set[int] = set()
     out: list[tuple[str, int, int]] = []
     for label, value, to in ask.static:
         if value in used or value in taken:
@@ -107,7 +103,7 @@ def assign_ports(ask: PortAsk, used: set[int] | frozenset[int], node: Node, rng:
     return out, ""
 
 
-def _pick(lo: int, hi: int, used, taken: set[int], rng: random.Random) -> int | None:
+def _pick(lo: int, hi: int, used: set[int] | frozenset[int], taken: set[int], rng: random.Random) -> int | None:
     span = hi - lo + 1
     rand = rng.random
     for _ in range(RANDOM_TRIES):

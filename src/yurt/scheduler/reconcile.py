@@ -10,8 +10,8 @@ missing name indexes below ``count`` are placed.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from yurt.structs import (Allocation, DesiredUpdates, Evaluation, Job, Node, TaskGroup)
 
@@ -92,8 +92,9 @@ def reconcile(job: Job | None, allocs: list[Allocation], node_of: Callable[[str]
     return out
 
 
-def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of, ev: Evaluation, now_ns: int,
-           out: Reconciled, gp: GroupPlan, du: DesiredUpdates, later: list) -> None:
+def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[[str], Node | None],
+           ev: Evaluation, now_ns: int, out: Reconciled, gp: GroupPlan, du: DesiredUpdates,
+           later: list[tuple[int, Allocation]]) -> None:
     count = tg.count or 0
     batch = job.type == "batch"
     policy = tg.reschedule_policy
@@ -171,7 +172,7 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of, ev: Evalu
     for a in untainted:
         if _same_version(a, job) or a.client_status == "complete":
             du.ignore += 1
-        elif tasks_updated(a.job.group(tg.name) or tg, tg):
+        elif a.job is None or tasks_updated(a.job.group(tg.name) or tg, tg):  # None: see _same_version
             gp.destructive.append(Place(tg, a.name, previous=a))
             du.destructive_update += 1
         else:

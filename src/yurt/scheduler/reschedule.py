@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from yurt.structs import Allocation, RescheduleEvent, ReschedulePolicy, RescheduleTracker
 
 from .util import last_event_time
@@ -11,7 +13,7 @@ FOLLOWUP_BATCH_NS = 5_000_000_000           # failures this close share one foll
 MAX_PAST_EVENTS = 5                         # kept for unlimited policies
 
 
-def _enabled(policy: ReschedulePolicy | None) -> bool:
+def _enabled(policy: ReschedulePolicy | None) -> TypeGuard[ReschedulePolicy]:
     return policy is not None and ((policy.attempts or 0) > 0 or bool(policy.unlimited))
 
 
@@ -57,7 +59,7 @@ def next_delay(alloc: Allocation, policy: ReschedulePolicy) -> int:
 def next_reschedule_time(alloc: Allocation, policy: ReschedulePolicy | None) -> tuple[int, bool]:
     """(when, allowed) for the next attempt."""
     fail_time = last_event_time(alloc)
-    if not eligible(alloc, policy, fail_time):
+    if policy is None or not eligible(alloc, policy, fail_time):
         return 0, False
     return fail_time + next_delay(alloc, policy), True
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Callable
 
-from yurt.structs import Allocation, Job, Node, TaskGroup
+from yurt.structs import Allocation, AllocMetric, Job, Node, TaskGroup
 
 from .feasible import _UNSET, DistinctRules, GroupChecker, JobChecker, property_value, ready_nodes
 from .ports import PortAsk, assign_ports, parse_port_spec, ports_free
@@ -56,27 +56,6 @@ class NodeUsage:
             self.tg_allocs[alloc.task_group] = self.tg_allocs.get(alloc.task_group, 0) + sign
 
 
-class Metric:
-    """AllocMetric counters for one placement, kept as plain numbers."""
-
-    __slots__ = ("evaluated", "filtered", "constraint", "exhausted", "dimension", "scores",
-                 "coalesced")
-
-    def __init__(self) -> None:
-        self.evaluated = self.filtered = self.exhausted = self.coalesced = 0
-        self.constraint: dict[str, int] = {}
-        self.dimension: dict[str, int] = {}
-        self.scores: list[dict[str, Any]] = []
-
-    def filter(self, reason: str) -> None:
-        self.filtered += 1
-        self.constraint[reason] = self.constraint.get(reason, 0) + 1
-
-    def exhaust(self, dim: str) -> None:
-        self.exhausted += 1
-        self.dimension[dim] = self.dimension.get(dim, 0) + 1
-
-
 class Group:
     """Everything about a group that is computed once per evaluation."""
 
@@ -89,7 +68,7 @@ class Group:
         self.distinct = DistinctRules(job, tg)
         self.affinities = Affinities(job, tg)
         self.spreads = Spreads(job, tg)
-        self.failed: Metric | None = None
+        self.failed: AllocMetric | None = None
         self.template: Allocation | None = None     # built by the scheduler on first placement
         self.feasible: dict[str, str | None] = {}   # job + group checks, per node id
         if self.affinities or self.spreads:
@@ -143,10 +122,12 @@ class Stack:
                 return "distinct_property"
         return None
 
-    def select(self, group: Group, penalty: set[str] | None, usage_of) -> tuple[
-            Node | None, list | None, Metric]:
-        """The best node for one more allocation of ``group`` and its ports."""
-        metric = Metric()
+    def select(self, group: Group, penalty: set[str] | None, usage_of: Callable[[Node], NodeUsage]
+               ) -> tuple[Node | None, list[tuple[str, int, int]] | None, AllocMetric]:
+        """The best node for one more allocation of ``group`` and its ports, and the metric of
+        the choice (nodes evaluated, filtered and exhausted, the first candidates' scores)."""
+        metric = AllocMetric.new(self.in_pool, dict(self.by_dc))
+        scores_meta: list[dict[str, Any]] = []
         order = self.order
         n = len(order)
         ask_cpu, ask_mem, ask_disk = group.ask.cpu, group.ask.memory, group.ask.disk
@@ -164,7 +145,6 @@ class Stack:
         port_ask = group.ports if group.ports else None
         affinities = group.affinities if group.affinities else None
         spreads = group.spreads if group.spreads else None
-        scores_meta = metric.scores
         evaluated = 0
         for _ in range(n):
             if offset >= self.fixed:
@@ -238,7 +218,9 @@ class Stack:
             candidates.append((final, node))
             if len(candidates) >= limit:
                 break
-        metric.evaluated = evaluated
+        metric.nodes_evaluated = evaluated
+        if scores_meta:
+            metric.score_meta_data = scores_meta
         self.offset = offset
         if not candidates:
             candidates = skipped

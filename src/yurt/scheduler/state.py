@@ -6,13 +6,19 @@ plain dicts, for tests and benches, with ``apply_plan`` doing what a plan applie
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 from yurt.structs import Allocation, Job, Node, Plan
 
 
 class SchedulerState(Protocol):
-    index: int
+    """What ``schedule`` reads: the store's `Snapshot` is one, `MemoryState` another."""
+
+    @property
+    def index(self) -> int:
+        """The state's index (the plan records it as its snapshot index)."""
+        ...
 
     def job(self, namespace: str, job_id: str) -> Job | None: ...
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from yurt.structs import Allocation, Node, TaskGroup
 
@@ -74,7 +74,7 @@ def _parse_time(text: str | None) -> int | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     if dt.year < 1971:   # Go's zero time: never finished
         return None
     return int(dt.timestamp()) * 1_000_000_000 + frac_ns

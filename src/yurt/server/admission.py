@@ -9,11 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from yurt.errors import InvalidInput
-from yurt.jobspec import JobspecError, load
-from yurt.jobspec.defaults import canonicalize
-from yurt.jobspec.loader import prune, to_struct
-from yurt.jobspec.locate import Locator
-from yurt.jobspec.validate import validate
+from yurt.jobspec import JobspecError, Problem, load, load_document
 from yurt.structs import Job
 
 
@@ -26,7 +22,7 @@ class InvalidJob(InvalidInput):
         self.errors = errors
 
 
-def _line(p) -> str:
+def _line(p: Problem) -> str:
     return f"{p.where}: {p.message}" if p.where else p.message
 
 
@@ -34,18 +30,11 @@ def admit_job(body: Any, source: str = "request body") -> tuple[Job, list[str]]:
     """`{"Job": {...}}` in Nomad's JSON -> a canonical, validated Job and its warnings."""
     if not isinstance(body, dict) or not isinstance(body.get("Job"), dict):
         raise InvalidJob(['the body must be {"Job": {...}}'])
-    doc = prune(body["Job"], Job)
-    loc = Locator(source, {}, doc)
     try:
-        job = to_struct(doc, loc)
-        canonicalize(job)
-        problems = validate(job, loc)
+        loaded = load_document(body["Job"], source)
     except JobspecError as e:
-        problems = e.problems
-    errors = [_line(p) for p in problems if p.severity == "error"]
-    if errors:
-        raise InvalidJob(errors)
-    return job, [_line(p) for p in problems if p.severity == "warning"]
+        raise InvalidJob([_line(p) for p in e.problems if p.severity == "error"]) from None
+    return loaded.job, [_line(p) for p in loaded.warnings]
 
 
 def parse_job_file(text: str, variables: dict[str, Any], canonical: bool) -> Job:

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from yurt.errors import InvalidInput
+from yurt.errors import InvalidInput, Unavailable
 from yurt.structs import CAConfig, CARoot, CAState, IssuedCert, parse_duration, parse_service_uri
 from yurt.structs.connect import service_uri, signing_uri
 from yurt.state import StateStore
@@ -212,6 +212,8 @@ class ConnectCA:
         if service and sid.service != service:
             raise CAError(f'the CSR is for service "{sid.service}", not "{service}"')
         root = st.active_root()
+        if root is None:
+            raise Unavailable("the Connect CA has no active root yet: the server is still starting; retry")
         serial, index = self.store.next_ca_serial()
         ttl = dt.timedelta(microseconds=leaf_ttl_ns(st.config) / 1000)
         cert = x.sign_leaf(csr, x.load_cert(root.root_cert), x.load_key(root.private_key),

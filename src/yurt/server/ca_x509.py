@@ -9,6 +9,7 @@ import hashlib
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from yurt.errors import InvalidInput
@@ -31,7 +32,10 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 def load_key(pem: str) -> ec.EllipticCurvePrivateKey:
-    return serialization.load_pem_private_key(pem.encode(), password=None)
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"a {type(key).__name__.removeprefix('_')} key, not an EC key: the CA signs with EC P-256")
+    return key
 
 
 def cert_pem(cert: x509.Certificate) -> str:
@@ -46,7 +50,7 @@ def load_certs(pem: str) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(pem.encode())
 
 
-def key_id(public_key) -> bytes:
+def key_id(public_key: CertificatePublicKeyTypes) -> bytes:
     """SubjectKeyId: SHA-256 of the DER public key (as newer Consul)."""
     der = public_key.public_bytes(serialization.Encoding.DER,
                                   serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -70,7 +74,7 @@ def rfc3339(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _ca_extensions(builder: x509.CertificateBuilder, public_key, issuer_key_id: bytes,
+def _ca_extensions(builder: x509.CertificateBuilder, public_key: CertificatePublicKeyTypes, issuer_key_id: bytes,
                    uri: str) -> x509.CertificateBuilder:
     return (builder
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

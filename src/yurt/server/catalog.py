@@ -37,6 +37,10 @@ _CONNECT = ("Native", "SidecarService")
 _SEVERITY = {CHECK_PASSING: 0, CHECK_WARNING: 1, CHECK_CRITICAL: 2}
 
 
+def _severity(status: str) -> int:
+    return _SEVERITY.get(status, 0)
+
+
 class CatalogError(InvalidInput):
     """A registration Yurt refuses (400 with this text)."""
 
@@ -51,7 +55,7 @@ def canon(body: Any, known: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise CatalogError(f"expected a JSON object, got {type(body).__name__}")
     table = {_fold(k): k for k in known}
-    return {table.get(_fold(k), k): v for k, v in body.items()}
+    return {table.get(_fold(k)) or k: v for k, v in body.items()}
 
 
 def _duration(value: Any) -> str:
@@ -213,13 +217,13 @@ class Catalog:
                                              "output": f'service "{c.alias_service}" is not registered'})
                 else:
                     worst = max((x.status for x in target.checks if x.type != "alias"),
-                                key=_SEVERITY.get, default=CHECK_PASSING)
+                                key=_severity, default=CHECK_PASSING)
                     c = c.model_copy(update={"status": worst, "output": f"aliased service is {worst}"})
             out.append(c)
         return out
 
     def status(self, svc: ServiceRegistration) -> str:
-        return max((c.status for c in self.checks_of(svc)), key=_SEVERITY.get, default=CHECK_PASSING)
+        return max((c.status for c in self.checks_of(svc)), key=_severity, default=CHECK_PASSING)
 
     def service_map(self) -> dict[str, list[str]]:
         out: dict[str, set[str]] = {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import uuid
 
-from yurt.structs import (Job, LogConfig, Port, Resources, Service, SidecarTask, Task, TaskGroup,
-                          TaskLifecycle)
+from yurt.structs import (ConsulConnect, ConsulProxy, Job, LogConfig, NetworkResource, Port, Resources,
+                          Service, SidecarTask, Task, TaskGroup, TaskLifecycle)
 from yurt.structs.duration import SECOND
 
 PROXY_DRIVER = "connect-proxy"
@@ -31,16 +31,17 @@ def inject_sidecars(job: Job) -> Job:
         if not group.networks:
             continue  # validation reports the missing network
         for service in group.services or []:
-            if service.has_sidecar:
-                _inject(group, service)
+            connect = service.connect
+            if service.has_sidecar and connect is not None and connect.sidecar_service is not None:
+                _inject(group, group.networks[0], service, connect)
     return job
 
 
-def _inject(group: TaskGroup, service: Service) -> None:
+def _inject(group: TaskGroup, network: NetworkResource, service: Service, connect: ConsulConnect) -> None:
     kind = f"connect-proxy:{service.name}"
-    sidecar = service.connect.sidecar_service
+    sidecar = connect.sidecar_service
+    assert sidecar is not None, "inject_sidecars passes services with a sidecar_service"
     label = sidecar.port or f"connect-proxy-{service.name}"
-    network = group.networks[0]
     if not any(p.label == label for p in network.ports()):
         network.dynamic_ports = list(network.dynamic_ports or []) + [Port(label=label, to=-1, host_network="default")]
     if any(t.kind == kind for t in group.tasks or []):
@@ -56,22 +57,21 @@ def _inject(group: TaskGroup, service: Service) -> None:
         lifecycle=TaskLifecycle(hook="prestart", sidecar=True),
         config={"service": service.name, "listen": f"0.0.0.0:${{NOMAD_PORT_{clean(label)}}}",
                 "local_addr": (proxy.local_service_address if proxy else "") or "127.0.0.1",
-                "local_port": _local_port(group, service), "upstreams": upstreams},
+                "local_port": _local_port(network, service, proxy), "upstreams": upstreams},
         resources=Resources(cpu=PROXY_CPU, cores=0, memory_mb=PROXY_MEMORY, memory_max_mb=0, disk_mb=0, secrets_mb=0),
         restart_policy=group.restart_policy, kill_timeout=5 * SECOND, shutdown_delay=5 * SECOND,
         log_config=LogConfig(max_files=2, max_file_size_mb=2, disabled=False))
-    if service.connect.sidecar_task is not None:
-        task = _merge(task, service.connect.sidecar_task)
+    if connect.sidecar_task is not None:
+        task = _merge(task, connect.sidecar_task)
     group.tasks = list(group.tasks or []) + [task]
 
 
-def _local_port(group: TaskGroup, service: Service) -> int | str:
-    proxy = service.connect.sidecar_service.proxy
+def _local_port(network: NetworkResource, service: Service, proxy: ConsulProxy | None) -> int | str:
     if proxy and proxy.local_service_port:
         return proxy.local_service_port
     if service.port_label.isdigit():
         return int(service.port_label)
-    port = next((p for p in group.networks[0].ports() if p.label == service.port_label), None)
+    port = next((p for p in network.ports() if p.label == service.port_label), None)
     if port is not None and port.to > 0:
         return port.to
     return f"${{NOMAD_PORT_{clean(service.port_label)}}}"
@@ -92,7 +92,7 @@ def _merge(task: Task, over: SidecarTask) -> Task:
     if over.meta:
         update["meta"] = {**(task.meta or {}), **over.meta}
     if over.resources:
-        base = task.resources.model_dump()
+        base = (task.resources or Resources()).model_dump()
         given = {k: v for k, v in over.resources.model_dump().items() if v}
         update["resources"] = Resources(**{**base, **given})
     for attr in ("kill_timeout", "shutdown_delay", "log_config"):

@@ -7,6 +7,7 @@ first intention in precedence order whose names match decides; none -> the defau
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import uuid
 from typing import Any, Iterable
@@ -150,7 +151,7 @@ class Intentions:
     def list(self) -> list[Intention]:
         return ordered(self.store.intentions())
 
-    def match(self, by: str, name: str) -> list[Intention]:
+    def match(self, by: str, name: str) -> builtins.list[Intention]:
         """The intentions that apply to `name` as a destination (or source), in evaluation order."""
         if by not in ("source", "destination"):
             raise IntentionError('by must be "source" or "destination"')

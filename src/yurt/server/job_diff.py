@@ -7,6 +7,7 @@ things (groups, tasks) are matched by name, other lists compare whole.
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 SERVER_FIELDS = {"Status", "StatusDescription", "Stable", "Version", "SubmitTime", "CreateIndex",
@@ -31,7 +32,7 @@ def _scalar(v: Any) -> str:
     return str(v)
 
 
-def object_diff(name: str, old: dict | None, new: dict | None, skip: set[str] = frozenset()) -> dict:
+def object_diff(name: str, old: dict | None, new: dict | None, skip: AbstractSet[str] = frozenset()) -> dict:
     fields, objects = [], []
     keys = sorted(set(old or {}) | set(new or {}))
     for key in keys:

@@ -11,7 +11,7 @@ import threading
 
 from yurt.scheduler import allocs_fit
 from yurt.structs import Allocation, Plan, PlanResult
-from yurt.state import StateStore
+from yurt.state import Snapshot, StateStore
 
 
 class PlanApplier:
@@ -41,14 +41,13 @@ class PlanApplier:
                 prev = to_write.get(prev_id) or (snap.alloc(prev_id) if prev_id else None)
                 if prev is not None and prev.next_allocation != alloc.id:
                     to_write[prev_id] = prev.model_copy(update={"next_allocation": alloc.id})
-            to_write = list(to_write.values())
             if to_write:
-                result.alloc_index = self.store.upsert_allocs(to_write)
+                result.alloc_index = self.store.upsert_allocs(list(to_write.values()))
             result.refresh_index = self.store.index()
             return result
 
     @staticmethod
-    def _fits(snap, node_id: str, plan: Plan, new: list[Allocation]) -> bool:
+    def _fits(snap: Snapshot, node_id: str, plan: Plan, new: list[Allocation]) -> bool:
         node = snap.node(node_id)
         if node is None or not node.ready():
             return False

@@ -19,7 +19,7 @@ from yurt.structs.alloc import (ALLOC_DESIRED_STOP, ALLOC_FAILED, ALLOC_LOST, AL
 from yurt.structs.evaluation import (EVAL_PENDING, TRIGGER_ALLOC_FAILURE, TRIGGER_ALLOC_STOP,
                                      TRIGGER_JOB_DEREGISTER, TRIGGER_JOB_REGISTER, TRIGGER_NODE_UPDATE)
 from yurt.structs.node import NODE_DOWN, NODE_READY
-from yurt.state import StateStore
+from yurt.state import Snapshot, StateStore
 
 from .broker import EvalBroker
 from .ca import ConnectCA
@@ -108,9 +108,10 @@ class Server:
         """Store a new job or version and evaluate it (Nomad's Job.Register)."""
         job = inject_sidecars(job.model_copy(update={"stop": False}, deep=True))
         job_index = self.store.upsert_job(job)
-        stored = self.store.job(job.namespace or "default", job.id)
-        ev = self._new_eval(stored, stored.namespace, stored.id, TRIGGER_JOB_REGISTER)
-        self.broker.drop_job(stored.namespace, stored.id)
+        namespace = job.namespace or "default"
+        stored = self.store.job(namespace, job.id)
+        ev = self._new_eval(stored, namespace, job.id, TRIGGER_JOB_REGISTER)
+        self.broker.drop_job(namespace, job.id)
         index = self._submit([ev])
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index,
                 "Warnings": "", "Index": index}
@@ -141,7 +142,8 @@ class Server:
             "version": (old.version + 1) if old else 0,
             "job_modify_index": snap.index + 1, "create_index": old.create_index if old else snap.index + 1,
             "modify_index": snap.index + 1, "stop": False, "status": old.status if old else "pending"})
-        ev = self._new_eval(candidate, candidate.namespace, candidate.id, TRIGGER_JOB_REGISTER, annotate_plan=True)
+        ev = self._new_eval(candidate, candidate.namespace or "default", candidate.id, TRIGGER_JOB_REGISTER,
+                            annotate_plan=True)
         result = schedule(ev, _PlanView(snap, candidate), seed=0, now_ns=time.time_ns())
         return {
             "JobModifyIndex": old.job_modify_index if old else 0, "CreatedEvals": None,
@@ -248,7 +250,7 @@ class Server:
 class _PlanView:
     """A snapshot in which one job is replaced by the version being planned."""
 
-    def __init__(self, snap, job: Job) -> None:
+    def __init__(self, snap: Snapshot, job: Job) -> None:
         self._snap = snap
         self._job = job
         self.index = snap.index

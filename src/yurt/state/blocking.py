@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 Target = str | Iterable[str] | None
 
@@ -59,7 +59,7 @@ class Waiters:
             self._async.append(entry)
         try:
             await asyncio.wait_for(asyncio.shield(fut), max(0.0, timeout_s))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             with self._lock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from yurt.structs import Evaluation, Job, JobSummary, TaskGroupSummary
 
@@ -19,7 +19,7 @@ SERVER_FIELDS = frozenset({"version", "status", "status_description", "stable", 
 
 
 def spec_of(job: Job) -> dict:
-    return job.model_dump(exclude=SERVER_FIELDS)
+    return job.model_dump(exclude=set(SERVER_FIELDS))
 
 
 def spec_changed(old: Job, new: Job) -> bool:
@@ -69,7 +69,7 @@ def job_summary(job: Job, counts: AllocCounts | None, evals: Iterable[Evaluation
         if ev.queued_allocations is not None and (latest is None or ev.modify_index > latest.modify_index):
             latest = ev
     if latest is not None and not job.stop:
-        for g, n in latest.queued_allocations.items():
+        for g, n in (latest.queued_allocations or {}).items():
             groups.setdefault(g, {})["queued"] = n
     return JobSummary(job_id=job.id, namespace=job.namespace or "default",
                       summary={g: TaskGroupSummary(**row) for g, row in groups.items()},

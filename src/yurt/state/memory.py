@@ -55,7 +55,7 @@ class AllocCounts:
         self.groups: dict[str, dict[str, int]] = {}
         self.modify_index = 0  # the last index at which one of these allocations changed
 
-    def copy(self) -> "AllocCounts":
+    def copy(self) -> AllocCounts:
         c = AllocCounts()
         c.total, c.live, c.modify_index = self.total, self.live, self.modify_index
         c.groups = {g: dict(s) for g, s in self.groups.items()}
@@ -100,7 +100,7 @@ class Tables:
 
     # --- snapshots -----------------------------------------------------------------------------
 
-    def freeze(self) -> "Tables":
+    def freeze(self) -> Tables:
         """A read-only copy sharing every dict; the live tables copy before their next write."""
         snap = Tables.__new__(Tables)
         snap.index = self.index

@@ -3,18 +3,22 @@ the Connect CA ("ca", "ca_serial"). Each is one write (one index) like every oth
 
 from __future__ import annotations
 
-from typing import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from yurt.structs import CAState, HealthCheck, Intention, ServiceRegistration
 
+from .view import StateView
 from .writes import Txn
 
 
 class MeshStore:
     # provided by StateStore
-    _write: object
-    _mem_lock: object
-    _view: object
+    _mem_lock: threading.Lock
+    _view: StateView
+    if TYPE_CHECKING:
+        def _write(self, build: Callable[[Txn], object]) -> int: ...
 
     # --- catalog -------------------------------------------------------------------------------
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from yurt.structs import CAState, Intention, ServiceRegistration
 
+from .memory import Tables
 
-def _by_key(rows) -> list[ServiceRegistration]:
+
+def _by_key(rows: Iterable[ServiceRegistration]) -> list[ServiceRegistration]:
     return sorted(rows, key=lambda s: (s.node, s.id))
 
 
 class MeshView:
-    _t: object
+    _t: Tables  # provided by StateView
 
     def service(self, node_key: str, service_id: str) -> ServiceRegistration | None:
         return self._t.services.get((node_key, service_id))

@@ -6,24 +6,28 @@ objects rather than mutating them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from yurt.structs import CAState, HealthCheck, Intention, ServiceRegistration
 
 from .errors import NotFound, StateError
-
-_MISSING = object()
+from .memory import Tables
+from .sqlite_backend import Changes
 
 
 class MeshTxn:
     # provided by Txn
-    t: object
-    ch: object
-    index: int
+    t: Tables
+    ch: Changes
+    if TYPE_CHECKING:
+        @property
+        def index(self) -> int: ...
 
     # --- catalog -------------------------------------------------------------------------------
 
     def service(self, key: tuple[str, str]) -> ServiceRegistration | None:
-        s = self.ch.services.get(key, _MISSING)
-        return self.t.services.get(key) if s is _MISSING else s
+        ch = self.ch.services
+        return ch[key] if key in ch else self.t.services.get(key)
 
     def upsert_service(self, svc: ServiceRegistration) -> ServiceRegistration:
         """Register (or replace) a service instance; a check keeps its CreateIndex, and its
@@ -76,8 +80,8 @@ class MeshTxn:
     # --- intentions ----------------------------------------------------------------------------
 
     def intention(self, ix_id: str) -> Intention | None:
-        i = self.ch.intentions.get(ix_id, _MISSING)
-        return self.t.intentions.get(ix_id) if i is _MISSING else i
+        ch = self.ch.intentions
+        return ch[ix_id] if ix_id in ch else self.t.intentions.get(ix_id)
 
     def upsert_intention(self, ix: Intention) -> Intention:
         old = self.intention(ix.id)

@@ -177,6 +177,8 @@ class SqliteBackend:
             raise
 
     def _write(self, c: sqlite3.Connection, ch: Changes, table_index: dict[str, int]) -> None:
+        puts: list[tuple[Any, ...]]  # rows to write, per table
+        dels: list[tuple[Any, ...]]  # primary keys to delete, per table
         if ch.jobs:
             puts = [(ns, jid, dump(j)) for (ns, jid), j in ch.jobs.items() if j is not None]
             dels = [k for k, j in ch.jobs.items() if j is None]
@@ -240,6 +242,8 @@ class SqliteBackend:
     @staticmethod
     def _write_mesh(c: sqlite3.Connection, ch: Changes) -> None:
         """The catalog, intentions and CA rows of one write."""
+        puts: list[tuple[Any, ...]]
+        dels: list[tuple[Any, ...]]
         if ch.services:
             puts = [(s.key[0], s.key[1], s.service, s.alloc_id, s.modify_index, dump(s))
                     for s in ch.services.values() if s is not None]

@@ -19,7 +19,8 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from yurt.structs import Allocation, Evaluation, Job, JobSummary, Node
 
@@ -47,7 +48,7 @@ class StateStore(MeshStore):
         self._waiters = Waiters(self._mem_lock, self._current)
 
     @classmethod
-    def temporary(cls, **kw) -> "StateStore":
+    def temporary(cls, **kw: Any) -> StateStore:
         """A store in a fresh temporary directory, removed by close() (for `-dev`)."""
         d = tempfile.mkdtemp(prefix="yurt-state-")
         store = cls(os.path.join(d, "state.db"), **kw)
@@ -61,7 +62,7 @@ class StateStore(MeshStore):
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
                 self._tmpdir = None
 
-    def __enter__(self) -> "StateStore":
+    def __enter__(self) -> StateStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -85,7 +86,7 @@ class StateStore(MeshStore):
         t = self._t
         t.index = loaded.index
         t.table_index = loaded.table_index
-        for job, purged in loaded.versions:
+        for job, _purged in loaded.versions:
             t.put_version(job)
         for job, purged in loaded.versions:
             if purged:
@@ -113,7 +114,7 @@ class StateStore(MeshStore):
 
     # --- writing -------------------------------------------------------------------------------
 
-    def _write(self, build: Callable[[Txn], None]) -> int:
+    def _write(self, build: Callable[[Txn], object]) -> int:
         with self._write_lock:
             txn = Txn(self._t, self._t.index + 1, time.time_ns())
             build(txn)
@@ -229,9 +230,6 @@ class StateStore(MeshStore):
             for a in allocs:
                 txn.update_alloc_from_client(a)
         return self._write(build)
-
-    def delete_allocs(self, alloc_ids: Iterable[str]) -> int:
-        return self.delete_evals((), alloc_ids)
 
     def apply_plan_result(self, allocs: Iterable[Allocation] = (),
                           evals: Iterable[Evaluation] = (), *,

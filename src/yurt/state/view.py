@@ -7,7 +7,7 @@ List reads return new lists.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from yurt.structs import Allocation, Evaluation, Job, JobSummary, Node
 

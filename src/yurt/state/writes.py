@@ -19,8 +19,6 @@ from .mesh_writes import MeshTxn
 from .memory import AllocCounts, JobKey, Tables, count_key, job_key, version_key
 from .sqlite_backend import Changes
 
-_MISSING = object()
-
 
 class Txn(MeshTxn):
     def __init__(self, tables: Tables, index: int, now_ns: int) -> None:
@@ -37,20 +35,20 @@ class Txn(MeshTxn):
     # --- reads through this txn ----------------------------------------------------------------
 
     def job(self, key: JobKey) -> Job | None:
-        j = self.ch.jobs.get(key, _MISSING)
-        return self.t.jobs.get(key) if j is _MISSING else j
+        ch = self.ch.jobs
+        return ch[key] if key in ch else self.t.jobs.get(key)
 
     def alloc(self, alloc_id: str) -> Allocation | None:
-        a = self.ch.allocs.get(alloc_id, _MISSING)
-        return self.t.allocs.get(alloc_id) if a is _MISSING else a
+        ch = self.ch.allocs
+        return ch[alloc_id] if alloc_id in ch else self.t.allocs.get(alloc_id)
 
     def eval(self, eval_id: str) -> Evaluation | None:
-        e = self.ch.evals.get(eval_id, _MISSING)
-        return self.t.evals.get(eval_id) if e is _MISSING else e
+        ch = self.ch.evals
+        return ch[eval_id] if eval_id in ch else self.t.evals.get(eval_id)
 
     def node(self, node_id: str) -> Node | None:
-        n = self.ch.nodes.get(node_id, _MISSING)
-        return self.t.nodes.get(node_id) if n is _MISSING else n
+        ch = self.ch.nodes
+        return ch[node_id] if node_id in ch else self.t.nodes.get(node_id)
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -209,6 +207,7 @@ class Txn(MeshTxn):
     def upsert_node(self, node: Node) -> None:
         exist = self.node(node.id)
         idx, now_s = self.index, self.ch.now // 1_000_000_000
+        upd: dict[str, object]
         if exist is None:
             upd = {"create_index": idx, "modify_index": idx,
                    "status_updated_at": node.status_updated_at or now_s}
@@ -245,10 +244,10 @@ class Txn(MeshTxn):
                     alloc_changes[(a.namespace, a.job_id)].append((old, new))
                     break
         eval_changes: dict[JobKey, list] = defaultdict(list)
-        for i, new in self.ch.evals.items():
-            old = self.t.evals.get(i)
-            for e in {id(x): x for x in (old, new) if x is not None}.values():
-                eval_changes[(e.namespace, e.job_id)].append((i, new))
+        for i, new_ev in self.ch.evals.items():
+            old_ev = self.t.evals.get(i)
+            for e in {id(x): x for x in (old_ev, new_ev) if x is not None}.values():
+                eval_changes[(e.namespace, e.job_id)].append((i, new_ev))
         for key in self.touched:
             job = self.job(key)
             if job is None:
@@ -263,11 +262,11 @@ class Txn(MeshTxn):
                     if new is not None and count_key(new) == ck:
                         counts.add(new, 1)
             evals = dict(self.t.evals_by_job.get(key, {}))
-            for i, new in eval_changes.get(key, ()):
-                if new is None or (new.namespace, new.job_id) != key:
+            for i, new_ev in eval_changes.get(key, ()):
+                if new_ev is None or (new_ev.namespace, new_ev.job_id) != key:
                     evals.pop(i, None)
                 else:
-                    evals[i] = new
+                    evals[i] = new_ev
             status = derive.job_status(job, counts, evals.values(), key in self.evals_deleted)
             if status == job.status:
                 continue

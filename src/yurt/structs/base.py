@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_pascal
+from pydantic.json_schema import JsonDict
 
 
 class Struct(BaseModel):
@@ -33,7 +34,7 @@ class Struct(BaseModel):
 def field(default: Any = None, *, json: str | None = None, hcl: str | None = None,
           factory: Any = None, **kw: Any) -> Any:
     """A struct field: ``json`` overrides the JSON name, ``hcl`` names it in job files."""
-    extra = {"hcl": hcl} if hcl else None
+    extra: JsonDict | None = {"hcl": hcl} if hcl else None
     if factory is not None:
         return Field(default_factory=factory, alias=json, json_schema_extra=extra, **kw)
     return Field(default=default, alias=json, json_schema_extra=extra, **kw)

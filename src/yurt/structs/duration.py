@@ -43,7 +43,7 @@ def parse_duration(text: str) -> int:
             raise ValueError(f'invalid duration "{text}": use a number with a unit, like "30s", "5m" or "1h30m"')
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
-    return sign * int(round(total))
+    return sign * round(total)
 
 
 def format_duration(ns: int) -> str:

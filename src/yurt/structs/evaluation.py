@@ -45,6 +45,17 @@ class AllocMetric(Struct):
     allocation_time: int = 0
     coalesced_failures: int = 0
 
+    @classmethod
+    def new(cls, nodes_in_pool: int = 0, nodes_available: dict[str, int] | None = None) -> AllocMetric:
+        """An empty metric, built without validation: the scheduler makes one per placement.
+        Every field is given, so no default factory runs (pydantic inspects each one per call)."""
+        return cls.model_construct(
+            nodes_evaluated=0, nodes_filtered=0, nodes_in_pool=nodes_in_pool,
+            nodes_available=nodes_available or {}, class_filtered={}, constraint_filtered={},
+            nodes_exhausted=0, class_exhausted={}, dimension_exhausted={}, quota_exhausted=[],
+            resources_exhausted=None, scores=None, score_meta_data=None, allocation_time=0,
+            coalesced_failures=0)
+
     def filter(self, reason: str) -> None:
         self.nodes_filtered += 1
         self.constraint_filtered[reason] = self.constraint_filtered.get(reason, 0) + 1

@@ -83,7 +83,8 @@ class Node(Struct):
         return {
             "Address": self.attributes.get("unique.network.ip-address", ""),
             "ID": self.id, "Datacenter": self.datacenter, "Name": self.name,
-            "NodeClass": self.node_class, "NodePool": self.node_pool, "Version": self.attributes.get("nomad.version", ""),
+            "NodeClass": self.node_class, "NodePool": self.node_pool,
+            "Version": self.attributes.get("nomad.version", ""),
             "Drain": self.drain, "SchedulingEligibility": self.scheduling_eligibility,
             "Status": self.status, "StatusDescription": self.status_description,
             "Drivers": {k: v.to_json() for k, v in self.drivers.items()},

@@ -14,7 +14,7 @@ class RestartPolicy(Struct):
     render_templates: bool | None = None
 
     @classmethod
-    def for_job_type(cls, job_type: str) -> "RestartPolicy":
+    def for_job_type(cls, job_type: str) -> RestartPolicy:
         """Nomad's default restart policy of a job type (service/system vs batch/sysbatch)."""
         if job_type in ("service", "system"):
             return cls(attempts=2, interval=30 * MINUTE, delay=15 * SECOND, mode="fail", render_templates=False)

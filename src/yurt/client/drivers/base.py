@@ -82,7 +82,7 @@ class TaskHandle:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TaskHandle":
+    def from_dict(cls, data: dict[str, Any]) -> TaskHandle:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -131,7 +131,7 @@ class Driver(Protocol):
     def stats(self, handle: TaskHandle) -> TaskStats: ...
 
 
-def process_stats(pid: int) -> "TaskStats":
+def process_stats(pid: int) -> TaskStats:
     """CPU seconds and RSS of one process, from /proc (zeros when it is gone)."""
     import os
     stats = TaskStats(pids=[pid])

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yurt.structs.driver_config import LIST, MAP, MOUNTS, SCHEMAS, block, config_problems
 
@@ -32,6 +32,9 @@ from .. import docker_pause
 from ..procs import is_alive, read_json, signal_number, write_json_atomic
 from .base import (DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats,
                    process_stats)
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 NAME = "docker"
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
@@ -45,6 +48,7 @@ POLL = 0.1
 KILL_GRACE = 10.0
 MB = 1024 * 1024
 _YURT_SRC = str(Path(__file__).resolve().parents[3])
+
 
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """The task's ``config`` checked (structs.driver_config, as `job validate` does) and normalized."""
@@ -83,7 +87,7 @@ class DockerDriver:
 
     # --- the engine -------------------------------------------------------------------------
 
-    def client(self):
+    def client(self) -> DockerClient:
         import docker
         with self._lock:
             if self._client is None:
@@ -153,7 +157,7 @@ class DockerDriver:
                                  cfg.max_file_size_bytes or cfg.max_file_size_mb * MB, since=0)
         return handle
 
-    def _ensure_image(self, client, image: str, conf: dict[str, Any]) -> None:
+    def _ensure_image(self, client: DockerClient, image: str, conf: dict[str, Any]) -> None:
         import docker
         if not conf.get("force_pull"):
             try:
@@ -170,13 +174,14 @@ class DockerDriver:
         try:
             client.images.pull(repo, tag=tag or "latest", auth_config=auth)
         except docker.errors.APIError as e:
+            err = e
             if auth and conf.get("auth_soft_fail"):
                 try:
                     client.images.pull(repo, tag=tag or "latest")
                     return
                 except docker.errors.APIError as e2:
-                    e = e2
-            raise DriverError(f"image {image} not found and cannot be pulled: {_explain(e)}") from None
+                    err = e2
+            raise DriverError(f"image {image} not found and cannot be pulled: {_explain(err)}") from None
 
     def _create_args(self, cfg: TaskConfig, conf: dict[str, Any]) -> dict[str, Any]:
         from docker.types import Mount

@@ -24,14 +24,15 @@ log = logging.getLogger("yurt.client.network")
 CHAIN = "YURT-MESH-IN"
 
 
-def open_ports(runner: "AllocRunner") -> list[int]:
+def open_ports(runner: AllocRunner) -> list[int]:
     """The ports inside the namespace that may be reached from outside it."""
     ports = {p.label: p for p in runner.alloc.allocated_resources.shared.ports}
     return sorted({(p.to if p.to > 0 else p.value) for p in ports.values() if p.value})
 
 
-def has_sidecar(runner: "AllocRunner") -> bool:
-    return any(s.has_sidecar for s in runner.group.services or [])
+def has_sidecar(runner: AllocRunner) -> bool:
+    group = runner.group
+    return group is not None and any(s.has_sidecar for s in group.services or [])
 
 
 def rules(ports: list[int]) -> list[list[str]]:
@@ -73,7 +74,7 @@ class MeshInboundHook(AllocHook):
 
     name = "mesh_inbound"
 
-    def prerun(self, runner: "AllocRunner") -> None:
+    def prerun(self, runner: AllocRunner) -> None:
         netns = str(runner.hook_resources.get("netns") or "")
         if not netns or not has_sidecar(runner):
             return

@@ -8,6 +8,7 @@ to every task's environment. postrun (all tasks dead) and destroy: CNI DEL, name
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from yurt.client.alloc_hooks import AllocHook
@@ -36,7 +37,7 @@ def alloc_env(alloc: Allocation, address: str, ifname: str) -> dict[str, str]:
     return env
 
 
-def cni_args(runner: "AllocRunner", user_args: dict[str, str] | None) -> dict[str, str]:
+def cni_args(runner: AllocRunner, user_args: dict[str, str] | None) -> dict[str, str]:
     """IgnoreUnknown, the job's ``network.cni.args``, then the (non-overridable) NOMAD_* values."""
     alloc = runner.alloc
     job = alloc.job
@@ -60,11 +61,11 @@ class NetworkHook(AllocHook):
         self.cni_paths = tuple(cni_paths or cni.DEFAULT_CNI_PATHS)
         self.cni_config_dirs = tuple(cni_config_dirs or cni.DEFAULT_CNI_CONFIG_DIRS)
 
-    def prerun(self, runner: "AllocRunner") -> None:
-        network = runner.group.network
-        mode = network.effective_mode if network else "host"
-        if mode == "host":
+    def prerun(self, runner: AllocRunner) -> None:
+        network = runner.group.network if runner.group is not None else None
+        if network is None or network.effective_mode == "host":
             return
+        mode = network.effective_mode
         if getattr(runner, "_finished", False):  # restored after it ended: nothing will run in it
             return
         alloc = runner.alloc
@@ -90,7 +91,7 @@ class NetworkHook(AllocHook):
         runner.hook_env.update(alloc_env(alloc, st.address, st.ifname))
 
     @staticmethod
-    def _holder(runner: "AllocRunner"):
+    def _holder(runner: AllocRunner) -> Callable[..., Any] | None:
         """Groups with container tasks: the namespace is held by the container driver's pause container."""
         for tr in getattr(runner, "task_runners", {}).values():
             holder = getattr(tr.driver, "netns_holder", None)
@@ -99,7 +100,7 @@ class NetworkHook(AllocHook):
         return None
 
     @staticmethod
-    def _hostname(runner: "AllocRunner", hostname: str) -> str:
+    def _hostname(runner: AllocRunner, hostname: str) -> str:
         if not hostname:
             return ""
         alloc = runner.alloc
@@ -108,20 +109,20 @@ class NetworkHook(AllocHook):
                "NOMAD_JOB_ID": alloc.job_id, "NOMAD_JOB_NAME": (alloc.job.name or alloc.job.id) if alloc.job else ""}
         return str(interpolate(hostname, env, runner.node, runner.region))
 
-    def postrun(self, runner: "AllocRunner") -> None:
+    def postrun(self, runner: AllocRunner) -> None:
         self._teardown(runner)
 
-    def destroy(self, runner: "AllocRunner") -> None:
+    def destroy(self, runner: AllocRunner) -> None:
         self._teardown(runner)
 
-    def _teardown(self, runner: "AllocRunner") -> None:
+    def _teardown(self, runner: AllocRunner) -> None:
         errors = teardown_alloc(runner.data_dir, runner.alloc_id)
         runner.hook_resources.pop("netns", None)  # the status stays: it is what the group had
         if errors:
             log.warning("alloc %s: network teardown: %s", runner.alloc_id, "; ".join(errors))
 
 
-def network_status(runner: "AllocRunner") -> dict[str, Any] | None:
+def network_status(runner: AllocRunner) -> dict[str, Any] | None:
     """What to report as the allocation's NetworkStatus (None in host mode)."""
     status = runner.hook_resources.get("network_status")
     return dict(status) if isinstance(status, dict) else None

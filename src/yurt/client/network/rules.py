@@ -27,7 +27,7 @@ def comment_ids(rule: Rule) -> set[str]:
     return set(UUID_IN_TEXT.findall(rule.comment))
 
 
-def alloc_rules(ruleset: Ruleset, ids: set[str], ips: set[str] = frozenset()) -> list[Rule]:
+def alloc_rules(ruleset: Ruleset, ids: set[str], ips: set[str] | frozenset[str] = frozenset()) -> list[Rule]:
     out = []
     for rule in ruleset.rules:
         if comment_ids(rule) & ids:
@@ -47,7 +47,8 @@ def _addresses(rule: Rule) -> set[str]:
     return found
 
 
-def purge(ids: set[str], ips: set[str] = frozenset(), ruleset: Ruleset | None = None) -> list[str]:
+def purge(ids: set[str], ips: set[str] | frozenset[str] = frozenset(),
+          ruleset: Ruleset | None = None) -> list[str]:
     """Delete the allocations' rules and the CNI chains left unreferenced; what was deleted."""
     if not ids and not ips:
         return []
