@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/memory_state.py
 
-from yurt.jobspec.defaults import canonicalize  # noqa: E402
-from yurt.scheduler import MemoryState, schedule  # noqa: E402
+from yurt.jobspec import canonicalize  # noqa: E402
+from yurt.scheduler import schedule  # noqa: E402
+from tests.memory_state import MemoryState  # noqa: E402
 from yurt.structs import (Constraint, DriverInfo, EphemeralDisk, Evaluation, Job,  # noqa: E402
                           NetworkResource, Node, NodeCpuResources, NodeDiskResources,
                           NodeMemoryResources, NodeResources, Port, Resources, Spread, Task,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from yurt.scheduler import MemoryState, allocs_fit, port_collisions, schedule
+from yurt.scheduler import allocs_fit, port_collisions, schedule
 from yurt.scheduler.rank import binpack_score
 from yurt.structs import (Affinity, Allocation, Constraint, NodeReservedResources, Spread,
                          SpreadTarget)
 from yurt.structs.node import NodeReservedNetworkResources
 
+from .memory_state import MemoryState
 from .test_scheduler_helpers import (NOW, live, make_eval, make_job, make_node, placed, ports,
                                      run)
 

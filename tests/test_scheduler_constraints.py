@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from yurt.scheduler import MemoryState, OPERANDS, resolve_target, satisfies
+from yurt.scheduler import OPERANDS, resolve_target, satisfies
 from yurt.scheduler.constraints import compile_constraint, version_match
 from yurt.structs import Constraint
 
+from .memory_state import MemoryState
 from .test_scheduler_helpers import make_job, make_node, placed, run
 
 NODE = make_node(7, dc="us-east-1", attrs={

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from yurt.jobspec.defaults import canonicalize
-from yurt.scheduler import MemoryState, schedule
+from yurt.scheduler import schedule
 from yurt.structs import (DriverInfo, EphemeralDisk, Evaluation, Job, NetworkResource, Node,
                           NodeCpuResources, NodeDiskResources, NodeMemoryResources,
                           NodeResources, Port, Resources, Task, TaskGroup)
+
+from .memory_state import MemoryState
 
 NOW = 1_700_000_000 * 1_000_000_000
 S = 1_000_000_000

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from yurt.scheduler import MemoryState
 from yurt.scheduler.reschedule import next_delay
 from yurt.structs import (Allocation, RescheduleEvent, ReschedulePolicy, RescheduleTracker,
                           TaskState)
 
+from .memory_state import MemoryState
 from .test_scheduler_helpers import NOW, S, live, make_job, make_node, placed, run, stopped
 
 

@@ -8,7 +8,7 @@ from .constraints import OPERANDS, check_operator, resolve_target, satisfies
 from .fit import allocs_fit
 from .generic import SchedulerResult, schedule
 from .ports import port_collisions
-from .state import MemoryState, SchedulerState
+from .state import SchedulerState
 
-__all__ = ["MemoryState", "OPERANDS", "SchedulerResult", "SchedulerState", "allocs_fit",
+__all__ = ["OPERANDS", "SchedulerResult", "SchedulerState", "allocs_fit",
            "check_operator", "port_collisions", "resolve_target", "satisfies", "schedule"]

@@ -1,0 +1,89 @@
+"""A SchedulerState in plain dicts, for the scheduler's tests and benches (after Nomad's
+in-memory state in scheduler tests): ``apply_plan`` does what the plan applier does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from yurt.structs import Allocation, Job, Node, Plan
+
+
+class MemoryState:
+    """A SchedulerState in memory."""
+
+    def __init__(self, nodes: Iterable[Node] = (), jobs: Iterable[Job] = (),
+                 allocs: Iterable[Allocation] = (), index: int = 1) -> None:
+        self.index = index
+        self._nodes: dict[str, Node] = {}
+        self._node_list: list[Node] | None = None
+        self._jobs: dict[tuple[str, str], Job] = {}
+        self._allocs: dict[str, Allocation] = {}
+        self._by_job: dict[tuple[str, str], dict[str, Allocation]] = {}
+        self._by_node: dict[str, dict[str, Allocation]] = {}
+        for n in nodes:
+            self.upsert_node(n)
+        for j in jobs:
+            self.upsert_job(j)
+        for a in allocs:
+            self.upsert_alloc(a)
+
+    # --- the view -----------------------------------------------------------------------------
+    def job(self, namespace: str, job_id: str) -> Job | None:
+        return self._jobs.get((namespace, job_id))
+
+    def nodes(self) -> list[Node]:
+        if self._node_list is None:
+            self._node_list = list(self._nodes.values())
+        return self._node_list
+
+    def node(self, node_id: str) -> Node | None:
+        return self._nodes.get(node_id)
+
+    def allocs_by_job(self, namespace: str, job_id: str) -> list[Allocation]:
+        return list(self._by_job.get((namespace, job_id), {}).values())
+
+    def allocs_by_node(self, node_id: str) -> list[Allocation]:
+        return list(self._by_node.get(node_id, {}).values())
+
+    def alloc(self, alloc_id: str) -> Allocation | None:
+        return self._allocs.get(alloc_id)
+
+    # --- writes -------------------------------------------------------------------------------
+    def upsert_node(self, node: Node) -> None:
+        self._nodes[node.id] = node
+        self._node_list = None
+        self.index += 1
+
+    def upsert_job(self, job: Job) -> None:
+        self._jobs[(job.namespace or "default", job.id)] = job
+        self.index += 1
+
+    def upsert_alloc(self, alloc: Allocation) -> None:
+        old = self._allocs.get(alloc.id)
+        if old is not None and old.node_id != alloc.node_id:
+            self._by_node.get(old.node_id, {}).pop(alloc.id, None)
+        self._allocs[alloc.id] = alloc
+        self._by_job.setdefault((alloc.namespace, alloc.job_id), {})[alloc.id] = alloc
+        on_node = self._by_node.setdefault(alloc.node_id, {})
+        if alloc.terminal():
+            on_node.pop(alloc.id, None)
+        else:
+            on_node[alloc.id] = alloc
+
+    def apply_plan(self, plan: Plan) -> None:
+        """Commit a plan as a plan applier would (no re-check): stops, then placements."""
+        self.index += 1
+        for allocs in plan.node_update.values():
+            for a in allocs:
+                a.modify_index = self.index
+                self.upsert_alloc(a)
+        for allocs in plan.node_allocation.values():
+            for a in allocs:
+                if not a.create_index:
+                    a.create_index = self.index
+                a.modify_index = a.alloc_modify_index = self.index
+                self.upsert_alloc(a)
+                if a.previous_allocation:
+                    prev = self._allocs.get(a.previous_allocation)
+                    if prev is not None and prev.id != a.id and not prev.next_allocation:
+                        self.upsert_alloc(prev.model_copy(update={"next_allocation": a.id}))
