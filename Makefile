@@ -11,7 +11,7 @@ DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl
 PODMAN_SOCK := /run/podman/podman.sock
 ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
 
-.PHONY: test demo bench deps clean podman images
+.PHONY: test lint demo bench deps clean podman images
 
 .stamp-debs: Makefile
 	@if [ -n "$(DEBS)" ]; then \
@@ -24,7 +24,8 @@ ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, hypothesis, nomad, docker'
+	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, hypothesis, nomad, docker, mypy, importlinter'
+	$(VENV)/bin/ruff --version >/dev/null
 	@touch $@
 
 deps: .stamp-debs .stamp-venv
@@ -42,7 +43,17 @@ images: podman
 	@if [ -n "$(DOCKER_HOST)" ] || [ "$$(id -u)" = 0 ]; then \
 	  DOCKER_HOST=$(ENGINE) $(PY) images/build.py $(if $(FORCE),--force); fi
 
-test: deps images
+# The design's rules, checked by tools (configured, with the reason for each rule, in pyproject.toml):
+# ruff (style that hides bugs, and bugs), mypy (the core's types), import-linter (the package table:
+# who may import whom). All three run, so one pass shows every finding; any finding fails the build.
+lint: deps
+	@status=0; \
+	echo "ruff check"; $(VENV)/bin/ruff check || status=1; \
+	echo "mypy"; $(VENV)/bin/mypy || status=1; \
+	echo "lint-imports"; $(VENV)/bin/lint-imports || status=1; \
+	exit $$status
+
+test: deps lint images
 	YURT_TEST_DOCKER_HOST=$(ENGINE) $(PY) -m pytest -q -p no:cacheprovider
 
 # The countdash job on a dev agent with the service mesh; prints the dashboard's URL and runs
@@ -50,13 +61,15 @@ test: deps images
 demo: deps
 	examples/countdash/demo.sh
 
-# Benchmarks (not part of the tests): the scheduler, and the sidecar proxy against HAProxy.
+# Benchmarks (not part of the tests): the scheduler, the state store's writes against SQLite alone,
+# and the sidecar proxy against HAProxy.
 BENCH_DEBS := nginx haproxy wrk
 bench: deps
 	@missing=$$(for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(PY) bench/scheduler.py
+	$(PY) bench/state_store.py
 	$(PY) bench/proxy.py
 
 clean:
-	rm -rf $(VENV) .stamp-* build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .stamp-* build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -8,12 +8,14 @@ nothing. Everything runs on loopback:
   (b) wrk → haproxy "client side" (plain in, TLS 1.3 + client cert out)
           → haproxy "server side" (TLS 1.3 in, client cert required + verified) → nginx
   (c) wrk → yurt upstream listener → yurt public listener → nginx
-      (two real `python -m yurt.mesh -config ...` processes, static test CA, as in production
-       minus the agent)
-Both pairs use the same EC P-256 test CA and SPIFFE leaves; each HAProxy runs one thread, each
-yurt proxy is one process. For each target: saturation (wrk -t2 -c50 --latency; --rounds runs taking turns with the
-other targets, median reported, req/s ratio = median of per-round ratios), a paced
-~1,000 req/s run (wrk Lua `delay`, 10 connections x 10 ms), and bulk MB/s (4 MB file, 4 conns);
+      (two real `python -m yurt.mesh -config ...` processes configured as the connect-proxy
+       driver configures them, fed by a real server-only `yurt agent` over its unix socket: leaf
+       certificates, roots, the "api" sidecar in the catalog, the intention web => api allow)
+Both pairs use the same certificates: the agent's CA root and the leaves it issues for "web"
+and "api" (EC P-256, SPIFFE IDs); each HAProxy runs one thread, each yurt proxy is one process.
+For each target: saturation (wrk -t2 -c50 --latency; --rounds runs taking turns with the other
+targets, median reported, req/s ratio = median of per-round ratios), a paced ~1,000 req/s run
+(wrk Lua `delay`, 10 connections x 10 ms), and bulk MB/s (4 MB file, 4 conns);
 plus each sidecar's RSS idle and at peak. Ratios are yurt/haproxy.
 """
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests/mesh_agent.py: a real server-only agent, as the tests start it
 
 
 def free_port() -> int:
@@ -127,11 +130,12 @@ def main() -> int:
         print(f"missing tools: {', '.join(missing)} (apt-get install nginx haproxy wrk)", file=sys.stderr)
         return 2
 
-    from yurt.mesh.testca import TestCA
+    from tests.mesh_agent import MeshAgent
 
     tmp = Path(tempfile.mkdtemp(prefix="yurt-bench-"))
     tmp.chmod(0o755)  # nginx workers run as www-data
     procs: list[subprocess.Popen] = []
+    agent: MeshAgent | None = None
 
     def spawn(cmd: list[str], **kw) -> subprocess.Popen:
         p = subprocess.Popen(cmd, stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=subprocess.STDOUT,
@@ -155,10 +159,10 @@ http {{ access_log off; sendfile on; tcp_nodelay on; keepalive_requests 10000000
         spawn(["nginx", "-c", str(tmp / "nginx.conf")])
         wait_port(app)
 
-        # -- one CA, two identities ---------------------------------------------------------------
-        ca = TestCA()
-        web, api = ca.leaf("web"), ca.leaf("api")
-        (tmp / "ca.pem").write_text(ca.root_pem)
+        # -- the agent: one CA, two identities ------------------------------------------------------
+        agent = MeshAgent().start()
+        web, api = agent.leaf("web"), agent.leaf("api")
+        (tmp / "ca.pem").write_text("".join(agent.root_pems()))
         (tmp / "web.pem").write_text(web["CertPEM"] + web["PrivateKeyPEM"])
         (tmp / "api.pem").write_text(api["CertPEM"] + api["PrivateKeyPEM"])
 
@@ -185,16 +189,14 @@ backend app
 
         # -- yurt pair: two real proxy processes --------------------------------------------------
         y_front, y_back = free_port(), free_port()
-        (tmp / "static.json").write_text(json.dumps(ca.static_doc(
-            {"web": web, "api": api}, endpoints={"api": [{"address": "127.0.0.1", "port": y_back}]})))
+        agent.register_sidecar("api", y_back)  # where "web"'s sidecar finds "api"
+        agent.intention("web", "api", "allow")
         (tmp / "ys.json").write_text(json.dumps({
             "service": "api", "listen": f"127.0.0.1:{y_back}", "local_port": app,
-            "ready_file": str(tmp / "ys.ready"), "static_source": str(tmp / "static.json"),
-            "workers": args.workers}))
+            "address": agent.address, "ready_file": str(tmp / "ys.ready"), "workers": args.workers}))
         (tmp / "yc.json").write_text(json.dumps({
             "service": "web", "upstreams": [{"destination_name": "api", "local_bind_port": y_front}],
-            "ready_file": str(tmp / "yc.ready"), "static_source": str(tmp / "static.json"),
-            "workers": args.workers}))
+            "address": agent.address, "ready_file": str(tmp / "yc.ready"), "workers": args.workers}))
         py = sys.executable
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         t0 = time.monotonic()
@@ -246,17 +248,20 @@ backend app
             mon.stop.set()
             mon.join()
             r["rss_peak_mb"] = [round(mon.peak[p], 1) for p in pids]
-            print(f"{name:8s} sat {r['saturation']['rps']:9.0f} req/s p50 {r['saturation']['p50_ms']:.2f} ms "
-                  f"p99 {r['saturation']['p99_ms']:.2f} ms (runs {[round(x['rps']) for x in r['saturation_runs']]}) | "
-                  f"1k rps: {r['paced_1000']['rps']:.0f} req/s "
-                  f"p50 {r['paced_1000']['p50_ms']:.3f} p90 {r['paced_1000']['p90_ms']:.3f} p99 {r['paced_1000']['p99_ms']:.3f} ms | "
-                  f"bulk {r['bulk']['mb_s']:.0f} MB/s | errors {sum(x['errors'] for x in [*r['saturation_runs'], r['paced_1000'], r['bulk']])} | RSS idle {r['rss_idle_mb']} peak {r['rss_peak_mb']} MB",
-                  flush=True)
+            sat, paced_r = r["saturation"], r["paced_1000"]
+            errors = sum(x["errors"] for x in [*r["saturation_runs"], paced_r, r["bulk"]])
+            print(f"{name:8s} sat {sat['rps']:9.0f} req/s p50 {sat['p50_ms']:.2f} ms "
+                  f"p99 {sat['p99_ms']:.2f} ms (runs {[round(x['rps']) for x in r['saturation_runs']]}) | "
+                  f"1k rps: {paced_r['rps']:.0f} req/s "
+                  f"p50 {paced_r['p50_ms']:.3f} p90 {paced_r['p90_ms']:.3f} p99 {paced_r['p99_ms']:.3f} ms | "
+                  f"bulk {r['bulk']['mb_s']:.0f} MB/s | errors {errors} | "
+                  f"RSS idle {r['rss_idle_mb']} peak {r['rss_peak_mb']} MB", flush=True)
 
         if "haproxy" in results and "yurt" in results:
             h, y = results["haproxy"], results["yurt"]
             dp = results.get("direct", {}).get("paced_1000", {}).get("p99_ms", 0.0)
-            per_round = sorted(yr["rps"] / max(hr["rps"], 1) for hr, yr in zip(h["saturation_runs"], y["saturation_runs"]))
+            per_round = sorted(yr["rps"] / max(hr["rps"], 1)
+                               for hr, yr in zip(h["saturation_runs"], y["saturation_runs"], strict=True))
             ratios = {
                 "req_s_yurt_over_haproxy": round(per_round[len(per_round) // 2], 3),
                 "req_s_ratio_per_round": [round(x, 3) for x in per_round],
@@ -285,6 +290,8 @@ backend app
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        if agent is not None:
+            agent.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

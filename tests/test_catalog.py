@@ -9,8 +9,10 @@ import pytest
 
 from yurt.server.catalog import Catalog, CatalogError
 from yurt.server.server import Server
-from yurt.state import NotFound, StateStore, mock
+from yurt.state import NotFound, StateStore
 from yurt.structs import Allocation
+
+from . import mock
 
 NODE = "node-1"
 

@@ -1,5 +1,6 @@
 """The sidecar's lean agent client (stdlib http.client over a unix socket or TCP) against a small
-fake agent, and a real `python -m yurt.mesh` process that must never load httpx/pydantic/FastAPI."""
+fake agent (to control what the agent answers: indexes, closed connections, errors), and a real
+`python -m yurt.mesh` process fed by a real agent that must never load httpx/pydantic/FastAPI."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from yurt.mesh.agent_client import AgentClient, AgentError, AgentUnreachable
+from yurt.errors import NotFound, Unreachable
+from yurt.mesh.agent_client import AgentClient
 from yurt.mesh.source import AgentSource
-from yurt.mesh.testca import TestCA
+
+from .agent_util import free_port, wait_for
+from .mesh_agent import MeshAgent, ProcessLines
+from .meshca import TestCA
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 HEAVY = ("httpx", "httpcore", "anyio", "pydantic", "fastapi", "starlette", "uvicorn", "yurt.api")
@@ -69,7 +74,7 @@ class FakeAgent:
                         agent.changed.wait(end - time.monotonic())
                     return agent.index
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 u = urlsplit(self.path)
                 q = parse_qs(u.query, keep_blank_values=True)
                 agent.requests.append(("GET", u.path, q, dict(self.headers)))
@@ -89,7 +94,7 @@ class FakeAgent:
                 else:
                     self._reply(404, {"error": "no such path"})
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 u = urlsplit(self.path)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 agent.requests.append(("POST", u.path, body, dict(self.headers)))
@@ -151,7 +156,7 @@ def test_client_endpoints_and_blocking_queries(agent):
     hq = [r for r in agent.requests if r[1] == "/v1/health/connect/api"][-1][2]
     assert hq["passing"] == ["1"]
     assert c.authorize("api", agent.ca.uri("web"), "01")["Authorized"] is True
-    with pytest.raises(AgentError) as e:
+    with pytest.raises(NotFound) as e:  # the agent's 404, as the error the server raised
         c.get("/v1/nope")
     assert e.value.status == 404
     c.close()
@@ -171,13 +176,13 @@ def test_client_keeps_alive_and_survives_server_closing(agent):
 
 
 def test_client_unreachable(tmp_path):
-    with pytest.raises(AgentUnreachable):
+    with pytest.raises(Unreachable):
         AgentClient(f"unix://{tmp_path}/nothing.sock").ca_roots()
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    with pytest.raises(AgentUnreachable):
+    with pytest.raises(Unreachable):
         AgentClient(f"127.0.0.1:{port}").ca_roots()
 
 
@@ -199,34 +204,35 @@ def test_agent_source_uses_lean_client(agent):
 
 
 def test_real_proxy_process_never_imports_heavy_modules(tmp_path):
-    """`python -m yurt.mesh` against a (fake) agent on a unix socket: becomes ready with its
-    leaf from the agent, and httpx/pydantic/FastAPI/yurt.api are not in sys.modules."""
-    agent = FakeAgent(TestCA(), str(tmp_path / "yurt.sock"))
+    """`python -m yurt.mesh` against a real agent on its unix socket (as the connect-proxy driver
+    configures it): becomes ready with its leaf from the agent, and httpx/pydantic/FastAPI/
+    yurt.api are not in sys.modules."""
+    agent = MeshAgent().start()
     ready = tmp_path / "ready"
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
     cfg = tmp_path / "proxy.json"
-    cfg.write_text(json.dumps({"service": "api", "listen": f"127.0.0.1:{port}", "local_port": 9,
+    cfg.write_text(json.dumps({"service": "api", "listen": f"127.0.0.1:{free_port()}", "local_port": 9,
                                "address": agent.address, "ready_file": str(ready)}))
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     env.pop("YURT_ADDR", None)
     proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg), "-debug-modules"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = ProcessLines(proc.stdout)
+
+    def modules() -> list[str] | None:
+        assert proc.poll() is None, f"the proxy exited with {proc.returncode}: {out.text()}"
+        return next((e["modules"] for e in out.json() if e.get("event") == "modules"), None)
     try:
-        end = time.monotonic() + 15
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < end, "proxy did not become ready"
-            time.sleep(0.02)
-        time.sleep(0.2)
+        mods = wait_for(modules, 15, interval=0.02, what="the proxy's modules event (logged once ready)")
+        assert ready.exists()
+        leaf = next(e for e in out.json() if e.get("event") == "leaf")
+        assert leaf["serial"] == agent.leaf("api")["SerialNumber"]  # its certificate came from the agent
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=10)
+        proc.wait(10)
+        out.join(10)
+        err = proc.stderr.read()
+        proc.stderr.close()
         agent.close()
-    events = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    (mods,) = [e["modules"] for e in events if e.get("event") == "modules"]
     assert "yurt.mesh.agent_client" in mods
     heavy = [m for m in mods if m.split(".")[0] in HEAVY or m.startswith("yurt.api")]
     assert heavy == [], heavy

@@ -1,11 +1,18 @@
-"""The sidecar proxy end to end: real TLS, real sockets, proxies on their own threads (and one
-as a real process), certificates from a real test CA. No timing assertions."""
+"""The sidecar proxy end to end: real TLS, real sockets, a real server-only `yurt agent` as the
+proxies' only source. Proxies run on their own threads (the product's Proxy over the product's
+AgentSource) or as real `python -m yurt.mesh` processes configured as the connect-proxy driver
+configures them (the agent's unix socket). Leaf certificates, roots, mesh endpoints and
+intentions come from the agent; the agent's intentions engine decides every connection. The
+tests set the scene through the agent's API (service registration, checks, intentions, CA
+rotation). A test CA (tests/meshca.py) only makes what the agent never issues: another CA's
+certificates, expired ones, a foreign trust domain. No timing assertions."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import random
 import socket
 import ssl
 import subprocess
@@ -15,18 +22,25 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from yurt.mesh.accesslog import AccessLog
 from yurt.mesh.config import ProxyConfig, UpstreamConfig
 from yurt.mesh.proxy import Proxy
-from yurt.mesh.static import StaticSource
-from yurt.mesh.testca import TestCA
+from yurt.mesh.source import AgentSource
 from yurt.mesh.tls import _base
 
+from .agent_util import free_port
+from .mesh_agent import MeshAgent, ProcessLines
+from .meshca import TestCA
+
 SRC = Path(__file__).resolve().parent.parent / "src"
+READY_TIMEOUT = 15.0
 
 
-def wait_for(pred, timeout: float = 5.0, what: str = "condition"):
+def wait_for(pred, timeout: float = 10.0, what: str = "condition"):
+    """Poll `pred` (every 10 ms) until it is truthy; its value, or AssertionError at the deadline."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = pred()
@@ -73,13 +87,16 @@ class Echo:
 
 
 class Mesh:
-    def __init__(self) -> None:
-        self.ca = TestCA()
-        self.source = StaticSource(self.ca.trust_domain, [self.ca.root_pem])
+    """A real agent, an echo app, and proxies fed by the agent; every access-log line kept."""
+
+    def __init__(self, agent: MeshAgent) -> None:
+        self.agent = agent
+        self.trust_domain = agent.trust_domain
         self.echo = Echo()
         self.logs: list[dict] = []
         self._lock = threading.Lock()
         self.proxies: list[Proxy] = []
+        self.sources: list[AgentSource] = []
 
     def log(self, name: str) -> AccessLog:
         def write(line: str) -> None:
@@ -91,41 +108,76 @@ class Mesh:
         with self._lock:
             return [r for r in self.logs if r["type"] == "conn" and all(r.get(k) == v for k, v in match.items())]
 
-    def server(self, service: str = "api", leaf: dict | None = None, source: StaticSource | None = None,
-               local_port: int | None = None) -> Proxy:
-        src = source or self.source
-        src.set_leaf(service, leaf or self.ca.leaf(service))
-        cfg = ProxyConfig(service=service, listen_addr="127.0.0.1", listen_port=0,
-                          local_port=local_port or self.echo.port)
-        p = Proxy(cfg, src, self.log(f"server-{service}-{len(self.proxies)}")).start_background()
+    def events(self, proxy: str, *names: str) -> list[dict]:
+        with self._lock:
+            return [r for r in self.logs if r["type"] == "event" and r["proxy"] == proxy and r["event"] in names]
+
+    def source(self, address: str | None = None) -> AgentSource:
+        """What `python -m yurt.mesh` makes from its config: the agent over its unix socket."""
+        src = AgentSource(address or self.agent.address)
+        self.sources.append(src)
+        return src
+
+    def start(self, cfg: ProxyConfig, name: str, source: AgentSource | None = None, ready: bool = True) -> Proxy:
+        p = Proxy(cfg, source or self.source(), self.log(name)).start_background()
         self.proxies.append(p)
-        assert p.ready.wait(5), "server proxy not ready"
+        if ready:
+            assert p.ready.wait(READY_TIMEOUT), f"proxy {name} not ready"
         return p
 
+    def server(self, service: str = "api", local_port: int | None = None) -> Proxy:
+        """A sidecar with a public listener in front of the echo app (not in the catalog)."""
+        cfg = ProxyConfig(service=service, listen_addr="127.0.0.1", listen_port=0,
+                          local_port=local_port or self.echo.port)
+        return self.start(cfg, f"server-{service}-{len(self.proxies)}")
+
     def client(self, service: str = "web", dest: str = "api", instances: list[int] | None = None) -> Proxy:
-        self.source.set_leaf(service, self.ca.leaf(service))
-        if instances is not None:
-            self.source.set_endpoints(dest, [{"address": "127.0.0.1", "port": p} for p in instances])
+        """A sidecar with one upstream to `dest`; `instances`: public ports registered in the
+        agent's catalog as `<dest>-sidecar-proxy` instances (passing) before it starts."""
+        for n, port in enumerate(instances or []):
+            self.agent.register_sidecar(dest, port, instance=str(n))
         cfg = ProxyConfig(service=service, upstreams=[UpstreamConfig(dest, 0)])
-        p = Proxy(cfg, self.source, self.log(f"client-{service}")).start_background()
-        self.proxies.append(p)
-        assert p.ready.wait(5), "client proxy not ready"
-        return p
+        return self.start(cfg, f"client-{service}")
+
+    def signing_ca(self) -> TestCA:
+        """Give the agent's CA a private key this test holds (Consul's CA configuration
+        `PrivateKey`: the agent rotates to a root made for it) and sign as that root: for leaves
+        the agent would never issue (expired, another trust domain) that chain to its root."""
+        key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+        roots = self.agent.rotate_root(key)
+        active = next(r for r in roots["Roots"] if r["Active"])
+        return TestCA.adopt(active["RootCert"], key, roots["TrustDomain"])
 
     def close(self) -> None:
         for r in self.logs:  # pytest shows this only for a failed test
             print(json.dumps(r))
         for p in self.proxies:
             p.stop()
-        self.source.close()
+        for s in self.sources:
+            s.close()
         self.echo.close()
+
+
+def _mesh(extra: list[str] | None = None):
+    agent = MeshAgent(extra).start()
+    m = Mesh(agent)
+    try:
+        yield m
+    finally:
+        m.close()
+        print(agent.log()[-5000:])
+        agent.close()
 
 
 @pytest.fixture
 def mesh():
-    m = Mesh()
-    yield m
-    m.close()
+    yield from _mesh()
+
+
+@pytest.fixture
+def deny_mesh():
+    yield from _mesh(["-default-intention-policy", "deny"])
 
 
 def roundtrip(port: int, payload: bytes = b"ping", timeout: float = 5.0) -> bytes:
@@ -148,8 +200,22 @@ def closed_without_data(sock: socket.socket, timeout: float = 5.0) -> bool:
         return True
 
 
+def received_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Every byte the peer sent before it closed the connection (FIN or reset)."""
+    sock.settimeout(timeout)
+    got = b""
+    while True:
+        try:
+            d = sock.recv(65536)
+        except ConnectionResetError:
+            return got
+        if not d:
+            return got
+        got += d
+
+
 def tls_client(mesh: Mesh, issued: dict | None, roots: list[str] | None = None) -> ssl.SSLContext:
-    roots_pem = "\n".join(roots or [mesh.ca.root_pem])
+    roots_pem = "\n".join(roots or mesh.agent.root_pems())
     if issued is None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -159,9 +225,10 @@ def tls_client(mesh: Mesh, issued: dict | None, roots: list[str] | None = None) 
     return _base(ssl.PROTOCOL_TLS_CLIENT, issued["CertPEM"], issued["PrivateKeyPEM"], roots_pem)
 
 
-def direct_tls(mesh: Mesh, port: int, issued: dict | None, payload: bytes = b"hello") -> bytes | None:
+def direct_tls(mesh: Mesh, port: int, issued: dict | None, payload: bytes = b"hello",
+               roots: list[str] | None = None) -> bytes | None:
     """Connect straight to a public listener; return the echo, or None if refused."""
-    ctx = tls_client(mesh, issued)
+    ctx = tls_client(mesh, issued, roots)
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
         s = ctx.wrap_socket(raw)
@@ -187,6 +254,7 @@ def test_mtls_round_trip_through_both_proxies(mesh):
     rec = mesh.conns(dir="inbound")[-1]
     assert rec["src"] == "web" and rec["dst"] == "api"
     assert rec["bytes_in"] == len(big) and rec["bytes_out"] == len(big)
+    assert rec["serial"] == cli.material.serial  # the client's leaf, as the agent issued it
     wait_for(lambda: len(mesh.conns(dir="upstream")) >= 2, what="upstream log lines")
     up = mesh.conns(dir="upstream")[-1]
     assert up["verdict"] == "allowed" and up["upstream"] == f"127.0.0.1:{srv.public_port}"
@@ -209,16 +277,21 @@ def test_half_close_is_forwarded(mesh):
 
 def test_client_without_certificate_is_refused_and_proxy_keeps_serving(mesh):
     srv = mesh.server()
-    assert direct_tls(mesh, srv.public_port, None) is None
+    # TLS 1.3: the client's handshake completes before the server has checked its (missing)
+    # certificate; its first read gets the server's alert
+    raw = socket.create_connection(("127.0.0.1", srv.public_port), timeout=5)
+    with tls_client(mesh, None).wrap_socket(raw) as s, pytest.raises(ssl.SSLError) as e:
+        s.recv(1024)
+    assert e.value.reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
     wait_for(lambda: mesh.conns(dir="inbound", verdict="refused"), what="refused log line")
     assert mesh.echo.conns == 0
     # still serving a good client
-    assert direct_tls(mesh, srv.public_port, mesh.ca.leaf("web")) == b"hello"
+    assert direct_tls(mesh, srv.public_port, mesh.agent.leaf("web")) == b"hello"
 
 
 def test_certificate_from_another_ca_is_refused(mesh):
     srv = mesh.server()
-    other = TestCA(trust_domain=mesh.ca.trust_domain)
+    other = TestCA(trust_domain=mesh.trust_domain)
     assert direct_tls(mesh, srv.public_port, other.leaf("web")) is None
     rec = wait_for(lambda: mesh.conns(dir="inbound", verdict="refused"), what="refused log line")[0]
     assert "certificate" in rec["reason"].lower() or "unknown ca" in rec["reason"].lower()
@@ -226,17 +299,19 @@ def test_certificate_from_another_ca_is_refused(mesh):
 
 
 def test_expired_certificate_is_refused(mesh):
+    ca = mesh.signing_ca()
     srv = mesh.server()
-    old = mesh.ca.leaf("web", not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10),
-                       ttl=dt.timedelta(days=1))
+    old = ca.leaf("web", not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=10),
+                  ttl=dt.timedelta(days=1))
     assert direct_tls(mesh, srv.public_port, old) is None
     rec = wait_for(lambda: mesh.conns(dir="inbound", verdict="refused"), what="refused log line")[0]
     assert "expired" in rec["reason"].lower()
 
 
 def test_foreign_trust_domain_is_refused(mesh):
+    ca = mesh.signing_ca()
     srv = mesh.server()
-    leaf = mesh.ca.leaf("web", uri="spiffe://other.yurt/ns/default/dc/dc1/svc/web")
+    leaf = ca.leaf("web", uri="spiffe://other.yurt/ns/default/dc/dc1/svc/web")
     assert direct_tls(mesh, srv.public_port, leaf) is None
     rec = wait_for(lambda: mesh.conns(dir="inbound", verdict="refused"), what="refused log line")[0]
     assert "trust domain" in rec["reason"]
@@ -244,26 +319,25 @@ def test_foreign_trust_domain_is_refused(mesh):
 
 def test_plaintext_and_garbage_on_public_port_refused_proxy_keeps_serving(mesh):
     srv = mesh.server()
-    for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(300)):
+    for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", random.Random(7).randbytes(300)):
         with socket.create_connection(("127.0.0.1", srv.public_port), timeout=5) as c:
             c.sendall(junk)
-            assert closed_without_data(c) or True  # an alert may come back; nothing from the app
+            # not TLS: the proxy hangs up without a byte (no alert, nothing from the app)
+            assert received_until_closed(c) == b""
     wait_for(lambda: len(mesh.conns(dir="inbound", verdict="refused")) >= 2, what="two refusals")
     assert mesh.echo.conns == 0
-    assert direct_tls(mesh, srv.public_port, mesh.ca.leaf("web")) == b"hello"
+    assert direct_tls(mesh, srv.public_port, mesh.agent.leaf("web")) == b"hello"
 
 
 def test_wrong_server_identity_is_refused_by_upstream(mesh):
-    # the "api" instance presents a certificate for service "db"
-    impostor_src = StaticSource(mesh.ca.trust_domain, [mesh.ca.root_pem])
-    srv = mesh.server(service="db", source=impostor_src)
+    # the catalog's "api" instance is a sidecar whose certificate is for service "db"
+    srv = mesh.server(service="db")
     cli = mesh.client(instances=[srv.public_port])
     with socket.create_connection(("127.0.0.1", cli.upstream_ports["api"]), timeout=5) as c:
         c.sendall(b"secret")
         assert closed_without_data(c)
     rec = wait_for(lambda: mesh.conns(dir="upstream"), what="upstream log line")[0]
     assert rec["verdict"] == "error" and "svc/db" in rec["reason"] and "is not" in rec["reason"]
-    impostor_src.close()
 
 
 def test_deny_closes_new_and_existing_connections(mesh):
@@ -273,20 +347,20 @@ def test_deny_closes_new_and_existing_connections(mesh):
     existing = socket.create_connection(("127.0.0.1", port), timeout=5)
     existing.sendall(b"one")
     assert existing.recv(10) == b"one"
-    mesh.source.set_intention("web", "deny")
+    mesh.agent.intention("web", "api", "deny")
     # the open connection is closed by the server side proxy ...
     assert closed_without_data(existing)
     existing.close()
     rec = wait_for(lambda: mesh.conns(dir="inbound", verdict="denied"), what="denied log line")[0]
-    assert "intentions changed" in rec["reason"] and rec["src"] == "web"
+    assert rec["reason"] == "intentions changed: Matched L4 intention: web => api (deny)" and rec["src"] == "web"
     # ... and new ones are refused
     with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
         c.sendall(b"two")
         assert closed_without_data(c)
     wait_for(lambda: len(mesh.conns(dir="inbound", verdict="denied")) >= 2, what="second denial")
-    assert "Matched L4 intention" in mesh.conns(dir="inbound", verdict="denied")[-1]["reason"]
+    assert mesh.conns(dir="inbound", verdict="denied")[-1]["reason"] == "Matched L4 intention: web => api (deny)"
     # allow again: new connections flow
-    mesh.source.set_intention("web", "allow")
+    mesh.agent.intention("web", "api", "allow")
 
     def works() -> bool:
         try:
@@ -296,16 +370,34 @@ def test_deny_closes_new_and_existing_connections(mesh):
     wait_for(works, what="allowed again")
 
 
-def test_default_deny_and_wildcard(mesh):
-    mesh.source.set_default_allow(False)
+def test_default_deny_wildcard_and_precedence(deny_mesh):
+    """An agent with -default-intention-policy deny: nothing passes until an intention allows
+    it; `* => api` allows every source; the exact `web => api` deny outranks it for web only."""
+    mesh = deny_mesh
     srv = mesh.server()
-    assert direct_tls(mesh, srv.public_port, mesh.ca.leaf("web")) is None
-    mesh.source.set_intention("*", "allow")
-    wait_for(lambda: direct_tls(mesh, srv.public_port, mesh.ca.leaf("web")) == b"hello", what="wildcard allow")
+    web, other = mesh.agent.leaf("web"), mesh.agent.leaf("other")
+    assert direct_tls(mesh, srv.public_port, web) is None
+    rec = wait_for(lambda: mesh.conns(dir="inbound", verdict="denied"), what="denied log line")[0]
+    assert rec["reason"] == "Default behavior: no intention matched, default policy deny"
+    mesh.agent.intention("*", "api", "allow")
+    wait_for(lambda: direct_tls(mesh, srv.public_port, web) == b"hello", what="wildcard allow")
+    assert direct_tls(mesh, srv.public_port, other) == b"hello"
+    mesh.agent.intention("web", "api", "deny")
+
+    def web_denied_by_exact_intention() -> bool:
+        direct_tls(mesh, srv.public_port, web)  # a new connection, decided anew once the proxy saw the change
+        return any(r["reason"] == "Matched L4 intention: web => api (deny)"
+                   for r in mesh.conns(dir="inbound", verdict="denied", src="web"))
+    wait_for(web_denied_by_exact_intention, what="exact deny over the wildcard")
+    assert direct_tls(mesh, srv.public_port, web) is None
+    assert direct_tls(mesh, srv.public_port, other) == b"hello"
 
 
 def test_no_healthy_instance_closes_at_once(mesh):
     cli = mesh.client(instances=[])
+    # ready only once the agent has answered for the upstream (here: no instance)
+    assert [(e["event"], e.get("instances")) for e in mesh.events("client-web", "endpoints", "ready")] == \
+        [("endpoints", []), ("ready", None)]
     with socket.create_connection(("127.0.0.1", cli.upstream_ports["api"]), timeout=5) as c:
         assert closed_without_data(c)
     rec = wait_for(lambda: mesh.conns(dir="upstream"), what="upstream log line")[0]
@@ -314,10 +406,7 @@ def test_no_healthy_instance_closes_at_once(mesh):
 
 def test_first_instance_down_retries_on_second(mesh):
     srv = mesh.server()
-    dead = socket.socket()
-    dead.bind(("127.0.0.1", 0))
-    dead_port = dead.getsockname()[1]
-    dead.close()  # nothing listens there
+    dead_port = free_port()  # nothing listens there, yet the catalog says it is passing
     cli = mesh.client(instances=[dead_port, srv.public_port])
     for _ in range(4):  # whatever the balancer picks first, every connection gets through
         assert roundtrip(cli.upstream_ports["api"], b"retry") == b"retry"
@@ -330,7 +419,7 @@ def test_first_instance_down_retries_on_second(mesh):
 def test_endpoints_watch_is_live(mesh):
     srv = mesh.server()
     cli = mesh.client(instances=[])
-    mesh.source.set_endpoints("api", [{"address": "127.0.0.1", "port": srv.public_port}])
+    check = mesh.agent.register_sidecar("api", srv.public_port)
 
     def works() -> bool:
         try:
@@ -338,19 +427,22 @@ def test_endpoints_watch_is_live(mesh):
         except ConnectionResetError:  # closed at once while the watch had not delivered yet
             return False
     wait_for(works, what="new endpoint used")
-    mesh.source.set_endpoints("api", [{"address": "127.0.0.1", "port": srv.public_port, "status": "critical"}])
+    mesh.agent.set_check(check, "critical")
+
     def refused() -> bool:
         # a connection accepted just before the update still reaches the old instance (open
         # connections are not cut when an instance leaves); later ones are closed at once
         with socket.create_connection(("127.0.0.1", cli.upstream_ports["api"]), timeout=5) as c:
             try:
                 return closed_without_data(c, timeout=1)
-            except socket.timeout:
+            except TimeoutError:
                 return False
     wait_for(refused, what="critical instance dropped")
 
 
 def test_leaf_rotation_keeps_streams_and_new_connections_use_new_cert(mesh):
+    """The agent re-issues every leaf when its root rotates: the proxies swap certificates in
+    place; a long-lived stream keeps flowing and new connections present the new leaf."""
     srv = mesh.server()
     cli = mesh.client(instances=[srv.public_port])
     port = cli.upstream_ports["api"]
@@ -359,12 +451,10 @@ def test_leaf_rotation_keeps_streams_and_new_connections_use_new_cert(mesh):
     got = 0
     while got < 1000:
         got += len(stream.recv(65536))
-    first_serial = wait_for(lambda: [r for r in mesh.logs if r.get("event") == "leaf" and r["proxy"] == "client-web"],
-                            what="leaf event")[-1]["serial"]
-    new_leaf = mesh.ca.leaf("web")
-    mesh.source.set_leaf("web", new_leaf)
-    mesh.source.set_leaf("api", mesh.ca.leaf("api"))  # the server side rotates too
-    wait_for(lambda: cli.material is not None and cli.material.serial == new_leaf["SerialNumber"], what="client rotated")
+    first_serial = cli.material.serial
+    mesh.agent.rotate_root()
+    new_serial = wait_for(lambda: cli.material.serial != first_serial and cli.material.serial,
+                          what="client rotated to a new leaf")
     # the long-lived stream still flows, both ways
     for _ in range(20):
         stream.sendall(b"b" * 5000)
@@ -378,83 +468,93 @@ def test_leaf_rotation_keeps_streams_and_new_connections_use_new_cert(mesh):
     stream.close()
     wait_for(lambda: len(mesh.conns(dir="inbound")) >= 2, what="two inbound log lines")
     serials = {r["serial"] for r in mesh.conns(dir="inbound")}
-    assert new_leaf["SerialNumber"] in serials
-    assert first_serial != new_leaf["SerialNumber"]
-    old = [r for r in mesh.conns(dir="inbound") if r["serial"] != new_leaf["SerialNumber"]]
-    assert old and old[0]["bytes_in"] == 1000 + 20 * 5000 and old[0]["verdict"] == "allowed"
+    assert serials == {first_serial, new_serial}
+    old = [r for r in mesh.conns(dir="inbound") if r["serial"] == first_serial]
+    assert old[0]["bytes_in"] == 1000 + 20 * 5000 and old[0]["verdict"] == "allowed"
 
 
 def test_root_rotation_with_cross_signed_intermediate(mesh):
-    """Server still trusts only the OLD root; client's leaf comes from the NEW CA and carries
-    the cross-signed intermediate → accepted. And a server trusting [old, new] accepts both."""
-    srv = mesh.server()  # trusts mesh.ca only
-    new_ca = TestCA(trust_domain=mesh.ca.trust_domain)
-    mesh.ca.cross_sign(new_ca)
-    new_leaf = new_ca.leaf("web")
-    assert direct_tls(mesh, srv.public_port, new_leaf) == b"hello"
-    # both roots in the bundle (old one rotated out): leaves of either CA work
-    both = StaticSource(mesh.ca.trust_domain, [mesh.ca.root_pem, new_ca.root_pem])
-    srv2 = mesh.server(source=both, leaf=new_ca.leaf("api"))
-    assert direct_tls(mesh, srv2.public_port, mesh.ca.leaf("web")) == b"hello"
-    plain_new = TestCA(trust_domain=mesh.ca.trust_domain)  # not cross-signed, not trusted
+    """The agent rotates its root; the old root cross-signs the new one and stays trusted. A
+    peer still trusting only the OLD root accepts the new leaves (their chain carries the
+    cross-signed intermediate); a proxy trusting both accepts leaves of either root; a CA it
+    never trusted is refused."""
+    srv = mesh.server()
+    old_root = mesh.agent.active_root_pem()
+    old_web = mesh.agent.leaf("web")
+    old_srv_serial = srv.material.serial
+    roots = mesh.agent.rotate_root()
+    new_root = next(r["RootCert"] for r in roots["Roots"] if r["Active"])
+    assert next(r for r in roots["Roots"] if r["Active"])["IntermediateCerts"]  # the cross-signed root
+    wait_for(lambda: srv.material.serial != old_srv_serial, what="server proxy re-issued its leaf")
+    new_web = wait_for(lambda: (leaf := mesh.agent.leaf("web"))["SerialNumber"] != old_web["SerialNumber"] and leaf,
+                       what="web's leaf re-issued under the new root")
+    # a client trusting only the old root: the server's new leaf verifies through the
+    # cross-signed intermediate, and the server accepts the client's new leaf
+    assert direct_tls(mesh, srv.public_port, new_web, roots=[old_root]) == b"hello"
+    # once the proxy trusts both roots, a leaf of the old root still gets in
+    wait_for(lambda: [e for e in mesh.events("server-api-0", "roots", "leaf") if e["roots"] == 2],
+             what="server proxy trusting both roots")
+    assert direct_tls(mesh, srv.public_port, old_web, roots=[new_root]) == b"hello"
+    plain_new = TestCA(trust_domain=mesh.trust_domain)  # not cross-signed, not trusted
     assert direct_tls(mesh, srv.public_port, plain_new.leaf("web")) is None
-    both.close()
 
 
 def test_readiness_file_and_endpoint(mesh, tmp_path):
+    """A sidecar started before its agent answers: listeners bound, 503 and no ready file until
+    the agent is up and has issued its leaf, then 200 LIVE."""
+    import urllib.error
     import urllib.request
     ready = tmp_path / "ready"
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    ready_port = s.getsockname()[1]
-    s.close()
-    src = StaticSource(mesh.ca.trust_domain, [mesh.ca.root_pem])  # no leaf yet: not ready
-    cfg = ProxyConfig(service="api", listen_addr="127.0.0.1", listen_port=0, local_port=mesh.echo.port,
-                      ready_file=str(ready), ready_addr=f"127.0.0.1:{ready_port}")
-    p = Proxy(cfg, src, mesh.log("ready")).start_background()
-    mesh.proxies.append(p)
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=5)
-    assert e.value.code == 503
-    assert not ready.exists()
-    src.set_leaf("api", mesh.ca.leaf("api"))
-    wait_for(ready.exists, what="ready file")
-    with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=5) as r:
-        assert r.status == 200 and r.read() == b"LIVE"
-    src.close()
+    ready_port = free_port()
+    late = MeshAgent()  # not started yet: nothing on its socket
+    try:
+        cfg = ProxyConfig(service="api", listen_addr="127.0.0.1", listen_port=0, local_port=mesh.echo.port,
+                          ready_file=str(ready), ready_addr=f"127.0.0.1:{ready_port}")
+        p = mesh.start(cfg, "ready", source=mesh.source(late.address), ready=False)
+        wait_for(lambda: mesh.events("ready", "watch-error"), what="the proxy failing to reach its agent")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=5)
+        assert e.value.code == 503
+        assert not ready.exists() and not p.ready.is_set()
+        late.start()
+        wait_for(ready.exists, timeout=30, what="ready file")
+        with urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=5) as r:
+            assert r.status == 200 and r.read() == b"LIVE"
+        assert p.material.trust_domain == late.trust_domain.lower()
+    finally:
+        late.close()
 
 
-def proxy_process_config(mesh, tmp_path):
-    """A free port, a proxy config file on a static source for service "api", its ready file, env."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    static = tmp_path / "static.json"
-    static.write_text(json.dumps(mesh.ca.static_doc({"api": mesh.ca.leaf("api")})))
+def proxy_process_config(mesh: Mesh, tmp_path: Path):
+    """A free port and a proxy config for service "api" as the connect-proxy driver writes it
+    (the agent's unix socket, a ready file); its ready file, env."""
+    port = free_port()
     cfg = tmp_path / "proxy.json"
     ready = tmp_path / "ready"
     cfg.write_text(json.dumps({"service": "api", "listen": f"127.0.0.1:{port}", "local_port": mesh.echo.port,
-                               "ready_file": str(ready), "static_source": str(static)}))
-    return port, cfg, ready, {**os.environ, "PYTHONPATH": str(SRC)}
+                               "address": mesh.agent.address, "ready_file": str(ready), "datacenter": "dc1"}))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env.pop("YURT_ADDR", None)
+    return port, cfg, ready, env
 
 
 def test_openssl_s_client_without_cert_refused_real_process(mesh, tmp_path):
-    """A real `python -m yurt.mesh` process (static source file), probed by the real openssl."""
+    """A real `python -m yurt.mesh` process fed by the agent, probed by the real openssl."""
     port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(ready.exists, timeout=15, what="proxy process ready")
-        (tmp_path / "ca.pem").write_text(mesh.ca.root_pem)
+        wait_for(ready.exists, timeout=READY_TIMEOUT, what="proxy process ready")
+        (tmp_path / "ca.pem").write_text("".join(mesh.agent.root_pems()))
+        # no client certificate: the TLS 1.3 handshake completes, then the server's alert arrives
         r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
                             "-CAfile", str(tmp_path / "ca.pem"), "-ign_eof"],
-                           input="GET / HTTP/1.0\r\n\r\n", capture_output=True, text=True, timeout=20)
+                           input="", capture_output=True, text=True, timeout=20)
         out = r.stdout + r.stderr
-        assert "certificate required" in out or "alert" in out or r.returncode != 0, out
+        assert "tlsv13 alert certificate required" in out, out
         assert mesh.echo.conns == 0
-        # with a certificate, openssl gets through to the app (echo)
-        leaf = mesh.ca.leaf("web")
+        # with the agent's leaf for "web", openssl gets through to the app (echo)
+        leaf = mesh.agent.leaf("web")
         (tmp_path / "web.crt").write_text(leaf["CertPEM"])
         (tmp_path / "web.key").write_text(leaf["PrivateKeyPEM"])
         sc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-quiet",
@@ -474,29 +574,52 @@ def test_openssl_s_client_without_cert_refused_real_process(mesh, tmp_path):
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     refused = [x for x in lines if x.get("type") == "conn" and x["verdict"] == "refused"]
     assert refused and "certificate" in refused[0]["reason"].lower(), out + err
+    allowed = [x for x in lines if x.get("type") == "conn" and x["verdict"] == "allowed"]
+    assert allowed and allowed[0]["src"] == "web" and allowed[0]["serial"] == leaf["SerialNumber"], out
     assert proc.returncode == 0, err
 
 
 def test_workers_share_the_public_port_real_processes(mesh, tmp_path):
-    """-workers 2: two processes on one port (SO_REUSEPORT); connections work whichever worker
-    takes them; stopping the first worker stops the other."""
+    """-workers 2: two processes on one port (SO_REUSEPORT), each with its own leaf from the
+    agent; connections are served by both; stopping the first worker stops the other."""
     port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg), "-workers", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = ProcessLines(proc.stdout)
+    leaf = mesh.agent.leaf("web")
+    ctx = _base(ssl.PROTOCOL_TLS_CLIENT, leaf["CertPEM"], leaf["PrivateKeyPEM"], "".join(mesh.agent.root_pems()))
+    sent = 0
+
+    def served_by() -> set[int]:
+        return {x["pid"] for x in out.json() if x.get("type") == "conn" and x["verdict"] == "allowed"}
+
+    def one_connection() -> set[int]:
+        nonlocal sent
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as c:
+            c.sendall(f"hello {sent}".encode())
+            assert c.recv(100) == f"hello {sent}".encode()
+        sent += 1
+        return served_by()
+
     try:
-        wait_for(ready.exists, timeout=15, what="proxy process ready")
-        time.sleep(0.5)  # the second worker binds at about the same time
-        ctx = _base(ssl.PROTOCOL_TLS_CLIENT, *(lambda l: (l["CertPEM"], l["PrivateKeyPEM"]))(mesh.ca.leaf("web")),
-                    mesh.ca.root_pem)
-        for i in range(12):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-                    ctx.wrap_socket(raw) as c:
-                c.sendall(f"hello {i}".encode())
-                assert c.recv(100) == f"hello {i}".encode()
+        wait_for(ready.exists, timeout=READY_TIMEOUT, what="proxy process ready")
+        # every worker logs "ready" once it has bound the port and loaded its certificate
+        def ready_workers() -> set[int] | None:
+            pids = {x["pid"] for x in out.json() if x.get("event") == "ready"}
+            return pids if len(pids) == 2 else None
+        workers = wait_for(ready_workers, timeout=READY_TIMEOUT, what="both workers ready")
+        (child,) = workers - {proc.pid}
+        assert proc.pid in workers
+        assert Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(proc.pid)
+        # the kernel spreads new connections over the two sockets: connect until both served
+        wait_for(lambda: one_connection() == workers, timeout=30, what="connections served by both workers")
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=10)  # returns once every worker closed stdout
+        proc.wait(10)  # the first worker stops the other before it exits
+        out.join(10)
+        err = proc.stderr.read()
+        proc.stderr.close()
     assert proc.returncode == 0, err
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    assert len([x for x in lines if x.get("type") == "conn" and x["verdict"] == "allowed"]) == 12, out
-    assert len([x for x in lines if x.get("event") in ("leaf", "roots")]) >= 2, out  # both workers loaded it
+    assert not Path(f"/proc/{child}").exists()  # the second worker is gone (and reaped)
+    allowed = [x for x in out.json() if x.get("type") == "conn" and x["verdict"] == "allowed"]
+    assert len(allowed) == sent and {x["pid"] for x in allowed} == workers, out.text()

@@ -9,8 +9,9 @@ import pytest
 
 from yurt.mesh.balancer import Balancer, Instance, instances_from_health
 from yurt.mesh.config import ConfigError, from_args, parse_upstream
-from yurt.mesh.testca import TestCA
 from yurt.mesh.tls import build_material, parse_spiffe, service_uri
+
+from .meshca import TestCA
 
 
 def test_parse_spiffe():
@@ -71,7 +72,8 @@ def test_instances_from_health_entries():
         {"Node": {"Address": "10.0.0.3"}, "Service": {"ID": "s3", "Port": 1}, "Checks": [{"Status": "critical"}]},
     ]
     got = instances_from_health(entries, "dc9")
-    assert [(i.address, i.port, i.datacenter) for i in got] == [("10.0.0.1", 21000, "dc1"), ("172.26.64.5", 21001, "dc2")]
+    assert [(i.address, i.port, i.datacenter) for i in got] == [("10.0.0.1", 21000, "dc1"),
+                                                                ("172.26.64.5", 21001, "dc2")]
 
 
 def test_material_self_check_rejects_mismatched_key_and_foreign_root():

@@ -11,7 +11,9 @@ import threading
 
 import pytest
 
-from yurt.state import StateStore, mock
+from yurt.state import StateStore
+
+from . import mock
 
 LONG = 30.0
 
@@ -83,26 +85,26 @@ def test_many_thread_waiters_all_wake(store):
 def test_wait_async_wakes_without_blocking_the_loop(store):
     async def main():
         ticks = 0
-        done = asyncio.Event()
+        waiter = asyncio.create_task(store.wait_async(0, LONG))
 
         async def ticker():
+            # Runs only while the loop is free. After a few turns of it with the wait still
+            # pending, the write comes from here: a wait that blocked the loop never sees it.
             nonlocal ticks
-            while not done.is_set():
+            while ticks < 5:
                 ticks += 1
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0)
+            pending = not waiter.done()
+            threading.Thread(target=store.upsert_node, args=(mock.node(),)).start()
+            return pending
 
-        tick_task = asyncio.create_task(ticker())
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.1, lambda: threading.Thread(
-            target=store.upsert_node, args=(mock.node(),)).start())
-        got = await store.wait_async(0, LONG)
-        done.set()
-        await tick_task
-        return got, ticks
+        pending = await asyncio.create_task(ticker())
+        return await waiter, pending
 
-    got, ticks = asyncio.run(main())
+    got, pending = asyncio.run(main())
+    # the loop kept running while the wait was pending, and the write woke it
+    assert pending, "wait_async returned (or held the loop) before anything was written"
     assert got == 1
-    assert ticks > 1  # the loop kept running while we waited
 
 
 def test_wait_async_times_out_and_on_table(store):

@@ -22,7 +22,8 @@ from yurt.state import StateStore
 
 CHILD = r"""
 import sys
-from yurt.state import StateStore, mock
+from yurt.state import StateStore
+from tests import mock
 from yurt.structs import TaskState
 
 s = StateStore(sys.argv[1])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from yurt.state import NotFound, StateError, StateStore, mock
+from yurt.state import NotFound, StateError, StateStore
 from yurt.structs import Allocation, TaskState
+
+from . import mock
 
 
 @pytest.fixture

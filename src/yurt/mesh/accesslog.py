@@ -13,6 +13,8 @@ Two kinds, told apart by "type":
      instance address used) and "attempts".
   {"type":"event","ts":...,"event":"ready"|"leaf"|"roots"|"watch-error"|...,...}
      lifecycle events: listeners bound, certificates rotated, watch failures.
+Every line also carries "pid", the process that wrote it: with -workers N, which worker
+served the connection (or loaded the certificate).
 """
 
 from __future__ import annotations
@@ -40,14 +42,15 @@ class AccessLog:
 
     def __init__(self, write: Callable[[str], None] | None = None) -> None:
         self.write = write or _stdout
+        self.pid = os.getpid()  # made after -workers forked: each worker has its own log
 
     def _emit(self, obj: dict) -> None:
         self.write(json.dumps(obj, separators=(",", ":")) + "\n")
 
     def conn(self, direction: str, src: str, dst: str, peer: str, bytes_in: int, bytes_out: int,
              started: float, verdict: str, reason: str = "", **extra: object) -> None:
-        rec = {"type": "conn", "ts": _ts(), "dir": direction, "src": src, "dst": dst, "peer": peer,
-               "bytes_in": bytes_in, "bytes_out": bytes_out,
+        rec = {"type": "conn", "ts": _ts(), "pid": self.pid, "dir": direction, "src": src, "dst": dst,
+               "peer": peer, "bytes_in": bytes_in, "bytes_out": bytes_out,
                "dur_ms": round((time.monotonic() - started) * 1000, 3), "verdict": verdict}
         if reason:
             rec["reason"] = reason
@@ -55,4 +58,4 @@ class AccessLog:
         self._emit(rec)
 
     def event(self, name: str, **fields: object) -> None:
-        self._emit({"type": "event", "ts": _ts(), "event": name, **fields})
+        self._emit({"type": "event", "ts": _ts(), "pid": self.pid, "event": name, **fields})

@@ -11,8 +11,9 @@ JSON (every key optional except service):
    "address": "unix:///var/run/yurt/agent.sock",     # the agent's API (else YURT_ADDR)
    "ready_file": "/alloc/tmp/connect-proxy.ready", "ready_addr": "127.0.0.1:19001",
    "handshake_timeout_ms": 10000, "connect_timeout_ms": 3000,
-   "workers": 1,                           # >1: that many processes share the listeners (SO_REUSEPORT)
-   "static_source": "/path/static.json"}  # dev/bench only: certificates and routes from a file
+   "workers": 1}                           # >1: that many processes share the listeners (SO_REUSEPORT)
+
+Identity, trust, intentions and endpoints always come from the agent at "address".
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-
-class ConfigError(ValueError):
-    pass
+from yurt.errors import ConfigError
 
 
 @dataclass
@@ -49,7 +48,6 @@ class ProxyConfig:
     ready_addr: str = ""
     handshake_timeout: float = 10.0
     connect_timeout: float = 3.0
-    static_source: str = ""
     debug_modules: bool = False  # log the loaded Python modules once ready (footprint checks)
     workers: int = 1  # reactor processes sharing the listeners (SO_REUSEPORT); 1 = one process
 
@@ -119,7 +117,6 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
         cfg.handshake_timeout = doc["handshake_timeout_ms"] / 1000
     if "connect_timeout_ms" in doc:
         cfg.connect_timeout = doc["connect_timeout_ms"] / 1000
-    cfg.static_source = doc.get("static_source", cfg.static_source)
     cfg.debug_modules = bool(doc.get("debug_modules", cfg.debug_modules))
     cfg.workers = int(doc.get("workers", cfg.workers) or 1)
     return cfg
@@ -144,7 +141,6 @@ def parser() -> argparse.ArgumentParser:
         "proxy processes sharing the listeners through SO_REUSEPORT (default 1). Each worker has "
         "its own reactor, watches and agent connections; the first one owns the ready file and "
         "ready address"))
-    a("-static-source", "--static-source", help=argparse.SUPPRESS)
     a("-debug-modules", "--debug-modules", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -176,8 +172,6 @@ def from_args(argv: list[str]) -> ProxyConfig:
         cfg.ready_file = ns.ready_file
     if ns.ready_addr:
         cfg.ready_addr = ns.ready_addr
-    if ns.static_source:
-        cfg.static_source = ns.static_source
     if ns.debug_modules:
         cfg.debug_modules = True
     if ns.workers is not None:

@@ -4,8 +4,11 @@ Threads: the reactor (all sockets, all proxy state) and one watch thread per fol
 (roots, leaf, intentions, each upstream's endpoints) plus two authorization workers. Watches
 only hand values to the reactor; nothing else is shared.
 
-Ready = every listener bound AND a leaf that verifies against the roots is loaded. Then the
-ready file is written and the ready address answers `200 LIVE`.
+Ready = every listener bound AND a leaf that verifies against the roots is loaded AND every
+upstream's first list of endpoints (maybe empty) has arrived -- as Envoy warms a cluster before
+using it, so the app's first connection, made as soon as its sidecar is ready, does not fail
+for want of an answer not yet received. Then the ready file is written and the ready address
+answers `200 LIVE`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Proxy:
         self.ready = threading.Event()
         self.public_port = 0
         self.upstream_ports: dict[str, int] = {}
+        self._endpoints_pending: set[str] = set()  # upstreams whose first endpoints have not come
         self._thread: threading.Thread | None = None
 
     # -- startup -------------------------------------------------------------------------------
@@ -81,6 +85,7 @@ class Proxy:
 
     def start_watches(self) -> None:
         src, cfg = self.source, self.cfg
+        self._endpoints_pending = {up.destination for up in cfg.upstreams if up.destination in self.upstream_ports}
         self._watch("roots", src.roots, self._on_roots)
         self._watch("leaf", lambda i, w: src.leaf(cfg.service, i, w), self._on_leaf)
         self._watch("intentions", lambda i, w: src.intentions(cfg.service, i, w), self._on_intentions)
@@ -125,9 +130,12 @@ class Proxy:
         bal.update(instances_from_health(entries, dc))
         self.log.event("endpoints", destination=dest,
                        instances=[f"{i.address}:{i.port}" for i in bal.instances])
+        if dest in self._endpoints_pending:
+            self._endpoints_pending.discard(dest)
+            self._check_ready()
 
     def _check_ready(self) -> None:
-        if self.ready.is_set() or self.material is None:
+        if self.ready.is_set() or self.material is None or self._endpoints_pending:
             return
         if self.cfg.ready_file:
             tmp = self.cfg.ready_file + ".tmp"
@@ -246,9 +254,7 @@ class ReadyConn:
 
 
 def make_source(cfg: ProxyConfig) -> MeshSource:
-    if cfg.static_source:
-        from .static import StaticSource
-        return StaticSource.from_file(cfg.static_source)
+    """The proxy's only source: its agent's API (certificates, roots, intentions, endpoints)."""
     from .source import AgentSource
     return AgentSource(cfg.address or None)
 

@@ -1,5 +1,6 @@
 """Small factories for tests and benchmarks (like Nomad's nomad/mock): jobs, nodes, allocations,
-evaluations with plausible values. Not used by the store itself."""
+evaluations with plausible values. Test scaffolding: lives with the tests, imported by the tests and
+by bench/state_store.py."""
 
 from __future__ import annotations
 
