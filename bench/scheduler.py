@@ -24,15 +24,15 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/memory_state.py
 
-from yurt.jobspec import canonicalize  # noqa: E402
-from yurt.scheduler import schedule  # noqa: E402
-from tests.memory_state import MemoryState  # noqa: E402
-from yurt.structs import (Constraint, DriverInfo, EphemeralDisk, Evaluation, Job,  # noqa: E402
+from yurt.jobspec import canonicalize
+from yurt.scheduler import schedule
+from tests.memory_state import MemoryState
+from yurt.structs import (Constraint, DriverInfo, EphemeralDisk, Evaluation, Job,
                           NetworkResource, Node, NodeCpuResources, NodeDiskResources,
                           NodeMemoryResources, NodeResources, Port, Resources, Spread, Task,
                           TaskGroup)

@@ -19,7 +19,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "counter-api/1"
     protocol_version = "HTTP/1.1"  # keep-alive: long-lived connections through the mesh
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         global _count
         if self.path not in ("/", "/health"):
             self.send_error(404, "try GET /")

@@ -25,7 +25,8 @@ PAGE = """<!doctype html>
  #host { color: #5b6275; }
  .down #count { color: #c73445; }
  .status { font-size: .85rem; margin-top: 1.5rem; }
- .dot { display: inline-block; width: .6rem; height: .6rem; border-radius: 50%; background: #2eb039; margin-right: .4rem; }
+ .dot { display: inline-block; width: .6rem; height: .6rem; border-radius: 50%; background: #2eb039;
+        margin-right: .4rem; }
  .down .dot { background: #c73445; }
 </style></head>
 <body><main id="box"><h1>Count Dashboard</h1>
@@ -59,7 +60,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "counter-dashboard/1"
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path == "/api/count":
             url = os.environ.get("COUNTING_SERVICE_URL", "http://127.0.0.1:8080")
             self._send(200, "application/json", json.dumps(fetch_count(url)).encode())

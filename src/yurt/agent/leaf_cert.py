@@ -18,7 +18,8 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 from yurt.server import ca_x509 as x
 from yurt.structs.connect import service_uri
@@ -69,7 +70,7 @@ def renew_at(valid_after: float, valid_before: float, rand: Callable[[], float] 
 
 
 def _epoch(rfc3339: str) -> float:
-    return dt.datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime.strptime(rfc3339, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
 
 
 @dataclass
@@ -138,7 +139,7 @@ class LeafCerts:
             self._waiters.append(entry)
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             with self._lock:

@@ -9,7 +9,8 @@ An error answer comes back as the `yurt.errors` class the server raised (`NotFou
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import httpx
 
@@ -38,7 +39,7 @@ class YurtClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "YurtClient":
+    def __enter__(self) -> YurtClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,7 +5,8 @@ tables, and forwarding to the server when this agent is a client only."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import httpx
 from fastapi import APIRouter, Request

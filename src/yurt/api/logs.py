@@ -8,7 +8,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse

@@ -78,7 +78,8 @@ def alloc_status_cmd(alloc_id: str, verbose: bool, as_json: bool, address: str |
         ("Client Description", alloc.get("ClientDescription")), ("Desired Status", alloc.get("DesiredStatus")),
         ("Desired Description", alloc.get("DesiredDescription")), ("Created", when(alloc.get("CreateTime"))),
         ("Modified", when(alloc.get("ModifyTime"))),
-        *([("Previous Allocation", short(alloc["PreviousAllocation"], verbose))] if alloc.get("PreviousAllocation") else []),
+        *([("Previous Allocation", short(alloc["PreviousAllocation"], verbose))]
+          if alloc.get("PreviousAllocation") else []),
         *([("Next Allocation", short(alloc["NextAllocation"], verbose))] if alloc.get("NextAllocation") else []),
         *([("Follow-up Eval", short(alloc["FollowupEvalID"], verbose))] if alloc.get("FollowupEvalID") else []),
     ]))
@@ -92,7 +93,7 @@ def alloc_status_cmd(alloc_id: str, verbose: bool, as_json: bool, address: str |
                       f"{p.get('HostIP') or '127.0.0.1'}:{p.get('Value')}" + (f" -> {p['To']}" if p.get("To") else ""))
                      for p in ports])
     states = alloc.get("TaskStates") or {}
-    tasks = sorted(set(states) | set(((alloc.get("AllocatedResources") or {}).get("Tasks") or {})))
+    tasks = sorted(set(states) | set((alloc.get("AllocatedResources") or {}).get("Tasks") or {}))
     for task in tasks:
         st = states.get(task) or {}
         echo()
@@ -113,8 +114,8 @@ def alloc_status_cmd(alloc_id: str, verbose: bool, as_json: bool, address: str |
 
 
 def _pick_task(alloc: dict, task: str | None) -> str:
-    tasks = sorted(set((alloc.get("TaskStates") or {})) |
-                   set(((alloc.get("AllocatedResources") or {}).get("Tasks") or {})))
+    tasks = sorted(set(alloc.get("TaskStates") or {}) |
+                   set((alloc.get("AllocatedResources") or {}).get("Tasks") or {}))
     if task:
         if tasks and task not in tasks:
             fail(f'Could not find task named: {task}; allocation "{short(alloc["ID"])}" runs: ' + ", ".join(tasks))

@@ -8,7 +8,8 @@ import functools
 import io
 import time
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 import click
 from rich.console import Console
@@ -85,7 +86,7 @@ def fmt_iso(value: str | None) -> str:
 
 def pretty_duration(seconds: float) -> str:
     """`1m5s`, `2h3m`, `3d4h`: Nomad's prettyTimeDiff keeps the two largest units."""
-    seconds = int(round(max(seconds, 0)))
+    seconds = round(max(seconds, 0))
     if seconds == 0:
         return "0s"
     parts = []
@@ -196,5 +197,5 @@ def metric_reasons(metric: dict | None) -> list[str]:
     known = {f.alias or name for name, f in AllocMetric.model_fields.items()} | set(AllocMetric.model_fields)
     try:
         return AllocMetric.model_validate({k: v for k, v in metric.items() if k in known}).reasons()
-    except Exception:  # pragma: no cover - a shape we do not know; say what we can
+    except ValueError:  # pydantic's ValidationError: a shape we do not know; say what we can
         return [f"{metric.get('NodesFiltered', 0)} nodes excluded by filter"]

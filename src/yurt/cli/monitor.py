@@ -253,7 +253,8 @@ class Monitor:
         for name, st in sorted((a.get("TaskStates") or {}).items()):
             if not st.get("Failed") and st.get("State") != "dead":
                 continue
-            self.raw(f'    Task "{name}" is "{st.get("State")}"{" (failed)" if st.get("Failed") else ""}; recent events:')
+            failed = " (failed)" if st.get("Failed") else ""
+            self.raw(f'    Task "{name}" is "{st.get("State")}"{failed}; recent events:')
             rendered = render(table(["Time", "Type", "Description"], event_rows(st, limit=5)))
             for line in rendered.splitlines():
                 self.raw(f"      {line}")

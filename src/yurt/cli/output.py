@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable, NoReturn
+from typing import NoReturn
+from collections.abc import Iterable
 
 from rich.console import Console
 
@@ -38,5 +39,8 @@ def show_warnings(warnings: Iterable[Problem]) -> None:
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err.print(f"[red]Error:[/] {message}", markup=True) if err.is_terminal else print(f"Error: {message}", file=sys.stderr)
+    if err.is_terminal:
+        err.print(f"[red]Error:[/] {message}", markup=True)
+    else:
+        print(f"Error: {message}", file=sys.stderr)
     raise SystemExit(code)

@@ -22,16 +22,16 @@ if TYPE_CHECKING:
 class AllocHook:
     name = "hook"
 
-    def prerun(self, runner: "AllocRunner") -> None:
+    def prerun(self, runner: AllocRunner) -> None:
         pass
 
-    def update(self, runner: "AllocRunner", alloc: Allocation) -> None:
+    def update(self, runner: AllocRunner, alloc: Allocation) -> None:
         pass
 
-    def postrun(self, runner: "AllocRunner") -> None:
+    def postrun(self, runner: AllocRunner) -> None:
         pass
 
-    def destroy(self, runner: "AllocRunner") -> None:
+    def destroy(self, runner: AllocRunner) -> None:
         pass
 
 
@@ -40,10 +40,10 @@ class AllocDirHook(AllocHook):
 
     name = "alloc_dir"
 
-    def prerun(self, runner: "AllocRunner") -> None:
+    def prerun(self, runner: AllocRunner) -> None:
         runner.alloc_dir.build([t.name for t in runner.tasks])
 
-    def destroy(self, runner: "AllocRunner") -> None:
+    def destroy(self, runner: AllocRunner) -> None:
         runner.alloc_dir.destroy()
 
 

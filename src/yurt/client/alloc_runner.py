@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from yurt.structs import Allocation, Node, TaskEvent, TaskState
 
@@ -116,7 +116,7 @@ class AllocRunner:
     @classmethod
     def restore(cls, data_dir: str | os.PathLike, alloc_id: str, *, drivers: Mapping[str, Driver],
                 node: Node | None = None, on_update: OnUpdate | None = None,
-                hooks: list[AllocHook] | None = None, region: str | None = None) -> "AllocRunner":
+                hooks: list[AllocHook] | None = None, region: str | None = None) -> AllocRunner:
         """A runner for an allocation an earlier agent ran; `run()` re-attaches its tasks."""
         persisted = alloc_state.load(data_dir, alloc_id)
         if persisted is None:
@@ -277,7 +277,7 @@ class AllocRunner:
         for hook in self.hooks:
             try:
                 hook.prerun(self)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any hook failure fails the allocation, with its message
                 message = f"prerun hook {hook.name!r} failed: {e}"
                 log.warning("alloc %s: %s", self.alloc_id, message)
                 for tr in self.task_runners.values():

@@ -46,7 +46,7 @@ class PersistedAlloc:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "PersistedAlloc":
+    def from_json(cls, data: dict) -> PersistedAlloc:
         tasks = {name: PersistedTask(TaskState.model_validate(t["state"]),
                                      TaskHandle.from_dict(t["handle"]) if t.get("handle") else None)
                  for name, t in (data.get("tasks") or {}).items()}

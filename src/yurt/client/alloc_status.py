@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from yurt.structs import TaskState
 from yurt.structs.alloc import (ALLOC_COMPLETE, ALLOC_FAILED, ALLOC_PENDING, ALLOC_RUNNING,

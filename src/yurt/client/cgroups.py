@@ -89,7 +89,7 @@ class Cgroup:
         return {"version": self.version, "paths": {k: str(v) for k, v in self.paths.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "Cgroup | None":
+    def from_dict(cls, data: dict | None) -> Cgroup | None:
         if not data or not data.get("paths"):
             return None
         return cls(data["paths"], int(data.get("version", 1)))
@@ -98,7 +98,7 @@ class Cgroup:
 
     @classmethod
     def create(cls, name: str, cpu_shares: int = 0, memory_mb: int = 0, memory_max_mb: int = 0,
-               root: Path = ROOT) -> "Cgroup":
+               root: Path = ROOT) -> Cgroup:
         v = version(root)
         lack = missing(root)
         if lack:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 import yurt
 from yurt.structs import DriverInfo, Node

@@ -268,7 +268,7 @@ def _setup(iso: dict, path: str, argv: list[str], env: dict, out: int | None, er
 class SandboxProcess:
     """The running task as the executor sees it; quacks like the part of Popen it uses."""
 
-    def __init__(self, pid: int, reports: "_Reports", stdout, stderr) -> None:
+    def __init__(self, pid: int, reports: _Reports, stdout, stderr) -> None:
         self.pid = pid  # init's pid on the host: signals sent to its group reach the task
         self._reports = reports
         self.stdout = stdout

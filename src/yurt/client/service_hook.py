@@ -48,7 +48,7 @@ class ServiceHook(AllocHook):
         self._lock = threading.Lock()
 
     # -- hook -------------------------------------------------------------------------------
-    def prerun(self, runner: "AllocRunner") -> None:
+    def prerun(self, runner: AllocRunner) -> None:
         regs, specs, restarts = self._plan(runner)
         if not regs:
             return
@@ -65,14 +65,14 @@ class ServiceHook(AllocHook):
                 self._runners[runner.alloc_id] = checks
             checks.start()
 
-    def postrun(self, runner: "AllocRunner") -> None:
+    def postrun(self, runner: AllocRunner) -> None:
         self._deregister(runner.alloc_id)
 
-    def destroy(self, runner: "AllocRunner") -> None:
+    def destroy(self, runner: AllocRunner) -> None:
         self._deregister(runner.alloc_id)
 
     # -- building registrations -------------------------------------------------------------
-    def _plan(self, runner: "AllocRunner") -> tuple[list[dict], list[CheckSpec], dict[str, tuple[str, Any]]]:
+    def _plan(self, runner: AllocRunner) -> tuple[list[dict], list[CheckSpec], dict[str, tuple[str, Any]]]:
         alloc, group = runner.alloc, runner.group
         ports = {p.label: p for p in alloc.allocated_resources.shared.ports}
         host_ip = next(iter(ports.values())).host_ip if ports else \
@@ -110,7 +110,7 @@ class ServiceHook(AllocHook):
         return regs, specs, restarts
 
     def _spec(self, sid: str, i: int, svc: Service, check: ServiceCheck, ports: dict, inner: int,
-              in_netns: bool, host_ip: str, runner: "AllocRunner") -> CheckSpec:
+              in_netns: bool, host_ip: str, runner: AllocRunner) -> CheckSpec:
         port = inner
         if check.port_label:
             if check.port_label.isdigit():
@@ -135,7 +135,7 @@ class ServiceHook(AllocHook):
                 spec.cwd = str(task.task_dir.local)
         return spec
 
-    def _sidecar(self, runner: "AllocRunner", svc: Service, sid: str, ports: dict, host_ip: str,
+    def _sidecar(self, runner: AllocRunner, svc: Service, sid: str, ports: dict, host_ip: str,
                  parent_checks: list[dict], specs: list[CheckSpec], restarts: dict) -> dict:
         sidecar = svc.connect.sidecar_service
         label = sidecar.port or f"connect-proxy-{svc.name}"
@@ -213,7 +213,7 @@ class ServiceHook(AllocHook):
 class _RestartTracker:
     """check_restart: restart a task after `limit` consecutive failures past its grace period."""
 
-    def __init__(self, runner: "AllocRunner", restarts: dict[str, tuple[str, Any]]) -> None:
+    def __init__(self, runner: AllocRunner, restarts: dict[str, tuple[str, Any]]) -> None:
         self.runner = runner
         self.restarts = restarts
         self.failures: dict[str, int] = {}

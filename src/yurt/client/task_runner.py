@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
-from typing import Callable, Mapping
+from datetime import datetime, UTC
+from collections.abc import Callable, Mapping
 
 from yurt.structs import Allocation, Node, RestartPolicy, Task, TaskEvent, TaskState
 from yurt.structs.alloc import TASK_DEAD, TASK_PENDING, TASK_RUNNING
@@ -32,7 +32,7 @@ OnChange = Callable[["TaskRunner"], None]
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 class TaskRunner:

@@ -159,7 +159,7 @@ class AgentClient:
                 if reused and attempt == 0:
                     continue
                 raise Unreachable(self.address, str(e) or type(e).__name__) from None
-            except socket.timeout:
+            except TimeoutError:
                 self._drop(conn)
                 raise Unreachable(self.address, "the request timed out") from None
             except (OSError, http.client.HTTPException) as e:
@@ -201,10 +201,10 @@ class AgentClient:
         for c in conns:
             try:
                 c.close()
-            except Exception:
+            except OSError:
                 pass
 
-    def __enter__(self) -> "AgentClient":
+    def __enter__(self) -> AgentClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .pump import Reactor
 
@@ -81,7 +81,7 @@ class Authorizer:
             try:
                 allowed, reason = self._ask_fn(uri, serial)
                 decision, failed = (bool(allowed), str(reason or "")), False
-            except Exception as e:  # fail closed
+            except Exception as e:  # noqa: BLE001 - whatever went wrong, fail closed
                 decision, failed = (False, f"authorization unavailable: {e}"), True
             self.reactor.call_soon_threadsafe(self._answer, uri, gen, decision, failed)
 

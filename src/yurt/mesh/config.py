@@ -51,7 +51,7 @@ class ProxyConfig:
     debug_modules: bool = False  # log the loaded Python modules once ready (footprint checks)
     workers: int = 1  # reactor processes sharing the listeners (SO_REUSEPORT); 1 = one process
 
-    def validate(self) -> "ProxyConfig":
+    def validate(self) -> ProxyConfig:
         if not self.service:
             raise ConfigError("-service is required: the name of the service this sidecar fronts")
         if self.listen_port is not None and not self.local_port:

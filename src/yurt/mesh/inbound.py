@@ -43,7 +43,7 @@ def listen(host: str, port: int, backlog: int = 1024, reuseport: bool = False) -
 class Listener:
     """A bound listening socket in the reactor; `make(sock, addr)` handles each accept."""
 
-    def __init__(self, proxy: "Proxy", sock: socket.socket, make) -> None:
+    def __init__(self, proxy: Proxy, sock: socket.socket, make) -> None:
         self.proxy = proxy
         self.sock = sock
         self.make = make
@@ -63,7 +63,7 @@ class Listener:
             set_nodelay(s)
             try:
                 self.make(s, addr)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - one bad accept must not stop the listener
                 s.close()
                 self.proxy.log.event("accept-error", port=self.port, error=repr(e))
 
@@ -82,7 +82,7 @@ def _addr(addr) -> str:
 class InboundConn:
     """One inbound connection until it becomes a Pipe (or is refused)."""
 
-    def __init__(self, proxy: "Proxy", sock: socket.socket, addr) -> None:
+    def __init__(self, proxy: Proxy, sock: socket.socket, addr) -> None:
         self.proxy = proxy
         self.started = time.monotonic()
         self.peer = _addr(addr)

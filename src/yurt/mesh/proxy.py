@@ -115,7 +115,7 @@ class Proxy:
             m = build_material(td, self.cfg.service, self._leaf["CertPEM"], self._leaf["PrivateKeyPEM"],
                                roots_bundle(self._roots), self._leaf.get("SerialNumber", ""),
                                self._leaf.get("ValidBefore", ""))
-        except Exception as e:  # keep serving with the previous material
+        except Exception as e:  # noqa: BLE001 - keep serving with the previous material
             self.log.event("tls-error", cause=why, error=str(e))
             return
         self.material = m
@@ -188,7 +188,7 @@ class Proxy:
         finally:
             self._shutdown()
 
-    def start_background(self) -> "Proxy":
+    def start_background(self) -> Proxy:
         """For tests and benches: bind now (errors raise here), serve on a thread."""
         self.bind()
         self.start_watches()

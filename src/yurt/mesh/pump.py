@@ -21,7 +21,8 @@ import ssl
 import time
 from collections import deque
 from functools import partial
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
@@ -43,7 +44,7 @@ class Timer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def __lt__(self, other: "Timer") -> bool:
+    def __lt__(self, other: Timer) -> bool:
         return self.when < other.when
 
 
@@ -127,18 +128,18 @@ class Reactor:
                 if h is not None:
                     try:
                         h(ev)
-                    except Exception as e:  # a bug in one connection must not stop the proxy
+                    except Exception as e:  # noqa: BLE001 - a bug in one connection must not stop the proxy
                         self._report(e)
                         try:
                             _owner(h).abort(f"internal error: {e!r}")
-                        except Exception:
+                        except Exception:  # noqa: BLE001 - already reported; the connection is gone
                             pass
             calls = self._calls
             while calls:
                 fn, args = calls.popleft()
                 try:
                     fn(*args)
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a failing callback must not stop the reactor
                     self._report(e)
             if timers:
                 now = time.monotonic()
@@ -147,7 +148,7 @@ class Reactor:
                     if not t.cancelled:
                         try:
                             t.fn(*t.args)
-                        except Exception as e:
+                        except Exception as e:  # noqa: BLE001 - a failing timer must not stop the reactor
                             self._report(e)
 
     def _report(self, e: BaseException) -> None:

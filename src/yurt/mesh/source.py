@@ -8,7 +8,8 @@ the item's index moves past `index` or after `wait` seconds (same index = nothin
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 WAIT_SECONDS = 60.0
 
@@ -51,7 +52,7 @@ class Watch(threading.Thread):
         while not self.stopped.is_set():
             try:
                 value, new = self.fn(index, self.wait)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - reported and retried with backoff
                 if self.stopped.is_set():
                     return
                 self.on_error(self.watch_name, f"{type(e).__name__}: {e}")
@@ -123,5 +124,5 @@ class AgentSource:
     def close(self) -> None:
         try:
             self.client.close()
-        except Exception:
+        except OSError:
             pass

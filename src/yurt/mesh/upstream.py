@@ -29,7 +29,7 @@ MAX_ATTEMPTS = 3
 
 
 class UpstreamConn:
-    def __init__(self, proxy: "Proxy", up: "UpstreamConfig", balancer: Balancer, sock: socket.socket, addr) -> None:
+    def __init__(self, proxy: Proxy, up: UpstreamConfig, balancer: Balancer, sock: socket.socket, addr) -> None:
         self.proxy = proxy
         self.up = up
         self.balancer = balancer

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from yurt.structs import Allocation, AllocMetric, Job, Node, TaskGroup
 
@@ -83,7 +84,7 @@ class Group:
             self.count_placed(node, group)
 
     def count_placed(self, node: Node, group: str) -> None:
-        for (attr, _, scope), used in zip(self.distinct.properties, self.property_used):
+        for (attr, _, scope), used in zip(self.distinct.properties, self.property_used, strict=True):
             if scope == "job" or group == self.tg.name:
                 value = property_value(node, attr)
                 if value is not None:
@@ -114,7 +115,7 @@ class Stack:
             return "distinct_hosts"
         if d.hosts == "group" and usage.tg_allocs.get(group.tg.name, 0) > 0:
             return "distinct_hosts"
-        for (attr, limit, _), used in zip(d.properties, group.property_used):
+        for (attr, limit, _), used in zip(d.properties, group.property_used, strict=True):
             value = property_value(node, attr)
             if value is None:
                 return f"missing property {attr}"

@@ -18,7 +18,7 @@ import itertools
 import threading
 import time
 from collections import defaultdict, deque
-from typing import Callable
+from collections.abc import Callable
 
 from yurt.structs import Evaluation
 

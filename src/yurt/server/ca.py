@@ -16,7 +16,8 @@ import string
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from yurt.errors import InvalidInput, Unavailable
 from yurt.structs import CAConfig, CARoot, CAState, IssuedCert, parse_duration, parse_service_uri
@@ -56,7 +57,7 @@ class ConnectCA:
 
     # -- state ------------------------------------------------------------------------------
     def _now(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc).replace(microsecond=0)
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC).replace(microsecond=0)
 
     def state(self) -> CAState:
         st = self.store.ca_state()

@@ -67,11 +67,11 @@ def serial_hex(serial: int) -> str:
 
 def fingerprint(cert: x509.Certificate) -> str:
     """A root's ID: the SHA-1 fingerprint of its DER form, colon-hex."""
-    return colon_hex(cert.fingerprint(hashes.SHA1()))  # noqa: S303 - an identifier, as Consul's
+    return colon_hex(cert.fingerprint(hashes.SHA1()))
 
 
 def rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _ca_extensions(builder: x509.CertificateBuilder, public_key: CertificatePublicKeyTypes, issuer_key_id: bytes,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 DEFAULT_TTL = 10.0      # seconds a client has between heartbeats
 FAILOVER_GRACE = 10.0   # extra time given to every node when the server (re)starts

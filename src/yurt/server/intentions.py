@@ -10,7 +10,8 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import uuid
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from yurt.errors import Conflict, InvalidInput, NotFound
 from yurt.state import StateError, StateStore
@@ -60,7 +61,7 @@ def decide(intentions: Iterable[Intention], source: str, destination: str,
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _name(value: Any, what: str) -> str:

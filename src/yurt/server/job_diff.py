@@ -32,6 +32,10 @@ def _scalar(v: Any) -> str:
     return str(v)
 
 
+def _dict_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and isinstance(v[0], dict)
+
+
 def object_diff(name: str, old: dict | None, new: dict | None, skip: AbstractSet[str] = frozenset()) -> dict:
     fields, objects = [], []
     keys = sorted(set(old or {}) | set(new or {}))
@@ -44,7 +48,7 @@ def object_diff(name: str, old: dict | None, new: dict | None, skip: AbstractSet
             sub = object_diff(key, o if isinstance(o, dict) else None, n if isinstance(n, dict) else None)
             if sub["Type"] != "None":
                 objects.append(sub)
-        elif (isinstance(o, list) and o and isinstance(o[0], dict)) or (isinstance(n, list) and n and isinstance(n[0], dict)):
+        elif _dict_list(o) or _dict_list(n):
             for i in range(max(len(o or []), len(n or []))):
                 oi = (o or [])[i] if i < len(o or []) else None
                 ni = (n or [])[i] if i < len(n or []) else None

@@ -71,7 +71,7 @@ class Server:
         while not self._ca_prune_stop.wait(60.0):
             try:
                 self.ca.prune()
-            except Exception:  # noqa: BLE001 - a failed prune is retried a minute later
+            except Exception:
                 log.exception("pruning CA roots failed")
 
     def _restore(self) -> None:
@@ -166,7 +166,8 @@ class Server:
     def register_node(self, node: Node) -> dict[str, Any]:
         old = self.store.node(node.id)
         if old is not None and old.secret_id and node.secret_id != old.secret_id:
-            raise PermissionDenied("node secret ID does not match: a node re-registers with the SecretID it first registered with")
+            raise PermissionDenied("node secret ID does not match: a node re-registers with the SecretID "
+                                   "it first registered with")
         node = node.model_copy(update={"status": NODE_READY, "status_updated_at": int(time.time()),
                                        "status_description": ""})
         index = self.store.upsert_node(node)

@@ -37,7 +37,7 @@ class Worker(threading.Thread):
                 continue
             try:
                 self.process(ev)
-            except Exception:  # noqa: BLE001 - a scheduler bug must not kill the worker
+            except Exception:
                 tries = broker.deliveries(ev.id)
                 log.exception("evaluation %s failed (delivery %d)", ev.id, tries)
                 if not broker.nack(ev.id):

@@ -77,7 +77,8 @@ class AllocMetric(Struct):
         for reason, n in sorted(self.class_filtered.items()):
             lines.append(f'Class "{reason}": {n} nodes excluded by filter')
         if self.nodes_exhausted:
-            lines.append(f"Resources exhausted on {self.nodes_exhausted} node{'s' if self.nodes_exhausted != 1 else ''}")
+            n = self.nodes_exhausted
+            lines.append(f"Resources exhausted on {n} node{'s' if n != 1 else ''}")
         for dim, n in sorted(self.dimension_exhausted.items()):
             lines.append(f'Dimension "{dim}" exhausted on {n} node{"s" if n != 1 else ""}')
         return lines
