@@ -35,6 +35,55 @@ def wait_for(condition, timeout: float = 60.0, interval: float = 0.2, what: str 
     raise AssertionError(f"timed out waiting for {what} (last value: {last!r})")
 
 
+def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """(send queue, receive queue) in bytes of this host's IPv4 TCP connection from local_port to
+    remote_port, as /proc/net/tcp shows them; None when there is no such connection. The send
+    queue counts bytes the peer's kernel has not acknowledged yet, the receive queue bytes that
+    arrived and the process has not read yet."""
+    with open("/proc/net/tcp") as f:
+        rows = f.read().splitlines()[1:]
+    for row in rows:
+        fields = row.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if (local, remote) == (local_port, remote_port):
+            tx, rx = (int(x, 16) for x in fields[4].split(":"))
+            return tx, rx
+    return None
+
+
+def wait_request_read(client_port: int, server_port: int, timeout: float = 30.0) -> None:
+    """Wait until a server on this host has read everything a client sent it on one connection:
+    first every byte acknowledged by the server's kernel (the client's send queue empty), then
+    nothing left unread in the server's receive queue, i.e. the server process has the request."""
+    def delivered() -> bool:
+        q = tcp_queues(client_port, server_port)
+        return q is not None and q[0] == 0
+
+    def read() -> bool:
+        q = tcp_queues(server_port, client_port)
+        return q is not None and q[1] == 0
+
+    wait_for(delivered, timeout, interval=0.01, what=f"the request {client_port} -> {server_port} delivered")
+    wait_for(read, timeout, interval=0.01, what=f"the request {client_port} -> {server_port} read by the server")
+
+
+def alloc_processes(alloc_id: str) -> list[int]:
+    """Live processes of an allocation: those whose environment has its NOMAD_ALLOC_ID (zombies
+    have no environment left, so they do not count)."""
+    needle = f"NOMAD_ALLOC_ID={alloc_id}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in env:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
 class AgentProcess:
     """`yurt agent -dev` (or with -data-dir) on a free port; logs go to a file for post-mortems."""
 
@@ -46,7 +95,7 @@ class AgentProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="yurt-agent-", suffix=".log")[1])
 
-    def start(self) -> "AgentProcess":
+    def start(self) -> AgentProcess:
         args = [sys.executable, "-m", "yurt.cli.main", "agent", "-dev", "-http-port", str(self.port)]
         if self.data_dir:
             args += ["-data-dir", self.data_dir]
@@ -81,7 +130,7 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def __enter__(self) -> "AgentProcess":
+    def __enter__(self) -> AgentProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -21,7 +21,7 @@ from yurt.state import StateStore
 
 class Clock:
     def __init__(self) -> None:
-        self.t = dt.datetime.now(dt.timezone.utc).timestamp()
+        self.t = dt.datetime.now(dt.UTC).timestamp()
 
     def __call__(self) -> float:
         return self.t
@@ -102,7 +102,7 @@ def test_leaf_is_signed_for_the_service(ca, clock):
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
     assert ku.digital_signature and ku.key_encipherment and ku.key_agreement and not ku.key_cert_sign
-    now = dt.datetime.fromtimestamp(clock(), dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.fromtimestamp(clock(), dt.UTC).replace(microsecond=0)
     assert leaf.not_valid_before_utc == now - dt.timedelta(minutes=1)
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(hours=72)
     assert issued.serial_number == x.serial_hex(leaf.serial_number)
@@ -168,7 +168,7 @@ def test_rotation_cross_signs_and_old_root_verifies_new_leaves(ca, clock):
     leaf, chain_xsigned = x.load_certs(issued.cert_pem)  # leaf + the cross-signed root
     leaf.verify_directly_issued_by(new_root)
     chain_xsigned.verify_directly_issued_by(old_root)
-    now = dt.datetime.fromtimestamp(clock(), dt.timezone.utc)
+    now = dt.datetime.fromtimestamp(clock(), dt.UTC)
     # a peer that still trusts only the OLD root accepts the new leaf through the chain
     PolicyBuilder().store(Store([old_root])).time(now).build_client_verifier().verify(leaf, [chain_xsigned])
     # and one that has the new root too

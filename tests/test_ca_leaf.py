@@ -36,7 +36,7 @@ def setup():
 
 
 def test_cached_until_expiry(setup):
-    store, clock, ca, leafs = setup
+    _store, clock, _ca, leafs = setup
     first = leafs.get("web")
     assert leafs.get("web") is first
     assert first["PrivateKeyPEM"].startswith("-----BEGIN PRIVATE KEY-----")
@@ -47,7 +47,7 @@ def test_cached_until_expiry(setup):
 
 
 def test_a_blocking_wait_returns_the_certificate_of_the_new_root(setup):
-    store, clock, ca, leafs = setup
+    _store, _clock, ca, leafs = setup
     leafs.start()
     first = leafs.get("web")
     old_root = ca.state().active_root_id

@@ -168,7 +168,10 @@ def test_run_status_plan_update_scale_stop(cli, agent, tmp_path):
     res = cli("job", "stop", "web")
     no_traceback(res)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert all(a["ClientStatus"] in ("complete", "failed", "lost") for a in api(agent, "/v1/job/web/allocations"))
+    assert 'All allocations of job "web" are stopped' in res.stdout, res.stdout
+    stopped = api(agent, "/v1/job/web/allocations")
+    assert len(stopped) == 4  # the first, its v2 replacement, two more from the scale-up
+    assert [(a["DesiredStatus"], a["ClientStatus"]) for a in stopped] == [("stop", "complete")] * 4, stopped
     res = cli("job", "status", "web")
     assert "dead (stopped)" in res.stdout, res.stdout
     res = cli("job", "status")
@@ -312,9 +315,17 @@ def test_node_status(cli, agent):
     assert row.split()[-1] == "ready" and "dc1" in row
     node_id = row.split()[0]
     res = cli("node", "status", node_id)
+    no_traceback(res)
     assert res.returncode == 0, res.stderr
-    assert "Status        = ready" in res.stdout or "Status  " in res.stdout
-    assert "raw_exec" in res.stdout and "Allocations" in res.stdout
+    lines = res.stdout.splitlines()
+    for line in (f"ID            = {node_id}", "DC            = dc1", "Drain         = false",
+                 "Eligibility   = eligible", "Status        = ready", "Allocated Resources", "Drivers",
+                 "Allocations"):
+        assert line in lines, res.stdout
+    driver_status = next(ln for ln in lines if ln.startswith("Driver Status = "))
+    healthy = driver_status.removeprefix("Driver Status = ").split(" (unhealthy: ")[0].split(",")
+    assert "raw_exec" in healthy, driver_status
+    assert ["raw_exec", "true", "true", "Healthy"] in [ln.split() for ln in lines], res.stdout
 
 
 def test_unreachable_agent(tmp_path):

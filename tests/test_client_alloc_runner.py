@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from typing import ClassVar
 
 from yurt.client.alloc_state import load
 from yurt.structs import TaskLifecycle
@@ -58,7 +59,7 @@ def test_service_task_exiting_zero_is_restarted(tmp_path):
 
 def test_delay_mode_waits_for_the_next_interval(tmp_path):
     task = sh("crash", "exit 1", restart_policy=fast_restart(1, mode="delay", interval_s=1.0))
-    runner, rec = start_alloc(make_alloc([task]), tmp_path)
+    runner, _rec = start_alloc(make_alloc([task]), tmp_path)
     wait_for(lambda: any(e.restart_reason == "Exceeded allowed attempts, applying a delay"
                          for e in runner.task_states()["crash"].events), what="delay restart")
     wait_for(lambda: runner.task_states()["crash"].restarts >= 3, what="restarts past attempts")
@@ -193,7 +194,7 @@ def test_leader_death_stops_the_others(tmp_path):
 
 
 def test_state_is_persisted_and_destroy_removes_everything(tmp_path):
-    runner, rec = start_alloc(make_alloc([sh("t", "echo hi")], job_type="batch"), tmp_path)
+    runner, _rec = start_alloc(make_alloc([sh("t", "echo hi")], job_type="batch"), tmp_path)
     assert runner.wait(30)
     saved = load(tmp_path, runner.alloc_id)
     assert saved is not None and saved.done and saved.tasks["t"].state.state == "dead"
@@ -222,7 +223,7 @@ def test_hooks_add_env_and_a_failing_prerun_fails_the_allocation(tmp_path):
 
     class EnvHook(AllocHook):
         name = "env"
-        calls: list[str] = []
+        calls: ClassVar[list[str]] = []
 
         def prerun(self, runner):
             runner.hook_env["FROM_HOOK"] = "hooked"

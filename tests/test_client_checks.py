@@ -70,7 +70,7 @@ def test_script_check_exit_codes(tmp_path):
 
 
 def test_failures_before_critical_debounce():
-    seen, report = collect()
+    _seen, report = collect()
     port = free_port()
     spec = CheckSpec("t", "t", "tcp", port=port, interval=0.05, initial_status=PASSING, failures_before_critical=3)
     statuses = []

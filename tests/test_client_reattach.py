@@ -23,10 +23,14 @@ AGENT = textwrap.dedent("""
     alloc = Allocation.model_validate(json.load(open(alloc_file)))
     runner = AllocRunner(alloc, data_dir=data_dir, drivers={"raw_exec": RawExecDriver()})
     runner.run()
+    deadline = time.monotonic() + 60
     while runner.client_status != "running":
+        if time.monotonic() > deadline:
+            print("NOT RUNNING", runner.client_status, flush=True)
+            sys.exit(1)
         time.sleep(0.05)
     print("RUNNING", flush=True)
-    time.sleep(3600)
+    time.sleep(3600)  # until the test kills this agent
 """)
 
 

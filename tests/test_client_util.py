@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from yurt.client import AllocRunner, RawExecDriver
 from yurt.jobspec.defaults import canonicalize

@@ -143,7 +143,7 @@ def test_leaf_certificate_and_rotation(agent):
         t.join(90)
         new, new_index = result["r"]
         assert new_index > index and new["SerialNumber"] != cert["SerialNumber"]
-        leaf, xsigned = x509.load_pem_x509_certificates(new["CertPEM"].encode())
+        _leaf, xsigned = x509.load_pem_x509_certificates(new["CertPEM"].encode())
         new_roots, _ = client.ca_roots()
         old_root = next(r for r in new_roots["Roots"] if r["ID"] == roots["ActiveRootID"])
         assert old_root["Active"] is False
@@ -235,7 +235,7 @@ def test_the_agent_runs_http_checks_of_api_registered_services(api):
     answer = {"code": 200}
 
     class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
+        def do_GET(self):
             self.send_response(answer["code"])
             self.end_headers()
             self.wfile.write(b"db ok" if answer["code"] == 200 else b"db down")

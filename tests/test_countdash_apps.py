@@ -62,9 +62,9 @@ def test_dashboard_shows_the_upstream_count_or_unreachable(app):
 def test_job_file_differs_from_the_seed_only_in_drivers_and_configs():
     job = load_file(str(EXAMPLE / "countdash.nomad")).job
     seed = load_file(str(Path(__file__).parent / "fixtures" / "connect.nomad")).job
-    for g, s in zip(job.task_groups, seed.task_groups):
+    for g, s in zip(job.task_groups, seed.task_groups, strict=True):
         assert g.networks == s.networks and g.services == s.services
-        for t, st in zip(g.tasks, s.tasks):
+        for t, st in zip(g.tasks, s.tasks, strict=True):
             assert t.driver == "exec" and st.driver == "docker"
             assert t.env == st.env and t.name == st.name
     assert "def main()" in job.task_groups[0].tasks[0].config["args"][1]  # file() read the app

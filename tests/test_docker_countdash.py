@@ -63,9 +63,9 @@ def test_seed_connect_nomad_runs_with_the_docker_driver(tmp_path):
                              capture_output=True, text=True, env=env, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
         for alloc_id in ids:
-            wait_for(lambda: not containers_of(client, alloc_id), timeout=90, what="no container left")
-            wait_for(lambda: alloc_id not in netns_names(), timeout=60, what="namespace removed")
-            wait_for(lambda: not iptables_mentions(alloc_id), timeout=60, what="iptables rules removed")
+            wait_for(lambda a=alloc_id: not containers_of(client, a), timeout=90, what="no container left")
+            wait_for(lambda a=alloc_id: a not in netns_names(), timeout=60, what="namespace removed")
+            wait_for(lambda a=alloc_id: not iptables_mentions(a), timeout=60, what="iptables rules removed")
         api.close()
     finally:
         agent.stop()

@@ -68,7 +68,7 @@ def test_cpu_weight_conversion():
 def test_unwritable_limit_is_a_clear_error(tmp_path):
     root = fake_v1(tmp_path)
     (root / "memory/yurt/a1.web/memory.limit_in_bytes").mkdir(parents=True)  # not writable
-    with pytest.raises(CgroupError, match="cannot write .* to .*memory.limit_in_bytes"):
+    with pytest.raises(CgroupError, match=r"cannot write .* to .*memory\.limit_in_bytes"):
         Cgroup.create("a1.web", memory_mb=32, root=root)
 
 

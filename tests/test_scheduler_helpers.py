@@ -42,8 +42,8 @@ def make_job(job_id: str = "web", *, type_: str = "service", count: int = 1, cpu
 
 def ports(*static: tuple[str, int], dynamic=(), mode: str = "host") -> list[NetworkResource]:
     return [NetworkResource(mode=mode,
-                            reserved_ports=[Port(label=l, value=v) for l, v in static] or None,
-                            dynamic_ports=[Port(label=l, to=t) for l, t in dynamic] or None)]
+                            reserved_ports=[Port(label=lbl, value=v) for lbl, v in static] or None,
+                            dynamic_ports=[Port(label=lbl, to=t) for lbl, t in dynamic] or None)]
 
 
 _n = [0]

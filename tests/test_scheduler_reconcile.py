@@ -205,5 +205,5 @@ def test_placements_capped_at_count_with_failed_and_lost():
     job2 = _bump(job)
     job2.task_groups[0].count = 1
     st.upsert_job(job2)
-    res = run(st, job2, now=NOW + 3600 * S)
+    run(st, job2, now=NOW + 3600 * S)
     assert len(live(st, job2)) == 1

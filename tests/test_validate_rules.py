@@ -151,7 +151,7 @@ class RecordingLocator(Locator):
 def run(job: Job, positions=None):
     loc = RecordingLocator(job, positions)
     problems = validate(job, loc)
-    return list(zip(loc.paths, problems))
+    return list(zip(loc.paths, problems, strict=True))
 
 
 def errors(job: Job):
