@@ -264,3 +264,27 @@ def test_the_agent_runs_http_checks_of_api_registered_services(api):
     finally:
         httpd.shutdown()
         api.put("/v1/agent/service/deregister/httpweb")
+
+
+def test_errors_are_answered_in_the_shape_of_their_route(api):
+    """One mapping for every error: the status says the kind, the text says what and how to fix;
+    a Consul-shaped route adds its X-Consul-* headers (python-consul reads them on errors), a
+    Nomad-shaped route answers as Nomad does, without them."""
+    r = api.get("/v1/connect/intentions/exact", params={"source": "web", "destination": "nowhere"})
+    assert (r.status_code, r.text) == (404, "intention not found: web => nowhere")
+    assert int(r.headers["X-Consul-Index"]) >= 1 and r.headers["X-Consul-KnownLeader"] == "true"
+    r = api.get("/v1/connect/intentions/exact", params={"source": "web"})
+    assert (r.status_code, r.text) == (400, "source and destination are required query parameters")
+    assert "X-Consul-Index" in r.headers
+    r = api.put("/v1/agent/service/register", content=b"{not json")
+    assert r.status_code == 400 and r.text.startswith("request body is not valid JSON: ")
+    assert "X-Consul-Index" in r.headers
+    r = api.put("/v1/connect/intentions/exact", params={"source": "a", "destination": "b"},
+                json={"Action": "maybe"})
+    assert (r.status_code, r.text) == (400, 'Action must be "allow" or "deny", not "maybe"')
+    r = api.get("/v1/job/nope")
+    assert (r.status_code, r.text) == (404, "job not found")
+    assert "X-Consul-Index" not in r.headers
+    r = api.get("/v1/jobs", params={"index": "abc"})
+    assert (r.status_code, r.text) == (400, 'invalid index "abc": must be a whole number')
+    assert "X-Consul-Index" not in r.headers
