@@ -37,7 +37,7 @@ def test_places_count_with_names_and_fields():
     t = a.allocated_resources.tasks["app"]
     assert (t.cpu.cpu_shares, t.memory.memory_mb) == (500, 512)
     assert a.allocated_resources.shared.disk_mb == 300
-    assert a.metrics["NodesEvaluated"] >= 1 and a.metrics["NodesAvailable"] == {"dc1": 3}
+    assert a.metrics.nodes_evaluated >= 1 and a.metrics.nodes_available == {"dc1": 3}
     assert res.status == "complete" and not res.failed_tg_allocs and res.blocked_eval is None
     assert res.desired_updates["g"].place == 3
     # anti-affinity spreads a fresh group over empty nodes, one each

@@ -191,7 +191,7 @@ def bullets(lines: Iterable[str], indent: str) -> list[str]:
 
 def metric_reasons(metric: dict | None) -> list[str]:
     """AllocMetric.reasons() on a metric as the API returns it."""
-    from yurt.structs.evaluation import AllocMetric
+    from yurt.structs import AllocMetric
     if not metric:
         return []
     known = {f.alias or name for name, f in AllocMetric.model_fields.items()} | set(AllocMetric.model_fields)

@@ -194,7 +194,7 @@ class _Scheduler:
         ar = tmpl.allocated_resources
         update: dict[str, Any] = {
             "id": new_id(self.rng), "name": p.name, "node_id": node.id, "node_name": node.name,
-            "metrics": metric.to_json(), "task_states": {},
+            "metrics": metric, "task_states": {},
             "desired_transition": tmpl.desired_transition.model_copy(),
             "allocated_resources": ar.model_copy(update={
                 "tasks": dict(ar.tasks),

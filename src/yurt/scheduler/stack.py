@@ -127,7 +127,8 @@ class Stack:
                ) -> tuple[Node | None, list[tuple[str, int, int]] | None, AllocMetric]:
         """The best node for one more allocation of ``group`` and its ports, and the metric of
         the choice (nodes evaluated, filtered and exhausted, the first candidates' scores)."""
-        metric = AllocMetric.new(self.in_pool, dict(self.by_dc))
+        filtered: dict[str, int] = {}     # reason -> nodes (counted here, the metric built once)
+        exhausted: dict[str, int] = {}    # dimension -> nodes
         scores_meta: list[dict[str, Any]] = []
         order = self.order
         n = len(order)
@@ -162,29 +163,29 @@ class Stack:
             if reason is _UNSET:
                 reason = feasible[nid] = job_checker(node) or group_checker(node)
             if reason is not None:
-                metric.filter(reason)
+                filtered[reason] = filtered.get(reason, 0) + 1
                 continue
             usage = usages.get(nid) or usage_of(node)
             if distinct:
                 reason = self._distinct(node, group, usage)
                 if reason is not None:
-                    metric.filter(reason)
+                    filtered[reason] = filtered.get(reason, 0) + 1
                     continue
             cpu = usage.cpu + ask_cpu
             if cpu > usage.cap_cpu:
-                metric.exhaust("cpu")
+                exhausted["cpu"] = exhausted.get("cpu", 0) + 1
                 continue
             mem = usage.mem + ask_mem
             if mem > usage.cap_mem:
-                metric.exhaust("memory")
+                exhausted["memory"] = exhausted.get("memory", 0) + 1
                 continue
             if usage.disk + ask_disk > usage.cap_disk:
-                metric.exhaust("disk")
+                exhausted["disk"] = exhausted.get("disk", 0) + 1
                 continue
             if port_ask is not None:
                 dim = ports_free(port_ask, usage.ports, node)
                 if dim:
-                    metric.exhaust(dim)
+                    exhausted[dim] = exhausted.get(dim, 0) + 1
                     continue
             binpack = binpack_score(cpu, mem, usage.cap_cpu, usage.cap_mem)
             total, parts = binpack, 1
@@ -219,9 +220,9 @@ class Stack:
             candidates.append((final, node))
             if len(candidates) >= limit:
                 break
-        metric.nodes_evaluated = evaluated
-        if scores_meta:
-            metric.score_meta_data = scores_meta
+        metric = AllocMetric.of_placement(evaluated=evaluated, in_pool=self.in_pool,
+                                          available=dict(self.by_dc), filtered=filtered,
+                                          exhausted=exhausted, score_meta=scores_meta)
         self.offset = offset
         if not candidates:
             candidates = skipped

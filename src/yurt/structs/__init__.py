@@ -14,11 +14,11 @@ from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExp
 from .task import ChangeScript, Task, TaskLifecycle, Template, WaitConfig
 from .node import (DriverInfo, Node, NodeCpuResources, NodeDiskResources, NodeMemoryResources,
                    NodeReservedResources, NodeResources)
-from .alloc import (AllocatedCpuResources, AllocatedMemoryResources, AllocatedPortMapping,
+from .alloc import (AllocatedCpuResources, AllocMetric, AllocatedMemoryResources, AllocatedPortMapping,
                     AllocatedResources, AllocatedSharedResources, AllocatedTaskResources, Allocation,
                     AllocNetworkStatus, DesiredTransition, RescheduleEvent, RescheduleTracker,
                     TaskEvent, TaskState)
-from .evaluation import (AllocMetric, DesiredUpdates, Evaluation, JobSummary, Plan, PlanAnnotations,
+from .evaluation import (DesiredUpdates, Evaluation, JobSummary, Plan, PlanAnnotations,
                          PlanResult, TaskGroupSummary)
 from .catalog import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, ConnectProxyConfig, HealthCheck,
                       ServiceRegistration, UpstreamConfig)

@@ -111,6 +111,60 @@ class AllocNetworkStatus(Struct):
     dns: dict[str, Any] | None = field(None, json="DNS")
 
 
+class AllocMetric(Struct):
+    """Why placement went as it did (Nomad's AllocMetric): the scheduler makes one per placement
+    (`of_placement`); allocations and failed placements carry it, the CLI prints `reasons()`."""
+
+    nodes_evaluated: int = 0
+    nodes_filtered: int = 0
+    nodes_in_pool: int = 0
+    nodes_available: dict[str, int] = field(factory=dict)
+    class_filtered: dict[str, int] = field(factory=dict)
+    constraint_filtered: dict[str, int] = field(factory=dict)
+    nodes_exhausted: int = 0
+    class_exhausted: dict[str, int] = field(factory=dict)
+    dimension_exhausted: dict[str, int] = field(factory=dict)
+    quota_exhausted: list[str] = field(factory=list)
+    resources_exhausted: dict[str, Any] | None = None
+    scores: dict[str, float] | None = None
+    score_meta_data: list[dict[str, Any]] | None = None
+    allocation_time: int = 0
+    coalesced_failures: int = 0
+
+    @classmethod
+    def of_placement(cls, *, evaluated: int, in_pool: int, available: dict[str, int],
+                     filtered: dict[str, int], exhausted: dict[str, int],
+                     score_meta: list[dict[str, Any]]) -> AllocMetric:
+        """The metric of one placement from the scheduler's counts (nodes filtered per reason,
+        exhausted per dimension). Built without validation and with every field given, so no
+        default factory runs: the scheduler makes one per placement."""
+        return cls.model_construct(
+            nodes_evaluated=evaluated, nodes_filtered=sum(filtered.values()), nodes_in_pool=in_pool,
+            nodes_available=available, class_filtered={}, constraint_filtered=filtered,
+            nodes_exhausted=sum(exhausted.values()), class_exhausted={}, dimension_exhausted=exhausted,
+            quota_exhausted=[], resources_exhausted=None, scores=None,
+            score_meta_data=score_meta or None, allocation_time=0, coalesced_failures=0)
+
+    def reasons(self) -> list[str]:
+        """Human lines, as `nomad job run` prints them under a failed placement."""
+        lines = []
+        if self.nodes_evaluated == 0 and not self.nodes_in_pool:
+            lines.append("No nodes were eligible for evaluation")
+        for dc, n in sorted(self.nodes_available.items()):
+            if n == 0:
+                lines.append(f'No nodes are available in datacenter "{dc}"')
+        for reason, n in sorted(self.constraint_filtered.items()):
+            lines.append(f"{n} node{'s' if n != 1 else ''} excluded by filter: {reason}")
+        for reason, n in sorted(self.class_filtered.items()):
+            lines.append(f'Class "{reason}": {n} nodes excluded by filter')
+        if self.nodes_exhausted:
+            n = self.nodes_exhausted
+            lines.append(f"Resources exhausted on {n} node{'s' if n != 1 else ''}")
+        for dim, n in sorted(self.dimension_exhausted.items()):
+            lines.append(f'Dimension "{dim}" exhausted on {n} node{"s" if n != 1 else ""}')
+        return lines
+
+
 class Allocation(Struct):
     id: str = field("", json="ID")
     namespace: str = "default"
@@ -133,7 +187,7 @@ class Allocation(Struct):
     reschedule_tracker: RescheduleTracker | None = None
     followup_eval_id: str = field("", json="FollowupEvalID")
     network_status: AllocNetworkStatus | None = None
-    metrics: dict[str, Any] | None = None
+    metrics: AllocMetric | None = None
     create_index: int = 0
     modify_index: int = 0
     alloc_modify_index: int = 0

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
 
-from .alloc import Allocation
+from .alloc import AllocMetric, Allocation
 from .base import Struct, field
 from .job import Job
 
@@ -23,65 +22,6 @@ TRIGGER_RETRY_FAILED_ALLOC = "alloc-failure"
 TRIGGER_QUEUED_ALLOCS = "queued-allocs"
 TRIGGER_MAX_PLANS = "max-plan-attempts"
 TRIGGER_FAILED_FOLLOW_UP = "failed-follow-up"
-
-
-class AllocMetric(Struct):
-    """Why placement went as it did (Nomad's AllocMetric). The scheduler counts into one per
-    placement (`filter`, `exhaust`); allocations and failed placements carry it."""
-
-    nodes_evaluated: int = 0
-    nodes_filtered: int = 0
-    nodes_in_pool: int = 0
-    nodes_available: dict[str, int] = field(factory=dict)
-    class_filtered: dict[str, int] = field(factory=dict)
-    constraint_filtered: dict[str, int] = field(factory=dict)
-    nodes_exhausted: int = 0
-    class_exhausted: dict[str, int] = field(factory=dict)
-    dimension_exhausted: dict[str, int] = field(factory=dict)
-    quota_exhausted: list[str] = field(factory=list)
-    resources_exhausted: dict[str, Any] | None = None
-    scores: dict[str, float] | None = None
-    score_meta_data: list[dict[str, Any]] | None = None
-    allocation_time: int = 0
-    coalesced_failures: int = 0
-
-    @classmethod
-    def new(cls, nodes_in_pool: int = 0, nodes_available: dict[str, int] | None = None) -> AllocMetric:
-        """An empty metric, built without validation: the scheduler makes one per placement.
-        Every field is given, so no default factory runs (pydantic inspects each one per call)."""
-        return cls.model_construct(
-            nodes_evaluated=0, nodes_filtered=0, nodes_in_pool=nodes_in_pool,
-            nodes_available=nodes_available or {}, class_filtered={}, constraint_filtered={},
-            nodes_exhausted=0, class_exhausted={}, dimension_exhausted={}, quota_exhausted=[],
-            resources_exhausted=None, scores=None, score_meta_data=None, allocation_time=0,
-            coalesced_failures=0)
-
-    def filter(self, reason: str) -> None:
-        self.nodes_filtered += 1
-        self.constraint_filtered[reason] = self.constraint_filtered.get(reason, 0) + 1
-
-    def exhaust(self, dimension: str) -> None:
-        self.nodes_exhausted += 1
-        self.dimension_exhausted[dimension] = self.dimension_exhausted.get(dimension, 0) + 1
-
-    def reasons(self) -> list[str]:
-        """Human lines, as `nomad job run` prints them under a failed placement."""
-        lines = []
-        if self.nodes_evaluated == 0 and not self.nodes_in_pool:
-            lines.append("No nodes were eligible for evaluation")
-        for dc, n in sorted(self.nodes_available.items()):
-            if n == 0:
-                lines.append(f'No nodes are available in datacenter "{dc}"')
-        for reason, n in sorted(self.constraint_filtered.items()):
-            lines.append(f"{n} node{'s' if n != 1 else ''} excluded by filter: {reason}")
-        for reason, n in sorted(self.class_filtered.items()):
-            lines.append(f'Class "{reason}": {n} nodes excluded by filter')
-        if self.nodes_exhausted:
-            n = self.nodes_exhausted
-            lines.append(f"Resources exhausted on {n} node{'s' if n != 1 else ''}")
-        for dim, n in sorted(self.dimension_exhausted.items()):
-            lines.append(f'Dimension "{dim}" exhausted on {n} node{"s" if n != 1 else ""}')
-        return lines
 
 
 class Evaluation(Struct):
