@@ -315,7 +315,7 @@ def test_check_index_registers_only_at_the_expected_version(api):
 
 def test_node_that_misses_its_heartbeat_goes_down_and_its_allocations_move(api):
     """A second node registers and never heartbeats: after its TTL it is down, its allocation is
-    lost, and the scheduler places a replacement on the node that is alive."""
+    lost, and the scheduler places a replacement on the node that is alive, which runs it."""
     real = api.get("/v1/nodes").json()[0]
     node = api.get(f"/v1/node/{real['ID']}").json()
     fake_id = "00000000-0000-4000-8000-00000000fa4e"
@@ -333,10 +333,12 @@ def test_node_that_misses_its_heartbeat_goes_down_and_its_allocations_move(api):
     lost = wait_for(lambda: (lambda a: a if a["ClientStatus"] == "lost" else None)(
         api.get(f"/v1/allocation/{first['ID']}").json()), timeout=120, what="lost")
     assert lost["DesiredStatus"] == "stop"
-    # the replacement is placed on the live node under the same name (the lost one is stopped)
-    repl = wait_for(lambda: [a for a in allocs(api, "mover") if a["DesiredStatus"] == "run" and a["ID"] != first["ID"]],
-                    timeout=120, what="replacement placed")
-    assert repl[0]["NodeID"] == real["ID"] and repl[0]["Name"] == first["Name"]
+    # the replacement is placed on the live node under the same name (the lost one is stopped),
+    # and that node's client runs it
+    repl = wait_for(lambda: [a for a in allocs(api, "mover") if a["ClientStatus"] == "running"],
+                    timeout=120, what="replacement running")
+    assert repl[0]["NodeID"] == real["ID"] and repl[0]["Name"] == first["Name"] and repl[0]["ID"] != first["ID"]
+    assert repl[0]["DesiredStatus"] == "run"
     api.delete("/v1/job/mover", params={"purge": "true"})
 
 

@@ -426,3 +426,21 @@ def test_a_job_without_namespace_goes_to_default(store):
     store.upsert_job(Job(id="bare"))
     j = store.job("default", "bare")
     assert j is not None and j.namespace == "default" and j.status == "pending"
+
+
+def test_a_job_and_the_eval_that_schedules_it_are_one_write(store):
+    """register_job stores both at one index (a crash keeps both or neither); the eval carries
+    the stored job's JobModifyIndex, also when an identical spec keeps the old one."""
+    job = mock.job("atomic")
+    index, ev = store.register_job(job, mock.evaluation(job))
+    stored = store.job("default", "atomic")
+    assert stored.modify_index == ev.create_index == index == store.index()
+    assert ev.job_modify_index == stored.job_modify_index == index and store.eval(ev.id) == ev
+    again, ev2 = store.register_job(job, mock.evaluation(job))
+    assert again == index + 1 and ev2.job_modify_index == index   # same spec: same JobModifyIndex
+    before = store.index()
+    with pytest.raises(NotFound):
+        store.purge_job("default", "nope", mock.evaluation(mock.job("nope")))
+    assert store.index() == before and not store.evals(job_id="nope")   # refused whole: no eval
+    purged = store.purge_job("default", "atomic", mock.evaluation(job, eval_id="purge-eval"))
+    assert store.job("default", "atomic") is None and store.eval("purge-eval").create_index == purged

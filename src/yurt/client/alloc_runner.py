@@ -92,6 +92,7 @@ class AllocRunner:
         self.hook_resources: dict[str, object] = {}
         self._cond = threading.Condition(threading.RLock())
         self._report_lock = threading.Lock()
+        self._persist_lock = threading.Lock()
         self._stopping = threading.Event()
         self._destroying = threading.Event()
         self._done = threading.Event()
@@ -207,10 +208,13 @@ class AllocRunner:
         self._notify()
 
     def _persist(self) -> None:
-        persisted = alloc_state.PersistedAlloc(
-            self.alloc, {name: alloc_state.PersistedTask(tr.state, tr.handle)
-                         for name, tr in self.task_runners.items()}, self._finished)
-        alloc_state.save(self.data_dir, persisted)
+        """Write the allocation's local state; writers take turns, so the file on disk is the
+        state as of the latest write, never an older snapshot renamed over a newer one."""
+        with self._persist_lock:
+            persisted = alloc_state.PersistedAlloc(
+                self.alloc, {name: alloc_state.PersistedTask(tr.state, tr.handle)
+                             for name, tr in self.task_runners.items()}, self._finished)
+            alloc_state.save(self.data_dir, persisted)
 
     def _report(self) -> None:
         with self._report_lock:

@@ -8,7 +8,10 @@ are written atomically, so an agent that restarts can read them at any time.
 
 Spec keys: command, args, env, cwd, user, task, logs_dir, logs_disabled, max_files,
 max_file_size (bytes), pid_file, status_file, netns (a network namespace to join first),
-isolation (optional: run the task in its own namespaces, root and cgroup; see `sandbox`).
+lock_fd (the task dir's executor lock, taken by the agent and inherited: held for the
+executor's whole life, so no agent starts a second executor for the task; the task itself does
+not inherit it), isolation (optional: run the task in its own namespaces, root and cgroup; see
+`sandbox`).
 Without ``isolation`` (raw_exec) the task is a plain child in its own session.
 """
 
@@ -44,6 +47,8 @@ def _pump(fd: int, rotator: FileRotator) -> None:
 
 
 def run(spec: dict) -> int:
+    if spec.get("lock_fd") is not None:
+        os.set_inheritable(int(spec["lock_fd"]), False)  # held by this process, not by the task
     status_file = Path(spec["status_file"])
     pid_file = Path(spec["pid_file"])
     task = spec["task"]

@@ -27,6 +27,7 @@ log = logging.getLogger("yurt.client")
 
 SYNC_INTERVAL = 0.2     # seconds between batches of allocation updates to the server
 WATCH_WAIT = "30s"      # blocking-query wait for the node's allocations
+WATCH_BACKOFF = (0.5, 10.0)   # seconds: first and longest wait before the watch retries
 
 
 @dataclass
@@ -140,16 +141,25 @@ class NodeAgent:
             log.info("re-attached to allocation %s", alloc_id[:8])
 
     def _watch(self) -> None:
+        """Follow this node's allocations until the agent stops. Nothing else ends the loop:
+        a failed query, or a failure while acting on its answer, is logged and retried with
+        backoff from the last index that was fully acted on (so nothing given is skipped)."""
         self._registered.wait()
         index = 0
+        backoff = WATCH_BACKOFF[0]
         while not self._stop.is_set():
             try:
-                allocs, index = self.api.node_allocations(self.node.id, index=index, wait=WATCH_WAIT)
+                allocs, new_index = self.api.node_allocations(self.node_id, index=index, wait=WATCH_WAIT)
+                self._reconcile([Allocation.model_validate(a) for a in allocs])
             except YurtError as e:
-                log.debug("watching allocations failed: %s", e)
-                self._stop.wait(1.0)
+                log.debug("watching allocations failed: %s; retrying in %.1fs", e, backoff)
+            except Exception:
+                log.exception("acting on this node's allocations failed; retrying in %.1fs", backoff)
+            else:
+                index, backoff = new_index, WATCH_BACKOFF[0]
                 continue
-            self._reconcile([Allocation.model_validate(a) for a in allocs])
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, WATCH_BACKOFF[1])
 
     def _reconcile(self, allocs: list[Allocation]) -> None:
         seen = set()

@@ -107,27 +107,26 @@ class Server:
     def register_job(self, job: Job) -> dict[str, Any]:
         """Store a new job or version and evaluate it (Nomad's Job.Register)."""
         job = inject_sidecars(job.model_copy(update={"stop": False}, deep=True))
-        job_index = self.store.upsert_job(job)
         namespace = job.namespace or "default"
-        stored = self.store.job(namespace, job.id)
-        ev = self._new_eval(stored, namespace, job.id, TRIGGER_JOB_REGISTER)
+        # the job and the eval that schedules it are one write: a crash keeps both or neither
+        index, ev = self.store.register_job(job, self._new_eval(job, namespace, job.id, TRIGGER_JOB_REGISTER))
         self.broker.drop_job(namespace, job.id)
-        index = self._submit([ev])
-        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index,
+        self.broker.enqueue(ev)
+        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": index,
                 "Warnings": "", "Index": index}
 
     def deregister_job(self, namespace: str, job_id: str, purge: bool = False) -> dict[str, Any]:
         job = self.store.job(namespace, job_id)
         if job is None:
             raise NotFound("job not found")
-        if purge:
-            job_index = self.store.delete_job(namespace, job_id)
-        else:
-            job_index = self.store.upsert_job(job.model_copy(update={"stop": True}))
-        self.broker.drop_job(namespace, job_id)
         ev = self._new_eval(job, namespace, job_id, TRIGGER_JOB_DEREGISTER)
-        index = self._submit([ev])
-        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job_index, "Index": index}
+        if purge:
+            index = self.store.purge_job(namespace, job_id, ev)
+        else:
+            index, ev = self.store.register_job(job.model_copy(update={"stop": True}), ev)
+        self.broker.drop_job(namespace, job_id)
+        self.broker.enqueue(ev)
+        return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": index, "Index": index}
 
     def plan_job(self, job: Job, diff: bool = True) -> dict[str, Any]:
         """A dry run (Nomad's Job.Plan): what the scheduler would do, and the diff; nothing is stored."""

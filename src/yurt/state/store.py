@@ -181,6 +181,25 @@ class StateStore(MeshStore):
         identical one keeps Version and JobModifyIndex and only gets a new ModifyIndex."""
         return self._write(lambda txn: txn.upsert_job(job))
 
+    def register_job(self, job: Job, ev: Evaluation) -> tuple[int, Evaluation]:
+        """`upsert_job(job)` and the evaluation that schedules it, in one transaction: a crash
+        never leaves a stored job (or a stopped one) that no evaluation will act on. The eval
+        gets the stored job's JobModifyIndex; returns (index, the eval as stored)."""
+        stored: list[Evaluation] = []
+
+        def build(txn: Txn) -> None:
+            new = txn.upsert_job(job)
+            stored.append(txn.upsert_eval(ev.model_copy(update={"job_modify_index": new.job_modify_index})))
+        index = self._write(build)
+        return index, stored[0]
+
+    def purge_job(self, namespace: str, job_id: str, ev: Evaluation) -> int:
+        """`delete_job` and the evaluation that stops its allocations, in one transaction."""
+        def build(txn: Txn) -> None:
+            txn.delete_job((namespace, job_id))
+            txn.upsert_eval(ev)
+        return self._write(build)
+
     def stop_job(self, namespace: str, job_id: str, stop: bool = True) -> int:
         """Set (or clear) Stop; like Nomad, stopping is a spec change, hence a new version."""
         def build(txn: Txn) -> None:

@@ -179,7 +179,7 @@ class Txn(MeshTxn):
 
     # --- evaluations ---------------------------------------------------------------------------
 
-    def upsert_eval(self, e: Evaluation) -> None:
+    def upsert_eval(self, e: Evaluation) -> Evaluation:
         exist = self.eval(e.id)
         idx, now = self.index, self.ch.now
         if exist is None:
@@ -193,6 +193,7 @@ class Txn(MeshTxn):
         self.touched.add((new.namespace, new.job_id))
         if exist is not None and (exist.namespace, exist.job_id) != (new.namespace, new.job_id):
             self.touched.add((exist.namespace, exist.job_id))
+        return new
 
     def delete_eval(self, eval_id: str) -> None:
         e = self.eval(eval_id)

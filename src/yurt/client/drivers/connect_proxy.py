@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .base import DriverError, DriverFingerprint, TaskConfig, TaskHandle
-from .raw_exec import RawExecDriver
+from .raw_exec import PID_FILE, STATUS_FILE, RawExecDriver
 
 NAME = "connect-proxy"
 CONFIG_FILE = "proxy.json"     # in the task's secrets dir
@@ -26,6 +26,7 @@ READY_TIMEOUT = 60.0           # seconds to get a certificate and bind the liste
 
 
 class ConnectProxyDriver(RawExecDriver):
+    stale_files = (PID_FILE, STATUS_FILE, READY_FILE)
     name = NAME
 
     def __init__(self, agent_address: str = "") -> None:
@@ -46,8 +47,7 @@ class ConnectProxyDriver(RawExecDriver):
                               recoverable=False)
         secrets = Path(cfg.task_dir) / "secrets"
         secrets.mkdir(parents=True, exist_ok=True)
-        ready = Path(cfg.task_dir) / READY_FILE
-        ready.unlink(missing_ok=True)
+        ready = Path(cfg.task_dir) / READY_FILE   # removed with the other stale files on a fresh start
         conf = {**given, "address": self.agent_address, "ready_file": str(ready),
                 "datacenter": given.get("datacenter") or cfg.env.get("NOMAD_DC", "dc1")}
         path = secrets / CONFIG_FILE

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import posixpath
 import pwd
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from .. import cgroups, linux
 from ..cgroups import Cgroup, CgroupError
 from ..procs import write_json_atomic
 from .base import DriverError, DriverFingerprint, TaskConfig, TaskHandle, TaskStats
-from .raw_exec import EXECUTOR_LOG, MB, PID_FILE, SPEC_FILE, STATUS_FILE, RawExecDriver, _YURT_SRC
+from .raw_exec import MB, PID_FILE, SPEC_FILE, STATUS_FILE, RawExecDriver
 
 NAME = "exec"
 # Nomad's client chroot_env default (host path -> path inside the task's root)
@@ -200,14 +199,27 @@ class ExecDriver(RawExecDriver):
 
         task_dir = Path(cfg.task_dir)
         self._prepare_dirs(cfg, user)
-        for name in (PID_FILE, STATUS_FILE):
-            (task_dir / name).unlink(missing_ok=True)
+        name = f"{cfg.alloc_id}.{cfg.name}"
+        claimed = self.claim(task_dir, cfg)
+        if isinstance(claimed, TaskHandle):   # an earlier agent started this task's executor
+            claimed.driver = NAME
+            claimed.state = {"cgroup": self._cgroup_paths(name)}
+            return claimed
+        lock_fd = claimed
+        try:
+            return self._start_isolated(task_dir, lock_fd, cfg, opts, user, env, command, name)
+        finally:
+            os.close(lock_fd)
+
+    def _start_isolated(self, task_dir: Path, lock_fd: int, cfg: TaskConfig, opts: dict,
+                        user: pwd.struct_passwd, env: dict[str, str], command: str, name: str) -> TaskHandle:
+        for stale_file in self.stale_files:
+            (task_dir / stale_file).unlink(missing_ok=True)
         resolv = ""
         if cfg.resolv_conf:
             resolv = str(task_dir / ".resolv.conf")
             Path(resolv).write_text(cfg.resolv_conf)
             os.chmod(resolv, 0o644)
-        name = f"{cfg.alloc_id}.{cfg.name}"
         stale = Cgroup.from_dict(self._cgroup_paths(name))
         if stale is not None:
             stale.destroy()  # a task of the same name that did not clean up
@@ -222,7 +234,7 @@ class ExecDriver(RawExecDriver):
             "cwd": "/local", "task": cfg.name, "logs_dir": str(cfg.logs_dir),
             "logs_disabled": cfg.logs_disabled, "max_files": cfg.max_files, "max_file_size": size,
             "pid_file": str(task_dir / PID_FILE), "status_file": str(task_dir / STATUS_FILE),
-            "netns": cfg.netns,
+            "netns": cfg.netns, "lock_fd": lock_fd,
             "isolation": {
                 "root": str(task_dir), "chroot_env": self.chroot_env, "alloc_dir": str(cfg.alloc_dir),
                 "resolv_conf": resolv, "hostname": cfg.hostname or cfg.alloc_id[:8],
@@ -232,8 +244,11 @@ class ExecDriver(RawExecDriver):
                 "cgroup": cgroup.to_dict(),
             },
         }
+        spec_file = task_dir / SPEC_FILE
+        write_json_atomic(spec_file, spec)
+        os.chmod(spec_file, 0o600)  # it is inside the task's root; the env is private
         try:
-            handle = self._launch(task_dir, spec, cfg)
+            handle = self.spawn_executor(task_dir, lock_fd, cfg)
         except DriverError:
             cgroup.destroy()
             raise
@@ -272,21 +287,6 @@ class ExecDriver(RawExecDriver):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o777)
 
-    def _launch(self, task_dir: Path, spec: dict, cfg: TaskConfig) -> TaskHandle:
-        spec_file = task_dir / SPEC_FILE
-        write_json_atomic(spec_file, spec)
-        os.chmod(spec_file, 0o600)  # it is inside the task's root; the env is private
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_YURT_SRC, env.get("PYTHONPATH")) if p)
-        with open(task_dir / EXECUTOR_LOG, "ab") as log:
-            os.chmod(task_dir / EXECUTOR_LOG, 0o600)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "yurt.client.executor", str(spec_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                close_fds=True, env=env, cwd=str(task_dir))
-        with self._lock:
-            self._children[proc.pid] = proc
-        return self._await_start(proc, task_dir, cfg)
 
     # --- cleanup and stats -------------------------------------------------------------------
 

@@ -3,10 +3,16 @@
 The executor (`yurt.client.executor`) is started in its own session, so the task keeps running
 when the agent stops or crashes; the files it writes in the task directory (pid file, status
 file) are how an agent, old or new, follows the task.
+
+At most one executor runs a task directory: the agent takes an exclusive lock on
+`.executor.lock` before it starts one and hands the locked file to it, which holds it for
+life. An agent that finds the lock taken (it crashed after starting the executor, before it
+could record the handle) adopts the executor that runs there instead of starting a second one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal as _signal
 import subprocess
@@ -23,6 +29,7 @@ SPEC_FILE = ".executor-spec.json"
 PID_FILE = ".executor-pid.json"
 STATUS_FILE = ".executor-status.json"
 EXECUTOR_LOG = ".executor.log"
+LOCK_FILE = ".executor.lock"
 START_TIMEOUT = 30.0
 POLL = 0.05
 KILL_GRACE = 10.0
@@ -52,10 +59,31 @@ def lookup_command(command: str, task_dir: Path, env: dict[str, str]) -> str:
     raise DriverError(f'failed to start: exec: "{command}": executable file not found in $PATH')
 
 
+def claim_task_dir(task_dir: Path) -> int | None:
+    """The fd of `task_dir`'s executor lock, taken; None when a live executor holds it."""
+    fd = os.open(task_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def executor_running(task_dir: Path) -> bool:
+    fd = claim_task_dir(task_dir)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
 class RawExecDriver:
     """The `raw_exec` driver; ``enabled`` comes from the client config (on in dev mode)."""
 
     name = NAME
+    # what a previous run left in the task dir, removed (under the lock) before a fresh start
+    stale_files: tuple[str, ...] = (PID_FILE, STATUS_FILE)
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -86,7 +114,18 @@ class RawExecDriver:
 
         task_dir = Path(cfg.task_dir)
         task_dir.mkdir(parents=True, exist_ok=True)
-        for name in (PID_FILE, STATUS_FILE):
+        claimed = self.claim(task_dir, cfg)
+        if isinstance(claimed, TaskHandle):
+            return claimed
+        lock_fd = claimed
+        try:
+            return self._start_executor(task_dir, lock_fd, cfg, path, args)
+        finally:
+            os.close(lock_fd)
+
+    def _start_executor(self, task_dir: Path, lock_fd: int, cfg: TaskConfig, path: str,
+                        args: list) -> TaskHandle:
+        for name in self.stale_files:
             (task_dir / name).unlink(missing_ok=True)
         size = cfg.max_file_size_bytes or cfg.max_file_size_mb * MB
         spec = {
@@ -95,21 +134,43 @@ class RawExecDriver:
             "logs_dir": str(cfg.logs_dir), "logs_disabled": cfg.logs_disabled,
             "max_files": cfg.max_files, "max_file_size": size,
             "pid_file": str(task_dir / PID_FILE), "status_file": str(task_dir / STATUS_FILE),
-            "netns": cfg.netns,
+            "netns": cfg.netns, "lock_fd": lock_fd,
         }
         write_json_atomic(task_dir / SPEC_FILE, spec)
+        return self.spawn_executor(task_dir, lock_fd, cfg)
+
+    def claim(self, task_dir: Path, cfg: TaskConfig) -> int | TaskHandle:
+        """Take the task dir's executor lock: its fd, to start an executor; or the handle of the
+        live executor already running this task, adopted."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            fd = claim_task_dir(task_dir)
+            if fd is not None:
+                return fd
+            if read_json(task_dir / STATUS_FILE) is None:
+                return self._await_start(None, task_dir, cfg)
+            # its executor has finished the task and is on its way out: wait for the lock
+            if time.monotonic() >= deadline:
+                raise DriverError(f"failed to start: the previous executor in {task_dir} does not exit")
+            time.sleep(POLL)
+
+    def spawn_executor(self, task_dir: Path, lock_fd: int, cfg: TaskConfig) -> TaskHandle:
+        """Start the executor on the spec in `task_dir`, handing it the locked `lock_fd`."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_YURT_SRC, env.get("PYTHONPATH")) if p)
         with open(task_dir / EXECUTOR_LOG, "ab") as log:
+            os.chmod(task_dir / EXECUTOR_LOG, 0o600)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "yurt.client.executor", str(task_dir / SPEC_FILE)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                close_fds=True, env=env, cwd=str(task_dir))
+                close_fds=True, pass_fds=(lock_fd,), env=env, cwd=str(task_dir))
         with self._lock:
             self._children[proc.pid] = proc
         return self._await_start(proc, task_dir, cfg)
 
-    def _await_start(self, proc: subprocess.Popen, task_dir: Path, cfg: TaskConfig) -> TaskHandle:
+    def _await_start(self, proc: subprocess.Popen | None, task_dir: Path, cfg: TaskConfig) -> TaskHandle:
+        """The handle once the executor reports the task's pid. `proc` is None when adopting an
+        executor an earlier agent started: then its lock says whether it is still there."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             pids = read_json(task_dir / PID_FILE)
@@ -121,13 +182,18 @@ class RawExecDriver:
                     task_dir=str(task_dir))
             status = read_json(task_dir / STATUS_FILE)
             if status and status.get("start_error"):
-                self._reap(proc.pid)
+                if proc is not None:
+                    self._reap(proc.pid)
                 raise DriverError(f"failed to start: {status['start_error']}")
-            if proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 raise DriverError(f"failed to start: executor exited with code {proc.returncode}: "
                                   f"{self._log_tail(task_dir)}")
+            if proc is None and not executor_running(task_dir) and not read_json(task_dir / PID_FILE):
+                raise DriverError(f"failed to start: the executor found in {task_dir} exited without "
+                                  f"reporting the task: {self._log_tail(task_dir)}")
             time.sleep(POLL)
-        proc.kill()
+        if proc is not None:
+            proc.kill()
         raise DriverError("failed to start: executor did not report the task within "
                           f"{START_TIMEOUT:.0f}s: {self._log_tail(task_dir)}")
 
