@@ -13,6 +13,7 @@ import uvicorn
 
 from yurt.api.app import create_app
 from yurt.api.client import YurtClient
+from yurt.structs import Allocation
 
 from .config import AgentConfig
 
@@ -72,8 +73,15 @@ class Agent:
     def node_id(self) -> str:
         return self.client.node_id if self.client else ""
 
+    def local_alloc(self, alloc_id: str) -> Allocation | None:
+        """The allocation if this agent's client runs it; its logs are here."""
+        return self.client.local_alloc(alloc_id) if self.client else None
+
     def alloc_logs_dir(self, alloc_id: str) -> Path | None:
         return self.client.logs_dir(alloc_id) if self.client else None
+
+    def alloc_done(self, alloc_id: str) -> bool:
+        return self.client.alloc_done(alloc_id) if self.client else True
 
     # -- running ----------------------------------------------------------------------------
     def run(self) -> None:

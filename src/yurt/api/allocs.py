@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from yurt.errors import NotFound
 from yurt.structs import Allocation
 
 from .common import block, by_prefix, flag, reply
+from .forward import need_server
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
 
 def _full_alloc(alloc: Allocation) -> dict:

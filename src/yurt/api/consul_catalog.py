@@ -18,8 +18,8 @@ from fastapi import Request
 from yurt.errors import NotFound
 
 from .common import flag, json_body
-from .consul_common import (agent_of, cblock, consul_route, consul_router, creply,
-                            forward_to_server, local_node, node_key)
+from .consul_common import agent_of, cblock, consul_route, consul_router, creply, local_node, node_key
+from .forward import to_server
 
 router = consul_router()
 
@@ -38,7 +38,7 @@ async def register(request: Request):
     if agent_of(request).server is None:
         if isinstance(body, dict):
             body = {"NodeID": node_id, "Node": node, "NodeAddress": address, **body}
-        return await forward_to_server(request, json.dumps(body).encode())
+        return await to_server(request, json.dumps(body).encode())
     services = _catalog(request).register(body, node_id, node, address)
     return creply(request, None, services[-1].modify_index)
 
@@ -48,7 +48,7 @@ async def register(request: Request):
 @consul_route(forward=False)
 async def deregister(request: Request, service_id: str):
     if agent_of(request).server is None:
-        return await forward_to_server(request, params={"node": node_key(request)})
+        return await to_server(request, params={"node": node_key(request)})
     index = _catalog(request).deregister(node_key(request), service_id)
     return creply(request, None, index)
 
@@ -57,7 +57,7 @@ async def deregister(request: Request, service_id: str):
 @consul_route(forward=False)
 async def agent_services(request: Request):
     if agent_of(request).server is None:
-        return await forward_to_server(request, params={"node": node_key(request)})
+        return await to_server(request, params={"node": node_key(request)})
     store = agent_of(request).store
     rows = store.services_by_node(node_key(request))
     return creply(request, {s.id: s.agent_json() for s in rows}, store.table_index("services"))
@@ -67,7 +67,7 @@ async def agent_services(request: Request):
 @consul_route(forward=False)
 async def agent_service(request: Request, service_id: str):
     if agent_of(request).server is None:
-        return await forward_to_server(request, params={"node": node_key(request)})
+        return await to_server(request, params={"node": node_key(request)})
     index = await cblock(request, "services")
     svc = agent_of(request).store.service(node_key(request), service_id)
     if svc is None:
@@ -79,7 +79,7 @@ async def agent_service(request: Request, service_id: str):
 @consul_route(forward=False)
 async def agent_checks(request: Request):
     if agent_of(request).server is None:
-        return await forward_to_server(request, params={"node": node_key(request)})
+        return await to_server(request, params={"node": node_key(request)})
     cat = _catalog(request)
     checks = {c.check_id: c.public() for s in agent_of(request).store.services_by_node(node_key(request))
               for c in cat.checks_of(s)}
@@ -88,7 +88,7 @@ async def agent_checks(request: Request):
 
 async def _set_check(request: Request, check_id: str, status: str, output: str | None):
     if agent_of(request).server is None:
-        return await forward_to_server(request, params={"node": node_key(request)})
+        return await to_server(request, params={"node": node_key(request)})
     check = _catalog(request).update_check(node_key(request), check_id, status, output)
     return creply(request, None, check.modify_index)
 

@@ -8,18 +8,14 @@ import functools
 from typing import Any
 from collections.abc import Callable, Iterable
 
-import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from yurt.errors import Unavailable
-
 from .common import block
+from .forward import to_server
 
 CONSUL = "consul"   # the tag of the Consul-shaped routers
 
-FORWARDED_HEADERS = ("X-Consul-Index", "X-Consul-KnownLeader", "X-Consul-LastContact",
-                     "X-Consul-Default-ACL-Policy", "Content-Type", "X-Nomad-Index")
 
 
 def agent_of(request: Request):
@@ -71,34 +67,10 @@ def consul_route(fn: Callable | None = None, *, forward: bool = True) -> Callabl
         @functools.wraps(f)
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Response:
             if forward and agent_of(request).server is None:
-                return await forward_to_server(request)
+                return await to_server(request)
             return await f(request, *args, **kwargs)
         return wrapper
     return deco(fn) if fn is not None else deco
-
-
-def server_address(request: Request) -> str:
-    agent = agent_of(request)
-    addr = getattr(agent, "server_address", "") or (agent.config.servers[0] if agent.config.servers else "")
-    if not addr:
-        raise Unavailable("this agent has no server to ask: give it client { servers = [...] }")
-    return addr if "://" in addr else f"http://{addr}"
-
-
-async def forward_to_server(request: Request, body: bytes | None = None,
-                            params: dict[str, str] | None = None) -> Response:
-    """Send the request on to a server as it is and answer with the server's answer."""
-    url = server_address(request) + request.url.path
-    try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=660.0)) as client:
-            resp = await client.request(request.method, url,
-                                        params={**request.query_params, **(params or {})},
-                                        content=body if body is not None else await request.body())
-    except httpx.HTTPError as e:
-        raise Unavailable(f"cannot reach the server at {url}: {e}") from None
-    return Response(resp.content, status_code=resp.status_code,
-                    headers={k: v for k, v in resp.headers.items() if k.title() in
-                             {h.title() for h in FORWARDED_HEADERS}})
 
 
 def local_node(request: Request) -> tuple[str, str, str]:

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from yurt.errors import InvalidInput, YurtError
 
 from .consul_common import headers, is_consul_route
+from .forward import ToServer, to_server
 
 
 def error_response(request: Request, status: int, message: str) -> Response:
@@ -25,6 +26,10 @@ def error_response(request: Request, status: int, message: str) -> Response:
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(ToServer)
+    async def forward(request: Request, exc: ToServer) -> Response:
+        return await to_server(request)
+
     @app.exception_handler(YurtError)
     async def yurt_error(request: Request, exc: YurtError) -> Response:
         return error_response(request, exc.status, exc.message)

@@ -6,15 +6,16 @@ way as the one inside a dev agent. Paths live under /v1/internal/.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from yurt.errors import InvalidInput
 from yurt.structs import Allocation, Node
 
 from .common import json_body, reply, write_reply
+from .forward import need_server
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
 CLIENT_FIELDS = ("ID", "ClientStatus", "ClientDescription", "TaskStates", "NetworkStatus")
 

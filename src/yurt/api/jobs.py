@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from yurt.errors import InvalidInput, NotFound
 from yurt.server.admission import InvalidJob, admit_job, parse_job_file
 from yurt.structs import Job
 
 from .common import block, flag, json_body, reply, write_reply
+from .forward import need_server
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
 
 def _stub(job: Job, summary) -> dict[str, Any]:

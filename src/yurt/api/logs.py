@@ -11,11 +11,12 @@ from pathlib import Path
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from yurt.errors import InvalidInput, NotFound
 
 from .common import flag
+from .forward import proxy, to_server
 
 router = APIRouter()
 
@@ -94,12 +95,32 @@ def _num(p: Path) -> int:
     return int(p.name.rsplit(".", 1)[1])
 
 
+async def _elsewhere(request: Request, alloc_id: str) -> Response:
+    """The logs of an allocation this agent does not run: a server forwards the request to the
+    agent of the allocation's node, at the HTTP address that node advertises; a client-only
+    agent asks its server (which does that)."""
+    agent = request.app.state.agent
+    if agent.server is None:
+        return await to_server(request)
+    alloc = agent.store.alloc(alloc_id)
+    if alloc is None:
+        raise NotFound("alloc not found")
+    if alloc.node_id == agent.node_id:
+        raise NotFound(f"allocation {alloc_id[:8]} has not started on this agent yet")
+    node = agent.store.node(alloc.node_id)
+    if node is None or not node.http_addr:
+        raise NotFound(f"allocation {alloc_id[:8]} runs on node {alloc.node_id[:8]}, which advertises "
+                       "no HTTP address to read its logs from")
+    addr = node.http_addr if "://" in node.http_addr else f"http://{node.http_addr}"
+    return await proxy(request, addr)
+
+
 @router.get("/v1/client/fs/logs/{alloc_id}")
 async def logs(request: Request, alloc_id: str):
     agent = request.app.state.agent
-    alloc = agent.store.alloc(alloc_id) if agent.store else None
+    alloc = agent.local_alloc(alloc_id)
     if alloc is None:
-        raise NotFound("alloc not found")
+        return await _elsewhere(request, alloc_id)
     q = request.query_params
     task = q.get("task") or ""
     tg = alloc.job.group(alloc.task_group) if alloc.job else None
@@ -121,8 +142,6 @@ async def logs(request: Request, alloc_id: str):
     except ValueError:
         raise InvalidInput("offset must be a whole number of bytes") from None
     logs_dir = agent.alloc_logs_dir(alloc_id)
-    if logs_dir is None:
-        raise NotFound(f"allocation {alloc_id[:8]} does not run on this agent")
     cursor = LogCursor(logs_dir, task, kind)
     cursor.seek(origin, offset)
     follow, plain = flag(request, "follow"), flag(request, "plain")
@@ -139,8 +158,7 @@ async def logs(request: Request, alloc_id: str):
                 continue
             if not follow or await request.is_disconnected():
                 return
-            current = agent.store.alloc(alloc_id)
-            if current is None or current.client_terminal():
+            if agent.alloc_done(alloc_id):
                 tail = cursor.read()
                 if tail:
                     yield tail if plain else json.dumps({"Offset": cursor.pos,

@@ -99,6 +99,16 @@ class NodeAgent:
                 runner.destroy(timeout=60)
         self._flush()
 
+    def local_alloc(self, alloc_id: str) -> Allocation | None:
+        """The allocation, if this node runs it (or ran it and still has it)."""
+        runner = self.runners.get(alloc_id)
+        return runner.alloc if runner is not None else None
+
+    def alloc_done(self, alloc_id: str) -> bool:
+        """True once the allocation's tasks have all finished here (or it is gone)."""
+        runner = self.runners.get(alloc_id)
+        return runner is None or runner.client_status in ("complete", "failed", "lost")
+
     def logs_dir(self, alloc_id: str) -> Path:
         return self.config.data_dir / "alloc" / alloc_id / "alloc" / "logs"
 

@@ -1,0 +1,80 @@
+"""Requests this agent does not answer itself go, as they are, to the agent that does.
+
+A client-only agent serves the same HTTP API as a server: it answers what it owns (its
+allocations' logs, its node, its own agent endpoints) and forwards the rest to its server --
+Nomad-shaped and Consul-shaped routes alike, blocking queries included (the answer is streamed
+back as it comes). A server forwards `alloc logs` to the agent that runs the allocation, at the
+HTTP address its node advertises. A forwarded request carries `X-Yurt-Forwarded`, so it is never
+forwarded twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+
+from yurt.errors import Unavailable
+
+HOP = "X-Yurt-Forwarded"
+PASSED_BACK = {h.title() for h in (
+    "Content-Type", "X-Nomad-Index", "X-Nomad-KnownLeader", "X-Nomad-LastContact", "X-Consul-Index",
+    "X-Consul-KnownLeader", "X-Consul-LastContact", "X-Consul-Default-ACL-Policy")}
+TIMEOUT = httpx.Timeout(30.0, read=660.0)   # a blocking query may wait 10 minutes
+
+
+class ToServer(Exception):
+    """Raised (by `need_server`) on an agent without a server: the app forwards the request."""
+
+
+async def need_server(request: Request) -> None:
+    """A dependency of the routes only a server answers."""
+    if request.app.state.agent.server is None:
+        raise ToServer()
+
+
+def forwarded(request: Request) -> bool:
+    return HOP.lower() in request.headers
+
+
+def server_address(request: Request) -> str:
+    agent = request.app.state.agent
+    addr = getattr(agent, "server_address", "") or (agent.config.servers[0] if agent.config.servers else "")
+    if not addr:
+        raise Unavailable("this agent has no server to ask: give it client { servers = [...] }")
+    return addr if "://" in addr else f"http://{addr}"
+
+
+async def proxy(request: Request, base: str, *, body: bytes | None = None,
+                params: dict[str, str] | None = None) -> Response:
+    """Send the request on to the agent at `base` and stream its answer back."""
+    if forwarded(request):
+        raise Unavailable(f"{request.url.path} was forwarded to this agent, which cannot answer it either")
+    client = httpx.AsyncClient(timeout=TIMEOUT)
+    url = base.rstrip("/") + request.url.path
+    outgoing = client.build_request(
+        request.method, url, params={**request.query_params, **(params or {})},
+        content=body if body is not None else await request.body(), headers={HOP: "1"})
+    try:
+        resp = await client.send(outgoing, stream=True)
+    except httpx.HTTPError as e:
+        await client.aclose()
+        raise Unavailable(f"cannot reach the agent at {base}: {e}") from None
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        finally:
+            await resp.aclose()
+            await client.aclose()
+
+    headers = {k: v for k, v in resp.headers.items() if k.title() in PASSED_BACK}
+    return StreamingResponse(relay(), status_code=resp.status_code, headers=headers)
+
+
+async def to_server(request: Request, body: bytes | None = None,
+                    params: dict[str, str] | None = None) -> Response:
+    return await proxy(request, server_address(request), body=body, params=params)

@@ -1,0 +1,135 @@
+"""A client-only agent serves the same HTTP API as a server: it answers what it owns (its
+allocations' logs, itself) and forwards the rest to its server, Nomad-shaped and Consul-shaped
+routes and blocking queries alike; a server forwards `alloc logs` to the agent that runs the
+allocation. Two real agents on loopback: a server-only one and a client-only one."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import httpx
+import pytest
+
+from .agent_util import AgentProcess, alloc_processes, allocs, register, wait_for
+from .mesh_agent import MeshAgent
+from .test_agent_core import sh_job
+
+
+class ClientAgent(AgentProcess):
+    """`yurt agent -config client.hcl`: client only, raw_exec enabled, pointed at `server`."""
+
+    def __init__(self, server: MeshAgent) -> None:
+        super().__init__(data_dir=tempfile.mkdtemp(prefix="yurt-client-"))
+        self.config = f"{self.data_dir}.hcl"
+        with open(self.config, "w") as f:
+            f.write(f'name = "client-only"\nclient {{\n  enabled = true\n  servers = ["127.0.0.1:{server.port}"]\n}}\n'
+                    'plugin "raw_exec" {\n  config {\n    enabled = true\n  }\n}\n')
+
+    def start(self) -> ClientAgent:
+        args = [sys.executable, "-m", "yurt.cli.main", "agent", "-config", self.config, "-data-dir", self.data_dir,
+                "-http-port", str(self.port)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._healthy, 60, what=f"client agent on port {self.port} (log: {self.log_path})")
+        return self
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    server = MeshAgent().start()
+    client = ClientAgent(server).start()
+    try:
+        yield server, client
+    finally:
+        with server.api() as api:
+            for job in api.get("/v1/jobs").json():
+                api.delete(f"/v1/job/{job['ID']}", params={"purge": "true"})
+            wait_for(lambda: all(a["ClientStatus"] != "running" for a in api.get("/v1/allocations").json()),
+                     timeout=60, what="every allocation stopped")
+        client.close()
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def job(cluster):
+    _server, client = cluster
+    with client.api() as api:   # registered through the client agent: forwarded to the server
+        register(api, sh_job("via-client", "echo hello from the client node; exec sleep 600"))
+        (alloc,) = wait_for(lambda: [a for a in allocs(api, "via-client") if a["ClientStatus"] == "running"],
+                            timeout=60, what="the job running")
+    return alloc
+
+
+def test_python_nomad_works_against_a_client_only_agent(cluster, job):
+    import nomad
+
+    _server, client = cluster
+    n = nomad.Nomad(host="127.0.0.1", port=client.port, timeout=30)
+    assert "via-client" in [j["ID"] for j in n.jobs.get_jobs()]
+    assert n.job.get_job("via-client")["TaskGroups"][0]["Tasks"][0]["Driver"] == "raw_exec"
+    (alloc,) = n.job.get_allocations("via-client")
+    assert alloc["ID"] == job["ID"] and alloc["ClientStatus"] == "running"
+    (node,) = n.nodes.get_nodes()
+    assert node["Name"] == "client-only" and node["Status"] == "ready" and alloc["NodeID"] == node["ID"]
+    assert n.evaluation.get_evaluation(alloc["EvalID"])["Status"] == "complete"
+    assert len(alloc_processes(alloc["ID"])) == 1
+
+
+def test_errors_and_index_headers_come_back_through_the_client(cluster):
+    _server, client = cluster
+    with client.api() as api:
+        r = api.get("/v1/job/nope")
+        assert (r.status_code, r.text) == (404, "job not found")
+        r = api.get("/v1/jobs")
+        assert r.status_code == 200 and int(r.headers["X-Nomad-Index"]) >= 1
+        r = api.get("/v1/catalog/services")
+        assert r.status_code == 200 and int(r.headers["X-Consul-Index"]) >= 1
+        assert api.get("/v1/agent/self").json()["stats"]["nomad"]["server"] == "false"  # answered itself
+
+
+def test_blocking_query_through_the_client_wakes_on_a_change(cluster):
+    server, client = cluster
+    with client.api() as api:
+        index = int(api.get("/v1/jobs").headers["X-Nomad-Index"])
+    result: dict = {}
+
+    def block() -> None:
+        r = httpx.get(f"{client.url}/v1/jobs", params={"index": index, "wait": "2m"}, timeout=180)
+        result.update(index=int(r.headers["X-Nomad-Index"]), ids=[j["ID"] for j in r.json()])
+
+    t = threading.Thread(target=block)
+    t.start()
+    with server.api() as api:
+        register(api, sh_job("wakes-blocker", "exit 0", kind="batch"))
+    t.join(150)
+    assert result["index"] > index and "wakes-blocker" in result["ids"]
+
+
+def test_alloc_logs_through_the_server_come_from_the_client_node(cluster, job):
+    server, client = cluster
+    with server.api() as api:   # the server has no client: it forwards to the node's agent
+        r = api.get(f"/v1/client/fs/logs/{job['ID']}", params={"task": "t", "plain": "true"})
+        assert (r.status_code, r.text) == (200, "hello from the client node\n")
+    with client.api() as api:   # the client answers for its own allocation
+        r = api.get(f"/v1/client/fs/logs/{job['ID']}", params={"task": "t", "plain": "true"})
+        assert (r.status_code, r.text) == (200, "hello from the client node\n")
+    # `yurt alloc logs -f` pointed at the server follows the task's output on the client node
+    follow = subprocess.Popen([sys.executable, "-m", "yurt.cli.main", "alloc", "logs", "-f", "-address", server.url,
+                               job["ID"][:8], "t"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(follow.stdout.readline, "")), daemon=True).start()
+    try:
+        wait_for(lambda: lines, timeout=30, what="the first followed line")
+        assert lines[0] == "hello from the client node\n"
+        assert follow.poll() is None   # still following
+    finally:
+        follow.kill()
+        follow.communicate(timeout=10)
