@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 
-from .agent_util import AgentProcess, alloc_processes, allocs, register, wait_for
+from .agent_util import AgentProcess, alloc_processes, allocs, free_port, register, wait_for
 from .mesh_agent import MeshAgent
 from .test_agent_core import sh_job
 
@@ -22,11 +22,12 @@ from .test_agent_core import sh_job
 class ClientAgent(AgentProcess):
     """`yurt agent -config client.hcl`: client only, raw_exec enabled, pointed at `server`."""
 
-    def __init__(self, server: MeshAgent) -> None:
+    def __init__(self, servers: list[str]) -> None:
         super().__init__(data_dir=tempfile.mkdtemp(prefix="yurt-client-"))
         self.config = f"{self.data_dir}.hcl"
+        listed = ", ".join(f'"{s}"' for s in servers)
         with open(self.config, "w") as f:
-            f.write(f'name = "client-only"\nclient {{\n  enabled = true\n  servers = ["127.0.0.1:{server.port}"]\n}}\n'
+            f.write(f'name = "client-only"\nclient {{\n  enabled = true\n  servers = [{listed}]\n}}\n'
                     'plugin "raw_exec" {\n  config {\n    enabled = true\n  }\n}\n')
 
     def start(self) -> ClientAgent:
@@ -45,7 +46,8 @@ class ClientAgent(AgentProcess):
 @pytest.fixture(scope="module")
 def cluster():
     server = MeshAgent().start()
-    client = ClientAgent(server).start()
+    # the first server listed answers nothing: the client fails over to the second
+    client = ClientAgent([f"127.0.0.1:{free_port()}", f"127.0.0.1:{server.port}"]).start()
     try:
         yield server, client
     finally:
@@ -133,3 +135,15 @@ def test_alloc_logs_through_the_server_come_from_the_client_node(cluster, job):
     finally:
         follow.kill()
         follow.communicate(timeout=10)
+
+
+def test_the_http_client_fails_over_between_servers(cluster):
+    from yurt.api.client import YurtClient
+    from yurt.errors import Unreachable
+
+    server, _client = cluster
+    dead = f"http://127.0.0.1:{free_port()}"
+    c = YurtClient([dead, server.url])
+    assert "via-client" in [j["ID"] for j in c.jobs()] and c.address == server.url
+    with pytest.raises(Unreachable, match=f"cannot reach the Yurt agent at {dead}: connection refused"):
+        YurtClient([dead]).jobs()

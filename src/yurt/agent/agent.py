@@ -45,10 +45,10 @@ class Agent:
                                  datacenter=config.datacenter,
                                  default_intention_policy=config.default_intention_policy,
                                  leaf_cert_ttl=config.leaf_cert_ttl)
-        # the server this agent talks to: itself, or the first configured server
-        self.server_address = config.address if config.server else (
-            _http(config.servers[0]) if config.servers else "")
-        self.api_client = YurtClient(self.server_address) if self.server_address else None
+        # the servers this agent talks to: itself, or its configured servers (the client fails
+        # over between them; `server_address` is the one it talks to now)
+        servers = [config.address] if config.server else [_http(s) for s in config.servers]
+        self.api_client = YurtClient(servers) if servers else None
         from .leaf_cert import LeafCerts, LocalCA, RemoteCA
         self.leaf_certs = LeafCerts(LocalCA(self.server) if self.server else RemoteCA(self.api_client),
                                     config.datacenter)
@@ -57,17 +57,21 @@ class Agent:
         self.api_socket = str(config.data_dir / "yurt.sock")
         if config.client:
             from yurt.client.node_agent import ClientConfig, NodeAgent
-            server_addr = config.address if config.server else _http(config.servers[0])
+            assert self.api_client is not None, "AgentConfig.validate: a client has servers"
             self.client = NodeAgent(ClientConfig(
                 data_dir=config.data_dir / "client", node_name=config.name, datacenter=config.datacenter,
                 region=config.region, node_class=config.node_class, node_pool=config.node_pool,
                 meta=dict(config.meta), raw_exec_enabled=config.raw_exec,
                 network_ip="127.0.0.1" if config.bind in ("127.0.0.1", "0.0.0.0", "") else config.bind,
                 http_addr=config.address, api_socket=self.api_socket if len(self.api_socket) <= 100 else ""),
-                YurtClient(server_addr))
+                self.api_client)
         self.app = create_app(self)
         self._http: uvicorn.Server | None = None
         self._uds: uvicorn.Server | None = None
+
+    @property
+    def server_address(self) -> str:
+        return self.api_client.address if self.api_client else ""
 
     @property
     def node_id(self) -> str:

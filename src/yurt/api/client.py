@@ -9,8 +9,8 @@ An error answer comes back as the `yurt.errors` class the server raised (`NotFou
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any
-from collections.abc import Iterator
 
 import httpx
 
@@ -22,22 +22,47 @@ def default_address() -> str:
     return os.environ.get("YURT_ADDR") or os.environ.get("NOMAD_ADDR") or DEFAULT_ADDRESS
 
 
+def _normal(address: str) -> str:
+    address = address.rstrip("/")
+    return address if "://" in address else "http://" + address
+
+
+def _http_client(address: str, timeout: float) -> httpx.Client:
+    if address.startswith("unix://"):
+        transport = httpx.HTTPTransport(uds=address[len("unix://"):])
+        return httpx.Client(base_url="http://localhost", timeout=timeout, transport=transport)
+    return httpx.Client(base_url=address, timeout=timeout)
+
+
 class YurtClient:
     """`address` is http(s)://host:port, host:port, or unix:///path/to/yurt.sock (the agent's
-    socket, which a sidecar inside an allocation's network namespace uses)."""
+    socket, which a sidecar inside an allocation's network namespace uses) -- or a list of them
+    (a client agent's `servers`): a request that cannot connect to the current one goes to the
+    next, which becomes the current one. Only a refused or failed connection fails over, never
+    a request that may have reached its agent."""
 
-    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
-        self.address = (address or default_address()).rstrip("/")
-        if self.address.startswith("unix://"):
-            transport = httpx.HTTPTransport(uds=self.address[len("unix://"):])
-            self._http = httpx.Client(base_url="http://localhost", timeout=timeout, transport=transport)
-            return
-        if "://" not in self.address:
-            self.address = "http://" + self.address
-        self._http = httpx.Client(base_url=self.address, timeout=timeout)
+    def __init__(self, address: str | Sequence[str] | None = None, timeout: float = 30.0) -> None:
+        given = [address] if address is None or isinstance(address, str) else list(address)
+        self.addresses = [_normal(a or default_address()) for a in given] or [_normal(default_address())]
+        self._timeout = timeout
+        self._current = 0
+        self._clients: dict[str, httpx.Client] = {}
+
+    @property
+    def address(self) -> str:
+        """The address requests go to now."""
+        return self.addresses[self._current]
+
+    @property
+    def _http(self) -> httpx.Client:
+        client = self._clients.get(self.address)
+        if client is None:
+            client = self._clients[self.address] = _http_client(self.address, self._timeout)
+        return client
 
     def close(self) -> None:
-        self._http.close()
+        for client in self._clients.values():
+            client.close()
 
     def __enter__(self) -> YurtClient:
         return self
@@ -48,16 +73,23 @@ class YurtClient:
     # -- plumbing ---------------------------------------------------------------------------
     def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None,
                 timeout: float | None = None) -> httpx.Response:
-        try:
-            resp = self._http.request(method, path, params=params, json=json,
-                                      timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
-        except httpx.ConnectError as e:
-            raise Unreachable(self.address, "connection refused; is `yurt agent` running?" if "refused" in str(e)
-                              else str(e)) from None
-        except httpx.TimeoutException:
-            raise Unreachable(self.address, "the request timed out") from None
-        except httpx.HTTPError as e:
-            raise Unreachable(self.address, str(e)) from None
+        failed: list[str] = []
+        while True:
+            try:
+                resp = self._http.request(method, path, params=params, json=json,
+                                          timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
+                break
+            except httpx.ConnectError as e:   # nothing was sent: the next address may answer
+                failed.append(self.address)
+                if len(failed) < len(self.addresses):
+                    self._current = (self._current + 1) % len(self.addresses)
+                    continue
+                reason = "connection refused; is `yurt agent` running?" if "refused" in str(e) else str(e)
+                raise Unreachable(", ".join(failed), reason) from None
+            except httpx.TimeoutException:
+                raise Unreachable(self.address, "the request timed out") from None
+            except httpx.HTTPError as e:
+                raise Unreachable(self.address, str(e)) from None
         if resp.status_code >= 400:
             raise error_for_status(resp.status_code, resp.text.strip())
         return resp
