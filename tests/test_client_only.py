@@ -147,3 +147,37 @@ def test_the_http_client_fails_over_between_servers(cluster):
     assert "via-client" in [j["ID"] for j in c.jobs()] and c.address == server.url
     with pytest.raises(Unreachable, match=f"cannot reach the Yurt agent at {dead}: connection refused"):
         YurtClient([dead]).jobs()
+
+
+def test_a_client_says_when_its_server_is_unreachable_or_not_a_yurt_server(tmp_path):
+    """Pointed at nothing, the client says so; pointed at an HTTP server that is not Yurt, it
+    names the address and the setting to fix. Neither registers, and both keep serving."""
+    import http.server
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(tmp_path)))
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    web_addr = f"127.0.0.1:{web.server_address[1]}"
+    dead_addr = f"127.0.0.1:{free_port()}"
+    nothing, not_yurt = ClientAgent([dead_addr]), ClientAgent([web_addr])
+    try:
+        for agent in (nothing, not_yurt):
+            agent.proc = subprocess.Popen(
+                [sys.executable, "-m", "yurt.cli.main", "agent", "-config", agent.config, "-data-dir",
+                 agent.data_dir, "-http-port", str(agent.port)],
+                stdout=open(agent.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: "no server reachable" in nothing.log(), timeout=60, what="the unreachable message")
+        wait_for(lambda: "is not a Yurt server" in not_yurt.log(), timeout=60, what="the not-Yurt message")
+        assert f"http://{web_addr} answers, but is not a Yurt server" in not_yurt.log()
+        assert "check client { servers } in the agent's configuration" in not_yurt.log()
+        assert f"cannot reach the Yurt agent at http://{dead_addr}" in nothing.log()
+        for agent in (nothing, not_yurt):
+            health = httpx.get(f"{agent.url}/v1/agent/health", timeout=5)
+            assert health.status_code == 500 and health.json()["client"]["ok"] is False
+    finally:
+        web.shutdown()
+        nothing.close()
+        not_yurt.close()

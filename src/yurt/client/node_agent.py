@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ log = logging.getLogger("yurt.client")
 SYNC_INTERVAL = 0.2     # seconds between batches of allocation updates to the server
 WATCH_WAIT = "30s"      # blocking-query wait for the node's allocations
 WATCH_BACKOFF = (0.5, 10.0)   # seconds: first and longest wait before the watch retries
+SAY_EVERY = 60.0        # seconds between two log lines about the same server problem
 
 
 @dataclass
@@ -61,6 +63,7 @@ class NodeAgent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._heartbeat_ttl = 10.0
+        self._said: dict[str, float] = {}
         self._service_hook = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -126,15 +129,42 @@ class NodeAgent:
                 self._heartbeat_ttl = max(1.0, result.get("HeartbeatTTL", 10e9) / 1e9)
                 backoff = 0.2
                 self._stop.wait(self._heartbeat_ttl / 2)
-            except YurtError as e:
-                if isinstance(e, NotFound):  # the server forgot us (new data dir): register again
+                continue
+            except Unreachable as e:
+                self._say("unreachable", logging.WARNING, "no server reachable (%s); retrying, and the "
+                          "running tasks keep running", e)
+            except NotFound as e:
+                if self._registered.is_set():   # the server forgot us (new data dir): register again
                     self._registered.clear()
-                elif isinstance(e, Unreachable):
-                    log.debug("server unreachable: %s", e)
                 else:
-                    log.warning("heartbeat failed: %s", e.message)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                    self._registration_failed(e)
+            except (YurtError, ValueError, AttributeError) as e:   # an error answer, or not JSON
+                if self._registered.is_set():
+                    log.warning("heartbeat failed: %s", e)
+                else:
+                    self._registration_failed(e)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _registration_failed(self, e: Exception) -> None:
+        """Say why: a Yurt server that refused, or an address that is not a Yurt server."""
+        try:
+            me = self.api.agent_self()
+            yurt = isinstance(me, dict) and "config" in me and "member" in me
+        except (YurtError, ValueError):
+            yurt = False
+        if yurt:
+            self._say("register", logging.WARNING, "registering with %s failed: %s", self.api.address, e)
+        else:
+            self._say("not-yurt", logging.ERROR, "%s answers, but is not a Yurt server (registering gave: %s); "
+                      "check client { servers } in the agent's configuration", self.api.address, e)
+
+    def _say(self, key: str, level: int, message: str, *args: object) -> None:
+        """Log `message` at most once a minute for each `key` (a retry loop must not flood)."""
+        now = time.monotonic()
+        if now - self._said.get(key, -SAY_EVERY) >= SAY_EVERY:
+            self._said[key] = now
+            log.log(level, message, *args)
 
     # -- allocations ------------------------------------------------------------------------
     def _restore_runners(self) -> None:
