@@ -444,3 +444,21 @@ def test_a_job_and_the_eval_that_schedules_it_are_one_write(store):
     assert store.index() == before and not store.evals(job_id="nope")   # refused whole: no eval
     purged = store.purge_job("default", "atomic", mock.evaluation(job, eval_id="purge-eval"))
     assert store.job("default", "atomic") is None and store.eval("purge-eval").create_index == purged
+
+
+def test_enforce_index_is_checked_inside_the_write(store):
+    """EnforceIndex: the expected JobModifyIndex is compared in the same transaction as the
+    write, so two registrations expecting the same index cannot both win."""
+    from yurt.errors import InvalidInput
+
+    job = mock.job("guarded")
+    index, _ = store.register_job(job, mock.evaluation(job), expect_modify_index=0)
+    with pytest.raises(InvalidInput, match="Enforcing job modify index 0: job guarded already exists"):
+        store.register_job(job, mock.evaluation(job), expect_modify_index=0)
+    changed = job.model_copy(update={"priority": 70})
+    store.register_job(changed, mock.evaluation(changed), expect_modify_index=index)   # the first wins
+    before = store.index()
+    with pytest.raises(InvalidInput, match=f"job exists with conflicting job modify index: {index + 1}"):
+        store.register_job(changed.model_copy(update={"priority": 80}), mock.evaluation(changed),
+                           expect_modify_index=index)                                   # the second loses
+    assert store.index() == before and store.job("default", "guarded").priority == 70

@@ -48,17 +48,15 @@ async def list_jobs(request: Request):
     return reply([_stub(j, store.job_summary(j.namespace, j.id)) for j in sorted(jobs, key=lambda j: j.id)], index)
 
 
-def enforce_index(request: Request, body: dict, job: Job) -> None:
-    """`EnforceIndex` (`yurt job run -check-index N`): register only if the job is still at N."""
+def enforce_index(body: dict) -> int | None:
+    """`EnforceIndex` (`yurt job run -check-index N`): the JobModifyIndex the job must still have
+    (the server checks it in the same write), or None."""
     if not body.get("EnforceIndex"):
-        return
-    want = int(body.get("JobModifyIndex") or 0)
-    current = request.app.state.agent.store.job(job.namespace or "default", job.id)
-    have = current.job_modify_index if current else 0
-    if want == 0 and current is not None:
-        raise InvalidInput(f"Enforcing job modify index 0: job {job.id} already exists")
-    if want != have:
-        raise InvalidInput(f"Enforcing job modify index {want}: job exists with conflicting job modify index: {have}")
+        return None
+    try:
+        return int(body.get("JobModifyIndex") or 0)
+    except (TypeError, ValueError):
+        raise InvalidInput(f'JobModifyIndex "{body.get("JobModifyIndex")}" must be a whole number') from None
 
 
 @router.put("/v1/jobs")
@@ -66,8 +64,7 @@ def enforce_index(request: Request, body: dict, job: Job) -> None:
 async def register(request: Request):
     body = await json_body(request)
     job, warnings = admit_job(body)
-    enforce_index(request, body, job)
-    result = request.app.state.agent.server.register_job(job)
+    result = request.app.state.agent.server.register_job(job, enforce_index=enforce_index(body))
     result["Warnings"] = "\n".join(warnings)
     return write_reply(result)
 
@@ -121,8 +118,7 @@ async def update_job(request: Request, job_id: str):
     job, warnings = admit_job(body)
     if job.id != job_id:
         raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
-    enforce_index(request, body, job)
-    result = request.app.state.agent.server.register_job(job)
+    result = request.app.state.agent.server.register_job(job, enforce_index=enforce_index(body))
     result["Warnings"] = "\n".join(warnings)
     return write_reply(result)
 

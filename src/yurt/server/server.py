@@ -104,12 +104,15 @@ class Server:
         return index
 
     # -- jobs -------------------------------------------------------------------------------
-    def register_job(self, job: Job) -> dict[str, Any]:
-        """Store a new job or version and evaluate it (Nomad's Job.Register)."""
+    def register_job(self, job: Job, *, enforce_index: int | None = None) -> dict[str, Any]:
+        """Store a new job or version and evaluate it (Nomad's Job.Register). With
+        `enforce_index` (EnforceIndex), only if the job's JobModifyIndex is still that (0: new)."""
         job = inject_sidecars(job.model_copy(update={"stop": False}, deep=True))
         namespace = job.namespace or "default"
-        # the job and the eval that schedules it are one write: a crash keeps both or neither
-        index, ev = self.store.register_job(job, self._new_eval(job, namespace, job.id, TRIGGER_JOB_REGISTER))
+        # the job and the eval that schedules it are one write: a crash keeps both or neither,
+        # and the index check happens inside it
+        index, ev = self.store.register_job(job, self._new_eval(job, namespace, job.id, TRIGGER_JOB_REGISTER),
+                                            expect_modify_index=enforce_index)
         self.broker.drop_job(namespace, job.id)
         self.broker.enqueue(ev)
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": index,

@@ -22,12 +22,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from yurt.errors import InvalidInput
 from yurt.structs import Allocation, Evaluation, Job, JobSummary, Node
 
 from . import derive
 from .blocking import Target, Waiters
 from .errors import NotFound
-from .memory import TABLES, Tables, version_key
+from .memory import TABLES, Tables, job_key, version_key
 from .mesh_store import MeshStore
 from .sqlite_backend import Changes, SqliteBackend
 from .view import Snapshot, StateView
@@ -181,13 +182,25 @@ class StateStore(MeshStore):
         identical one keeps Version and JobModifyIndex and only gets a new ModifyIndex."""
         return self._write(lambda txn: txn.upsert_job(job))
 
-    def register_job(self, job: Job, ev: Evaluation) -> tuple[int, Evaluation]:
+    def register_job(self, job: Job, ev: Evaluation, *,
+                     expect_modify_index: int | None = None) -> tuple[int, Evaluation]:
         """`upsert_job(job)` and the evaluation that schedules it, in one transaction: a crash
         never leaves a stored job (or a stopped one) that no evaluation will act on. The eval
-        gets the stored job's JobModifyIndex; returns (index, the eval as stored)."""
+        gets the stored job's JobModifyIndex; returns (index, the eval as stored).
+
+        `expect_modify_index` (Nomad's EnforceIndex): write only if the job's JobModifyIndex is
+        still that (0: the job must not exist), checked inside the same transaction."""
         stored: list[Evaluation] = []
 
         def build(txn: Txn) -> None:
+            if expect_modify_index is not None:
+                current = txn.job(job_key(job))
+                have = current.job_modify_index if current else 0
+                if expect_modify_index == 0 and current is not None:
+                    raise InvalidInput(f"Enforcing job modify index 0: job {job.id} already exists")
+                if expect_modify_index != have:
+                    raise InvalidInput(f"Enforcing job modify index {expect_modify_index}: job exists with "
+                                     f"conflicting job modify index: {have}")
             new = txn.upsert_job(job)
             stored.append(txn.upsert_eval(ev.model_copy(update={"job_modify_index": new.job_modify_index})))
         index = self._write(build)
