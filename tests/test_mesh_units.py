@@ -8,7 +8,8 @@ import ssl
 import pytest
 
 from yurt.mesh.balancer import Balancer, Instance, instances_from_health
-from yurt.mesh.config import ConfigError, from_args, parse_upstream
+from yurt.errors import ConfigError
+from yurt.mesh.config import from_args, parse_upstream
 from yurt.mesh.tls import build_material, parse_spiffe, service_uri
 
 from .meshca import TestCA

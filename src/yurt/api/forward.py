@@ -40,11 +40,11 @@ def forwarded(request: Request) -> bool:
 
 
 def server_address(request: Request) -> str:
-    agent = request.app.state.agent
-    addr = getattr(agent, "server_address", "") or (agent.config.servers[0] if agent.config.servers else "")
+    """The server this agent talks to now (its HTTP client fails over between its servers)."""
+    addr: str = request.app.state.agent.server_address
     if not addr:
         raise Unavailable("this agent has no server to ask: give it client { servers = [...] }")
-    return addr if "://" in addr else f"http://{addr}"
+    return addr
 
 
 async def proxy(request: Request, base: str, *, body: bytes | None = None,

@@ -277,7 +277,9 @@ def _fork_workers(cfg: ProxyConfig) -> tuple[list[int], bool]:
 
 def main(argv: list[str] | None = None) -> int:
     import sys
-    from .config import ConfigError, from_args
+    from yurt.errors import ConfigError
+
+    from .config import from_args
     try:
         cfg = from_args(sys.argv[1:] if argv is None else argv)
     except ConfigError as e:
