@@ -23,6 +23,7 @@ log = logging.getLogger("yurt.agent")
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         config.check()
+        config.resolve()
         self.config = config
         self._tmp: str | None = None
         if config.data_dir is None:
@@ -62,7 +63,9 @@ class Agent:
                 data_dir=config.data_dir / "client", node_name=config.name, datacenter=config.datacenter,
                 region=config.region, node_class=config.node_class, node_pool=config.node_pool,
                 meta=dict(config.meta), raw_exec_enabled=config.raw_exec,
-                network_ip="127.0.0.1" if config.bind in ("127.0.0.1", "0.0.0.0", "") else config.bind,
+                network_ip=config.node_ip, network_interface=config.network_interface,
+                host_networks={hn.name: (config.host_network_ips[hn.name], hn.reserved_ports)
+                               for hn in config.host_networks},
                 http_addr=config.address, api_socket=self.api_socket if len(self.api_socket) <= 100 else ""),
                 self.api_client)
         self.app = create_app(self)

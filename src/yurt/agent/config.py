@@ -11,6 +11,9 @@ import hcl2
 
 from yurt.errors import ConfigError
 
+from . import addresses
+from .addresses import WILDCARDS, HostNetwork
+
 
 @dataclass
 class AgentConfig:
@@ -20,7 +23,9 @@ class AgentConfig:
     data_dir: Path | None = None
     bind: str = "127.0.0.1"
     http_port: int = 4646
-    advertise: str = ""
+    advertise: str = ""                       # advertise { http }: the host other agents dial
+    network_interface: str = ""               # client { network_interface }: the node address's interface
+    host_networks: list[HostNetwork] = field(default_factory=list)
     server: bool = True
     client: bool = True
     dev: bool = False
@@ -35,16 +40,35 @@ class AgentConfig:
     log_level: str = "INFO"
     default_intention_policy: str = "allow"   # what intentions decide when none matches
     leaf_cert_ttl: str | None = None          # Connect leaf certificate TTL (CA default 72h)
+    # found by resolve(): the node address and the HTTP host advertised to other hosts
+    node_ip: str = ""
+    http_host: str = ""
+    host_network_ips: dict[str, str] = field(default_factory=dict)
+    advertise_port: int = 0                   # advertise { http = "host:port" }
+    warnings: list[str] = field(default_factory=list)   # settings read and ignored, for the log
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
         d["data_dir"] = str(self.data_dir) if self.data_dir else ""
+        d["host_networks"] = [asdict(h) for h in self.host_networks]
         return d
 
     @property
     def address(self) -> str:
-        host = self.advertise or ("127.0.0.1" if self.bind in ("0.0.0.0", "::", "") else self.bind)
-        return f"http://{host}:{self.http_port}"
+        """The URL other agents reach this one at (``resolve()`` first; before it, a best guess)."""
+        host = self.http_host or self.advertise or ("127.0.0.1" if self.bind in WILDCARDS else self.bind)
+        return f"http://{host}:{self.advertise_port or self.http_port}"
+
+    def resolve(self) -> None:
+        """Find the node address, the advertised HTTP host and the host networks' addresses.
+        Raises ConfigError naming the setting to fix (see ``addresses``)."""
+        table = addresses.interfaces() if (self.network_interface or self.host_networks
+                                           or self.bind in WILDCARDS) else {}
+        self.node_ip = addresses.node_address(bind=self.bind, network_interface=self.network_interface,
+                                              dev=self.dev or self.dev_connect, table=table)
+        self.http_host = addresses.http_address(advertise=self.advertise, bind=self.bind, node_ip=self.node_ip,
+                                                dev=self.dev or self.dev_connect)
+        self.host_network_ips = addresses.host_network_addresses(self.host_networks, table)
 
     def check(self) -> None:
         import os
@@ -108,8 +132,14 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     if ports and "http" in ports:
         cfg.http_port = _int(ports["http"], path, "ports.http")
     advertise = _first(raw.get("advertise"))
-    if advertise and "http" in advertise:
-        cfg.advertise = str(advertise["http"]).split(":")[0]
+    if advertise:
+        for key in advertise:
+            if key != "http":  # Nomad's rpc and serf: Yurt has one HTTP address for everything
+                cfg.warnings.append(f'{path}: advertise {{ {key} }} is ignored: Yurt agents talk over HTTP '
+                                    'only (advertise { http })')
+        if "http" in advertise:
+            host, port = _host_port(str(advertise["http"]), f"{path}: advertise.http")
+            cfg.advertise, cfg.advertise_port = host, port
     server = _first(raw.get("server"))
     if server is not None:
         cfg.server = bool(server.get("enabled", False))
@@ -119,6 +149,19 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     if client is not None:
         cfg.client = bool(client.get("enabled", False))
         cfg.servers = [str(s) for s in client.get("servers", [])]
+        cfg.network_interface = str(client.get("network_interface", cfg.network_interface))
+        for block in client.get("host_network", []) or []:
+            for name, body in (block or {}).items():
+                body = _first(body) or {}
+                unknown = set(body) - {"cidr", "interface", "reserved_ports"}
+                if unknown:
+                    raise ConfigError(f'{path}: client.host_network "{name}": unknown setting '
+                                      f'"{sorted(unknown)[0]}"; it takes cidr, interface and reserved_ports')
+                if any(h.name == name for h in cfg.host_networks):
+                    raise ConfigError(f'{path}: client.host_network "{name}" is declared twice')
+                cfg.host_networks.append(HostNetwork(name=name, cidr=str(body.get("cidr", "")),
+                                                     interface=str(body.get("interface", "")),
+                                                     reserved_ports=str(body.get("reserved_ports", ""))))
         cfg.node_class = str(client.get("node_class", cfg.node_class))
         cfg.node_pool = str(client.get("node_pool", cfg.node_pool))
         cfg.meta.update({k: str(v) for k, v in (_first(client.get("meta")) or {}).items()})
@@ -148,6 +191,22 @@ def _unwrap(raw: Any) -> Any:
     if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
         return raw[1:-1]
     return raw
+
+
+def _host_port(value: str, setting: str) -> tuple[str, int]:
+    """``"10.0.0.5"``, ``"10.0.0.5:4646"`` or ``"[::1]:4646"`` -> (host, port or 0)."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":")
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""
+    if not host:
+        raise ConfigError(f'{setting} = "{value}" has no host: write "ADDRESS" or "ADDRESS:PORT"')
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f'{setting} = "{value}": "{port}" is not a TCP port (1-65535)')
+    return host, int(port) if port else 0
 
 
 def _first(value: Any) -> Any:

@@ -15,7 +15,7 @@ router = APIRouter()
 async def agent_self(request: Request):
     agent = request.app.state.agent
     cfg = agent.config
-    member = {"Name": cfg.name, "Addr": cfg.advertise, "Port": cfg.http_port, "Status": "alive",
+    member = {"Name": cfg.name, "Addr": cfg.http_host, "Port": cfg.http_port, "Status": "alive",
               "Tags": {"region": cfg.region, "dc": cfg.datacenter, "build": __version__,
                        "role": "nomad" if agent.server else "client"}}
     return reply({"config": cfg.public(), "member": member,
@@ -43,20 +43,20 @@ async def agent_health(request: Request):
 async def agent_members(request: Request):
     cfg = request.app.state.agent.config
     return reply({"ServerName": cfg.name, "ServerRegion": cfg.region, "ServerDC": cfg.datacenter,
-                  "Members": [{"Name": f"{cfg.name}.{cfg.region}", "Addr": cfg.advertise, "Port": 4648,
+                  "Members": [{"Name": f"{cfg.name}.{cfg.region}", "Addr": cfg.http_host, "Port": 4648,
                                "Status": "alive", "Tags": {"region": cfg.region, "dc": cfg.datacenter}}]})
 
 
 @router.get("/v1/status/leader")
 async def leader(request: Request):
     cfg = request.app.state.agent.config
-    return reply(f"{cfg.advertise}:4647")
+    return reply(f"{cfg.http_host}:4647")
 
 
 @router.get("/v1/status/peers")
 async def peers(request: Request):
     cfg = request.app.state.agent.config
-    return reply([f"{cfg.advertise}:4647"])
+    return reply([f"{cfg.http_host}:4647"])
 
 
 @router.get("/v1/regions")

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 
 import yurt
 from yurt.structs import DriverInfo, Node
-from yurt.structs.node import (NodeCpuResources, NodeDiskResources, NodeMemoryResources,
-                               NodeResources)
+from yurt.structs.node import (NodeCpuResources, NodeDiskResources, NodeMemoryResources, NodeNetworkAddress,
+                               NodeNetworkResource, NodeResources)
 
 from .drivers.base import Driver
 
@@ -123,6 +123,8 @@ def fingerprint_node(data_dir: str | os.PathLike, *, drivers: Mapping[str, Drive
                      node_class: str = "", node_pool: str = "default",
                      address: str = "127.0.0.1", http_addr: str = "",
                      meta: Mapping[str, str] | None = None,
+                     network_interface: str = "",
+                     host_networks: Mapping[str, tuple[str, str]] | None = None,
                      cni_paths: tuple[str, ...] | list[str] = CNI_PATHS) -> Node:
     """Fingerprint this machine into a Node (status "initializing")."""
     client_dir = Path(data_dir) / "client"
@@ -133,6 +135,8 @@ def fingerprint_node(data_dir: str | os.PathLike, *, drivers: Mapping[str, Drive
     attrs.update(os_attributes())
     attrs["unique.hostname"] = hostname
     attrs["unique.network.ip-address"] = address
+    if network_interface:
+        attrs["unique.network.interface"] = network_interface
     attrs["nomad.version"] = yurt.__version__
     attrs["nomad.region"] = region
     client_dir.mkdir(parents=True, exist_ok=True)
@@ -159,4 +163,8 @@ def fingerprint_node(data_dir: str | os.PathLike, *, drivers: Mapping[str, Drive
         node_resources=NodeResources(
             cpu=NodeCpuResources(cpu_shares=compute, total_cpu_cores=cores),
             memory=NodeMemoryResources(memory_mb=mem // (1024 * 1024)),
-            disk=NodeDiskResources(disk_mb=disk.free // (1024 * 1024))))
+            disk=NodeDiskResources(disk_mb=disk.free // (1024 * 1024)),
+            node_networks=[NodeNetworkResource(device=network_interface, addresses=[
+                NodeNetworkAddress(alias="default", address=address),
+                *(NodeNetworkAddress(alias=name, address=ip, reserved_ports=reserved)
+                  for name, (ip, reserved) in sorted((host_networks or {}).items()))])]))

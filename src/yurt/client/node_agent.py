@@ -43,6 +43,8 @@ class ClientConfig:
     meta: dict[str, str] = field(default_factory=dict)
     raw_exec_enabled: bool = False
     network_ip: str = "127.0.0.1"
+    network_interface: str = ""
+    host_networks: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (address, reserved ports)
     http_addr: str = ""
     options: dict[str, str] = field(default_factory=dict)
     api_socket: str = ""   # the agent's API on a unix socket, for sidecar proxies in namespaces
@@ -79,7 +81,8 @@ class NodeAgent:
             log.info("removed containers of allocations this client no longer has: %s", ", ".join(orphans))
         self.node = fingerprint_node(c.data_dir, drivers=self.drivers, name=c.node_name, datacenter=c.datacenter,
                                      region=c.region, node_class=c.node_class, node_pool=c.node_pool,
-                                     address=c.network_ip, http_addr=c.http_addr, meta=c.meta)
+                                     address=c.network_ip, http_addr=c.http_addr, meta=c.meta,
+                                     network_interface=c.network_interface, host_networks=c.host_networks)
         self._restore_runners()
         for target, name in ((self._register_and_heartbeat, "heartbeat"), (self._watch, "watch"),
                              (self._sync, "sync")):

@@ -17,7 +17,7 @@ from yurt.structs import (AllocatedCpuResources, AllocatedMemoryResources, Alloc
                           Plan, PlanAnnotations, ReschedulePolicy)
 
 from . import reschedule
-from .ports import host_ip, port_mappings
+from .ports import port_mappings
 from .reconcile import Place, Reconciled, reconcile
 from .stack import Group, NodeUsage, Stack
 from .state import SchedulerState
@@ -57,7 +57,7 @@ def schedule(ev: Evaluation, state: SchedulerState, *, seed: int, now_ns: int) -
     return _Scheduler(ev, job, state, plan, rng, now_ns).run()
 
 
-Ports = list[tuple[str, int, int]]   # (label, host port, port in the namespace)
+Ports = list[tuple[str, int, int, str]]   # (label, host port, port in the namespace, host IP)
 
 
 class _Scheduler:
@@ -199,7 +199,7 @@ class _Scheduler:
             "allocated_resources": ar.model_copy(update={
                 "tasks": dict(ar.tasks),
                 "shared": ar.shared.model_copy(update={
-                    "ports": port_mappings(ports, host_ip(node)) if ports else []})})}
+                    "ports": port_mappings(ports) if ports else []})})}
         prev = p.previous
         if prev is not None:
             update["previous_allocation"] = prev.id

@@ -1,9 +1,10 @@
 """Host ports of a node: what is taken, and picking ports for a new allocation.
 
-Nomad's NetworkIndex, reduced to one host network: used ports = the node's reserved host ports
-(``"22,80,8000-8010"``) plus every port of the allocations on it. Static ports must be free;
-dynamic ones are drawn at random in ``[min_dynamic_port, max_dynamic_port]`` (a few tries),
-then by a precise scan of what is left.
+Nomad's NetworkIndex, reduced to one port space per node (a port taken on one of its host
+networks is taken on all; each port gets the address of the host network it asks for): used
+ports = the node's reserved host ports (``"22,80,8000-8010"``) plus every port of the
+allocations on it. Static ports must be free; dynamic ones are drawn at random in
+``[min_dynamic_port, max_dynamic_port]`` (a few tries), then by a precise scan of what is left.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from functools import lru_cache
 from yurt.structs import AllocatedPortMapping, Allocation, NetworkResource, Node
 
 DEFAULT_HOST_IP = "127.0.0.1"
+DEFAULT_HOST_NETWORK = "default"
 RANDOM_TRIES = 20
 
 
@@ -37,26 +39,38 @@ def parse_port_spec(spec: str) -> frozenset[int]:
 
 
 def reserved_ports(node: Node) -> frozenset[int]:
-    return parse_port_spec(node.reserved_resources.networks.reserved_host_ports)
+    """The node's reserved host ports, those of its host networks included (one port space per
+    node: a port reserved on one of its addresses is not handed out on another)."""
+    spec = node.reserved_resources.networks.reserved_host_ports
+    extra = [a.reserved_ports for net in node.node_resources.node_networks for a in net.addresses
+             if a.reserved_ports]
+    return parse_port_spec(",".join([spec, *extra])) if extra else parse_port_spec(spec)
 
 
-def host_ip(node: Node) -> str:
-    return node.attributes.get("unique.network.ip-address") or DEFAULT_HOST_IP
+def host_ip(node: Node, host_network: str = DEFAULT_HOST_NETWORK) -> str:
+    """The node's address in ``host_network`` ("" when it has no such network)."""
+    default = node.attributes.get("unique.network.ip-address") or DEFAULT_HOST_IP
+    if host_network in ("", DEFAULT_HOST_NETWORK):
+        return default
+    return node.node_resources.host_network_address(host_network) or ""
 
 
 class PortAsk:
     """A group's network ask, flattened once per evaluation."""
 
-    __slots__ = ("static", "dynamic")
+    __slots__ = ("static", "dynamic", "host_networks")
 
     def __init__(self, networks: list[NetworkResource] | None) -> None:
-        self.static: list[tuple[str, int, int]] = []    # (label, value, to)
-        self.dynamic: list[tuple[str, int]] = []        # (label, to)
+        self.static: list[tuple[str, int, int, str]] = []    # (label, value, to, host network)
+        self.dynamic: list[tuple[str, int, str]] = []        # (label, to, host network)
         for net in networks or []:
             for p in net.reserved_ports or []:
-                self.static.append((p.label, p.value, p.to))
+                self.static.append((p.label, p.value, p.to, p.host_network or DEFAULT_HOST_NETWORK))
             for p in net.dynamic_ports or []:
-                self.dynamic.append((p.label, p.to))
+                self.dynamic.append((p.label, p.to, p.host_network or DEFAULT_HOST_NETWORK))
+        # (host network, port label) for every port that asks for a network other than the default
+        self.host_networks = [(hn, label) for label, _, _, hn in self.static if hn != DEFAULT_HOST_NETWORK]
+        self.host_networks += [(hn, label) for label, _, hn in self.dynamic if hn != DEFAULT_HOST_NETWORK]
 
     def __bool__(self) -> bool:
         return bool(self.static or self.dynamic)
@@ -65,8 +79,11 @@ class PortAsk:
 def ports_free(ask: PortAsk, used: set[int] | frozenset[int], node: Node) -> str:
     """"" when the ask can be met on the node (checked without choosing dynamic ports),
     else the exhausted dimension."""
+    for hn, label in ask.host_networks:
+        if node.node_resources.host_network_address(hn) is None:
+            return f'missing host network "{hn}" for port "{label}"'
     taken: set[int] = set()
-    for label, value, _ in ask.static:
+    for label, value, _, _ in ask.static:
         if value in used or value in taken:
             return f"network: reserved port collision {label}={value}"
         taken.add(value)
@@ -82,24 +99,24 @@ def ports_free(ask: PortAsk, used: set[int] | frozenset[int], node: Node) -> str
 
 
 def assign_ports(ask: PortAsk, used: set[int] | frozenset[int], node: Node, rng: random.Random
-                 ) -> tuple[list[tuple[str, int, int]] | None, str]:
-    """Pick host ports for an ask: ``([(label, value, to)], "")`` or ``(None, dimension)``."""
+                 ) -> tuple[list[tuple[str, int, int, str]] | None, str]:
+    """Pick host ports for an ask: ``([(label, value, to, host ip)], "")`` or ``(None, dimension)``."""
     taken: set[int] = set()
-    out: list[tuple[str, int, int]] = []
-    for label, value, to in ask.static:
+    out: list[tuple[str, int, int, str]] = []
+    for label, value, to, hn in ask.static:
         if value in used or value in taken:
             return None, f"network: reserved port collision {label}={value}"
         taken.add(value)
-        out.append((label, value, value if to == -1 else to))
+        out.append((label, value, value if to == -1 else to, host_ip(node, hn)))
     if ask.dynamic:
         lo = node.node_resources.min_dynamic_port or 20000
         hi = node.node_resources.max_dynamic_port or 32000
-        for label, to in ask.dynamic:
+        for label, to, hn in ask.dynamic:
             port = _pick(lo, hi, used, taken, rng)
             if port is None:
                 return None, "network: dynamic port selection failed"
             taken.add(port)
-            out.append((label, port, port if to == -1 else to))
+            out.append((label, port, port if to == -1 else to, host_ip(node, hn)))
     return out, ""
 
 
@@ -117,9 +134,9 @@ def _pick(lo: int, hi: int, used: set[int] | frozenset[int], taken: set[int], rn
 _MAPPING = AllocatedPortMapping.model_construct(label="", value=0, to=0, host_ip="")
 
 
-def port_mappings(assigned: list[tuple[str, int, int]], ip: str) -> list[AllocatedPortMapping]:
+def port_mappings(assigned: list[tuple[str, int, int, str]]) -> list[AllocatedPortMapping]:
     return [_MAPPING.model_copy(update={"label": label, "value": value, "to": to, "host_ip": ip})
-            for label, value, to in assigned]
+            for label, value, to, ip in assigned]
 
 
 def port_collisions(node: Node, allocs: Iterable[Allocation]) -> list[str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from yurt.structs import Allocation, AllocMetric, Job, Node, TaskGroup
 
 from .feasible import _UNSET, DistinctRules, GroupChecker, JobChecker, property_value, ready_nodes
-from .ports import PortAsk, assign_ports, parse_port_spec, ports_free
+from .ports import PortAsk, assign_ports, ports_free, reserved_ports
 from .rank import Affinities, Spreads, binpack_score
 from .util import GroupAsk, alloc_usage
 
@@ -38,8 +38,7 @@ class NodeUsage:
         self.cap_mem = nr.memory.memory_mb - rr.memory.memory_mb
         self.cap_disk = nr.disk.disk_mb - rr.disk.disk_mb
         self.cpu = self.mem = self.disk = self.job_allocs = 0
-        spec = rr.networks.reserved_host_ports
-        self.ports: set[int] = set(parse_port_spec(spec)) if spec else set()
+        self.ports: set[int] = set(reserved_ports(node))
         self.tg_allocs: dict[str, int] = {}
 
     def add(self, alloc: Allocation, mine: bool, sign: int = 1) -> None:
@@ -124,7 +123,7 @@ class Stack:
         return None
 
     def select(self, group: Group, penalty: set[str] | None, usage_of: Callable[[Node], NodeUsage]
-               ) -> tuple[Node | None, list[tuple[str, int, int]] | None, AllocMetric]:
+               ) -> tuple[Node | None, list[tuple[str, int, int, str]] | None, AllocMetric]:
         """The best node for one more allocation of ``group`` and its ports, and the metric of
         the choice (nodes evaluated, filtered and exhausted, the first candidates' scores)."""
         filtered: dict[str, int] = {}     # reason -> nodes (counted here, the metric built once)

@@ -13,7 +13,7 @@ from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExp
                       MeshGateway, Service, ServiceCheck, ServiceWeights, SidecarTask)
 from .task import ChangeScript, Task, TaskLifecycle, Template, WaitConfig
 from .node import (DriverInfo, Node, NodeCpuResources, NodeDiskResources, NodeMemoryResources,
-                   NodeReservedResources, NodeResources)
+                   NodeNetworkAddress, NodeNetworkResource, NodeReservedResources, NodeResources)
 from .alloc import (AllocatedCpuResources, AllocMetric, AllocatedMemoryResources, AllocatedPortMapping,
                     AllocatedResources, AllocatedSharedResources, AllocatedTaskResources, Allocation,
                     AllocNetworkStatus, DesiredTransition, RescheduleEvent, RescheduleTracker,
@@ -36,6 +36,7 @@ __all__ = [
     "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",
     "json_name", "parse_duration",
     "DriverInfo", "Node", "NodeCpuResources", "NodeDiskResources", "NodeMemoryResources",
+    "NodeNetworkAddress", "NodeNetworkResource",
     "NodeReservedResources", "NodeResources", "AllocatedCpuResources", "AllocatedMemoryResources",
     "AllocatedPortMapping", "AllocatedResources", "AllocatedSharedResources", "AllocatedTaskResources",
     "Allocation", "AllocNetworkStatus", "DesiredTransition", "RescheduleEvent", "RescheduleTracker",

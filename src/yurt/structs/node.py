@@ -34,12 +34,39 @@ class NodeDiskResources(Struct):
     disk_mb: int = field(0, json="DiskMB")
 
 
+class NodeNetworkAddress(Struct):
+    """One address of a node network; ``alias`` is the host network's name ("default": the node address)."""
+
+    family: str = "ipv4"
+    alias: str = "default"
+    address: str = ""
+    reserved_ports: str = ""
+    gateway: str = ""
+
+
+class NodeNetworkResource(Struct):
+    mode: str = "host"
+    device: str = ""
+    mac_address: str = ""
+    speed: int = 0
+    addresses: list[NodeNetworkAddress] = field(factory=list)
+
+
 class NodeResources(Struct):
     cpu: NodeCpuResources = field(factory=NodeCpuResources)
     memory: NodeMemoryResources = field(factory=NodeMemoryResources)
     disk: NodeDiskResources = field(factory=NodeDiskResources)
+    node_networks: list[NodeNetworkResource] = field(factory=list)
     min_dynamic_port: int = 20000
     max_dynamic_port: int = 32000
+
+    def host_network_address(self, alias: str) -> str | None:
+        """The node's address in host network ``alias``; None when the node has no such network."""
+        for net in self.node_networks:
+            for a in net.addresses:
+                if a.alias == alias:
+                    return a.address
+        return None
 
 
 class NodeReservedNetworkResources(Struct):
