@@ -157,6 +157,6 @@ def host_veth(result: dict | None) -> str:
     return ""
 
 
-def leases(network: str = bridge.NETWORK_NAME, data_dir: str = bridge.IPAM_DATA_DIR) -> dict[str, str]:
+def leases(network: str = bridge.NETWORK_NAME, data_dir: str | None = None) -> dict[str, str]:
     from yurt.client.network.reconcile import ipam_leases
     return ipam_leases(network, data_dir)

@@ -19,7 +19,10 @@ from .output import fail, out
               help="Agent config file (HCL or JSON); repeatable.")
 @click.option("-data-dir", "--data-dir", "data_dir", type=click.Path(file_okay=False),
               help="Where state is kept across restarts.")
-@click.option("-bind", "--bind", help="Address to listen on (default 127.0.0.1).")
+@click.option("-bind", "--bind", help="Address to listen on (default 127.0.0.1; -dev-connect: 0.0.0.0).")
+@click.option("-network-interface", "--network-interface", "network_interface",
+              help="Interface whose address the node advertises (default: the bound address, or the "
+                   "default route's interface).")
 @click.option("-http-port", "--http-port", "http_port", type=int, help="HTTP API port (default 4646).")
 @click.option("-node", "--node", "node_name", help="Node name (default: the hostname).")
 @click.option("-dc", "--dc", "datacenter", help="Datacenter (default dc1).")
@@ -34,7 +37,8 @@ from .output import fail, out
 @click.option("-leaf-cert-ttl", "--leaf-cert-ttl", "leaf_cert_ttl",
               help='Lifetime of Connect leaf certificates, e.g. "72h" (the default) or "2m".')
 def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_dir: str | None,
-              bind: str | None, http_port: int | None, node_name: str | None, datacenter: str | None,
+              bind: str | None, network_interface: str | None, http_port: int | None, node_name: str | None,
+              datacenter: str | None,
               region: str | None, server_flag: bool, client_flag: bool, servers: str | None,
               log_level: str | None, default_intention_policy: str | None,
               leaf_cert_ttl: str | None) -> None:
@@ -55,7 +59,8 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
         if data_dir:
             cfg.data_dir = Path(data_dir)
             cfg.dev = False if not (dev or dev_connect) else cfg.dev
-        for name, value in (("bind", bind), ("http_port", http_port), ("name", node_name),
+        for name, value in (("bind", bind), ("network_interface", network_interface), ("http_port", http_port),
+                            ("name", node_name),
                             ("datacenter", datacenter), ("region", region), ("log_level", log_level),
                             ("default_intention_policy", default_intention_policy),
                             ("leaf_cert_ttl", leaf_cert_ttl)):
@@ -75,6 +80,8 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # uvicorn reports blocking queries still open at shutdown as an error; they are expected
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+    for warning in cfg.warnings:
+        logging.getLogger("yurt.agent").warning("%s", warning)
     out.print(f"==> Yurt agent configuration:\n\n"
               f"       Client: {str(cfg.client).lower()}\n"
               f"    Data Dir: {cfg.data_dir}{' (temporary)' if cfg.dev else ''}\n"

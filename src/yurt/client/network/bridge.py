@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import threading
 from typing import Any
 
@@ -12,14 +13,50 @@ BRIDGE_NAME = "yurt"
 NETWORK_NAME = "yurt"
 SUBNET = "172.26.64.0/20"
 ADMIN_CHAIN = "YURT-ADMIN"
-IPAM_DATA_DIR = "/var/run/cni"
+IPAM_DATA_DIR = "/var/run/cni"          # the host-local leases of the machine's own network namespace
+NETNS_IPAM_DIR = "/var/run/yurt/ipam"   # <this>/<namespace name>: those of an agent run in another one
 PLUGINS = ("loopback", "bridge", "firewall", "portmap")
 
 _admin_lock = threading.Lock()
 
 
+def ipam_data_dir() -> str:
+    """Where host-local keeps the bridge's leases: they belong to the bridge, so to the network
+    namespace the agent runs in (every agent there shares the one "yurt" bridge).
+
+    The machine's own namespace uses ``/var/run/cni``, as other CNI runtimes do. An agent run in
+    another one (a lab host, a container) gets ``/var/run/yurt/ipam/<namespace name>`` (the name
+    under ``/var/run/netns``, else ``netns-<inode>``), so hosts sharing a machine never share leases.
+    """
+    global _ipam_dir
+    if _ipam_dir is None:
+        _ipam_dir = _ipam_dir_for_this_namespace()
+    return _ipam_dir
+
+
+_ipam_dir: str | None = None
+
+
+def _ipam_dir_for_this_namespace() -> str:
+    try:
+        mine = os.stat("/proc/self/ns/net")
+        init = os.stat("/proc/1/ns/net")
+    except OSError:
+        return IPAM_DATA_DIR
+    if (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino):
+        return IPAM_DATA_DIR
+    try:
+        for entry in sorted(os.scandir("/var/run/netns"), key=lambda e: e.name):
+            st = os.stat(entry.path)
+            if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                return f"{NETNS_IPAM_DIR}/{entry.name}"
+    except OSError:
+        pass
+    return f"{NETNS_IPAM_DIR}/netns-{mine.st_ino}"
+
+
 def conflist(*, bridge: str = BRIDGE_NAME, subnet: str = SUBNET, name: str = NETWORK_NAME,
-             admin_chain: str = ADMIN_CHAIN, hairpin: bool = True) -> dict[str, Any]:
+             admin_chain: str = ADMIN_CHAIN, hairpin: bool = True, ipam_dir: str | None = None) -> dict[str, Any]:
     """The network list for bridge mode.
 
     hairpinMode is on (Nomad's default is off) so a group reaches its own host ports.
@@ -32,7 +69,7 @@ def conflist(*, bridge: str = BRIDGE_NAME, subnet: str = SUBNET, name: str = NET
             {"type": "bridge", "bridge": bridge, "ipMasq": True, "isGateway": True, "forceAddress": True,
              "hairpinMode": hairpin,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": IPAM_DATA_DIR}},
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam_dir or ipam_data_dir()}},
             {"type": "firewall", "backend": "iptables", "iptablesAdminChainName": admin_chain},
             {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
         ],

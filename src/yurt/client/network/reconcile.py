@@ -4,7 +4,8 @@ or an agent that was killed before it could tear down).
 `reconcile_networks(data_dir, keep_ids)` is called once at client start with the IDs of the
 allocations the agent still has. For every other allocation it removes, in this order:
 1. networks with a state file here: CNI DEL with the stored config and result, namespace, state;
-2. addresses the host-local IPAM still holds for network "yurt" (``/var/run/cni/yurt/<ip>``):
+2. addresses the host-local IPAM still holds for network "yurt" (``/var/run/cni/yurt/<ip>``, or
+   the agent's namespace's own directory, see ``bridge.ipam_data_dir``):
    CNI DEL with the bridge conflist, which also drops portmap's chains, then the lease files;
 3. namespaces named like an allocation ID with no state here (their veth goes with them);
 4. iptables rules whose comment names the allocation, CNI-FORWARD rules for its address, and the
@@ -26,10 +27,10 @@ from .alloc_network import teardown
 log = logging.getLogger(__name__)
 
 
-def ipam_leases(network: str = bridge.NETWORK_NAME, data_dir: str = bridge.IPAM_DATA_DIR) -> dict[str, str]:
-    """address -> container ID, from host-local's lease files."""
+def ipam_leases(network: str = bridge.NETWORK_NAME, data_dir: str | None = None) -> dict[str, str]:
+    """address -> container ID, from host-local's lease files (this namespace's by default)."""
     out: dict[str, str] = {}
-    directory = Path(data_dir) / network  # host-local keeps <dataDir>/<network>/<ip>
+    directory = Path(data_dir or bridge.ipam_data_dir()) / network  # host-local keeps <dataDir>/<network>/<ip>
     if not directory.is_dir():
         return out
     for f in directory.iterdir():
@@ -75,7 +76,7 @@ def reconcile_networks(data_dir: str | os.PathLike, keep_ids: Iterable[str], *,
         stale_ips.add(address)
         runtime = cni.Runtime(container_id=alloc_id, netns=netns.path(alloc_id), paths=cni_paths)
         cni.del_list(bridge.conflist(), runtime, None)  # frees the lease, portmap and masquerade rules
-        lease = Path(bridge.IPAM_DATA_DIR) / bridge.NETWORK_NAME / address
+        lease = Path(bridge.ipam_data_dir()) / bridge.NETWORK_NAME / address
         try:
             lease.unlink()
         except FileNotFoundError:
