@@ -7,8 +7,8 @@ from fastapi import APIRouter, Depends, Request
 from yurt.errors import NotFound
 from yurt.structs import Allocation
 
-from .common import block, by_prefix, flag, reply
-from .forward import need_server
+from .common import block, flag, reply
+from .forward import ServerReads, need_server
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
@@ -18,12 +18,10 @@ def _full_alloc(alloc: Allocation) -> dict:
 
 
 @router.get("/v1/allocations")
-async def list_allocs(request: Request):
-    store = request.app.state.agent.store
-    index = await block(request, store, "allocs")
-    allocs = by_prefix(store.allocs(), request.query_params.get("prefix", ""))
+async def list_allocs(request: Request, reads: ServerReads):
+    index = await block(request, reads, "allocs")
     rows = []
-    for a in sorted(allocs, key=lambda a: a.create_index):
+    for a in reads.allocs(request.query_params.get("prefix", "")):
         row = a.stub()
         if request.query_params.get("task_states", "true").lower() == "false":
             row["TaskStates"] = None
@@ -34,10 +32,9 @@ async def list_allocs(request: Request):
 
 
 @router.get("/v1/allocation/{alloc_id}")
-async def read_alloc(request: Request, alloc_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "allocs")
-    alloc = store.alloc(alloc_id)
+async def read_alloc(request: Request, reads: ServerReads, alloc_id: str):
+    index = await block(request, reads, "allocs")
+    alloc = reads.alloc(alloc_id)
     if alloc is None:
         raise NotFound("alloc not found")
     return reply(_full_alloc(alloc), index)
@@ -51,43 +48,38 @@ async def stop_alloc(request: Request, alloc_id: str):
 
 
 @router.get("/v1/evaluations")
-async def list_evals(request: Request):
-    store = request.app.state.agent.store
-    index = await block(request, store, "evals")
-    evals = by_prefix(store.evals(), request.query_params.get("prefix", ""))
-    return reply([e.to_json() for e in sorted(evals, key=lambda e: e.create_index)], index)
+async def list_evals(request: Request, reads: ServerReads):
+    index = await block(request, reads, "evals")
+    evals = reads.evals(request.query_params.get("prefix", ""))
+    return reply([e.to_json() for e in evals], index)
 
 
 @router.get("/v1/evaluation/{eval_id}")
-async def read_eval(request: Request, eval_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "evals")
-    ev = store.eval(eval_id)
+async def read_eval(request: Request, reads: ServerReads, eval_id: str):
+    index = await block(request, reads, "evals")
+    ev = reads.eval(eval_id)
     if ev is None:
         raise NotFound("eval not found")
     return reply(ev.to_json(), index)
 
 
 @router.get("/v1/evaluation/{eval_id}/allocations")
-async def eval_allocs(request: Request, eval_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "allocs")
-    return reply([a.stub() for a in store.allocs_by_eval(eval_id)], index)
+async def eval_allocs(request: Request, reads: ServerReads, eval_id: str):
+    index = await block(request, reads, "allocs")
+    return reply([a.stub() for a in reads.eval_allocs(eval_id)], index)
 
 
 @router.get("/v1/nodes")
-async def list_nodes(request: Request):
-    store = request.app.state.agent.store
-    index = await block(request, store, "nodes")
-    nodes = by_prefix(store.nodes(), request.query_params.get("prefix", ""))
-    return reply([n.stub() for n in sorted(nodes, key=lambda n: n.name)], index)
+async def list_nodes(request: Request, reads: ServerReads):
+    index = await block(request, reads, "nodes")
+    nodes = reads.nodes(request.query_params.get("prefix", ""))
+    return reply([n.stub() for n in nodes], index)
 
 
 @router.get("/v1/node/{node_id}")
-async def read_node(request: Request, node_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "nodes")
-    node = store.node(node_id)
+async def read_node(request: Request, reads: ServerReads, node_id: str):
+    index = await block(request, reads, "nodes")
+    node = reads.node(node_id)
     if node is None:
         raise NotFound("node not found")
     body = node.to_json()
@@ -96,11 +88,9 @@ async def read_node(request: Request, node_id: str):
 
 
 @router.get("/v1/node/{node_id}/allocations")
-async def node_allocs(request: Request, node_id: str):
+async def node_allocs(request: Request, reads: ServerReads, node_id: str):
     """Full allocations of a node; the client agent watches this with a blocking query."""
-    store = request.app.state.agent.store
-    index = await block(request, store, "allocs")
-    if store.node(node_id) is None:
+    index = await block(request, reads, "allocs")
+    if reads.node(node_id) is None:
         raise NotFound("node not found")
-    allocs = store.allocs_by_node(node_id)
-    return reply([a.to_json() for a in allocs], index)
+    return reply([a.to_json() for a in reads.node_allocs(node_id)], index)

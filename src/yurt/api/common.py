@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from yurt.errors import InvalidInput
+from yurt.server.reads import Reads, Tables
 from yurt.structs import parse_duration
 
 DEFAULT_WAIT = 300.0   # Nomad's default blocking-query wait: 5 minutes
@@ -36,14 +37,11 @@ def query_index(request: Request) -> int:
         raise InvalidInput(f'invalid index "{raw}": must be a whole number') from None
 
 
-async def block(request: Request, store, table: str | None = None) -> int:
-    """Blocking query: wait until `table` (or anything) changes past ?index=, or ?wait= passes."""
+async def block(request: Request, reads: Reads, tables: Tables = None) -> int:
+    """Blocking query: wait until `tables` (or anything) change past ?index=, or ?wait= passes;
+    their index (never 0). ?wait= is read only when there is an ?index= to wait past."""
     index = query_index(request)
-    if index > 0:
-        current = await store.wait_async(index, wait_seconds(request), table)
-    else:
-        current = store.table_index(table) if table else store.index()
-    return max(current, 1)  # as Nomad: never 0, so a client's next ?index= always blocks
+    return await reads.block(tables, index, wait_seconds(request) if index > 0 else 0.0)
 
 
 def reply(body: Any, index: int | None = None, status: int = 200, headers: dict | None = None) -> Response:
@@ -75,7 +73,3 @@ async def json_body(request: Request, *, required: bool = True) -> Any:
 
 def flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
-
-
-def by_prefix(items, prefix: str, key=lambda x: x.id):
-    return [x for x in items if key(x).startswith(prefix)] if prefix else list(items)

@@ -18,7 +18,7 @@ from fastapi import Request
 from yurt.errors import NotFound
 
 from .common import flag, json_body
-from .consul_common import agent_of, cblock, consul_route, consul_router, creply, local_node, node_key
+from .consul_common import agent_of, cblock, consul_route, consul_router, creply, local_node, node_key, reads_of
 from .forward import to_server
 
 router = consul_router()
@@ -58,9 +58,9 @@ async def deregister(request: Request, service_id: str):
 async def agent_services(request: Request):
     if agent_of(request).server is None:
         return await to_server(request, params={"node": node_key(request)})
-    store = agent_of(request).store
-    rows = store.services_by_node(node_key(request))
-    return creply(request, {s.id: s.agent_json() for s in rows}, store.table_index("services"))
+    reads = reads_of(request)
+    rows = reads.services_by_node(node_key(request))
+    return creply(request, {s.id: s.agent_json() for s in rows}, reads.table_index("services"))
 
 
 @router.get("/v1/agent/service/{service_id}")
@@ -69,7 +69,7 @@ async def agent_service(request: Request, service_id: str):
     if agent_of(request).server is None:
         return await to_server(request, params={"node": node_key(request)})
     index = await cblock(request, "services")
-    svc = agent_of(request).store.service(node_key(request), service_id)
+    svc = reads_of(request).service(node_key(request), service_id)
     if svc is None:
         raise NotFound(f'unknown service ID "{service_id}"')
     return creply(request, svc.agent_json(), index)
@@ -80,10 +80,10 @@ async def agent_service(request: Request, service_id: str):
 async def agent_checks(request: Request):
     if agent_of(request).server is None:
         return await to_server(request, params={"node": node_key(request)})
-    cat = _catalog(request)
-    checks = {c.check_id: c.public() for s in agent_of(request).store.services_by_node(node_key(request))
+    cat, reads = _catalog(request), reads_of(request)
+    checks = {c.check_id: c.public() for s in reads.services_by_node(node_key(request))
               for c in cat.checks_of(s)}
-    return creply(request, checks, agent_of(request).store.table_index("services"))
+    return creply(request, checks, reads.table_index("services"))
 
 
 async def _set_check(request: Request, check_id: str, status: str, output: str | None):

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from yurt.server.reads import Reads
+
 from .common import block
 from .forward import to_server
 
@@ -22,6 +24,13 @@ def agent_of(request: Request):
     return request.app.state.agent
 
 
+def reads_of(request: Request) -> Reads:
+    """The server's read layer, for a route that has made sure this agent is a server
+    (`consul_route` forwards otherwise)."""
+    reads: Reads = agent_of(request).server.reads
+    return reads
+
+
 def default_policy(request: Request) -> str:
     agent = agent_of(request)
     return getattr(agent.config, "default_intention_policy", "allow") or "allow"
@@ -29,8 +38,8 @@ def default_policy(request: Request) -> str:
 
 def _index(request: Request, index: int | None) -> int:
     if index is None:
-        store = agent_of(request).store
-        index = store.index() if store is not None else 1
+        server = agent_of(request).server
+        index = server.reads.index() if server is not None else 1
     return max(int(index), 1)
 
 
@@ -57,7 +66,7 @@ def creply(request: Request, body: Any, index: int | None = None, status: int = 
 async def cblock(request: Request, tables: str | Iterable[str]) -> int:
     """Blocking query on one or more of the mesh tables ("services", "intentions", "ca")."""
     tables = tables if isinstance(tables, str) else tuple(tables)
-    return await block(request, agent_of(request).store, tables)
+    return await block(request, reads_of(request), tables)
 
 
 def consul_route(fn: Callable | None = None, *, forward: bool = True) -> Callable:

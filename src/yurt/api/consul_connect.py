@@ -101,7 +101,7 @@ async def authorize(request: Request):
     default_allow = (agent.config.default_intention_policy or "allow") != "deny"
     if agent.server is not None:
         matching = agent.server.intentions.match("destination", target)
-        index = agent.store.table_index("intentions")
+        index = agent.server.reads.table_index("intentions")
     else:
         found, index = await asyncio.to_thread(agent.api_client.intention_match, target)
         matching = [Intention.model_validate(i) for i in found]

@@ -9,7 +9,7 @@ from fastapi import Request
 from yurt.errors import InvalidInput, NotFound
 
 from .common import json_body
-from .consul_common import agent_of, cblock, consul_route, consul_router, creply
+from .consul_common import agent_of, cblock, consul_route, consul_router, creply, reads_of
 
 router = consul_router()
 
@@ -96,7 +96,7 @@ async def check(request: Request):
         raise InvalidInput("source and destination are required query parameters")
     allowed, reason = _ix(request).check(*pair)
     return creply(request, {"Allowed": allowed, "Reason": reason},
-                  agent_of(request).store.table_index("intentions"))
+                  reads_of(request).table_index("intentions"))
 
 
 @router.get("/v1/connect/intentions/{ix_id}")

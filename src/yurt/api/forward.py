@@ -11,12 +11,14 @@ forwarded twice.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 import httpx
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from yurt.errors import Unavailable
+from yurt.server.reads import Reads
 
 HOP = "X-Yurt-Forwarded"
 PASSED_BACK = {h.title() for h in (
@@ -33,6 +35,20 @@ async def need_server(request: Request) -> None:
     """A dependency of the routes only a server answers."""
     if request.app.state.agent.server is None:
         raise ToServer()
+
+
+async def server_reads(request: Request) -> Reads:
+    """A dependency of the routes that read the server's state: its read layer (`Server.reads`);
+    on an agent without a server, `ToServer` as `need_server`."""
+    server = request.app.state.agent.server
+    if server is None:
+        raise ToServer()
+    reads: Reads = server.reads
+    return reads
+
+
+ServerReads = Annotated[Reads, Depends(server_reads)]
+"""A route's parameter `reads: ServerReads` is the server's read layer."""
 
 
 def forwarded(request: Request) -> bool:

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Request
 
 from yurt.errors import InvalidInput, NotFound
 from yurt.server.admission import InvalidJob, admit_job, parse_job_file
+from yurt.server.reads import Reads
 from yurt.structs import Job
 
 from .common import block, flag, json_body, reply, write_reply
-from .forward import need_server
+from .forward import ServerReads, need_server
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
@@ -32,20 +33,18 @@ def _ns(request: Request) -> str:
     return request.query_params.get("namespace") or "default"
 
 
-def _job(request: Request, job_id: str) -> Job:
-    job = request.app.state.agent.store.job(_ns(request), job_id)
+def _job(request: Request, reads: Reads, job_id: str) -> Job:
+    job = reads.job(_ns(request), job_id)
     if job is None:
         raise NotFound("job not found")
     return job
 
 
 @router.get("/v1/jobs")
-async def list_jobs(request: Request):
-    store = request.app.state.agent.store
-    index = await block(request, store, "jobs")
-    ns = request.query_params.get("namespace")
-    jobs = store.jobs(None if ns in (None, "*") else ns, request.query_params.get("prefix", ""))
-    return reply([_stub(j, store.job_summary(j.namespace, j.id)) for j in sorted(jobs, key=lambda j: j.id)], index)
+async def list_jobs(request: Request, reads: ServerReads):
+    index = await block(request, reads, "jobs")
+    jobs = reads.jobs(request.query_params.get("namespace"), request.query_params.get("prefix", ""))
+    return reply([_stub(j, reads.job_summary(j.namespace, j.id)) for j in jobs], index)
 
 
 def enforce_index(body: dict) -> int | None:
@@ -105,10 +104,9 @@ async def validate_job(request: Request):
 
 
 @router.get("/v1/job/{job_id}")
-async def read_job(request: Request, job_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "jobs")
-    return reply(_job(request, job_id).to_json(), index)
+async def read_job(request: Request, reads: ServerReads, job_id: str):
+    index = await block(request, reads, "jobs")
+    return reply(_job(request, reads, job_id).to_json(), index)
 
 
 @router.put("/v1/job/{job_id}")
@@ -124,8 +122,8 @@ async def update_job(request: Request, job_id: str):
 
 
 @router.delete("/v1/job/{job_id}")
-async def stop_job(request: Request, job_id: str):
-    _job(request, job_id)
+async def stop_job(request: Request, reads: ServerReads, job_id: str):
+    _job(request, reads, job_id)
     result = request.app.state.agent.server.deregister_job(_ns(request), job_id, purge=flag(request, "purge"))
     return write_reply(result)
 
@@ -144,59 +142,49 @@ async def plan_job(request: Request, job_id: str):
 
 @router.put("/v1/job/{job_id}/evaluate")
 @router.post("/v1/job/{job_id}/evaluate")
-async def evaluate(request: Request, job_id: str):
-    _job(request, job_id)
+async def evaluate(request: Request, reads: ServerReads, job_id: str):
+    _job(request, reads, job_id)
     result = request.app.state.agent.server.evaluate_job(_ns(request), job_id)
     return reply(result, result["Index"])
 
 
 @router.get("/v1/job/{job_id}/allocations")
-async def job_allocations(request: Request, job_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "allocs")
-    job = _job(request, job_id)
-    allocs = store.allocs_by_job(job.namespace, job.id)
-    if not flag(request, "all"):
-        allocs = [a for a in allocs if a.create_index >= job.create_index]
-    return reply([a.stub() for a in sorted(allocs, key=lambda a: a.create_index)], index)
+async def job_allocations(request: Request, reads: ServerReads, job_id: str):
+    index = await block(request, reads, "allocs")
+    job = _job(request, reads, job_id)
+    return reply([a.stub() for a in reads.job_allocs(job, all_jobs=flag(request, "all"))], index)
 
 
 @router.get("/v1/job/{job_id}/evaluations")
-async def job_evaluations(request: Request, job_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "evals")
-    job = _job(request, job_id)
-    evals = store.evals_by_job(job.namespace, job.id)
-    return reply([e.to_json() for e in sorted(evals, key=lambda e: e.create_index)], index)
+async def job_evaluations(request: Request, reads: ServerReads, job_id: str):
+    index = await block(request, reads, "evals")
+    job = _job(request, reads, job_id)
+    return reply([e.to_json() for e in reads.job_evals(job)], index)
 
 
 @router.get("/v1/job/{job_id}/versions")
-async def job_versions(request: Request, job_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "jobs")
-    job = _job(request, job_id)
-    versions = store.job_versions(job.namespace, job.id)
+async def job_versions(request: Request, reads: ServerReads, job_id: str):
+    index = await block(request, reads, "jobs")
+    job = _job(request, reads, job_id)
+    versions = reads.job_versions(job.namespace, job.id)
     return reply({"Versions": [v.to_json() for v in versions], "Diffs": None, "Index": index}, index)
 
 
 @router.get("/v1/job/{job_id}/summary")
-async def job_summary(request: Request, job_id: str):
-    store = request.app.state.agent.store
-    index = await block(request, store, "allocs")
-    job = _job(request, job_id)
-    summary = store.job_summary(job.namespace, job.id)
+async def job_summary(request: Request, reads: ServerReads, job_id: str):
+    index = await block(request, reads, "allocs")
+    job = _job(request, reads, job_id)
+    summary = reads.job_summary(job.namespace, job.id)
     return reply(summary.to_json() if summary else None, index)
 
 
 @router.get("/v1/job/{job_id}/deployment")
-async def job_deployment(request: Request, job_id: str):
-    _job(request, job_id)
-    return reply(None, request.app.state.agent.store.index())
+async def job_deployment(request: Request, reads: ServerReads, job_id: str):
+    _job(request, reads, job_id)
+    return reply(None, reads.index())
 
 
 @router.get("/v1/job/{job_id}/deployments")
-async def job_deployments(request: Request, job_id: str):
-    _job(request, job_id)
-    return reply([], request.app.state.agent.store.index())
-
-
+async def job_deployments(request: Request, reads: ServerReads, job_id: str):
+    _job(request, reads, job_id)
+    return reply([], reads.index())

@@ -102,12 +102,13 @@ async def _elsewhere(request: Request, alloc_id: str) -> Response:
     agent = request.app.state.agent
     if agent.server is None:
         return await to_server(request)
-    alloc = agent.store.alloc(alloc_id)
+    reads = agent.server.reads
+    alloc = reads.alloc(alloc_id)
     if alloc is None:
         raise NotFound("alloc not found")
     if alloc.node_id == agent.node_id:
         raise NotFound(f"allocation {alloc_id[:8]} has not started on this agent yet")
-    node = agent.store.node(alloc.node_id)
+    node = reads.node(alloc.node_id)
     if node is None or not node.http_addr:
         raise NotFound(f"allocation {alloc_id[:8]} runs on node {alloc.node_id[:8]}, which advertises "
                        "no HTTP address to read its logs from")

@@ -28,6 +28,7 @@ from .intentions import Intentions
 from .connect_inject import inject_sidecars
 from .heartbeat import FAILOVER_GRACE, Heartbeats
 from .plan_apply import PlanApplier
+from .reads import Reads
 from .worker import Worker
 
 log = logging.getLogger("yurt.server")
@@ -38,6 +39,7 @@ class Server:
                  region: str = "global", datacenter: str = "dc1",
                  default_intention_policy: str = "allow", leaf_cert_ttl: str | None = None) -> None:
         self.store = store
+        self.reads = Reads(store)  # what the HTTP API reads
         self.region = region
         self.datacenter = datacenter
         self.broker = EvalBroker()

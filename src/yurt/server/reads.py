@@ -1,0 +1,126 @@
+"""What the HTTP API reads: the server's read layer over the state store.
+
+The routes never hold the store; they ask this (as `Server.reads`) for jobs, allocations,
+evaluations, nodes, catalog rows, intentions and table indexes, in the order they answer them,
+and block on it for their blocking queries (`block`). Everything here is a read: the writes go
+through the `Server` methods (and its `catalog`, `intentions`, `ca`). A missing object is None;
+the route says what was not found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from yurt.state import StateStore
+from yurt.structs import Allocation, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
+
+Tables = str | Iterable[str] | None
+"""What a blocking query watches: one table ("jobs", "allocs", "services" ...), several (the
+largest of their indexes), or None for the store's index."""
+
+
+class Reads:
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    # -- indexes and blocking queries -------------------------------------------------------
+    def index(self) -> int:
+        """The store's index: that of its last write."""
+        return self._store.index()
+
+    def table_index(self, tables: str | Iterable[str]) -> int:
+        """The index of the last write to `tables` (the largest of several)."""
+        return self._store.table_index(tables)
+
+    def current(self, tables: Tables = None) -> int:
+        """`table_index(tables)`, or the store's index for None."""
+        return self.table_index(tables) if tables else self.index()
+
+    async def block(self, tables: Tables, min_index: int, wait: float) -> int:
+        """A blocking query: with `min_index` > 0, wait until `tables` (None: anything) change
+        past it or `wait` seconds pass, without blocking the event loop; then (or at once with
+        `min_index` 0) their index. Never 0, as Nomad's: a caller's next `?index=` always
+        blocks."""
+        if min_index > 0:
+            current = await self._store.wait_async(min_index, wait, tables)
+        else:
+            current = self.current(tables)
+        return max(current, 1)
+
+    # -- jobs -------------------------------------------------------------------------------
+    def job(self, namespace: str, job_id: str) -> Job | None:
+        return self._store.job(namespace, job_id)
+
+    def jobs(self, namespace: str | None = None, prefix: str = "") -> list[Job]:
+        """Jobs by ID (in every namespace for None or "*"), optionally with an ID prefix."""
+        return sorted(self._store.jobs(None if namespace in (None, "*") else namespace, prefix),
+                      key=lambda j: j.id)
+
+    def job_summary(self, namespace: str, job_id: str) -> JobSummary | None:
+        return self._store.job_summary(namespace, job_id)
+
+    def job_versions(self, namespace: str, job_id: str) -> list[Job]:
+        """Every kept version of the job, newest first."""
+        return self._store.job_versions(namespace, job_id)
+
+    def job_allocs(self, job: Job, *, all_jobs: bool = False) -> list[Allocation]:
+        """The job's allocations by CreateIndex; those of an earlier job of that ID (purged and
+        registered again) only with `all_jobs` (Nomad's `?all=true`)."""
+        allocs = self._store.allocs_by_job(job.namespace or "default", job.id)
+        if not all_jobs:
+            allocs = [a for a in allocs if a.create_index >= job.create_index]
+        return sorted(allocs, key=lambda a: a.create_index)
+
+    def job_evals(self, job: Job) -> list[Evaluation]:
+        """The job's evaluations by CreateIndex."""
+        return sorted(self._store.evals_by_job(job.namespace or "default", job.id), key=lambda e: e.create_index)
+
+    # -- allocations and evaluations --------------------------------------------------------
+    def alloc(self, alloc_id: str) -> Allocation | None:
+        return self._store.alloc(alloc_id)
+
+    def allocs(self, prefix: str = "") -> list[Allocation]:
+        """Allocations by CreateIndex (then ID), optionally with an ID prefix."""
+        return sorted(self._store.allocs(prefix), key=lambda a: a.create_index)
+
+    def eval(self, eval_id: str) -> Evaluation | None:
+        return self._store.eval(eval_id)
+
+    def evals(self, prefix: str = "") -> list[Evaluation]:
+        """Evaluations by CreateIndex (then ID), optionally with an ID prefix."""
+        return sorted(self._store.evals(prefix=prefix), key=lambda e: e.create_index)
+
+    def eval_allocs(self, eval_id: str) -> list[Allocation]:
+        """The allocations an evaluation placed or changed."""
+        return self._store.allocs_by_eval(eval_id)
+
+    # -- nodes ------------------------------------------------------------------------------
+    def node(self, node_id: str) -> Node | None:
+        return self._store.node(node_id)
+
+    def nodes(self, prefix: str = "") -> list[Node]:
+        """Nodes by name (then ID), optionally with an ID prefix."""
+        return sorted(self._store.nodes(prefix), key=lambda n: n.name)
+
+    def node_allocs(self, node_id: str) -> list[Allocation]:
+        """Every allocation of the node, terminal ones included (what its client watches)."""
+        return self._store.allocs_by_node(node_id)
+
+    # -- catalog and intentions (their views are `Catalog`'s and `Intentions`') -------------
+    def service(self, node_key: str, service_id: str) -> ServiceRegistration | None:
+        """The instance `service_id` registered on the node `node_key` (its ID, else its name)."""
+        return self._store.service(node_key, service_id)
+
+    def services(self, name: str | None = None) -> list[ServiceRegistration]:
+        """The instances of service `name`, or of every service."""
+        return self._store.services(name)
+
+    def services_by_node(self, node_key: str) -> list[ServiceRegistration]:
+        """The instances registered on one node."""
+        return self._store.services_by_node(node_key)
+
+    def intention(self, ix_id: str) -> Intention | None:
+        return self._store.intention(ix_id)
+
+    def intentions(self) -> list[Intention]:
+        return self._store.intentions()
