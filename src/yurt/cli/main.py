@@ -15,6 +15,7 @@ from .alloc_cmd import alloc_group
 from .connect_cmd import connect_group
 from .intention_cmd import intention_group
 from .job import job_group, plan_cmd, run_cmd, stop_cmd
+from .lab_cmd import lab_group
 from .node_cmd import node_group
 from .status import eval_group, job_status_cmd
 
@@ -41,6 +42,7 @@ cli.add_command(node_group)
 cli.add_command(doctor_cmd)
 cli.add_command(intention_group)
 cli.add_command(connect_group)
+cli.add_command(lab_group)
 
 
 def main(argv: list[str] | None = None) -> None:

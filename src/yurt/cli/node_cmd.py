@@ -60,7 +60,7 @@ def node_status_cmd(node_id: str | None, verbose: bool, as_json: bool, address: 
         ("ID", short(node["ID"], verbose)), ("Name", node.get("Name")), ("Node Pool", node.get("NodePool")),
         ("Class", node.get("NodeClass")), ("DC", node.get("Datacenter")), ("Drain", bool(node.get("Drain"))),
         ("Eligibility", node.get("SchedulingEligibility")), ("Status", node.get("Status")),
-        ("Address", node.get("HttpAddr")),
+        ("Address", node.get("HTTPAddr")),
         ("Driver Status", ",".join(healthy) + (f" (unhealthy: {','.join(unhealthy)})" if unhealthy else "")),
     ]))
     live = [a for a in allocs if a.get("DesiredStatus") == "run" and a.get("ClientStatus") in ("pending", "running")]

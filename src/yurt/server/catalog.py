@@ -111,7 +111,13 @@ class Catalog:
         name = c.get("Name") or c.get("Service")
         if not name or not isinstance(name, str):
             raise CatalogError('a service registration needs a "Name"')
-        node_id = c.get("NodeID") or node_id
+        if c.get("NodeID") and c.get("NodeID") != node_id:
+            # registered for another node (a client's service hook): that node's name and address,
+            # not those of the agent that took the request
+            known = self.store.node(c["NodeID"])
+            node_id = c["NodeID"]
+            node = known.name if known else node_id
+            node_address = known.attributes.get("unique.network.ip-address", "") if known else ""
         node = c.get("Node") or node
         common = {"namespace": c.get("Namespace") or "default", "datacenter": self.datacenter,
                   "node": node, "node_id": node_id,
@@ -243,7 +249,7 @@ class Catalog:
     def node_json(self, svc: ServiceRegistration) -> dict[str, Any]:
         node = self.store.node(svc.node_id) if svc.node_id else None
         return {"ID": svc.node_id, "Node": svc.node or (node.name if node else ""),
-                "Address": svc.node_address or (node.http_addr.split(":")[0] if node and node.http_addr else ""),
+                "Address": svc.node_address or (node.attributes.get("unique.network.ip-address", "") if node else ""),
                 "Datacenter": self.datacenter, "TaggedAddresses": {}, "Meta": dict(node.meta) if node else {},
                 "CreateIndex": node.create_index if node else svc.create_index,
                 "ModifyIndex": node.modify_index if node else svc.modify_index}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from yurt.structs import Allocation, Evaluation, Job, Node
-from yurt.structs.alloc import ALLOC_LOST, ALLOC_UNKNOWN
+from yurt.structs.alloc import ALLOC_DESIRED_STOP, ALLOC_LOST, ALLOC_UNKNOWN
 
 from . import derive
 from .errors import NotFound, StateError
@@ -155,8 +155,13 @@ class Txn(MeshTxn):
         exist = self.alloc(a.id)
         if exist is None:
             return
+        status, description = a.client_status, a.client_description
+        if exist.client_status == ALLOC_LOST and exist.desired_status == ALLOC_DESIRED_STOP:
+            # the server gave it up when its node went down, and replaced it: a node that comes
+            # back reports what it last knew, but the allocation stays lost (the client stops it)
+            status, description = exist.client_status, exist.client_description
         self._put_alloc(exist.model_copy(update={
-            "client_status": a.client_status, "client_description": a.client_description,
+            "client_status": status, "client_description": description,
             "task_states": a.task_states, "network_status": a.network_status,
             "modify_index": self.index, "modify_time": a.modify_time or self.ch.now}))
 

@@ -87,7 +87,7 @@ class Node(Struct):
     datacenter: str = "dc1"
     node_pool: str = "default"
     node_class: str = ""
-    http_addr: str = ""
+    http_addr: str = field("", json="HTTPAddr")
     attributes: dict[str, str] = field(factory=dict)
     meta: dict[str, str] = field(factory=dict)
     drivers: dict[str, DriverInfo] = field(factory=dict)
