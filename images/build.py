@@ -10,7 +10,7 @@ project's Makefile; Docker Engine works the same). The images:
 - ``hashicorpnomad/counter-api:v1``, ``hashicorpnomad/counter-dashboard:v1``: our own countdash
   apps (examples/countdash) on that base, with the originals' ports (9001, 9002), env
   contract (PORT, COUNTING_SERVICE_URL) and binding (all interfaces, BIND=0.0.0.0).
-- ``yurt/pause:1``: the container that holds a group's network namespace (yurt.client.docker_pause).
+- ``yurt/pause:1``: the container that holds a group's network namespace (yurt.client.drivers.docker_pause).
 
 Images already present are kept; ``--force`` rebuilds them.
 """
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import docker  # noqa: E402
 
-from yurt.client import docker_pause  # noqa: E402
+from yurt.client.drivers import docker_pause  # noqa: E402
 
 BASE = "yurt/python-base:3.11"
 APPS = {

@@ -225,11 +225,11 @@ def test_hooks_add_env_and_a_failing_prerun_fails_the_allocation(tmp_path):
         name = "env"
         calls: ClassVar[list[str]] = []
 
-        def prerun(self, runner):
-            runner.hook_env["FROM_HOOK"] = "hooked"
+        def prerun(self, ctx):
+            ctx.resources.env["FROM_HOOK"] = "hooked"
             self.calls.append("prerun")
 
-        def postrun(self, runner):
+        def postrun(self, ctx):
             self.calls.append("postrun")
 
     hook = EnvHook()
@@ -242,7 +242,7 @@ def test_hooks_add_env_and_a_failing_prerun_fails_the_allocation(tmp_path):
     class Broken(AllocHook):
         name = "network"
 
-        def prerun(self, runner):
+        def prerun(self, ctx):
             raise RuntimeError("no bridge")
 
     runner, rec = start_alloc(make_alloc([sh("t", "echo never")], job_type="batch"), tmp_path / "b",

@@ -14,7 +14,7 @@ def test_check_restart_restarts_the_task_after_limit_failures(tmp_path):
     runner, _ = start_alloc(make_alloc([task]), tmp_path)
     try:
         wait_for(lambda: runner.task_runners["app"].is_running(), what="app running")
-        tracker = _RestartTracker(runner, {"c1": ("app", CheckRestart(limit=2, grace=0))})
+        tracker = _RestartTracker(runner.context, {"c1": ("app", CheckRestart(limit=2, grace=0))})
         tracker.observe("c1", CRITICAL)
         tracker.observe("c1", PASSING)   # a pass resets the count
         tracker.observe("c1", CRITICAL)
@@ -35,7 +35,7 @@ def test_sidecar_check_restarts_the_sidecar_after_three_failures_past_grace(tmp_
     runner, _ = start_alloc(make_alloc([task]), tmp_path)
     try:
         wait_for(lambda: runner.task_runners["proxy"].is_running(), what="running")
-        tracker = _RestartTracker(runner, {"listening": ("proxy", None)})
+        tracker = _RestartTracker(runner.context, {"listening": ("proxy", None)})
         for _ in range(5):
             tracker.observe("listening", CRITICAL)  # within the grace period: not counted
         assert runner.task_runners["proxy"].state.restarts == 0

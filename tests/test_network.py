@@ -36,7 +36,7 @@ def _running(runner: AllocRunner) -> None:
 
 
 def _address(runner: AllocRunner) -> str:
-    return runner.hook_resources["network_status"]["Address"]
+    return runner.resources.network_status["Address"]
 
 
 def test_two_bridge_allocations_get_their_own_address_and_env(tmp_path):
@@ -56,8 +56,8 @@ def test_two_bridge_allocations_get_their_own_address_and_env(tmp_path):
         ip_a, ip_b = _address(ra), _address(rb)
         assert ip_a != ip_b
         assert ipaddress.ip_address(ip_a) in SUBNET and ipaddress.ip_address(ip_b) in SUBNET
-        assert ra.hook_resources["netns"] == f"/var/run/netns/{a.id}"
-        assert ra.hook_resources["network_status"]["InterfaceName"] == "eth0"
+        assert ra.resources.netns == f"/var/run/netns/{a.id}"
+        assert ra.resources.network_status["InterfaceName"] == "eth0"
         my_port = a.allocated_resources.shared.ports[1].value
         out = wait_for(lambda: "inet " in logs(ra, "t") and logs(ra, "t"), what="env dump")
         assert f"NOMAD_ALLOC_IP_http={ip_a}\n" in out
@@ -277,8 +277,8 @@ def test_none_mode_has_only_loopback(tmp_path):
         out = wait_for(lambda: logs(runner, "t"), what="links")
         (link,) = out.splitlines()  # one link only: the loopback, up
         assert link.startswith("1: lo: <LOOPBACK,UP,LOWER_UP> "), out
-        assert runner.hook_resources["network_status"] == {"InterfaceName": "", "Address": ""}
-        assert not any(k.startswith("NOMAD_ALLOC_IP_") for k in runner.hook_env)
+        assert runner.resources.network_status == {"InterfaceName": "", "Address": ""}
+        assert not any(k.startswith("NOMAD_ALLOC_IP_") for k in runner.resources.env)
     finally:
         runner.destroy(30)
     assert not netns.exists(alloc.id)
@@ -291,13 +291,13 @@ def test_dns_and_hostname(tmp_path):
     try:
         _running(runner)
         expected = "nameserver 192.0.2.53\nnameserver 192.0.2.54\nsearch svc.example\noptions ndots:2\n"
-        assert runner.hook_resources["resolv_conf"] == expected
+        assert runner.resources.resolv_conf == expected
         assert Path(f"/etc/netns/{alloc.id}/resolv.conf").read_text() == expected
         seen = subprocess.run(["ip", "netns", "exec", alloc.id, "cat", "/etc/resolv.conf"], capture_output=True,
                               text=True).stdout
         assert seen == expected
-        assert runner.hook_resources["hostname"] == "web-0"
-        assert runner.hook_resources["network_status"]["DNS"] == {
+        assert runner.resources.hostname == "web-0"
+        assert runner.resources.network_status["DNS"] == {
             "Servers": ["192.0.2.53", "192.0.2.54"], "Searches": ["svc.example"], "Options": ["ndots:2"]}
     finally:
         runner.destroy(30)
@@ -308,22 +308,22 @@ def test_prerun_again_after_a_restart_reuses_the_network(tmp_path):
     alloc = bridge_alloc([sh("t", "sleep 600")], [("http", free_port(), 8080)])
     first = AllocRunner(alloc, data_dir=tmp_path, drivers=DRIVERS)
     hook = NetworkHook()
-    hook.prerun(first)
+    hook.prerun(first.context)
     try:
         address = _address(first)
         lease_count = list(leases().values()).count(alloc.id)
         rules = mentions(iptables_lines(), alloc.id)
         # a new agent process: a fresh runner for the same allocation runs prerun again
         second = AllocRunner(alloc, data_dir=tmp_path, drivers=DRIVERS)
-        NetworkHook().prerun(second)
+        NetworkHook().prerun(second.context)
         assert _address(second) == address
-        assert second.hook_resources["netns"] == first.hook_resources["netns"]
-        assert second.hook_env == first.hook_env
+        assert second.resources.netns == first.resources.netns
+        assert second.resources.env == first.resources.env
         assert list(leases().values()).count(alloc.id) == lease_count == 1
         assert mentions(iptables_lines(), alloc.id) == rules                 # no second ADD
     finally:
-        hook.destroy(first)
-        hook.destroy(first)  # idempotent
+        hook.destroy(first.context)
+        hook.destroy(first.context)  # idempotent
     _nothing_left(alloc.id, tmp_path)
 
 
@@ -331,14 +331,14 @@ def test_restart_after_the_namespace_vanished_sets_it_up_again(tmp_path):
     alloc = bridge_alloc([sh("t", "sleep 600")], [("http", free_port(), 8080)])
     runner = AllocRunner(alloc, data_dir=tmp_path, drivers=DRIVERS)
     hook = NetworkHook()
-    hook.prerun(runner)
+    hook.prerun(runner.context)
     try:
         subprocess.run(["ip", "netns", "delete", alloc.id], check=True)   # e.g. a reboot
-        hook.prerun(AllocRunner(alloc, data_dir=tmp_path, drivers=DRIVERS))
+        hook.prerun(AllocRunner(alloc, data_dir=tmp_path, drivers=DRIVERS).context)
         assert netns.exists(alloc.id)
         assert list(leases().values()).count(alloc.id) == 1
     finally:
-        hook.destroy(runner)
+        hook.destroy(runner.context)
     _nothing_left(alloc.id, tmp_path)
 
 
@@ -356,12 +356,12 @@ def test_cni_args_reach_the_plugins(tmp_path):
     alloc = bridge_alloc([sh("t", "sleep 600")], [], mode="cni/recnet", cni_args={"FOO": "bar", "BAD": "a;b"})
     runner = AllocRunner(alloc, data_dir=tmp_path / "data", drivers=DRIVERS)
     hook = NetworkHook(cni_paths=(str(plugins),), cni_config_dirs=(str(conf_dir),))
-    hook.prerun(runner)
-    hook.destroy(runner)
+    hook.prerun(runner.context)
+    hook.destroy(runner.context)
     calls = (plugins / "calls").read_text().splitlines()
     assert [c.split()[0] for c in calls] == ["ADD", "DEL"]
     assert calls[0].split()[1] == (f"IgnoreUnknown=true;FOO=bar;NOMAD_REGION=global;NOMAD_NAMESPACE=default;"
                                    f"NOMAD_JOB_ID=nettest;NOMAD_GROUP_NAME=web;NOMAD_ALLOC_ID={alloc.id}")
     assert calls[0].split()[2:] == ["eth0", f"/var/run/netns/{alloc.id}"]
-    assert runner.hook_resources["network_status"]["Address"] == "10.9.8.7"
+    assert runner.resources.network_status["Address"] == "10.9.8.7"
     _nothing_left(alloc.id, tmp_path / "data")

@@ -38,7 +38,7 @@ def _network(data_dir) -> tuple[str, netstate.NetworkState, NetworkHook, AllocRu
     alloc = bridge_alloc([sh("t", "sleep 600")], [("http", free_port(), 8080)])
     runner = AllocRunner(alloc, data_dir=data_dir, drivers=DRIVERS)
     hook = NetworkHook()
-    hook.prerun(runner)
+    hook.prerun(runner.context)
     st = netstate.load(data_dir, alloc.id)
     assert st is not None and netns.exists(alloc.id)
     return alloc.id, st, hook, runner
@@ -90,7 +90,7 @@ def test_crashed_allocation_is_cleaned_and_the_rest_kept(tmp_path, foreign_rule)
                 and not other_allocs(line, {crashed, kept})} == set()
         assert any("admin rule: keep me" in line for line in after)
     finally:
-        kept_hook.destroy(kept_runner)
+        kept_hook.destroy(kept_runner.context)
     _gone(kept, kept_st)
 
 
@@ -109,7 +109,7 @@ def test_another_agents_allocations_are_left_alone(tmp_path):
         reconcile_networks(tmp_path / "agent-a", set())
         _there(theirs, st)
     finally:
-        hook.destroy(runner)
+        hook.destroy(runner.context)
     _gone(theirs, st)
 
 

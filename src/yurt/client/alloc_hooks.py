@@ -1,37 +1,94 @@
-"""Allocation runner hooks: one class per concern of running an allocation.
+"""Allocation runner hooks: one class per concern of running an allocation, in one list.
 
 The runner calls, in list order, ``prerun`` before any task starts (also after an agent
 restart, so hooks must be idempotent), ``update`` when the server sends a new version of the
-allocation, ``postrun`` after every task is dead, and ``destroy`` when the allocation is
-garbage-collected. A hook may add variables to every task's environment through
-``runner.hook_env`` and share anything else through ``runner.hook_resources``. Adding a concern
-(bridge networking, service registration, sidecar identity) is adding a class here or next to
-it, and putting it in the runner's hook list.
+allocation, ``postrun`` after every task is dead, and ``destroy`` (in reverse order) when the
+allocation is garbage-collected. Every call gets the allocation's `AllocHookContext`: what the
+hook may read (the allocation, its group, the node, the directories, the driver that holds the
+group's network namespace if one does) and do (restart a task), and the `AllocResources` it
+fills in for the tasks (environment variables, the network namespace, resolv.conf, hostname,
+the network status). Hooks see the runner only through it. Adding a concern (bridge
+networking, service registration, sidecar identity) is adding a class here or next to it, and
+putting it in `default_hooks`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from yurt.structs import Allocation
+from yurt.structs import Allocation, Node, Task, TaskGroup
+
+from .allocdir import AllocDir, TaskDir
+from .drivers.base import NetnsHolder
 
 if TYPE_CHECKING:
-    from .alloc_runner import AllocRunner
+    from .service_hook import ServiceHook
+
+# restart_task(task name, reason) -> True when the task was running and is being restarted
+RestartTask = Callable[[str, str], bool]
+
+
+@dataclass
+class AllocResources:
+    """What the hooks set up for the allocation's tasks; each task reads it when it starts."""
+
+    env: dict[str, str] = field(default_factory=dict)   # added to every task's environment
+    netns: str = ""              # the group's network namespace (/var/run/netns/<alloc id>); "" = the host's
+    network_status: dict[str, Any] | None = None   # the allocation's NetworkStatus; None in host mode
+    resolv_conf: str = ""        # the text of the namespace's /etc/resolv.conf ("" = not set)
+    hostname: str = ""           # the group's hostname ("" = not set)
+
+
+@dataclass
+class AllocHookContext:
+    """One allocation, as its hooks see it."""
+
+    alloc: Allocation            # the current version: `update` replaces it before the hooks run
+    group: TaskGroup             # the allocation's task group, as the runner runs it
+    node: Node | None
+    region: str | None           # the client's region (NOMAD_REGION)
+    data_dir: str | os.PathLike[str]   # the client's data dir (the network state lives under it)
+    alloc_dir: AllocDir
+    restart_task: RestartTask
+    # the driver that creates the group's network namespace, when a task's driver declares
+    # `holds_network_namespace` (docker's pause container); None: `ip netns add`
+    netns_holder: NetnsHolder | None = None
+    ended: bool = False          # restored after it ended: nothing will run in it
+    resources: AllocResources = field(default_factory=AllocResources)
+
+    @property
+    def alloc_id(self) -> str:
+        return self.alloc.id
+
+    @property
+    def tasks(self) -> list[Task]:
+        return list(self.group.tasks or [])
+
+    def task_dir(self, task: str) -> TaskDir | None:
+        """The directory of the group's task ``task``; None when the group has no such task."""
+        if any(t.name == task for t in self.group.tasks or []):
+            return self.alloc_dir.task_dir(task)
+        return None
 
 
 class AllocHook:
+    """The hook protocol; every call is a no-op unless the hook overrides it."""
+
     name = "hook"
 
-    def prerun(self, runner: AllocRunner) -> None:
+    def prerun(self, ctx: AllocHookContext) -> None:
         pass
 
-    def update(self, runner: AllocRunner, alloc: Allocation) -> None:
+    def update(self, ctx: AllocHookContext) -> None:
         pass
 
-    def postrun(self, runner: AllocRunner) -> None:
+    def postrun(self, ctx: AllocHookContext) -> None:
         pass
 
-    def destroy(self, runner: AllocRunner) -> None:
+    def destroy(self, ctx: AllocHookContext) -> None:
         pass
 
 
@@ -40,15 +97,20 @@ class AllocDirHook(AllocHook):
 
     name = "alloc_dir"
 
-    def prerun(self, runner: AllocRunner) -> None:
-        runner.alloc_dir.build([t.name for t in runner.tasks])
+    def prerun(self, ctx: AllocHookContext) -> None:
+        ctx.alloc_dir.build([t.name for t in ctx.tasks])
 
-    def destroy(self, runner: AllocRunner) -> None:
-        runner.alloc_dir.destroy()
+    def destroy(self, ctx: AllocHookContext) -> None:
+        ctx.alloc_dir.destroy()
 
 
-def default_hooks() -> list[AllocHook]:
-    """The hooks every allocation runs with, in order."""
+def default_hooks(services: ServiceHook | None = None) -> list[AllocHook]:
+    """The hooks an allocation runs with, in order: alloc dir, network (namespace + CNI), mesh
+    inbound (the namespace's firewall), then ``services`` (catalog registration and checks: one
+    hook for all of a client's allocations, as it talks to the server) when given."""
     from .network.mesh_inbound import MeshInboundHook
     from .network.network_hook import NetworkHook
-    return [AllocDirHook(), NetworkHook(), MeshInboundHook()]
+    hooks: list[AllocHook] = [AllocDirHook(), NetworkHook(), MeshInboundHook()]
+    if services is not None:
+        hooks.append(services)
+    return hooks

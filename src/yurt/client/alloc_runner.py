@@ -5,6 +5,9 @@ run) -> main tasks -> poststart tasks once every main task runs -> (main tasks e
 fails, the leader dies, or a stop is asked) -> kill main tasks, then poststart tasks, then
 prestart sidecars -> poststop tasks run to completion -> postrun hooks.
 
+Hooks get the allocation's `AllocHookContext` (never the runner); the `AllocResources` they
+fill in (environment, network namespace, resolv.conf, hostname) go to every task runner.
+
 Every change is persisted to ``<data_dir>/client/state/<alloc_id>.json`` and reported through
 ``on_update(alloc_id, client_status, client_description, task_states)``, called on runner
 threads (one call at a time).
@@ -20,10 +23,11 @@ from collections.abc import Callable, Iterable, Mapping
 from yurt.structs import Allocation, Node, TaskEvent, TaskState
 
 from . import alloc_state, task_events as ev
-from .alloc_hooks import AllocHook, default_hooks
+from .alloc_hooks import AllocHook, AllocHookContext, AllocResources, default_hooks
 from .alloc_status import client_status
 from .allocdir import AllocDir
-from .drivers.base import Driver, DriverError, DriverFingerprint, TaskHandle
+from .drivers.base import (BaseDriver, Driver, DriverError, DriverFingerprint, ExitResult, NetnsHolder, TaskConfig,
+                           TaskHandle, TaskStats)
 from .task_runner import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -32,7 +36,7 @@ OnUpdate = Callable[[str, str, str, dict[str, TaskState]], None]
 POLL = 0.5
 
 
-class MissingDriver:
+class MissingDriver(BaseDriver):
     """Stands in for a driver this node does not have: every start fails for good."""
 
     def __init__(self, name: str) -> None:
@@ -41,27 +45,35 @@ class MissingDriver:
     def fingerprint(self) -> DriverFingerprint:
         return DriverFingerprint()
 
-    def start(self, cfg):
+    def start(self, cfg: TaskConfig) -> TaskHandle:
         raise DriverError(f'failed to start: driver "{self.name}" is not available on this node',
                           recoverable=False)
 
     def recover(self, handle: TaskHandle) -> None:
         raise DriverError(f'driver "{self.name}" is not available on this node')
 
-    def wait(self, handle, timeout=None):
+    def wait(self, handle: TaskHandle, timeout: float | None = None) -> ExitResult | None:
         return None
 
-    def stop(self, handle, signal, timeout):
+    def stop(self, handle: TaskHandle, signal: str, timeout: float) -> None:
         pass
 
-    def signal(self, handle, signal):
+    def signal(self, handle: TaskHandle, signal: str) -> None:
         pass
 
-    def destroy(self, handle):
+    def destroy(self, handle: TaskHandle) -> None:
         pass
 
-    def stats(self, handle):
-        return None
+    def stats(self, handle: TaskHandle) -> TaskStats:
+        return TaskStats()
+
+
+def _netns_holder(drivers: Iterable[Driver]) -> NetnsHolder | None:
+    """The first of the group's drivers that creates its network namespace itself, if any."""
+    for driver in drivers:
+        if driver.capabilities.holds_network_namespace:
+            return driver.netns_holder
+    return None
 
 
 class AllocRunner:
@@ -76,9 +88,9 @@ class AllocRunner:
                  on_update: OnUpdate | None = None, hooks: list[AllocHook] | None = None,
                  region: str | None = None,
                  _restored: alloc_state.PersistedAlloc | None = None) -> None:
-        if alloc.job is None or alloc.job.group(alloc.task_group) is None:
+        group = alloc.job.group(alloc.task_group) if alloc.job is not None else None
+        if group is None:
             raise ValueError(f"allocation {alloc.id} has no job or no task group {alloc.task_group!r}")
-        self.alloc = alloc
         self.alloc_id = alloc.id
         self.data_dir = data_dir
         self.node = node
@@ -86,10 +98,13 @@ class AllocRunner:
         self.on_update = on_update
         self.hooks = list(default_hooks() if hooks is None else hooks)
         self.alloc_dir = AllocDir(data_dir, alloc.id)
-        self.group = alloc.job.group(alloc.task_group)
+        self.group = group
         self.tasks = list(self.group.tasks or [])
-        self.hook_env: dict[str, str] = {}
-        self.hook_resources: dict[str, object] = {}
+        task_drivers = {task.name: drivers.get(task.driver) or MissingDriver(task.driver) for task in self.tasks}
+        self.context = AllocHookContext(
+            alloc=alloc, group=self.group, node=node, region=region, data_dir=data_dir, alloc_dir=self.alloc_dir,
+            restart_task=self._restart_task, netns_holder=_netns_holder(task_drivers.values()),
+            ended=bool(_restored and _restored.done))
         self._cond = threading.Condition(threading.RLock())
         self._report_lock = threading.Lock()
         self._persist_lock = threading.Lock()
@@ -106,10 +121,8 @@ class AllocRunner:
         for task in self.tasks:
             saved = restored.get(task.name)
             self.task_runners[task.name] = TaskRunner(
-                alloc, task, self.alloc_dir, drivers.get(task.driver) or MissingDriver(task.driver),
-                node, on_change=self._task_changed, hook_env=lambda: dict(self.hook_env),
-                hook_resources=lambda: self.hook_resources,
-                region=region, state=saved.state if saved else None,
+                alloc, task, self.alloc_dir, task_drivers[task.name], node, on_change=self._task_changed,
+                resources=self.context.resources, region=region, state=saved.state if saved else None,
                 handle=saved.handle if saved else None)
 
     # --- construction from disk -------------------------------------------------------------
@@ -130,6 +143,16 @@ class AllocRunner:
         return alloc_state.persisted_alloc_ids(data_dir)
 
     # --- what others see --------------------------------------------------------------------
+
+    @property
+    def alloc(self) -> Allocation:
+        """The latest version of the allocation (the server's, with the job kept)."""
+        return self.context.alloc
+
+    @property
+    def resources(self) -> AllocResources:
+        """What the hooks set up for the tasks (the network's status among them)."""
+        return self.context.resources
 
     def task_states(self) -> dict[str, TaskState]:
         return {name: tr.state for name, tr in self.task_runners.items()}
@@ -163,10 +186,10 @@ class AllocRunner:
         """A new version of the allocation from the server; a stopped one stops the tasks."""
         if alloc.job is None:  # keep the job we run when the server sends a stripped alloc
             alloc = alloc.model_copy(update={"job": self.alloc.job})
-        self.alloc = alloc
+        self.context.alloc = alloc
         for hook in self.hooks:
             try:
-                hook.update(self, alloc)
+                hook.update(self.context)
             except Exception:
                 log.exception("alloc %s: update hook %s failed", self.alloc_id, hook.name)
         self._persist()
@@ -192,7 +215,7 @@ class AllocRunner:
             log.warning("alloc %s: destroy timed out waiting for tasks", self.alloc_id)
         for hook in reversed(self.hooks):
             try:
-                hook.destroy(self)
+                hook.destroy(self.context)
             except Exception:
                 log.exception("alloc %s: destroy hook %s failed", self.alloc_id, hook.name)
         alloc_state.delete(self.data_dir, self.alloc_id)
@@ -202,6 +225,10 @@ class AllocRunner:
     def _notify(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+    def _restart_task(self, task: str, reason: str) -> bool:
+        tr = self.task_runners.get(task)
+        return tr is not None and tr.restart(reason)
 
     def _task_changed(self, _runner: TaskRunner) -> None:
         self._report()
@@ -280,7 +307,7 @@ class AllocRunner:
         done: list[AllocHook] = []
         for hook in self.hooks:
             try:
-                hook.prerun(self)
+                hook.prerun(self.context)
             except Exception as e:  # noqa: BLE001 - any hook failure fails the allocation, with its message
                 message = f"prerun hook {hook.name!r} failed: {e}"
                 log.warning("alloc %s: %s", self.alloc_id, message)
@@ -289,7 +316,7 @@ class AllocRunner:
                 self._forced = ("failed", message)
                 for earlier in reversed(done):  # undo what the hooks before it set up
                     try:
-                        earlier.postrun(self)
+                        earlier.postrun(self.context)
                     except Exception:
                         log.exception("alloc %s: postrun hook %s failed", self.alloc_id, earlier.name)
                 return False
@@ -323,7 +350,7 @@ class AllocRunner:
         self._shutdown(main, poststart, sidecars, ephemeral)
         for hook in self.hooks:
             try:
-                hook.postrun(self)
+                hook.postrun(self.context)
             except Exception:
                 log.exception("alloc %s: postrun hook %s failed", self.alloc_id, hook.name)
 
@@ -335,7 +362,8 @@ class AllocRunner:
             while not tr.wait(POLL):
                 pass
 
-    def _shutdown(self, main, poststart, sidecars, ephemeral) -> None:
+    def _shutdown(self, main: list[TaskRunner], poststart: list[TaskRunner], sidecars: list[TaskRunner],
+                  ephemeral: list[TaskRunner]) -> None:
         self._check_failures()
         reason = self._kill_event
 

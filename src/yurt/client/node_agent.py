@@ -76,9 +76,11 @@ class NodeAgent:
         removed = reconcile_networks(c.data_dir, set(AllocRunner.persisted_ids(c.data_dir)))
         if removed:
             log.info("removed network leftovers of allocations this client no longer has: %s", ", ".join(removed))
-        orphans = self.drivers["docker"].remove_orphans(set(AllocRunner.persisted_ids(c.data_dir)))
-        if orphans:
-            log.info("removed containers of allocations this client no longer has: %s", ", ".join(orphans))
+        for driver in self.drivers.values():
+            if driver.capabilities.removes_orphans:
+                orphans = driver.remove_orphans(set(AllocRunner.persisted_ids(c.data_dir)))
+                if orphans:
+                    log.info("removed containers of allocations this client no longer has: %s", ", ".join(orphans))
         self.node = fingerprint_node(c.data_dir, drivers=self.drivers, name=c.node_name, datacenter=c.datacenter,
                                      region=c.region, node_class=c.node_class, node_pool=c.node_pool,
                                      address=c.network_ip, http_addr=c.http_addr, meta=c.meta,
@@ -230,19 +232,19 @@ class NodeAgent:
             threading.Thread(target=runner.destroy, kwargs={"timeout": 60}, daemon=True).start()
 
     def _hooks(self) -> list:
-        """The allocation hooks, in order: alloc dir, network, then service registration."""
+        """The allocation hooks, in order: alloc dir, network, mesh inbound, service registration."""
         from .alloc_hooks import default_hooks
         from .service_hook import ServiceHook
         if self._service_hook is None:
             self._service_hook = ServiceHook(self.api, self.node.id if self.node else "")
-        return default_hooks() + [self._service_hook]
+        return default_hooks(services=self._service_hook)
 
     def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
         from .network import network_status
         runner = self.runners.get(alloc_id)
         update = {"ID": alloc_id, "ClientStatus": status, "ClientDescription": description,
                   "TaskStates": {k: v.to_json() for k, v in states.items()}}
-        net = network_status(runner) if runner is not None else None
+        net = network_status(runner.resources) if runner is not None else None
         if net:
             update["NetworkStatus"] = net
         with self._pending_lock:

@@ -15,16 +15,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from yurt.structs import Service, ServiceCheck
+from yurt.structs import ConsulSidecarService, Service, ServiceCheck
 from yurt.structs.duration import SECOND
 
-from .alloc_hooks import AllocHook
+from .alloc_hooks import AllocHook, AllocHookContext
 from .checks import CRITICAL, PASSING, WARNING, CheckRunner, CheckSpec
 
 if TYPE_CHECKING:
     from yurt.api.client import YurtClient
-
-    from .alloc_runner import AllocRunner
 
 log = logging.getLogger("yurt.client.services")
 
@@ -48,38 +46,38 @@ class ServiceHook(AllocHook):
         self._lock = threading.Lock()
 
     # -- hook -------------------------------------------------------------------------------
-    def prerun(self, runner: AllocRunner) -> None:
-        regs, specs, restarts = self._plan(runner)
+    def prerun(self, ctx: AllocHookContext) -> None:
+        regs, specs, restarts = self._plan(ctx)
         if not regs:
             return
         with self._lock:
-            self._registered[runner.alloc_id] = [r["ID"] for r in regs]
-        threading.Thread(target=self._register, args=(regs,), name=f"register-{runner.alloc_id[:8]}",
+            self._registered[ctx.alloc_id] = [r["ID"] for r in regs]
+        threading.Thread(target=self._register, args=(regs,), name=f"register-{ctx.alloc_id[:8]}",
                          daemon=True).start()
         if specs:
-            tracker = _RestartTracker(runner, restarts)
-            checks = CheckRunner(specs, str(runner.hook_resources.get("netns") or ""),
+            tracker = _RestartTracker(ctx, restarts)
+            checks = CheckRunner(specs, ctx.resources.netns,
                                  report=lambda cid, st, out: self._report(cid, st, out, regs),
-                                 on_status=tracker.observe, name=f"checks-{runner.alloc_id[:8]}")
+                                 on_status=tracker.observe, name=f"checks-{ctx.alloc_id[:8]}")
             with self._lock:
-                self._runners[runner.alloc_id] = checks
+                self._runners[ctx.alloc_id] = checks
             checks.start()
 
-    def postrun(self, runner: AllocRunner) -> None:
-        self._deregister(runner.alloc_id)
+    def postrun(self, ctx: AllocHookContext) -> None:
+        self._deregister(ctx.alloc_id)
 
-    def destroy(self, runner: AllocRunner) -> None:
-        self._deregister(runner.alloc_id)
+    def destroy(self, ctx: AllocHookContext) -> None:
+        self._deregister(ctx.alloc_id)
 
     # -- building registrations -------------------------------------------------------------
-    def _plan(self, runner: AllocRunner) -> tuple[list[dict], list[CheckSpec], dict[str, tuple[str, Any]]]:
-        alloc, group = runner.alloc, runner.group
+    def _plan(self, ctx: AllocHookContext) -> tuple[list[dict], list[CheckSpec], dict[str, tuple[str, Any]]]:
+        alloc, group = ctx.alloc, ctx.group
         ports = {p.label: p for p in alloc.allocated_resources.shared.ports}
         host_ip = next(iter(ports.values())).host_ip if ports else \
-            (runner.node.attributes.get("unique.network.ip-address", "127.0.0.1") if runner.node else "127.0.0.1")
-        status = runner.hook_resources.get("network_status") or {}
-        alloc_ip = status.get("Address", "") if isinstance(status, dict) else ""
-        in_netns = bool(runner.hook_resources.get("netns"))
+            (ctx.node.attributes.get("unique.network.ip-address", "127.0.0.1") if ctx.node else "127.0.0.1")
+        status = ctx.resources.network_status or {}
+        alloc_ip = status.get("Address", "")
+        in_netns = bool(ctx.resources.netns)
         regs: list[dict] = []
         specs: list[CheckSpec] = []
         restarts: dict[str, tuple[str, Any]] = {}
@@ -94,7 +92,7 @@ class ServiceHook(AllocHook):
                 address, port, inner = host_ip, 0, 0
             checks = []
             for i, check in enumerate(svc.checks or []):
-                spec = self._spec(sid, i, svc, check, ports, inner, in_netns, host_ip, runner)
+                spec = self._spec(sid, i, svc, check, ports, inner, in_netns, host_ip, ctx)
                 specs.append(spec)
                 checks.append({"CheckID": spec.check_id, "Name": spec.name, "Type": spec.type,
                                "Status": spec.initial_status, "Interval": f"{spec.interval:g}s",
@@ -105,12 +103,13 @@ class ServiceHook(AllocHook):
             regs.append({"ID": sid, "Name": svc.name, "Tags": svc.tags or [], "Address": address,
                          "Port": port, "Meta": {**(svc.meta or {}), "external-source": "yurt", "alloc_id": alloc.id},
                          "AllocID": alloc.id, "NodeID": self.node_id, "Checks": checks})
-            if svc.has_sidecar:
-                regs.append(self._sidecar(runner, svc, sid, ports, host_ip, checks, specs, restarts))
+            sidecar = svc.connect.sidecar_service if svc.connect is not None else None
+            if sidecar is not None:   # svc.has_sidecar
+                regs.append(self._sidecar(ctx, svc, sidecar, sid, ports, host_ip, checks, specs, restarts))
         return regs, specs, restarts
 
     def _spec(self, sid: str, i: int, svc: Service, check: ServiceCheck, ports: dict, inner: int,
-              in_netns: bool, host_ip: str, runner: AllocRunner) -> CheckSpec:
+              in_netns: bool, host_ip: str, ctx: AllocHookContext) -> CheckSpec:
         port = inner
         if check.port_label:
             if check.port_label.isdigit():
@@ -130,24 +129,23 @@ class ServiceHook(AllocHook):
             success_before_passing=check.success_before_passing,
             failures_before_critical=check.failures_before_critical)
         if check.type == "script":
-            task = runner.task_runners.get(check.task_name or svc.task_name)
-            if task is not None:
-                spec.cwd = str(task.task_dir.local)
+            task_dir = ctx.task_dir(check.task_name or svc.task_name)
+            if task_dir is not None:
+                spec.cwd = str(task_dir.local)
         return spec
 
-    def _sidecar(self, runner: AllocRunner, svc: Service, sid: str, ports: dict, host_ip: str,
-                 parent_checks: list[dict], specs: list[CheckSpec], restarts: dict) -> dict:
-        sidecar = svc.connect.sidecar_service
+    def _sidecar(self, ctx: AllocHookContext, svc: Service, sidecar: ConsulSidecarService, sid: str, ports: dict,
+                 host_ip: str, parent_checks: list[dict], specs: list[CheckSpec], restarts: dict) -> dict:
         label = sidecar.port or f"connect-proxy-{svc.name}"
         p = ports.get(label)
         proxy_cfg = sidecar.proxy
-        task = next((t.name for t in runner.tasks if t.kind == f"connect-proxy:{svc.name}"), "")
+        task = next((t.name for t in ctx.tasks if t.kind == f"connect-proxy:{svc.name}"), "")
         local_port = (proxy_cfg.local_service_port if proxy_cfg and proxy_cfg.local_service_port else
                       int(svc.port_label) if svc.port_label.isdigit() else
                       (ports[svc.port_label].to or ports[svc.port_label].value) if svc.port_label in ports else 0)
         check_id = f"{sid}-sidecar-proxy-listening"
         specs.append(CheckSpec(check_id=check_id, name="Connect Sidecar Listening", type="tcp",
-                               address="127.0.0.1" if runner.hook_resources.get("netns") else host_ip,
+                               address="127.0.0.1" if ctx.resources.netns else host_ip,
                                port=(p.to if p and p.to > 0 else p.value) if p else 0,
                                interval=SIDECAR_CHECK_INTERVAL, timeout=1.0))
         if task:
@@ -156,15 +154,15 @@ class ServiceHook(AllocHook):
                       "LocalBindAddress": u.local_bind_address or "127.0.0.1", "LocalBindPort": u.local_bind_port}
                      for u in ((proxy_cfg.upstreams if proxy_cfg else None) or [])]
         address, port = host_ip, (p.value if p else 0)
-        status = runner.hook_resources.get("network_status") or {}
-        if host_ip.startswith("127.") and isinstance(status, dict) and status.get("Address") and p:
+        status = ctx.resources.network_status or {}
+        if host_ip.startswith("127.") and status.get("Address") and p:
             # A node that advertises loopback (a dev agent): 127.0.0.1 inside another allocation's
             # namespace is that namespace itself, so peers reach this sidecar on the bridge.
             address, port = status["Address"], (p.to if p.to > 0 else p.value)
         return {"ID": f"{sid}-sidecar-proxy", "Name": f"{svc.name}-sidecar-proxy", "Kind": "connect-proxy",
                 "Tags": (sidecar.tags if sidecar.tags is not None else svc.tags) or [],
-                "Address": address, "Port": port, "AllocID": runner.alloc_id, "NodeID": self.node_id,
-                "Meta": {**(sidecar.meta or {}), "external-source": "yurt", "alloc_id": runner.alloc_id},
+                "Address": address, "Port": port, "AllocID": ctx.alloc_id, "NodeID": self.node_id,
+                "Meta": {**(sidecar.meta or {}), "external-source": "yurt", "alloc_id": ctx.alloc_id},
                 "Proxy": {"DestinationServiceName": svc.name, "DestinationServiceID": sid,
                           "LocalServiceAddress": "127.0.0.1", "LocalServicePort": local_port,
                           "Upstreams": upstreams},
@@ -213,8 +211,8 @@ class ServiceHook(AllocHook):
 class _RestartTracker:
     """check_restart: restart a task after `limit` consecutive failures past its grace period."""
 
-    def __init__(self, runner: AllocRunner, restarts: dict[str, tuple[str, Any]]) -> None:
-        self.runner = runner
+    def __init__(self, ctx: AllocHookContext, restarts: dict[str, tuple[str, Any]]) -> None:
+        self.ctx = ctx
         self.restarts = restarts
         self.failures: dict[str, int] = {}
         self.since = {cid: time.monotonic() for cid in restarts}
@@ -233,9 +231,8 @@ class _RestartTracker:
             return
         self.failures[check_id] = self.failures.get(check_id, 0) + 1
         if self.failures[check_id] >= limit:
-            tr = self.runner.task_runners.get(task)
-            if tr is not None and tr.restart(f"healthcheck: check {check_id!r} unhealthy"):
+            if self.ctx.restart_task(task, f"healthcheck: check {check_id!r} unhealthy"):
                 log.warning("alloc %s: restarting task %s: its health check failed %d times",
-                            self.runner.alloc_id[:8], task, limit)
+                            self.ctx.alloc_id[:8], task, limit)
             self.failures[check_id] = 0
             self.since[check_id] = time.monotonic()

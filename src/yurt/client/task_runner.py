@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, UTC
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from yurt.structs import Allocation, Node, RestartPolicy, Task, TaskEvent, TaskState
 from yurt.structs.alloc import TASK_DEAD, TASK_PENDING, TASK_RUNNING
 from yurt.structs.duration import SECOND
 
 from . import task_events as ev
+from .alloc_hooks import AllocResources
 from .allocdir import AllocDir
 from .drivers.base import Driver, DriverError, ExitResult, TaskConfig, TaskHandle
-from .restarts import NOT_RESTARTING, TERMINATED, RestartTracker
+from .restarts import NOT_RESTARTING, TERMINATED, Decision, RestartTracker
 from .taskenv import build_task_env, interpolate, task_limits
 
 log = logging.getLogger(__name__)
@@ -39,15 +41,15 @@ class TaskRunner:
     """Runs ``task`` of ``alloc`` with ``driver``.
 
     ``on_change(runner)`` is called (on the runner's thread, or the caller's for `kill` before
-    start) after every change of `state` or `handle`. ``hook_env`` returns the variables the
-    allocation's hooks add to the task's environment. ``state``/``handle`` restore a runner
-    from persisted state: a live handle is re-attached instead of started again.
+    start) after every change of `state` or `handle`. ``resources`` is what the allocation's
+    hooks set up for its tasks (environment variables, network namespace, resolv.conf,
+    hostname), read at each start. ``state``/``handle`` restore a runner from persisted state:
+    a live handle is re-attached instead of started again.
     """
 
     def __init__(self, alloc: Allocation, task: Task, alloc_dir: AllocDir, driver: Driver,
                  node: Node | None = None, *, on_change: OnChange | None = None,
-                 hook_env: Callable[[], Mapping[str, str]] | None = None,
-                 hook_resources: Callable[[], Mapping[str, object]] | None = None,
+                 resources: AllocResources | None = None,
                  region: str | None = None, state: TaskState | None = None,
                  handle: TaskHandle | None = None,
                  max_kill_timeout: int = MAX_KILL_TIMEOUT) -> None:
@@ -61,8 +63,7 @@ class TaskRunner:
         self.node = node
         self.region = region
         self.on_change = on_change
-        self.hook_env = hook_env
-        self.hook_resources = hook_resources
+        self.resources = resources if resources is not None else AllocResources()
         job_type = (alloc.job.type if alloc.job else None) or "service"
         policy = task.restart_policy
         if policy is None:  # jobs arrive canonicalized; hand-built ones get the type's default
@@ -182,7 +183,7 @@ class TaskRunner:
             except Exception:  # a broken observer must not kill the task runner
                 log.exception("task %s: on_change failed", self.name)
 
-    def _emit(self, event: TaskEvent, state: str | None = None, **changes) -> None:
+    def _emit(self, event: TaskEvent, state: str | None = None, **changes: Any) -> None:
         with self._lock:
             self._state.events.append(event)
             if event.fails_task:
@@ -268,7 +269,7 @@ class TaskRunner:
             if not self._delay_or_killed():
                 return
 
-    def _apply(self, decision) -> bool:
+    def _apply(self, decision: Decision) -> bool:
         """Record a restart decision; False when the task is now dead."""
         if decision.state == TERMINATED:
             self._dead()
@@ -292,12 +293,12 @@ class TaskRunner:
 
     def _config(self) -> TaskConfig:
         self.task_dir.build()
+        resources = self.resources
         env = build_task_env(self.alloc, self.task, self.task_dir, self.node,
-                             hook_env=self.hook_env() if self.hook_env else None, region=self.region,
-                             isolated=getattr(self.driver, "fs_isolation", "none") != "none")
+                             hook_env=dict(resources.env), region=self.region,
+                             isolated=self.driver.capabilities.fs_isolation != "none")
         config = interpolate(dict(self.task.config or {}), env, self.node, self.region)
         logs = self.task.log_config
-        resources = self.hook_resources() if self.hook_resources else {}
         cpu, memory, memory_max = task_limits(self.alloc, self.task)
         return TaskConfig(
             alloc_id=self.alloc.id, name=self.name, env=env, config=config,
@@ -307,19 +308,20 @@ class TaskRunner:
             max_files=(logs.max_files if logs and logs.max_files else 10),
             max_file_size_mb=(logs.max_file_size_mb if logs and logs.max_file_size_mb else 10),
             logs_disabled=bool(logs and logs.disabled),
-            netns=str(resources.get("netns") or ""),
+            netns=resources.netns,
             cpu_shares=cpu, memory_mb=memory, memory_max_mb=memory_max,
-            resolv_conf=str(resources.get("resolv_conf") or ""),
-            hostname=str(resources.get("hostname") or ""))
+            resolv_conf=resources.resolv_conf, hostname=resources.hostname)
 
     def _start(self) -> TaskHandle | None:
         try:
             handle = self.driver.start(self._config())
         except DriverError as e:
-            return self._start_failed(str(e), e.recoverable)
+            self._start_failed(str(e), e.recoverable)
+            return None
         except Exception as e:  # a bug or a broken config: report it like a driver failure
             log.exception("task %s: start failed", self.name)
-            return self._start_failed(f"failed to start: {e}", True)
+            self._start_failed(f"failed to start: {e}", True)
+            return None
         with self._lock:
             self._handle = handle
             self._state.state = TASK_RUNNING
@@ -333,7 +335,6 @@ class TaskRunner:
         self._emit(ev.driver_failure(message))
         decision = self.tracker.next(start_error=DriverError(message), recoverable=recoverable)
         self._apply(decision)
-        return None
 
     def _wait(self, handle: TaskHandle) -> ExitResult | None:
         while not self._kill.is_set():

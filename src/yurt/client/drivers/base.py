@@ -7,9 +7,10 @@ returns an `ExitResult` when the task has ended.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 
 class DriverError(Exception):
@@ -18,6 +19,32 @@ class DriverError(Exception):
     def __init__(self, message: str, recoverable: bool = True) -> None:
         super().__init__(message)
         self.recoverable = recoverable
+
+
+FsIsolation = Literal["none", "chroot", "image"]
+
+# holder(alloc_id, hostname, dns) -> record: creates the group's network namespace at
+# /var/run/netns/<alloc id>, held by something else than `ip netns add` (docker's pause container).
+# The record is kept in the network state; `network.alloc_network` checks and releases it.
+NetnsHolder = Callable[[str, str, dict[str, Any] | None], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver does, declared on the driver (``capabilities``) and read by the client,
+    which never probes a driver for optional attributes.
+
+    ``fs_isolation``: the filesystem a task sees: the host's (``none``), a chroot of its task
+    dir (``chroot``: the environment names /alloc, /local, /secrets), or an image's (``image``).
+    ``holds_network_namespace``: the driver creates the namespace of a group that runs its tasks
+    (`Driver.netns_holder`), as the docker driver does with a pause container; the network hook
+    uses it instead of ``ip netns add``. ``removes_orphans``: at client start the driver removes
+    what it runs for allocations the client no longer has (`Driver.remove_orphans`).
+    """
+
+    fs_isolation: FsIsolation = "none"
+    holds_network_namespace: bool = False
+    removes_orphans: bool = False
 
 
 @dataclass
@@ -108,6 +135,7 @@ class TaskStats:
 @runtime_checkable
 class Driver(Protocol):
     name: str
+    capabilities: Capabilities
 
     def fingerprint(self) -> DriverFingerprint: ...
 
@@ -129,6 +157,26 @@ class Driver(Protocol):
         """Re-attach to a task started by an earlier agent; DriverError if it is gone."""
 
     def stats(self, handle: TaskHandle) -> TaskStats: ...
+
+    def netns_holder(self, alloc_id: str, hostname: str = "", dns: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create the namespace of ``alloc_id``'s group (``capabilities.holds_network_namespace``)."""
+
+    def remove_orphans(self, keep_alloc_ids: set[str]) -> list[str]:
+        """Remove what runs for allocations not in ``keep_alloc_ids`` (``capabilities.removes_orphans``);
+        what was removed, for the log."""
+
+
+class BaseDriver:
+    """What a driver without a capability does: the defaults of the optional parts of `Driver`."""
+
+    name = "driver"
+    capabilities = Capabilities()
+
+    def netns_holder(self, alloc_id: str, hostname: str = "", dns: dict[str, Any] | None = None) -> dict[str, Any]:
+        raise DriverError(f'driver "{self.name}" does not hold network namespaces')
+
+    def remove_orphans(self, keep_alloc_ids: set[str]) -> list[str]:
+        return []
 
 
 def process_stats(pid: int) -> TaskStats:

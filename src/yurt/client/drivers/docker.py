@@ -7,13 +7,15 @@ when it does not answer, the driver is not detected and says why (so the schedul
 
 A container is named ``<task>-<alloc id>`` and labelled ``yurt.alloc_id``, ``yurt.task`` and
 ``yurt.data_dir`` (which client owns it): `remove_orphans` deletes, at client start, the
-containers of allocations the client no longer has. Logs go to ``alloc/logs/<task>.std*.N``
-through a detached follower process (`yurt.client.docker_logs`). The handle keeps the container
-ID, so an agent that restarts re-attaches to running containers.
+containers of allocations the client no longer has (the driver declares ``removes_orphans``).
+Logs go to ``alloc/logs/<task>.std*.N`` through a detached follower process
+(`yurt.client.drivers.docker_logs`). The handle keeps the container ID, so an agent that
+restarts re-attaches to running containers.
 
 In a bridge-mode group the network namespace is held by a pause container
-(`yurt.client.docker_pause`, created by the network hook through `netns_holder`); every
-container of the group joins it with ``network_mode = "container:<pause id>"``.
+(`yurt.client.drivers.docker_pause`, created by the network hook through `netns_holder`: the
+driver declares ``holds_network_namespace``); every container of the group joins it with
+``network_mode = "container:<pause id>"``.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 from yurt.structs.driver_config import LIST, MAP, MOUNTS, SCHEMAS, block, config_problems
 
-from .. import docker_pause
 from ..procs import is_alive, read_json, signal_number, write_json_atomic
-from .base import (DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats,
-                   process_stats)
+from . import docker_pause
+from .base import (BaseDriver, Capabilities, DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle,
+                   TaskStats, process_stats)
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -41,6 +43,7 @@ DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
 LABEL_ALLOC = docker_pause.LABEL_ALLOC
 LABEL_TASK = "yurt.task"
 LABEL_OWNER = docker_pause.LABEL_OWNER
+LOGS_MODULE = "yurt.client.drivers.docker_logs"   # the follower, run as python -m
 LOGS_SPEC = ".docker-logs-spec.json"
 LOGS_PID = ".docker-logs-pid.json"
 LOGS_LOG = ".docker-logs.log"
@@ -72,11 +75,11 @@ def _explain(e: Exception) -> str:
     return str(getattr(e, "explanation", None) or e).strip()
 
 
-class DockerDriver:
+class DockerDriver(BaseDriver):
     """The `docker` driver. ``endpoint``: the engine's address; ``owner``: the client's data dir."""
 
     name = NAME
-    fs_isolation = "image"
+    capabilities = Capabilities(fs_isolation="image", holds_network_namespace=True, removes_orphans=True)
 
     def __init__(self, endpoint: str = "", owner: str = "") -> None:
         self.endpoint = endpoint or os.environ.get("DOCKER_HOST") or DEFAULT_ENDPOINT
@@ -284,7 +287,7 @@ class DockerDriver:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_YURT_SRC, env.get("PYTHONPATH")) if p)
         with open(task_dir / LOGS_LOG, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "yurt.client.docker_logs", str(task_dir / LOGS_SPEC)],
+            proc = subprocess.Popen([sys.executable, "-m", LOGS_MODULE, str(task_dir / LOGS_SPEC)],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                     close_fds=True, env=env, cwd=str(task_dir))
         with self._lock:

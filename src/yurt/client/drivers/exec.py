@@ -19,7 +19,7 @@ from typing import Any
 from .. import cgroups, linux
 from ..cgroups import Cgroup, CgroupError
 from ..procs import write_json_atomic
-from .base import DriverError, DriverFingerprint, TaskConfig, TaskHandle, TaskStats
+from .base import Capabilities, DriverError, DriverFingerprint, TaskConfig, TaskHandle, TaskStats
 from .raw_exec import MB, PID_FILE, SPEC_FILE, STATUS_FILE, RawExecDriver
 
 NAME = "exec"
@@ -142,7 +142,7 @@ class ExecDriver(RawExecDriver):
     """The `exec` driver (on by default where the kernel allows it, like Nomad's)."""
 
     name = NAME
-    fs_isolation = "chroot"  # the task sees /alloc, /local, /secrets (taskenv)
+    capabilities = Capabilities(fs_isolation="chroot")  # the task sees /alloc, /local, /secrets (taskenv)
 
     def __init__(self, enabled: bool = True, chroot_env: dict[str, str] | None = None,
                  allow_caps: list[str] | None = None, cgroup_root: str | os.PathLike = cgroups.ROOT) -> None:

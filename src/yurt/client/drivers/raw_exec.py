@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from ..procs import is_alive, kill_group, read_json, signal_number, write_json_atomic
-from .base import DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats, process_stats
+from .base import (BaseDriver, DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats,
+                   process_stats)
 
 NAME = "raw_exec"
 SPEC_FILE = ".executor-spec.json"
@@ -78,7 +79,7 @@ def executor_running(task_dir: Path) -> bool:
     return False
 
 
-class RawExecDriver:
+class RawExecDriver(BaseDriver):
     """The `raw_exec` driver; ``enabled`` comes from the client config (on in dev mode)."""
 
     name = NAME

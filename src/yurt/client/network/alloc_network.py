@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yurt.client.drivers.base import NetnsHolder
+
 from . import bridge, cni, netns, rules
 from . import state as netstate
 from .portmap import HostPortInUse
@@ -41,9 +43,9 @@ class NetworkSpec:
     cni_paths: tuple[str, ...] = cni.DEFAULT_CNI_PATHS
     cni_config_dirs: tuple[str, ...] = cni.DEFAULT_CNI_CONFIG_DIRS
     check_ports: Any = None                                     # callable run before ADD (port check)
-    # holder(alloc_id, hostname, dns) -> record: creates the namespace at /var/run/netns/<alloc id>
-    # held by something else than `ip netns add` (the docker driver's pause container)
-    holder: Any = None
+    # creates the namespace at /var/run/netns/<alloc id>, held by something else than
+    # `ip netns add` (the docker driver's pause container); see drivers.base.NetnsHolder
+    holder: NetnsHolder | None = None
 
 
 def conflist_for(mode: str, config_dirs: tuple[str, ...]) -> dict[str, Any] | None:
@@ -163,7 +165,7 @@ def _add(conflist: dict[str, Any], st: NetworkState) -> dict[str, Any]:
 def _holder_alive(st: NetworkState) -> bool:
     if not st.holder:
         return True
-    from yurt.client import docker_pause
+    from yurt.client.drivers import docker_pause
     return docker_pause.alive(st.holder)
 
 
@@ -208,7 +210,7 @@ def teardown(data_dir: str | os.PathLike, st: NetworkState) -> list[str]:
     except netns.NetnsError as e:
         errors.append(str(e))
     if st.holder:
-        from yurt.client import docker_pause
+        from yurt.client.drivers import docker_pause
         errors += docker_pause.release(st.holder)
     if not errors or not netns.exists(st.alloc_id):
         netstate.delete(data_dir, st.alloc_id)

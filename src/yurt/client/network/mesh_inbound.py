@@ -11,28 +11,23 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from typing import TYPE_CHECKING
 
-from ..alloc_hooks import AllocHook
+from ..alloc_hooks import AllocHook, AllocHookContext
 from .iptables import IptablesError, binary
-
-if TYPE_CHECKING:
-    from ..alloc_runner import AllocRunner
 
 log = logging.getLogger("yurt.client.network")
 
 CHAIN = "YURT-MESH-IN"
 
 
-def open_ports(runner: AllocRunner) -> list[int]:
+def open_ports(ctx: AllocHookContext) -> list[int]:
     """The ports inside the namespace that may be reached from outside it."""
-    ports = {p.label: p for p in runner.alloc.allocated_resources.shared.ports}
+    ports = {p.label: p for p in ctx.alloc.allocated_resources.shared.ports}
     return sorted({(p.to if p.to > 0 else p.value) for p in ports.values() if p.value})
 
 
-def has_sidecar(runner: AllocRunner) -> bool:
-    group = runner.group
-    return group is not None and any(s.has_sidecar for s in group.services or [])
+def has_sidecar(ctx: AllocHookContext) -> bool:
+    return any(s.has_sidecar for s in ctx.group.services or [])
 
 
 def rules(ports: list[int]) -> list[list[str]]:
@@ -74,11 +69,11 @@ class MeshInboundHook(AllocHook):
 
     name = "mesh_inbound"
 
-    def prerun(self, runner: AllocRunner) -> None:
-        netns = str(runner.hook_resources.get("netns") or "")
-        if not netns or not has_sidecar(runner):
+    def prerun(self, ctx: AllocHookContext) -> None:
+        netns = ctx.resources.netns
+        if not netns or not has_sidecar(ctx):
             return
-        ports = open_ports(runner)
+        ports = open_ports(ctx)
         apply(netns.rsplit("/", 1)[-1], ports)
-        log.info("alloc %s: inbound limited to ports %s (mesh-only)", runner.alloc_id[:8],
+        log.info("alloc %s: inbound limited to ports %s (mesh-only)", ctx.alloc_id[:8],
                  ", ".join(map(str, ports)) or "none")

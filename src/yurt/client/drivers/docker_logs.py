@@ -1,6 +1,6 @@
 """The log follower of a docker task: a small detached process that outlives the agent.
 
-``python -m yurt.client.docker_logs <spec.json>`` follows the container's stdout and stderr
+``python -m yurt.client.drivers.docker_logs <spec.json>`` follows the container's stdout and stderr
 through the engine's API into rotating files ``alloc/logs/<task>.stdout.N`` / ``.stderr.N``
 (the same files and rotation as the executor writes for the other drivers), and exits when the
 container has stopped and its streams are drained. An agent that restarts finds it by the pid
@@ -18,13 +18,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
-from .logrotate import FileRotator
-from .procs import start_time, write_json_atomic
+from ..logrotate import FileRotator
+from ..procs import start_time, write_json_atomic
 
 
-def _follow(client, container_id: str, stream: str, rotator: FileRotator, since: int) -> None:
-    kwargs = {"stdout": stream == "stdout", "stderr": stream == "stderr", "stream": True, "follow": True}
+def _follow(client: Any, container_id: str, stream: str, rotator: FileRotator, since: int) -> None:
+    kwargs: dict[str, Any] = {"stdout": stream == "stdout", "stderr": stream == "stderr", "stream": True,
+                              "follow": True}
     if since:
         kwargs["since"] = since
     try:
@@ -36,7 +38,7 @@ def _follow(client, container_id: str, stream: str, rotator: FileRotator, since:
         rotator.close()
 
 
-def run(spec: dict) -> int:
+def run(spec: dict[str, Any]) -> int:
     import docker
     client = docker.DockerClient(base_url=spec["endpoint"], version="auto", timeout=None)
     pid = os.getpid()
