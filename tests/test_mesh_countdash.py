@@ -80,6 +80,18 @@ def test_count_increases_through_the_mesh(mesh):
     assert second["hostname"] == first["hostname"]
 
 
+def test_dev_connect_serves_the_dashboard_on_the_public_address_too(mesh):
+    """-dev-connect binds 0.0.0.0 as Nomad's does: the node's address is the default route's
+    interface, host ports are mapped there (and on 127.0.0.1), the sidecars registered there."""
+    _, api = mesh
+    (node,) = api.get("/v1/nodes").json()
+    public = node["Address"]
+    assert public and not public.startswith("127."), node
+    with urllib.request.urlopen(f"http://{public}:9002/api/count", timeout=5) as r:
+        assert json.loads(r.read())["count"] > 0
+    assert sidecar(api, "count-api")["Address"] == public
+
+
 def test_sidecars_registered_and_passing(mesh):
     _, api = mesh
     for name in ("count-api", "count-dashboard"):

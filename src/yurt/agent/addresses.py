@@ -3,7 +3,8 @@
 - The node address (``unique.network.ip-address``: host ports are mapped on it, services are
   registered at it) is the first IPv4 address of ``client { network_interface }``; without it,
   the address the agent binds when that is one address; for a wildcard bind (``0.0.0.0``), the
-  interface of the default route. A ``-dev`` agent bound to loopback uses 127.0.0.1.
+  interface of the default route (a ``-dev-connect`` agent binds 0.0.0.0, so that is its address);
+  a ``-dev`` agent bound to loopback uses 127.0.0.1, as does a dev agent with no default route.
 - The HTTP address other hosts use (a node's ``HTTPAddr``, what servers and clients dial) is
   ``advertise { http }``, else the bound address, else (wildcard) the node address.
 - ``client { host_network "name" { cidr | interface } }`` names more addresses that ports can
@@ -100,10 +101,10 @@ def node_address(*, bind: str, network_interface: str, dev: bool,
         return interface_address(network_interface, "client.network_interface", table)
     if bind not in WILDCARDS:
         return bind
-    if dev:
-        return "127.0.0.1"
     iface = default_route_interface()
     if not iface:
+        if dev:
+            return "127.0.0.1"
         raise ConfigError(f'bind_addr is "{bind or "0.0.0.0"}" and this host has no default route, so no '
                           "address can be advertised to other hosts: set client { network_interface = "
                           '"eth0" } (or advertise { http = "ADDRESS" }), or bind one address with -bind')

@@ -15,6 +15,7 @@ from yurt.api.app import create_app
 from yurt.api.client import YurtClient
 from yurt.structs import Allocation
 
+from . import addresses
 from .config import AgentConfig
 
 log = logging.getLogger("yurt.agent")
@@ -64,6 +65,7 @@ class Agent:
                 region=config.region, node_class=config.node_class, node_pool=config.node_pool,
                 meta=dict(config.meta), raw_exec_enabled=config.raw_exec,
                 network_ip=config.node_ip, network_interface=config.network_interface,
+                loopback_ports=(config.dev or config.dev_connect) and not addresses.is_loopback(config.node_ip),
                 host_networks={hn.name: (config.host_network_ips[hn.name], hn.reserved_ports)
                                for hn in config.host_networks},
                 http_addr=config.address, api_socket=self.api_socket if len(self.api_socket) <= 100 else ""),

@@ -49,6 +49,8 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
 
     cfg = dev_config() if (dev or dev_connect) else AgentConfig(server=False, client=False)
     cfg.dev_connect = dev_connect
+    if dev_connect:
+        cfg.bind = "0.0.0.0"   # as Nomad's: the dashboard can be reached from other machines
     try:
         for path in config_files:
             cfg = load_file(path, cfg)

@@ -44,6 +44,7 @@ class ClientConfig:
     raw_exec_enabled: bool = False
     network_ip: str = "127.0.0.1"
     network_interface: str = ""
+    loopback_ports: bool = False   # host ports on 127.0.0.1 too (-dev-connect: the node address is public)
     host_networks: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (address, reserved ports)
     http_addr: str = ""
     options: dict[str, str] = field(default_factory=dict)
@@ -237,7 +238,7 @@ class NodeAgent:
         from .service_hook import ServiceHook
         if self._service_hook is None:
             self._service_hook = ServiceHook(self.api, self.node.id if self.node else "")
-        return default_hooks(services=self._service_hook)
+        return default_hooks(services=self._service_hook, loopback_ports=self.config.loopback_ports)
 
     def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
         from .network import network_status

@@ -54,7 +54,8 @@ class NetworkHook(AllocHook):
     name = "network"
 
     def __init__(self, *, cni_paths: tuple[str, ...] | None = None,
-                 cni_config_dirs: tuple[str, ...] | None = None) -> None:
+                 cni_config_dirs: tuple[str, ...] | None = None, loopback_too: bool = False) -> None:
+        self.loopback_too = loopback_too   # a dev node: host ports on 127.0.0.1 as well as its address
         self.cni_paths = tuple(cni_paths or cni.DEFAULT_CNI_PATHS)
         self.cni_config_dirs = tuple(cni_config_dirs or cni.DEFAULT_CNI_CONFIG_DIRS)
 
@@ -73,7 +74,8 @@ class NetworkHook(AllocHook):
         spec = NetworkSpec(
             alloc_id=alloc.id, mode=mode,
             cni_args=cni_args(ctx, network.cni.args if network.cni else None),
-            port_mappings=port_mappings(alloc, gateway=bridge.gateway() if mode == "bridge" else "")
+            port_mappings=port_mappings(alloc, gateway=bridge.gateway() if mode == "bridge" else "",
+                                        loopback_too=self.loopback_too)
             if mode != "none" else [],
             dns=dns, hostname=self._hostname(ctx, network.hostname),
             cni_paths=self.cni_paths, cni_config_dirs=self.cni_config_dirs,

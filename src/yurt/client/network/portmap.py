@@ -14,13 +14,15 @@ class HostPortInUse(Exception):
     pass
 
 
-def port_mappings(alloc: Allocation, *, gateway: str = "") -> list[dict[str, Any]]:
+def port_mappings(alloc: Allocation, *, gateway: str = "", loopback_too: bool = False) -> list[dict[str, Any]]:
     """The portmap plugin's ``portMappings``, as Nomad builds them.
 
     For every allocated port (label, host value V, to T): T < 1 means T = V; one tcp and one udp
     mapping ``{hostPort V, containerPort T, protocol, hostIP}``. When the host IP is a loopback
     address and ``gateway`` is given, the port is also mapped on the bridge gateway address,
     so the other allocations of this node reach it there (127.0.0.1 is their own loopback).
+    ``loopback_too`` (a -dev-connect node, whose address is its public one) maps every port on
+    127.0.0.1 as well, so ``localhost:PORT`` works on the machine itself.
     """
     out: list[dict[str, Any]] = []
     for p in alloc.allocated_resources.shared.ports:
@@ -30,6 +32,8 @@ def port_mappings(alloc: Allocation, *, gateway: str = "") -> list[dict[str, Any
         host_ips = [p.host_ip] if p.host_ip else [""]
         if gateway and p.host_ip and _is_loopback(p.host_ip):
             host_ips.append(gateway)
+        elif loopback_too and p.host_ip:
+            host_ips.append("127.0.0.1")
         for host_ip in host_ips:
             for proto in ("tcp", "udp"):
                 mapping: dict[str, Any] = {"hostPort": p.value, "containerPort": to, "protocol": proto}
