@@ -25,8 +25,8 @@ def ipam_data_dir() -> str:
     namespace the agent runs in (every agent there shares the one "yurt" bridge).
 
     The machine's own namespace uses ``/var/run/cni``, as other CNI runtimes do. An agent run in
-    another one (a lab host, a container) gets ``/var/run/yurt/ipam/<namespace name>`` (the name
-    under ``/var/run/netns``, else ``netns-<inode>``), so hosts sharing a machine never share leases.
+    a named one (``/var/run/netns/<name>``: a lab host) gets ``/var/run/yurt/ipam/<name>``, so
+    hosts sharing a machine never share leases.
     """
     global _ipam_dir
     if _ipam_dir is None:
@@ -38,21 +38,20 @@ _ipam_dir: str | None = None
 
 
 def _ipam_dir_for_this_namespace() -> str:
+    """A namespace named under /var/run/netns (a lab host) gets its own directory; the machine's
+    own namespace, or an unnamed one (a container, with its own /var/run), uses /var/run/cni."""
     try:
         mine = os.stat("/proc/self/ns/net")
-        init = os.stat("/proc/1/ns/net")
-    except OSError:
-        return IPAM_DATA_DIR
-    if (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino):
-        return IPAM_DATA_DIR
-    try:
         for entry in sorted(os.scandir("/var/run/netns"), key=lambda e: e.name):
-            st = os.stat(entry.path)
+            try:
+                st = os.stat(entry.path)
+            except OSError:
+                continue
             if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
                 return f"{NETNS_IPAM_DIR}/{entry.name}"
     except OSError:
         pass
-    return f"{NETNS_IPAM_DIR}/netns-{mine.st_ino}"
+    return IPAM_DATA_DIR
 
 
 def conflist(*, bridge: str = BRIDGE_NAME, subnet: str = SUBNET, name: str = NETWORK_NAME,
