@@ -206,6 +206,23 @@ def test_count_api_is_reachable_from_another_host_only_through_mtls(countdash):
     assert probe.stdout.startswith("refused"), probe
 
 
+def test_intentions_hold_across_hosts(countdash):
+    """A deny intention, created through a client-only agent on a third host, cuts the dashboard
+    (client2) off count-api (client1); deleting it restores the count."""
+    (api_alloc,) = allocs("api")
+    ok(yurt("intention", "create", "-deny", "count-dashboard", "count-api", host="client3"))
+    try:
+        def unreachable():
+            try:
+                return count("client2") == {"count": -1, "hostname": "[Unreachable]"}
+            except OSError:
+                return False
+        wait_for(unreachable, 30, what="the dashboard on client2 showing [Unreachable]")
+    finally:
+        ok(yurt("intention", "delete", "count-dashboard", "count-api", host="client3"))
+    wait_for(counting_from("client2", api_alloc["ID"]), 30, what="the count back after the intention is deleted")
+
+
 def test_alloc_logs_through_the_server_from_another_host(countdash):
     (dash_alloc,) = allocs("dashboard")
     # asked of the server (server1), for an allocation running on client2
@@ -317,3 +334,18 @@ def test_lab_down_leaves_nothing(lab, countdash):
     assert list(Path("/var/run/yurt/ipam").glob(f"ylab-{LAB}-*")) == []
     owners = Path("/var/run/yurt/networks")
     assert not [i for i in ids if (owners / i).exists()]
+
+
+def test_lab_host_plans_and_bad_names():
+    from yurt.lab import LabError
+    from yurt.lab.lab import plan_hosts
+    assert plan_hosts(1, 2) == [("server1", "server"), ("client1", "client"), ("client2", "client")]
+    assert plan_hosts(1, 3, ["web:server+client", "db"]) == [("web", "server+client"), ("db", "client")]
+    for args, message in (((1, 0, ["a:server", "a"]), 'two lab hosts are named "a"'),
+                          ((1, 0, ["Web:server"]), 'host name "Web" is not valid'),
+                          ((1, 0, ["a:boss"]), 'role "boss" is not one of server, client, server+client'),
+                          ((1, 0, ["a", "b"]), "a lab needs a server"),
+                          ((2, 1, []), "2 servers asked for: Yurt servers are not highly available yet")):
+        with pytest.raises(LabError) as e:
+            plan_hosts(*args)
+        assert message in str(e.value)
