@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from yurt.scheduler.reschedule import next_delay
-from yurt.structs import (Allocation, RescheduleEvent, ReschedulePolicy, RescheduleTracker,
+from yurt.structs import (Allocation, DesiredTransition, RescheduleEvent, ReschedulePolicy, RescheduleTracker,
                           TaskState)
 
 from .memory_state import MemoryState
@@ -124,13 +124,21 @@ def test_lost_allocs_on_down_node_are_replaced():
     assert new.node_id != victim.node_id
 
 
-def test_drained_node_allocs_migrate():
+def test_drained_node_allocs_migrate_once_the_drainer_marks_them():
+    """As in Nomad, a draining node's allocations stay until the drainer marks them
+    (DesiredTransition.Migrate, max_parallel at a time); a marked one is stopped and replaced
+    on another node under the same name."""
     st, job = _setup(count=1, n_nodes=2)
     a = live(st, job)[0]
-    st.upsert_node(st.node(a.node_id).model_copy(update={"drain": True}))
+    st.upsert_node(st.node(a.node_id).model_copy(update={"drain": True, "scheduling_eligibility": "ineligible"}))
+    res = run(st, job)
+    assert res.plan.is_noop() and res.desired_updates["g"].ignore == 1
+    st.upsert_alloc(a.model_copy(update={"desired_transition": DesiredTransition(migrate=True)}))
     res = run(st, job)
     assert [s.desired_description for s in stopped(res)] == ["alloc is being migrated"]
-    assert placed(res)[0].node_id != a.node_id and res.desired_updates["g"].migrate == 1
+    (new,) = placed(res)
+    assert new.node_id != a.node_id and new.name == a.name and new.previous_allocation == a.id
+    assert res.desired_updates["g"].migrate == 1
 
 
 def test_batch_complete_not_replaced_failed_rescheduled_once():

@@ -145,6 +145,8 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
         cfg.server = bool(server.get("enabled", False))
         if "num_schedulers" in server:
             cfg.num_schedulers = _int(server["num_schedulers"], path, "server.num_schedulers")
+        if "min_heartbeat_ttl" in server:   # how long a client may go without a heartbeat
+            cfg.heartbeat_ttl = _seconds(server["min_heartbeat_ttl"], path, "server.min_heartbeat_ttl")
     client = _first(raw.get("client"))
     if client is not None:
         cfg.client = bool(client.get("enabled", False))
@@ -213,6 +215,17 @@ def _first(value: Any) -> Any:
     if isinstance(value, list):
         return value[0] if value else None
     return value
+
+
+def _seconds(value: Any, path: str, name: str) -> float:
+    from yurt.structs import parse_duration
+    try:
+        ns = parse_duration(str(value))
+    except ValueError as e:
+        raise ConfigError(f"{path}: {name}: {e}") from None
+    if ns < 10**9:
+        raise ConfigError(f'{path}: {name} = "{value}" is too short: at least "1s"')
+    return ns / 1e9
 
 
 def _int(value: Any, path: str, name: str) -> int:

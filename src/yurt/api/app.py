@@ -9,6 +9,7 @@ from yurt import __version__
 
 from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_intentions, errors, internal,
                jobs, logs)
+from . import nodes
 
 
 def create_app(agent) -> FastAPI:
@@ -17,5 +18,6 @@ def create_app(agent) -> FastAPI:
     for module in (jobs, allocs, logs, agent_routes, internal, consul_catalog, consul_connect,
                    consul_intentions):
         app.include_router(module.router)
+    app.include_router(nodes.router)
     errors.install(app)
     return app

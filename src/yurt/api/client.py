@@ -168,6 +168,21 @@ class YurtClient:
     def node_allocations(self, node_id: str, index: int = 0, wait: str | None = None) -> tuple[list[dict], int]:
         return self.get(f"/v1/node/{node_id}/allocations", index=index, wait=wait)
 
+    def node_drain(self, node_id: str, spec: dict | None, mark_eligible: bool = False,
+                   meta: dict[str, str] | None = None) -> dict:
+        """Set (`spec` = {"Deadline": ns, "IgnoreSystemJobs": bool}) or cancel (None) a drain."""
+        body: dict[str, Any] = {"DrainSpec": spec, "MarkEligible": mark_eligible}
+        if meta:
+            body["Meta"] = meta
+        return self.put(f"/v1/node/{node_id}/drain", body)
+
+    def node_eligibility(self, node_id: str, eligible: bool) -> dict:
+        return self.put(f"/v1/node/{node_id}/eligibility",
+                        {"Eligibility": "eligible" if eligible else "ineligible"})
+
+    def node_purge(self, node_id: str) -> dict:
+        return self.put(f"/v1/node/{node_id}/purge")
+
     def logs(self, alloc_id: str, task: str, *, stderr: bool = False, follow: bool = False,
              origin: str = "start", offset: int = 0) -> Iterator[bytes]:
         params = {"task": task, "type": "stderr" if stderr else "stdout", "plain": "true",

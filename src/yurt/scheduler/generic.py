@@ -222,7 +222,7 @@ class _Scheduler:
             allocated_resources=AllocatedResources.model_construct(
                 tasks=tasks, task_lifecycles=None, shared=shared),
             desired_status="run", desired_description="",
-            desired_transition=DesiredTransition.model_construct(),
+            desired_transition=DesiredTransition.model_construct(), deployment_status=None,
             client_status="pending", client_description="", task_states={},
             previous_allocation="", next_allocation="", reschedule_tracker=None,
             followup_eval_id="", network_status=None, metrics=None, create_index=0,

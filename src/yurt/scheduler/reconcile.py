@@ -1,10 +1,10 @@
 """What must change for a job: allocations to stop, place, update (Nomad reconcile_cluster.go).
 
 Simplified: no deployments, canaries or disconnect handling; destructive updates all at once.
-Per group: allocs on down/missing nodes are lost (stop + replace), on draining nodes migrate
-(stop + replace), failed ones are rescheduled now or later by the reschedule policy, excess ones
-stop highest name index first, old-version ones are updated in place or destructively, and
-missing name indexes below ``count`` are placed.
+Per group: allocs on down/missing nodes are lost (stop + replace), those the drainer marked
+(DesiredTransition.Migrate) migrate (stop + replace), failed ones are rescheduled now or later
+by the reschedule policy, excess ones stop highest name index first, old-version ones are
+updated in place or destructively, and missing name indexes below ``count`` are placed.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
         node = node_of(a.node_id)
         if node is None or node.status in LOST_NODE_STATUSES:
             lost.append(a)
-        elif node.drain or a.desired_transition.migrate:
+        elif a.desired_transition.migrate:   # the drainer marks them, max_parallel at a time
             migrate.append(a)
         else:
             untainted.append(a)

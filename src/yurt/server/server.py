@@ -26,6 +26,7 @@ from .ca import ConnectCA
 from .catalog import Catalog
 from .intentions import Intentions
 from .connect_inject import inject_sidecars
+from .drain import Drainer
 from .heartbeat import FAILOVER_GRACE, Heartbeats
 from .plan_apply import PlanApplier
 from .reads import Reads
@@ -51,6 +52,7 @@ class Server:
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
         self.ca = ConnectCA(store, datacenter, leaf_cert_ttl=leaf_cert_ttl)
         self._ca_prune_stop = threading.Event()
+        self.drainer = Drainer(self)   # node drain, eligibility and purge
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -60,8 +62,10 @@ class Server:
         self.heartbeats.start()
         for w in self.workers:
             w.start()
+        self.drainer.start()
 
     def stop(self) -> None:
+        self.drainer.stop()
         for w in self.workers:
             w.stop()
         self.broker.close()

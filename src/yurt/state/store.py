@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from yurt.errors import InvalidInput
-from yurt.structs import Allocation, Evaluation, Job, JobSummary, Node
+from yurt.structs import (AllocDeploymentStatus, Allocation, DesiredTransition, Evaluation, Job,
+                          JobSummary, Node)
 
 from . import derive
 from .blocking import Target, Waiters
@@ -33,6 +34,10 @@ from .mesh_store import MeshStore
 from .sqlite_backend import Changes, SqliteBackend
 from .view import Snapshot, StateView
 from .writes import Txn
+
+
+class _Unchanged(Exception):
+    """Raised inside a write that turns out to change nothing: it is dropped, not committed."""
 
 
 class StateStore(MeshStore):
@@ -293,8 +298,51 @@ class StateStore(MeshStore):
     def update_node_eligibility(self, node_id: str, eligibility: str) -> int:
         return self._write(lambda txn: txn.update_node(node_id, scheduling_eligibility=eligibility))
 
-    def delete_node(self, node_id: str) -> int:
-        return self._write(lambda txn: txn.delete_node(node_id))
+    def modify_node(self, node_id: str, change: Callable[[Node, int], dict[str, Any] | None],
+                    evals: Iterable[Evaluation] = ()) -> int:
+        """Read-modify-write of one node in one transaction, with `evals`: `change(node, index)`
+        gets the node as stored and this write's index and returns the fields to set (None:
+        nothing to change, and nothing is written). NotFound if there is no such node."""
+        def build(txn: Txn) -> None:
+            node = txn.node(node_id)
+            if node is None:
+                raise NotFound(f"node {node_id!r} not found")
+            fields = change(node, txn.index)
+            if fields is None:
+                raise _Unchanged()
+            txn.update_node(node_id, **fields)
+            for e in evals:
+                txn.upsert_eval(e)
+        try:
+            return self._write(build)
+        except _Unchanged:
+            return self._t.index
+
+    def delete_node(self, node_id: str, evals: Iterable[Evaluation] = ()) -> int:
+        """Remove a node (purge), with the evaluations that replace its allocations."""
+        def build(txn: Txn) -> None:
+            txn.delete_node(node_id)
+            for e in evals:
+                txn.upsert_eval(e)
+        return self._write(build)
+
+    def update_alloc_transitions(self, transitions: dict[str, DesiredTransition],
+                                 evals: Iterable[Evaluation] = ()) -> int:
+        """Set DesiredTransition fields (the drainer's Migrate) and the evals that act on them,
+        in one write (Nomad's AllocUpdateDesiredTransition)."""
+        def build(txn: Txn) -> None:
+            for alloc_id, tr in transitions.items():
+                txn.set_alloc_transition(alloc_id, tr)
+            for e in evals:
+                txn.upsert_eval(e)
+        return self._write(build)
+
+    def update_alloc_health(self, health: dict[str, AllocDeploymentStatus]) -> int:
+        """Record DeploymentStatus (healthy or not) on allocations."""
+        def build(txn: Txn) -> None:
+            for alloc_id, status in health.items():
+                txn.set_alloc_health(alloc_id, status)
+        return self._write(build)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from yurt.structs import Allocation, Evaluation, Job, Node
+from yurt.structs import AllocDeploymentStatus, Allocation, DesiredTransition, Evaluation, Job, Node
 from yurt.structs.alloc import ALLOC_DESIRED_STOP, ALLOC_LOST, ALLOC_UNKNOWN
 
 from . import derive
@@ -133,6 +133,11 @@ class Txn(MeshTxn):
                 upd["network_status"] = exist.network_status
             if a.job is None:
                 upd["job"] = exist.job
+            # the drainer's fields: a plan carries stale copies of them
+            if a.deployment_status is None:
+                upd["deployment_status"] = exist.deployment_status
+            if a.desired_transition == DesiredTransition():
+                upd["desired_transition"] = exist.desired_transition
         self._put_alloc(a.model_copy(update=upd))
 
     def stop_alloc(self, s: Allocation) -> None:
@@ -164,6 +169,24 @@ class Txn(MeshTxn):
             "client_status": status, "client_description": description,
             "task_states": a.task_states, "network_status": a.network_status,
             "modify_index": self.index, "modify_time": a.modify_time or self.ch.now}))
+
+    def set_alloc_transition(self, alloc_id: str, transition: DesiredTransition) -> None:
+        """Nomad's UpdateAllocsDesiredTransitions: only ModifyIndex moves (the client does not
+        act on it); unknown allocations are ignored."""
+        exist = self.alloc(alloc_id)
+        if exist is None:
+            return
+        merged = exist.desired_transition.model_copy(update=transition.model_dump(exclude_none=True))
+        self._put_alloc(exist.model_copy(update={"desired_transition": merged, "modify_index": self.index}))
+
+    def set_alloc_health(self, alloc_id: str, status: AllocDeploymentStatus) -> None:
+        """The allocation's health as the server decided it; only ModifyIndex moves."""
+        exist = self.alloc(alloc_id)
+        if exist is None:
+            return
+        self._put_alloc(exist.model_copy(update={
+            "deployment_status": status.model_copy(update={"modify_index": self.index}),
+            "modify_index": self.index}))
 
     def delete_alloc(self, alloc_id: str) -> None:
         a = self.alloc(alloc_id)
@@ -220,6 +243,8 @@ class Txn(MeshTxn):
         else:  # Nomad keeps the server-side eligibility and drain across re-registration
             upd = {"create_index": exist.create_index, "modify_index": idx,
                    "scheduling_eligibility": exist.scheduling_eligibility, "drain": exist.drain,
+                   "drain_strategy": exist.drain_strategy, "last_drain": exist.last_drain,
+                   "events": exist.events,
                    "status_updated_at": (now_s if node.status != exist.status
                                          else exist.status_updated_at)}
         self.ch.nodes[node.id] = node.model_copy(update=upd)

@@ -12,9 +12,11 @@ from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExp
                       ConsulProxy, ConsulSidecarService, ConsulTransparentProxy, ConsulUpstream,
                       MeshGateway, Service, ServiceCheck, ServiceWeights, SidecarTask)
 from .task import ChangeScript, Task, TaskLifecycle, Template, WaitConfig
-from .node import (DriverInfo, Node, NodeCpuResources, NodeDiskResources, NodeMemoryResources,
-                   NodeNetworkAddress, NodeNetworkResource, NodeReservedResources, NodeResources)
-from .alloc import (AllocatedCpuResources, AllocMetric, AllocatedMemoryResources, AllocatedPortMapping,
+from .node import (DrainMetadata, DrainSpec, DrainStrategy, DriverInfo, Node, NodeCpuResources,
+                   NodeDiskResources, NodeEvent, NodeMemoryResources, NodeNetworkAddress, NodeNetworkResource,
+                   NodeReservedResources, NodeResources)
+from .alloc import (AllocDeploymentStatus, AllocatedCpuResources, AllocMetric, AllocatedMemoryResources,
+                    AllocatedPortMapping,
                     AllocatedResources, AllocatedSharedResources, AllocatedTaskResources, Allocation,
                     AllocNetworkStatus, DesiredTransition, RescheduleEvent, RescheduleTracker,
                     TaskEvent, TaskState)
@@ -35,6 +37,7 @@ __all__ = [
     "SidecarTask", "Spread", "SpreadTarget", "Struct", "Task", "TaskGroup", "TaskLifecycle",
     "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",
     "json_name", "parse_duration",
+    "DrainMetadata", "DrainSpec", "DrainStrategy", "NodeEvent", "AllocDeploymentStatus",
     "DriverInfo", "Node", "NodeCpuResources", "NodeDiskResources", "NodeMemoryResources",
     "NodeNetworkAddress", "NodeNetworkResource",
     "NodeReservedResources", "NodeResources", "AllocatedCpuResources", "AllocatedMemoryResources",

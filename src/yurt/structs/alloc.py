@@ -105,6 +105,20 @@ class DesiredTransition(Struct):
     force_reschedule: bool | None = None
 
 
+class AllocDeploymentStatus(Struct):
+    """Whether the allocation became healthy (Nomad's AllocDeploymentStatus). Yurt has no
+    deployments yet; the server's drainer sets it, by the group's `migrate` block, on the
+    allocations of the groups it migrates. Healthy None: not decided yet."""
+
+    healthy: bool | None = None
+    timestamp: str = "0001-01-01T00:00:00Z"
+    canary: bool = False
+    modify_index: int = 0
+
+    def has_health(self) -> bool:
+        return self.healthy is not None
+
+
 class AllocNetworkStatus(Struct):
     interface_name: str = ""
     address: str = ""
@@ -179,6 +193,7 @@ class Allocation(Struct):
     desired_status: str = ALLOC_DESIRED_RUN
     desired_description: str = ""
     desired_transition: DesiredTransition = field(factory=DesiredTransition)
+    deployment_status: AllocDeploymentStatus | None = None
     client_status: str = ALLOC_PENDING
     client_description: str = ""
     task_states: dict[str, TaskState] = field(factory=dict)
@@ -223,6 +238,8 @@ class Allocation(Struct):
             "JobType": self.job.type if self.job else "", "JobVersion": self.job_version(),
             "TaskGroup": self.task_group, "DesiredStatus": self.desired_status,
             "DesiredDescription": self.desired_description, "ClientStatus": self.client_status,
+            "DesiredTransition": self.desired_transition.to_json(),
+            "DeploymentStatus": self.deployment_status.to_json() if self.deployment_status else None,
             "ClientDescription": self.client_description,
             "TaskStates": {k: v.to_json() for k, v in self.task_states.items()},
             "FollowupEvalID": self.followup_eval_id, "PreviousAllocation": self.previous_allocation,

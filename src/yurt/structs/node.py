@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from pydantic import ConfigDict, computed_field
+
 from .base import Struct, field
+from .duration import Duration
 
 NODE_INIT = "initializing"
 NODE_READY = "ready"
@@ -11,6 +16,93 @@ NODE_DISCONNECTED = "disconnected"
 
 ELIGIBLE = "eligible"
 INELIGIBLE = "ineligible"
+
+DRAIN_DRAINING = "draining"
+DRAIN_COMPLETE = "complete"
+DRAIN_CANCELED = "canceled"
+
+ZERO_TIME = "0001-01-01T00:00:00Z"   # Go's zero time.Time, as Nomad's JSON shows "never"
+MAX_NODE_EVENTS = 10                 # Nomad keeps the latest ten events of a node
+
+
+def rfc3339(ns: int) -> str:
+    """Unix nanoseconds as RFC3339 in UTC with nanoseconds (Go's time.Time in JSON)."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    base = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{frac:09d}Z" if frac else f"{base}Z"
+
+
+def parse_rfc3339(text: str | None) -> int | None:
+    """RFC3339 (up to nanoseconds) to Unix nanoseconds; None for empty, unparseable or Go's zero time."""
+    if not text:
+        return None
+    s = text.strip().replace("Z", "+00:00")
+    frac_ns = 0
+    if "." in s:   # Python's fromisoformat takes 6 fraction digits at most
+        head, _, rest = s.partition(".")
+        digits = rest[:len(rest) - len(rest.lstrip("0123456789"))]
+        frac_ns = int((digits + "000000000")[:9])
+        s = head + rest[len(digits):]
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    if dt.year < 1971:
+        return None
+    return int(dt.timestamp()) * 1_000_000_000 + frac_ns
+
+
+class DrainSpec(Struct):
+    """What an operator asks of a drain (Nomad's DrainSpec)."""
+
+    deadline: Duration = 0             # ns; <0 force now, 0 no deadline, >0 stop what is left then
+    ignore_system_jobs: bool = False
+
+
+class DrainStrategy(Struct):
+    """A drain in progress (Nomad's DrainStrategy). Nomad's JSON flattens the DrainSpec fields
+    (Deadline, IgnoreSystemJobs) beside ForceDeadline and StartedAt; both spellings are shown."""
+
+    model_config = ConfigDict(**{**Struct.model_config, "extra": "ignore"})
+
+    drain_spec: DrainSpec = field(factory=DrainSpec)
+    force_deadline: str = ZERO_TIME    # when what is left is stopped at once; zero: no deadline
+    started_at: str = ZERO_TIME
+
+    @computed_field(alias="Deadline")  # type: ignore[prop-decorator]
+    @property
+    def deadline(self) -> int:
+        return self.drain_spec.deadline
+
+    @computed_field(alias="IgnoreSystemJobs")  # type: ignore[prop-decorator]
+    @property
+    def ignore_system_jobs(self) -> bool:
+        return self.drain_spec.ignore_system_jobs
+
+    def force_deadline_ns(self) -> int | None:
+        return parse_rfc3339(self.force_deadline)
+
+
+class DrainMetadata(Struct):
+    """The node's latest drain (Nomad's DrainMetadata): status draining, complete or canceled."""
+
+    started_at: str = ZERO_TIME
+    updated_at: str = ZERO_TIME
+    status: str = ""
+    accessor_id: str = field("", json="AccessorID")
+    meta: dict[str, str] | None = None
+
+
+class NodeEvent(Struct):
+    """Something that happened to the node (Nomad's NodeEvent), newest last."""
+
+    message: str = ""
+    subsystem: str = ""
+    details: dict[str, str] | None = None
+    timestamp: str = ZERO_TIME
+    create_index: int = 0
 
 
 class DriverInfo(Struct):
@@ -97,7 +189,10 @@ class Node(Struct):
     status_description: str = ""
     status_updated_at: int = 0
     scheduling_eligibility: str = ELIGIBLE
-    drain: bool = False
+    drain: bool = False                # true while drain_strategy is set (Nomad's deprecated Drain)
+    drain_strategy: DrainStrategy | None = None
+    last_drain: DrainMetadata | None = None
+    events: list[NodeEvent] = field(factory=list)
     computed_class: str = ""
     create_index: int = 0
     modify_index: int = 0
@@ -113,6 +208,7 @@ class Node(Struct):
             "NodeClass": self.node_class, "NodePool": self.node_pool,
             "Version": self.attributes.get("nomad.version", ""),
             "Drain": self.drain, "SchedulingEligibility": self.scheduling_eligibility,
+            "LastDrain": self.last_drain.to_json() if self.last_drain else None,
             "Status": self.status, "StatusDescription": self.status_description,
             "Drivers": {k: v.to_json() for k, v in self.drivers.items()},
             "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
