@@ -320,6 +320,24 @@ def test_the_host_that_comes_back_stops_its_replaced_allocations(countdash):
     assert c["count"] > 0
 
 
+def test_draining_the_dashboards_host_moves_it_and_the_count_resumes(countdash):
+    (dash,) = allocs("dashboard")
+    assert node_of(dash) == "client2"
+    (api_alloc,) = allocs("api")
+    out = ok(yurt("node", "drain", "-enable", "-yes", "client2", host="server1", timeout=300))
+    assert "Drain complete for node" in out
+    (moved,) = allocs("dashboard")
+    assert moved["ID"] != dash["ID"] and node_of(moved) in ("client1", "client3")
+    c = wait_for(counting_from(node_of(moved), api_alloc["ID"]), 60,
+                 what=f"the dashboard counting again on {node_of(moved)}")
+    assert c["count"] > 0
+    nodes = {n["Name"]: n for n in api("server1", "/v1/nodes")}
+    assert nodes["client2"]["SchedulingEligibility"] == "ineligible" and not nodes["client2"]["Drain"]
+    assert alloc_processes(dash["ID"]) == []
+    ok(yurt("node", "eligibility", "-enable", "client2", host="client3"))
+    assert {n["Name"]: n for n in api("server1", "/v1/nodes")}["client2"]["SchedulingEligibility"] == "eligible"
+
+
 def test_lab_down_leaves_nothing(lab, countdash):
     ids = [a["ID"] for a in api("server1", "/v1/job/countdash/allocations")]
     down = ok(yurt("lab", "down", "-name", LAB))
