@@ -67,10 +67,10 @@ def wait_request_read(client_port: int, server_port: int, timeout: float = 30.0)
     wait_for(read, timeout, interval=0.01, what=f"the request {client_port} -> {server_port} read by the server")
 
 
-def alloc_processes(alloc_id: str) -> list[int]:
-    """Live processes of an allocation: those whose environment has its NOMAD_ALLOC_ID (zombies
-    have no environment left, so they do not count)."""
-    needle = f"NOMAD_ALLOC_ID={alloc_id}".encode()
+def env_processes(name: str, value: str) -> list[int]:
+    """Live processes whose environment has ``name=value`` (zombies have no environment left,
+    so they do not count)."""
+    needle = f"{name}={value}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -82,6 +82,11 @@ def alloc_processes(alloc_id: str) -> list[int]:
         if needle in env:
             pids.append(int(entry.name))
     return sorted(pids)
+
+
+def alloc_processes(alloc_id: str) -> list[int]:
+    """Live processes of an allocation (its NOMAD_ALLOC_ID is in their environment)."""
+    return env_processes("NOMAD_ALLOC_ID", alloc_id)
 
 
 class AgentProcess:

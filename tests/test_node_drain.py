@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from yurt.structs.node import parse_rfc3339
+from yurt.structs.times import parse_rfc3339
 
-from .agent_util import AgentProcess, allocs, register, wait_for
+from .agent_util import AgentProcess, allocs, env_processes, register, wait_for
 from .conftest import YURT, run_yurt
 from .mesh_agent import MeshAgent
 
@@ -170,17 +170,7 @@ def running_on(api: httpx.Client, job: str, node_id: str, n: int) -> list[dict]:
 
 def job_processes(job: str) -> list[int]:
     """Live task processes of `job` on this machine (their environment names the job)."""
-    needle = f"NOMAD_JOB_NAME={job}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return sorted(pids)
+    return env_processes("NOMAD_JOB_NAME", job)
 
 
 # -- drain ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from yurt.api.client import YurtClient
 from yurt.errors import NotFound
-from yurt.structs.node import parse_rfc3339
+from yurt.structs.times import parse_rfc3339
 
 from .format import echo, fmt_clock, short
 from .output import EXIT_ERROR, EXIT_OK, EXIT_PLACEMENT

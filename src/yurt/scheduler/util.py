@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime
 
 from yurt.structs import Allocation, Node, TaskGroup
+from yurt.structs.times import parse_rfc3339
 
 ALLOC_NOT_NEEDED = "alloc not needed due to job update"
 ALLOC_LOST = "alloc is lost since its node is down"
@@ -58,33 +58,11 @@ def node_capacity(node: Node) -> tuple[int, int, int]:
             nr.disk.disk_mb - rr.disk.disk_mb)
 
 
-def _parse_time(text: str | None) -> int | None:
-    if not text:
-        return None
-    s = text.strip().replace("Z", "+00:00")
-    frac_ns = 0
-    if "." in s:   # RFC3339Nano has up to 9 fraction digits; Python takes 6
-        head, _, rest = s.partition(".")
-        digits = "".join(ch for ch in rest if ch.isdigit())
-        tz = rest[len(digits):]
-        frac_ns = int((digits + "000000000")[:9])
-        s = head + tz
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    if dt.year < 1971:   # Go's zero time: never finished
-        return None
-    return int(dt.timestamp()) * 1_000_000_000 + frac_ns
-
-
 def last_event_time(alloc: Allocation) -> int:
     """When the allocation last changed on its client (latest task finish, else ModifyTime)."""
     latest = 0
     for ts in alloc.task_states.values():
-        t = _parse_time(ts.finished_at)
+        t = parse_rfc3339(ts.finished_at)
         if t is not None and t > latest:
             latest = t
     return latest or alloc.modify_time

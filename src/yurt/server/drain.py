@@ -36,7 +36,8 @@ from yurt.structs.catalog import CHECK_PASSING, CHECK_WARNING, HealthCheck
 from yurt.structs.duration import MINUTE, SECOND
 from yurt.structs.evaluation import EVAL_PENDING, TRIGGER_NODE_DRAIN, TRIGGER_NODE_UPDATE
 from yurt.structs.node import (DRAIN_CANCELED, DRAIN_COMPLETE, DRAIN_DRAINING, ELIGIBLE, INELIGIBLE,
-                               MAX_NODE_EVENTS, ZERO_TIME, parse_rfc3339, rfc3339)
+                               MAX_NODE_EVENTS, ZERO_TIME)
+from yurt.structs.times import parse_rfc3339, rfc3339
 from yurt.state import Snapshot
 
 if TYPE_CHECKING:
