@@ -414,7 +414,7 @@ def test_checks_must_pass_for_min_healthy_time_before_a_migration(tmp_path):
     from yurt.server.server import Server
     from yurt.state import StateStore
     from yurt.structs import Allocation, DrainSpec, MigrateStrategy, Service, ServiceCheck, TaskState
-    from yurt.structs.node import rfc3339
+    from yurt.structs.times import rfc3339
 
     from .test_scheduler_helpers import make_job, make_node
 
