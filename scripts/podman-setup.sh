@@ -45,9 +45,18 @@ if [ -n "${restart:-}" ] && [ -f /run/podman/yurt-service.pid ]; then
   kill "$(cat /run/podman/yurt-service.pid)" 2>/dev/null || true
   sleep 0.5
 fi
+# a service started from a directory that was removed since (a deleted checkout) answers pings,
+# but every container fails: conmon inherits the cwd ("Failed to get working directory")
+pidfile=/run/podman/yurt-service.pid
+if [ -f "$pidfile" ] && grep -qa "system service" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null \
+   && [ ! -d "$(readlink "/proc/$(cat "$pidfile")/cwd")" ]; then
+  kill "$(cat "$pidfile")" 2>/dev/null || true
+  for _ in $(seq 1 50); do answers || break; sleep 0.1; done
+fi
 if ! answers; then
   mkdir -p "$(dirname "$SOCK")"
   rm -f "$SOCK"
+  cd /   # the service (and every conmon it starts) keeps this directory as its cwd
   setsid nohup podman system service --time=0 "unix://$SOCK" >>"$LOG" 2>&1 < /dev/null &
   echo $! > /run/podman/yurt-service.pid
   for _ in $(seq 1 100); do answers && break; sleep 0.1; done
