@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import signal
+import ssl
 import tempfile
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from yurt.api.app import create_app
-from yurt.api.client import YurtClient
+from yurt.api.client import TLSConfig, YurtClient
 from yurt.structs import Allocation
 
 from . import addresses
@@ -49,8 +50,11 @@ class Agent:
                                  leaf_cert_ttl=config.leaf_cert_ttl)
         # the servers this agent talks to: itself, or its configured servers (the client fails
         # over between them; `server_address` is the one it talks to now)
-        servers = [config.address] if config.server else [_http(s) for s in config.servers]
-        self.api_client = YurtClient(servers) if servers else None
+        # with tls { }: HTTPS to them, trusting ca_file and presenting cert_file as a client certificate
+        self.tls = _outgoing_tls(config)
+        self.tls_context: ssl.SSLContext = self.tls.context()   # the forwarding proxy's too
+        servers = [config.address] if config.server else [_http(s, config.tls.http) for s in config.servers]
+        self.api_client = YurtClient(servers, tls=self.tls) if servers else None
         from .leaf_cert import LeafCerts, LocalCA, RemoteCA
         self.leaf_certs = LeafCerts(LocalCA(self.server) if self.server else RemoteCA(self.api_client),
                                     config.datacenter)
@@ -99,13 +103,13 @@ class Agent:
             self.server.start()
         http_config = uvicorn.Config(self.app, host=self.config.bind, port=self.config.http_port, log_config=None,
                                      log_level="critical", access_log=False, lifespan="off",
-                                     timeout_graceful_shutdown=2)
+                                     timeout_graceful_shutdown=2, **_serving_tls(self.config))
         self._http = uvicorn.Server(http_config)
         if self.client:
             threading.Thread(target=self._start_client_when_serving, daemon=True).start()
         self.leaf_certs.start()
         from .agent_checks import AgentChecks
-        self._checks = AgentChecks(YurtClient(self.config.address))
+        self._checks = AgentChecks(YurtClient(self.config.address, tls=self.tls))
         self._checks.start()
         self._serve_socket()
         # uvicorn stops on SIGINT/SIGTERM and then re-raises the signal with the handler that was
@@ -175,5 +179,28 @@ def _terminate(signum, frame) -> None:
     raise _Terminated()
 
 
-def _http(address: str) -> str:
-    return address if "://" in address else f"http://{address}"
+def _http(address: str, tls: bool = False) -> str:
+    return address if "://" in address else f"{'https' if tls else 'http'}://{address}"
+
+
+def _outgoing_tls(config: AgentConfig) -> TLSConfig:
+    t = config.tls
+    return TLSConfig(ca_cert=t.ca_file, client_cert=t.cert_file if t.key_file else "",
+                     client_key=t.key_file if t.cert_file else "",
+                     check_hostname=False,   # as Nomad's verify_server_hostname = false: ca_file signs it
+                     fix="tls { ca_file } in the agent's config", ca_setting="ca_file",
+                     cert_fix="tls { cert_file  key_file } in the agent's config")
+
+
+def _serving_tls(config: AgentConfig) -> dict:
+    """uvicorn's ssl options for the TCP listener (the unix socket stays plain HTTP: it is local
+    and its file permissions guard it)."""
+    t = config.tls
+    if not t.http:
+        return {}
+    options: dict = {"ssl_certfile": t.cert_file, "ssl_keyfile": t.key_file}
+    if t.ca_file:
+        options["ssl_ca_certs"] = t.ca_file
+    if t.verify_https_client:
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options

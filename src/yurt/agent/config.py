@@ -16,6 +16,19 @@ from .addresses import WILDCARDS, HostNetwork
 
 
 @dataclass
+class TLSSettings:
+    """Nomad's `tls { }` block, for the HTTP API (Yurt has no RPC): serve HTTPS on the TCP
+    listener with cert_file/key_file; verify_https_client requires client certificates signed by
+    ca_file; ca_file is also what this agent trusts when it dials its servers."""
+
+    http: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    verify_https_client: bool = False
+
+
+@dataclass
 class AgentConfig:
     name: str = field(default_factory=socket.gethostname)
     region: str = "global"
@@ -40,6 +53,7 @@ class AgentConfig:
     log_level: str = "INFO"
     default_intention_policy: str = "allow"   # what intentions decide when none matches
     leaf_cert_ttl: str | None = None          # Connect leaf certificate TTL (CA default 72h)
+    tls: TLSSettings = field(default_factory=TLSSettings)   # tls { http ca_file ... }
     # found by resolve(): the node address and the HTTP host advertised to other hosts
     node_ip: str = ""
     http_host: str = ""
@@ -51,13 +65,15 @@ class AgentConfig:
         d = asdict(self)
         d["data_dir"] = str(self.data_dir) if self.data_dir else ""
         d["host_networks"] = [asdict(h) for h in self.host_networks]
+        d["tls"] = asdict(self.tls)
         return d
 
     @property
     def address(self) -> str:
         """The URL other agents reach this one at (``resolve()`` first; before it, a best guess)."""
         host = self.http_host or self.advertise or ("127.0.0.1" if self.bind in WILDCARDS else self.bind)
-        return f"http://{host}:{self.advertise_port or self.http_port}"
+        scheme = "https" if self.tls.http else "http"
+        return f"{scheme}://{host}:{self.advertise_port or self.http_port}"
 
     def resolve(self) -> None:
         """Find the node address, the advertised HTTP host and the host networks' addresses.
@@ -95,6 +111,7 @@ class AgentConfig:
                 raise ConfigError(f"leaf_cert_ttl: {e}") from None
             if ttl < 60 * 10**9:
                 raise ConfigError(f'leaf_cert_ttl "{self.leaf_cert_ttl}" is too short: at least "1m"')
+        check_tls(self.tls)
         if self.client and not self.server and not self.servers:
             raise ConfigError("a client-only agent needs its servers: client { servers = [\"host:4646\"] }")
 
@@ -117,7 +134,7 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     raw = _unwrap(raw)
     known = {"name", "region", "datacenter", "data_dir", "bind_addr", "ports", "server", "client",
              "plugin", "log_level", "advertise", "leave_on_interrupt", "leave_on_terminate",
-             "connect"}
+             "connect", "tls"}
     for key in raw:
         if key not in known:
             raise ConfigError(f'{path}: unknown setting "{key}"; Yurt reads: {", ".join(sorted(known))}')
@@ -176,12 +193,78 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
             cfg.default_intention_policy = str(connect["default_intention_policy"])
         if "leaf_cert_ttl" in connect:
             cfg.leaf_cert_ttl = str(connect["leaf_cert_ttl"])
+    tls = _first(raw.get("tls"))
+    if tls is not None:
+        _load_tls(tls, path, cfg.tls)
     for plugin in raw.get("plugin", []) or []:
         for name, body in (plugin or {}).items():
             conf = _first((_first(body) or {}).get("config")) or {}
             if name == "raw_exec" and conf.get("enabled") in (True, "true", 1):
                 cfg.raw_exec = True
     return cfg
+
+
+_TLS_KEYS = {"http", "ca_file", "cert_file", "key_file", "verify_https_client"}
+
+
+def _load_tls(block: Any, path: str, tls: TLSSettings) -> None:
+    """tls { http = true  ca_file = "..."  cert_file = "..."  key_file = "..."  verify_https_client = true }"""
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: tls must be a block: tls {{ http = true ... }}")
+    unknown = sorted(set(block) - _TLS_KEYS)
+    if unknown:
+        raise ConfigError(f'{path}: tls: unknown setting "{unknown[0]}"; Yurt reads: {", ".join(sorted(_TLS_KEYS))} '
+                          "(Yurt agents talk over HTTP only: there is no rpc to secure)")
+    for key in ("http", "verify_https_client"):
+        if key in block:
+            value = block[key]
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: tls.{key} must be true or false, not {value!r}")
+            setattr(tls, key, value)
+    for key in ("ca_file", "cert_file", "key_file"):
+        if key in block:
+            setattr(tls, key, str(block[key]))
+
+
+def check_tls(tls: TLSSettings) -> None:
+    """The files tls { } names exist and are readable, and what http/verify_https_client need is set."""
+    needed = []
+    if tls.http:
+        needed += ["cert_file", "key_file"]
+    if tls.verify_https_client:
+        needed += ["ca_file"]
+        if not tls.http:
+            raise ConfigError("tls.verify_https_client = true needs tls.http = true: only an HTTPS "
+                              "listener can ask for client certificates")
+    for key in needed:
+        if not getattr(tls, key):
+            raise ConfigError(f"tls.{key} is not set: " +
+                              ("tls.http = true serves HTTPS with cert_file and key_file" if key != "ca_file"
+                               else "tls.verify_https_client = true checks client certificates against ca_file"))
+    for key in ("ca_file", "cert_file", "key_file"):
+        name = getattr(tls, key)
+        if not name:
+            continue
+        try:
+            with open(name, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ConfigError(f'tls.{key} = "{name}": cannot read the file: {e.strerror}') from None
+        if b"-----BEGIN" not in data:
+            raise ConfigError(f'tls.{key} = "{name}": not a PEM file (no "-----BEGIN" line); make one '
+                              "with `yurt tls ca create` / `yurt tls cert create`")
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        if tls.cert_file and tls.key_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.ca_file:
+            ctx.load_verify_locations(tls.ca_file)
+    except ssl.SSLError as e:
+        raise ConfigError(f'tls: cert_file "{tls.cert_file}", key_file "{tls.key_file}", ca_file '
+                          f'"{tls.ca_file}": {e.reason or e} (is key_file the key of cert_file?)') from None
 
 
 def _unwrap(raw: Any) -> Any:

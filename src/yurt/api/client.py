@@ -9,12 +9,14 @@ An error answer comes back as the `yurt.errors` class the server raised (`NotFou
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from yurt.errors import Unreachable, error_for_status
+from yurt.errors import InvalidInput, Unreachable, error_for_status
 
 DEFAULT_ADDRESS = "http://127.0.0.1:4646"
 
@@ -27,11 +29,89 @@ def _normal(address: str) -> str:
     return address if "://" in address else "http://" + address
 
 
-def _http_client(address: str, timeout: float) -> httpx.Client:
+@dataclass(frozen=True)
+class TLSConfig:
+    """How to talk to an agent serving HTTPS: the CA that signs its certificate (`ca_cert`, a
+    PEM file or directory; empty: the system's CAs), the client certificate it may require,
+    the name to expect in its certificate, or no verification at all. `fix` names the settings
+    a person changes when the server's certificate is not trusted (CLI flags or agent config)."""
+
+    ca_cert: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    server_name: str = ""
+    skip_verify: bool = False
+    check_hostname: bool = True   # False: the CA's signature is enough (Nomad's verify_server_hostname = false)
+    fix: str = "-ca-cert FILE (or NOMAD_CACERT)"
+    ca_setting: str = "-ca-cert"
+    cert_fix: str = "-client-cert and -client-key (or NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY)"
+
+    @classmethod
+    def from_env(cls) -> TLSConfig:
+        """Nomad's environment variables (YURT_* first)."""
+        env = os.environ.get
+        return cls(ca_cert=env("YURT_CACERT") or env("NOMAD_CACERT") or "",
+                   client_cert=env("YURT_CLIENT_CERT") or env("NOMAD_CLIENT_CERT") or "",
+                   client_key=env("YURT_CLIENT_KEY") or env("NOMAD_CLIENT_KEY") or "",
+                   server_name=env("YURT_TLS_SERVER_NAME") or env("NOMAD_TLS_SERVER_NAME") or "",
+                   skip_verify=(env("YURT_SKIP_VERIFY") or env("NOMAD_SKIP_VERIFY") or "").lower()
+                   in ("1", "true", "yes"))
+
+    def context(self) -> ssl.SSLContext:
+        """The client side's SSL context; a file that cannot be read raises InvalidInput naming it."""
+        try:
+            ctx = ssl.create_default_context(
+                cafile=self.ca_cert if self.ca_cert and not os.path.isdir(self.ca_cert) else None,
+                capath=self.ca_cert if self.ca_cert and os.path.isdir(self.ca_cert) else None)
+        except (OSError, ssl.SSLError) as e:
+            raise InvalidInput(f"{self.ca_setting} {self.ca_cert}: cannot read it as PEM CA certificates: "
+                               f"{getattr(e, 'strerror', None) or e}") from None
+        if not self.check_hostname or self.skip_verify:
+            ctx.check_hostname = False
+        if self.skip_verify:
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.client_cert or self.client_key:
+            if not (self.client_cert and self.client_key):
+                raise InvalidInput(f"a client certificate needs both its files: {self.cert_fix}")
+            try:
+                ctx.load_cert_chain(self.client_cert, self.client_key)
+            except (OSError, ssl.SSLError) as e:
+                raise InvalidInput(f"client certificate {self.client_cert} / key {self.client_key}: cannot "
+                                   f"load them: {getattr(e, 'strerror', None) or e}") from None
+        return ctx
+
+    def reason(self, error: Exception) -> str | None:
+        """A TLS failure explained with the setting to fix; None when it is not one."""
+        text = str(error)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            detail = text.split("certificate verify failed:", 1)[-1].split("(_ssl")[0].strip()
+            if "Hostname mismatch" in text or "IP address mismatch" in text:
+                return (f"the server's certificate does not name the address dialled ({detail}); pass the "
+                        "name it holds with -tls-server-name (or NOMAD_TLS_SERVER_NAME), e.g. "
+                        "server.global.yurt")
+            if self.ca_cert:
+                return f"the server's certificate is not signed by {self.ca_setting} {self.ca_cert}: {detail}"
+            return (f"the server's certificate is not signed by a CA this machine trusts: give its CA "
+                    f"with {self.fix}: {detail}")
+        if "CERTIFICATE_REQUIRED" in text or "certificate required" in text:
+            return f"the agent requires a client certificate (verify_https_client): pass {self.cert_fix}"
+        if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+            return "the agent does not speak HTTPS there: use an http:// address"
+        return None
+
+
+def _http_client(address: str, timeout: float, tls: TLSConfig | None = None) -> httpx.Client:
     if address.startswith("unix://"):
         transport = httpx.HTTPTransport(uds=address[len("unix://"):])
         return httpx.Client(base_url="http://localhost", timeout=timeout, transport=transport)
-    return httpx.Client(base_url=address, timeout=timeout)
+    if tls is None or not address.startswith("https://"):
+        return httpx.Client(base_url=address, timeout=timeout)
+    hooks: dict[str, list[Any]] = {}
+    if tls.server_name:   # the name to verify (and send as SNI) instead of the address's host
+        def sni(request: httpx.Request) -> None:
+            request.extensions["sni_hostname"] = tls.server_name
+        hooks["request"] = [sni]
+    return httpx.Client(base_url=address, timeout=timeout, verify=tls.context(), event_hooks=hooks)
 
 
 class YurtClient:
@@ -41,7 +121,9 @@ class YurtClient:
     next, which becomes the current one. Only a refused or failed connection fails over, never
     a request that may have reached its agent."""
 
-    def __init__(self, address: str | Sequence[str] | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, address: str | Sequence[str] | None = None, timeout: float = 30.0,
+                 tls: TLSConfig | None = None) -> None:
+        self.tls = tls if tls is not None else TLSConfig.from_env()
         given = [address] if address is None or isinstance(address, str) else list(address)
         self.addresses = [_normal(a or default_address()) for a in given] or [_normal(default_address())]
         self._timeout = timeout
@@ -57,7 +139,7 @@ class YurtClient:
     def _http(self) -> httpx.Client:
         client = self._clients.get(self.address)
         if client is None:
-            client = self._clients[self.address] = _http_client(self.address, self._timeout)
+            client = self._clients[self.address] = _http_client(self.address, self._timeout, self.tls)
         return client
 
     def close(self) -> None:
@@ -85,11 +167,11 @@ class YurtClient:
                     self._current = (self._current + 1) % len(self.addresses)
                     continue
                 reason = "connection refused; is `yurt agent` running?" if "refused" in str(e) else str(e)
-                raise Unreachable(", ".join(failed), reason) from None
+                raise Unreachable(", ".join(failed), self.tls.reason(e) or reason) from None
             except httpx.TimeoutException:
                 raise Unreachable(self.address, "the request timed out") from None
             except httpx.HTTPError as e:
-                raise Unreachable(self.address, str(e)) from None
+                raise Unreachable(self.address, self.tls.reason(e) or _hung_up(self.address, self.tls, e)) from None
         if resp.status_code >= 400:
             raise error_for_status(resp.status_code, resp.text.strip())
         return resp
@@ -195,7 +277,7 @@ class YurtClient:
                     raise error_for_status(resp.status_code, resp.text.strip())
                 yield from resp.iter_bytes()
         except httpx.ConnectError as e:
-            raise Unreachable(self.address, str(e)) from None
+            raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
 
     # -- agent ------------------------------------------------------------------------------
     def agent_self(self) -> dict:
@@ -292,6 +374,19 @@ class YurtClient:
         """Report a check result: status passing, warning or critical."""
         self.request("PUT", f"/v1/agent/check/update/{check_id}", params={"node": node} if node else None,
                      json={"Status": status, "Output": output})
+
+
+def _hung_up(address: str, tls: TLSConfig, e: Exception) -> str:
+    """Why an agent may hang up without an answer: an http:// request to an HTTPS agent, or an
+    HTTPS one without the client certificate it requires (TLS 1.3 reports that only then)."""
+    if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError)):
+        if address.startswith("http://"):
+            return (f"{e}; if the agent serves HTTPS (tls {{ http = true }}), use an https:// address "
+                    "with -ca-cert")
+        if address.startswith("https://") and not tls.client_cert:
+            return (f"{e}; if the agent verifies client certificates (verify_https_client), pass "
+                    f"{tls.cert_fix}")
+    return str(e)
 
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -68,7 +68,7 @@ async def proxy(request: Request, base: str, *, body: bytes | None = None,
     """Send the request on to the agent at `base` and stream its answer back."""
     if forwarded(request):
         raise Unavailable(f"{request.url.path} was forwarded to this agent, which cannot answer it either")
-    client = httpx.AsyncClient(timeout=TIMEOUT)
+    client = httpx.AsyncClient(timeout=TIMEOUT, verify=getattr(request.app.state.agent, "tls_context", True))
     url = base.rstrip("/") + request.url.path
     outgoing = client.build_request(
         request.method, url, params={**request.query_params, **(params or {})},
@@ -77,7 +77,8 @@ async def proxy(request: Request, base: str, *, body: bytes | None = None,
         resp = await client.send(outgoing, stream=True)
     except httpx.HTTPError as e:
         await client.aclose()
-        raise Unavailable(f"cannot reach the agent at {base}: {e}") from None
+        tls = getattr(request.app.state.agent, "tls", None)   # a TLS failure says which setting to fix
+        raise Unavailable(f"cannot reach the agent at {base}: {(tls.reason(e) if tls else None) or e}") from None
 
     async def relay() -> AsyncIterator[bytes]:
         try:

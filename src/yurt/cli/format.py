@@ -4,6 +4,7 @@ short IDs, prefix resolution, and the `-address` flag with its error handling.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import time
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from yurt.api.client import YurtClient, default_address
+from yurt.api.client import TLSConfig, YurtClient, default_address
 from yurt.errors import Unreachable, YurtError
 
 from .output import EXIT_ERROR, fail, out
@@ -26,10 +27,40 @@ NONE = "<none>"
 
 # -- the -address flag and API errors ---------------------------------------------------------
 def address_option(fn: Callable) -> Callable:
-    """`-address ADDR` (default: $YURT_ADDR, then $NOMAD_ADDR, then http://127.0.0.1:4646)."""
+    """`-address ADDR` (default: $YURT_ADDR, then $NOMAD_ADDR, then http://127.0.0.1:4646), and
+    the TLS flags (`tls_options`)."""
     return click.option("-address", "--address", "address", metavar="ADDR", default=None,
                         help="The agent's HTTP address (default $YURT_ADDR, $NOMAD_ADDR or "
-                             "http://127.0.0.1:4646).")(fn)
+                             "http://127.0.0.1:4646).")(tls_options(fn))
+
+
+# Nomad's TLS flags; the command never sees them: `connect()` reads them from the click context.
+_TLS_FLAGS = (
+    ("-ca-cert", "ca_cert", "FILE", "The CA certificate (PEM file or directory) that signs the agent's "
+     "HTTPS certificate (default $YURT_CACERT, $NOMAD_CACERT)."),
+    ("-client-cert", "client_cert", "FILE", "A client certificate for an agent with verify_https_client "
+     "(default $YURT_CLIENT_CERT, $NOMAD_CLIENT_CERT)."),
+    ("-client-key", "client_key", "FILE", "The client certificate's key (default $YURT_CLIENT_KEY, "
+     "$NOMAD_CLIENT_KEY)."),
+    ("-tls-server-name", "server_name", "NAME", "The name to expect in the agent's certificate instead "
+     "of the address's host (default $NOMAD_TLS_SERVER_NAME)."),
+)
+
+
+def _remember_tls(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value not in (None, False):
+        ctx.meta.setdefault("yurt.tls", {})[param.name] = value
+    return value
+
+
+def tls_options(fn: Callable) -> Callable:
+    for flag, name, metavar, help_ in _TLS_FLAGS:
+        fn = click.option(flag, "-" + flag, name, metavar=metavar, default=None, expose_value=False,
+                          callback=_remember_tls, help=help_)(fn)
+    return click.option("-tls-skip-verify", "--tls-skip-verify", "skip_verify", is_flag=True, default=False,
+                        expose_value=False, callback=_remember_tls,
+                        help="Do not verify the agent's certificate (default $NOMAD_SKIP_VERIFY); "
+                             "insecure.")(fn)
 
 
 def api_errors(fn: Callable) -> Callable:
@@ -50,7 +81,12 @@ def api_message(e: YurtError) -> str:
 
 
 def connect(address: str | None) -> YurtClient:
-    return YurtClient(address or default_address())
+    ctx = click.get_current_context(silent=True)
+    flags = ctx.meta.get("yurt.tls", {}) if ctx is not None else {}
+    tls = TLSConfig.from_env()
+    if flags:
+        tls = dataclasses.replace(tls, **flags)
+    return YurtClient(address or default_address(), tls=tls)
 
 
 # -- IDs and times ----------------------------------------------------------------------------

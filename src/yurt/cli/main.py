@@ -16,6 +16,7 @@ from .connect_cmd import connect_group
 from .intention_cmd import intention_group
 from .job import job_group, plan_cmd, run_cmd, stop_cmd
 from .lab_cmd import lab_group
+from .tls_cmd import tls_group
 from .node_cmd import node_group
 from .status import eval_group, job_status_cmd
 
@@ -43,6 +44,7 @@ cli.add_command(doctor_cmd)
 cli.add_command(intention_group)
 cli.add_command(connect_group)
 cli.add_command(lab_group)
+cli.add_command(tls_group)
 
 
 def main(argv: list[str] | None = None) -> None:
