@@ -221,6 +221,19 @@ def test_cli_without_the_ca_says_how_to_give_it(https_agent):
     assert r.returncode == 1 and f"the server's certificate is not signed by -ca-cert {other}" in r.stderr, r.stderr
 
 
+def test_cli_server_name_and_skip_verify(https_agent):
+    ca = str(https_agent.pki / "yurt-agent-ca.pem")
+    r = run_yurt("status", "-address", https_agent.url, "-ca-cert", ca, "-tls-server-name", "server.global.yurt")
+    assert r.returncode == 0 and "No running jobs" in r.stdout, r.stderr
+    r = run_yurt("status", "-address", https_agent.url, "-ca-cert", ca, "-tls-server-name", "server.eu.yurt")
+    assert r.returncode == 1 and "does not name the address dialled" in r.stderr \
+        and "-tls-server-name" in r.stderr, r.stderr
+    r = run_yurt("status", "-address", https_agent.url, "-tls-skip-verify")
+    assert r.returncode == 0 and "No running jobs" in r.stdout, r.stderr
+    r = run_yurt("status", "-address", https_agent.url, env={"NOMAD_SKIP_VERIFY": "true"})
+    assert r.returncode == 0 and "No running jobs" in r.stdout, r.stderr
+
+
 def test_plain_http_to_the_https_agent_is_explained_and_harmless(https_agent):
     plain = f"http://127.0.0.1:{https_agent.port}"
     r = run_yurt("status", "-address", plain)
