@@ -47,6 +47,8 @@ class Agent:
                                  datacenter=config.datacenter,
                                  default_intention_policy=config.default_intention_policy,
                                  leaf_cert_ttl=config.leaf_cert_ttl)
+        self.bootstrap_secret = ""   # -dev -acl-enabled: the bootstrap token's SecretID
+        self.internal_token = self._acl_setup() if self.server is not None else ""
         # the servers this agent talks to: itself, or its configured servers (the client fails
         # over between them; `server_address` is the one it talks to now)
         servers = [config.address] if config.server else [_http(s) for s in config.servers]
@@ -73,6 +75,26 @@ class Agent:
         self.app = create_app(self)
         self._http: uvicorn.Server | None = None
         self._uds: uvicorn.Server | None = None
+
+    def _acl_setup(self) -> str:
+        """ACLs on a server: this agent's own in-process callers (its checks, its client when it
+        has one) get a secret only this process knows, with a node agent's rights; -dev bootstraps."""
+        import uuid
+
+        from yurt.server.acl import ACL, Identity, node_rules
+        from yurt.structs import parse_duration
+        assert self.server is not None
+        self.server.acl.min_ttl = parse_duration(self.config.acl_token_min_ttl)
+        self.server.acl.max_ttl = parse_duration(self.config.acl_token_max_ttl)
+        secret = str(uuid.uuid4())
+        ident = Identity("node", ACL(node_rules()))
+        self.server.acl.resolver.add(lambda s: ident if s == secret else None)
+        if self.config.acl_enabled and self.config.dev:
+            try:
+                self.bootstrap_secret = self.server.acl.bootstrap().secret_id
+            except Exception as e:  # noqa: BLE001 - a -dev agent with -data-dir bootstrapped before
+                log.warning("ACL bootstrap at start: %s", e)
+        return secret
 
     @property
     def server_address(self) -> str:
@@ -105,7 +127,7 @@ class Agent:
             threading.Thread(target=self._start_client_when_serving, daemon=True).start()
         self.leaf_certs.start()
         from .agent_checks import AgentChecks
-        self._checks = AgentChecks(YurtClient(self.config.address))
+        self._checks = AgentChecks(_with_token(YurtClient(self.config.address), self.internal_token))
         self._checks.start()
         self._serve_socket()
         # uvicorn stops on SIGINT/SIGTERM and then re-raises the signal with the handler that was
@@ -177,3 +199,8 @@ def _terminate(signum, frame) -> None:
 
 def _http(address: str) -> str:
     return address if "://" in address else f"http://{address}"
+
+
+def _with_token(client: YurtClient, token: str) -> YurtClient:
+    client.token = token
+    return client

@@ -3,21 +3,24 @@ to HTTP in one place (`errors.install`)."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from yurt import __version__
 
 from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_intentions, errors, internal,
                jobs, logs)
 from . import nodes
+from . import acl, authz
 
 
 def create_app(agent) -> FastAPI:
-    app = FastAPI(title="Yurt", version=__version__, docs_url="/ui/api", redoc_url=None)
+    app = FastAPI(title="Yurt", version=__version__, docs_url="/ui/api", redoc_url=None,
+                  dependencies=[Depends(authz.authorize)])  # every route's ACL check (api/authz.py)
     app.state.agent = agent
     for module in (jobs, allocs, logs, agent_routes, internal, consul_catalog, consul_connect,
                    consul_intentions):
         app.include_router(module.router)
     app.include_router(nodes.router)
+    app.include_router(acl.router)
     errors.install(app)
     return app

@@ -1,0 +1,255 @@
+"""Who may call which route: every route's requirement in one table, checked app-wide.
+
+`REQUIREMENTS` maps (method, path template) to a `Requirement`; `authorize`, a dependency of
+every route, looks up the matched route and checks the caller's identity against it. A route
+missing from the table is denied (fail closed) unless it is in `PUBLIC`. With ACLs disabled
+(the default) everything is allowed.
+
+An agent without a server (a client-only agent) has no ACL tables: it lets the request through
+to the route, which forwards it (with its token) to the server, where it is checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from yurt.errors import PermissionDenied
+from yurt.server.acl import Identity
+
+PUBLIC: frozenset[tuple[str, str]] = frozenset({
+    ("GET", "/v1/agent/health"),
+    ("GET", "/v1/connect/ca/roots"),
+    ("GET", "/v1/agent/connect/ca/roots"),
+    ("GET", "/.well-known/jwks.json"),
+    ("PUT", "/v1/acl/bootstrap"), ("POST", "/v1/acl/bootstrap"),
+    ("GET", "/v1/acl/token/self"),
+    ("GET", "/v1/status/leader"),
+})
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """kind: namespace (cap), node/agent/operator (cap = read|write), service/intention (cap =
+    read|write, the name from path or query parameter `name_from`, "*" if absent), management,
+    node_identity (a client agent's node secret), any (any resolved identity)."""
+
+    kind: str
+    cap: str = ""
+    name_from: str = ""
+
+    def describe(self, name: str) -> str:
+        if self.kind == "namespace":
+            return f'namespace "{name}" capability {self.cap}'
+        if self.kind in ("service", "intention"):
+            return f'{self.kind} "{name}" {self.cap}'
+        if self.kind in ("node", "agent", "operator"):
+            return f"{self.kind}:{self.cap}"
+        if self.kind == "any":
+            return "an ACL token"
+        if self.kind in ("node_identity", "node_register"):
+            return "a client node's identity (its node SecretID)"
+        return "a management token"
+
+
+def _r(kind: str, cap: str = "", name_from: str = "") -> Requirement:
+    return Requirement(kind, cap, name_from)
+
+
+NS = "namespace"
+READ_JOB = _r(NS, "read-job")
+SUBMIT = _r(NS, "submit-job")
+MGMT = _r("management")
+NODE_ID = _r("node_identity")
+
+REQUIREMENTS: dict[tuple[str, str], Requirement] = {}
+
+
+def _add(methods: str, path: str, req: Requirement) -> None:
+    for m in methods.split():
+        REQUIREMENTS[(m, path)] = req
+
+
+# Nomad-shaped
+_add("GET", "/v1/jobs", _r(NS, "list-jobs"))
+_add("PUT POST", "/v1/jobs", SUBMIT)
+_add("PUT POST", "/v1/jobs/parse", _r(NS, "parse-job"))
+_add("PUT POST", "/v1/validate/job", _r(NS, "read-job"))
+_add("GET", "/v1/job/{job_id}", READ_JOB)
+_add("PUT POST DELETE", "/v1/job/{job_id}", SUBMIT)
+_add("PUT POST", "/v1/job/{job_id}/plan", SUBMIT)
+_add("PUT POST", "/v1/job/{job_id}/evaluate", SUBMIT)
+for sub in ("allocations", "evaluations", "versions", "summary", "deployment", "deployments"):
+    _add("GET", f"/v1/job/{{job_id}}/{sub}", READ_JOB)
+_add("GET", "/v1/allocations", READ_JOB)
+_add("GET", "/v1/allocation/{alloc_id}", READ_JOB)
+_add("PUT POST", "/v1/allocation/{alloc_id}/stop", _r(NS, "alloc-lifecycle"))
+_add("GET", "/v1/evaluations", READ_JOB)
+_add("GET", "/v1/evaluation/{eval_id}", READ_JOB)
+_add("GET", "/v1/evaluation/{eval_id}/allocations", READ_JOB)
+_add("GET", "/v1/nodes", _r("node", "read"))
+_add("GET", "/v1/node/{node_id}", _r("node", "read"))
+_add("GET", "/v1/node/{node_id}/allocations", _r("node", "read"))
+_add("PUT POST", "/v1/node/{node_id}/drain", _r("node", "write"))
+_add("PUT POST", "/v1/node/{node_id}/eligibility", _r("node", "write"))
+_add("PUT POST", "/v1/node/{node_id}/purge", _r("node", "write"))
+_add("GET", "/v1/client/fs/logs/{alloc_id}", _r(NS, "read-logs"))
+_add("GET", "/v1/agent/self", _r("agent", "read"))
+_add("GET", "/v1/agent/members", _r("node", "read"))
+_add("GET", "/v1/status/peers", _r("operator", "read"))
+_add("GET", "/v1/regions", _r("agent", "read"))
+# the client agent's routes to its server
+_add("PUT", "/v1/internal/node/register", _r("node_register"))
+_add("PUT", "/v1/internal/node/{node_id}/heartbeat", NODE_ID)
+_add("PUT", "/v1/internal/node/{node_id}/allocations", NODE_ID)
+_add("PUT", "/v1/internal/connect/ca/sign", NODE_ID)
+# Consul-shaped
+_add("PUT", "/v1/agent/service/register", _r("service", "write", "body:Name"))
+_add("GET PUT", "/v1/agent/service/deregister/{service_id}", _r("service", "write", "service_id"))
+_add("GET", "/v1/agent/services", _r("service", "read"))
+_add("GET", "/v1/agent/service/{service_id}", _r("service", "read", "service_id"))
+_add("GET", "/v1/agent/checks", _r("service", "read"))
+_add("PUT", "/v1/agent/check/{verb}/{check_id:path}", _r("service", "write"))
+_add("GET", "/v1/catalog/services", _r("service", "read"))
+for p in ("/v1/catalog/service/{name}", "/v1/catalog/connect/{name}", "/v1/health/service/{name}",
+          "/v1/health/connect/{name}", "/v1/health/checks/{name}"):
+    _add("GET", p, _r("service", "read", "name"))
+_add("GET", "/v1/health/state/{state}", _r("service", "read"))
+_add("GET", "/v1/connect/ca/configuration", _r("operator", "read"))
+_add("PUT", "/v1/connect/ca/configuration", _r("operator", "write"))
+_add("GET", "/v1/agent/connect/ca/leaf/{service}", _r("service", "write", "service"))
+_add("POST PUT", "/v1/agent/connect/authorize", _r("intention", "read", "body:Target"))
+_add("GET", "/v1/connect/intentions", _r("intention", "read"))
+_add("POST", "/v1/connect/intentions", _r("intention", "write", "body:DestinationName"))
+_add("GET", "/v1/connect/intentions/exact", _r("intention", "read", "destination"))
+_add("PUT DELETE", "/v1/connect/intentions/exact", _r("intention", "write", "destination"))
+_add("GET", "/v1/connect/intentions/match", _r("intention", "read", "name"))
+_add("GET", "/v1/connect/intentions/check", _r("intention", "read", "destination"))
+_add("GET", "/v1/connect/intentions/{ix_id}", _r("intention", "read"))
+_add("PUT DELETE", "/v1/connect/intentions/{ix_id}", _r("intention", "write"))
+# ACLs: the routes check further themselves (management, or the token's own)
+_add("GET", "/v1/acl/policies", _r("any"))
+_add("GET", "/v1/acl/policy/{name}", _r("any"))
+_add("PUT POST DELETE", "/v1/acl/policy/{name}", MGMT)
+_add("GET", "/v1/acl/tokens", MGMT)
+_add("PUT POST", "/v1/acl/token", MGMT)
+_add("GET", "/v1/acl/token/{accessor}", _r("any"))
+_add("PUT POST DELETE", "/v1/acl/token/{accessor}", MGMT)
+
+
+def request_token(request: Request) -> str:
+    """The caller's secret: X-Nomad-Token, X-Consul-Token, or Authorization: Bearer."""
+    h = request.headers
+    for name in ("x-nomad-token", "x-consul-token"):
+        if h.get(name, "").strip():
+            return h[name].strip()
+    auth = h.get("authorization", "").strip()
+    scheme, _, rest = auth.partition(" ")
+    if scheme.lower() == "bearer" and rest.strip():
+        return rest.strip().split()[0]
+    return ""
+
+
+def acl_enabled(request: Request) -> bool:
+    return bool(getattr(request.app.state.agent.config, "acl_enabled", False))
+
+
+def identity(request: Request) -> Identity | None:
+    """The caller's identity (resolved once per request), or None with ACLs disabled or on an
+    agent without a server."""
+    if not acl_enabled(request):
+        return None
+    if "yurt.identity" in request.scope:
+        ident: Identity | None = request.scope["yurt.identity"]
+        return ident
+    server = request.app.state.agent.server
+    ident = server.acl.resolver.resolve(request_token(request)) if server is not None else None
+    request.scope["yurt.identity"] = ident
+    return ident
+
+
+def _denied(what: str) -> PermissionDenied:
+    return PermissionDenied(f"Permission denied: this needs {what}")
+
+
+async def _name(request: Request, source: str) -> str:
+    if not source:
+        return "*"
+    if source.startswith("body:"):
+        try:
+            body = await request.json()
+        except ValueError:
+            return "*"
+        value = body.get(source[5:]) if isinstance(body, dict) else None
+        return str(value) if value else "*"
+    return str(request.path_params.get(source) or request.query_params.get(source) or "*")
+
+
+def check(ident: Identity, req: Requirement, name: str) -> bool:
+    if ident.management:
+        return True
+    if req.kind == "any":   # any identity but the anonymous one
+        return ident.kind != "anonymous"
+    if req.kind == "management":
+        return False
+    if req.kind in ("node_identity", "node_register"):
+        return ident.is_node
+    if ident.workload is not None:
+        return req.kind in ("service", "intention") and ident.allow_mesh(req.kind, name, req.cap)
+    if req.kind == "namespace":
+        return ident.acl.allow_namespace(name, req.cap)
+    if req.kind in ("node", "agent", "operator"):
+        return ident.acl.allow(req.kind, req.cap)
+    if req.kind in ("service", "intention"):
+        return ident.allow_mesh(req.kind, name, req.cap)
+    return False
+
+
+async def authorize(request: Request) -> None:
+    """A dependency of every route (see `api.app`)."""
+    if not acl_enabled(request):
+        return
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    key = (request.method, path)
+    if request.method == "HEAD":
+        key = ("GET", path)
+    if key in PUBLIC:
+        return
+    if request.app.state.agent.server is None:
+        return   # forwarded with its token; the server checks
+    req = REQUIREMENTS.get(key)
+    if req is not None and req.kind == "node_register" and await _registers_itself(request):
+        return
+    ident = identity(request)
+    assert ident is not None
+    if req is None:   # fail closed: a route nobody declared is for management tokens only
+        if ident.management:
+            return
+        raise _denied(f"a management token: {request.method} {path} declares no capability")
+    if req.kind == "namespace":
+        name = request.query_params.get("namespace") or "default"
+    else:
+        name = await _name(request, req.name_from)
+    if not check(ident, req, name):
+        raise _denied(req.describe(name))
+
+
+async def _registers_itself(request: Request) -> bool:
+    """A client registering its node with the node's own SecretID as its token (the server
+    refuses a SecretID that differs from the one the node registered with first)."""
+    token = request_token(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return False
+    node = body.get("Node", body) if isinstance(body, dict) else None
+    return bool(token) and isinstance(node, dict) and node.get("SecretID") == token
+
+
+def require_namespace(request: Request, namespace: str, cap: str) -> None:
+    """A route's own check once it knows the namespace (a job's, from its body)."""
+    ident = identity(request)
+    if ident is not None and not check(ident, Requirement("namespace", cap), namespace):
+        raise _denied(Requirement("namespace", cap).describe(namespace))
