@@ -266,3 +266,25 @@ def test_secrets_are_stored_hashed_and_bootstrap_can_be_reset(tmp_path):
         with a.api() as c:
             assert c.get("/v1/acl/tokens", headers=h(first)).status_code == 200
         assert not (data / "server" / "acl-bootstrap-reset").exists()
+
+
+def test_a_client_only_agent_asks_its_server(agent, root, tmp_path):
+    from tests.test_client_only import ClientAgent
+    client = ClientAgent([f"127.0.0.1:{agent.port}"])
+    with open(client.config, "a") as f:
+        f.write("acl {\n  enabled = true\n}\n")
+    client.start()
+    try:
+        with httpx.Client(base_url=client.url, timeout=30) as c:
+            # its own routes and the forwarded ones alike are closed without a token
+            r = c.get("/v1/agent/self")
+            assert r.status_code == 403 and r.text == "Permission denied: this needs agent:read"
+            assert c.get("/v1/jobs").status_code == 403
+            assert c.get("/v1/agent/self", headers=h(root)).status_code == 200
+            assert c.get("/v1/jobs", headers=h(root)).status_code == 200
+            # it registered with its node secret, so the server knows it
+            wait_for(lambda: any(n["Name"] == "client-only" and n["Status"] == "ready"
+                                 for n in c.get("/v1/nodes", headers=h(root)).json()),
+                     60, what="the client-only node ready")
+    finally:
+        client.close()

@@ -48,7 +48,7 @@ class Agent:
                                  default_intention_policy=config.default_intention_policy,
                                  leaf_cert_ttl=config.leaf_cert_ttl)
         self.bootstrap_secret = ""   # -dev -acl-enabled: the bootstrap token's SecretID
-        self.internal_token = self._acl_setup() if self.server is not None else ""
+        self.internal_token = self._acl_setup()
         # the servers this agent talks to: itself, or its configured servers (the client fails
         # over between them; `server_address` is the one it talks to now)
         servers = [config.address] if config.server else [_http(s) for s in config.servers]
@@ -83,10 +83,11 @@ class Agent:
 
         from yurt.server.acl import ACL, Identity, node_rules
         from yurt.structs import parse_duration
-        assert self.server is not None
+        secret = str(uuid.uuid4())
+        if self.server is None:
+            return secret   # a client-only agent knows its own secret (api/authz.py)
         self.server.acl.min_ttl = parse_duration(self.config.acl_token_min_ttl)
         self.server.acl.max_ttl = parse_duration(self.config.acl_token_max_ttl)
-        secret = str(uuid.uuid4())
         ident = Identity("node", ACL(node_rules()))
         self.server.acl.resolver.add(lambda s: ident if s == secret else None)
         if self.config.acl_enabled and self.config.dev:

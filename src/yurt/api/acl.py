@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server.acl import anonymous_token
 
-from .authz import acl_enabled, identity
+from .authz import acl_enabled, decide, identity
 from .common import json_body, reply
 from .forward import need_server
 
@@ -124,3 +124,14 @@ async def update_token(request: Request, accessor: str):
 async def delete_token(request: Request, accessor: str):
     acl = _enabled(request)
     return _written(acl.delete_token(accessor))
+
+
+@router.post("/v1/internal/acl/check")
+async def acl_check(request: Request):
+    """A client-only agent asks whether its caller (the token headers it passes on) may do
+    Method Path (the route template) on Name; 200 if so, 403 naming what is missing."""
+    body = await json_body(request, required=False)
+    if not isinstance(body, dict):
+        body = {}
+    decide(request, str(body.get("Method") or ""), str(body.get("Path") or ""), str(body.get("Name") or ""))
+    return reply({"Allowed": True})

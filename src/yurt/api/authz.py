@@ -5,8 +5,10 @@ every route, looks up the matched route and checks the caller's identity against
 missing from the table is denied (fail closed) unless it is in `PUBLIC`. With ACLs disabled
 (the default) everything is allowed.
 
-An agent without a server (a client-only agent) has no ACL tables: it lets the request through
-to the route, which forwards it (with its token) to the server, where it is checked.
+An agent without a server (a client-only agent) has no ACL tables: it asks its server
+(`/v1/internal/acl/check`, with the caller's token) whether the caller meets the route's
+requirement, then answers or forwards the request (with its token) as usual. The agent's own
+in-process callers use a secret only this process knows (`Agent.internal_token`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from yurt.errors import PermissionDenied
-from yurt.server.acl import Identity
+import httpx
+
+from yurt.errors import PermissionDenied, Unavailable
+from yurt.server.acl import ACL, Identity, node_rules
 
 PUBLIC: frozenset[tuple[str, str]] = frozenset({
     ("GET", "/v1/agent/health"),
@@ -104,6 +108,7 @@ _add("PUT", "/v1/internal/node/register", _r("node_register"))
 _add("PUT", "/v1/internal/node/{node_id}/heartbeat", NODE_ID)
 _add("PUT", "/v1/internal/node/{node_id}/allocations", NODE_ID)
 _add("PUT", "/v1/internal/connect/ca/sign", NODE_ID)
+_add("POST", "/v1/internal/acl/check", _r("check"))   # the route checks the requirement it is asked
 # Consul-shaped
 _add("PUT", "/v1/agent/service/register", _r("service", "write", "body:Name"))
 _add("GET PUT", "/v1/agent/service/deregister/{service_id}", _r("service", "write", "service_id"))
@@ -163,6 +168,10 @@ def identity(request: Request) -> Identity | None:
     if "yurt.identity" in request.scope:
         ident: Identity | None = request.scope["yurt.identity"]
         return ident
+    own = getattr(request.app.state.agent, "internal_token", "")
+    if own and request_token(request) == own:
+        request.scope["yurt.identity"] = Identity("node", ACL(node_rules()))
+        return request.scope["yurt.identity"]   # type: ignore[no-any-return]
     server = request.app.state.agent.server
     ident = server.acl.resolver.resolve(request_token(request)) if server is not None else None
     request.scope["yurt.identity"] = ident
@@ -217,10 +226,15 @@ async def authorize(request: Request) -> None:
         key = ("GET", path)
     if key in PUBLIC:
         return
-    if request.app.state.agent.server is None:
-        return   # forwarded with its token; the server checks
     req = REQUIREMENTS.get(key)
+    if req is not None and req.kind == "check":
+        return
     if req is not None and req.kind == "node_register" and await _registers_itself(request):
+        return
+    if request.app.state.agent.server is None:
+        own = request.app.state.agent.internal_token
+        if not (own and request_token(request) == own):
+            await _ask_server(request, key, req)
         return
     ident = identity(request)
     assert ident is not None
@@ -228,12 +242,46 @@ async def authorize(request: Request) -> None:
         if ident.management:
             return
         raise _denied(f"a management token: {request.method} {path} declares no capability")
-    if req.kind == "namespace":
-        name = request.query_params.get("namespace") or "default"
-    else:
-        name = await _name(request, req.name_from)
+    name = await _name_for(request, req)
     if not check(ident, req, name):
         raise _denied(req.describe(name))
+
+
+async def _name_for(request: Request, req: Requirement) -> str:
+    if req.kind == "namespace":
+        return request.query_params.get("namespace") or "default"
+    return await _name(request, req.name_from)
+
+
+async def _ask_server(request: Request, key: tuple[str, str], req: Requirement | None) -> None:
+    """A client-only agent: may the caller do this? Its server decides (403 if not)."""
+    from .forward import HOP, TOKEN_HEADERS, server_address
+    name = await _name_for(request, req) if req is not None else ""
+    headers = {k: v for k, v in request.headers.items() if k.lower() in TOKEN_HEADERS}
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            resp = await client.post(server_address(request).rstrip("/") + "/v1/internal/acl/check",
+                                     json={"Method": key[0], "Path": key[1], "Name": name},
+                                     headers={HOP: "1", **headers})
+    except httpx.HTTPError as e:
+        raise Unavailable(f"cannot ask the server whether this request is allowed: {e}") from None
+    if resp.status_code != 200:
+        raise PermissionDenied(resp.text.strip() or "Permission denied") if resp.status_code == 403 \
+            else Unavailable(f"the server could not check this request's token: {resp.text.strip()}")
+
+
+def decide(request: Request, method: str, path: str, name: str) -> None:
+    """The server's side of `_ask_server`: raises PermissionDenied unless the caller may."""
+    ident = identity(request)
+    if ident is None:
+        return
+    req = REQUIREMENTS.get((method, path))
+    if req is None or req.kind in ("check", "node_register"):
+        if ident.management:
+            return
+        raise _denied(f"a management token: {method} {path} declares no capability")
+    if not check(ident, req, name or "*"):
+        raise _denied(req.describe(name or "*"))
 
 
 async def _registers_itself(request: Request) -> bool:
