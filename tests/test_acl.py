@@ -288,3 +288,64 @@ def test_a_client_only_agent_asks_its_server(agent, root, tmp_path):
                      60, what="the client-only node ready")
     finally:
         client.close()
+
+
+def test_rules_deny_wins_exact_beats_glob_and_prefixes_are_longest_first():
+    from yurt.server.acl import ACL, parse_rules
+    a = parse_rules("a", 'namespace "*" {\n  policy = "write"\n}\nnamespace "secret" {\n  policy = "deny"\n}\n'
+                         'namespace "prod-*" {\n  policy = "read"\n}\n'
+                         'service_prefix "" {\n  policy = "read"\n}\nservice_prefix "web" {\n  policy = "write"\n}\n'
+                         'service "web-admin" {\n  policy = "deny"\n}\n')
+    b = parse_rules("b", '{"namespace": {"default": {"capabilities": ["alloc-node-exec"]}}, '
+                         '"operator": {"policy": "read"}}')
+    a.merge(b)
+    acl = ACL(a)
+    # "default" has an exact rule (policy b's): it beats the "*" glob entirely
+    assert acl.allow_namespace("default", "alloc-node-exec") and not acl.allow_namespace("default", "submit-job")
+    assert acl.allow_namespace("staging", "submit-job")
+    assert not acl.allow_namespace("secret", "read-job")
+    # the closest glob: prod-* (read) over * (write)
+    assert acl.allow_namespace("prod-eu", "read-job") and not acl.allow_namespace("prod-eu", "submit-job")
+    assert acl.allow_mesh("service", "web-1", "write") and not acl.allow_mesh("service", "api", "write")
+    assert acl.allow_mesh("service", "api", "read") and not acl.allow_mesh("service", "web-admin", "read")
+    assert acl.allow("operator", "read") and not acl.allow("operator", "write") and not acl.allow("node", "read")
+    deny = parse_rules("c", 'namespace "default" {\n  policy = "deny"\n}\n')
+    deny.merge(parse_rules("d", 'namespace "default" {\n  policy = "write"\n}\n'))
+    assert not ACL(deny).allow_namespace("default", "read-job")
+
+
+def test_identities_tokens_nodes_and_workloads(tmp_path):
+    from yurt.errors import PermissionDenied
+    from yurt.server.acl import WorkloadClaims
+    from yurt.server.acl_admin import ACLAdmin
+    from yurt.state import StateStore
+    from yurt.structs import Node
+
+    class Verifier:   # a WorkloadVerifier: the real one signs and checks JWTs (server/identity.py)
+        def verify(self, token: str) -> WorkloadClaims | None:
+            if token != "workload-jwt":
+                return None
+            return WorkloadClaims(namespace="default", job_id="web", group="g", alloc_id="a1", task="t",
+                                  services=["web"])
+
+    store = StateStore(str(tmp_path / "state.db"))
+    try:
+        admin = ACLAdmin(store, Verifier())
+        store.upsert_node(Node(id="n1", secret_id="node-secret", name="n1", datacenter="dc1"))
+        resolver = admin.resolver
+        node = resolver.resolve("node-secret")
+        assert node.kind == "node" and node.acl.allow("node", "read") and not node.acl.allow("node", "write")
+        assert node.acl.allow_namespace("default", "read-job") and not node.acl.allow_namespace("default", "submit-job")
+        assert node.allow_mesh("service", "anything", "write") and not node.allow_mesh("intention", "x", "write")
+        wl = resolver.resolve("workload-jwt")
+        assert wl.kind == "workload" and wl.allow_mesh("service", "web", "write")
+        assert not wl.allow_mesh("service", "api", "write") and wl.allow_mesh("intention", "api", "read")
+        assert not wl.acl.allow_namespace("default", "read-job")
+        anon = resolver.resolve("")
+        assert anon.kind == "anonymous" and not anon.acl.allow_namespace("default", "list-jobs")
+        admin.upsert_policy("anonymous", {"Name": "anonymous", "Rules": 'namespace "default" { policy = "read" }'})
+        assert resolver.resolve(None).acl.allow_namespace("default", "list-jobs")
+        with pytest.raises(PermissionDenied, match="ACL token not found"):
+            resolver.resolve("nobody")
+    finally:
+        store.close()

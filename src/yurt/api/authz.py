@@ -105,8 +105,8 @@ _add("GET", "/v1/status/peers", _r("operator", "read"))
 _add("GET", "/v1/regions", _r("agent", "read"))
 # the client agent's routes to its server
 _add("PUT", "/v1/internal/node/register", _r("node_register"))
-_add("PUT", "/v1/internal/node/{node_id}/heartbeat", NODE_ID)
-_add("PUT", "/v1/internal/node/{node_id}/allocations", NODE_ID)
+_add("PUT", "/v1/internal/node/{node_id}/heartbeat", _r("node_identity", "", "node_id"))
+_add("PUT", "/v1/internal/node/{node_id}/allocations", _r("node_identity", "", "node_id"))
 _add("PUT", "/v1/internal/connect/ca/sign", NODE_ID)
 _add("POST", "/v1/internal/acl/check", _r("check"))   # the route checks the requirement it is asked
 # Consul-shaped
@@ -202,8 +202,8 @@ def check(ident: Identity, req: Requirement, name: str) -> bool:
         return ident.kind != "anonymous"
     if req.kind == "management":
         return False
-    if req.kind in ("node_identity", "node_register"):
-        return ident.is_node
+    if req.kind in ("node_identity", "node_register"):   # a node speaks only for itself
+        return ident.is_node and (ident.node is None or name in ("*", ident.node.id))
     if ident.workload is not None:
         return req.kind in ("service", "intention") and ident.allow_mesh(req.kind, name, req.cap)
     if req.kind == "namespace":

@@ -24,6 +24,18 @@ RESET_FILE = "acl-bootstrap-reset"
 MIN_TTL, MAX_TTL = 60 * 10**9, 24 * 3600 * 10**9
 
 
+def go_duration(ns: int) -> str:
+    """Go's time.Duration.String() for whole seconds and up: "1h0m0s", "1m30s", "2s"."""
+    s = ns // 10**9
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{sec}s"
+    if m:
+        return f"{m}m{sec}s"
+    return f"{sec}s"
+
+
 def _rfc3339(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat().replace("+00:00", "Z")
 
@@ -106,7 +118,7 @@ class ACLAdmin:
         return ACLToken(accessor_id=str(uuid.uuid4()), secret_id=secret, secret_hash=secret_hash(secret),
                         name=name, type=type_, policies=policies, global_=global_,
                         create_time=_rfc3339(now), expiration_time=_rfc3339(exp) if exp else None,
-                        expiration_ttl=format_duration(exp - now) if exp else "", expiration_ns=exp)
+                        expiration_ttl=go_duration(exp - now) if exp else "", expiration_ns=exp)
 
     def create_token(self, body: dict[str, Any]) -> ACLToken:
         name, type_, policies = _token_fields(body)
@@ -124,6 +136,8 @@ class ACLAdmin:
             raise InvalidInput("AccessorID in the body does not match the request path")
         if "ExpirationTTL" in body and body["ExpirationTTL"] not in ("", None, old.expiration_ttl):
             raise InvalidInput("ExpirationTTL cannot be changed after a token is created")
+        if "Global" in body and bool(body["Global"]) != old.global_:
+            raise InvalidInput("Global cannot be changed after a token is created")
         name, type_, policies = _token_fields({**old.public(), **body})
         return self.store.upsert_acl_token(old.model_copy(update={"name": name, "type": type_,
                                                                   "policies": policies}))
