@@ -77,6 +77,8 @@ def test_every_route_needs_a_token_but_the_public_ones(agent, root):
             assert r.status_code == 403, f"{method} {path} answered {r.status_code} without a token: {r.text}"
             assert r.text.startswith("Permission denied"), (method, path, r.text)
             checked += 1
+        # with ACLs on the app does not describe itself to strangers
+        assert c.get("/openapi.json").status_code == 404 and c.get("/ui/api").status_code == 404
         # the public ones answer without one
         assert c.get("/v1/agent/health").status_code == 200
         assert c.get("/v1/connect/ca/roots").status_code == 200
@@ -349,3 +351,18 @@ def test_identities_tokens_nodes_and_workloads(tmp_path):
             resolver.resolve("nobody")
     finally:
         store.close()
+
+
+def test_the_anonymous_policy_gives_requests_without_a_token_its_rights(agent, root):
+    with agent.api() as c:
+        assert c.get("/v1/jobs").status_code == 403
+        rules = 'namespace "default" {\n  policy = "read"\n}\n'
+        assert c.put("/v1/acl/policy/anonymous", json={"Name": "anonymous", "Rules": rules},
+                     headers=h(root)).status_code == 200
+        try:
+            assert c.get("/v1/jobs").status_code == 200
+            r = c.put("/v1/jobs", json={"Job": {"ID": "x"}})
+            assert r.status_code == 403 and "submit-job" in r.text
+        finally:
+            assert c.delete("/v1/acl/policy/anonymous", headers=h(root)).status_code == 200
+        assert c.get("/v1/jobs").status_code == 403

@@ -14,8 +14,10 @@ from . import acl, authz
 
 
 def create_app(agent) -> FastAPI:
-    app = FastAPI(title="Yurt", version=__version__, docs_url="/ui/api", redoc_url=None,
-                  dependencies=[Depends(authz.authorize)])  # every route's ACL check (api/authz.py)
+    # every route's ACL check (api/authz.py); with ACLs on, no unauthenticated API description
+    acl_on = bool(getattr(getattr(agent, "config", None), "acl_enabled", False))
+    app = FastAPI(title="Yurt", version=__version__, docs_url=None if acl_on else "/ui/api", redoc_url=None,
+                  openapi_url=None if acl_on else "/openapi.json", dependencies=[Depends(authz.authorize)])
     app.state.agent = agent
     for module in (jobs, allocs, logs, agent_routes, internal, consul_catalog, consul_connect,
                    consul_intentions):
