@@ -112,6 +112,7 @@ def test_a_read_token_lists_jobs_but_cannot_submit(agent, root, tmp_path):
     with agent.api() as c:
         r = c.get("/v1/jobs", headers=h(secret))
         assert r.status_code == 200 and r.json() == []
+        assert c.get("/v1/jobs", params={"namespace": "*"}, headers=h(secret)).status_code == 200
         job_file = tmp_path / "job.nomad"
         job_file.write_text(JOB)
         # -token on the command line wins over $NOMAD_TOKEN

@@ -296,6 +296,13 @@ async def _registers_itself(request: Request) -> bool:
     return bool(token) and isinstance(node, dict) and node.get("SecretID") == token
 
 
+def may(request: Request, namespace: str, cap: str) -> bool:
+    """Whether the caller has `cap` in `namespace` (always, with ACLs off): list routes asked for
+    every namespace (`?namespace=*`) show only what the caller may see."""
+    ident = identity(request)
+    return ident is None or check(ident, Requirement("namespace", cap), namespace)
+
+
 def require_namespace(request: Request, namespace: str, cap: str) -> None:
     """A route's own check once it knows the namespace (a job's, from its body)."""
     ident = identity(request)

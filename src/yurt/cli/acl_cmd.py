@@ -5,6 +5,7 @@ Every command takes `-token` (else $YURT_TOKEN, else $NOMAD_TOKEN) and `-address
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,15 @@ def token_list_cmd(address: str | None) -> None:
     """List tokens (management token only)."""
     with connect(address) as client:
         items, _ = client.get("/v1/acl/tokens")
+    now = datetime.now(UTC)
+
+    def expired(t: dict[str, Any]) -> bool:
+        exp = t.get("ExpirationTime")
+        return bool(exp) and datetime.fromisoformat(str(exp).replace("Z", "+00:00")) <= now
+
     print_table(["Name", "Type", "Global", "Accessor ID", "Expired"],
-                [(t.get("Name"), t.get("Type"), bool(t.get("Global")), t["AccessorID"], False) for t in items])
+                [(t.get("Name"), t.get("Type"), bool(t.get("Global")), t["AccessorID"], expired(t))
+                 for t in items])
 
 
 @token_group.command("info")
