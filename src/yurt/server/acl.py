@@ -313,6 +313,7 @@ class ACLStoreReads(Protocol):
     def acl_policy(self, name: str) -> ACLPolicy | None: ...
     def acl_token_by_hash(self, digest: str) -> ACLToken | None: ...
     def nodes(self) -> list[Node]: ...
+    def table_index(self, table: str) -> int: ...
 
 
 class ACLResolver:
@@ -324,6 +325,7 @@ class ACLResolver:
         self.verifier = verifier
         self.resolvers: list[Resolver] = [self._token, self._node, self._workload]
         self._cache: dict[str, tuple[int, Rules]] = {}
+        self._nodes: tuple[int, dict[str, Node]] = (-1, {})   # node secrets, at the nodes table's index
 
     def add(self, resolver: Resolver) -> None:
         self.resolvers.append(resolver)
@@ -362,10 +364,11 @@ class ACLResolver:
         return Identity("token", ACL(self.rules_of(tok.policies)), token=tok)
 
     def _node(self, secret: str) -> Identity | None:
-        for node in self.store.nodes():
-            if node.secret_id and node.secret_id == secret:
-                return Identity("node", ACL(node_rules()), node=node)
-        return None
+        index = self.store.table_index("nodes")
+        if self._nodes[0] != index:
+            self._nodes = (index, {n.secret_id: n for n in self.store.nodes() if n.secret_id})
+        node = self._nodes[1].get(secret)
+        return Identity("node", ACL(node_rules()), node=node) if node is not None else None
 
     def _workload(self, secret: str) -> Identity | None:
         if self.verifier is None:

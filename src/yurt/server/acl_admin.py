@@ -54,6 +54,11 @@ class ACLAdmin:
 
     def bootstrap(self, secret: str = "") -> ACLToken:
         """The first management token, once. Returns it with its SecretID (shown only now)."""
+        if secret:
+            try:
+                uuid.UUID(secret)
+            except ValueError:
+                raise InvalidInput("BootstrapSecret must be a UUID (like the SecretIDs Yurt makes)") from None
         reset = 0
         try:
             with open(self.reset_path, encoding="utf-8") as f:
