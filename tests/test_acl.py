@@ -367,3 +367,27 @@ def test_the_anonymous_policy_gives_requests_without_a_token_its_rights(agent, r
         finally:
             assert c.delete("/v1/acl/policy/anonymous", headers=h(root)).status_code == 200
         assert c.get("/v1/jobs").status_code == 403
+
+
+def test_acl_tables_survive_a_restart_of_the_store(tmp_path):
+    from yurt.server.acl_admin import ACLAdmin
+    from yurt.state import StateStore
+    path = str(tmp_path / "state.db")
+    store = StateStore(path)
+    admin = ACLAdmin(store)
+    boot = admin.bootstrap()
+    admin.upsert_policy("ro", {"Name": "ro", "Rules": 'namespace "default" { policy = "read" }'})
+    tok = admin.create_token({"Name": "t", "Policies": ["ro"]})
+    store.close()
+    store = StateStore(path)
+    try:
+        admin = ACLAdmin(store)
+        assert admin.resolver.resolve(boot.secret_id).management
+        me = admin.resolver.resolve(tok.secret_id)
+        assert me.token is not None and me.token.name == "t" and me.token.secret_id == ""
+        assert me.acl.allow_namespace("default", "read-job")
+        from yurt.errors import InvalidInput
+        with pytest.raises(InvalidInput, match=r"ACL bootstrap already done \(reset index: 1\)"):
+            admin.bootstrap()
+    finally:
+        store.close()
