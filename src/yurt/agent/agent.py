@@ -48,6 +48,8 @@ class Agent:
                                  datacenter=config.datacenter,
                                  default_intention_policy=config.default_intention_policy,
                                  leaf_cert_ttl=config.leaf_cert_ttl)
+        self.bootstrap_secret = ""   # -dev -acl-enabled: the bootstrap token's SecretID
+        self.internal_token = self._acl_setup()
         # the servers this agent talks to: itself, or its configured servers (the client fails
         # over between them; `server_address` is the one it talks to now)
         # with tls { }: HTTPS to them, trusting ca_file and presenting cert_file as a client certificate
@@ -77,6 +79,27 @@ class Agent:
         self.app = create_app(self)
         self._http: uvicorn.Server | None = None
         self._uds: uvicorn.Server | None = None
+
+    def _acl_setup(self) -> str:
+        """ACLs on a server: this agent's own in-process callers (its checks, its client when it
+        has one) get a secret only this process knows, with a node agent's rights; -dev bootstraps."""
+        import uuid
+
+        from yurt.server.acl import ACL, Identity, node_rules
+        from yurt.structs import parse_duration
+        secret = str(uuid.uuid4())
+        if self.server is None:
+            return secret   # a client-only agent knows its own secret (api/authz.py)
+        self.server.acl.min_ttl = parse_duration(self.config.acl_token_min_ttl)
+        self.server.acl.max_ttl = parse_duration(self.config.acl_token_max_ttl)
+        ident = Identity("node", ACL(node_rules()))
+        self.server.acl.resolver.add(lambda s: ident if s == secret else None)
+        if self.config.acl_enabled and self.config.dev:
+            try:
+                self.bootstrap_secret = self.server.acl.bootstrap().secret_id
+            except Exception as e:  # noqa: BLE001 - a -dev agent with -data-dir bootstrapped before
+                log.warning("ACL bootstrap at start: %s", e)
+        return secret
 
     @property
     def server_address(self) -> str:
@@ -109,7 +132,7 @@ class Agent:
             threading.Thread(target=self._start_client_when_serving, daemon=True).start()
         self.leaf_certs.start()
         from .agent_checks import AgentChecks
-        self._checks = AgentChecks(YurtClient(self.config.address, tls=self.tls))
+        self._checks = AgentChecks(_with_token(YurtClient(self.config.address, tls=self.tls), self.internal_token))
         self._checks.start()
         self._serve_socket()
         # uvicorn stops on SIGINT/SIGTERM and then re-raises the signal with the handler that was
@@ -204,3 +227,8 @@ def _serving_tls(config: AgentConfig) -> dict:
     if t.verify_https_client:
         options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     return options
+
+
+def _with_token(client: YurtClient, token: str) -> YurtClient:
+    client.token = token
+    return client

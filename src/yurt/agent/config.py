@@ -54,6 +54,9 @@ class AgentConfig:
     default_intention_policy: str = "allow"   # what intentions decide when none matches
     leaf_cert_ttl: str | None = None          # Connect leaf certificate TTL (CA default 72h)
     tls: TLSSettings = field(default_factory=TLSSettings)   # tls { http ca_file ... }
+    acl_enabled: bool = False                 # acl { enabled = true } / -acl-enabled
+    acl_token_min_ttl: str = "1m"             # acl { token_min_expiration_ttl }
+    acl_token_max_ttl: str = "24h"            # acl { token_max_expiration_ttl }
     # found by resolve(): the node address and the HTTP host advertised to other hosts
     node_ip: str = ""
     http_host: str = ""
@@ -134,7 +137,7 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     raw = _unwrap(raw)
     known = {"name", "region", "datacenter", "data_dir", "bind_addr", "ports", "server", "client",
              "plugin", "log_level", "advertise", "leave_on_interrupt", "leave_on_terminate",
-             "connect", "tls"}
+             "connect", "tls", "acl"}
     for key in raw:
         if key not in known:
             raise ConfigError(f'{path}: unknown setting "{key}"; Yurt reads: {", ".join(sorted(known))}')
@@ -196,6 +199,18 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     tls = _first(raw.get("tls"))
     if tls is not None:
         _load_tls(tls, path, cfg.tls)
+    acl = _first(raw.get("acl"))
+    if acl is not None:  # acl { enabled = true }
+        ttls = {"token_min_expiration_ttl": "acl_token_min_ttl", "token_max_expiration_ttl": "acl_token_max_ttl"}
+        unknown = sorted(set(acl) - {"enabled", *ttls})
+        if unknown:
+            raise ConfigError(f'{path}: acl {{ {unknown[0]} }} is not a setting Yurt reads; acl takes '
+                              '"enabled", "token_min_expiration_ttl" and "token_max_expiration_ttl"')
+        cfg.acl_enabled = acl.get("enabled") in (True, "true", 1)
+        for key, attr in ttls.items():
+            if key in acl:
+                _seconds(acl[key], path, f"acl.{key}")
+                setattr(cfg, attr, str(acl[key]))
     for plugin in raw.get("plugin", []) or []:
         for name, body in (plugin or {}).items():
             conf = _first((_first(body) or {}).get("config")) or {}

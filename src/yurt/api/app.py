@@ -3,21 +3,26 @@ to HTTP in one place (`errors.install`)."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from yurt import __version__
 
 from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_intentions, errors, internal,
                jobs, logs)
 from . import nodes
+from . import acl, authz
 
 
 def create_app(agent) -> FastAPI:
-    app = FastAPI(title="Yurt", version=__version__, docs_url="/ui/api", redoc_url=None)
+    # every route's ACL check (api/authz.py); with ACLs on, no unauthenticated API description
+    acl_on = bool(getattr(getattr(agent, "config", None), "acl_enabled", False))
+    app = FastAPI(title="Yurt", version=__version__, docs_url=None if acl_on else "/ui/api", redoc_url=None,
+                  openapi_url=None if acl_on else "/openapi.json", dependencies=[Depends(authz.authorize)])
     app.state.agent = agent
     for module in (jobs, allocs, logs, agent_routes, internal, consul_catalog, consul_connect,
                    consul_intentions):
         app.include_router(module.router)
     app.include_router(nodes.router)
+    app.include_router(acl.router)
     errors.install(app)
     return app

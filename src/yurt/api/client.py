@@ -129,6 +129,7 @@ class YurtClient:
         self._timeout = timeout
         self._current = 0
         self._clients: dict[str, httpx.Client] = {}
+        self.token = ""   # sent as X-Nomad-Token (ACLs); a client agent sets its node SecretID
 
     @property
     def address(self) -> str:
@@ -159,6 +160,7 @@ class YurtClient:
         while True:
             try:
                 resp = self._http.request(method, path, params=params, json=json,
+                                          headers={"X-Nomad-Token": self.token} if self.token else None,
                                           timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
                 break
             except httpx.ConnectError as e:   # nothing was sent: the next address may answer
@@ -271,7 +273,8 @@ class YurtClient:
                   "follow": "true" if follow else "false", "origin": origin, "offset": offset}
         try:
             with self._http.stream("GET", f"/v1/client/fs/logs/{alloc_id}", params=params,
-                                   timeout=httpx.Timeout(30.0, read=None)) as resp:
+                                   timeout=httpx.Timeout(30.0, read=None),
+                                   headers={"X-Nomad-Token": self.token} if self.token else None) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise error_for_status(resp.status_code, resp.text.strip())

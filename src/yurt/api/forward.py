@@ -24,6 +24,7 @@ HOP = "X-Yurt-Forwarded"
 PASSED_BACK = {h.title() for h in (
     "Content-Type", "X-Nomad-Index", "X-Nomad-KnownLeader", "X-Nomad-LastContact", "X-Consul-Index",
     "X-Consul-KnownLeader", "X-Consul-LastContact", "X-Consul-Default-ACL-Policy")}
+TOKEN_HEADERS = ("x-nomad-token", "x-consul-token", "authorization")   # ACLs: the server checks them
 TIMEOUT = httpx.Timeout(30.0, read=660.0)   # a blocking query may wait 10 minutes
 
 
@@ -72,7 +73,8 @@ async def proxy(request: Request, base: str, *, body: bytes | None = None,
     url = base.rstrip("/") + request.url.path
     outgoing = client.build_request(
         request.method, url, params={**request.query_params, **(params or {})},
-        content=body if body is not None else await request.body(), headers={HOP: "1"})
+        content=body if body is not None else await request.body(),
+        headers={HOP: "1", **{k: v for k, v in request.headers.items() if k.lower() in TOKEN_HEADERS}})
     try:
         resp = await client.send(outgoing, stream=True)
     except httpx.HTTPError as e:

@@ -11,6 +11,7 @@ from yurt.server.admission import InvalidJob, admit_job, parse_job_file
 from yurt.server.reads import Reads
 from yurt.structs import Job
 
+from .authz import may, require_namespace
 from .common import block, flag, json_body, reply, write_reply
 from .forward import ServerReads, need_server
 
@@ -44,6 +45,7 @@ def _job(request: Request, reads: Reads, job_id: str) -> Job:
 async def list_jobs(request: Request, reads: ServerReads):
     index = await block(request, reads, "jobs")
     jobs = reads.jobs(request.query_params.get("namespace"), request.query_params.get("prefix", ""))
+    jobs = [j for j in jobs if may(request, j.namespace or "default", "list-jobs")]
     return reply([_stub(j, reads.job_summary(j.namespace, j.id)) for j in jobs], index)
 
 
@@ -63,6 +65,7 @@ def enforce_index(body: dict) -> int | None:
 async def register(request: Request):
     body = await json_body(request)
     job, warnings = admit_job(body)
+    require_namespace(request, job.namespace or "default", "submit-job")  # the body's namespace
     result = request.app.state.agent.server.register_job(job, enforce_index=enforce_index(body))
     result["Warnings"] = "\n".join(warnings)
     return write_reply(result)

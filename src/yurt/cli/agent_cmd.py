@@ -36,12 +36,14 @@ from .output import fail, out
               help="What service mesh intentions decide when none matches (default allow).")
 @click.option("-leaf-cert-ttl", "--leaf-cert-ttl", "leaf_cert_ttl",
               help='Lifetime of Connect leaf certificates, e.g. "72h" (the default) or "2m".')
+@click.option("-acl-enabled", "--acl-enabled", "acl_enabled", is_flag=True,
+              help="Turn ACLs on (as acl { enabled = true }); with -dev, bootstrap at start.")
 def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_dir: str | None,
               bind: str | None, network_interface: str | None, http_port: int | None, node_name: str | None,
               datacenter: str | None,
               region: str | None, server_flag: bool, client_flag: bool, servers: str | None,
               log_level: str | None, default_intention_policy: str | None,
-              leaf_cert_ttl: str | None) -> None:
+              leaf_cert_ttl: str | None, acl_enabled: bool = False) -> None:
     """Run a Yurt agent."""
     from yurt.agent.agent import Agent
     from yurt.agent.config import AgentConfig, dev_config, load_file
@@ -68,6 +70,8 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
                             ("leaf_cert_ttl", leaf_cert_ttl)):
             if value is not None:
                 setattr(cfg, name, value)
+        if acl_enabled:
+            cfg.acl_enabled = True
         if servers:
             cfg.servers = [s.strip() for s in servers.split(",") if s.strip()]
         if data_dir and (dev or dev_connect):
@@ -84,13 +88,19 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
     logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
     for warning in cfg.warnings:
         logging.getLogger("yurt.agent").warning("%s", warning)
+    if cfg.dev and not cfg.acl_enabled:
+        logging.getLogger("yurt.agent").info("ACLs are disabled in -dev mode: every request may do "
+                                             "everything (turn them on with -acl-enabled)")
+    acl_line = ""
+    if agent.bootstrap_secret:
+        acl_line = f"   ACL Token: {agent.bootstrap_secret} (bootstrap, management)\n"
     out.print(f"==> Yurt agent configuration:\n\n"
               f"       Client: {str(cfg.client).lower()}\n"
               f"    Data Dir: {cfg.data_dir}{' (temporary)' if cfg.dev else ''}\n"
               f"   Datacenter: {cfg.datacenter}\n"
               f"        Region: {cfg.region}\n"
               f"       Server: {str(cfg.server).lower()}\n"
-              f"      Address: {cfg.address}\n\n==> Yurt agent started! Log data will stream in below:\n")
+              f"      Address: {cfg.address}\n{acl_line}\n==> Yurt agent started! Log data will stream in below:\n")
     try:
         agent.run()
     except OSError as e:

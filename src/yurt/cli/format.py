@@ -26,9 +26,25 @@ NONE = "<none>"
 
 
 # -- the -address flag and API errors ---------------------------------------------------------
+def _remember_token(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta["yurt.token"] = value
+
+
+def token() -> str:
+    """The ACL token: `-token`, else $YURT_TOKEN, else $NOMAD_TOKEN."""
+    import os
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get("yurt.token") if ctx is not None else None
+    return given or os.environ.get("YURT_TOKEN") or os.environ.get("NOMAD_TOKEN") or ""
+
+
 def address_option(fn: Callable) -> Callable:
-    """`-address ADDR` (default: $YURT_ADDR, then $NOMAD_ADDR, then http://127.0.0.1:4646), and
-    the TLS flags (`tls_options`)."""
+    """`-address ADDR` (default: $YURT_ADDR, then $NOMAD_ADDR, then http://127.0.0.1:4646), the
+    TLS flags (`tls_options`) and `-token SECRET` (default: $YURT_TOKEN, then $NOMAD_TOKEN)."""
+    fn = click.option("-token", "--token", metavar="SECRET", default=None, expose_value=False,
+                      callback=_remember_token,
+                      help="The ACL token's SecretID (default $YURT_TOKEN or $NOMAD_TOKEN).")(fn)
     return click.option("-address", "--address", "address", metavar="ADDR", default=None,
                         help="The agent's HTTP address (default $YURT_ADDR, $NOMAD_ADDR or "
                              "http://127.0.0.1:4646).")(tls_options(fn))
@@ -86,7 +102,9 @@ def connect(address: str | None) -> YurtClient:
     tls = TLSConfig.from_env()
     if flags:
         tls = dataclasses.replace(tls, **flags)
-    return YurtClient(address or default_address(), tls=tls)
+    client = YurtClient(address or default_address(), tls=tls)
+    client.token = token()
+    return client
 
 
 # -- IDs and times ----------------------------------------------------------------------------

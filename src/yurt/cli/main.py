@@ -9,6 +9,7 @@ import click
 from yurt import __version__
 
 from .flags import NomadGroup
+from .acl_cmd import acl_group
 from .agent_cmd import agent_cmd
 from .doctor_cmd import doctor_cmd
 from .alloc_cmd import alloc_group
@@ -45,6 +46,7 @@ cli.add_command(intention_group)
 cli.add_command(connect_group)
 cli.add_command(lab_group)
 cli.add_command(tls_group)
+cli.add_command(acl_group)
 
 
 def main(argv: list[str] | None = None) -> None:

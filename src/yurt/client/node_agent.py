@@ -86,6 +86,8 @@ class NodeAgent:
                                      region=c.region, node_class=c.node_class, node_pool=c.node_pool,
                                      address=c.network_ip, http_addr=c.http_addr, meta=c.meta,
                                      network_interface=c.network_interface, host_networks=c.host_networks)
+        if not self.api.token:   # with ACLs on, the server knows this client by its node secret
+            self.api.token = self.node.secret_id
         self._restore_runners()
         for target, name in ((self._register_and_heartbeat, "heartbeat"), (self._watch, "watch"),
                              (self._sync, "sync")):

@@ -41,6 +41,8 @@ class Server:
                  default_intention_policy: str = "allow", leaf_cert_ttl: str | None = None) -> None:
         self.store = store
         self.reads = Reads(store)  # what the HTTP API reads
+        from .acl_admin import ACLAdmin
+        self.acl = ACLAdmin(store)  # policies, tokens, and who a request is (`acl.resolver`)
         self.region = region
         self.datacenter = datacenter
         self.broker = EvalBroker()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from yurt.structs import Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
+from yurt.structs import ACLPolicy, ACLToken, Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
 
 JobKey = tuple[str, str]            # (namespace, job id)
 VersionKey = tuple[str, str, int]   # (namespace, job id, JobModifyIndex of that version)
@@ -23,11 +23,12 @@ ServiceKey = tuple[str, str]        # (node ID or name, service ID)
 
 # "ca" is the CA's state (roots, config); "ca_serial" its certificate serial counter, apart so
 # that signing a leaf does not wake everyone watching the roots.
-TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "ca_serial")
+TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "ca_serial", "acl")
 
 _TOP = ("jobs", "versions", "job_cache", "evals", "evals_by_job", "allocs", "allocs_by_job",
         "allocs_by_node", "allocs_by_eval", "nodes", "counts", "services", "services_by_name",
-        "services_by_dest", "services_by_alloc", "services_by_node", "intentions")
+        "services_by_dest", "services_by_alloc", "services_by_node", "intentions", "acl_policies",
+        "acl_tokens")
 _NESTED = ("versions", "evals_by_job", "allocs_by_job", "allocs_by_node", "allocs_by_eval",
            "services_by_name", "services_by_dest", "services_by_alloc", "services_by_node")
 
@@ -94,6 +95,9 @@ class Tables:
         self.intentions: dict[str, Intention] = {}
         self.ca_state: CAState | None = None   # replaced whole on write, never mutated
         self.ca_serial = 0
+        self.acl_policies: dict[str, ACLPolicy] = {}
+        self.acl_tokens: dict[str, ACLToken] = {}           # by AccessorID
+        self.acl_bootstrap = 0                              # the index of the bootstrap; 0: not done
         self._owned: set[str] = set(_TOP)
         self._owned_keys: dict[str, set[Any]] = {n: set() for n in _NESTED + ("counts",)}
         self._all_owned = True
@@ -108,6 +112,7 @@ class Tables:
         for name in _TOP:
             setattr(snap, name, getattr(self, name))
         snap.ca_state, snap.ca_serial = self.ca_state, self.ca_serial
+        snap.acl_bootstrap = self.acl_bootstrap
         snap._owned, snap._owned_keys, snap._all_owned = set(), {}, False
         self._owned = set()
         for keys in self._owned_keys.values():
@@ -254,3 +259,17 @@ class Tables:
 
     def drop_intention(self, ix_id: str) -> None:
         self._top("intentions").pop(ix_id, None)
+
+    # --- ACL -------------------------------------------------------------------------------------
+
+    def put_acl_policy(self, p: ACLPolicy) -> None:
+        self._top("acl_policies")[p.name] = p
+
+    def drop_acl_policy(self, name: str) -> None:
+        self._top("acl_policies").pop(name, None)
+
+    def put_acl_token(self, t: ACLToken) -> None:
+        self._top("acl_tokens")[t.accessor_id] = t
+
+    def drop_acl_token(self, accessor: str) -> None:
+        self._top("acl_tokens").pop(accessor, None)

@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from yurt.structs import Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
+from yurt.structs import ACLPolicy, ACLToken, Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
 
 from .memory import TABLES
 
@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS intentions (
     id TEXT PRIMARY KEY, source TEXT NOT NULL, destination TEXT NOT NULL,
     modify_index INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ca (key TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS acl_policies (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS acl_tokens (accessor TEXT PRIMARY KEY, secret_hash TEXT NOT NULL,
+    body TEXT NOT NULL);
 """
 
 
@@ -78,6 +81,9 @@ class Changes:
     intentions: dict[str, Intention | None] = field(default_factory=dict)
     ca_state: CAState | None = None     # set: the CA's new state
     ca_serial: int | None = None        # set: the serial counter's new value
+    acl_policies: dict[str, ACLPolicy | None] = field(default_factory=dict)
+    acl_tokens: dict[str, ACLToken | None] = field(default_factory=dict)
+    acl_bootstrap: int | None = None    # set: the index of the bootstrap (0: reset)
 
     def tables(self) -> set[str]:
         t = set()
@@ -89,6 +95,8 @@ class Changes:
             t.add("ca")
         if self.ca_serial is not None:
             t.add("ca_serial")
+        if self.acl_policies or self.acl_tokens or self.acl_bootstrap is not None:
+            t.add("acl")
         if self.jobs or self.versions or self.versions_purged or self.versions_dropped:
             t.add("jobs")
         if self.evals:
@@ -113,6 +121,9 @@ class Loaded:
     intentions: list[Intention] = field(default_factory=list)
     ca_state: CAState | None = None
     ca_serial: int = 0
+    acl_policies: list[ACLPolicy] = field(default_factory=list)
+    acl_tokens: list[ACLToken] = field(default_factory=list)
+    acl_bootstrap: int = 0
 
 
 class SqliteBackend:
@@ -159,8 +170,11 @@ class SqliteBackend:
         intentions = [Intention.model_validate_json(b) for (b,) in c.execute("SELECT body FROM intentions")]
         ca = dict(c.execute("SELECT key, body FROM ca"))
         ca_state = CAState.model_validate_json(ca["state"]) if "state" in ca else None
+        policies = [ACLPolicy.model_validate_json(b) for (b,) in c.execute("SELECT body FROM acl_policies")]
+        tokens = [ACLToken.model_validate_json(b) for (b,) in c.execute("SELECT body FROM acl_tokens")]
         return Loaded(meta.get("index", 0), table_index, jobs, versions, evals, allocs, nodes,
-                      services, intentions, ca_state, int(ca.get("serial", 0)))
+                      services, intentions, ca_state, int(ca.get("serial", 0)), policies, tokens,
+                      int(meta.get("acl_bootstrap", 0)))
 
     # --- write ---------------------------------------------------------------------------------
 
@@ -266,3 +280,16 @@ class SqliteBackend:
             c.execute("INSERT OR REPLACE INTO ca (key, body) VALUES ('state', ?)", (dump(ch.ca_state),))
         if ch.ca_serial is not None:
             c.execute("INSERT OR REPLACE INTO ca (key, body) VALUES ('serial', ?)", (str(ch.ca_serial),))
+        for name, p in ch.acl_policies.items():
+            if p is None:
+                c.execute("DELETE FROM acl_policies WHERE name=?", (name,))
+            else:
+                c.execute("INSERT OR REPLACE INTO acl_policies (name, body) VALUES (?,?)", (name, dump(p)))
+        for accessor, tok in ch.acl_tokens.items():
+            if tok is None:
+                c.execute("DELETE FROM acl_tokens WHERE accessor=?", (accessor,))
+            else:   # never the SecretID: only its hash is kept
+                c.execute("INSERT OR REPLACE INTO acl_tokens (accessor, secret_hash, body) VALUES (?,?,?)",
+                          (accessor, tok.secret_hash, dump(tok, exclude={"secret_id"})))
+        if ch.acl_bootstrap is not None:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('acl_bootstrap', ?)", (ch.acl_bootstrap,))

@@ -30,6 +30,7 @@ from . import derive
 from .blocking import Target, Waiters
 from .errors import NotFound
 from .memory import TABLES, Tables, job_key, version_key
+from .acl_store import ACLStore
 from .mesh_store import MeshStore
 from .sqlite_backend import Changes, SqliteBackend
 from .view import Snapshot, StateView
@@ -40,7 +41,7 @@ class _Unchanged(Exception):
     """Raised inside a write that turns out to change nothing: it is dropped, not committed."""
 
 
-class StateStore(MeshStore):
+class StateStore(MeshStore, ACLStore):
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         self._backend = SqliteBackend(path, synchronous)
@@ -112,6 +113,11 @@ class StateStore(MeshStore):
         for ix in loaded.intentions:
             t.put_intention(ix)
         t.ca_state, t.ca_serial = loaded.ca_state, loaded.ca_serial
+        for p in loaded.acl_policies:
+            t.put_acl_policy(p)
+        for tok in loaded.acl_tokens:
+            t.put_acl_token(tok)
+        t.acl_bootstrap = loaded.acl_bootstrap
         for key, job in list(t.jobs.items()):  # status is stored, but heal it if it drifted
             counts = t.counts.get((key[0], key[1], job.create_index))
             status = derive.job_status(job, counts, t.evals_by_job.get(key, {}).values())
@@ -179,6 +185,18 @@ class StateStore(MeshStore):
             t.ca_state = ch.ca_state
         if ch.ca_serial is not None:
             t.ca_serial = ch.ca_serial
+        for name, p in ch.acl_policies.items():
+            if p is None:
+                t.drop_acl_policy(name)
+            else:
+                t.put_acl_policy(p)
+        for accessor, tok in ch.acl_tokens.items():
+            if tok is None:
+                t.drop_acl_token(accessor)
+            else:
+                t.put_acl_token(tok)
+        if ch.acl_bootstrap is not None:
+            t.acl_bootstrap = ch.acl_bootstrap
 
     # --- jobs ----------------------------------------------------------------------------------
 

@@ -26,9 +26,11 @@ from .catalog import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, ConnectProxy
                       ServiceRegistration, UpstreamConfig)
 from .connect import (CAConfig, CARoot, CAState, Intention, IssuedCert, SpiffeService,
                       parse_service_uri, service_uri)
+from .acl import TOKEN_CLIENT, TOKEN_MANAGEMENT, ACLPolicy, ACLToken, secret_hash
 from . import alloc as alloc_status, evaluation as eval_status, node as node_status
 
 __all__ = [
+    "ACLPolicy", "ACLToken", "TOKEN_CLIENT", "TOKEN_MANAGEMENT", "secret_hash",
     "Affinity", "CNIConfig", "ChangeScript", "CheckRestart", "Constraint", "ConsulConnect",
     "ConsulExposeConfig", "ConsulExposePath", "ConsulProxy", "ConsulSidecarService",
     "ConsulTransparentProxy", "ConsulUpstream", "DNSConfig", "Duration", "EphemeralDisk",

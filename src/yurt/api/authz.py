@@ -1,0 +1,310 @@
+"""Who may call which route: every route's requirement in one table, checked app-wide.
+
+`REQUIREMENTS` maps (method, path template) to a `Requirement`; `authorize`, a dependency of
+every route, looks up the matched route and checks the caller's identity against it. A route
+missing from the table is denied (fail closed) unless it is in `PUBLIC`. With ACLs disabled
+(the default) everything is allowed.
+
+An agent without a server (a client-only agent) has no ACL tables: it asks its server
+(`/v1/internal/acl/check`, with the caller's token) whether the caller meets the route's
+requirement, then answers or forwards the request (with its token) as usual. The agent's own
+in-process callers use a secret only this process knows (`Agent.internal_token`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+import httpx
+
+from yurt.errors import PermissionDenied, Unavailable
+from yurt.server.acl import ACL, Identity, node_rules
+
+PUBLIC: frozenset[tuple[str, str]] = frozenset({
+    ("GET", "/v1/agent/health"),
+    ("GET", "/v1/connect/ca/roots"),
+    ("GET", "/v1/agent/connect/ca/roots"),
+    ("GET", "/.well-known/jwks.json"),
+    ("PUT", "/v1/acl/bootstrap"), ("POST", "/v1/acl/bootstrap"),
+    ("GET", "/v1/acl/token/self"),
+    ("GET", "/v1/status/leader"),
+})
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """kind: namespace (cap), node/agent/operator (cap = read|write), service/intention (cap =
+    read|write, the name from path or query parameter `name_from`, "*" if absent), management,
+    node_identity (a client agent's node secret), any (any resolved identity)."""
+
+    kind: str
+    cap: str = ""
+    name_from: str = ""
+
+    def describe(self, name: str) -> str:
+        if self.kind == "namespace":
+            return f'namespace "{name}" capability {self.cap}'
+        if self.kind in ("service", "intention"):
+            return f'{self.kind} "{name}" {self.cap}'
+        if self.kind in ("node", "agent", "operator"):
+            return f"{self.kind}:{self.cap}"
+        if self.kind == "any":
+            return "an ACL token"
+        if self.kind in ("node_identity", "node_register"):
+            return "a client node's identity (its node SecretID)"
+        return "a management token"
+
+
+def _r(kind: str, cap: str = "", name_from: str = "") -> Requirement:
+    return Requirement(kind, cap, name_from)
+
+
+NS = "namespace"
+READ_JOB = _r(NS, "read-job")
+SUBMIT = _r(NS, "submit-job")
+MGMT = _r("management")
+NODE_ID = _r("node_identity")
+
+REQUIREMENTS: dict[tuple[str, str], Requirement] = {}
+
+
+def _add(methods: str, path: str, req: Requirement) -> None:
+    for m in methods.split():
+        REQUIREMENTS[(m, path)] = req
+
+
+# Nomad-shaped
+_add("GET", "/v1/jobs", _r(NS, "list-jobs"))
+_add("PUT POST", "/v1/jobs", SUBMIT)
+_add("PUT POST", "/v1/jobs/parse", _r(NS, "parse-job"))
+_add("PUT POST", "/v1/validate/job", _r(NS, "read-job"))
+_add("GET", "/v1/job/{job_id}", READ_JOB)
+_add("PUT POST DELETE", "/v1/job/{job_id}", SUBMIT)
+_add("PUT POST", "/v1/job/{job_id}/plan", SUBMIT)
+_add("PUT POST", "/v1/job/{job_id}/evaluate", SUBMIT)
+for sub in ("allocations", "evaluations", "versions", "summary", "deployment", "deployments"):
+    _add("GET", f"/v1/job/{{job_id}}/{sub}", READ_JOB)
+_add("GET", "/v1/allocations", READ_JOB)
+_add("GET", "/v1/allocation/{alloc_id}", READ_JOB)
+_add("PUT POST", "/v1/allocation/{alloc_id}/stop", _r(NS, "alloc-lifecycle"))
+_add("GET", "/v1/evaluations", READ_JOB)
+_add("GET", "/v1/evaluation/{eval_id}", READ_JOB)
+_add("GET", "/v1/evaluation/{eval_id}/allocations", READ_JOB)
+_add("GET", "/v1/nodes", _r("node", "read"))
+_add("GET", "/v1/node/{node_id}", _r("node", "read"))
+_add("GET", "/v1/node/{node_id}/allocations", _r("node", "read"))
+_add("PUT POST", "/v1/node/{node_id}/drain", _r("node", "write"))
+_add("PUT POST", "/v1/node/{node_id}/eligibility", _r("node", "write"))
+_add("PUT POST", "/v1/node/{node_id}/purge", _r("node", "write"))
+_add("GET", "/v1/client/fs/logs/{alloc_id}", _r(NS, "read-logs"))
+_add("GET", "/v1/agent/self", _r("agent", "read"))
+_add("GET", "/v1/agent/members", _r("node", "read"))
+_add("GET", "/v1/status/peers", _r("operator", "read"))
+_add("GET", "/v1/regions", _r("agent", "read"))
+# the client agent's routes to its server
+_add("PUT", "/v1/internal/node/register", _r("node_register"))
+_add("PUT", "/v1/internal/node/{node_id}/heartbeat", _r("node_identity", "", "node_id"))
+_add("PUT", "/v1/internal/node/{node_id}/allocations", _r("node_identity", "", "node_id"))
+_add("PUT", "/v1/internal/connect/ca/sign", NODE_ID)
+_add("POST", "/v1/internal/acl/check", _r("check"))   # the route checks the requirement it is asked
+# Consul-shaped
+_add("PUT", "/v1/agent/service/register", _r("service", "write", "body:Name"))
+_add("GET PUT", "/v1/agent/service/deregister/{service_id}", _r("service", "write", "service_id"))
+_add("GET", "/v1/agent/services", _r("service", "read"))
+_add("GET", "/v1/agent/service/{service_id}", _r("service", "read", "service_id"))
+_add("GET", "/v1/agent/checks", _r("service", "read"))
+_add("PUT", "/v1/agent/check/{verb}/{check_id:path}", _r("service", "write"))
+_add("GET", "/v1/catalog/services", _r("service", "read"))
+for p in ("/v1/catalog/service/{name}", "/v1/catalog/connect/{name}", "/v1/health/service/{name}",
+          "/v1/health/connect/{name}", "/v1/health/checks/{name}"):
+    _add("GET", p, _r("service", "read", "name"))
+_add("GET", "/v1/health/state/{state}", _r("service", "read"))
+_add("GET", "/v1/connect/ca/configuration", _r("operator", "read"))
+_add("PUT", "/v1/connect/ca/configuration", _r("operator", "write"))
+_add("GET", "/v1/agent/connect/ca/leaf/{service}", _r("service", "write", "service"))
+_add("POST PUT", "/v1/agent/connect/authorize", _r("intention", "read", "body:Target"))
+_add("GET", "/v1/connect/intentions", _r("intention", "read"))
+_add("POST", "/v1/connect/intentions", _r("intention", "write", "body:DestinationName"))
+_add("GET", "/v1/connect/intentions/exact", _r("intention", "read", "destination"))
+_add("PUT DELETE", "/v1/connect/intentions/exact", _r("intention", "write", "destination"))
+_add("GET", "/v1/connect/intentions/match", _r("intention", "read", "name"))
+_add("GET", "/v1/connect/intentions/check", _r("intention", "read", "destination"))
+_add("GET", "/v1/connect/intentions/{ix_id}", _r("intention", "read"))
+_add("PUT DELETE", "/v1/connect/intentions/{ix_id}", _r("intention", "write"))
+# ACLs: the routes check further themselves (management, or the token's own)
+_add("GET", "/v1/acl/policies", _r("any"))
+_add("GET", "/v1/acl/policy/{name}", _r("any"))
+_add("PUT POST DELETE", "/v1/acl/policy/{name}", MGMT)
+_add("GET", "/v1/acl/tokens", MGMT)
+_add("PUT POST", "/v1/acl/token", MGMT)
+_add("GET", "/v1/acl/token/{accessor}", _r("any"))
+_add("PUT POST DELETE", "/v1/acl/token/{accessor}", MGMT)
+
+
+def request_token(request: Request) -> str:
+    """The caller's secret: X-Nomad-Token, X-Consul-Token, or Authorization: Bearer."""
+    h = request.headers
+    for name in ("x-nomad-token", "x-consul-token"):
+        if h.get(name, "").strip():
+            return h[name].strip()
+    auth = h.get("authorization", "").strip()
+    scheme, _, rest = auth.partition(" ")
+    if scheme.lower() == "bearer" and rest.strip():
+        return rest.strip().split()[0]
+    return ""
+
+
+def acl_enabled(request: Request) -> bool:
+    return bool(getattr(request.app.state.agent.config, "acl_enabled", False))
+
+
+def identity(request: Request) -> Identity | None:
+    """The caller's identity (resolved once per request), or None with ACLs disabled or on an
+    agent without a server."""
+    if not acl_enabled(request):
+        return None
+    if "yurt.identity" in request.scope:
+        ident: Identity | None = request.scope["yurt.identity"]
+        return ident
+    own = getattr(request.app.state.agent, "internal_token", "")
+    if own and request_token(request) == own:
+        request.scope["yurt.identity"] = Identity("node", ACL(node_rules()))
+        return request.scope["yurt.identity"]   # type: ignore[no-any-return]
+    server = request.app.state.agent.server
+    ident = server.acl.resolver.resolve(request_token(request)) if server is not None else None
+    request.scope["yurt.identity"] = ident
+    return ident
+
+
+def _denied(what: str) -> PermissionDenied:
+    return PermissionDenied(f"Permission denied: this needs {what}")
+
+
+async def _name(request: Request, source: str) -> str:
+    if not source:
+        return "*"
+    if source.startswith("body:"):
+        try:
+            body = await request.json()
+        except ValueError:
+            return "*"
+        value = body.get(source[5:]) if isinstance(body, dict) else None
+        return str(value) if value else "*"
+    return str(request.path_params.get(source) or request.query_params.get(source) or "*")
+
+
+def check(ident: Identity, req: Requirement, name: str) -> bool:
+    if ident.management:
+        return True
+    if req.kind == "any":   # any identity but the anonymous one
+        return ident.kind != "anonymous"
+    if req.kind == "management":
+        return False
+    if req.kind in ("node_identity", "node_register"):   # a node speaks only for itself
+        return ident.is_node and (ident.node is None or name in ("*", ident.node.id))
+    if ident.workload is not None:
+        return req.kind in ("service", "intention") and ident.allow_mesh(req.kind, name, req.cap)
+    if req.kind == "namespace":
+        return ident.acl.allow_namespace(name, req.cap)
+    if req.kind in ("node", "agent", "operator"):
+        return ident.acl.allow(req.kind, req.cap)
+    if req.kind in ("service", "intention"):
+        return ident.allow_mesh(req.kind, name, req.cap)
+    return False
+
+
+async def authorize(request: Request) -> None:
+    """A dependency of every route (see `api.app`)."""
+    if not acl_enabled(request):
+        return
+    route = request.scope.get("route")
+    path = getattr(route, "path", request.url.path)
+    key = (request.method, path)
+    if request.method == "HEAD":
+        key = ("GET", path)
+    if key in PUBLIC:
+        return
+    req = REQUIREMENTS.get(key)
+    if req is not None and req.kind == "check":
+        return
+    if req is not None and req.kind == "node_register" and await _registers_itself(request):
+        return
+    if request.app.state.agent.server is None:
+        own = request.app.state.agent.internal_token
+        if not (own and request_token(request) == own):
+            await _ask_server(request, key, req)
+        return
+    ident = identity(request)
+    assert ident is not None
+    if req is None:   # fail closed: a route nobody declared is for management tokens only
+        if ident.management:
+            return
+        raise _denied(f"a management token: {request.method} {path} declares no capability")
+    name = await _name_for(request, req)
+    if not check(ident, req, name):
+        raise _denied(req.describe(name))
+
+
+async def _name_for(request: Request, req: Requirement) -> str:
+    if req.kind == "namespace":
+        return request.query_params.get("namespace") or "default"
+    return await _name(request, req.name_from)
+
+
+async def _ask_server(request: Request, key: tuple[str, str], req: Requirement | None) -> None:
+    """A client-only agent: may the caller do this? Its server decides (403 if not)."""
+    from .forward import HOP, TOKEN_HEADERS, server_address
+    name = await _name_for(request, req) if req is not None else ""
+    headers = {k: v for k, v in request.headers.items() if k.lower() in TOKEN_HEADERS}
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            resp = await client.post(server_address(request).rstrip("/") + "/v1/internal/acl/check",
+                                     json={"Method": key[0], "Path": key[1], "Name": name},
+                                     headers={HOP: "1", **headers})
+    except httpx.HTTPError as e:
+        raise Unavailable(f"cannot ask the server whether this request is allowed: {e}") from None
+    if resp.status_code != 200:
+        raise PermissionDenied(resp.text.strip() or "Permission denied") if resp.status_code == 403 \
+            else Unavailable(f"the server could not check this request's token: {resp.text.strip()}")
+
+
+def decide(request: Request, method: str, path: str, name: str) -> None:
+    """The server's side of `_ask_server`: raises PermissionDenied unless the caller may."""
+    ident = identity(request)
+    if ident is None:
+        return
+    req = REQUIREMENTS.get((method, path))
+    if req is None or req.kind in ("check", "node_register"):
+        if ident.management:
+            return
+        raise _denied(f"a management token: {method} {path} declares no capability")
+    if not check(ident, req, name or "*"):
+        raise _denied(req.describe(name or "*"))
+
+
+async def _registers_itself(request: Request) -> bool:
+    """A client registering its node with the node's own SecretID as its token (the server
+    refuses a SecretID that differs from the one the node registered with first)."""
+    token = request_token(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return False
+    node = body.get("Node", body) if isinstance(body, dict) else None
+    return bool(token) and isinstance(node, dict) and node.get("SecretID") == token
+
+
+def may(request: Request, namespace: str, cap: str) -> bool:
+    """Whether the caller has `cap` in `namespace` (always, with ACLs off): list routes asked for
+    every namespace (`?namespace=*`) show only what the caller may see."""
+    ident = identity(request)
+    return ident is None or check(ident, Requirement("namespace", cap), namespace)
+
+
+def require_namespace(request: Request, namespace: str, cap: str) -> None:
+    """A route's own check once it knows the namespace (a job's, from its body)."""
+    ident = identity(request)
+    if ident is not None and not check(ident, Requirement("namespace", cap), namespace):
+        raise _denied(Requirement("namespace", cap).describe(namespace))
