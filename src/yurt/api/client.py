@@ -47,6 +47,7 @@ class YurtClient:
         self._timeout = timeout
         self._current = 0
         self._clients: dict[str, httpx.Client] = {}
+        self.token = ""   # sent as X-Nomad-Token when set (a client agent's: its node's SecretID)
 
     @property
     def address(self) -> str:
@@ -77,6 +78,7 @@ class YurtClient:
         while True:
             try:
                 resp = self._http.request(method, path, params=params, json=json,
+                                          headers={"X-Nomad-Token": self.token} if self.token else None,
                                           timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
                 break
             except httpx.ConnectError as e:   # nothing was sent: the next address may answer
@@ -213,6 +215,11 @@ class YurtClient:
 
     def update_allocations(self, node_id: str, updates: list[dict]) -> dict:
         return self.put(f"/v1/internal/node/{node_id}/allocations", {"Allocs": updates})
+
+    def alloc_identity(self, alloc_id: str, node_id: str) -> dict[str, str]:
+        """{task: workload identity JWT} of an allocation placed on node `node_id`."""
+        tokens: dict[str, str] = self.put(f"/v1/internal/alloc/{alloc_id}/identity", node=node_id)["Tokens"]
+        return tokens
 
     # -- service mesh: CA, leaf certificates, intentions (Consul's API) -----------------------
     def ca_roots(self, index: int = 0, wait: str | None = None) -> tuple[dict, int]:

@@ -51,6 +51,10 @@ ServerReads = Annotated[Reads, Depends(server_reads)]
 """A route's parameter `reads: ServerReads` is the server's read layer."""
 
 
+# the caller's credentials go with a forwarded request (node secrets, workload identities, tokens)
+TOKEN_HEADERS = ("X-Nomad-Token", "X-Consul-Token", "Authorization")
+
+
 def forwarded(request: Request) -> bool:
     return HOP.lower() in request.headers
 
@@ -72,7 +76,8 @@ async def proxy(request: Request, base: str, *, body: bytes | None = None,
     url = base.rstrip("/") + request.url.path
     outgoing = client.build_request(
         request.method, url, params={**request.query_params, **(params or {})},
-        content=body if body is not None else await request.body(), headers={HOP: "1"})
+        content=body if body is not None else await request.body(),
+        headers={HOP: "1", **{h: v for h in TOKEN_HEADERS if (v := request.headers.get(h))}})
     try:
         resp = await client.send(outgoing, stream=True)
     except httpx.HTTPError as e:
