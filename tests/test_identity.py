@@ -291,3 +291,76 @@ def test_the_mesh_keeps_counting_with_identities(mesh):
     first = wait_for(lambda: counting(mesh["dashboard"]["ID"]), what="count")
     wait_for(lambda: (lambda c: c if c and c["count"] > first["count"] else None)(counting(mesh["dashboard"]["ID"])),
              what="the count growing")
+
+
+# -- a client-only agent: its certificates are signed with its node secret, and it checks
+# -- identities against its server's JWKS ---------------------------------------------------
+
+CLIENT_JOB = """
+job "idclient" {
+  group "g" {
+    service { name = "idc-web" }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "exec sleep 600"]
+      }
+    }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def split():
+    from .mesh_agent import MeshAgent
+    from .test_client_only import ClientAgent
+    server = MeshAgent().start()
+    client = ClientAgent([f"127.0.0.1:{server.port}"]).start()
+    try:
+        yield server, client
+    finally:
+        with server.api() as api:
+            api.delete("/v1/job/idclient", params={"purge": "true"})
+            wait_for(lambda: all(a["ClientStatus"] != "running" for a in api.get("/v1/allocations").json()),
+                     timeout=60, what="every allocation stopped")
+        client.close()
+        server.close()
+
+
+def test_a_client_only_agent_checks_identities_with_its_servers_keys(split):
+    server, client = split
+    with client.api() as api:
+        assert api.put("/v1/jobs", json=load(CLIENT_JOB, "idclient.nomad").job.to_document()).status_code == 200
+        (alloc,) = wait_for(lambda: [a for a in allocs(api, "idclient") if a["ClientStatus"] == "running"],
+                            timeout=60, what="idclient running")
+        token = wait_for(lambda: token_path(client, alloc["ID"], "t").read_text(), what="the token file")
+        # the client agent makes the key and has the server sign it: with its node's secret
+        own = api.get("/v1/agent/connect/ca/leaf/idc-web", headers={"X-Consul-Token": token})
+        assert own.status_code == 200, own.text
+        assert own.json()["Service"] == "idc-web"
+        other = api.get("/v1/agent/connect/ca/leaf/idc-other", headers={"X-Consul-Token": token})
+        assert other.status_code == 403
+        assert other.text == "this workload identity is for services idc-web; not idc-other"
+    # the server's JWKS verifies the token the client wrote
+    signing = jwt.PyJWKClient(f"{server.url}/.well-known/jwks.json").get_signing_key_from_jwt(token)
+    claims = jwt.decode(token, signing.key, algorithms=["RS256"], audience="nomadproject.io")
+    assert claims["nomad_allocation_id"] == alloc["ID"] and claims["nomad_task"] == "t"
+
+
+def test_the_sidecars_client_presents_its_token_file(agent, mesh):
+    """`mesh.agent_client` reads the token file and sends it: its own leaf comes, another's is
+    refused with the agent's sentence; a missing file is named."""
+    from yurt.errors import PermissionDenied, YurtError
+    from yurt.mesh.agent_client import AgentClient
+
+    path = token_path(agent, mesh["api"]["ID"], "connect-proxy-id-count-api")
+    with AgentClient(f"unix://{agent.data_dir}/yurt.sock", token_file=str(path)) as c:
+        cert, _ = c.leaf("id-count-api")
+        assert cert["Service"] == "id-count-api"
+        with pytest.raises(PermissionDenied, match="not id-count-dashboard"):
+            c.leaf("id-count-dashboard")
+    with AgentClient(agent.url, token_file=str(path) + ".missing") as c, \
+            pytest.raises(YurtError, match=r"cannot read the token file .*nomad_token\.missing"):
+        c.leaf("id-count-api")
