@@ -364,3 +364,26 @@ def test_the_sidecars_client_presents_its_token_file(agent, mesh):
     with AgentClient(agent.url, token_file=str(path) + ".missing") as c, \
             pytest.raises(YurtError, match=r"cannot read the token file .*nomad_token\.missing"):
         c.leaf("id-count-api")
+
+
+def test_an_updated_job_gets_new_identities_for_its_new_services(split):
+    _server, client = split
+    with client.api() as api:
+        assert api.put("/v1/jobs", json=load(CLIENT_JOB, "idclient.nomad").job.to_document()).status_code == 200
+        wait_for(lambda: [a for a in allocs(api, "idclient") if a["ClientStatus"] == "running"],
+                 timeout=60, what="idclient running")
+        more = CLIENT_JOB.replace('service { name = "idc-web" }',
+                                  'service { name = "idc-web" }\n    service { name = "idc-admin" }')
+        assert api.put("/v1/jobs", json=load(more, "idclient.nomad").job.to_document()).status_code == 200
+
+        def renewed() -> str | None:
+            for a in allocs(api, "idclient"):
+                if a["ClientStatus"] == "running" and a["DesiredStatus"] == "run":
+                    token = token_path(client, a["ID"], "t").read_text()
+                    claims = jwt.decode(token, options={"verify_signature": False})
+                    if claims["yurt_services"] == ["idc-web", "idc-admin"]:
+                        return token
+            return None
+        token = wait_for(renewed, timeout=90, what="a token naming the new service")
+        r = api.get("/v1/agent/connect/ca/leaf/idc-admin", headers={"X-Consul-Token": token})
+        assert r.status_code == 200, r.text
