@@ -91,7 +91,6 @@ async def alloc_identity(request: Request, alloc_id: str):
     return reply({"Tokens": tokens}, server.reads.index())
 
 
-
 @router.get("/.well-known/jwks.json")
 async def jwks(request: Request):
     """The public keys workload identities are signed with (Nomad's shape; public)."""

@@ -239,7 +239,7 @@ class NodeAgent:
             threading.Thread(target=runner.destroy, kwargs={"timeout": 60}, daemon=True).start()
 
     def _hooks(self) -> list:
-        """The allocation hooks, in order: alloc dir, network, mesh inbound, service registration."""
+        """The allocation hooks, in order: alloc dir, identity, network, mesh inbound, service registration."""
         from .alloc_hooks import default_hooks
         from .identity_hook import IdentityHook
         from .service_hook import ServiceHook
