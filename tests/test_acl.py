@@ -343,6 +343,7 @@ def test_identities_tokens_nodes_and_workloads(tmp_path):
         wl = resolver.resolve("workload-jwt")
         assert wl.kind == "workload" and wl.allow_mesh("service", "web", "write")
         assert not wl.allow_mesh("service", "api", "write") and wl.allow_mesh("intention", "api", "read")
+        assert wl.allow_mesh("service", "api", "read")   # its upstreams' endpoints
         assert not wl.acl.allow_namespace("default", "read-job")
         anon = resolver.resolve("")
         assert anon.kind == "anonymous" and not anon.acl.allow_namespace("default", "list-jobs")

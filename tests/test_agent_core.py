@@ -319,7 +319,9 @@ def test_node_that_misses_its_heartbeat_goes_down_and_its_allocations_move(api):
     real = api.get("/v1/nodes").json()[0]
     node = api.get(f"/v1/node/{real['ID']}").json()
     fake_id = "00000000-0000-4000-8000-00000000fa4e"
-    node.update({"ID": fake_id, "SecretID": "", "Name": "fake-node", "Status": "initializing"})
+    # a node registers with its own SecretID (as Nomad's, the server refuses one without)
+    node.update({"ID": fake_id, "SecretID": "00000000-0000-4000-8000-0000000005ec", "Name": "fake-node",
+                 "Status": "initializing"})
     node["Attributes"] = {**node["Attributes"], "unique.hostname": "fake-node"}
     r = api.put("/v1/internal/node/register", json={"Node": node})
     assert r.status_code == 200, r.text

@@ -5,6 +5,10 @@ P-256 key and a CSR for the service's SPIFFE ID, has the server sign it (in-proc
 agent is a server, else PUT /v1/internal/connect/ca/sign), and keeps the result. The private key
 never leaves the agent except to the caller of the leaf endpoint.
 
+A caller presenting a workload identity (a JWT signed by the server, `server/identity.py`)
+gets a certificate only for one of the services that identity names (`LeafCerts.check_identity`);
+a server agent verifies it with its own key, a client-only agent with its server's JWKS.
+
 Renewal: at a random 60-90 % of the certificate's lifetime, and at once (within a small jitter)
 when the CA's active root changes. A blocking leaf query returns when a new certificate is issued.
 """
@@ -21,7 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from collections.abc import Callable
 
+from yurt.errors import PermissionDenied, YurtError
 from yurt.server import ca_x509 as x
+from yurt.server.identity import JWKSVerifier, WorkloadClaims, looks_like_jwt
 from yurt.structs.connect import service_uri
 
 log = logging.getLogger("yurt.leaf")
@@ -33,6 +39,7 @@ RETRY_AFTER_ERROR = 5.0
 class CABackend(Protocol):
     def sign(self, csr_pem: str, service: str) -> dict[str, Any]: ...
     def roots(self, index: int, wait: float) -> tuple[dict[str, Any], int]: ...
+    def verify_identity(self, token: str) -> WorkloadClaims | None: ...
 
 
 class LocalCA:
@@ -49,18 +56,33 @@ class LocalCA:
         new = store.wait(index, wait, "ca") if index else store.table_index("ca")
         return self.server.ca.roots(), max(new, 1)
 
+    def verify_identity(self, token: str) -> WorkloadClaims | None:
+        return self.server.identity.verify(token)
+
 
 class RemoteCA:
     """A client-only agent: ask the server over HTTP."""
 
+    JWKS_REFRESH = 5.0   # seconds: an unknown key ID refetches the server's keys at most this often
+
     def __init__(self, client) -> None:
         self.client = client
+        self._jwks: JWKSVerifier | None = None
+        self._jwks_at = 0.0
 
     def sign(self, csr_pem: str, service: str) -> dict[str, Any]:
         return self.client.ca_sign(csr_pem, service)
 
     def roots(self, index: int, wait: float) -> tuple[dict[str, Any], int]:
         return self.client.ca_roots(index=index, wait=f"{int(wait)}s")
+
+    def verify_identity(self, token: str) -> WorkloadClaims | None:
+        """Against the server's JWKS (kept; fetched again for a key ID it does not know)."""
+        jwks = self._jwks
+        if jwks is None or (not jwks.knows(token) and time.monotonic() - self._jwks_at > self.JWKS_REFRESH):
+            self._jwks_at = time.monotonic()
+            jwks = self._jwks = JWKSVerifier(self.client.get("/.well-known/jwks.json")[0])
+        return jwks.verify(token)
 
 
 def renew_at(valid_after: float, valid_before: float, rand: Callable[[], float] = random.random) -> float:
@@ -96,6 +118,23 @@ class LeafCerts:
         self._roots: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def check_identity(self, service: str, token: str) -> None:
+        """With a workload identity (JWT) the leaf is only for one of its services; PermissionDenied
+        otherwise. A token that is no JWT (or none) is the ACL layer's to judge, not this."""
+        if not token or not looks_like_jwt(token):
+            return
+        try:
+            claims = self.backend.verify_identity(token)
+        except YurtError as e:
+            raise PermissionDenied("cannot check the workload identity: the server's keys are "
+                                   f"unavailable ({e})") from None
+        if claims is None:
+            raise PermissionDenied("the workload identity is not valid: not signed by this cluster's "
+                                   "server, or for another audience")
+        if service not in claims.services:
+            raise PermissionDenied(f"this workload identity is for services {', '.join(claims.services) or '(none)'}; "
+                                   f"not {service}")
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:

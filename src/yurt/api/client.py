@@ -299,6 +299,11 @@ class YurtClient:
     def update_allocations(self, node_id: str, updates: list[dict]) -> dict:
         return self.put(f"/v1/internal/node/{node_id}/allocations", {"Allocs": updates})
 
+    def alloc_identity(self, alloc_id: str, node_id: str) -> dict[str, str]:
+        """{task: workload identity JWT} of an allocation placed on node `node_id`."""
+        tokens: dict[str, str] = self.put(f"/v1/internal/alloc/{alloc_id}/identity", node=node_id)["Tokens"]
+        return tokens
+
     # -- service mesh: CA, leaf certificates, intentions (Consul's API) -----------------------
     def ca_roots(self, index: int = 0, wait: str | None = None) -> tuple[dict, int]:
         """{ActiveRootID, TrustDomain, Roots: [...]}, blocking on ?index= when given."""

@@ -2,18 +2,20 @@
 
 GET /v1/connect/ca/roots (?pem=true), GET /v1/agent/connect/ca/roots, GET|PUT
 /v1/connect/ca/configuration, GET /v1/agent/connect/ca/leaf/<service> (blocking: returns when a
-new certificate is issued), POST /v1/agent/connect/authorize, and the client agents' side door
-PUT /v1/internal/connect/ca/sign {CSR, Service}.
+new certificate is issued; with a workload identity token only for one of its services), POST
+/v1/agent/connect/authorize, and the client agents' side door PUT /v1/internal/connect/ca/sign
+{CSR, Service} (a node's SecretID required).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 from fastapi import Request
 from fastapi.responses import Response
 
-from yurt.errors import InvalidInput
+from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server import intentions as ixmod
 from yurt.structs import Intention, parse_service_uri
 
@@ -61,7 +63,16 @@ async def ca_set_config(request: Request):
 @router.put("/v1/internal/connect/ca/sign")
 @consul_route
 async def ca_sign(request: Request):
-    """A client-only agent has its CSR signed here (the key stays on the client)."""
+    """A client-only agent has its CSR signed here (the key stays on the client); only for a
+    caller presenting a registered node's SecretID (X-Nomad-Token or X-Consul-Token)."""
+    token = _token(request)
+    if not token:
+        raise PermissionDenied("signing a certificate needs a node's SecretID in the X-Nomad-Token header; "
+                               "none was given")
+    if not any(n.secret_id and hmac.compare_digest(n.secret_id.encode(), token.encode())
+               for n in agent_of(request).server.reads.nodes()):
+        raise PermissionDenied("signing a certificate needs a node's SecretID in the X-Nomad-Token header; "
+                               "the token given is not one")
     body = await json_body(request)
     cert = await asyncio.to_thread(_ca(request).sign, str(body.get("CSR", "")), body.get("Service") or None)
     return creply(request, cert.to_json(), cert.modify_index)
@@ -75,9 +86,20 @@ async def leaf(request: Request, service: str):
     """This agent's certificate for `service` (made on demand; key generated here). With
     ?index=N it waits until a certificate newer than N is issued (renewal or root rotation)."""
     leafs = agent_of(request).leaf_certs
+    await asyncio.to_thread(leafs.check_identity, service, _token(request))
     index = query_index(request)
     cert = await leafs.wait(service, index, wait_seconds(request) if index else 0)
     return creply(request, cert, cert["ModifyIndex"])
+
+
+def _token(request: Request) -> str:
+    """X-Consul-Token, else X-Nomad-Token, else `Authorization: Bearer <token>`."""
+    for name in ("X-Consul-Token", "X-Nomad-Token"):
+        token = request.headers.get(name, "").strip()
+        if token:
+            return token
+    scheme, _, rest = request.headers.get("Authorization", "").strip().partition(" ")
+    return rest.strip().split(" ")[0] if scheme.lower() == "bearer" else ""
 
 
 # -- authorize -------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ ServerReads = Annotated[Reads, Depends(server_reads)]
 """A route's parameter `reads: ServerReads` is the server's read layer."""
 
 
+# the caller's credentials go with a forwarded request (node secrets, workload identities, tokens)
+
+
 def forwarded(request: Request) -> bool:
     return HOP.lower() in request.headers
 

@@ -2,6 +2,10 @@
 
 Nomad's clients use RPC for these; Yurt's use HTTP so a client on another host works the same
 way as the one inside a dev agent. Paths live under /v1/internal/.
+
+Every one of them needs the calling node's SecretID in `X-Nomad-Token`, always (ACLs or not, as
+Nomad's node RPCs): a heartbeat or an allocation update for a node, a re-registration of a known
+node ID, a node's workload identities. A node updates only allocations placed on itself.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
-from yurt.errors import InvalidInput
+from yurt.errors import InvalidInput, PermissionDenied
+from yurt.server.identity import check_node_secret, check_registration
 from yurt.structs import Allocation, Node
 
 from .common import json_body, reply, write_reply
@@ -27,11 +32,28 @@ async def register_node(request: Request):
         node = Node.model_validate(body.get("Node", body))
     except ValidationError as e:
         raise InvalidInput(f"invalid node: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from None
-    return write_reply(request.app.state.agent.server.register_node(node))
+    server = request.app.state.agent.server
+    check_registration(server.reads.node(node.id), node, request_token(request))
+    return write_reply(server.register_node(node))
+
+
+def request_token(request: Request) -> str:
+    """The caller's token: X-Nomad-Token, else `Authorization: Bearer <token>`."""
+    token = request.headers.get("X-Nomad-Token", "").strip()
+    if not token:
+        scheme, _, rest = request.headers.get("Authorization", "").strip().partition(" ")
+        token = rest.strip().split(" ")[0] if scheme.lower() == "bearer" else ""
+    return token
+
+
+def _node(request: Request, node_id: str, what: str) -> Node:
+    server = request.app.state.agent.server
+    return check_node_secret(server.reads.node(node_id), node_id, request_token(request), what)
 
 
 @router.put("/v1/internal/node/{node_id}/heartbeat")
 async def heartbeat(request: Request, node_id: str):
+    _node(request, node_id, "a heartbeat")
     result = request.app.state.agent.server.heartbeat(node_id)
     return reply(result, result["Index"])
 
@@ -47,5 +69,30 @@ async def update_allocs(request: Request, node_id: str):
                    for item in items]
     except (ValidationError, AttributeError) as e:
         raise InvalidInput(f"invalid allocation update: {e}") from None
-    index = request.app.state.agent.server.client_update_allocs(node_id, updates)
+    _node(request, node_id, "an allocation update")
+    server = request.app.state.agent.server
+    others = [u.id for u in updates if (a := server.reads.alloc(u.id)) is not None and a.node_id != node_id]
+    if others:
+        raise PermissionDenied(f"node {node_id} may update only its own allocations; not {', '.join(others)}")
+    index = server.client_update_allocs(node_id, updates)
     return reply({"Index": index}, index)
+
+
+@router.put("/v1/internal/alloc/{alloc_id}/identity")
+async def alloc_identity(request: Request, alloc_id: str):
+    """The workload identities ({"Tokens": {task: JWT}}) of an allocation, for the node it is
+    placed on (the node's SecretID in X-Nomad-Token, `?node=<node id>`)."""
+    node_id = request.query_params.get("node", "")
+    if not node_id:
+        raise InvalidInput("?node=<node ID> is required: the node the allocation is placed on")
+    _node(request, node_id, "an allocation's workload identity")
+    server = request.app.state.agent.server
+    tokens = server.identity.sign_alloc(server.reads.alloc(alloc_id), node_id)
+    return reply({"Tokens": tokens}, server.reads.index())
+
+
+@router.get("/.well-known/jwks.json")
+async def jwks(request: Request):
+    """The public keys workload identities are signed with (Nomad's shape; public)."""
+    server = request.app.state.agent.server
+    return reply(server.identity.jwks(), None, headers={"Cache-Control": "max-age=900"})

@@ -104,14 +104,18 @@ class AllocDirHook(AllocHook):
         ctx.alloc_dir.destroy()
 
 
-def default_hooks(services: ServiceHook | None = None, *, loopback_ports: bool = False) -> list[AllocHook]:
+def default_hooks(services: ServiceHook | None = None, *, loopback_ports: bool = False,
+                  identity: AllocHook | None = None) -> list[AllocHook]:
     """The hooks an allocation runs with, in order: alloc dir, network (namespace + CNI), mesh
     inbound (the namespace's firewall), then ``services`` (catalog registration and checks: one
     hook for all of a client's allocations, as it talks to the server) when given.
-    ``loopback_ports``: host ports are mapped on 127.0.0.1 too (a -dev-connect node)."""
+    ``loopback_ports``: host ports are mapped on 127.0.0.1 too (a -dev-connect node).
+    ``identity`` (the node agent's `IdentityHook`: each task's workload identity token) comes
+    right after the alloc dir."""
     from .network.mesh_inbound import MeshInboundHook
     from .network.network_hook import NetworkHook
-    hooks: list[AllocHook] = [AllocDirHook(), NetworkHook(loopback_too=loopback_ports), MeshInboundHook()]
+    hooks: list[AllocHook] = [AllocDirHook(), *([identity] if identity is not None else []),
+                              NetworkHook(loopback_too=loopback_ports), MeshInboundHook()]
     if services is not None:
         hooks.append(services)
     return hooks

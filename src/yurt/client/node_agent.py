@@ -1,5 +1,7 @@
 """The client agent: registers its node, heartbeats, watches its allocations, runs them.
 
+Its calls carry the node's SecretID (X-Nomad-Token), which the server requires for them.
+
 It reaches the server only through `api.client` over HTTP, so a client on another host works
 exactly like the one inside a dev agent. Allocation runners report state changes; those are
 batched and sent to the server a few times a second.
@@ -68,6 +70,7 @@ class NodeAgent:
         self._heartbeat_ttl = 10.0
         self._said: dict[str, float] = {}
         self._service_hook = None
+        self._identity_hook = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,8 +89,9 @@ class NodeAgent:
                                      region=c.region, node_class=c.node_class, node_pool=c.node_pool,
                                      address=c.network_ip, http_addr=c.http_addr, meta=c.meta,
                                      network_interface=c.network_interface, host_networks=c.host_networks)
-        if not self.api.token:   # with ACLs on, the server knows this client by its node secret
-            self.api.token = self.node.secret_id
+        # the server takes this node's register, heartbeats and allocation updates only with its
+        # SecretID (and signs certificates for a client-only agent only with it)
+        self.api.token = self.node.secret_id
         self._restore_runners()
         for target, name in ((self._register_and_heartbeat, "heartbeat"), (self._watch, "watch"),
                              (self._sync, "sync")):
@@ -235,12 +239,16 @@ class NodeAgent:
             threading.Thread(target=runner.destroy, kwargs={"timeout": 60}, daemon=True).start()
 
     def _hooks(self) -> list:
-        """The allocation hooks, in order: alloc dir, network, mesh inbound, service registration."""
+        """The allocation hooks, in order: alloc dir, identity, network, mesh inbound, service registration."""
         from .alloc_hooks import default_hooks
+        from .identity_hook import IdentityHook
         from .service_hook import ServiceHook
         if self._service_hook is None:
             self._service_hook = ServiceHook(self.api, self.node.id if self.node else "")
-        return default_hooks(services=self._service_hook, loopback_ports=self.config.loopback_ports)
+        if self._identity_hook is None:
+            self._identity_hook = IdentityHook(self.api, lambda: self.node_id)
+        return default_hooks(services=self._service_hook, loopback_ports=self.config.loopback_ports,
+                             identity=self._identity_hook)
 
     def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
         from .network import network_status

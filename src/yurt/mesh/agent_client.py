@@ -79,11 +79,15 @@ _STALE = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeE
 
 class AgentClient:
     """`address`: unix:///path/to/yurt.sock, http://host:port, https://host:port or host:port
-    (default $YURT_ADDR, then $NOMAD_ADDR, then http://127.0.0.1:4646)."""
+    (default $YURT_ADDR, then $NOMAD_ADDR, then http://127.0.0.1:4646). `token_file`: a file
+    holding the caller's token (the sidecar's workload identity, `secrets/nomad_token`), read
+    on every request and sent as X-Consul-Token and X-Nomad-Token."""
 
-    def __init__(self, address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, address: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 token_file: str = "") -> None:
         self.address = (address or default_address()).rstrip("/")
         self.timeout = timeout
+        self.token_file = token_file
         self._unix = ""
         self._https = False
         self._host = ""
@@ -138,6 +142,9 @@ class AgentClient:
         q = {k: v for k, v in (params or {}).items() if v is not None}
         url = path + ("?" + urlencode(q) if q else "")
         headers = {"Accept": "application/json"}
+        token = self._token()
+        if token:
+            headers["X-Consul-Token"] = headers["X-Nomad-Token"] = token
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -179,6 +186,15 @@ class AgentClient:
             except ValueError as e:
                 raise YurtError(f"invalid JSON from the agent: {e}", status=resp.status) from None
         raise AssertionError("unreachable")
+
+    def _token(self) -> str:
+        if not self.token_file:
+            return ""
+        try:
+            with open(self.token_file) as f:
+                return f.read().strip()
+        except OSError as e:
+            raise YurtError(f"cannot read the token file {self.token_file}: {e.strerror}") from None
 
     def get(self, path: str, *, index: int = 0, wait: Any = None, **params: Any) -> tuple[Any, int]:
         """GET with an optional blocking query; returns (body, X-Consul-Index | X-Nomad-Index)."""

@@ -9,6 +9,7 @@ JSON (every key optional except service):
    "upstreams": [{"destination_name": "count-api", "local_bind_address": "127.0.0.1",
                   "local_bind_port": 8080, "datacenter": "dc1"}],
    "address": "unix:///var/run/yurt/agent.sock",     # the agent's API (else YURT_ADDR)
+   "token_file": "/secrets/nomad_token",   # the workload identity sent to the agent (else YURT_TOKEN_FILE)
    "ready_file": "/alloc/tmp/connect-proxy.ready", "ready_addr": "127.0.0.1:19001",
    "handshake_timeout_ms": 10000, "connect_timeout_ms": 3000,
    "workers": 1}                           # >1: that many processes share the listeners (SO_REUSEPORT)
@@ -46,6 +47,7 @@ class ProxyConfig:
     address: str = ""
     ready_file: str = ""
     ready_addr: str = ""
+    token_file: str = ""   # a file holding the token sent to the agent (the sidecar's workload identity)
     handshake_timeout: float = 10.0
     connect_timeout: float = 3.0
     debug_modules: bool = False  # log the loaded Python modules once ready (footprint checks)
@@ -112,6 +114,7 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
                                             u.get("datacenter") or ""))
     cfg.address = doc.get("address", cfg.address)
     cfg.ready_file = doc.get("ready_file", cfg.ready_file)
+    cfg.token_file = doc.get("token_file", cfg.token_file)
     cfg.ready_addr = doc.get("ready_addr", cfg.ready_addr)
     if "handshake_timeout_ms" in doc:
         cfg.handshake_timeout = doc["handshake_timeout_ms"] / 1000
@@ -136,6 +139,9 @@ def parser() -> argparse.ArgumentParser:
     a("-dc", "--dc", help="datacenter (default dc1)")
     a("-ready-file", "--ready-file", help="file written once listeners are bound and a valid leaf is loaded")
     a("-ready-addr", "--ready-addr", help="ADDR:PORT answering HTTP 200 LIVE once ready (503 before)")
+    a("-token-file", "--token-file", help=(
+        "a file holding the token sent to the agent as X-Consul-Token, e.g. the task's "
+        "secrets/nomad_token (default $YURT_TOKEN_FILE)"))
     a("-config", "--config", help="JSON config file (what the client agent writes)")
     a("-workers", "--workers", type=int, help=(
         "proxy processes sharing the listeners through SO_REUSEPORT (default 1). Each worker has "
@@ -172,9 +178,12 @@ def from_args(argv: list[str]) -> ProxyConfig:
         cfg.ready_file = ns.ready_file
     if ns.ready_addr:
         cfg.ready_addr = ns.ready_addr
+    if ns.token_file:
+        cfg.token_file = ns.token_file
     if ns.debug_modules:
         cfg.debug_modules = True
     if ns.workers is not None:
         cfg.workers = ns.workers
     cfg.address = cfg.address or os.environ.get("YURT_ADDR", "")
+    cfg.token_file = cfg.token_file or os.environ.get("YURT_TOKEN_FILE", "")
     return cfg.validate()

@@ -256,7 +256,7 @@ class ReadyConn:
 def make_source(cfg: ProxyConfig) -> MeshSource:
     """The proxy's only source: its agent's API (certificates, roots, intentions, endpoints)."""
     from .source import AgentSource
-    return AgentSource(cfg.address or None)
+    return AgentSource(cfg.address or None, token_file=cfg.token_file)
 
 
 def _fork_workers(cfg: ProxyConfig) -> tuple[list[int], bool]:

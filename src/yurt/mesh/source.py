@@ -97,10 +97,10 @@ class AgentSource:
     `agent_client.AgentClient(address)`; anything with the same methods (ca_roots, leaf,
     health_connect, authorize, get) works, e.g. `yurt.api.client.YurtClient` in tests."""
 
-    def __init__(self, address: str | None = None, client: Any = None) -> None:
+    def __init__(self, address: str | None = None, client: Any = None, token_file: str = "") -> None:
         if client is None:
             from .agent_client import AgentClient
-            client = AgentClient(address, timeout=WAIT_SECONDS + 30)
+            client = AgentClient(address, timeout=WAIT_SECONDS + 30, token_file=token_file)
         self.client = client
 
     def roots(self, index: int, wait: float) -> tuple[dict, int]:

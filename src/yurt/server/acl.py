@@ -25,6 +25,8 @@ from typing import Any, Protocol
 from yurt.errors import InvalidInput, PermissionDenied
 from yurt.structs import TOKEN_MANAGEMENT, ACLPolicy, ACLToken, Node, secret_hash
 
+from .identity import WorkloadClaims
+
 # --- the policy language ---------------------------------------------------------------------
 
 NAMESPACE_CAPS = (
@@ -251,18 +253,6 @@ class ACL:
 
 # --- identities ------------------------------------------------------------------------------
 
-@dataclass
-class WorkloadClaims:
-    """What a verified workload identity says about its holder."""
-
-    namespace: str
-    job_id: str
-    group: str
-    alloc_id: str
-    task: str
-    services: list[str] = field(default_factory=list)
-
-
 class WorkloadVerifier(Protocol):
     def verify(self, token: str) -> WorkloadClaims | None: ...
 
@@ -290,9 +280,11 @@ class Identity:
 
     def allow_mesh(self, kind: str, name: str, level: str) -> bool:
         if self.workload is not None:
+            # as Consul's service identities: write its own services, read every service (a
+            # sidecar watches its upstreams' endpoints) and every intention
             if kind == "intention":
                 return level == "read"
-            return kind == "service" and name in self.workload.services
+            return kind == "service" and (level == "read" or name in self.workload.services)
         return self.acl.allow_mesh(kind, name, level)
 
 

@@ -8,6 +8,7 @@ caller sends on. Every write goes through the state store, which stamps it with 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ from .intentions import Intentions
 from .connect_inject import inject_sidecars
 from .drain import Drainer
 from .heartbeat import FAILOVER_GRACE, Heartbeats
+from .identity import WorkloadIdentity
 from .plan_apply import PlanApplier
 from .reads import Reads
 from .worker import Worker
@@ -55,6 +57,10 @@ class Server:
         self.ca = ConnectCA(store, datacenter, leaf_cert_ttl=leaf_cert_ttl)
         self._ca_prune_stop = threading.Event()
         self.drainer = Drainer(self)   # node drain, eligibility and purge
+        # workload identities; the signing key lives next to the store (in memory for ":memory:")
+        key_dir = None if store.path in ("", ":memory:") else os.path.dirname(os.path.abspath(store.path))
+        self.identity = WorkloadIdentity(key_dir, region)
+        self.acl.resolver.verifier = self.identity   # a workload's JWT is an identity ACLs know
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:

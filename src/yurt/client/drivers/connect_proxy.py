@@ -48,7 +48,9 @@ class ConnectProxyDriver(RawExecDriver):
         secrets = Path(cfg.task_dir) / "secrets"
         secrets.mkdir(parents=True, exist_ok=True)
         ready = Path(cfg.task_dir) / READY_FILE   # removed with the other stale files on a fresh start
+        token = secrets / "nomad_token"   # the workload identity (identity hook): its leaf needs it
         conf = {**given, "address": self.agent_address, "ready_file": str(ready),
+                **({"token_file": str(token)} if token.exists() else {}),
                 "datacenter": given.get("datacenter") or cfg.env.get("NOMAD_DC", "dc1")}
         path = secrets / CONFIG_FILE
         path.write_text(json.dumps(conf, indent=2))

@@ -283,6 +283,9 @@ class ExecDriver(RawExecDriver):
             d = task_dir / sub
             d.mkdir(parents=True, exist_ok=True)
             os.chown(d, user.pw_uid, user.pw_gid)
+        token = task_dir / "secrets" / "nomad_token"   # the workload identity, the task's to read
+        if token.exists():
+            os.chown(token, user.pw_uid, user.pw_gid)
         for d in (Path(cfg.alloc_dir), Path(cfg.alloc_dir) / "data", Path(cfg.alloc_dir) / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o777)
