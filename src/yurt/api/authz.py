@@ -108,6 +108,8 @@ _add("PUT", "/v1/internal/node/register", _r("node_register"))
 _add("PUT", "/v1/internal/node/{node_id}/heartbeat", _r("node_identity", "", "node_id"))
 _add("PUT", "/v1/internal/node/{node_id}/allocations", _r("node_identity", "", "node_id"))
 _add("PUT", "/v1/internal/connect/ca/sign", NODE_ID)
+# the route itself also checks that the allocation is placed on the node whose secret is given
+_add("PUT", "/v1/internal/alloc/{alloc_id}/identity", NODE_ID)
 _add("POST", "/v1/internal/acl/check", _r("check"))   # the route checks the requirement it is asked
 # Consul-shaped
 _add("PUT", "/v1/agent/service/register", _r("service", "write", "body:Name"))
