@@ -40,6 +40,7 @@ class AgentConfig:
     log_level: str = "INFO"
     default_intention_policy: str = "allow"   # what intentions decide when none matches
     leaf_cert_ttl: str | None = None          # Connect leaf certificate TTL (CA default 72h)
+    http_max_request_bytes: int = 16 * 1024 * 1024   # limits { http_max_request_bytes }
     # found by resolve(): the node address and the HTTP host advertised to other hosts
     node_ip: str = ""
     http_host: str = ""
@@ -117,7 +118,7 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     raw = _unwrap(raw)
     known = {"name", "region", "datacenter", "data_dir", "bind_addr", "ports", "server", "client",
              "plugin", "log_level", "advertise", "leave_on_interrupt", "leave_on_terminate",
-             "connect"}
+             "connect", "limits"}
     for key in raw:
         if key not in known:
             raise ConfigError(f'{path}: unknown setting "{key}"; Yurt reads: {", ".join(sorted(known))}')
@@ -176,12 +177,43 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
             cfg.default_intention_policy = str(connect["default_intention_policy"])
         if "leaf_cert_ttl" in connect:
             cfg.leaf_cert_ttl = str(connect["leaf_cert_ttl"])
+    _limits(_first(raw.get("limits")), path, cfg)
     for plugin in raw.get("plugin", []) or []:
         for name, body in (plugin or {}).items():
             conf = _first((_first(body) or {}).get("config")) or {}
             if name == "raw_exec" and conf.get("enabled") in (True, "true", 1):
                 cfg.raw_exec = True
     return cfg
+
+
+LIMITS = ("http_max_request_bytes",)
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1 << 10, "mb": 1000**2, "mib": 1 << 20,
+               "gb": 1000**3, "gib": 1 << 30}
+
+
+def _limits(block: Any, path: str, cfg: AgentConfig) -> None:
+    """limits { http_max_request_bytes = "16MiB" }: the largest request body the HTTP API takes."""
+    if block is None:
+        return
+    for key in block:
+        if key not in LIMITS:
+            raise ConfigError(f'{path}: limits {{ {key} }} is not supported; Yurt reads limits '
+                              f'{{ {", ".join(LIMITS)} }}')
+    if "http_max_request_bytes" in block:
+        cfg.http_max_request_bytes = _size(block["http_max_request_bytes"], path,
+                                           "limits.http_max_request_bytes")
+
+
+def _size(value: Any, path: str, name: str) -> int:
+    import re
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise ConfigError(f'{path}: {name} = "{value}" is not a size: write bytes or e.g. "16MiB", "10MB"')
+    n = int(m.group(1)) * _SIZE_UNITS[unit]
+    if n < 1024:
+        raise ConfigError(f'{path}: {name} = "{value}" is too small: at least "1KiB" (job bodies must fit)')
+    return n
 
 
 def _unwrap(raw: Any) -> Any:
