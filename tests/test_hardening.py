@@ -18,6 +18,10 @@ import httpx
 import pytest
 
 from .agent_util import AgentProcess, wait_for
+from .mesh_agent import ProcessLines
+from .test_mesh_proxy import READY_TIMEOUT, Mesh, _mesh, proxy_process_config
+from .test_mesh_proxy import roundtrip as mesh_roundtrip
+from .test_mesh_proxy import wait_for as mesh_wait
 
 LIMIT = 4 * 1024 * 1024
 
@@ -316,9 +320,6 @@ def test_big_jobs_parsed_and_planned_in_a_loop_do_not_starve_heartbeats(agent):
 
 
 # -- 5. the sidecar: connection caps, idle and handshake timeouts, running out of descriptors -------
-from .test_mesh_proxy import READY_TIMEOUT, Mesh, _mesh, proxy_process_config  # noqa: E402
-from .test_mesh_proxy import roundtrip as mesh_roundtrip  # noqa: E402
-from .test_mesh_proxy import wait_for as mesh_wait  # noqa: E402
 
 
 @pytest.fixture
@@ -417,8 +418,6 @@ def test_out_of_file_descriptors_the_sidecar_backs_off_instead_of_spinning(mesh,
     import resource
     import subprocess
     import sys
-
-    from .mesh_agent import ProcessLines
     port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
 
     def few_fds() -> None:
@@ -446,3 +445,76 @@ def test_out_of_file_descriptors_the_sidecar_backs_off_instead_of_spinning(mesh,
         proc.terminate()
         proc.wait(10)
         out.join(10)
+
+
+# -- 6. IPv6: the mesh-only firewall closes the allocation's IPv6 addresses too --------------------
+V6_JOB = '''
+job "v6" {
+  datacenters = ["dc1"]
+  group "api" {
+    network {
+      mode = "bridge"
+    }
+    service {
+      name = "v6-api"
+      port = "9001"
+      connect {
+        sidecar_service {}
+      }
+    }
+    task "web" {
+      driver = "raw_exec"
+      config {
+        command = "/usr/bin/python3"
+        args    = ["-m", "http.server", "--bind", "::", "9001"]
+      }
+    }
+  }
+}
+'''
+
+
+def _connects(host: str, port: int, netns: str | None = None) -> bool:
+    import subprocess
+    import sys
+    code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=3).close()"
+    cmd = [sys.executable, "-c", code]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root")
+def test_an_ipv6_connection_to_a_mesh_apps_port_is_refused():
+    import json
+    import subprocess
+
+    from yurt.jobspec import load
+    a = AgentProcess(extra=["-dev-connect"]).start()
+    try:
+        with a.api() as api:
+            assert api.put("/v1/jobs", json=load(V6_JOB, "v6.nomad").job.to_document()).status_code == 200
+            (alloc,) = wait_for(lambda: [x for x in api.get("/v1/job/v6/allocations").json()
+                                         if x["ClientStatus"] == "running"], timeout=120, what="v6 running")
+            ns = alloc["ID"]
+            # the app answers inside its namespace, over IPv6 too
+            wait_for(lambda: _connects("::1", 9001, ns), timeout=60, what="the app listening on ::")
+            addrs = json.loads(subprocess.run(["ip", "-n", ns, "-j", "addr", "show", "dev", "eth0"],
+                                              capture_output=True, text=True, check=True).stdout)
+            v4 = [i["local"] for x in addrs for i in x["addr_info"] if i["family"] == "inet"]
+            v6 = [i["local"] for x in addrs for i in x["addr_info"]
+                  if i["family"] == "inet6" and i.get("tentative") is not True]
+            assert v4 and v6, addrs
+            bridge = "yurt"
+            target = f"{v6[0]}%{bridge}" if v6[0].startswith("fe80") else v6[0]
+            # from the machine's own namespace: refused over IPv4 (as before) and over IPv6
+            assert not _connects(v4[0], 9001)
+            assert not _connects(target, 9001)
+            rules = subprocess.run(["ip", "netns", "exec", ns, "ip6tables", "-S", "YURT-MESH-IN"],
+                                   capture_output=True, text=True, check=True).stdout
+            assert "-j REJECT" in rules and "ipv6-icmp" in rules, rules
+            api.delete("/v1/job/v6", params={"purge": "true"})
+            wait_for(lambda: all(x["ClientStatus"] != "running" for x in api.get("/v1/allocations").json()),
+                     timeout=60, what="v6 stopped")
+    finally:
+        a.stop()
