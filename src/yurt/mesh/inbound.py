@@ -13,7 +13,8 @@ import os
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from .pump import IN, OUT, ERRS, Pipe, Side, set_nodelay
 from .tls import ssl_reason, parse_spiffe, peer_cert
@@ -47,8 +48,10 @@ class Listener:
     """A bound listening socket in the reactor; `make(sock, addr)` handles each accept.
 
     At most `limit` accepted connections are open at once (0: no cap; counted from accept until
-    the accepted socket closes): past it a new connection is closed at once, and the refusals are
-    logged once a minute. When accept() fails for want of file descriptors (EMFILE, ENFILE, ...)
+    the accepted socket closes). At the cap a new connection first takes the place of the oldest
+    one still in its TLS handshake (so idle half-open connections cannot lock real clients out
+    until their handshake timeout); with none to evict it is closed at once. Both are logged
+    once a minute. When accept() fails for want of file descriptors (EMFILE, ENFILE, ...)
     the listener stops polling for BACKOFF seconds instead of spinning on the pending connection,
     and says so once a minute."""
 
@@ -58,7 +61,9 @@ class Listener:
         self.make = make
         self.limit = limit
         self.active = 0
+        self.opening: dict[Side, Any] = {}   # accepted and not closed, oldest first
         self.refused = 0            # over the cap since the last report
+        self.evicted = 0
         self.starved = 0            # accept() failures for want of descriptors since the last report
         self._reported = {"cap": -REPORT_EVERY, "fds": -REPORT_EVERY}
         self._paused = False
@@ -77,10 +82,11 @@ class Listener:
                 else:
                     self.proxy.log.event("accept-error", port=self.port, error=str(e))
                 return
-            if self.limit and self.active >= self.limit:
+            if self.limit and self.active >= self.limit and not self._evict():
                 s.close()
                 self.refused += 1
-                self._report("cap", "connection-limit", refused=self.refused, limit=self.limit)
+                self._report("cap", "connection-limit", refused=self.refused, evicted=self.evicted,
+                             limit=self.limit)
                 continue
             s.setblocking(False)
             set_nodelay(s)
@@ -93,10 +99,24 @@ class Listener:
             side = getattr(conn, "side", None) or getattr(conn, "client", None)
             if isinstance(side, Side) and side.fd >= 0:
                 self.active += 1
-                side.release = self._released
+                self.opening[side] = conn
+                side.release = partial(self._released, side)
 
-    def _released(self) -> None:
+    def _released(self, side: Side) -> None:
         self.active -= 1
+        self.opening.pop(side, None)
+
+    def _evict(self) -> bool:
+        """Close the oldest connection still in its TLS handshake; False when there is none."""
+        for conn in self.opening.values():
+            if getattr(conn, "state", "") == "handshake" and not getattr(conn, "done", True):
+                conn.fail("refused", f"still in its TLS handshake when the listener reached its cap of "
+                                     f"{self.limit} connections")
+                self.evicted += 1
+                self._report("cap", "connection-limit", refused=self.refused, evicted=self.evicted,
+                             limit=self.limit)
+                return True
+        return False
 
     def _report(self, kind: str, event: str, **fields: object) -> None:
         now = time.monotonic()
@@ -104,7 +124,7 @@ class Listener:
             self._reported[kind] = now
             self.proxy.log.event(event, port=self.port, **fields)
             if kind == "cap":
-                self.refused = 0
+                self.refused = self.evicted = 0
             else:
                 self.starved = 0
 
