@@ -268,6 +268,31 @@ def test_a_job_sent_as_a_browser_form_is_refused_and_not_stored(agent, content_t
         assert "csrf" not in api.get("/v1/catalog/services").json()
 
 
+def test_a_client_only_agent_refuses_a_form_body_before_forwarding_it(agent):
+    """The client agent forwards job writes to its server without the Content-Type: it must
+    refuse a browser-style body itself."""
+    import json
+
+    from .test_client_only import ClientAgent
+    client = ClientAgent([f"127.0.0.1:{agent.port}"]).start()
+    try:
+        with client.api() as api:
+            assert mode(Path(client.data_dir)) == 0o700
+            r = api.post("/v1/jobs", content=json.dumps(job_doc("csrf-fwd")), headers={"Content-Type": "text/plain"})
+            assert r.status_code == 415, r.text
+            assert api.get("/v1/job/csrf-fwd").status_code == 404   # asked through the client: forwarded
+            r = api.post("/v1/jobs", content=b" " * (LIMIT + 1), headers={"Content-Type": "application/json"})
+            assert r.status_code == 413 and "http_max_request_bytes" in r.text, r.text
+    finally:
+        client.close()
+        with agent.api() as api:
+            for node in api.get("/v1/nodes").json():
+                if node["Name"] == "client-only":
+                    api.post(f"/v1/node/{node['ID']}/purge")
+    with agent.api() as api:
+        assert api.get("/v1/jobs").json() == []
+
+
 def test_json_bodies_with_and_without_a_content_type_are_taken(agent):
     import json
     with agent.api() as api:
@@ -282,7 +307,7 @@ def test_json_bodies_with_and_without_a_content_type_are_taken(agent):
 
 # -- 4. parsing and planning off the event loop -----------------------------------------------------
 def test_big_jobs_parsed_and_planned_in_a_loop_do_not_starve_heartbeats(agent):
-    groups = 300
+    groups = 1500
     hcl = job_hcl("big", groups)
     doc = job_doc("big", groups)
     errors: list[str] = []
@@ -290,7 +315,7 @@ def test_big_jobs_parsed_and_planned_in_a_loop_do_not_starve_heartbeats(agent):
 
     def hammer(kind: str) -> None:
         with httpx.Client(base_url=agent.url, timeout=120) as api:
-            for _ in range(6):
+            for _ in range(4):
                 if stop.is_set():
                     return
                 if kind == "parse":
