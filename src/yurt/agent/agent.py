@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import ssl
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -31,7 +33,8 @@ class Agent:
         if config.data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="yurt-dev-")
             config.data_dir = Path(self._tmp)
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(config.data_dir, 0o700)  # state, keys and the API socket: this agent's user only
         if config.dev:
             (config.data_dir / "client").mkdir(exist_ok=True)
             (config.data_dir / "client" / "ephemeral").touch()  # networks die with this agent
@@ -41,7 +44,8 @@ class Agent:
         if config.server:
             from yurt.server.server import Server
             from yurt.state import StateStore
-            (config.data_dir / "server").mkdir(exist_ok=True)
+            (config.data_dir / "server").mkdir(mode=0o700, exist_ok=True)
+            os.chmod(config.data_dir / "server", 0o700)
             self.store = StateStore(str(config.data_dir / "server" / "state.db"))
             self.server = Server(self.store, num_workers=config.num_schedulers,
                                  heartbeat_ttl=config.heartbeat_ttl, region=config.region,
@@ -159,10 +163,17 @@ class Agent:
             Path(self.api_socket).unlink(missing_ok=True)
         except OSError:
             pass
-        config = uvicorn.Config(self.app, uds=self.api_socket, log_config=None, log_level="critical", access_log=False,
+        # bound here, made 0600 before it listens (uvicorn's own `uds=` makes it 0666): the socket
+        # answers every API call, so only this agent's user may connect
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(self.api_socket)
+        os.chmod(self.api_socket, 0o600)
+        sock.listen(2048)
+        config = uvicorn.Config(self.app, log_config=None, log_level="critical", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=2)
         self._uds = uvicorn.Server(config)  # off the main thread: it leaves signals alone
-        threading.Thread(target=self._uds.run, name="yurt-api-socket", daemon=True).start()
+        threading.Thread(target=self._uds.run, kwargs={"sockets": [sock]}, name="yurt-api-socket",
+                         daemon=True).start()
 
     def _start_client_when_serving(self) -> None:
         while self._http is not None and not self._http.started and not self._http.should_exit:

@@ -57,6 +57,7 @@ class AgentConfig:
     acl_enabled: bool = False                 # acl { enabled = true } / -acl-enabled
     acl_token_min_ttl: str = "1m"             # acl { token_min_expiration_ttl }
     acl_token_max_ttl: str = "24h"            # acl { token_max_expiration_ttl }
+    http_max_request_bytes: int = 16 * 1024 * 1024   # limits { http_max_request_bytes }
     # found by resolve(): the node address and the HTTP host advertised to other hosts
     node_ip: str = ""
     http_host: str = ""
@@ -137,7 +138,7 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     raw = _unwrap(raw)
     known = {"name", "region", "datacenter", "data_dir", "bind_addr", "ports", "server", "client",
              "plugin", "log_level", "advertise", "leave_on_interrupt", "leave_on_terminate",
-             "connect", "tls", "acl"}
+             "connect", "tls", "acl", "limits"}
     for key in raw:
         if key not in known:
             raise ConfigError(f'{path}: unknown setting "{key}"; Yurt reads: {", ".join(sorted(known))}')
@@ -211,6 +212,7 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
             if key in acl:
                 _seconds(acl[key], path, f"acl.{key}")
                 setattr(cfg, attr, str(acl[key]))
+    _limits(_first(raw.get("limits")), path, cfg)
     for plugin in raw.get("plugin", []) or []:
         for name, body in (plugin or {}).items():
             conf = _first((_first(body) or {}).get("config")) or {}
@@ -280,6 +282,36 @@ def check_tls(tls: TLSSettings) -> None:
     except ssl.SSLError as e:
         raise ConfigError(f'tls: cert_file "{tls.cert_file}", key_file "{tls.key_file}", ca_file '
                           f'"{tls.ca_file}": {e.reason or e} (is key_file the key of cert_file?)') from None
+
+
+LIMITS = ("http_max_request_bytes",)
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1 << 10, "mb": 1000**2, "mib": 1 << 20,
+               "gb": 1000**3, "gib": 1 << 30}
+
+
+def _limits(block: Any, path: str, cfg: AgentConfig) -> None:
+    """limits { http_max_request_bytes = "16MiB" }: the largest request body the HTTP API takes."""
+    if block is None:
+        return
+    for key in block:
+        if key not in LIMITS:
+            raise ConfigError(f'{path}: limits {{ {key} }} is not supported; Yurt reads limits '
+                              f'{{ {", ".join(LIMITS)} }}')
+    if "http_max_request_bytes" in block:
+        cfg.http_max_request_bytes = _size(block["http_max_request_bytes"], path,
+                                           "limits.http_max_request_bytes")
+
+
+def _size(value: Any, path: str, name: str) -> int:
+    import re
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(value))
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise ConfigError(f'{path}: {name} = "{value}" is not a size: write bytes or e.g. "16MiB", "10MB"')
+    n = int(m.group(1)) * _SIZE_UNITS[unit]
+    if n < 1024:
+        raise ConfigError(f'{path}: {name} = "{value}" is too small: at least "1KiB" (job bodies must fit)')
+    return n
 
 
 def _unwrap(raw: Any) -> Any:

@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI
 from yurt import __version__
 
 from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_intentions, errors, internal,
-               jobs, logs)
+               jobs, limits, logs)
 from . import nodes
 from . import acl, authz
 
@@ -25,4 +25,5 @@ def create_app(agent) -> FastAPI:
     app.include_router(nodes.router)
     app.include_router(acl.router)
     errors.install(app)
+    app.add_middleware(limits.RequestLimits, max_request_bytes=agent.config.http_max_request_bytes)
     return app

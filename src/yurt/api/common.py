@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from yurt.errors import InvalidInput
 from yurt.server.reads import Reads, Tables
@@ -66,6 +67,8 @@ async def json_body(request: Request, *, required: bool = True) -> Any:
             raise InvalidInput("request body is empty: send a JSON object")
         return {}
     try:
+        if len(raw) > 256 * 1024:  # a big job: decoded on a worker thread, the loop keeps answering
+            return await run_in_threadpool(json.loads, raw)
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"request body is not valid JSON: {e}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from yurt.errors import InvalidInput, NotFound
 from yurt.server.admission import InvalidJob, admit_job, parse_job_file
@@ -64,9 +65,10 @@ def enforce_index(body: dict) -> int | None:
 @router.post("/v1/jobs")
 async def register(request: Request):
     body = await json_body(request)
-    job, warnings = admit_job(body)
+    job, warnings = await run_in_threadpool(admit_job, body)
     require_namespace(request, job.namespace or "default", "submit-job")  # the body's namespace
-    result = request.app.state.agent.server.register_job(job, enforce_index=enforce_index(body))
+    result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
+                                     enforce_index=enforce_index(body))
     result["Warnings"] = "\n".join(warnings)
     return write_reply(result)
 
@@ -80,7 +82,8 @@ async def parse(request: Request):
     variables = body.get("Variables") or {}
     if isinstance(variables, str):
         variables = _parse_var_lines(variables)
-    job = parse_job_file(body["JobHCL"], variables, canonical=bool(body.get("Canonicalize")))
+    job = await run_in_threadpool(parse_job_file, body["JobHCL"], variables,
+                                  canonical=bool(body.get("Canonicalize")))
     return reply(job.to_json())
 
 
@@ -97,7 +100,7 @@ def _parse_var_lines(text: str) -> dict[str, str]:
 @router.post("/v1/validate/job")
 async def validate_job(request: Request):
     try:
-        _, warnings = admit_job(await json_body(request))
+        _, warnings = await run_in_threadpool(admit_job, await json_body(request))
     except InvalidJob as e:
         errors = e.errors
         return reply({"DriverConfigValidated": False, "ValidationErrors": errors,
@@ -116,10 +119,11 @@ async def read_job(request: Request, reads: ServerReads, job_id: str):
 @router.post("/v1/job/{job_id}")
 async def update_job(request: Request, job_id: str):
     body = await json_body(request)
-    job, warnings = admit_job(body)
+    job, warnings = await run_in_threadpool(admit_job, body)
     if job.id != job_id:
         raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
-    result = request.app.state.agent.server.register_job(job, enforce_index=enforce_index(body))
+    result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
+                                     enforce_index=enforce_index(body))
     result["Warnings"] = "\n".join(warnings)
     return write_reply(result)
 
@@ -135,10 +139,11 @@ async def stop_job(request: Request, reads: ServerReads, job_id: str):
 @router.post("/v1/job/{job_id}/plan")
 async def plan_job(request: Request, job_id: str):
     body = await json_body(request)
-    job, warnings = admit_job(body)
+    job, warnings = await run_in_threadpool(admit_job, body)
     if job.id != job_id:
         raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
-    result = request.app.state.agent.server.plan_job(job, diff=bool(body.get("Diff", True)))
+    result = await run_in_threadpool(request.app.state.agent.server.plan_job, job,
+                                     diff=bool(body.get("Diff", True)))
     result["Warnings"] = "\n".join(warnings)
     return reply(result, result.get("Index"))
 

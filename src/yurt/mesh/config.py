@@ -12,6 +12,8 @@ JSON (every key optional except service):
    "token_file": "/secrets/nomad_token",   # the workload identity sent to the agent (else YURT_TOKEN_FILE)
    "ready_file": "/alloc/tmp/connect-proxy.ready", "ready_addr": "127.0.0.1:19001",
    "handshake_timeout_ms": 10000, "connect_timeout_ms": 3000,
+   "max_connections": 1024,               # open connections per listener; past it new ones are closed
+   "idle_timeout_ms": 300000,             # an established connection with no bytes either way is closed
    "workers": 1}                           # >1: that many processes share the listeners (SO_REUSEPORT)
 
 Identity, trust, intentions and endpoints always come from the agent at "address".
@@ -50,6 +52,8 @@ class ProxyConfig:
     token_file: str = ""   # a file holding the token sent to the agent (the sidecar's workload identity)
     handshake_timeout: float = 10.0
     connect_timeout: float = 3.0
+    max_connections: int = 1024  # per listener (public and each upstream); 0 = no cap
+    idle_timeout: float = 300.0  # seconds without a byte either way before a connection is closed; 0 = never
     debug_modules: bool = False  # log the loaded Python modules once ready (footprint checks)
     workers: int = 1  # reactor processes sharing the listeners (SO_REUSEPORT); 1 = one process
 
@@ -60,6 +64,10 @@ class ProxyConfig:
             raise ConfigError("-local-port is required with -listen: the port of the app behind the proxy")
         if self.listen_port is None and not self.upstreams:
             raise ConfigError("nothing to do: give -listen ADDR:PORT and/or -upstream DEST:PORT")
+        if self.max_connections < 0:
+            raise ConfigError(f"-max-connections {self.max_connections}: must be 0 (no cap) or more")
+        if self.idle_timeout < 0 or self.handshake_timeout <= 0:
+            raise ConfigError("-idle-timeout must be 0 (never) or more, and -handshake-timeout more than 0")
         if self.workers < 1:
             raise ConfigError("-workers must be at least 1")
         if self.workers > 1 and (self.listen_port == 0 or any(u.local_bind_port == 0 for u in self.upstreams)):
@@ -120,9 +128,19 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
         cfg.handshake_timeout = doc["handshake_timeout_ms"] / 1000
     if "connect_timeout_ms" in doc:
         cfg.connect_timeout = doc["connect_timeout_ms"] / 1000
+    if "max_connections" in doc:
+        cfg.max_connections = _whole(doc["max_connections"], "max_connections")
+    if "idle_timeout_ms" in doc:
+        cfg.idle_timeout = _whole(doc["idle_timeout_ms"], "idle_timeout_ms") / 1000
     cfg.debug_modules = bool(doc.get("debug_modules", cfg.debug_modules))
     cfg.workers = int(doc.get("workers", cfg.workers) or 1)
     return cfg
+
+
+def _whole(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} = {value!r}: must be a whole number")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -147,6 +165,14 @@ def parser() -> argparse.ArgumentParser:
         "proxy processes sharing the listeners through SO_REUSEPORT (default 1). Each worker has "
         "its own reactor, watches and agent connections; the first one owns the ready file and "
         "ready address"))
+    a("-max-connections", "--max-connections", type=int, help=(
+        "open connections per listener (public and each upstream; default 1024, 0 = no cap); "
+        "past it a new connection is closed at once"))
+    a("-idle-timeout", "--idle-timeout", type=float, help=(
+        "seconds an established connection may pass no byte either way before it is closed "
+        "(default 300, 0 = never)"))
+    a("-handshake-timeout", "--handshake-timeout", type=float, help=(
+        "seconds an inbound connection has to finish its TLS handshake (default 10)"))
     a("-debug-modules", "--debug-modules", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -184,6 +210,12 @@ def from_args(argv: list[str]) -> ProxyConfig:
         cfg.debug_modules = True
     if ns.workers is not None:
         cfg.workers = ns.workers
+    if ns.max_connections is not None:
+        cfg.max_connections = ns.max_connections
+    if ns.idle_timeout is not None:
+        cfg.idle_timeout = ns.idle_timeout
+    if ns.handshake_timeout is not None:
+        cfg.handshake_timeout = ns.handshake_timeout
     cfg.address = cfg.address or os.environ.get("YURT_ADDR", "")
     cfg.token_file = cfg.token_file or os.environ.get("YURT_TOKEN_FILE", "")
     return cfg.validate()

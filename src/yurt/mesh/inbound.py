@@ -13,7 +13,8 @@ import os
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from .pump import IN, OUT, ERRS, Pipe, Side, set_nodelay
 from .tls import ssl_reason, parse_spiffe, peer_cert
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from .proxy import Proxy
 
 ACCEPT_BATCH = 64
+REPORT_EVERY = 60.0    # seconds between two log lines about refused or starved accepts
+BACKOFF = 0.1          # seconds a listener out of file descriptors stops accepting
+OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def listen(host: str, port: int, backlog: int = 1024, reuseport: bool = False) -> socket.socket:
@@ -41,12 +45,28 @@ def listen(host: str, port: int, backlog: int = 1024, reuseport: bool = False) -
 
 
 class Listener:
-    """A bound listening socket in the reactor; `make(sock, addr)` handles each accept."""
+    """A bound listening socket in the reactor; `make(sock, addr)` handles each accept.
 
-    def __init__(self, proxy: Proxy, sock: socket.socket, make) -> None:
+    At most `limit` accepted connections are open at once (0: no cap; counted from accept until
+    the accepted socket closes). At the cap a new connection first takes the place of the oldest
+    one still in its TLS handshake (so idle half-open connections cannot lock real clients out
+    until their handshake timeout); with none to evict it is closed at once. Both are logged
+    once a minute. When accept() fails for want of file descriptors (EMFILE, ENFILE, ...)
+    the listener stops polling for BACKOFF seconds instead of spinning on the pending connection,
+    and says so once a minute."""
+
+    def __init__(self, proxy: Proxy, sock: socket.socket, make, limit: int = 0) -> None:
         self.proxy = proxy
         self.sock = sock
         self.make = make
+        self.limit = limit
+        self.active = 0
+        self.opening: dict[Side, Any] = {}   # accepted and not closed, oldest first
+        self.refused = 0            # over the cap since the last report
+        self.evicted = 0
+        self.starved = 0            # accept() failures for want of descriptors since the last report
+        self._reported = {"cap": -REPORT_EVERY, "fds": -REPORT_EVERY}
+        self._paused = False
         self.port = sock.getsockname()[1]
         proxy.reactor.register(sock.fileno(), IN, self)
 
@@ -56,16 +76,74 @@ class Listener:
                 s, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # EMFILE and friends: log, keep the listener
-                self.proxy.log.event("accept-error", port=self.port, error=str(e))
+            except OSError as e:
+                if e.errno in OUT_OF_FDS:
+                    self._back_off(e)
+                else:
+                    self.proxy.log.event("accept-error", port=self.port, error=str(e))
                 return
+            if self.limit and self.active >= self.limit and not self._evict():
+                s.close()
+                self.refused += 1
+                self._report("cap", "connection-limit", refused=self.refused, evicted=self.evicted,
+                             limit=self.limit)
+                continue
             s.setblocking(False)
             set_nodelay(s)
             try:
-                self.make(s, addr)
+                conn = self.make(s, addr)
             except Exception as e:  # noqa: BLE001 - one bad accept must not stop the listener
                 s.close()
                 self.proxy.log.event("accept-error", port=self.port, error=repr(e))
+                continue
+            side = getattr(conn, "side", None) or getattr(conn, "client", None)
+            if isinstance(side, Side) and side.fd >= 0:
+                self.active += 1
+                self.opening[side] = conn
+                side.release = partial(self._released, side)
+
+    def _released(self, side: Side) -> None:
+        self.active -= 1
+        self.opening.pop(side, None)
+
+    def _evict(self) -> bool:
+        """Close the oldest connection still in its TLS handshake; False when there is none."""
+        for conn in self.opening.values():
+            if getattr(conn, "state", "") == "handshake" and not getattr(conn, "done", True):
+                conn.fail("refused", f"still in its TLS handshake when the listener reached its cap of "
+                                     f"{self.limit} connections")
+                self.evicted += 1
+                self._report("cap", "connection-limit", refused=self.refused, evicted=self.evicted,
+                             limit=self.limit)
+                return True
+        return False
+
+    def _report(self, kind: str, event: str, **fields: object) -> None:
+        now = time.monotonic()
+        if now - self._reported[kind] >= REPORT_EVERY:
+            self._reported[kind] = now
+            self.proxy.log.event(event, port=self.port, **fields)
+            if kind == "cap":
+                self.refused = self.evicted = 0
+            else:
+                self.starved = 0
+
+    def _back_off(self, e: OSError) -> None:
+        """Out of file descriptors: the pending connection stays in the backlog and epoll would
+        report it again at once. Stop listening to it for a while instead of spinning."""
+        self.starved += 1
+        self._report("fds", "accept-out-of-fds", error=str(e), failures=self.starved,
+                     paused_ms=int(BACKOFF * 1000))
+        if not self._paused:
+            self._paused = True
+            self.proxy.reactor.modify(self.sock.fileno(), 0)
+            self.proxy.reactor.call_later(BACKOFF, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        fd = self.sock.fileno()
+        if fd >= 0 and fd in self.proxy.reactor.handlers:
+            self.proxy.reactor.modify(fd, IN)
 
     def abort(self, reason: str) -> None:
         pass

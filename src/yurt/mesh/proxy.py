@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 from .accesslog import AccessLog
@@ -52,19 +53,20 @@ class Proxy:
         self.upstream_ports: dict[str, int] = {}
         self._endpoints_pending: set[str] = set()  # upstreams whose first endpoints have not come
         self._thread: threading.Thread | None = None
+        self._activity: dict[Pipe, tuple[tuple[int, int, bool], float]] = {}  # the idle sweep's
 
     # -- startup -------------------------------------------------------------------------------
     def bind(self) -> None:
         cfg = self.cfg
         if cfg.listen_port is not None:
             s = listen(cfg.listen_addr, cfg.listen_port, reuseport=cfg.workers > 1)
-            lst = Listener(self, s, lambda sock, addr: InboundConn(self, sock, addr))
+            lst = Listener(self, s, lambda sock, addr: InboundConn(self, sock, addr), cfg.max_connections)
             self.public_port = lst.port
             self.listeners.append(lst)
         for up in cfg.upstreams:
             bal = Balancer()
             s = listen(up.local_bind_address, up.local_bind_port, reuseport=cfg.workers > 1)
-            lst = Listener(self, s, self._upstream_maker(up, bal))
+            lst = Listener(self, s, self._upstream_maker(up, bal), cfg.max_connections)
             self.balancers[lst.port] = bal
             self.upstream_ports[up.destination] = lst.port
             self.listeners.append(lst)
@@ -72,6 +74,30 @@ class Proxy:
             from .config import split_hostport
             host, port = split_hostport(cfg.ready_addr, "-ready-addr")
             self.listeners.append(Listener(self, listen(host, port), lambda sock, addr: ReadyConn(self, sock)))
+
+        if cfg.idle_timeout:
+            self.reactor.call_later(self._sweep_every(), self._sweep_idle)
+
+    def _sweep_every(self) -> float:
+        return min(max(self.cfg.idle_timeout / 10, 0.2), 30.0)
+
+    def _sweep_idle(self) -> None:
+        """Close pipes that moved no byte either way for idle_timeout (a connection with bytes
+        still queued for a slow reader is not idle)."""
+        now = time.monotonic()
+        idle = self.cfg.idle_timeout
+        pipes = [p for ps in self.inbound.values() for p in ps] + list(self.upstream_pipes)
+        seen = self._activity
+        self._activity = {}
+        for p in pipes:
+            mark = (p.a.nread, p.b.nread, p.a.out is None and p.b.out is None)
+            last = seen.get(p)
+            since = last[1] if last is not None and last[0] == mark and mark[2] else now
+            if now - since >= idle:
+                p.close("error", f"idle for {idle:g}s (no bytes either way)")
+            else:
+                self._activity[p] = (mark, since)
+        self.reactor.call_later(self._sweep_every(), self._sweep_idle)
 
     def _upstream_maker(self, up: UpstreamConfig, bal: Balancer):
         return lambda sock, addr: UpstreamConn(self, up, bal, sock, addr)

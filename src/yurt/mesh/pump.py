@@ -187,7 +187,7 @@ class Side:
     """One socket of a pipe. Owner receives `on_side_event(side, ev)`; the owner changes from
     the connection-setup object to the Pipe once both ends are established."""
     __slots__ = ("sock", "fd", "tls", "owner", "mask", "out", "eof", "shut", "other", "reactor",
-                 "obj", "nread")
+                 "obj", "nread", "release")
 
     def __init__(self, reactor: Reactor, sock: socket.socket, tls: bool, owner: Any, mask: int) -> None:
         self.reactor = reactor
@@ -202,6 +202,7 @@ class Side:
         self.other: Side | None = None
         self.obj: Any = None  # the SSLSocket's _ssl._SSLSocket once pumping (TLS sides)
         self.nread = 0  # bytes read from this socket while pumping
+        self.release: Callable[[], None] | None = None  # the listener's count of open connections
         reactor.register(self.fd, mask, self)
 
     def on_event(self, ev: int) -> None:
@@ -235,6 +236,9 @@ class Side:
                 self.sock.close()
             except OSError:
                 pass
+            release, self.release = self.release, None
+            if release is not None:
+                release()
 
 
 _IN_ERRS = IN | ERRS

@@ -14,6 +14,7 @@ not know (no such version) is that job written inline (alloc.job_body).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,11 +127,25 @@ class Loaded:
     acl_bootstrap: int = 0
 
 
+def _private(path: str) -> None:
+    """The store holds the Connect CA's private keys: the database is made (or made again) 0600
+    before SQLite opens it, and SQLite gives its -wal and -shm files the database's mode."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 class SqliteBackend:
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = path
+        _private(path)
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         c = self.conn
         mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
