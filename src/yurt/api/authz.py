@@ -260,13 +260,16 @@ async def _ask_server(request: Request, key: tuple[str, str], req: Requirement |
     from .forward import HOP, TOKEN_HEADERS, server_address
     name = await _name_for(request, req) if req is not None else ""
     headers = {k: v for k, v in request.headers.items() if k.lower() in TOKEN_HEADERS}
-    try:
-        async with httpx.AsyncClient(timeout=30) as client:
+    agent = request.app.state.agent
+    try:   # with tls { }, as the agent's other calls to its server: trust ca_file, present cert_file
+        async with httpx.AsyncClient(timeout=30, verify=getattr(agent, "tls_context", True)) as client:
             resp = await client.post(server_address(request).rstrip("/") + "/v1/internal/acl/check",
                                      json={"Method": key[0], "Path": key[1], "Name": name},
                                      headers={HOP: "1", **headers})
     except httpx.HTTPError as e:
-        raise Unavailable(f"cannot ask the server whether this request is allowed: {e}") from None
+        tls = getattr(agent, "tls", None)   # a TLS failure says which setting to fix
+        raise Unavailable(f"cannot ask the server whether this request is allowed: "
+                          f"{(tls.reason(e) if tls else None) or e}") from None
     if resp.status_code != 200:
         raise PermissionDenied(resp.text.strip() or "Permission denied") if resp.status_code == 403 \
             else Unavailable(f"the server could not check this request's token: {resp.text.strip()}")

@@ -62,7 +62,7 @@ def lab_up(name: str, servers: int, clients: int, hosts: tuple[str, ...], subnet
     echo(f'==> lab "{made.name}" is up on {made.subnet} (bridge {made.bridge})')
     _status_table(made)
     server = made.servers[0]
-    echo(f"\nTalk to it:  export NOMAD_ADDR={server.http}")
+    echo(f"\nTalk to it:  export NOMAD_ADDR={made.url(server)}")
     flag = "" if name == "lab" else f" -name {name}"
     echo(f"Or inside a host:  yurt lab exec{flag} {made.hosts[-1].name} -- yurt node status")
 
@@ -116,7 +116,7 @@ def lab_start(name: str, host: str) -> None:
     made = lab.load(name)
     h = made.host(host)
     lab.start_agent(made, h)
-    echo(f"==> {host}: agent started (pid {h.pid}), {h.http}")
+    echo(f"==> {host}: agent started (pid {h.pid}), {made.url(h)}")
 
 
 @lab_group.command("stop")
@@ -148,7 +148,7 @@ def lab_exec(name: str, host: str, command: tuple[str, ...]) -> None:
         fail("yurt lab exec HOST -- COMMAND [ARGS...]: give a command")
     if args[0] == "yurt":   # the yurt of this installation, whatever PATH says inside
         args = [sys.executable, "-m", "yurt.cli.main", *args[1:]]
-    env = dict(os.environ, NOMAD_ADDR=h.http, YURT_ADDR=h.http)
+    env = dict(os.environ, NOMAD_ADDR=made.url(h), YURT_ADDR=made.url(h))
     argv = lab.exec_args(made, h, args)
     sys.stdout.flush()
     os.execvpe(argv[0], argv, env)

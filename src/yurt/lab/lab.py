@@ -66,10 +66,6 @@ class Host:
     state: str = "new"          # new, running, stopped, killed
 
     @property
-    def http(self) -> str:
-        return f"http://{self.address}:{HTTP_PORT}"
-
-    @property
     def netns_path(self) -> str:
         return str(NETNS_DIR / self.netns)
 
@@ -90,6 +86,10 @@ class Lab:
     gateway: str
     hosts: list[Host] = field(default_factory=list)
     extra_config: list[str] = field(default_factory=list)
+    scheme: str = "http"        # "https" when a -config file turns on tls { http = true }
+
+    def url(self, host: Host) -> str:
+        return f"{self.scheme}://{host.address}:{HTTP_PORT}"
 
     @property
     def dir(self) -> Path:
@@ -230,7 +230,7 @@ def up(name: str = DEFAULT_LAB, *, servers: int = 1, clients: int = 3, hosts: It
                        + ("" if name == DEFAULT_LAB else f" -name {name}") + " removes it")
     _check_subnet_free(net)
     lab = Lab(name=name, subnet=str(net), bridge=bridge, gateway=f"{addresses[0]}/{net.prefixlen}",
-              extra_config=configs,
+              extra_config=configs, scheme="https" if any(_serves_https(c) for c in configs) else "http",
               hosts=[Host(name=h, role=role, address=str(addresses[i + 1]), netns=_netns_name(name, h),
                           veth=_veth_name(name, h)) for i, (h, role) in enumerate(planned)])
     lab.save()   # before anything exists: down can undo a half-made lab
@@ -247,6 +247,19 @@ def up(name: str = DEFAULT_LAB, *, servers: int = 1, clients: int = 3, hosts: It
         down(name)
         raise
     return lab
+
+
+def _serves_https(path: str) -> bool:
+    """Whether an agent config file turns on tls { http = true }."""
+    import hcl2
+    try:
+        text = Path(path).read_text()
+        raw = json.loads(text) if path.endswith(".json") else hcl2.loads(text)
+    except Exception as e:  # noqa: BLE001 - every parse error becomes one message
+        raise LabError(f"-config {path}: not a valid agent config file: {str(e).splitlines()[0]}") from None
+    tls = raw.get("tls")
+    tls = tls[0] if isinstance(tls, list) and tls else tls
+    return isinstance(tls, dict) and tls.get("http") in (True, "true")
 
 
 def _check_subnet_free(net: ipaddress.IPv4Network) -> None:
@@ -321,30 +334,34 @@ def start_agent(lab: Lab, host: Host) -> None:
 
 
 def _wait_ready(lab: Lab, wait: float, progress: Progress) -> None:
-    """Until the server answers and has every client host's node ready."""
+    """Until every agent is healthy: a server answers, a client has registered its node. Asked on
+    each agent's unix socket (plain HTTP, and public with ACLs on), so a lab with TLS and ACLs in
+    its `-config` is waited for the same way."""
     import httpx
-    server = lab.servers[0]
-    clients = {h.name for h in lab.hosts if h.is_client}
     deadline = time.monotonic() + wait
-    said: set[str] = set()
+    ready: set[str] = set()
     while True:
         for host in lab.hosts:
             if not _alive(host):
                 tail = _tail(lab.log_file(host))
                 raise LabError(f"the agent of {host.name} exited; the end of {lab.log_file(host)}:\n{tail}")
-        try:
-            nodes = httpx.get(f"{server.http}/v1/nodes", timeout=2).json()
-            ready = {n["Name"] for n in nodes if n.get("Status") == "ready"} & clients
-        except (httpx.HTTPError, ValueError):
-            ready = set()
-        for name in sorted(ready - said):
-            progress(f"node {name} ready")
-        said |= ready
-        if ready >= clients:
+        for host in lab.hosts:
+            if host.name in ready:
+                continue
+            sock = lab.data_dir(host) / "yurt.sock"
+            try:
+                with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), timeout=2) as c:
+                    ok = c.get("http://agent/v1/agent/health").status_code == 200
+            except (httpx.HTTPError, OSError):
+                ok = False
+            if ok:
+                ready.add(host.name)
+                progress(f"{'node' if host.is_client else 'server'} {host.name} ready")
+        if len(ready) == len(lab.hosts):
             return
         if time.monotonic() > deadline:
-            missing = ", ".join(sorted(clients - ready))
-            raise LabError(f"the lab's nodes were not all ready within {wait:.0f}s (waiting for {missing}); "
+            missing = ", ".join(sorted({h.name for h in lab.hosts} - ready))
+            raise LabError(f"the lab's agents were not all ready within {wait:.0f}s (waiting for {missing}); "
                            f"see the agents' logs under {lab.dir}")
         time.sleep(0.2)
 
@@ -533,7 +550,7 @@ def status(lab: Lab) -> list[dict[str, str]]:
         if state == "running" and not _alive(h):
             state = "exited"
         rows.append({"Host": h.name, "Role": h.role, "Address": h.address, "Agent": state,
-                     "PID": str(h.pid) if state == "running" else "", "HTTP": h.http})
+                     "PID": str(h.pid) if state == "running" else "", "HTTP": lab.url(h)})
     return rows
 
 
