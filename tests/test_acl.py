@@ -55,10 +55,11 @@ def h(token: str) -> dict[str, str]:
 
 
 def _routes() -> list[tuple[str, str]]:
+    from yurt.agent.config import AgentConfig
     from yurt.api.app import create_app
 
-    class Stub:
-        pass
+    class Stub:   # the app's route table only: no agent behind it
+        config = AgentConfig()
     schema = create_app(Stub()).openapi()
     return [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops]
 
@@ -199,11 +200,11 @@ def test_malformed_policies_name_the_rule_and_line(agent, root, tmp_path):
     bad.write_text('namespace "default" {\n  policy = "read"\n}\nnamespace "prod" {\n  policy = "raed"\n}\n')
     res = run_yurt("acl", "policy", "apply", "bad", str(bad), env=env)
     assert res.returncode == 1
-    assert ('ACL policy "bad": namespace "prod" > policy (line 5): "raed" is not a policy; '
+    assert (f'{bad}: ACL policy "bad": namespace "prod" > policy (line 5): "raed" is not a policy; '
             'use one of deny, read, write, scale') in res.stderr
     bad.write_text('namespace "default" {\n  policy = \n}\n')
     res = run_yurt("acl", "policy", "apply", "bad", str(bad), env=env)
-    assert res.returncode == 1 and 'ACL policy "bad": line 2' in res.stderr
+    assert res.returncode == 1 and f'{bad}: ACL policy "bad": line 2' in res.stderr
     bad.write_text('service "web" {\n  policy = "write"\n  intentions = "read"\n}\n')
     res = run_yurt("acl", "policy", "apply", "bad", str(bad), env=env)
     assert res.returncode == 1 and 'service "web" > intentions (line 3): unknown key' in res.stderr
@@ -221,6 +222,37 @@ def test_mesh_rules_guard_the_catalog(agent, root):
         assert r.status_code == 403 and r.text == 'Permission denied: this needs service "api" write'
         r = c.put("/v1/agent/service/register", json={"Name": "api", "Port": 1}, headers=s)
         assert r.status_code == 403
+
+
+def test_replacing_the_ca_needs_operator_write_and_a_refusal_changes_nothing(agent, root):
+    """The attack: swap the Connect CA's root for one the attacker holds the key of."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    import datetime as dt
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "evil root")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    body = {"Provider": "consul", "Config": {
+        "PrivateKey": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()).decode(),
+        "RootCert": cert.public_bytes(serialization.Encoding.PEM).decode()}}
+    with agent.api() as c:
+        before = c.get("/v1/connect/ca/roots").json()
+        r = c.put("/v1/connect/ca/configuration", json=body)
+        assert r.status_code == 403 and r.text == "Permission denied: this needs operator:write"
+        pol = {"Name": "meshread", "Rules": 'service_prefix "" {\n  policy = "write"\n}\noperator {\n  policy = "read"\n}\n'}
+        assert c.put("/v1/acl/policy/meshread", json=pol, headers=h(root)).status_code == 200
+        tok = c.put("/v1/acl/token", json={"Name": "mesh", "Policies": ["meshread"]}, headers=h(root)).json()
+        r = c.put("/v1/connect/ca/configuration", json=body, headers=h(tok["SecretID"]))
+        assert r.status_code == 403 and "operator:write" in r.text
+        after = c.get("/v1/connect/ca/roots").json()
+        assert after["ActiveRootID"] == before["ActiveRootID"]
+        assert [x["ID"] for x in after["Roots"]] == [x["ID"] for x in before["Roots"]]
 
 
 def test_the_agents_own_client_works_with_acls_on(agent, root):

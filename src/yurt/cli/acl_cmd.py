@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .flags import NomadGroup
-from .format import address_option, api_errors, connect, echo, kv, print_table
+from .format import api_message, address_option, api_errors, connect, echo, kv, print_table
 from .output import fail
 
 CTX = {"help_option_names": ["-h", "-help", "--help"]}
@@ -74,9 +74,13 @@ def policy_apply_cmd(description: str, name: str, file: str, address: str | None
             rules = Path(file).read_text(encoding="utf-8")
         except OSError as e:
             fail(f"cannot read the policy file {file}: {e.strerror}")
+    from yurt.errors import InvalidInput
     with connect(address) as client:
-        client.request("PUT", f"/v1/acl/policy/{name}",
-                       json={"Name": name, "Description": description, "Rules": rules})
+        try:
+            client.request("PUT", f"/v1/acl/policy/{name}",
+                           json={"Name": name, "Description": description, "Rules": rules})
+        except InvalidInput as e:   # the rule and line are the server's; the file is ours
+            fail(f"{'<stdin>' if file == '-' else file}: {api_message(e)}")
     echo(f'Successfully wrote "{name}" ACL policy!')
 
 
