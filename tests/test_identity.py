@@ -212,18 +212,28 @@ def test_a_node_cannot_update_another_nodes_allocations(api, mesh):
     assert after["ClientStatus"] == "running" and after["ClientDescription"] != "forged"
 
 
-def test_signing_a_csr_needs_a_node_secret(api):
+def test_signing_a_csr_needs_a_node_secret_and_an_allocation_with_that_service(agent, api, mesh):
     _node_id, secret = fake_node(api)
     roots = api.get("/v1/agent/connect/ca/roots").json()
-    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), service_uri(roots["TrustDomain"], "dc1", "anything"))
-    body = {"CSR": csr, "Service": "anything"}
-    missing = api.put("/v1/internal/connect/ca/sign", json=body)
+
+    def body(service: str) -> dict:
+        csr = make_csr(ec.generate_private_key(ec.SECP256R1()), service_uri(roots["TrustDomain"], "dc1", service))
+        return {"CSR": csr, "Service": service}
+    missing = api.put("/v1/internal/connect/ca/sign", json=body("id-count-api"))
     assert missing.status_code == 403 and "SecretID" in missing.text and "none was given" in missing.text
-    wrong = api.put("/v1/internal/connect/ca/sign", json=body, headers={"X-Nomad-Token": "nope"})
+    wrong = api.put("/v1/internal/connect/ca/sign", json=body("id-count-api"), headers={"X-Nomad-Token": "nope"})
     assert wrong.status_code == 403 and "nope" not in wrong.text
-    ok = api.put("/v1/internal/connect/ca/sign", json=body, headers={"X-Nomad-Token": secret})
+    # a registered node, but one that runs nothing: no certificate for a service it does not run
+    fake = api.put("/v1/internal/connect/ca/sign", json=body("id-count-api"), headers={"X-Nomad-Token": secret})
+    assert fake.status_code == 403, fake.text
+    assert 'runs no allocation with service "id-count-api"' in fake.text and secret not in fake.text
+    # the node that runs count-api's allocation has its certificate signed
+    own = (Path(agent.data_dir) / "client" / "client" / "secret-id").read_text().strip()
+    ok = api.put("/v1/internal/connect/ca/sign", json=body("id-count-api"), headers={"X-Nomad-Token": own})
     assert ok.status_code == 200, ok.text
     assert "BEGIN CERTIFICATE" in ok.json()["CertPEM"]
+    other = api.put("/v1/internal/connect/ca/sign", json=body("billing"), headers={"X-Nomad-Token": own})
+    assert other.status_code == 403 and 'runs no allocation with service "billing"' in other.text
 
 
 # -- workload identity -------------------------------------------------------------------------

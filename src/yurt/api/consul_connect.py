@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server import intentions as ixmod
+from yurt.server.identity import group_services
 from yurt.structs import Intention, parse_service_uri
 
 from .common import json_body, query_index, wait_seconds
@@ -69,12 +70,18 @@ async def ca_sign(request: Request):
     if not token:
         raise PermissionDenied("signing a certificate needs a node's SecretID in the X-Nomad-Token header; "
                                "none was given")
-    if not any(n.secret_id and hmac.compare_digest(n.secret_id.encode(), token.encode())
-               for n in agent_of(request).server.reads.nodes()):
+    reads = agent_of(request).server.reads
+    node = next((n for n in reads.nodes()
+                 if n.secret_id and hmac.compare_digest(n.secret_id.encode(), token.encode())), None)
+    if node is None:
         raise PermissionDenied("signing a certificate needs a node's SecretID in the X-Nomad-Token header; "
                                "the token given is not one")
+    # a node has certificates signed only for the services of the allocations it runs
+    allowed = {svc for a in reads.node_allocs(node.id) if not a.terminal() and a.job is not None
+               for svc in group_services(a.job, a.task_group)}
     body = await json_body(request)
-    cert = await asyncio.to_thread(_ca(request).sign, str(body.get("CSR", "")), body.get("Service") or None)
+    cert = await asyncio.to_thread(_ca(request).sign, str(body.get("CSR", "")), body.get("Service") or None,
+                                   allowed, f'node "{node.name}"')
     return creply(request, cert.to_json(), cert.modify_index)
 
 

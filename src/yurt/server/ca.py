@@ -17,9 +17,9 @@ import threading
 import time
 import uuid
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
-from yurt.errors import InvalidInput, Unavailable
+from yurt.errors import InvalidInput, PermissionDenied, Unavailable
 from yurt.structs import CAConfig, CARoot, CAState, IssuedCert, parse_duration, parse_service_uri
 from yurt.structs.connect import service_uri, signing_uri
 from yurt.state import StateStore
@@ -190,7 +190,8 @@ class ConnectCA:
                 "Roots": [r.public() for r in st.roots]}
 
     # -- signing ----------------------------------------------------------------------------
-    def sign(self, csr_pem: str, service: str | None = None) -> IssuedCert:
+    def sign(self, csr_pem: str, service: str | None = None, allowed: Collection[str] | None = None,
+             who: str = "") -> IssuedCert:
         """Sign a service's CSR: exactly one URI SAN, the SPIFFE ID of a service in this trust
         domain and datacenter (and `service` if given). The key stays with whoever made it."""
         try:
@@ -204,6 +205,10 @@ class ConnectCA:
         if sid is None:
             raise CAError(f'"{uris[0]}" is not a service SPIFFE ID '
                           f"(spiffe://<trust-domain>/ns/default/dc/<dc>/svc/<service>)")
+        if allowed is not None and sid.service not in allowed:
+            raise PermissionDenied(f'{who or "the caller"} runs no allocation with service "{sid.service}", so '
+                                   "it cannot have a certificate signed for it"
+                                   + (f" (it runs: {', '.join(sorted(allowed))})" if allowed else ""))
         if sid.trust_domain != st.trust_domain.lower():
             raise CAError(f'the CSR is for trust domain "{sid.trust_domain}", this CA signs for '
                           f'"{st.trust_domain}"')
