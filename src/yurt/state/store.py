@@ -19,8 +19,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from yurt.errors import InvalidInput
 from yurt.structs import (AllocDeploymentStatus, Allocation, DesiredTransition, Evaluation, Job,
@@ -35,6 +35,9 @@ from .mesh_store import MeshStore
 from .sqlite_backend import Changes, SqliteBackend
 from .view import Snapshot, StateView
 from .writes import Txn
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class _Unchanged(Exception):
@@ -147,54 +150,22 @@ class StateStore(MeshStore, ACLStore):
         t.table_index = table_index
         for v in ch.versions:
             t.put_version(v)
-        for key, job in ch.jobs.items():
-            if job is None:
-                t.drop_job(key)
-            else:
-                t.put_job(job)
+        _apply_rows(ch.jobs, t.put_job, t.drop_job)
         for vkey in ch.versions_purged:
             t.hide_version(vkey)
         for vkey in ch.versions_dropped:
             t.drop_version(vkey)
-        for i, ev in ch.evals.items():
-            if ev is None:
-                t.drop_eval(i)
-            else:
-                t.put_eval(ev)
-        for i, alloc in ch.allocs.items():
-            if alloc is None:
-                t.drop_alloc(i)
-            else:
-                t.put_alloc(alloc)
-        for i, node in ch.nodes.items():
-            if node is None:
-                t.drop_node(i)
-            else:
-                t.put_node(node)
-        for k, svc in ch.services.items():
-            if svc is None:
-                t.drop_service(k)
-            else:
-                t.put_service(svc)
-        for i, ix in ch.intentions.items():
-            if ix is None:
-                t.drop_intention(i)
-            else:
-                t.put_intention(ix)
+        _apply_rows(ch.evals, t.put_eval, t.drop_eval)
+        _apply_rows(ch.allocs, t.put_alloc, t.drop_alloc)
+        _apply_rows(ch.nodes, t.put_node, t.drop_node)
+        _apply_rows(ch.services, t.put_service, t.drop_service)
+        _apply_rows(ch.intentions, t.put_intention, t.drop_intention)
         if ch.ca_state is not None:
             t.ca_state = ch.ca_state
         if ch.ca_serial is not None:
             t.ca_serial = ch.ca_serial
-        for name, p in ch.acl_policies.items():
-            if p is None:
-                t.drop_acl_policy(name)
-            else:
-                t.put_acl_policy(p)
-        for accessor, tok in ch.acl_tokens.items():
-            if tok is None:
-                t.drop_acl_token(accessor)
-            else:
-                t.put_acl_token(tok)
+        _apply_rows(ch.acl_policies, t.put_acl_policy, t.drop_acl_policy)
+        _apply_rows(ch.acl_tokens, t.put_acl_token, t.drop_acl_token)
         if ch.acl_bootstrap is not None:
             t.acl_bootstrap = ch.acl_bootstrap
 
@@ -458,3 +429,12 @@ class StateStore(MeshStore, ACLStore):
     async def wait_async(self, min_index: int, timeout_s: float, table: Target = None) -> int:
         """`wait` for asyncio: the event loop is not blocked."""
         return await self._waiters.wait_async(min_index, timeout_s, self._check(table))
+
+
+def _apply_rows(rows: Mapping[K, V | None], put: Callable[[V], object], drop: Callable[[K], object]) -> None:
+    """A write's rows of one table into the read model: None means deleted."""
+    for key, row in rows.items():
+        if row is None:
+            drop(key)
+        else:
+            put(row)
