@@ -8,6 +8,7 @@
 <prefix>index/<table>               put by every write that changes the table: its mod_revision
                                     is the table's index (deletions included)
 <prefix>leader  members/<name>      leadership and liveness, on the servers' leases
+<prefix>servers/<name>              every server that ever joined (`server members` shows the dead)
 ```
 
 The index of a write is etcd's revision, known only once the transaction commits. So a write is
@@ -63,7 +64,8 @@ class Decoded:
 
     changes: Changes
     tables: set[str] = field(default_factory=set)
-    members: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    members: dict[str, dict[str, Any] | None] = field(default_factory=dict)    # alive (on a lease)
+    servers: dict[str, dict[str, Any] | None] = field(default_factory=dict)    # every server that joined
     leader: tuple[bytes, int] | None = None     # (value, create_revision); (b"", 0) when deleted
     leader_changed: bool = False
 
@@ -83,6 +85,9 @@ class Codec:
 
     def member_key(self, name: str) -> bytes:
         return self.key("members", _q(name))
+
+    def server_key(self, name: str) -> bytes:
+        return self.key("servers", _q(name))
 
     # --- encode ---------------------------------------------------------------------------------
 
@@ -188,6 +193,8 @@ class Codec:
             out.leader_changed = True
         elif table == "members":
             out.members[parts[1]] = None if deleted else json.loads(e.kv.value)
+        elif table == "servers":
+            out.servers[parts[1]] = None if deleted else json.loads(e.kv.value)
         elif table == "jobs":
             ch.jobs[(parts[1], parts[2])] = None if value is None else Job.model_validate(_obj(value, rev))
         elif table == "evals":

@@ -115,8 +115,9 @@ class Leadership:
                 if not self._lease:
                     self._lease, self.granted_ttl = kv.lease_grant(self.ttl)
                     self._last_ok = time.monotonic()
-                    kv.txn([], [ec.put(self.store.codec.member_key(self.member["Name"]),
-                                       json.dumps(self.member).encode(), self._lease)])
+                    value = json.dumps(self.member).encode()
+                    kv.txn([], [ec.put(self.store.codec.member_key(self.member["Name"]), value, self._lease),
+                                ec.put(self.store.codec.server_key(self.member["Name"]), value)])
                 else:
                     left = kv.lease_keepalive(self._lease, timeout=max(1.0, self.ttl / 6))
                     if left <= 0:

@@ -64,7 +64,8 @@ class EtcdStateStore(StateStore):
         self._snap = None
         self._tmpdir = None
         self._stop = stop or threading.Event()
-        self.members: dict[str, dict[str, Any]] = {}
+        self.members: dict[str, dict[str, Any]] = {}   # servers alive now (their lease holds)
+        self.servers: dict[str, dict[str, Any]] = {}   # every server that joined
         self.leader_value: bytes = b""
         self.leader_create_revision = 0
         self.leadership = Leadership(self, lease_ttl)
@@ -114,6 +115,7 @@ class EtcdStateStore(StateStore):
         apply_changes(t, dec.changes, table_index)
         t.index = rev
         self.members = {k: v for k, v in dec.members.items() if v is not None}
+        self.servers = {k: v for k, v in dec.servers.items() if v is not None}
         if dec.leader is not None:
             self.leader_value, self.leader_create_revision = dec.leader
         else:
@@ -168,11 +170,12 @@ class EtcdStateStore(StateStore):
                 for name in dec.tables:
                     table_index[name] = rev
                 self._apply(dec.changes, table_index)
-                for name, m in dec.members.items():
-                    if m is None:
-                        self.members.pop(name, None)
-                    else:
-                        self.members[name] = m
+                for table, rows in ((self.members, dec.members), (self.servers, dec.servers)):
+                    for name, m in rows.items():
+                        if m is None:
+                            table.pop(name, None)
+                        else:
+                            table[name] = m
                 if dec.leader is not None:
                     self.leader_value, self.leader_create_revision = dec.leader
                 self._snap = None
@@ -241,6 +244,17 @@ class EtcdStateStore(StateStore):
         if dump is None:
             return obj
         return type(obj).model_validate(restamp(dump(by_alias=True), index))  # type: ignore[attr-defined]
+
+    def shared_secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """A value every server shares (the workload identity signing key): the first server
+        to start stores `make()`, the others read it."""
+        key = self.codec.key("secrets", name)
+        res = self.kv.txn([ec.compare(key, "CREATE", "EQUAL", 0)], [ec.put(key, make())], [ec.get(key)])
+        if res.succeeded:
+            _, kvs, _ = self.kv.range(key)
+            return kvs[0].value
+        kvs = res.responses[0].get("response_range", {}).get("kvs", [])
+        return ec.KV.from_json(kvs[0]).value
 
     # --- writes that may be split ---------------------------------------------------------------
 
