@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 YURT := $(VENV)/bin/yurt
 # Debian packages the tests and the demo use: the CNI plugins, iptables and iproute2 for bridge networking;
-# podman (with runc) as the container engine behind the docker driver, through its Docker-compatible API.
-DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl
+# podman (with runc) as the container engine behind the docker driver, through its Docker-compatible API;
+# etcd (the server, /usr/bin/etcd, and etcdctl) for highly available servers: the state store's tests run
+# a loopback etcd cluster (tests/etcd_cluster.py) and `yurt lab` runs an etcd member on each server host.
+DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl etcd-server etcd-client
 # The engine the docker driver's tests and `make images` use: podman's socket, unless DOCKER_HOST says otherwise.
 PODMAN_SOCK := /run/podman/podman.sock
 ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
