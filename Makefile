@@ -64,7 +64,8 @@ demo: deps
 	examples/countdash/demo.sh
 
 # Benchmarks (not part of the tests): the scheduler, the state store's writes against SQLite alone,
-# and the sidecar proxy against HAProxy.
+# the sidecar proxy against HAProxy, and the etcd clients etcd3gw and aetcd side by side (a client
+# not installed is skipped: pip install aetcd etcd3gw).
 BENCH_DEBS := nginx haproxy wrk
 bench: deps
 	@missing=$$(for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -72,6 +73,7 @@ bench: deps
 	$(PY) bench/scheduler.py
 	$(PY) bench/state_store.py
 	$(PY) bench/proxy.py
+	$(PY) bench/etcd_clients.py
 
 clean:
 	rm -rf $(VENV) .stamp-* build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .import_linter_cache .grimp_cache
