@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 YURT := $(VENV)/bin/yurt
 # Debian packages the tests and the demo use: the CNI plugins, iptables and iproute2 for bridge networking;
-# podman (with runc) as the container engine behind the docker driver, through its Docker-compatible API.
-DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl
+# podman (with runc) as the container engine behind the docker driver, through its Docker-compatible API;
+# etcd (the server, /usr/bin/etcd, and etcdctl) for highly available servers: the state store's tests run
+# a loopback etcd cluster (tests/etcd_cluster.py) and `yurt lab` runs an etcd member on each server host.
+DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl etcd-server etcd-client
 # The engine the docker driver's tests and `make images` use: podman's socket, unless DOCKER_HOST says otherwise.
 PODMAN_SOCK := /run/podman/podman.sock
 ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
@@ -62,7 +64,8 @@ demo: deps
 	examples/countdash/demo.sh
 
 # Benchmarks (not part of the tests): the scheduler, the state store's writes against SQLite alone,
-# and the sidecar proxy against HAProxy.
+# the sidecar proxy against HAProxy, and the etcd clients etcd3gw and aetcd side by side (a client
+# not installed is skipped: pip install aetcd etcd3gw).
 BENCH_DEBS := nginx haproxy wrk
 bench: deps
 	@missing=$$(for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -70,6 +73,7 @@ bench: deps
 	$(PY) bench/scheduler.py
 	$(PY) bench/state_store.py
 	$(PY) bench/proxy.py
+	$(PY) bench/etcd_clients.py
 
 clean:
 	rm -rf $(VENV) .stamp-* build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

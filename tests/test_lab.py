@@ -359,11 +359,14 @@ def test_lab_host_plans_and_bad_names():
     from yurt.lab.lab import plan_hosts
     assert plan_hosts(1, 2) == [("server1", "server"), ("client1", "client"), ("client2", "client")]
     assert plan_hosts(1, 3, ["web:server+client", "db"]) == [("web", "server+client"), ("db", "client")]
+    # several servers: highly available, on etcd (tests/test_lab_etcd.py)
+    assert plan_hosts(3, 1) == [("server1", "server"), ("server2", "server"), ("server3", "server"),
+                                ("client1", "client")]
     for args, message in (((1, 0, ["a:server", "a"]), 'two lab hosts are named "a"'),
                           ((1, 0, ["Web:server"]), 'host name "Web" is not valid'),
                           ((1, 0, ["a:boss"]), 'role "boss" is not one of server, client, server+client'),
                           ((1, 0, ["a", "b"]), "a lab needs a server"),
-                          ((2, 1, []), "2 servers asked for: Yurt servers are not highly available yet")):
+                          ((0, 2, []), "a lab needs a server: -servers 1")):
         with pytest.raises(LabError) as e:
             plan_hosts(*args)
         assert message in str(e.value)

@@ -7,6 +7,11 @@ machine (root namespace)                     lab "lab", subnet 10.213.0.0/24
    its ports, one rule)        └── veth ── [netns ylab-lab-client2]  eth0 10.213.0.4  yurt agent (client)
 ```
 
+With more than one server host (or ``-etcd``), every server host also runs an etcd member in its
+namespace (client URL ``http://<address>:2379``, peer URL ``:2380``, data under the host's
+directory), and the Yurt servers keep their state in that etcd cluster (``server { store { etcd
+{ endpoints = [...] } } }``); ``up`` waits for the cluster to be healthy before it starts them.
+
 A host is a network namespace with one interface on the lab bridge and a default route through
 the bridge's address. Its agent runs in that namespace only (``nsenter --net``: the file system
 and process table are the machine's), with its own data dir under ``/var/lib/yurt/lab/<lab>/<host>``.
@@ -24,6 +29,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -41,6 +47,8 @@ IPAM_DIR = Path("/var/run/yurt/ipam")     # bridge.NETNS_IPAM_DIR: a host's leas
 DEFAULT_LAB = "lab"
 DEFAULT_SUBNET = "10.213.0.0/24"
 HTTP_PORT = 4646
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 ROLES = ("server", "client", "server+client")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
@@ -64,6 +72,10 @@ class Host:
     pid: int = 0
     start_time: int | None = None
     state: str = "new"          # new, running, stopped, killed
+    etcd_pid: int = 0           # the host's etcd member (server hosts of a lab with etcd)
+    etcd_start_time: int | None = None
+    etcd_state: str = ""        # "" (no member), running, killed
+    cut: bool = False           # its link is cut (yurt lab cut), its processes running
 
     @property
     def netns_path(self) -> str:
@@ -87,9 +99,29 @@ class Lab:
     hosts: list[Host] = field(default_factory=list)
     extra_config: list[str] = field(default_factory=list)
     scheme: str = "http"        # "https" when a -config file turns on tls { http = true }
+    etcd_client_port: int = 0   # 0: the lab runs no etcd (one server without -etcd)
+    etcd_peer_port: int = 0
+    etcd_token: str = ""        # --initial-cluster-token, unique per lab
 
     def url(self, host: Host) -> str:
         return f"{self.scheme}://{host.address}:{HTTP_PORT}"
+
+    @property
+    def has_etcd(self) -> bool:
+        return self.etcd_client_port > 0
+
+    def etcd_url(self, host: Host) -> str:
+        return f"http://{host.address}:{self.etcd_client_port}"
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        return [self.etcd_url(h) for h in self.servers]
+
+    def etcd_dir(self, host: Host) -> Path:
+        return self.host_dir(host) / "etcd"
+
+    def etcd_log(self, host: Host) -> Path:
+        return self.host_dir(host) / "etcd.log"
 
     @property
     def dir(self) -> Path:
@@ -164,9 +196,6 @@ def plan_hosts(servers: int, clients: int, named: Iterable[str] = ()) -> list[tu
     n_servers = sum(1 for _, role in out if "server" in role)
     if n_servers == 0:
         raise LabError("a lab needs a server: give one host the role server (-host NAME:server)")
-    if n_servers > 1:
-        raise LabError(f"{n_servers} servers asked for: Yurt servers are not highly available yet (one "
-                       "server per cluster), so a lab has exactly one")
     return out
 
 
@@ -201,9 +230,10 @@ Progress = Callable[[str], None]
 
 
 def up(name: str = DEFAULT_LAB, *, servers: int = 1, clients: int = 3, hosts: Iterable[str] = (),
-       subnet: str = DEFAULT_SUBNET, extra_config: Iterable[str] = (), wait: float = 60.0,
+       subnet: str = DEFAULT_SUBNET, extra_config: Iterable[str] = (), wait: float = 60.0, etcd: bool = False,
        progress: Progress = lambda line: None) -> Lab:
-    """Make the lab and start its agents; returns once every client node is ready (or raises)."""
+    """Make the lab and start its agents; returns once every client node is ready (or raises).
+    With more than one server host, or ``etcd``, every server host runs an etcd member first."""
     _need_root()
     if not LAB_NAME_RE.match(name):
         raise LabError(f'lab name "{name}" is not valid: a lowercase letter, then up to 9 lowercase letters or digits')
@@ -212,6 +242,10 @@ def up(name: str = DEFAULT_LAB, *, servers: int = 1, clients: int = 3, hosts: It
         raise LabError(f'lab "{name}" is already up: yurt lab status{flag}; yurt lab down{flag} first to make '
                        "it anew, or name another with -name")
     planned = plan_hosts(servers, clients, hosts)
+    etcd = etcd or sum(1 for _, role in planned if "server" in role) > 1
+    if etcd and not Path(_etcd_binary()).exists():
+        raise LabError(f"{_etcd_binary()} is not installed, and a lab with several servers (or -etcd) runs an "
+                       "etcd member on each server host: apt-get install etcd-server etcd-client")
     try:
         net = ipaddress.IPv4Network(subnet, strict=False)
     except ValueError:
@@ -233,12 +267,20 @@ def up(name: str = DEFAULT_LAB, *, servers: int = 1, clients: int = 3, hosts: It
               extra_config=configs, scheme="https" if any(_serves_https(c) for c in configs) else "http",
               hosts=[Host(name=h, role=role, address=str(addresses[i + 1]), netns=_netns_name(name, h),
                           veth=_veth_name(name, h)) for i, (h, role) in enumerate(planned)])
+    if etcd:
+        lab.etcd_client_port, lab.etcd_peer_port = ETCD_CLIENT_PORT, ETCD_PEER_PORT
+        lab.etcd_token = f"ylab-{name}-{secrets.token_hex(6)}"
     lab.save()   # before anything exists: down can undo a half-made lab
     try:
         _make_bridge(lab)
         for host in lab.hosts:
             _make_host(lab, host)
             progress(f"host {host.name} ({host.role}) at {host.address}")
+        if lab.has_etcd:
+            for host in lab.servers:
+                start_etcd(lab, host)
+                progress(f"etcd member {host.name} at {lab.etcd_url(host)}")
+            _wait_etcd(lab, wait, progress)
         for host in sorted(lab.hosts, key=lambda h: not h.is_server):
             _write_config(lab, host)
             start_agent(lab, host)
@@ -308,13 +350,21 @@ def _write_config(lab: Lab, host: Host) -> None:
     servers = ", ".join(f'"{s.address}:{HTTP_PORT}"' for s in lab.servers)
     text = [f'name = "{host.name}"', f'data_dir = "{lab.data_dir(host)}"', f'bind_addr = "{host.address}"',
             f"ports {{ http = {HTTP_PORT} }}",
-            f"server {{ enabled = {str(host.is_server).lower()} }}"]
+            _server_block(lab, host)]
     if host.is_client:
         text.append(f'client {{\n  enabled = true\n  servers = [{servers}]\n  network_interface = "eth0"\n}}')
     else:
         text.append("client { enabled = false }")
     text.append('plugin "raw_exec" {\n  config { enabled = true }\n}')
     (lab.host_dir(host) / "agent.hcl").write_text("\n".join(text) + "\n")
+
+
+def _server_block(lab: Lab, host: Host) -> str:
+    if not (host.is_server and lab.has_etcd):
+        return f"server {{ enabled = {str(host.is_server).lower()} }}"
+    endpoints = ", ".join(f'"{e}"' for e in lab.etcd_endpoints)
+    return ("server {\n  enabled = true\n  store {\n    etcd {\n"
+            f"      endpoints = [{endpoints}]\n    }}\n  }}\n}}")
 
 
 def start_agent(lab: Lab, host: Host) -> None:
@@ -331,6 +381,154 @@ def start_agent(lab: Lab, host: Host) -> None:
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd="/")
     host.pid, host.start_time, host.state = proc.pid, _start_time(proc.pid), "running"
     lab.save()
+
+
+# --- etcd members ----------------------------------------------------------------------------
+
+def _etcd_binary() -> str:
+    return shutil.which("etcd", path=SBIN + ":" + os.environ.get("PATH", "")) or "/usr/bin/etcd"
+
+
+def _need_etcd_member(lab: Lab, host: Host) -> None:
+    flag = "" if lab.name == DEFAULT_LAB else f" -name {lab.name}"
+    if not lab.has_etcd:
+        raise LabError(f'lab "{lab.name}" runs no etcd: a lab has etcd members with more than one server, or '
+                       f"with -etcd (yurt lab down{flag}; yurt lab up{flag} -etcd ...)")
+    if not host.is_server:
+        raise LabError(f"{host.name} runs no etcd member: only server hosts do "
+                       f"({', '.join(h.name for h in lab.servers)})")
+
+
+def etcd_args(lab: Lab, host: Host) -> list[str]:
+    """The etcd member's command line: the same on every start (on an existing data dir etcd
+    ignores the initial-* flags, so a restarted member rejoins)."""
+    client, peer = lab.etcd_url(host), f"http://{host.address}:{lab.etcd_peer_port}"
+    cluster = ",".join(f"{h.name}=http://{h.address}:{lab.etcd_peer_port}" for h in lab.servers)
+    return [_etcd_binary(), "--name", host.name, "--data-dir", str(lab.etcd_dir(host)),
+            # also on the host's loopback: etcdctl inside the host works without --endpoints
+            "--listen-client-urls", f"{client},http://127.0.0.1:{lab.etcd_client_port}",
+            "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", cluster, "--initial-cluster-token", lab.etcd_token,
+            "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", str(lab.etcd_log(host))]
+
+
+def etcd_alive(host: Host) -> bool:
+    return _pid_alive(host.etcd_pid, host.etcd_start_time)
+
+
+def start_etcd(lab: Lab, host: Host) -> None:
+    """Start the host's etcd member in its namespace, on its data dir (again, after a kill)."""
+    _need_etcd_member(lab, host)
+    if etcd_alive(host):
+        raise LabError(f"the etcd member of {host.name} is running already (pid {host.etcd_pid})")
+    nsenter = shutil.which("nsenter", path=SBIN) or "nsenter"
+    with open(lab.etcd_log(host), "ab") as log:   # etcd's own errors before its logger starts
+        proc = subprocess.Popen([nsenter, f"--net={host.netns_path}", "--", *etcd_args(lab, host)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd="/")
+    host.etcd_pid, host.etcd_start_time, host.etcd_state = proc.pid, _start_time(proc.pid), "running"
+    lab.save()
+
+
+def kill_etcd(lab: Lab, host: Host) -> int:
+    """SIGKILL the host's etcd member only (its agent keeps running); its pid."""
+    _need_etcd_member(lab, host)
+    if not etcd_alive(host):
+        flag = "" if lab.name == DEFAULT_LAB else f" -name {lab.name}"
+        raise LabError(f"the etcd member of {host.name} is not running: yurt lab start{flag} {host.name} -etcd "
+                       "starts it")
+    pid = host.etcd_pid
+    _kill_pids([pid], f"the etcd member of {host.name}")
+    host.etcd_pid, host.etcd_start_time, host.etcd_state = 0, None, "killed"
+    lab.save()
+    return pid
+
+
+def etcd_health(lab: Lab, host: Host, timeout: float = 2.0) -> bool | None:
+    """What the member's /health says (asked from this namespace, over the lab bridge): True, False
+    (no quorum), None (no answer)."""
+    import httpx
+    try:
+        with httpx.Client(trust_env=False, timeout=timeout) as c:
+            return c.get(f"{lab.etcd_url(host)}/health").json().get("health") == "true"
+    except (httpx.HTTPError, OSError, ValueError, AttributeError):
+        return None
+
+
+def _wait_etcd(lab: Lab, wait: float, progress: Progress) -> None:
+    """Until every member says the cluster is healthy; a dead member or the deadline is an error
+    naming its log."""
+    deadline = time.monotonic() + wait
+    while True:
+        for host in lab.servers:
+            if not etcd_alive(host):
+                raise LabError(f"the etcd member of {host.name} exited; the end of {lab.etcd_log(host)}:\n"
+                               f"{_tail(lab.etcd_log(host))}")
+        sick = [h for h in lab.servers if etcd_health(lab, h) is not True]
+        if not sick:
+            progress(f"etcd cluster healthy ({len(lab.servers)} members)")
+            return
+        if time.monotonic() > deadline:
+            log = lab.etcd_log(sick[0])
+            raise LabError(f"the lab's etcd cluster was not healthy within {wait:.0f}s (waiting for "
+                           f"{', '.join(h.name for h in sick)}); the end of {log}:\n{_tail(log)}")
+        time.sleep(0.2)
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+def _set_link(lab: Lab, host: Host, up: bool) -> None:
+    """Both ends of the host's veth up or down; up again, its default route comes back."""
+    state = "up" if up else "down"
+    _run("ip", "link", "set", host.veth, state)
+    _run("ip", "-n", host.netns, "link", "set", "eth0", state)
+    if up:
+        _run("ip", "-n", host.netns, "route", "replace", "default", "via", lab.gateway.split("/")[0])
+
+
+def cut(lab: Lab, host: Host) -> None:
+    """The host's link is cut (both ends of its veth down): it reaches no other host and none
+    reaches it; its processes keep running."""
+    flag = "" if lab.name == DEFAULT_LAB else f" -name {lab.name}"
+    if host.cut:
+        raise LabError(f"{host.name} is cut already: yurt lab heal{flag} {host.name} restores its link")
+    if host.state == "killed":
+        raise LabError(f"{host.name} is killed, its link is down already: yurt lab start{flag} {host.name} "
+                       "brings it back")
+    _set_link(lab, host, up=False)
+    host.cut = True
+    lab.save()
+
+
+def heal(lab: Lab, host: Host) -> None:
+    """The cut host's link is back."""
+    if not host.cut:
+        flag = "" if lab.name == DEFAULT_LAB else f" -name {lab.name}"
+        raise LabError(f"{host.name} is not cut (yurt lab cut{flag} {host.name} cuts it)")
+    _set_link(lab, host, up=True)
+    host.cut = False
+    lab.save()
+
+
+def start_host(lab: Lab, host: Host) -> list[str]:
+    """The host comes back: its link up (healed too), its etcd member (if it has one) and its
+    agent, each on its data dir, whichever is not running; what was started."""
+    member = lab.has_etcd and host.is_server
+    if _alive(host) and (not member or etcd_alive(host)) and not host.cut:
+        raise LabError(f"{host.name} is running already (agent pid {host.pid}"
+                       + (f", etcd member pid {host.etcd_pid})" if member else ")"))
+    _set_link(lab, host, up=True)
+    host.cut = False
+    lab.save()
+    started = []
+    if member and not etcd_alive(host):
+        start_etcd(lab, host)
+        started.append(f"etcd member (pid {host.etcd_pid})")
+    if not _alive(host):
+        start_agent(lab, host)
+        started.append(f"agent (pid {host.pid})")
+    return started
 
 
 def _wait_ready(lab: Lab, wait: float, progress: Progress) -> None:
@@ -384,8 +582,25 @@ def _start_time(pid: int) -> int | None:
 
 
 def _alive(host: Host) -> bool:
-    return bool(host.pid) and _start_time(host.pid) == host.start_time and host.start_time is not None \
-        and not _zombie(host.pid)
+    return _pid_alive(host.pid, host.start_time)
+
+
+def _pid_alive(pid: int, start_time: int | None) -> bool:
+    """The process we started (same start time: not a recycled pid) is alive."""
+    return bool(pid) and start_time is not None and _start_time(pid) == start_time and not _zombie(pid)
+
+
+def _kill_pids(pids: list[int], what: str, timeout: float = 10.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while [p for p in pids if not _zombie(p)]:
+        if time.monotonic() > deadline:
+            raise LabError(f"{what} would not die: {', '.join(map(str, pids))}")
+        time.sleep(0.05)
 
 
 def _zombie(pid: int) -> bool:
@@ -437,6 +652,8 @@ def host_processes(lab: Lab, host: Host) -> list[int]:
     pids = set()
     if _alive(host):
         pids.add(host.pid)
+    if etcd_alive(host):
+        pids.add(host.etcd_pid)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
@@ -465,12 +682,14 @@ def _kill_all(lab: Lab, host: Host, timeout: float = 10.0) -> None:
 
 
 def kill(lab: Lab, host: Host) -> list[int]:
-    """A host dies: SIGKILL its agent and every process it started, and its link goes down.
+    """A host dies: SIGKILL its agent, its etcd member and every process it started, and its link goes down.
     Its namespaces, data dir and whatever it set up stay, as after a power cut."""
     pids = host_processes(lab, host)
     _kill_all(lab, host)
     _run("ip", "link", "set", host.veth, "down", check=False)
     host.pid, host.start_time, host.state = 0, None, "killed"
+    if host.etcd_state:
+        host.etcd_pid, host.etcd_start_time, host.etcd_state = 0, None, "killed"
     lab.save()
     return pids
 
@@ -503,15 +722,16 @@ def down(name: str = DEFAULT_LAB, progress: Progress = lambda line: None) -> lis
         lab = Lab(name=name, subnet="", bridge=f"ylab-{name}", gateway="")
         prefix = f"ylab-{name}-"
         for entry in sorted(NETNS_DIR.glob(f"{prefix}*")) if NETNS_DIR.is_dir() else []:
-            host = entry.name[len(prefix):]
-            hosts.append(Host(name=host, role="client", address="", netns=entry.name, veth=_veth_name(name, host)))
+            hname = entry.name[len(prefix):]
+            hosts.append(Host(name=hname, role="client", address="", netns=entry.name, veth=_veth_name(name, hname)))
         lab.hosts = hosts
         if not hosts and not (LAB_ROOT / name).exists() and \
                 _run("ip", "link", "show", lab.bridge, check=False).returncode != 0:
             raise LabError(f'no lab "{name}" is up, and nothing of one is left')
-    for host in hosts:
+    for host in hosts:   # every agent first, while the etcd members still serve them
         if _alive(host):
             stop_agent(lab, host, timeout=5.0)
+    for host in hosts:
         _kill_all(lab, host)   # first: the network state files say which namespaces are the host's
         _sweep(lab, host)
         if _ns_id(host.netns_path) is not None:
@@ -521,6 +741,11 @@ def down(name: str = DEFAULT_LAB, progress: Progress = lambda line: None) -> lis
         shutil.rmtree(IPAM_DIR / host.netns, ignore_errors=True)
         done.append(f"host {host.name} removed")
         progress(done[-1])
+    strays = _lab_dir_processes(lab.dir)   # agents or etcd members whose namespace is gone already
+    if strays:
+        _kill_pids(strays, f'processes of lab "{name}"')
+        done.append(f"{len(strays)} stray processes killed")
+        progress(done[-1])
     while _run("iptables", "-D", "FORWARD", *_forward_rule(lab), check=False).returncode == 0:
         pass
     if _run("ip", "link", "show", lab.bridge, check=False).returncode == 0:
@@ -528,6 +753,25 @@ def down(name: str = DEFAULT_LAB, progress: Progress = lambda line: None) -> lis
         done.append(f"bridge {lab.bridge} removed")
     shutil.rmtree(lab.dir, ignore_errors=True)
     return done
+
+
+def _lab_dir_processes(lab_dir: Path) -> list[int]:
+    """Agents and etcd members of the lab, by their command line (an agent's -config, a member's
+    --data-dir in the lab's directory): down finds them without lab.json or namespace."""
+    prefix = str(lab_dir) + "/"
+    me, out = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        files = [argv[i + 1].decode(errors="replace") for i in range(len(argv) - 1)
+                 if argv[i] in (b"-config", b"--data-dir")]
+        if any(f.startswith(prefix) for f in files) and not _zombie(int(entry.name)):
+            out.append(int(entry.name))
+    return out
 
 
 def _sweep(lab: Lab, host: Host) -> None:
@@ -549,9 +793,24 @@ def status(lab: Lab) -> list[dict[str, str]]:
         state = h.state
         if state == "running" and not _alive(h):
             state = "exited"
-        rows.append({"Host": h.name, "Role": h.role, "Address": h.address, "Agent": state,
-                     "PID": str(h.pid) if state == "running" else "", "HTTP": lab.url(h)})
+        row = {"Host": h.name, "Role": h.role, "Address": h.address, "Link": _link_state(h), "Agent": state,
+               "PID": str(h.pid) if state == "running" else "", "HTTP": lab.url(h)}
+        if lab.has_etcd:
+            alive = h.is_server and etcd_alive(h)
+            row["Etcd"] = ("running" if alive else "dead") if h.is_server else ""
+            row["Etcd PID"] = str(h.etcd_pid) if alive else ""
+        rows.append(row)
     return rows
+
+
+def _link_state(host: Host) -> str:
+    return "cut" if host.cut else "down" if host.state == "killed" else "up"
+
+
+def exec_env(lab: Lab, host: Host) -> dict[str, str]:
+    """What a command run in the host sees: NOMAD_ADDR for its agent. (No ETCDCTL_ENDPOINTS:
+    etcdctl refuses it with --endpoints; in a server host, etcdctl finds its member on loopback.)"""
+    return {"NOMAD_ADDR": lab.url(host), "YURT_ADDR": lab.url(host)}
 
 
 def exec_args(lab: Lab, host: Host, command: list[str]) -> list[str]:
