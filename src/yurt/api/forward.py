@@ -79,12 +79,15 @@ async def consistent(request: Request, server) -> None:
     request.state.synced = True
 
 
-def leader_address(request: Request) -> str:
+async def leader_address(request: Request) -> str:
     server = request.app.state.agent.server
     addr = server.leader_address() if server is not None else ""
     if not addr:
-        raise Unavailable("no server leads the cluster right now (an election is under way, or the state "
-                          "store has no quorum); try again in a few seconds")
+        if server is not None:   # say why when it is the store: "no quorum in the state store: ..."
+            from starlette.concurrency import run_in_threadpool
+            await run_in_threadpool(server.store.kv.check_quorum)
+        raise Unavailable("no server leads the cluster right now (an election is under way); nothing was "
+                          "written; try again in a few seconds")
     return addr
 
 
@@ -141,7 +144,7 @@ async def proxy(request: Request, base: str, *, body: bytes | None = None,
 
 
 async def to_leader(request: Request) -> Response:
-    return await proxy(request, leader_address(request), to_leader=True)
+    return await proxy(request, await leader_address(request), to_leader=True)
 
 
 async def to_server(request: Request, body: bytes | None = None,

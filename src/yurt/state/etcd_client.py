@@ -27,10 +27,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from etcd3gw import exceptions as gwerr
 from etcd3gw.client import Etcd3Client
 
-from yurt.errors import InvalidInput, Unavailable
+from yurt.errors import InvalidInput, Unavailable, YurtError
 
 log = logging.getLogger("yurt.state.etcd")
 
@@ -39,6 +38,10 @@ REQUEST_TIMEOUT = 8.0     # etcd answers "request timed out" after ~7 s without 
 
 class StoreUnavailable(Unavailable):
     """etcd cannot be reached, or has no quorum: nothing was written."""
+
+
+class StoreError(YurtError):
+    """etcd refused a request for a reason of its own (the message is etcd's)."""
 
 
 def b64(data: bytes | str) -> str:
@@ -181,8 +184,10 @@ class EtcdClient:
                 out: dict[str, Any] = resp.json()
                 return out
             text = _error_text(resp)
-            if resp.status_code in (503, 504, 408) or "timed out" in text or "no leader" in text \
-                    or "leader changed" in text:
+            if "timed out" in text or "no leader" in text or "leader changed" in text:
+                # etcd answered: the cluster has no quorum (asking another member waits as long)
+                raise self._unavailable(f"{self.endpoints[k]}: {text}")
+            if resp.status_code in (503, 504, 408):
                 errors.append(f"{self.endpoints[k]}: {text}")
                 continue
             raise _request_error(path, resp.status_code, text)
@@ -245,8 +250,15 @@ class EtcdClient:
     def lease_revoke(self, lease: int) -> None:
         try:
             self.call("lease/revoke", {"ID": str(lease)}, timeout=2.0)
-        except (StoreUnavailable, InvalidInput):
-            pass
+        except (StoreUnavailable, StoreError, InvalidInput):
+            pass   # gone already, or etcd unreachable: it expires by itself
+
+    def check_quorum(self) -> None:
+        """Raise StoreUnavailable, naming each member's answer, unless one says it is healthy."""
+        health = self.health()
+        if not any(v == "true" for v in health.values()):
+            raise StoreUnavailable("no quorum in the state store: etcd /health says " +
+                                   ", ".join(f"{ep}: {v}" for ep, v in health.items()))
 
     def health(self) -> dict[str, str]:
         """Each endpoint's own /health answer ("true", "false" or why it did not answer)."""
@@ -333,4 +345,4 @@ def _request_error(path: str, status: int, text: str) -> Exception:
     if "too large" in text or "too many operations" in text:
         return InvalidInput(f"the state store refused a write of this size ({text}); etcd's limits are "
                             "--max-request-bytes and --max-txn-ops")
-    return gwerr.Etcd3Exception(f"etcd {path}: HTTP {status}: {text}")
+    return StoreError(f"etcd {path}: HTTP {status}: {text}")

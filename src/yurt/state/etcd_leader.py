@@ -144,17 +144,23 @@ class Leadership:
         key = self.store.codec.leader_key
         value = json.dumps({"Name": self.member["Name"], "HTTPAddr": self.member.get("HTTPAddr", "")}).encode()
         res = kv.txn([ec.compare(key, "CREATE", "EQUAL", 0)], [ec.put(key, value, self._lease)], [ec.get(key)])
-        if not res.succeeded:
+        if res.succeeded:
+            fence = res.revision
+        else:
             kvs = res.responses[0].get("response_range", {}).get("kvs", []) if res.responses else []
-            if kvs:
-                held = ec.KV.from_json(kvs[0])
-                name = _name(held.value)
-                if name == self.member["Name"] and held.lease != self._lease:
-                    # our own key from before a restart: remove it (only that incarnation of it)
-                    kv.txn([ec.compare(key, "CREATE", "EQUAL", held.create_revision)], [ec.delete(key)])
-                    self._changed.set()
-            return
-        fence = res.revision
+            if not kvs:
+                return
+            held = ec.KV.from_json(kvs[0])
+            if _name(held.value) != self.member["Name"]:
+                return   # another server leads
+            if held.lease != self._lease:
+                # our own key from before a restart: remove it (only that incarnation of it)
+                kv.txn([ec.compare(key, "CREATE", "EQUAL", held.create_revision)], [ec.delete(key)])
+                self._changed.set()
+                return
+            # still ours, on our live lease (we stepped down while etcd had no quorum, and the
+            # lease outlived it): the key was never deleted, so nobody else led since
+            fence = held.create_revision
         self.store.wait_applied(fence)
         with self._lock:
             self._fence = fence

@@ -29,6 +29,7 @@ from yurt.structs import Allocation, Evaluation
 
 from . import etcd_client as ec
 from .blocking import Waiters
+from .errors import StateError
 from .etcd_codec import PENDING, Codec, restamp
 from .etcd_leader import Leadership
 from .memory import TABLES, Tables
@@ -41,6 +42,7 @@ log = logging.getLogger("yurt.state.etcd")
 T = TypeVar("T")
 MAX_ITEMS = 100          # items per transaction where a write is split
 APPLY_TIMEOUT = 30.0     # how long a write waits for its own watch to bring it back
+TRANSIENT_RETRY = 15.0   # how long a write is retried while etcd elects its own leader
 
 
 class NotLeader(Unavailable):
@@ -189,7 +191,9 @@ class EtcdStateStore(StateStore):
         with self._mem_lock:
             while self._t.index < revision:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
+                if self._stop.is_set():
+                    raise ec.StoreUnavailable("the state store is closing")
+                if left <= 0:
                     raise ec.StoreUnavailable(f"revision {revision} was committed, but this server's watch has "
                                               f"not brought it back within {timeout:.0f} s")
                 self._applied_cond.wait(min(left, 1.0))
@@ -218,13 +222,31 @@ class EtcdStateStore(StateStore):
             ch = txn.finish()
             ops = self.codec.encode(ch, self._t)
             guard = [ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + list(compares)
-            res = self.kv.txn(guard, ops)
+            res = self._txn(guard, ops)
             if not res.succeeded:
+                _, held, _ = self.kv.range(self.codec.leader_key)
+                if held and held[0].create_revision == fence:
+                    raise StateError("the nodes or allocations this write read changed before it committed; "
+                                     "nothing was written (the scheduler plans again)")
                 self.leadership.fenced_out()
                 raise NotLeader("this server lost its leadership before the write committed"
                                 f"{self._leader_hint()}; nothing was written")
             self.wait_applied(res.revision)
             return res.revision
+
+    def _txn(self, guard: list[dict[str, Any]], ops: list[dict[str, Any]]) -> ec.TxnResult:
+        """One write. While etcd elects a new leader of its own (a member died), it answers
+        "leader changed" or "possibly due to previous leader failure" for a moment: that is
+        retried for a few seconds (the write is the same puts, guarded by the same compares)."""
+        deadline = time.monotonic() + TRANSIENT_RETRY
+        while True:
+            try:
+                return self.kv.txn(guard, ops)
+            except ec.StoreUnavailable as e:
+                if "leader" not in str(e) or time.monotonic() > deadline:
+                    raise
+                log.info("etcd is electing a leader; retrying the write: %s", e)
+                time.sleep(0.3)
 
     def _leader_hint(self) -> str:
         name = self.leader_name()
