@@ -96,7 +96,9 @@ class Server:
         if not self.ha:
             return ""
         name = self.store.leader_name()  # type: ignore[attr-defined]
-        member = self.store.members.get(name) if name else None  # type: ignore[attr-defined]
+        if not name or (name == self.store.leadership.member.get("Name") and not self.is_leader()):  # type: ignore[attr-defined]
+            return ""   # nobody, or this server by a model it cannot refresh (cut off from etcd)
+        member = self.store.members.get(name)  # type: ignore[attr-defined]
         return str(member.get("HTTPAddr", "")) if member else ""
 
     def members(self) -> list[dict[str, Any]]:
