@@ -32,7 +32,8 @@ import pytest
 from yurt.api.client import YurtClient
 from yurt.errors import YurtError
 from yurt.jobspec import load
-from yurt.structs import DriverInfo
+from yurt.structs import (DriverInfo, NodeCpuResources, NodeDiskResources, NodeMemoryResources,
+                          NodeResources)
 
 from . import mock
 from .agent_util import wait_for
@@ -119,7 +120,7 @@ def job_doc(job_id: str, count: int, sim: bool) -> dict:
   }}
 }}
 '''
-    return {"Job": load(text, f"{job_id}.nomad").to_json()}
+    return {"Job": load(text, f"{job_id}.nomad").job.to_json()}
 
 
 class SimNodes:
@@ -131,6 +132,9 @@ class SimNodes:
         for i in range(n):
             node = mock.node().model_copy(update={
                 "name": f"sim{i}", "node_class": "sim", "secret_id": str(uuid.uuid4()),
+                "node_resources": NodeResources(cpu=NodeCpuResources(cpu_shares=8000),
+                                                memory=NodeMemoryResources(memory_mb=16384),
+                                                disk=NodeDiskResources(disk_mb=100_000)),
                 "drivers": {"raw_exec": DriverInfo(detected=True, healthy=True)},
                 "attributes": {"kernel.name": "linux", "driver.raw_exec": "1"}})
             self.nodes.append(node)
@@ -249,9 +253,12 @@ def test_leader_killed_while_clients_register_jobs(lab):
     assert not errors, errors[:5]
     assert new in others
     # every acknowledged registration exists, with exactly its 2 allocations: none lost, none twice
+    def placed(job_id: str) -> list[dict] | None:
+        allocs = _allocs(lab, job_id, others)
+        return allocs if allocs is not None and len(allocs) >= 2 else None
+
     for job_id in sorted(acked):
-        allocs = wait_for(lambda job_id=job_id: (lambda a: a if a is not None and len(a) >= 2 else None)(
-            _allocs(lab, job_id, others)), 120, 0.5, what=f"{job_id}'s allocations")
+        allocs = wait_for(lambda job_id=job_id: placed(job_id), 120, 0.5, what=f"{job_id}'s allocations")
         names = sorted(a["Name"] for a in allocs)
         assert names == [f"{job_id}.g[0]", f"{job_id}.g[1]"], (job_id, names)
     out = yurt("server", "members", "-address", lab.url(new)).stdout
@@ -304,12 +311,16 @@ def test_leader_cut_off_a_new_leader_elsewhere_and_the_old_commits_nothing(lab):
                        what="a new leader on the other side")
         assert new in others
         # the old leader, still running on its island, cannot commit: asked from inside its host
-        code = (f"import urllib.request as u, json\nr = u.Request('http://{lab.hosts[old]['address']}:4646/v1/jobs', "
-                f"data=json.dumps({json.dumps(job_doc('island', 1, sim=True))}).encode(), method='PUT')\n"
+        body = f"/tmp/yurt-{LAB}-island.json"
+        with open(body, "w") as f:
+            json.dump(job_doc("island", 1, sim=True), f)
+        code = (f"import urllib.request as u\nr = u.Request('http://{lab.hosts[old]['address']}:4646/v1/jobs', "
+                f"data=open('{body}', 'rb').read(), method='PUT', headers={{'Content-Type': 'application/json'}})\n"
                 "try:\n print(u.urlopen(r, timeout=60).status)\nexcept Exception as e:\n print(getattr(e, 'code', e))")
-        out = subprocess.run(["nsenter", f"--net=/var/run/netns/ylab-{LAB}-{old}", "--", sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=120).stdout.strip()
-        assert out == "503", f"a write on the cut-off old leader answered {out!r}"
+        proc = subprocess.run(["nsenter", f"--net=/var/run/netns/ylab-{LAB}-{old}", "--", sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=120)
+        os.unlink(body)
+        assert proc.stdout.strip() == "503", f"a write on the cut-off old leader answered {proc.stdout!r} {proc.stderr}"
     finally:
         lab_cmd("heal", old)
     wait_for(lambda: lab.leader() == new, 90, 0.5, what=f"{old} following {new} again")
