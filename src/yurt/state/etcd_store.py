@@ -8,7 +8,8 @@
 * Only the leader writes, and every write is one etcd transaction that also compares the
   leader key's create_revision with the one this server won (`Leadership`): a server that lost
   its lease, however late it notices, commits nothing. Plans also compare the mod_revision of
-  every node they place on and every allocation they change with what the plan read.
+  every node they place on and every allocation they change with the model the write was built
+  against (a change that did not come through this server's watch refuses the write).
 * Reads are local. `sync()` makes a follower's read consistent: it asks etcd for the revision
   of the last write and waits until the model has it.
 * Writes larger than etcd's transaction limit (128 operations by default) are split where each
@@ -211,7 +212,10 @@ class EtcdStateStore(StateStore):
     def is_leader(self) -> bool:
         return self.leadership.is_leader()
 
-    def _write(self, build: Callable[[Txn], object], compares: Sequence[dict[str, Any]] = ()) -> int:
+    def _write(self, build: Callable[[Txn], object],
+               compares: Callable[[], Sequence[dict[str, Any]]] | None = None) -> int:
+        """One write: `build` fills a Txn against the model, `compares` (taken under the same
+        lock, so against the same model) adds revision checks to the leader's fence."""
         with self._write_lock:
             fence = self.leadership.fence_revision()
             if not fence:
@@ -221,7 +225,7 @@ class EtcdStateStore(StateStore):
             build(txn)
             ch = txn.finish()
             ops = self.codec.encode(ch, self._t)
-            guard = [ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + list(compares)
+            guard = [ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + list(compares() if compares else ())
             res = self._txn(guard, ops)
             if not res.succeeded:
                 _, held, _ = self.kv.range(self.codec.leader_key)
@@ -289,17 +293,17 @@ class EtcdStateStore(StateStore):
         changes and each node it places on must still be as the plan saw them."""
         index = self._t.index
         for chunk in self._chunks(allocs):
-            compares = []
-            nodes = set()
-            for a in chunk:
-                old = self._t.allocs.get(a.id)
-                key = self.codec.key("allocs", a.id)
-                compares.append(ec.compare(key, "MOD", "EQUAL", old.modify_index if old else 0))
-                nodes.add(a.node_id)
-            for node_id in sorted(nodes):
-                node = self._t.nodes.get(node_id)
-                if node is not None:
-                    compares.append(ec.compare(self.codec.key("nodes", node_id), "MOD", "EQUAL", node.modify_index))
+            def compares(chunk: list[Allocation] = chunk) -> list[dict[str, Any]]:
+                out = []
+                for a in chunk:
+                    old = self._t.allocs.get(a.id)
+                    out.append(ec.compare(self.codec.key("allocs", a.id), "MOD", "EQUAL",
+                                          old.modify_index if old else 0))
+                for node_id in sorted({a.node_id for a in chunk}):
+                    node = self._t.nodes.get(node_id)
+                    if node is not None:
+                        out.append(ec.compare(self.codec.key("nodes", node_id), "MOD", "EQUAL", node.modify_index))
+                return out
 
             def build(txn: Txn, chunk: list[Allocation] = chunk) -> None:
                 for a in chunk:
