@@ -687,7 +687,7 @@ def kill(lab: Lab, host: Host) -> list[int]:
     pids = host_processes(lab, host)
     _kill_all(lab, host)
     _run("ip", "link", "set", host.veth, "down", check=False)
-    host.pid, host.start_time, host.state = 0, None, "killed"
+    host.pid, host.start_time, host.state, host.cut = 0, None, "killed", False
     if host.etcd_state:
         host.etcd_pid, host.etcd_start_time, host.etcd_state = 0, None, "killed"
     lab.save()
