@@ -262,7 +262,35 @@ def test_lab_down_leaves_no_etcd_behind(lab):
     assert not LAB_DIR.exists()
 
 
-def test_a_single_server_lab_runs_etcd_only_with_the_flag():
+def test_one_server_with_etcd_and_down_without_lab_json_or_namespace():
+    """-etcd with one server: a one-member cluster. Its lab.json and namespace lost (a crash of the
+    machine's state), down still finds the agent and the member by their command lines."""
+    from yurt.lab.lab import _veth_name
+    lab2 = LAB + "b"
+    lab2_dir = Path(f"/var/lib/yurt/lab/{lab2}")
+    subnet = f"10.{244 + os.getpid() % 10}.{(os.getpid() + 125) % 250}.0/24"
+    shutil.rmtree(lab2_dir, ignore_errors=True)
+    try:
+        out = ok(yurt("lab", "up", "-name", lab2, "-servers", "1", "-clients", "0", "-etcd", "-subnet", subnet,
+                      timeout=300))
+        assert "etcd cluster healthy (1 member)" in out
+        server = json.loads((lab2_dir / "lab.json").read_text())["hosts"][0]
+        config = (lab2_dir / "server1" / "agent.hcl").read_text()
+        assert f'endpoints = ["http://{server["address"]}:2379"]' in config
+        (lab2_dir / "lab.json").unlink()
+        subprocess.run(["ip", "netns", "delete", f"ylab-{lab2}-server1"], check=True)
+        assert alive(server["pid"]) and alive(server["etcd_pid"])   # in a namespace without a name now
+        out = ok(yurt("lab", "down", "-name", lab2, timeout=300))
+        assert "2 stray processes killed" in out
+        assert not alive(server["pid"]) and not alive(server["etcd_pid"])
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        assert f"ylab-{lab2}" not in links and _veth_name(lab2, "server1") not in links
+        assert not lab2_dir.exists()
+    finally:
+        yurt("lab", "down", "-name", lab2, timeout=300)
+
+
+def test_several_servers_are_planned_and_up_tells_of_etcd():
     from yurt.lab.lab import plan_hosts
     assert [r for _, r in plan_hosts(3, 2)] == ["server"] * 3 + ["client"] * 2
     helptext = ok(yurt("lab", "up", "--help"))

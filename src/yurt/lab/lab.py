@@ -467,7 +467,8 @@ def _wait_etcd(lab: Lab, wait: float, progress: Progress) -> None:
                                f"{_tail(lab.etcd_log(host))}")
         sick = [h for h in lab.servers if etcd_health(lab, h) is not True]
         if not sick:
-            progress(f"etcd cluster healthy ({len(lab.servers)} members)")
+            n = len(lab.servers)
+            progress(f"etcd cluster healthy ({n} member{'s' if n > 1 else ''})")
             return
         if time.monotonic() > deadline:
             log = lab.etcd_log(sick[0])
@@ -724,6 +725,11 @@ def down(name: str = DEFAULT_LAB, progress: Progress = lambda line: None) -> lis
         for entry in sorted(NETNS_DIR.glob(f"{prefix}*")) if NETNS_DIR.is_dir() else []:
             hname = entry.name[len(prefix):]
             hosts.append(Host(name=hname, role="client", address="", netns=entry.name, veth=_veth_name(name, hname)))
+        # and by their directories (a host whose namespace is gone may still have its veth)
+        for entry in sorted(lab.dir.iterdir()) if lab.dir.is_dir() else []:
+            if entry.is_dir() and NAME_RE.match(entry.name) and entry.name not in {h.name for h in hosts}:
+                hosts.append(Host(name=entry.name, role="client", address="", netns=_netns_name(name, entry.name),
+                                  veth=_veth_name(name, entry.name)))
         lab.hosts = hosts
         if not hosts and not (LAB_ROOT / name).exists() and \
                 _run("ip", "link", "show", lab.bridge, check=False).returncode != 0:
