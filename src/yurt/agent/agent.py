@@ -43,10 +43,9 @@ class Agent:
         self.client = None
         if config.server:
             from yurt.server.server import Server
-            from yurt.state import StateStore
             (config.data_dir / "server").mkdir(mode=0o700, exist_ok=True)
             os.chmod(config.data_dir / "server", 0o700)
-            self.store = StateStore(str(config.data_dir / "server" / "state.db"))
+            self.store = _open_store(config)
             self.server = Server(self.store, num_workers=config.num_schedulers,
                                  heartbeat_ttl=config.heartbeat_ttl, region=config.region,
                                  datacenter=config.datacenter,
@@ -62,7 +61,9 @@ class Agent:
         servers = [config.address] if config.server else [_http(s, config.tls.http) for s in config.servers]
         self.api_client = YurtClient(servers, tls=self.tls) if servers else None
         from .leaf_cert import LeafCerts, LocalCA, RemoteCA
-        self.leaf_certs = LeafCerts(LocalCA(self.server) if self.server else RemoteCA(self.api_client),
+        # a server on etcd signs through the API: only the leader writes (the CA's serial)
+        local_ca = self.server is not None and not self.server.ha
+        self.leaf_certs = LeafCerts(LocalCA(self.server) if local_ca else RemoteCA(self.api_client),
                                     config.datacenter)
         # the HTTP API on a unix socket too: a sidecar inside an allocation's network namespace
         # reaches its agent there (127.0.0.1:4646 in the namespace is not the agent)
@@ -105,6 +106,15 @@ class Agent:
                 log.warning("ACL bootstrap at start: %s", e)
         return secret
 
+    def member_info(self) -> dict:
+        """What this server tells the others about itself (its member key on etcd)."""
+        from yurt import __version__
+        from urllib.parse import urlsplit
+        u = urlsplit(self.config.address)
+        return {"Name": self.config.name, "Addr": u.hostname or "", "Port": u.port or self.config.http_port,
+                "HTTPAddr": self.config.address, "Region": self.config.region,
+                "Datacenter": self.config.datacenter, "Build": __version__}
+
     @property
     def server_address(self) -> str:
         return self.api_client.address if self.api_client else ""
@@ -127,7 +137,7 @@ class Agent:
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then shut down in order."""
         if self.server:
-            self.server.start()
+            self.server.start(self.member_info())
         http_config = uvicorn.Config(self.app, host=self.config.bind, port=self.config.http_port, log_config=None,
                                      log_level="critical", access_log=False, lifespan="off",
                                      timeout_graceful_shutdown=2, **_serving_tls(self.config))
@@ -211,6 +221,17 @@ class _Terminated(Exception):
 
 def _terminate(signum, frame) -> None:
     raise _Terminated()
+
+
+def _open_store(config: AgentConfig):
+    """SQLite in the data dir (one server), or etcd (`server { store { etcd { } } }`)."""
+    if config.etcd is None:
+        from yurt.state import StateStore
+        return StateStore(str(config.data_dir / "server" / "state.db"))
+    from yurt.state.etcd_store import EtcdStateStore
+    e = config.etcd
+    return EtcdStateStore(e.endpoints, prefix=e.prefix, ca_file=e.ca_file, cert_file=e.cert_file,
+                          key_file=e.key_file, lease_ttl=e.lease_ttl)
 
 
 def _http(address: str, tls: bool = False) -> str:

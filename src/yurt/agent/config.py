@@ -29,6 +29,23 @@ class TLSSettings:
 
 
 @dataclass
+class EtcdSettings:
+    """`server { store { etcd { } } }`: keep the servers' state in etcd (several servers, one
+    leader) instead of the SQLite file in the data dir (one server)."""
+
+    endpoints: list[str] = field(default_factory=list)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    prefix: str = "/yurt/"          # where in etcd's keyspace this cluster's keys live
+    lease_ttl: int = 10             # seconds a server may go without renewing its lease
+
+
+_ETCD_KEYS = {"endpoints", "ca_file", "cert_file", "key_file", "prefix", "lease_ttl"}
+_SERVER_KEYS = {"enabled", "num_schedulers", "min_heartbeat_ttl", "store", "bootstrap_expect"}
+
+
+@dataclass
 class AgentConfig:
     name: str = field(default_factory=socket.gethostname)
     region: str = "global"
@@ -58,6 +75,7 @@ class AgentConfig:
     acl_token_min_ttl: str = "1m"             # acl { token_min_expiration_ttl }
     acl_token_max_ttl: str = "24h"            # acl { token_max_expiration_ttl }
     http_max_request_bytes: int = 16 * 1024 * 1024   # limits { http_max_request_bytes }
+    etcd: EtcdSettings | None = None          # server { store { etcd { } } }; None: SQLite
     # found by resolve(): the node address and the HTTP host advertised to other hosts
     node_ip: str = ""
     http_host: str = ""
@@ -70,6 +88,7 @@ class AgentConfig:
         d["data_dir"] = str(self.data_dir) if self.data_dir else ""
         d["host_networks"] = [asdict(h) for h in self.host_networks]
         d["tls"] = asdict(self.tls)
+        d["etcd"] = asdict(self.etcd) if self.etcd else None
         return d
 
     @property
@@ -120,6 +139,39 @@ class AgentConfig:
             raise ConfigError("a client-only agent needs its servers: client { servers = [\"host:4646\"] }")
 
 
+def _store(block: dict[str, Any], path: str) -> EtcdSettings | None:
+    unknown = sorted(set(block) - {"etcd", "sqlite"})
+    if unknown:
+        raise ConfigError(f'{path}: server {{ store {{ {unknown[0]} }} }} is not a store Yurt knows; write '
+                          'store { etcd { endpoints = [...] } }, or leave store out for SQLite')
+    if "etcd" not in block:
+        return None
+    etcd = _first(block["etcd"]) or {}
+    unknown = sorted(set(etcd) - _ETCD_KEYS)
+    if unknown:
+        raise ConfigError(f'{path}: server {{ store {{ etcd {{ {unknown[0]} }} }} }} is not a setting Yurt reads; '
+                          f'etcd takes {", ".join(sorted(_ETCD_KEYS))}')
+    endpoints = etcd.get("endpoints", [])
+    if isinstance(endpoints, str):
+        endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if not endpoints:
+        raise ConfigError(f'{path}: server {{ store {{ etcd {{ endpoints }} }} }} is empty: list the etcd '
+                          'members\' client URLs, e.g. endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]')
+    out = EtcdSettings(endpoints=[str(e) for e in endpoints])
+    for key in ("ca_file", "cert_file", "key_file", "prefix"):
+        if key in etcd:
+            setattr(out, key, str(etcd[key]))
+    if "lease_ttl" in etcd:
+        out.lease_ttl = int(_seconds(etcd["lease_ttl"], path, "server.store.etcd.lease_ttl"))
+        if out.lease_ttl < 3:
+            raise ConfigError(f'{path}: server {{ store {{ etcd {{ lease_ttl }} }} }} must be at least "3s"')
+    if bool(out.cert_file) != bool(out.key_file):
+        raise ConfigError(f"{path}: server {{ store {{ etcd }} }}: cert_file and key_file go together")
+    if not out.prefix.startswith("/"):
+        raise ConfigError(f'{path}: server {{ store {{ etcd {{ prefix }} }} }} "{out.prefix}" must start with "/"')
+    return out
+
+
 def dev_config() -> AgentConfig:
     """`-dev`: server and client in one process, state in a temporary directory, raw_exec on."""
     return AgentConfig(dev=True, raw_exec=True, log_level="DEBUG", heartbeat_ttl=10.0)
@@ -164,6 +216,15 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     server = _first(raw.get("server"))
     if server is not None:
         cfg.server = bool(server.get("enabled", False))
+        unknown = sorted(set(server) - _SERVER_KEYS)
+        if unknown:
+            raise ConfigError(f'{path}: server {{ {unknown[0]} }} is not a setting Yurt reads; server takes '
+                              f'{", ".join(sorted(_SERVER_KEYS))}')
+        if "bootstrap_expect" in server:
+            cfg.warnings.append(f"{path}: server {{ bootstrap_expect }} is ignored: Yurt servers agree through "
+                                "etcd (server { store { etcd { endpoints } } }), not among themselves")
+        if "store" in server:
+            cfg.etcd = _store(_first(server["store"]) or {}, path)
         if "num_schedulers" in server:
             cfg.num_schedulers = _int(server["num_schedulers"], path, "server.num_schedulers")
         if "min_heartbeat_ttl" in server:   # how long a client may go without a heartbeat

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from yurt import __version__
 
 from .common import reply
+from .forward import ToServer
 
 router = APIRouter()
 
@@ -20,7 +21,7 @@ async def agent_self(request: Request):
                        "role": "nomad" if agent.server else "client"}}
     return reply({"config": cfg.public(), "member": member,
                   "stats": {"nomad": {"server": str(agent.server is not None).lower(),
-                                      "leader": str(agent.server is not None).lower(),
+                                      "leader": str(agent.server is not None and agent.server.is_leader()).lower(),
                                       "version": __version__},
                             "client": {"node_id": agent.node_id or ""},
                             "broker": agent.server.broker.stats() if agent.server else {}}})
@@ -39,24 +40,48 @@ async def agent_health(request: Request):
     return reply(body, status=200 if ok else 500)
 
 
+def _servers(request: Request) -> list[dict]:
+    """Every server as `/v1/agent/members` lists it (Nomad's shape, plus Leader and HTTPAddr)."""
+    agent = request.app.state.agent
+    cfg = agent.config
+    server = agent.server
+    if server is not None and server.ha:
+        members = server.members()
+    else:   # one server: this agent
+        members = [{**agent.member_info(), "Leader": True, "Status": "alive"}]
+    return [{"Name": f"{m['Name']}.{m.get('Region', cfg.region)}", "Addr": m.get("Addr", ""),
+             "Port": m.get("Port", 0), "Status": m["Status"], "Leader": m["Leader"],
+             "HTTPAddr": m.get("HTTPAddr", ""),
+             "Tags": {"role": "nomad", "region": m.get("Region", cfg.region), "dc": m.get("Datacenter", ""),
+                      "build": m.get("Build", ""), "port": str(m.get("Port", "")),
+                      "leader": str(m["Leader"]).lower()}}
+            for m in members]
+
+
 @router.get("/v1/agent/members")
 async def agent_members(request: Request):
-    cfg = request.app.state.agent.config
+    agent = request.app.state.agent
+    if agent.server is None:
+        raise ToServer()
+    cfg = agent.config
     return reply({"ServerName": cfg.name, "ServerRegion": cfg.region, "ServerDC": cfg.datacenter,
-                  "Members": [{"Name": f"{cfg.name}.{cfg.region}", "Addr": cfg.http_host, "Port": 4648,
-                               "Status": "alive", "Tags": {"region": cfg.region, "dc": cfg.datacenter}}]})
+                  "Members": _servers(request)})
 
 
 @router.get("/v1/status/leader")
 async def leader(request: Request):
-    cfg = request.app.state.agent.config
-    return reply(f"{cfg.http_host}:4647")
+    """The leader's address (host:port of its HTTP API; "" while no server leads)."""
+    if request.app.state.agent.server is None:
+        raise ToServer()
+    return reply(next((f"{m['Addr']}:{m['Port']}" for m in _servers(request) if m["Leader"]), ""))
 
 
 @router.get("/v1/status/peers")
 async def peers(request: Request):
-    cfg = request.app.state.agent.config
-    return reply([f"{cfg.http_host}:4647"])
+    """Every live server's address."""
+    if request.app.state.agent.server is None:
+        raise ToServer()
+    return reply([f"{m['Addr']}:{m['Port']}" for m in _servers(request) if m["Status"] == "alive"])
 
 
 @router.get("/v1/regions")

@@ -105,21 +105,28 @@ def _http_client(address: str, timeout: float, tls: TLSConfig | None = None) -> 
         transport = httpx.HTTPTransport(uds=address[len("unix://"):])
         return httpx.Client(base_url="http://localhost", timeout=timeout, transport=transport)
     if tls is None or not address.startswith("https://"):
-        return httpx.Client(base_url=address, timeout=timeout)
+        return httpx.Client(base_url=address, timeout=_timeouts(timeout))
     hooks: dict[str, list[Any]] = {}
     if tls.server_name:   # the name to verify (and send as SNI) instead of the address's host
         def sni(request: httpx.Request) -> None:
             request.extensions["sni_hostname"] = tls.server_name
         hooks["request"] = [sni]
-    return httpx.Client(base_url=address, timeout=timeout, verify=tls.context(), event_hooks=hooks)
+    return httpx.Client(base_url=address, timeout=_timeouts(timeout), verify=tls.context(), event_hooks=hooks)
+
+
+def _timeouts(timeout: float) -> httpx.Timeout:
+    """A server that does not answer a connection within 5 s is taken for gone (the next one is
+    tried); an answer may take `timeout`."""
+    return httpx.Timeout(timeout, connect=min(timeout, 5.0))
 
 
 class YurtClient:
     """`address` is http(s)://host:port, host:port, or unix:///path/to/yurt.sock (the agent's
     socket, which a sidecar inside an allocation's network namespace uses) -- or a list of them
     (a client agent's `servers`): a request that cannot connect to the current one goes to the
-    next, which becomes the current one. Only a refused or failed connection fails over, never
-    a request that may have reached its agent."""
+    next, which becomes the current one. A write is sent again only when it cannot have reached
+    its agent (the connection failed); a read is asked of the next server also when the current
+    one went away mid-answer, and after any failure the next request goes to the next server."""
 
     def __init__(self, address: str | Sequence[str] | None = None, timeout: float = 30.0,
                  tls: TLSConfig | None = None) -> None:
@@ -154,6 +161,9 @@ class YurtClient:
         self.close()
 
     # -- plumbing ---------------------------------------------------------------------------
+    def _next(self) -> None:
+        self._current = (self._current + 1) % len(self.addresses)
+
     def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None,
                 timeout: float | None = None) -> httpx.Response:
         failed: list[str] = []
@@ -163,17 +173,26 @@ class YurtClient:
                                           headers={"X-Nomad-Token": self.token} if self.token else None,
                                           timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
                 break
-            except httpx.ConnectError as e:   # nothing was sent: the next address may answer
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:   # nothing was sent: the next may answer
                 failed.append(self.address)
                 if len(failed) < len(self.addresses):
-                    self._current = (self._current + 1) % len(self.addresses)
+                    self._next()
                     continue
-                reason = "connection refused; is `yurt agent` running?" if "refused" in str(e) else str(e)
+                reason = "connection refused; is `yurt agent` running?" if "refused" in str(e) else (
+                    str(e) or "the connection timed out")
                 raise Unreachable(", ".join(failed), self.tls.reason(e) or reason) from None
-            except httpx.TimeoutException:
-                raise Unreachable(self.address, "the request timed out") from None
             except httpx.HTTPError as e:
-                raise Unreachable(self.address, self.tls.reason(e) or _hung_up(self.address, self.tls, e)) from None
+                # the server went away mid-request (killed, or its host cut off): the next request
+                # goes to the next server; a read (idempotent) is asked there again at once
+                where = self.address
+                reason = ("the request timed out" if isinstance(e, httpx.TimeoutException)
+                          else self.tls.reason(e) or _hung_up(where, self.tls, e))
+                failed.append(where)
+                if len(self.addresses) > 1:
+                    self._next()
+                    if method in ("GET", "HEAD") and len(failed) < len(self.addresses):
+                        continue
+                raise Unreachable(where, reason) from None
         if resp.status_code >= 400:
             raise error_for_status(resp.status_code, resp.text.strip())
         return resp
@@ -294,7 +313,8 @@ class YurtClient:
         return self.put("/v1/internal/node/register", {"Node": node})
 
     def heartbeat(self, node_id: str) -> dict:
-        return self.put(f"/v1/internal/node/{node_id}/heartbeat")
+        # short: a heartbeat that hangs (its server cut off) must leave time for the next server
+        return self.request("PUT", f"/v1/internal/node/{node_id}/heartbeat", timeout=5.0).json()
 
     def update_allocations(self, node_id: str, updates: list[dict]) -> dict:
         return self.put(f"/v1/internal/node/{node_id}/allocations", {"Allocs": updates})

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from yurt.server.reads import Reads
 
 from .common import block
-from .forward import to_server
+from .forward import READS, consistent, to_leader, to_server
 
 CONSUL = "consul"   # the tag of the Consul-shaped routers
 
@@ -75,8 +75,13 @@ def consul_route(fn: Callable | None = None, *, forward: bool = True) -> Callabl
     def deco(f: Callable) -> Callable:
         @functools.wraps(f)
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Response:
-            if forward and agent_of(request).server is None:
+            server = agent_of(request).server
+            if forward and server is None:
                 return await to_server(request)
+            if forward and server.ha and not server.is_leader():
+                if request.method not in READS:
+                    return await to_leader(request)
+                await consistent(request, server)
             return await f(request, *args, **kwargs)
         return wrapper
     return deco(fn) if fn is not None else deco

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from yurt.errors import InvalidInput, YurtError
 
 from .consul_common import headers, is_consul_route
-from .forward import ToServer, to_server
+from .forward import ToLeader, ToServer, to_leader, to_server
 
 
 def error_response(request: Request, status: int, message: str) -> Response:
@@ -29,6 +29,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ToServer)
     async def forward(request: Request, exc: ToServer) -> Response:
         return await to_server(request)
+
+    @app.exception_handler(ToLeader)
+    async def forward_to_leader(request: Request, exc: ToLeader) -> Response:
+        return await to_leader(request)
 
     @app.exception_handler(YurtError)
     async def yurt_error(request: Request, exc: YurtError) -> Response:

@@ -32,10 +32,21 @@ class ToServer(Exception):
     """Raised (by `need_server`) on an agent without a server: the app forwards the request."""
 
 
+class ToLeader(Exception):
+    """Raised on a server that does not lead (servers on etcd) for a write: the app forwards
+    the request to the leader."""
+
+
+READS = ("GET", "HEAD")
+
+
 async def need_server(request: Request) -> None:
-    """A dependency of the routes only a server answers."""
-    if request.app.state.agent.server is None:
+    """A dependency of the routes only a server answers. On a follower, a write goes to the
+    leader and a read is made consistent first (`consistent`)."""
+    server = request.app.state.agent.server
+    if server is None:
         raise ToServer()
+    await _follower(request, server)
 
 
 async def server_reads(request: Request) -> Reads:
@@ -44,8 +55,40 @@ async def server_reads(request: Request) -> Reads:
     server = request.app.state.agent.server
     if server is None:
         raise ToServer()
+    await _follower(request, server)
     reads: Reads = server.reads
     return reads
+
+
+async def _follower(request: Request, server) -> None:
+    if not server.ha or server.is_leader():
+        return
+    if request.method not in READS:
+        raise ToLeader()
+    await consistent(request, server)
+
+
+async def consistent(request: Request, server) -> None:
+    """Nomad's default consistency on a follower: wait until this server's model holds the last
+    write etcd has (`?stale` answers from the model as it is, as Nomad's stale reads do). Once
+    per request."""
+    if "stale" in request.query_params or getattr(request.state, "synced", False):
+        return
+    from starlette.concurrency import run_in_threadpool
+    await run_in_threadpool(server.store.sync)
+    request.state.synced = True
+
+
+async def leader_address(request: Request) -> str:
+    server = request.app.state.agent.server
+    addr = server.leader_address() if server is not None else ""
+    if not addr:
+        if server is not None:   # say why when it is the store: "no quorum in the state store: ..."
+            from starlette.concurrency import run_in_threadpool
+            await run_in_threadpool(server.store.kv.check_quorum)
+        raise Unavailable("no server leads the cluster right now (an election is under way); nothing was "
+                          "written; try again in a few seconds")
+    return addr
 
 
 ServerReads = Annotated[Reads, Depends(server_reads)]
@@ -68,16 +111,19 @@ def server_address(request: Request) -> str:
 
 
 async def proxy(request: Request, base: str, *, body: bytes | None = None,
-                params: dict[str, str] | None = None) -> Response:
-    """Send the request on to the agent at `base` and stream its answer back."""
-    if forwarded(request):
+                params: dict[str, str] | None = None, to_leader: bool = False) -> Response:
+    """Send the request on to the agent at `base` and stream its answer back. A request goes at
+    most to a server (from a client-only agent) and then to the leader (from a follower)."""
+    hop = request.headers.get(HOP, "")
+    if hop == "leader" or (hop and not to_leader):
         raise Unavailable(f"{request.url.path} was forwarded to this agent, which cannot answer it either")
     client = httpx.AsyncClient(timeout=TIMEOUT, verify=getattr(request.app.state.agent, "tls_context", True))
     url = base.rstrip("/") + request.url.path
     outgoing = client.build_request(
         request.method, url, params={**request.query_params, **(params or {})},
         content=body if body is not None else await request.body(),
-        headers={HOP: "1", **{k: v for k, v in request.headers.items() if k.lower() in TOKEN_HEADERS}})
+        headers={HOP: "leader" if to_leader else "1",
+                 **{k: v for k, v in request.headers.items() if k.lower() in TOKEN_HEADERS}})
     try:
         resp = await client.send(outgoing, stream=True)
     except httpx.HTTPError as e:
@@ -95,6 +141,10 @@ async def proxy(request: Request, base: str, *, body: bytes | None = None,
 
     headers = {k: v for k, v in resp.headers.items() if k.title() in PASSED_BACK}
     return StreamingResponse(relay(), status_code=resp.status_code, headers=headers)
+
+
+async def to_leader(request: Request) -> Response:
+    return await proxy(request, await leader_address(request), to_leader=True)
 
 
 async def to_server(request: Request, body: bytes | None = None,

@@ -19,6 +19,7 @@ from .job import job_group, plan_cmd, run_cmd, stop_cmd
 from .lab_cmd import lab_group
 from .tls_cmd import tls_group
 from .node_cmd import node_group
+from .server_cmd import server_group
 from .status import eval_group, job_status_cmd
 
 
@@ -41,6 +42,7 @@ cli.add_command(plan_cmd, "plan")
 cli.add_command(alloc_group)
 cli.add_command(eval_group)
 cli.add_command(node_group)
+cli.add_command(server_group)
 cli.add_command(doctor_cmd)
 cli.add_command(intention_group)
 cli.add_command(connect_group)

@@ -107,9 +107,18 @@ class JWKSVerifier:
 class WorkloadIdentity:
     """The server's signer: `sign_alloc`, `verify`, `jwks`."""
 
-    def __init__(self, key_dir: str | os.PathLike[str] | None, region: str = "global") -> None:
+    def __init__(self, key_dir: str | os.PathLike[str] | None, region: str = "global", *,
+                 key_pem: bytes | None = None) -> None:
+        """The signing key: `key_pem` (servers on etcd share one through the store), else the
+        key file in `key_dir` (made on first use), else a key in memory only."""
         self.region = region
-        self._key = _load_or_create_key(Path(key_dir) / KEY_FILE if key_dir is not None else None)
+        if key_pem is not None:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+            if not isinstance(key, rsa.RSAPrivateKey):
+                raise ValueError("the shared workload identity key is not an RSA private key")
+            self._key = key
+        else:
+            self._key = _load_or_create_key(Path(key_dir) / KEY_FILE if key_dir is not None else None)
         public = self._key.public_key()
         der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.key_id = hashlib.sha256(der).hexdigest()[:32]
@@ -196,6 +205,13 @@ def check_registration(old: Node | None, node: Node, token: str) -> None:
 def _same(a: str, b: str) -> bool:
     import hmac
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def new_key_pem() -> bytes:
+    """A new signing key, as PEM (PKCS8)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def _load_or_create_key(path: Path | None) -> rsa.RSAPrivateKey:

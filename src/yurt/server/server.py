@@ -47,10 +47,16 @@ class Server:
         self.acl = ACLAdmin(store)  # policies, tokens, and who a request is (`acl.resolver`)
         self.region = region
         self.datacenter = datacenter
+        self.num_workers = num_workers
+        self.heartbeat_ttl = heartbeat_ttl
+        # the leader's duties (made again each time this server is elected): the broker, the
+        # workers, heartbeat expiry, the drainer, CA bootstrap and pruning
         self.broker = EvalBroker()
         self.applier = PlanApplier(store)
         self.heartbeats = Heartbeats(self._node_expired, heartbeat_ttl)
         self.workers = [Worker(self, i) for i in range(num_workers)]
+        self._leading = False
+        self._duty_lock = threading.Lock()
         self.started_at = time.time()
         self.catalog = Catalog(store, datacenter)
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
@@ -58,21 +64,76 @@ class Server:
         self._ca_prune_stop = threading.Event()
         self.drainer = Drainer(self)   # node drain, eligibility and purge
         # workload identities; the signing key lives next to the store (in memory for ":memory:")
-        key_dir = None if store.path in ("", ":memory:") else os.path.dirname(os.path.abspath(store.path))
-        self.identity = WorkloadIdentity(key_dir, region)
+        if self.ha:   # every server signs and verifies with the same key, kept in the store
+            from .identity import new_key_pem
+            self.identity = WorkloadIdentity(None, region, key_pem=store.shared_secret(  # type: ignore[attr-defined]
+                "workload-identity.pem", new_key_pem))
+        else:
+            key_dir = None if store.path in ("", ":memory:") else os.path.dirname(os.path.abspath(store.path))
+            self.identity = WorkloadIdentity(key_dir, region)
         self.acl.resolver.verifier = self.identity   # a workload's JWT is an identity ACLs know
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        self.ca.bootstrap()
-        threading.Thread(target=self._prune_ca_roots, name="yurt-ca-prune", daemon=True).start()
-        self._restore()
-        self.heartbeats.start()
-        for w in self.workers:
-            w.start()
-        self.drainer.start()
+    @property
+    def ha(self) -> bool:
+        """True when the state is in etcd: several servers, one of them leading."""
+        return bool(getattr(self.store, "ha", False))
 
-    def stop(self) -> None:
+    def start(self, member: dict[str, Any] | None = None) -> None:
+        """Serve. With one server (SQLite) this one leads from now on; on etcd it joins the
+        election as `member` (its name and addresses) and leads when it wins."""
+        if self.ha:
+            self.store.leadership.join(member or {"Name": "server"}, self._lead,  # type: ignore[attr-defined]
+                                       self._step_down)
+        else:
+            self._lead()
+
+    def is_leader(self) -> bool:
+        return self._leading and (not self.ha or self.store.is_leader())  # type: ignore[attr-defined]
+
+    def leader_address(self) -> str:
+        """The HTTP address of the server that leads ("" when none does)."""
+        if not self.ha:
+            return ""
+        name = self.store.leader_name()  # type: ignore[attr-defined]
+        if not name or (name == self.store.leadership.member.get("Name") and not self.is_leader()):  # type: ignore[attr-defined]
+            return ""   # nobody, or this server by a model it cannot refresh (cut off from etcd)
+        member = self.store.members.get(name)  # type: ignore[attr-defined]
+        return str(member.get("HTTPAddr", "")) if member else ""
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every server: Name, Addr, Port, HTTPAddr, Region, Datacenter, Build, Leader, Status."""
+        if not self.ha:
+            return []
+        leader = self.store.leader_name()  # type: ignore[attr-defined]
+        alive = self.store.members  # type: ignore[attr-defined]
+        known = {**self.store.servers, **alive}  # type: ignore[attr-defined]
+        return [{**m, "Leader": name == leader, "Status": "alive" if name in alive else "failed"}
+                for name, m in sorted(known.items())]
+
+    def _lead(self) -> None:
+        """Take up the leader's duties: a fresh broker and workers, heartbeat expiry (every
+        node gets its TTL plus grace again), the drainer, the CA, and the evaluations not yet
+        done, restored from the store."""
+        with self._duty_lock:
+            self.broker = EvalBroker()
+            self.heartbeats = Heartbeats(self._node_expired, self.heartbeat_ttl)
+            self.workers = [Worker(self, i) for i in range(self.num_workers)]
+            self.drainer = Drainer(self)
+            self._ca_prune_stop = threading.Event()
+            self._leading = True
+            self.ca.bootstrap()
+            threading.Thread(target=self._prune_ca_roots, args=(self._ca_prune_stop,), name="yurt-ca-prune",
+                             daemon=True).start()
+            self._restore()
+            self.heartbeats.start()
+            for w in self.workers:
+                w.start()
+            self.drainer.start()
+
+    def _step_down(self) -> None:
+        """Stop every duty at once (the store's fence refuses whatever they still try to write)."""
+        self._leading = False
         self.drainer.stop()
         for w in self.workers:
             w.stop()
@@ -80,9 +141,12 @@ class Server:
         self.heartbeats.stop()
         self._ca_prune_stop.set()
 
-    def _prune_ca_roots(self) -> None:
+    def stop(self) -> None:
+        self._step_down()
+
+    def _prune_ca_roots(self, stop: threading.Event) -> None:
         """Rotated-out roots go 2 x LeafCertTTL after their rotation (checked every minute)."""
-        while not self._ca_prune_stop.wait(60.0):
+        while not stop.wait(60.0):
             try:
                 self.ca.prune()
             except Exception:

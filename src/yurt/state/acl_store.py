@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from yurt.structs import ACLPolicy, ACLToken
 
@@ -14,12 +14,17 @@ from .memory import Tables
 from .writes import Txn
 
 
+_T = TypeVar("_T")
+
+
 class ACLStore:
     # provided by StateStore
     _mem_lock: threading.Lock
     _t: Tables
     if TYPE_CHECKING:
         def _write(self, build: Callable[[Txn], object]) -> int: ...
+
+        def fixed(self, obj: _T, index: int) -> _T: ...
 
     # --- policies ------------------------------------------------------------------------------
 
@@ -55,8 +60,8 @@ class ACLStore:
                                            "modify_index": txn.index})
             txn.ch.acl_tokens[token.accessor_id] = new
             out.append(new)
-        self._write(build)
-        return out[0]
+        index = self._write(build)
+        return self.fixed(out[0], index)
 
     def delete_acl_token(self, accessor: str) -> int:
         if accessor not in self._t.acl_tokens:
@@ -97,5 +102,5 @@ class ACLStore:
             txn.ch.acl_tokens[token.accessor_id] = new
             txn.ch.acl_bootstrap = txn.index
             out.append(new)
-        self._write(build)
-        return out[0]
+        index = self._write(build)
+        return self.fixed(out[0], index)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from yurt.structs import CAState, HealthCheck, Intention, ServiceRegistration
 
 from .view import StateView
 from .writes import Txn
+
+
+_T = TypeVar("_T")
 
 
 class MeshStore:
@@ -19,6 +22,8 @@ class MeshStore:
     _view: StateView
     if TYPE_CHECKING:
         def _write(self, build: Callable[[Txn], object]) -> int: ...
+
+        def fixed(self, obj: _T, index: int) -> _T: ...
 
     # --- catalog -------------------------------------------------------------------------------
 
@@ -77,8 +82,8 @@ class MeshStore:
     def upsert_intention(self, ix: Intention) -> Intention:
         """Create or replace by ID; raises StateError if another intention has the same pair."""
         out: list[Intention] = []
-        self._write(lambda txn: out.append(txn.upsert_intention(ix)))
-        return out[0]
+        index = self._write(lambda txn: out.append(txn.upsert_intention(ix)))
+        return self.fixed(out[0], index)
 
     def delete_intention(self, ix_id: str) -> int:
         return self._write(lambda txn: txn.delete_intention(ix_id))
@@ -94,8 +99,8 @@ class MeshStore:
 
     def set_ca_state(self, state: CAState) -> CAState:
         out: list[CAState] = []
-        self._write(lambda txn: out.append(txn.set_ca_state(state)))
-        return out[0]
+        index = self._write(lambda txn: out.append(txn.set_ca_state(state)))
+        return self.fixed(out[0], index)
 
     def ca_state(self) -> CAState | None:
         return self._view.ca_state()

@@ -37,6 +37,7 @@ from .view import Snapshot, StateView
 from .writes import Txn
 
 K = TypeVar("K")
+T = TypeVar("T")
 V = TypeVar("V")
 
 
@@ -145,29 +146,12 @@ class StateStore(MeshStore, ACLStore):
             return ch.index
 
     def _apply(self, ch: Changes, table_index: dict[str, int]) -> None:
-        t = self._t
-        t.index = ch.index
-        t.table_index = table_index
-        for v in ch.versions:
-            t.put_version(v)
-        _apply_rows(ch.jobs, t.put_job, t.drop_job)
-        for vkey in ch.versions_purged:
-            t.hide_version(vkey)
-        for vkey in ch.versions_dropped:
-            t.drop_version(vkey)
-        _apply_rows(ch.evals, t.put_eval, t.drop_eval)
-        _apply_rows(ch.allocs, t.put_alloc, t.drop_alloc)
-        _apply_rows(ch.nodes, t.put_node, t.drop_node)
-        _apply_rows(ch.services, t.put_service, t.drop_service)
-        _apply_rows(ch.intentions, t.put_intention, t.drop_intention)
-        if ch.ca_state is not None:
-            t.ca_state = ch.ca_state
-        if ch.ca_serial is not None:
-            t.ca_serial = ch.ca_serial
-        _apply_rows(ch.acl_policies, t.put_acl_policy, t.drop_acl_policy)
-        _apply_rows(ch.acl_tokens, t.put_acl_token, t.drop_acl_token)
-        if ch.acl_bootstrap is not None:
-            t.acl_bootstrap = ch.acl_bootstrap
+        apply_changes(self._t, ch, table_index)
+
+    def fixed(self, obj: T, index: int) -> T:
+        """An object a write returns, as stored at `index` (here: as it is; the etcd store fills
+        in the indexes that only the commit knows)."""
+        return obj
 
     # --- jobs ----------------------------------------------------------------------------------
 
@@ -198,7 +182,7 @@ class StateStore(MeshStore, ACLStore):
             new = txn.upsert_job(job)
             stored.append(txn.upsert_eval(ev.model_copy(update={"job_modify_index": new.job_modify_index})))
         index = self._write(build)
-        return index, stored[0]
+        return index, self.fixed(stored[0], index)
 
     def purge_job(self, namespace: str, job_id: str, ev: Evaluation) -> int:
         """`delete_job` and the evaluation that stops its allocations, in one transaction."""
@@ -438,3 +422,29 @@ def _apply_rows(rows: Mapping[K, V | None], put: Callable[[V], object], drop: Ca
             drop(key)
         else:
             put(row)
+
+
+def apply_changes(t: Tables, ch: Changes, table_index: dict[str, int]) -> None:
+    """One write's changes into the read model `t`."""
+    t.index = ch.index
+    t.table_index = table_index
+    for v in ch.versions:
+        t.put_version(v)
+    _apply_rows(ch.jobs, t.put_job, t.drop_job)
+    for vkey in ch.versions_purged:
+        t.hide_version(vkey)
+    for vkey in ch.versions_dropped:
+        t.drop_version(vkey)
+    _apply_rows(ch.evals, t.put_eval, t.drop_eval)
+    _apply_rows(ch.allocs, t.put_alloc, t.drop_alloc)
+    _apply_rows(ch.nodes, t.put_node, t.drop_node)
+    _apply_rows(ch.services, t.put_service, t.drop_service)
+    _apply_rows(ch.intentions, t.put_intention, t.drop_intention)
+    if ch.ca_state is not None:
+        t.ca_state = ch.ca_state
+    if ch.ca_serial is not None:
+        t.ca_serial = ch.ca_serial
+    _apply_rows(ch.acl_policies, t.put_acl_policy, t.drop_acl_policy)
+    _apply_rows(ch.acl_tokens, t.put_acl_token, t.drop_acl_token)
+    if ch.acl_bootstrap is not None:
+        t.acl_bootstrap = ch.acl_bootstrap

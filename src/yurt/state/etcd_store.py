@@ -1,0 +1,328 @@
+"""The store on etcd: the same read model and methods as the SQLite store, for several servers.
+
+* The index is etcd's revision. Every server keeps the in-memory read model, filled from a
+  consistent range of the prefix and then fed by one watch from the revision after it; a
+  watch cancelled by compaction reloads. Memory is only ever changed by the watch, on the
+  leader too: a write commits, then waits until its own watch has applied its revision, so the
+  model is exactly what etcd holds (see `etcd_codec` for the keys and how indexes are stamped).
+* Only the leader writes, and every write is one etcd transaction that also compares the
+  leader key's create_revision with the one this server won (`Leadership`): a server that lost
+  its lease, however late it notices, commits nothing. Plans also compare the mod_revision of
+  every node they place on and every allocation they change with what the plan read.
+* Reads are local. `sync()` makes a follower's read consistent: it asks etcd for the revision
+  of the last write and waits until the model has it.
+* Writes larger than etcd's transaction limit (128 operations by default) are split where each
+  item stands alone (allocations of a plan, evaluations, garbage collection).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from yurt.errors import Unavailable
+from yurt.structs import Allocation, Evaluation
+
+from . import etcd_client as ec
+from .blocking import Waiters
+from .errors import StateError
+from .etcd_codec import PENDING, Codec, restamp
+from .etcd_leader import Leadership
+from .memory import TABLES, Tables
+from .store import StateStore, apply_changes
+from .view import StateView
+from .writes import Txn
+
+log = logging.getLogger("yurt.state.etcd")
+
+T = TypeVar("T")
+MAX_ITEMS = 100          # items per transaction where a write is split
+APPLY_TIMEOUT = 30.0     # how long a write waits for its own watch to bring it back
+TRANSIENT_RETRY = 15.0   # how long a write is retried while etcd elects its own leader
+
+
+class NotLeader(Unavailable):
+    """A write reached a server that does not lead (or no longer does): nothing was written."""
+
+
+class EtcdStateStore(StateStore):
+    ha = True
+
+    def __init__(self, endpoints: list[str], *, prefix: str = "/yurt/", ca_file: str = "", cert_file: str = "",
+                 key_file: str = "", lease_ttl: int = 10, stop: threading.Event | None = None) -> None:
+        self.path = ""
+        self.kv = ec.EtcdClient(endpoints, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.codec = Codec(self.prefix)
+        self._write_lock = threading.Lock()
+        self._mem_lock = threading.Lock()
+        self._applied_cond = threading.Condition(self._mem_lock)
+        self._t = Tables()
+        self._view = StateView(self._t)
+        self._snap = None
+        self._tmpdir = None
+        self._stop = stop or threading.Event()
+        self.members: dict[str, dict[str, Any]] = {}   # servers alive now (their lease holds)
+        self.servers: dict[str, dict[str, Any]] = {}   # every server that joined
+        self.leader_value: bytes = b""
+        self.leader_create_revision = 0
+        self.leadership = Leadership(self, lease_ttl)
+        self._waiters = Waiters(self._mem_lock, self._current)
+        self._load_retrying()
+        self._watcher = threading.Thread(target=self._watch_loop, name="yurt-etcd-watch", daemon=True)
+        self._watcher.start()
+
+    # --- open ------------------------------------------------------------------------------------
+
+    def _load_retrying(self) -> None:
+        """etcd unreachable at start: say so, naming the endpoints, and try again."""
+        delay = 1.0
+        while True:
+            try:
+                self._load()
+                return
+            except ec.StoreUnavailable as e:
+                if self._stop.is_set():
+                    raise
+                log.error("cannot load the state from etcd, retrying in %.0f s: %s", delay, e)
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, 10.0)
+
+    def _load_tables(self) -> None:
+        rev, kvs = self.kv.range_prefix(self.prefix.encode())
+        t, codec = self._fresh(rev, kvs)
+        with self._mem_lock:
+            self._t, self.codec = t, codec
+            self._view = StateView(t)
+            self._snap = None
+            self._waiters.notify()
+            self._applied_cond.notify_all()
+
+    def _fresh(self, rev: int, kvs: list[ec.KV]) -> tuple[Tables, Codec]:
+        """A read model from a snapshot of the prefix at `rev`."""
+        codec = Codec(self.prefix)
+        t = Tables()
+        events = [ec.Event("PUT", kv) for kv in kvs]
+        dec = codec.decode(events, rev, t)
+        table_index = dict.fromkeys(TABLES, 0)
+        index_prefix = codec.key("index", "")
+        for kv in kvs:
+            if kv.key.startswith(index_prefix):
+                table_index[kv.key[len(index_prefix):].decode()] = kv.mod_revision
+        apply_changes(t, dec.changes, table_index)
+        t.index = rev
+        self.members = {k: v for k, v in dec.members.items() if v is not None}
+        self.servers = {k: v for k, v in dec.servers.items() if v is not None}
+        if dec.leader is not None:
+            self.leader_value, self.leader_create_revision = dec.leader
+        else:
+            self.leader_value, self.leader_create_revision = b"", 0
+        return t, codec
+
+    def close(self) -> None:
+        self._stop.set()
+        self.leadership.stop()
+
+    # --- the watch ---------------------------------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        prefix = self.prefix.encode()
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                for resp in self.kv.watch(prefix, ec.prefix_end(prefix), self._t.index + 1, stop=self._stop):
+                    delay = 0.2
+                    if resp.canceled:
+                        if resp.compact_revision:
+                            log.warning("the state store's watch fell behind compaction (revision %d): "
+                                        "reloading", resp.compact_revision)
+                            self._load_tables()
+                            break
+                        raise ec.StoreUnavailable(f"the state store's watch was cancelled: {resp.reason}")
+                    if resp.events:
+                        self._apply_events(resp.events)
+            except ec.StoreUnavailable as e:
+                log.warning("state store watch: %s", e)
+            except Exception:   # the watch must never die; say why and start over
+                log.exception("state store watch failed; reloading")
+                try:
+                    self._load_tables()
+                except ec.StoreUnavailable:
+                    pass
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, 2.0)
+
+    def _apply_events(self, events: list[ec.Event]) -> None:
+        by_rev: dict[int, list[ec.Event]] = {}
+        for e in events:
+            by_rev.setdefault(e.kv.mod_revision, []).append(e)
+        for rev in sorted(by_rev):
+            if rev <= self._t.index:
+                continue   # a reconnected watch may repeat what it sent
+            # decoded outside the lock: this thread is the only one that changes the model
+            dec = self.codec.decode(by_rev[rev], rev, self._t)
+            with self._mem_lock:
+                table_index = dict(self._t.table_index)
+                for name in dec.tables:
+                    table_index[name] = rev
+                self._apply(dec.changes, table_index)
+                for table, rows in ((self.members, dec.members), (self.servers, dec.servers)):
+                    for name, m in rows.items():
+                        if m is None:
+                            table.pop(name, None)
+                        else:
+                            table[name] = m
+                if dec.leader is not None:
+                    self.leader_value, self.leader_create_revision = dec.leader
+                self._snap = None
+                self._waiters.notify()
+                self._applied_cond.notify_all()
+            if dec.leader_changed:
+                self.leadership.leader_changed()
+
+    def wait_applied(self, revision: int, timeout: float = APPLY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        with self._mem_lock:
+            while self._t.index < revision:
+                left = deadline - time.monotonic()
+                if self._stop.is_set():
+                    raise ec.StoreUnavailable("the state store is closing")
+                if left <= 0:
+                    raise ec.StoreUnavailable(f"revision {revision} was committed, but this server's watch has "
+                                              f"not brought it back within {timeout:.0f} s")
+                self._applied_cond.wait(min(left, 1.0))
+
+    def sync(self, timeout: float = 10.0) -> int:
+        """A consistent read from here: wait until the model holds the last write etcd has."""
+        _, kvs, _ = self.kv.range(self.codec.key("index", ""), ec.prefix_end(self.codec.key("index", "")),
+                                  keys_only=True)
+        last = max((kv.mod_revision for kv in kvs), default=0)
+        self.wait_applied(last, timeout)
+        return last
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        return self.leadership.is_leader()
+
+    def _write(self, build: Callable[[Txn], object], compares: Sequence[dict[str, Any]] = ()) -> int:
+        with self._write_lock:
+            fence = self.leadership.fence_revision()
+            if not fence:
+                raise NotLeader("this server does not lead the cluster" + self._leader_hint() +
+                                "; nothing was written")
+            txn = Txn(self._t, PENDING, time.time_ns())
+            build(txn)
+            ch = txn.finish()
+            ops = self.codec.encode(ch, self._t)
+            guard = [ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + list(compares)
+            res = self._txn(guard, ops)
+            if not res.succeeded:
+                _, held, _ = self.kv.range(self.codec.leader_key)
+                if held and held[0].create_revision == fence:
+                    raise StateError("the nodes or allocations this write read changed before it committed; "
+                                     "nothing was written (the scheduler plans again)")
+                self.leadership.fenced_out()
+                raise NotLeader("this server lost its leadership before the write committed"
+                                f"{self._leader_hint()}; nothing was written")
+            self.wait_applied(res.revision)
+            return res.revision
+
+    def _txn(self, guard: list[dict[str, Any]], ops: list[dict[str, Any]]) -> ec.TxnResult:
+        """One write. While etcd elects a new leader of its own (a member died), it answers
+        "leader changed" or "possibly due to previous leader failure" for a moment: that is
+        retried for a few seconds (the write is the same puts, guarded by the same compares)."""
+        deadline = time.monotonic() + TRANSIENT_RETRY
+        while True:
+            try:
+                return self.kv.txn(guard, ops)
+            except ec.StoreUnavailable as e:
+                if "leader" not in str(e) or time.monotonic() > deadline:
+                    raise
+                log.info("etcd is electing a leader; retrying the write: %s", e)
+                time.sleep(0.3)
+
+    def _leader_hint(self) -> str:
+        name = self.leader_name()
+        return f" (the leader is {name})" if name else " (no server leads now)"
+
+    def leader_name(self) -> str:
+        if not self.leader_value:
+            return ""
+        try:
+            return str(json.loads(self.leader_value).get("Name", ""))
+        except ValueError:
+            return ""
+
+    def fixed(self, obj: T, index: int) -> T:
+        """An object a write returned, with its pending indexes replaced by the write's index."""
+        dump = getattr(obj, "model_dump", None)
+        if dump is None:
+            return obj
+        return type(obj).model_validate(restamp(dump(by_alias=True), index))  # type: ignore[attr-defined]
+
+    def shared_secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """A value every server shares (the workload identity signing key): the first server
+        to start stores `make()`, the others read it."""
+        key = self.codec.key("secrets", name)
+        res = self.kv.txn([ec.compare(key, "CREATE", "EQUAL", 0)], [ec.put(key, make())], [ec.get(key)])
+        if res.succeeded:
+            _, kvs, _ = self.kv.range(key)
+            return kvs[0].value
+        kvs = res.responses[0].get("response_range", {}).get("kvs", [])
+        return ec.KV.from_json(kvs[0]).value
+
+    # --- writes that may be split ---------------------------------------------------------------
+
+    def _chunks(self, items: Iterable[T]) -> list[list[T]]:
+        items = list(items)
+        return [items[i:i + MAX_ITEMS] for i in range(0, len(items), MAX_ITEMS)] or [[]]
+
+    def upsert_allocs(self, allocs: Iterable[Allocation]) -> int:
+        """As the SQLite store's, with the revisions the plan read compared: each allocation it
+        changes and each node it places on must still be as the plan saw them."""
+        index = self._t.index
+        for chunk in self._chunks(allocs):
+            compares = []
+            nodes = set()
+            for a in chunk:
+                old = self._t.allocs.get(a.id)
+                key = self.codec.key("allocs", a.id)
+                compares.append(ec.compare(key, "MOD", "EQUAL", old.modify_index if old else 0))
+                nodes.add(a.node_id)
+            for node_id in sorted(nodes):
+                node = self._t.nodes.get(node_id)
+                if node is not None:
+                    compares.append(ec.compare(self.codec.key("nodes", node_id), "MOD", "EQUAL", node.modify_index))
+
+            def build(txn: Txn, chunk: list[Allocation] = chunk) -> None:
+                for a in chunk:
+                    txn.upsert_alloc(a)
+            index = self._write(build, compares)
+        return index
+
+    def update_allocs_from_client(self, allocs: Iterable[Allocation]) -> int:
+        index = self._t.index
+        for chunk in self._chunks(allocs):
+            index = super().update_allocs_from_client(chunk)
+        return index
+
+    def upsert_evals(self, evals: Iterable[Evaluation]) -> int:
+        index = self._t.index
+        for chunk in self._chunks(evals):
+            index = super().upsert_evals(chunk)
+        return index
+
+    def delete_evals(self, eval_ids: Iterable[str], alloc_ids: Iterable[str] = ()) -> int:
+        index = self._t.index
+        for chunk in self._chunks(eval_ids):
+            index = super().delete_evals(chunk, ())
+        for achunk in self._chunks(alloc_ids):
+            index = super().delete_evals((), achunk)
+        return index
