@@ -298,6 +298,28 @@ def test_one_server_with_etcd_and_down_without_lab_json_or_namespace():
         yurt("lab", "down", "-name", lab2, timeout=300)
 
 
+def test_a_member_that_cannot_start_fails_up_naming_its_log_and_leaves_nothing():
+    lab3 = LAB + "c"
+    lab3_dir = Path(f"/var/lib/yurt/lab/{lab3}")
+    subnet = f"10.{244 + os.getpid() % 10}.{(os.getpid() + 60) % 250}.0/24"
+    shutil.rmtree(lab3_dir, ignore_errors=True)
+    (lab3_dir / "server1").mkdir(parents=True)
+    (lab3_dir / "server1" / "etcd").write_text("a file where the member's data dir goes\n")
+    try:
+        proc = yurt("lab", "up", "-name", lab3, "-servers", "1", "-clients", "0", "-etcd", "-subnet", subnet,
+                    timeout=300)
+        err = refused(proc)
+        assert f"the etcd member of server1 exited; the end of {lab3_dir}/server1/etcd.log:" in err
+        # etcd's own reason, from its JSON log, without the stack trace
+        assert f"fatal: failed to list data directory (error=readdirent {lab3_dir}/server1/etcd: not a directory" \
+            in err
+        assert "stacktrace" not in err
+        assert not lab3_dir.exists() and not etcd_processes()
+        assert not [n for n in os.listdir("/var/run/netns") if n.startswith(f"ylab-{lab3}-")]
+    finally:
+        yurt("lab", "down", "-name", lab3, timeout=300)
+
+
 def test_several_servers_are_planned_and_up_tells_of_etcd():
     from yurt.lab.lab import plan_hosts
     assert [r for _, r in plan_hosts(3, 2)] == ["server"] * 3 + ["client"] * 2

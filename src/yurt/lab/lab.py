@@ -464,7 +464,7 @@ def _wait_etcd(lab: Lab, wait: float, progress: Progress) -> None:
         for host in lab.servers:
             if not etcd_alive(host):
                 raise LabError(f"the etcd member of {host.name} exited; the end of {lab.etcd_log(host)}:\n"
-                               f"{_tail(lab.etcd_log(host))}")
+                               f"{_etcd_tail(lab.etcd_log(host))}")
         sick = [h for h in lab.servers if etcd_health(lab, h) is not True]
         if not sick:
             n = len(lab.servers)
@@ -473,8 +473,25 @@ def _wait_etcd(lab: Lab, wait: float, progress: Progress) -> None:
         if time.monotonic() > deadline:
             log = lab.etcd_log(sick[0])
             raise LabError(f"the lab's etcd cluster was not healthy within {wait:.0f}s (waiting for "
-                           f"{', '.join(h.name for h in sick)}); the end of {log}:\n{_tail(log)}")
+                           f"{', '.join(h.name for h in sick)}); the end of {log}:\n{_etcd_tail(log)}")
         time.sleep(0.2)
+
+
+def _etcd_tail(path: Path, lines: int = 8) -> str:
+    """The end of a member's log, its zap JSON lines as "level: msg (error)" without stack traces."""
+    out = []
+    for line in _tail(path, lines).splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            out.append(line)
+            continue
+        if not isinstance(entry, dict):
+            out.append(line)
+            continue
+        extra = "; ".join(f"{k}={entry[k]}" for k in ("error", "dir", "address", "url") if k in entry)
+        out.append(f"{entry.get('level', '?')}: {entry.get('msg', line)}" + (f" ({extra})" if extra else ""))
+    return "\n".join(out)
 
 
 # --- faults -----------------------------------------------------------------------------------
