@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import json
 import platform
 import statistics
 import subprocess
@@ -205,6 +206,16 @@ def version(package: str) -> str:
         return "not installed"
 
 
+def role(cluster: EtcdCluster, endpoint: str) -> str:
+    """Whether the member is the leader, as `etcdctl endpoint status` says."""
+    out = cluster.etcdctl("endpoint", "status", "-w", "json", endpoints=[endpoint])
+    try:
+        status = json.loads(out.stdout)[0]["Status"]
+        return "the leader" if status["header"]["member_id"] == status["leader"] else "a follower"
+    except (ValueError, IndexError, KeyError):
+        return "leader unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", type=int, default=500, help="operations per measure (txn100 and prefix1000: a fifth)")
@@ -225,11 +236,13 @@ def main() -> None:
         sys.exit("no client to measure")
 
     etcd_version = subprocess.run([ETCD, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    etcd_version = etcd_version.replace("etcd Version:", "etcd")
     with tempfile.TemporaryDirectory(prefix="yurt-bench-etcd-") as tmp, EtcdCluster(Path(tmp), members=3) as cluster:
         cluster.wait_healthy(60)
         endpoint = cluster.endpoints[args.member]
         print(f"{etcd_version}, 3 members on 127.0.0.1 (fsync "
-              f"{'off' if '--unsafe-no-fsync' in cluster.args(0) else 'on'}); clients on {endpoint}; "
+              f"{'off' if '--unsafe-no-fsync' in cluster.args(0) else 'on'}); clients on {endpoint} "
+              f"({role(cluster, endpoint)}); "
               f"Python {platform.python_version()}; "
               + ", ".join(f"{p} {version(p)}" for p, _ in makers)
               + f"; grpcio {version('grpcio')}, requests {version('requests')}")

@@ -81,6 +81,14 @@ def etcdctl(on: str, *args: str, timeout: float = 60) -> subprocess.CompletedPro
     return lab_cmd("exec", on, "--", "etcdctl", *args, timeout=timeout)
 
 
+def put_once_a_leader_leads(on: str, key: str, value: str) -> None:
+    """A put through the member on host `on`, retried until it succeeds: a write in flight when
+    the leader dies is lost and times out, and the next one succeeds once a new leader is elected
+    (as an etcd client's retry does)."""
+    wait_for(lambda: etcdctl(on, "--command-timeout=2s", "put", key, value).returncode == 0, 60,
+             what=f"a put of {key} through {on}'s member")
+
+
 def health(name: str) -> bool | None:
     """The member's /health, asked from this machine over the lab bridge: None if no answer."""
     try:
@@ -180,8 +188,8 @@ def test_kill_etcd_kills_only_the_member_and_start_etcd_rejoins_it(lab):
     assert health("server2") is None
     (row,) = [line.split() for line in ok(lab_cmd("status")).splitlines() if line.startswith("server2 ")]
     assert row[4] == "running" and row[-2:] == ["dead", "<none>"]
-    # two of three: the cluster still takes writes
-    ok(etcdctl("server1", "put", "/lab/while-dead", "2"))
+    # two of three: the cluster still takes writes (once a leader leads, if server2's led)
+    put_once_a_leader_leads("server1", "/lab/while-dead", "2")
     assert "is not running: yurt lab start" in refused(lab_cmd("kill", "server2", "-etcd"))
     out = ok(lab_cmd("start", "server2", "-etcd"))
     assert "server2: etcd member started" in out
@@ -208,7 +216,7 @@ def test_a_cut_host_reaches_no_one_and_healed_it_does_again(lab):
         proc = etcdctl("server3", "--endpoints", "http://127.0.0.1:2379", "endpoint", "health")
         return proc.returncode != 0 and "http://127.0.0.1:2379 is unhealthy" in proc.stderr
     wait_for(isolated_unhealthy, 60, what="server3's member unhealthy while cut")
-    ok(etcdctl("server1", "put", "/lab/while-cut", "3"))
+    put_once_a_leader_leads("server1", "/lab/while-cut", "3")
     assert "server3 is cut already" in refused(lab_cmd("cut", "server3"))
     out = ok(lab_cmd("heal", "server3"))
     assert "server3 is back on the lab network" in out
@@ -228,7 +236,7 @@ def test_killing_a_host_kills_its_etcd_member_and_start_brings_both_back(lab):
     assert not alive(agent_pid) and not alive(etcd_pid)
     (row,) = [line.split() for line in ok(lab_cmd("status")).splitlines() if line.startswith("server1 ")]
     assert row[3:5] == ["down", "killed"] and row[-2:] == ["dead", "<none>"]
-    ok(etcdctl("server2", "put", "/lab/while-killed", "4"))
+    put_once_a_leader_leads("server2", "/lab/while-killed", "4")
     out = ok(lab_cmd("start", "server1"))
     assert "server1: etcd member (pid" in out and "and agent (pid" in out
     assert alive(host("server1")["pid"]) and alive(host("server1")["etcd_pid"])
@@ -262,7 +270,57 @@ def test_lab_down_leaves_no_etcd_behind(lab):
     assert not LAB_DIR.exists()
 
 
-def test_a_single_server_lab_runs_etcd_only_with_the_flag():
+def test_one_server_with_etcd_and_down_without_lab_json_or_namespace():
+    """-etcd with one server: a one-member cluster. Its lab.json and namespace lost (a crash of the
+    machine's state), down still finds the agent and the member by their command lines."""
+    from yurt.lab.lab import _veth_name
+    lab2 = LAB + "b"
+    lab2_dir = Path(f"/var/lib/yurt/lab/{lab2}")
+    subnet = f"10.{244 + os.getpid() % 10}.{(os.getpid() + 125) % 250}.0/24"
+    shutil.rmtree(lab2_dir, ignore_errors=True)
+    try:
+        out = ok(yurt("lab", "up", "-name", lab2, "-servers", "1", "-clients", "0", "-etcd", "-subnet", subnet,
+                      timeout=300))
+        assert "etcd cluster healthy (1 member)" in out
+        server = json.loads((lab2_dir / "lab.json").read_text())["hosts"][0]
+        config = (lab2_dir / "server1" / "agent.hcl").read_text()
+        assert f'endpoints = ["http://{server["address"]}:2379"]' in config
+        (lab2_dir / "lab.json").unlink()
+        subprocess.run(["ip", "netns", "delete", f"ylab-{lab2}-server1"], check=True)
+        assert alive(server["pid"]) and alive(server["etcd_pid"])   # in a namespace without a name now
+        out = ok(yurt("lab", "down", "-name", lab2, timeout=300))
+        assert "2 stray processes killed" in out
+        assert not alive(server["pid"]) and not alive(server["etcd_pid"])
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        assert f"ylab-{lab2}" not in links and _veth_name(lab2, "server1") not in links
+        assert not lab2_dir.exists()
+    finally:
+        yurt("lab", "down", "-name", lab2, timeout=300)
+
+
+def test_a_member_that_cannot_start_fails_up_naming_its_log_and_leaves_nothing():
+    lab3 = LAB + "c"
+    lab3_dir = Path(f"/var/lib/yurt/lab/{lab3}")
+    subnet = f"10.{244 + os.getpid() % 10}.{(os.getpid() + 60) % 250}.0/24"
+    shutil.rmtree(lab3_dir, ignore_errors=True)
+    (lab3_dir / "server1").mkdir(parents=True)
+    (lab3_dir / "server1" / "etcd").write_text("a file where the member's data dir goes\n")
+    try:
+        proc = yurt("lab", "up", "-name", lab3, "-servers", "1", "-clients", "0", "-etcd", "-subnet", subnet,
+                    timeout=300)
+        err = refused(proc)
+        assert f"the etcd member of server1 exited; the end of {lab3_dir}/server1/etcd.log:" in err
+        # etcd's own reason, from its JSON log, without the stack trace
+        assert f"fatal: failed to list data directory (error=readdirent {lab3_dir}/server1/etcd: not a directory" \
+            in err
+        assert "stacktrace" not in err
+        assert not lab3_dir.exists() and not etcd_processes()
+        assert not [n for n in os.listdir("/var/run/netns") if n.startswith(f"ylab-{lab3}-")]
+    finally:
+        yurt("lab", "down", "-name", lab3, timeout=300)
+
+
+def test_several_servers_are_planned_and_up_tells_of_etcd():
     from yurt.lab.lab import plan_hosts
     assert [r for _, r in plan_hosts(3, 2)] == ["server"] * 3 + ["client"] * 2
     helptext = ok(yurt("lab", "up", "--help"))

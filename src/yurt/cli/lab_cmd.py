@@ -148,7 +148,10 @@ def lab_start(name: str, host: str, etcd: bool) -> None:
         echo(f"==> {host}: etcd member started (pid {h.etcd_pid}), {made.etcd_url(h)}")
         return
     started = lab.start_host(made, h)
-    echo(f"==> {host}: {' and '.join(started) or 'link'} started, {made.url(h)}")
+    if started:
+        echo(f"==> {host}: {' and '.join(started)} started, {made.url(h)}")
+    else:
+        echo(f"==> {host}: its link is up again (its processes were running)")
 
 
 @lab_group.command("cut")

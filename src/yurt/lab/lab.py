@@ -464,16 +464,34 @@ def _wait_etcd(lab: Lab, wait: float, progress: Progress) -> None:
         for host in lab.servers:
             if not etcd_alive(host):
                 raise LabError(f"the etcd member of {host.name} exited; the end of {lab.etcd_log(host)}:\n"
-                               f"{_tail(lab.etcd_log(host))}")
+                               f"{_etcd_tail(lab.etcd_log(host))}")
         sick = [h for h in lab.servers if etcd_health(lab, h) is not True]
         if not sick:
-            progress(f"etcd cluster healthy ({len(lab.servers)} members)")
+            n = len(lab.servers)
+            progress(f"etcd cluster healthy ({n} member{'s' if n > 1 else ''})")
             return
         if time.monotonic() > deadline:
             log = lab.etcd_log(sick[0])
             raise LabError(f"the lab's etcd cluster was not healthy within {wait:.0f}s (waiting for "
-                           f"{', '.join(h.name for h in sick)}); the end of {log}:\n{_tail(log)}")
+                           f"{', '.join(h.name for h in sick)}); the end of {log}:\n{_etcd_tail(log)}")
         time.sleep(0.2)
+
+
+def _etcd_tail(path: Path, lines: int = 8) -> str:
+    """The end of a member's log, its zap JSON lines as "level: msg (error)" without stack traces."""
+    out = []
+    for line in _tail(path, lines).splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            out.append(line)
+            continue
+        if not isinstance(entry, dict):
+            out.append(line)
+            continue
+        extra = "; ".join(f"{k}={entry[k]}" for k in ("error", "dir", "address", "url") if k in entry)
+        out.append(f"{entry.get('level', '?')}: {entry.get('msg', line)}" + (f" ({extra})" if extra else ""))
+    return "\n".join(out)
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -687,7 +705,7 @@ def kill(lab: Lab, host: Host) -> list[int]:
     pids = host_processes(lab, host)
     _kill_all(lab, host)
     _run("ip", "link", "set", host.veth, "down", check=False)
-    host.pid, host.start_time, host.state = 0, None, "killed"
+    host.pid, host.start_time, host.state, host.cut = 0, None, "killed", False
     if host.etcd_state:
         host.etcd_pid, host.etcd_start_time, host.etcd_state = 0, None, "killed"
     lab.save()
@@ -724,6 +742,11 @@ def down(name: str = DEFAULT_LAB, progress: Progress = lambda line: None) -> lis
         for entry in sorted(NETNS_DIR.glob(f"{prefix}*")) if NETNS_DIR.is_dir() else []:
             hname = entry.name[len(prefix):]
             hosts.append(Host(name=hname, role="client", address="", netns=entry.name, veth=_veth_name(name, hname)))
+        # and by their directories (a host whose namespace is gone may still have its veth)
+        for entry in sorted(lab.dir.iterdir()) if lab.dir.is_dir() else []:
+            if entry.is_dir() and NAME_RE.match(entry.name) and entry.name not in {h.name for h in hosts}:
+                hosts.append(Host(name=entry.name, role="client", address="", netns=_netns_name(name, entry.name),
+                                  veth=_veth_name(name, entry.name)))
         lab.hosts = hosts
         if not hosts and not (LAB_ROOT / name).exists() and \
                 _run("ip", "link", "show", lab.bridge, check=False).returncode != 0:
