@@ -15,7 +15,7 @@ from tests import mock
 from yurt.structs import Node
 from tests.agent_util import wait_for
 from tests.etcd_cluster import EtcdCluster
-from yurt.errors import Unavailable
+from yurt.errors import InvalidInput, Unavailable
 from yurt.state import etcd_client as ec
 from yurt.state.etcd_store import EtcdStateStore, NotLeader
 
@@ -119,7 +119,7 @@ def test_a_follower_sees_every_write_and_its_blocking_queries_wake(pair):
 
 def test_a_follower_cannot_write(pair):
     _, b = pair
-    with pytest.raises(NotLeader, match="does not lead.*the leader is a"):
+    with pytest.raises(NotLeader, match=r"does not lead.*the leader is a"):
         b.upsert_node(mock.node())
 
 
@@ -218,7 +218,7 @@ def test_a_store_started_before_etcd_names_the_endpoints_and_waits(tmp_path, cap
 
 
 def test_endpoints_are_checked():
-    with pytest.raises(Exception, match="not an etcd client URL"):
+    with pytest.raises(InvalidInput, match="not an etcd client URL"):
         ec.EtcdClient(["ftp://x:1"])
-    with pytest.raises(Exception, match="endpoints.*empty"):
+    with pytest.raises(InvalidInput, match=r"endpoints.*empty"):
         ec.EtcdClient([])
