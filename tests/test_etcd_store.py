@@ -222,3 +222,18 @@ def test_endpoints_are_checked():
         ec.EtcdClient(["ftp://x:1"])
     with pytest.raises(InvalidInput, match=r"endpoints.*empty"):
         ec.EtcdClient([])
+
+
+def test_the_leader_compacts_history_and_followers_keep_up(pair):
+    a, b = pair
+    node = mock.node()
+    for i in range(5):
+        a.upsert_node(node.model_copy(update={"name": f"v{i}"}))
+    a.leadership.compact_keep = 2
+    a.leadership.compact_every = 0.0            # the next lease renewal compacts
+    wait_for(lambda: a._compacted > 0, 30, what="a compaction by the leader")
+    with pytest.raises(ec.StoreError, match="compacted"):
+        a.kv.range(a.codec.key("nodes", node.id), revision=a._compacted - 1)
+    a.upsert_node(node.model_copy(update={"name": "after"}))
+    b.wait_applied(a.index())
+    assert b.node(node.id).name == "after"

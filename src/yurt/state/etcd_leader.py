@@ -7,7 +7,8 @@ transaction, the key's create_revision, is its fence. Every write it makes compa
 key's create_revision with the fence in the same transaction, so nothing it writes after the
 key is gone (lease expired, revoked) or taken by another server can commit. Time is used only
 to stop early: a leader that has not renewed its lease within the TTL (by its own clock) steps
-down at once, and one whose watch shows the leader key gone or replaced does too.
+down at once, and one whose watch shows the leader key gone or replaced does too. The leader
+also compacts etcd's history every few minutes (`EtcdStateStore.compact_history`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class Leadership:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.elections = 0             # how many times this server won
+        self.compact_every = 300.0     # the leader compacts etcd's history this often,
+        self.compact_keep = 10_000     # keeping this many revisions
+        self._last_compaction = time.monotonic()
 
     # --- what the store and the server ask ----------------------------------------------------
 
@@ -128,6 +132,9 @@ class Leadership:
                         self._last_ok = time.monotonic()
                 if not self.is_leader():
                     self._campaign()
+                elif time.monotonic() - self._last_compaction > self.compact_every:
+                    self._last_compaction = time.monotonic()
+                    self.store.compact_history(self.compact_keep)
             except ec.StoreUnavailable as e:
                 log.warning("leadership: %s", e)
                 self._stop.wait(0.5)

@@ -43,6 +43,7 @@ log = logging.getLogger("yurt.state.etcd")
 T = TypeVar("T")
 MAX_ITEMS = 100          # items per transaction where a write is split
 APPLY_TIMEOUT = 30.0     # how long a write waits for its own watch to bring it back
+HISTORY_KEPT = 10_000    # revisions of history kept when etcd is compacted
 TRANSIENT_RETRY = 15.0   # how long a write is retried while etcd elects its own leader
 
 
@@ -72,6 +73,7 @@ class EtcdStateStore(StateStore):
         self.leader_value: bytes = b""
         self.leader_create_revision = 0
         self.leadership = Leadership(self, lease_ttl)
+        self._compacted = 0
         self._waiters = Waiters(self._mem_lock, self._current)
         self._load_retrying()
         self._watcher = threading.Thread(target=self._watch_loop, name="yurt-etcd-watch", daemon=True)
@@ -270,6 +272,21 @@ class EtcdStateStore(StateStore):
         if dump is None:
             return obj
         return type(obj).model_validate(restamp(dump(by_alias=True), index))  # type: ignore[attr-defined]
+
+    def compact_history(self, keep: int = HISTORY_KEPT) -> int:
+        """Drop etcd's history older than the last `keep` revisions (etcd keeps every version of
+        every key until told; without this its quota fills). Returns the revision compacted to."""
+        target = self._t.index - keep
+        if target <= self._compacted:
+            return self._compacted
+        try:
+            self.kv.compact(target)
+        except ec.StoreError as e:
+            if "compacted" not in str(e):
+                raise
+        self._compacted = target
+        log.info("etcd history compacted up to revision %d", target)
+        return target
 
     def shared_secret(self, name: str, make: Callable[[], bytes]) -> bytes:
         """A value every server shares (the workload identity signing key): the first server
