@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from yurt.structs import Allocation, Job, Node, Plan
+from yurt.structs import Allocation, Deployment, Job, Node, Plan
 
 
 class MemoryState:
@@ -20,6 +20,7 @@ class MemoryState:
         self._allocs: dict[str, Allocation] = {}
         self._by_job: dict[tuple[str, str], dict[str, Allocation]] = {}
         self._by_node: dict[str, dict[str, Allocation]] = {}
+        self._deployments: dict[str, Deployment] = {}
         for n in nodes:
             self.upsert_node(n)
         for j in jobs:
@@ -48,6 +49,16 @@ class MemoryState:
     def alloc(self, alloc_id: str) -> Allocation | None:
         return self._allocs.get(alloc_id)
 
+    def latest_deployment(self, namespace: str, job_id: str) -> Deployment | None:
+        mine = [d for d in self._deployments.values() if (d.namespace, d.job_id) == (namespace, job_id)]
+        return max(mine, key=lambda d: d.create_index) if mine else None
+
+    def upsert_deployment(self, d: Deployment) -> None:
+        self.index += 1
+        if not d.create_index:
+            d = d.model_copy(update={"create_index": self.index})
+        self._deployments[d.id] = d.model_copy(update={"modify_index": self.index})
+
     # --- writes -------------------------------------------------------------------------------
     def upsert_node(self, node: Node) -> None:
         self._nodes[node.id] = node
@@ -71,7 +82,11 @@ class MemoryState:
             on_node[alloc.id] = alloc
 
     def apply_plan(self, plan: Plan) -> None:
-        """Commit a plan as a plan applier would (no re-check): stops, then placements."""
+        """Commit a plan as a plan applier would (no re-check): deployments, stops, then placements
+        (the store's deployment counts are not kept here)."""
+        for d in ([plan.deployment] if plan.deployment else []) + list(plan.deployment_updates or []):
+            old = self._deployments.get(d.id)
+            self.upsert_deployment(d.model_copy(update={"create_index": old.create_index}) if old else d)
         self.index += 1
         for allocs in plan.node_update.values():
             for a in allocs:

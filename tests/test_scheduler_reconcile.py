@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from yurt.scheduler.reschedule import next_delay
 from yurt.structs import (Allocation, DesiredTransition, RescheduleEvent, ReschedulePolicy, RescheduleTracker,
-                          TaskState)
+                          TaskState, UpdateStrategy)
 
 from .memory_state import MemoryState
 from .test_scheduler_helpers import NOW, S, live, make_job, make_node, placed, run, stopped
@@ -73,10 +73,13 @@ def test_deleted_job_stops_everything():
 
 
 def test_destructive_update_on_config_change():
+    """With `max_parallel = 0` (no deployment), all at once; rolling updates are in
+    test_scheduler_deployments.py."""
     st, job = _setup(count=2)
     before = {a.name: a for a in live(st, job)}
     job2 = _bump(job)
     job2.task_groups[0].tasks[0].config = {"image": "nginx:1.27"}
+    job2.task_groups[0].update = UpdateStrategy(max_parallel=0)
     st.upsert_job(job2)
     res = run(st, job2)
     assert sorted(a.id for a in stopped(res)) == sorted(a.id for a in before.values())

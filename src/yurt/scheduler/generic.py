@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yurt.structs import (AllocatedCpuResources, AllocatedMemoryResources, AllocatedResources,
-                          AllocatedSharedResources, AllocatedTaskResources, Allocation,
+                          AllocatedSharedResources, AllocatedTaskResources, AllocDeploymentStatus, Allocation,
                           AllocMetric, DesiredTransition, DesiredUpdates, Evaluation, Job, Node,
                           Plan, PlanAnnotations, ReschedulePolicy)
 
@@ -47,7 +47,7 @@ def schedule(ev: Evaluation, state: SchedulerState, *, seed: int, now_ns: int) -
     plan = Plan.model_construct(
         eval_id=ev.id, priority=(job.priority if job else ev.priority) or 50, job=job,
         all_at_once=bool(job and job.all_at_once), node_update={}, node_allocation={},
-        annotations=None, snapshot_index=state.index)
+        annotations=None, snapshot_index=state.index, deployment=None, deployment_updates=[])
     jtype = (job.type if job else ev.type) or "service"
     if jtype in ("system", "sysbatch"):
         return SchedulerResult(plan=plan, status="failed", status_description=UNSUPPORTED)
@@ -113,7 +113,10 @@ class _Scheduler:
     def run(self) -> SchedulerResult:
         ev, job, res = self.ev, self.job, self.result
         allocs = self.state.allocs_by_job(ev.namespace or "default", ev.job_id)
-        rec = reconcile(job, allocs, self.state.node, ev, self.now, self.rng)
+        deployment = self.state.latest_deployment(ev.namespace or "default", ev.job_id)
+        rec = reconcile(job, allocs, self.state.node, ev, self.now, self.rng, deployment)
+        self.plan.deployment = rec.deployment
+        self.plan.deployment_updates = rec.deployment_updates
         res.desired_updates = rec.desired
         res.followup_evals = rec.followup_evals
         self.plan.annotations = PlanAnnotations.model_construct(desired_tg_updates=rec.desired)
@@ -122,7 +125,7 @@ class _Scheduler:
         for a in rec.alloc_updates:
             self.plan.node_allocation.setdefault(a.node_id, []).append(a)
         if job is not None and not job.stop and any(
-                g.places or g.destructive or g.inplace for g in rec.groups):
+                g.places or g.destructive or g.inplace or g.canaries for g in rec.groups):
             self._place_all(job, rec, allocs)
             if res.failed_tg_allocs:
                 res.blocked_eval = self._blocked(job)
@@ -138,20 +141,25 @@ class _Scheduler:
                     self.live.append((node, a.task_group))
         n_nodes = len(stack.order)
         for gp in rec.groups:
-            if not (gp.places or gp.destructive or gp.inplace):
+            if not (gp.places or gp.destructive or gp.inplace or gp.canaries):
                 continue
             group = Group(job, gp.tg, self.live, n_nodes)
+            group.deployment_id = gp.deployment.id if gp.deployment is not None else ""
             du = rec.desired[gp.tg.name]
             destructive = list(gp.destructive)
             for a in gp.inplace:
                 node = self.state.node(a.node_id)
                 if node is not None and stack.feasible_static(node, group) is None:
-                    self.plan.node_allocation.setdefault(a.node_id, []).append(a.model_copy(
-                        update={"job": job, "eval_id": self.ev.id, "modify_time": self.now}))
+                    update: dict[str, Any] = {"job": job, "eval_id": self.ev.id, "modify_time": self.now}
+                    if group.deployment_id:   # it joins the new version's deployment, health anew
+                        update.update(deployment_id=group.deployment_id, deployment_status=None)
+                    self.plan.node_allocation.setdefault(a.node_id, []).append(a.model_copy(update=update))
                 else:   # the node no longer suits the group: replace it
                     destructive.append(Place(gp.tg, a.name, previous=a))
                     du.in_place_update -= 1
                     du.destructive_update += 1
+            for p in gp.canaries:
+                self._place(job, stack, group, p)
             for p in destructive:
                 self._place(job, stack, group, p, destructive=True)
             for p in gp.places:
@@ -200,6 +208,10 @@ class _Scheduler:
                 "tasks": dict(ar.tasks),
                 "shared": ar.shared.model_copy(update={
                     "ports": port_mappings(ports) if ports else []})})}
+        if group.deployment_id:
+            update["deployment_id"] = group.deployment_id
+            if p.canary:
+                update["deployment_status"] = AllocDeploymentStatus(canary=True)
         prev = p.previous
         if prev is not None:
             update["previous_allocation"] = prev.id
@@ -222,7 +234,7 @@ class _Scheduler:
             allocated_resources=AllocatedResources.model_construct(
                 tasks=tasks, task_lifecycles=None, shared=shared),
             desired_status="run", desired_description="",
-            desired_transition=DesiredTransition.model_construct(), deployment_status=None,
+            desired_transition=DesiredTransition.model_construct(), deployment_id="", deployment_status=None,
             client_status="pending", client_description="", task_states={},
             previous_allocation="", next_allocation="", reschedule_tracker=None,
             followup_eval_id="", network_status=None, metrics=None, create_index=0,

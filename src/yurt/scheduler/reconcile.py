@@ -1,10 +1,17 @@
 """What must change for a job: allocations to stop, place, update (Nomad reconcile_cluster.go).
 
-Simplified: no deployments, canaries or disconnect handling; destructive updates all at once.
 Per group: allocs on down/missing nodes are lost (stop + replace), those the drainer marked
 (DesiredTransition.Migrate) migrate (stop + replace), failed ones are rescheduled now or later
-by the reschedule policy, excess ones stop highest name index first, old-version ones are
-updated in place or destructively, and missing name indexes below ``count`` are placed.
+by the reschedule policy, excess ones stop (old versions, then the highest name index first),
+old-version ones are updated in place or destructively, and missing name indexes below
+``count`` are placed.
+
+Deployments (service jobs whose group's `update` has max_parallel > 0): a job version with
+changes gets a deployment; its destructive updates go `max_parallel` at a time, less the ones
+of the deployment not yet healthy; with `canary = N`, N canaries of the new version are placed
+beside the old allocations and nothing else changes until the deployment is promoted. A paused
+or failed deployment changes nothing more; a newer job version (or a stop) cancels the active
+deployment of the older one. No disconnect handling.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from yurt.structs import (Allocation, DesiredUpdates, Evaluation, Job, Node, TaskGroup)
+from yurt.structs import (Allocation, Deployment, DeploymentState, DesiredUpdates,
+                          Evaluation, Job, Node, TaskGroup, merged_update)
+from yurt.structs import deployment_status as ds
 
 from . import reschedule
 from .diff import tasks_updated
-from .util import (ALLOC_LOST, ALLOC_MIGRATING, ALLOC_NOT_NEEDED,
+from .util import (ALLOC_LOST, ALLOC_MIGRATING, ALLOC_NOT_NEEDED, ALLOC_UPDATING,
                    LOST_NODE_STATUSES, alloc_name, new_id)
 
 
@@ -34,6 +43,7 @@ class Place:
     name: str
     previous: Allocation | None = None
     reschedule: bool = False      # the previous alloc failed: penalise its nodes, track the event
+    canary: bool = False          # placed beside the allocation it will replace (not stopping it)
 
 
 @dataclass
@@ -42,6 +52,8 @@ class GroupPlan:
     places: list[Place] = field(default_factory=list)
     destructive: list[Place] = field(default_factory=list)   # the placer stops the previous
     inplace: list[Allocation] = field(default_factory=list)
+    canaries: list[Place] = field(default_factory=list)
+    deployment: Deployment | None = None      # what its new allocations join
 
 
 @dataclass
@@ -51,6 +63,8 @@ class Reconciled:
     alloc_updates: list[Allocation] = field(default_factory=list)   # FollowupEvalID annotations
     followup_evals: list[Evaluation] = field(default_factory=list)
     desired: dict[str, DesiredUpdates] = field(default_factory=dict)
+    deployment: Deployment | None = None          # new or changed: new allocations join it
+    deployment_updates: list[Deployment] = field(default_factory=list)   # others (cancelled)
 
 
 def _same_version(alloc: Allocation, job: Job) -> bool:
@@ -59,13 +73,17 @@ def _same_version(alloc: Allocation, job: Job) -> bool:
 
 
 def reconcile(job: Job | None, allocs: list[Allocation], node_of: Callable[[str], Node | None],
-              ev: Evaluation, now_ns: int, rng: random.Random) -> Reconciled:
+              ev: Evaluation, now_ns: int, rng: random.Random,
+              deployment: Deployment | None = None) -> Reconciled:
+    """`deployment` is the job's latest deployment, if any."""
     out = Reconciled()
     by_group: dict[str, list[Allocation]] = {}
     for a in allocs:
         by_group.setdefault(a.task_group, []).append(a)
 
     if job is None or job.stop:
+        if deployment is not None and deployment.active():
+            out.deployment_updates.append(_ended(deployment, ds.DEPLOYMENT_CANCELLED, ds.DESC_STOPPED, now_ns))
         for name, group_allocs in by_group.items():
             du = out.desired.setdefault(name, DesiredUpdates())
             for a in group_allocs:
@@ -73,6 +91,14 @@ def reconcile(job: Job | None, allocs: list[Allocation], node_of: Callable[[str]
                     out.stops.append(Stop(a, ALLOC_NOT_NEEDED))
                     du.stop += 1
         return out
+
+    dep = deployment
+    if dep is not None and (dep.job_version != job.version or dep.job_create_index != job.create_index):
+        if dep.active():
+            out.deployment_updates.append(_ended(dep, ds.DEPLOYMENT_CANCELLED, ds.DESC_NEWER_JOB, now_ns))
+        dep = None          # a deployment of another version: this one gets its own if it changes anything
+    # its own random stream: making a deployment must not change where allocations go
+    ctx = _Deploying(job, dep, random.Random(f"deployment:{ev.id}:{job.job_modify_index}"), now_ns)
 
     groups = {tg.name: tg for tg in job.task_groups or []}
     for name, group_allocs in by_group.items():
@@ -87,15 +113,87 @@ def reconcile(job: Job | None, allocs: list[Allocation], node_of: Callable[[str]
         du = out.desired[tg.name] = DesiredUpdates()
         gp = GroupPlan(tg)
         out.groups.append(gp)
-        _group(job, tg, by_group.get(tg.name, []), node_of, ev, now_ns, out, gp, du, later)
+        _group(job, tg, by_group.get(tg.name, []), node_of, ev, now_ns, out, gp, du, later, ctx)
     _followups(job, ev, later, rng, out)
+    out.deployment = ctx.changed()
     return out
+
+
+def _ended(d: Deployment, status: str, description: str, now_ns: int) -> Deployment:
+    return d.model_copy(update={"status": status, "status_description": description, "modify_time": now_ns})
+
+
+class _Deploying:
+    """The deployment of the job's current version: the one there is, or a new one made the
+    first time a group of this version has something to roll out."""
+
+    def __init__(self, job: Job, current: Deployment | None, rng: random.Random, now_ns: int) -> None:
+        self.job, self.current, self.rng, self.now = job, current, rng, now_ns
+        self.new: Deployment | None = None
+        self.dirty = False
+
+    @property
+    def deployment(self) -> Deployment | None:
+        return self.new or self.current
+
+    def active(self) -> Deployment | None:
+        d = self.deployment
+        return d if d is not None and d.active() else None
+
+    def state(self, tg: TaskGroup) -> DeploymentState | None:
+        d = self.deployment
+        return d.task_groups.get(tg.name) if d is not None else None
+
+    def join(self, tg: TaskGroup, count: int, canaries: int) -> Deployment | None:
+        """The deployment new allocations of `tg` join (made or extended here); None when this
+        version's deployment is over (it succeeded or failed: nothing joins it any more)."""
+        up = merged_update(self.job.update, tg.update)
+        if self.current is not None and self.new is None and not self.current.active():
+            return None
+        if self.new is None and self.current is None:
+            job = self.job
+            self.new = Deployment(
+                id=new_id(self.rng), namespace=job.namespace or "default", job_id=job.id,
+                job_version=job.version or 0, job_modify_index=job.job_modify_index,
+                job_spec_modify_index=job.job_modify_index, job_create_index=job.create_index,
+                eval_priority=job.priority or 50, create_time=self.now, modify_time=self.now)
+        d = self.new or self.current
+        assert d is not None
+        if tg.name not in d.task_groups:
+            st = DeploymentState(auto_revert=bool(up.auto_revert), auto_promote=bool(up.auto_promote),
+                                 progress_deadline=up.progress_deadline or 0, desired_total=count,
+                                 desired_canaries=canaries)
+            d = d.model_copy(update={"task_groups": {**d.task_groups, tg.name: st}})
+            self._set(d)
+        elif canaries and not d.task_groups[tg.name].desired_canaries:
+            st = d.task_groups[tg.name].model_copy(update={"desired_canaries": canaries})
+            self._set(d.model_copy(update={"task_groups": {**d.task_groups, tg.name: st}}))
+        if d.has_canaries_to_promote() and d.status == ds.DEPLOYMENT_RUNNING:
+            auto = all(s.auto_promote for s in d.task_groups.values() if s.desired_canaries)
+            want = ds.DESC_AUTO_PROMOTION if auto else ds.DESC_NEEDS_PROMOTION
+            if d.status_description != want:
+                self._set((self.new or self.current or d).model_copy(update={"status_description": want}))
+        return self.new or self.current
+
+    def _set(self, d: Deployment) -> None:
+        if self.new is not None:
+            self.new = d
+        else:
+            self.current = d
+            self.dirty = True
+
+    def changed(self) -> Deployment | None:
+        return self.new if self.new is not None else (self.current if self.dirty else None)
 
 
 def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[[str], Node | None],
            ev: Evaluation, now_ns: int, out: Reconciled, gp: GroupPlan, du: DesiredUpdates,
-           later: list[tuple[int, Allocation]]) -> None:
+           later: list[tuple[int, Allocation]], ctx: _Deploying) -> None:
     count = tg.count or 0
+    up = merged_update(job.update, tg.update)
+    deploys = job.type in (None, "", "service") and (up.max_parallel or 0) > 0
+    current = ctx.deployment
+    canaries: list[Allocation] = []     # of this version's deployment, not yet promoted
     batch = job.type == "batch"
     policy = tg.reschedule_policy
     untainted: list[Allocation] = []
@@ -126,7 +224,10 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
                 du.reschedule_later += 1
             continue
         node = node_of(a.node_id)
-        if node is None or node.status in LOST_NODE_STATUSES:
+        if (current is not None and a.deployment_id == current.id and a.deployment_status is not None
+                and a.deployment_status.canary and node is not None and node.status not in LOST_NODE_STATUSES):
+            canaries.append(a)             # beside the count until the deployment is promoted
+        elif node is None or node.status in LOST_NODE_STATUSES:
             lost.append(a)
         elif a.desired_transition.migrate:   # the drainer marks them, max_parallel at a time
             migrate.append(a)
@@ -148,6 +249,17 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
         out.stops.append(Stop(a, ALLOC_LOST, "lost"))
         du.stop += 1
 
+    # A promoted deployment's canaries take the place of the old allocations of their names.
+    state = ctx.state(tg)
+    if state is not None and state.promoted and state.placed_canaries:
+        taken = {a.name for a in untainted if a.id in state.placed_canaries and _same_version(a, job)}
+        replaced = [a for a in untainted if a.name in taken and not _same_version(a, job)]
+        for a in replaced:
+            if not a.client_terminal():
+                out.stops.append(Stop(a, ALLOC_UPDATING))
+                du.stop += 1
+        untainted = [a for a in untainted if a not in replaced]
+
     # Too many: stop migrating ones first, then the highest name index.
     excess = len(untainted) + len(migrate) - count
     if excess > 0:
@@ -158,8 +270,8 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
         migrate = [a for a in migrate if a not in drop_migrate]
         excess -= len(drop_migrate)
         if excess > 0:
-            # terminal (failed, done) ones go first, then live ones by highest index
-            ordered = sorted(untainted, key=lambda a: (not a.client_terminal(), -a.index))
+            # terminal (failed, done) ones go first, then old versions, then by highest index
+            ordered = sorted(untainted, key=lambda a: (not a.client_terminal(), _same_version(a, job), -a.index))
             drop = ordered[:excess]
             drop_ids = {a.id for a in drop}
             for a in drop:
@@ -169,15 +281,47 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
             untainted = [a for a in untainted if a.id not in drop_ids]
 
     # Updates of the ones that stay.
+    destructive: list[Allocation] = []
     for a in untainted:
         if _same_version(a, job) or a.client_status == "complete":
             du.ignore += 1
         elif a.job is None or tasks_updated(a.job.group(tg.name) or tg, tg):  # None: see _same_version
-            gp.destructive.append(Place(tg, a.name, previous=a))
-            du.destructive_update += 1
+            destructive.append(a)
         else:
             gp.inplace.append(a)
             du.in_place_update += 1
+    promoted = state is not None and state.promoted
+    want_canaries = deploys and (up.canary or 0) > 0 and bool(destructive or canaries) and not promoted
+    if want_canaries and (ctx.active() is not None or current is None):
+        have = {a.name for a in canaries}
+        for a in sorted(destructive, key=lambda a: a.index):
+            if len(have) >= (up.canary or 0):
+                break
+            if a.name not in have:
+                gp.canaries.append(Place(tg, a.name, canary=True))
+                have.add(a.name)
+                du.canary += 1
+        du.ignore += len(destructive) + len(canaries)   # the old ones wait for the promotion
+        destructive = []
+    elif want_canaries:
+        du.ignore += len(destructive)                   # this version's deployment is over
+        destructive = []
+    limit = len(destructive)
+    if deploys:
+        active = ctx.active()
+        if current is not None and active is None:
+            limit = 0                                   # finished, failed or cancelled: no more
+        elif active is not None and active.status == ds.DEPLOYMENT_PAUSED:
+            limit = 0
+        else:
+            in_flight = sum(1 for a in untainted if active is not None and a.deployment_id == active.id
+                            and _same_version(a, job) and not a.client_terminal()
+                            and (a.deployment_status is None or a.deployment_status.healthy is not True))
+            limit = max(0, (up.max_parallel or 0) - in_flight)
+    for a in sorted(destructive, key=lambda a: a.index)[:limit]:
+        gp.destructive.append(Place(tg, a.name, previous=a))
+        du.destructive_update += 1
+    du.ignore += max(0, len(destructive) - limit)
 
     for a in migrate:
         out.stops.append(Stop(a, ALLOC_MIGRATING))
@@ -210,6 +354,9 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
             du.place += 1
             room -= 1
         i += 1
+
+    if deploys and (gp.places or gp.destructive or gp.inplace or gp.canaries):
+        gp.deployment = ctx.join(tg, count, (up.canary or 0) if want_canaries else 0)
 
 
 def _followups(job: Job, ev: Evaluation, later: list[tuple[int, Allocation]], rng: random.Random,

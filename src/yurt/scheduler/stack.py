@@ -62,6 +62,7 @@ class Group:
     def __init__(self, job: Job, tg: TaskGroup, live: list[tuple[Node, str]], n_nodes: int) -> None:
         self.tg = tg
         self.count = tg.count or 0
+        self.deployment_id = ""           # the deployment its new allocations join
         self.ask = GroupAsk(tg)
         self.ports = PortAsk(tg.networks)
         self.checker = GroupChecker(tg)

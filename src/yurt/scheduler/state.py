@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from yurt.structs import Allocation, Job, Node
+from yurt.structs import Allocation, Deployment, Job, Node
 
 
 class SchedulerState(Protocol):
@@ -31,4 +31,8 @@ class SchedulerState(Protocol):
 
     def allocs_by_node(self, node_id: str) -> list[Allocation]:
         """The allocations on a node that still hold resources (not terminal)."""
+        ...
+
+    def latest_deployment(self, namespace: str, job_id: str) -> Deployment | None:
+        """The job's newest deployment (by CreateIndex), whatever its status."""
         ...

@@ -31,14 +31,14 @@ from yurt.errors import Conflict, InvalidInput, NotFound
 from yurt.structs import (AllocDeploymentStatus, Allocation, DesiredTransition, DrainMetadata,
                           DrainSpec, DrainStrategy, Evaluation, Job, MigrateStrategy, Node,
                           NodeEvent, TaskGroup)
-from yurt.structs.alloc import ALLOC_FAILED, ALLOC_RUNNING, TASK_DEAD, TASK_RUNNING
-from yurt.structs.catalog import CHECK_PASSING, CHECK_WARNING, HealthCheck
 from yurt.structs.duration import MINUTE, SECOND
 from yurt.structs.evaluation import EVAL_PENDING, TRIGGER_NODE_DRAIN, TRIGGER_NODE_UPDATE
 from yurt.structs.node import (DRAIN_CANCELED, DRAIN_COMPLETE, DRAIN_DRAINING, ELIGIBLE, INELIGIBLE,
                                MAX_NODE_EVENTS, ZERO_TIME)
-from yurt.structs.times import parse_rfc3339, rfc3339
+from yurt.structs.times import rfc3339
 from yurt.state import Snapshot
+
+from .health import HealthJudge
 
 if TYPE_CHECKING:
     from .server import Server
@@ -94,7 +94,7 @@ class Drainer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._passing_since: dict[str, int] = {}   # alloc ID -> when all its checks were seen passing
+        self._judge = HealthJudge(server.catalog.checks_of)
         self._idle_at = -1          # the nodes table's index when no node was draining
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -245,7 +245,7 @@ class Drainer:
         if nodes_index == self._idle_at:
             return      # nothing draining, and no node changed since that was seen
         if not any(n.drain_strategy is not None for n in self.store.nodes()):
-            self._passing_since.clear()
+            self._judge.forget_all()
             self._idle_at = nodes_index
             return
         self._idle_at = -1
@@ -265,8 +265,7 @@ class Drainer:
         for node_id, (started_at, forced) in plan.done.items():
             self._complete(node_id, started_at, forced, now)
         live = {a.id for n in snap.nodes() if n.drain_strategy is not None for a in snap.allocs_by_node(n.id)}
-        for alloc_id in [a for a in self._passing_since if a not in live and a not in plan.watched]:
-            del self._passing_since[alloc_id]
+        self._judge.keep_only(live | plan.watched)
 
     def _drain_eval(self, snap: Snapshot, namespace: str, job_id: str, node_id: str) -> Evaluation:
         job = snap.job(namespace, job_id)
@@ -353,60 +352,10 @@ class Drainer:
 
     def _health(self, snap: Snapshot, a: Allocation, tg: TaskGroup, strategy: MigrateStrategy,
                 now: int) -> bool | None:
-        """True (healthy), False (unhealthy) or None (not decided yet), as Nomad's client decides
-        it for a migration (client/allochealth), from what the client reported."""
-        deadline_passed = now >= a.create_time + (strategy.healthy_deadline or 0)
-        if a.client_status == ALLOC_FAILED:
-            return False
-        latest_start = 0
-        for task in tg.tasks or []:
-            lifecycle = task.lifecycle
-            required = lifecycle is None or not lifecycle.hook or lifecycle.sidecar
-            state = a.task_states.get(task.name)
-            if state is not None and state.failed:
-                return False
-            if not required:
-                continue        # prestart/poststart helpers and poststop tasks do not count
-            if state is None or state.state != TASK_RUNNING:
-                if state is not None and state.state == TASK_DEAD:
-                    return False
-                return False if deadline_passed else None
-            latest_start = max(latest_start, parse_rfc3339(state.started_at) or now)
-        if a.client_status != ALLOC_RUNNING:
-            return False if deadline_passed else None
-        since = latest_start
-        if strategy.health_check == "checks":
-            if not self._checks_pass(snap, a, tg):
-                self._passing_since.pop(a.id, None)
-                return False if deadline_passed else None
-            since = max(since, self._passing_since.setdefault(a.id, now))
-        if now - since >= (strategy.min_healthy_time or 0):
-            return True
-        return False if deadline_passed else None
-
-    def _checks_pass(self, snap: Snapshot, a: Allocation, tg: TaskGroup) -> bool:
-        """Every check registered for the allocation passes, and every check its group declares
-        is registered. A check with on_update "ignore" does not count; with "ignore_warnings" a
-        warning passes."""
-        registered: dict[tuple[str, str], HealthCheck] = {}
-        for reg in snap.services_by_alloc(a.id):
-            for c in self.server.catalog.checks_of(reg):
-                registered[(reg.service, c.name)] = c
-        policy: dict[tuple[str, str], str] = {}
-        for svc in tg.services or []:
-            for check in svc.checks or []:
-                key = (svc.name, check.name or f'service: "{svc.name}" check')
-                policy[key] = check.on_update or svc.on_update or "require_healthy"
-                if key not in registered and policy[key] != "ignore":
-                    return False
-        for key, c in registered.items():
-            rule = policy.get(key, "require_healthy")
-            if rule == "ignore" or c.status == CHECK_PASSING:
-                continue
-            if rule == "ignore_warnings" and c.status == CHECK_WARNING:
-                continue
-            return False
-        return True
+        """As Nomad's client decides it for a migration (`health.HealthJudge`)."""
+        return self._judge.health(snap, a, tg, health_check=strategy.health_check or "checks",
+                                  min_healthy_time=strategy.min_healthy_time or 0,
+                                  healthy_deadline=strategy.healthy_deadline or 0, now=now)
 
     def _complete(self, node_id: str, started_at: str, forced: bool, now: int) -> None:
         def change(node: Node, index: int) -> dict[str, Any] | None:

@@ -41,8 +41,9 @@ class PlanApplier:
                 prev = to_write.get(prev_id) or (snap.alloc(prev_id) if prev_id else None)
                 if prev is not None and prev.next_allocation != alloc.id:
                     to_write[prev_id] = prev.model_copy(update={"next_allocation": alloc.id})
-            if to_write:
-                result.alloc_index = self.store.upsert_allocs(list(to_write.values()))
+            deployments = ([plan.deployment] if plan.deployment is not None else []) + list(plan.deployment_updates)
+            if to_write or deployments:
+                result.alloc_index = self.store.upsert_allocs(list(to_write.values()), deployments)
             result.refresh_index = self.store.index()
             return result
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from yurt.errors import NotFound, PermissionDenied
+from yurt.errors import InvalidInput, NotFound, PermissionDenied
 from yurt.structs import Allocation, Evaluation, Job, Node
 from yurt.structs.alloc import (ALLOC_DESIRED_STOP, ALLOC_FAILED, ALLOC_LOST, ALLOC_COMPLETE)
 from yurt.structs.evaluation import (EVAL_PENDING, TRIGGER_ALLOC_FAILURE, TRIGGER_ALLOC_STOP,
@@ -27,6 +27,7 @@ from .ca import ConnectCA
 from .catalog import Catalog
 from .intentions import Intentions
 from .connect_inject import inject_sidecars
+from .deployments import Deployments
 from .drain import Drainer
 from .heartbeat import FAILOVER_GRACE, Heartbeats
 from .identity import WorkloadIdentity
@@ -63,6 +64,7 @@ class Server:
         self.ca = ConnectCA(store, datacenter, leaf_cert_ttl=leaf_cert_ttl)
         self._ca_prune_stop = threading.Event()
         self.drainer = Drainer(self)   # node drain, eligibility and purge
+        self.deployments = Deployments(self)   # the deployment watcher, promote/fail/pause
         # workload identities; the signing key lives next to the store (in memory for ":memory:")
         if self.ha:   # every server signs and verifies with the same key, kept in the store
             from .identity import new_key_pem
@@ -120,6 +122,7 @@ class Server:
             self.heartbeats = Heartbeats(self._node_expired, self.heartbeat_ttl)
             self.workers = [Worker(self, i) for i in range(self.num_workers)]
             self.drainer = Drainer(self)
+            self.deployments = Deployments(self)
             self._ca_prune_stop = threading.Event()
             self._leading = True
             self.ca.bootstrap()
@@ -130,11 +133,13 @@ class Server:
             for w in self.workers:
                 w.start()
             self.drainer.start()
+            self.deployments.start()
 
     def _step_down(self) -> None:
         """Stop every duty at once (the store's fence refuses whatever they still try to write)."""
         self._leading = False
         self.drainer.stop()
+        self.deployments.stop()
         for w in self.workers:
             w.stop()
         self.broker.close()
@@ -241,6 +246,60 @@ class Server:
         ev = self._new_eval(job, namespace, job_id, "job-eval")
         index = self._submit([ev])
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job.job_modify_index, "Index": index}
+
+    def revert_job(self, namespace: str, job_id: str, version: int,
+                   enforce_prior_version: int | None = None) -> dict[str, Any]:
+        """Register an earlier version again, as a new version (Nomad's Job.Revert)."""
+        job = self.store.job(namespace, job_id)
+        if job is None:
+            raise NotFound("job not found")
+        if enforce_prior_version is not None and job.version != enforce_prior_version:
+            raise InvalidInput(f"Current job has version {job.version}; enforcing version {enforce_prior_version}")
+        if version == job.version:
+            raise InvalidInput("can't revert to current version")
+        old = self.store.job_version(namespace, job_id, version)
+        if old is None:
+            versions = ", ".join(str(v.version) for v in self.store.job_versions(namespace, job_id))
+            raise NotFound(f"job {job_id!r} has no version {version} (its versions: {versions})")
+        return self.register_job(old.model_copy(update={"stable": False}, deep=True))
+
+    def set_job_stable(self, namespace: str, job_id: str, version: int, stable: bool) -> dict[str, Any]:
+        if self.store.job(namespace, job_id) is None:
+            raise NotFound("job not found")
+        return {"Index": self.store.set_job_stable(namespace, job_id, version, stable)}
+
+    def scale_job(self, namespace: str, job_id: str, group: str, count: int | None,
+                  message: str = "") -> dict[str, Any]:
+        """Set one group's count (Nomad's Job.Scale); within the group's `scaling` bounds, and
+        not while a deployment of the job is under way."""
+        job = self.store.job(namespace, job_id)
+        if job is None:
+            raise NotFound("job not found")
+        tg = job.group(group)
+        if tg is None:
+            raise InvalidInput(f'job {job_id!r} has no group "{group}" (its groups: '
+                               f'{", ".join(g.name for g in job.task_groups or [])})')
+        if count is None:
+            return {"EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": job.job_modify_index,
+                    "Warnings": "", "Index": self.store.index()}
+        if count < 0:
+            raise InvalidInput(f"count {count} for group {group!r} is negative: give 0 or more")
+        scaling = getattr(tg, "scaling", None)
+        lo = getattr(scaling, "min", None) if scaling is not None else None
+        hi = getattr(scaling, "max", None) if scaling is not None else None
+        if lo is not None and count < lo:
+            raise InvalidInput(f"group {group!r} count {count} is less than its scaling min {lo}")
+        if hi is not None and count > hi:
+            raise InvalidInput(f"group {group!r} count {count} is more than its scaling max {hi}")
+        latest = self.store.latest_deployment(namespace, job_id)
+        if latest is not None and latest.active():
+            raise InvalidInput(f"job scaling blocked due to active deployment {latest.id[:8]} (promote, fail or "
+                               "wait for it first)")
+        new = job.model_copy(deep=True)
+        for g in new.task_groups or []:
+            if g.name == group:
+                g.count = count
+        return self.register_job(new)
 
     # -- nodes ------------------------------------------------------------------------------
     def register_node(self, node: Node) -> dict[str, Any]:

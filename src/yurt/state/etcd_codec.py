@@ -3,7 +3,7 @@
 ```
 <prefix>jobs/<ns>/<id>              the job            versions/<ns>/<id>/<token>  {"Purged", "Job"}
 <prefix>evals/<id>                  allocs/<id>  {"Alloc", "JobNamespace", "JobID", "JobModifyIndex", "InlineJob"}
-<prefix>nodes/<id>                  services/<node>/<id>    intentions/<id>
+<prefix>nodes/<id>                  services/<node>/<id>    intentions/<id>    deployments/<id>
 <prefix>ca/state  ca/serial         acl/policies/<name>  acl/tokens/<accessor>  acl/bootstrap
 <prefix>index/<table>               put by every write that changes the table: its mod_revision
                                     is the table's index (deletions included)
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
-from yurt.structs import ACLPolicy, ACLToken, Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
+from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
+                          ServiceRegistration)
 
 from . import etcd_client as ec
 from .memory import Tables, VersionKey, version_key
@@ -126,6 +127,7 @@ class Codec:
             put(self.key("ca", "state"), _dump(ch.ca_state))
         if ch.ca_serial is not None:
             put(self.key("ca", "serial"), str(ch.ca_serial).encode())
+        rows("deployments", ch.deployments.items())
         rows("acl/policies", ch.acl_policies.items())
         rows("acl/tokens", ch.acl_tokens.items(), lambda tok: _dump(tok, exclude={"secret_id"}))
         if ch.acl_bootstrap is not None:
@@ -206,6 +208,8 @@ class Codec:
         elif table == "services":
             ch.services[(parts[1], parts[2])] = (None if value is None else
                                                  ServiceRegistration.model_validate(_obj(value, rev)))
+        elif table == "deployments":
+            ch.deployments[parts[1]] = None if value is None else Deployment.model_validate(_obj(value, rev))
         elif table == "intentions":
             ch.intentions[parts[1]] = None if value is None else Intention.model_validate(_obj(value, rev))
         elif table == "ca" and value is not None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from yurt.errors import Unavailable
-from yurt.structs import Allocation, Evaluation
+from yurt.structs import Allocation, Deployment, Evaluation
 
 from . import etcd_client as ec
 from .blocking import Waiters
@@ -305,10 +305,11 @@ class EtcdStateStore(StateStore):
         items = list(items)
         return [items[i:i + MAX_ITEMS] for i in range(0, len(items), MAX_ITEMS)] or [[]]
 
-    def upsert_allocs(self, allocs: Iterable[Allocation]) -> int:
+    def upsert_allocs(self, allocs: Iterable[Allocation], deployments: Iterable[Deployment] = ()) -> int:
         """As the SQLite store's, with the revisions the plan read compared: each allocation it
         changes and each node it places on must still be as the plan saw them."""
         index = self._t.index
+        first = list(deployments)   # written with the first piece
         for chunk in self._chunks(allocs):
             def compares(chunk: list[Allocation] = chunk) -> list[dict[str, Any]]:
                 out = []
@@ -322,10 +323,13 @@ class EtcdStateStore(StateStore):
                         out.append(ec.compare(self.codec.key("nodes", node_id), "MOD", "EQUAL", node.modify_index))
                 return out
 
-            def build(txn: Txn, chunk: list[Allocation] = chunk) -> None:
+            def build(txn: Txn, chunk: list[Allocation] = chunk, deps: list[Deployment] = first) -> None:
+                for d in deps:
+                    txn.upsert_deployment(d)
                 for a in chunk:
                     txn.upsert_alloc(a)
             index = self._write(build, compares)
+            first = []
         return index
 
     def update_allocs_from_client(self, allocs: Iterable[Allocation]) -> int:

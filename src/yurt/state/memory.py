@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from yurt.structs import ACLPolicy, ACLToken, Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
+from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
+                          ServiceRegistration)
 
 JobKey = tuple[str, str]            # (namespace, job id)
 VersionKey = tuple[str, str, int]   # (namespace, job id, JobModifyIndex of that version)
@@ -23,14 +24,15 @@ ServiceKey = tuple[str, str]        # (node ID or name, service ID)
 
 # "ca" is the CA's state (roots, config); "ca_serial" its certificate serial counter, apart so
 # that signing a leaf does not wake everyone watching the roots.
-TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "ca_serial", "acl")
+TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "ca_serial", "acl", "deployment")
 
 _TOP = ("jobs", "versions", "job_cache", "evals", "evals_by_job", "allocs", "allocs_by_job",
         "allocs_by_node", "allocs_by_eval", "nodes", "counts", "services", "services_by_name",
         "services_by_dest", "services_by_alloc", "services_by_node", "intentions", "acl_policies",
-        "acl_tokens")
+        "acl_tokens", "deployments", "deployments_by_job")
 _NESTED = ("versions", "evals_by_job", "allocs_by_job", "allocs_by_node", "allocs_by_eval",
-           "services_by_name", "services_by_dest", "services_by_alloc", "services_by_node")
+           "services_by_name", "services_by_dest", "services_by_alloc", "services_by_node",
+           "deployments_by_job")
 
 
 def job_key(job: Job) -> JobKey:
@@ -98,6 +100,8 @@ class Tables:
         self.acl_policies: dict[str, ACLPolicy] = {}
         self.acl_tokens: dict[str, ACLToken] = {}           # by AccessorID
         self.acl_bootstrap = 0                              # the index of the bootstrap; 0: not done
+        self.deployments: dict[str, Deployment] = {}
+        self.deployments_by_job: dict[JobKey, dict[str, Deployment]] = {}
         self._owned: set[str] = set(_TOP)
         self._owned_keys: dict[str, set[Any]] = {n: set() for n in _NESTED + ("counts",)}
         self._all_owned = True
@@ -267,6 +271,15 @@ class Tables:
 
     def drop_acl_policy(self, name: str) -> None:
         self._top("acl_policies").pop(name, None)
+
+    def put_deployment(self, d: Deployment) -> None:
+        self._top("deployments")[d.id] = d
+        self._bucket("deployments_by_job", (d.namespace, d.job_id))[d.id] = d
+
+    def drop_deployment(self, deployment_id: str) -> None:
+        old = self._top("deployments").pop(deployment_id, None)
+        if old is not None:
+            self._unbucket("deployments_by_job", (old.namespace, old.job_id), deployment_id)
 
     def put_acl_token(self, t: ACLToken) -> None:
         self._top("acl_tokens")[t.accessor_id] = t

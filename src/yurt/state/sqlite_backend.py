@@ -19,7 +19,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from yurt.structs import ACLPolicy, ACLToken, Allocation, CAState, Evaluation, Intention, Job, Node, ServiceRegistration
+from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
+                          ServiceRegistration)
 
 from .memory import TABLES
 
@@ -54,6 +55,8 @@ CREATE TABLE IF NOT EXISTS intentions (
     id TEXT PRIMARY KEY, source TEXT NOT NULL, destination TEXT NOT NULL,
     modify_index INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ca (key TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, job_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS acl_policies (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS acl_tokens (accessor TEXT PRIMARY KEY, secret_hash TEXT NOT NULL,
     body TEXT NOT NULL);
@@ -85,9 +88,12 @@ class Changes:
     acl_policies: dict[str, ACLPolicy | None] = field(default_factory=dict)
     acl_tokens: dict[str, ACLToken | None] = field(default_factory=dict)
     acl_bootstrap: int | None = None    # set: the index of the bootstrap (0: reset)
+    deployments: dict[str, Deployment | None] = field(default_factory=dict)
 
     def tables(self) -> set[str]:
         t = set()
+        if self.deployments:
+            t.add("deployment")
         if self.services:
             t.add("services")
         if self.intentions:
@@ -125,6 +131,7 @@ class Loaded:
     acl_policies: list[ACLPolicy] = field(default_factory=list)
     acl_tokens: list[ACLToken] = field(default_factory=list)
     acl_bootstrap: int = 0
+    deployments: list[Deployment] = field(default_factory=list)
 
 
 def _private(path: str) -> None:
@@ -187,9 +194,10 @@ class SqliteBackend:
         ca_state = CAState.model_validate_json(ca["state"]) if "state" in ca else None
         policies = [ACLPolicy.model_validate_json(b) for (b,) in c.execute("SELECT body FROM acl_policies")]
         tokens = [ACLToken.model_validate_json(b) for (b,) in c.execute("SELECT body FROM acl_tokens")]
+        deployments = [Deployment.model_validate_json(b) for (b,) in c.execute("SELECT body FROM deployments")]
         return Loaded(meta.get("index", 0), table_index, jobs, versions, evals, allocs, nodes,
                       services, intentions, ca_state, int(ca.get("serial", 0)), policies, tokens,
-                      int(meta.get("acl_bootstrap", 0)))
+                      int(meta.get("acl_bootstrap", 0)), deployments)
 
     # --- write ---------------------------------------------------------------------------------
 
@@ -308,3 +316,9 @@ class SqliteBackend:
                           (accessor, tok.secret_hash, dump(tok, exclude={"secret_id"})))
         if ch.acl_bootstrap is not None:
             c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('acl_bootstrap', ?)", (ch.acl_bootstrap,))
+        for dep_id, d in ch.deployments.items():
+            if d is None:
+                c.execute("DELETE FROM deployments WHERE id=?", (dep_id,))
+            else:
+                c.execute("INSERT OR REPLACE INTO deployments (id, namespace, job_id, body) VALUES (?,?,?,?)",
+                          (d.id, d.namespace, d.job_id, dump(d)))

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from yurt.errors import InvalidInput
-from yurt.structs import (AllocDeploymentStatus, Allocation, DesiredTransition, Evaluation, Job,
+from yurt.structs import (AllocDeploymentStatus, Allocation, Deployment, DesiredTransition, Evaluation, Job,
                           JobSummary, Node)
 
 from . import derive
@@ -122,6 +122,8 @@ class StateStore(MeshStore, ACLStore):
         for tok in loaded.acl_tokens:
             t.put_acl_token(tok)
         t.acl_bootstrap = loaded.acl_bootstrap
+        for d in loaded.deployments:
+            t.put_deployment(d)
         for key, job in list(t.jobs.items()):  # status is stored, but heal it if it drifted
             counts = t.counts.get((key[0], key[1], job.create_index))
             status = derive.job_status(job, counts, t.evals_by_job.get(key, {}).values())
@@ -224,14 +226,58 @@ class StateStore(MeshStore, ACLStore):
 
     # --- allocations ---------------------------------------------------------------------------
 
-    def upsert_allocs(self, allocs: Iterable[Allocation]) -> int:
+    def upsert_allocs(self, allocs: Iterable[Allocation], deployments: Iterable[Deployment] = ()) -> int:
         """Server writes. New allocations need a job; on existing ones the client's fields
         (ClientStatus unless the server says lost/unknown, TaskStates, NetworkStatus) are kept
-        and a missing Job is re-attached."""
+        and a missing Job is re-attached. A plan's new or changed `deployments` are written
+        first, in the same write (its allocations count in them)."""
         def build(txn: Txn) -> None:
+            for d in deployments:
+                txn.upsert_deployment(d)
             for a in allocs:
                 txn.upsert_alloc(a)
         return self._write(build)
+
+    # --- deployments ---------------------------------------------------------------------------
+
+    def update_deployment(self, d: Deployment, *, evals: Iterable[Evaluation] = (),
+                          stable: tuple[int, bool] | None = None,
+                          health: dict[str, AllocDeploymentStatus] | None = None,
+                          canaries_promoted: Iterable[str] = ()) -> int:
+        """One write for a deployment's change: its new state, the evaluations that act on it,
+        its job version's Stable flag (`stable` = (version, flag)), allocation health, and
+        promoted canaries (their DeploymentStatus.Canary cleared)."""
+        def build(txn: Txn) -> None:
+            txn.upsert_deployment(d)
+            for alloc_id, status in (health or {}).items():
+                txn.set_alloc_health(alloc_id, status)
+            for alloc_id in canaries_promoted:
+                a = txn.alloc(alloc_id)
+                if a is not None and a.deployment_status is not None:
+                    txn.set_alloc_health(alloc_id, a.deployment_status.model_copy(update={"canary": False}))
+            if stable is not None:
+                txn.set_job_stable((d.namespace, d.job_id), *stable)
+            for e in evals:
+                txn.upsert_eval(e)
+        return self._write(build)
+
+    def set_job_stable(self, namespace: str, job_id: str, version: int, stable: bool) -> int:
+        return self._write(lambda txn: txn.set_job_stable((namespace, job_id), version, stable))
+
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        return self._view.deployment(deployment_id)
+
+    def deployments(self, namespace: str | None = None, prefix: str = "") -> list[Deployment]:
+        with self._mem_lock:
+            return self._view.deployments(namespace, prefix)
+
+    def deployments_by_job(self, namespace: str, job_id: str) -> list[Deployment]:
+        with self._mem_lock:
+            return self._view.deployments_by_job(namespace, job_id)
+
+    def latest_deployment(self, namespace: str, job_id: str) -> Deployment | None:
+        with self._mem_lock:
+            return self._view.latest_deployment(namespace, job_id)
 
     def update_allocs_from_client(self, allocs: Iterable[Allocation]) -> int:
         """Client writes: only ClientStatus, ClientDescription, TaskStates, NetworkStatus and
@@ -448,3 +494,4 @@ def apply_changes(t: Tables, ch: Changes, table_index: dict[str, int]) -> None:
     _apply_rows(ch.acl_tokens, t.put_acl_token, t.drop_acl_token)
     if ch.acl_bootstrap is not None:
         t.acl_bootstrap = ch.acl_bootstrap
+    _apply_rows(ch.deployments, t.put_deployment, t.drop_deployment)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from yurt.structs import Allocation, Evaluation, Job, JobSummary, Node
+from yurt.structs import Allocation, Deployment, Evaluation, Job, JobSummary, Node
 
 from . import derive
 from .memory import Tables
@@ -129,6 +129,26 @@ class StateView(MeshView):
         return list(self._t.allocs_by_eval.get(eval_id, {}).values())
 
     # --- nodes ---------------------------------------------------------------------------------
+
+    # --- deployments ---------------------------------------------------------------------------
+
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        return self._t.deployments.get(deployment_id)
+
+    def deployments(self, namespace: str | None = None, prefix: str = "") -> list[Deployment]:
+        """By CreateIndex, newest last."""
+        out = [d for d in self._t.deployments.values() if d.id.startswith(prefix)
+               and namespace in (None, "*", d.namespace)]
+        return sorted(out, key=lambda d: (d.create_index, d.id))
+
+    def deployments_by_job(self, namespace: str, job_id: str) -> list[Deployment]:
+        """A job's deployments, newest first (Nomad's order)."""
+        out = self._t.deployments_by_job.get((namespace, job_id), {}).values()
+        return sorted(out, key=lambda d: (-d.create_index, d.id))
+
+    def latest_deployment(self, namespace: str, job_id: str) -> Deployment | None:
+        ds = self.deployments_by_job(namespace, job_id)
+        return ds[0] if ds else None
 
     def node(self, node_id: str) -> Node | None:
         return self._t.nodes.get(node_id)

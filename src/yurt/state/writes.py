@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from yurt.structs import AllocDeploymentStatus, Allocation, DesiredTransition, Evaluation, Job, Node
+from yurt.structs import AllocDeploymentStatus, Allocation, Deployment, DesiredTransition, Evaluation, Job, Node
+from yurt.structs.times import parse_rfc3339, rfc3339
 from yurt.structs.alloc import ALLOC_DESIRED_STOP, ALLOC_LOST, ALLOC_UNKNOWN
 
 from . import derive
@@ -102,6 +103,8 @@ class Txn(MeshTxn):
     # --- allocations ---------------------------------------------------------------------------
 
     def _put_alloc(self, new: Allocation) -> None:
+        if new.deployment_id:
+            self._count_in_deployment(self.alloc(new.id), new)
         job = new.job
         if job is not None:
             cached = self.t.job_cache.get(version_key(job))
@@ -133,8 +136,9 @@ class Txn(MeshTxn):
                 upd["network_status"] = exist.network_status
             if a.job is None:
                 upd["job"] = exist.job
-            # the drainer's fields: a plan carries stale copies of them
-            if a.deployment_status is None:
+            # the drainer's fields: a plan carries stale copies of them (an allocation updated in
+            # place into a new deployment starts its health over)
+            if a.deployment_status is None and a.deployment_id == exist.deployment_id:
                 upd["deployment_status"] = exist.deployment_status
             if a.desired_transition == DesiredTransition():
                 upd["desired_transition"] = exist.desired_transition
@@ -187,6 +191,72 @@ class Txn(MeshTxn):
         self._put_alloc(exist.model_copy(update={
             "deployment_status": status.model_copy(update={"modify_index": self.index}),
             "modify_index": self.index}))
+
+    # --- deployments ---------------------------------------------------------------------------
+
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        ch = self.ch.deployments
+        return ch[deployment_id] if deployment_id in ch else self.t.deployments.get(deployment_id)
+
+    def upsert_deployment(self, d: Deployment) -> Deployment:
+        exist = self.deployment(d.id)
+        idx, now = self.index, self.ch.now
+        new = d.model_copy(update={"create_index": exist.create_index if exist else idx, "modify_index": idx,
+                                   "create_time": exist.create_time if exist else (d.create_time or now),
+                                   "modify_time": now})
+        self.ch.deployments[d.id] = new
+        return new
+
+    def _count_in_deployment(self, old: Allocation | None, new: Allocation) -> None:
+        """Nomad's updateDeploymentWithAlloc: an allocation joining a deployment counts as
+        placed (a canary also by ID); its first health, or a change of it, moves the healthy and
+        unhealthy counts. Healthy allocations push the progress deadline out."""
+        d = self.deployment(new.deployment_id)
+        state = d.task_groups.get(new.task_group) if d is not None else None
+        if d is None or state is None:
+            return
+        st = state.model_copy(deep=True)
+        now = self.ch.now
+        joined = old is None or old.deployment_id != new.deployment_id
+        if joined:
+            st.placed_allocs += 1
+            if new.deployment_status is not None and new.deployment_status.canary:
+                st.placed_canaries.append(new.id)
+            if st.progress_deadline and _at(st.require_progress_by) == 0:
+                st.require_progress_by = rfc3339(now + st.progress_deadline)
+        before = None if joined or old is None or old.deployment_status is None else old.deployment_status.healthy
+        after = new.deployment_status.healthy if new.deployment_status is not None else None
+        if before == after and not joined:
+            return
+        if before is True:
+            st.healthy_allocs -= 1
+        elif before is False:
+            st.unhealthy_allocs -= 1
+        if after is True:
+            st.healthy_allocs += 1
+            if st.progress_deadline:
+                st.require_progress_by = rfc3339(max(_at(st.require_progress_by),
+                                                     now + st.progress_deadline))
+        elif after is False:
+            st.unhealthy_allocs += 1
+        self.upsert_deployment(d.model_copy(update={"task_groups": {**d.task_groups, new.task_group: st}}))
+
+    def set_job_stable(self, key: JobKey, version: int, stable: bool) -> None:
+        """Mark one version of a job stable (a successful deployment, or `/stable`)."""
+        versions = {v.version: v for v in self.t.versions.get(key, {}).values()}
+        versions.update({v.version: v for v in self.ch.versions if job_key(v) == key})
+        ver = versions.get(version)
+        if ver is None:
+            raise NotFound(f"job {key[1]!r} has no version {version}")
+        if ver.stable == stable:
+            return
+        new = ver.model_copy(update={"stable": stable})
+        self.ch.versions = [v for v in self.ch.versions if version_key(v) != version_key(new)]
+        self.ch.versions.append(new)
+        job = self.job(key)
+        if job is not None and job.version == version:
+            self.ch.jobs[key] = job.model_copy(update={"stable": stable, "modify_index": self.index})
+            self.touched.add(key)
 
     def delete_alloc(self, alloc_id: str) -> None:
         a = self.alloc(alloc_id)
@@ -306,3 +376,8 @@ class Txn(MeshTxn):
             else:
                 self.ch.jobs[key] = job.model_copy(update={"status": status, "modify_index": self.index})
         return self.ch
+
+
+def _at(text: str) -> int:
+    """An RFC 3339 time in ns since the epoch; 0 for Go's zero time or none."""
+    return max(parse_rfc3339(text) or 0, 0)

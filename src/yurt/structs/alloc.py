@@ -193,6 +193,7 @@ class Allocation(Struct):
     desired_status: str = ALLOC_DESIRED_RUN
     desired_description: str = ""
     desired_transition: DesiredTransition = field(factory=DesiredTransition)
+    deployment_id: str = field("", json="DeploymentID")
     deployment_status: AllocDeploymentStatus | None = None
     client_status: str = ALLOC_PENDING
     client_description: str = ""
@@ -238,7 +239,7 @@ class Allocation(Struct):
             "JobType": self.job.type if self.job else "", "JobVersion": self.job_version(),
             "TaskGroup": self.task_group, "DesiredStatus": self.desired_status,
             "DesiredDescription": self.desired_description, "ClientStatus": self.client_status,
-            "DesiredTransition": self.desired_transition.to_json(),
+            "DesiredTransition": self.desired_transition.to_json(), "DeploymentID": self.deployment_id,
             "DeploymentStatus": self.deployment_status.to_json() if self.deployment_status else None,
             "ClientDescription": self.client_description,
             "TaskStates": {k: v.to_json() for k, v in self.task_states.items()},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 from .alloc import AllocMetric, Allocation
+from .deployment import Deployment
 from .base import Struct, field
 from .job import Job
 
@@ -86,9 +87,12 @@ class Plan(Struct):
     node_allocation: dict[str, list[Allocation]] = field(factory=dict)
     annotations: PlanAnnotations | None = None
     snapshot_index: int = 0
+    deployment: Deployment | None = None                                  # new or changed
+    deployment_updates: list[Deployment] = field(factory=list)            # others (cancelled)
 
     def is_noop(self) -> bool:
-        return not any(self.node_update.values()) and not any(self.node_allocation.values())
+        return (not any(self.node_update.values()) and not any(self.node_allocation.values())
+                and self.deployment is None and not self.deployment_updates)
 
 
 class PlanResult(Struct):
