@@ -7,8 +7,8 @@ from fastapi import Depends, FastAPI
 
 from yurt import __version__
 
-from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_intentions, errors, internal,
-               jobs, limits, logs)
+from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_intentions, deployments, errors,
+               internal, jobs, limits, logs)
 from . import nodes
 from . import acl, authz
 
@@ -19,7 +19,7 @@ def create_app(agent) -> FastAPI:
     app = FastAPI(title="Yurt", version=__version__, docs_url=None if acl_on else "/ui/api", redoc_url=None,
                   openapi_url=None if acl_on else "/openapi.json", dependencies=[Depends(authz.authorize)])
     app.state.agent = agent
-    for module in (jobs, allocs, logs, agent_routes, internal, consul_catalog, consul_connect,
+    for module in (jobs, deployments, allocs, logs, agent_routes, internal, consul_catalog, consul_connect,
                    consul_intentions):
         app.include_router(module.router)
     app.include_router(nodes.router)

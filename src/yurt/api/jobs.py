@@ -188,11 +188,91 @@ async def job_summary(request: Request, reads: ServerReads, job_id: str):
 
 @router.get("/v1/job/{job_id}/deployment")
 async def job_deployment(request: Request, reads: ServerReads, job_id: str):
-    _job(request, reads, job_id)
-    return reply(None, reads.index())
+    """The job's latest deployment, or null."""
+    index = await block(request, reads, "deployment")
+    ds = reads.job_deployments(_job(request, reads, job_id))
+    return reply(ds[0].to_json() if ds else None, index)
 
 
 @router.get("/v1/job/{job_id}/deployments")
 async def job_deployments(request: Request, reads: ServerReads, job_id: str):
-    _job(request, reads, job_id)
-    return reply([], reads.index())
+    index = await block(request, reads, "deployment")
+    ds = reads.job_deployments(_job(request, reads, job_id), all_versions=flag(request, "all"))
+    return reply([d.to_json() for d in ds], index)
+
+
+def _check_job_id(body: dict, job_id: str) -> None:
+    given = body.get("JobID")
+    if given and given != job_id:
+        raise InvalidInput(f"Job ID does not match: the path says {job_id}, the body {given}")
+
+
+def _int(body: dict, name: str, *, required: bool = True) -> int | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f'"{name}" must be a whole number, not {value!r}')
+    return value
+
+
+@router.put("/v1/job/{job_id}/revert")
+@router.post("/v1/job/{job_id}/revert")
+async def revert(request: Request, reads: ServerReads, job_id: str):
+    body = await json_body(request)
+    _check_job_id(body, job_id)
+    job = _job(request, reads, job_id)
+    version = _int(body, "JobVersion")
+    prior = _int(body, "EnforcePriorVersion", required=False)
+    result = await run_in_threadpool(request.app.state.agent.server.revert_job, job.namespace or "default",
+                                     job_id, version, prior)
+    return write_reply(result)
+
+
+@router.put("/v1/job/{job_id}/stable")
+@router.post("/v1/job/{job_id}/stable")
+async def stable(request: Request, reads: ServerReads, job_id: str):
+    body = await json_body(request)
+    _check_job_id(body, job_id)
+    job = _job(request, reads, job_id)
+    if not isinstance(body.get("Stable"), bool):
+        raise InvalidInput('"Stable" must be true or false')
+    result = await run_in_threadpool(request.app.state.agent.server.set_job_stable, job.namespace or "default",
+                                     job_id, _int(body, "JobVersion"), body["Stable"])
+    return reply(result, result["Index"])
+
+
+@router.get("/v1/job/{job_id}/scale")
+async def scale_status(request: Request, reads: ServerReads, job_id: str):
+    index = await block(request, reads, ("jobs", "allocs", "deployment"))
+    job = _job(request, reads, job_id)
+    allocs = reads.job_allocs(job)
+    groups = {}
+    for tg in job.task_groups or []:
+        mine = [a for a in allocs if a.task_group == tg.name and not a.terminal()
+                and a.job is not None and a.job.version == job.version]
+        groups[tg.name] = {
+            "Desired": tg.count or 0, "Placed": len(mine),
+            "Running": sum(1 for a in mine if a.client_status == "running"),
+            "Healthy": sum(1 for a in mine if a.deployment_status is not None and a.deployment_status.healthy),
+            "Unhealthy": sum(1 for a in mine if a.deployment_status is not None
+                             and a.deployment_status.healthy is False),
+            "Events": None}
+    return reply({"JobID": job.id, "Namespace": job.namespace, "JobCreateIndex": job.create_index,
+                  "JobModifyIndex": job.job_modify_index, "JobStopped": job.stop, "TaskGroups": groups}, index)
+
+
+@router.put("/v1/job/{job_id}/scale")
+@router.post("/v1/job/{job_id}/scale")
+async def scale(request: Request, reads: ServerReads, job_id: str):
+    body = await json_body(request)
+    _check_job_id(body, job_id)
+    job = _job(request, reads, job_id)
+    target = body.get("Target") or {}
+    group = target.get("Group") if isinstance(target, dict) else None
+    if not group:
+        raise InvalidInput('"Target": {"Group": "<task group>"} names the group to scale')
+    count = _int(body, "Count", required=False)
+    result = await run_in_threadpool(request.app.state.agent.server.scale_job, job.namespace or "default",
+                                     job_id, group, count, str(body.get("Message") or ""))
+    return write_reply(result)

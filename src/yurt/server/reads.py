@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from yurt.state import StateStore
-from yurt.structs import Allocation, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
+from yurt.structs import Allocation, Deployment, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
 
 Tables = str | Iterable[str] | None
 """What a blocking query watches: one table ("jobs", "allocs", "services" ...), several (the
@@ -46,6 +46,23 @@ class Reads:
         else:
             current = self.current(tables)
         return max(current, 1)
+
+    # -- deployments ------------------------------------------------------------------------
+    def deployment(self, deployment_id: str) -> Deployment | None:
+        return self._store.deployment(deployment_id)
+
+    def deployments(self, namespace: str | None = None, prefix: str = "") -> list[Deployment]:
+        """By creation, oldest first (every namespace for None or "*")."""
+        return self._store.deployments(None if namespace in (None, "*") else namespace, prefix)
+
+    def job_deployments(self, job: Job, *, all_versions: bool = False) -> list[Deployment]:
+        """The job's deployments, newest first: of this incarnation of it (its CreateIndex),
+        or of every one with `all_versions`."""
+        ds = self._store.deployments_by_job(job.namespace or "default", job.id)
+        return ds if all_versions else [d for d in ds if d.job_create_index == job.create_index]
+
+    def deployment_allocs(self, d: Deployment) -> list[Allocation]:
+        return [a for a in self._store.allocs_by_job(d.namespace, d.job_id) if a.deployment_id == d.id]
 
     # -- jobs -------------------------------------------------------------------------------
     def job(self, namespace: str, job_id: str) -> Job | None:
