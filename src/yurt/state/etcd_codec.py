@@ -20,6 +20,7 @@ key's mod_revision, and `CreateIndex` its create_revision for a new object.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,8 +51,21 @@ def restamp(obj: Any, revision: int) -> Any:
     return obj
 
 
+# `"...Index": PENDING` as JSON text: a key ending in Index (a string followed by ":" is a key; a
+# quote escaped inside a string never directly follows "Index"), then exactly PENDING as an integer
+_PENDING_FIELD = re.compile(rb'(Index"\s*:\s*)%d(?=\s*[,}\]])' % PENDING)
+
+
+def _loads(value: bytes, revision: int) -> Any:
+    """`restamp(json.loads(value), revision)`, done on the text: one regex pass instead of a walk
+    over every dict and list of the object (most of them hold no index)."""
+    return json.loads(_PENDING_FIELD.sub(b"\\g<1>%d" % revision, value))
+
+
 def _dump(obj: Any, **kw: Any) -> bytes:
-    return obj.model_dump_json(by_alias=True, **kw).encode()
+    # fields at their defaults left out (the model restores them when it reads the value back):
+    # about a third fewer bytes per allocation, and etcd's time per write grows with its bytes
+    return obj.model_dump_json(by_alias=True, exclude_defaults=True, **kw).encode()
 
 
 def _q(s: str) -> str:
@@ -168,7 +182,7 @@ class Codec:
                 self.version_paths.pop(vk, None)
                 ch.versions_dropped.append(vk)
             return
-        d = restamp(json.loads(e.kv.value), e.kv.mod_revision)
+        d = _loads(e.kv.value, e.kv.mod_revision)
         job = Job.model_validate(d["Job"])
         vk = version_key(job)
         self.version_paths[vk] = path
@@ -223,7 +237,7 @@ class Codec:
 
 
 def _obj(value: bytes, revision: int) -> Any:
-    return restamp(json.loads(value), revision)
+    return _loads(value, revision)
 
 
 def _version_value(job: Job, purged: bool) -> bytes:
@@ -240,7 +254,7 @@ def _alloc_value(a: Allocation, inline: bool) -> bytes:
 
 
 def _alloc(value: bytes, revision: int, versions: dict[VersionKey, Job], t: Tables) -> Allocation:
-    d = restamp(json.loads(value), revision)
+    d = _loads(value, revision)
     a = Allocation.model_validate(d["Alloc"])
     if d.get("InlineJob") is not None:
         a.job = Job.model_validate(d["InlineJob"])
