@@ -183,6 +183,7 @@ def server_path(args) -> dict[str, float]:
 
 ROOT = Path(__file__).resolve().parents[1]
 HTTP_CPU, HTTP_MEMORY_MB = 100, 256     # small allocations: --http-nodes nodes hold every job
+FOLLOW_EVERY = 0.05                     # seconds between two reads of the evaluations (http)
 
 
 def _free_port() -> int:
@@ -424,8 +425,10 @@ def _submit_and_wait(url: str, jobs: list[Job], count: int, clients: int,
                     allocs = c.get(f"/v1/job/{job_id}/allocations").json()
                     if sum(1 for a in allocs if a["DesiredStatus"] == "run") >= count:
                         placed_at[job_id] = time.perf_counter()
-                if submitted.is_set() and len(evaluated) == len(want) and len(placed_at) < len(want):
-                    time.sleep(0.05)   # complete but short: blocked evaluations, or still landing
+                # at most FOLLOW_EVERY between reads of the whole evaluation list: changes coalesce
+                # (the list grows with the jobs; answering it at every change costs the server
+                # more than what is measured). Adds at most that much to each job's time.
+                time.sleep(FOLLOW_EVERY)
 
     submitters = [threading.Thread(target=submit, name=f"submit-{k}") for k in range(clients)]
     follower = threading.Thread(target=follow, name="follow")
@@ -450,8 +453,9 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
     label = ("etcd" if etcd is not None else "sqlite") + ("-baseline" if src else "")
     members = [cluster.pid(i) for i in range(len(cluster.procs))] if cluster is not None else []
     # each run its own key prefix: a fresh state on the same etcd
-    server = ServerAgent(root, f"http-{label}", workers=args.workers, etcd=etcd, prefix=f"/bench-{label}/",
-                         src=src).start()
+    args._runs += 1   # a data dir of its own
+    server = ServerAgent(root, f"http-{label}-{args._runs}", workers=args.workers, etcd=etcd,
+                         prefix=f"/bench-{label}/", src=src).start()
     nodes = Nodes(server.url, args.http_nodes)
     spy = None
     try:
@@ -493,6 +497,8 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
         if spy is not None and spy.poll() is None:
             spy.kill()
         server.stop()
+        if cluster is not None:
+            cluster.stop()
 
 
 def _py_spy() -> str | None:
@@ -543,13 +549,18 @@ def _stop_py_spy(spy: subprocess.Popen[bytes], out: Path, top: int = 25) -> None
             print(f"    {100 * n / max(total, 1):5.1f}%  {f}")
 
 
-def _etcd_cluster(args):
-    """The 3-member loopback etcd of the run (started once, stopped by main)."""
-    if getattr(args, "_etcd", None) is None:
-        from tests.etcd_cluster import EtcdCluster
-        args._etcd = EtcdCluster(Path(args._root) / "etcd", members=3)
-        args._etcd.wait_healthy(60)
-    return args._etcd
+def _etcd_cluster(args, name: str):
+    """A fresh 3-member loopback etcd (each run its own: one run's history never slows the next);
+    stopped by the caller, or by main at the end."""
+    from tests.etcd_cluster import EtcdCluster
+    cluster = EtcdCluster(Path(args._root) / name, members=3)
+    args._etcds.append(cluster)
+    cluster.wait_healthy(60)
+    return cluster
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def http_path(args) -> dict[str, dict[str, float]]:
@@ -557,9 +568,18 @@ def http_path(args) -> dict[str, dict[str, float]]:
     root = Path(args._root)
     print(f"  {args.http_nodes} nodes heartbeating, {args.http_jobs} jobs x {args.http_count} allocs "
           f"({HTTP_CPU} MHz / {HTTP_MEMORY_MB} MB), {args.http_clients} clients", flush=True)
-    sqlite = _http_run(root, args, None)
-    base = _http_run(root, args, _etcd_cluster(args), Path(args.baseline_src)) if args.baseline_src else None
-    etcd = _http_run(root, args, _etcd_cluster(args))
+    runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "baseline": [], "etcd": []}
+    for r in range(args.repeat):   # interleaved, so a slow moment of the machine hits every store
+        runs["sqlite"].append(_http_run(root, args, None))
+        if args.baseline_src:
+            runs["baseline"].append(_http_run(root, args, _etcd_cluster(args, f"etcd-baseline-{r}"),
+                                              Path(args.baseline_src)))
+        runs["etcd"].append(_http_run(root, args, _etcd_cluster(args, f"etcd-http-{r}")))
+    if args.repeat > 1:
+        print(f"  (medians of {args.repeat} runs each; placements/s of every run: "
+              + "; ".join(f"{k} {[x['placements/s'] for x in v]}" for k, v in runs.items() if v) + ")")
+    sqlite, etcd = _median(runs["sqlite"]), _median(runs["etcd"])
+    base = _median(runs["baseline"]) if runs["baseline"] else None
     out: dict[str, dict[str, float]] = {}
     ratios = ("placements/s", "seconds to all stored", "register->placed p50 ms", "register->placed p99 ms",
               "register p50 ms", "server CPU ms/placement")
@@ -604,7 +624,7 @@ def _until_new_leader_writes(servers: list[ServerAgent], old: str, job: bytes,
 def failover(args) -> dict[str, float]:
     """Three server agents on one etcd: the leader SIGKILLed, then (of the two left) SIGTERMed."""
     root = Path(args._root)
-    endpoints = _etcd_cluster(args).endpoints
+    endpoints = _etcd_cluster(args, "etcd-failover").endpoints
     servers = [ServerAgent(root, f"failover-s{i}", workers=args.workers, etcd=endpoints,
                            prefix="/bench-failover/", lease_ttl=args.lease_ttl).start() for i in range(3)]
     job = json.dumps(build_job(0, 1, False, HTTP_CPU, HTTP_MEMORY_MB).to_document()).encode()
@@ -661,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-count", type=int, default=40, help="allocations per job over HTTP")
     p.add_argument("--http-clients", type=int, default=4, help="concurrent HTTP clients submitting jobs")
     p.add_argument("--http-timeout", type=float, default=300.0, help="seconds to wait for every placement")
+    p.add_argument("--repeat", type=int, default=1, help="http: run each store this many times (interleaved) "
+                   "and print the medians")
     p.add_argument("--lease-ttl", type=int, default=None, help="the servers' etcd lease TTL in failover "
                    "(default: the agent's, 10 s)")
     p.add_argument("--server-profile", metavar="DIR", help="py-spy the etcd server of the http section into DIR")
@@ -670,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cluster: {args.nodes} nodes, 2 DCs, {RACKS} racks; {args.jobs} jobs x {args.count} allocs"
           f"{' with spread' if args.spread else ''}")
     args._root = tempfile.mkdtemp(prefix="yurt-bench-")
-    args._etcd = None
+    args._etcds = []
+    args._runs = 0
     results: dict[str, dict[str, Any]] = {}
     try:
         for title, section in SECTIONS:
@@ -680,8 +703,8 @@ def main(argv: list[str] | None = None) -> int:
             results[section.__name__] = figures = section(args)
             _print_figures(figures)
     finally:
-        if args._etcd is not None:
-            args._etcd.stop()
+        for cluster in args._etcds:
+            cluster.stop()
         shutil.rmtree(args._root, ignore_errors=True)
     if "server_path" in results and "pure_scheduler" in results:
         ratio = results["server_path"]["placements/s"] / results["pure_scheduler"]["placements/s"]
