@@ -1,6 +1,6 @@
 """The etcd store's codec on its own (no etcd needed): what a write encodes is what the watch
-decodes, with every PENDING index read back as the revision the write got; values leave out the
-fields at their defaults and read back equal; the text restamp does what the dict walk does.
+decodes, with every PENDING index read back as the revision the write got; the text restamp does
+what the dict walk does.
 And how a plan's allocations are split into transactions etcd accepts (--max-txn-ops 128)."""
 
 from __future__ import annotations
@@ -66,18 +66,6 @@ def test_a_write_reads_back_as_written_with_its_revision() -> None:
     assert stored_alloc.create_index == stored_alloc.modify_index == REV
     assert stored_alloc.job is not None and stored_alloc.job.id == "web"
     assert [v.id for v in dec.versions] == ["web"]
-
-
-def test_values_leave_out_defaults() -> None:
-    t, codec = Tables(), Codec("/yurt/")
-    job = mock.job("web")
-    txn = Txn(t, PENDING, 1)
-    txn.upsert_job(job)
-    ops = codec.encode(txn.finish(), t)
-    value = next(base64.b64decode(op["request_put"]["value"]) for op in ops
-                 if base64.b64decode(op["request_put"]["key"]) == b"/yurt/jobs/default/web")
-    assert len(value) < len(job.model_dump_json(by_alias=True))
-    assert b'"ID":"web"' in value
 
 
 def test_the_text_restamp_is_the_dict_restamp() -> None:
