@@ -12,6 +12,23 @@ would. Prints placements per second and milliseconds per evaluation.
 Sections are listed in ``SECTIONS``: each is a function (args) -> dict of figures: the pure
 scheduler, then the server path (eval broker -> scheduler workers -> plan applier -> SQLite
 store), in one run, with the ratio between them.
+
+``http``: the whole path as a user's ``job run`` takes it, over HTTP, against a real server agent
+process (``yurt agent -config``, server only): on SQLite, then on a 3-member loopback etcd
+(tests/etcd_cluster.py), side by side with the ratio etcd / SQLite. ``--http-nodes`` nodes register
+through the client agents' route (each with its own SecretID) and heartbeat at their TTL for the
+whole run; ``--http-clients`` threads then submit ``--http-jobs`` jobs of ``--http-count``
+allocations (``PUT /v1/jobs``, the body ``job run`` sends) as fast as the server takes them. A
+job is placed when an evaluation of it is complete and ``/v1/job/<id>/allocations`` holds all
+its allocations (the bench follows evaluations with one blocking query). Prints placements/s from
+the first registration until every allocation is stored, and p50/p99 of each job's
+"register -> all placed" (under that full load, so queueing included).
+
+``failover``: three server agents on one etcd; the leader (``/v1/status/leader``) is SIGKILLed,
+and the time until a surviving server names a new leader and accepts a job registration is
+printed; then the same for a graceful stop (SIGTERM: the leader revokes its lease).
+``--server-profile DIR`` records the etcd server process of ``http`` with py-spy (if installed)
+into DIR (a flame graph and a raw top list).
 """
 
 from __future__ import annotations
@@ -19,12 +36,24 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import json
+import os
 import pstats
+import queue
 import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/memory_state.py
@@ -64,12 +93,12 @@ def build_nodes(n: int, seed: int = 1) -> list[Node]:
     return nodes
 
 
-def build_job(i: int, count: int, spread: bool) -> Job:
+def build_job(i: int, count: int, spread: bool, cpu: int = 500, memory_mb: int = 1024) -> Job:
     racks = ",".join(f"r{r}" for r in range(i % 2, RACKS, 2))     # half of the racks
     group = TaskGroup(
         name="web", count=count,
         tasks=[Task(name="app", driver="docker", config={"image": "nginx"},
-                    resources=Resources(cpu=500, memory_mb=1024))],
+                    resources=Resources(cpu=cpu, memory_mb=memory_mb))],
         networks=[NetworkResource(dynamic_ports=[Port(label="http", to=8080)])],
         ephemeral_disk=EphemeralDisk(size_mb=300),
         spreads=[Spread(attribute="${meta.rack}")] if spread else None)
@@ -150,9 +179,509 @@ def server_path(args) -> dict[str, float]:
         store.close()
 
 
-SECTIONS: list[tuple[str, Callable[[argparse.Namespace], dict[str, float]]]] = [
+# --- over HTTP, against real server agent processes ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+HTTP_CPU, HTTP_MEMORY_MB = 100, 256     # small allocations: --http-nodes nodes hold every job
+FOLLOW_EVERY = 0.05                     # seconds between two reads of the evaluations (http)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+class ServerAgent:
+    """`yurt agent -config FILE -data-dir DIR`, a server only (no client), on a free loopback port;
+    on SQLite in its data dir, or on etcd (`server { store { etcd } }`). Its log is a file."""
+
+    def __init__(self, root: Path, name: str, *, workers: int, etcd: list[str] | None = None,
+                 prefix: str = "/yurt/", lease_ttl: int | None = None, src: Path | None = None) -> None:
+        import httpx
+        self.name = name
+        self.src = src or ROOT / "src"
+        self.port = _free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.addr}"
+        self.dir = root / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "agent.log"
+        store = ""
+        if etcd is not None:
+            ttl = f'\n      lease_ttl = "{lease_ttl}s"' if lease_ttl else ""
+            store = ("\n  store {\n    etcd {\n      endpoints = [" + ", ".join(f'"{e}"' for e in etcd) +
+                     f']\n      prefix = "{prefix}"{ttl}\n    }}\n  }}')
+        self.config = self.dir / "agent.hcl"
+        self.config.write_text(f'name = "{name}"\nbind_addr = "127.0.0.1"\nlog_level = "WARN"\n'
+                               f"ports {{\n  http = {self.port}\n}}\n"
+                               f"server {{\n  enabled = true\n  num_schedulers = {workers}{store}\n}}\n"
+                               "client {\n  enabled = false\n}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
+
+    def start(self) -> ServerAgent:
+        env = dict(os.environ, PYTHONPATH=str(self.src))
+        with open(self.log_path, "ab") as log:
+            # cwd: the worktree, never the temporary directory the bench removes
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "yurt.cli.main", "agent", "-config", str(self.config),
+                 "-data-dir", str(self.dir / "data")], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def leader(self, timeout: float = 2.0) -> str:
+        """What this server says about the leader ("host:port", "" while none leads)."""
+        return str(self.http.get("/v1/status/leader", timeout=timeout).json())
+
+    def wait_ready(self, timeout: float = 60.0, *, leader: bool = False) -> None:
+        """Until it answers (and, with `leader`, names a leader); RuntimeError with its log otherwise."""
+        import httpx
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive():
+                raise RuntimeError(f"server agent {self.name} exited; the end of {self.log_path}:\n{self.tail()}")
+            try:
+                if self.http.get("/v1/agent/health", timeout=2).status_code == 200 and \
+                        (not leader or self.leader()):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server agent {self.name} not ready within {timeout:.0f} s; the end of "
+                                   f"{self.log_path}:\n{self.tail()}")
+            time.sleep(0.1)
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (the agent stops in order; on etcd it revokes its lease), SIGKILL if it lingers."""
+        if self.proc is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.http.close()
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class Nodes:
+    """Client nodes as the client agents are to the server: each registers through
+    `PUT /v1/internal/node/register` with its own SecretID, then heartbeats at half its TTL
+    (`threads` threads, each spreading its share of nodes evenly over the period)."""
+
+    def __init__(self, url: str, count: int, threads: int = 2) -> None:
+        self.url = url
+        self.nodes = build_nodes(count)
+        for node in self.nodes:
+            node.secret_id = str(uuid.uuid4())
+        self.threads = threads
+        self.ttl = 10.0
+        self.sent = self.failed = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+
+    def register(self, parallel: int = 8) -> None:
+        import httpx
+        bodies = [(n.id, n.secret_id, json.dumps({"Node": n.to_json()})) for n in self.nodes]
+        work: queue.Queue[tuple[str, str, str]] = queue.Queue()
+        for b in bodies:
+            work.put(b)
+        errors: list[str] = []
+
+        def run() -> None:
+            with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as c:
+                while True:
+                    try:
+                        _, secret, body = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    r = c.put("/v1/internal/node/register", content=body,
+                              headers={"X-Nomad-Token": secret, "Content-Type": "application/json"})
+                    if r.status_code != 200:
+                        errors.append(r.text)
+                        continue
+                    self.ttl = r.json()["HeartbeatTTL"] / 1e9
+        threads = [threading.Thread(target=run) for _ in range(parallel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise RuntimeError(f"{len(errors)} node registrations failed; the first: {errors[0]}")
+
+    def start_heartbeats(self) -> None:
+        for k in range(self.threads):
+            share = [(n.id, n.secret_id) for n in self.nodes[k::self.threads]]
+            t = threading.Thread(target=self._beat, args=(share,), name=f"heartbeats-{k}", daemon=True)
+            t.start()
+            self._workers.append(t)
+
+    def _beat(self, share: list[tuple[str, str]]) -> None:
+        import httpx
+        period = self.ttl / 2
+        with httpx.Client(base_url=self.url, timeout=self.ttl, trust_env=False) as c:
+            cycle = time.monotonic()
+            while not self._stop.is_set():
+                for j, (node_id, secret) in enumerate(share):
+                    delay = cycle + j * period / len(share) - time.monotonic()
+                    if delay > 0 and self._stop.wait(delay):
+                        return
+                    try:
+                        ok = c.put(f"/v1/internal/node/{node_id}/heartbeat",
+                                   headers={"X-Nomad-Token": secret}).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    with self._lock:
+                        self.sent += 1
+                        self.failed += not ok
+                cycle += period
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join(timeout=30)
+
+
+def _submit_and_wait(url: str, jobs: list[Job], count: int, clients: int,
+                     timeout: float) -> dict[str, Any]:
+    """`clients` threads register the jobs (as `job run` sends them) as fast as the server takes
+    them; one thread follows the evaluations (a blocking query) and, when a job's evaluation is
+    complete, reads its allocations until all `count` are stored. Returns the timings."""
+    import httpx
+    docs: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    for job in jobs:
+        docs.put((job.id, json.dumps(job.to_document()).encode()))
+    started: dict[str, float] = {}
+    register_s: list[float] = []
+    placed_at: dict[str, float] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+    submitted = threading.Event()
+
+    def submit() -> None:
+        with httpx.Client(base_url=url, timeout=120, trust_env=False) as c:
+            while True:
+                try:
+                    job_id, body = docs.get_nowait()
+                except queue.Empty:
+                    return
+                t0 = time.perf_counter()
+                with lock:
+                    started[job_id] = t0
+                r = c.put("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+                with lock:
+                    register_s.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    errors.append(f"{job_id}: HTTP {r.status_code}: {r.text[:300]}")
+
+    def follow() -> None:
+        want = {j.id for j in jobs}
+        evaluated: set[str] = set()
+        index = 0
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=url, timeout=60, trust_env=False) as c:
+            while len(placed_at) < len(want) and time.monotonic() < deadline and not errors:
+                r = c.get("/v1/evaluations", params={"index": index, "wait": "5s"} if index else None)
+                index = int(r.headers.get("X-Nomad-Index", index))
+                for ev in r.json():
+                    if ev["JobID"] in want and ev["Status"] == "complete":
+                        evaluated.add(ev["JobID"])
+                for job_id in sorted(evaluated - placed_at.keys()):
+                    allocs = c.get(f"/v1/job/{job_id}/allocations").json()
+                    if sum(1 for a in allocs if a["DesiredStatus"] == "run") >= count:
+                        placed_at[job_id] = time.perf_counter()
+                # at most FOLLOW_EVERY between reads of the whole evaluation list: changes coalesce
+                # (the list grows with the jobs; answering it at every change costs the server
+                # more than what is measured). Adds at most that much to each job's time.
+                time.sleep(FOLLOW_EVERY)
+
+    submitters = [threading.Thread(target=submit, name=f"submit-{k}") for k in range(clients)]
+    follower = threading.Thread(target=follow, name="follow")
+    follower.start()
+    for t in submitters:
+        t.start()
+    for t in submitters:
+        t.join()
+    submitted.set()
+    follower.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} job registrations failed; the first: {errors[0]}")
+    first = min(started.values())
+    latencies = [placed_at[j] - started[j] for j in placed_at]
+    last = max(placed_at.values()) if placed_at else time.perf_counter()
+    return {"jobs placed": len(placed_at), "jobs": len(jobs), "seconds": last - first,
+            "latencies": latencies, "register_s": register_s}
+
+
+def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, float]:
+    etcd = cluster.endpoints if cluster is not None else None
+    label = ("etcd" if etcd is not None else "sqlite") + ("-baseline" if src else "")
+    members = [cluster.pid(i) for i in range(len(cluster.procs))] if cluster is not None else []
+    # each run its own key prefix: a fresh state on the same etcd
+    args._runs += 1   # a data dir of its own
+    server = ServerAgent(root, f"http-{label}-{args._runs}", workers=args.workers, etcd=etcd,
+                         prefix=f"/bench-{label}/", src=src).start()
+    nodes = Nodes(server.url, args.http_nodes)
+    spy = None
+    try:
+        server.wait_ready(leader=etcd is not None)
+        t0 = time.perf_counter()
+        nodes.register()
+        register_nodes_s = time.perf_counter() - t0
+        nodes.start_heartbeats()
+        jobs = [build_job(i, args.http_count, False, HTTP_CPU, HTTP_MEMORY_MB) for i in range(args.http_jobs)]
+        if args.server_profile and etcd is not None and src is None:
+            spy = _start_py_spy(server.pid, Path(args.server_profile))
+        cpu0, etcd0, own0 = _cpu_seconds(server.pid), sum(map(_cpu_seconds, members)), time.process_time()
+        run = _submit_and_wait(server.url, jobs, args.http_count, args.http_clients, args.http_timeout)
+        cpu = _cpu_seconds(server.pid) - cpu0
+        etcd_cpu = sum(map(_cpu_seconds, members)) - etcd0
+        own_cpu = time.process_time() - own0
+        if spy is not None:
+            _stop_py_spy(spy, Path(args.server_profile))
+        nodes.stop()
+        down = sum(1 for n in server.http.get("/v1/nodes").json() if n["Status"] != "ready")
+        placements = run["jobs placed"] * args.http_count
+        lat = run["latencies"]
+        return {"nodes registered in (s)": round(register_nodes_s, 2),
+                "heartbeats sent": nodes.sent, "heartbeats failed": nodes.failed, "nodes not ready": down,
+                "jobs placed": run["jobs placed"], "placements": placements,
+                "seconds to all stored": round(run["seconds"], 3),
+                "placements/s": round(placements / run["seconds"]) if run["seconds"] else 0,
+                "register p50 ms": round(1000 * statistics.median(run["register_s"]), 1),
+                "register->placed p50 ms": round(1000 * _percentile(lat, 0.5), 1),
+                "register->placed p99 ms": round(1000 * _percentile(lat, 0.99), 1),
+                "server CPU s": round(cpu, 2),
+                "server CPU ms/placement": round(1000 * cpu / placements, 3) if placements else 0,
+                "etcd members CPU s": round(etcd_cpu, 2), "bench (clients) CPU s": round(own_cpu, 2)}
+    except Exception:
+        print(f"  ({label} server log, the end:)\n{server.tail()}", file=sys.stderr)
+        raise
+    finally:
+        nodes.stop()
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+        server.stop()
+        if cluster is not None:
+            cluster.stop()
+
+
+def _py_spy() -> str | None:
+    return shutil.which("py-spy") or next((str(p) for p in [Path(sys.executable).parent / "py-spy"] if p.exists()),
+                                          None)
+
+
+def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    exe = _py_spy()
+    if exe is None:
+        print("  (--server-profile: py-spy is not installed: .venv/bin/python -m pip install py-spy)")
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([exe, "record", "--gil", "--nonblocking", "-p", str(pid), "-r", "100", "-f", "raw", "-o",
+                             str(out / "etcd-server.txt")], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_py_spy(spy: subprocess.Popen[bytes], out: Path, top: int = 25) -> None:
+    """Stop recording and print the functions with the most samples: own (the innermost frame)
+    and inclusive (anywhere in the stack)."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    try:
+        lines = (out / "etcd-server.txt").read_text(errors="replace").splitlines()
+    except OSError:
+        print("  (py-spy wrote no profile)")
+        return
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(n)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(n)
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + int(n)
+    print(f"  py-spy: {total} samples of the etcd server process (raw stacks: {out / 'etcd-server.txt'})")
+    for title, table in (("own", own), ("inclusive", incl)):
+        print(f"  top {top} by {title} samples:")
+        for f, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"    {100 * n / max(total, 1):5.1f}%  {f}")
+
+
+def _etcd_cluster(args, name: str):
+    """A fresh 3-member loopback etcd (each run its own: one run's history never slows the next);
+    stopped by the caller, or by main at the end."""
+    from tests.etcd_cluster import EtcdCluster
+    cluster = EtcdCluster(Path(args._root) / name, members=3)
+    args._etcds.append(cluster)
+    cluster.wait_healthy(60)
+    return cluster
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for k in runs[0]:
+        m = statistics.median(r[k] for r in runs)
+        out[k] = round(m) if all(isinstance(r[k], int) for r in runs) else round(m, 3)
+    return out
+
+
+def http_path(args) -> dict[str, dict[str, float]]:
+    """The same load over HTTP on one server agent: SQLite, then a 3-member etcd."""
+    root = Path(args._root)
+    print(f"  {args.http_nodes} nodes heartbeating, {args.http_jobs} jobs x {args.http_count} allocs "
+          f"({HTTP_CPU} MHz / {HTTP_MEMORY_MB} MB), {args.http_clients} clients", flush=True)
+    runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "baseline": [], "etcd": []}
+    etcd_missing = _etcd_missing()
+    if etcd_missing:
+        print(f"  (no etcd column: {etcd_missing})")
+    for r in range(args.repeat):   # interleaved, so a slow moment of the machine hits every store
+        runs["sqlite"].append(_http_run(root, args, None))
+        if etcd_missing:
+            continue
+        if args.baseline_src:
+            runs["baseline"].append(_http_run(root, args, _etcd_cluster(args, f"etcd-baseline-{r}"),
+                                              Path(args.baseline_src)))
+        runs["etcd"].append(_http_run(root, args, _etcd_cluster(args, f"etcd-http-{r}")))
+    if etcd_missing:
+        return {k: {"sqlite": v} for k, v in _median(runs["sqlite"]).items()}
+    if args.repeat > 1:
+        print(f"  (medians of {args.repeat} runs each; placements/s of every run: "
+              + "; ".join(f"{k} {[x['placements/s'] for x in v]}" for k, v in runs.items() if v) + ")")
+    sqlite, etcd = _median(runs["sqlite"]), _median(runs["etcd"])
+    base = _median(runs["baseline"]) if runs["baseline"] else None
+    out: dict[str, dict[str, float]] = {}
+    ratios = ("placements/s", "seconds to all stored", "register->placed p50 ms", "register->placed p99 ms",
+              "register p50 ms", "server CPU ms/placement")
+    for key in sqlite:
+        a, b = sqlite[key], etcd[key]
+        row: dict[str, float] = {"sqlite": a}
+        if base is not None:
+            row["etcd baseline"] = base[key]
+        row["etcd (3 members)"] = b
+        if key in ratios and a:
+            row["etcd/sqlite"] = round(b / a, 2)
+        if base is not None and key in ratios and base[key]:
+            row["etcd/baseline"] = round(b / base[key], 2)
+        out[key] = row
+    return out
+
+
+def _until_new_leader_writes(servers: list[ServerAgent], old: str, job: bytes,
+                             timeout: float = 120.0) -> tuple[float, float]:
+    """Poll the surviving servers: (seconds until one names a leader other than `old`, seconds
+    until one also accepts a job registration), from now."""
+    import httpx
+    t0 = time.perf_counter()
+    seen = 0.0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in servers:
+            try:
+                leader = s.leader(timeout=1.0)
+                if not leader or leader == old:
+                    continue
+                seen = seen or time.perf_counter() - t0
+                r = s.http.put("/v1/jobs", content=job, headers={"Content-Type": "application/json"}, timeout=5.0)
+                if r.status_code == 200:
+                    return seen, time.perf_counter() - t0
+            except (httpx.HTTPError, ValueError):
+                continue
+        time.sleep(0.02)
+    raise RuntimeError(f"no new leader accepted a write within {timeout:.0f} s")
+
+
+def _etcd_missing() -> str:
+    """Why the etcd parts cannot run ("" when they can)."""
+    from tests.etcd_cluster import ETCD
+    return "" if Path(ETCD).exists() else f"{ETCD} is not installed: apt-get install etcd-server etcd-client"
+
+
+def failover(args) -> dict[str, Any]:
+    """Three server agents on one etcd: the leader SIGKILLed, then (of the two left) SIGTERMed."""
+    if _etcd_missing():
+        return {"skipped": _etcd_missing()}
+    root = Path(args._root)
+    endpoints = _etcd_cluster(args, "etcd-failover").endpoints
+    servers = [ServerAgent(root, f"failover-s{i}", workers=args.workers, etcd=endpoints,
+                           prefix="/bench-failover/", lease_ttl=args.lease_ttl).start() for i in range(3)]
+    job = json.dumps(build_job(0, 1, False, HTTP_CPU, HTTP_MEMORY_MB).to_document()).encode()
+    out: dict[str, float] = {}
+    try:
+        for s in servers:
+            s.wait_ready(leader=True)
+        r = servers[0].http.put("/v1/jobs", content=job, headers={"Content-Type": "application/json"})
+        if r.status_code != 200:
+            raise RuntimeError(f"the first job registration failed: HTTP {r.status_code}: {r.text}")
+        for sig, name in ((signal.SIGKILL, "SIGKILL"), (signal.SIGTERM, "SIGTERM")):
+            alive = [s for s in servers if s.alive()]
+            old = alive[0].leader()
+            leader = next(s for s in alive if s.addr == old)
+            survivors = [s for s in alive if s is not leader]
+            leader.signal(sig)
+            seen, wrote = _until_new_leader_writes(survivors, old, job)
+            assert leader.proc is not None
+            leader.proc.wait(timeout=60)
+            out[f"{name} leader: new leader named (s)"] = round(seen, 2)
+            out[f"{name} leader: new leader writes (s)"] = round(wrote, 2)
+        out["lease TTL (s)"] = args.lease_ttl or 10
+        return out
+    except Exception:
+        for s in servers:
+            print(f"  ({s.name} log, the end:)\n{s.tail()}", file=sys.stderr)
+        raise
+    finally:
+        for s in servers:
+            s.stop()
+
+
+SECTIONS: list[tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = [
     ("pure scheduler (schedule() on MemoryState)", pure_scheduler),
     ("server path (register -> broker -> workers -> plan applier -> SQLite)", server_path),
+    ("http path (a server agent process: PUT /v1/jobs -> eval -> plan -> stored allocs), SQLite and etcd",
+     http_path),
+    ("failover (3 server agents on a 3-member etcd)", failover),
 ]
 
 
@@ -165,23 +694,61 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="cProfile the schedule() calls")
     p.add_argument("--sort", default="tottime", help="profile sort key (tottime, cumulative)")
     p.add_argument("--workers", type=int, default=2, help="scheduler workers in the server path")
-    p.add_argument("--only", choices=["pure", "server"], help="run one section")
+    p.add_argument("--only", choices=["pure", "server", "http", "failover"], help="run one section")
+    p.add_argument("--http-nodes", type=int, default=200, help="nodes registered and heartbeating (http)")
+    p.add_argument("--http-jobs", type=int, default=100, help="jobs submitted over HTTP")
+    p.add_argument("--http-count", type=int, default=40, help="allocations per job over HTTP")
+    p.add_argument("--http-clients", type=int, default=4, help="concurrent HTTP clients submitting jobs")
+    p.add_argument("--http-timeout", type=float, default=300.0, help="seconds to wait for every placement")
+    p.add_argument("--repeat", type=int, default=1, help="http: run each store this many times (interleaved) "
+                   "and print the medians")
+    p.add_argument("--lease-ttl", type=int, default=None, help="the servers' etcd lease TTL in failover "
+                   "(default: the agent's, 10 s)")
+    p.add_argument("--server-profile", metavar="DIR", help="py-spy the etcd server of the http section into DIR")
+    p.add_argument("--baseline-src", metavar="DIR", help="http: also run the etcd server from this src directory "
+                   "(e.g. `git archive HEAD src | tar -x -C /tmp/base` then /tmp/base/src), before the current one")
     args = p.parse_args(argv)
     print(f"cluster: {args.nodes} nodes, 2 DCs, {RACKS} racks; {args.jobs} jobs x {args.count} allocs"
           f"{' with spread' if args.spread else ''}")
-    results = {}
-    for title, section in SECTIONS:
-        if args.only and not title.startswith(args.only):
-            continue
-        print(f"\n== {title}", flush=True)
-        results[section.__name__] = figures = section(args)
-        for key, value in figures.items():
-            print(f"  {key:<24} {value}", flush=True)
-    if len(results) == 2:
+    args._root = tempfile.mkdtemp(prefix="yurt-bench-")
+    args._etcds = []
+    args._runs = 0
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for title, section in SECTIONS:
+            if args.only and not title.startswith(args.only):
+                continue
+            print(f"\n== {title}", flush=True)
+            results[section.__name__] = figures = section(args)
+            _print_figures(figures)
+    finally:
+        for cluster in args._etcds:
+            cluster.stop()
+        shutil.rmtree(args._root, ignore_errors=True)
+    if "server_path" in results and "pure_scheduler" in results:
         ratio = results["server_path"]["placements/s"] / results["pure_scheduler"]["placements/s"]
         print(f"\nserver path / pure scheduler: {ratio:.2f}x  "
               f"(goal: >= 1,000 placements/s through the server path; Nomad C2M ~1,500/s on 3 servers)")
+    if "http_path" in results and "etcd (3 members)" in results["http_path"]["placements/s"]:
+        row = results["http_path"]["placements/s"]
+        print(f"http path, etcd / SQLite: {row.get('etcd/sqlite', 0):.2f}x  "
+              f"({row['etcd (3 members)']} vs {row['sqlite']} placements/s; goal: >= 1,000 on etcd)")
     return 0
+
+
+def _print_figures(figures: dict[str, Any]) -> None:
+    """Figures one per line; a figure per store (a dict) as a row of columns."""
+    columns: list[str] = []
+    for value in figures.values():
+        if isinstance(value, dict):
+            columns += [c for c in value if c not in columns]
+    if columns:
+        print(f"  {'':<26}" + "".join(f"{c:>18}" for c in columns))
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            print(f"  {key:<26}" + "".join(f"{value.get(c, ''):>18}" for c in columns), flush=True)
+        else:
+            print(f"  {key:<26} {value}", flush=True)
 
 
 if __name__ == "__main__":

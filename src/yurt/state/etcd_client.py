@@ -154,9 +154,13 @@ class EtcdClient:
         if (cert_file or key_file) and not (cert_file and key_file):
             raise InvalidInput("store { etcd }: cert_file and key_file go together (the client certificate "
                                "and its key)")
-        return Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
-                           ca_cert=ca_file or None, cert_cert=cert_file or None, cert_key=key_file or None,
-                           timeout=timeout, api_path="/v3/")
+        client = Etcd3Client(host=u.hostname, port=u.port or 2379, protocol=u.scheme,
+                             ca_cert=ca_file or None, cert_cert=cert_file or None, cert_key=key_file or None,
+                             timeout=timeout, api_path="/v3/")
+        # etcd is dialled directly with the TLS files given: no ~/.netrc and proxy lookups from the
+        # environment on every request (they cost ~0.15 ms of CPU per call)
+        client.session.trust_env = False
+        return client
 
     def _unavailable(self, cause: str) -> StoreUnavailable:
         return StoreUnavailable(f"no quorum in the state store: {cause} (etcd endpoints: "

@@ -20,6 +20,7 @@ key's mod_revision, and `CreateIndex` its create_revision for a new object.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,17 @@ def restamp(obj: Any, revision: int) -> Any:
             if isinstance(v, (dict, list)):
                 restamp(v, revision)
     return obj
+
+
+# `"...Index": PENDING` as JSON text: a key ending in Index (a string followed by ":" is a key; a
+# quote escaped inside a string never directly follows "Index"), then exactly PENDING as an integer
+_PENDING_FIELD = re.compile(rb'(Index"\s*:\s*)%d(?=\s*[,}\]])' % PENDING)
+
+
+def _loads(value: bytes, revision: int) -> Any:
+    """`restamp(json.loads(value), revision)`, done on the text: one regex pass instead of a walk
+    over every dict and list of the object (most of them hold no index)."""
+    return json.loads(_PENDING_FIELD.sub(b"\\g<1>%d" % revision, value))
 
 
 def _dump(obj: Any, **kw: Any) -> bytes:
@@ -170,7 +182,7 @@ class Codec:
                 self.version_paths.pop(vk, None)
                 ch.versions_dropped.append(vk)
             return
-        d = restamp(json.loads(e.kv.value), e.kv.mod_revision)
+        d = _loads(e.kv.value, e.kv.mod_revision)
         job = Job.model_validate(d["Job"])
         vk = version_key(job)
         self.version_paths[vk] = path
@@ -227,7 +239,7 @@ class Codec:
 
 
 def _obj(value: bytes, revision: int) -> Any:
-    return restamp(json.loads(value), revision)
+    return _loads(value, revision)
 
 
 def _version_value(job: Job, purged: bool) -> bytes:
@@ -244,7 +256,7 @@ def _alloc_value(a: Allocation, inline: bool) -> bytes:
 
 
 def _alloc(value: bytes, revision: int, versions: dict[VersionKey, Job], t: Tables) -> Allocation:
-    d = restamp(json.loads(value), revision)
+    d = _loads(value, revision)
     a = Allocation.model_validate(d["Alloc"])
     if d.get("InlineJob") is not None:
         a.job = Job.model_validate(d["InlineJob"])

@@ -42,6 +42,7 @@ log = logging.getLogger("yurt.state.etcd")
 
 T = TypeVar("T")
 MAX_ITEMS = 100          # items per transaction where a write is split
+MAX_COMPARES = 127       # compares per transaction: etcd's --max-txn-ops (128) less the leader guard
 APPLY_TIMEOUT = 30.0     # how long a write waits for its own watch to bring it back
 HISTORY_KEPT = 10_000    # revisions of history kept when etcd is compacted
 TRANSIENT_RETRY = 15.0   # how long a write is retried while etcd elects its own leader
@@ -310,7 +311,7 @@ class EtcdStateStore(StateStore):
         changes and each node it places on must still be as the plan saw them."""
         index = self._t.index
         first = list(deployments)   # written with the first piece
-        for chunk in self._chunks(allocs):
+        for chunk in _alloc_chunks(allocs):
             def compares(chunk: list[Allocation] = chunk) -> list[dict[str, Any]]:
                 out = []
                 for a in chunk:
@@ -351,3 +352,20 @@ class EtcdStateStore(StateStore):
         for achunk in self._chunks(alloc_ids):
             index = super().delete_evals((), achunk)
         return index
+
+
+def _alloc_chunks(allocs: Iterable[Allocation]) -> list[list[Allocation]]:
+    """A plan's allocations in transactions that etcd takes: each allocation is compared, and so
+    is each node they are placed on, so a chunk holds at most MAX_ITEMS allocations and at most
+    MAX_COMPARES allocations and distinct nodes together."""
+    chunks: list[list[Allocation]] = []
+    chunk: list[Allocation] = []
+    nodes: set[str] = set()
+    for a in allocs:
+        more = 1 + (a.node_id not in nodes)
+        if chunk and (len(chunk) >= MAX_ITEMS or len(chunk) + len(nodes) + more > MAX_COMPARES):
+            chunks.append(chunk)
+            chunk, nodes = [], set()
+        chunk.append(a)
+        nodes.add(a.node_id)
+    return chunks + [chunk] if chunk or not chunks else chunks
