@@ -141,7 +141,7 @@ class Agent:
         http_config = uvicorn.Config(self.app, host=self.config.bind, port=self.config.http_port, log_config=None,
                                      log_level="critical", access_log=False, lifespan="off",
                                      timeout_graceful_shutdown=2, **_serving_tls(self.config))
-        self._http = uvicorn.Server(http_config)
+        self._http = _Server(http_config, on_exit=self._leave)
         if self.client:
             threading.Thread(target=self._start_client_when_serving, daemon=True).start()
         self.leaf_certs.start()
@@ -163,6 +163,12 @@ class Agent:
         if not self._http.started:
             raise OSError(f"cannot listen on {self.config.bind}:{self.config.http_port}: the address is "
                           "in use or not available; pick another with -http-port or -bind")
+
+    def _leave(self) -> None:
+        """A server on etcd that is told to stop hands leadership over first (its lease revoked,
+        in the background), so another server leads while this one drains its requests."""
+        if self.server is not None and self.server.ha:
+            threading.Thread(target=self.store.leadership.stop, name="yurt-leave", daemon=True).start()
 
     def _serve_socket(self) -> None:
         """The same API on <data_dir>/yurt.sock, served from its own thread and event loop."""
@@ -213,6 +219,19 @@ class Agent:
             self.store.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling `on_exit` the moment it is told to stop (SIGINT/SIGTERM)."""
+
+    def __init__(self, config: uvicorn.Config, on_exit) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig, frame) -> None:
+        if not self.should_exit:
+            self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 class _Terminated(Exception):

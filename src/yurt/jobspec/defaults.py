@@ -152,8 +152,8 @@ def _placement(constraints: list[Constraint] | None, affinities: list[Affinity] 
 
 def _group(job: Job, group: TaskGroup) -> None:
     jtype = job.type or DEFAULT_TYPE  # set by canonicalize already
-    if group.count is None:
-        group.count = 1
+    if group.count is None:   # as Nomad: a scaling block's min, else 1
+        group.count = group.scaling.min if group.scaling is not None and group.scaling.min is not None else 1
     group.ephemeral_disk = merge(default_ephemeral_disk(), group.ephemeral_disk)
     group.meta = _none_if_empty(group.meta)
 

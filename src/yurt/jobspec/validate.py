@@ -105,6 +105,8 @@ def validate_group(r: Report, job: Job, gi: int, g: TaskGroup) -> None:
         elif job.type == "system" and g.count > 1:
             r.error(base + ("Count",), f'a system job runs one allocation per node, so count {g.count} '
                                        'is not allowed: remove count or set it to 1')
+    if g.scaling is not None:
+        validate_scaling(r, g, base + ("Scaling",))
     for attr, field in (("shutdown_delay", "ShutdownDelay"), ("max_client_disconnect", "MaxClientDisconnect"),
                         ("stop_after_client_disconnect", "StopAfterClientDisconnect")):
         value = getattr(g, attr)
@@ -125,6 +127,26 @@ def validate_group(r: Report, job: Job, gi: int, g: TaskGroup) -> None:
     validate_meta(r, g.meta, base + ("Meta",))
     for ti, t in enumerate(g.tasks or []):
         validate_task(r, job, g, base + ("Tasks", ti), t, group_restart)
+
+
+def validate_scaling(r: Report, g: TaskGroup, base: Path) -> None:
+    sc = g.scaling
+    assert sc is not None
+    if sc.type not in (None, "", "horizontal"):
+        r.error(base + ("Type",), f'scaling type "{sc.type}" is not one Yurt knows: use "horizontal" (or leave it out)')
+    if sc.max is None:
+        r.error(base + ("Max",), "the scaling block has no max: set max = N (the most the group may run)")
+        return
+    if sc.max < 0:
+        r.error(base + ("Max",), f"scaling max {sc.max} is negative: use 0 or more")
+    lo = sc.min if sc.min is not None else 0
+    if sc.min is not None and sc.min < 0:
+        r.error(base + ("Min",), f"scaling min {sc.min} is negative: use 0 or more")
+    if lo > sc.max:
+        r.error(base + ("Min",), f"scaling min {lo} is more than max {sc.max}")
+    if g.count is not None and not lo <= g.count <= sc.max:
+        r.error(("TaskGroups",) + tuple(base[1:2]) + ("Count",),
+                f"count {g.count} is outside the scaling block's bounds [{lo}, {sc.max}]: change one of them")
 
 
 def validate_group_tasks(r: Report, g: TaskGroup, base: Path) -> None:

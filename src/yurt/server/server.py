@@ -284,9 +284,8 @@ class Server:
                     "Warnings": "", "Index": self.store.index()}
         if count < 0:
             raise InvalidInput(f"count {count} for group {group!r} is negative: give 0 or more")
-        scaling = getattr(tg, "scaling", None)
-        lo = getattr(scaling, "min", None) if scaling is not None else None
-        hi = getattr(scaling, "max", None) if scaling is not None else None
+        lo = tg.scaling.min if tg.scaling is not None else None
+        hi = tg.scaling.max if tg.scaling is not None else None
         if lo is not None and count < lo:
             raise InvalidInput(f"group {group!r} count {count} is less than its scaling min {lo}")
         if hi is not None and count > hi:

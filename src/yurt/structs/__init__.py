@@ -6,7 +6,7 @@ from .job import JOB_TYPES, Job, TaskGroup
 from .network import CNIConfig, DNSConfig, NetworkResource, Port
 from .placement import Affinity, Constraint, Spread, SpreadTarget
 from .policies import (EphemeralDisk, LogConfig, MigrateStrategy, ReschedulePolicy,
-                       RestartPolicy, UpdateStrategy)
+                       RestartPolicy, ScalingPolicy, UpdateStrategy)
 from .resources import Resources
 from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExposePath,
                       ConsulProxy, ConsulSidecarService, ConsulTransparentProxy, ConsulUpstream,
@@ -37,7 +37,7 @@ __all__ = [
     "ConsulExposeConfig", "ConsulExposePath", "ConsulProxy", "ConsulSidecarService",
     "ConsulTransparentProxy", "ConsulUpstream", "DNSConfig", "Duration", "EphemeralDisk",
     "JOB_TYPES", "Job", "LogConfig", "MeshGateway", "MigrateStrategy", "NetworkResource", "Port",
-    "ReschedulePolicy", "Resources", "RestartPolicy", "Service", "ServiceCheck", "ServiceWeights",
+    "ReschedulePolicy", "Resources", "ScalingPolicy", "RestartPolicy", "Service", "ServiceCheck", "ServiceWeights",
     "SidecarTask", "Spread", "SpreadTarget", "Struct", "Task", "TaskGroup", "TaskLifecycle",
     "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",
     "json_name", "parse_duration",

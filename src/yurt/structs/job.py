@@ -8,7 +8,8 @@ from .base import Struct, field
 from .duration import Duration
 from .network import NetworkResource
 from .placement import Affinity, Constraint, Spread
-from .policies import EphemeralDisk, MigrateStrategy, ReschedulePolicy, RestartPolicy, UpdateStrategy
+from .policies import (EphemeralDisk, MigrateStrategy, ReschedulePolicy, RestartPolicy, ScalingPolicy,
+                       UpdateStrategy)
 from .service import Service
 from .task import Task
 
@@ -28,6 +29,7 @@ class TaskGroup(Struct):
     reschedule_policy: ReschedulePolicy | None = field(None, hcl="reschedule")
     update: UpdateStrategy | None = None
     migrate: MigrateStrategy | None = None
+    scaling: ScalingPolicy | None = None
     ephemeral_disk: EphemeralDisk | None = None
     meta: dict[str, str] | None = None
     shutdown_delay: Duration | None = None

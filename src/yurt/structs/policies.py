@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Struct, field
 from .duration import HOUR, MINUTE, SECOND, Duration
 
@@ -40,6 +42,17 @@ class UpdateStrategy(Struct):
     canary: int | None = None
     auto_revert: bool | None = None
     auto_promote: bool | None = None
+
+
+class ScalingPolicy(Struct):
+    """A group's `scaling` block: the bounds `job scale` (and an external autoscaler) keeps its
+    count within; `policy` is the autoscaler's, kept as given."""
+
+    type: str | None = None
+    enabled: bool | None = None
+    min: int | None = None
+    max: int | None = None
+    policy: dict[str, Any] | None = None
 
 
 class MigrateStrategy(Struct):
