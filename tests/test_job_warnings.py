@@ -222,7 +222,7 @@ WARNED = [
      "transparent_proxy {\n            }", f"{PROXY} > transparent_proxy", "reach upstreams at their local_bind_port"),
     ("upstream-datacenter", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
                              "*", "Datacenter"), "UPSTREAM", 'datacenter = "dc2"', f"{UPSTREAM} > datacenter",
-     "any datacenter of this cluster"),
+     "resolved as if it were not set"),
     ("upstream-mesh-gateway", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
                                "*", "MeshGateway", "Mode"), "UPSTREAM",
      'mesh_gateway {\n                mode = "local"\n              }', f"{UPSTREAM} > mesh_gateway > mode",
@@ -408,3 +408,76 @@ def test_api_register_plan_and_validate_carry_the_warnings(agent):
         assert r.status_code == 400
         assert 'group "g" > stop_after_client_disconnect: stop_after_client_disconnect cannot be honoured' in r.text
         assert c.get("/v1/job/api-refused").status_code == 404
+
+
+# -- rules that need more than one field ------------------------------------------------------
+
+def script_check_job(driver: str, user: str = "") -> str:
+    config = '"/bin/true"' if driver != "docker" else ""
+    config_block = f"config {{\n        command = {config}\n      }}" if config else 'config {\n        image = "x"\n      }'
+    user_line = f'\n      user   = "{user}"' if user else ""
+    return f'''job "w" {{
+  group "api" {{
+    service {{
+      name = "api"
+      port = "8080"
+      task = "web"
+      check {{
+        type     = "script"
+        command  = "/bin/check"
+        interval = "10s"
+        timeout  = "2s"
+      }}
+    }}
+    task "web" {{
+      driver = "{driver}"{user_line}
+      {config_block}
+    }}
+  }}
+}}
+'''
+
+
+@pytest.mark.parametrize("driver,user,what", [
+    ("docker", "", 'inside task "web" (driver "docker")'),
+    ("exec", "", 'inside task "web" (driver "exec")'),
+    ("raw_exec", "nobody", 'as task "web"\'s user "nobody"'),
+])
+def test_script_check_that_would_escape_its_task_is_refused(driver, user, what):
+    text = script_check_job(driver, user)
+    with pytest.raises(JobspecError) as info:
+        load(text, FILE)
+    (error,) = [p for p in info.value.problems if p.severity == "error"]
+    at = position(text, 'type     = "script"')
+    assert str(error.pos) == f"{FILE}:{at}"
+    assert error.where == 'group "api" > service "api" > check[0] > type'
+    assert error.message.startswith(f"a script check cannot run {what} in Yurt yet: Yurt runs it on the node "
+                                    "as the agent's user, which would escape the task's isolation; use an "
+                                    "http or tcp check, or a raw_exec task without user")
+
+
+def test_script_check_of_a_raw_exec_task_without_user_runs_as_written():
+    assert load(script_check_job("raw_exec"), FILE).warnings == []
+
+
+def test_sidecar_task_config_the_proxy_does_not_read_is_warned_about():
+    lines = ('sidecar_service {}\n        sidecar_task {\n          config {\n'
+             '            image = "envoyproxy/envoy:v1.29"\n            connect_timeout_ms = 500\n'
+             '          }\n        }')
+    text = job_text("CONNECT", lines)
+    (warning,) = load(text, FILE).warnings
+    # a key of an opaque map (config) is located at its block, as driver config keys are
+    assert str(warning.pos) == f"{FILE}:{position(text, 'config {')}"
+    assert warning.where == f"{SVC} > connect > sidecar_task > config > image"
+    assert warning.message.startswith('sidecar_task config "image" has no effect yet in Yurt: the sidecar is '
+                                      "Yurt's own proxy (driver \"connect-proxy\"), which reads datacenter, ")
+
+
+def test_sidecar_task_with_another_driver_is_warned_about():
+    lines = ('sidecar_service {}\n        sidecar_task {\n          driver = "docker"\n'
+             '          config {\n            image = "envoyproxy/envoy:v1.29"\n          }\n        }')
+    text = job_text("CONNECT", lines)
+    (warning,) = load(text, FILE).warnings
+    assert str(warning.pos) == f"{FILE}:{position(text, 'driver = ')}"
+    assert warning.where == f"{SVC} > connect > sidecar_task > driver"
+    assert "replaces Yurt's own proxy, and Yurt writes no Envoy bootstrap for it" in warning.message

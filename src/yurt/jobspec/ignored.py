@@ -27,6 +27,11 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   local_service_address/port, upstreams destination_name/local_bind_address/local_bind_port),
   sidecar_task: the client's service hook and the server's sidecar injection. Not read: the
   rest, listed below.
+
+Two rules need more than one field, and are functions below the table: a `script` check runs on
+the node as the agent's user (client/checks.py), so it is refused unless its task runs that way
+too (raw_exec without `user`); and a `sidecar_task` is merged over Yurt's own proxy, so its
+`config` keys the proxy does not read, or a `driver` that replaces the proxy, are warned about.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from yurt.structs import Job
+from yurt.structs import Job, Service, SidecarTask, TaskGroup
+from yurt.structs.driver_config import CONNECT_PROXY_KEYS
 
 from .validate_common import Report
 
@@ -174,8 +180,7 @@ RULES: tuple[Rule, ...] = (
          f"transparent_proxy {NO_EFFECT}: the task's traffic is not redirected; reach upstreams at "
          "their local_bind_port instead", present=True),
     Rule(_UP + ("Datacenter",),
-         f"upstream datacenter {NO_EFFECT}: the upstream reaches instances of the service in any "
-         "datacenter of this cluster"),
+         f"upstream datacenter {NO_EFFECT}: the upstream is resolved as if it were not set"),
     Rule(_UP + ("MeshGateway", "Mode"),
          f"mesh_gateway {NO_EFFECT}: upstream traffic goes directly to the service's sidecars",
          unset=("none",)),
@@ -204,7 +209,8 @@ RULES: tuple[Rule, ...] = (
 
 
 def validate_ignored(r: Report, job: Job) -> None:
-    """A warning for every field of `RULES` the job sets, an error for those refused."""
+    """A warning for every field of `RULES` the job sets, an error for those refused, and the
+    rules that depend on more than one field: script checks, sidecar_task driver and config."""
     doc = job.to_json()
     for rule in RULES:
         for path, value in _find(doc, rule.path, ()):
@@ -216,6 +222,47 @@ def validate_ignored(r: Report, job: Job) -> None:
                 r.error(path, rule.message)
             else:
                 r.warn(path, rule.message)
+    for gi, group in enumerate(job.task_groups or []):
+        for si, service in enumerate(group.services or []):
+            base = ("TaskGroups", gi, "Services", si)
+            _script_checks(r, group, service, base)
+            if service.connect is not None and service.connect.sidecar_task is not None:
+                _sidecar_task(r, service.connect.sidecar_task, base + ("Connect", "SidecarTask"))
+
+
+def _script_checks(r: Report, group: TaskGroup, service: Service, base: tuple[Any, ...]) -> None:
+    """A script check runs on the node, as the agent's user, in the group's network namespace
+    (client/checks.py): refused unless its task runs that way too (raw_exec, no user)."""
+    for ci, check in enumerate(service.checks or []):
+        if check.type != "script":
+            continue
+        task = group.task(check.task_name or service.task_name)
+        if task is None or (task.driver == "raw_exec" and not task.user):
+            continue
+        if task.driver == "raw_exec":
+            what = f'as task "{task.name}"\'s user "{task.user}"'
+        else:
+            what = f'inside task "{task.name}" (driver "{task.driver}")'
+        r.error(base + ("Checks", ci, "Type"),
+                f"a script check cannot run {what} in Yurt yet: Yurt runs it on the node as the agent's "
+                "user, which would escape the task's isolation; use an http or tcp check, or a raw_exec "
+                "task without user")
+
+
+def _sidecar_task(r: Report, st: SidecarTask, path: tuple[Any, ...]) -> None:
+    """sidecar_task over Yurt's proxy: its config keys must be the proxy's; another driver
+    replaces the proxy by a task Yurt gives no Envoy bootstrap."""
+    if st.driver and st.driver != "connect-proxy":
+        r.warn(path + ("Driver",),
+               f'sidecar_task driver "{st.driver}" replaces Yurt\'s own proxy, and Yurt writes no Envoy '
+               "bootstrap for it: the mesh will not work through this task; remove driver to keep "
+               "Yurt's proxy")
+        return
+    for key in st.config or {}:
+        if key not in CONNECT_PROXY_KEYS:
+            r.warn(path + ("Config", key),
+                   f'sidecar_task config "{key}" {NO_EFFECT}: the sidecar is Yurt\'s own proxy (driver '
+                   f'"connect-proxy"), which reads {", ".join(CONNECT_PROXY_KEYS[5:])}')
 
 
 def _find(value: Any, pattern: tuple[str, ...], at: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], Any]]:
