@@ -481,3 +481,22 @@ def test_sidecar_task_with_another_driver_is_warned_about():
     assert str(warning.pos) == f"{FILE}:{position(text, 'driver = ')}"
     assert warning.where == f"{SVC} > connect > sidecar_task > driver"
     assert "replaces Yurt's own proxy, and Yurt writes no Envoy bootstrap for it" in warning.message
+
+
+def test_a_job_for_another_region_is_refused_by_the_server(agent, tmp_path):
+    """Nomad forwards a job to the region it names; Yurt runs one region, so a job for another
+    would run here instead. "global" (Nomad's default) means this cluster's region."""
+    f = tmp_path / "job.nomad"
+    f.write_text(job_text("JOB", 'region = "europe"').replace('job "w"', 'job "elsewhere"'))
+    assert run_yurt("job", "validate", str(f)).returncode == 0  # offline: the region is not known
+    message = ('region: job region "europe" is not this cluster\'s region "global": Yurt runs one region '
+               'and does not forward jobs to another; remove region or set it to "global"')
+    res = cli(agent, tmp_path, "job", "run", "-detach", str(f))
+    assert res.returncode == 1
+    assert message in res.stderr
+    plan = cli(agent, tmp_path, "job", "plan", str(f))
+    assert plan.returncode == 255 and message in plan.stderr
+    assert httpx.get(f"{agent}/v1/job/elsewhere", timeout=10).status_code == 404
+    f.write_text(job_text("JOB", 'region = "global"').replace('job "w"', 'job "here"'))
+    res = cli(agent, tmp_path, "job", "run", "-detach", str(f))
+    assert res.returncode == 0, res.stderr

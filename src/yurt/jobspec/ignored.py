@@ -8,8 +8,10 @@ CLI and the API's register, plan and validate responses (`Warnings`) carry them 
 
 The audit behind the table (who reads each field; `update` is left out: deployments use it):
 
-- Job: region, namespace, ID, name, type, priority, all_at_once, datacenters, node_pool,
-  constraint/affinity/spread, reschedule, migrate, meta: the server and the scheduler.
+- Job: namespace, ID, name, type, priority, all_at_once, datacenters, node_pool,
+  constraint/affinity/spread, reschedule, migrate, meta: the server and the scheduler. region:
+  the server refuses a job for a region other than its own ("global" means its own), which Nomad
+  would forward there (server/admission.py check_region; the job file alone cannot tell).
 - Group: count, constraint/affinity/spread, network (mode, hostname, dns, cni.args, ports'
   label/static/to/host_network), service, restart, reschedule, migrate, ephemeral_disk size,
   meta: the scheduler, the client's network and service hooks. Not read: shutdown_delay,
