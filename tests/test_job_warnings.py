@@ -206,6 +206,12 @@ WARNED = [
     ("connect-gateway", ("TaskGroups", "*", "Services", "*", "Connect", "Gateway"), "CONNECT",
      "gateway {\n          ingress {\n          }\n        }", f"{SVC} > connect > gateway",
      "no gateway proxy is started"),
+    ("sidecar-task-cores", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarTask", "Resources", "Cores"),
+     "CONNECT", "sidecar_service {}\n        sidecar_task {\n          resources {\n            cores = 1\n"
+     "          }\n        }", f"{SVC} > connect > sidecar_task > resources > cores", "no core is reserved"),
+    ("sidecar-task-secrets", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarTask", "Resources", "SecretsMB"),
+     "CONNECT", "sidecar_service {}\n        sidecar_task {\n          resources {\n            secrets = 5\n"
+     "          }\n        }", f"{SVC} > connect > sidecar_task > resources > secrets", "without a size limit"),
     ("sidecar-disable-default-tcp-check",
      ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "DisableDefaultTCPCheck"), "SIDECAR",
      "disable_default_tcp_check = true", f"{SVC} > connect > sidecar_service > disable_default_tcp_check",

@@ -171,6 +171,11 @@ RULES: tuple[Rule, ...] = (
          f"native {NO_EFFECT}: the service is registered as a plain service, not as Connect-capable, "
          "and the task gets no Connect certificates; use sidecar_service {} instead"),
     Rule(_CONNECT + ("Gateway",), f"gateway {NO_EFFECT}: no gateway proxy is started", present=True),
+    Rule(_CONNECT + ("SidecarTask", "Resources", "Cores"),
+         f"cores {NO_EFFECT}: no core is reserved or pinned for the sidecar; ask for cpu (in MHz) instead"),
+    Rule(_CONNECT + ("SidecarTask", "Resources", "SecretsMB"),
+         f"secrets {NO_EFFECT}: the secrets directory is a plain directory (mode 0700) without a "
+         "size limit"),
     Rule(_CONNECT + ("SidecarService", "DisableDefaultTCPCheck"),
          f"disable_default_tcp_check {NO_EFFECT}: the sidecar's listening check is always registered"),
     Rule(_PROXY + ("Config",),
