@@ -506,3 +506,12 @@ def test_a_job_for_another_region_is_refused_by_the_server(agent, tmp_path):
     f.write_text(job_text("JOB", 'region = "global"').replace('job "w"', 'job "here"'))
     res = cli(agent, tmp_path, "job", "run", "-detach", str(f))
     assert res.returncode == 0, res.stderr
+
+
+def test_python_nomad_register_gets_the_warnings(agent):
+    import nomad
+
+    doc = load(TEMPLATE_JOB.replace('job "w"', 'job "pn-warned"'), FILE).job.to_document()
+    n = nomad.Nomad(address=agent, timeout=30)
+    resp = n.jobs.register_job(doc)
+    assert resp["EvalID"] and resp["Warnings"] == TEMPLATE_WARNING
