@@ -102,7 +102,7 @@ def job_text(slot: str, lines: str) -> str:
         base = base.replace("{CONNECT}", SIDECAR)
     text = base.replace("{" + slot + "}", lines)
     for other in ("JOB", "NET", "GROUP", "SERVICE", "CHECK", "TASK", "CONNECT", "SIDECAR", "PROXY", "UPSTREAM"):
-        text = text.replace("{" + other + "}\n", "").replace("      {" + other + "}", "")
+        text = text.replace("{" + other + "}", "")
     return "\n".join(ln for ln in text.splitlines() if ln.strip()) + "\n"
 
 
