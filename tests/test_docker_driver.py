@@ -108,6 +108,18 @@ def test_batch_container_runs_and_its_logs_land_in_alloc_logs(env):
     wait_for(lambda: not containers_of(client, alloc["ID"]), what="container removed after it ended")
 
 
+def test_task_user_runs_the_container_as_that_user(env):
+    """`user = "nobody"` in a docker task: the container's process runs as nobody, not as the
+    image's user (Nomad's docker driver sets the container's User from the task's user)."""
+    _, _, api = env
+    code = "import os, pwd; print(pwd.getpwuid(os.getuid()).pw_name, os.getuid())"
+    register(api, py_job("dk-user", code, kind="batch", extra_task='user = "nobody"'))
+    (alloc,) = wait_for(lambda: [a for a in allocs(api, "dk-user") if a["ClientStatus"] == "complete"],
+                        timeout=90, what="batch complete")
+    out = api.get(f"/v1/client/fs/logs/{alloc['ID']}", params={"task": "t", "plain": "true"}).text
+    assert out == "nobody 65534\n"
+
+
 def test_kill_timeout_then_sigkill(env):
     client, _, api = env
     # PID 1 in a container ignores SIGTERM without a handler: only SIGKILL after kill_timeout ends it

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from yurt.errors import InvalidInput, NotFound
-from yurt.server.admission import InvalidJob, admit_job, parse_job_file
+from yurt.server.admission import InvalidJob, admit_job, check_region, parse_job_file
 from yurt.server.reads import Reads
 from yurt.structs import Job
 
@@ -66,6 +66,7 @@ def enforce_index(body: dict) -> int | None:
 async def register(request: Request):
     body = await json_body(request)
     job, warnings = await run_in_threadpool(admit_job, body)
+    check_region(job, request.app.state.agent.server.region)
     require_namespace(request, job.namespace or "default", "submit-job")  # the body's namespace
     result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
                                      enforce_index=enforce_index(body))
@@ -122,6 +123,7 @@ async def update_job(request: Request, job_id: str):
     job, warnings = await run_in_threadpool(admit_job, body)
     if job.id != job_id:
         raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
+    check_region(job, request.app.state.agent.server.region)
     result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
                                      enforce_index=enforce_index(body))
     result["Warnings"] = "\n".join(warnings)
@@ -142,6 +144,7 @@ async def plan_job(request: Request, job_id: str):
     job, warnings = await run_in_threadpool(admit_job, body)
     if job.id != job_id:
         raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
+    check_region(job, request.app.state.agent.server.region)
     result = await run_in_threadpool(request.app.state.agent.server.plan_job, job,
                                      diff=bool(body.get("Diff", True)))
     result["Warnings"] = "\n".join(warnings)

@@ -195,7 +195,7 @@ def plan_cmd(file: str, verbose: bool, address: str | None, var: tuple[str, ...]
                 fail(api_message(e))
     except SystemExit as e:
         raise SystemExit(255 if e.code not in (0, None) else e.code) from None
-    raise SystemExit(show_plan(resp, file, verbose))
+    raise SystemExit(show_plan(resp, file, verbose, warned=bool(loaded.warnings)))
 
 
 INIT_FILES = {False: "example.nomad.hcl", True: "example.nomad.hcl"}
@@ -346,15 +346,17 @@ def _paint(text: str) -> None:
         out.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False)
 
 
-def show_plan(resp: dict, file: str, verbose: bool) -> int:
-    """Print a plan response like `nomad job plan`; returns its exit code (0 or 1)."""
+def show_plan(resp: dict, file: str, verbose: bool, warned: bool = False) -> int:
+    """Print a plan response like `nomad job plan`; returns its exit code (0 or 1). The server's
+    warnings are the file's, without positions: shown only when `warned` says the file's own
+    (with FILE:LINE:COL) were not."""
     updates = (resp.get("Annotations") or {}).get("DesiredTGUpdates") or {}
     if resp.get("Diff"):
         _paint(format_job_diff(resp["Diff"], updates, verbose) + "\n")
     click.echo("Scheduler dry-run:")
     _paint(format_dry_run(resp))
     click.echo("")
-    if resp.get("Warnings"):
+    if resp.get("Warnings") and not warned:
         err.print("[bold yellow]Job Warnings:[/]")
         err.print(str(resp["Warnings"]), markup=False)
     index = resp.get("JobModifyIndex", 0)

@@ -63,7 +63,8 @@ def finish(doc: dict[str, Any], locator: Locator, *, canonical: bool = True) -> 
     problems = validate(job, locator)
     if errors_only(problems):
         raise JobspecError(errors_only(problems) + warnings_only(problems))
-    return Loaded(job, warnings_only(problems), locator)
+    warnings = sorted(warnings_only(problems), key=lambda p: (p.pos, p.where, p.message))
+    return Loaded(job, warnings, locator)
 
 
 def load_document(doc: Any, source: str = "request body", *, canonical: bool = True) -> Loaded:

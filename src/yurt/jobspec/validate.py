@@ -4,7 +4,8 @@
 errors and warnings, each pointing at the most precise place in the job file it can. Rules are
 grouped by block: this module has the job, group, network and task rules; services and checks
 are in validate_service, connect in validate_connect, policies and resources in
-validate_policies, constraints/affinities/spreads in validate_placement.
+validate_policies, constraints/affinities/spreads in validate_placement. Fields Yurt accepts
+but does not act on yet are warned about (or refused) from the table in ignored.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from yurt.structs import JOB_TYPES, Job, NetworkResource, Task, TaskGroup, Templ
 from yurt.structs.driver_config import config_problems
 
 from .errors import Path, Problem
+from .ignored import validate_ignored
 from .locate import Locator
 from .validate_common import MAX_PORT, Issue, Report, dur, is_known_mode
 from .validate_connect import validate_group_connect
@@ -36,6 +38,7 @@ def validate(job: Job, loc: Locator) -> list[Problem]:
     """Every problem of the job (errors and warnings), in the order the rules found them."""
     r = Report(loc)
     validate_job(r, job)
+    validate_ignored(r, job)
     return r.problems
 
 

@@ -37,6 +37,16 @@ def admit_job(body: Any, source: str = "request body") -> tuple[Job, list[str]]:
     return loaded.job, [_line(p) for p in loaded.warnings]
 
 
+def check_region(job: Job, region: str) -> None:
+    """Nomad forwards a job to the region it names ("global", or none, means the agent's own).
+    Yurt runs one region and forwards nothing, so a job for another region would run here
+    instead: it is refused."""
+    if job.region and job.region not in ("global", region):
+        raise InvalidJob([f'region: job region "{job.region}" is not this cluster\'s region "{region}": '
+                          "Yurt runs one region and does not forward jobs to another; remove region "
+                          f'or set it to "{region}"'])
+
+
 def parse_job_file(text: str, variables: dict[str, Any], canonical: bool) -> Job:
     """`/v1/jobs/parse`: a job file's text -> a Job (defaults filled only when asked)."""
     try:

@@ -222,6 +222,8 @@ class DockerDriver(BaseDriver):
             kwargs["command"] = command
         if conf.get("work_dir"):
             kwargs["working_dir"] = conf["work_dir"]
+        if cfg.user:  # the task's `user`, as Nomad's docker driver sets the container's User
+            kwargs["user"] = cfg.user
         if cfg.cpu_shares:
             kwargs["cpu_shares"] = max(2, int(cfg.cpu_shares))
         if cfg.memory_mb:

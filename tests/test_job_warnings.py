@@ -1,0 +1,517 @@
+"""Nothing silently ignored: every field Yurt accepts but does not act on yet is named in a
+warning ("has no effect yet in Yurt") at its FILE:LINE:COL, and the few that would be unsafe to
+ignore are refused. The table is jobspec/ignored.py; here one case per field, then the CLI
+(`job validate`, `job run`, `job plan` print "Job Warnings:") and the API's `Warnings`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import pytest
+
+from yurt.jobspec import JobspecError, load
+from yurt.jobspec.ignored import RULES
+
+from .agent_util import AgentProcess
+from .conftest import run_yurt
+
+FILE = "warn.nomad"
+
+# A host-mode group with a plain service; {SLOT}s take a case's lines.
+PLAIN = '''job "w" {
+  {JOB}
+  group "api" {
+    network {
+      port "http" {}
+      {NET}
+    }
+    {GROUP}
+    service {
+      name = "api"
+      port = "http"
+      {SERVICE}
+      check {
+        type     = "http"
+        path     = "/health"
+        interval = "10s"
+        timeout  = "2s"
+        {CHECK}
+      }
+    }
+    task "web" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+      {TASK}
+    }
+  }
+}
+'''
+
+# A bridge group with a Connect service, its sidecar and one upstream.
+CONNECT = '''job "w" {
+  group "api" {
+    network {
+      mode = "bridge"
+      port "http" {
+        to = 8080
+      }
+    }
+    service {
+      name = "api"
+      port = "http"
+      connect {
+        {CONNECT}
+      }
+    }
+    task "web" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+    }
+  }
+}
+'''
+
+SIDECAR = '''sidecar_service {
+          {SIDECAR}
+          proxy {
+            {PROXY}
+            upstreams {
+              destination_name = "db"
+              local_bind_port  = 5432
+              {UPSTREAM}
+            }
+          }
+        }'''
+
+SVC = 'group "api" > service "api"'
+PROXY = f"{SVC} > connect > sidecar_service > proxy"
+UPSTREAM = f'{PROXY} > upstreams "db"'
+T = 'group "api" > task "web"'
+
+
+def job_text(slot: str, lines: str) -> str:
+    """The job with `lines` in `slot`, every other slot empty."""
+    base = PLAIN if slot in ("JOB", "NET", "GROUP", "SERVICE", "CHECK", "TASK") else CONNECT
+    if slot in ("SIDECAR", "PROXY", "UPSTREAM"):
+        base = base.replace("{CONNECT}", SIDECAR)
+    text = base.replace("{" + slot + "}", lines)
+    for other in ("JOB", "NET", "GROUP", "SERVICE", "CHECK", "TASK", "CONNECT", "SIDECAR", "PROXY", "UPSTREAM"):
+        text = text.replace("{" + other + "}", "")
+    return "\n".join(ln for ln in text.splitlines() if ln.strip()) + "\n"
+
+
+def position(text: str, lines: str, where: str = "") -> str:
+    """LINE:COL in the job text of the case's line that holds the field `where` ends with
+    (its first line when `where` is not given)."""
+    word = where.split(" > ")[-1].split(" ")[0].split("[")[0] if where else ""
+    at = text.index(lines)
+    for ln in lines.splitlines(keepends=True):
+        if ln.strip().startswith(word):
+            at += len(ln) - len(ln.lstrip())
+            break
+        at += len(ln)
+    line = text.count("\n", 0, at) + 1
+    col = at - (text.rfind("\n", 0, at) + 1) + 1
+    return f"{line}:{col}"
+
+
+# (id, rule path in ignored.RULES, slot, lines, where, fragment of the message)
+WARNED = [
+    ("group-shutdown-delay", ("TaskGroups", "*", "ShutdownDelay"), "GROUP", 'shutdown_delay = "5s"',
+     'group "api" > shutdown_delay', "the group's tasks are stopped right after"),
+    ("group-max-client-disconnect", ("TaskGroups", "*", "MaxClientDisconnect"), "GROUP",
+     'max_client_disconnect = "1h"', 'group "api" > max_client_disconnect', "replaced as lost"),
+    ("ephemeral-disk-sticky", ("TaskGroups", "*", "EphemeralDisk", "Sticky"), "GROUP",
+     "ephemeral_disk {\n      sticky = true\n    }", 'group "api" > ephemeral_disk > sticky',
+     "starts with an empty alloc directory"),
+    ("ephemeral-disk-migrate", ("TaskGroups", "*", "EphemeralDisk", "Migrate"), "GROUP",
+     "ephemeral_disk {\n      migrate = true\n    }", 'group "api" > ephemeral_disk > migrate',
+     "not copied to a replacement"),
+    ("group-render-templates", ("TaskGroups", "*", "RestartPolicy", "RenderTemplates"), "GROUP",
+     "restart {\n      render_templates = true\n    }", 'group "api" > restart > render_templates',
+     "templates are not rendered"),
+    ("network-mbits", ("TaskGroups", "*", "Networks", "*", "MBits"), "NET", "mbits = 10",
+     'group "api" > network > mbits', "no bandwidth is reserved"),
+    ("network-device", ("TaskGroups", "*", "Networks", "*", "Device"), "NET", 'device = "eth0"',
+     'group "api" > network > device', "from its network mode"),
+    ("network-cidr", ("TaskGroups", "*", "Networks", "*", "CIDR"), "NET", 'cidr = "10.0.0.0/8"',
+     'group "api" > network > cidr', "from its network mode"),
+    ("network-ip", ("TaskGroups", "*", "Networks", "*", "IP"), "NET", 'ip = "10.0.0.1"',
+     'group "api" > network > ip', "from its network mode"),
+    ("static-port-ignore-collision", ("TaskGroups", "*", "Networks", "*", "ReservedPorts", "*", "IgnoreCollision"),
+     "NET", 'port "admin" {\n        static           = 8080\n        ignore_collision = true\n      }',
+     'group "api" > network > port "admin" > ignore_collision', "one allocation per node"),
+    ("dynamic-port-ignore-collision", ("TaskGroups", "*", "Networks", "*", "DynamicPorts", "*", "IgnoreCollision"),
+     "NET", 'port "debug" {\n        ignore_collision = true\n      }',
+     'group "api" > network > port "debug" > ignore_collision', "only applies to static ports"),
+    ("template", ("TaskGroups", "*", "Tasks", "*", "Templates", "*"), "TASK",
+     'template {\n        data        = "x"\n        destination = "local/x.conf"\n      }',
+     f'{T} > template "local/x.conf"', "nothing is rendered, and the task starts without this file"),
+    ("task-service", ("TaskGroups", "*", "Tasks", "*", "Services", "*"), "TASK",
+     'service {\n        name = "web-svc"\n      }', f'{T} > service "web-svc"',
+     "it is not registered and its checks do not run; move the service block into the group"),
+    ("resources-cores", ("TaskGroups", "*", "Tasks", "*", "Resources", "Cores"), "TASK",
+     "resources {\n        cores = 2\n      }", f"{T} > resources > cores", "ask for cpu (in MHz) instead"),
+    ("resources-secrets", ("TaskGroups", "*", "Tasks", "*", "Resources", "SecretsMB"), "TASK",
+     "resources {\n        secrets = 20\n      }", f"{T} > resources > secrets", "without a size limit"),
+    ("task-render-templates", ("TaskGroups", "*", "Tasks", "*", "RestartPolicy", "RenderTemplates"), "TASK",
+     "restart {\n        render_templates = true\n      }", f"{T} > restart > render_templates",
+     "templates are not rendered"),
+    ("service-address-mode", ("TaskGroups", "*", "Services", "*", "AddressMode"), "SERVICE",
+     'address_mode = "host"', f"{SVC} > address_mode", "registered with the node's address"),
+    ("service-address", ("TaskGroups", "*", "Services", "*", "Address"), "SERVICE",
+     'address = "10.1.2.3"', f"{SVC} > address", "registered with the node's address"),
+    ("service-canary-tags", ("TaskGroups", "*", "Services", "*", "CanaryTags"), "SERVICE",
+     'canary_tags = ["canary"]', f"{SVC} > canary_tags", "canaries are registered with tags"),
+    ("service-canary-meta", ("TaskGroups", "*", "Services", "*", "CanaryMeta"), "SERVICE",
+     'canary_meta {\n        canary = "yes"\n      }', f"{SVC} > canary_meta", "canaries are registered with meta"),
+    ("service-enable-tag-override", ("TaskGroups", "*", "Services", "*", "EnableTagOverride"), "SERVICE",
+     "enable_tag_override = true", f"{SVC} > enable_tag_override", "enable_tag_override has no effect yet"),
+    ("service-tagged-addresses", ("TaskGroups", "*", "Services", "*", "TaggedAddresses"), "SERVICE",
+     'tagged_addresses {\n        wan = "1.2.3.4"\n      }', f"{SVC} > tagged_addresses", "registered without them"),
+    ("service-cluster", ("TaskGroups", "*", "Services", "*", "Cluster"), "SERVICE", 'cluster = "other"',
+     f"{SVC} > cluster", "Yurt's own catalog"),
+    ("service-kind", ("TaskGroups", "*", "Services", "*", "Kind"), "SERVICE", 'kind = "terminating-gateway"',
+     f"{SVC} > kind", "registered as a plain service"),
+    ("service-weights", ("TaskGroups", "*", "Services", "*", "Weights"), "SERVICE",
+     "weights {\n        passing = 5\n      }", f"{SVC} > weights", "treat every instance alike"),
+    ("service-provider-nomad", ("TaskGroups", "*", "Services", "*", "Provider"), "SERVICE", 'provider = "nomad"',
+     f"{SVC} > provider", "not Nomad's /v1/services"),
+    ("check-grpc", ("TaskGroups", "*", "Services", "*", "Checks", "*", "Type"), "SERVICE",
+     'check {\n        name     = "grpc"\n        type     = "grpc"\n        interval = "10s"\n'
+     '        timeout  = "2s"\n      }', f'{SVC} > check "grpc" > type', "only tests that the port accepts TCP"),
+    ("check-address-mode", ("TaskGroups", "*", "Services", "*", "Checks", "*", "AddressMode"), "CHECK",
+     'address_mode = "driver"', f'{SVC} > check[0] > address_mode', "the check runs inside"),
+    ("check-advertise", ("TaskGroups", "*", "Services", "*", "Checks", "*", "Advertise"), "CHECK",
+     'advertise = "10.0.0.1"', f"{SVC} > check[0] > advertise", "advertise has no effect yet"),
+    ("check-notes", ("TaskGroups", "*", "Services", "*", "Checks", "*", "Notes"), "CHECK",
+     'notes = "see the runbook"', f"{SVC} > check[0] > notes", "registered without them"),
+    ("check-tls-server-name", ("TaskGroups", "*", "Services", "*", "Checks", "*", "TLSServerName"), "CHECK",
+     'tls_server_name = "api.internal"', f"{SVC} > check[0] > tls_server_name", "verified against the address"),
+    ("check-grpc-service", ("TaskGroups", "*", "Services", "*", "Checks", "*", "GRPCService"), "CHECK",
+     'grpc_service = "health"', f"{SVC} > check[0] > grpc_service", "a grpc check is a TCP connect"),
+    ("check-grpc-use-tls", ("TaskGroups", "*", "Services", "*", "Checks", "*", "GRPCUseTLS"), "CHECK",
+     "grpc_use_tls = true", f"{SVC} > check[0] > grpc_use_tls", "a grpc check is a TCP connect"),
+    ("check-failures-before-warning", ("TaskGroups", "*", "Services", "*", "Checks", "*", "FailuresBeforeWarning"),
+     "CHECK", "failures_before_warning = 2", f"{SVC} > check[0] > failures_before_warning",
+     "a failing check goes critical"),
+    ("connect-native", ("TaskGroups", "*", "Services", "*", "Connect", "Native"), "CONNECT", "native = true",
+     f"{SVC} > connect > native", "use sidecar_service {} instead"),
+    ("connect-gateway", ("TaskGroups", "*", "Services", "*", "Connect", "Gateway"), "CONNECT",
+     "gateway {\n          ingress {\n          }\n        }", f"{SVC} > connect > gateway",
+     "no gateway proxy is started"),
+    ("sidecar-task-cores", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarTask", "Resources", "Cores"),
+     "CONNECT", "sidecar_service {}\n        sidecar_task {\n          resources {\n            cores = 1\n"
+     "          }\n        }", f"{SVC} > connect > sidecar_task > resources > cores", "no core is reserved"),
+    ("sidecar-task-secrets", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarTask", "Resources", "SecretsMB"),
+     "CONNECT", "sidecar_service {}\n        sidecar_task {\n          resources {\n            secrets = 5\n"
+     "          }\n        }", f"{SVC} > connect > sidecar_task > resources > secrets", "without a size limit"),
+    ("sidecar-disable-default-tcp-check",
+     ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "DisableDefaultTCPCheck"), "SIDECAR",
+     "disable_default_tcp_check = true", f"{SVC} > connect > sidecar_service > disable_default_tcp_check",
+     "listening check is always registered"),
+    ("proxy-config", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Config"), "PROXY",
+     'config {\n              protocol = "http"\n            }', f"{PROXY} > config", "Yurt's proxy is not Envoy"),
+    ("proxy-expose", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Expose"), "PROXY",
+     'expose {\n              path {\n                path            = "/metrics"\n'
+     '                protocol        = "http"\n                local_path_port = 8080\n'
+     '                listener_port   = "http"\n              }\n            }', f"{PROXY} > expose",
+     "not reachable from outside the group"),
+    ("proxy-transparent-proxy",
+     ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "TransparentProxy"), "PROXY",
+     "transparent_proxy {\n            }", f"{PROXY} > transparent_proxy", "reach upstreams at their local_bind_port"),
+    ("upstream-datacenter", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
+                             "*", "Datacenter"), "UPSTREAM", 'datacenter = "dc2"', f"{UPSTREAM} > datacenter",
+     "resolved as if it were not set"),
+    ("upstream-mesh-gateway", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
+                               "*", "MeshGateway", "Mode"), "UPSTREAM",
+     'mesh_gateway {\n                mode = "local"\n              }', f"{UPSTREAM} > mesh_gateway > mode",
+     "goes directly to the service's sidecars"),
+    ("upstream-config", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
+                         "*", "Config"), "UPSTREAM", 'config {\n                connect_timeout_ms = 500\n              }',
+     f"{UPSTREAM} > config", "takes no options from the job"),
+    ("upstream-socket-mode", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
+                              "*", "LocalBindSocketMode"), "UPSTREAM", 'local_bind_socket_mode = "0700"',
+     f"{UPSTREAM} > local_bind_socket_mode", "upstreams listen on TCP ports"),
+]
+
+_UP = ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams", "*")
+
+REFUSED = [
+    ("stop-after-client-disconnect", ("TaskGroups", "*", "StopAfterClientDisconnect"), "GROUP",
+     'stop_after_client_disconnect = "1m"', 'group "api" > stop_after_client_disconnect',
+     "two copies would run at once"),
+    ("upstream-socket-path", _UP + ("LocalBindSocketPath",), "UPSTREAM",
+     'local_bind_socket_path = "/tmp/db.sock"', f"{UPSTREAM} > local_bind_socket_path",
+     "set local_bind_port instead"),
+    ("upstream-destination-peer", _UP + ("DestinationPeer",), "UPSTREAM", 'destination_peer = "other-cluster"',
+     f"{UPSTREAM} > destination_peer", "would reach this cluster's service of the same name instead"),
+    ("upstream-destination-partition", _UP + ("DestinationPartition",), "UPSTREAM",
+     'destination_partition = "finance"', f"{UPSTREAM} > destination_partition", "Yurt has no admin partitions"),
+    ("upstream-destination-namespace", _UP + ("DestinationNamespace",), "UPSTREAM",
+     'destination_namespace = "prod"', f"{UPSTREAM} > destination_namespace", "Yurt's mesh has one namespace"),
+    ("upstream-prepared-query", _UP + ("DestinationType",), "UPSTREAM", 'destination_type = "prepared_query"',
+     f"{UPSTREAM} > destination_type", "resolves an upstream by service name only"),
+]
+
+
+def test_every_rule_has_a_case():
+    cases = [c[1] for c in WARNED] + [c[1] for c in REFUSED]
+    assert len(cases) == len(set(cases)), "one case per rule"
+    assert sorted(cases) == sorted(r.path for r in RULES)
+    assert sorted(c[1] for c in REFUSED) == sorted(r.path for r in RULES if r.refuse)
+
+
+def test_the_minimal_jobs_have_no_problem_of_their_own():
+    for slot in ("JOB", "CHECK", "SIDECAR"):
+        assert load(job_text(slot, ""), FILE).warnings == []
+
+
+@pytest.mark.parametrize("slot,lines,where,fragment", [c[2:] for c in WARNED], ids=[c[0] for c in WARNED])
+def test_ignored_field_is_warned_about_at_its_place(slot, lines, where, fragment):
+    text = job_text(slot, lines)
+    loaded = load(text, FILE)  # a warning: the job is accepted
+    (warning,) = loaded.warnings
+    assert str(warning.pos) == f"{FILE}:{position(text, lines, where)}", text
+    assert warning.where == where
+    assert "in Yurt" in warning.message
+    assert fragment in warning.message
+    assert warning.severity == "warning"
+
+
+@pytest.mark.parametrize("slot,lines,where,fragment", [c[2:] for c in REFUSED], ids=[c[0] for c in REFUSED])
+def test_unsafe_field_is_refused_at_its_place(slot, lines, where, fragment):
+    text = job_text(slot, lines)
+    with pytest.raises(JobspecError) as info:
+        load(text, FILE)
+    errors = [p for p in info.value.problems if p.severity == "error"]
+    assert len(errors) == 1, "\n".join(map(str, errors))
+    (error,) = errors
+    assert str(error.pos) == f"{FILE}:{position(text, lines, where)}", text
+    assert error.where == where
+    assert fragment in error.message
+
+
+def test_defaults_written_out_are_not_warned_about():
+    """What Nomad fills in itself (`nomad job run -output`) is not a field set by the user."""
+    lines = ('address_mode = "auto"\n      cluster = "default"\n      enable_tag_override = false\n'
+             '      provider = "consul"')
+    assert load(job_text("SERVICE", lines), FILE).warnings == []
+    lines = ('destination_type = "service"\n              destination_namespace = "default"\n'
+             '              destination_partition = "default"\n'
+             '              mesh_gateway {\n                mode = "none"\n              }')
+    assert load(job_text("UPSTREAM", lines), FILE).warnings == []
+    assert load(job_text("GROUP", "ephemeral_disk {\n      sticky = false\n    }"), FILE).warnings == []
+
+
+def test_a_group_policy_merged_into_its_tasks_is_warned_about_once():
+    text = job_text("GROUP", "restart {\n      render_templates = true\n    }")
+    (warning,) = load(text, FILE).warnings
+    assert warning.where == 'group "api" > restart > render_templates'
+
+
+def test_the_canonical_json_gives_the_same_warnings_once():
+    """`yurt job run -output` JSON, read back: the same fields named, defaults not."""
+    text = job_text("TASK", 'template {\n        data        = "x"\n        destination = "local/x.conf"\n      }')
+    doc = json.dumps(load(text, FILE).job.to_document())
+    (warning,) = load(doc, "job.json").warnings
+    assert warning.where == f'{T} > template "local/x.conf"'
+
+
+# -- the CLI and the API ----------------------------------------------------------------------
+
+TEMPLATE_JOB = job_text("TASK", 'template {\n        data        = "x"\n        destination = "local/x.conf"\n      }')
+TEMPLATE_AT = position(TEMPLATE_JOB, "template {")
+TEMPLATE_WARNING = (f'{T} > template "local/x.conf": template has no effect yet in Yurt: nothing is rendered, '
+                    "and the task starts without this file")
+REFUSED_JOB = job_text("GROUP", 'stop_after_client_disconnect = "1m"')
+
+
+def test_cli_validate_prints_job_warnings_and_exits_0(tmp_path):
+    f = tmp_path / "job.nomad"
+    f.write_text(TEMPLATE_JOB)
+    res = run_yurt("job", "validate", str(f))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "Job validation successful"
+    assert res.stderr.splitlines() == ["Job Warnings:", f"* {f}:{TEMPLATE_AT}: {TEMPLATE_WARNING}"]
+
+
+def test_cli_validate_refuses_an_unsafe_field(tmp_path):
+    f = tmp_path / "job.nomad"
+    f.write_text(REFUSED_JOB)
+    res = run_yurt("job", "validate", str(f))
+    assert res.returncode == 1
+    at = position(REFUSED_JOB, "stop_after_client_disconnect")
+    assert f'{f}:{at}: group "api" > stop_after_client_disconnect: stop_after_client_disconnect cannot be ' \
+           "honoured yet" in res.stderr
+    assert res.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def agent():
+    proc = AgentProcess().start()
+    try:
+        yield proc.url
+    finally:
+        try:
+            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
+                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
+        except (httpx.HTTPError, ValueError):
+            pass
+        proc.stop()
+
+
+def cli(agent: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return run_yurt(*args, cwd=tmp_path, env={"YURT_ADDR": agent, "NO_COLOR": "1"}, timeout=120)
+
+
+def test_cli_plan_and_run_print_job_warnings_once(agent, tmp_path):
+    f = tmp_path / "job.nomad"
+    f.write_text(TEMPLATE_JOB.replace('job "w"', 'job "warned"'))
+    expected = f"* {f}:{TEMPLATE_AT}: {TEMPLATE_WARNING}"
+    plan = cli(agent, tmp_path, "job", "plan", str(f))
+    assert plan.returncode == 1, plan.stdout + plan.stderr  # a new job: allocations would be created
+    assert plan.stderr.count("Job Warnings:") == 1 and expected in plan.stderr.splitlines(), plan.stderr
+    assert "Scheduler dry-run:" in plan.stdout
+    run = cli(agent, tmp_path, "job", "run", "-detach", str(f))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stderr.splitlines() == ["Job Warnings:", expected]
+    assert run.stdout.startswith("Job registration successful")
+
+
+def test_cli_run_refuses_an_unsafe_field_and_registers_nothing(agent, tmp_path):
+    f = tmp_path / "job.nomad"
+    f.write_text(REFUSED_JOB.replace('job "w"', 'job "refused"'))
+    res = cli(agent, tmp_path, "job", "run", "-detach", str(f))
+    assert res.returncode == 1
+    assert "stop_after_client_disconnect cannot be honoured yet" in res.stderr
+    assert httpx.get(f"{agent}/v1/job/refused", timeout=10).status_code == 404
+
+
+def test_api_register_plan_and_validate_carry_the_warnings(agent):
+    """A job sent as JSON (python-nomad, `nomad job run -output`): the same rules, in `Warnings`."""
+    doc = load(TEMPLATE_JOB.replace('job "w"', 'job "api-warned"'), FILE).job.to_document()
+    with httpx.Client(base_url=agent, timeout=30) as c:
+        r = c.put("/v1/jobs", json=doc)
+        assert r.status_code == 200, r.text
+        assert r.json()["Warnings"] == TEMPLATE_WARNING
+        r = c.put("/v1/job/api-warned/plan", json={**doc, "Diff": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["Warnings"] == TEMPLATE_WARNING
+        r = c.put("/v1/validate/job", json=doc)
+        assert r.json()["Warnings"] == TEMPLATE_WARNING and r.json()["ValidationErrors"] == []
+        # A hand-written JSON job with a refused field: 400, the place and the reason.
+        bare = {"Job": {"ID": "api-refused", "TaskGroups": [{
+            "Name": "g", "StopAfterClientDisconnect": 60_000_000_000,
+            "Tasks": [{"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}}
+        r = c.put("/v1/jobs", json=bare)
+        assert r.status_code == 400
+        assert 'group "g" > stop_after_client_disconnect: stop_after_client_disconnect cannot be honoured' in r.text
+        assert c.get("/v1/job/api-refused").status_code == 404
+
+
+# -- rules that need more than one field ------------------------------------------------------
+
+def script_check_job(driver: str, user: str = "") -> str:
+    config = '"/bin/true"' if driver != "docker" else ""
+    config_block = f"config {{\n        command = {config}\n      }}" if config else 'config {\n        image = "x"\n      }'
+    user_line = f'\n      user   = "{user}"' if user else ""
+    return f'''job "w" {{
+  group "api" {{
+    service {{
+      name = "api"
+      port = "8080"
+      task = "web"
+      check {{
+        type     = "script"
+        command  = "/bin/check"
+        interval = "10s"
+        timeout  = "2s"
+      }}
+    }}
+    task "web" {{
+      driver = "{driver}"{user_line}
+      {config_block}
+    }}
+  }}
+}}
+'''
+
+
+@pytest.mark.parametrize("driver,user,what", [
+    ("docker", "", 'inside task "web" (driver "docker")'),
+    ("exec", "", 'inside task "web" (driver "exec")'),
+    ("raw_exec", "nobody", 'as task "web"\'s user "nobody"'),
+])
+def test_script_check_that_would_escape_its_task_is_refused(driver, user, what):
+    text = script_check_job(driver, user)
+    with pytest.raises(JobspecError) as info:
+        load(text, FILE)
+    (error,) = [p for p in info.value.problems if p.severity == "error"]
+    at = position(text, 'type     = "script"')
+    assert str(error.pos) == f"{FILE}:{at}"
+    assert error.where == 'group "api" > service "api" > check[0] > type'
+    assert error.message.startswith(f"a script check cannot run {what} in Yurt yet: Yurt runs it on the node "
+                                    "as the agent's user, which would escape the task's isolation; use an "
+                                    "http or tcp check, or a raw_exec task without user")
+
+
+def test_script_check_of_a_raw_exec_task_without_user_runs_as_written():
+    assert load(script_check_job("raw_exec"), FILE).warnings == []
+
+
+def test_sidecar_task_config_the_proxy_does_not_read_is_warned_about():
+    lines = ('sidecar_service {}\n        sidecar_task {\n          config {\n'
+             '            image = "envoyproxy/envoy:v1.29"\n            connect_timeout_ms = 500\n'
+             '          }\n        }')
+    text = job_text("CONNECT", lines)
+    (warning,) = load(text, FILE).warnings
+    # a key of an opaque map (config) is located at its block, as driver config keys are
+    assert str(warning.pos) == f"{FILE}:{position(text, 'config {')}"
+    assert warning.where == f"{SVC} > connect > sidecar_task > config > image"
+    assert warning.message.startswith('sidecar_task config "image" has no effect yet in Yurt: the sidecar is '
+                                      "Yurt's own proxy (driver \"connect-proxy\"), which reads datacenter, ")
+
+
+def test_sidecar_task_with_another_driver_is_warned_about():
+    lines = ('sidecar_service {}\n        sidecar_task {\n          driver = "docker"\n'
+             '          config {\n            image = "envoyproxy/envoy:v1.29"\n          }\n        }')
+    text = job_text("CONNECT", lines)
+    (warning,) = load(text, FILE).warnings
+    assert str(warning.pos) == f"{FILE}:{position(text, 'driver = ')}"
+    assert warning.where == f"{SVC} > connect > sidecar_task > driver"
+    assert "replaces Yurt's own proxy, and Yurt writes no Envoy bootstrap for it" in warning.message
+
+
+def test_a_job_for_another_region_is_refused_by_the_server(agent, tmp_path):
+    """Nomad forwards a job to the region it names; Yurt runs one region, so a job for another
+    would run here instead. "global" (Nomad's default) means this cluster's region."""
+    f = tmp_path / "job.nomad"
+    f.write_text(job_text("JOB", 'region = "europe"').replace('job "w"', 'job "elsewhere"'))
+    assert run_yurt("job", "validate", str(f)).returncode == 0  # offline: the region is not known
+    message = ('region: job region "europe" is not this cluster\'s region "global": Yurt runs one region '
+               'and does not forward jobs to another; remove region or set it to "global"')
+    res = cli(agent, tmp_path, "job", "run", "-detach", str(f))
+    assert res.returncode == 1
+    assert message in res.stderr
+    plan = cli(agent, tmp_path, "job", "plan", str(f))
+    assert plan.returncode == 255 and message in plan.stderr
+    assert httpx.get(f"{agent}/v1/job/elsewhere", timeout=10).status_code == 404
+    f.write_text(job_text("JOB", 'region = "global"').replace('job "w"', 'job "here"'))
+    res = cli(agent, tmp_path, "job", "run", "-detach", str(f))
+    assert res.returncode == 0, res.stderr
+
+
+def test_python_nomad_register_gets_the_warnings(agent):
+    import nomad
+
+    doc = load(TEMPLATE_JOB.replace('job "w"', 'job "pn-warned"'), FILE).job.to_document()
+    n = nomad.Nomad(address=agent, timeout=30)
+    resp = n.jobs.register_job(doc)
+    assert resp["EvalID"] and resp["Warnings"] == TEMPLATE_WARNING
