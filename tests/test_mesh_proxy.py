@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import random
+import signal
 import socket
 import ssl
 import subprocess
@@ -623,3 +624,162 @@ def test_workers_share_the_public_port_real_processes(mesh, tmp_path):
     assert not Path(f"/proc/{child}").exists()  # the second worker is gone (and reaped)
     allowed = [x for x in out.json() if x.get("type") == "conn" and x["verdict"] == "allowed"]
     assert len(allowed) == sent and {x["pid"] for x in allowed} == workers, out.text()
+
+
+class Held:
+    """An app that answers each connection only once the test releases it: `b"answer:" + what
+    it read`. Stands for a slow request in flight while its sidecar is told to stop."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.release = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(c,), daemon=True).start()
+
+    def _answer(self, c: socket.socket) -> None:
+        with c:
+            data = c.recv(1024)
+            self.received.append(data)
+            self.release.wait(60)
+            c.sendall(b"answer:" + data)
+
+    def close(self) -> None:
+        self.release.set()
+        self.sock.close()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def held_proxy(mesh: Mesh, tmp_path: Path, app: Held, **extra) -> tuple[int, subprocess.Popen, ProcessLines, Path]:
+    """A real `python -m yurt.mesh` process in front of `app`, configured as the connect-proxy
+    driver configures it (drained file, drain timeout); ready."""
+    port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
+    drained = tmp_path / "drained"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "local_port": app.port,
+                               "drained_file": str(drained), **extra}))
+    proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = ProcessLines(proc.stdout)
+    wait_for(ready.exists, timeout=READY_TIMEOUT, what="proxy process ready")
+    return port, proc, out, drained
+
+
+def open_request(mesh: Mesh, port: int, app: Held, payload: bytes) -> ssl.SSLSocket:
+    """An mTLS connection (the agent's leaf for "web") through the proxy to `app`, its request
+    read by the app, its answer held."""
+    leaf = mesh.agent.leaf("web")
+    ctx = _base(ssl.PROTOCOL_TLS_CLIENT, leaf["CertPEM"], leaf["PrivateKeyPEM"], "".join(mesh.agent.root_pems()))
+    c = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30))
+    c.sendall(payload)
+    wait_for(lambda: payload in app.received, what=f"the app reading {payload!r}")
+    return c
+
+
+def test_sigterm_drains_new_connections_refused_open_ones_finish(mesh, tmp_path):
+    """SIGTERM: the proxy stops accepting at once, the request in flight is answered in full,
+    then the proxy exits 0 by itself; SIGUSR1 first drains only the inbound side and writes the
+    drained file once the open connection has finished."""
+    app = Held()
+    try:
+        port, proc, out, drained = held_proxy(mesh, tmp_path, app, drain_timeout_ms=60000)
+        try:
+            first = open_request(mesh, port, app, b"first")
+            proc.send_signal(signal.SIGUSR1)           # the client agent's drain
+            wait_for(lambda: refused(port), what="new inbound connections refused")
+            assert not drained.exists()                # the first request is still in flight
+            app.release.set()
+            assert received_until_closed(first, timeout=30) == b"answer:first"
+            first.close()
+            wait_for(drained.exists, what="the drained file once the open connection finished")
+            app.release.clear()
+            assert proc.poll() is None                 # draining is not stopping
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            out.join(10)
+            err = proc.stderr.read()
+            proc.stderr.close()
+        assert proc.returncode == 0, err
+        # (the probes that found the listener still open before the signal landed are refused)
+        conns = [x for x in out.json() if x.get("type") == "conn" and x["src"] == "web"]
+        assert [(c["verdict"], c["bytes_out"]) for c in conns] == [("allowed", len(b"answer:first"))], out.text()
+        events = [x for x in out.json() if x.get("type") == "event" and x["event"] in ("draining", "drained")]
+        assert [(e["event"], e.get("side")) for e in events] == [
+            ("draining", "inbound"), ("drained", "inbound"), ("draining", "all")], out.text()
+    finally:
+        app.close()
+
+
+def test_sigterm_lets_an_open_request_finish_then_exits(mesh, tmp_path):
+    app = Held()
+    try:
+        port, proc, out, _ = held_proxy(mesh, tmp_path, app, drain_timeout_ms=60000)
+        try:
+            c = open_request(mesh, port, app, b"slow")
+            proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: refused(port), what="new connections refused after SIGTERM")
+            assert proc.poll() is None                 # still serving the open request
+            app.release.set()
+            assert received_until_closed(c, timeout=30) == b"answer:slow"
+            c.close()
+            proc.wait(30)                              # nothing left open: it exits by itself
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            out.join(10)
+            err = proc.stderr.read()
+            proc.stderr.close()
+        assert proc.returncode == 0, err
+        stopping = [x for x in out.json() if x.get("event") == "stopping"]
+        assert [s["reason"] for s in stopping] == ["drained"], out.text()
+    finally:
+        app.close()
+
+
+def test_drain_timeout_cuts_what_is_still_open(mesh, tmp_path):
+    """An open connection that does not finish within the drain timeout is cut; the proxy exits
+    0 and logs why."""
+    app = Held()
+    try:
+        port, proc, out, _ = held_proxy(mesh, tmp_path, app, drain_timeout_ms=500)
+        try:
+            c = open_request(mesh, port, app, b"stuck")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            assert received_until_closed(c, timeout=30) == b""
+            c.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            out.join(10)
+            err = proc.stderr.read()
+            proc.stderr.close()
+        assert proc.returncode == 0, err
+        stopping = [x for x in out.json() if x.get("event") == "stopping"]
+        assert [s["reason"] for s in stopping] == ["drain timeout: 1 connection(s) still open"], out.text()
+        (conn,) = [x for x in out.json() if x.get("type") == "conn" and x["src"] == "web"]
+        assert conn["reason"] == "proxy stopping", out.text()
+    finally:
+        app.close()
