@@ -3,8 +3,8 @@
 Order: prerun hooks -> prestart tasks (ephemeral ones run to completion, sidecars until they
 run) -> main tasks -> poststart tasks once every main task runs -> (main tasks end, a task
 fails, the leader dies, or a stop is asked) -> prekill hooks (the services leave the catalog)
--> while a main task still runs: the group's shutdown_delay, the sidecars' own shutdown_delay,
-then the sidecars that can drain (Connect proxies) refuse new inbound connections and finish
+-> the group's shutdown_delay, the sidecars' own shutdown_delay -> while a main task still
+runs, the sidecars that can drain (Connect proxies) refuse new inbound connections and finish
 the open ones (up to their kill timeout) -> kill main tasks, then poststart tasks, then
 prestart sidecars -> poststop tasks run to completion -> postrun hooks.
 
@@ -371,18 +371,19 @@ class AllocRunner:
 
     def _prekill(self, main: list[TaskRunner], sidecars: list[TaskRunner]) -> None:
         """Before a task is killed: the prekill hooks take the allocation's services out of the
-        catalog (callers' sidecars stop picking it). While an application task still runs (and
-        the allocation is not being destroyed): the group's shutdown_delay, then the sidecars'
-        own (at once for all), then the sidecars that can drain refuse new inbound connections
-        and finish the open ones, which the application still answers, each up to its kill
-        timeout. Nothing is dropped: a caller's new connection is refused and retried elsewhere,
-        one already accepted goes through."""
+        catalog (callers' sidecars stop picking it). Unless the allocation is being destroyed:
+        the group's shutdown_delay, then the sidecars' own (at once for all; as in Nomad, both
+        are waited even when the application has already exited); then, while an application
+        task still runs, the sidecars that can drain refuse new inbound connections and finish
+        the open ones, which the application still answers, each up to its kill timeout.
+        Nothing is dropped: a caller's new connection is refused and retried elsewhere, one
+        already accepted goes through."""
         for hook in self.hooks:
             try:
                 hook.prekill(self.context)
             except Exception:
                 log.exception("alloc %s: prekill hook %s failed", self.alloc_id, hook.name)
-        if self._destroying.is_set() or not any(tr.is_running() for tr in main):
+        if self._destroying.is_set():
             return
         delay = (self.group.shutdown_delay or 0) / SECOND
         if delay > 0:
@@ -393,6 +394,8 @@ class AllocRunner:
             t.start()
         for t in waits:
             t.join()
+        if not any(tr.is_running() for tr in main):
+            return  # no application to finish the open connections
         start = time.monotonic()
         draining = {tr: start + tr.kill_timeout for tr in sidecars if tr.drain()}
         while draining and not self._destroying.is_set():
