@@ -45,39 +45,55 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", 9001), Handler).serve_forever()
 '''
 
-# The caller: one request after the other through the upstream listener, each on a new
-# connection, until the stop file exists; progress in a JSON file, the totals on stdout.
+# The caller: WORKERS threads, each sending one request after the other through the upstream
+# listener, each on a new connection, until the stop file exists; progress in a JSON file, the
+# totals on stdout.
 LOOP = r'''
-import json, os, socket, sys, time
-stop, progress = sys.argv[1], sys.argv[2]
+import json, os, socket, sys, threading, time
+stop, progress, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lock = threading.Lock()
 ok, failed, by_alloc = 0, [], {}
 def save():
     with open(progress + ".tmp", "w") as f:
         json.dump({"ok": ok, "failed": failed, "by_alloc": by_alloc}, f)
     os.replace(progress + ".tmp", progress)
-while not os.path.exists(stop):
-    try:
-        with socket.create_connection(("127.0.0.1", 8080), timeout=30) as s:
-            s.sendall(b"GET / HTTP/1.0\r\nHost: slow-api\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.0 200"):
-            raise ValueError("answer %r" % data[:200])
-        alloc = json.loads(body)["alloc"]
-        by_alloc[alloc] = by_alloc.get(alloc, 0) + 1
-        ok += 1
-    except Exception as e:
-        failed.append("%.3f %r" % (time.time(), e))
-    if (ok + len(failed)) % 10 == 0:
-        save()
+def one():
+    with socket.create_connection(("127.0.0.1", 8080), timeout=30) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: slow-api\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.0 200"):
+        raise ValueError("answer %r" % data[:200])
+    return json.loads(body)["alloc"]
+def work():
+    global ok
+    while not os.path.exists(stop):
+        try:
+            alloc, error = one(), None
+        except Exception as e:
+            alloc, error = None, "%.3f %r" % (time.time(), e)
+        with lock:
+            if error:
+                failed.append(error)
+            else:
+                ok += 1
+                by_alloc[alloc] = by_alloc.get(alloc, 0) + 1
+            if (ok + len(failed)) % 20 == 0:
+                save()
+threads = [threading.Thread(target=work) for _ in range(workers)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 save()
 print(json.dumps({"ok": ok, "failed": failed, "by_alloc": by_alloc}))
 '''
+WORKERS = 4
 
 JOB = '''
 job "handover" {
@@ -194,7 +210,7 @@ def test_stopping_an_instance_under_load_fails_no_request(mesh):
     (caller,) = running(api, "caller")
     before = {a["ID"] for a in running(api, "api")}
     stop, progress = tmp / "stop-loop", tmp / "progress.json"
-    loop = in_netns(caller["ID"], LOOP, str(stop), str(progress))
+    loop = in_netns(caller["ID"], LOOP, str(stop), str(progress), str(WORKERS))
 
     def served() -> dict:
         return json.loads(progress.read_text())
@@ -218,7 +234,7 @@ def test_stopping_an_instance_under_load_fails_no_request(mesh):
         out, err = loop.communicate(timeout=120)
     assert loop.returncode == 0, err
     result = json.loads(out)
-    print(f"\nhandover under load: {result['ok']} requests, {len(result['failed'])} failed, "
+    print(f"\nhandover under load ({WORKERS} callers): {result['ok']} requests, {len(result['failed'])} failed, "
           f"by allocation {result['by_alloc']}")
     assert result["failed"] == [], result["failed"][:20]
     assert set(result["by_alloc"]) == before | {new_id}

@@ -417,6 +417,33 @@ def test_first_instance_down_retries_on_second(mesh):
     assert any(r["attempts"] == 2 for r in recs)
 
 
+def test_an_instance_draining_before_the_catalog_drops_it_costs_no_connection(mesh):
+    """The caller's sidecar may still pick an instance whose sidecar has started draining (its
+    removal from the catalog not seen yet): the refused dial is retried on another instance,
+    and while it drains its accepted connections go on."""
+    draining, other = mesh.server(), mesh.server()
+    cli = mesh.client(instances=[draining.public_port, other.public_port])
+    port = cli.upstream_ports["api"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as open_conn:
+        open_conn.sendall(b"before")
+        assert open_conn.recv(100) == b"before"
+        draining.reactor.call_soon_threadsafe(draining.drain_inbound)
+        wait_for(lambda: refused(draining.public_port), what="the draining instance refusing")
+        for i in range(8):  # whatever the balancer picks first, every connection gets through
+            assert roundtrip(port, f"during {i}".encode()) == f"during {i}".encode()
+        open_conn.sendall(b"still")              # the connection accepted before the drain
+        assert open_conn.recv(100) == b"still"
+    wait_for(lambda: mesh.events(draining_name(mesh, draining), "drained"), what="drained once it closed")
+    recs = wait_for(lambda: (lambda r: r if len(r) >= 9 else None)(mesh.conns(dir="upstream")), what="upstream lines")
+    assert all(r["verdict"] == "allowed" for r in recs)
+    later = [r for r in recs if r["bytes_in"] < len(b"beforestill")]
+    assert all(r["upstream"] == f"127.0.0.1:{other.public_port}" for r in later)
+    assert any(r["attempts"] == 2 for r in later)
+
+
+def draining_name(mesh: Mesh, proxy: Proxy) -> str:
+    return f"server-api-{mesh.proxies.index(proxy)}"
+
 def test_endpoints_watch_is_live(mesh):
     srv = mesh.server()
     cli = mesh.client(instances=[])
