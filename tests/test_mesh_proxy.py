@@ -654,8 +654,9 @@ def test_workers_share_the_public_port_real_processes(mesh, tmp_path):
 
 
 class Held:
-    """An app that answers each connection only once the test releases it: `b"answer:" + what
-    it read`. Stands for a slow request in flight while its sidecar is told to stop."""
+    """An app that answers each connection only once the test releases it (all: `release`, or
+    one request: `release_one`): `b"answer:" + what it read`. Stands for a slow request in
+    flight while its sidecar is told to stop."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -664,7 +665,14 @@ class Held:
         self.port = self.sock.getsockname()[1]
         self.received: list[bytes] = []
         self.release = threading.Event()
+        self._released: dict[bytes, threading.Event] = {}
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def _one(self, data: bytes) -> threading.Event:
+        return self._released.setdefault(data, threading.Event())
+
+    def release_one(self, data: bytes) -> None:
+        self._one(data).set()
 
     def _accept(self) -> None:
         while True:
@@ -677,8 +685,11 @@ class Held:
     def _answer(self, c: socket.socket) -> None:
         with c:
             data = c.recv(1024)
+            one = self._one(data)
             self.received.append(data)
-            self.release.wait(60)
+            deadline = time.monotonic() + 60
+            while not (self.release.is_set() or one.is_set()) and time.monotonic() < deadline:
+                one.wait(0.05)
             c.sendall(b"answer:" + data)
 
     def close(self) -> None:
@@ -810,3 +821,76 @@ def test_drain_timeout_cuts_what_is_still_open(mesh, tmp_path):
         assert conn["reason"] == "proxy stopping", out.text()
     finally:
         app.close()
+
+
+def socket_owner(pids: set[int], port: int, peer_port: int) -> int | None:
+    """Which of `pids` holds this host's TCP socket 127.0.0.1:port <-> 127.0.0.1:peer_port."""
+    want = f":{port:04X} "
+    with open("/proc/net/tcp") as f:
+        rows = [r.split() for r in f.read().splitlines()[1:]]
+    inodes = {r[9] for r in rows if (r[1] + " ").endswith(want) and r[2].endswith(f":{peer_port:04X}")}
+    for pid in pids:
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue
+        if any(f"socket:[{i}]" in links for i in inodes):
+            return pid
+    return None
+
+
+def test_workers_drain_together_the_drained_file_waits_for_every_worker(mesh, tmp_path):
+    """-workers 2: SIGUSR1 to the process group (as the connect-proxy driver sends it) drains
+    both; the drained file appears only once the connection the second worker accepted is done."""
+    app = Held()
+    port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
+    drained = tmp_path / "drained"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "local_port": app.port, "drained_file": str(drained)}))
+    proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg), "-workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out = ProcessLines(proc.stdout)
+    held: list[ssl.SSLSocket] = []
+    try:
+        wait_for(ready.exists, timeout=READY_TIMEOUT, what="proxy process ready")
+        workers = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
+            {x["pid"] for x in out.json() if x.get("event") == "ready"}), timeout=READY_TIMEOUT, what="both workers")
+        (child,) = workers - {proc.pid}
+
+        def held_by_child() -> bool:
+            """Open a connection; keep it held when the second worker accepted it, else let the
+            app answer it and close it (the first worker is left with nothing open)."""
+            payload = f"req{len(held)}".encode()
+            c = open_request(mesh, port, app, payload)
+            if socket_owner(workers, port, c.getsockname()[1]) == child:
+                held.append(c)
+                return True
+            app.release_one(payload)
+            assert received_until_closed(c, timeout=30) == b"answer:" + payload
+            c.close()
+            return False
+        wait_for(held_by_child, timeout=60, what="a connection accepted by the second worker")
+        os.killpg(proc.pid, signal.SIGUSR1)
+        wait_for(lambda: refused(port), what="both workers refusing")
+        # the first worker has nothing open: it would be drained at once but for the second one
+        wait_for(lambda: [x for x in out.json() if x.get("event") == "draining" and x["pid"] == proc.pid],
+                 what="the first worker draining")
+        assert not drained.exists()
+        app.release.set()
+        for c in held:
+            assert received_until_closed(c, timeout=30).startswith(b"answer:req")
+            c.close()
+        wait_for(drained.exists, what="the drained file once every worker is done")
+        assert {x["pid"] for x in out.json() if x.get("event") == "drained"} == workers
+        proc.terminate()
+        proc.wait(30)
+    finally:
+        for c in held:
+            c.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        out.join(10)
+        err = proc.stderr.read()
+        proc.stderr.close()
+        app.close()
+    assert proc.returncode == 0, err

@@ -60,6 +60,7 @@ class ProxyConfig:
     workers: int = 1  # reactor processes sharing the listeners (SO_REUSEPORT); 1 = one process
     drained_file: str = ""  # written when the inbound drain (SIGUSR1) is done
     drain_timeout: float = 5.0  # seconds open connections may take to finish after SIGTERM/SIGINT
+    worker_drained_files: list[str] = field(default_factory=list)  # -workers: set at fork, not configured
 
     def validate(self) -> ProxyConfig:
         if not self.service:

@@ -230,7 +230,8 @@ class Proxy:
         self._poll_inbound()
 
     def _poll_inbound(self) -> None:
-        if self.public is not None and self.public.active > 0:
+        workers_left = [f for f in self.cfg.worker_drained_files if not os.path.exists(f)]
+        if (self.public is not None and self.public.active > 0) or workers_left:
             self.reactor.call_later(DRAIN_POLL, self._poll_inbound)
             return
         self.log.event("drained", side="inbound")
@@ -354,17 +355,25 @@ def make_source(cfg: ProxyConfig) -> MeshSource:
 def _fork_workers(cfg: ProxyConfig) -> tuple[list[int], bool]:
     """-workers N: fork N-1 more proxy processes, each binding the same ports with SO_REUSEPORT
     (the kernel spreads connections over them). Called before any thread exists, so fork is
-    safe. Only the first process keeps the ready file and ready address. Returns (children,
-    is_child)."""
+    safe. Only the first process keeps the ready file and ready address; each other worker
+    writes `<drained file>.worker<n>` when its inbound drain is done, and the first one writes
+    the drained file only once they all have. Returns (children, is_child)."""
     children: list[int] = []
-    for _ in range(cfg.workers - 1):
+    worker_files = [f"{cfg.drained_file}.worker{n}" for n in range(1, cfg.workers)] if cfg.drained_file else []
+    for path in worker_files:  # a file a killed worker left: it would claim a drain not done
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    for n in range(1, cfg.workers):
         pid = os.fork()
         if pid == 0:
             cfg.ready_file = ""
             cfg.ready_addr = ""
-            cfg.drained_file = ""
+            cfg.drained_file = worker_files[n - 1] if worker_files else ""
             return [], True
         children.append(pid)
+    cfg.worker_drained_files = worker_files  # the first worker's drained file waits for these
     return children, False
 
 
