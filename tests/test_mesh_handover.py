@@ -279,6 +279,9 @@ def test_a_request_in_flight_is_answered_when_its_instance_stops(mesh):
             return any(json.loads(ln).get("event") == "draining"
                        for ln in task_log(api, alloc, "connect-proxy-slow-api").splitlines() if ln.startswith("{"))
         wait_for(draining, timeout=60, what="the stopped instance's sidecar draining")
+        # out of the catalog already, service and sidecar, passing or not
+        for path in ("/v1/health/service/slow-api", "/v1/health/connect/slow-api"):
+            assert alloc not in {e["Service"]["Meta"]["alloc_id"] for e in api.get(path).json()}, path
         # the app still runs: it is stopped only once its sidecar's open connections are done
         web = api.get(f"/v1/allocation/{alloc}").json()["TaskStates"]["web"]
         assert web["State"] == "running" and "Killing" not in [e["Type"] for e in web["Events"]], web
