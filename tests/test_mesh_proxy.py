@@ -20,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -736,11 +738,16 @@ def test_sigterm_drains_new_connections_refused_open_ones_finish(mesh, tmp_path)
     drained file once the open connection has finished."""
     app = Held()
     try:
-        port, proc, out, drained = held_proxy(mesh, tmp_path, app, drain_timeout_ms=60000)
+        ready_port = free_port()
+        port, proc, out, drained = held_proxy(mesh, tmp_path, app, drain_timeout_ms=60000,
+                                              ready_addr=f"127.0.0.1:{ready_port}")
         try:
             first = open_request(mesh, port, app, b"first")
             proc.send_signal(signal.SIGUSR1)           # the client agent's drain
             wait_for(lambda: refused(port), what="new inbound connections refused")
+            with pytest.raises(urllib.error.HTTPError) as e:   # no longer ready
+                urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=5)
+            assert (e.value.code, e.value.read()) == (503, b"DRAINING")
             assert not drained.exists()                # the first request is still in flight
             app.release.set()
             assert received_until_closed(first, timeout=30) == b"answer:first"
