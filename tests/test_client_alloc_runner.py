@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import time
 from typing import ClassVar
 
+from yurt.client.alloc_hooks import AllocHook, AllocHookContext, default_hooks
 from yurt.client.alloc_state import load
 from yurt.structs import TaskLifecycle
 from yurt.structs.duration import SECOND
@@ -252,3 +254,45 @@ def test_hooks_add_env_and_a_failing_prerun_fails_the_allocation(tmp_path):
     assert status == "failed" and description == "prerun hook 'network' failed: no bridge"
     assert event_types(states["t"])[-1] == "Setup Failure" and states["t"].failed
     assert not os.path.exists(runner.alloc_dir.logs / "t.stdout.0")
+
+
+class _PrekillMark(AllocHook):
+    """Notes in the allocation's order file, and the time, when the runner calls prekill."""
+
+    name = "prekill-mark"
+
+    def __init__(self) -> None:
+        self.at = 0
+
+    def prekill(self, ctx: AllocHookContext) -> None:
+        self.at = time.time_ns()
+        with open(ctx.alloc_dir.shared / "order", "a") as f:
+            f.write("prekill\n")
+
+
+def test_stop_order_prekill_shutdown_delays_then_main_then_sidecar(tmp_path):
+    """A stop: prekill hooks first (the services leave the catalog there), the group's
+    shutdown_delay, the sidecar's own (Nomad's "Waiting for shutdown delay", waited once), then
+    the main task is killed, the sidecar last."""
+    trap = "trap 'echo $NOMAD_TASK_NAME >> $NOMAD_ALLOC_DIR/order; exit 0' INT; echo ready; " \
+           "while true; do sleep 0.1; done"
+    sidecar = sh("sidecar", trap, lifecycle=TaskLifecycle(hook="prestart", sidecar=True),
+                 shutdown_delay=1 * SECOND)
+    main = sh("main", trap)
+    mark = _PrekillMark()
+    runner, rec = start_alloc(make_alloc([sidecar, main], shutdown_delay=1 * SECOND), tmp_path,
+                              hooks=[*default_hooks(), mark])
+    wait_for(lambda: runner.client_status == "running" and "ready" in logs(runner, "main"), what="running")
+    runner.stop()
+    assert runner.wait(30)
+    assert (runner.alloc_dir.shared / "order").read_text().split() == ["prekill", "main", "sidecar"]
+    states = rec.last[2]
+    waiting = [e for e in states["sidecar"].events if e.type == "Waiting for shutdown delay"]
+    assert [e.display_message for e in waiting] == ["Waiting for shutdown_delay of 1s before killing the task."]
+    main_killing = next(e for e in states["main"].events if e.type == "Killing")
+    sidecar_killing = next(e for e in states["sidecar"].events if e.type == "Killing")
+    assert mark.at < waiting[0].time < main_killing.time < sidecar_killing.time
+    assert waiting[0].time - mark.at >= 1 * SECOND  # the group's shutdown_delay came first
+    assert "Waiting for shutdown delay" not in event_types(states["main"])  # main has none
+    assert rec.last[0] == "complete"
+

@@ -13,12 +13,15 @@ import datetime as dt
 import json
 import os
 import random
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -416,6 +419,33 @@ def test_first_instance_down_retries_on_second(mesh):
     assert any(r["attempts"] == 2 for r in recs)
 
 
+def test_an_instance_draining_before_the_catalog_drops_it_costs_no_connection(mesh):
+    """The caller's sidecar may still pick an instance whose sidecar has started draining (its
+    removal from the catalog not seen yet): the refused dial is retried on another instance,
+    and while it drains its accepted connections go on."""
+    draining, other = mesh.server(), mesh.server()
+    cli = mesh.client(instances=[draining.public_port, other.public_port])
+    port = cli.upstream_ports["api"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as open_conn:
+        open_conn.sendall(b"before")
+        assert open_conn.recv(100) == b"before"
+        draining.reactor.call_soon_threadsafe(draining.drain_inbound)
+        wait_for(lambda: refused(draining.public_port), what="the draining instance refusing")
+        for i in range(8):  # whatever the balancer picks first, every connection gets through
+            assert roundtrip(port, f"during {i}".encode()) == f"during {i}".encode()
+        open_conn.sendall(b"still")              # the connection accepted before the drain
+        assert open_conn.recv(100) == b"still"
+    wait_for(lambda: mesh.events(draining_name(mesh, draining), "drained"), what="drained once it closed")
+    recs = wait_for(lambda: (lambda r: r if len(r) >= 9 else None)(mesh.conns(dir="upstream")), what="upstream lines")
+    assert all(r["verdict"] == "allowed" for r in recs)
+    later = [r for r in recs if r["bytes_in"] < len(b"beforestill")]
+    assert all(r["upstream"] == f"127.0.0.1:{other.public_port}" for r in later)
+    assert any(r["attempts"] == 2 for r in later)
+
+
+def draining_name(mesh: Mesh, proxy: Proxy) -> str:
+    return f"server-api-{mesh.proxies.index(proxy)}"
+
 def test_endpoints_watch_is_live(mesh):
     srv = mesh.server()
     cli = mesh.client(instances=[])
@@ -623,3 +653,251 @@ def test_workers_share_the_public_port_real_processes(mesh, tmp_path):
     assert not Path(f"/proc/{child}").exists()  # the second worker is gone (and reaped)
     allowed = [x for x in out.json() if x.get("type") == "conn" and x["verdict"] == "allowed"]
     assert len(allowed) == sent and {x["pid"] for x in allowed} == workers, out.text()
+
+
+class Held:
+    """An app that answers each connection only once the test releases it (all: `release`, or
+    one request: `release_one`): `b"answer:" + what it read`. Stands for a slow request in
+    flight while its sidecar is told to stop."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.release = threading.Event()
+        self._released: dict[bytes, threading.Event] = {}
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _one(self, data: bytes) -> threading.Event:
+        return self._released.setdefault(data, threading.Event())
+
+    def release_one(self, data: bytes) -> None:
+        self._one(data).set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(c,), daemon=True).start()
+
+    def _answer(self, c: socket.socket) -> None:
+        with c:
+            data = c.recv(1024)
+            one = self._one(data)
+            self.received.append(data)
+            deadline = time.monotonic() + 60
+            while not (self.release.is_set() or one.is_set()) and time.monotonic() < deadline:
+                one.wait(0.05)
+            c.sendall(b"answer:" + data)
+
+    def close(self) -> None:
+        self.release.set()
+        self.sock.close()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def held_proxy(mesh: Mesh, tmp_path: Path, app: Held, **extra) -> tuple[int, subprocess.Popen, ProcessLines, Path]:
+    """A real `python -m yurt.mesh` process in front of `app`, configured as the connect-proxy
+    driver configures it (drained file, drain timeout); ready."""
+    port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
+    drained = tmp_path / "drained"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "local_port": app.port,
+                               "drained_file": str(drained), **extra}))
+    proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = ProcessLines(proc.stdout)
+    wait_for(ready.exists, timeout=READY_TIMEOUT, what="proxy process ready")
+    return port, proc, out, drained
+
+
+def open_request(mesh: Mesh, port: int, app: Held, payload: bytes) -> ssl.SSLSocket:
+    """An mTLS connection (the agent's leaf for "web") through the proxy to `app`, its request
+    read by the app, its answer held."""
+    leaf = mesh.agent.leaf("web")
+    ctx = _base(ssl.PROTOCOL_TLS_CLIENT, leaf["CertPEM"], leaf["PrivateKeyPEM"], "".join(mesh.agent.root_pems()))
+    c = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30))
+    c.sendall(payload)
+    wait_for(lambda: payload in app.received, what=f"the app reading {payload!r}")
+    return c
+
+
+def test_sigterm_drains_new_connections_refused_open_ones_finish(mesh, tmp_path):
+    """SIGTERM: the proxy stops accepting at once, the request in flight is answered in full,
+    then the proxy exits 0 by itself; SIGUSR1 first drains only the inbound side and writes the
+    drained file once the open connection has finished."""
+    app = Held()
+    try:
+        ready_port = free_port()
+        port, proc, out, drained = held_proxy(mesh, tmp_path, app, drain_timeout_ms=60000,
+                                              ready_addr=f"127.0.0.1:{ready_port}")
+        try:
+            first = open_request(mesh, port, app, b"first")
+            proc.send_signal(signal.SIGUSR1)           # the client agent's drain
+            wait_for(lambda: refused(port), what="new inbound connections refused")
+            with pytest.raises(urllib.error.HTTPError) as e:   # no longer ready
+                urllib.request.urlopen(f"http://127.0.0.1:{ready_port}/ready", timeout=5)
+            assert (e.value.code, e.value.read()) == (503, b"DRAINING")
+            assert not drained.exists()                # the first request is still in flight
+            app.release.set()
+            assert received_until_closed(first, timeout=30) == b"answer:first"
+            first.close()
+            wait_for(drained.exists, what="the drained file once the open connection finished")
+            app.release.clear()
+            assert proc.poll() is None                 # draining is not stopping
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            out.join(10)
+            err = proc.stderr.read()
+            proc.stderr.close()
+        assert proc.returncode == 0, err
+        # (the probes that found the listener still open before the signal landed are refused)
+        conns = [x for x in out.json() if x.get("type") == "conn" and x["src"] == "web"]
+        assert [(c["verdict"], c["bytes_out"]) for c in conns] == [("allowed", len(b"answer:first"))], out.text()
+        events = [x for x in out.json() if x.get("type") == "event" and x["event"] in ("draining", "drained")]
+        assert [(e["event"], e.get("side")) for e in events] == [
+            ("draining", "inbound"), ("drained", "inbound"), ("draining", "all")], out.text()
+    finally:
+        app.close()
+
+
+def test_sigterm_lets_an_open_request_finish_then_exits(mesh, tmp_path):
+    app = Held()
+    try:
+        port, proc, out, _ = held_proxy(mesh, tmp_path, app, drain_timeout_ms=60000)
+        try:
+            c = open_request(mesh, port, app, b"slow")
+            proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: refused(port), what="new connections refused after SIGTERM")
+            assert proc.poll() is None                 # still serving the open request
+            app.release.set()
+            assert received_until_closed(c, timeout=30) == b"answer:slow"
+            c.close()
+            proc.wait(30)                              # nothing left open: it exits by itself
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            out.join(10)
+            err = proc.stderr.read()
+            proc.stderr.close()
+        assert proc.returncode == 0, err
+        stopping = [x for x in out.json() if x.get("event") == "stopping"]
+        assert [s["reason"] for s in stopping] == ["drained"], out.text()
+    finally:
+        app.close()
+
+
+def test_drain_timeout_cuts_what_is_still_open(mesh, tmp_path):
+    """An open connection that does not finish within the drain timeout is cut; the proxy exits
+    0 and logs why."""
+    app = Held()
+    try:
+        port, proc, out, _ = held_proxy(mesh, tmp_path, app, drain_timeout_ms=500)
+        try:
+            c = open_request(mesh, port, app, b"stuck")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            assert received_until_closed(c, timeout=30) == b""
+            c.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            out.join(10)
+            err = proc.stderr.read()
+            proc.stderr.close()
+        assert proc.returncode == 0, err
+        stopping = [x for x in out.json() if x.get("event") == "stopping"]
+        assert [s["reason"] for s in stopping] == ["drain timeout: 1 connection(s) still open"], out.text()
+        (conn,) = [x for x in out.json() if x.get("type") == "conn" and x["src"] == "web"]
+        assert conn["reason"] == "proxy stopping", out.text()
+    finally:
+        app.close()
+
+
+def socket_owner(pids: set[int], port: int, peer_port: int) -> int | None:
+    """Which of `pids` holds this host's TCP socket 127.0.0.1:port <-> 127.0.0.1:peer_port."""
+    want = f":{port:04X} "
+    with open("/proc/net/tcp") as f:
+        rows = [r.split() for r in f.read().splitlines()[1:]]
+    inodes = {r[9] for r in rows if (r[1] + " ").endswith(want) and r[2].endswith(f":{peer_port:04X}")}
+    for pid in pids:
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue
+        if any(f"socket:[{i}]" in links for i in inodes):
+            return pid
+    return None
+
+
+def test_workers_drain_together_the_drained_file_waits_for_every_worker(mesh, tmp_path):
+    """-workers 2: SIGUSR1 to the process group (as the connect-proxy driver sends it) drains
+    both; the drained file appears only once the connection the second worker accepted is done."""
+    app = Held()
+    port, cfg, ready, env = proxy_process_config(mesh, tmp_path)
+    drained = tmp_path / "drained"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "local_port": app.port, "drained_file": str(drained)}))
+    proc = subprocess.Popen([sys.executable, "-m", "yurt.mesh", "-config", str(cfg), "-workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out = ProcessLines(proc.stdout)
+    held: list[ssl.SSLSocket] = []
+    try:
+        wait_for(ready.exists, timeout=READY_TIMEOUT, what="proxy process ready")
+        workers = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(
+            {x["pid"] for x in out.json() if x.get("event") == "ready"}), timeout=READY_TIMEOUT, what="both workers")
+        (child,) = workers - {proc.pid}
+
+        def held_by_child() -> bool:
+            """Open a connection; keep it held when the second worker accepted it, else let the
+            app answer it and close it (the first worker is left with nothing open)."""
+            payload = f"req{len(held)}".encode()
+            c = open_request(mesh, port, app, payload)
+            if socket_owner(workers, port, c.getsockname()[1]) == child:
+                held.append(c)
+                return True
+            app.release_one(payload)
+            assert received_until_closed(c, timeout=30) == b"answer:" + payload
+            c.close()
+            return False
+        wait_for(held_by_child, timeout=60, what="a connection accepted by the second worker")
+        os.killpg(proc.pid, signal.SIGUSR1)
+        wait_for(lambda: refused(port), what="both workers refusing")
+        # the first worker has nothing open: it would be drained at once but for the second one
+        wait_for(lambda: [x for x in out.json() if x.get("event") == "draining" and x["pid"] == proc.pid],
+                 what="the first worker draining")
+        assert not drained.exists()
+        app.release.set()
+        for c in held:
+            assert received_until_closed(c, timeout=30).startswith(b"answer:req")
+            c.close()
+        wait_for(drained.exists, what="the drained file once every worker is done")
+        assert {x["pid"] for x in out.json() if x.get("event") == "drained"} == workers
+        proc.terminate()
+        proc.wait(30)
+    finally:
+        for c in held:
+            c.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        out.join(10)
+        err = proc.stderr.read()
+        proc.stderr.close()
+        app.close()
+    assert proc.returncode == 0, err

@@ -49,6 +49,23 @@ def test_flags_and_config_file(tmp_path):
         from_args(["-service", "w", "-upstream", "a:1", "-upstream", "b:1"])  # same port twice
 
 
+def test_drain_settings(tmp_path):
+    """What the connect-proxy driver writes (drained file, drain timeout from the task's
+    kill_timeout) and the -drain-timeout flag over it; 5 s by default, never negative."""
+    assert from_args(["-service", "web", "-upstream", "api:8080"]).drain_timeout == 5.0
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"service": "web", "upstreams": [{"destination_name": "api", "local_bind_port": 8080}],
+                             "drained_file": "/tmp/d", "drain_timeout_ms": 4500}))
+    cfg = from_args(["-config", str(f)])
+    assert (cfg.drained_file, cfg.drain_timeout) == ("/tmp/d", 4.5)
+    assert from_args(["-config", str(f), "-drain-timeout", "30"]).drain_timeout == 30.0
+    with pytest.raises(ConfigError, match="-drain-timeout"):
+        from_args(["-config", str(f), "-drain-timeout", "-1"])
+    f.write_text(json.dumps({"service": "web", "upstreams": [{"destination_name": "api", "local_bind_port": 8080}],
+                             "drain_timeout_ms": "soon"}))
+    with pytest.raises(ConfigError, match="drain_timeout_ms"):
+        from_args(["-config", str(f)])
+
 def test_balancer_least_connections_round_robin():
     b = Balancer()
     a, c = Instance("10.0.0.1", 1, "dc1"), Instance("10.0.0.2", 1, "dc1")

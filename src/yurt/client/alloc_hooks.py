@@ -85,6 +85,9 @@ class AllocHook:
     def update(self, ctx: AllocHookContext) -> None:
         pass
 
+    def prekill(self, ctx: AllocHookContext) -> None:
+        pass
+
     def postrun(self, ctx: AllocHookContext) -> None:
         pass
 

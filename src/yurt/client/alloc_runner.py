@@ -2,7 +2,10 @@
 
 Order: prerun hooks -> prestart tasks (ephemeral ones run to completion, sidecars until they
 run) -> main tasks -> poststart tasks once every main task runs -> (main tasks end, a task
-fails, the leader dies, or a stop is asked) -> kill main tasks, then poststart tasks, then
+fails, the leader dies, or a stop is asked) -> prekill hooks (the services leave the catalog)
+-> the group's shutdown_delay, the sidecars' own shutdown_delay -> while a main task still
+runs, the sidecars that can drain (Connect proxies) refuse new inbound connections and finish
+the open ones (up to their kill timeout) -> kill main tasks, then poststart tasks, then
 prestart sidecars -> poststop tasks run to completion -> postrun hooks.
 
 Hooks get the allocation's `AllocHookContext` (never the runner); the `AllocResources` they
@@ -18,9 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from yurt.structs import Allocation, Node, TaskEvent, TaskState
+from yurt.structs.duration import SECOND
 
 from . import alloc_state, task_events as ev
 from .alloc_hooks import AllocHook, AllocHookContext, AllocResources, default_hooks
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 
 OnUpdate = Callable[[str, str, str, dict[str, TaskState]], None]
 POLL = 0.5
+DRAIN_POLL = 0.05  # seconds between two looks at draining sidecars
 
 
 class MissingDriver(BaseDriver):
@@ -197,7 +203,8 @@ class AllocRunner:
             self.stop()
 
     def stop(self) -> None:
-        """Kill the tasks (main first, sidecars last); poststop tasks still run. Asynchronous."""
+        """Take the services out of the catalog, wait the shutdown delays, drain the sidecars,
+        kill the tasks (main first, sidecars last); poststop tasks still run. Asynchronous."""
         self._stopping.set()
         self._notify()
 
@@ -362,6 +369,41 @@ class AllocRunner:
             while not tr.wait(POLL):
                 pass
 
+    def _prekill(self, main: list[TaskRunner], sidecars: list[TaskRunner]) -> None:
+        """Before a task is killed: the prekill hooks take the allocation's services out of the
+        catalog (callers' sidecars stop picking it). Unless the allocation is being destroyed:
+        the group's shutdown_delay, then the sidecars' own (at once for all; as in Nomad, both
+        are waited even when the application has already exited); then, while an application
+        task still runs, the sidecars that can drain refuse new inbound connections and finish
+        the open ones, which the application still answers, each up to its kill timeout.
+        Nothing is dropped: a caller's new connection is refused and retried elsewhere, one
+        already accepted goes through."""
+        for hook in self.hooks:
+            try:
+                hook.prekill(self.context)
+            except Exception:
+                log.exception("alloc %s: prekill hook %s failed", self.alloc_id, hook.name)
+        if self._destroying.is_set():
+            return
+        delay = (self.group.shutdown_delay or 0) / SECOND
+        if delay > 0:
+            self._destroying.wait(delay)
+        waits = [threading.Thread(target=tr.shutdown_delay, args=(self._destroying,), daemon=True,
+                                  name=f"delay-{tr.name}") for tr in sidecars if tr.is_running()]
+        for t in waits:
+            t.start()
+        for t in waits:
+            t.join()
+        if not any(tr.is_running() for tr in main):
+            return  # no application to finish the open connections
+        start = time.monotonic()
+        draining = {tr: start + tr.kill_timeout for tr in sidecars if tr.drain()}
+        while draining and not self._destroying.is_set():
+            now = time.monotonic()
+            draining = {tr: end for tr, end in draining.items() if now < end and not tr.drained()}
+            if draining:
+                self._destroying.wait(DRAIN_POLL)
+
     def _shutdown(self, main: list[TaskRunner], poststart: list[TaskRunner], sidecars: list[TaskRunner],
                   ephemeral: list[TaskRunner]) -> None:
         self._check_failures()
@@ -370,6 +412,7 @@ class AllocRunner:
         def event() -> TaskEvent | None:
             return reason.model_copy(deep=True) if reason is not None else None
 
+        self._prekill(main, sidecars)
         leaders = [tr for tr in main if tr.task.leader]
         self._kill_all(leaders, event)
         self._kill_all([tr for tr in main if not tr.task.leader], event)

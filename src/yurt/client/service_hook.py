@@ -3,7 +3,8 @@
 For each group service: the service itself, and for a Connect service its
 `<service>-sidecar-proxy` (kind connect-proxy) at the host address and the sidecar's host port.
 Checks run on the client, from inside the allocation's network namespace (see checks.py);
-their results are pushed to the catalog. The sidecar's own "listening" check restarts the
+their results are pushed to the catalog. A stop deregisters them first (`prekill`), before the
+shutdown delays and the sidecar's drain. The sidecar's own "listening" check restarts the
 sidecar when it keeps failing (the originals never do, see user-asks §1.5), and a service's
 `check_restart` restarts its task.
 """
@@ -62,6 +63,12 @@ class ServiceHook(AllocHook):
             with self._lock:
                 self._runners[ctx.alloc_id] = checks
             checks.start()
+
+    def prekill(self, ctx: AllocHookContext) -> None:
+        """First step of a stop: checks stop (a draining sidecar must not be restarted for
+        refusing connections) and the services leave the catalog, so callers stop picking this
+        instance before the shutdown delays start."""
+        self._deregister(ctx.alloc_id)
 
     def postrun(self, ctx: AllocHookContext) -> None:
         self._deregister(ctx.alloc_id)

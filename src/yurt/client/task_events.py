@@ -21,6 +21,7 @@ SIBLING_FAILED = "Sibling Task Failed"
 LEADER_DEAD = "Leader Task Dead"
 MAIN_DEAD = "Main Tasks Dead"
 RESTORE_FAILED = "Failed Restoring Task"
+WAITING_SHUTDOWN_DELAY = "Waiting for shutdown delay"
 
 
 def event(type_: str, display: str = "", **kw) -> TaskEvent:
@@ -101,3 +102,8 @@ def main_dead() -> TaskEvent:
 
 def restore_failed(err: str) -> TaskEvent:
     return event(RESTORE_FAILED, err, details={"restore_error": err})
+
+
+def waiting_shutdown_delay(delay_ns: int) -> TaskEvent:
+    return event(WAITING_SHUTDOWN_DELAY,
+                 f"Waiting for shutdown_delay of {format_duration(delay_ns)} before killing the task.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -76,6 +77,7 @@ class TaskRunner:
         self._handle = handle
         self._restored = state is not None
         self._next_delay = 0.0
+        self._delay_waited = False  # the task's shutdown_delay was waited (before a drain)
         self._state = state.model_copy(deep=True) if state is not None else TaskState()
         if not self._restored:
             self._state.events.append(ev.received())
@@ -173,6 +175,52 @@ class TaskRunner:
     def wait(self, timeout: float | None = None) -> bool:
         """True once the task is dead and its runner finished."""
         return self._done.wait(timeout)
+
+    @property
+    def kill_timeout(self) -> float:
+        """Seconds between the kill signal and SIGKILL (the task's kill_timeout, capped)."""
+        return min(self.task.kill_timeout or DEFAULT_KILL_TIMEOUT, self.max_kill_timeout) / SECOND
+
+    def shutdown_delay(self, cancel: threading.Event | None = None) -> None:
+        """Wait the task's shutdown_delay (once: the kill does not wait it again), as Nomad does
+        between removing the services and signalling the task; ends early when the task exits
+        or ``cancel`` is set."""
+        with self._lock:
+            if not self.task.shutdown_delay or self._delay_waited or self._state.state != TASK_RUNNING:
+                return
+            self._delay_waited = True
+        delay = self.task.shutdown_delay
+        self._emit(ev.waiting_shutdown_delay(delay))
+        deadline = time.monotonic() + delay / SECOND
+        while not self._done.is_set() and not (cancel is not None and cancel.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0 or self._done.wait(min(left, WAIT_SLICE)):
+                break
+
+    def drain(self) -> bool:
+        """Ask the running task to take no new work and finish what it has, when its driver can
+        (a Connect sidecar refuses new inbound connections); False: nothing to wait for."""
+        with self._lock:
+            handle = self._handle
+            if handle is None or self._kill.is_set() or self._state.state != TASK_RUNNING:
+                return False
+        if not self.driver.capabilities.drains:
+            return False
+        try:
+            return self.driver.drain(handle)
+        except (DriverError, OSError, ValueError) as e:
+            log.warning("task %s: drain: %s", self.name, e)
+            return False
+
+    def drained(self) -> bool:
+        """True once a drained task has finished its work (or is no longer running)."""
+        handle = self.handle
+        if handle is None or not self.is_running():
+            return True
+        try:
+            return self.driver.drained(handle)
+        except (DriverError, OSError, ValueError):
+            return True
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -310,7 +358,7 @@ class TaskRunner:
             logs_disabled=bool(logs and logs.disabled),
             netns=resources.netns,
             cpu_shares=cpu, memory_mb=memory, memory_max_mb=memory_max,
-            resolv_conf=resources.resolv_conf, hostname=resources.hostname)
+            resolv_conf=resources.resolv_conf, hostname=resources.hostname, kill_timeout=self.kill_timeout)
 
     def _start(self) -> TaskHandle | None:
         try:
@@ -346,8 +394,7 @@ class TaskRunner:
     def _stop(self, handle: TaskHandle) -> None:
         timeout = min(self.task.kill_timeout or DEFAULT_KILL_TIMEOUT, self.max_kill_timeout)
         signal = self.task.kill_signal or DEFAULT_KILL_SIGNAL
-        if self.task.shutdown_delay:
-            self._kill_sleep(self.task.shutdown_delay / SECOND)
+        self.shutdown_delay()
         self._emit(ev.killing(timeout, signal))
         err = ""
         try:
@@ -361,6 +408,3 @@ class TaskRunner:
         self.driver.destroy(handle)
         self._dead(ev.killed(err))
 
-    @staticmethod
-    def _kill_sleep(seconds: float) -> None:
-        threading.Event().wait(seconds)

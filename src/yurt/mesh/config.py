@@ -11,6 +11,8 @@ JSON (every key optional except service):
    "address": "unix:///var/run/yurt/agent.sock",     # the agent's API (else YURT_ADDR)
    "token_file": "/secrets/nomad_token",   # the workload identity sent to the agent (else YURT_TOKEN_FILE)
    "ready_file": "/alloc/tmp/connect-proxy.ready", "ready_addr": "127.0.0.1:19001",
+   "drained_file": "/alloc/tmp/connect-proxy.drained",  # written once SIGUSR1's inbound drain is done
+   "drain_timeout_ms": 5000,              # after SIGTERM/SIGINT, how long open connections may finish
    "handshake_timeout_ms": 10000, "connect_timeout_ms": 3000,
    "max_connections": 1024,               # open connections per listener; past it new ones are closed
    "idle_timeout_ms": 300000,             # an established connection with no bytes either way is closed
@@ -56,6 +58,9 @@ class ProxyConfig:
     idle_timeout: float = 300.0  # seconds without a byte either way before a connection is closed; 0 = never
     debug_modules: bool = False  # log the loaded Python modules once ready (footprint checks)
     workers: int = 1  # reactor processes sharing the listeners (SO_REUSEPORT); 1 = one process
+    drained_file: str = ""  # written when the inbound drain (SIGUSR1) is done
+    drain_timeout: float = 5.0  # seconds open connections may take to finish after SIGTERM/SIGINT
+    worker_drained_files: list[str] = field(default_factory=list)  # -workers: set at fork, not configured
 
     def validate(self) -> ProxyConfig:
         if not self.service:
@@ -68,6 +73,8 @@ class ProxyConfig:
             raise ConfigError(f"-max-connections {self.max_connections}: must be 0 (no cap) or more")
         if self.idle_timeout < 0 or self.handshake_timeout <= 0:
             raise ConfigError("-idle-timeout must be 0 (never) or more, and -handshake-timeout more than 0")
+        if self.drain_timeout < 0:
+            raise ConfigError("-drain-timeout must be 0 (stop at once) or more")
         if self.workers < 1:
             raise ConfigError("-workers must be at least 1")
         if self.workers > 1 and (self.listen_port == 0 or any(u.local_bind_port == 0 for u in self.upstreams)):
@@ -124,6 +131,9 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
     cfg.ready_file = doc.get("ready_file", cfg.ready_file)
     cfg.token_file = doc.get("token_file", cfg.token_file)
     cfg.ready_addr = doc.get("ready_addr", cfg.ready_addr)
+    cfg.drained_file = doc.get("drained_file", cfg.drained_file)
+    if "drain_timeout_ms" in doc:
+        cfg.drain_timeout = _whole(doc["drain_timeout_ms"], "drain_timeout_ms") / 1000
     if "handshake_timeout_ms" in doc:
         cfg.handshake_timeout = doc["handshake_timeout_ms"] / 1000
     if "connect_timeout_ms" in doc:
@@ -173,6 +183,9 @@ def parser() -> argparse.ArgumentParser:
         "(default 300, 0 = never)"))
     a("-handshake-timeout", "--handshake-timeout", type=float, help=(
         "seconds an inbound connection has to finish its TLS handshake (default 10)"))
+    a("-drain-timeout", "--drain-timeout", type=float, help=(
+        "seconds open connections may take to finish after SIGTERM or SIGINT (default 5); new "
+        "ones are refused meanwhile. SIGUSR1 drains only the inbound side"))
     a("-debug-modules", "--debug-modules", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -216,6 +229,8 @@ def from_args(argv: list[str]) -> ProxyConfig:
         cfg.idle_timeout = ns.idle_timeout
     if ns.handshake_timeout is not None:
         cfg.handshake_timeout = ns.handshake_timeout
+    if ns.drain_timeout is not None:
+        cfg.drain_timeout = ns.drain_timeout
     cfg.address = cfg.address or os.environ.get("YURT_ADDR", "")
     cfg.token_file = cfg.token_file or os.environ.get("YURT_TOKEN_FILE", "")
     return cfg.validate()

@@ -9,6 +9,14 @@ upstream's first list of endpoints (maybe empty) has arrived -- as Envoy warms a
 using it, so the app's first connection, made as soon as its sidecar is ready, does not fail
 for want of an answer not yet received. Then the ready file is written and the ready address
 answers `200 LIVE`.
+
+Stopping without dropping a request (the client agent's stop order, see docs/architecture.md):
+SIGUSR1 drains the inbound side: the public listener closes (a new connection is refused, so
+the caller's sidecar retries another instance) while the connections already accepted go on to
+the app; once none is left the drained file is written. Upstream listeners keep serving (the
+app may still be answering). SIGTERM or SIGINT stop the proxy gracefully: every listener
+closes, open connections finish, and the proxy exits when none is left or `drain_timeout` has
+passed (what is still open then is cut, and logged). A second SIGTERM/SIGINT exits at once.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from .source import MeshSource, Watch
 from .tls import TLSMaterial, build_material, roots_bundle
 from .upstream import UpstreamConn
 
+DRAIN_POLL = 0.05  # seconds between two looks at the open connections while draining
+
 
 class Proxy:
     def __init__(self, cfg: ProxyConfig, source: MeshSource, log: AccessLog | None = None) -> None:
@@ -44,6 +54,8 @@ class Proxy:
         self.authz = Authorizer(self.reactor, lambda uri, serial: source.authorize(cfg.service, uri, serial),
                                 self._deny_existing)
         self.listeners: list[Listener] = []
+        self.public: Listener | None = None
+        self.draining = ""  # "" serving; "inbound": the public listener is closed; "all": stopping
         self.balancers: dict[int, Balancer] = {}
         self.inbound: dict[str, set[Pipe]] = {}  # source URI → open pipes
         self.upstream_pipes: set[Pipe] = set()
@@ -62,6 +74,7 @@ class Proxy:
             s = listen(cfg.listen_addr, cfg.listen_port, reuseport=cfg.workers > 1)
             lst = Listener(self, s, lambda sock, addr: InboundConn(self, sock, addr), cfg.max_connections)
             self.public_port = lst.port
+            self.public = lst
             self.listeners.append(lst)
         for up in cfg.upstreams:
             bal = Balancer()
@@ -204,6 +217,58 @@ class Proxy:
         for pipe in list(self.inbound.get(uri, ())):
             pipe.close("denied", f"intentions changed: {reason}")
 
+    # -- draining (reactor thread) ---------------------------------------------------------------
+    def drain_inbound(self) -> None:
+        """Refuse new inbound connections, let the accepted ones finish; then the drained file."""
+        if self.draining:
+            return
+        self.draining = "inbound"
+        public = self.public
+        self.log.event("draining", side="inbound", open=public.active if public else 0)
+        if public is not None:
+            public.close()
+        self._poll_inbound()
+
+    def _poll_inbound(self) -> None:
+        workers_left = [f for f in self.cfg.worker_drained_files if not os.path.exists(f)]
+        if (self.public is not None and self.public.active > 0) or workers_left:
+            self.reactor.call_later(DRAIN_POLL, self._poll_inbound)
+            return
+        self.log.event("drained", side="inbound")
+        if self.cfg.drained_file:
+            tmp = self.cfg.drained_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write("DRAINED\n")
+            os.replace(tmp, self.cfg.drained_file)
+
+    def drain_and_stop(self) -> None:
+        """Close every listener, let open connections finish, stop when none is left or at the
+        drain deadline; called again (a second signal): stop now."""
+        if self.draining == "all":
+            self.log.event("stopping", reason="second signal")
+            self.reactor.stop()
+            return
+        self.draining = "all"
+        deadline = time.monotonic() + self.cfg.drain_timeout
+        self.log.event("draining", side="all", open=self._open(), timeout=self.cfg.drain_timeout)
+        for lst in self.listeners:
+            lst.close()
+        self._poll_stop(deadline)
+
+    def _open(self) -> int:
+        return sum(lst.active for lst in self.listeners)
+
+    def _poll_stop(self, deadline: float) -> None:
+        left = self._open()
+        if left == 0:
+            self.log.event("stopping", reason="drained")
+            self.reactor.stop()
+        elif time.monotonic() >= deadline:
+            self.log.event("stopping", reason=f"drain timeout: {left} connection(s) still open")
+            self.reactor.stop()
+        else:
+            self.reactor.call_later(DRAIN_POLL, self._poll_stop, deadline)
+
     # -- running -------------------------------------------------------------------------------
     def run(self) -> None:
         """Bind, watch, serve until stop(). Bind errors raise before anything is served."""
@@ -248,11 +313,12 @@ class Proxy:
                 p.close("allowed", "proxy stopping")
         for p in list(self.upstream_pipes):
             p.close("allowed", "proxy stopping")
-        if self.cfg.ready_file:
-            try:
-                os.unlink(self.cfg.ready_file)
-            except OSError:
-                pass
+        for path in (self.cfg.ready_file, self.cfg.drained_file):
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         self.reactor.close()
 
 
@@ -266,8 +332,9 @@ class ReadyConn:
     def on_event(self, ev: int) -> None:
         try:
             self.sock.recv(4096)
-            body = b"LIVE" if self.proxy.ready.is_set() else b"NOT READY"
-            status = b"200 OK" if self.proxy.ready.is_set() else b"503 Service Unavailable"
+            live = self.proxy.ready.is_set() and not self.proxy.draining
+            body = b"LIVE" if live else b"DRAINING" if self.proxy.draining else b"NOT READY"
+            status = b"200 OK" if live else b"503 Service Unavailable"
             self.sock.send(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
                            + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
         except OSError:
@@ -288,16 +355,25 @@ def make_source(cfg: ProxyConfig) -> MeshSource:
 def _fork_workers(cfg: ProxyConfig) -> tuple[list[int], bool]:
     """-workers N: fork N-1 more proxy processes, each binding the same ports with SO_REUSEPORT
     (the kernel spreads connections over them). Called before any thread exists, so fork is
-    safe. Only the first process keeps the ready file and ready address. Returns (children,
-    is_child)."""
+    safe. Only the first process keeps the ready file and ready address; each other worker
+    writes `<drained file>.worker<n>` when its inbound drain is done, and the first one writes
+    the drained file only once they all have. Returns (children, is_child)."""
     children: list[int] = []
-    for _ in range(cfg.workers - 1):
+    worker_files = [f"{cfg.drained_file}.worker{n}" for n in range(1, cfg.workers)] if cfg.drained_file else []
+    for path in worker_files:  # a file a killed worker left: it would claim a drain not done
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    for n in range(1, cfg.workers):
         pid = os.fork()
         if pid == 0:
             cfg.ready_file = ""
             cfg.ready_addr = ""
+            cfg.drained_file = worker_files[n - 1] if worker_files else ""
             return [], True
         children.append(pid)
+    cfg.worker_drained_files = worker_files  # the first worker's drained file waits for these
     return children, False
 
 
@@ -314,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     children, is_child = _fork_workers(cfg) if cfg.workers > 1 else ([], False)
     source = make_source(cfg)
     proxy = Proxy(cfg, source)
-    signal.signal(signal.SIGTERM, lambda *_: proxy.reactor.stop())
-    signal.signal(signal.SIGINT, lambda *_: proxy.reactor.stop())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: proxy.reactor.call_soon_threadsafe(proxy.drain_and_stop))
+    signal.signal(signal.SIGUSR1, lambda *_: proxy.reactor.call_soon_threadsafe(proxy.drain_inbound))
     code = 0
     try:
         proxy.run()

@@ -40,11 +40,15 @@ class Capabilities:
     (`Driver.netns_holder`), as the docker driver does with a pause container; the network hook
     uses it instead of ``ip netns add``. ``removes_orphans``: at client start the driver removes
     what it runs for allocations the client no longer has (`Driver.remove_orphans`).
+    ``drains``: the task can be told to stop taking new work while it finishes what it has
+    (`Driver.drain`, `Driver.drained`): a Connect sidecar refuses new inbound connections and
+    lets the open ones finish before its application is stopped.
     """
 
     fs_isolation: FsIsolation = "none"
     holds_network_namespace: bool = False
     removes_orphans: bool = False
+    drains: bool = False
 
 
 @dataclass
@@ -84,6 +88,8 @@ class TaskConfig:
     # from the network hook, for drivers with their own /etc and UTS namespace ("" = not set)
     resolv_conf: str = ""  # the text of /etc/resolv.conf
     hostname: str = ""
+    # seconds the task has between its kill signal and SIGKILL (the task's kill_timeout, capped)
+    kill_timeout: float = 5.0
 
     @property
     def id(self) -> str:
@@ -165,6 +171,13 @@ class Driver(Protocol):
         """Remove what runs for allocations not in ``keep_alloc_ids`` (``capabilities.removes_orphans``);
         what was removed, for the log."""
 
+    def drain(self, handle: TaskHandle) -> bool:
+        """Tell the task to take no new work and finish what it has (``capabilities.drains``);
+        False when there is nothing to wait for."""
+
+    def drained(self, handle: TaskHandle) -> bool:
+        """True once a drained task has finished what it had (or is gone)."""
+
 
 class BaseDriver:
     """What a driver without a capability does: the defaults of the optional parts of `Driver`."""
@@ -177,6 +190,12 @@ class BaseDriver:
 
     def remove_orphans(self, keep_alloc_ids: set[str]) -> list[str]:
         return []
+
+    def drain(self, handle: TaskHandle) -> bool:
+        return False
+
+    def drained(self, handle: TaskHandle) -> bool:
+        return True
 
 
 def process_stats(pid: int) -> TaskStats:

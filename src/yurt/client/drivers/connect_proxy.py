@@ -6,28 +6,38 @@ detached executor as raw_exec (it outlives an agent restart and joins the group'
 namespace), and reaches its agent through the agent's unix socket, which works from inside any
 network namespace. `start` returns only when the proxy is READY (listeners bound, certificate
 loaded), so the group's application tasks start after their sidecar (the originals race here).
+
+Stopping (`drain`, then the kill signal): SIGUSR1 makes the proxy refuse new inbound connections
+and finish the open ones; it writes the drained file when none is left, and the allocation
+runner stops the application only then. The kill signal (SIGTERM, SIGINT) then closes the
+upstream listeners and lets the last connections finish within the task's kill timeout.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from .base import DriverError, DriverFingerprint, TaskConfig, TaskHandle
+from ..procs import kill_group
+from .base import Capabilities, DriverError, DriverFingerprint, TaskConfig, TaskHandle
 from .raw_exec import PID_FILE, STATUS_FILE, RawExecDriver
 
 NAME = "connect-proxy"
 CONFIG_FILE = "proxy.json"     # in the task's secrets dir
 READY_FILE = "proxy.ready"
+DRAINED_FILE = "proxy.drained"
+DRAIN_MARGIN = 0.5             # seconds: the proxy ends its own drain before the SIGKILL
 READY_TIMEOUT = 60.0           # seconds to get a certificate and bind the listeners
 
 
 class ConnectProxyDriver(RawExecDriver):
-    stale_files = (PID_FILE, STATUS_FILE, READY_FILE)
+    stale_files = (PID_FILE, STATUS_FILE, READY_FILE, DRAINED_FILE)
     name = NAME
+    capabilities = Capabilities(drains=True)
 
     def __init__(self, agent_address: str = "") -> None:
         super().__init__(enabled=True)
@@ -50,6 +60,8 @@ class ConnectProxyDriver(RawExecDriver):
         ready = Path(cfg.task_dir) / READY_FILE   # removed with the other stale files on a fresh start
         token = secrets / "nomad_token"   # the workload identity (identity hook): its leaf needs it
         conf = {**given, "address": self.agent_address, "ready_file": str(ready),
+                "drained_file": str(Path(cfg.task_dir) / DRAINED_FILE),
+                "drain_timeout_ms": int(max(cfg.kill_timeout - DRAIN_MARGIN, cfg.kill_timeout / 2) * 1000),
                 **({"token_file": str(token)} if token.exists() else {}),
                 "datacenter": given.get("datacenter") or cfg.env.get("NOMAD_DC", "dc1")}
         path = secrets / CONFIG_FILE
@@ -71,6 +83,16 @@ class ConnectProxyDriver(RawExecDriver):
                 self.stop(handle, "SIGTERM", 5)
                 raise DriverError(f"failed to start: the proxy was not ready after {READY_TIMEOUT:g}s "
                                   f"(no certificate from the agent, or a port it cannot bind): {_tail(cfg)}")
+
+
+    def drain(self, handle: TaskHandle) -> bool:
+        if self._status(handle) is not None or not self._task_alive(handle):
+            return False
+        return kill_group(handle.pid, signal.SIGUSR1)
+
+    def drained(self, handle: TaskHandle) -> bool:
+        return ((Path(handle.task_dir) / DRAINED_FILE).exists() or self._status(handle) is not None
+                or not self._task_alive(handle))
 
 
 def _tail(cfg: TaskConfig) -> str:
