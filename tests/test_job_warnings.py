@@ -123,8 +123,6 @@ def position(text: str, lines: str, where: str = "") -> str:
 
 # (id, rule path in ignored.RULES, slot, lines, where, fragment of the message)
 WARNED = [
-    ("group-shutdown-delay", ("TaskGroups", "*", "ShutdownDelay"), "GROUP", 'shutdown_delay = "5s"',
-     'group "api" > shutdown_delay', "the group's tasks are stopped right after"),
     ("group-max-client-disconnect", ("TaskGroups", "*", "MaxClientDisconnect"), "GROUP",
      'max_client_disconnect = "1h"', 'group "api" > max_client_disconnect', "replaced as lost"),
     ("ephemeral-disk-sticky", ("TaskGroups", "*", "EphemeralDisk", "Sticky"), "GROUP",

@@ -14,8 +14,8 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   would forward there (server/admission.py check_region; the job file alone cannot tell).
 - Group: count, constraint/affinity/spread, network (mode, hostname, dns, cni.args, ports'
   label/static/to/host_network), service, restart, reschedule, migrate, ephemeral_disk size,
-  meta: the scheduler, the client's network and service hooks. Not read: shutdown_delay,
-  max_client_disconnect, stop_after_client_disconnect, ephemeral_disk sticky and migrate,
+  meta, shutdown_delay (waited after the services are deregistered): the scheduler, the client's
+  network and service hooks. Not read: max_client_disconnect, stop_after_client_disconnect, ephemeral_disk sticky and migrate,
   network mbits/device/cidr/ip, port ignore_collision.
 - Task: driver, config, user, lifecycle, env, meta, resources cpu/memory/memory_max, restart,
   kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity: the scheduler
@@ -91,9 +91,6 @@ NO_EFFECT = "has no effect yet in Yurt"
 
 RULES: tuple[Rule, ...] = (
     # --- group --------------------------------------------------------------------------------
-    Rule(_G + ("ShutdownDelay",),
-         f"shutdown_delay {NO_EFFECT}: the group's tasks are stopped right after its services are "
-         "deregistered; set shutdown_delay in the tasks instead, which works"),
     Rule(_G + ("MaxClientDisconnect",),
          f"max_client_disconnect {NO_EFFECT}: allocations of a node that stops heartbeating are "
          "replaced as lost, as if it were not set"),
