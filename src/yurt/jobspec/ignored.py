@@ -15,8 +15,8 @@ The audit behind the table (who reads each field; `update` is left out: deployme
 - Group: count, constraint/affinity/spread, network (mode, hostname, dns, cni.args, ports'
   label/static/to/host_network), service, restart, reschedule, migrate, ephemeral_disk size,
   meta, shutdown_delay (waited after the services are deregistered): the scheduler, the client's
-  network and service hooks. Not read: max_client_disconnect, stop_after_client_disconnect, ephemeral_disk sticky and migrate,
-  network mbits/device/cidr/ip, port ignore_collision.
+  network and service hooks. Not read: max_client_disconnect, stop_after_client_disconnect,
+  ephemeral_disk sticky and migrate, network mbits/device/cidr/ip, port ignore_collision.
 - Task: driver, config, user, lifecycle, env, meta, resources cpu/memory/memory_max, restart,
   kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity: the scheduler
   and the client. Not read: template (nothing renders it), task-level service (only group

@@ -18,6 +18,8 @@ from yurt.structs import (AllocatedCpuResources, AllocatedMemoryResources, Alloc
 
 from . import reschedule
 from .ports import port_mappings
+from yurt.structs.times import rfc3339
+
 from .reconcile import Place, Reconciled, reconcile
 from .stack import Group, NodeUsage, Stack
 from .state import SchedulerState
@@ -151,8 +153,9 @@ class _Scheduler:
                 node = self.state.node(a.node_id)
                 if node is not None and stack.feasible_static(node, group) is None:
                     update: dict[str, Any] = {"job": job, "eval_id": self.ev.id, "modify_time": self.now}
-                    if group.deployment_id:   # it joins the new version's deployment, health anew
-                        update.update(deployment_id=group.deployment_id, deployment_status=None)
+                    if group.deployment_id:   # it joins the new version's deployment, health anew from now
+                        update.update(deployment_id=group.deployment_id,
+                                      deployment_status=AllocDeploymentStatus(timestamp=rfc3339(self.now)))
                     self.plan.node_allocation.setdefault(a.node_id, []).append(a.model_copy(update=update))
                 else:   # the node no longer suits the group: replace it
                     destructive.append(Place(gp.tg, a.name, previous=a))

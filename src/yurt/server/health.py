@@ -37,8 +37,13 @@ class HealthJudge:
 
     def health(self, snap: Snapshot, a: Allocation, tg: TaskGroup, *, health_check: str,
                min_healthy_time: int, healthy_deadline: int, now: int) -> bool | None:
-        """True (healthy), False (unhealthy) or None (not decided yet)."""
-        deadline_passed = now >= a.create_time + healthy_deadline
+        """True (healthy), False (unhealthy) or None (not decided yet). The clock starts when
+        the allocation was created, or when it joined a deployment as it was (an update in
+        place records that time in its undecided DeploymentStatus)."""
+        start = a.create_time
+        if a.deployment_status is not None and a.deployment_status.healthy is None:
+            start = max(start, parse_rfc3339(a.deployment_status.timestamp) or 0)
+        deadline_passed = now >= start + healthy_deadline
         if a.client_status == ALLOC_FAILED:
             return False
         latest_start = 0
@@ -57,7 +62,7 @@ class HealthJudge:
             latest_start = max(latest_start, parse_rfc3339(state.started_at) or now)
         if a.client_status != ALLOC_RUNNING:
             return False if deadline_passed else None
-        since = latest_start
+        since = max(latest_start, start)
         if health_check == "checks":
             if not self._checks_pass(snap, a, tg):
                 self._passing_since.pop(a.id, None)
