@@ -21,6 +21,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,6 +142,7 @@ class EtcdClient:
         self.endpoints = list(endpoints)
         self._clients = [self._make(e, ca_file, cert_file, key_file, timeout) for e in endpoints]
         self._current = 0
+        self.quorum_seen = 0.0      # monotonic time of the last answer that needed etcd's quorum
         self._lock = threading.Lock()
         self.timeout = timeout
         self._tls = (ca_file, cert_file, key_file)
@@ -186,6 +188,8 @@ class EtcdClient:
             if resp.status_code == 200:
                 self._current = k
                 out: dict[str, Any] = resp.json()
+                if path in ("kv/txn", "kv/put") or (path == "kv/range" and not body.get("serializable")):
+                    self.quorum_seen = time.monotonic()   # these go through the cluster's quorum
                 return out
             text = _error_text(resp)
             if "timed out" in text or "no leader" in text or "leader changed" in text:

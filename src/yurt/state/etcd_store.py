@@ -12,6 +12,10 @@
   against (a change that did not come through this server's watch refuses the write).
 * Reads are local. `sync()` makes a follower's read consistent: it asks etcd for the revision
   of the last write and waits until the model has it.
+* Without quorum a write is refused (503). A write etcd took but could not commit in time is
+  refused too, but etcd may still commit it once quorum returns (as a Raft write that timed out
+  may): so when etcd has not shown quorum in the last half second, a write first checks it with
+  a linearizable read, which leaves nothing behind.
 * Writes larger than etcd's transaction limit (128 operations by default) are split where each
   item stands alone (allocations of a plan, evaluations, garbage collection).
 """
@@ -46,6 +50,7 @@ MAX_COMPARES = 127       # compares per transaction: etcd's --max-txn-ops (128) 
 APPLY_TIMEOUT = 30.0     # how long a write waits for its own watch to bring it back
 HISTORY_KEPT = 10_000    # revisions of history kept when etcd is compacted
 TRANSIENT_RETRY = 15.0   # how long a write is retried while etcd elects its own leader
+QUORUM_FRESH = 0.5       # a write more than this after etcd last showed quorum checks it first
 
 
 class NotLeader(Unavailable):
@@ -224,6 +229,10 @@ class EtcdStateStore(StateStore):
             if not fence:
                 raise NotLeader("this server does not lead the cluster" + self._leader_hint() +
                                 "; nothing was written")
+            if time.monotonic() - self.kv.quorum_seen > QUORUM_FRESH:
+                # a linearizable read first: it fails without quorum and, unlike a write that
+                # times out, leaves nothing in etcd's log that could still commit later
+                self.kv.range(self.codec.leader_key, count_only=True)
             txn = Txn(self._t, PENDING, time.time_ns())
             build(txn)
             ch = txn.finish()
