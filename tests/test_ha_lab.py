@@ -2,7 +2,8 @@
 server, and two client hosts running a real job. Faults, in order, on one lab:
 
 * the leader killed (SIGKILL, its etcd member with it) while four clients register 200 jobs:
-  every registration that got a 200 exists with exactly its allocations, a new leader leads;
+  every registration that got a 200 exists with exactly its allocations, a new leader leads,
+  and a blocking query held on the old leader resumes on another server, missing nothing;
 * one etcd member killed: still available;
 * two of three killed: writes refused with "no quorum in the state store", stale reads answer,
   nothing half-written, and everything resumes when they return;
@@ -237,6 +238,24 @@ def test_leader_killed_while_clients_register_jobs(lab):
                     acked.add(job_id)
                 break
 
+    # a blocking query held on the leader: killed under it, it resumes on another server
+    watched: dict[str, set[str]] = {"jobs": set()}
+    watch_stop = threading.Event()
+
+    def watch() -> None:
+        client = YurtClient([lab.url(old)] + [lab.url(s) for s in SERVERS if s != old], timeout=30)
+        index = 1
+        while not watch_stop.is_set():
+            try:
+                jobs, index = client.get("/v1/jobs", index=index, wait="5s")
+            except YurtError:
+                time.sleep(0.2)
+                continue
+            watched["jobs"] = {j["ID"] for j in jobs}
+            watched["server"] = client.address
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     threads = [threading.Thread(target=register, args=(t,)) for t in range(CLIENTS)]
     for th in threads:
         th.start()
@@ -261,6 +280,9 @@ def test_leader_killed_while_clients_register_jobs(lab):
         allocs = wait_for(lambda job_id=job_id: placed(job_id), 120, 0.5, what=f"{job_id}'s allocations")
         names = sorted(a["Name"] for a in allocs)
         assert names == [f"{job_id}.g[0]", f"{job_id}.g[1]"], (job_id, names)
+    wait_for(lambda: acked <= watched["jobs"], 60, 0.5, what="the blocking query to have seen every job")
+    watch_stop.set()
+    assert watched["server"] != lab.url(old), "the blocking query moved to another server"
     out = yurt("server", "members", "-address", lab.url(new)).stdout
     dead = next(line for line in out.splitlines() if line.startswith(f"{old}.global"))
     assert " failed " in f" {dead} ", out

@@ -232,7 +232,7 @@ class EtcdStateStore(StateStore):
             if time.monotonic() - self.kv.quorum_seen > QUORUM_FRESH:
                 # a linearizable read first: it fails without quorum and, unlike a write that
                 # times out, leaves nothing in etcd's log that could still commit later
-                self.kv.range(self.codec.leader_key, count_only=True)
+                self._transient(lambda: self.kv.range(self.codec.leader_key, count_only=True))
             txn = Txn(self._t, PENDING, time.time_ns())
             build(txn)
             ch = txn.finish()
@@ -251,17 +251,20 @@ class EtcdStateStore(StateStore):
             return res.revision
 
     def _txn(self, guard: list[dict[str, Any]], ops: list[dict[str, Any]]) -> ec.TxnResult:
-        """One write. While etcd elects a new leader of its own (a member died), it answers
-        "leader changed" or "possibly due to previous leader failure" for a moment: that is
-        retried for a few seconds (the write is the same puts, guarded by the same compares)."""
+        return self._transient(lambda: self.kv.txn(guard, ops))
+
+    def _transient(self, call: Callable[[], T]) -> T:
+        """While etcd elects a new leader of its own (a member died), it answers "leader
+        changed" or "possibly due to previous leader failure" for a moment: that is retried for
+        a few seconds (a write is the same puts, guarded by the same compares)."""
         deadline = time.monotonic() + TRANSIENT_RETRY
         while True:
             try:
-                return self.kv.txn(guard, ops)
+                return call()
             except ec.StoreUnavailable as e:
                 if "leader" not in str(e) or time.monotonic() > deadline:
                     raise
-                log.info("etcd is electing a leader; retrying the write: %s", e)
+                log.info("etcd is electing a leader; retrying: %s", e)
                 time.sleep(0.3)
 
     def _leader_hint(self) -> str:
