@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -298,3 +299,124 @@ def test_a_request_in_flight_is_answered_when_its_instance_stops(mesh):
     assert json.loads(body) == {"alloc": alloc, "path": "/hold"}
     done = wait_for(lambda: stopped(api, alloc), timeout=120, what="the stopped allocation complete")
     assert (done["DesiredStatus"], done["ClientStatus"]) == ("stop", "complete"), done
+
+
+ROLLING = '''
+job "rolling" {
+  datacenters = ["dc1"]
+  update {
+    max_parallel     = 1
+    min_healthy_time = "2s"
+    healthy_deadline = "60s"
+    progress_deadline = "120s"
+  }
+  group "api" {
+    count = 3
+    shutdown_delay = "1s"
+    network {
+      mode = "bridge"
+    }
+    service {
+      name = "roll-api"
+      port = "9001"
+      connect {
+        sidecar_service {}
+      }
+      check {
+        type     = "http"
+        path     = "/"
+        interval = "1s"
+        timeout  = "2s"
+      }
+    }
+    task "web" {
+      driver = "raw_exec"
+      config {
+        command = "%(python)s"
+        args    = ["%(app)s", "%(release)s", "%(version)s"]
+      }
+    }
+  }
+  group "caller" {
+    network {
+      mode = "bridge"
+    }
+    service {
+      name = "roll-caller"
+      port = "9002"
+      connect {
+        sidecar_service {
+          proxy {
+            upstreams {
+              destination_name = "roll-api"
+              local_bind_port  = 8081
+            }
+          }
+        }
+      }
+    }
+    task "idle" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sleep"
+        args    = ["86400"]
+      }
+    }
+  }
+}
+'''
+
+
+def test_a_rolling_update_under_load_fails_no_request(mesh):
+    """Three instances updated max_parallel = 1 while four callers send requests through the
+    upstream: no request fails, and the catalog never offers fewer than two healthy instances."""
+    _agent, api, tmp = mesh
+    app, release = tmp / "app.py", tmp / "release"
+
+    def job_allocs(group: str) -> list[dict]:
+        return [a for a in allocs(api, "rolling") if a["TaskGroup"] == group and a["ClientStatus"] == "running"]
+
+    def healthy() -> set[str]:
+        entries = api.get("/v1/health/connect/roll-api", params={"passing": "1"}).json()
+        return {e["Service"]["Meta"]["alloc_id"] for e in entries}
+
+    register(api, ROLLING % {"python": sys.executable, "app": app, "release": release, "version": "v1"})
+    wait_for(lambda: len(job_allocs("api")) == 3 and job_allocs("caller"), timeout=120, what="the rolling job up")
+    wait_for(lambda: len(healthy()) == 3, timeout=60, what="three instances passing")
+    wait_for(lambda: (api.get("/v1/job/rolling/deployment").json() or {}).get("Status") == "successful",
+             timeout=60, what="the first deployment")
+    (caller,) = job_allocs("caller")
+    stop, progress = tmp / "stop-rolling", tmp / "rolling.json"
+    loop = in_netns(caller["ID"], LOOP.replace("8080", "8081").replace("slow-api", "roll-api"),
+                    str(stop), str(progress), str(WORKERS))
+    fewest: list[int] = []
+    watching = True
+
+    def watch() -> None:
+        while watching:
+            fewest.append(len(healthy()))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        wait_for(lambda: progress.exists() and json.loads(progress.read_text())["ok"] >= 50, timeout=60,
+                 what="requests flowing")
+        watcher.start()
+        register(api, ROLLING % {"python": sys.executable, "app": app, "release": release, "version": "v2"})
+        d = wait_for(lambda: (lambda d: d if d and d["JobVersion"] == 1 and d["Status"] in ("successful", "failed")
+                              else None)(api.get("/v1/job/rolling/deployment").json()), timeout=300,
+                     what="the rolling deployment to finish")
+        assert d["Status"] == "successful", d
+    finally:
+        watching = False
+        stop.touch()
+        out, err = loop.communicate(timeout=120)
+        if watcher.is_alive():
+            watcher.join(30)
+    assert loop.returncode == 0, err
+    result = json.loads(out)
+    print(f"\nrolling update under load ({WORKERS} callers): {result['ok']} requests, {len(result['failed'])} "
+          f"failed; fewest healthy instances seen: {min(fewest)}")
+    assert result["failed"] == [], result["failed"][:20]
+    assert min(fewest) >= 2, f"the catalog offered {min(fewest)} healthy instances at one point"
+    assert sorted(a["JobVersion"] for a in job_allocs("api") if a["DesiredStatus"] == "run") == [1, 1, 1]
+    api.delete("/v1/job/rolling", params={"purge": "true"})
