@@ -93,16 +93,31 @@ def test_a_run_and_a_rolling_update_end_successful_and_stable(api):
     assert {a["DeploymentID"] for a in api.get(f"/v1/deployment/allocations/{d1['ID']}").json()} == {d1["ID"]}
 
 
+CANARY_SERVICE = '''service {
+      name        = "can-svc"
+      tags        = ["live"]
+      canary_tags = ["canary"]
+    }'''
+
+
+def tags_by_alloc(api: httpx.Client) -> dict[str, list[str]]:
+    return {e["ServiceMeta"]["alloc_id"]: e["ServiceTags"] for e in api.get("/v1/catalog/service/can-svc").json()}
+
+
 def test_canary_waits_for_promotion_then_rolls_the_rest(api):
-    register(api, job("can", update={"canary": "1"}))
+    register(api, job("can", update={"canary": "1"}, extra_group=CANARY_SERVICE))
     wait_for(status_is(api, "can", "successful", 0), 60, what="the first deployment")
-    register(api, job("can", arg="3601", update={"canary": "1"}))
+    register(api, job("can", arg="3601", update={"canary": "1"}, extra_group=CANARY_SERVICE))
     d = wait_for(lambda: (lambda d: d if d and d["JobVersion"] == 1 and d["TaskGroups"]["g"]["HealthyAllocs"] == 1
                           else None)(latest(api, "can")), 60, what="a healthy canary")
     assert d["Status"] == "running" and d["StatusDescription"] == "Deployment is running but requires manual promotion"
     assert running_versions(api, "can") == [0, 0, 1], "the canary runs beside both old allocations"
+    (canary,) = d["TaskGroups"]["g"]["PlacedCanaries"]
+    tags = wait_for(lambda: (lambda t: t if len(t) == 3 else None)(tags_by_alloc(api)), 30, what="3 registrations")
+    assert tags[canary] == ["canary"] and sorted(v for k, v in tags.items() if k != canary) == [["live"], ["live"]]
     r = api.put(f"/v1/deployment/promote/{d['ID']}", json={"DeploymentID": d["ID"], "All": True})
     assert r.status_code == 200, r.text
+    wait_for(lambda: tags_by_alloc(api).get(canary) == ["live"], 30, what="the promoted canary's usual tags")
     wait_for(status_is(api, "can", "successful", 1), 60, what="the promoted deployment to finish")
     assert running_versions(api, "can") == [1, 1]
     r = api.put(f"/v1/deployment/promote/{d['ID']}", json={"DeploymentID": d["ID"], "All": True})

@@ -44,6 +44,7 @@ class ServiceHook(AllocHook):
         self.node_id = node_id
         self._runners: dict[str, CheckRunner] = {}
         self._registered: dict[str, list[str]] = {}
+        self._canary: dict[str, bool] = {}      # alloc ID -> registered as a canary
         self._lock = threading.Lock()
 
     # -- hook -------------------------------------------------------------------------------
@@ -53,6 +54,7 @@ class ServiceHook(AllocHook):
             return
         with self._lock:
             self._registered[ctx.alloc_id] = [r["ID"] for r in regs]
+            self._canary[ctx.alloc_id] = _is_canary(ctx)
         threading.Thread(target=self._register, args=(regs,), name=f"register-{ctx.alloc_id[:8]}",
                          daemon=True).start()
         if specs:
@@ -63,6 +65,22 @@ class ServiceHook(AllocHook):
             with self._lock:
                 self._runners[ctx.alloc_id] = checks
             checks.start()
+
+    def update(self, ctx: AllocHookContext) -> None:
+        """A canary that was promoted registers its services again, with their usual tags."""
+        with self._lock:
+            was = self._canary.get(ctx.alloc_id)
+            if was is None or was == _is_canary(ctx) or ctx.alloc.server_terminal():
+                return
+            self._canary[ctx.alloc_id] = _is_canary(ctx)
+            runner = self._runners.get(ctx.alloc_id)
+            statuses = dict(runner.statuses) if runner is not None else {}
+        regs, _, _ = self._plan(ctx)
+        for reg in regs:   # the checks keep the status they have (no flap to their initial one)
+            for check in reg.get("Checks") or []:
+                check["Status"] = statuses.get(check["CheckID"], check["Status"])
+        threading.Thread(target=self._register, args=(regs,), name=f"reregister-{ctx.alloc_id[:8]}",
+                         daemon=True).start()
 
     def prekill(self, ctx: AllocHookContext) -> None:
         """First step of a stop: checks stop (a draining sidecar must not be restarted for
@@ -107,8 +125,12 @@ class ServiceHook(AllocHook):
                 task = check.task_name or svc.task_name
                 if check.check_restart and check.check_restart.limit > 0 and task:
                     restarts[spec.check_id] = (task, check.check_restart)
-            regs.append({"ID": sid, "Name": svc.name, "Tags": svc.tags or [], "Address": address,
-                         "Port": port, "Meta": {**(svc.meta or {}), "external-source": "yurt", "alloc_id": alloc.id},
+            tags, meta = svc.tags, svc.meta
+            if _is_canary(ctx):   # a canary of a deployment, until it is promoted
+                tags = svc.canary_tags if svc.canary_tags is not None else tags
+                meta = svc.canary_meta if svc.canary_meta is not None else meta
+            regs.append({"ID": sid, "Name": svc.name, "Tags": tags or [], "Address": address,
+                         "Port": port, "Meta": {**(meta or {}), "external-source": "yurt", "alloc_id": alloc.id},
                          "AllocID": alloc.id, "NodeID": self.node_id, "Checks": checks})
             sidecar = svc.connect.sidecar_service if svc.connect is not None else None
             if sidecar is not None:   # svc.has_sidecar
@@ -206,6 +228,7 @@ class ServiceHook(AllocHook):
         with self._lock:
             checks = self._runners.pop(alloc_id, None)
             ids = self._registered.pop(alloc_id, [])
+            self._canary.pop(alloc_id, None)
         if checks:
             checks.stop()
         for sid in ids:
@@ -243,3 +266,8 @@ class _RestartTracker:
                             self.ctx.alloc_id[:8], task, limit)
             self.failures[check_id] = 0
             self.since[check_id] = time.monotonic()
+
+
+def _is_canary(ctx: AllocHookContext) -> bool:
+    status = ctx.alloc.deployment_status
+    return status is not None and status.canary

@@ -21,7 +21,8 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity: the scheduler
   and the client. Not read: template (nothing renders it), task-level service (only group
   services are registered and checked), resources cores and secrets, restart render_templates.
-- Group service: name, port, tags, meta, check (name, type, command, args, path, protocol,
+- Group service: name, port, tags, meta, canary_tags and canary_meta (a canary's, until it is
+  promoted), check (name, type, command, args, path, protocol,
   method, header, body, port, interval, timeout, initial_status, tls_skip_verify,
   success_before_passing, failures_before_critical, check_restart, on_update, task, expose: the
   checks run inside the group's namespace, so an exposed check works without a listener),
@@ -135,8 +136,6 @@ RULES: tuple[Rule, ...] = (
          "allocation's address when port is a number)", unset=("auto",)),
     Rule(_S + ("Address",),
          f"address {NO_EFFECT}: the service is registered with the node's address"),
-    Rule(_S + ("CanaryTags",), f"canary_tags {NO_EFFECT}: canaries are registered with tags"),
-    Rule(_S + ("CanaryMeta",), f"canary_meta {NO_EFFECT}: canaries are registered with meta"),
     Rule(_S + ("EnableTagOverride",), f"enable_tag_override {NO_EFFECT}"),
     Rule(_S + ("TaggedAddresses",), f"tagged_addresses {NO_EFFECT}: the service is registered "
                                     "without them"),

@@ -252,9 +252,7 @@ class StateStore(MeshStore, ACLStore):
             for alloc_id, status in (health or {}).items():
                 txn.set_alloc_health(alloc_id, status)
             for alloc_id in canaries_promoted:
-                a = txn.alloc(alloc_id)
-                if a is not None and a.deployment_status is not None:
-                    txn.set_alloc_health(alloc_id, a.deployment_status.model_copy(update={"canary": False}))
+                txn.promote_canary(alloc_id)
             if stable is not None:
                 txn.set_job_stable((d.namespace, d.job_id), *stable)
             for e in evals:

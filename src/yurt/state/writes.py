@@ -258,6 +258,17 @@ class Txn(MeshTxn):
             self.ch.jobs[key] = job.model_copy(update={"stable": stable, "modify_index": self.index})
             self.touched.add(key)
 
+    def promote_canary(self, alloc_id: str) -> None:
+        """A promoted canary is no canary any more: its client learns it (AllocModifyIndex moves)
+        and registers its services with their usual tags."""
+        exist = self.alloc(alloc_id)
+        if exist is None or exist.deployment_status is None or not exist.deployment_status.canary:
+            return
+        self._put_alloc(exist.model_copy(update={
+            "deployment_status": exist.deployment_status.model_copy(update={"canary": False,
+                                                                            "modify_index": self.index}),
+            "modify_index": self.index, "alloc_modify_index": self.index}))
+
     def delete_alloc(self, alloc_id: str) -> None:
         a = self.alloc(alloc_id)
         if a is None:
