@@ -139,7 +139,9 @@ def test_a_version_whose_task_exits_fails_and_auto_reverts(api):
     register(api, job("rev", command="/bin/false", arg="x", update={"auto_revert": "true"},
                       extra_group='restart {\n      attempts = 0\n      mode = "fail"\n    }'))
     failed = wait_for(status_is(api, "rev", "failed", 1), 60, what="the broken version's deployment to fail")
-    assert failed["StatusDescription"] == "Failed due to unhealthy allocations - rolling back to job version 0"
+    desc = failed["StatusDescription"]
+    assert desc.startswith("Failed due to unhealthy allocations (allocation ") and 'task "t" failed' in desc, desc
+    assert desc.endswith(" - rolling back to job version 0"), desc
     wait_for(status_is(api, "rev", "successful", 2), 90, what="the rollback (version 2) to succeed")
     versions = api.get("/v1/job/rev/versions").json()["Versions"]
     v2 = next(v for v in versions if v["Version"] == 2)
@@ -168,7 +170,10 @@ def test_a_check_that_never_passes_fails_at_the_healthy_deadline_and_reverts(api
     wait_for(status_is(api, "chk", "successful", 0), 60, what="the first deployment (no check)")
     register(api, job("chk", arg="3601", update=update, extra_group=NEVER_PASSES))
     failed = wait_for(status_is(api, "chk", "failed", 1), 60, what="the deployment to fail on its check")
-    assert failed["StatusDescription"].startswith("Failed due to unhealthy allocations - rolling back to job version 0")
+    desc = failed["StatusDescription"]
+    assert desc.startswith("Failed due to unhealthy allocations (allocation "), desc
+    assert 'check "service: "never-passes" check" of service "never-passes" is critical: Get http' in desc, desc
+    assert desc.endswith(" - rolling back to job version 0"), desc
     wait_for(status_is(api, "chk", "successful", 2), 90, what="the rollback to succeed")
 
 
@@ -180,7 +185,9 @@ def test_progress_deadline(api):
     wait_for(status_is(api, "prog", "successful", 0), 60, what="the first deployment")
     register(api, job("prog", arg="3601", update=update, extra_group=NEVER_PASSES, reschedule=""))
     failed = wait_for(status_is(api, "prog", "failed", 1), 60, what="the deployment to miss its progress deadline")
-    assert failed["StatusDescription"] == "Failed due to progress deadline"
+    desc = failed["StatusDescription"]
+    assert desc.startswith("Failed due to progress deadline (allocation "), desc
+    assert 'of service "never-passes" is critical' in desc, desc
 
 
 def test_pause_resume_fail_and_manual_health(api):

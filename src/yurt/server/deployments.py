@@ -126,7 +126,10 @@ class Deployments:
                    for st in d.task_groups.values())
 
     def _failure(self, job: Job, d: Deployment, allocs: list[Allocation], now: int) -> str:
-        """Why the deployment fails now ("" if it does not)."""
+        """Why the deployment fails now ("" if it does not): Nomad's description, then the
+        first allocation's reason in parentheses (the task that failed or kept exiting, the check
+        that never passed)."""
+        snap = self.store.snapshot()
         for a in allocs:
             status = a.deployment_status
             if status is None or status.healthy is not False or a.server_terminal():
@@ -137,8 +140,8 @@ class Deployments:
                 continue
             _, can_retry = next_reschedule_time(a, tg.reschedule_policy)
             if st.progress_deadline == 0 or not can_retry:
-                return ds.DESC_UNHEALTHY
-        for st in d.task_groups.values():
+                return f"{ds.DESC_UNHEALTHY} (allocation {a.id[:8]}: {self._judge.why(snap, a, tg)})"
+        for name, st in d.task_groups.items():
             by = parse_rfc3339(st.require_progress_by) or 0
             if not st.progress_deadline or by <= 0 or now < by:
                 continue
@@ -147,7 +150,12 @@ class Deployments:
                 continue        # waiting for a promotion is not a lack of progress
             if st.healthy_allocs >= st.desired_total:
                 continue
-            return ds.DESC_PROGRESS_DEADLINE
+            tg = job.group(name)
+            stuck = next((a for a in allocs if a.task_group == name and not _healthy(a) and not a.server_terminal()),
+                         None)
+            if stuck is None or tg is None:
+                return ds.DESC_PROGRESS_DEADLINE
+            return f"{ds.DESC_PROGRESS_DEADLINE} (allocation {stuck.id[:8]}: {self._judge.why(snap, stuck, tg)})"
         return ""
 
     def _may_auto_promote(self, d: Deployment, allocs: list[Allocation]) -> bool:

@@ -72,6 +72,38 @@ class HealthJudge:
             return True
         return False if deadline_passed else None
 
+    def why(self, snap: Snapshot, a: Allocation, tg: TaskGroup) -> str:
+        """What keeps the allocation from being healthy, for a person: the task that failed or
+        kept exiting, or the check that does not pass (with its output)."""
+        if a.client_status == ALLOC_FAILED and a.client_description:
+            reason = a.client_description
+        else:
+            reason = ""
+        for task in tg.tasks or []:
+            state = a.task_states.get(task.name)
+            if state is None:
+                continue
+            last = next((e for e in reversed(state.events) if e.type in ("Terminated", "Driver Failure",
+                                                                           "Not Restarting", "Killed")), None)
+            detail = (last.display_message or last.message) if last is not None else ""
+            if state.failed or state.state == TASK_DEAD:
+                what = "failed" if state.failed else "exited"
+                return f'task "{task.name}" {what}' + (f": {detail}" if detail else "")
+            if state.restarts:
+                return (f'task "{task.name}" kept exiting ({state.restarts} restart'
+                        f'{"s" if state.restarts != 1 else ""})' + (f": {detail}" if detail else ""))
+        for reg in snap.services_by_alloc(a.id):
+            for c in self._checks_of(reg):
+                if c.status != CHECK_PASSING:
+                    out = (c.output or "").strip().splitlines()
+                    return f'check "{c.name}" of service "{reg.service}" is {c.status}' + (f": {out[0]}" if out else "")
+        for svc in tg.services or []:
+            for check in svc.checks or []:
+                name = check.name or f'service: "{svc.name}" check'
+                if not any(c.name == name for reg in snap.services_by_alloc(a.id) for c in self._checks_of(reg)):
+                    return f'check "{name}" of service "{svc.name}" is not registered'
+        return reason or "its tasks did not run for min_healthy_time in time"
+
     def _checks_pass(self, snap: Snapshot, a: Allocation, tg: TaskGroup) -> bool:
         """Every check registered for the allocation passes, and every check its group declares
         is registered. A check with on_update "ignore" does not count; with "ignore_warnings" a
