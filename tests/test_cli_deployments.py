@@ -10,8 +10,12 @@ are for conditions with deadlines; nothing asserts how long anything took.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import select
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +23,7 @@ import nomad
 import pytest
 
 from .agent_util import AgentProcess, wait_for
-from .conftest import run_yurt
+from .conftest import YURT, run_yurt
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +141,13 @@ def test_run_follows_deployment_history_revert(cli, agent, tmp_path):
     healthy = [int(deployed_row(part)[3]) for part in res.stdout.split("Deployed\n")[1:]]
     assert healthy == sorted(healthy) and healthy[-1] == 2 and len(healthy) >= 2, res.stdout
     assert len(running(agent, "roll")) == 2
+
+    # job status shows the latest deployment, as Nomad's does
+    res = cli("job", "status", "roll")
+    assert res.returncode == 0
+    assert (f"Latest Deployment\nID          = {second['ID'][:8]}\nStatus      = successful\n"
+            "Description = Deployment completed successfully\n\nDeployed\n") in res.stdout, res.stdout
+    assert res.stdout.index("Summary") < res.stdout.index("Latest Deployment") < res.stdout.index("Allocations")
 
     # deployment list / status
     res = cli("deployment", "list")
@@ -399,3 +410,52 @@ def test_python_nomad_deployment_calls(cli, agent, tmp_path):
     assert len(allocs) == 1 and allocs[0]["JobID"] == "pyn"
     with pytest.raises(nomad.api.exceptions.BaseNomadException):
         n.deployment.fail_deployment(latest["ID"])
+
+
+# -- on a terminal the table updates in place ------------------------------------------------------
+def run_on_tty(agent, cwd: Path, *args: str, timeout: float = 150) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as its stdout and stderr; (exit code, everything written)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*YURT, *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, cwd=cwd,
+                            env={**os.environ, "YURT_ADDR": agent.url, "COLUMNS": "200", "TERM": "xterm"})
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:      # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        else:
+            proc.kill()
+            raise AssertionError(f"yurt {' '.join(args)} still running after {timeout}s")
+        return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(master)
+
+
+def test_run_on_a_terminal_updates_the_deployment_in_place(agent, tmp_path):
+    path = write(tmp_path, "tty.hcl", job_hcl("ttyjob", update='min_healthy_time = "2s"'))
+    code, text = run_on_tty(agent, tmp_path, "job", "run", path)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "")
+    assert code == 0, plain
+    d = api(agent, "/v1/job/ttyjob/deployment")
+    assert d["Status"] == "successful"
+    name = d["ID"][:8]
+    assert f'Deployment "{name}" in progress...' in plain       # the spinner's line
+    assert "\x1b[2K" in text and "\x1b[1A" in text                # lines erased and rewritten in place
+    # what stays on the screen: the status line and the final block, once
+    assert plain.count(f'✓ Deployment "{name}" successful') == 1, plain
+    final = plain.split(f'✓ Deployment "{name}" successful', 1)[1]
+    assert kv_value(final, "Status") == "successful"
+    assert deployed_row(final)[:5] == ["g", "2", "2", "2", "0"]
+    assert "Traceback" not in plain
