@@ -273,6 +273,16 @@ def test_canary_waits_for_promotion_then_job_promote(cli, agent, tmp_path):
     wait_for(lambda: sorted(a["JobVersion"] for a in running(agent, "canary")) == [1, 1], 60,
              what="only version 1 running")
 
+    # the next version: promoted by group, through `yurt deployment promote`
+    res = cli("job", "run", write(tmp_path, "c2.hcl", job_hcl("canary", update=update, value="3")))
+    assert res.returncode == 0 and "needs manual promotion" in res.stdout, res.stdout + res.stderr
+    d = api(agent, "/v1/job/canary/deployment")
+    assert d["JobVersion"] == 2
+    res = cli("deployment", "promote", "-group", "g", d["ID"][:6])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith(f'Deployment "{d["ID"][:8]}" promoted (groups: g)\n')
+    assert f'✓ Deployment "{d["ID"][:8]}" successful' in res.stdout
+
 
 # -- a failing version: the deployment fails, auto_revert runs the stable version again -----------
 def test_failed_deployment_auto_reverts(cli, agent, tmp_path):
@@ -309,10 +319,13 @@ def test_failed_deployment_auto_reverts(cli, agent, tmp_path):
 
 # -- deployment fail by hand; promote without canaries --------------------------------------------
 def test_fail_a_running_deployment_and_promote_without_canaries(cli, agent, tmp_path):
-    # healthy only after a minute: the deployment stays running while we look at it
+    # healthy only after a minute: the deployment stays running while we look at it; following it
+    # gives up at -timeout (exit 1), saying that it carries on
     update = 'min_healthy_time = "60s"'
-    res = cli("job", "run", "-detach", write(tmp_path, "s0.hcl", job_hcl("slow", update=update, count=1)))
-    assert res.returncode == 0 and "Evaluation ID: " in res.stdout
+    res = cli("job", "run", "-timeout", "5s", write(tmp_path, "s0.hcl", job_hcl("slow", update=update, count=1)))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Error: timed out after 5s following" in res.stderr, res.stderr
+    assert re.search(r"carr(y|ies) on in the cluster \(see `yurt (job|deployment) status", res.stderr), res.stderr
     d = wait_for(lambda: api(agent, "/v1/job/slow/deployment"), 60, what="the deployment")
     name = d["ID"][:8]
     res = cli("deployment", "promote", name)
