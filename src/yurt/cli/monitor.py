@@ -197,7 +197,7 @@ class Monitor:
 
     def _follow_placements(self, job_id: str, placed: list[dict], deployment: dict | None = None) -> int:
         ids = [a["ID"] for a in placed]
-        last = {a["ID"]: "pending" for a in placed}
+        last = {a["ID"]: a.get("ClientStatus") or "pending" for a in placed}   # in-place updates: running already
         latest = {a["ID"]: a for a in placed}
         batch = any(a.get("JobType") in ("batch", "sysbatch") for a in placed)
         ok_states = ("running", "complete") if batch else ("running",)
