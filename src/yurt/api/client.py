@@ -243,6 +243,61 @@ class YurtClient:
     def stop_job(self, job_id: str, purge: bool = False) -> dict:
         return self.delete(f"/v1/job/{job_id}", purge="true" if purge else None)
 
+    def job_versions_diffs(self, job_id: str) -> tuple[list[dict], list[dict] | None]:
+        """(versions newest first, diffs: each version against the one before it, or None)."""
+        body = self.get(f"/v1/job/{job_id}/versions", diffs="true")[0]
+        return body["Versions"], body.get("Diffs")
+
+    def revert_job(self, job_id: str, version: int, enforce_prior_version: int | None = None) -> dict:
+        body: dict[str, Any] = {"JobID": job_id, "JobVersion": version}
+        if enforce_prior_version is not None:
+            body["EnforcePriorVersion"] = enforce_prior_version
+        return self.put(f"/v1/job/{job_id}/revert", body)
+
+    def set_job_stable(self, job_id: str, version: int, stable: bool) -> dict:
+        return self.put(f"/v1/job/{job_id}/stable", {"JobID": job_id, "JobVersion": version, "Stable": stable})
+
+    def scale_status(self, job_id: str) -> dict:
+        return self.get(f"/v1/job/{job_id}/scale")[0]
+
+    def scale_job(self, job_id: str, group: str, count: int | None, message: str = "") -> dict:
+        return self.put(f"/v1/job/{job_id}/scale", {"JobID": job_id, "Count": count, "Target": {"Group": group},
+                                                    "Message": message})
+
+    # -- deployments ------------------------------------------------------------------------
+    def deployments(self, prefix: str = "") -> list[dict]:
+        return self.get("/v1/deployments", prefix=prefix or None)[0]
+
+    def deployment(self, deployment_id: str, index: int = 0, wait: str | None = None) -> tuple[dict, int]:
+        """The deployment, blocking on ?index= when given; returns (deployment, index)."""
+        return self.get(f"/v1/deployment/{deployment_id}", index=index, wait=wait)
+
+    def deployment_allocations(self, deployment_id: str) -> list[dict]:
+        return self.get(f"/v1/deployment/allocations/{deployment_id}")[0]
+
+    def job_deployment(self, job_id: str, index: int = 0, wait: str | None = None) -> tuple[dict | None, int]:
+        """The job's latest deployment (None if it has none), blocking on ?index= when given."""
+        return self.get(f"/v1/job/{job_id}/deployment", index=index, wait=wait)
+
+    def job_deployments(self, job_id: str, all_: bool = False) -> list[dict]:
+        return self.get(f"/v1/job/{job_id}/deployments", all="true" if all_ else None)[0]
+
+    def promote_deployment(self, deployment_id: str, groups: Sequence[str] = ()) -> dict:
+        """Promote the canaries of `groups`, or of every group when none is named."""
+        body: dict[str, Any] = {"DeploymentID": deployment_id}
+        if groups:
+            body["Groups"] = list(groups)
+        else:
+            body["All"] = True
+        return self.put(f"/v1/deployment/promote/{deployment_id}", body)
+
+    def fail_deployment(self, deployment_id: str) -> dict:
+        return self.put(f"/v1/deployment/fail/{deployment_id}", {"DeploymentID": deployment_id})
+
+    def pause_deployment(self, deployment_id: str, pause: bool) -> dict:
+        """pause=False resumes it."""
+        return self.put(f"/v1/deployment/pause/{deployment_id}", {"DeploymentID": deployment_id, "Pause": pause})
+
     # -- evals, allocs, nodes ---------------------------------------------------------------
     def evaluation(self, eval_id: str, index: int = 0, wait: str | None = None) -> tuple[dict, int]:
         return self.get(f"/v1/evaluation/{eval_id}", index=index, wait=wait)

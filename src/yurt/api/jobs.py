@@ -177,8 +177,13 @@ async def job_evaluations(request: Request, reads: ServerReads, job_id: str):
 async def job_versions(request: Request, reads: ServerReads, job_id: str):
     index = await block(request, reads, "jobs")
     job = _job(request, reads, job_id)
-    versions = reads.job_versions(job.namespace, job.id)
-    return reply({"Versions": [v.to_json() for v in versions], "Diffs": None, "Index": index}, index)
+    versions = sorted(reads.job_versions(job.namespace, job.id), key=lambda v: v.version, reverse=True)
+    docs = [v.to_json() for v in versions]
+    diffs = None
+    if flag(request, "diffs"):   # Nomad's: Diffs[i] is Versions[i+1] -> Versions[i] (newest first)
+        from yurt.server.job_diff import job_diff
+        diffs = [job_diff(docs[i + 1], docs[i]) for i in range(len(docs) - 1)]
+    return reply({"Versions": docs, "Diffs": diffs, "Index": index}, index)
 
 
 @router.get("/v1/job/{job_id}/summary")

@@ -14,8 +14,10 @@ from .agent_cmd import agent_cmd
 from .doctor_cmd import doctor_cmd
 from .alloc_cmd import alloc_group
 from .connect_cmd import connect_group
+from .deployment_cmd import deployment_group
 from .intention_cmd import intention_group
 from .job import job_group, plan_cmd, run_cmd, stop_cmd
+from .job_versions import COMMANDS as JOB_COMMANDS
 from .lab_cmd import lab_group
 from .tls_cmd import tls_group
 from .node_cmd import node_group
@@ -36,6 +38,8 @@ cli.add_command(job_group)
 cli.add_command(agent_cmd)
 cli.add_command(run_cmd, "run")  # `yurt run FILE`, as `nomad run`
 job_group.add_command(job_status_cmd, "status")
+for _command in JOB_COMMANDS:
+    job_group.add_command(_command)
 cli.add_command(job_status_cmd, "status")  # `yurt status [JOB]`, as `nomad status`
 cli.add_command(stop_cmd, "stop")
 cli.add_command(plan_cmd, "plan")
@@ -49,6 +53,7 @@ cli.add_command(connect_group)
 cli.add_command(lab_group)
 cli.add_command(tls_group)
 cli.add_command(acl_group)
+cli.add_command(deployment_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 
 from rich.live import Live
+from rich.text import Text
 
 from yurt.api.client import YurtClient
 
+from .deployment_cmd import ACTIVE, deployment_text, needs_promotion
 from .format import bullets, echo, fmt_clock, fmt_time, metric_reasons, pretty_duration, relative, render, short, table
 from .output import EXIT_ERROR, EXIT_OK, EXIT_PLACEMENT, err, out
 
@@ -64,6 +66,7 @@ class Monitor:
         self.timeout = timeout
         self.live_enabled = out.is_terminal if live is None else live
         self._live: Live | None = None
+        self._dlive: Live | None = None
         self.job_id = ""
 
     # -- output -----------------------------------------------------------------------------
@@ -120,8 +123,10 @@ class Monitor:
         sched_failure = False
         placed: list[dict] = []
         job_id = ""
+        first_eval_index = 0
         while True:
             ev, allocs = self._eval_to_end(eval_id)
+            first_eval_index = first_eval_index or ev.get("CreateIndex", 0)
             job_id = ev.get("JobID") or job_id
             self.job_id = job_id
             placed.extend(a for a in allocs if a.get("DesiredStatus") == "run")
@@ -148,14 +153,18 @@ class Monitor:
             self.info(f'Monitoring next evaluation "{self._id(eval_id)}"')
 
         if follow == "stops":
-            code = self._follow_stops(job_id)
-        elif placed:
-            code = self._follow_placements(job_id, placed)
-        else:
-            code = EXIT_OK
-        if code == EXIT_OK and sched_failure:
-            return EXIT_PLACEMENT
-        return code
+            return self._follow_stops(job_id)
+        if sched_failure:       # a deployment short of placements waits for capacity: say so, exit 2
+            code = self._follow_placements(job_id, placed) if placed else EXIT_OK
+            return EXIT_PLACEMENT if code == EXIT_OK else code
+        deployment = self._deployment_of(ev, first_eval_index, job_id)
+        if placed:
+            code = self._follow_placements(job_id, placed, deployment)
+            if code != EXIT_OK and not (deployment and _auto_revert(deployment)):
+                return code
+        if deployment is None:
+            return EXIT_OK
+        return self.follow_deployment(deployment["ID"])
 
     def _eval_to_end(self, eval_id: str) -> tuple[dict, list[dict]]:
         """Wait for the evaluation to finish; print its allocations, then its status change."""
@@ -186,9 +195,9 @@ class Monitor:
         return self.client.get(f"/v1/job/{job_id}/allocations", index=index,
                                wait=self._wait() if index else None)
 
-    def _follow_placements(self, job_id: str, placed: list[dict]) -> int:
+    def _follow_placements(self, job_id: str, placed: list[dict], deployment: dict | None = None) -> int:
         ids = [a["ID"] for a in placed]
-        last = {a["ID"]: "pending" for a in placed}
+        last = {a["ID"]: a.get("ClientStatus") or "pending" for a in placed}   # in-place updates: running already
         latest = {a["ID"]: a for a in placed}
         batch = any(a.get("JobType") in ("batch", "sysbatch") for a in placed)
         ok_states = ("running", "complete") if batch else ("running",)
@@ -216,6 +225,9 @@ class Monitor:
                 self._stop_live()
                 for a in failed:
                     self._explain_failure(a)
+                if deployment is not None and not _auto_revert(deployment):
+                    self.raw(f'    Deployment "{self._id(deployment["ID"])}" goes on (the allocation may be '
+                             f'rescheduled): `yurt deployment status {self._id(deployment["ID"])}` follows it')
                 return EXIT_ERROR
             done = [i for i in ids if latest[i].get("DesiredStatus") != "run" or
                     (latest[i].get("ClientStatus") in ok_states and _tasks_up(latest[i], batch))]
@@ -259,6 +271,104 @@ class Monitor:
             for line in rendered.splitlines():
                 self.raw(f"      {line}")
 
+    # -- the deployment ---------------------------------------------------------------------
+    def _deployment_of(self, ev: dict, since_index: int, job_id: str) -> dict | None:
+        """The deployment this run rolls out: the evaluation's, else the job's latest when it is
+        active or was created by these evaluations; None when there is none (batch jobs, no change)."""
+        if ev.get("DeploymentID"):
+            return self.client.deployment(ev["DeploymentID"])[0]
+        if not job_id:
+            return None
+        d, _ = self.client.job_deployment(job_id)
+        if not d:
+            return None
+        if d.get("Status") in ACTIVE or d.get("CreateIndex", 0) >= since_index:
+            return d
+        return None
+
+    def follow_deployment(self, deployment_id: str) -> int:
+        """Follow a deployment until it ends (0 successful, 1 failed or cancelled; with auto_revert
+        the rollback deployment is followed too, still 1) or waits for a manual promotion (0)."""
+        try:
+            return self._follow_deployment(deployment_id)
+        except FollowTimeout:
+            self._stop_live()
+            err.print(f'Error: timed out after {pretty_duration(self.timeout)} following deployment '
+                      f'"{self._id(deployment_id)}"; it carries on in the cluster (see `yurt deployment status '
+                      f'{self._id(deployment_id)}`)', markup=False, highlight=False)
+            return EXIT_ERROR
+        finally:
+            self._stop_live()
+
+    def _follow_deployment(self, deployment_id: str) -> int:
+        self.info(f'Monitoring deployment "{self._id(deployment_id)}"')
+        index, shown = 0, None
+        while True:
+            d, index = self.client.deployment(deployment_id, index=index, wait=self._wait() if index else None)
+            shape = _deployment_shape(d)
+            status = d.get("Status")
+            done = status in ("successful", "failed", "cancelled") or needs_promotion(d)
+            if shape != shown and not done:
+                shown = shape
+                self._show_deployment(d)
+            if not done:
+                continue
+            self._end_deployment_live()
+            name = self._id(d["ID"])
+            if status == "successful":
+                self._final(f'  ✓ Deployment "{name}" successful', d)
+                return EXIT_OK
+            if status == "running":
+                self._final(f'  ! Deployment "{name}" needs manual promotion of its canaries', d)
+                self.raw(f'    Promote it with "yurt job promote {d.get("JobID")}" (or "yurt deployment promote '
+                         f'{name}"); "yurt deployment fail {name}" abandons it')
+                return EXIT_OK
+            self._final(f'  ! Deployment "{name}" {status}', d)
+            if status == "failed" and "rolling back to job version" in (d.get("StatusDescription") or ""):
+                self.info(f'Deployment "{name}" failed; job "{d.get("JobID")}" is rolling back to job version '
+                          f'{d["StatusDescription"].rsplit(" ", 1)[-1]}')
+                self._follow_deployment(self._rollback_of(d)["ID"])
+            return EXIT_ERROR
+
+    def _rollback_of(self, d: dict) -> dict:
+        """The deployment of the version auto_revert registered (waits for the scheduler to make it;
+        the -timeout bounds the wait)."""
+        index = 0
+        while True:
+            latest, index = self.client.job_deployment(d["JobID"], index=index, wait=self._wait() if index else None)
+            if latest and latest.get("ID") != d["ID"] and latest.get("JobVersion", 0) > d.get("JobVersion", 0):
+                return latest
+
+    def _block(self, d: dict) -> str:
+        return f"{fmt_clock()}\n{deployment_text(d, self.verbose)}"
+
+    def _show_deployment(self, d: dict) -> None:
+        if self.live_enabled:
+            from rich.console import Group
+            from rich.spinner import Spinner
+            view = Group(Spinner("dots", text=f'Deployment "{self._id(d["ID"])}" in progress...'), "",
+                         _indent(self._block(d)))
+            if self._dlive is None:
+                self._dlive = Live(view, console=out, refresh_per_second=8, transient=True)
+                self._dlive.start()
+            else:
+                self._dlive.update(view)
+            return
+        self.raw("")
+        for line in self._block(d).splitlines():
+            self.raw(f"    {line}" if line else "")
+
+    def _end_deployment_live(self) -> None:
+        if self._dlive is not None:
+            live, self._dlive = self._dlive, None
+            live.stop()
+
+    def _final(self, line: str, d: dict) -> None:
+        self.raw(line)
+        self.raw("")
+        for text in self._block(d).splitlines():
+            self.raw(f"    {text}" if text else "")
+
     # -- the live table ---------------------------------------------------------------------
     def _table(self, latest: dict[str, dict], ids: list[str]):
         return table(["ID", "Task Group", "Status", "Tasks", "Modified"],
@@ -277,11 +387,28 @@ class Monitor:
             self._live.update(self._table(latest, ids))
 
     def _stop_live(self) -> None:
+        self._end_deployment_live()
         if self._live is not None:
             live, self._live = self._live, None
             table_ = live.renderable
             live.stop()
             out.print(table_)
+
+
+def _auto_revert(d: dict) -> bool:
+    return any(st.get("AutoRevert") for st in (d.get("TaskGroups") or {}).values())
+
+
+def _deployment_shape(d: dict) -> tuple:
+    """What the block shows, but the clock: a new block is printed only when this changes."""
+    return (d.get("Status"), d.get("StatusDescription"),
+            tuple(sorted((g, st.get("DesiredTotal"), st.get("DesiredCanaries"), st.get("PlacedAllocs"),
+                          st.get("HealthyAllocs"), st.get("UnhealthyAllocs"), st.get("Promoted"),
+                          st.get("RequireProgressBy")) for g, st in (d.get("TaskGroups") or {}).items())))
+
+
+def _indent(text: str) -> Text:
+    return Text("\n".join(f"    {ln}" if ln else "" for ln in text.splitlines()))
 
 
 def _tasks_up(alloc: dict, batch: bool) -> bool:

@@ -94,6 +94,9 @@ def show_job(client: YurtClient, job: dict, verbose: bool, evals: bool, all_allo
     print_table(["Task Group", *cols],
                 [(g, *[s.get(c, 0) for c in cols]) for g, s in sorted((summary.get("Summary") or {}).items())])
 
+    if job.get("Type") == "service":
+        _latest_deployment(client, job, verbose)
+
     evaluations = sorted(client.job_evaluations(job["ID"]), key=lambda e: e.get("CreateIndex", 0), reverse=True)
     if evals:
         echo()
@@ -117,6 +120,22 @@ def show_job(client: YurtClient, job: dict, verbose: bool, evals: bool, all_allo
         return
     headers, rows = alloc_rows(allocs, verbose)
     print_table(headers, rows)
+
+
+def _latest_deployment(client: YurtClient, job: dict, verbose: bool) -> None:
+    """Nomad's "Latest Deployment" block: ID, Status, Description, and the Deployed table."""
+    from .deployment_cmd import deployed_table
+    from .format import render
+    d, _ = client.job_deployment(job["ID"])
+    if not d:
+        return
+    echo()
+    heading("Latest Deployment")
+    echo(kv([("ID", short(d.get("ID"), verbose)), ("Status", d.get("Status")),
+             ("Description", d.get("StatusDescription"))]))
+    echo()
+    heading("Deployed")
+    echo(render(deployed_table(d)))
 
 
 # -- evaluations ------------------------------------------------------------------------------
