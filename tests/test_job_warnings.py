@@ -123,6 +123,8 @@ def position(text: str, lines: str, where: str = "") -> str:
 
 # (id, rule path in ignored.RULES, slot, lines, where, fragment of the message)
 WARNED = [
+    ("update-stagger", ("TaskGroups", "*", "Update", "Stagger"), "GROUP",
+     'update {\n      stagger = "10s"\n    }', 'group "api" > update > stagger', "max_parallel allocations at a time"),
     ("group-max-client-disconnect", ("TaskGroups", "*", "MaxClientDisconnect"), "GROUP",
      'max_client_disconnect = "1h"', 'group "api" > max_client_disconnect', "replaced as lost"),
     ("ephemeral-disk-sticky", ("TaskGroups", "*", "EphemeralDisk", "Sticky"), "GROUP",

@@ -92,6 +92,10 @@ NO_EFFECT = "has no effect yet in Yurt"
 
 RULES: tuple[Rule, ...] = (
     # --- group --------------------------------------------------------------------------------
+    Rule(_G + ("Update", "Stagger"),
+         f"update stagger {NO_EFFECT}: a deployment rolls max_parallel allocations at a time, each "
+         "next one as soon as the last is healthy (Nomad reads stagger only for old system jobs)",
+         unset=(30_000_000_000,)),
     Rule(_G + ("MaxClientDisconnect",),
          f"max_client_disconnect {NO_EFFECT}: allocations of a node that stops heartbeating are "
          "replaced as lost, as if it were not set"),
