@@ -161,15 +161,21 @@ def status_cmd(deployment_id: str, verbose: bool, as_json: bool, address: str | 
     echo(deployment_text(d, verbose))
 
 
+def promote_options(f):
+    """The options of `deployment promote` and `job promote`."""
+    for option in reversed((
+            click.option("-group", "--group", "groups", multiple=True, metavar="GROUP",
+                         help="Promote only this group's canaries (repeatable; default: every group)."),
+            click.option("-detach", "--detach", is_flag=True, help="Return at once; do not follow the rollout."),
+            click.option("-verbose", "--verbose", is_flag=True, help="Full IDs."),
+            timeout_option, address_option, api_errors)):
+        f = option(f)
+    return f
+
+
 @deployment_group.command("promote")
 @click.argument("deployment_id", metavar="DEPLOYMENT")
-@click.option("-group", "--group", "groups", multiple=True, metavar="GROUP",
-              help="Promote only this group's canaries (repeatable; default: every group).")
-@click.option("-detach", "--detach", is_flag=True, help="Return at once; do not follow the rollout.")
-@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
-@timeout_option
-@address_option
-@api_errors
+@promote_options
 def promote_cmd(deployment_id: str, groups: tuple[str, ...], detach: bool, verbose: bool, timeout: str,
                 address: str | None) -> None:
     """Promote a deployment's canaries, then follow the rollout.

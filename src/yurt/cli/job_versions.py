@@ -9,7 +9,7 @@ import click
 
 from yurt.api.client import YurtClient
 
-from .deployment_cmd import _seconds, promote_and_follow, timeout_option
+from .deployment_cmd import _seconds, promote_and_follow, promote_options, timeout_option
 from .format import address_option, api_errors, connect, echo, fmt_time, kv, print_table
 from .output import fail
 from .status import alloc_rows, find_job
@@ -28,13 +28,7 @@ def _follow(client: YurtClient, resp: dict, detach: bool, verbose: bool, timeout
 
 @click.command("promote")
 @click.argument("job_id", metavar="JOB")
-@click.option("-group", "--group", "groups", multiple=True, metavar="GROUP",
-              help="Promote only this group's canaries (repeatable; default: every group).")
-@click.option("-detach", "--detach", is_flag=True, help="Return at once; do not follow the rollout.")
-@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
-@timeout_option
-@address_option
-@api_errors
+@promote_options
 def promote_cmd(job_id: str, groups: tuple[str, ...], detach: bool, verbose: bool, timeout: str,
                 address: str | None) -> None:
     """Promote the canaries of the job's latest deployment, then follow the rollout.
