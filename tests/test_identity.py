@@ -95,7 +95,12 @@ def agent():
         yield a
     finally:
         with a.api() as api:
+            ids = [x["ID"] for x in api.get("/v1/allocations").json() if x["JobID"] == "idcount"]
             api.delete("/v1/job/idcount", params={"purge": "true"})
+            # not a dev data dir: the agent leaves running tasks behind when it stops, so the
+            # purge must have stopped them first (their sidecars wait out their shutdown delay)
+            wait_for(lambda: all(api.get(f"/v1/allocation/{i}").json()["ClientStatus"] in ("complete", "failed")
+                                 for i in ids), timeout=120, what="the purged allocations stopped")
         a.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
