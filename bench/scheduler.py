@@ -512,7 +512,7 @@ def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
         print("  (--server-profile: py-spy is not installed: .venv/bin/python -m pip install py-spy)")
         return None
     out.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([exe, "record", "--gil", "--nonblocking", "-p", str(pid), "-r", "100", "-f", "raw", "-o",
+    return subprocess.Popen([exe, "record", "--gil", "--nonblocking", "-p", str(pid), "-r", "400", "-f", "raw", "-o",
                              str(out / "etcd-server.txt")], cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -1,37 +1,30 @@
 """The etcd store's codec on its own (no etcd needed): what a write encodes is what the watch
 decodes, with every PENDING index read back as the revision the write got; the text restamp does
-what the dict walk does.
+what the dict walk does, and so does `stamp` on the objects a server applies from its own write.
 And how a plan's allocations are split into transactions etcd accepts (--max-txn-ops 128)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
 from yurt.state import etcd_client as ec
-from yurt.state.etcd_codec import PENDING, Codec, _loads, restamp
+from yurt.state.etcd_codec import OWN_ROWS, PENDING, Codec, _loads, restamp, stamp
 from yurt.state.etcd_store import MAX_COMPARES, MAX_ITEMS, _alloc_chunks
 from yurt.state.memory import Tables
+from yurt.state.store import apply_changes
 from yurt.state.writes import Txn
-from yurt.structs import AllocMetric, TaskState
+from yurt.structs import AllocDeploymentStatus, AllocMetric, Deployment, TaskState
 
 from . import mock
 
 REV = 4242
 
 
-def _events(ops: list[dict[str, Any]], rev: int) -> list[ec.Event]:
-    """The watch events etcd sends for a transaction's operations, committed at `rev`."""
-    out = []
-    for op in ops:
-        if "request_put" in op:
-            r = op["request_put"]
-            kv = ec.KV(base64.b64decode(r["key"]), base64.b64decode(r["value"]), rev, rev, 1)
-            out.append(ec.Event("PUT", kv))
-        else:
-            out.append(ec.Event("DELETE", ec.KV(base64.b64decode(op["request_delete_range"]["key"]), b"", 0, rev, 0)))
-    return out
+def _events(ops: dict[bytes, bytes | None], rev: int) -> list[ec.Event]:
+    """The watch events etcd sends for a write's keys and values, committed at `rev`."""
+    return [ec.Event("PUT", ec.KV(k, v, rev, rev, 1)) if v is not None else ec.Event("DELETE", ec.KV(k, b"", 0, rev, 0))
+            for k, v in ops.items()]
 
 
 def _as_stored(obj: Any, rev: int) -> dict[str, Any]:
@@ -66,6 +59,42 @@ def test_a_write_reads_back_as_written_with_its_revision() -> None:
     assert stored_alloc.create_index == stored_alloc.modify_index == REV
     assert stored_alloc.job is not None and stored_alloc.job.id == "web"
     assert [v.id for v in dec.versions] == ["web"]
+
+
+def test_own_rows_stamped_in_place_are_what_the_watch_decodes() -> None:
+    """A leader applies the rows of its own write as it built them, PENDING stamped in place
+    (`stamp`, found by the models' types): exactly what decoding the keys it wrote gives."""
+    t, codec = Tables(), Codec("/yurt/")
+    node = mock.node()
+    job = mock.job("web", groups={"api": 2})
+    ev = mock.evaluation(job)
+    first = Txn(t, PENDING, 1)
+    first.upsert_node(node)
+    first.upsert_job(job)
+    ch0 = first.finish()
+    apply_changes(t, codec.decode(_events(codec.encode(ch0, t), 7), 7, t).changes, {})
+    stored_job = t.jobs[("default", "web")]
+    txn = Txn(t, PENDING, 2)
+    txn.upsert_eval(ev.model_copy(update={"job_modify_index": PENDING}))
+    alloc = mock.alloc(stored_job, node.id).model_copy(update={
+        "metrics": AllocMetric(nodes_evaluated=3), "task_states": {"web": TaskState(state="running")}})
+    txn.upsert_alloc(alloc)
+    txn.upsert_deployment(Deployment(id="d1", namespace="default", job_id="web"))
+    txn.set_alloc_health(alloc.id, AllocDeploymentStatus(healthy=True))
+    ch = txn.finish()
+    dec = codec.decode(_events(codec.encode(ch, t), REV), REV, t).changes
+    for table in OWN_ROWS:
+        for obj in getattr(ch, table).values():
+            stamp(obj, REV)
+    for table in OWN_ROWS:
+        written, read = getattr(ch, table), getattr(dec, table)
+        assert written.keys() == read.keys(), table
+        for key, obj in written.items():
+            assert _as_stored(obj, 0) == _as_stored(read[key], 0), (table, key)
+            assert str(PENDING) not in obj.model_dump_json(), (table, key)
+    assert any(a.modify_index == REV for a in ch.allocs.values())
+    assert ch.evals[ev.id].job_modify_index == REV
+    assert t.jobs[("default", "web")].modify_index == 7, "what the store already held is never touched"
 
 
 def test_the_text_restamp_is_the_dict_restamp() -> None:

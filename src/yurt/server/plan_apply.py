@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from yurt.scheduler import allocs_fit
-from yurt.structs import Allocation, Plan, PlanResult
+from yurt.structs import Allocation, Evaluation, Plan, PlanResult
 from yurt.state import Snapshot, StateStore
 
 
@@ -19,7 +19,8 @@ class PlanApplier:
         self.store = store
         self._lock = threading.Lock()
 
-    def apply(self, plan: Plan) -> PlanResult:
+    def apply(self, plan: Plan, evals: list[Evaluation] | None = None) -> PlanResult:
+        """`evals` (the eval's outcome) are written with the allocations when no node is rejected."""
         with self._lock:
             snap = self.store.snapshot()
             result = PlanResult()
@@ -42,8 +43,9 @@ class PlanApplier:
                 if prev is not None and prev.next_allocation != alloc.id:
                     to_write[prev_id] = prev.model_copy(update={"next_allocation": alloc.id})
             deployments = ([plan.deployment] if plan.deployment is not None else []) + list(plan.deployment_updates)
-            if to_write or deployments:
-                result.alloc_index = self.store.upsert_allocs(list(to_write.values()), deployments)
+            outcome = evals if evals and not result.rejected_nodes else []
+            if to_write or deployments or outcome:
+                result.alloc_index = self.store.upsert_allocs(list(to_write.values()), deployments, outcome)
             result.refresh_index = self.store.index()
             return result
 

@@ -55,9 +55,11 @@ class Worker(threading.Thread):
             result = schedule(ev, snap, seed=seed, now_ns=time.time_ns())
             if result.plan.is_noop():
                 break
-            applied = self.server.applier.apply(result.plan)
+            # the eval's outcome is written with the plan, in the same transaction, if the plan is taken whole
+            applied = self.server.applier.apply(result.plan, self._outcome(ev, result))
             if not applied.rejected_nodes:
-                break
+                self._finish(ev, result, written=True)
+                return
             log.info("plan for eval %s rejected on %d node(s); re-planning", ev.id[:8], len(applied.rejected_nodes))
         else:
             self._failed(ev, f"{TRIGGER_MAX_PLANS}: the plan kept conflicting")
@@ -68,9 +70,21 @@ class Worker(threading.Thread):
         self.server.store.upsert_evals([ev.model_copy(update={
             "status": EVAL_FAILED, "status_description": description, "modify_time": time.time_ns()})])
 
-    def _finish(self, ev: Evaluation, result: SchedulerResult) -> None:
-        """Record the outcome. The scheduler built the blocked eval, if any: a new one for
-        what is still queued, or `ev` itself when a blocked eval still cannot place."""
+    def _finish(self, ev: Evaluation, result: SchedulerResult, written: bool = False) -> None:
+        """Record the outcome (unless the plan's write already did) and hand the blocked and
+        follow-up evals to the broker."""
+        if not written:
+            self.server.store.upsert_evals(self._outcome(ev, result))
+        blocked = result.blocked_eval
+        if blocked is not None:
+            self.server.broker.block(blocked)
+        for follow in result.followup_evals:
+            self.server.broker.enqueue(follow)
+
+    @staticmethod
+    def _outcome(ev: Evaluation, result: SchedulerResult) -> list[Evaluation]:
+        """The evals to write for a scheduling outcome. The scheduler built the blocked eval, if
+        any: a new one for what is still queued, or `ev` itself when a blocked eval still cannot place."""
         now = time.time_ns()
         blocked = result.blocked_eval
         if blocked is not None and blocked.id == ev.id:
@@ -88,8 +102,4 @@ class Worker(threading.Thread):
             if blocked is not None:
                 updates.append(blocked)
         updates.extend(result.followup_evals)
-        self.server.store.upsert_evals(updates)
-        if blocked is not None:
-            self.server.broker.block(blocked)
-        for follow in result.followup_evals:
-            self.server.broker.enqueue(follow)
+        return updates

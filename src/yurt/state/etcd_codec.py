@@ -24,8 +24,10 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import quote, unquote
+
+from pydantic import BaseModel
 
 from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
                           ServiceRegistration)
@@ -50,6 +52,54 @@ def restamp(obj: Any, revision: int) -> Any:
             if isinstance(v, (dict, list)):
                 restamp(v, revision)
     return obj
+
+
+# the tables whose rows a server's own write applies as built (`stamp`), not decoded again
+OWN_ROWS = ("jobs", "evals", "allocs", "nodes", "deployments")
+
+_PATHS: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _index_paths(cls: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A model's `...Index` integer fields, and its fields that may hold models with some."""
+    got = _PATHS.get(cls)
+    if got is not None:
+        return got
+    _PATHS[cls] = ((), ())   # a model that holds itself
+    own, nested = [], []
+    for name, f in cls.model_fields.items():
+        if (f.alias or name).endswith("Index") and f.annotation is int:
+            own.append(name)
+        elif any(any(_index_paths(m)) for m in _models_in(f.annotation)):
+            nested.append(name)
+    _PATHS[cls] = (tuple(own), tuple(nested))
+    return _PATHS[cls]
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def stamp(obj: Any, revision: int) -> None:
+    """`restamp` for objects: PENDING replaced by `revision` in every `...Index` field of the
+    model and of the models it holds, in place. Only an object this write built holds PENDING,
+    so nothing anybody else reads is touched. Fields are found by their declared types."""
+    if isinstance(obj, BaseModel):
+        own, nested = _index_paths(type(obj))
+        d = obj.__dict__
+        for name in own:
+            if d[name] == PENDING:
+                d[name] = revision
+        for name in nested:
+            stamp(d[name], revision)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            stamp(v, revision)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            stamp(v, revision)
 
 
 # `"...Index": PENDING` as JSON text: a key ending in Index (a string followed by ":" is a key; a
@@ -104,18 +154,18 @@ class Codec:
 
     # --- encode ---------------------------------------------------------------------------------
 
-    def encode(self, ch: Changes, t: Tables) -> list[dict[str, Any]]:
-        """The transaction's operations for one write (one per key; the last one wins)."""
-        ops: dict[bytes, dict[str, Any]] = {}
+    def encode(self, ch: Changes, t: Tables) -> dict[bytes, bytes | None]:
+        """One write's keys and their new values (None: deleted); one per key, the last one wins."""
+        ops: dict[bytes, bytes | None] = {}
 
         def put(k: bytes, v: bytes) -> None:
-            ops[k] = ec.put(k, v)
+            ops[k] = v
 
         def rows(table: str, items: Iterable[tuple[Any, Any]], enc: Any = _dump) -> None:
             for k, obj in items:
                 parts = [_q(p) for p in (k if isinstance(k, tuple) else (k,))]
                 key = self.key(table, *parts)
-                ops[key] = ec.delete(key) if obj is None else ec.put(key, enc(obj))
+                ops[key] = None if obj is None else enc(obj)
 
         rows("jobs", ch.jobs.items())
         purged = set(ch.versions_purged)
@@ -129,7 +179,7 @@ class Codec:
         for vk in ch.versions_dropped:
             path = self.version_paths.get(vk)
             if path is not None:
-                ops[path] = ec.delete(path)
+                ops[path] = None
         rows("evals", ch.evals.items())
         rows("allocs", ch.allocs.items(), lambda a: _alloc_value(a, a.id in ch.inline_jobs))
         rows("nodes", ch.nodes.items())
@@ -146,7 +196,7 @@ class Codec:
             put(self.key("acl", "bootstrap"), json.dumps({"BootstrapIndex": ch.acl_bootstrap}).encode())
         for table in sorted(ch.tables()):
             put(self.key("index", table), b"")
-        return list(ops.values())
+        return ops
 
     def _version_path(self, vk: VersionKey) -> bytes:
         path = self.version_paths.get(vk) if vk[2] != PENDING else None
@@ -195,7 +245,7 @@ class Codec:
     def _decode_one(self, rest: str, e: ec.Event, out: Decoded, versions: dict[VersionKey, Job],
                     t: Tables) -> None:
         ch = out.changes
-        parts = [unquote(p) for p in rest.split("/")]
+        parts = [unquote(p) if "%" in p else p for p in rest.split("/")]
         table = parts[0]
         deleted = e.kind == "DELETE"
         rev = e.kv.mod_revision

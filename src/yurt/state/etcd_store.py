@@ -2,9 +2,10 @@
 
 * The index is etcd's revision. Every server keeps the in-memory read model, filled from a
   consistent range of the prefix and then fed by one watch from the revision after it; a
-  watch cancelled by compaction reloads. Memory is only ever changed by the watch, on the
-  leader too: a write commits, then waits until its own watch has applied its revision, so the
-  model is exactly what etcd holds (see `etcd_codec` for the keys and how indexes are stamped).
+  watch cancelled by compaction reloads. The model is exactly what etcd holds: the leader
+  applies its own committed write at once, decoded from the very keys and values it wrote, as
+  the watch would (see `etcd_codec` for the keys and how indexes are stamped), and the watch
+  skips that revision when it brings it back; everything else comes through the watch.
 * Only the leader writes, and every write is one etcd transaction that also compares the
   leader key's create_revision with the one this server won (`Leadership`): a server that lost
   its lease, however late it notices, commits nothing. Plans also compare the mod_revision of
@@ -22,6 +23,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import threading
@@ -35,9 +38,10 @@ from yurt.structs import Allocation, Deployment, Evaluation
 from . import etcd_client as ec
 from .blocking import Waiters
 from .errors import StateError
-from .etcd_codec import PENDING, Codec, restamp
+from .etcd_codec import OWN_ROWS, PENDING, Codec, restamp, stamp
 from .etcd_leader import Leadership
 from .memory import TABLES, Tables
+from .sqlite_backend import Changes
 from .store import StateStore, apply_changes
 from .view import StateView
 from .writes import Txn
@@ -47,6 +51,8 @@ log = logging.getLogger("yurt.state.etcd")
 T = TypeVar("T")
 MAX_ITEMS = 100          # items per transaction where a write is split
 MAX_COMPARES = 127       # compares per transaction: etcd's --max-txn-ops (128) less the leader guard
+MAX_OPS = 128            # operations per transaction: etcd's --max-txn-ops
+MAX_OUTCOME = 10         # evals written in a plan's last transaction (more: a transaction of their own)
 APPLY_TIMEOUT = 30.0     # how long a write waits for its own watch to bring it back
 HISTORY_KEPT = 10_000    # revisions of history kept when etcd is compacted
 TRANSIENT_RETRY = 15.0   # how long a write is retried while etcd elects its own leader
@@ -66,8 +72,13 @@ class EtcdStateStore(StateStore):
         self.kv = ec.EtcdClient(endpoints, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.codec = Codec(self.prefix)
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()     # held by whoever commits the queued writes
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Queued] = []
+        self._decode_lock = threading.Lock()   # decoding and applying a revision: the watch or a local write
         self._mem_lock = threading.Lock()
+        self._watch_rev = 0                     # the last revision the watch delivered (or the load read)
+        self._own: set[int] = set()              # own writes applied here that the watch has not brought back
         self._applied_cond = threading.Condition(self._mem_lock)
         self._t = Tables()
         self._view = StateView(self._t)
@@ -104,13 +115,16 @@ class EtcdStateStore(StateStore):
 
     def _load_tables(self) -> None:
         rev, kvs = self.kv.range_prefix(self.prefix.encode())
-        t, codec = self._fresh(rev, kvs)
-        with self._mem_lock:
-            self._t, self.codec = t, codec
-            self._view = StateView(t)
-            self._snap = None
-            self._waiters.notify()
-            self._applied_cond.notify_all()
+        with self._decode_lock:
+            t, codec = self._fresh(rev, kvs)
+            with self._mem_lock:
+                self._t, self.codec = t, codec
+                self._view = StateView(t)
+                self._snap = None
+                self._watch_rev = rev
+                self._own = {r for r in self._own if r > rev}
+                self._waiters.notify()
+                self._applied_cond.notify_all()
 
     def _fresh(self, rev: int, kvs: list[ec.KV]) -> tuple[Tables, Codec]:
         """A read model from a snapshot of the prefix at `rev`."""
@@ -144,7 +158,7 @@ class EtcdStateStore(StateStore):
         delay = 0.2
         while not self._stop.is_set():
             try:
-                for resp in self.kv.watch(prefix, ec.prefix_end(prefix), self._t.index + 1, stop=self._stop):
+                for resp in self.kv.watch(prefix, ec.prefix_end(prefix), self._watch_rev + 1, stop=self._stop):
                     delay = 0.2
                     if resp.canceled:
                         if resp.compact_revision:
@@ -172,28 +186,61 @@ class EtcdStateStore(StateStore):
         for e in events:
             by_rev.setdefault(e.kv.mod_revision, []).append(e)
         for rev in sorted(by_rev):
-            if rev <= self._t.index:
-                continue   # a reconnected watch may repeat what it sent
-            # decoded outside the lock: this thread is the only one that changes the model
-            dec = self.codec.decode(by_rev[rev], rev, self._t)
-            with self._mem_lock:
-                table_index = dict(self._t.table_index)
-                for name in dec.tables:
-                    table_index[name] = rev
-                self._apply(dec.changes, table_index)
-                for table, rows in ((self.members, dec.members), (self.servers, dec.servers)):
-                    for name, m in rows.items():
-                        if m is None:
-                            table.pop(name, None)
-                        else:
-                            table[name] = m
-                if dec.leader is not None:
-                    self.leader_value, self.leader_create_revision = dec.leader
-                self._snap = None
-                self._waiters.notify()
-                self._applied_cond.notify_all()
-            if dec.leader_changed:
-                self.leadership.leader_changed()
+            with self._decode_lock:
+                if rev <= self._watch_rev:
+                    continue   # a reconnected watch may repeat what it sent
+                self._watch_rev = rev
+                if rev in self._own:   # this server's own write, applied when it committed
+                    self._own.discard(rev)
+                    continue
+                self._apply_revision(rev, by_rev[rev])
+
+    def _apply_revision(self, rev: int, events: list[ec.Event], own: Changes | None = None) -> None:
+        """One revision into the model; the caller holds the decode lock (this is the only
+        place the model changes after a load). `own`: the changes this server wrote at `rev`,
+        whose rows of the busy tables are taken as they are, their pending indexes stamped
+        (decoding them again would only rebuild equal objects, at a cost)."""
+        if own is None:
+            dec = self.codec.decode(events, rev, self._t)
+        else:
+            prefixes = tuple(self.codec.key(table, "") for table in OWN_ROWS)
+            dec = self.codec.decode([e for e in events if not e.kv.key.startswith(prefixes)], rev, self._t)
+            for name in OWN_ROWS:
+                built = getattr(own, name)
+                for obj in built.values():
+                    stamp(obj, rev)
+                setattr(dec.changes, name, built)
+        with self._mem_lock:
+            table_index = dict(self._t.table_index)
+            for name in dec.tables:
+                table_index[name] = rev
+            top = max(rev, self._t.index)
+            dec.changes.index = top   # a late lease key never moves the index back
+            self._apply(dec.changes, table_index)
+            for table, rows in ((self.members, dec.members), (self.servers, dec.servers)):
+                for name, m in rows.items():
+                    if m is None:
+                        table.pop(name, None)
+                    else:
+                        table[name] = m
+            if dec.leader is not None:
+                self.leader_value, self.leader_create_revision = dec.leader
+            self._snap = None
+            self._waiters.notify()
+            self._applied_cond.notify_all()
+        if dec.leader_changed:
+            self.leadership.leader_changed()
+
+    def _apply_own(self, written: dict[bytes, bytes | None], rev: int, ch: Changes) -> None:
+        """A write this server committed at `rev`, applied now from what it wrote, exactly as
+        the watch would bring it back (a delete of a missing key only drops what is not there)."""
+        with self._decode_lock:
+            if rev <= self._watch_rev:
+                return   # the watch was quicker
+            events = [ec.Event("PUT", ec.KV(k, v, rev, rev, 0)) if v is not None
+                      else ec.Event("DELETE", ec.KV(k, b"", 0, rev, 0)) for k, v in written.items()]
+            self._apply_revision(rev, events, ch)
+            self._own.add(rev)
 
     def wait_applied(self, revision: int, timeout: float = APPLY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -223,8 +270,28 @@ class EtcdStateStore(StateStore):
     def _write(self, build: Callable[[Txn], object],
                compares: Callable[[], Sequence[dict[str, Any]]] | None = None) -> int:
         """One write: `build` fills a Txn against the model, `compares` (taken under the same
-        lock, so against the same model) adds revision checks to the leader's fence."""
+        lock, so against the same model) adds revision checks to the leader's fence.
+
+        Group commit: writes that arrive while one transaction is in flight wait in a queue,
+        and whoever commits next takes them together, in order, into one transaction (one
+        round trip and one fsync of etcd's log for all). Each write's `build` still runs
+        exactly as it would alone, seeing the writes before it; one that fails is undone
+        and fails alone."""
+        w = _Queued(build, compares)
+        with self._queue_lock:
+            self._queue.append(w)
         with self._write_lock:
+            while not w.done:
+                self._commit_next()
+        if w.error is not None:
+            raise w.error
+        return w.index
+
+    def _commit_next(self) -> None:
+        """Take the writes at the head of the queue that fit in one transaction and commit them."""
+        with self._queue_lock:
+            queued = list(self._queue)
+        try:
             fence = self.leadership.fence_revision()
             if not fence:
                 raise NotLeader("this server does not lead the cluster" + self._leader_hint() +
@@ -233,22 +300,80 @@ class EtcdStateStore(StateStore):
                 # a linearizable read first: it fails without quorum and, unlike a write that
                 # times out, leaves nothing in etcd's log that could still commit later
                 self._transient(lambda: self.kv.range(self.codec.leader_key, count_only=True))
-            txn = Txn(self._t, PENDING, time.time_ns())
-            build(txn)
-            ch = txn.finish()
-            ops = self.codec.encode(ch, self._t)
-            guard = [ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + list(compares() if compares else ())
-            res = self._txn(guard, ops)
-            if not res.succeeded:
-                _, held, _ = self.kv.range(self.codec.leader_key)
-                if held and held[0].create_revision == fence:
-                    raise StateError("the nodes or allocations this write read changed before it committed; "
-                                     "nothing was written (the scheduler plans again)")
+        except Exception as e:  # noqa: BLE001 - re-raised in every waiting writer's thread
+            self._fail(queued, e)
+            return
+        batch: list[_Queued] = []
+        txn = Txn(self._t, PENDING, time.time_ns())
+        guards: list[dict[str, Any]] = []
+        for w in queued:
+            if batch and (w.alone or batch[0].alone):
+                break
+            undo = _checkpoint(txn) if batch else None
+            try:
+                guard = list(w.compares()) if w.compares else []
+                if batch and (len(guards) + len(guard) > MAX_COMPARES or
+                              _keys_of(guard) & self._written_keys(txn)):
+                    break   # it waits for the next transaction (its compares must see this one)
+                w.build(txn)
+            except Exception as e:  # noqa: BLE001 - re-raised in its writer's thread; the ones before it stand
+                if undo is not None:
+                    undo()
+                else:
+                    txn = Txn(self._t, PENDING, txn.ch.now)
+                self._fail([w], e)
+                continue
+            if undo is not None and _op_count(txn) > MAX_OPS:
+                undo()
+                break
+            batch.append(w)
+            guards.extend(guard)
+        if not batch:
+            return
+        try:
+            self._commit(txn, guards, fence, batch)
+        except Exception as e:  # noqa: BLE001 - re-raised in each writer's thread
+            self._fail(batch, e)
+
+    def _fail(self, writes: list[_Queued], error: BaseException) -> None:
+        for w in writes:
+            w.finish(error=error)
+        self._dequeue(writes)
+
+    def _commit(self, txn: Txn, guards: list[dict[str, Any]], fence: int, batch: list[_Queued]) -> None:
+        ch = txn.finish()
+        written = self.codec.encode(ch, self._t)
+        ops = [ec.put(k, v) if v is not None else ec.delete(k) for k, v in written.items()]
+        res = self._txn([ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + guards, ops)
+        if not res.succeeded:
+            _, held, _ = self.kv.range(self.codec.leader_key)
+            if not (held and held[0].create_revision == fence):
                 self.leadership.fenced_out()
                 raise NotLeader("this server lost its leadership before the write committed"
                                 f"{self._leader_hint()}; nothing was written")
-            self.wait_applied(res.revision)
-            return res.revision
+            if len(batch) == 1:
+                raise StateError("the nodes or allocations this write read changed before it committed; "
+                                 "nothing was written (the scheduler plans again)")
+            # one of them read something that changed: commit them one at a time, so only that one fails
+            for w in batch:
+                w.alone = True
+            return
+        self._apply_own(written, res.revision, ch)
+        for w in batch:
+            w.finish(index=res.revision)
+        self._dequeue(batch)
+
+    def _dequeue(self, done: list[_Queued]) -> None:
+        with self._queue_lock:
+            ids = {id(w) for w in done}
+            self._queue = [w for w in self._queue if id(w) not in ids]
+
+    def _written_keys(self, txn: Txn) -> set[bytes]:
+        """The keys of the object rows a transaction being built writes (what compares name)."""
+        ch = txn.ch
+        keys = {self.codec.key("allocs", a) for a in ch.allocs}
+        keys.update(self.codec.key("nodes", n) for n in ch.nodes)
+        return keys
 
     def _txn(self, guard: list[dict[str, Any]], ops: list[dict[str, Any]]) -> ec.TxnResult:
         return self._transient(lambda: self.kv.txn(guard, ops))
@@ -318,12 +443,17 @@ class EtcdStateStore(StateStore):
         items = list(items)
         return [items[i:i + MAX_ITEMS] for i in range(0, len(items), MAX_ITEMS)] or [[]]
 
-    def upsert_allocs(self, allocs: Iterable[Allocation], deployments: Iterable[Deployment] = ()) -> int:
+    def upsert_allocs(self, allocs: Iterable[Allocation], deployments: Iterable[Deployment] = (),
+                      evals: Iterable[Evaluation] = ()) -> int:
         """As the SQLite store's, with the revisions the plan read compared: each allocation it
-        changes and each node it places on must still be as the plan saw them."""
+        changes and each node it places on must still be as the plan saw them. The `evals` go
+        with the last piece (or alone, if there are many)."""
         index = self._t.index
         first = list(deployments)   # written with the first piece
-        for chunk in _alloc_chunks(allocs):
+        outcome = list(evals)
+        chunks = _alloc_chunks(allocs)
+        last = chunks[-1] if len(outcome) <= MAX_OUTCOME else None
+        for chunk in chunks:
             def compares(chunk: list[Allocation] = chunk) -> list[dict[str, Any]]:
                 out = []
                 for a in chunk:
@@ -341,8 +471,13 @@ class EtcdStateStore(StateStore):
                     txn.upsert_deployment(d)
                 for a in chunk:
                     txn.upsert_alloc(a)
+                if chunk is last:
+                    for e in outcome:
+                        txn.upsert_eval(e)
             index = self._write(build, compares)
             first = []
+        if last is None and outcome:
+            index = self.upsert_evals(outcome)
         return index
 
     def update_allocs_from_client(self, allocs: Iterable[Allocation]) -> int:
@@ -381,3 +516,54 @@ def _alloc_chunks(allocs: Iterable[Allocation]) -> list[list[Allocation]]:
         chunk.append(a)
         nodes.add(a.node_id)
     return chunks + [chunk] if chunk or not chunks else chunks
+
+
+class _Queued:
+    """A write waiting for its transaction."""
+
+    __slots__ = ("build", "compares", "done", "index", "error", "alone")
+
+    def __init__(self, build: Callable[[Txn], object],
+                 compares: Callable[[], Sequence[dict[str, Any]]] | None) -> None:
+        self.build = build
+        self.compares = compares
+        self.done = False
+        self.index = 0
+        self.error: BaseException | None = None
+        self.alone = False
+
+    def finish(self, *, index: int = 0, error: BaseException | None = None) -> None:
+        self.index, self.error, self.done = index, error, True
+
+
+def _checkpoint(txn: Txn) -> Callable[[], None]:
+    """What undoes the next build on `txn`: its rows and sets as they are now (the objects in
+    them are never changed in place, only replaced, so shallow copies are enough)."""
+    ch = txn.ch
+    rows = {f.name: copy.copy(getattr(ch, f.name)) for f in dataclasses.fields(ch)}
+    own = {k: copy.copy(v) for k, v in vars(txn).items() if k not in ("t", "ch")}
+
+    def undo() -> None:
+        for name, value in rows.items():
+            setattr(ch, name, value)
+        for name, value in own.items():
+            setattr(txn, name, value)
+    return undo
+
+
+def _op_count(txn: Txn) -> int:
+    """At least the operations the transaction being built will take (each row a key, each
+    table its index key, a job whose status changes one more)."""
+    ch = txn.ch
+    n = 0
+    for f in dataclasses.fields(ch):
+        v = getattr(ch, f.name)
+        if isinstance(v, (dict, list, set)):
+            n += len(v)
+        elif v is not None and f.name not in ("index", "now"):
+            n += 1
+    return n + len(ch.tables()) + len(txn.touched)
+
+
+def _keys_of(guards: list[dict[str, Any]]) -> set[bytes]:
+    return {ec.unb64(g["key"]) for g in guards}

@@ -226,16 +226,20 @@ class StateStore(MeshStore, ACLStore):
 
     # --- allocations ---------------------------------------------------------------------------
 
-    def upsert_allocs(self, allocs: Iterable[Allocation], deployments: Iterable[Deployment] = ()) -> int:
+    def upsert_allocs(self, allocs: Iterable[Allocation], deployments: Iterable[Deployment] = (),
+                      evals: Iterable[Evaluation] = ()) -> int:
         """Server writes. New allocations need a job; on existing ones the client's fields
         (ClientStatus unless the server says lost/unknown, TaskStates, NetworkStatus) are kept
         and a missing Job is re-attached. A plan's new or changed `deployments` are written
-        first, in the same write (its allocations count in them)."""
+        first, in the same write (its allocations count in them), and the `evals` that record
+        its outcome last."""
         def build(txn: Txn) -> None:
             for d in deployments:
                 txn.upsert_deployment(d)
             for a in allocs:
                 txn.upsert_alloc(a)
+            for e in evals:
+                txn.upsert_eval(e)
         return self._write(build)
 
     # --- deployments ---------------------------------------------------------------------------
