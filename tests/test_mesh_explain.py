@@ -316,3 +316,28 @@ def test_unknown_service_is_named_with_close_names(mesh):
     usage = yurt(agent, "mesh", "explain", SRC)
     assert usage.returncode == 2, usage.stdout + usage.stderr
     assert "Missing argument 'DESTINATION'" in usage.stderr, usage.stderr
+
+
+def test_the_api_refuses_what_it_does_not_take_and_a_node_runs_probes_over_http(mesh):
+    """A server asks another node's agent for that node's probes over HTTP (POST
+    /v1/internal/mesh/probe); here the one agent is asked directly, as a server would ask it."""
+    _, api = mesh
+    r = api.get("/v1/mesh/explain", params={"source": SRC, "destination": DST, "from": "x"})
+    assert r.status_code == 400 and "does not take from" in r.text, r.text
+    r = api.get("/v1/mesh/explain", params={"source": SRC})
+    assert r.status_code == 400 and "DESTINATION is required" in r.text, r.text
+    dst = wait_for(lambda: running_alloc(api, DST), what=f"{DST} running")
+    probes = [{"Kind": "app", "AllocID": dst, "Service": DST, "Address": "127.0.0.1", "Port": APP_PORT},
+              {"Kind": "firewall", "AllocID": dst},
+              {"Kind": "app", "AllocID": "00000000-0000-0000-0000-000000000000", "Port": APP_PORT},
+              {"Kind": "bogus", "AllocID": dst}]
+    r = api.post("/v1/internal/mesh/probe", json={"Probes": probes})
+    assert r.status_code == 200, r.text
+    app, firewall, elsewhere, bogus = r.json()["Results"]
+    assert app["Status"] == "ok" and f"127.0.0.1:{APP_PORT}" in app["Detail"], app
+    assert firewall["Status"] == "ok" and "YURT-MESH-IN" in firewall["Detail"], firewall
+    assert elsewhere == {"Status": "wrong", "Detail": "allocation 00000000 does not run on this node (any more)",
+                         "Fix": "yurt alloc status 00000000"}, elsewhere
+    assert bogus["Status"] == "wrong" and 'unknown probe "bogus"' in bogus["Detail"], bogus
+    r = api.post("/v1/internal/mesh/probe", json={"Probes": "all"})
+    assert r.status_code == 400 and '{"Probes": [' in r.text, r.text
