@@ -224,7 +224,8 @@ def test_healthy_path_exits_0_with_every_hop_ok(mesh):
     assert result["OK"] is True and [r["Hop"] for r in result["Rows"]] == HOPS
     assert all(r["Status"] == "ok" for r in result["Rows"]), result["Rows"]
     (tls,) = rows(result, "certificates")
-    assert f"/svc/{DST}" in tls["Detail"] and "active root" in tls["Detail"], tls
+    assert "mutual TLS handshake done" in tls["Detail"] and f"/svc/{DST}," in tls["Detail"], tls
+    assert "both from the active root" in tls["Detail"], tls
     (up,) = rows(result, "upstream listener")
     assert f"127.0.0.1:{UPSTREAM_PORT}" in up["Detail"] and "sidecar" in up["Detail"], up
 

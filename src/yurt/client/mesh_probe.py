@@ -213,7 +213,7 @@ def _reach(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[st
                       f"({target}): {reason}",
                       "the destination sidecar is not listening on its host port, or a firewall between "
                       "the nodes drops it: yurt alloc status / logs of the destination's connect-proxy task")
-    return answer(OK, f"TCP connect from {_where(alloc, ns)} to {address}:{port} ({target}) succeeded")
+    return answer(OK, f"TCP connect from {_where(alloc, ns)} succeeded ({target})")
 
 
 def _load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
@@ -287,9 +287,10 @@ def _tls(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str,
         return answer(WRONG, f"the sidecar at {address}:{port} presents {uri or 'no SPIFFE ID'}, not {dest}",
                       f"the catalog points at a sidecar of another service: check {dest}'s registrations")
     until = served.not_valid_after_utc if served else _not_after(info)
-    return answer(OK, f"mutual TLS with {address}:{port}: {source}'s leaf (serial {_serial(cert)}) and the served "
-                  f"{uri} (serial {_serial(served) if served else '?'}, valid until "
-                  f"{until:%Y-%m-%dT%H:%M:%SZ}) both chain to the active root {root_id[:8]}")
+    path = uri.split("://", 1)[-1].split("/", 1)[-1]
+    return answer(OK, f"mutual TLS handshake done: {source}'s leaf (serial {_serial(cert)}) and the served one "
+                  f"(/{path}, serial {_serial(served) if served else '?'}, valid until "
+                  f"{until:%Y-%m-%dT%H:%M:%SZ}) both from the active root {root_id[:8]}")
 
 
 def _issued_by(cert: Any, issuer: Any) -> bool:
@@ -333,8 +334,8 @@ def _firewall(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict
                       + ": the app's port is open to the bridge, around the mesh",
                       f"restart the allocation so its client writes them again (yurt alloc stop {alloc.id[:8]}); "
                       "the agent's log says why iptables failed")
-    return answer(OK, f"{CHAIN} in {_where(alloc, ns)} admits only ports {', '.join(map(str, ports)) or 'none'} "
-                  "(the sidecar's and those mapped explicitly)")
+    return answer(OK, f"{CHAIN} admits only ports {', '.join(map(str, ports)) or 'none'} (the sidecar's and "
+                  "those mapped explicitly)")
 
 
 def _app(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str, str]:
@@ -361,7 +362,7 @@ def _app(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str,
                       f"make the app listen on port {port}, or point the service's port (or proxy "
                       f"local_service_port) at the port it listens on; yurt alloc logs {alloc.id[:8]} "
                       f"{tasks[0] if tasks else '<task>'}")
-    return answer(OK, f"the app of {service} accepts connections on {address}:{port} in {_where(alloc, ns)}")
+    return answer(OK, f"the app accepts connections on {address}:{port}")
 
 
 def _tasks(alloc: Allocation) -> list[Any]:

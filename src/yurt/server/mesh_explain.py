@@ -98,8 +98,8 @@ class MeshExplain:
             close = difflib.get_close_matches(n, sorted(known), n=3, cutoff=0.5)
             hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
             parts.append(f'the {what} service "{n}" is not in the catalog nor in any job{hint}')
-        known_list = ", ".join(sorted(known)) or "none"
-        raise NotFound("; ".join(parts) + f"; services known: {known_list}")
+        listed = f"; services known: {', '.join(sorted(known))}" if 0 < len(known) <= 10 else ""
+        raise NotFound("; ".join(parts) + (listed if len(known) else "; the catalog has no service yet"))
 
     # -- the plan ---------------------------------------------------------------------------
     def plan(self, source: str, destination: str) -> Plan:
