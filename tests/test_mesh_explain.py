@@ -342,3 +342,25 @@ def test_the_api_refuses_what_it_does_not_take_and_a_node_runs_probes_over_http(
     assert bogus["Status"] == "wrong" and 'unknown probe "bogus"' in bogus["Detail"], bogus
     r = api.post("/v1/internal/mesh/probe", json={"Probes": "all"})
     assert r.status_code == 400 and '{"Probes": [' in r.text, r.text
+
+
+def test_the_mesh_only_rules_flushed(mesh):
+    """Not one of the four faults of the issue, but a hop of its own: the destination's
+    YURT-MESH-IN emptied (its app's port open to the bridge) is named, and written back by the
+    client's own code it is ok again."""
+    from yurt.client.network.mesh_inbound import alloc_open_ports, apply
+    from yurt.structs import Allocation
+
+    _, api = mesh
+    alloc = wait_for(lambda: running_alloc(api, DST), what=f"{DST} running")
+    subprocess.run(["ip", "netns", "exec", alloc, "iptables", "-w", "-F", "YURT-MESH-IN"], check=True, timeout=60)
+    try:
+        result = wait_for(wrong_at(api, "mesh-only firewall"), timeout=30, what="the rules missing")
+        row = assert_only_wrong(result, "mesh-only firewall")
+        assert row["Detail"].startswith(f"mesh-only inbound rules missing in allocation {alloc[:8]}'s namespace: "
+                                        "iptables: -A YURT-MESH-IN -i lo -j ACCEPT"), row
+        assert row["Detail"].endswith("the app's port is open to the bridge, around the mesh"), row
+        assert f"yurt alloc stop {alloc[:8]}" in row["Fix"], row
+    finally:
+        apply(alloc, alloc_open_ports(Allocation.model_validate(api.get(f"/v1/allocation/{alloc}").json())))
+    wait_for(healthy(api), timeout=30, what="the path healthy again")
