@@ -190,16 +190,18 @@ def process(alloc_id: str, marker: str) -> int:
 def mesh():
     agent = AgentProcess(extra=["-dev-connect"]).start()
     api = agent.api()
-    run_job(api, DST_JOB)
-    run_job(api, SRC_JOB)
-    for j in (SRC, DST):
-        wait_for(lambda j=j: running_alloc(api, j), timeout=120, what=f"{j} running")
-    wait_for(healthy(api), timeout=90, what="the path explained healthy")
-    yield agent, api
-    for j in (SRC, DST):
-        api.delete(f"/v1/job/{j}", params={"purge": "true"})
-    api.close()
-    agent.stop()
+    try:
+        run_job(api, DST_JOB)
+        run_job(api, SRC_JOB)
+        for j in (SRC, DST):
+            wait_for(lambda j=j: running_alloc(api, j), timeout=120, what=f"{j} running")
+        wait_for(healthy(api), timeout=90, what="the path explained healthy")
+        yield agent, api
+    finally:   # a -dev agent stops its allocations with it
+        for j in (SRC, DST):
+            api.delete(f"/v1/job/{j}", params={"purge": "true"})
+        api.close()
+        agent.stop()
 
 
 def assert_only_wrong(result: dict, hop: str) -> dict:
