@@ -366,3 +366,17 @@ def test_the_mesh_only_rules_flushed(mesh):
     finally:
         apply(alloc, alloc_open_ports(Allocation.model_validate(api.get(f"/v1/allocation/{alloc}").json())))
     wait_for(healthy(api), timeout=30, what="the path healthy again")
+
+
+def test_the_other_way_round_has_no_upstream(mesh):
+    """explain-dst declares no upstream for explain-src, and explain-src's app serves nothing
+    on its service port: both rows say so, the others are ok."""
+    agent, _ = mesh
+    cli = yurt(agent, "mesh", "explain", "-json", DST, SRC)
+    assert cli.returncode == 1, cli.stdout + cli.stderr
+    result = json.loads(cli.stdout)
+    wrong = {r["Hop"]: r for r in result["Rows"] if r["Status"] == "wrong"}
+    assert set(wrong) == {"upstream listener", "app listening"}, result["Rows"]
+    assert wrong["upstream listener"]["Detail"] == f"the sidecar of {DST} has no upstream for {SRC}"
+    assert wrong["upstream listener"]["Fix"].startswith(f'add upstreams {{ destination_name = "{SRC}"')
+    assert "does not accept connections on 127.0.0.1:9002" in wrong["app listening"]["Detail"]
