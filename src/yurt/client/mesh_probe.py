@@ -53,11 +53,13 @@ def run_probes(probes: list[dict[str, Any]], local_alloc: LocalAlloc, leaf: Leaf
 def _one(p: dict[str, Any], local_alloc: LocalAlloc, leaf: Leaf) -> dict[str, str]:
     kind = str(p.get("Kind") or "")
     alloc_id = str(p.get("AllocID") or "")
+    # an instance registered through the API, not by an allocation (`yurt connect proxy` run by
+    # hand): probed from the node
     alloc = local_alloc(alloc_id) if alloc_id else None
-    if alloc is None:
+    if alloc_id and alloc is None:
         return answer(WRONG, f"allocation {alloc_id[:8]} does not run on this node (any more)",
                       f"yurt alloc status {alloc_id[:8]}")
-    ns = netns_mod.path(alloc_id) if netns_mod.exists(alloc_id) else ""
+    ns = netns_mod.path(alloc_id) if alloc_id and netns_mod.exists(alloc_id) else ""
     probe = {"upstream": _upstream, "reach": _reach, "tls": _tls, "firewall": _firewall, "app": _app}.get(kind)
     if probe is None:
         return answer(WRONG, f'unknown probe "{kind}"')
@@ -166,12 +168,18 @@ def _describe(pid: int) -> tuple[str, bool]:
     return (f'pid {pid} (task "{task}": {short})' if task else f"pid {pid} ({short})"), sidecar
 
 
-def _where(alloc: Allocation, ns: str) -> str:
-    return f"allocation {alloc.id[:8]}'s namespace" if ns else "the node"
+def _where(alloc: Allocation | None, ns: str) -> str:
+    return f"allocation {alloc.id[:8]}'s namespace" if alloc is not None and ns else "the node"
+
+
+def _logs(alloc: Allocation | None, task: str, stderr: bool = False) -> str:
+    if alloc is None:
+        return "the log of the process that registered it"
+    return f"yurt alloc logs {'-stderr ' if stderr else ''}{alloc.id[:8]} {task}"
 
 
 # -- the probes -------------------------------------------------------------------------------
-def _upstream(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str, str]:
+def _upstream(p: dict[str, Any], alloc: Allocation | None, ns: str, leaf: Leaf) -> dict[str, str]:
     address, port, dest = str(p.get("Address") or "127.0.0.1"), int(p.get("Port") or 0), str(p.get("Destination"))
     sidecar_task = next((t.name for t in _tasks(alloc) if t.kind.startswith("connect-proxy:")), "the sidecar")
     if port <= 0:
@@ -181,7 +189,7 @@ def _upstream(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict
     if not listening:
         return answer(WRONG, f"nothing listens on {address}:{port} in {_where(alloc, ns)}: the sidecar "
                       f"({sidecar_task}) is not serving its upstream for {dest}",
-                      f"yurt alloc logs -stderr {alloc.id[:8]} {sidecar_task}; yurt alloc status {alloc.id[:8]}")
+                      _logs(alloc, sidecar_task, stderr=True))
     owners = _owners({i for _, i in listening})
     described = [_describe(pid) for pid in sorted(set(owners.values()))]
     others = [d for d, is_sidecar in described if not is_sidecar]
@@ -192,7 +200,7 @@ def _upstream(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict
                       f"that process off port {port}")
     if not described:
         return answer(WRONG, f"{address}:{port} in {_where(alloc, ns)} is held by a socket no process owns any more",
-                      f"yurt alloc status {alloc.id[:8]}")
+                      _logs(alloc, sidecar_task, stderr=True))
     return answer(OK, f"the sidecar ({described[0][0].split(' (')[0]}) listens on {address}:{port} for {dest}")
 
 
@@ -200,7 +208,7 @@ def _connect(address: str, port: int) -> socket.socket:
     return socket.create_connection((address, port), timeout=TIMEOUT)
 
 
-def _reach(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str, str]:
+def _reach(p: dict[str, Any], alloc: Allocation | None, ns: str, leaf: Leaf) -> dict[str, str]:
     address, port, target = str(p.get("Address") or ""), int(p.get("Port") or 0), str(p.get("Target") or "")
     if not address or port <= 0:
         return answer(WRONG, f"the destination sidecar ({target}) is registered without an address and port",
@@ -232,7 +240,7 @@ def _not_after(info: dict[str, Any]) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(raw), dt.UTC)
 
 
-def _tls(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str, str]:
+def _tls(p: dict[str, Any], alloc: Allocation | None, ns: str, leaf: Leaf) -> dict[str, str]:
     from cryptography import x509
 
     address, port = str(p.get("Address") or ""), int(p.get("Port") or 0)
@@ -307,7 +315,9 @@ def _serial(cert: Any) -> str:
     return ":".join(h[i:i + 2] for i in range(0, len(h), 2))[:23]
 
 
-def _firewall(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str, str]:
+def _firewall(p: dict[str, Any], alloc: Allocation | None, ns: str, leaf: Leaf) -> dict[str, str]:
+    if alloc is None:
+        return answer(SKIPPED, "registered through the API, not by an allocation: no mesh-only firewall to check")
     if not ns:
         return answer(SKIPPED, "the allocation has no network namespace (host networking): there is no "
                       "mesh-only firewall, its ports are open on the node")
@@ -338,7 +348,7 @@ def _firewall(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict
                   "those mapped explicitly)")
 
 
-def _app(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str, str]:
+def _app(p: dict[str, Any], alloc: Allocation | None, ns: str, leaf: Leaf) -> dict[str, str]:
     address, port, service = str(p.get("Address") or "127.0.0.1"), int(p.get("Port") or 0), str(p.get("Service"))
     if port <= 0:
         return answer(WRONG, f"the sidecar of {service} has no local service port to forward to",
@@ -360,11 +370,10 @@ def _app(p: dict[str, Any], alloc: Allocation, ns: str, leaf: Leaf) -> dict[str,
         return answer(WRONG, f"the app of {service} does not accept connections on {address}:{port} in "
                       f"{_where(alloc, ns)} ({error}){seen}",
                       f"make the app listen on port {port}, or point the service's port (or proxy "
-                      f"local_service_port) at the port it listens on; yurt alloc logs {alloc.id[:8]} "
-                      f"{tasks[0] if tasks else '<task>'}")
+                      f"local_service_port) at the port it listens on; {_logs(alloc, tasks[0] if tasks else '<task>')}")
     return answer(OK, f"the app accepts connections on {address}:{port}")
 
 
-def _tasks(alloc: Allocation) -> list[Any]:
-    tg = alloc.job.group(alloc.task_group) if alloc.job else None
+def _tasks(alloc: Allocation | None) -> list[Any]:
+    tg = alloc.job.group(alloc.task_group) if alloc is not None and alloc.job else None
     return list(tg.tasks or []) if tg else []
