@@ -21,7 +21,7 @@ import pytest
 
 from yurt.jobspec import load
 
-from .agent_util import AgentProcess, alloc_processes, allocs, wait_for
+from .agent_util import AgentProcess, alloc_processes, allocs, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root")
 
@@ -380,3 +380,29 @@ def test_the_other_way_round_has_no_upstream(mesh):
     assert wrong["upstream listener"]["Detail"] == f"the sidecar of {DST} has no upstream for {SRC}"
     assert wrong["upstream listener"]["Fix"].startswith(f'add upstreams {{ destination_name = "{SRC}"')
     assert "does not accept connections on 127.0.0.1:9002" in wrong["app listening"]["Detail"]
+
+
+def test_an_instance_registered_by_hand_is_probed_from_its_node(mesh):
+    """A service and its sidecar registered through Consul's agent API (no allocation: a proxy
+    someone would run by hand with `yurt connect proxy`), nothing running behind them."""
+    agent, api = mesh
+    port = free_port()
+    r = api.put("/v1/agent/service/register", json={"ID": "explain-manual", "Name": "explain-manual",
+                                                     "Address": "127.0.0.1", "Port": port,
+                                                     "Connect": {"SidecarService": {}}})
+    assert r.status_code == 200, r.text
+    try:
+        cli = yurt(agent, "mesh", "explain", "-json", SRC, "explain-manual")
+        assert cli.returncode == 1, cli.stdout + cli.stderr
+        result = json.loads(cli.stdout)
+        (firewall,) = rows(result, "mesh-only firewall")
+        assert firewall["Status"] == "skipped" and "registered through the API" in firewall["Detail"], firewall
+        (registered,) = rows(result, "destination registered")
+        assert registered["Status"] == "wrong" and 'check "Connect Sidecar Listening" is critical' \
+            in registered["Detail"], registered
+        (reach,) = rows(result, "destination sidecar reachable")
+        assert reach["Status"] == "wrong" and "Connection refused" in reach["Detail"], reach
+        (app,) = rows(result, "app listening")
+        assert app["Status"] == "wrong" and f"127.0.0.1:{port} in the node (Connection refused)" in app["Detail"], app
+    finally:
+        api.put("/v1/agent/service/deregister/explain-manual")
