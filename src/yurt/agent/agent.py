@@ -133,6 +133,12 @@ class Agent:
     def alloc_done(self, alloc_id: str) -> bool:
         return self.client.alloc_done(alloc_id) if self.client else True
 
+    def mesh_probe(self, probes: list[dict]) -> list[dict]:
+        """`yurt mesh explain`'s probes of this node's allocations (client/mesh_probe.py); the
+        source's leaf comes from this agent's cache, as its sidecar's does."""
+        from yurt.client.mesh_probe import run_probes
+        return run_probes(probes, self.local_alloc, self.leaf_certs.get)
+
     # -- running ----------------------------------------------------------------------------
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then shut down in order."""

@@ -120,6 +120,9 @@ _add("PUT", "/v1/internal/connect/ca/sign", NODE_ID)
 # the route itself also checks that the allocation is placed on the node whose secret is given
 _add("PUT", "/v1/internal/alloc/{alloc_id}/identity", NODE_ID)
 _add("POST", "/v1/internal/acl/check", _r("check"))   # the route checks the requirement it is asked
+# yurt mesh explain: intentions, the catalog; a node's probes with the caller's token (api/mesh.py)
+_add("GET", "/v1/mesh/explain", _r("intention", "read", "destination"))
+_add("POST", "/v1/internal/mesh/probe", _r("agent", "read"))
 # Consul-shaped
 _add("PUT", "/v1/agent/service/register", _r("service", "write", "body:Name"))
 _add("GET PUT", "/v1/agent/service/deregister/{service_id}", _r("service", "write", "service_id"))

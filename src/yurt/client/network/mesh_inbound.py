@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import subprocess
 
+from yurt.structs import Allocation
+
 from ..alloc_hooks import AllocHook, AllocHookContext
 from .iptables import IptablesError, binary
 
@@ -27,7 +29,12 @@ CHAIN = "YURT-MESH-IN"
 
 def open_ports(ctx: AllocHookContext) -> list[int]:
     """The ports inside the namespace that may be reached from outside it."""
-    ports = {p.label: p for p in ctx.alloc.allocated_resources.shared.ports}
+    return alloc_open_ports(ctx.alloc)
+
+
+def alloc_open_ports(alloc: Allocation) -> list[int]:
+    """`open_ports` of an allocation (`yurt mesh explain` checks the rules written from them)."""
+    ports = {p.label: p for p in alloc.allocated_resources.shared.ports}
     return sorted({(p.to if p.to > 0 else p.value) for p in ports.values() if p.value})
 
 
