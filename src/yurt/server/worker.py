@@ -43,6 +43,8 @@ class Worker(threading.Thread):
                 if not broker.nack(ev.id):
                     self._failed(ev, f"scheduling failed {tries} times with an internal error; "
                                      "see the agent log")
+                else:
+                    self.server.metrics.evaluation(ev.type, "nacked")
             else:
                 broker.ack(ev.id)
 
@@ -52,12 +54,16 @@ class Worker(threading.Thread):
         for attempt in range(MAX_PLAN_ATTEMPTS):
             snap = store.snapshot()
             seed = zlib.crc32(ev.id.encode()) + attempt * 7919 + snap.index
-            result = schedule(ev, snap, seed=seed, now_ns=time.time_ns())
+            metrics = self.server.metrics
+            with metrics.placement_seconds.labels(ev.type or "service").time():
+                result = schedule(ev, snap, seed=seed, now_ns=time.time_ns())
             if result.plan.is_noop():
                 break
-            applied = self.server.applier.apply(result.plan)
+            with metrics.plan_apply_seconds.time():
+                applied = self.server.applier.apply(result.plan)
             if not applied.rejected_nodes:
                 break
+            metrics.plan_rejected_nodes.inc(len(applied.rejected_nodes))
             log.info("plan for eval %s rejected on %d node(s); re-planning", ev.id[:8], len(applied.rejected_nodes))
         else:
             self._failed(ev, f"{TRIGGER_MAX_PLANS}: the plan kept conflicting")
@@ -65,6 +71,7 @@ class Worker(threading.Thread):
         self._finish(ev, result)
 
     def _failed(self, ev: Evaluation, description: str) -> None:
+        self.server.metrics.evaluation(ev.type, "failed")
         self.server.store.upsert_evals([ev.model_copy(update={
             "status": EVAL_FAILED, "status_description": description, "modify_time": time.time_ns()})])
 
@@ -73,6 +80,11 @@ class Worker(threading.Thread):
         what is still queued, or `ev` itself when a blocked eval still cannot place."""
         now = time.time_ns()
         blocked = result.blocked_eval
+        if result.failed_tg_allocs:
+            self.server.metrics.placement_failures.labels(ev.type or "service").inc(
+                sum(result.queued.get(g, 0) for g in result.failed_tg_allocs) or len(result.failed_tg_allocs))
+        outcome = "blocked" if blocked is not None and blocked.id == ev.id else (result.status or EVAL_COMPLETE)
+        self.server.metrics.evaluation(ev.type, outcome)
         if blocked is not None and blocked.id == ev.id:
             updates = [blocked]
         else:
