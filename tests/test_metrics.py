@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .agent_util import AgentProcess, allocs, register, wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root")
 
 APP = r'''
 import os
@@ -232,6 +232,7 @@ def sidecars(api: httpx.Client) -> tuple[str, str]:
     return api_sidecar, caller_sidecar
 
 
+@needs_root
 def test_agent_metrics_hold_the_server_and_client_series(cluster):
     api = cluster
     m = agent_scrape(api)
@@ -266,6 +267,7 @@ def test_agent_metrics_hold_the_server_and_client_series(cluster):
     assert after.value("yurt_scheduler_placement_seconds_count") > m.value("yurt_scheduler_placement_seconds_count")
 
 
+@needs_root
 def test_agent_metrics_as_nomad_json(cluster):
     api = cluster
     r = api.get("/v1/metrics")
@@ -283,6 +285,7 @@ def test_agent_metrics_as_nomad_json(cluster):
     assert "?format=prometheus" in bad.text
 
 
+@needs_root
 def test_sidecars_are_found_through_the_catalog_and_count_traffic(cluster):
     api = cluster
     api_sidecar, caller_sidecar = sidecars(api)
@@ -317,8 +320,11 @@ def test_sidecars_are_found_through_the_catalog_and_count_traffic(cluster):
     assert c.value("yurt_sidecar_upstream_connections_active", **up) == 0
     histogram = c.families["yurt_sidecar_upstream_connect_seconds"]
     assert histogram.type == "histogram"
+    other = httpx.get(f"http://{api_sidecar}/stats", timeout=10)
+    assert other.status_code == 404 and "GET /metrics" in other.text
 
 
+@needs_root
 def test_denials_and_tls_failures_are_counted(cluster):
     api = cluster
     api_sidecar, _ = sidecars(api)
@@ -348,6 +354,7 @@ def test_denials_and_tls_failures_are_counted(cluster):
              timeout=30, what="the failed handshake counted")
 
 
+@needs_root
 def test_upstream_errors_name_the_instance(cluster):
     """An instance that refuses connections: the caller's sidecar retries on the good one (the
     request is answered) and counts the failed attempt under that instance's address."""
@@ -368,3 +375,31 @@ def test_upstream_errors_name_the_instance(cluster):
         wait_for(counted, timeout=60, what="the dead instance's refused connection counted")
     finally:
         api.put("/v1/agent/service/deregister/metrics-api-sidecar-proxy-dead")
+
+
+def test_sidecar_text_format_parses_with_odd_label_values():
+    """The sidecar writes the text format itself (no third-party package): it must parse, with
+    cumulative histogram buckets and label values escaped."""
+    from types import SimpleNamespace
+
+    from yurt.mesh.config import from_args
+    from yurt.mesh.metrics import MeshMetrics
+
+    cfg = from_args(["-service", "web", "-upstream", 'api:8080', "-metrics-addr", "127.0.0.1:0"])
+    assert cfg.metrics_addr == "127.0.0.1:0"
+    m = MeshMetrics()
+    for seconds in (0.0004, 0.003, 0.003, 7.0):
+        m.upstream_connected("api", seconds)
+    m.upstream_error("api", "10.0.0.5:21000", "tls")
+    m.upstream_error("api", "", "no_instance")
+    m.denied('we"ird\\name')
+    proxy = SimpleNamespace(cfg=cfg, inbound={}, upstream_pipes=set(), upstream_ports={"api": 8080},
+                            ready=SimpleNamespace(is_set=lambda: True))
+    scrape = Scrape(m.render(proxy))
+    buckets = {s.labels["le"]: s.value for s in scrape.samples("yurt_sidecar_upstream_connect_seconds_bucket")}
+    assert buckets["0.0005"] == 1 and buckets["0.005"] == 3 and buckets["5.0"] == 3 and buckets["+Inf"] == 4
+    assert scrape.value("yurt_sidecar_upstream_connect_seconds_count", upstream="api", service="web") == 4
+    assert scrape.value("yurt_sidecar_authz_denials_total", source='we"ird\\name') == 1
+    assert scrape.value("yurt_sidecar_tls_handshake_failures_total", side="upstream", upstream="api") == 1
+    assert scrape.value("yurt_sidecar_upstream_errors_total", address="", kind="no_instance") == 1
+    assert scrape.value("yurt_sidecar_upstream_connections_total", upstream="api") == 4

@@ -143,7 +143,8 @@ class MeshMetrics:
             running = 0
             for bound, count in zip((*CONNECT_BUCKETS, float("inf")), h.counts, strict=True):
                 running += count
-                hist.append(("_bucket", {"upstream": d, "le": _num(bound)}, running))
+                hist.append(("_bucket", {"upstream": d, "le": "+Inf" if bound == float("inf") else repr(bound)},
+                             running))
             hist += [("_sum", {"upstream": d}, h.sum), ("_count", {"upstream": d}, h.n)]
         family("yurt_sidecar_upstream_connect_seconds", "histogram", "Time from a connection on an upstream "
                "listener to an mTLS session with a verified instance (failed attempts included).", hist)
