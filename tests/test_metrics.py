@@ -4,9 +4,9 @@ Consul-shaped catalog (`/v1/catalog/services`, `/v1/health/service/<name>` with 
 blocking `?index=`), the address built from the sidecar's Meta `metrics_port` as the README's
 relabeling does.
 
-One -dev-connect agent for the module (real bridge namespaces, sidecars, mTLS, raw_exec apps);
-the job is ours, on dynamic ports: an app behind a sidecar, and a caller whose sidecar has it as
-an upstream. Every figure asserted is one a user would read, and moves because traffic flowed."""
+One -dev-connect agent for the module (real bridge namespaces, sidecars, mTLS);
+the job is ours, on dynamic ports: an app behind a sidecar (raw_exec), and a caller (exec: its
+figures come from its cgroup) whose sidecar has it as an upstream. Every figure asserted is one a user would read, and moves because traffic flowed."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ job "metrics" {
       }
     }
     task "idle" {
-      driver = "raw_exec"
+      driver = "exec"
       config {
         command = "/bin/sleep"
         args    = ["86400"]
@@ -254,6 +254,11 @@ def test_agent_metrics_hold_the_server_and_client_series(cluster):
     assert m.value("yurt_client_task_memory_bytes", **labels) > 1024 * 1024
     assert m.value("yurt_client_task_cpu_seconds_total", **labels, mode="user") > 0
     assert m.value("yurt_client_task_memory_bytes", task="connect-proxy-metrics-api") > 0
+    # an exec task: its figures come from its own cgroup
+    (caller,) = running(api, "caller")
+    idle = {"alloc_id": caller["ID"], "job": "metrics", "task_group": "caller", "task": "idle"}
+    assert m.value("yurt_client_task_memory_bytes", **idle) > 0
+    assert len(m.samples("yurt_client_task_cpu_seconds_total", **idle)) == 2   # user and system
     # a second scrape has the CPU used since the first
     assert agent_scrape(api).value("yurt_client_task_cpu_usage_ratio", **labels) >= 0
 
@@ -280,6 +285,10 @@ def test_agent_metrics_as_nomad_json(cluster):
     assert counters and all(c["Count"] >= 1 and set(c["Labels"]) == {"type", "outcome"} for c in counters)
     placement = [s for s in body["Samples"] if s["Name"] == "yurt_scheduler_placement_seconds"]
     assert placement and placement[0]["Count"] >= 1 and placement[0]["Sum"] > 0
+    # python-nomad reads the same document
+    import nomad
+    n = nomad.Nomad(host="127.0.0.1", port=int(str(api.base_url).rsplit(":", 1)[1].rstrip("/")), timeout=10)
+    assert {g["Name"] for g in n.metrics.get_metrics()["Gauges"]} >= {"yurt_allocations", "yurt_broker_evaluations"}
     bad = api.get("/v1/metrics", params={"format": "openmetrics"})
     assert bad.status_code == 400 and 'unknown metrics format "openmetrics"' in bad.text
     assert "?format=prometheus" in bad.text
