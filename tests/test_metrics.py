@@ -250,7 +250,7 @@ def test_agent_metrics_hold_the_server_and_client_series(cluster):
     assert 0 < m.value("yurt_ca_leaf_expiry_seconds", service="metrics-api") <= 72 * 3600
     # per task: memory and CPU of the running app, labelled with its allocation, job, group, task
     (web,) = running(api, "api")
-    labels = {"alloc_id": web["ID"], "job": "metrics", "task_group": "api", "task": "web"}
+    labels = {"alloc_id": web["ID"], "namespace": "default", "job": "metrics", "task_group": "api", "task": "web"}
     assert m.value("yurt_client_task_memory_bytes", **labels) > 1024 * 1024
     assert m.value("yurt_client_task_cpu_seconds_total", **labels, mode="user") > 0
     assert m.value("yurt_client_task_memory_bytes", task="connect-proxy-metrics-api") > 0

@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-TASK_LABELS = ["alloc_id", "job", "task_group", "task"]
+TASK_LABELS = ["alloc_id", "namespace", "job", "task_group", "task"]   # Nomad's allocation labels
 
 
 def build_registry(agent: Any) -> CollectorRegistry:
@@ -50,7 +50,7 @@ class _Tasks(Collector):
                                 "(its cgroup's anonymous memory for exec, the process's RSS otherwise).",
                                 labels=TASK_LABELS)
         for u in self.meter.usage():
-            labels = [u.alloc_id, u.job, u.group, u.task]
+            labels = [u.alloc_id, u.namespace, u.job, u.group, u.task]
             cpu.add_metric([*labels, "user"], u.cpu_user_seconds)
             cpu.add_metric([*labels, "system"], u.cpu_system_seconds)
             if u.cpu_ratio is not None:

@@ -21,6 +21,7 @@ log = logging.getLogger("yurt.client.metrics")
 @dataclass
 class TaskUsage:
     alloc_id: str
+    namespace: str
     job: str
     group: str
     task: str
@@ -57,7 +58,8 @@ class TaskMeter:
                     last = self._last.get(key)
                     self._last[key] = (now, cpu)
                 ratio = (max(cpu - last[1], 0.0) / (now - last[0])) if last and now > last[0] else None
-                out.append(TaskUsage(alloc.id, alloc.job_id, alloc.task_group, name, st.cpu_user_seconds,
+                out.append(TaskUsage(alloc.id, alloc.namespace or "default", alloc.job_id, alloc.task_group, name,
+                                     st.cpu_user_seconds,
                                      st.cpu_system_seconds, st.rss_bytes, ratio))
         with self._lock:
             for key in [k for k in self._last if k not in seen]:

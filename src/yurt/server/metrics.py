@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 # figure (the process's start) nobody scrapes Yurt for. prometheus_client's switch is per process.
 disable_created_metrics()
 
-# Placement (one schedule() call) and plan-apply times: from a millisecond to a few seconds.
+# Always reported, at 0 when no allocation has them (a missing series reads as "no data").
 CLIENT_STATUSES = ("pending", "running", "complete", "failed", "lost")
+# Placement (one schedule() call) and plan-apply times: from a millisecond to a few seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
