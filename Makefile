@@ -26,7 +26,7 @@ ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, hypothesis, nomad, docker, mypy, importlinter'
+	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, hypothesis, nomad, docker, prometheus_client, mypy, importlinter'
 	$(VENV)/bin/ruff --version >/dev/null
 	@touch $@
 

@@ -19,11 +19,14 @@ def test_seed_gets_one_proxy_task_and_port_per_connect_service():
     assert proxy.config["local_port"] == 9001
     assert proxy.config["listen"] == "0.0.0.0:${NOMAD_PORT_connect_proxy_count_api}"
     assert proxy.resources.cpu < 250 and proxy.resources.memory_mb < 128  # lighter than Envoy's defaults
-    assert [(p.label, p.to) for p in api.networks[0].dynamic_ports] == [("connect-proxy-count-api", -1)]
+    assert proxy.config["metrics_addr"] == "0.0.0.0:${NOMAD_PORT_connect_proxy_count_api_metrics}"
+    assert [(p.label, p.to) for p in api.networks[0].dynamic_ports] == [("connect-proxy-count-api", -1),
+                                                                        ("connect-proxy-count-api-metrics", -1)]
     (dproxy,) = [t for t in dash.tasks if t.kind]
     assert dproxy.config["upstreams"] == [{"destination_name": "count-api", "local_bind_address": "127.0.0.1",
                                            "local_bind_port": 8080}]
-    assert [p.label for p in dash.networks[0].ports()] == ["http", "connect-proxy-count-dashboard"]
+    assert [p.label for p in dash.networks[0].ports()] == ["http", "connect-proxy-count-dashboard",
+                                                           "connect-proxy-count-dashboard-metrics"]
 
 
 def test_injection_is_idempotent():

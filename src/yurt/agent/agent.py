@@ -81,6 +81,8 @@ class Agent:
                                for hn in config.host_networks},
                 http_addr=config.address, api_socket=self.api_socket if len(self.api_socket) <= 100 else ""),
                 self.api_client)
+        from .metrics import build_registry
+        self.metrics = build_registry(self)   # /v1/metrics
         self.app = create_app(self)
         self._http: uvicorn.Server | None = None
         self._uds: uvicorn.Server | None = None

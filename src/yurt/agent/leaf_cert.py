@@ -154,6 +154,11 @@ class LeafCerts:
             self._roots, _ = self.backend.roots(0, 0)
         return self._roots
 
+    def expiries(self) -> dict[str, float]:
+        """service -> when (epoch seconds) the certificate held for it expires (metrics)."""
+        with self._lock:
+            return {service: e.expires for service, e in self._certs.items()}
+
     def get(self, service: str) -> dict[str, Any]:
         """The current certificate for `service`, issued now if there is none, it has expired,
         or it was signed by a root that is no longer active."""

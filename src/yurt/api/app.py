@@ -10,6 +10,7 @@ from yurt import __version__
 from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_intentions, deployments, errors,
                internal, jobs, limits, logs)
 from . import nodes
+from . import metrics
 from . import acl, authz
 from . import mesh
 
@@ -24,6 +25,7 @@ def create_app(agent) -> FastAPI:
                    consul_intentions):
         app.include_router(module.router)
     app.include_router(nodes.router)
+    app.include_router(metrics.router)
     app.include_router(acl.router)
     app.include_router(mesh.router)
     errors.install(app)

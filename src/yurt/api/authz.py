@@ -30,6 +30,7 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset({
     ("PUT", "/v1/acl/bootstrap"), ("POST", "/v1/acl/bootstrap"),
     ("GET", "/v1/acl/token/self"),
     ("GET", "/v1/status/leader"),
+    ("GET", "/v1/metrics"),   # as Nomad's: a scraper has no token
 })
 
 

@@ -21,7 +21,7 @@ def connect_group() -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def proxy_cmd(args: tuple[str, ...]) -> None:
     """Run the sidecar proxy (-service, -listen, -local-port, -upstream DEST:PORT, -address,
-    -ready-file, -ready-addr, -dc, -config FILE). `-h` for details."""
+    -ready-file, -ready-addr, -metrics-addr, -dc, -config FILE). `-h` for details."""
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "yurt.mesh", *args])

@@ -183,15 +183,20 @@ class ServiceHook(AllocHook):
                       "LocalBindAddress": u.local_bind_address or "127.0.0.1", "LocalBindPort": u.local_bind_port}
                      for u in ((proxy_cfg.upstreams if proxy_cfg else None) or [])]
         address, port = host_ip, (p.value if p else 0)
+        m = ports.get(f"connect-proxy-{svc.name}-metrics")   # server/connect_inject.metrics_port_label
+        metrics_port = m.value if m else 0
         status = ctx.resources.network_status or {}
         if host_ip.startswith("127.") and status.get("Address") and p:
             # A node that advertises loopback (a dev agent): 127.0.0.1 inside another allocation's
             # namespace is that namespace itself, so peers reach this sidecar on the bridge.
             address, port = status["Address"], (p.to if p.to > 0 else p.value)
+            metrics_port = (m.to if m.to > 0 else m.value) if m else 0
+        # where Prometheus finds the sidecar's metrics (consul_sd_configs + relabeling, see README)
+        metrics_meta = {"metrics_port": str(metrics_port), "metrics_path": "/metrics"} if metrics_port else {}
         return {"ID": f"{sid}-sidecar-proxy", "Name": f"{svc.name}-sidecar-proxy", "Kind": "connect-proxy",
                 "Tags": (sidecar.tags if sidecar.tags is not None else svc.tags) or [],
                 "Address": address, "Port": port, "AllocID": ctx.alloc_id, "NodeID": self.node_id,
-                "Meta": {**(sidecar.meta or {}), "external-source": "yurt", "alloc_id": ctx.alloc_id},
+                "Meta": {**(sidecar.meta or {}), **metrics_meta, "external-source": "yurt", "alloc_id": ctx.alloc_id},
                 "Proxy": {"DestinationServiceName": svc.name, "DestinationServiceID": sid,
                           "LocalServiceAddress": "127.0.0.1", "LocalServicePort": local_port,
                           "Upstreams": upstreams},

@@ -11,6 +11,7 @@ JSON (every key optional except service):
    "address": "unix:///var/run/yurt/agent.sock",     # the agent's API (else YURT_ADDR)
    "token_file": "/secrets/nomad_token",   # the workload identity sent to the agent (else YURT_TOKEN_FILE)
    "ready_file": "/alloc/tmp/connect-proxy.ready", "ready_addr": "127.0.0.1:19001",
+   "metrics_addr": "0.0.0.0:9102",         # GET /metrics: Prometheus' text format (omit: none)
    "drained_file": "/alloc/tmp/connect-proxy.drained",  # written once SIGUSR1's inbound drain is done
    "drain_timeout_ms": 5000,              # after SIGTERM/SIGINT, how long open connections may finish
    "handshake_timeout_ms": 10000, "connect_timeout_ms": 3000,
@@ -51,6 +52,7 @@ class ProxyConfig:
     address: str = ""
     ready_file: str = ""
     ready_addr: str = ""
+    metrics_addr: str = ""  # ADDR:PORT serving GET /metrics (the sidecar's Prometheus series)
     token_file: str = ""   # a file holding the token sent to the agent (the sidecar's workload identity)
     handshake_timeout: float = 10.0
     connect_timeout: float = 3.0
@@ -131,6 +133,7 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
     cfg.ready_file = doc.get("ready_file", cfg.ready_file)
     cfg.token_file = doc.get("token_file", cfg.token_file)
     cfg.ready_addr = doc.get("ready_addr", cfg.ready_addr)
+    cfg.metrics_addr = doc.get("metrics_addr", cfg.metrics_addr)
     cfg.drained_file = doc.get("drained_file", cfg.drained_file)
     if "drain_timeout_ms" in doc:
         cfg.drain_timeout = _whole(doc["drain_timeout_ms"], "drain_timeout_ms") / 1000
@@ -167,6 +170,9 @@ def parser() -> argparse.ArgumentParser:
     a("-dc", "--dc", help="datacenter (default dc1)")
     a("-ready-file", "--ready-file", help="file written once listeners are bound and a valid leaf is loaded")
     a("-ready-addr", "--ready-addr", help="ADDR:PORT answering HTTP 200 LIVE once ready (503 before)")
+    a("-metrics-addr", "--metrics-addr", help=(
+        "ADDR:PORT serving the proxy's metrics at GET /metrics in Prometheus' text format "
+        "(connections, bytes, TLS failures, denials, upstream latency and errors)"))
     a("-token-file", "--token-file", help=(
         "a file holding the token sent to the agent as X-Consul-Token, e.g. the task's "
         "secrets/nomad_token (default $YURT_TOKEN_FILE)"))
@@ -219,6 +225,8 @@ def from_args(argv: list[str]) -> ProxyConfig:
         cfg.ready_addr = ns.ready_addr
     if ns.token_file:
         cfg.token_file = ns.token_file
+    if ns.metrics_addr:
+        cfg.metrics_addr = ns.metrics_addr
     if ns.debug_modules:
         cfg.debug_modules = True
     if ns.workers is not None:

@@ -199,6 +199,8 @@ class InboundConn:
         self.fail("error", reason)
 
     def _timeout(self) -> None:
+        if self.state == "handshake" and not self.done:
+            self.proxy.metrics.tls_failure("inbound")
         self.fail("refused" if self.state == "handshake" else "error", f"timed out in {self.state}")
 
     def on_side_event(self, side: Side, ev: int) -> None:
@@ -222,35 +224,37 @@ class InboundConn:
         except ssl.SSLWantWriteError:
             self.side.set_mask(OUT)
             return
-        except ssl.SSLError as e:
-            self.fail("refused", f"tls handshake: {ssl_reason(e)}")
-            return
-        except OSError as e:
-            self.fail("refused", f"tls handshake: {ssl_reason(e)}")
+        except (ssl.SSLError, OSError) as e:
+            self._tls_failed(f"tls handshake: {ssl_reason(e)}")
             return
         self.side.set_mask(0)
         pc = peer_cert(sock)
         if pc is None:
-            self.fail("refused", "no client certificate")
+            self._tls_failed("no client certificate")
             return
         self.serial = pc.serial
         sid = parse_spiffe(pc.uri)
         if sid is None:
-            self.fail("refused", f"client certificate URI {pc.uri!r} is not a service SPIFFE ID")
+            self._tls_failed(f"client certificate URI {pc.uri!r} is not a service SPIFFE ID")
             return
         self.src = sid.service
         self.uri = pc.uri.lower()
         td = self.proxy.material.trust_domain if self.proxy.material else ""
         if sid.trust_domain != td:
-            self.fail("refused", f"trust domain {sid.trust_domain} is not ours ({td})")
+            self._tls_failed(f"trust domain {sid.trust_domain} is not ours ({td})")
             return
         self.state = "authorize"
         self.proxy.authz.check(self.uri, self.serial, self._decided)
+
+    def _tls_failed(self, reason: str) -> None:
+        self.proxy.metrics.tls_failure("inbound")
+        self.fail("refused", reason)
 
     def _decided(self, allowed: bool, reason: str) -> None:
         if self.done:
             return
         if not allowed:
+            self.proxy.metrics.denied(self.src)
             self.fail("denied", reason)
             return
         cfg = self.proxy.cfg
@@ -261,12 +265,14 @@ class InboundConn:
         self.state = "connect"
         self.local = Side(self.proxy.reactor, s, False, self, OUT)
         if err not in (0, errno.EINPROGRESS):
+            self.proxy.metrics.inbound_error("local_service")
             self.fail("error", f"local service {cfg.local_addr}:{cfg.local_port}: {os.strerror(err)}")
 
     def _connected(self) -> None:
         err = self.local.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         cfg = self.proxy.cfg
         if err:
+            self.proxy.metrics.inbound_error("local_service")
             self.fail("error", f"local service {cfg.local_addr}:{cfg.local_port}: {os.strerror(err)}")
             return
         self.done = True

@@ -33,6 +33,7 @@ from .authz import Authorizer
 from .balancer import Balancer, instances_from_health
 from .config import ProxyConfig, UpstreamConfig
 from .inbound import InboundConn, Listener, listen
+from .metrics import MeshMetrics, MetricsConn
 from .pump import IN, Pipe, Reactor
 from .source import MeshSource, Watch
 from .tls import TLSMaterial, build_material, roots_bundle
@@ -46,6 +47,7 @@ class Proxy:
         self.cfg = cfg
         self.source = source
         self.log = log or AccessLog()
+        self.metrics = MeshMetrics()
         self.reactor = Reactor()
         self.reactor.on_error = lambda e: self.log.event("internal-error", error=repr(e))
         self.material: TLSMaterial | None = None
@@ -62,6 +64,7 @@ class Proxy:
         self.watches: list[Watch] = []
         self.ready = threading.Event()
         self.public_port = 0
+        self.metrics_port = 0
         self.upstream_ports: dict[str, int] = {}
         self._endpoints_pending: set[str] = set()  # upstreams whose first endpoints have not come
         self._thread: threading.Thread | None = None
@@ -87,6 +90,12 @@ class Proxy:
             from .config import split_hostport
             host, port = split_hostport(cfg.ready_addr, "-ready-addr")
             self.listeners.append(Listener(self, listen(host, port), lambda sock, addr: ReadyConn(self, sock)))
+        if cfg.metrics_addr:
+            from .config import split_hostport
+            host, port = split_hostport(cfg.metrics_addr, "-metrics-addr")
+            lst = Listener(self, listen(host, port), lambda sock, addr: MetricsConn(self, sock))
+            self.metrics_port = lst.port
+            self.listeners.append(lst)
 
         if cfg.idle_timeout:
             self.reactor.call_later(self._sweep_every(), self._sweep_idle)
@@ -182,8 +191,9 @@ class Proxy:
                 f.write("LIVE\n")
             os.replace(tmp, self.cfg.ready_file)
         self.ready.set()
+        extra = {"metrics_port": self.metrics_port} if self.metrics_port else {}
         self.log.event("ready", service=self.cfg.service, public_port=self.public_port,
-                       upstreams=self.upstream_ports)
+                       upstreams=self.upstream_ports, **extra)
         if self.cfg.debug_modules:
             import sys
             self.log.event("modules", modules=sorted(sys.modules))
@@ -191,6 +201,7 @@ class Proxy:
     # -- connection registries (reactor thread) -------------------------------------------------
     def inbound_opened(self, pipe: Pipe) -> None:
         self.inbound.setdefault(pipe.meta.uri, set()).add(pipe)
+        self.metrics.inbound_total += 1
 
     def inbound_closed(self, pipe: Pipe, verdict: str, reason: str) -> None:
         conn = pipe.meta
@@ -199,6 +210,7 @@ class Proxy:
             pipes.discard(pipe)
             if not pipes:
                 del self.inbound[conn.uri]
+        self.metrics.inbound_closed(pipe.a_to_b, pipe.b_to_a)
         self.log.conn("inbound", conn.src, self.cfg.service, conn.peer, pipe.a_to_b, pipe.b_to_a,
                       conn.started, verdict, reason, serial=conn.serial)
 
@@ -209,12 +221,14 @@ class Proxy:
         conn = pipe.meta
         self.upstream_pipes.discard(pipe)
         conn.balancer.release(conn.inst)
+        self.metrics.upstream_closed(conn.up.destination, pipe.a_to_b, pipe.b_to_a)
         self.log.conn("upstream", self.cfg.service, conn.up.destination, conn.peer, pipe.a_to_b, pipe.b_to_a,
                       conn.started, verdict, reason, upstream=f"{conn.inst.address}:{conn.inst.port}",
                       attempts=conn.attempts)
 
     def _deny_existing(self, uri: str, reason: str) -> None:
         for pipe in list(self.inbound.get(uri, ())):
+            self.metrics.denied(pipe.meta.src)
             pipe.close("denied", f"intentions changed: {reason}")
 
     # -- draining (reactor thread) ---------------------------------------------------------------
@@ -370,6 +384,7 @@ def _fork_workers(cfg: ProxyConfig) -> tuple[list[int], bool]:
         if pid == 0:
             cfg.ready_file = ""
             cfg.ready_addr = ""
+            cfg.metrics_addr = ""   # the first worker's figures only (see docs/architecture.md)
             cfg.drained_file = worker_files[n - 1] if worker_files else ""
             return [], True
         children.append(pid)

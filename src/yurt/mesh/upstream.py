@@ -65,7 +65,9 @@ class UpstreamConn:
     def abort(self, reason: str) -> None:
         self.fail(reason)
 
-    def _retry(self, reason: str) -> None:
+    def _retry(self, reason: str, kind: str) -> None:
+        self.proxy.metrics.upstream_error(self.up.destination, f"{self.inst.address}:{self.inst.port}"
+                                          if self.inst else "", kind)
         self.errors.append(f"{self.inst.address}:{self.inst.port}: {reason}" if self.inst else reason)
         if self.timer:
             self.timer.cancel()
@@ -86,6 +88,7 @@ class UpstreamConn:
         inst = self.balancer.pick(self.tried)
         if inst is None:
             if self.attempts == 0:
+                self.proxy.metrics.upstream_error(self.up.destination, "", "no_instance")
                 self.fail(f"no healthy instance of {self.up.destination}")
             else:
                 self.fail("no instance left to try: " + "; ".join(self.errors))
@@ -101,12 +104,12 @@ class UpstreamConn:
         self.server = Side(self.proxy.reactor, s, False, self, OUT)
         self.timer = self.proxy.reactor.call_later(self.proxy.cfg.connect_timeout, self._timeout)
         if err not in (0, errno.EINPROGRESS):
-            self._retry(os.strerror(err))
+            self._retry(os.strerror(err), "connect")
 
     def _timeout(self) -> None:
         self.timer = None
         if not self.done:
-            self._retry(f"timed out in {self.state}")
+            self._retry(f"timed out in {self.state}", "timeout")
 
     # -- events --------------------------------------------------------------------------------
     def on_side_event(self, side: Side, ev: int) -> None:
@@ -119,7 +122,7 @@ class UpstreamConn:
         if self.state == "connect":
             err = side.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
-                self._retry(os.strerror(err))
+                self._retry(os.strerror(err), "connect")
                 return
             material = self.proxy.material
             side.sock = material.client.wrap_socket(side.sock, server_side=False,
@@ -140,22 +143,20 @@ class UpstreamConn:
         except ssl.SSLWantWriteError:
             side.set_mask(OUT)
             return
-        except ssl.SSLError as e:
-            self._retry(f"tls handshake: {ssl_reason(e)}")
-            return
-        except OSError as e:
-            self._retry(f"tls handshake: {ssl_reason(e)}")
+        except (ssl.SSLError, OSError) as e:
+            self._retry(f"tls handshake: {ssl_reason(e)}", "tls")
             return
         pc = peer_cert(side.sock)
         want = service_uri(self.material.trust_domain, self.inst.datacenter, self.up.destination)
         got = pc.uri if pc else ""
         if got.lower() != want.lower():
-            self._retry(f"server identity {got or '(none)'} is not {want}")
+            self._retry(f"server identity {got or '(none)'} is not {want}", "identity")
             return
         self.done = True
         if self.timer:
             self.timer.cancel()
         self.balancer.acquire(self.inst)
+        self.proxy.metrics.upstream_connected(self.up.destination, time.monotonic() - self.started)
         pipe = Pipe(self.proxy.reactor, self.client, side, self.proxy.upstream_closed, self)
         self.proxy.upstream_opened(pipe)
         pipe.start()

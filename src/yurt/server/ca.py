@@ -54,6 +54,7 @@ class ConnectCA:
         self.clock = clock
         self._leaf_cert_ttl = leaf_cert_ttl
         self._lock = threading.RLock()
+        self.on_issued: Callable[[str], None] = lambda service: None   # each leaf signed (metrics)
 
     # -- state ------------------------------------------------------------------------------
     def _now(self) -> dt.datetime:
@@ -224,6 +225,7 @@ class ConnectCA:
         ttl = dt.timedelta(microseconds=leaf_ttl_ns(st.config) / 1000)
         cert = x.sign_leaf(csr, x.load_cert(root.root_cert), x.load_key(root.private_key),
                            serial, self._now(), ttl, sid.service)
+        self.on_issued(sid.service)
         chain = x.cert_pem(cert) + "".join(root.intermediate_certs)
         return IssuedCert(serial_number=x.serial_hex(serial), cert_pem=chain, service=sid.service,
                           service_uri=service_uri(st.trust_domain, self.datacenter, sid.service,

@@ -1,8 +1,10 @@
 """Injecting the sidecar proxy task for each `connect { sidecar_service {} }` (Nomad's connect mutator).
 
 For a group service with a sidecar, the group gets a prestart sidecar task
-`connect-proxy-<service>` (Kind `connect-proxy:<service>`) that runs Yurt's own proxy, and a
-dynamic port `connect-proxy-<service>` with `to = -1` for its public mTLS listener. A
+`connect-proxy-<service>` (Kind `connect-proxy:<service>`) that runs Yurt's own proxy, a
+dynamic port `connect-proxy-<service>` with `to = -1` for its public mTLS listener, and one
+`connect-proxy-<service>-metrics` (also `to = -1`) where it serves its Prometheus metrics (the
+client registers that port in the sidecar's catalog entry, Meta `metrics_port`). A
 `sidecar_task` block is merged over the injected task. Running it twice changes nothing.
 """
 
@@ -26,6 +28,11 @@ def clean(label: str) -> str:
     return "_" + out[1:] if out[:1].isdigit() else out
 
 
+def metrics_port_label(service: str) -> str:
+    """The dynamic port a service's sidecar serves its metrics on (`GET /metrics`)."""
+    return f"connect-proxy-{service}-metrics"
+
+
 def inject_sidecars(job: Job) -> Job:
     for group in job.task_groups or []:
         if not group.networks:
@@ -42,8 +49,11 @@ def _inject(group: TaskGroup, network: NetworkResource, service: Service, connec
     sidecar = connect.sidecar_service
     assert sidecar is not None, "inject_sidecars passes services with a sidecar_service"
     label = sidecar.port or f"connect-proxy-{service.name}"
-    if not any(p.label == label for p in network.ports()):
-        network.dynamic_ports = list(network.dynamic_ports or []) + [Port(label=label, to=-1, host_network="default")]
+    metrics_label = metrics_port_label(service.name)
+    for want in (label, metrics_label):
+        if not any(p.label == want for p in network.ports()):
+            network.dynamic_ports = list(network.dynamic_ports or []) + [Port(label=want, to=-1,
+                                                                              host_network="default")]
     if any(t.kind == kind for t in group.tasks or []):
         return
     name = f"connect-proxy-{service.name}"
@@ -57,7 +67,8 @@ def _inject(group: TaskGroup, network: NetworkResource, service: Service, connec
         lifecycle=TaskLifecycle(hook="prestart", sidecar=True),
         config={"service": service.name, "listen": f"0.0.0.0:${{NOMAD_PORT_{clean(label)}}}",
                 "local_addr": (proxy.local_service_address if proxy else "") or "127.0.0.1",
-                "local_port": _local_port(network, service, proxy), "upstreams": upstreams},
+                "local_port": _local_port(network, service, proxy), "upstreams": upstreams,
+                "metrics_addr": f"0.0.0.0:${{NOMAD_PORT_{clean(metrics_label)}}}"},
         resources=Resources(cpu=PROXY_CPU, cores=0, memory_mb=PROXY_MEMORY, memory_max_mb=0, disk_mb=0, secrets_mb=0),
         restart_policy=group.restart_policy, kill_timeout=5 * SECOND, shutdown_delay=5 * SECOND,
         log_config=LogConfig(max_files=2, max_file_size_mb=2, disabled=False))

@@ -33,6 +33,7 @@ from .heartbeat import FAILOVER_GRACE, Heartbeats
 from .identity import WorkloadIdentity
 from .plan_apply import PlanApplier
 from .reads import Reads
+from .metrics import ServerMetrics
 from .worker import Worker
 
 log = logging.getLogger("yurt.server")
@@ -62,6 +63,9 @@ class Server:
         self.catalog = Catalog(store, datacenter)
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
         self.ca = ConnectCA(store, datacenter, leaf_cert_ttl=leaf_cert_ttl)
+        self.metrics = ServerMetrics()   # /v1/metrics: this server's own registry
+        self.metrics.watch(self)
+        self.ca.on_issued = lambda service: self.metrics.leaf_issued.labels(service).inc()
         self._ca_prune_stop = threading.Event()
         self.drainer = Drainer(self)   # node drain, eligibility and purge
         self.deployments = Deployments(self)   # the deployment watcher, promote/fail/pause
@@ -310,6 +314,7 @@ class Server:
                                        "status_description": ""})
         index = self.store.upsert_node(node)
         ttl = self.heartbeats.reset(node.id)
+        self.metrics.heartbeats.inc()
         if old is None or old.status != NODE_READY:
             self._capacity_changed(node_evals_for=node.id)
         return {"HeartbeatTTL": int(ttl * 1e9), "Index": index, "NodeModifyIndex": index,
@@ -323,6 +328,7 @@ class Server:
             self.store.update_node_status(node_id, NODE_READY, "heartbeat resumed")
             self._capacity_changed(node_evals_for=node_id)
         ttl = self.heartbeats.reset(node_id)
+        self.metrics.heartbeats.inc()
         return {"HeartbeatTTL": int(ttl * 1e9), "Index": self.store.index()}
 
     def _node_expired(self, node_id: str) -> None:
@@ -330,6 +336,7 @@ class Server:
         if node is None or node.status == NODE_DOWN:
             return
         log.warning("node %s missed its heartbeat: marking it down", node_id[:8])
+        self.metrics.heartbeats_missed.inc()
         self.store.update_node_status(node_id, NODE_DOWN, "node heartbeat missed")
         self.catalog.remove_node(node_id)  # its services must not be offered to anyone
         self._evals_for_node_jobs(node_id)

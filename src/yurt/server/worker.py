@@ -43,6 +43,8 @@ class Worker(threading.Thread):
                 if not broker.nack(ev.id):
                     self._failed(ev, f"scheduling failed {tries} times with an internal error; "
                                      "see the agent log")
+                else:
+                    self.server.metrics.evaluation(ev.type, "nacked")
             else:
                 broker.ack(ev.id)
 
@@ -52,14 +54,18 @@ class Worker(threading.Thread):
         for attempt in range(MAX_PLAN_ATTEMPTS):
             snap = store.snapshot()
             seed = zlib.crc32(ev.id.encode()) + attempt * 7919 + snap.index
-            result = schedule(ev, snap, seed=seed, now_ns=time.time_ns())
+            metrics = self.server.metrics
+            with metrics.placement_seconds.labels(ev.type or "service").time():
+                result = schedule(ev, snap, seed=seed, now_ns=time.time_ns())
             if result.plan.is_noop():
                 break
             # the eval's outcome is written with the plan, in the same transaction, if the plan is taken whole
-            applied = self.server.applier.apply(result.plan, self._outcome(ev, result))
+            with metrics.plan_apply_seconds.time():
+                applied = self.server.applier.apply(result.plan, self._outcome(ev, result))
             if not applied.rejected_nodes:
                 self._finish(ev, result, written=True)
                 return
+            metrics.plan_rejected_nodes.inc(len(applied.rejected_nodes))
             log.info("plan for eval %s rejected on %d node(s); re-planning", ev.id[:8], len(applied.rejected_nodes))
         else:
             self._failed(ev, f"{TRIGGER_MAX_PLANS}: the plan kept conflicting")
@@ -67,6 +73,7 @@ class Worker(threading.Thread):
         self._finish(ev, result)
 
     def _failed(self, ev: Evaluation, description: str) -> None:
+        self.server.metrics.evaluation(ev.type, "failed")
         self.server.store.upsert_evals([ev.model_copy(update={
             "status": EVAL_FAILED, "status_description": description, "modify_time": time.time_ns()})])
 
@@ -76,6 +83,11 @@ class Worker(threading.Thread):
         if not written:
             self.server.store.upsert_evals(self._outcome(ev, result))
         blocked = result.blocked_eval
+        if result.failed_tg_allocs:
+            self.server.metrics.placement_failures.labels(ev.type or "service").inc(
+                sum(result.queued.get(g, 0) for g in result.failed_tg_allocs) or len(result.failed_tg_allocs))
+        outcome = "blocked" if blocked is not None and blocked.id == ev.id else (result.status or EVAL_COMPLETE)
+        self.server.metrics.evaluation(ev.type, outcome)
         if blocked is not None:
             self.server.broker.block(blocked)
         for follow in result.followup_evals:

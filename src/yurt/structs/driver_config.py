@@ -23,10 +23,11 @@ SCHEMAS: dict[str, dict[str, str]] = {
 }
 REQUIRED = {"docker": ("image",), "exec": ("command",), "raw_exec": ("command",)}
 # What Yurt's own sidecar proxy (driver "connect-proxy", mesh/config.py from_dict) reads of its
-# task's config; the server writes the first five when it injects the task.
+# task's config; the server writes the first five (and metrics_addr, on the injected
+# connect-proxy-<service>-metrics port the catalog advertises) when it injects the task.
 CONNECT_PROXY_KEYS = ("service", "listen", "local_addr", "local_port", "upstreams", "datacenter",
                       "handshake_timeout_ms", "connect_timeout_ms", "max_connections", "idle_timeout_ms",
-                      "workers", "debug_modules", "ready_addr")
+                      "workers", "debug_modules", "ready_addr", "metrics_addr")
 MOUNT_KEYS = {"type", "source", "target", "readonly", "bind_options", "volume_options", "tmpfs_options"}
 
 
