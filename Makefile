@@ -13,6 +13,10 @@ DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl
 PODMAN_SOCK := /run/podman/podman.sock
 ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
 
+# Test files run in parallel, this many at a time (tests/conftest.py keeps the ones that share a
+# fixed resource on one worker); most of a test's time is spent waiting for agents and etcd.
+TEST_WORKERS ?= 3
+
 .PHONY: test lint demo bench deps clean podman images
 
 .stamp-debs: Makefile
@@ -26,7 +30,7 @@ ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, hypothesis, nomad, docker, prometheus_client, mypy, importlinter'
+	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, xdist, hypothesis, nomad, docker, prometheus_client, mypy, importlinter'
 	$(VENV)/bin/ruff --version >/dev/null
 	@touch $@
 
@@ -56,7 +60,7 @@ lint: deps
 	exit $$status
 
 test: deps lint images
-	YURT_TEST_DOCKER_HOST=$(ENGINE) $(PY) -m pytest -q -p no:cacheprovider
+	YURT_TEST_DOCKER_HOST=$(ENGINE) $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 # The countdash job on a dev agent with the service mesh; prints the dashboard's URL and runs
 # until Ctrl-C (DEMO_SECONDS=N to stop by itself). Needs root, like Nomad's -dev-connect.

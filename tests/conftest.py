@@ -29,3 +29,28 @@ def run_yurt(*args: str, cwd: str | os.PathLike | None = None, input: bytes | No
 @pytest.fixture
 def seed_text() -> str:
     return SEED.read_text()
+
+
+# `make test` runs the files in parallel (pytest-xdist: -n 3 --dist loadgroup). A file's tests stay
+# together on one worker (they share module-scoped agents and clusters), and files that hold the
+# same fixed resource run on one worker, one after the other: countdash's static host port 9002,
+# and the labs (each names its hosts after its process, but they share the host's routes to
+# their subnets). The slowest groups are started first, so no worker is left with a long tail.
+SERIAL = {
+    "lab": ("test_ha_lab.py", "test_lab.py", "test_lab_etcd.py", "test_lab_secure.py"),
+    "countdash": ("test_mesh_countdash.py", "test_docker_countdash.py", "test_countdash_apps.py",
+                  "test_mesh_handover.py", "test_webui.py"),
+}
+FIRST = ("lab", "countdash", "test_etcd_cluster.py", "test_mesh_explain.py")
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = {}
+    for item in items:
+        name = item.path.name
+        group = next((g for g, files in SERIAL.items() if name in files), name)
+        groups[item] = group
+        item.add_marker(pytest.mark.xdist_group(group))
+    rank = {g: i for i, g in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item], len(FIRST)))   # stable: files keep their order

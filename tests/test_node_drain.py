@@ -388,12 +388,13 @@ def test_batch_allocations_finish_in_place_until_the_deadline(fresh):
     c = fresh
     a, b = c.node_id("node-a"), c.node_id("node-b")
     c.cli("node", "eligibility", "-disable", "node-b")
-    register(c.api, sleep_job("quick", 1, kind="batch", seconds=4))
+    # long enough to still be running when the drain's monitor starts, even on a loaded machine
+    register(c.api, sleep_job("quick", 1, kind="batch", seconds=8))
     register(c.api, sleep_job("slow", 1, kind="batch", seconds=3600))
     (quick,) = running_on(c.api, "quick", a, 1)
     (slow,) = running_on(c.api, "slow", a, 1)
     c.cli("node", "eligibility", "-enable", "node-b")
-    r = c.cli("node", "drain", "-enable", "-yes", "-deadline", "12s", "node-a")
+    r = c.cli("node", "drain", "-enable", "-yes", "-deadline", "16s", "node-a")
     assert r.returncode == 0, r.stdout + r.stderr
     done = c.api.get(f"/v1/allocation/{quick['ID']}").json()
     assert (done["NodeID"], done["DesiredStatus"], done["ClientStatus"]) == (a, "run", "complete")
