@@ -11,6 +11,7 @@ from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_inte
                internal, jobs, limits, logs)
 from . import nodes
 from . import acl, authz
+from . import ui
 
 
 def create_app(agent) -> FastAPI:
@@ -24,6 +25,7 @@ def create_app(agent) -> FastAPI:
         app.include_router(module.router)
     app.include_router(nodes.router)
     app.include_router(acl.router)
+    app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
     app.add_middleware(limits.RequestLimits, max_request_bytes=agent.config.http_max_request_bytes)
     return app
