@@ -71,12 +71,19 @@ def shot(driver, name: str) -> None:
     """A screenshot of the whole page: a test artifact, and the README's with YURT_UPDATE_SCREENSHOTS=1."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return Math.min(document.documentElement.scrollHeight, 2400)")
-    driver.set_window_size(1400, max(700, int(height)))
+    driver.set_window_size(1400, max(700, int(height) + 160))   # the window's own frame is not the page
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
     if os.environ.get("YURT_UPDATE_SCREENSHOTS") == "1":
         README_SHOTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(README_SHOTS / f"{name}.png"))
     driver.set_window_size(1400, 1000)
+
+
+def console_errors(driver) -> list[str]:
+    """The page's script errors and refused loads since the last look (a Content-Security-Policy
+    violation shows here), but for the network changes of this host (see `settled`)."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and "ERR_NETWORK_CHANGED" not in e["message"]]
 
 
 def settled(driver) -> None:
@@ -112,6 +119,7 @@ def test_jobs_page_shows_countdash_and_its_groups(cluster, browser):
     row = wait_for(lambda: text_of(browser, 'tr.job[data-job="countdash"]'), what="the countdash row")
     assert "running" in row and "service" in row
     assert "api: 1 running" in row and "dashboard: 1 running" in row
+    assert console_errors(browser) == []
     shot(browser, "jobs")
 
 
@@ -185,6 +193,7 @@ def test_services_graph_turns_red_after_a_deny_intention_without_reload(cluster,
         stroke = browser.find_element(By.CSS_SELECTOR, edge + " line").get_attribute("stroke")
         assert stroke == "#d23c3c"
         assert "denied" in text_of(browser, "#edges") and "deny" in text_of(browser, "#intentions")
+        assert console_errors(browser) == []
         shot(browser, "services")
     finally:
         api.delete("/v1/connect/intentions/exact", params={"source": "count-dashboard", "destination": "count-api"})

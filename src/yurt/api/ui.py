@@ -19,7 +19,6 @@ namespace, node:read, service:read and intention:read.
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +45,11 @@ ASSETS = Path(__file__).resolve().parent / "ui_assets"
 STATIC = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
 TOKEN_COOKIE = "yurt-ui-token"
 LIVE_WAIT = 60.0   # a page's blocking query waits at most this long before it is asked again
+
+# Everything a page uses comes from this agent, and nothing else may run in it.
+HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+           "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                      "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"}
 
 ENV = Environment(loader=FileSystemLoader(str(ASSETS / "templates")),
                   autoescape=select_autoescape(default=True, default_for_string=True))
@@ -101,7 +105,7 @@ def _page(request: Request, title: str, nav: str, body: str, *, status: int = 20
           live: bool = True, after: str = "", keep_token: bool = True) -> HTMLResponse:
     text = _render("base.html", title=title, nav=nav, body=Markup(body), after=Markup(after), index=index,
                    live=live, acl=authz.acl_enabled(request), logged_in=bool(_token(request)))
-    resp = HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-store"})
+    resp = HTMLResponse(text, status_code=status, headers=HEADERS)
     token = request.query_params.get("token", "").strip()
     if token and keep_token:   # ?token= once: the cookie carries it from then on
         _set_cookie(resp, token, request)
@@ -125,7 +129,7 @@ def _not_found(request: Request, what: str) -> HTMLResponse:
 
 
 def _fragment(body: str, index: int) -> HTMLResponse:
-    return HTMLResponse(body, headers={"X-Yurt-Index": str(index), "Cache-Control": "no-store"})
+    return HTMLResponse(body, headers={**HEADERS, "X-Yurt-Index": str(index)})
 
 
 async def _serve(request: Request, title: str, nav: str, tables: Tables,
@@ -428,4 +432,3 @@ def job_groups(job: Job) -> list[str]:
 
 
 ENV.globals["job_groups"] = job_groups
-ENV.globals["now"] = time.time
