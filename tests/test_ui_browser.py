@@ -42,14 +42,16 @@ def count() -> int:
 def cluster():
     agent = AgentProcess(extra=["-dev-connect"]).start()
     api = agent.api()
-    assert api.put("/v1/jobs", json=load_file(str(JOB)).job.to_document()).status_code == 200
-    wait_for(lambda: len([a for a in allocs(api, "countdash") if a["ClientStatus"] == "running"]) == 2,
-             timeout=120, what="countdash running")
-    wait_for(lambda: count() > 0, timeout=60, what="the dashboard counting through the mesh")
-    yield agent, api
-    api.delete("/v1/job/countdash", params={"purge": "true"})
-    api.close()
-    agent.stop()
+    try:   # the agent is stopped (its allocations with it) however the set-up or the tests end
+        assert api.put("/v1/jobs", json=load_file(str(JOB)).job.to_document()).status_code == 200
+        wait_for(lambda: len([a for a in allocs(api, "countdash") if a["ClientStatus"] == "running"]) == 2,
+                 timeout=120, what="countdash running")
+        wait_for(lambda: count() > 0, timeout=60, what="the dashboard counting through the mesh")
+        yield agent, api
+        api.delete("/v1/job/countdash", params={"purge": "true"})
+    finally:
+        api.close()
+        agent.stop()
 
 
 @pytest.fixture(scope="module")
