@@ -107,7 +107,7 @@ def test_pages_need_a_token_with_read_rights(agent, api, browser, root):
     browser.cookies.clear()
 
 
-def test_a_read_only_token_sees_jobs_and_nodes_but_not_the_services(api, browser):
+def test_a_read_only_token_sees_jobs_and_nodes_but_not_the_services(api, browser, root):
     assert api.put("/v1/acl/policy/ui-reader", json={"Name": "ui-reader", "Rules": READER}).status_code == 200
     secret = api.put("/v1/acl/token", json={"Name": "ui", "Policies": ["ui-reader"]}).json()["SecretID"]
     h = {"X-Nomad-Token": secret}
@@ -116,6 +116,21 @@ def test_a_read_only_token_sees_jobs_and_nodes_but_not_the_services(api, browser
     assert browser.get("/ui/nodes", headers=h).status_code == 200
     r = browser.get("/ui/services", headers=h)
     assert r.status_code == 403 and "this page needs service &#34;*&#34; read" in r.text
+    # a token for another namespace only: the jobs page lists none of default's, a job there is refused
+    other = 'namespace "other" {\n  policy = "read"\n}\n'
+    assert api.put("/v1/acl/policy/ui-other", json={"Name": "ui-other", "Rules": other}).status_code == 200
+    secret = api.put("/v1/acl/token", json={"Name": "other", "Policies": ["ui-other"]}).json()["SecretID"]
+    h = {"X-Nomad-Token": secret}
+    r = browser.get("/ui/jobs", headers=h)
+    assert r.status_code == 200 and "xss" not in r.text and "No jobs are registered" in r.text
+    r = browser.get(f"/ui/job/{JOB_ID}", params={"namespace": "default"}, headers=h)
+    assert r.status_code == 403 and "this page needs namespace &#34;default&#34; capability read-job" in r.text
+    assert 'href="/ui/login?next=%2Fui%2Fjob%2Fxss%3Cb%3Ejob%3Fnamespace%3Ddefault"' in r.text
+    # which leads back to the page once logged in with a token that may
+    r = browser.get("/ui/login", params={"token": root, "next": f"/ui/job/{JOB_ID}?namespace=default"},
+                    follow_redirects=True)
+    assert r.status_code == 200 and '<h1 id="job-title">xss&lt;b&gt;job' in r.text
+    browser.cookies.clear()
 
 
 def test_unknown_job_allocation_and_page_show_not_found(api, browser, root):

@@ -119,8 +119,10 @@ def _set_cookie(resp: Response, token: str, request: Request) -> None:
 
 
 def _message(request: Request, status: int, title: str, text: str, *, login: bool = False) -> HTMLResponse:
-    body = _render("message.html", title=title, text=text, login=login, next=request.url.path,
-                   acl=authz.acl_enabled(request))
+    kept = urlencode([(k, v) for k, v in request.query_params.multi_items()
+                      if k not in ("token", "fragment", "index", "wait")])
+    body = _render("message.html", title=title, text=text, login=login,
+                   next=request.url.path + ("?" + kept if kept else ""), acl=authz.acl_enabled(request))
     return _page(request, title, "", body, status=status, live=False, keep_token=status != 403)
 
 
@@ -146,6 +148,7 @@ async def _serve(request: Request, title: str, nav: str, tables: Tables,
             _set_cookie(resp, token, request)
         return resp
     try:
+        _identity(request)   # resolved once, from the UI's token: authz.may and authz.check use it
         if req is not None:
             _require(request, req, name)
     except PermissionDenied as e:
@@ -230,8 +233,7 @@ async def jobs_page(request: Request) -> Response:
         return _render("jobs.html", rows=rows)
 
     return await _serve(request, "Jobs", "jobs", ("jobs", "allocs"), build,
-                        req=authz.Requirement("namespace", "list-jobs"),
-                        name=ns if ns != "*" else "default")
+                        req=authz.Requirement("namespace", "list-jobs"), name=ns)   # "*": in any namespace
 
 
 @router.get("/ui/job/{job_id}")
