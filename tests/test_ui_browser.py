@@ -108,6 +108,11 @@ def text_of(driver, css: str) -> str:
     return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
 
 
+def tab(driver, task: str, kind: str):
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.CSS_SELECTOR, f'#log-tabs .log-tab[data-task="{task}"][data-type="{kind}"]')
+
+
 def running_alloc(api, group: str) -> str:
     (a,) = [a for a in allocs(api, "countdash") if a["TaskGroup"] == group and a["ClientStatus"] == "running"]
     return a["ID"]
@@ -151,13 +156,19 @@ def test_allocation_page_follows_the_live_count_in_stdout(cluster, browser):
     task = text_of(browser, 'section.task[data-task="web"]')
     assert "running" in task and "Started" in task and "exec" in task
     assert text_of(browser, "#alloc-address")   # the allocation's address in its bridge network
-    pre = browser.find_element(By.ID, "log-web-stdout")
+    pre = browser.find_element(By.ID, "log")
+    assert "on" in tab(browser, "web", "stdout").get_attribute("class")   # the main task's stdout first
     wait_for(lambda: "count " in pre.text, what="count-api's stdout in the page")
     # a count served after the page was loaded shows up in the same page: the log is followed
     later = max(count() for _ in range(3))
     wait_for(lambda: re.search(rf"\bcount {later} served\b", pre.text), timeout=30,
              what=f"'count {later} served' appearing in the followed stdout")
-    assert browser.find_element(By.ID, "log-web-stderr") is not None
+    # the sidecar's stdout: its access log, one JSON line per connection with its verdict
+    tab(browser, "connect-proxy-count-api", "stdout").click()
+    wait_for(lambda: '"verdict":"allowed"' in pre.text and "served" not in pre.text, timeout=30,
+             what="the sidecar's access log in place of count-api's stdout")
+    tab(browser, "web", "stdout").click()
+    wait_for(lambda: "served" in pre.text and "verdict" not in pre.text, timeout=30, what="count-api's stdout again")
     shot(browser, "allocation")
 
 

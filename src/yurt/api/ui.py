@@ -273,7 +273,11 @@ async def alloc_page(request: Request, alloc_id: str) -> Response:
 
     def after(reads: Reads) -> str:
         alloc = find(reads)
-        return _render("logs.html", a=alloc, tasks=[t["name"] for t in _tasks(alloc)]) if alloc else ""
+        if alloc is None:
+            return ""
+        names = [t["name"] for t in _tasks(alloc)]
+        main = next((n for n in names if not n.startswith("connect-proxy-")), names[0] if names else "")
+        return _render("logs.html", a=alloc, tasks=names, main=main)
 
     return await _serve(request, f"Allocation {alloc_id[:8]}", "jobs", "allocs", build, after=after,
                         req=authz.READ_JOB, name=_ns(request))

@@ -45,28 +45,30 @@
     }
   }
 
-  const MAX_LOG = 256 * 1024;   // characters kept in a log pane
+  const MAX_LOG = 256 * 1024;   // characters kept in the log pane
 
-  async function follow(pre) {
+  // One stream at a time (a browser keeps few connections to one host open, and each followed
+  // log holds one): choosing another task or stream stops following the previous one.
+  async function follow(pre, signal) {
     const params = new URLSearchParams({ task: pre.dataset.task, type: pre.dataset.type, follow: "true",
                                          plain: "true", origin: "end", offset: "32768" });
     const url = "/v1/client/fs/logs/" + encodeURIComponent(pre.dataset.alloc) + "?" + params;
     const decoder = new TextDecoder();
-    for (;;) {
+    while (!signal.aborted) {
       let ended = false;
       try {
-        const resp = await fetch(url, { headers: headers(), cache: "no-store" });
+        const resp = await fetch(url, { headers: headers(), cache: "no-store", signal: signal });
         if (resp.ok && resp.body) {
           const reader = resp.body.getReader();
           pre.textContent = "";
           for (;;) {
             const { value, done } = await reader.read();
             if (done) { ended = true; break; }
+            if (signal.aborted) return;   // another stream was chosen meanwhile
             const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
             let text = pre.textContent + decoder.decode(value, { stream: true });
             if (text.length > MAX_LOG) text = text.slice(text.length - MAX_LOG);
             pre.textContent = text;
-            pre.dataset.bytes = String((parseInt(pre.dataset.bytes || "0", 10)) + value.length);
             if (stick) pre.scrollTop = pre.scrollHeight;
           }
         } else if (resp.status === 403) {
@@ -74,15 +76,34 @@
           return;
         }
       } catch (e) {
-        // the agent restarted, the network dropped or changed: ask again below
+        // stopped for another stream, or the agent restarted, the network dropped or changed
       }
-      if (ended) return;   // the agent ends a followed log when the allocation is done: all is shown
-      await sleep(3000);   // not started here yet, or the agent could not be reached: look again later
+      if (ended || signal.aborted) return;   // a followed log ends when the allocation is done
+      await sleep(3000);   // not started here yet, or the agent could not be reached: look again
     }
+  }
+
+  function logs() {
+    const pre = document.getElementById("log");
+    if (!pre) return;
+    let current = new AbortController();
+    follow(pre, current.signal);
+    document.querySelectorAll("#log-tabs .log-tab").forEach(function (tab) {
+      tab.addEventListener("click", function () {
+        current.abort();
+        document.querySelectorAll("#log-tabs .log-tab.on").forEach((t) => t.classList.remove("on"));
+        tab.classList.add("on");
+        pre.dataset.task = tab.dataset.task;
+        pre.dataset.type = tab.dataset.type;
+        pre.textContent = "";
+        current = new AbortController();
+        follow(pre, current.signal);
+      });
+    });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     live();
-    document.querySelectorAll("pre.log[data-alloc]").forEach(follow);
+    logs();
   });
 })();
