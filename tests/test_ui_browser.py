@@ -18,7 +18,7 @@ import pytest
 
 from yurt.jobspec import load_file
 
-from .agent_util import AgentProcess, allocs, wait_for
+from .agent_util import AgentProcess, allocs, register, wait_for
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking (countdash in the mesh) needs root"),
@@ -31,6 +31,22 @@ JOB = ROOT / "examples" / "countdash" / "countdash.nomad"
 DASHBOARD = "http://127.0.0.1:9002"
 ARTIFACTS = Path(os.environ.get("YURT_TEST_ARTIFACTS") or "/tmp/yurt-ui-shots")
 README_SHOTS = ROOT / "docs" / "screenshots"
+UNPLACEABLE = '''job "ui-live" {
+  type = "batch"
+  group "g" {
+    constraint {
+      attribute = "${attr.kernel.name}"
+      value     = "plan9"
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+    }
+  }
+}
+'''
 
 
 def count() -> int:
@@ -118,8 +134,8 @@ def running_alloc(api, group: str) -> str:
     return a["ID"]
 
 
-def test_jobs_page_shows_countdash_and_its_groups(cluster, browser):
-    agent, _ = cluster
+def test_jobs_page_shows_countdash_and_its_groups_live(cluster, browser):
+    agent, api = cluster
     load(browser, agent.url + "/ui")
     assert browser.current_url.endswith("/ui/jobs")
     assert browser.title == "Jobs · Yurt"
@@ -128,6 +144,17 @@ def test_jobs_page_shows_countdash_and_its_groups(cluster, browser):
     assert "api: 1 running" in row and "dashboard: 1 running" in row
     assert console_errors(browser) == []
     shot(browser, "jobs")
+    # a job registered while the page is open appears in it, without a reload
+    browser.execute_script("window.__sameDocument = 7")
+    register(api, UNPLACEABLE)
+    try:
+        row = wait_for(lambda: (lambda r: r if "g: 1 queued" in r else None)(
+            text_of(browser, 'tr.job[data-job="ui-live"]')), timeout=30, what="the new job's row, 1 queued")
+        assert "batch" in row and "pending" in row
+        assert browser.execute_script("return window.__sameDocument") == 7
+    finally:
+        api.delete("/v1/job/ui-live", params={"purge": "true"})
+    wait_for(lambda: not text_of(browser, 'tr.job[data-job="ui-live"]'), timeout=30, what="the purged job's row gone")
 
 
 def test_job_page_shows_allocations_evaluations_deployments_versions(cluster, browser):
