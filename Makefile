@@ -8,7 +8,9 @@ YURT := $(VENV)/bin/yurt
 # podman (with runc) as the container engine behind the docker driver, through its Docker-compatible API;
 # etcd (the server, /usr/bin/etcd, and etcdctl) for highly available servers: the state store's tests run
 # a loopback etcd cluster (tests/etcd_cluster.py) and `yurt lab` runs an etcd member on each server host.
-DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl etcd-server etcd-client
+# chromium and chromium-driver: the web UI's tests drive a real headless browser (selenium).
+DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl etcd-server etcd-client \
+	chromium chromium-driver
 # The engine the docker driver's tests and `make images` use: podman's socket, unless DOCKER_HOST says otherwise.
 PODMAN_SOCK := /run/podman/podman.sock
 ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
@@ -30,7 +32,7 @@ TEST_WORKERS ?= 3
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, pytest, xdist, hypothesis, nomad, docker, prometheus_client, mypy, importlinter'
+	$(PY) -c 'import yurt, hcl2, pydantic, click, rich, fastapi, uvicorn, httpx, jinja2, pytest, xdist, hypothesis, nomad, docker, prometheus_client, mypy, importlinter, selenium'
 	$(VENV)/bin/ruff --version >/dev/null
 	@touch $@
 

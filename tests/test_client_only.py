@@ -181,3 +181,18 @@ def test_a_client_says_when_its_server_is_unreachable_or_not_a_yurt_server(tmp_p
         web.shutdown()
         nothing.close()
         not_yurt.close()
+
+
+def test_the_web_ui_of_a_client_only_agent_is_rendered_by_its_server(cluster, job):
+    _server, client = cluster
+    with client.api() as api:
+        page = api.get("/ui/jobs")
+        assert page.status_code == 200 and 'data-job="via-client"' in page.text
+        page = api.get(f"/ui/allocation/{job['ID']}")
+        assert page.status_code == 200 and "client-only" in page.text   # the node it runs on
+        assert f'data-alloc="{job["ID"]}" data-task="t" data-type="stdout"' in page.text
+        # what the page's script follows: the task's stdout, through this agent
+        logs = api.get(f"/v1/client/fs/logs/{job['ID']}", params={"task": "t", "plain": "true"})
+        assert "hello from the client node" in logs.text
+        assert api.get("/ui/job/nope").status_code == 404
+        assert api.get("/ui/static/ui.js").status_code == 200

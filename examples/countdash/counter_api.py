@@ -31,6 +31,7 @@ class Handler(BaseHTTPRequestHandler):
                 _count += 1
                 n = _count
             body = json.dumps({"count": n, "hostname": socket.gethostname()}).encode()
+            print(f"count {n} served", flush=True)   # the live count, in the task's stdout
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -124,6 +124,10 @@ _add("POST", "/v1/internal/acl/check", _r("check"))   # the route checks the req
 # yurt mesh explain: intentions, the catalog; a node's probes with the caller's token (api/mesh.py)
 _add("GET", "/v1/mesh/explain", _r("intention", "read", "destination"))
 _add("POST", "/v1/internal/mesh/probe", _r("agent", "read"))
+# the web UI (api/ui.py): each page checks the token from ?token=, its cookie or the headers itself
+for p in ("/ui", "/ui/", "/ui/static/{name}", "/ui/login", "/ui/logout", "/ui/jobs", "/ui/job/{job_id}",
+          "/ui/allocation/{alloc_id}", "/ui/nodes", "/ui/services", "/ui/{rest:path}"):
+    _add("GET", p, _r("ui"))
 # Consul-shaped
 _add("PUT", "/v1/agent/service/register", _r("service", "write", "body:Name"))
 _add("GET PUT", "/v1/agent/service/deregister/{service_id}", _r("service", "write", "service_id"))
@@ -242,7 +246,7 @@ async def authorize(request: Request) -> None:
     if key in PUBLIC:
         return
     req = REQUIREMENTS.get(key)
-    if req is not None and req.kind == "check":
+    if req is not None and req.kind in ("check", "ui"):
         return
     if req is not None and req.kind == "node_register" and await _registers_itself(request):
         return
