@@ -11,6 +11,7 @@ from . import (agent_routes, allocs, consul_catalog, consul_connect, consul_inte
                internal, jobs, limits, logs)
 from . import nodes
 from . import acl, authz
+from . import events, monitor
 
 
 def create_app(agent) -> FastAPI:
@@ -24,6 +25,8 @@ def create_app(agent) -> FastAPI:
         app.include_router(module.router)
     app.include_router(nodes.router)
     app.include_router(acl.router)
+    app.include_router(events.router)
+    app.include_router(monitor.router)
     errors.install(app)
     app.add_middleware(limits.RequestLimits, max_request_bytes=agent.config.http_max_request_bytes)
     return app

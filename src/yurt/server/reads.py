@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from yurt.state import StateStore
+from .events import EventBuffer
 from yurt.structs import Allocation, Deployment, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
 
 Tables = str | Iterable[str] | None
@@ -22,6 +23,11 @@ largest of their indexes), or None for the store's index."""
 class Reads:
     def __init__(self, store: StateStore) -> None:
         self._store = store
+
+    @property
+    def events(self) -> EventBuffer | None:
+        """The event stream's buffer (None: `enable_event_broker = false`)."""
+        return self._store.events
 
     # -- indexes and blocking queries -------------------------------------------------------
     def index(self) -> int:

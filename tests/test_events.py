@@ -1,0 +1,267 @@
+"""The event stream (/v1/event/stream) and `yurt monitor` (/v1/agent/monitor) against one real
+agent running a small raw_exec job, as a user (curl, python-nomad, the CLI) sees them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from yurt.state import StateStore
+from yurt.state.events import EventBuffer
+
+from . import mock
+from .agent_util import AgentProcess, wait_for
+from .conftest import YURT
+
+JOB = "evjob"
+JOB_DOC = {"Job": {
+    "ID": JOB, "Name": JOB, "Type": "service", "Datacenters": ["dc1"],
+    "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{
+        "Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/sleep", "args": ["600"]},
+        "Resources": {"CPU": 50, "MemoryMB": 32}}]}]}}
+
+
+class Stream:
+    """An open /v1/event/stream (or any NDJSON stream), read on a thread into a queue."""
+
+    def __init__(self, url: str, params: list[tuple[str, str]]) -> None:
+        self.lines: queue.Queue = queue.Queue()
+        self.status: int | None = None
+        self._opened = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, params), daemon=True)
+        self._thread.start()
+        assert self._opened.wait(30), "the stream did not open"
+
+    def _run(self, url: str, params: list[tuple[str, str]]) -> None:
+        try:
+            with httpx.Client(timeout=httpx.Timeout(30.0)) as c, c.stream("GET", url, params=params) as resp:
+                self.status = resp.status_code
+                self._opened.set()
+                for line in resp.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line:
+                        self.lines.put(json.loads(line))
+        except httpx.HTTPError:   # the agent stopped while this stream was left open
+            if not self._stop.is_set():
+                raise
+
+    def frames(self, until, timeout: float = 90.0, fail: bool = True) -> list[dict]:
+        """Frames (heartbeats left out) until `until(frames)` holds; fails at the deadline (or,
+        with fail=False, returns what came)."""
+        got: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while not until(got):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if not fail:
+                    return got
+                raise AssertionError(f"the stream did not deliver what was expected; got {got!r}"[:3000])
+            try:
+                frame = self.lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if frame:
+                got.append(frame)
+        return got
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def events(frames: list[dict]) -> list[dict]:
+    return [e for f in frames for e in f["Events"]]
+
+
+def running_alloc(frames: list[dict]) -> bool:
+    return any(e["Topic"] == "Allocation" and e["Type"] == "AllocationUpdated"
+               and e["Payload"]["Allocation"]["ClientStatus"] == "running" for e in events(frames))
+
+
+@pytest.fixture(scope="module")
+def agent():
+    a = AgentProcess().start()
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+@pytest.fixture(scope="module")
+def api(agent):
+    with agent.api() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def registered(agent, api):
+    """The job registered while a stream follows it: the frames it saw up to the allocation running."""
+    stream = Stream(agent.url + "/v1/event/stream", [("topic", f"Job:{JOB}"), ("topic", f"Allocation:{JOB}")])
+    try:
+        r = api.put("/v1/jobs", json=JOB_DOC)
+        assert r.status_code == 200, r.text
+        return stream.frames(running_alloc)
+    finally:
+        stream.close()
+
+
+def test_stream_delivers_registration_then_running_allocation(registered):
+    frames = registered
+    indexes = [f["Index"] for f in frames]
+    assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes), indexes
+    evs = events(frames)
+    assert {e["Topic"] for e in evs} <= {"Job", "Allocation"}
+    first = frames[0]["Events"][0]
+    assert (first["Topic"], first["Type"], first["Key"]) == ("Job", "JobRegistered", JOB)
+    assert first["Payload"]["Job"]["ID"] == JOB and first["Index"] == frames[0]["Index"]
+    running = next(e for e in evs if e["Topic"] == "Allocation" and e["Type"] == "AllocationUpdated"
+                   and e["Payload"]["Allocation"]["ClientStatus"] == "running")
+    assert running["Index"] > first["Index"]
+    alloc = running["Payload"]["Allocation"]
+    assert alloc["JobID"] == JOB and alloc["Job"] is None and JOB in running["FilterKeys"]
+    assert running["Namespace"] == "default"
+    # the scheduler's placement came between them, as Nomad's PlanResult
+    placed = [e for e in evs if e["Topic"] == "Allocation" and e["Type"] == "PlanResult"]
+    assert placed and first["Index"] < placed[0]["Index"] <= running["Index"]
+
+
+def test_topic_filters(agent, registered):
+    nodes = Stream(agent.url + "/v1/event/stream", [("topic", "Node"), ("index", "1")])
+    try:
+        got = nodes.frames(lambda f: len(f) >= 1)
+    finally:
+        nodes.close()
+    assert all(e["Topic"] == "Node" for e in events(got))
+    node = events(got)[0]
+    assert node["Type"] == "NodeRegistration" and "SecretID" not in node["Payload"]["Node"]
+
+    evals = Stream(agent.url + "/v1/event/stream", [("topic", f"Evaluation:{JOB}"), ("index", "1")])
+    try:
+        got = evals.frames(lambda f: any(e["Type"] == "JobRegistered" for e in events(f)))
+    finally:
+        evals.close()
+    assert all(e["Topic"] == "Evaluation" and JOB in e["FilterKeys"] for e in events(got))
+    assert events(got)[0]["Payload"]["Evaluation"]["JobID"] == JOB
+
+
+def test_index_replays_what_the_buffer_holds(agent, registered):
+    registration = next(f["Index"] for f in registered if any(e["Type"] == "JobRegistered" for e in f["Events"]))
+    replay = Stream(agent.url + "/v1/event/stream",
+                    [("topic", f"Job:{JOB}"), ("topic", f"Allocation:{JOB}"), ("index", str(registration))])
+    try:
+        got = replay.frames(running_alloc)
+    finally:
+        replay.close()
+    assert got[0]["Index"] == registration
+    assert got[0]["Events"][0]["Type"] == "JobRegistered"
+    assert [f["Index"] for f in got] == [f["Index"] for f in registered]
+
+    # after that index: the registration is not replayed
+    later = Stream(agent.url + "/v1/event/stream", [("topic", f"Job:{JOB}"), ("index", str(registration + 1))])
+    try:
+        got = later.frames(lambda f: len(f) >= 1)
+    finally:
+        later.close()
+    assert all(f["Index"] > registration for f in got)
+
+
+def test_bad_queries_are_refused(api):
+    r = api.get("/v1/event/stream", params={"topic": "Jobs"})
+    assert r.status_code == 400
+    assert 'unknown topic "Jobs"' in r.text and "Job, Allocation, Evaluation, Node, Deployment, Service" in r.text
+    r = api.get("/v1/event/stream", params={"index": "soon"})
+    assert r.status_code == 400 and 'invalid index "soon"' in r.text
+    r = api.get("/v1/event/stream", params={"topic": "Job:"})
+    assert r.status_code == 400 and "empty key" in r.text
+    r = api.get("/v1/event/stream", params={"topics": "Job"})
+    assert r.status_code == 400 and '"topics"' in r.text
+
+
+def test_python_nomad_event_stream(agent, registered):
+    import nomad
+    n = nomad.Nomad(host="127.0.0.1", port=agent.port, timeout=30)
+    thread, stop, q = n.event.stream.get_stream(index=1, topic={"Job": JOB})
+    thread.daemon = True
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        frame = None
+        while frame is None and time.monotonic() < deadline:
+            try:
+                got = q.get(timeout=1)
+            except queue.Empty:
+                continue
+            if any(e["Topic"] == "Job" and e["Key"] == JOB for e in got.get("Events", [])):
+                frame = got
+        assert frame is not None, "python-nomad's event stream delivered no Job event"
+        assert frame["Events"][0]["Type"] == "JobRegistered"
+    finally:
+        stop.set()
+
+
+def test_monitor_follows_agent_logs_and_exits_0_on_sigint(agent, api):
+    proc = subprocess.Popen([*YURT, "monitor", "-address", agent.url, "-log-level", "info"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(line.decode() for line in iter(proc.stdout.readline, b"")),
+                              daemon=True)
+    reader.start()
+    try:
+        def logged() -> bool:
+            # each registration makes the agent log a line; registering again (same spec) is harmless
+            assert api.put("/v1/jobs", json=JOB_DOC).status_code == 200
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            return any(f'job "{JOB}" registered' in line and "[INFO] yurt.server" in line for line in out)
+        wait_for(logged, timeout=60, interval=1.0, what="yurt monitor printing the registration's log line")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_monitor_refuses_unknown_level(agent, api):
+    r = api.get("/v1/agent/monitor", params={"log_level": "loud"})
+    assert r.status_code == 400 and "loud" in r.text and "trace, debug, info, warn, error" in r.text
+    p = subprocess.run([*YURT, "monitor", "-address", agent.url, "-log-level", "loud"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and "loud" in p.stderr and "trace, debug, info, warn, error" in p.stderr
+
+
+def test_monitor_json_frames(agent, api):
+    stream = Stream(agent.url + "/v1/agent/monitor", [("log_json", "true")])
+    try:
+        def line() -> list[dict]:
+            assert api.put("/v1/jobs", json=JOB_DOC).status_code == 200
+            return stream.frames(lambda f: len(f) >= 1, timeout=5, fail=False)
+        frames = wait_for(line, timeout=60, what="a monitor frame")
+    finally:
+        stream.close()
+    record = json.loads(base64.b64decode(frames[0]["Data"]).decode().splitlines()[0])
+    assert {"@level", "@message", "@module", "@timestamp"} <= set(record)
+
+
+# -- the buffer itself (in process: no agent needed) ------------------------------------------------
+
+def test_buffer_keeps_the_last_writes_and_says_when_a_reader_fell_behind():
+    store = StateStore.temporary()
+    store.events = EventBuffer(size=3)
+    indexes = [store.upsert_node(mock.node()) for _ in range(5)]
+    got = store.events.since(0)
+    assert [b.index for b in got.batches] == indexes[-3:]
+    assert got.lost, "a reader at index 0 missed two writes the buffer dropped"
+    assert not store.events.since(indexes[2]).lost
+    assert store.events.start(0) == indexes[2] - 1   # ?index=0: from the oldest still kept
+    ev = store.events.since(indexes[-2]).batches[0].events()[0]
+    assert (ev.topic, ev.type, ev.index) == ("Node", "NodeRegistration", indexes[-1])
+    store.close()
