@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -32,7 +33,8 @@ JOB_DOC = {"Job": {
 class Stream:
     """An open /v1/event/stream (or any NDJSON stream), read on a thread into a queue."""
 
-    def __init__(self, url: str, params: list[tuple[str, str]]) -> None:
+    def __init__(self, url: str, params: list[tuple[str, str]], headers: dict[str, str] | None = None) -> None:
+        self.headers = headers or {}
         self.lines: queue.Queue = queue.Queue()
         self.status: int | None = None
         self._opened = threading.Event()
@@ -43,7 +45,8 @@ class Stream:
 
     def _run(self, url: str, params: list[tuple[str, str]]) -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(30.0)) as c, c.stream("GET", url, params=params) as resp:
+            with httpx.Client(timeout=httpx.Timeout(30.0)) as c, c.stream("GET", url, params=params,
+                                                                                headers=self.headers) as resp:
                 self.status = resp.status_code
                 self._opened.set()
                 for line in resp.iter_lines():
@@ -249,6 +252,30 @@ def test_monitor_json_frames(agent, api):
         stream.close()
     record = json.loads(base64.b64decode(frames[0]["Data"]).decode().splitlines()[0])
     assert {"@level", "@message", "@module", "@timestamp"} <= set(record)
+
+
+def test_acl_filters_events_per_token(tmp_path):
+    conf = tmp_path / "acl.hcl"
+    conf.write_text("acl {\n  enabled = true\n}\n")
+    with AgentProcess(extra=["-acl-enabled", "-config", str(conf)]) as a, a.api() as c:
+        root = {"X-Nomad-Token": re.search(r"ACL Token: ([0-9a-f-]{36})", a.log()).group(1)}
+        rules = 'namespace "default" {\n  policy = "read"\n}\n'
+        assert c.put("/v1/acl/policy/jobs", json={"Name": "jobs", "Rules": rules}, headers=root).status_code == 200
+        tok = c.put("/v1/acl/token", json={"Name": "jobs", "Policies": ["jobs"]}, headers=root).json()["SecretID"]
+        assert c.put("/v1/jobs", json=JOB_DOC, headers=root).status_code == 200
+
+        r = c.get("/v1/event/stream", params={"topic": "Job"})
+        assert r.status_code == 403 and r.text.startswith("Permission denied")
+        r = c.get("/v1/event/stream", params={"topic": "Node"}, headers={"X-Nomad-Token": tok})
+        assert r.status_code == 403 and "node:read" in r.text
+
+        everything = Stream(a.url + "/v1/event/stream", [("index", "1")], {"X-Nomad-Token": tok})
+        try:
+            got = everything.frames(lambda f: any(e["Type"] == "JobRegistered" for e in events(f)))
+        finally:
+            everything.close()
+        topics = {e["Topic"] for e in events(got)}
+        assert "Job" in topics and "Node" not in topics, topics   # the node registered first: not shown
 
 
 # -- the buffer itself (in process: no agent needed) ------------------------------------------------

@@ -98,17 +98,20 @@ class Filter:
 @router.get("/v1/event/stream")
 async def event_stream(request: Request, reads: ServerReads):
     q = request.query_params
+    ident = identity(request)
+    namespace = q.get("namespace") or "default"
+    if ident is not None and not _may_any(ident, {"*": {"*"}}, namespace):   # a stranger learns nothing more
+        raise PermissionDenied(f'Permission denied: the event stream needs namespace "{namespace}" capability '
+                               'read-job (Job, Allocation, Evaluation, Deployment, Service) or node:read (Node)')
     unknown = sorted(set(q) - {"topic", "index", "namespace", "region", "stale"})
     if unknown:
         raise InvalidInput(f'unknown query parameter "{unknown[0]}" for /v1/event/stream; it takes topic, '
                            'index and namespace')
     topics = parse_topics(q.getlist("topic"))
     start = parse_index(q.get("index"))
-    namespace = q.get("namespace") or "default"
     buffer = reads.events
     if buffer is None:
         raise Unavailable("the event stream is off on this server: server { enable_event_broker = false }")
-    ident = identity(request)
     if ident is not None and not _may_any(ident, topics, namespace):
         raise PermissionDenied(f'Permission denied: the event stream needs namespace "{namespace}" capability '
                                'read-job (Job, Allocation, Evaluation, Deployment, Service) or node:read (Node)')
