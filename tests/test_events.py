@@ -15,6 +15,8 @@ import time
 import httpx
 import pytest
 
+from yurt.agent.config import AgentConfig, load_file
+from yurt.errors import ConfigError
 from yurt.state import StateStore
 from yurt.state.events import EventBuffer
 
@@ -38,6 +40,8 @@ class Stream:
         self.lines: queue.Queue = queue.Queue()
         self.status: int | None = None
         self._opened = threading.Event()
+        self.ended = threading.Event()
+        self.error: httpx.HTTPError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(url, params), daemon=True)
         self._thread.start()
@@ -54,9 +58,10 @@ class Stream:
                         return
                     if line:
                         self.lines.put(json.loads(line))
-        except httpx.HTTPError:   # the agent stopped while this stream was left open
-            if not self._stop.is_set():
-                raise
+        except httpx.HTTPError as e:   # the agent went away while this stream was open
+            self.error = e
+        finally:
+            self.ended.set()
 
     def frames(self, until, timeout: float = 90.0, fail: bool = True) -> list[dict]:
         """Frames (heartbeats left out) until `until(frames)` holds; fails at the deadline (or,
@@ -233,6 +238,30 @@ def test_monitor_follows_agent_logs_and_exits_0_on_sigint(agent, api):
             proc.wait()
 
 
+def test_monitor_of_another_node_goes_through_its_server(agent, api):
+    """The monitor of a client node (`node_id`, `yurt monitor -node-id`) asked of the server follows
+    that node's own agent: when that agent stops, the monitor ends while the server runs on."""
+    from .test_client_only import ClientAgent
+    client = ClientAgent([f"127.0.0.1:{agent.port}"]).start()
+    try:
+        node = wait_for(lambda: next((n for n in api.get("/v1/nodes").json() if n["Name"] == "client-only"), None),
+                        what="the client-only node registered")
+        stream = Stream(agent.url + "/v1/agent/monitor", [("node_id", node["ID"][:8])])
+        try:
+            assert stream.status == 200
+            assert stream.lines.get(timeout=30) == {}   # the client agent's stream began
+            client.stop()
+            assert stream.ended.wait(60), "the forwarded monitor did not end with its agent"
+            assert api.get("/v1/agent/health").status_code == 200   # while the server runs on
+        finally:
+            stream.close()
+    finally:
+        client.close()
+
+    r = api.get("/v1/agent/monitor", params={"node_id": "ffffffff"})
+    assert r.status_code == 404 and "ffffffff" in r.text
+
+
 def test_monitor_refuses_unknown_level(agent, api):
     r = api.get("/v1/agent/monitor", params={"log_level": "loud"})
     assert r.status_code == 400 and "loud" in r.text and "trace, debug, info, warn, error" in r.text
@@ -276,6 +305,24 @@ def test_acl_filters_events_per_token(tmp_path):
             everything.close()
         topics = {e["Topic"] for e in events(got)}
         assert "Job" in topics and "Node" not in topics, topics   # the node registered first: not shown
+
+
+def test_event_broker_settings(tmp_path):
+    conf = tmp_path / "agent.hcl"
+    conf.write_text("server {\n  enabled = true\n  event_buffer_size = 5\n}\n")
+    cfg = load_file(str(conf), AgentConfig(data_dir=tmp_path))
+    assert (cfg.enable_event_broker, cfg.event_buffer_size) == (True, 5)
+    for body, words in (("event_buffer_size = 0", ("event_buffer_size", "at least 1", "enable_event_broker")),
+                        ('enable_event_broker = "maybe"', ("enable_event_broker", "true or false"))):
+        conf.write_text(f"server {{\n  enabled = true\n  {body}\n}}\n")
+        with pytest.raises(ConfigError) as e:
+            load_file(str(conf), AgentConfig(data_dir=tmp_path))
+        assert all(w in str(e.value) for w in words), str(e.value)
+
+    conf.write_text("server {\n  enabled = true\n  enable_event_broker = false\n}\n")
+    with AgentProcess(extra=["-config", str(conf)]) as a, a.api() as c:
+        r = c.get("/v1/event/stream")
+        assert r.status_code == 503 and "enable_event_broker = false" in r.text
 
 
 # -- the buffer itself (in process: no agent needed) ------------------------------------------------

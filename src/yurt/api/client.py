@@ -359,7 +359,7 @@ class YurtClient:
     def agent_monitor(self, *, log_level: str = "info", log_json: bool = False, node_id: str = "",
                       server_id: str = "", include_location: bool = False) -> Iterator[bytes]:
         """The agent's log lines as it writes them (`/v1/agent/monitor`, plain text), until the
-        agent stops or the caller stops reading."""
+        agent stops (the iterator ends) or the caller stops reading."""
         params = {"log_level": log_level, "plain": "true", "log_json": "true" if log_json else "false"}
         if include_location:
             params["log_include_location"] = "true"
@@ -373,7 +373,10 @@ class YurtClient:
                 if resp.status_code >= 400:
                     resp.read()
                     raise error_for_status(resp.status_code, resp.text.strip())
-                yield from resp.iter_bytes()
+                try:
+                    yield from resp.iter_bytes()
+                except (httpx.RemoteProtocolError, httpx.ReadError):
+                    return   # the agent went away mid-stream: the stream has ended
         except httpx.ConnectError as e:
             raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
 

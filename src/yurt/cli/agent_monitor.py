@@ -29,7 +29,8 @@ LEVELS = ("trace", "debug", "info", "warn", "error")
 @api_errors
 def monitor_cmd(log_level: str, as_json: bool, location: bool, node_id: str, server_id: str,
                 address: str | None) -> None:
-    """Stream the log lines of a running agent until interrupted (Ctrl-C) or the agent stops."""
+    """Stream the log lines of a running agent until interrupted (Ctrl-C: exit 0) or the agent
+    stops (exit 1, as Nomad's)."""
     if log_level.strip().lower() not in LEVELS + ("warning",):
         fail(f'Unknown log level "{log_level}": use one of {", ".join(LEVELS)}')
     if node_id and server_id:
@@ -45,3 +46,4 @@ def monitor_cmd(log_level: str, as_json: bool, location: bool, node_id: str, ser
         raise SystemExit(0) from None
     except BrokenPipeError:
         raise SystemExit(0) from None
+    fail("Remote side ended the monitor! This usually means that the remote side has exited or crashed.")
