@@ -339,3 +339,41 @@ def test_buffer_keeps_the_last_writes_and_says_when_a_reader_fell_behind():
     ev = store.events.since(indexes[-2]).batches[0].events()[0]
     assert (ev.topic, ev.type, ev.index) == ("Node", "NodeRegistration", indexes[-1])
     store.close()
+
+
+def test_every_server_on_etcd_sees_the_same_events(tmp_path):
+    """On etcd the events come from each server's watch: leader and follower buffer the same
+    writes, at the same indexes, with the same Types."""
+    from yurt.state.etcd_store import EtcdStateStore
+
+    from .etcd_cluster import EtcdCluster
+    cluster = EtcdCluster(tmp_path / "etcd", members=1)
+    stores: list[EtcdStateStore] = []
+    try:
+        cluster.wait_healthy(30)
+        for name in ("a", "b"):
+            s = EtcdStateStore(cluster.endpoints, prefix="/events/", lease_ttl=5)
+            s.events = EventBuffer(size=50)
+            stores.append(s)
+            won = threading.Event()
+            s.leadership.join({"Name": name, "HTTPAddr": f"http://{name}:4646"}, won.set, lambda: None)
+            if name == "a":
+                assert won.wait(15), "the first store did not lead"
+        leader, follower = stores
+        node = mock.node()
+        leader.upsert_node(node)
+        job = mock.job("web")
+        index, _ = leader.register_job(job, mock.evaluation(job))
+
+        def seen(store: EtcdStateStore) -> list[tuple[int, list[tuple[str, str, str]]]]:
+            assert store.events is not None
+            return [(b.index, [(e.topic, e.type, e.key) for e in b.events()]) for b in store.events.since(0).batches]
+        wait_for(lambda: seen(follower) and seen(follower)[-1][0] == index, what="the follower's watch")
+        assert seen(follower) == seen(leader)
+        assert (index, [("Job", "JobRegistered", "web")]) == (seen(leader)[-1][0], [
+            t for t in seen(leader)[-1][1] if t[0] == "Job"])
+        assert ("Node", "NodeRegistration", node.id) in seen(leader)[0][1]
+    finally:
+        for s in stores:
+            s.close()
+        cluster.stop()

@@ -124,8 +124,10 @@ class EventBuffer:
         returned index): Nomad's rule, the first buffered batch at or after `index` (0: the oldest
         still buffered)."""
         with self._lock:
-            if index <= 0 or not self._batches or index <= self._batches[0].index:
-                return self._batches[0].index - 1 if self._batches else self.dropped_through
+            if not self._batches:
+                return max(index - 1, self.dropped_through)
+            if index <= self._batches[0].index:
+                return self._batches[0].index - 1
             return index - 1
 
 
