@@ -161,6 +161,21 @@ def test_topic_filters(agent, registered):
     assert events(got)[0]["Payload"]["Evaluation"]["JobID"] == JOB
 
 
+def test_service_registration_and_deregistration(agent, api):
+    stream = Stream(agent.url + "/v1/event/stream", [("topic", "Service:evsvc")])
+    try:
+        assert api.put("/v1/agent/service/register", json={"Name": "evsvc", "ID": "evsvc-1", "Port": 4321}
+                       ).status_code == 200
+        assert api.put("/v1/agent/service/deregister/evsvc-1").status_code == 200
+        got = stream.frames(lambda f: any(e["Type"] == "ServiceDeregistration" for e in events(f)))
+    finally:
+        stream.close()
+    evs = events(got)
+    assert [e["Type"] for e in evs] == ["ServiceRegistration", "ServiceDeregistration"]
+    assert all(e["Key"] == "evsvc-1" and e["FilterKeys"] == ["evsvc"] and e["Topic"] == "Service" for e in evs)
+    assert evs[0]["Payload"]["Service"]["Port"] == 4321
+
+
 def test_index_replays_what_the_buffer_holds(agent, registered):
     registration = next(f["Index"] for f in registered if any(e["Type"] == "JobRegistered" for e in f["Events"]))
     replay = Stream(agent.url + "/v1/event/stream",
@@ -192,6 +207,8 @@ def test_bad_queries_are_refused(api):
     assert r.status_code == 400 and "empty key" in r.text
     r = api.get("/v1/event/stream", params={"topics": "Job"})
     assert r.status_code == 400 and '"topics"' in r.text
+    r = api.get("/v1/event/stream", params={"region": "mars"})
+    assert r.status_code == 400 and '"mars"' in r.text and '"global"' in r.text
 
 
 def test_python_nomad_event_stream(agent, registered):

@@ -62,6 +62,14 @@ def parse_index(raw: str | None) -> int:
     return index
 
 
+def check_region(request: Request) -> None:
+    """`?region=`: Yurt clusters are one region; another one is refused, not ignored."""
+    region = request.query_params.get("region")
+    own = request.app.state.agent.config.region
+    if region and region != own:
+        raise InvalidInput(f'region "{region}": this cluster is region "{own}" (Yurt does not federate regions)')
+
+
 class Filter:
     def __init__(self, topics: dict[str, set[str]], namespace: str, ident: Identity | None) -> None:
         self.topics = topics
@@ -107,6 +115,7 @@ async def event_stream(request: Request, reads: ServerReads):
     if unknown:
         raise InvalidInput(f'unknown query parameter "{unknown[0]}" for /v1/event/stream; it takes topic, '
                            'index and namespace')
+    check_region(request)
     topics = parse_topics(q.getlist("topic"))
     start = parse_index(q.get("index"))
     buffer = reads.events

@@ -22,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from yurt.errors import InvalidInput, NotFound
 
+from .events import check_region
 from .forward import proxy, to_server
 
 router = APIRouter()
@@ -94,6 +95,7 @@ async def agent_monitor(request: Request):
     if unknown:
         raise InvalidInput(f'unknown query parameter "{unknown[0]}" for /v1/agent/monitor; it takes '
                            f'{", ".join(PARAMS)}')
+    check_region(request)
     level = parse_level(q.get("log_level") or "info")
     log_json, plain, location = _bool(request, "log_json"), _bool(request, "plain"), \
         _bool(request, "log_include_location")

@@ -62,6 +62,7 @@ class _Old:
     nodes: dict[str, Node | None]
     deployments: dict[str, Deployment | None]
     services: dict[Any, ServiceRegistration | None]
+    service_jobs: dict[str, str]   # the job of each written service's allocation, by alloc ID
 
 
 @dataclass
@@ -101,7 +102,12 @@ class EventBuffer:
             return
         old = _Old({k: t.jobs.get(k) for k in ch.jobs}, {k: t.allocs.get(k) for k in ch.allocs},
                    {k: t.nodes.get(k) for k in ch.nodes}, {k: t.deployments.get(k) for k in ch.deployments},
-                   {k: t.services.get(k) for k in ch.services})
+                   {k: t.services.get(k) for k in ch.services}, {})
+        for k, svc in ch.services.items():
+            svc = svc or old.services[k]
+            alloc = (ch.allocs.get(svc.alloc_id) or t.allocs.get(svc.alloc_id)) if svc and svc.alloc_id else None
+            if alloc is not None:
+                old.service_jobs[alloc.id] = alloc.job_id
         with self._lock:
             self._batches.append(Batch(ch.index, ch, old))
             while len(self._batches) > self.size:
@@ -240,9 +246,9 @@ def _build(ch: Changes, old: _Old) -> list[Event]:
             out.append(_node_event(shown_node, _node_type(n, old.nodes.get(node_id)), ix))
     for svc_key, svc in ch.services.items():
         if svc is not None:
-            out.append(_service_event(svc, "ServiceRegistration", ix))
+            out.append(_service_event(svc, "ServiceRegistration", ix, old.service_jobs))
         elif (gone := old.services.get(svc_key)) is not None:
-            out.append(_service_event(gone, "ServiceDeregistration", ix))
+            out.append(_service_event(gone, "ServiceDeregistration", ix, old.service_jobs))
     return out
 
 
@@ -259,5 +265,5 @@ def _node_event(n: Node, typ: str, ix: int) -> Event:
     return Event("Node", typ, n.id, "", None, ix, lambda: _node_json(n))
 
 
-def _service_event(s: ServiceRegistration, typ: str, ix: int) -> Event:
-    return Event("Service", typ, s.id, s.namespace, _keys(s.service), ix, s.to_json)
+def _service_event(s: ServiceRegistration, typ: str, ix: int, jobs: dict[str, str]) -> Event:
+    return Event("Service", typ, s.id, s.namespace, _keys(jobs.get(s.alloc_id, ""), s.service), ix, s.to_json)
