@@ -255,14 +255,22 @@ def test_monitor_follows_agent_logs_and_exits_0_on_sigint(agent, api):
             proc.wait()
 
 
-def test_monitor_of_another_node_goes_through_its_server(agent, api):
-    """The monitor of a client node (`node_id`, `yurt monitor -node-id`) asked of the server follows
+def test_client_only_agent_streams_and_is_monitored_through_its_server(agent, api):
+    """A client-only agent forwards the event stream to its server. The monitor of a client node (`node_id`, `yurt monitor -node-id`) asked of the server follows
     that node's own agent: when that agent stops, the monitor ends while the server runs on."""
     from .test_client_only import ClientAgent
     client = ClientAgent([f"127.0.0.1:{agent.port}"]).start()
     try:
         node = wait_for(lambda: next((n for n in api.get("/v1/nodes").json() if n["Name"] == "client-only"), None),
                         what="the client-only node registered")
+        # a client-only agent answers the event stream through its server
+        via_client = Stream(client.url + "/v1/event/stream", [("topic", f"Node:{node['ID']}"), ("index", "1")])
+        try:
+            got = via_client.frames(lambda f: len(f) >= 1)
+        finally:
+            via_client.close()
+        assert events(got)[0]["Type"] == "NodeRegistration" and events(got)[0]["Key"] == node["ID"]
+
         stream = Stream(agent.url + "/v1/agent/monitor", [("node_id", node["ID"][:8])])
         try:
             assert stream.status == 200
