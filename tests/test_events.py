@@ -402,3 +402,68 @@ def test_every_server_on_etcd_sees_the_same_events(tmp_path):
         for s in stores:
             s.close()
         cluster.stop()
+
+
+def test_each_kind_of_write_has_nomads_type():
+    """In process, one store: every kind of write the server makes, and the Types its events get
+    (built, payloads and all, as a subscriber would read them)."""
+    from yurt.structs import AllocDeploymentStatus, Deployment, DesiredTransition, DrainStrategy
+    from yurt.structs.catalog import ServiceRegistration
+    from yurt.structs.deployment import DeploymentState
+
+    store = StateStore.temporary()
+    store.events = EventBuffer(size=100)
+
+    def last(index: int) -> list[tuple[str, str, str]]:
+        assert store.events is not None
+        batch = store.events.since(index - 1).batches[0]
+        assert batch.index == index
+        out = [(e.topic, e.type, e.key) for e in batch.events()]
+        for e in batch.events():
+            json.dumps(e.to_json())   # every payload serializes
+        return out
+
+    node = mock.node()
+    assert last(store.upsert_node(node)) == [("Node", "NodeRegistration", node.id)]
+    job = mock.job("web", groups={"g": 2})
+    ev = mock.evaluation(job)
+    index, _ = store.register_job(job, ev)
+    assert last(index) == [("Job", "JobRegistered", "web"), ("Evaluation", "JobRegistered", ev.id)]
+    stored = store.job("default", "web")
+    d = Deployment(id=mock.new_id(), job_id="web", namespace="default",
+                   task_groups={"g": DeploymentState(desired_canaries=1, desired_total=2)})
+    a1, a2 = (mock.alloc(stored, node.id, index=i, deployment_id=d.id) for i in range(2))
+    index = store.apply_plan_result([a1, a2], [ev.model_copy(update={"status": "complete"})])
+    assert ("Allocation", "PlanResult", a1.id) in last(index) and ("Evaluation", "PlanResult", ev.id) in last(index)
+    index = store.upsert_allocs([], [d])
+    assert last(index) == [("Deployment", "DeploymentStatusUpdate", d.id)]
+    running = store.alloc(a1.id).model_copy(update={"client_status": "running"})
+    assert last(store.update_allocs_from_client([running])) == [("Allocation", "AllocationUpdated", a1.id)]
+    healthy = AllocDeploymentStatus(healthy=True)
+    index = store.update_deployment(d, health={a1.id: healthy})
+    assert ("Allocation", "DeploymentAllocHealth", a1.id) in last(index)
+    promoted = d.model_copy(update={"task_groups": {"g": DeploymentState(desired_canaries=1, desired_total=2,
+                                                                          promoted=True)}})
+    index = store.update_deployment(promoted, canaries_promoted=[a1.id])
+    assert ("Deployment", "DeploymentPromotion", d.id) in last(index)
+    index = store.update_alloc_transitions({a2.id: DesiredTransition(migrate=True)})
+    assert last(index) == [("Allocation", "AllocationUpdateDesiredStatus", a2.id)]
+    index = store.modify_node(node.id, lambda n, i: {"drain_strategy": DrainStrategy(), "drain": True})
+    assert last(index) == [("Node", "NodeDrain", node.id)]
+    index = store.update_node_eligibility(node.id, "ineligible")
+    assert last(index) == [("Node", "NodeEligibility", node.id)]
+    index = store.update_node_status(node.id, "down")
+    assert last(index) == [("Node", "NodeStreamEvent", node.id)]
+    svc = ServiceRegistration(id="web-1", service="web", node_id=node.id, alloc_id=a1.id, port=80)
+    index = store.upsert_services([svc])
+    assert last(index) == [("Service", "ServiceRegistration", "web-1")]
+    assert store.events.since(index - 1).batches[0].events()[0].filter_keys == ["web", "web"]
+    index = store.delete_services([svc.key])
+    assert last(index) == [("Service", "ServiceDeregistration", "web-1")]
+    index = store.stop_job("default", "web")
+    assert last(index) == [("Job", "JobDeregistered", "web")]
+    index = store.delete_node(node.id)
+    assert last(index) == [("Node", "NodeDeregistration", node.id)]
+    index = store.delete_job("default", "web")
+    assert last(index) == [("Job", "JobDeregistered", "web")]
+    store.close()

@@ -15,6 +15,7 @@ event's namespace, the Node topic node:read; events the token may not see are le
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -28,6 +29,7 @@ from .authz import Requirement, check, identity
 from .forward import ServerReads
 
 router = APIRouter()
+log = logging.getLogger("yurt.events")
 
 HEARTBEAT = 10.0   # seconds between `{}` lines while nothing happens
 
@@ -139,7 +141,12 @@ async def event_stream(request: Request, reads: ServerReads):
                                            f"?index={got.oldest}"}).encode() + b"\n"
                 return
             for batch in got.batches:
-                line = filt.frame(batch)
+                try:
+                    line = filt.frame(batch)
+                except Exception:   # one write's events that cannot be built must not end every stream
+                    log.exception("the events of write %d could not be built", batch.index)
+                    line = json.dumps({"Error": f"the events of index {batch.index} could not be built; "
+                                                "the agent's log says why"}).encode() + b"\n"
                 if line is not None:
                     yield line
                 cursor = batch.index

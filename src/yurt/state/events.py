@@ -17,6 +17,7 @@ A write's Type is Nomad's name for the operation that made it, inferred from wha
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from yurt.structs.catalog import ServiceRegistration
 
 from .memory import Tables
 from .sqlite_backend import Changes
+
+log = logging.getLogger("yurt.events")
 
 TOPICS = ("Job", "Allocation", "Evaluation", "Node", "Deployment", "Service")
 DEFAULT_BUFFER_SIZE = 100   # Nomad's server { event_buffer_size }
@@ -95,11 +98,20 @@ class EventBuffer:
         self._batches: deque[Batch] = deque()
         self._lock = threading.Lock()
         self.dropped_through = 0   # the highest index dropped from the buffer
+        self.failed = 0            # writes whose events could not be recorded
 
     def capture(self, ch: Changes, t: Tables) -> None:
-        """A write about to be applied to `t` (called under the store's memory lock)."""
+        """A write about to be applied to `t` (called under the store's memory lock, after the
+        write committed: it must never fail the write; a failure costs this write's events)."""
         if not (ch.jobs or ch.evals or ch.allocs or ch.nodes or ch.services or ch.deployments):
             return
+        try:
+            self._capture(ch, t)
+        except Exception:   # the write stands; its events are lost, and the log says so
+            self.failed += 1
+            log.exception("the event stream missed write %d", ch.index)
+
+    def _capture(self, ch: Changes, t: Tables) -> None:
         old = _Old({k: t.jobs.get(k) for k in ch.jobs}, {k: t.allocs.get(k) for k in ch.allocs},
                    {k: t.nodes.get(k) for k in ch.nodes}, {k: t.deployments.get(k) for k in ch.deployments},
                    {k: t.services.get(k) for k in ch.services}, {})
