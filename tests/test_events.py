@@ -160,6 +160,15 @@ def test_topic_filters(agent, registered):
     assert all(e["Topic"] == "Evaluation" and JOB in e["FilterKeys"] for e in events(got))
     assert events(got)[0]["Payload"]["Evaluation"]["JobID"] == JOB
 
+    # `*:KEY`: whatever is filed under the job, in every topic (beside a topic of its own)
+    anything = Stream(agent.url + "/v1/event/stream", [("topic", "Node:none"), ("topic", f"*:{JOB}"), ("index", "1")])
+    try:
+        got = anything.frames(running_alloc)
+    finally:
+        anything.close()
+    assert {"Job", "Evaluation", "Allocation"} <= {e["Topic"] for e in events(got)}
+    assert all(e["Key"] == JOB or JOB in (e["FilterKeys"] or ()) for e in events(got))
+
 
 def test_service_registration_and_deregistration(agent, api):
     stream = Stream(agent.url + "/v1/event/stream", [("topic", "Service:evsvc")])

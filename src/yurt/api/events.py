@@ -89,7 +89,7 @@ class Filter:
         return self._allowed[key]
 
     def match(self, ev: Event) -> bool:
-        keys = self.topics.get(ev.topic) or self.topics.get("*")
+        keys = self.topics.get(ev.topic, set()) | self.topics.get("*", set())
         if not keys:
             return False
         if "*" not in keys and ev.key not in keys and not any(k in keys for k in ev.filter_keys or ()):
