@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from yurt.state import StateStore
-from .events import EventBuffer
 from yurt.structs import Allocation, Deployment, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
+
+from .events import EventBuffer
 
 Tables = str | Iterable[str] | None
 """What a blocking query watches: one table ("jobs", "allocs", "services" ...), several (the
