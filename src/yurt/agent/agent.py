@@ -46,12 +46,17 @@ class Agent:
             (config.data_dir / "server").mkdir(mode=0o700, exist_ok=True)
             os.chmod(config.data_dir / "server", 0o700)
             self.store = _open_store(config)
+            if config.enable_event_broker:   # /v1/event/stream's buffer, fed by every write
+                from yurt.state.events import EventBuffer
+                self.store.events = EventBuffer(config.event_buffer_size)
             self.server = Server(self.store, num_workers=config.num_schedulers,
                                  heartbeat_ttl=config.heartbeat_ttl, region=config.region,
                                  datacenter=config.datacenter,
                                  default_intention_policy=config.default_intention_policy,
                                  leaf_cert_ttl=config.leaf_cert_ttl)
         self.bootstrap_secret = ""   # -dev -acl-enabled: the bootstrap token's SecretID
+        from .log_monitor import LogMonitor
+        self.log_monitor = LogMonitor()   # the agent's log lines for /v1/agent/monitor
         self.internal_token = self._acl_setup()
         # the servers this agent talks to: itself, or its configured servers (the client fails
         # over between them; `server_address` is the one it talks to now)
@@ -225,6 +230,7 @@ class Agent:
             self.server.stop()
         if self.store is not None:
             self.store.close()
+        self.log_monitor.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 

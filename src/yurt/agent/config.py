@@ -42,7 +42,8 @@ class EtcdSettings:
 
 
 _ETCD_KEYS = {"endpoints", "ca_file", "cert_file", "key_file", "prefix", "lease_ttl"}
-_SERVER_KEYS = {"enabled", "num_schedulers", "min_heartbeat_ttl", "store", "bootstrap_expect"}
+_SERVER_KEYS = {"enabled", "num_schedulers", "min_heartbeat_ttl", "store", "bootstrap_expect",
+                "enable_event_broker", "event_buffer_size"}
 
 
 @dataclass
@@ -67,6 +68,8 @@ class AgentConfig:
     meta: dict[str, str] = field(default_factory=dict)
     num_schedulers: int = 2
     heartbeat_ttl: float = 10.0
+    enable_event_broker: bool = True          # server { enable_event_broker }: /v1/event/stream
+    event_buffer_size: int = 100              # server { event_buffer_size }: writes kept for ?index=
     log_level: str = "INFO"
     default_intention_policy: str = "allow"   # what intentions decide when none matches
     leaf_cert_ttl: str | None = None          # Connect leaf certificate TTL (CA default 72h)
@@ -172,6 +175,20 @@ def _store(block: dict[str, Any], path: str) -> EtcdSettings | None:
     return out
 
 
+def _events(server: dict[str, Any], path: str, cfg: AgentConfig) -> None:
+    """server { enable_event_broker = true  event_buffer_size = 100 } (Nomad's keys and defaults)."""
+    if "enable_event_broker" in server:
+        value = server["enable_event_broker"]
+        if value not in (True, False, "true", "false"):
+            raise ConfigError(f'{path}: server {{ enable_event_broker = {value!r} }} must be true or false')
+        cfg.enable_event_broker = value in (True, "true")
+    if "event_buffer_size" in server:
+        cfg.event_buffer_size = _int(server["event_buffer_size"], path, "server.event_buffer_size")
+        if cfg.event_buffer_size < 1:
+            raise ConfigError(f"{path}: server {{ event_buffer_size = {cfg.event_buffer_size} }} must be at least 1 "
+                              "(to keep no events, set enable_event_broker = false)")
+
+
 def dev_config() -> AgentConfig:
     """`-dev`: server and client in one process, state in a temporary directory, raw_exec on."""
     return AgentConfig(dev=True, raw_exec=True, log_level="DEBUG", heartbeat_ttl=10.0)
@@ -229,6 +246,7 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
             cfg.num_schedulers = _int(server["num_schedulers"], path, "server.num_schedulers")
         if "min_heartbeat_ttl" in server:   # how long a client may go without a heartbeat
             cfg.heartbeat_ttl = _seconds(server["min_heartbeat_ttl"], path, "server.min_heartbeat_ttl")
+        _events(server, path, cfg)
     client = _first(raw.get("client"))
     if client is not None:
         cfg.client = bool(client.get("enabled", False))

@@ -13,6 +13,7 @@ from . import nodes
 from . import metrics
 from . import acl, authz
 from . import mesh
+from . import events, monitor
 from . import ui
 
 
@@ -29,6 +30,8 @@ def create_app(agent) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(acl.router)
     app.include_router(mesh.router)
+    app.include_router(events.router)
+    app.include_router(monitor.router)
     app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
     app.add_middleware(limits.RequestLimits, max_request_bytes=agent.config.http_max_request_bytes)

@@ -356,6 +356,30 @@ class YurtClient:
         except httpx.ConnectError as e:
             raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
 
+    def agent_monitor(self, *, log_level: str = "info", log_json: bool = False, node_id: str = "",
+                      server_id: str = "", include_location: bool = False) -> Iterator[bytes]:
+        """The agent's log lines as it writes them (`/v1/agent/monitor`, plain text), until the
+        agent stops (the iterator ends) or the caller stops reading."""
+        params = {"log_level": log_level, "plain": "true", "log_json": "true" if log_json else "false"}
+        if include_location:
+            params["log_include_location"] = "true"
+        if node_id:
+            params["node_id"] = node_id
+        if server_id:
+            params["server_id"] = server_id
+        try:
+            with self._http.stream("GET", "/v1/agent/monitor", params=params, timeout=httpx.Timeout(30.0, read=None),
+                                   headers={"X-Nomad-Token": self.token} if self.token else None) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise error_for_status(resp.status_code, resp.text.strip())
+                try:
+                    yield from resp.iter_bytes()
+                except (httpx.RemoteProtocolError, httpx.ReadError):
+                    return   # the agent went away mid-stream: the stream has ended
+        except httpx.ConnectError as e:
+            raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
+
     # -- agent ------------------------------------------------------------------------------
     def agent_self(self) -> dict:
         return self.get("/v1/agent/self")[0]

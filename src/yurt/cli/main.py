@@ -11,6 +11,7 @@ from yurt import __version__
 from .flags import NomadGroup
 from .acl_cmd import acl_group
 from .agent_cmd import agent_cmd
+from .agent_monitor import monitor_cmd
 from .doctor_cmd import doctor_cmd
 from .alloc_cmd import alloc_group
 from .connect_cmd import connect_group
@@ -37,6 +38,7 @@ def cli() -> None:
 
 cli.add_command(job_group)
 cli.add_command(agent_cmd)
+cli.add_command(monitor_cmd)  # `yurt monitor`, as `nomad monitor`
 cli.add_command(run_cmd, "run")  # `yurt run FILE`, as `nomad run`
 job_group.add_command(job_status_cmd, "status")
 for _command in JOB_COMMANDS:

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from yurt.state import StateStore
 from yurt.structs import Allocation, Deployment, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
 
+from .events import EventBuffer
+
 Tables = str | Iterable[str] | None
 """What a blocking query watches: one table ("jobs", "allocs", "services" ...), several (the
 largest of their indexes), or None for the store's index."""
@@ -22,6 +24,11 @@ largest of their indexes), or None for the store's index."""
 class Reads:
     def __init__(self, store: StateStore) -> None:
         self._store = store
+
+    @property
+    def events(self) -> EventBuffer | None:
+        """The event stream's buffer (None: `enable_event_broker = false`)."""
+        return self._store.events
 
     # -- indexes and blocking queries -------------------------------------------------------
     def index(self) -> int:

@@ -202,6 +202,8 @@ class Server:
                                             expect_modify_index=enforce_index)
         self.broker.drop_job(namespace, job.id)
         self.broker.enqueue(ev)
+        log.info('job "%s" registered in namespace "%s" at index %d: evaluation %s', job.id, namespace, index,
+                 ev.id[:8])
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": index,
                 "Warnings": "", "Index": index}
 
@@ -216,6 +218,8 @@ class Server:
             index, ev = self.store.register_job(job.model_copy(update={"stop": True}), ev)
         self.broker.drop_job(namespace, job_id)
         self.broker.enqueue(ev)
+        log.info('job "%s" %s in namespace "%s" at index %d: evaluation %s', job_id,
+                 "purged" if purge else "stopped", namespace, index, ev.id[:8])
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": index, "Index": index}
 
     def plan_job(self, job: Job, diff: bool = True) -> dict[str, Any]:

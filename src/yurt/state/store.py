@@ -29,6 +29,7 @@ from yurt.structs import (AllocDeploymentStatus, Allocation, Deployment, Desired
 from . import derive
 from .blocking import Target, Waiters
 from .errors import NotFound
+from .events import EventBuffer
 from .memory import TABLES, Tables, job_key, version_key
 from .acl_store import ACLStore
 from .mesh_store import MeshStore
@@ -46,6 +47,9 @@ class _Unchanged(Exception):
 
 
 class StateStore(MeshStore, ACLStore):
+    # the event stream's buffer (`events.py`); None: no events are kept (enable_event_broker = false)
+    events: EventBuffer | None = None
+
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         self._backend = SqliteBackend(path, synchronous)
@@ -148,6 +152,8 @@ class StateStore(MeshStore, ACLStore):
             return ch.index
 
     def _apply(self, ch: Changes, table_index: dict[str, int]) -> None:
+        if self.events is not None:   # before the model changes: it records the rows replaced
+            self.events.capture(ch, self._t)
         apply_changes(self._t, ch, table_index)
 
     def fixed(self, obj: T, index: int) -> T:
