@@ -119,9 +119,22 @@ def load(driver, url: str) -> None:
     settled(driver)
 
 
+def fresh(read):
+    """`read()`, again if it touched an element that went away meanwhile: a live page swaps its
+    changing part in place at any moment, so an element found just before a swap is gone by the
+    time it is read."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    for _ in range(20):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError("the page kept being replaced while it was read")
+
+
 def text_of(driver, css: str) -> str:
     from selenium.webdriver.common.by import By
-    return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
+    return fresh(lambda: " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css)))
 
 
 def tab(driver, task: str, kind: str):
@@ -161,12 +174,13 @@ def test_job_page_shows_allocations_evaluations_deployments_versions(cluster, br
     agent, api = cluster
     from selenium.webdriver.common.by import By
     load(browser, agent.url + "/ui/jobs")
-    browser.find_element(By.LINK_TEXT, "countdash").click()
+    fresh(lambda: browser.find_element(By.LINK_TEXT, "countdash").click())
     settled(browser)
     wait_for(lambda: "countdash" in text_of(browser, "#job-title"), what="the job page")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#allocations tr.alloc")
-    assert sorted(r.get_attribute("data-group") for r in rows) == ["api", "dashboard"]
-    assert all("running" in r.text for r in rows)
+    rows = fresh(lambda: [(r.get_attribute("data-group"), r.text)
+                          for r in browser.find_elements(By.CSS_SELECTOR, "#allocations tr.alloc")])
+    assert sorted(group for group, _ in rows) == ["api", "dashboard"]
+    assert all("running" in text for _, text in rows)
     assert running_alloc(api, "api")[:8] in text_of(browser, "#allocations")
     assert "job-register" in text_of(browser, "#evaluations") and "complete" in text_of(browser, "#evaluations")
     assert "api: count 1" in text_of(browser, "#versions") and "dashboard: count 1" in text_of(browser, "#versions")
@@ -230,7 +244,7 @@ def test_services_graph_turns_red_after_a_deny_intention_without_reload(cluster,
         wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, edge + '[data-verdict="denied"]'), timeout=30,
                  what="the edge turning red in the open page")
         assert browser.execute_script("return window.__sameDocument") == 42
-        stroke = browser.find_element(By.CSS_SELECTOR, edge + " line").get_attribute("stroke")
+        stroke = fresh(lambda: browser.find_element(By.CSS_SELECTOR, edge + " line").get_attribute("stroke"))
         assert stroke == "#d23c3c"
         assert "denied" in text_of(browser, "#edges") and "deny" in text_of(browser, "#intentions")
         assert console_errors(browser) == []
