@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from yurt.structs import Allocation, Deployment, Job, Node, Plan
+from yurt.structs import Allocation, Deployment, Job, Node, NodeUsed, Plan
 
 
 class MemoryState:
@@ -31,6 +31,13 @@ class MemoryState:
     # --- the view -----------------------------------------------------------------------------
     def job(self, namespace: str, job_id: str) -> Job | None:
         return self._jobs.get((namespace, job_id))
+
+    def node_used(self, node_id: str) -> NodeUsed | None:
+        used = NodeUsed()
+        for a in self._by_node.get(node_id, {}).values():
+            if not a.terminal():
+                used.add(a, 1)
+        return used if used.count else None
 
     def nodes(self) -> list[Node]:
         if self._node_list is None:

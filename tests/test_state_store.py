@@ -462,3 +462,44 @@ def test_enforce_index_is_checked_inside_the_write(store):
         store.register_job(changed.model_copy(update={"priority": 80}), mock.evaluation(changed),
                            expect_modify_index=index)                                   # the second loses
     assert store.index() == before and store.job("default", "guarded").priority == 70
+
+
+def _used_from_scratch(view, node_id):
+    """What a node's usage is, added up from its allocations."""
+    from yurt.structs import NodeUsed
+    used = NodeUsed()
+    for a in view.allocs_by_node(node_id, terminal=False):
+        used.add(a, 1)
+    return (used.count, used.cpu, used.mem, used.disk, used.ports, used.jobs, used.groups)
+
+
+def _used_kept(view, node_id):
+    u = view.node_used(node_id)
+    return (0, 0, 0, 0, {}, {}, {}) if u is None else (u.count, u.cpu, u.mem, u.disk, u.ports, u.jobs, u.groups)
+
+
+def test_the_usage_kept_per_node_is_what_its_allocations_add_up_to_in_every_snapshot(store):
+    """The scheduler starts a node's usage from the model's running total: after placements,
+    stops, client completions and collection, in the live model and in snapshots taken between
+    (which later writes must not change), it equals the sum over the node's allocations."""
+    nodes = [mock.node() for _ in range(3)]
+    for n in nodes:
+        store.upsert_node(n)
+    web, api = register(store, "web"), register(store, "api")
+    snaps = []
+    placed = place(store, web, [n.id for n in nodes] * 2) + place(store, api, [nodes[0].id, nodes[1].id])
+    snaps.append(store.snapshot())
+    first = placed[0]
+    store.upsert_allocs([first.model_copy(update={"desired_status": "stop"})])
+    snaps.append(store.snapshot())
+    done = store.alloc(placed[1].id).model_copy(update={"client_status": "complete"})
+    store.update_allocs_from_client([done])
+    snaps.append(store.snapshot())
+    store.delete_evals((), [placed[2].id])
+    snaps.append(store.snapshot())
+    expected = [{n.id: _used_from_scratch(s, n.id) for n in nodes} for s in snaps]
+    for s, want in zip(snaps, expected, strict=True):
+        for n in nodes:
+            assert _used_kept(s, n.id) == want[n.id], n.name
+    assert expected[0] != expected[-1], "the writes changed what the nodes hold"
+    assert expected[0][nodes[0].id][5] == {("default", "web"): 2, ("default", "api"): 1}

@@ -106,9 +106,15 @@ class _Scheduler:
         usage = self.stack.usage.get(node.id)
         if usage is None:
             usage = self.stack.usage[node.id] = NodeUsage(node)
-            for a in self.state.allocs_by_node(node.id):
-                if a.id not in self.stopped and not a.terminal():
-                    usage.add(a, self._mine(a))
+            used = self.state.node_used(node.id)
+            if used is not None:
+                job = self.job
+                usage.start_from(used, (job.namespace or "default", job.id) if job is not None else None)
+                held = dict(used.ports)
+                for stop in self.plan.node_update.get(node.id, ()):   # what this plan stops there
+                    a = self.state.alloc(stop.id) if stop.id in self.stopped else None
+                    if a is not None and a.node_id == node.id and not a.terminal():
+                        usage.add(a, self._mine(a), -1, held)
         return usage
 
     # --- the run ------------------------------------------------------------------------------

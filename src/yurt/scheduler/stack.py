@@ -13,7 +13,7 @@ import random
 from typing import Any
 from collections.abc import Callable
 
-from yurt.structs import Allocation, AllocMetric, Job, Node, TaskGroup
+from yurt.structs import Allocation, AllocMetric, Job, Node, NodeUsed, TaskGroup
 
 from .feasible import _UNSET, DistinctRules, GroupChecker, JobChecker, property_value, ready_nodes
 from .ports import PortAsk, assign_ports, ports_free, reserved_ports
@@ -41,7 +41,17 @@ class NodeUsage:
         self.ports: set[int] = set(reserved_ports(node))
         self.tg_allocs: dict[str, int] = {}
 
-    def add(self, alloc: Allocation, mine: bool, sign: int = 1) -> None:
+    def start_from(self, used: NodeUsed, job: tuple[str, str] | None) -> None:
+        """What the store's model says the node's allocations hold; `job`'s counted as mine."""
+        self.cpu, self.mem, self.disk = used.cpu, used.mem, used.disk
+        self.ports.update(used.ports)
+        if job is not None:
+            self.job_allocs = used.jobs.get(job, 0)
+            self.tg_allocs = dict(used.groups.get(job, {}))
+
+    def add(self, alloc: Allocation, mine: bool, sign: int = 1, held: dict[int, int] | None = None) -> None:
+        """Count `alloc` in or out; `held`: how many allocations hold each port, counted down as
+        they are counted out (a port another allocation still holds stays taken)."""
         c, m, d = alloc_usage(alloc)
         self.cpu += sign * c
         self.mem += sign * m
@@ -49,8 +59,12 @@ class NodeUsage:
         for p in alloc.allocated_resources.shared.ports:
             if sign > 0:
                 self.ports.add(p.value)
-            else:
-                self.ports.discard(p.value)
+                continue
+            if held is not None:
+                held[p.value] = left = held.get(p.value, 0) - 1
+                if left > 0:
+                    continue
+            self.ports.discard(p.value)
         if mine:
             self.job_allocs += sign
             self.tg_allocs[alloc.task_group] = self.tg_allocs.get(alloc.task_group, 0) + sign

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from yurt.structs import Allocation, Deployment, Job, Node
+from yurt.structs import Allocation, Deployment, Job, Node, NodeUsed
 
 
 class SchedulerState(Protocol):
@@ -32,6 +32,12 @@ class SchedulerState(Protocol):
     def allocs_by_node(self, node_id: str) -> list[Allocation]:
         """The allocations on a node that still hold resources (not terminal)."""
         ...
+
+    def node_used(self, node_id: str) -> NodeUsed | None:
+        """What those allocations add up to (None: nothing), kept as they are written."""
+        ...
+
+    def alloc(self, alloc_id: str) -> Allocation | None: ...
 
     def latest_deployment(self, namespace: str, job_id: str) -> Deployment | None:
         """The job's newest deployment (by CreateIndex), whatever its status."""

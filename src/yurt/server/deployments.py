@@ -83,14 +83,12 @@ class Deployments:
             return set()        # the scheduler cancels it on the job's next evaluation
         allocs = [a for a in snap.allocs_by_job(d.namespace, d.job_id) if a.deployment_id == d.id]
         health: dict[str, AllocDeploymentStatus] = {}
+        groups = {tg.name: (tg, merged_update(job.update, tg.update)) for tg in job.task_groups or []}
         for a in allocs:
             if a.server_terminal() or (a.deployment_status is not None and a.deployment_status.has_health()):
                 continue
-            tg = job.group(a.task_group)
-            if tg is None:
-                continue
-            up = merged_update(job.update, tg.update)
-            if up.health_check == "manual":
+            tg, up = groups.get(a.task_group, (None, None))
+            if tg is None or up is None or up.health_check == "manual":
                 continue
             healthy = self._judge.health(snap, a, tg, health_check=up.health_check or "checks",
                                          min_healthy_time=up.min_healthy_time or 0,

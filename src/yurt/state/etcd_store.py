@@ -3,9 +3,13 @@
 * The index is etcd's revision. Every server keeps the in-memory read model, filled from a
   consistent range of the prefix and then fed by one watch from the revision after it; a
   watch cancelled by compaction reloads. The model is exactly what etcd holds: the leader
-  applies its own committed write at once, decoded from the very keys and values it wrote, as
-  the watch would (see `etcd_codec` for the keys and how indexes are stamped), and the watch
-  skips that revision when it brings it back; everything else comes through the watch.
+  applies its own committed write at once, from the very rows it built (their pending indexes
+  stamped with the revision; the same objects decoding the keys it wrote would give, see
+  `etcd_codec`), and the watch skips that revision when it brings it back; everything else
+  comes through the watch. After a write that failed without a definite answer (it may still
+  commit, at a lower revision), the leader waits for the watch again until it has caught up.
+* Writes are committed in groups: those that arrive while a transaction is in flight go
+  together in the next one (`_write`).
 * Only the leader writes, and every write is one etcd transaction that also compares the
   leader key's create_revision with the one this server won (`Leadership`): a server that lost
   its lease, however late it notices, commits nothing. Plans also compare the mod_revision of
@@ -15,8 +19,8 @@
   of the last write and waits until the model has it.
 * Without quorum a write is refused (503). A write etcd took but could not commit in time is
   refused too, but etcd may still commit it once quorum returns (as a Raft write that timed out
-  may): so when etcd has not shown quorum in the last half second, a write first checks it with
-  a linearizable read, which leaves nothing behind.
+  may): so every transaction is preceded by a linearizable read, which fails without quorum
+  and leaves nothing behind.
 * Writes larger than etcd's transaction limit (128 operations by default) are split where each
   item stands alone (allocations of a plan, evaluations, garbage collection).
 """
@@ -56,7 +60,6 @@ MAX_OUTCOME = 10         # evals written in a plan's last transaction (more: a t
 APPLY_TIMEOUT = 30.0     # how long a write waits for its own watch to bring it back
 HISTORY_KEPT = 10_000    # revisions of history kept when etcd is compacted
 TRANSIENT_RETRY = 15.0   # how long a write is retried while etcd elects its own leader
-QUORUM_FRESH = 0.5       # a write more than this after etcd last showed quorum checks it first
 
 
 class NotLeader(Unavailable):
@@ -78,6 +81,7 @@ class EtcdStateStore(StateStore):
         self._decode_lock = threading.Lock()   # decoding and applying a revision: the watch or a local write
         self._mem_lock = threading.Lock()
         self._watch_rev = 0                     # the last revision the watch delivered (or the load read)
+        self._uncertain = False                 # a write may have committed unseen: apply from the watch
         self._own: set[int] = set()              # own writes applied here that the watch has not brought back
         self._applied_cond = threading.Condition(self._mem_lock)
         self._t = Tables()
@@ -296,10 +300,9 @@ class EtcdStateStore(StateStore):
             if not fence:
                 raise NotLeader("this server does not lead the cluster" + self._leader_hint() +
                                 "; nothing was written")
-            if time.monotonic() - self.kv.quorum_seen > QUORUM_FRESH:
-                # a linearizable read first: it fails without quorum and, unlike a write that
-                # times out, leaves nothing in etcd's log that could still commit later
-                self._transient(lambda: self.kv.range(self.codec.leader_key, count_only=True))
+            # a linearizable read first: it fails without quorum and, unlike a write that times
+            # out, leaves nothing in etcd's log that could still commit later
+            self._transient(lambda: self.kv.range(self.codec.leader_key, count_only=True))
         except Exception as e:  # noqa: BLE001 - re-raised in every waiting writer's thread
             self._fail(queued, e)
             return
@@ -344,7 +347,12 @@ class EtcdStateStore(StateStore):
         ch = txn.finish()
         written = self.codec.encode(ch, self._t)
         ops = [ec.put(k, v) if v is not None else ec.delete(k) for k, v in written.items()]
-        res = self._txn([ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + guards, ops)
+        guard = [ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + guards
+        try:
+            res = self._transient(lambda: self.kv.txn(guard, ops), uncertain=True)
+        except Exception:
+            self._uncertain = True   # it may still commit: the model follows the watch until it has
+            raise
         if not res.succeeded:
             _, held, _ = self.kv.range(self.codec.leader_key)
             if not (held and held[0].create_revision == fence):
@@ -358,7 +366,13 @@ class EtcdStateStore(StateStore):
             for w in batch:
                 w.alone = True
             return
-        self._apply_own(written, res.revision, ch)
+        if self._uncertain:
+            # a write that failed without a definite answer may have committed since, at a lower
+            # revision than this one: the watch brings both, in order
+            self.wait_applied(res.revision)
+            self._uncertain = False
+        else:
+            self._apply_own(written, res.revision, ch)
         for w in batch:
             w.finish(index=res.revision)
         self._dequeue(batch)
@@ -375,20 +389,22 @@ class EtcdStateStore(StateStore):
         keys.update(self.codec.key("nodes", n) for n in ch.nodes)
         return keys
 
-    def _txn(self, guard: list[dict[str, Any]], ops: list[dict[str, Any]]) -> ec.TxnResult:
-        return self._transient(lambda: self.kv.txn(guard, ops))
-
-    def _transient(self, call: Callable[[], T]) -> T:
+    def _transient(self, call: Callable[[], T], *, uncertain: bool = False) -> T:
         """While etcd elects a new leader of its own (a member died), it answers "leader
-        changed" or "possibly due to previous leader failure" for a moment: that is retried for
-        a few seconds (a write is the same puts, guarded by the same compares)."""
+        changed", "possibly due to previous leader failure" or "request timed out" for a moment:
+        that is retried for a few seconds (a write is the same puts, guarded by the same
+        compares; `uncertain`: a write that timed out may still commit, so the model follows
+        the watch again, in order, see `_commit`)."""
         deadline = time.monotonic() + TRANSIENT_RETRY
         while True:
             try:
                 return call()
             except ec.StoreUnavailable as e:
-                if "leader" not in str(e) or time.monotonic() > deadline:
+                text = str(e)
+                if not ("leader" in text or "timed out" in text) or time.monotonic() > deadline:
                     raise
+                if uncertain and "timed out" in text:
+                    self._uncertain = True
                 log.info("etcd is electing a leader; retrying: %s", e)
                 time.sleep(0.3)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
-                          ServiceRegistration)
+                          NodeUsed, ServiceRegistration)
 
 JobKey = tuple[str, str]            # (namespace, job id)
 VersionKey = tuple[str, str, int]   # (namespace, job id, JobModifyIndex of that version)
@@ -29,7 +29,7 @@ TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "c
 _TOP = ("jobs", "versions", "job_cache", "evals", "evals_by_job", "allocs", "allocs_by_job",
         "allocs_by_node", "allocs_by_eval", "nodes", "counts", "services", "services_by_name",
         "services_by_dest", "services_by_alloc", "services_by_node", "intentions", "acl_policies",
-        "acl_tokens", "deployments", "deployments_by_job")
+        "acl_tokens", "deployments", "deployments_by_job", "node_usage")
 _NESTED = ("versions", "evals_by_job", "allocs_by_job", "allocs_by_node", "allocs_by_eval",
            "services_by_name", "services_by_dest", "services_by_alloc", "services_by_node",
            "deployments_by_job")
@@ -103,7 +103,8 @@ class Tables:
         self.deployments: dict[str, Deployment] = {}
         self.deployments_by_job: dict[JobKey, dict[str, Deployment]] = {}
         self._owned: set[str] = set(_TOP)
-        self._owned_keys: dict[str, set[Any]] = {n: set() for n in _NESTED + ("counts",)}
+        self.node_usage: dict[str, NodeUsed] = {}          # what each node's non-terminal allocations hold
+        self._owned_keys: dict[str, set[Any]] = {n: set() for n in _NESTED + ("counts", "node_usage")}
         self._all_owned = True
 
     # --- snapshots -----------------------------------------------------------------------------
@@ -161,6 +162,17 @@ class Tables:
             self._owned_keys["counts"].add(key)
         return c
 
+    def _used(self, node_id: str) -> NodeUsed:
+        top = self._top("node_usage")
+        u = top.get(node_id)
+        if u is None:
+            u = top[node_id] = NodeUsed()
+            self._owned_keys["node_usage"].add(node_id)
+        elif not self._all_owned and node_id not in self._owned_keys["node_usage"]:
+            u = top[node_id] = u.copy()
+            self._owned_keys["node_usage"].add(node_id)
+        return u
+
     # --- writes (called with the store's memory lock held, after the SQLite commit) -------------
 
     def put_job(self, job: Job) -> None:
@@ -208,6 +220,8 @@ class Tables:
         c = self._count(count_key(alloc))
         c.add(alloc, 1)
         c.modify_index = max(c.modify_index, alloc.modify_index)
+        if not alloc.terminal():
+            self._used(alloc.node_id).add(alloc, 1)
 
     def drop_alloc(self, alloc_id: str) -> None:
         old = self._top("allocs").pop(alloc_id, None)
@@ -224,6 +238,11 @@ class Tables:
         c.modify_index = self.index
         if c.total == 0:
             del self.counts[key]
+        if not old.terminal():
+            u = self._used(old.node_id)
+            u.add(old, -1)
+            if u.count == 0:
+                del self.node_usage[old.node_id]
 
     def put_node(self, node: Node) -> None:
         self._top("nodes")[node.id] = node

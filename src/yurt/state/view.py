@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from yurt.structs import Allocation, Deployment, Evaluation, Job, JobSummary, Node
+from yurt.structs import Allocation, Deployment, Evaluation, Job, JobSummary, Node, NodeUsed
 
 from . import derive
 from .memory import Tables
@@ -173,6 +173,9 @@ class Snapshot(StateView):
 
     def allocs_by_node(self, node_id: str, terminal: bool | None = False) -> list[Allocation]:
         return super().allocs_by_node(node_id, terminal)
+
+    def node_used(self, node_id: str) -> NodeUsed | None:
+        return self._t.node_usage.get(node_id)
 
     def nodes(self, prefix: str = "") -> list[Node]:
         if prefix:

@@ -27,6 +27,7 @@ from .catalog import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, ConnectProxy
 from .connect import (CAConfig, CARoot, CAState, Intention, IssuedCert, SpiffeService,
                       parse_service_uri, service_uri)
 from .deployment import Deployment, DeploymentState, merged_update
+from .usage import NodeUsed
 from . import deployment as deployment_status
 from .acl import TOKEN_CLIENT, TOKEN_MANAGEMENT, ACLPolicy, ACLToken, secret_hash
 from . import alloc as alloc_status, evaluation as eval_status, node as node_status
@@ -52,5 +53,5 @@ __all__ = [
     "CHECK_CRITICAL", "CHECK_PASSING", "CHECK_WARNING", "ConnectProxyConfig", "HealthCheck",
     "ServiceRegistration", "UpstreamConfig", "CAConfig", "CARoot", "CAState", "Intention",
     "IssuedCert", "SpiffeService", "parse_service_uri", "service_uri",
-    "Deployment", "DeploymentState", "deployment_status", "merged_update",
+    "Deployment", "DeploymentState", "deployment_status", "merged_update", "NodeUsed",
 ]
