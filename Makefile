@@ -62,7 +62,7 @@ lint: deps
 	exit $$status
 
 test: deps lint images
-	YURT_TEST_DOCKER_HOST=$(ENGINE) $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+	YURT_TEST_DOCKER_HOST=$(ENGINE) $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # The countdash job on a dev agent with the service mesh; prints the dashboard's URL and runs
 # until Ctrl-C (DEMO_SECONDS=N to stop by itself). Needs root, like Nomad's -dev-connect.

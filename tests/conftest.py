@@ -44,13 +44,16 @@ SERIAL = {
 FIRST = ("lab", "countdash", "test_etcd_cluster.py", "test_mesh_explain.py")
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
+def _group(item: pytest.Item) -> str:
+    name = item.path.name
+    return next((g for g, files in SERIAL.items() if name in files), name)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # marked as each test is collected: xdist reads the groups in its own collection hook
+    item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    groups = {}
-    for item in items:
-        name = item.path.name
-        group = next((g for g, files in SERIAL.items() if name in files), name)
-        groups[item] = group
-        item.add_marker(pytest.mark.xdist_group(group))
     rank = {g: i for i, g in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(groups[item], len(FIRST)))   # stable: files keep their order
+    items.sort(key=lambda item: rank.get(_group(item), len(FIRST)))   # stable: files keep their order
