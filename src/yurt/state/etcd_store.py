@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -82,6 +83,7 @@ class EtcdStateStore(StateStore):
         self._mem_lock = threading.Lock()
         self._watch_rev = 0                     # the last revision the watch delivered (or the load read)
         self._uncertain = False                 # a write may have committed unseen: apply from the watch
+        self._quorum_check = ThreadPoolExecutor(1, thread_name_prefix="yurt-etcd-quorum")
         self._own: set[int] = set()              # own writes applied here that the watch has not brought back
         self._applied_cond = threading.Condition(self._mem_lock)
         self._t = Tables()
@@ -154,6 +156,7 @@ class EtcdStateStore(StateStore):
     def close(self) -> None:
         self._stop.set()
         self.leadership.stop()
+        self._quorum_check.shutdown(wait=False)
 
     # --- the watch ---------------------------------------------------------------------------------
 
@@ -295,17 +298,33 @@ class EtcdStateStore(StateStore):
         """Take the writes at the head of the queue that fit in one transaction and commit them."""
         with self._queue_lock:
             queued = list(self._queue)
-        try:
-            fence = self.leadership.fence_revision()
-            if not fence:
-                raise NotLeader("this server does not lead the cluster" + self._leader_hint() +
-                                "; nothing was written")
-            # a linearizable read first: it fails without quorum and, unlike a write that times
-            # out, leaves nothing in etcd's log that could still commit later
-            self._transient(lambda: self.kv.range(self.codec.leader_key, count_only=True))
-        except Exception as e:  # noqa: BLE001 - re-raised in every waiting writer's thread
-            self._fail(queued, e)
+        fence = self.leadership.fence_revision()
+        if not fence:
+            self._fail(queued, NotLeader("this server does not lead the cluster" + self._leader_hint() +
+                                         "; nothing was written"))
             return
+        # a linearizable read before the transaction: it fails without quorum and, unlike a
+        # write that times out, leaves nothing in etcd's log that could still commit later. It
+        # is asked while the transaction is built, and answered before it is sent.
+        quorum = self._quorum_check.submit(
+            self._transient, lambda: self.kv.range(self.codec.leader_key, count_only=True))
+        try:
+            batch, txn, guards = self._build_batch(queued)
+        finally:
+            try:
+                quorum.result()
+            except Exception as e:  # noqa: BLE001 - re-raised in every waiting writer's thread
+                self._fail([w for w in queued if not w.done], e)
+                return
+        if not batch:
+            return
+        try:
+            self._commit(txn, guards, fence, batch)
+        except Exception as e:  # noqa: BLE001 - re-raised in each writer's thread
+            self._fail(batch, e)
+
+    def _build_batch(self, queued: list[_Queued]) -> tuple[list[_Queued], Txn, list[dict[str, Any]]]:
+        """The writes at the head of the queue built, in order, into one transaction."""
         batch: list[_Queued] = []
         txn = Txn(self._t, PENDING, time.time_ns())
         guards: list[dict[str, Any]] = []
@@ -331,12 +350,7 @@ class EtcdStateStore(StateStore):
                 break
             batch.append(w)
             guards.extend(guard)
-        if not batch:
-            return
-        try:
-            self._commit(txn, guards, fence, batch)
-        except Exception as e:  # noqa: BLE001 - re-raised in each writer's thread
-            self._fail(batch, e)
+        return batch, txn, guards
 
     def _fail(self, writes: list[_Queued], error: BaseException) -> None:
         for w in writes:
@@ -461,8 +475,8 @@ class EtcdStateStore(StateStore):
 
     def upsert_allocs(self, allocs: Iterable[Allocation], deployments: Iterable[Deployment] = (),
                       evals: Iterable[Evaluation] = ()) -> int:
-        """As the SQLite store's, with the revisions the plan read compared: each allocation it
-        changes and each node it places on must still be as the plan saw them. The `evals` go
+        """As the SQLite store's, with the revisions the plan read compared: each existing
+        allocation it changes and each node it places on must still be as the plan saw them. The `evals` go
         with the last piece (or alone, if there are many)."""
         index = self._t.index
         first = list(deployments)   # written with the first piece
@@ -474,8 +488,8 @@ class EtcdStateStore(StateStore):
                 out = []
                 for a in chunk:
                     old = self._t.allocs.get(a.id)
-                    out.append(ec.compare(self.codec.key("allocs", a.id), "MOD", "EQUAL",
-                                          old.modify_index if old else 0))
+                    if old is not None:   # a new allocation's ID is a fresh UUID: nobody else can write it
+                        out.append(ec.compare(self.codec.key("allocs", a.id), "MOD", "EQUAL", old.modify_index))
                 for node_id in sorted({a.node_id for a in chunk}):
                     node = self._t.nodes.get(node_id)
                     if node is not None:
