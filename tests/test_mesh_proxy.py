@@ -704,6 +704,8 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False   # a listener closing resets what was queued on it: not refused yet, look again
     return False
 
 

@@ -106,12 +106,16 @@ def console_errors(driver) -> list[str]:
 
 def settled(driver) -> None:
     """Chromium drops a page being loaded when the machine's network changes (allocations' veths
-    and bridges come and go on this host: ERR_NETWORK_CHANGED); such a load is made again. The
+    and bridges come and go on this host, all the more with other tests running beside:
+    ERR_NETWORK_CHANGED, "Your connection was interrupted"); such a load is made again. The
     pages' own script retries its blocking queries and log streams the same way."""
-    for _ in range(5):
-        if "ERR_NETWORK_CHANGED" not in driver.execute_script("return document.body ? document.body.innerText : ''"):
-            return
-        driver.refresh()
+    def loaded() -> bool:
+        if driver.execute_script("return !!(document.body && (document.body.classList.contains('neterror')"
+                                 " || document.getElementById('main-frame-error')))"):
+            driver.refresh()
+            return False
+        return True
+    wait_for(loaded, 60, what="the page loaded (chromium kept dropping it as the network changed)")
 
 
 def load(driver, url: str) -> None:
