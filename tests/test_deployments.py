@@ -165,7 +165,8 @@ NEVER_PASSES = '''service {
 
 
 def test_a_check_that_never_passes_fails_at_the_healthy_deadline_and_reverts(api):
-    update = {"auto_revert": "true", "healthy_deadline": '"5s"', "progress_deadline": '"0"'}
+    # a deadline long enough for the check to have run (and said why) on a loaded machine
+    update = {"auto_revert": "true", "healthy_deadline": '"10s"', "progress_deadline": '"0"'}
     register(api, job("chk", update=update))
     wait_for(status_is(api, "chk", "successful", 0), 60, what="the first deployment (no check)")
     register(api, job("chk", arg="3601", update=update, extra_group=NEVER_PASSES))
