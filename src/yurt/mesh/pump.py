@@ -274,6 +274,9 @@ class Side:
                 self.sock.close()
             except OSError:
                 pass
+            # the C-level SSL object (OpenSSL's SSL and its record buffers, ~25 KB) and any
+            # buffer go now, not when the last reference to this Side does
+            self.obj = self.out = self.held = None
             release, self.release = self.release, None
             if release is not None:
                 release()
