@@ -283,7 +283,7 @@ def main() -> int:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     hard = 1 << 20 if hard == resource.RLIM_INFINITY else hard
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the proxies and nginx inherit it
-    n_idle = min(args.idle, (hard - 400) // 2)
+    n_idle = min(args.idle, (hard - 2000) // 2)
     if n_idle < args.idle:
         print(f"holding {n_idle} idle connections, not {args.idle}: the hard limit on open files is {hard} "
               "and a proxy holds two per connection", flush=True)
