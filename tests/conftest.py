@@ -41,7 +41,7 @@ SERIAL = {
     "countdash": ("test_mesh_countdash.py", "test_docker_countdash.py", "test_countdash_apps.py",
                   "test_mesh_handover.py", "test_ui_browser.py"),
 }
-FIRST = ("lab", "countdash", "test_etcd_cluster.py", "test_mesh_explain.py")
+FIRST = ("lab", "countdash", "test_mesh_memory.py", "test_etcd_cluster.py", "test_mesh_explain.py")
 
 
 def _group(item: pytest.Item) -> str:

@@ -105,6 +105,7 @@ class Listener:
     def _released(self, side: Side) -> None:
         self.active -= 1
         self.opening.pop(side, None)
+        self.proxy.closed_since_trim += 1
 
     def _evict(self) -> bool:
         """Close the oldest connection still in its TLS handshake; False when there is none."""

@@ -40,6 +40,17 @@ from .tls import TLSMaterial, build_material, roots_bundle
 from .upstream import UpstreamConn
 
 DRAIN_POLL = 0.05  # seconds between two looks at the open connections while draining
+TRIM_EVERY = 5.0   # seconds between two looks at whether to give freed memory back
+TRIM_AFTER = 256   # connections closed since the last trim that make one worth its cost
+
+
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None (another libc): freed heap pages go back to the OS."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class Proxy:
@@ -69,6 +80,8 @@ class Proxy:
         self._endpoints_pending: set[str] = set()  # upstreams whose first endpoints have not come
         self._thread: threading.Thread | None = None
         self._activity: dict[Pipe, tuple[tuple[int, int, bool], float]] = {}  # the idle sweep's
+        self.closed_since_trim = 0  # accepted connections closed since memory was last trimmed
+        self._trim: Any = False     # malloc_trim once looked up (None: not available)
 
     # -- startup -------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -99,6 +112,20 @@ class Proxy:
 
         if cfg.idle_timeout:
             self.reactor.call_later(self._sweep_every(), self._sweep_idle)
+        self.reactor.call_later(TRIM_EVERY, self._trim_memory)
+
+    def _trim_memory(self) -> None:
+        """After many connections closed, hand the heap pages they freed back to the OS. glibc
+        only returns the top of its heap by itself: what thousands of closed connections (their
+        OpenSSL objects, buffers) freed in the middle stayed resident, so a burst of idle
+        connections left the sidecar at its peak RSS for good."""
+        if self.closed_since_trim >= TRIM_AFTER:
+            self.closed_since_trim = 0
+            if self._trim is False:
+                self._trim = _malloc_trim()
+            if self._trim is not None:
+                self._trim(0)
+        self.reactor.call_later(TRIM_EVERY, self._trim_memory)
 
     def _sweep_every(self) -> float:
         return min(max(self.cfg.idle_timeout / 10, 0.2), 30.0)
@@ -205,6 +232,7 @@ class Proxy:
 
     def inbound_closed(self, pipe: Pipe, verdict: str, reason: str) -> None:
         conn = pipe.meta
+        self._activity.pop(pipe, None)
         pipes = self.inbound.get(conn.uri)
         if pipes is not None:
             pipes.discard(pipe)
@@ -219,6 +247,7 @@ class Proxy:
 
     def upstream_closed(self, pipe: Pipe, verdict: str, reason: str) -> None:
         conn = pipe.meta
+        self._activity.pop(pipe, None)
         self.upstream_pipes.discard(pipe)
         conn.balancer.release(conn.inst)
         self.metrics.upstream_closed(conn.up.destination, pipe.a_to_b, pipe.b_to_a)

@@ -29,20 +29,42 @@ OUT = select.EPOLLOUT
 ERRS = select.EPOLLHUP | select.EPOLLERR
 BUFSIZE = 256 * 1024
 TLS_RECORD = 16384
+# Bounded memory: the most one connection makes the sidecar hold, however slow either end reads.
+# Per direction, one read's worth the far side could not take yet (the copy in Side.out, at most
+# BUFSIZE); while it is pending that direction is not read at all (backpressure: the kernel's
+# socket buffers fill and TCP flow control slows the sender). On the TLS side OpenSSL keeps a
+# read and a write record buffer (a record plus its header and tag each).
+TLS_BUFFERS = 2 * (TLS_RECORD + 1024)
+CONN_CEILING = 2 * BUFSIZE + TLS_BUFFERS
+SPARE_BUFFERS = 4  # BUFSIZE buffers a reactor keeps for the next slow reader (1 MiB at most)
 
 WantRead = ssl.SSLWantReadError
 WantWrite = ssl.SSLWantWriteError
 ZeroReturn = ssl.SSLZeroReturnError
 
 
-class Timer:
-    __slots__ = ("when", "fn", "args", "cancelled")
+def _nothing(*_: Any) -> None:
+    pass
 
-    def __init__(self, when: float, fn: Callable, args: tuple) -> None:
+
+class Timer:
+    """A call at `when`. Cancelling drops the callable and its arguments at once (a cancelled
+    handshake timer must not keep its connection alive until the deadline: at thousands of new
+    connections a second that held ~130k dead connections, 180 MB) and tells the reactor, which
+    rebuilds its heap when cancelled entries outnumber live ones."""
+    __slots__ = ("when", "fn", "args", "cancelled", "reactor")
+
+    def __init__(self, when: float, fn: Callable, args: tuple, reactor: Reactor | None = None) -> None:
         self.when, self.fn, self.args, self.cancelled = when, fn, args, False
+        self.reactor = reactor
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.fn, self.args = _nothing, ()
+            r, self.reactor = self.reactor, None
+            if r is not None:
+                r._cancelled_one()
 
     def __lt__(self, other: Timer) -> bool:
         return self.when < other.when
@@ -56,9 +78,11 @@ class Reactor:
         self.ep.register(self._efd, IN)
         self._calls: deque = deque()
         self._timers: list[Timer] = []
+        self._ncancelled = 0  # cancelled timers still in the heap
         self.running = False
         self.buf = bytearray(BUFSIZE)
         self.mv = memoryview(self.buf)
+        self.spare: list[bytearray] = []  # BUFSIZE buffers for Side.out, at most SPARE_BUFFERS
         self.on_error: Callable[[BaseException], None] | None = None
 
     # -- registration (reactor thread) ----------------------------------------------------
@@ -84,9 +108,17 @@ class Reactor:
                 pass
 
     def call_later(self, delay: float, fn: Callable, *args: Any) -> Timer:
-        t = Timer(time.monotonic() + delay, fn, args)
+        t = Timer(time.monotonic() + delay, fn, args, self)
         heapq.heappush(self._timers, t)
         return t
+
+    def _cancelled_one(self) -> None:
+        self._ncancelled += 1
+        timers = self._timers
+        if self._ncancelled > 64 and self._ncancelled * 2 > len(timers):
+            timers[:] = [t for t in timers if not t.cancelled]  # in place: run() holds the list
+            heapq.heapify(timers)
+            self._ncancelled = 0
 
     # -- any thread -------------------------------------------------------------------------
     def call_soon_threadsafe(self, fn: Callable, *args: Any) -> None:
@@ -145,7 +177,10 @@ class Reactor:
                 now = time.monotonic()
                 while timers and timers[0].when <= now:
                     t = heapq.heappop(timers)
-                    if not t.cancelled:
+                    if t.cancelled:
+                        self._ncancelled -= 1
+                    else:
+                        t.reactor = None
                         try:
                             t.fn(*t.args)
                         except Exception as e:  # noqa: BLE001 - a failing timer must not stop the reactor
@@ -187,7 +222,7 @@ class Side:
     """One socket of a pipe. Owner receives `on_side_event(side, ev)`; the owner changes from
     the connection-setup object to the Pipe once both ends are established."""
     __slots__ = ("sock", "fd", "tls", "owner", "mask", "out", "eof", "shut", "other", "reactor",
-                 "obj", "nread", "release")
+                 "obj", "nread", "release", "held")
 
     def __init__(self, reactor: Reactor, sock: socket.socket, tls: bool, owner: Any, mask: int) -> None:
         self.reactor = reactor
@@ -196,7 +231,10 @@ class Side:
         self.tls = tls
         self.owner = owner
         self.mask = mask
-        self.out: bytes | None = None  # bytes still to write to this socket
+        # bytes still to write to this socket: a view of one copy, so a short write keeps a view
+        # of the rest (slicing bytes would copy the rest while the first copy is still alive)
+        self.out: memoryview | None = None
+        self.held: bytearray | None = None  # the reactor's spare buffer behind `out`
         self.eof = False  # read side finished
         self.shut = False  # write side shut down
         self.other: Side | None = None
@@ -236,6 +274,9 @@ class Side:
                 self.sock.close()
             except OSError:
                 pass
+            # the C-level SSL object (OpenSSL's SSL and its record buffers, ~25 KB) and any
+            # buffer go now, not when the last reference to this Side does
+            self.obj = self.out = self.held = None
             release, self.release = self.release, None
             if release is not None:
                 release()
@@ -379,7 +420,7 @@ class Pipe:
                 if m < n:
                     # TLS without partial writes is all-or-nothing: the retry must offer the
                     # same bytes.
-                    o.out = bytes(data) if o.tls else bytes(data[m:])
+                    o.out = self._hold(o, data if o.tls else data[m:])
                     self._update(o)
                     if eof:
                         s.eof = True
@@ -390,6 +431,17 @@ class Pipe:
                 return
             if not more:
                 return
+
+    def _hold(self, o: Side, data: memoryview) -> memoryview:
+        """Keep what o could not take yet in a BUFSIZE buffer (a spare one when there is one):
+        buffers all of one size are reused by the allocator as they are, where copies the size of
+        each short write's remainder fragmented the heap up to twice the ceiling."""
+        spare = self.reactor.spare
+        buf = spare.pop() if spare else bytearray(BUFSIZE)
+        k = len(data)
+        buf[:k] = data
+        o.held = buf
+        return memoryview(buf)[:k]
 
     def _flush(self, s: Side) -> None:
         data = s.out
@@ -405,6 +457,10 @@ class Pipe:
                 s.out = data[m:]
             return
         s.out = None
+        held, s.held = s.held, None
+        spare = self.reactor.spare
+        if held is not None and len(spare) < SPARE_BUFFERS:
+            spare.append(held)
         o = s.other
         if o.eof:
             self._shut(s)
