@@ -259,8 +259,9 @@ def test_agent_metrics_hold_the_server_and_client_series(cluster):
     idle = {"alloc_id": caller["ID"], "job": "metrics", "task_group": "caller", "task": "idle"}
     assert m.value("yurt_client_task_memory_bytes", **idle) > 0
     assert len(m.samples("yurt_client_task_cpu_seconds_total", **idle)) == 2   # user and system
-    # a second scrape has the CPU used since the first
-    assert agent_scrape(api).value("yurt_client_task_cpu_usage_ratio", **labels) >= 0
+    # a second scrape has the CPU used since the first: the app answered 200 requests meanwhile
+    assert in_netns(caller["ID"], CALLS, "200") == "200"
+    assert agent_scrape(api).value("yurt_client_task_cpu_usage_ratio", **labels) > 0
 
     # a new evaluation of the job moves the scheduler's counters
     before = m.value("yurt_scheduler_evaluations_total")
