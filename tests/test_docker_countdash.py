@@ -55,9 +55,11 @@ def test_seed_connect_nomad_runs_with_the_docker_driver(tmp_path):
         (api_alloc,) = [a for a in running if a["TaskGroup"] == "api"]
         (web,) = [c for c in containers_of(client, api_alloc["ID"]) if c.labels.get("yurt.task") == "web"]
         assert web.attrs["HostConfig"]["NetworkMode"].startswith("container:")
-        # the app's logs reach alloc/logs like any driver's
-        logs = api.get(f"/v1/client/fs/logs/{api_alloc['ID']}", params={"task": "web", "plain": "true"}).text
-        assert "counter-api listening on 0.0.0.0:9001" in logs
+        # the app's logs reach alloc/logs like any driver's (copied from the engine as they come)
+        def logs() -> str:
+            return api.get(f"/v1/client/fs/logs/{api_alloc['ID']}", params={"task": "web", "plain": "true"}).text
+        wait_for(lambda: "counter-api listening on 0.0.0.0:9001" in logs(), timeout=30,
+                 what="counter-api's first line in its alloc logs")
 
         res = subprocess.run([sys.executable, "-m", "yurt.cli.main", "job", "stop", "-detach", "countdash"],
                              capture_output=True, text=True, env=env, timeout=120)
