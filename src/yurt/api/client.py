@@ -164,6 +164,12 @@ class YurtClient:
     def _next(self) -> None:
         self._current = (self._current + 1) % len(self.addresses)
 
+    def fail_over(self, failed: str) -> None:
+        """`failed` could not be dialled (by another caller): if it is still the address in use,
+        use the next one (callers that failed together move it once)."""
+        if self.address == failed:
+            self._next()
+
     def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None,
                 timeout: float | None = None) -> httpx.Response:
         failed: list[str] = []

@@ -32,6 +32,10 @@ class ToServer(Exception):
     """Raised (by `need_server`) on an agent without a server: the app forwards the request."""
 
 
+class NotConnected(Unavailable):
+    """The agent forwarded to could not be dialled: nothing was sent, another may be asked."""
+
+
 class ToLeader(Exception):
     """Raised on a server that does not lead (servers on etcd) for a write: the app forwards
     the request to the leader."""
@@ -129,7 +133,10 @@ async def proxy(request: Request, base: str, *, body: bytes | None = None,
     except httpx.HTTPError as e:
         await client.aclose()
         tls = getattr(request.app.state.agent, "tls", None)   # a TLS failure says which setting to fix
-        raise Unavailable(f"cannot reach the agent at {base}: {(tls.reason(e) if tls else None) or e}") from None
+        message = f"cannot reach the agent at {base}: {(tls.reason(e) if tls else None) or e}"
+        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
+            raise NotConnected(message) from None
+        raise Unavailable(message) from None
 
     async def relay() -> AsyncIterator[bytes]:
         try:
@@ -149,4 +156,17 @@ async def to_leader(request: Request) -> Response:
 
 async def to_server(request: Request, body: bytes | None = None,
                     params: dict[str, str] | None = None) -> Response:
-    return await proxy(request, server_address(request), body=body, params=params)
+    """Forward to this agent's server; when it cannot be dialled (nothing was sent), to the next
+    of its servers, as its HTTP client does, which then stays on the one that answered."""
+    agent = request.app.state.agent
+    tried = len(agent.api_client.addresses) if agent.api_client is not None else 1
+    body = body if body is not None else await request.body()
+    for attempt in range(tried):
+        base = server_address(request)
+        try:
+            return await proxy(request, base, body=body, params=params)
+        except NotConnected:
+            if attempt == tried - 1:
+                raise
+            agent.api_client.fail_over(base)
+    raise AssertionError("unreachable")
