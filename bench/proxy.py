@@ -127,8 +127,10 @@ def wrk(url: str, threads: int, conns: int, duration: int, script: str | None = 
         res["mb_s"] = float(m.group(1)) * {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}.get(m.group(2), 1)
     if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
         res["errors"] += int(m.group(1))
+        res["error_kinds"] = f"non-2xx {m.group(1)}"
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         res["errors"] += sum(int(x) for x in m.groups())
+        res["error_kinds"] = (res.get("error_kinds", "") + " " + m.group(0)).strip()
     return res
 
 
@@ -257,6 +259,24 @@ def _flag(errors: int) -> str:
     return f"errors {errors}" + (" INVALID" if errors else "")
 
 
+def _quick(results: dict, names: list[str]) -> int:
+    for name in names:
+        r = results[name]
+        runs = [*r['saturation_runs'], *r['handshake_runs']]
+        print(f"{name:8s} saturation {[round(x['rps']) for x in r['saturation_runs']]} req/s "
+              f"p99 {[x['p99_ms'] for x in r['saturation_runs']]} ms; new connections "
+              f"{[round(x['rps']) for x in r['handshake_runs']]} /s "
+              f"({_flag(sum(x['errors'] for x in runs))}"
+              f"{''.join('; ' + x['error_kinds'] for x in runs if x.get('error_kinds'))})")
+    if "haproxy" in results and "yurt" in results:
+        h, y = results["haproxy"], results["yurt"]
+        for run in ("saturation_runs", "handshake_runs"):
+            ratios = [round(yr["rps"] / max(hr["rps"], 1), 3) for hr, yr in zip(h[run], y[run], strict=True)]
+            p99 = [round(yr["p99_ms"] / max(hr["p99_ms"], 1e-9), 3) for hr, yr in zip(h[run], y[run], strict=True)]
+            print(f"{run}: yurt/haproxy req/s per round {ratios}, p99 per round {p99}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
@@ -272,6 +292,9 @@ def main() -> int:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--only", choices=["direct", "haproxy", "yurt"], action="append")
     ap.add_argument("--logs", help="keep the yurt proxies' access logs in this directory")
+    ap.add_argument("--quick", action="store_true",
+                    help="only the interleaved saturation and new-connection rounds, with their ratios "
+                         "(for iterating on the proxy; not a full result)")
     args = ap.parse_args()
     missing = [t for t in ("nginx", "haproxy", "wrk") if not shutil.which(t)]
     if missing:
@@ -391,7 +414,8 @@ backend app
             # idle connections first: the handshake-heavy runs leave tens of thousands of loopback
             # ports in TIME_WAIT for a minute, and thousands of connections made after them fail
             # for want of a local port
-            results[name]["idle_conns"] = hold_idle(port, n_idle, pids)
+            if not args.quick:
+                results[name]["idle_conns"] = hold_idle(port, n_idle, pids)
         # Saturation: the box is shared and noisy, so the targets take turns (order flipped every
         # round, so drift hits both alike) and each reports its median run; the req/s ratio is the
         # median of the per-round ratios.
@@ -404,6 +428,8 @@ backend app
                 port, _ = targets[name]
                 results[name]["handshake_runs"].append(
                     wrk(f"http://127.0.0.1:{port}/small.txt", 2, 16, d, headers=["Connection: close"]))
+        if args.quick:
+            return _quick(results, names)
         for rnd in range(args.rounds):  # paced, own client: the same alternation
             order = names if rnd % 2 == 0 else names[::-1]
             for name in order:

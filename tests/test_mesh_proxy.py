@@ -373,6 +373,67 @@ def test_deny_closes_new_and_existing_connections(mesh):
     wait_for(works, what="allowed again")
 
 
+def test_a_new_connection_resumes_the_tls_session_and_is_checked_as_a_full_handshake(mesh):
+    """The sidecars resume TLS sessions (tickets) between them: no certificate signature or chain
+    check on a second connection, but the same identity check and live intentions; a rotated
+    leaf or root starts over with a full handshake."""
+    srv = mesh.server()
+    cli = mesh.client(instances=[srv.public_port])
+    port = cli.upstream_ports["api"]
+    assert roundtrip(port, b"first") == b"first"
+    wait_for(lambda: cli.material.sessions, what="the client sidecar keeping the server's session ticket")
+    assert (cli.metrics.tls_resumed["upstream"], srv.metrics.tls_resumed["inbound"]) == (0, 0)
+    assert roundtrip(port, b"second") == b"second"
+    assert (cli.metrics.tls_resumed["upstream"], srv.metrics.tls_resumed["inbound"]) == (1, 1)
+    rec = wait_for(lambda: len(mesh.conns(dir="inbound")) >= 2 and mesh.conns(dir="inbound")[-1],
+                   what="the resumed connection's log line")
+    # the identity the server sidecar saw is the client's certificate, from the resumed session
+    assert (rec["src"], rec["serial"], rec["verdict"]) == ("web", cli.material.serial, "allowed")
+    assert "yurt_sidecar_tls_resumed_total" in cli.metrics.render(cli)
+    # intentions are checked on a resumed connection too
+    mesh.agent.intention("web", "api", "deny")
+    attempts = []
+
+    def refused() -> bool:
+        attempts.append(1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(b"three")
+            return closed_without_data(c)
+    wait_for(refused, what="a new connection refused once the intention denies")
+    assert srv.metrics.tls_resumed["inbound"] == 1 + len(attempts)   # every one of them resumed
+    assert refused()   # the deny is in force: this one is refused at authorization, after resuming
+    denied = wait_for(lambda: len(mesh.conns(dir="inbound", verdict="denied")) >= 2
+                      and mesh.conns(dir="inbound", verdict="denied"), what="the resumed connection denied")
+    assert denied[-1]["reason"] == "Matched L4 intention: web => api (deny)"
+    assert srv.metrics.tls_resumed["inbound"] == 1 + len(attempts)
+    mesh.agent.intention("web", "api", "allow")
+    # a rotated leaf (and root) means a full handshake: the new client context has no session
+    # and the server's new context could not read the old tickets anyway
+    first = cli.material.serial
+    mesh.agent.rotate_root()
+    wait_for(lambda: cli.material.serial != first and srv.material.serial != first, what="both sidecars rotated")
+    before = (cli.metrics.tls_resumed["upstream"], srv.metrics.tls_resumed["inbound"])
+
+    def works() -> bool:
+        try:
+            return roundtrip(port, b"four") == b"four"
+        except ConnectionResetError:
+            return False
+    wait_for(works, what="allowed again after the rotation")
+    assert (cli.metrics.tls_resumed["upstream"], srv.metrics.tls_resumed["inbound"]) == before
+    assert cli.material.serial != first
+    wait_for(lambda: [r for r in mesh.conns(dir="inbound", verdict="allowed") if r["serial"] == cli.material.serial],
+             what="the server sidecar logging the client's new leaf")
+
+
+def test_a_resumed_session_is_refused_once_the_peer_certificate_expired():
+    from yurt.mesh.tls import expired
+    assert expired("Jan  1 00:00:00 2020 GMT")
+    assert not expired("Jan  1 00:00:00 2099 GMT")
+    assert expired("Jan  1 00:00:00 2099 GMT", now=4102444800.0)   # 2100-01-01
+    assert expired("garbage")   # unreadable: never trusted
+
+
 def test_default_deny_wildcard_and_precedence(deny_mesh):
     """An agent with -default-intention-policy deny: nothing passes until an intention allows
     it; `* => api` allows every source; the exact `web => api` deny outranks it for web only."""

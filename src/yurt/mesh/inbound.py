@@ -17,7 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .pump import IN, OUT, ERRS, Pipe, Side, set_nodelay
-from .tls import ssl_reason, parse_spiffe, peer_cert
+from .tls import expired, ssl_reason, parse_spiffe, peer_cert
 
 if TYPE_CHECKING:
     from .proxy import Proxy
@@ -234,6 +234,11 @@ class InboundConn:
             self._tls_failed("no client certificate")
             return
         self.serial = pc.serial
+        if sock.session_reused:
+            if expired(pc.not_after):
+                self._tls_failed("resumed a session whose client certificate has expired")
+                return
+            self.proxy.metrics.tls_resumed["inbound"] += 1
         sid = parse_spiffe(pc.uri)
         if sid is None:
             self._tls_failed(f"client certificate URI {pc.uri!r} is not a service SPIFFE ID")

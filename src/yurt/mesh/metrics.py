@@ -14,6 +14,7 @@ Series (every one labelled with `service`, the service this sidecar fronts):
   yurt_sidecar_upstream_connect_seconds{upstream}           dial + TLS + identity check (retries included)
   yurt_sidecar_upstream_errors_total{upstream,address,kind} failed attempts, per instance
   yurt_sidecar_tls_handshake_failures_total{side[,upstream]}
+  yurt_sidecar_tls_resumed_total{side}                      handshakes that resumed a session (ticket)
   yurt_sidecar_authz_denials_total{source}                  connections intentions refused (or closed)
   yurt_sidecar_inbound_errors_total{kind}                   the app behind the sidecar unreachable, ...
   yurt_sidecar_ready                                        1 once ready (certificate, endpoints)
@@ -56,6 +57,7 @@ class MeshMetrics:
         self.upstream_errors: dict[tuple[str, str, str], int] = {}  # (destination, address, kind)
         self.tls_failures: dict[tuple[str, str], int] = {}          # (side, destination or "")
         self.denials: dict[str, int] = {}                            # source service
+        self.tls_resumed = {"inbound": 0, "upstream": 0}
         self.inbound_errors: dict[str, int] = {}
 
     # -- counting (reactor thread) ---------------------------------------------------------------
@@ -156,6 +158,10 @@ class MeshMetrics:
                "(no or bad client certificate, wrong trust domain, timeout) or to an upstream instance.",
                [("", {"side": side, **({"upstream": d} if d else {})}, n)
                 for (side, d), n in sorted(self.tls_failures.items())])
+        family("yurt_sidecar_tls_resumed_total", "counter", "TLS handshakes that resumed an earlier session "
+               "with a ticket (no certificate signature or chain check; the identity and intentions are "
+               "checked as on a full handshake).",
+               [("", {"side": side}, n) for side, n in self.tls_resumed.items()])
         family("yurt_sidecar_authz_denials_total", "counter", "Inbound connections the intentions denied "
                "(refused, or closed when an intention changed), by source service.",
                [("", {"source": s}, n) for s, n in sorted(self.denials.items())])

@@ -299,7 +299,7 @@ class Pipe:
     hop); TLS sides are driven through the C-level `_ssl._SSLSocket` (`read(len, buffer)`,
     `write`, `pending`) rather than the pure-Python `ssl.SSLSocket` wrappers, which cost three
     to four Python frames per call; the epoll interest set is only touched when it changes."""
-    __slots__ = ("reactor", "a", "b", "closed", "on_close", "meta")
+    __slots__ = ("reactor", "a", "b", "closed", "on_close", "meta", "before_close")
 
     def __init__(self, reactor: Reactor, a: Side, b: Side, on_close: Callable, meta: Any = None) -> None:
         self.reactor = reactor
@@ -315,6 +315,7 @@ class Pipe:
         self.closed = False
         self.on_close = on_close
         self.meta = meta
+        self.before_close: Callable[[], None] | None = None  # while both sockets are still open
 
     @property
     def a_to_b(self) -> int:
@@ -499,6 +500,11 @@ class Pipe:
         if self.closed:
             return
         self.closed = True
+        if self.before_close is not None:
+            try:
+                self.before_close()
+            finally:
+                self.before_close = None
         self.a.close()
         self.b.close()
         self.on_close(self, verdict, reason)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 # A TCP FIN without close_notify reads as a clean EOF: the proxy half-closes at the TCP level,
 # and the byte stream it carries frames itself (L4 proxy).
@@ -64,6 +65,23 @@ class PeerCert:
     not_after: str
 
 
+_EXPIRY: dict[str, float] = {}
+
+
+def expired(not_after: str, now: float | None = None) -> bool:
+    """A resumed session's peer certificate is not checked again by OpenSSL: the proxy refuses
+    it once the certificate it was made with has expired (its notAfter as getpeercert gives it)."""
+    t = _EXPIRY.get(not_after)
+    if t is None:
+        if len(_EXPIRY) > 1024:
+            _EXPIRY.clear()
+        try:
+            t = _EXPIRY[not_after] = float(ssl.cert_time_to_seconds(not_after))
+        except ValueError:
+            t = _EXPIRY[not_after] = 0.0
+    return (time.time() if now is None else now) >= t
+
+
 def peer_cert(sock: ssl.SSLSocket | ssl.SSLObject) -> PeerCert | None:
     """The verified peer certificate's identity fields (None if the peer sent none)."""
     info = sock.getpeercert()
@@ -108,12 +126,19 @@ class TLSMaterial:
     server: ssl.SSLContext
     client: ssl.SSLContext
     valid_before: str = ""
+    # TLS session resumption between sidecars: the newest session (ticket) from each upstream
+    # instance, made with `client` (a session only resumes with the context that made it, so a
+    # new generation starts with none; the server's ticket keys die with its context the same way)
+    sessions: dict = field(default_factory=dict)
 
 
 def build_material(trust_domain: str, service: str, cert_pem: str, key_pem: str, roots_pem: str,
                    serial: str = "", valid_before: str = "") -> TLSMaterial:
     server = _base(ssl.PROTOCOL_TLS_SERVER, cert_pem, key_pem, roots_pem)
-    server.num_tickets = 0  # no session tickets: nothing post-handshake, no resumption state
+    # one session ticket per handshake: a sidecar that connects again resumes (no certificate
+    # signature or chain check on either side; still a fresh ECDHE key exchange, psk_dhe_ke).
+    # The tickets' keys live in this context, so a rotated leaf or root set ends resumption.
+    server.num_tickets = 1
     client = _base(ssl.PROTOCOL_TLS_CLIENT, cert_pem, key_pem, roots_pem)
     m = TLSMaterial(trust_domain.lower(), service, serial, server, client, valid_before)
     self_check(m)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .balancer import Balancer, Instance
 from .pump import IN, OUT, ERRS, Pipe, Side, set_nodelay
-from .tls import ssl_reason, peer_cert, service_uri
+from .tls import expired, ssl_reason, peer_cert, service_uri
 
 if TYPE_CHECKING:
     from .config import UpstreamConfig
@@ -44,6 +44,7 @@ class UpstreamConn:
         self.done = False
         self.state = "pick"
         self.timer = None
+        self.offered = None   # the TLS session offered to the instance for resumption
         self._next()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -106,6 +107,28 @@ class UpstreamConn:
         if err not in (0, errno.EINPROGRESS):
             self._retry(os.strerror(err), "connect")
 
+    def _keep_session(self) -> None:
+        """The connection ends: keep a session ticket its server sent (TLS 1.3 sends it after the
+        handshake, so it is here once any reply was read) for the next connections to this
+        instance to resume. A ticket serves many resumptions, so a new one is taken only when
+        there is none, when the one offered was not accepted (the server's certificate or roots
+        rotated), or when it is half way through its lifetime: reading `SSLSocket.session` copies
+        the session (and its certificate chain) through DER each time, and at every close that
+        cost ~10 KB of heap per connection that glibc never gave back."""
+        sessions = self.material.sessions
+        kept = sessions.get(self.inst.key)
+        if kept is not None and kept is self.offered and self.server.sock.session_reused \
+                and time.time() - kept.time < kept.timeout / 2:   # type: ignore[union-attr]
+            return
+        try:
+            session = self.server.sock.session   # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            return
+        if session is not None and session.has_ticket:
+            if len(sessions) >= 4096 and self.inst.key not in sessions:
+                sessions.clear()   # instances come and go: the ones still used fill it again
+            sessions[self.inst.key] = session
+
     def _timeout(self) -> None:
         self.timer = None
         if not self.done:
@@ -125,8 +148,9 @@ class UpstreamConn:
                 self._retry(os.strerror(err), "connect")
                 return
             material = self.proxy.material
-            side.sock = material.client.wrap_socket(side.sock, server_side=False,
-                                                    do_handshake_on_connect=False)
+            self.offered = material.sessions.get(self.inst.key)
+            side.sock = material.client.wrap_socket(side.sock, server_side=False, do_handshake_on_connect=False,
+                                                    session=self.offered)
             side.tls = True
             self.state = "handshake"
             self.material = material
@@ -152,11 +176,18 @@ class UpstreamConn:
         if got.lower() != want.lower():
             self._retry(f"server identity {got or '(none)'} is not {want}", "identity")
             return
+        if side.sock.session_reused:
+            if expired(pc.not_after):   # type: ignore[union-attr]
+                self.material.sessions.pop(self.inst.key, None)
+                self._retry("resumed a session whose server certificate has expired", "tls")
+                return
+            self.proxy.metrics.tls_resumed["upstream"] += 1
         self.done = True
         if self.timer:
             self.timer.cancel()
         self.balancer.acquire(self.inst)
         self.proxy.metrics.upstream_connected(self.up.destination, time.monotonic() - self.started)
         pipe = Pipe(self.proxy.reactor, self.client, side, self.proxy.upstream_closed, self)
+        pipe.before_close = self._keep_session
         self.proxy.upstream_opened(pipe)
         pipe.start()
