@@ -193,6 +193,9 @@ class Proxy:
         except Exception as e:  # noqa: BLE001 - keep serving with the previous material
             self.log.event("tls-error", cause=why, error=str(e))
             return
+        if self.material is None:
+            from . import resume
+            self.log.event("tls-resumption", route="native" if resume.prove(m.client, m.server) else "ssl-module")
         self.material = m
         self.log.event(why, serial=m.serial, trust_domain=m.trust_domain,
                        roots=len(self._roots.get("Roots") or []), valid_before=m.valid_before)

@@ -126,9 +126,9 @@ class TLSMaterial:
     server: ssl.SSLContext
     client: ssl.SSLContext
     valid_before: str = ""
-    # TLS session resumption between sidecars: the newest session (ticket) from each upstream
-    # instance, made with `client` (a session only resumes with the context that made it, so a
-    # new generation starts with none; the server's ticket keys die with its context the same way)
+    # TLS session resumption between sidecars (resume.py): a ticket from each upstream instance,
+    # made with `client` (a session only resumes with the context that made it, so a new
+    # generation starts with none; the server's ticket keys die with its context the same way)
     sessions: dict = field(default_factory=dict)
 
 

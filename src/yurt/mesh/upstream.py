@@ -17,6 +17,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
+from . import resume
 from .balancer import Balancer, Instance
 from .pump import IN, OUT, ERRS, Pipe, Side, set_nodelay
 from .tls import expired, ssl_reason, peer_cert, service_uri
@@ -108,26 +109,22 @@ class UpstreamConn:
             self._retry(os.strerror(err), "connect")
 
     def _keep_session(self) -> None:
-        """The connection ends: keep a session ticket its server sent (TLS 1.3 sends it after the
-        handshake, so it is here once any reply was read) for the next connections to this
+        """The connection ends: keep the session ticket its server sent (TLS 1.3 sends it after
+        the handshake, so it is here once any reply was read) for the next connections to this
         instance to resume. A ticket serves many resumptions, so a new one is taken only when
         there is none, when the one offered was not accepted (the server's certificate or roots
-        rotated), or when it is half way through its lifetime: reading `SSLSocket.session` copies
-        the session (and its certificate chain) through DER each time, and at every close that
-        cost ~10 KB of heap per connection that glibc never gave back."""
+        rotated), or when half its lifetime is gone."""
         sessions = self.material.sessions
         kept = sessions.get(self.inst.key)
-        if kept is not None and kept is self.offered and self.server.sock.session_reused \
-                and time.time() - kept.time < kept.timeout / 2:   # type: ignore[union-attr]
+        sock = self.server.sock   # type: ignore[union-attr]
+        resume.finish(sock, self.material.client)
+        if kept is not None and kept is self.offered and sock.session_reused and kept.fresh():
             return
-        try:
-            session = self.server.sock.session   # type: ignore[union-attr]
-        except (AttributeError, ValueError):
-            return
-        if session is not None and session.has_ticket:
+        ticket = resume.take(sock)
+        if ticket is not None:
             if len(sessions) >= 4096 and self.inst.key not in sessions:
                 sessions.clear()   # instances come and go: the ones still used fill it again
-            sessions[self.inst.key] = session
+            sessions[self.inst.key] = ticket
 
     def _timeout(self) -> None:
         self.timer = None
@@ -149,8 +146,7 @@ class UpstreamConn:
                 return
             material = self.proxy.material
             self.offered = material.sessions.get(self.inst.key)
-            side.sock = material.client.wrap_socket(side.sock, server_side=False, do_handshake_on_connect=False,
-                                                    session=self.offered)
+            side.sock = resume.wrap(material.client, side.sock, self.offered)
             side.tls = True
             self.state = "handshake"
             self.material = material
