@@ -426,6 +426,37 @@ def test_a_new_connection_resumes_the_tls_session_and_is_checked_as_a_full_hands
              what="the server sidecar logging the client's new leaf")
 
 
+def test_a_burst_of_new_connections_is_set_up_in_turn_and_every_one_gets_through(mesh, monkeypatch):
+    """More connections at once than an upstream may have in set-up (dial + TLS) wait their turn
+    instead of all handshaking together; every one gets through, and once they are gone the
+    upstream serves new connections as before (no place in set-up is lost)."""
+    from yurt.mesh import upstream
+    monkeypatch.setattr(upstream, "MAX_DIALING", 4)
+    srv = mesh.server()
+    cli = mesh.client(instances=[srv.public_port])
+    port = cli.upstream_ports["api"]
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(60)]
+    try:
+        for i, c in enumerate(conns):
+            c.sendall(b"burst %d" % i)
+        for i, c in enumerate(conns):
+            want = b"burst %d" % i
+            got = b""
+            while len(got) < len(want):
+                d = c.recv(100)
+                assert d, f"connection {i} closed before its echo"
+                got += d
+            assert got == want
+    finally:
+        for c in conns:
+            c.close()
+    bal = cli.balancers[port]
+    wait_for(lambda: bal.dialing == 0 and not bal.waiting and not bal.active, what="every place given back")
+    for i in range(10):   # and it keeps serving, place after place
+        assert roundtrip(port, b"after %d" % i) == b"after %d" % i
+    assert not [r for r in mesh.conns(dir="upstream") if r["verdict"] != "allowed"]
+
+
 def test_a_resumed_session_is_refused_once_the_peer_certificate_expired():
     from yurt.mesh.tls import expired
     assert expired("Jan  1 00:00:00 2020 GMT")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -44,6 +45,10 @@ class Balancer:
         self.instances: list[Instance] = []
         self.active: dict[tuple[str, int], int] = {}
         self._rr = 0
+        # the upstream's connections being set up (upstream.MAX_DIALING at most) and the ones
+        # waiting for a place, oldest first
+        self.dialing = 0
+        self.waiting: deque = deque()
 
     def update(self, instances: list[Instance]) -> None:
         self.instances = list(instances)

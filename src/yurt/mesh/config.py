@@ -14,7 +14,8 @@ JSON (every key optional except service):
    "metrics_addr": "0.0.0.0:9102",         # GET /metrics: Prometheus' text format (omit: none)
    "drained_file": "/alloc/tmp/connect-proxy.drained",  # written once SIGUSR1's inbound drain is done
    "drain_timeout_ms": 5000,              # after SIGTERM/SIGINT, how long open connections may finish
-   "handshake_timeout_ms": 10000, "connect_timeout_ms": 3000,
+   "handshake_timeout_ms": 10000,         # a TLS handshake, inbound or to an upstream instance
+   "connect_timeout_ms": 3000,            # a TCP connect to an upstream instance
    "max_connections": 1024,               # open connections per listener; past it new ones are closed
    "idle_timeout_ms": 300000,             # an established connection with no bytes either way is closed
    "workers": 1}                           # >1: that many processes share the listeners (SO_REUSEPORT)

@@ -6,8 +6,11 @@ offered (`wrap_socket(session=...)`): an i2d/d2i round trip that parses the peer
 chain again, ~200 µs a connection on this 2-core bench box, which cost more CPU than resuming
 saved. A ticket is taken the `ssl` module's way (rarely: one serves many resumptions), and
 offered on each new connection directly through ctypes, on the very library `_ssl` is linked
-with: `SSL_set_session` with the SSL_SESSION inside the kept `SSLSession` (reference counted by
-OpenSSL; immutable once used).
+with: `SSL_set_session` with an in-memory copy (`SSL_SESSION_dup`: no DER, no parsing) of the
+SSL_SESSION inside the kept `SSLSession`. A copy, not the session itself: a TLS 1.3 handshake
+writes its resumption secret into the session it resumed, so connections resuming one shared
+session at once corrupt each other's key schedule (seen: at 3,000 connections opened at once,
+a third of the handshakes failed).
 
 The C objects are found inside CPython's `_ssl` objects (`PySSLSocket.ssl`,
 `PySSLContext.ctx`, `PySSLSession.session`, each the first field after the object header but for
@@ -42,6 +45,8 @@ class _Native:
         lib = ctypes.CDLL(_ssl.__file__)
         p, i, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
         self.set_session = _fn(lib.SSL_set_session, [p, p], i)
+        self.session_dup = _fn(lib.SSL_SESSION_dup, [p], p)
+        self.session_free = _fn(lib.SSL_SESSION_free, [p], None)
         self.get_ctx = _fn(lib.SSL_get_SSL_CTX, [p], p)
         self.session_time = _fn(lib.SSL_SESSION_get_time, [p], L)
         self.set_shutdown = _fn(lib.SSL_set_shutdown, [p, i], None)
@@ -119,7 +124,10 @@ def wrap(context: ssl.SSLContext, sock: Any, ticket: Ticket | None) -> ssl.SSLSo
     n = _native
     s = n.ssl_of(tls, context) if n is not None else 0
     if s and n is not None:
-        n.set_session(s, ticket.ptr)   # a full handshake if it fails: never an error
+        own = n.session_dup(ticket.ptr)
+        if own:
+            n.set_session(s, own)   # a full handshake if it fails: never an error
+            n.session_free(own)     # the SSL holds its own reference
     return tls
 
 
@@ -149,7 +157,9 @@ def _prove(n: _Native, client: ssl.SSLContext, server: ssl.SSLContext) -> bool:
         if not s:
             return False, None
         if ticket:
-            n.set_session(s, ticket)
+            own = n.session_dup(ticket)
+            n.set_session(s, own)
+            n.session_free(own)
         done_c = done_s = False
         for _ in range(10):
             if not done_c:

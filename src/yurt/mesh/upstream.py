@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from .proxy import Proxy
 
 MAX_ATTEMPTS = 3
+# At most this many connections per upstream dialing or in their TLS handshake at once; the rest
+# wait their turn, in order. Without a cap a burst of new connections (9,000 opened at once)
+# started 9,000 handshakes together at the instance's sidecar, which answered them all late,
+# and ~1,000 timed out; with it they are answered at the rate the instance can handshake.
+MAX_DIALING = 128
 
 
 class UpstreamConn:
@@ -46,7 +51,29 @@ class UpstreamConn:
         self.state = "pick"
         self.timer = None
         self.offered = None   # the TLS session offered to the instance for resumption
+        self.gated = False    # holds one of the balancer's MAX_DIALING places
+        if balancer.dialing >= MAX_DIALING:
+            self.state = "queued"
+            balancer.waiting.append(self)   # no deadline: each attempt has its own once it dials
+            return
+        self._start()
+
+    def _start(self) -> None:
+        self.gated = True
+        self.balancer.dialing += 1
         self._next()
+
+    def _ungate(self) -> None:
+        """This connection is through (or gave up): the next one waiting dials."""
+        if not self.gated:
+            return
+        self.gated = False
+        bal = self.balancer
+        bal.dialing -= 1
+        while bal.waiting and bal.dialing < MAX_DIALING:
+            nxt = bal.waiting.popleft()
+            if not nxt.done:
+                nxt._start()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _log(self, verdict: str, reason: str) -> None:
@@ -63,6 +90,7 @@ class UpstreamConn:
             self.server.close()
         self.client.close()
         self._log("error", reason)
+        self._ungate()
 
     def abort(self, reason: str) -> None:
         self.fail(reason)
@@ -128,8 +156,9 @@ class UpstreamConn:
 
     def _timeout(self) -> None:
         self.timer = None
-        if not self.done:
-            self._retry(f"timed out in {self.state}", "timeout")
+        if self.done:
+            return
+        self._retry(f"timed out in {self.state}", "timeout")
 
     # -- events --------------------------------------------------------------------------------
     def on_side_event(self, side: Side, ev: int) -> None:
@@ -149,6 +178,11 @@ class UpstreamConn:
             side.sock = resume.wrap(material.client, side.sock, self.offered)
             side.tls = True
             self.state = "handshake"
+            # the handshake has its own deadline: a burst of new connections queues handshakes
+            # at the instance's sidecar, which answers them in turn, not in connect_timeout
+            if self.timer:
+                self.timer.cancel()
+            self.timer = self.proxy.reactor.call_later(self.proxy.cfg.handshake_timeout, self._timeout)
             self.material = material
         if self.state == "handshake":
             self._handshake()
@@ -181,6 +215,7 @@ class UpstreamConn:
         self.done = True
         if self.timer:
             self.timer.cancel()
+        self._ungate()
         self.balancer.acquire(self.inst)
         self.proxy.metrics.upstream_connected(self.up.destination, time.monotonic() - self.started)
         pipe = Pipe(self.proxy.reactor, self.client, side, self.proxy.upstream_closed, self)
