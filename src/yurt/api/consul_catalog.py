@@ -60,7 +60,7 @@ async def agent_services(request: Request):
         return await to_server(request, params={"node": node_key(request)})
     reads = reads_of(request)
     rows = reads.services_by_node(node_key(request))
-    return creply(request, {s.id: s.agent_json() for s in rows}, reads.table_index("services"))
+    return creply(request, {s.id: s.agent_view() for s in rows}, reads.table_index("services"))
 
 
 @router.get("/v1/agent/service/{service_id}")
@@ -91,6 +91,27 @@ async def _set_check(request: Request, check_id: str, status: str, output: str |
         return await to_server(request, params={"node": node_key(request)})
     check = _catalog(request).update_check(node_key(request), check_id, status, output)
     return creply(request, None, check.modify_index)
+
+
+@router.put("/v1/agent/check/register")
+@consul_route(forward=False)
+async def check_register(request: Request):
+    body = await json_body(request)
+    if agent_of(request).server is None:
+        return await to_server(request, params={"node": node_key(request)})
+    check = _catalog(request).register_check(node_key(request), body)
+    return creply(request, None, check.modify_index)
+
+
+@router.put("/v1/agent/check/deregister/{check_id:path}")
+@consul_route(forward=False)
+async def check_deregister(request: Request, check_id: str):
+    if agent_of(request).server is None:
+        return await to_server(request, params={"node": node_key(request)})
+    index = _catalog(request).deregister_check(node_key(request), check_id)
+    if index is None:
+        raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed, not the check name.')
+    return creply(request, None, index)
 
 
 @router.put("/v1/agent/check/{verb}/{check_id:path}")

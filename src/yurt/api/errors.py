@@ -41,7 +41,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404 and exc.detail == "Not Found":
-            return error_response(request, 404, f"Invalid URL: {request.url.path} is not a Yurt API path")
+            # no route, so no shape to go by: the X-Consul-* headers too (Consul clients read
+            # X-Consul-Index on every answer and take its absence for a protocol error)
+            return PlainTextResponse(f"Invalid URL: {request.url.path} is not a Yurt API path", status_code=404,
+                                     headers=headers(request))
         if exc.status_code == 405:
             return error_response(request, 405, f"Invalid method {request.method} for {request.url.path}")
         return error_response(request, exc.status_code, str(exc.detail))

@@ -85,7 +85,9 @@ async def parse(request: Request):
         variables = _parse_var_lines(variables)
     job = await run_in_threadpool(parse_job_file, body["JobHCL"], variables,
                                   canonical=bool(body.get("Canonicalize")))
-    return reply(job.to_json())
+    out = job.to_json()
+    out["Name"] = out.get("Name") or out.get("ID")   # Nomad names the job after its label either way
+    return reply(out)
 
 
 def _parse_var_lines(text: str) -> dict[str, str]:
@@ -100,8 +102,11 @@ def _parse_var_lines(text: str) -> dict[str, str]:
 @router.put("/v1/validate/job")
 @router.post("/v1/validate/job")
 async def validate_job(request: Request):
+    body = await json_body(request)
+    if not isinstance(body, dict) or not body.get("Job"):
+        raise InvalidInput("Job must be specified")   # Nomad's 400
     try:
-        _, warnings = await run_in_threadpool(admit_job, await json_body(request))
+        _, warnings = await run_in_threadpool(admit_job, body)
     except InvalidJob as e:
         errors = e.errors
         return reply({"DriverConfigValidated": False, "ValidationErrors": errors,
@@ -132,7 +137,11 @@ async def update_job(request: Request, job_id: str):
 
 @router.delete("/v1/job/{job_id}")
 async def stop_job(request: Request, reads: ServerReads, job_id: str):
-    _job(request, reads, job_id)
+    if reads.job(_ns(request), job_id) is None:
+        # Nomad deregisters an unknown job successfully, with no evaluation (the CLI looks the
+        # job up first and says it does not exist)
+        index = reads.index()
+        return write_reply({"EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": index, "Index": index})
     result = request.app.state.agent.server.deregister_job(_ns(request), job_id, purge=flag(request, "purge"))
     return write_reply(result)
 

@@ -11,11 +11,12 @@ with their service. Alias checks take their status from the aliased service when
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from yurt.errors import InvalidInput
 from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, HealthCheck,
-                          ServiceRegistration, format_duration)
+                          ServiceRegistration, format_duration, parse_duration)
 from yurt.structs.catalog import CHECK_STATES, KIND_CONNECT_PROXY, SIDECAR_SUFFIX
 from yurt.state import StateStore
 
@@ -23,7 +24,7 @@ SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
 
 _TOP = ("ID", "Name", "Service", "Kind", "Address", "Port", "Tags", "Meta", "Proxy", "Connect",
         "Check", "Checks", "Weights", "EnableTagOverride", "Namespace", "TaggedAddresses",
-        "SocketPath", "Token", "Node", "NodeID", "AllocID", "Datacenter", "NodeAddress")
+        "SocketPath", "Token", "Node", "NodeID", "AllocID", "Datacenter", "NodeAddress", "Locality")
 _PROXY = ("DestinationServiceName", "DestinationServiceID", "LocalServiceAddress",
           "LocalServicePort", "Mode", "Config", "Upstreams", "Expose", "MeshGateway",
           "TransparentProxy", "LocalServiceSocketPath")
@@ -92,6 +93,33 @@ def _checks(c: dict[str, Any], svc_id: str, svc_name: str) -> list[HealthCheck]:
     return [_check(r, svc_id, svc_name, i + 1, len(raws) > 1) for i, r in enumerate(raws)]
 
 
+def _tagged_addresses(raw: Any, name: str) -> dict[str, Any]:
+    """Consul's service TaggedAddresses: {"lan": {"Address": "10.0.0.1", "Port": 80}, ...}."""
+    if not raw:
+        return {}
+    if not isinstance(raw, dict):
+        raise CatalogError(f'service "{name}": TaggedAddresses must be an object of '
+                           '{"<tag>": {"Address": "...", "Port": N}}')
+    out = {}
+    for tag, addr in raw.items():
+        a = canon(addr, ("Address", "Port"))
+        try:
+            out[str(tag)] = {"Address": str(a.get("Address") or ""), "Port": int(a.get("Port") or 0)}
+        except (TypeError, ValueError):
+            raise CatalogError(f'service "{name}": TaggedAddresses.{tag}.Port must be a number') from None
+    return out
+
+
+def _locality(raw: Any, name: str) -> dict[str, str] | None:
+    if not raw:
+        return None
+    loc = canon(raw, ("Region", "Zone"))
+    if set(loc) - {"Region", "Zone"}:
+        raise CatalogError(f'service "{name}": Locality takes Region and Zone, not '
+                           f'{", ".join(sorted(set(loc) - {"Region", "Zone"}))}')
+    return {k: str(v) for k, v in loc.items() if v}
+
+
 def _proxy(raw: Any) -> dict[str, Any]:
     p = canon(raw or {}, _PROXY)
     p["Upstreams"] = [canon(u, _UPSTREAM) for u in (p.get("Upstreams") or [])]
@@ -102,6 +130,34 @@ class Catalog:
     def __init__(self, store: StateStore, datacenter: str = "dc1") -> None:
         self.store = store
         self.datacenter = datacenter
+        # TTL checks: told (node key, check ID, TTL in seconds) whenever one is set to anything
+        # but critical; the server's leader expires it unless it is updated again in time
+        self.on_ttl: Callable[[str, str, float], None] | None = None
+
+    def _arm(self, node_key: str, check: HealthCheck) -> None:
+        if self.on_ttl is not None and check.type == "ttl" and check.ttl and check.status != CHECK_CRITICAL:
+            try:
+                ttl = parse_duration(check.ttl) / 1e9   # nanoseconds -> seconds
+            except ValueError:
+                return
+            if ttl > 0:
+                self.on_ttl(node_key, check.check_id, ttl)
+
+    def expire_ttl(self, node_key: str, check_id: str) -> None:
+        """A TTL check's time is up: critical, as Consul's agent marks it, unless it is gone or
+        already critical."""
+        for svc in self.store.services_by_node(node_key):
+            for c in svc.checks:
+                if c.check_id == check_id and c.type == "ttl" and c.status != CHECK_CRITICAL:
+                    self.store.update_check(node_key, check_id, CHECK_CRITICAL,
+                                            f"TTL expired (last update more than {c.ttl} ago)")
+                    return
+
+    def arm_all(self) -> None:
+        """A new leader: every TTL check not critical gets its full TTL from now."""
+        for svc in self.store.services():
+            for c in svc.checks:
+                self._arm(svc.key[0], c)
 
     # -- registration -----------------------------------------------------------------------
     def build(self, body: Any, node_id: str, node: str, node_address: str = "") -> list[ServiceRegistration]:
@@ -140,6 +196,8 @@ class Catalog:
                 "Connect": {**connect, **({"SidecarService": {}} if sidecar_raw is not None else {})},
                 "EnableTagOverride": bool(c.get("EnableTagOverride")),
                 **({"Weights": c["Weights"]} if c.get("Weights") else {}),
+                "TaggedAddresses": _tagged_addresses(c.get("TaggedAddresses"), name),
+                "Locality": _locality(c.get("Locality"), name),
                 "Checks": [], **_aliases(common)})
         except (ValueError, TypeError) as e:
             raise CatalogError(f'service "{name}": {e}') from None
@@ -188,11 +246,54 @@ class Catalog:
         parent = services[0]
         before = self.store.service(*parent.key)
         self.store.upsert_services(services)
+        for svc in services:
+            stored = self.store.service(*svc.key)
+            for c in (stored or svc).checks:
+                self._arm(svc.key[0], c)
         if (len(services) == 1 and before is not None
                 and before.connect.get("SidecarService") is not None):
             # the nested sidecar was removed from the definition: so goes the sidecar
             self.store.delete_services([(parent.key[0], parent.id + SIDECAR_SUFFIX)])
         return services
+
+    def register_check(self, node_key: str, body: Any) -> HealthCheck:
+        """`PUT /v1/agent/check/register`: a check added to one of this node's services
+        (`ServiceID`), replaced if its ID is taken. Its ID defaults to its Name, as Consul's."""
+        c = canon(body, _CHECK)
+        name = c.get("Name")
+        if not name or not isinstance(name, str):
+            raise CatalogError('a check registration needs a "Name"')
+        if c.get("Args") or c.get("ScriptArgs") or c.get("Script"):
+            raise CatalogError("Scripts are disabled on this agent; to enable, configure 'enable_script_checks' "
+                               "to true (Yurt's agent does not run script checks: use an HTTP, TCP or TTL check)")
+        service_id = c.get("ServiceID") or ""
+        if not service_id:
+            raise CatalogError(f'check "{name}": node-level checks (no ServiceID) are not supported yet; give the '
+                               'ServiceID of a service registered on this agent')
+        svc = self.store.service(node_key, service_id)
+        if svc is None:
+            raise CatalogError(f'ServiceID "{service_id}" does not exist')
+        check = _check({**c, "CheckID": c.get("CheckID") or c.get("ID") or name}, svc.id, svc.service, 0, False)
+        check.service_id, check.service_name, check.node = svc.id, svc.service, svc.node
+        kept = [x for x in svc.checks if x.check_id != check.check_id]
+        old = next((x for x in svc.checks if x.check_id == check.check_id), None)
+        if old is not None and "status" not in check.model_fields_set:
+            check.status, check.output = old.status, old.output   # re-registered: keeps its status
+        self.store.upsert_services([svc.model_copy(update={"checks": [*kept, check]})])
+        stored = self.store.service(node_key, service_id)
+        out = next((x for x in (stored or svc).checks if x.check_id == check.check_id), check)
+        self._arm(node_key, out)
+        return out
+
+    def deregister_check(self, node_key: str, check_id: str) -> int | None:
+        """`PUT /v1/agent/check/deregister/<id>`: the check goes from its service (unknown: None)."""
+        for svc in self.store.services_by_node(node_key):
+            if any(c.check_id == check_id for c in svc.checks):
+                self.store.upsert_services([svc.model_copy(
+                    update={"checks": [c for c in svc.checks if c.check_id != check_id]})])
+                stored = self.store.service(*svc.key)
+                return stored.modify_index if stored else None
+        return None
 
     def deregister(self, node_key: str, service_id: str) -> int | None:
         """The service and its `<id>-sidecar-proxy`, if any; nothing registered -> None."""
@@ -202,7 +303,9 @@ class Catalog:
         status = {"pass": CHECK_PASSING, "warn": CHECK_WARNING, "fail": CHECK_CRITICAL}.get(status, status)
         if status not in CHECK_STATES:
             raise CatalogError(f'Status must be passing, warning or critical, not "{status}"')
-        return self.store.update_check(node_key, check_id, status, output)
+        check = self.store.update_check(node_key, check_id, status, output)
+        self._arm(node_key, check)
+        return check
 
     # -- cleanup ----------------------------------------------------------------------------
     def remove_allocs(self, alloc_ids: list[str]) -> int | None:
@@ -260,7 +363,8 @@ class Catalog:
         return {"ID": n["ID"], "Node": n["Node"], "Address": n["Address"], "Datacenter": self.datacenter,
                 "TaggedAddresses": {}, "NodeMeta": n["Meta"], "ServiceKind": svc.kind,
                 "ServiceID": svc.id, "ServiceName": svc.service, "ServiceTags": a["Tags"],
-                "ServiceAddress": svc.address, "ServiceTaggedAddresses": {}, "ServiceWeights": a["Weights"],
+                "ServiceAddress": svc.address, "ServiceTaggedAddresses": a["TaggedAddresses"],
+                "ServiceWeights": a["Weights"],
                 "ServiceMeta": a["Meta"], "ServicePort": svc.port, "ServiceSocketPath": "",
                 "ServiceEnableTagOverride": svc.enable_tag_override, "ServiceProxy": a["Proxy"],
                 "ServiceConnect": a["Connect"], "Namespace": svc.namespace, "AllocID": svc.alloc_id,

@@ -1,4 +1,5 @@
-"""Node liveness: a node that misses its heartbeat TTL is marked down."""
+"""Node liveness: a node that misses its heartbeat TTL is marked down. The same deadline
+tracker expires Consul TTL checks that were not updated within their TTL."""
 
 from __future__ import annotations
 
@@ -11,19 +12,23 @@ FAILOVER_GRACE = 10.0   # extra time given to every node when the server (re)sta
 
 
 class Heartbeats(threading.Thread):
-    def __init__(self, on_expire: Callable[[str], None], ttl: float = DEFAULT_TTL) -> None:
-        super().__init__(name="yurt-heartbeats", daemon=True)
+    def __init__(self, on_expire: Callable[[str], None], ttl: float = DEFAULT_TTL, every: float = 0.5,
+                 name: str = "yurt-heartbeats") -> None:
+        super().__init__(name=name, daemon=True)
         self.ttl = ttl
+        self.every = every
         self._on_expire = on_expire
         self._deadlines: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
 
-    def reset(self, node_id: str, grace: float = 0.0) -> float:
-        """A heartbeat arrived: the node has `ttl` seconds more. Returns the TTL to advertise."""
+    def reset(self, node_id: str, grace: float = 0.0, ttl: float | None = None) -> float:
+        """A heartbeat arrived: the node has `ttl` seconds more (its own `ttl` if given: the
+        TTL checks' tracker). Returns the TTL to advertise."""
+        ttl = self.ttl if ttl is None else ttl
         with self._lock:
-            self._deadlines[node_id] = time.monotonic() + self.ttl + grace
-        return self.ttl
+            self._deadlines[node_id] = time.monotonic() + ttl + grace
+        return ttl
 
     def forget(self, node_id: str) -> None:
         with self._lock:
@@ -33,7 +38,7 @@ class Heartbeats(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
-        while not self._stop_event.wait(0.5):
+        while not self._stop_event.wait(self.every):
             now = time.monotonic()
             with self._lock:
                 expired = [n for n, d in self._deadlines.items() if d < now]

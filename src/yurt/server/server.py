@@ -61,6 +61,8 @@ class Server:
         self._duty_lock = threading.Lock()
         self.started_at = time.time()
         self.catalog = Catalog(store, datacenter)
+        self.check_ttls = Heartbeats(self._check_ttl_expired, every=0.2, name="yurt-check-ttls")
+        self.catalog.on_ttl = self._check_ttl
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
         self.ca = ConnectCA(store, datacenter, leaf_cert_ttl=leaf_cert_ttl)
         self.metrics = ServerMetrics()   # /v1/metrics: this server's own registry
@@ -124,6 +126,7 @@ class Server:
         with self._duty_lock:
             self.broker = EvalBroker()
             self.heartbeats = Heartbeats(self._node_expired, self.heartbeat_ttl)
+            self.check_ttls = Heartbeats(self._check_ttl_expired, every=0.2, name="yurt-check-ttls")
             self.workers = [Worker(self, i) for i in range(self.num_workers)]
             self.drainer = Drainer(self)
             self.deployments = Deployments(self)
@@ -133,6 +136,8 @@ class Server:
             threading.Thread(target=self._prune_ca_roots, args=(self._ca_prune_stop,), name="yurt-ca-prune",
                              daemon=True).start()
             self._restore()
+            self.catalog.arm_all()
+            self.check_ttls.start()
             self.heartbeats.start()
             for w in self.workers:
                 w.start()
@@ -148,6 +153,7 @@ class Server:
             w.stop()
         self.broker.close()
         self.heartbeats.stop()
+        self.check_ttls.stop()
         self._ca_prune_stop.set()
 
     def stop(self) -> None:
@@ -334,6 +340,17 @@ class Server:
         ttl = self.heartbeats.reset(node_id)
         self.metrics.heartbeats.inc()
         return {"HeartbeatTTL": int(ttl * 1e9), "Index": self.store.index()}
+
+    def _check_ttl(self, node_key: str, check_id: str, ttl: float) -> None:
+        if self._leading:
+            self.check_ttls.reset(f"{node_key}\x00{check_id}", ttl=ttl)
+
+    def _check_ttl_expired(self, key: str) -> None:
+        node_key, _, check_id = key.partition("\x00")
+        try:
+            self.catalog.expire_ttl(node_key, check_id)
+        except Exception:   # a failed write: the check is expired again on its next update
+            log.exception("expiring TTL check %s failed", check_id)
 
     def _node_expired(self, node_id: str) -> None:
         node = self.store.node(node_id)

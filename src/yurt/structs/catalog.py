@@ -102,6 +102,8 @@ class ServiceRegistration(Lenient):
     node_id: str = field("", json="NodeID")
     node_address: str = ""
     alloc_id: str = field("", json="AllocID")
+    tagged_addresses: dict[str, Any] = field(factory=dict)   # {"lan": {"Address", "Port"}, ...}
+    locality: dict[str, str] | None = None                 # {"Region", "Zone"}
     checks: list[HealthCheck] = field(factory=list)
     create_index: int = 0
     modify_index: int = 0
@@ -121,14 +123,29 @@ class ServiceRegistration(Lenient):
             return self.service
         return ""
 
+    def agent_view(self) -> dict[str, Any]:
+        """`/v1/agent/services` as Consul's agent answers it: the keys Consul leaves out when
+        empty (omitempty in its AgentService) are left out here too, and the catalog's indexes,
+        which an agent's local services do not carry."""
+        out = self.agent_json()
+        for k in ("Kind", "Proxy", "Connect", "AllocID"):
+            if not out.get(k):
+                out.pop(k, None)
+        for k in ("CreateIndex", "ModifyIndex", "ContentHash"):   # the agent's local state has none
+            out.pop(k, None)
+        if out.get("Namespace") == "default":   # an Enterprise field: OSS Consul never sends it
+            out.pop("Namespace")
+        return out
+
     def agent_json(self) -> dict[str, Any]:
         """`/v1/agent/service(s)` shape."""
         return {"ID": self.id, "Service": self.service, "Kind": self.kind, "Tags": list(self.tags),
                 "Meta": dict(self.meta), "Port": self.port, "Address": self.address,
-                "TaggedAddresses": {}, "Weights": dict(self.weights),
+                "TaggedAddresses": dict(self.tagged_addresses), "Weights": dict(self.weights),
                 "EnableTagOverride": self.enable_tag_override,
                 "Proxy": self.proxy.to_json() if self.proxy else None,
                 "Connect": dict(self.connect), "Datacenter": self.datacenter,
                 "Namespace": self.namespace, "AllocID": self.alloc_id,
                 "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
-                "ContentHash": f"{self.modify_index:016x}"}
+                "ContentHash": f"{self.modify_index:016x}",
+                **({"Locality": dict(self.locality)} if self.locality else {})}

@@ -1,0 +1,143 @@
+"""Answers that must be Consul's and Nomad's own (issue 17's list of differences), each test
+naming the documented behaviour it checks, against a real `yurt agent -dev`, through python-consul
+and python-nomad where they reach the call, raw HTTP where they do not."""
+
+from __future__ import annotations
+
+import consul
+import httpx
+import nomad
+import pytest
+
+from .agent_util import AgentProcess, wait_for
+
+
+@pytest.fixture(scope="module")
+def agent():
+    with AgentProcess() as a:
+        yield a
+
+
+@pytest.fixture
+def api(agent):
+    with agent.api() as c:
+        yield c
+
+
+def _check(api: httpx.Client, service: str, check_id: str) -> dict:
+    return next(c for c in api.get(f"/v1/health/checks/{service}").json() if c["CheckID"] == check_id)
+
+
+def test_a_ttl_check_not_updated_within_its_ttl_goes_critical(agent, api):
+    """Consul: "If the check is not set to passing within the TTL, it is marked critical"."""
+    c = consul.Consul(host="127.0.0.1", port=agent.port)
+    assert c.agent.service.register("ttlweb", service_id="ttlweb-1", port=80, check=consul.Check.ttl("1s"))
+    try:
+        assert _check(api, "ttlweb", "service:ttlweb-1")["Status"] == "critical"   # a TTL check starts critical
+        assert c.agent.check.ttl_pass("service:ttlweb-1", notes="alive")
+        assert _check(api, "ttlweb", "service:ttlweb-1")["Status"] == "passing"
+        index = int(api.get("/v1/health/service/ttlweb", params={"passing": "1"}).headers["X-Consul-Index"])
+        # a blocking query on the passing instances wakes when the TTL runs out
+        r = api.get("/v1/health/service/ttlweb", params={"passing": "1", "index": index, "wait": "30s"})
+        assert r.json() == [] and int(r.headers["X-Consul-Index"]) > index
+        check = _check(api, "ttlweb", "service:ttlweb-1")
+        assert check["Status"] == "critical" and "TTL expired" in check["Output"]
+        # passing again brings it back, until the TTL runs out again
+        assert c.agent.check.ttl_pass("service:ttlweb-1")
+        assert _check(api, "ttlweb", "service:ttlweb-1")["Status"] == "passing"
+        wait_for(lambda: _check(api, "ttlweb", "service:ttlweb-1")["Status"] == "critical", timeout=30,
+                 what="the TTL check to expire a second time")
+    finally:
+        c.agent.service.deregister("ttlweb-1")
+
+
+def test_check_register_and_deregister_on_a_service(agent, api):
+    """Consul's `PUT /v1/agent/check/register` (ServiceID, TTL) and
+    `PUT /v1/agent/check/deregister/:id`, answered directly (no redirect to follow)."""
+    c = consul.Consul(host="127.0.0.1", port=agent.port)
+    assert c.agent.service.register("chkweb", service_id="chkweb-1", port=80)
+    try:
+        r = api.put("/v1/agent/check/register", json={"Name": "extra", "ServiceID": "chkweb-1", "TTL": "30s"})
+        assert r.status_code == 200, r.text
+        checks = c.agent.checks()
+        assert checks["extra"]["ServiceID"] == "chkweb-1" and checks["extra"]["Status"] == "critical"
+        assert c.agent.check.ttl_pass("extra")
+        assert c.agent.checks()["extra"]["Status"] == "passing"
+        # python-consul's own call, an HTTP check with an explicit ID
+        assert c.agent.check.register("web-http", check=consul.Check.http("http://127.0.0.1:1/", "10s"),
+                                      check_id="web-http", service_id="chkweb-1")
+        assert c.agent.checks()["web-http"]["Type"] == "http"
+        # bad input: the reason, and nothing stored
+        r = api.put("/v1/agent/check/register", json={"Name": "orphan", "ServiceID": "nope", "TTL": "1s"})
+        assert (r.status_code, r.text) == (400, 'ServiceID "nope" does not exist')
+        r = api.put("/v1/agent/check/register", json={"Name": "script", "ServiceID": "chkweb-1",
+                                                       "Args": ["/bin/true"], "Interval": "10s"})
+        assert r.status_code == 400 and "enable_script_checks" in r.text
+        assert set(c.agent.checks()) == {"extra", "web-http"}
+        assert c.agent.check.deregister("extra")
+        assert set(c.agent.checks()) == {"web-http"}
+        r = api.put("/v1/agent/check/deregister/extra")
+        assert r.status_code == 404 and 'Unknown check ID "extra"' in r.text
+    finally:
+        c.agent.service.deregister("chkweb-1")
+
+
+def test_tagged_addresses_and_locality_are_kept(api):
+    """Consul's service definition: TaggedAddresses and Locality come back as registered."""
+    body = {"Name": "tagged", "Port": 80,
+            "TaggedAddresses": {"lan": {"Address": "10.0.0.1", "Port": 80},
+                                "wan": {"Address": "198.51.100.1", "Port": 8080}},
+            "Locality": {"Region": "us-west-1", "Zone": "us-west-1a"}}
+    assert api.put("/v1/agent/service/register", json=body).status_code == 200
+    try:
+        svc = api.get("/v1/agent/services").json()["tagged"]
+        assert svc["TaggedAddresses"] == body["TaggedAddresses"] and svc["Locality"] == body["Locality"]
+        (entry,) = api.get("/v1/catalog/service/tagged").json()
+        assert entry["ServiceTaggedAddresses"] == body["TaggedAddresses"]
+        r = api.put("/v1/agent/service/register", json={"Name": "bad", "Locality": {"Planet": "mars"}})
+        assert (r.status_code, r.text) == (400, 'service "bad": Locality takes Region and Zone, not Planet')
+    finally:
+        api.put("/v1/agent/service/deregister/tagged")
+
+
+def test_agent_services_leave_out_what_consul_leaves_out_when_empty(api):
+    """Consul's AgentService: Kind, Proxy, Connect, Namespace (Enterprise), the indexes and
+    ContentHash are omitted when empty; Yurt's AllocID too."""
+    assert api.put("/v1/agent/service/register", json={"Name": "plain", "Port": 81}).status_code == 200
+    try:
+        svc = api.get("/v1/agent/services").json()["plain"]
+        assert set(svc) == {"ID", "Service", "Tags", "Meta", "Port", "Address", "TaggedAddresses", "Weights",
+                            "EnableTagOverride", "Datacenter"}
+        assert (svc["ID"], svc["Service"], svc["Port"]) == ("plain", "plain", 81)
+    finally:
+        api.put("/v1/agent/service/deregister/plain")
+
+
+def test_an_unknown_path_answers_404_with_the_consul_index(api):
+    r = api.get("/v1/no/such/path")
+    assert r.status_code == 404 and int(r.headers["X-Consul-Index"]) >= 1
+
+
+JOB = '''job "parsed" {
+  group "g" {
+    task "t" {
+      driver = "raw_exec"
+      config { command = "sleep" }
+    }
+  }
+}
+'''
+
+
+def test_nomad_job_answers(agent, api):
+    """Nomad: /v1/jobs/parse names the job after its label even without Canonicalize;
+    /v1/validate/job without a job is a 400 "Job must be specified"; deregistering a job that
+    does not exist succeeds (no evaluation)."""
+    n = nomad.Nomad(host="127.0.0.1", port=agent.port)
+    parsed = n.jobs.parse(JOB, canonicalize=False)
+    assert (parsed["ID"], parsed["Name"]) == ("parsed", "parsed")
+    r = api.put("/v1/validate/job", json={})
+    assert (r.status_code, r.text) == (400, "Job must be specified")
+    r = api.delete("/v1/job/never-registered")
+    assert r.status_code == 200 and r.json()["EvalID"] == ""
+    assert n.job.deregister_job("never-registered")["EvalID"] == ""
