@@ -141,3 +141,42 @@ def test_nomad_job_answers(agent, api):
     r = api.delete("/v1/job/never-registered")
     assert r.status_code == 200 and r.json()["EvalID"] == ""
     assert n.job.deregister_job("never-registered")["EvalID"] == ""
+
+
+def test_a_service_registered_while_the_agent_starts_is_filed_under_its_node(tmp_path):
+    """The agent answers as soon as its HTTP port is up; an agent route that needs its own node
+    waits for the node's registration instead of filing the service under the node's name (where
+    `check/pass` and deregistration by node ID could not find it)."""
+    import subprocess
+    import sys
+
+    from .agent_util import free_port
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "agent.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "yurt.cli.main", "agent", "-dev", "-http-port", str(port),
+                             "-data-dir", str(tmp_path / "data")], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url + "/v1/status/leader", timeout=1).status_code > 0
+        except httpx.HTTPError:
+            return False
+    try:
+        wait_for(answers, timeout=60, what="the agent's HTTP port")
+        with httpx.Client(base_url=url, timeout=60) as api:
+            r = api.put("/v1/agent/service/register", json={"Name": "early", "ID": "early-1",
+                                                            "Check": {"TTL": "30s"}})
+            assert r.status_code == 200, r.text
+            assert api.put("/v1/agent/check/pass/service:early-1").status_code == 200
+            (node,) = api.get("/v1/nodes").json()
+            (entry,) = api.get("/v1/catalog/service/early").json()
+            assert entry["ID"] == node["ID"] and entry["Node"] == node["Name"]
+            assert _check(api, "early", "service:early-1")["Status"] == "passing"
+            assert api.put("/v1/agent/service/deregister/early-1").status_code == 200
+            assert api.get("/v1/catalog/service/early").json() == []
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()

@@ -76,6 +76,8 @@ def consul_route(fn: Callable | None = None, *, forward: bool = True) -> Callabl
         @functools.wraps(f)
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Response:
             server = agent_of(request).server
+            if not forward:
+                await own_node(request)
             if forward and server is None:
                 return await to_server(request)
             if forward and server.ha and not server.is_leader():
@@ -85,6 +87,29 @@ def consul_route(fn: Callable | None = None, *, forward: bool = True) -> Callabl
             return await f(request, *args, **kwargs)
         return wrapper
     return deco(fn) if fn is not None else deco
+
+
+NODE_WAIT = 30.0   # seconds an agent route waits for its agent's node to be registered
+
+
+async def own_node(request: Request) -> None:
+    """An agent route answers for this agent's node: until its client has registered the node,
+    the route waits (a service registered before would be filed under the node's name, and
+    found by nobody who looks it up by node ID); past NODE_WAIT it answers 503, storing
+    nothing."""
+    import asyncio
+    import time
+
+    from yurt.errors import Unavailable
+    client = getattr(agent_of(request), "client", None)
+    if client is None or request.query_params.get("node"):
+        return
+    deadline = time.monotonic() + NODE_WAIT
+    while not client.registered():
+        if time.monotonic() > deadline:
+            raise Unavailable(f"this agent's node is not registered with its servers yet (waited {NODE_WAIT:g}s); "
+                              "nothing was stored; try again once `yurt node status -self` shows it")
+        await asyncio.sleep(0.05)
 
 
 def local_node(request: Request) -> tuple[str, str, str]:
