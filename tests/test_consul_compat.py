@@ -180,3 +180,113 @@ def test_a_service_registered_while_the_agent_starts_is_filed_under_its_node(tmp
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+INIT_STYLE = '''
+job "example" {
+  datacenters = ["*"]
+  type        = "service"
+
+  update {
+    max_parallel      = 1
+    min_healthy_time  = "1s"
+    healthy_deadline  = "1m"
+    progress_deadline = "2m"
+    auto_revert       = false
+    canary            = 0
+  }
+
+  migrate {
+    max_parallel     = 1
+    health_check     = "checks"
+    min_healthy_time = "1s"
+    healthy_deadline = "1m"
+  }
+
+  ui {
+    description = "An **example** job, as `job init` writes them"
+    link {
+      label = "Docs"
+      url   = "https://example.invalid/docs"
+    }
+  }
+
+  group "cache" {
+    count = 1
+    network {
+      port "db" {}
+    }
+    service {
+      name     = "init-cache"
+      tags     = ["global", "cache"]
+      port     = "db"
+      provider = "nomad"
+    }
+    restart {
+      attempts = 2
+      interval = "30m"
+      delay    = "15s"
+      mode     = "fail"
+    }
+    ephemeral_disk {
+      size = 300
+    }
+    task "worker" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo token=$${#NOMAD_TOKEN}; ls $${NOMAD_SECRETS_DIR}; exec sleep 600"]
+      }
+      identity {
+        env  = true
+        file = true
+      }
+      resources {
+        cpu    = 100
+        memory = 64
+      }
+    }
+  }
+}
+'''
+
+
+def test_a_job_in_the_style_of_nomad_job_init_runs_with_its_ui_and_identity_blocks(agent, api):
+    """Nomad 1.9's `job init` example has a job-level `ui` block and a task `identity { env,
+    file }`: the job is accepted; `ui` is kept (and warned about: Yurt's UI does not show it);
+    the task gets its identity token in NOMAD_TOKEN and in secrets/nomad_token."""
+    from .agent_util import allocs, register
+    r = api.put("/v1/validate/job", json={"Job": _parse(api, INIT_STYLE)})
+    assert r.status_code == 200 and r.json()["Error"] == "", r.text
+    assert "ui is kept with the job" in r.json()["Warnings"]
+    res = register(api, INIT_STYLE)
+    assert "ui is kept with the job" in res["Warnings"]
+    try:
+        job = api.get("/v1/job/example").json()
+        assert job["UI"] == {"Description": "An **example** job, as `job init` writes them",
+                             "Links": [{"Label": "Docs", "Url": "https://example.invalid/docs"}]}
+        (alloc,) = wait_for(lambda: [a for a in allocs(api, "example") if a["ClientStatus"] == "running"],
+                            timeout=60, what="the example job running")
+
+        def logged() -> str:
+            r = api.get(f"/v1/client/fs/logs/{alloc['ID']}", params={"task": "worker", "type": "stdout",
+                                                                      "plain": "true"})
+            return r.text if "nomad_token" in r.text else ""
+        out = wait_for(logged, timeout=30, what="the task's first lines")
+        token_len = int(out.split("token=")[1].split()[0])
+        assert token_len > 100   # a JWT
+    finally:
+        api.delete("/v1/job/example", params={"purge": "true"})
+
+
+def test_identity_fields_yurt_does_not_issue_are_refused_naming_them(api):
+    bad = INIT_STYLE.replace("env  = true", 'env  = true\n        aud  = ["vault.io"]')
+    r = api.put("/v1/jobs/parse", json={"JobHCL": bad, "Canonicalize": True})
+    assert r.status_code == 400 and ('task "worker" > identity > aud: aud is not supported: Yurt issues the '
+                                     "task's default workload identity only") in r.text, r.text
+
+
+def _parse(api: httpx.Client, hcl: str) -> dict:
+    r = api.put("/v1/jobs/parse", json={"JobHCL": hcl, "Canonicalize": True})
+    assert r.status_code == 200, r.text
+    return r.json()

@@ -123,6 +123,7 @@ def position(text: str, lines: str, where: str = "") -> str:
 
 # (id, rule path in ignored.RULES, slot, lines, where, fragment of the message)
 WARNED = [
+    ("job-ui", ("UI",), "JOB", 'ui {\n    description = "An example"\n  }', "ui", "no effect yet in Yurt's web UI"),
     ("update-stagger", ("TaskGroups", "*", "Update", "Stagger"), "GROUP",
      'update {\n      stagger = "10s"\n    }', 'group "api" > update > stagger', "max_parallel allocations at a time"),
     ("group-max-client-disconnect", ("TaskGroups", "*", "MaxClientDisconnect"), "GROUP",
@@ -239,7 +240,28 @@ WARNED = [
 
 _UP = ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams", "*")
 
+_IDB = ("TaskGroups", "*", "Tasks", "*", "Identity")
+
+
+def _identity(line: str) -> str:
+    return "identity {\n        env = true\n        " + line + "\n      }"
+
+
 REFUSED = [
+    ("identity-name", _IDB + ("Name",), "TASK", _identity('name = "vault"'), f"{T} > identity > name",
+     "a named identity is not supported"),
+    ("identity-aud", _IDB + ("Audience",), "TASK", _identity('aud = ["vault.io"]'), f"{T} > identity > aud",
+     "aud is not supported"),
+    ("identity-ttl", _IDB + ("TTL",), "TASK", _identity('ttl = "1h"'), f"{T} > identity > ttl",
+     "the default identity does not expire"),
+    ("identity-filepath", _IDB + ("Filepath",), "TASK", _identity('filepath = "local/t.jwt"'),
+     f"{T} > identity > filepath", "the file is secrets/nomad_token"),
+    ("identity-change-mode", _IDB + ("ChangeMode",), "TASK", _identity('change_mode = "restart"'),
+     f"{T} > identity > change_mode", "change_mode is not supported"),
+    ("identity-change-signal", _IDB + ("ChangeSignal",), "TASK", _identity('change_signal = "SIGHUP"'),
+     f"{T} > identity > change_signal", "change_signal is not supported"),
+    ("identity-service-name", _IDB + ("ServiceName",), "TASK", _identity('service_name = "api"'),
+     f"{T} > identity > service_name", "service_name is not supported"),
     ("stop-after-client-disconnect", ("TaskGroups", "*", "StopAfterClientDisconnect"), "GROUP",
      'stop_after_client_disconnect = "1m"', 'group "api" > stop_after_client_disconnect',
      "two copies would run at once"),

@@ -24,12 +24,14 @@ from pathlib import Path
 
 from yurt.api.client import YurtClient
 from yurt.errors import Unreachable
+from yurt.structs import Task
 
 from .alloc_hooks import AllocHook, AllocHookContext
 
 log = logging.getLogger("yurt.client.identity")
 
 TOKEN_FILE = "nomad_token"
+ENV_TOKEN_FILE = ".nomad_token.env"   # in the task dir: the token for NOMAD_TOKEN (identity { env = true })
 VERSION_FILE = "identity.version"   # in the allocation's root (no task sees it): the JobModifyIndex signed for
 RETRY_FOR = 60.0   # seconds an unreachable server is retried before the allocation fails
 
@@ -74,14 +76,22 @@ class IdentityHook(AllocHook):
 
     @staticmethod
     def _all_written(ctx: AllocHookContext) -> bool:
-        return all((d := ctx.task_dir(t.name)) is None or (d.secrets / TOKEN_FILE).exists() for t in ctx.tasks)
+        def written(t: Task) -> bool:
+            d = ctx.task_dir(t.name)
+            return d is None or ((not t.token_file or (d.secrets / TOKEN_FILE).exists())
+                                 and (not t.token_env or (d.root / ENV_TOKEN_FILE).exists()))
+        return all(written(t) for t in ctx.tasks)
 
     def _write(self, ctx: AllocHookContext, tokens: dict[str, str]) -> None:
         for task in ctx.tasks:
             task_dir = ctx.task_dir(task.name)
             token = tokens.get(task.name)
-            if task_dir is not None and token and task_dir.secrets.is_dir():
+            if task_dir is None or not token:
+                continue
+            if task.token_file and task_dir.secrets.is_dir():
                 write_token(task_dir.secrets / TOKEN_FILE, token, task.user)
+            if task.token_env:
+                write_token(task_dir.root / ENV_TOKEN_FILE, token)
         (ctx.alloc_dir.root / VERSION_FILE).write_text(self._version(ctx))
 
     def _fetch(self, alloc_id: str, retry_for: float) -> dict[str, str]:

@@ -345,6 +345,13 @@ class TaskRunner:
         env = build_task_env(self.alloc, self.task, self.task_dir, self.node,
                              hook_env=dict(resources.env), region=self.region,
                              isolated=self.driver.capabilities.fs_isolation != "none")
+        if self.task.token_env:   # identity { env = true }: the workload identity's JWT
+            from .identity_hook import ENV_TOKEN_FILE
+            try:
+                env["NOMAD_TOKEN"] = (self.task_dir.root / ENV_TOKEN_FILE).read_text().strip()
+            except OSError as e:
+                raise DriverError(f"the task's workload identity is missing ({e}): NOMAD_TOKEN cannot be set") \
+                    from None
         config = interpolate(dict(self.task.config or {}), env, self.node, self.region)
         logs = self.task.log_config
         cpu, memory, memory_max = task_limits(self.alloc, self.task)

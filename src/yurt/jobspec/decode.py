@@ -27,8 +27,8 @@ from .hcl_syntax import Attribute, Block, Body
 # Blocks Nomad knows that Yurt does not run yet: a clear word instead of "unknown block".
 NOT_SUPPORTED = {
     "vault", "artifact", "volume", "volume_mount", "csi_plugin", "scaling", "periodic",
-    "parameterized", "multiregion", "dispatch_payload", "identity", "secret", "consul", "device",
-    "numa", "action", "disconnect", "schedule", "dynamic", "ui",
+    "parameterized", "multiregion", "dispatch_payload", "secret", "consul", "device",
+    "numa", "action", "disconnect", "schedule", "dynamic",
 }
 
 # Constraint and affinity shorthands: `distinct_hosts = true`, `regexp = "..."`.
@@ -67,8 +67,8 @@ def schema(model: type[BaseModel]) -> dict[str, tuple[FieldSpec, ...]]:
             t = Duration
         origin = typing.get_origin(t)
         sub = None
-        if hcl == "label":
-            kind = "label"
+        if hcl == "label" and (info.json_schema_extra or {}).get("hcl") == "label":  # type: ignore[union-attr]
+            kind = "label"   # field(hcl="label"): the block's label; a field named label is an attribute
         elif isinstance(t, type) and issubclass(t, BaseModel):
             kind, sub = "block", t
         elif origin is list and isinstance(typing.get_args(t)[0], type) \

@@ -90,7 +90,25 @@ class Rule:
 
 NO_EFFECT = "has no effect yet in Yurt"
 
+_ID = _T + ("Identity",)
+_ONLY_DEFAULT = ("Yurt issues the task's default workload identity only (env, file); remove it, or the "
+                 "whole identity block")
+
 RULES: tuple[Rule, ...] = (
+    # --- job ----------------------------------------------------------------------------------
+    Rule(("UI",), "ui is kept with the job (the API returns it) but has no effect yet in Yurt's web UI",
+         present=True),
+    # --- task identity ------------------------------------------------------------------------
+    Rule(_ID + ("Name",), f"a named identity is not supported: {_ONLY_DEFAULT}", unset=("default",),
+         refuse=True),
+    Rule(_ID + ("Audience",), f"aud is not supported: {_ONLY_DEFAULT}", refuse=True),
+    Rule(_ID + ("TTL",), f"ttl is not supported (the default identity does not expire): {_ONLY_DEFAULT}",
+         refuse=True),
+    Rule(_ID + ("Filepath",), f"filepath is not supported (the file is secrets/nomad_token): {_ONLY_DEFAULT}",
+         refuse=True),
+    Rule(_ID + ("ChangeMode",), f"change_mode is not supported: {_ONLY_DEFAULT}", refuse=True),
+    Rule(_ID + ("ChangeSignal",), f"change_signal is not supported: {_ONLY_DEFAULT}", refuse=True),
+    Rule(_ID + ("ServiceName",), f"service_name is not supported: {_ONLY_DEFAULT}", refuse=True),
     # --- group --------------------------------------------------------------------------------
     Rule(_G + ("Update", "Stagger"),
          f"update stagger {NO_EFFECT}: a deployment rolls max_parallel allocations at a time, each "

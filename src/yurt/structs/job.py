@@ -44,6 +44,17 @@ class TaskGroup(Struct):
         return self.networks[0] if self.networks else None
 
 
+class JobUILink(Struct):
+    label: str = ""
+    url: str = field("", json="Url")
+
+
+class JobUI(Struct):
+    """Nomad's `ui` block: how its web UI presents the job (Markdown description, links)."""
+    description: str = ""
+    links: list[JobUILink] | None = field(None, hcl="link")
+
+
 class Job(Struct):
     region: str | None = None
     namespace: str | None = None
@@ -62,6 +73,7 @@ class Job(Struct):
     reschedule: ReschedulePolicy | None = None
     migrate: MigrateStrategy | None = None
     meta: dict[str, str] | None = None
+    ui: JobUI | None = field(None, json="UI")
     # Set by the server, never by a job file.
     stop: bool = field(False, hcl="-")
     parent_id: str = field("", json="ParentID", hcl="-")

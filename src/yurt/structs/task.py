@@ -48,6 +48,20 @@ class Template(Struct):
     err_missing_key: bool = field(False, hcl="error_on_missing_key")
 
 
+class TaskIdentity(Struct):
+    """A task's `identity` block. Yurt issues the default identity only: `env` puts its JWT in
+    NOMAD_TOKEN, `file` in secrets/nomad_token (without the block: the file, as before)."""
+    name: str = ""
+    audience: list[str] | None = field(None, hcl="aud")
+    env: bool = False
+    file: bool = False
+    filepath: str = ""
+    ttl: Duration | None = field(None, json="TTL")
+    change_mode: str = ""
+    change_signal: str = ""
+    service_name: str = ""
+
+
 class Task(Struct):
     name: str = field("", hcl="label")
     driver: str = ""
@@ -68,6 +82,16 @@ class Task(Struct):
     shutdown_delay: Duration = 0
     kill_signal: str = ""
     kind: str = ""
+    identity: TaskIdentity | None = None
+
+    @property
+    def token_file(self) -> bool:
+        """The workload identity goes to secrets/nomad_token (no identity block: yes)."""
+        return self.identity is None or self.identity.file
+
+    @property
+    def token_env(self) -> bool:
+        return self.identity is not None and self.identity.env
 
     @property
     def is_main(self) -> bool:
