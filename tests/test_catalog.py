@@ -91,7 +91,9 @@ def test_checks_and_the_passing_filter(cat, store):
     assert [s.id for s in cat.instances("web", passing=True)] == ["a", "c"]
     assert {c["CheckID"]: c["Status"] for c in cat.checks_in_state("warning")} == {"b-ttl": "warning"}
     entry = cat.health_entry(store.service(NODE, "a"))
-    assert entry["Checks"][0]["Output"] == "ok" and entry["Service"]["Service"] == "web"
+    # Consul's node-level serfHealth check comes first, then the service's own
+    assert [(c["CheckID"], c["Status"]) for c in entry["Checks"]] == [("serfHealth", "passing"), ("a-ttl", "passing")]
+    assert entry["Checks"][1]["Output"] == "ok" and entry["Service"]["Service"] == "web"
     with pytest.raises(NotFound):
         cat.update_check(NODE, "nope", "passing")
     # re-registering keeps a check's status unless the definition sets one

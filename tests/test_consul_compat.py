@@ -290,3 +290,49 @@ def _parse(api: httpx.Client, hcl: str) -> dict:
     r = api.put("/v1/jobs/parse", json={"JobHCL": hcl, "Canonicalize": True})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def test_filter_expressions_on_services_health_and_checks(agent, api):
+    """Consul's ?filter= (go-bexpr grammar) on /v1/agent/services, /v1/health/service/:n,
+    /v1/health/checks/:n, /v1/health/state/:s and /v1/catalog/service/:n."""
+    c = consul.Consul(host="127.0.0.1", port=agent.port)
+    assert api.put("/v1/agent/service/register", json={
+        "Name": "flt", "ID": "flt-1", "Port": 8001, "Tags": ["v1", "blue"], "Meta": {"env": "prod"},
+        "Check": {"TTL": "60s"}}).status_code == 200
+    assert api.put("/v1/agent/service/register", json={
+        "Name": "flt", "ID": "flt-2", "Port": 8002, "Tags": ["v2"], "Meta": {"env": "dev"}}).status_code == 200
+    try:
+        assert c.agent.check.ttl_pass("service:flt-1")
+        services = c.agent.services()
+        assert set(api.get("/v1/agent/services", params={"filter": 'Service == flt and "v1" in Tags'}).json()) \
+            == {"flt-1"}
+        assert set(api.get("/v1/agent/services", params={"filter": 'Meta.env != prod and Service == "flt"'})
+                   .json()) == {"flt-2"}
+        assert "flt-1" in services and "flt-2" in services
+        ids = lambda r: sorted(e["Service"]["ID"] for e in r.json())   # noqa: E731
+        assert ids(api.get("/v1/health/service/flt", params={"filter": "Service.Port == 8002"})) == ["flt-2"]
+        assert ids(api.get("/v1/health/service/flt", params={"filter": "Checks.Status contains passing"})) \
+            == ["flt-1", "flt-2"]
+        assert ids(api.get("/v1/health/service/flt", params={"filter": "not (Service.Tags is empty) and "
+                                                                       "Service.Tags not contains v2"})) == ["flt-1"]
+        assert ids(api.get("/v1/health/service/flt", params={"filter": 'Service.Meta.env matches "^pr"'})) \
+            == ["flt-1"]
+        (check,) = api.get("/v1/health/checks/flt", params={"filter": "ServiceID == flt-1"}).json()
+        assert check["CheckID"] == "service:flt-1"
+        assert [x["ServiceID"] for x in api.get("/v1/health/state/passing",
+                                                params={"filter": 'ServiceName == "flt"'}).json()] == ["flt-1"]
+        assert [e["ServiceID"] for e in api.get("/v1/catalog/service/flt",
+                                                params={"filter": "ServicePort == 8001"}).json()] == ["flt-1"]
+        # bad input: where the expression went wrong, before any blocking wait
+        r = api.get("/v1/health/service/flt", params={"filter": "Service.Port ==", "index": "1", "wait": "60s"})
+        assert r.status_code == 400 and "1:16: expected a value, found the end" in r.text
+        r = api.get("/v1/agent/services", params={"filter": "Service = web"})
+        assert r.status_code == 400 and "1:9: unexpected '='" in r.text
+        r = api.get("/v1/agent/services", params={"filter": "Service web"})
+        assert r.status_code == 400 and "1:9: expected a match operator" in r.text
+        # ?peer= is not silently ignored: there is no peering
+        r = api.get("/v1/health/service/flt", params={"peer": "other"})
+        assert r.status_code == 400 and "Yurt has no cluster peering" in r.text
+    finally:
+        c.agent.service.deregister("flt-1")
+        c.agent.service.deregister("flt-2")

@@ -15,9 +15,10 @@ import json
 
 from fastapi import Request
 
-from yurt.errors import NotFound
+from yurt.errors import InvalidInput, NotFound
 
 from .common import flag, json_body
+from .consul_filter import apply as filtered
 from .consul_common import agent_of, cblock, consul_route, consul_router, creply, local_node, node_key, reads_of
 from .forward import to_server
 
@@ -60,7 +61,8 @@ async def agent_services(request: Request):
         return await to_server(request, params={"node": node_key(request)})
     reads = reads_of(request)
     rows = reads.services_by_node(node_key(request))
-    return creply(request, {s.id: s.agent_view() for s in rows}, reads.table_index("services"))
+    return creply(request, filtered(request.query_params.get("filter"), {s.id: s.agent_view() for s in rows}),
+                  reads.table_index("services"))
 
 
 @router.get("/v1/agent/service/{service_id}")
@@ -142,7 +144,8 @@ async def catalog_service(request: Request, name: str):
     index = await cblock(request, "services")
     cat = _catalog(request)
     rows = cat.instances(name, request.query_params.get("tag"))
-    return creply(request, [cat.catalog_entry(s) for s in rows], index)
+    return creply(request, filtered(request.query_params.get("filter"), [cat.catalog_entry(s) for s in rows]),
+                  index)
 
 
 @router.get("/v1/catalog/connect/{name}")
@@ -164,10 +167,18 @@ def _passing(request: Request) -> bool:
 @router.get("/v1/health/service/{name}")
 @consul_route
 async def health_service(request: Request, name: str):
+    _no_peer(request)
     index = await cblock(request, "services")
     cat = _catalog(request)
     rows = cat.instances(name, request.query_params.get("tag"), passing=_passing(request))
-    return creply(request, [cat.health_entry(s) for s in rows], index)
+    return creply(request, filtered(request.query_params.get("filter"), [cat.health_entry(s) for s in rows]),
+                  index)
+
+
+def _no_peer(request: Request) -> None:
+    if request.query_params.get("peer"):
+        raise InvalidInput(f'peer "{request.query_params["peer"]}": Yurt has no cluster peering; drop ?peer= '
+                           "to ask this cluster's catalog")
 
 
 @router.get("/v1/health/connect/{name}")
@@ -185,11 +196,13 @@ async def health_connect(request: Request, name: str):
 @consul_route
 async def health_checks(request: Request, name: str):
     index = await cblock(request, "services")
-    return creply(request, _catalog(request).checks_for_service(name), index)
+    return creply(request, filtered(request.query_params.get("filter"), _catalog(request).checks_for_service(name)),
+                  index)
 
 
 @router.get("/v1/health/state/{state}")
 @consul_route
 async def health_state(request: Request, state: str):
     index = await cblock(request, "services")
-    return creply(request, _catalog(request).checks_in_state(state), index)
+    return creply(request, filtered(request.query_params.get("filter"), _catalog(request).checks_in_state(state)),
+                  index)

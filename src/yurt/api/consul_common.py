@@ -76,6 +76,9 @@ def consul_route(fn: Callable | None = None, *, forward: bool = True) -> Callabl
         @functools.wraps(f)
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Response:
             server = agent_of(request).server
+            if request.query_params.get("filter"):   # a malformed filter is a 400 before any wait
+                from .consul_filter import compile_filter
+                compile_filter(request.query_params["filter"])
             if not forward:
                 await own_node(request)
             if forward and server is None:

@@ -370,13 +370,27 @@ class Catalog:
                 "ServiceConnect": a["Connect"], "Namespace": svc.namespace, "AllocID": svc.alloc_id,
                 "CreateIndex": svc.create_index, "ModifyIndex": svc.modify_index}
 
+    def serf_health(self, node_id: str, node_name: str) -> dict[str, Any]:
+        """Consul's node-level `serfHealth` check, which every node has: passing while the node
+        is up (a Yurt node: its status is ready or initializing; a node Yurt does not run, such
+        as a server-only agent's: its agent answers, so passing)."""
+        node = self.store.node(node_id) if node_id else None
+        up = node is None or node.status != "down"
+        return {"Node": node_name or (node.name if node else ""), "CheckID": "serfHealth",
+                "Name": "Serf Health Status", "Status": CHECK_PASSING if up else CHECK_CRITICAL,
+                "Notes": "", "Output": "Agent alive and reachable" if up else "Agent not live or unreachable",
+                "ServiceID": "", "ServiceName": "", "ServiceTags": [], "Type": "", "Interval": "", "Timeout": "",
+                "Definition": {}, "CreateIndex": node.create_index if node else 0,
+                "ModifyIndex": node.modify_index if node else 0}
+
     def health_entry(self, svc: ServiceRegistration) -> dict[str, Any]:
         a = svc.agent_json()
         a["Service"] = svc.service
         for k in ("ContentHash",):
             a.pop(k)
-        return {"Node": self.node_json(svc), "Service": a,
-                "Checks": [c.public() for c in self.checks_of(svc)]}
+        node = self.node_json(svc)
+        return {"Node": node, "Service": a,
+                "Checks": [self.serf_health(svc.node_id, node["Node"]), *(c.public() for c in self.checks_of(svc))]}
 
     def checks_for_service(self, name: str) -> list[dict[str, Any]]:
         return [c.public() for s in self.store.services(name) for c in self.checks_of(s)]
@@ -384,8 +398,13 @@ class Catalog:
     def checks_in_state(self, state: str) -> list[dict[str, Any]]:
         if state != "any" and state not in CHECK_STATES:
             raise CatalogError(f'state must be any, passing, warning or critical, not "{state}"')
-        return [c.public() for s in self.store.services() for c in self.checks_of(s)
-                if state == "any" or c.status == state]
+        services = self.store.services()
+        nodes: dict[tuple[str, str], None] = {}
+        for svc in services:
+            nodes.setdefault((svc.node_id, svc.node), None)
+        serf = [self.serf_health(node_id, name) for node_id, name in nodes]
+        return [c for c in (*serf, *(c.public() for s in services for c in self.checks_of(s)))
+                if state == "any" or c["Status"] == state]
 
 
 def _aliases(common: dict[str, Any]) -> dict[str, Any]:
