@@ -336,3 +336,13 @@ def test_filter_expressions_on_services_health_and_checks(agent, api):
     finally:
         c.agent.service.deregister("flt-1")
         c.agent.service.deregister("flt-2")
+
+
+def test_node_list_with_resources_and_os(api):
+    """Nomad: `/v1/nodes?resources=true` adds NodeResources and ReservedResources to each row,
+    `?os=true` the os.name attribute; neither is there without them."""
+    (plain,) = api.get("/v1/nodes").json()
+    assert "NodeResources" not in plain and "Attributes" not in plain
+    (row,) = api.get("/v1/nodes", params={"resources": "true", "os": "true"}).json()
+    assert row["NodeResources"]["Memory"]["MemoryMB"] > 0 and "ReservedResources" in row
+    assert row["Attributes"] == {"os.name": api.get(f"/v1/node/{row['ID']}").json()["Attributes"]["os.name"]}

@@ -73,7 +73,7 @@ async def eval_allocs(request: Request, reads: ServerReads, eval_id: str):
 async def list_nodes(request: Request, reads: ServerReads):
     index = await block(request, reads, "nodes")
     nodes = reads.nodes(request.query_params.get("prefix", ""))
-    return reply([n.stub() for n in nodes], index)
+    return reply([n.stub(resources=flag(request, "resources"), os=flag(request, "os")) for n in nodes], index)
 
 
 @router.get("/v1/node/{node_id}")

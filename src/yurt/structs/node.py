@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ConfigDict, computed_field
 
 from .base import Struct, field
@@ -172,9 +174,16 @@ class Node(Struct):
     def ready(self) -> bool:
         return self.status == NODE_READY and self.scheduling_eligibility == ELIGIBLE and not self.drain
 
-    def stub(self) -> dict:
-        """The row of `/v1/nodes` (Nomad's NodeListStub)."""
-        return {
+    def stub(self, resources: bool = False, os: bool = False) -> dict:
+        """The row of `/v1/nodes` (Nomad's NodeListStub); `?resources=true` adds NodeResources
+        and ReservedResources, `?os=true` the os.name attribute, as Nomad's do."""
+        extra: dict[str, Any] = {}
+        if resources:
+            extra["NodeResources"] = self.node_resources.to_json()
+            extra["ReservedResources"] = self.reserved_resources.to_json()
+        if os:
+            extra["Attributes"] = {"os.name": self.attributes.get("os.name", "")}
+        return {**extra,
             "Address": self.attributes.get("unique.network.ip-address", ""),
             "ID": self.id, "Datacenter": self.datacenter, "Name": self.name,
             "NodeClass": self.node_class, "NodePool": self.node_pool,
