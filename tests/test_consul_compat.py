@@ -346,3 +346,26 @@ def test_node_list_with_resources_and_os(api):
     (row,) = api.get("/v1/nodes", params={"resources": "true", "os": "true"}).json()
     assert row["NodeResources"]["Memory"]["MemoryMB"] > 0 and "ReservedResources" in row
     assert row["Attributes"] == {"os.name": api.get(f"/v1/node/{row['ID']}").json()["Attributes"]["os.name"]}
+
+
+def test_the_consul_listener_answers_as_consul_and_the_http_port_as_nomad(tmp_path):
+    """ports { consul = N }: the API on a second port where /v1/agent/self and /v1/status/*
+    are Consul's shapes (CONSUL_HTTP_ADDR points there); the HTTP port keeps Nomad's."""
+    from .agent_util import free_port
+    port = free_port()
+    conf = tmp_path / "agent.hcl"
+    conf.write_text(f"ports {{\n  consul = {port}\n}}\n")
+    with AgentProcess(extra=["-config", str(conf)]) as a:
+        c = consul.Consul(host="127.0.0.1", port=port)
+        me = c.agent.self()
+        assert me["Config"]["NodeName"] and me["Config"]["Datacenter"] == "dc1" and me["Config"]["Server"] is True
+        assert me["Stats"]["consul"]["leader"] == "true"
+        assert me["Stats"]["consul"]["leader_addr"] == c.status.leader() == "127.0.0.1:8300"
+        assert c.status.peers() == ["127.0.0.1:8300"]
+        assert c.agent.service.register("via8500", service_id="via8500-1", port=9)
+        with a.api() as api:   # the same catalog, and Nomad's shapes on the HTTP port
+            assert [e["ServiceID"] for e in api.get("/v1/catalog/service/via8500").json()] == ["via8500-1"]
+            assert set(api.get("/v1/agent/self").json()) == {"config", "member", "stats"}
+            assert api.get("/v1/status/leader").json() == f"127.0.0.1:{a.port}"
+        n = nomad.Nomad(host="127.0.0.1", port=a.port)
+        assert n.status.leader.get_leader() == f"127.0.0.1:{a.port}"

@@ -91,6 +91,7 @@ class Agent:
         self.app = create_app(self)
         self._http: uvicorn.Server | None = None
         self._uds: uvicorn.Server | None = None
+        self._consul: uvicorn.Server | None = None
 
     def _acl_setup(self) -> str:
         """ACLs on a server: this agent's own in-process callers (its checks, its client when it
@@ -162,6 +163,7 @@ class Agent:
         self._checks = AgentChecks(_with_token(YurtClient(self.config.address, tls=self.tls), self.internal_token))
         self._checks.start()
         self._serve_socket()
+        self._serve_consul()
         # uvicorn stops on SIGINT/SIGTERM and then re-raises the signal with the handler that was
         # there before it: with the default SIGTERM handler the process would die right there,
         # before shutdown() (a dev agent would leave its tasks running). Ours ends run() instead.
@@ -204,6 +206,32 @@ class Agent:
         threading.Thread(target=self._uds.run, kwargs={"sockets": [sock]}, name="yurt-api-socket",
                          daemon=True).start()
 
+    def _serve_consul(self) -> None:
+        """ports { consul }: the API again on Consul's port, from its own thread (the routes see
+        which port a request came in on: api/agent_routes.py)."""
+        port = self.config.consul_listener
+        if not port:
+            return
+        sock = socket.socket(socket.AF_INET6 if ":" in self.config.bind else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.bind, port))
+        except OSError as e:
+            sock.close()
+            msg = (f"cannot serve Consul's API on {self.config.bind}:{port}: {e.strerror}; "
+                   "set ports { consul = N } to another port, or 0 for none")
+            if self.config.consul_port is None:   # -dev-connect's default: the Nomad API still serves
+                log.warning("%s", msg)
+                return
+            raise OSError(e.errno, msg) from None
+        sock.listen(2048)
+        config = uvicorn.Config(self.app, log_config=None, log_level="critical", access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=2, **_serving_tls(self.config))
+        self._consul = uvicorn.Server(config)
+        threading.Thread(target=self._consul.run, kwargs={"sockets": [sock]}, name="yurt-api-consul",
+                         daemon=True).start()
+        log.info("Consul's API on %s:%d (CONSUL_HTTP_ADDR)", self.config.bind, port)
+
     def _start_client_when_serving(self) -> None:
         while self._http is not None and not self._http.started and not self._http.should_exit:
             threading.Event().wait(0.05)
@@ -213,12 +241,14 @@ class Agent:
     def stop(self) -> None:
         if self._http is not None:
             self._http.should_exit = True
-        if self._uds is not None:
-            self._uds.should_exit = True
+        for side in (self._uds, self._consul):
+            if side is not None:
+                side.should_exit = True
 
     def shutdown(self) -> None:
-        if self._uds is not None:
-            self._uds.should_exit = True
+        for side in (self._uds, self._consul):
+            if side is not None:
+                side.should_exit = True
         self.leaf_certs.stop()
         if getattr(self, "_checks", None) is not None:
             self._checks.stop()

@@ -54,6 +54,10 @@ class AgentConfig:
     data_dir: Path | None = None
     bind: str = "127.0.0.1"
     http_port: int = 4646
+    # ports { consul = N }: the same API on a second port where the paths Nomad and Consul both
+    # have (/v1/agent/self, /v1/status/*) answer as Consul's (CONSUL_HTTP_ADDR). None: 8500 with
+    # -dev-connect, else off; 0: off
+    consul_port: int | None = None
     advertise: str = ""                       # advertise { http }: the host other agents dial
     network_interface: str = ""               # client { network_interface }: the node address's interface
     host_networks: list[HostNetwork] = field(default_factory=list)
@@ -93,6 +97,13 @@ class AgentConfig:
         d["tls"] = asdict(self.tls)
         d["etcd"] = asdict(self.etcd) if self.etcd else None
         return d
+
+    @property
+    def consul_listener(self) -> int:
+        """The Consul-shaped listener's port (0: none)."""
+        if self.consul_port is None:
+            return 8500 if self.dev_connect else 0
+        return self.consul_port
 
     @property
     def address(self) -> str:
@@ -221,6 +232,13 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     ports = _first(raw.get("ports"))
     if ports and "http" in ports:
         cfg.http_port = _int(ports["http"], path, "ports.http")
+    if ports and "consul" in ports:
+        cfg.consul_port = _int(ports["consul"], path, "ports.consul")
+        if not (0 <= cfg.consul_port < 65536):
+            raise ConfigError(f"{path}: ports.consul = {cfg.consul_port} is not a TCP port (1-65535, or 0 for none)")
+    for key in sorted(set(ports or {}) - {"http", "consul"}):
+        cfg.warnings.append(f'{path}: ports {{ {key} }} is ignored: Yurt agents talk over HTTP only '
+                            '(ports { http, consul })')
     advertise = _first(raw.get("advertise"))
     if advertise:
         for key in advertise:

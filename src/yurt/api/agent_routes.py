@@ -1,4 +1,7 @@
-"""/v1/agent/self, /v1/agent/health, /v1/agent/members, /v1/status/leader, /v1/regions."""
+"""/v1/agent/self, /v1/agent/health, /v1/agent/members, /v1/status/leader, /v1/regions.
+
+On the Consul-shaped listener (ports { consul }), /v1/agent/self and /v1/status/* answer as
+Consul's; on the HTTP port, as Nomad's."""
 
 from __future__ import annotations
 
@@ -12,8 +15,46 @@ from .forward import ToServer
 router = APIRouter()
 
 
+CONSUL_SERVER_PORT = 8300   # Consul's server RPC port: what its /v1/status/* name (Yurt has no RPC port)
+
+
+def consul_listener(request: Request) -> bool:
+    """The request came in on the Consul-shaped listener (ports { consul })."""
+    port = request.app.state.agent.config.consul_listener
+    server = request.scope.get("server")
+    return bool(port) and isinstance(server, (tuple, list)) and len(server) > 1 and server[1] == port
+
+
+def _consul_self(request: Request):
+    """Consul's /v1/agent/self: Config, Member, Stats, Meta (what Consul clients read:
+    Config.NodeName, Config.Datacenter, Stats.consul.leader_addr, Member.Addr...)."""
+    agent = request.app.state.agent
+    cfg = agent.config
+    leading = agent.server is not None and agent.server.is_leader()
+    servers = _servers(request) if agent.server is not None else []
+    leader_addr = next((f"{m['Addr']}:{CONSUL_SERVER_PORT}" for m in servers if m["Leader"]), "")
+    return reply({
+        "Config": {"Datacenter": cfg.datacenter, "PrimaryDatacenter": cfg.datacenter, "NodeName": cfg.name,
+                   "NodeID": agent.node_id or "", "Revision": "", "Server": agent.server is not None,
+                   "Version": __version__, "BuildDate": ""},
+        "DebugConfig": {},
+        "Coord": None,
+        "Member": {"Name": cfg.name, "Addr": cfg.http_host or cfg.node_ip or "127.0.0.1", "Port": 8301,
+                   "Tags": {"dc": cfg.datacenter, "role": "consul" if agent.server else "node",
+                            "build": __version__, "id": agent.node_id or ""},
+                   "Status": 1},
+        "Stats": {"agent": {"checks": "0", "services": "0"},
+                  "consul": {"server": str(agent.server is not None).lower(), "leader": str(leading).lower(),
+                             "leader_addr": leader_addr, "known_datacenters": "1", "bootstrap": "false"},
+                  "runtime": {"version": "python"}},
+        "Meta": {},
+        "xDS": None})
+
+
 @router.get("/v1/agent/self")
 async def agent_self(request: Request):
+    if consul_listener(request):
+        return _consul_self(request)
     agent = request.app.state.agent
     cfg = agent.config
     member = {"Name": cfg.name, "Addr": cfg.http_host, "Port": cfg.http_port, "Status": "alive",
@@ -73,7 +114,8 @@ async def leader(request: Request):
     """The leader's address (host:port of its HTTP API; "" while no server leads)."""
     if request.app.state.agent.server is None:
         raise ToServer()
-    return reply(next((f"{m['Addr']}:{m['Port']}" for m in _servers(request) if m["Leader"]), ""))
+    port = CONSUL_SERVER_PORT if consul_listener(request) else None
+    return reply(next((f"{m['Addr']}:{port or m['Port']}" for m in _servers(request) if m["Leader"]), ""))
 
 
 @router.get("/v1/status/peers")
@@ -81,7 +123,8 @@ async def peers(request: Request):
     """Every live server's address."""
     if request.app.state.agent.server is None:
         raise ToServer()
-    return reply([f"{m['Addr']}:{m['Port']}" for m in _servers(request) if m["Status"] == "alive"])
+    port = CONSUL_SERVER_PORT if consul_listener(request) else None
+    return reply([f"{m['Addr']}:{port or m['Port']}" for m in _servers(request) if m["Status"] == "alive"])
 
 
 @router.get("/v1/regions")
