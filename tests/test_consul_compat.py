@@ -369,3 +369,14 @@ def test_the_consul_listener_answers_as_consul_and_the_http_port_as_nomad(tmp_pa
             assert api.get("/v1/status/leader").json() == f"127.0.0.1:{a.port}"
         n = nomad.Nomad(host="127.0.0.1", port=a.port)
         assert n.status.leader.get_leader() == f"127.0.0.1:{a.port}"
+
+
+def test_the_catalog_lists_the_servers_as_the_consul_service(agent, api):
+    """Consul's catalog always has a "consul" service: its servers (on port 8300)."""
+    c = consul.Consul(host="127.0.0.1", port=agent.port)
+    _, services = c.catalog.services()
+    assert services["consul"] == []
+    _, entries = c.catalog.service("consul")
+    assert [(e["ServiceID"], e["ServicePort"], e["Address"]) for e in entries] == [("consul", 8300, "127.0.0.1")]
+    _, healthy = c.health.service("consul", passing=True)
+    assert [e["Checks"][0]["CheckID"] for e in healthy] == ["serfHealth"]

@@ -54,6 +54,7 @@ class Agent:
                                  datacenter=config.datacenter,
                                  default_intention_policy=config.default_intention_policy,
                                  leaf_cert_ttl=config.leaf_cert_ttl)
+            self.server.catalog.servers = self._catalog_servers
         self.bootstrap_secret = ""   # -dev -acl-enabled: the bootstrap token's SecretID
         from .log_monitor import LogMonitor
         self.log_monitor = LogMonitor()   # the agent's log lines for /v1/agent/monitor
@@ -113,6 +114,13 @@ class Agent:
             except Exception as e:  # noqa: BLE001 - a -dev agent with -data-dir bootstrapped before
                 log.warning("ACL bootstrap at start: %s", e)
         return secret
+
+    def _catalog_servers(self) -> list[tuple[str, str]]:
+        """(name, address) of every live server, for the catalog's "consul" service."""
+        if self.server is not None and self.server.ha:
+            return [(m["Name"], m.get("Addr", "")) for m in self.server.members() if m["Status"] == "alive"]
+        me = self.member_info()
+        return [(me["Name"], me["Addr"] or "127.0.0.1")]
 
     def member_info(self) -> dict:
         """What this server tells the others about itself (its member key on etcd)."""

@@ -21,6 +21,7 @@ from yurt.structs.catalog import CHECK_STATES, KIND_CONNECT_PROXY, SIDECAR_SUFFI
 from yurt.state import StateStore
 
 SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
+CONSUL_SERVER_PORT = 8300   # the port the "consul" service's instances show (Consul's server RPC port)
 
 _TOP = ("ID", "Name", "Service", "Kind", "Address", "Port", "Tags", "Meta", "Proxy", "Connect",
         "Check", "Checks", "Weights", "EnableTagOverride", "Namespace", "TaggedAddresses",
@@ -133,6 +134,14 @@ class Catalog:
         # TTL checks: told (node key, check ID, TTL in seconds) whenever one is set to anything
         # but critical; the server's leader expires it unless it is updated again in time
         self.on_ttl: Callable[[str, str, float], None] | None = None
+        # the servers, (name, address) each: the catalog lists them as the "consul" service, as
+        # Consul's always has its servers there (set by the agent)
+        self.servers: Callable[[], list[tuple[str, str]]] = lambda: []
+
+    def _consul_service(self) -> list[ServiceRegistration]:
+        return [ServiceRegistration(id="consul", service="consul", port=CONSUL_SERVER_PORT, address=addr,
+                                    node=name, node_address=addr, datacenter=self.datacenter)
+                for name, addr in self.servers()]
 
     def _arm(self, node_key: str, check: HealthCheck) -> None:
         if self.on_ttl is not None and check.type == "ttl" and check.ttl and check.status != CHECK_CRITICAL:
@@ -336,13 +345,15 @@ class Catalog:
 
     def service_map(self) -> dict[str, list[str]]:
         out: dict[str, set[str]] = {}
-        for s in self.store.services():
+        for s in [*self.store.services(), *self._consul_service()]:
             out.setdefault(s.service, set()).update(s.tags)
         return {k: sorted(v) for k, v in sorted(out.items())}
 
     def instances(self, name: str, tag: str | None = None, connect: bool = False,
                   passing: bool = False) -> list[ServiceRegistration]:
         rows = self.store.connect_services(name) if connect else self.store.services(name)
+        if name == "consul" and not connect:
+            rows = [*rows, *self._consul_service()]
         if tag:
             rows = [s for s in rows if tag in s.tags]
         if passing:
