@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..procs import kill_group
+from ..supervise import Supervisor
 from .base import Capabilities, DriverError, DriverFingerprint, TaskConfig, TaskHandle
 from .raw_exec import PID_FILE, STATUS_FILE, RawExecDriver
 
@@ -39,8 +40,8 @@ class ConnectProxyDriver(RawExecDriver):
     name = NAME
     capabilities = Capabilities(drains=True)
 
-    def __init__(self, agent_address: str = "") -> None:
-        super().__init__(enabled=True)
+    def __init__(self, agent_address: str = "", supervisor: Supervisor | None = None) -> None:
+        super().__init__(enabled=True, supervisor=supervisor)
         self.agent_address = agent_address
 
     def fingerprint(self) -> DriverFingerprint:

@@ -8,12 +8,16 @@ At most one executor runs a task directory: the agent takes an exclusive lock on
 `.executor.lock` before it starts one and hands the locked file to it, which holds it for
 life. An agent that finds the lock taken (it crashed after starting the executor, before it
 could record the handle) adopts the executor that runs there instead of starting a second one.
+
+Once the task runs, the executor execv's the compiled supervisor (`client/supervise.c`, ~1 MB)
+when the driver's `Supervisor` has one, else it supervises the task itself in Python.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal as _signal
 import subprocess
 import sys
@@ -21,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..supervise import Supervisor, default_supervisor
 from ..procs import is_alive, kill_group, read_json, signal_number, write_json_atomic
 from .base import (BaseDriver, DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats,
                    process_stats)
@@ -33,6 +38,7 @@ EXECUTOR_LOG = ".executor.log"
 LOCK_FILE = ".executor.lock"
 START_TIMEOUT = 30.0
 POLL = 0.05
+IDLE_CHECK = 1.0   # seconds: the longest a follower sleeps without looking at the status file
 KILL_GRACE = 10.0
 MB = 1024 * 1024
 _YURT_SRC = str(Path(__file__).resolve().parents[3])
@@ -86,8 +92,10 @@ class RawExecDriver(BaseDriver):
     # what a previous run left in the task dir, removed (under the lock) before a fresh start
     stale_files: tuple[str, ...] = (PID_FILE, STATUS_FILE)
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, supervisor: Supervisor | None = None) -> None:
         self.enabled = enabled
+        # the compiled supervisor (built on first use); the agent's lives in its data dir
+        self.supervisor = supervisor if supervisor is not None else default_supervisor()
         self._children: dict[int, subprocess.Popen] = {}  # executors this agent started
         self._lock = threading.Lock()
 
@@ -159,10 +167,12 @@ class RawExecDriver(BaseDriver):
         """Start the executor on the spec in `task_dir`, handing it the locked `lock_fd`."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_YURT_SRC, env.get("PYTHONPATH")) if p)
+        binary = self.supervisor.binary()
         with open(task_dir / EXECUTOR_LOG, "ab") as log:
             os.chmod(task_dir / EXECUTOR_LOG, 0o600)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "yurt.client.executor", str(task_dir / SPEC_FILE)],
+                [sys.executable, "-m", "yurt.client.executor", str(task_dir / SPEC_FILE),
+                 *([binary] if binary else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                 close_fds=True, pass_fds=(lock_fd,), env=env, cwd=str(task_dir))
         with self._lock:
@@ -206,20 +216,19 @@ class RawExecDriver(BaseDriver):
             return ""
 
     def _reap(self, pid: int, wait: float = 0.0) -> None:
-        """Collect exited executors this agent started (``pid`` waited for up to ``wait`` s)."""
+        """Collect the executor `pid` if this agent started it and it exited (waited for up to
+        ``wait`` s). Only that one: with hundreds of tasks, each follower reaps its own."""
         with self._lock:
-            children = dict(self._children)
-        for child_pid, proc in children.items():
-            done = proc.poll() is not None
-            if not done and child_pid == pid and wait > 0:
-                try:
-                    proc.wait(wait)
-                    done = True
-                except subprocess.TimeoutExpired:
-                    pass
-            if done:
-                with self._lock:
-                    self._children.pop(child_pid, None)
+            proc = self._children.get(pid)
+        if proc is None:
+            return
+        try:
+            proc.wait(wait) if wait > 0 else proc.poll()
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.returncode is not None:
+            with self._lock:
+                self._children.pop(pid, None)
 
     # --- follow -----------------------------------------------------------------------------
 
@@ -253,9 +262,25 @@ class RawExecDriver(BaseDriver):
                 if self._task_alive(handle):
                     kill_group(handle.pid, _signal.SIGKILL)
                 return ExitResult(exit_code=-1, err="executor exited without reporting the task's status")
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return None
-            time.sleep(POLL)
+            self._sleep_until_exit(handle, IDLE_CHECK if deadline is None else min(deadline - now, IDLE_CHECK))
+
+    @staticmethod
+    def _sleep_until_exit(handle: TaskHandle, seconds: float) -> None:
+        """Wait up to `seconds`, woken as soon as the executor exits (a pidfd: no polling, so a
+        node with hundreds of tasks at rest costs its agent next to nothing)."""
+        try:
+            fd = os.pidfd_open(handle.executor_pid)
+        except OSError:
+            time.sleep(min(seconds, POLL))   # gone already, or no pidfd on this kernel
+            return
+        try:
+            if is_alive(handle.executor_pid, handle.executor_start):   # the pid is still ours
+                select.select([fd], [], [], seconds)
+        finally:
+            os.close(fd)
 
     def recover(self, handle: TaskHandle) -> None:
         if self._status(handle) is not None or self._executor_alive(handle):
