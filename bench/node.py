@@ -135,7 +135,12 @@ def run_mode(mode: str, count: int, rest: float, timeout: float) -> dict[str, fl
             if running >= count:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{mode}: {running} of {count} running after {timeout:.0f}s")
+                states: dict[str, int] = {}
+                for a in allocs:
+                    states[a["ClientStatus"]] = states.get(a["ClientStatus"], 0) + 1
+                raise RuntimeError(f"{mode}: {running} of {count} running after {timeout:.0f}s: "
+                                   f"allocations {states}; agent log: "
+                                   f"{(root / 'agent.log').read_text()[-1500:]}")
             time.sleep(0.25)
         to_running = time.monotonic() - t0
         time.sleep(1.0)   # the last starts' bookkeeping

@@ -217,6 +217,18 @@ def _task_dirs(data: Path) -> list[Path]:
     return sorted(p.parent for p in (data / "client" / "alloc").glob("*/*/.executor-pid.json"))
 
 
+def _kill_left(data: Path) -> None:
+    """What a failed test would leave running (an agent with a data dir keeps its tasks)."""
+    for d in _task_dirs(data):
+        pids = read_json(d / ".executor-pid.json") or {}
+        for target in (-int(pids.get("task_pid", 0)), int(pids.get("executor_pid", 0))):
+            if target and abs(target) > 1:
+                try:
+                    os.kill(target, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
 def test_agent_killed_and_restarted_reattaches_the_supervised_task(tmp_path):
     data = tmp_path / "data"
     agent = AgentProcess(data_dir=str(data)).start()
@@ -256,6 +268,7 @@ def test_agent_killed_and_restarted_reattaches_the_supervised_task(tmp_path):
         assert status is not None and status["signal"] in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
     finally:
         agent.stop()
+        _kill_left(data)
 
 
 MANY_JOB = '''
@@ -280,6 +293,13 @@ job "many" {
 
 def test_supervising_100_tasks_costs_at_most_8_mb_each(tmp_path):
     data = tmp_path / "data"
+    try:
+        _run_many(data)
+    finally:
+        _kill_left(data)
+
+
+def _run_many(data: Path) -> None:
     with AgentProcess(data_dir=str(data)) as agent, agent.api() as api:
         register(api, MANY_JOB)
         wait_for(lambda: sum(a["ClientStatus"] == "running" for a in allocs(api, "many")) == 100,
