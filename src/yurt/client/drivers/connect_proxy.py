@@ -38,7 +38,7 @@ READY_TIMEOUT = 60.0           # seconds to get a certificate and bind the liste
 class ConnectProxyDriver(RawExecDriver):
     stale_files = (PID_FILE, STATUS_FILE, READY_FILE, DRAINED_FILE)
     name = NAME
-    capabilities = Capabilities(drains=True)
+    capabilities = Capabilities(drains=True, interruptible_wait=True)
 
     def __init__(self, agent_address: str = "", supervisor: Supervisor | None = None) -> None:
         super().__init__(enabled=True, supervisor=supervisor)

@@ -143,7 +143,8 @@ class ExecDriver(RawExecDriver):
     """The `exec` driver (on by default where the kernel allows it, like Nomad's)."""
 
     name = NAME
-    capabilities = Capabilities(fs_isolation="chroot")  # the task sees /alloc, /local, /secrets (taskenv)
+    # the task sees /alloc, /local, /secrets (taskenv)
+    capabilities = Capabilities(fs_isolation="chroot", interruptible_wait=True)
 
     def __init__(self, enabled: bool = True, chroot_env: dict[str, str] | None = None,
                  allow_caps: list[str] | None = None, cgroup_root: str | os.PathLike = cgroups.ROOT,

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from ..supervise import Supervisor, default_supervisor
 from ..procs import is_alive, kill_group, read_json, signal_number, write_json_atomic
-from .base import (BaseDriver, DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats,
-                   process_stats)
+from .base import (BaseDriver, Capabilities, DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle,
+                   TaskStats, process_stats)
 
 NAME = "raw_exec"
 SPEC_FILE = ".executor-spec.json"
@@ -89,6 +89,7 @@ class RawExecDriver(BaseDriver):
     """The `raw_exec` driver; ``enabled`` comes from the client config (on in dev mode)."""
 
     name = NAME
+    capabilities = Capabilities(interruptible_wait=True)
     # what a previous run left in the task dir, removed (under the lock) before a fresh start
     stale_files: tuple[str, ...] = (PID_FILE, STATUS_FILE)
 
@@ -98,6 +99,7 @@ class RawExecDriver(BaseDriver):
         self.supervisor = supervisor if supervisor is not None else default_supervisor()
         self._children: dict[int, subprocess.Popen] = {}  # executors this agent started
         self._lock = threading.Lock()
+        self._wakers: dict[int, int] = {}   # executor pid -> the eventfd `interrupt` writes
 
     # --- fingerprint ------------------------------------------------------------------------
 
@@ -265,22 +267,50 @@ class RawExecDriver(BaseDriver):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
-            self._sleep_until_exit(handle, IDLE_CHECK if deadline is None else min(deadline - now, IDLE_CHECK))
+            if self._sleep_until_exit(handle, IDLE_CHECK if deadline is None else min(deadline - now, IDLE_CHECK)):
+                return None   # interrupted
+
+    def _waker(self, handle: TaskHandle) -> int:
+        with self._lock:
+            fd = self._wakers.get(handle.executor_pid)
+            if fd is None:
+                fd = self._wakers[handle.executor_pid] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            return fd
+
+    def _drop_waker(self, handle: TaskHandle) -> None:
+        with self._lock:
+            fd = self._wakers.pop(handle.executor_pid, None)
+        if fd is not None:
+            os.close(fd)
 
     @staticmethod
-    def _sleep_until_exit(handle: TaskHandle, seconds: float) -> None:
+    def _take_wake(fd: int) -> bool:
+        try:
+            return os.eventfd_read(fd) > 0
+        except BlockingIOError:
+            return False
+
+    def interrupt(self, handle: TaskHandle) -> None:
+        os.eventfd_write(self._waker(handle), 1)
+
+    def _sleep_until_exit(self, handle: TaskHandle, seconds: float) -> bool:
         """Wait up to `seconds`, woken as soon as the executor exits (a pidfd: no polling, so a
-        node with hundreds of tasks at rest costs its agent next to nothing)."""
+        node with hundreds of tasks at rest costs its agent next to nothing) or `interrupt` is
+        called (then True)."""
+        wake = self._waker(handle)
         try:
             fd = os.pidfd_open(handle.executor_pid)
         except OSError:
             time.sleep(min(seconds, POLL))   # gone already, or no pidfd on this kernel
-            return
+            return self._take_wake(wake)
         try:
             if is_alive(handle.executor_pid, handle.executor_start):   # the pid is still ours
-                select.select([fd], [], [], seconds)
+                ready, _, _ = select.select([fd, wake], [], [], seconds)
+                if wake in ready:
+                    return self._take_wake(wake)
         finally:
             os.close(fd)
+        return False
 
     def recover(self, handle: TaskHandle) -> None:
         if self._status(handle) is not None or self._executor_alive(handle):
@@ -297,6 +327,7 @@ class RawExecDriver(BaseDriver):
             kill_group(handle.pid, signal_number(signal))
 
     def stop(self, handle: TaskHandle, signal: str, timeout: float) -> None:
+        self._take_wake(self._waker(handle))   # an interrupt meant the follower, not this stop
         if self._status(handle) is not None:
             return
         if self._task_alive(handle):
@@ -312,6 +343,7 @@ class RawExecDriver(BaseDriver):
         if self._status(handle) is None and (self._task_alive(handle) or self._executor_alive(handle)):
             self.stop(handle, "SIGKILL", 0)
         self._reap(handle.executor_pid, wait=5.0)
+        self._drop_waker(handle)
 
     def stats(self, handle: TaskHandle) -> TaskStats:
         return process_stats(handle.pid)
