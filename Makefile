@@ -9,8 +9,9 @@ YURT := $(VENV)/bin/yurt
 # etcd (the server, /usr/bin/etcd, and etcdctl) for highly available servers: the state store's tests run
 # a loopback etcd cluster (tests/etcd_cluster.py) and `yurt lab` runs an etcd member on each server host.
 # chromium and chromium-driver: the web UI's tests drive a real headless browser (selenium).
+# gcc and libc6-dev: the agent compiles the task supervisor (src/yurt/client/supervise.c) on first use.
 DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl etcd-server etcd-client \
-	chromium chromium-driver
+	chromium chromium-driver gcc libc6-dev
 # The engine the docker driver's tests and `make images` use: podman's socket, unless DOCKER_HOST says otherwise.
 PODMAN_SOCK := /run/podman/podman.sock
 ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
@@ -19,7 +20,7 @@ ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))
 # fixed resource on one worker); most of a test's time is spent waiting for agents and etcd.
 TEST_WORKERS ?= 3
 
-.PHONY: test lint demo bench deps clean podman images
+.PHONY: test lint demo bench deps clean podman images supervisor
 
 .stamp-debs: Makefile
 	@if [ -n "$(DEBS)" ]; then \
@@ -36,7 +37,12 @@ TEST_WORKERS ?= 3
 	$(VENV)/bin/ruff --version >/dev/null
 	@touch $@
 
-deps: .stamp-debs .stamp-venv
+deps: .stamp-debs .stamp-venv supervisor
+
+# The compiled task supervisor, built into the user's cache as drivers made without an agent's
+# data dir use it (an agent builds its own into <data dir>/client/bin on first use, by source hash).
+supervisor: .stamp-debs .stamp-venv
+	@$(PY) -c 'from yurt.client.supervise import default_supervisor as d; import sys; s = d(); b = s.binary(); print("supervisor:", b or s.error); sys.exit(0 if b else 1)'
 
 # podman's Docker API service (configured for this machine, started in the background if not running).
 # Not root: nothing is set up, and the docker driver's tests skip, saying why.

@@ -18,13 +18,18 @@ from .test_client_util import DRIVERS, Recorder, event_types, logs, make_alloc, 
 AGENT = textwrap.dedent("""
     import json, sys, time
     from yurt.client import AllocRunner, RawExecDriver
+    from yurt.client.alloc_state import load
     from yurt.structs import Allocation
     data_dir, alloc_file = sys.argv[1], sys.argv[2]
     alloc = Allocation.model_validate(json.load(open(alloc_file)))
     runner = AllocRunner(alloc, data_dir=data_dir, drivers={"raw_exec": RawExecDriver()})
     runner.run()
     deadline = time.monotonic() + 60
-    while runner.client_status != "running":
+    # running, and its handles written (the state file is written just after the state changes)
+    def recorded():
+        saved = load(data_dir, alloc.id)
+        return saved is not None and all(t.handle for t in saved.tasks.values())
+    while runner.client_status != "running" or not recorded():
         if time.monotonic() > deadline:
             print("NOT RUNNING", runner.client_status, flush=True)
             sys.exit(1)

@@ -180,6 +180,21 @@ class Cgroup:
         main = self.paths.get("memory") or self.paths.get("unified") or next(iter(self.paths.values()))
         return [int(x) for x in _read(main / "cgroup.procs").split() if x.isdigit()]
 
+    def unique_paths(self) -> list[Path]:
+        """The directories, each once (v1's cpu and cpuacct may be one)."""
+        return self._unique()
+
+    def oom_source(self) -> tuple[str, str]:
+        """(file, key) that oom_killed reads: the key's counter > 0 ("failcnt": the file's number)."""
+        if self.version == 2:
+            return str(self.paths["unified"] / "memory.events"), "oom_kill"
+        mem = self.paths.get("memory")
+        if mem is None:
+            return "", "oom_kill"
+        if "oom_kill " in _read(mem / "memory.oom_control"):
+            return str(mem / "memory.oom_control"), "oom_kill"
+        return str(mem / "memory.failcnt"), "failcnt"
+
     def oom_killed(self) -> bool:
         if self.version == 2:
             return _counter(_read(self.paths["unified"] / "memory.events"), "oom_kill") > 0

@@ -13,6 +13,11 @@ executor's whole life, so no agent starts a second executor for the task; the ta
 not inherit it), isolation (optional: run the task in its own namespaces, root and cgroup; see
 `sandbox`).
 Without ``isolation`` (raw_exec) the task is a plain child in its own session.
+
+``python -m yurt.client.executor <spec.json> <supervisor>``: once the task runs and pid_file is
+written, the executor execv's the compiled supervisor (`supervise.c`, built by `supervise.py`),
+which does the rest (logs, signals, the group, the cgroup, status_file) in ~1 MB; same pid, so
+the task stays its child and the lock stays held. Without it this process does it all in Python.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def _pump(fd: int, rotator: FileRotator) -> None:
         os.close(fd)
 
 
-def run(spec: dict) -> int:
+def run(spec: dict, supervisor: str | None = None) -> int:
     if spec.get("lock_fd") is not None:
         os.set_inheritable(int(spec["lock_fd"]), False)  # held by this process, not by the task
     status_file = Path(spec["status_file"])
@@ -86,16 +91,29 @@ def run(spec: dict) -> int:
         _cleanup_isolated(iso)
         return 1
 
+    rotators = []
+    if not disabled:  # the log files exist once the task is reported started
+        size = int(spec.get("max_file_size") or 10 * 1024 * 1024)
+        files = int(spec.get("max_files") or 10)
+        try:
+            rotators = [FileRotator(spec["logs_dir"], f"{task}.{name}", files, size)
+                        for name in ("stdout", "stderr")]
+        except OSError as e:
+            kill_group(child.pid, signal.SIGKILL)
+            child.wait()
+            write_json_atomic(status_file, {"start_error": f"cannot open the task's log files in "
+                                            f"{spec['logs_dir']}: {e}", "finished_at": time.time_ns()})
+            _cleanup_isolated(iso)
+            return 1
     write_json_atomic(pid_file, {
         "executor_pid": os.getpid(), "executor_start": start_time(os.getpid()),
         "task_pid": child.pid, "task_start": start_time(child.pid), "started_at": time.time_ns()})
 
+    if supervisor:
+        _become_supervisor(supervisor, spec, child, iso)  # returns only if it cannot
     pumps = []
     if not disabled:
-        size = int(spec.get("max_file_size") or 10 * 1024 * 1024)
-        files = int(spec.get("max_files") or 10)
-        for stream, name in ((child.stdout, "stdout"), (child.stderr, "stderr")):
-            rotator = FileRotator(spec["logs_dir"], f"{task}.{name}", files, size)
+        for stream, rotator in zip((child.stdout, child.stderr), rotators, strict=True):
             fd = os.dup(stream.fileno())
             stream.close()
             t = threading.Thread(target=_pump, args=(fd, rotator), daemon=True)
@@ -112,6 +130,42 @@ def run(spec: dict) -> int:
               "oom_killed": _cleanup_isolated(iso), "finished_at": time.time_ns()}
     write_json_atomic(status_file, result)
     return 0
+
+
+def _become_supervisor(binary: str, spec: dict, child, iso: dict | None) -> None:
+    """execv the compiled supervisor, handing it the task, its pipes and its cgroup."""
+    from .cgroups import Cgroup
+
+    keep: list[int] = []
+    if spec.get("lock_fd") is not None:
+        keep.append(int(spec["lock_fd"]))
+    args = [binary, f"pid={child.pid}", f"status={spec['status_file']}", f"task={spec['task']}",
+            f"group_kill={0 if iso else 1}"]
+    if child.stdout is not None and child.stderr is not None:
+        out, err = child.stdout.fileno(), child.stderr.fileno()
+        keep += [out, err]
+        args += [f"out={out}", f"err={err}", f"logs={spec['logs_dir']}",
+                 f"files={int(spec.get('max_files') or 10)}",
+                 f"size={int(spec.get('max_file_size') or 10 * 1024 * 1024)}"]
+    reports = getattr(child, "reports_fd", None)
+    if reports is not None:
+        keep.append(reports)
+        args.append(f"reports={reports}")
+    cgroup = Cgroup.from_dict(iso.get("cgroup")) if iso else None
+    if cgroup is not None:
+        args += [f"cgroup={p}" for p in cgroup.unique_paths()]
+        oom_file, oom_key = cgroup.oom_source()
+        args += [f"oom_file={oom_file}", f"oom_key={oom_key}"]
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    blocked = (*FORWARDED, signal.SIGCHLD)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # none is lost across the execv
+    try:
+        os.execv(binary, args)
+    except OSError as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        print(f"executor: cannot run the compiled supervisor {binary}: {e}; supervising in Python",
+              file=sys.stderr, flush=True)
 
 
 def _spawn_isolated(spec: dict, iso: dict, capture: bool):
@@ -140,12 +194,12 @@ def _cleanup_isolated(iso: dict | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m yurt.client.executor <spec.json>", file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print("usage: python -m yurt.client.executor <spec.json> [<supervisor binary>]", file=sys.stderr)
         return 2
     with open(argv[0]) as f:
         spec = json.load(f)
-    return run(spec)
+    return run(spec, argv[1] if len(argv) == 2 else None)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .drivers.connect_proxy import ConnectProxyDriver
 from .drivers.docker import DockerDriver
 from .drivers.exec import ExecDriver
 from .drivers.raw_exec import RawExecDriver
+from .supervise import Supervisor
 
 log = logging.getLogger("yurt.client")
 
@@ -57,8 +58,12 @@ class NodeAgent:
     def __init__(self, config: ClientConfig, api: YurtClient) -> None:
         self.config = config
         self.api = api
-        self.drivers = {"raw_exec": RawExecDriver(enabled=config.raw_exec_enabled), "exec": ExecDriver(),
-                        "connect-proxy": ConnectProxyDriver(f"unix://{config.api_socket}" if config.api_socket else ""),
+        # the compiled task supervisor, built into the data dir on first use (client/supervise.py)
+        supervisor = Supervisor(config.data_dir / "bin")
+        self.drivers = {"raw_exec": RawExecDriver(enabled=config.raw_exec_enabled, supervisor=supervisor),
+                        "exec": ExecDriver(supervisor=supervisor),
+                        "connect-proxy": ConnectProxyDriver(f"unix://{config.api_socket}" if config.api_socket else "",
+                                                            supervisor=supervisor),
                         "docker": DockerDriver(config.options.get("docker.endpoint", ""), owner=str(config.data_dir))}
         self.node: Node | None = None
         self.runners: dict[str, AllocRunner] = {}

@@ -275,6 +275,11 @@ class SandboxProcess:
         self.stderr = stderr
         self.returncode: int | None = None
 
+    @property
+    def reports_fd(self) -> int:
+        """The report pipe (what the compiled supervisor reads the task's status from)."""
+        return self._reports.fd
+
     def wait(self) -> int:
         """Block until the task ended; like Popen: the exit code, or -signal."""
         if self.returncode is not None:

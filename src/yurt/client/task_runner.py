@@ -30,6 +30,7 @@ DEFAULT_KILL_SIGNAL = "SIGINT"  # Nomad's default for raw_exec/exec
 DEFAULT_KILL_TIMEOUT = 5 * SECOND
 MAX_KILL_TIMEOUT = 30 * SECOND  # Nomad's client max_kill_timeout default
 WAIT_SLICE = 0.2
+IDLE_WAIT_SLICE = 5.0   # seconds: with a driver whose wait a kill interrupts
 
 OnChange = Callable[["TaskRunner"], None]
 
@@ -143,10 +144,13 @@ class TaskRunner:
                 if event.fails_task:
                     self._state.failed = True
             self._kill.set()
+            handle = self._handle
             never_started = self._thread is None
             if never_started:
                 self._thread = threading.Thread()
                 self._set_dead(failed=False)
+        if handle is not None:
+            self.driver.interrupt(handle)   # the follower's wait ends now, not at its slice's end
         self._changed()
         if never_started:
             self._done.set()
@@ -392,8 +396,9 @@ class TaskRunner:
         self._apply(decision)
 
     def _wait(self, handle: TaskHandle) -> ExitResult | None:
+        slice_ = IDLE_WAIT_SLICE if self.driver.capabilities.interruptible_wait else WAIT_SLICE
         while not self._kill.is_set():
-            result = self.driver.wait(handle, WAIT_SLICE)
+            result = self.driver.wait(handle, slice_)
             if result is not None:
                 return result
         return None

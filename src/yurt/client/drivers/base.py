@@ -43,12 +43,16 @@ class Capabilities:
     ``drains``: the task can be told to stop taking new work while it finishes what it has
     (`Driver.drain`, `Driver.drained`): a Connect sidecar refuses new inbound connections and
     lets the open ones finish before its application is stopped.
+    ``interruptible_wait``: `Driver.interrupt` wakes a `Driver.wait` in progress, so the task's
+    follower waits in long slices instead of waking five times a second to look for a kill (a
+    node at rest with hundreds of tasks then costs its agent little).
     """
 
     fs_isolation: FsIsolation = "none"
     holds_network_namespace: bool = False
     removes_orphans: bool = False
     drains: bool = False
+    interruptible_wait: bool = False
 
 
 @dataclass
@@ -178,6 +182,10 @@ class Driver(Protocol):
     def drained(self, handle: TaskHandle) -> bool:
         """True once a drained task has finished what it had (or is gone)."""
 
+    def interrupt(self, handle: TaskHandle) -> None:
+        """Make a `wait` in progress on ``handle`` (or the next one) return None early
+        (``capabilities.interruptible_wait``); `stop` is never cut short by it."""
+
 
 class BaseDriver:
     """What a driver without a capability does: the defaults of the optional parts of `Driver`."""
@@ -196,6 +204,9 @@ class BaseDriver:
 
     def drained(self, handle: TaskHandle) -> bool:
         return True
+
+    def interrupt(self, handle: TaskHandle) -> None:
+        return None
 
 
 def process_stats(pid: int) -> TaskStats:

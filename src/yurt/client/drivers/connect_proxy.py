@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..procs import kill_group
+from ..supervise import Supervisor
 from .base import Capabilities, DriverError, DriverFingerprint, TaskConfig, TaskHandle
 from .raw_exec import PID_FILE, STATUS_FILE, RawExecDriver
 
@@ -37,10 +38,10 @@ READY_TIMEOUT = 60.0           # seconds to get a certificate and bind the liste
 class ConnectProxyDriver(RawExecDriver):
     stale_files = (PID_FILE, STATUS_FILE, READY_FILE, DRAINED_FILE)
     name = NAME
-    capabilities = Capabilities(drains=True)
+    capabilities = Capabilities(drains=True, interruptible_wait=True)
 
-    def __init__(self, agent_address: str = "") -> None:
-        super().__init__(enabled=True)
+    def __init__(self, agent_address: str = "", supervisor: Supervisor | None = None) -> None:
+        super().__init__(enabled=True, supervisor=supervisor)
         self.agent_address = agent_address
 
     def fingerprint(self) -> DriverFingerprint:

@@ -19,6 +19,7 @@ from typing import Any
 from .. import cgroups, linux
 from ..cgroups import Cgroup, CgroupError
 from ..procs import write_json_atomic
+from ..supervise import Supervisor
 from .base import Capabilities, DriverError, DriverFingerprint, TaskConfig, TaskHandle, TaskStats
 from .raw_exec import MB, PID_FILE, SPEC_FILE, STATUS_FILE, RawExecDriver
 
@@ -142,11 +143,13 @@ class ExecDriver(RawExecDriver):
     """The `exec` driver (on by default where the kernel allows it, like Nomad's)."""
 
     name = NAME
-    capabilities = Capabilities(fs_isolation="chroot")  # the task sees /alloc, /local, /secrets (taskenv)
+    # the task sees /alloc, /local, /secrets (taskenv)
+    capabilities = Capabilities(fs_isolation="chroot", interruptible_wait=True)
 
     def __init__(self, enabled: bool = True, chroot_env: dict[str, str] | None = None,
-                 allow_caps: list[str] | None = None, cgroup_root: str | os.PathLike = cgroups.ROOT) -> None:
-        super().__init__(enabled=enabled)
+                 allow_caps: list[str] | None = None, cgroup_root: str | os.PathLike = cgroups.ROOT,
+                 supervisor: Supervisor | None = None) -> None:
+        super().__init__(enabled=enabled, supervisor=supervisor)
         self.chroot_env = dict(DEFAULT_CHROOT_ENV if chroot_env is None else chroot_env)
         for host, inside in self.chroot_env.items():
             if not inside.startswith("/") or ".." in inside.split("/"):

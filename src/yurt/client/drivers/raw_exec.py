@@ -8,12 +8,16 @@ At most one executor runs a task directory: the agent takes an exclusive lock on
 `.executor.lock` before it starts one and hands the locked file to it, which holds it for
 life. An agent that finds the lock taken (it crashed after starting the executor, before it
 could record the handle) adopts the executor that runs there instead of starting a second one.
+
+Once the task runs, the executor execv's the compiled supervisor (`client/supervise.c`, ~1 MB)
+when the driver's `Supervisor` has one, else it supervises the task itself in Python.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal as _signal
 import subprocess
 import sys
@@ -21,9 +25,10 @@ import threading
 import time
 from pathlib import Path
 
+from ..supervise import Supervisor, default_supervisor
 from ..procs import is_alive, kill_group, read_json, signal_number, write_json_atomic
-from .base import (BaseDriver, DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle, TaskStats,
-                   process_stats)
+from .base import (BaseDriver, Capabilities, DriverError, DriverFingerprint, ExitResult, TaskConfig, TaskHandle,
+                   TaskStats, process_stats)
 
 NAME = "raw_exec"
 SPEC_FILE = ".executor-spec.json"
@@ -33,6 +38,7 @@ EXECUTOR_LOG = ".executor.log"
 LOCK_FILE = ".executor.lock"
 START_TIMEOUT = 30.0
 POLL = 0.05
+IDLE_CHECK = 1.0   # seconds: the longest a follower sleeps without looking at the status file
 KILL_GRACE = 10.0
 MB = 1024 * 1024
 _YURT_SRC = str(Path(__file__).resolve().parents[3])
@@ -83,13 +89,17 @@ class RawExecDriver(BaseDriver):
     """The `raw_exec` driver; ``enabled`` comes from the client config (on in dev mode)."""
 
     name = NAME
+    capabilities = Capabilities(interruptible_wait=True)
     # what a previous run left in the task dir, removed (under the lock) before a fresh start
     stale_files: tuple[str, ...] = (PID_FILE, STATUS_FILE)
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, supervisor: Supervisor | None = None) -> None:
         self.enabled = enabled
+        # the compiled supervisor (built on first use); the agent's lives in its data dir
+        self.supervisor = supervisor if supervisor is not None else default_supervisor()
         self._children: dict[int, subprocess.Popen] = {}  # executors this agent started
         self._lock = threading.Lock()
+        self._wakers: dict[int, int] = {}   # executor pid -> the eventfd `interrupt` writes
 
     # --- fingerprint ------------------------------------------------------------------------
 
@@ -159,10 +169,12 @@ class RawExecDriver(BaseDriver):
         """Start the executor on the spec in `task_dir`, handing it the locked `lock_fd`."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_YURT_SRC, env.get("PYTHONPATH")) if p)
+        binary = self.supervisor.binary()
         with open(task_dir / EXECUTOR_LOG, "ab") as log:
             os.chmod(task_dir / EXECUTOR_LOG, 0o600)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "yurt.client.executor", str(task_dir / SPEC_FILE)],
+                [sys.executable, "-m", "yurt.client.executor", str(task_dir / SPEC_FILE),
+                 *([binary] if binary else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                 close_fds=True, pass_fds=(lock_fd,), env=env, cwd=str(task_dir))
         with self._lock:
@@ -206,20 +218,19 @@ class RawExecDriver(BaseDriver):
             return ""
 
     def _reap(self, pid: int, wait: float = 0.0) -> None:
-        """Collect exited executors this agent started (``pid`` waited for up to ``wait`` s)."""
+        """Collect the executor `pid` if this agent started it and it exited (waited for up to
+        ``wait`` s). Only that one: with hundreds of tasks, each follower reaps its own."""
         with self._lock:
-            children = dict(self._children)
-        for child_pid, proc in children.items():
-            done = proc.poll() is not None
-            if not done and child_pid == pid and wait > 0:
-                try:
-                    proc.wait(wait)
-                    done = True
-                except subprocess.TimeoutExpired:
-                    pass
-            if done:
-                with self._lock:
-                    self._children.pop(child_pid, None)
+            proc = self._children.get(pid)
+        if proc is None:
+            return
+        try:
+            proc.wait(wait) if wait > 0 else proc.poll()
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.returncode is not None:
+            with self._lock:
+                self._children.pop(pid, None)
 
     # --- follow -----------------------------------------------------------------------------
 
@@ -253,9 +264,53 @@ class RawExecDriver(BaseDriver):
                 if self._task_alive(handle):
                     kill_group(handle.pid, _signal.SIGKILL)
                 return ExitResult(exit_code=-1, err="executor exited without reporting the task's status")
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return None
-            time.sleep(POLL)
+            if self._sleep_until_exit(handle, IDLE_CHECK if deadline is None else min(deadline - now, IDLE_CHECK)):
+                return None   # interrupted
+
+    def _waker(self, handle: TaskHandle) -> int:
+        with self._lock:
+            fd = self._wakers.get(handle.executor_pid)
+            if fd is None:
+                fd = self._wakers[handle.executor_pid] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            return fd
+
+    def _drop_waker(self, handle: TaskHandle) -> None:
+        with self._lock:
+            fd = self._wakers.pop(handle.executor_pid, None)
+        if fd is not None:
+            os.close(fd)
+
+    @staticmethod
+    def _take_wake(fd: int) -> bool:
+        try:
+            return os.eventfd_read(fd) > 0
+        except BlockingIOError:
+            return False
+
+    def interrupt(self, handle: TaskHandle) -> None:
+        os.eventfd_write(self._waker(handle), 1)
+
+    def _sleep_until_exit(self, handle: TaskHandle, seconds: float) -> bool:
+        """Wait up to `seconds`, woken as soon as the executor exits (a pidfd: no polling, so a
+        node with hundreds of tasks at rest costs its agent next to nothing) or `interrupt` is
+        called (then True)."""
+        wake = self._waker(handle)
+        try:
+            fd = os.pidfd_open(handle.executor_pid)
+        except OSError:
+            time.sleep(min(seconds, POLL))   # gone already, or no pidfd on this kernel
+            return self._take_wake(wake)
+        try:
+            if is_alive(handle.executor_pid, handle.executor_start):   # the pid is still ours
+                ready, _, _ = select.select([fd, wake], [], [], seconds)
+                if wake in ready:
+                    return self._take_wake(wake)
+        finally:
+            os.close(fd)
+        return False
 
     def recover(self, handle: TaskHandle) -> None:
         if self._status(handle) is not None or self._executor_alive(handle):
@@ -272,6 +327,7 @@ class RawExecDriver(BaseDriver):
             kill_group(handle.pid, signal_number(signal))
 
     def stop(self, handle: TaskHandle, signal: str, timeout: float) -> None:
+        self._take_wake(self._waker(handle))   # an interrupt meant the follower, not this stop
         if self._status(handle) is not None:
             return
         if self._task_alive(handle):
@@ -287,6 +343,7 @@ class RawExecDriver(BaseDriver):
         if self._status(handle) is None and (self._task_alive(handle) or self._executor_alive(handle)):
             self.stop(handle, "SIGKILL", 0)
         self._reap(handle.executor_pid, wait=5.0)
+        self._drop_waker(handle)
 
     def stats(self, handle: TaskHandle) -> TaskStats:
         return process_stats(handle.pid)
