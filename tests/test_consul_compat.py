@@ -380,3 +380,38 @@ def test_the_catalog_lists_the_servers_as_the_consul_service(agent, api):
     assert [(e["ServiceID"], e["ServicePort"], e["Address"]) for e in entries] == [("consul", 8300, "127.0.0.1")]
     _, healthy = c.health.service("consul", passing=True)
     assert [e["Checks"][0]["CheckID"] for e in healthy] == ["serfHealth"]
+
+
+def test_service_maintenance_and_the_node_views(agent, api):
+    """Consul: maintenance mode adds a critical `_service_maintenance:<id>` check (the instance
+    leaves ?passing answers) until it is disabled; /v1/catalog/datacenters, /v1/catalog/nodes,
+    /v1/catalog/node/:n and /v1/health/node/:n."""
+    c = consul.Consul(host="127.0.0.1", port=agent.port)
+    assert c.agent.service.register("mnt", service_id="mnt-1", port=7)
+    try:
+        _, healthy = c.health.service("mnt", passing=True)
+        assert [e["Service"]["ID"] for e in healthy] == ["mnt-1"]
+        assert c.agent.service.maintenance("mnt-1", "true", reason="upgrading")
+        check = c.agent.checks()["_service_maintenance:mnt-1"]
+        assert (check["Status"], check["Notes"]) == ("critical", "upgrading")
+        assert c.health.service("mnt", passing=True)[1] == []
+        assert c.agent.service.maintenance("mnt-1", "false")
+        assert "_service_maintenance:mnt-1" not in c.agent.checks()
+        assert [e["Service"]["ID"] for e in c.health.service("mnt", passing=True)[1]] == ["mnt-1"]
+        r = api.put("/v1/agent/service/maintenance/mnt-1", params={"enable": "maybe"})
+        assert r.status_code == 400 and 'enable must be "true" or "false"' in r.text
+        r = api.put("/v1/agent/service/maintenance/nope", params={"enable": "true"})
+        assert (r.status_code, r.text) == (404, 'Unknown service ID "nope"')
+
+        assert c.catalog.datacenters() == ["dc1"]
+        _, nodes = c.catalog.nodes()
+        (yurt_node,) = api.get("/v1/nodes").json()
+        row = next(n for n in nodes if n["ID"] == yurt_node["ID"])
+        assert row["Node"] == yurt_node["Name"] and row["Datacenter"] == "dc1"
+        _, node = c.catalog.node(yurt_node["Name"])
+        assert node["Node"]["ID"] == yurt_node["ID"] and "mnt-1" in node["Services"]
+        assert c.catalog.node("no-such-node")[1] is None
+        _, checks = c.health.node(yurt_node["Name"])
+        assert checks[0]["CheckID"] == "serfHealth" and checks[0]["Status"] == "passing"
+    finally:
+        c.agent.service.deregister("mnt-1")

@@ -139,6 +139,11 @@ _add("GET", "/v1/agent/service/{service_id}", _r("service", "read", "service_id"
 _add("GET", "/v1/agent/checks", _r("service", "read"))
 _add("PUT", "/v1/agent/check/{verb}/{check_id:path}", _r("service", "write"))
 _add("PUT", "/v1/agent/check/register", _r("service", "write"))
+_add("PUT", "/v1/agent/service/maintenance/{service_id}", _r("service", "write"))
+_add("GET", "/v1/catalog/datacenters", _r("service", "read"))
+_add("GET", "/v1/catalog/nodes", _r("node", "read"))
+_add("GET", "/v1/catalog/node/{name}", _r("node", "read"))
+_add("GET", "/v1/health/node/{name}", _r("node", "read"))
 _add("PUT", "/v1/agent/check/deregister/{check_id:path}", _r("service", "write"))
 _add("GET", "/v1/catalog/services", _r("service", "read"))
 for p in ("/v1/catalog/service/{name}", "/v1/catalog/connect/{name}", "/v1/health/service/{name}",

@@ -129,7 +129,54 @@ async def check_ttl(request: Request, verb: str, check_id: str):
     return await _set_check(request, check_id, verb, request.query_params.get("note", ""))
 
 
+@router.put("/v1/agent/service/maintenance/{service_id}")
+@consul_route(forward=False)
+async def service_maintenance(request: Request, service_id: str):
+    """?enable=true|false&reason=...: Consul's maintenance mode for one of this agent's services."""
+    raw = request.query_params.get("enable")
+    if raw not in ("true", "false"):
+        raise InvalidInput('enable must be "true" or "false": PUT /v1/agent/service/maintenance/<id>?enable=true'
+                           '&reason=...')
+    if agent_of(request).server is None:
+        return await to_server(request, params={"node": node_key(request)})
+    index = _catalog(request).set_maintenance(node_key(request), service_id, raw == "true",
+                                              request.query_params.get("reason", ""))
+    return creply(request, None, index)
+
+
 # -- catalog ---------------------------------------------------------------------------------
+
+@router.get("/v1/catalog/datacenters")
+@consul_route
+async def catalog_datacenters(request: Request):
+    return creply(request, [_catalog(request).datacenter])
+
+
+@router.get("/v1/catalog/nodes")
+@consul_route
+async def catalog_nodes(request: Request):
+    index = await cblock(request, "services")
+    return creply(request, filtered(request.query_params.get("filter"), _catalog(request).nodes()), index)
+
+
+@router.get("/v1/catalog/node/{name}")
+@consul_route
+async def catalog_node(request: Request, name: str):
+    index = await cblock(request, "services")
+    found = _catalog(request).node_services(name)
+    if found is None:
+        return creply(request, None, index)   # Consul answers null for an unknown node
+    row, services = found
+    return creply(request, {"Node": row, "Services": {s.id: s.agent_json() for s in services}}, index)
+
+
+@router.get("/v1/health/node/{name}")
+@consul_route
+async def health_node(request: Request, name: str):
+    index = await cblock(request, "services")
+    return creply(request, filtered(request.query_params.get("filter"), _catalog(request).node_checks(name) or []),
+                  index)
+
 
 @router.get("/v1/catalog/services")
 @consul_route

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from yurt.errors import InvalidInput
+from yurt.errors import InvalidInput, NotFound
 from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, HealthCheck,
                           ServiceRegistration, format_duration, parse_duration)
 from yurt.structs.catalog import CHECK_STATES, KIND_CONNECT_PROXY, SIDECAR_SUFFIX
@@ -402,6 +402,64 @@ class Catalog:
         node = self.node_json(svc)
         return {"Node": node, "Service": a,
                 "Checks": [self.serf_health(svc.node_id, node["Node"]), *(c.public() for c in self.checks_of(svc))]}
+
+    # -- nodes ------------------------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        """Consul's /v1/catalog/nodes: every node that runs a service (Yurt's client nodes and
+        the server agents the "consul" service names), by name."""
+        out: dict[str, dict[str, Any]] = {}
+        for n in self.store.nodes():
+            out[n.name] = self._node_row(n.id, n.name, n.attributes.get("unique.network.ip-address", ""),
+                                         dict(n.meta), n.create_index, n.modify_index)
+        for svc in [*self.store.services(), *self._consul_service()]:
+            if svc.node not in out:
+                out[svc.node] = self._node_row(svc.node_id, svc.node, svc.node_address, {}, svc.create_index,
+                                               svc.modify_index)
+        return [out[k] for k in sorted(out)]
+
+    def _node_row(self, node_id: str, name: str, address: str, meta: dict[str, str], create: int,
+                  modify: int) -> dict[str, Any]:
+        return {"ID": node_id, "Node": name, "Address": address, "Datacenter": self.datacenter,
+                "TaggedAddresses": {"lan": address, "wan": address} if address else {}, "Meta": meta,
+                "CreateIndex": create, "ModifyIndex": modify}
+
+    def node_services(self, name: str) -> tuple[dict[str, Any], list[ServiceRegistration]] | None:
+        """A node (by name or ID) and its services; None when no such node is known."""
+        row = next((n for n in self.nodes() if name in (n["Node"], n["ID"]) and name), None)
+        if row is None:
+            return None
+        services = [s for s in [*self.store.services(), *self._consul_service()]
+                    if s.node == row["Node"] or (row["ID"] and s.node_id == row["ID"])]
+        return row, services
+
+    def node_checks(self, name: str) -> list[dict[str, Any]] | None:
+        """Consul's /v1/health/node/<n>: the node's serfHealth and its services' checks."""
+        found = self.node_services(name)
+        if found is None:
+            return None
+        row, services = found
+        return [self.serf_health(row["ID"], row["Node"]), *(c.public() for s in services for c in self.checks_of(s))]
+
+    # -- maintenance --------------------------------------------------------------------------
+    def set_maintenance(self, node_key: str, service_id: str, enable: bool, reason: str) -> int | None:
+        """Consul's service maintenance: a critical `_service_maintenance:<id>` check on the
+        service while enabled (so it drops out of ?passing answers), gone once disabled."""
+        svc = self.store.service(node_key, service_id)
+        if svc is None:
+            raise NotFound(f'Unknown service ID "{service_id}"')
+        check_id = f"_service_maintenance:{service_id}"
+        kept = [c for c in svc.checks if c.check_id != check_id]
+        if enable:
+            kept.append(HealthCheck(check_id=check_id, name="Service Maintenance Mode", status=CHECK_CRITICAL,
+                                    notes=reason or "Maintenance mode is enabled for this service, but no reason "
+                                                    "was provided. This is a default message.",
+                                    type="maintenance", service_id=svc.id, service_name=svc.service,
+                                    node=svc.node))
+        elif len(kept) == len(svc.checks):
+            return svc.modify_index   # not in maintenance: nothing to do
+        self.store.upsert_services([svc.model_copy(update={"checks": kept})])
+        stored = self.store.service(node_key, service_id)
+        return stored.modify_index if stored else None
 
     def checks_for_service(self, name: str) -> list[dict[str, Any]]:
         return [c.public() for s in self.store.services(name) for c in self.checks_of(s)]
