@@ -415,3 +415,26 @@ def test_service_maintenance_and_the_node_views(agent, api):
         assert checks[0]["CheckID"] == "serfHealth" and checks[0]["Status"] == "passing"
     finally:
         c.agent.service.deregister("mnt-1")
+
+
+def test_catalog_register_and_deregister_an_external_service(agent, api):
+    """Consul's /v1/catalog/register files a service (and its checks) under a node no agent runs;
+    /v1/catalog/deregister removes a check, a service, or the node's services."""
+    c = consul.Consul(host="127.0.0.1", port=agent.port)
+    assert c.catalog.register("ext-db-host", "10.1.2.3", service={"Service": "extdb", "ID": "extdb-1", "Port": 5432,
+                                                                    "Tags": ["primary"]},
+                              check={"CheckID": "extdb-alive", "Name": "alive", "Status": "passing",
+                                     "ServiceID": "extdb-1"})
+    _, entries = c.catalog.service("extdb")
+    assert [(e["Node"], e["Address"], e["ServicePort"], e["ServiceTags"]) for e in entries] == \
+        [("ext-db-host", "10.1.2.3", 5432, ["primary"])]
+    _, healthy = c.health.service("extdb", passing=True)
+    assert [ch["CheckID"] for ch in healthy[0]["Checks"]][-1] == "extdb-alive"
+    _, node = c.catalog.node("ext-db-host")
+    assert list(node["Services"]) == ["extdb-1"]
+    assert c.catalog.deregister("ext-db-host", check_id="extdb-alive")
+    assert [ch["CheckID"] for ch in c.health.service("extdb")[1][0]["Checks"]] == ["serfHealth"]
+    assert c.catalog.deregister("ext-db-host", service_id="extdb-1")
+    assert c.catalog.service("extdb")[1] == []
+    r = api.put("/v1/catalog/register", json={"Node": "lonely", "Address": "10.0.0.9"})
+    assert r.status_code == 400 and "registering a node without a Service is not supported yet" in r.text

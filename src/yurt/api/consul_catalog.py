@@ -146,6 +146,20 @@ async def service_maintenance(request: Request, service_id: str):
 
 # -- catalog ---------------------------------------------------------------------------------
 
+@router.put("/v1/catalog/register")
+@consul_route
+async def catalog_register(request: Request):
+    index = _catalog(request).catalog_register(await json_body(request))
+    return creply(request, True, index)
+
+
+@router.put("/v1/catalog/deregister")
+@consul_route
+async def catalog_deregister(request: Request):
+    index = _catalog(request).catalog_deregister(await json_body(request))
+    return creply(request, True, index)
+
+
 @router.get("/v1/catalog/datacenters")
 @consul_route
 async def catalog_datacenters(request: Request):

@@ -403,6 +403,48 @@ class Catalog:
         return {"Node": node, "Service": a,
                 "Checks": [self.serf_health(svc.node_id, node["Node"]), *(c.public() for c in self.checks_of(svc))]}
 
+    # -- external services (/v1/catalog/register, /v1/catalog/deregister) ---------------------
+    def catalog_register(self, body: Any) -> int | None:
+        """Consul's catalog registration: a service on a node no agent runs (an external
+        service), with its checks, filed under the node's name."""
+        c = canon(body, ("Node", "Address", "Datacenter", "ID", "TaggedAddresses", "NodeMeta", "Service",
+                         "Check", "Checks", "SkipNodeUpdate"))
+        node = c.get("Node")
+        if not node or not isinstance(node, str):
+            raise CatalogError('a catalog registration needs a "Node"')
+        if c.get("Datacenter") and c["Datacenter"] != self.datacenter:
+            raise CatalogError(f'datacenter "{c["Datacenter"]}" is not this one ("{self.datacenter}")')
+        if not c.get("Service"):
+            raise CatalogError(f'node "{node}": registering a node without a Service is not supported yet; '
+                               "add a Service")
+        svc = canon(c["Service"], _TOP)
+        checks = ([c["Check"]] if c.get("Check") else []) + list(c.get("Checks") or [])
+        for chk in checks:
+            cc = canon(chk, _CHECK)
+            if not cc.get("ServiceID"):
+                raise CatalogError(f'check "{cc.get("Name") or cc.get("CheckID")}": node-level checks (no '
+                                   "ServiceID) are not supported yet; give the ServiceID")
+        services = self.build({**svc, "Node": node, "NodeAddress": c.get("Address") or "",
+                               "Checks": [{k: v for k, v in canon(x, _CHECK).items() if k != "ServiceID"}
+                                          for x in checks]}, "", node, c.get("Address") or "")
+        self.store.upsert_services(services)
+        stored = self.store.service(*services[0].key)
+        return stored.modify_index if stored else None
+
+    def catalog_deregister(self, body: Any) -> int | None:
+        """{"Node", "ServiceID"} removes a service, {"Node", "CheckID"} a check, {"Node"} every
+        service of the node."""
+        c = canon(body, ("Node", "ServiceID", "CheckID", "Datacenter"))
+        node = c.get("Node")
+        if not node or not isinstance(node, str):
+            raise CatalogError('a catalog deregistration needs a "Node"')
+        if c.get("ServiceID"):
+            return self.store.delete_services([(node, c["ServiceID"])])
+        if c.get("CheckID"):
+            return self.deregister_check(node, c["CheckID"])
+        keys = [s.key for s in self.store.services() if s.key[0] == node]
+        return self.store.delete_services(keys) if keys else None
+
     # -- nodes ------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
         """Consul's /v1/catalog/nodes: every node that runs a service (Yurt's client nodes and
