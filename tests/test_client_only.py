@@ -196,3 +196,27 @@ def test_the_web_ui_of_a_client_only_agent_is_rendered_by_its_server(cluster, jo
         assert "hello from the client node" in logs.text
         assert api.get("/ui/job/nope").status_code == 404
         assert api.get("/ui/static/ui.js").status_code == 200
+
+
+def test_agent_servers_lists_and_sets_the_client_s_servers(cluster):
+    """Nomad's /v1/agent/servers: the client's server list (GET), replaced by PUT ?address=."""
+    import nomad
+
+    server, client = cluster
+    n = nomad.Nomad(host="127.0.0.1", port=client.port)
+    before = n.agent.get_servers()
+    assert before[-1] == f"127.0.0.1:{server.port}" and len(before) == 2
+    try:
+        n.agent.update_servers([f"127.0.0.1:{server.port}"])
+        assert n.agent.get_servers() == [f"127.0.0.1:{server.port}"]
+        with client.api() as api:
+            assert api.get("/v1/jobs").status_code == 200   # forwarded to the one left
+            r = api.put("/v1/agent/servers", params={"address": "nohost"})
+            assert (r.status_code, r.text) == (400, 'server address "nohost" is not host:port')
+            r = api.put("/v1/agent/servers")
+            assert r.status_code == 400 and "missing server address" in r.text
+        assert n.agent.get_servers() == [f"127.0.0.1:{server.port}"]
+    finally:
+        n.agent.update_servers(before)
+    with server.api() as api:   # a server agent lists the servers
+        assert api.get("/v1/agent/servers").json() == [f"127.0.0.1:{server.port}"]

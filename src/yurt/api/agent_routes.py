@@ -99,6 +99,40 @@ def _servers(request: Request) -> list[dict]:
             for m in members]
 
 
+def _hostport(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+@router.get("/v1/agent/servers")
+async def agent_servers(request: Request):
+    """The servers this agent talks to (Nomad: the client's server list), host:port each; on a
+    server agent, every live server."""
+    agent = request.app.state.agent
+    if agent.client is None and agent.server is not None:
+        return reply([f"{m['Addr']}:{m['Port']}" for m in _servers(request) if m["Status"] == "alive"])
+    return reply([_hostport(a) for a in (agent.api_client.addresses if agent.api_client else [])])
+
+
+@router.put("/v1/agent/servers")
+@router.post("/v1/agent/servers")
+async def set_agent_servers(request: Request):
+    """?address=host:port (repeated): the servers this agent's client talks to from now on."""
+    from yurt.errors import InvalidInput
+    agent = request.app.state.agent
+    addresses = request.query_params.getlist("address")
+    if not addresses:
+        raise InvalidInput("missing server address: PUT /v1/agent/servers?address=host:port[&address=...]")
+    if agent.client is None or agent.api_client is None or agent.server is not None:
+        raise InvalidInput("this agent's servers are not configurable: only a client-only agent has a server list")
+    for a in addresses:
+        host, _, port = _hostport(a).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidInput(f'server address "{a}" is not host:port')
+    scheme = "https" if agent.config.tls.http else "http"
+    agent.api_client.set_addresses([a if "://" in a else f"{scheme}://{a}" for a in addresses])
+    return reply(None)
+
+
 @router.get("/v1/agent/members")
 async def agent_members(request: Request):
     agent = request.app.state.agent

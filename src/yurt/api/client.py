@@ -164,6 +164,13 @@ class YurtClient:
     def _next(self) -> None:
         self._current = (self._current + 1) % len(self.addresses)
 
+    def set_addresses(self, addresses: Sequence[str]) -> None:
+        """Talk to these servers from now on (the first one first)."""
+        new = [_normal(a) for a in addresses]
+        if new:
+            self.addresses = new
+            self._current = 0
+
     def fail_over(self, failed: str) -> None:
         """`failed` could not be dialled (by another caller): if it is still the address in use,
         use the next one (callers that failed together move it once)."""
