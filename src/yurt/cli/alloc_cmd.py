@@ -207,3 +207,35 @@ def alloc_stop_cmd(alloc_id: str, detach: bool, verbose: bool, timeout: str, add
             echo(eval_id)
             return
         raise SystemExit(Monitor(client, verbose=verbose, timeout=follow_for).monitor(eval_id))
+
+
+@alloc_group.command("signal")
+@click.argument("alloc_id", metavar="ALLOC")
+@click.argument("task", required=False, metavar="[TASK]")
+@click.option("-s", "signal", default="SIGKILL", metavar="SIGNAL", help="The signal to send (default SIGKILL).")
+@click.option("-task", "task_opt", default=None, metavar="TASK", help="The task to signal (else every running task).")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@address_option
+@api_errors
+def alloc_signal_cmd(alloc_id: str, task: str | None, signal: str, task_opt: str | None, verbose: bool,
+                     address: str | None) -> None:
+    """Send a signal to an allocation's task (or to all its running tasks), as `nomad alloc signal`."""
+    with connect(address) as client:
+        stub = find_alloc(client, alloc_id, verbose)
+        client.put(f"/v1/client/allocation/{stub['ID']}/signal", {"Signal": signal, "Task": task_opt or task or ""})
+
+
+@alloc_group.command("restart")
+@click.argument("alloc_id", metavar="ALLOC")
+@click.argument("task", required=False, metavar="[TASK]")
+@click.option("-task", "task_opt", default=None, metavar="TASK", help="The task to restart (else every running task).")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@address_option
+@api_errors
+def alloc_restart_cmd(alloc_id: str, task: str | None, task_opt: str | None, verbose: bool,
+                      address: str | None) -> None:
+    """Restart an allocation's task (or all its running tasks) in place, as `nomad alloc restart`."""
+    with connect(address) as client:
+        stub = find_alloc(client, alloc_id, verbose)
+        name = task_opt or task or ""
+        client.put(f"/v1/client/allocation/{stub['ID']}/restart", {"TaskName": name, "AllTasks": not name})

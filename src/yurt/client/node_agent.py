@@ -119,6 +119,47 @@ class NodeAgent:
                 runner.destroy(timeout=60)
         self._flush()
 
+    def _task_runners(self, alloc_id: str, task: str, all_tasks: bool = True) -> list:
+        from yurt.errors import InvalidInput, NotFound
+        runner = self.runners.get(alloc_id)
+        if runner is None:
+            raise NotFound(f"allocation {alloc_id[:8]} does not run on this node")
+        if task:
+            tr = runner.task_runners.get(task)
+            if tr is None:
+                raise NotFound(f'allocation {alloc_id[:8]} has no task "{task}" (its tasks: '
+                               f'{", ".join(sorted(runner.task_runners))})')
+            return [tr]
+        if not all_tasks and len(runner.task_runners) > 1:
+            raise InvalidInput(f"allocation {alloc_id[:8]} has {len(runner.task_runners)} tasks: name one")
+        return list(runner.task_runners.values())
+
+    def signal_alloc(self, alloc_id: str, task: str, signal: str) -> None:
+        """`alloc signal`: the signal to the task named (or to every running task)."""
+        from yurt.errors import Conflict
+        from .drivers.base import DriverError
+        from .procs import signal_number
+        signal_number(signal)   # unknown names are a ValueError: the caller's 400
+        sent = 0
+        for tr in self._task_runners(alloc_id, task):
+            try:
+                tr.send_signal(signal, "signal sent by a user (alloc signal)")
+                sent += 1
+            except DriverError as e:
+                if task:
+                    raise Conflict(str(e)) from None
+        if not sent:
+            raise Conflict(f"allocation {alloc_id[:8]} has no running task to signal")
+
+    def restart_alloc(self, alloc_id: str, task: str, all_tasks: bool) -> None:
+        """`alloc restart`: the task named, or every running task, stopped with its kill signal
+        and started again as its restart policy says (as a failing check's restart)."""
+        from yurt.errors import Conflict
+        restarted = [tr.restart("restart requested by a user (alloc restart)")
+                     for tr in self._task_runners(alloc_id, task)]
+        if not any(restarted):
+            raise Conflict(f"allocation {alloc_id[:8]}: {'task ' + task if task else 'no task'} is running")
+
     def local_alloc(self, alloc_id: str) -> Allocation | None:
         """The allocation, if this node runs it (or ran it and still has it)."""
         runner = self.runners.get(alloc_id)

@@ -60,6 +60,11 @@ def restart_signaled(reason: str) -> TaskEvent:
     return event("Restart Signaled", reason, restart_reason=reason, details={"restart_reason": reason})
 
 
+def signaling(signal: str, reason: str) -> TaskEvent:
+    return event("Signaling", f"Task being sent signal {signal}: {reason}" if reason else
+                 f"Task being sent signal {signal}", details={"signal": signal, "reason": reason})
+
+
 def restarting(delay_seconds: float, reason: str) -> TaskEvent:
     ns = int(delay_seconds * SECOND)
     return event(RESTARTING, f"Task restarting in {format_duration(ns)}", restart_reason=reason,

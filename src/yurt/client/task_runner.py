@@ -176,6 +176,17 @@ class TaskRunner:
         threading.Thread(target=stop, name=f"restart-{self.name}", daemon=True).start()
         return True
 
+    def send_signal(self, signal: str, reason: str = "") -> None:
+        """`alloc signal`: the signal to the running task (its process group). Raises
+        DriverError when the task is not running."""
+        with self._lock:
+            handle = self._handle
+            if handle is None or self._state.state != TASK_RUNNING:
+                raise DriverError(f'task "{self.name}" is not running')
+            self._state.events.append(ev.signaling(signal, reason))
+        self._changed()
+        self.driver.signal(handle, signal)
+
     def wait(self, timeout: float | None = None) -> bool:
         """True once the task is dead and its runner finished."""
         return self._done.wait(timeout)

@@ -1,0 +1,64 @@
+"""Nomad's client allocation actions: /v1/client/allocation/<id>/signal and /restart.
+
+The agent whose client runs the allocation acts; a server forwards the request to that node's
+agent (as it does `alloc logs`), a client-only agent that does not run it asks its server.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from yurt.errors import InvalidInput
+
+from .common import json_body, reply
+from .logs import _elsewhere
+
+router = APIRouter()
+
+
+def _str(body: dict, key: str) -> str:
+    value = body.get(key) or ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{key} must be a string")
+    return value
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+@router.put("/v1/client/allocation/{alloc_id}/signal")
+@router.post("/v1/client/allocation/{alloc_id}/signal")
+async def signal(request: Request, alloc_id: str):
+    """{"Signal": "SIGHUP", "Task": "web"}: the signal to the task (no Task: every running task)."""
+    agent = request.app.state.agent
+    body = await _body(request)
+    sig, task = _str(body, "Signal") or "SIGKILL", _str(body, "Task")
+    if agent.client is None or agent.local_alloc(alloc_id) is None:
+        return await _elsewhere(request, alloc_id)
+    try:
+        await run_in_threadpool(agent.client.signal_alloc, alloc_id, task, sig)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+    return reply({})
+
+
+@router.put("/v1/client/allocation/{alloc_id}/restart")
+@router.post("/v1/client/allocation/{alloc_id}/restart")
+async def restart(request: Request, alloc_id: str):
+    """{"TaskName": "web", "AllTasks": false}: the task restarted in place (no TaskName: every
+    running task)."""
+    agent = request.app.state.agent
+    body = await _body(request)
+    task = _str(body, "TaskName")
+    if agent.client is None or agent.local_alloc(alloc_id) is None:
+        return await _elsewhere(request, alloc_id)
+    await run_in_threadpool(agent.client.restart_alloc, alloc_id, task, bool(body.get("AllTasks", True)))
+    return reply({})

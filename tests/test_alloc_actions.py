@@ -1,0 +1,57 @@
+"""Nomad's client allocation actions on a real agent: `alloc signal` and `alloc restart`
+through /v1/client/allocation/<id>/signal|restart, from python-nomad and from the CLI."""
+
+from __future__ import annotations
+
+import nomad
+import pytest
+
+from .agent_util import AgentProcess, allocs, register, wait_for
+from .conftest import run_yurt
+from .test_agent_core import sh_job
+
+SCRIPT = ("trap 'echo got USR1' USR1; echo started; "
+          "while true; do sleep 0.2 & wait $!; done")
+
+
+@pytest.fixture(scope="module")
+def agent():
+    with AgentProcess() as a:
+        yield a
+
+
+def _logs(api, alloc_id: str) -> str:
+    return api.get(f"/v1/client/fs/logs/{alloc_id}", params={"task": "t", "plain": "true"}).text
+
+
+def test_signal_and_restart_a_running_task(agent):
+    with agent.api() as api:
+        register(api, sh_job("acts", SCRIPT))
+        try:
+            (alloc,) = wait_for(lambda: [a for a in allocs(api, "acts") if a["ClientStatus"] == "running"],
+                                timeout=60, what="the job running")
+            wait_for(lambda: "started" in _logs(api, alloc["ID"]), what="the task's first line")
+            n = nomad.Nomad(host="127.0.0.1", port=agent.port)
+            # python-nomad's call: the task's trap prints what it got
+            n.client.allocation.signal_allocation(alloc["ID"], "SIGUSR1", task="t")
+            wait_for(lambda: "got USR1" in _logs(api, alloc["ID"]), what="the task to get SIGUSR1")
+            wait_for(lambda: any(e["Type"] == "Signaling" and e["Details"]["signal"] == "SIGUSR1" for e in
+                                 api.get(f"/v1/allocation/{alloc['ID']}").json()["TaskStates"]["t"]["Events"]),
+                     what="the Signaling task event")
+            # the CLI, with a short ID, restarting in place: same allocation, one more start
+            res = run_yurt("alloc", "restart", "-address", agent.url, alloc["ID"][:8], "t")
+            assert res.returncode == 0, res.stderr
+            state = wait_for(lambda: (s := api.get(f"/v1/allocation/{alloc['ID']}").json()["TaskStates"]["t"])
+                             ["Restarts"] == 1 and s["State"] == "running" and s, what="the task restarted")
+            assert [e["Type"] for e in state["Events"]].count("Started") == 2
+            wait_for(lambda: _logs(api, alloc["ID"]).count("started") == 2, what="the restarted task's first line")
+            # bad input: the reason, and the task left alone
+            r = api.put(f"/v1/client/allocation/{alloc['ID']}/signal", json={"Signal": "SIGNOPE", "Task": "t"})
+            assert r.status_code == 400 and "unknown signal 'SIGNOPE'" in r.text
+            r = api.put(f"/v1/client/allocation/{alloc['ID']}/signal", json={"Signal": "SIGUSR1", "Task": "x"})
+            assert r.status_code == 404 and 'has no task "x"' in r.text
+            res = run_yurt("alloc", "signal", "-address", agent.url, "-s", "SIGUSR1", "ffffffff")
+            assert res.returncode == 1 and "No allocation(s)" in res.stderr
+            assert api.get(f"/v1/allocation/{alloc['ID']}").json()["ClientStatus"] == "running"
+        finally:
+            api.delete("/v1/job/acts", params={"purge": "true"})
