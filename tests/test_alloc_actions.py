@@ -55,3 +55,40 @@ def test_signal_and_restart_a_running_task(agent):
             assert api.get(f"/v1/allocation/{alloc['ID']}").json()["ClientStatus"] == "running"
         finally:
             api.delete("/v1/job/acts", params={"purge": "true"})
+
+
+def test_the_allocation_directory_through_the_fs_api_and_alloc_fs(agent):
+    """Nomad's /v1/client/fs/{ls,stat,cat,readat}: the allocation directory, never outside it,
+    never a task's secrets; `yurt alloc fs` lists a directory and prints a file."""
+    with agent.api() as api:
+        register(api, sh_job("fsjob", "printf 'hello fs\\n' > $NOMAD_TASK_DIR/greeting.txt; exec sleep 600"))
+        try:
+            (alloc,) = wait_for(lambda: [a for a in allocs(api, "fsjob") if a["ClientStatus"] == "running"],
+                                timeout=60, what="the job running")
+            aid = alloc["ID"]
+            top = {e["Name"]: e["IsDir"] for e in api.get(f"/v1/client/fs/ls/{aid}", params={"path": "/"}).json()}
+            assert top["alloc"] is True and top["t"] is True
+            wait_for(lambda: api.get(f"/v1/client/fs/stat/{aid}", params={"path": "/t/local/greeting.txt"})
+                     .status_code == 200, what="the task's file")
+            st = api.get(f"/v1/client/fs/stat/{aid}", params={"path": "/t/local/greeting.txt"}).json()
+            assert (st["Name"], st["IsDir"], st["Size"], st["ContentType"]) == ("greeting.txt", False, 9, "text/plain")
+            assert api.get(f"/v1/client/fs/cat/{aid}", params={"path": "t/local/greeting.txt"}).text == "hello fs\n"
+            r = api.get(f"/v1/client/fs/readat/{aid}", params={"path": "/t/local/greeting.txt", "offset": 6,
+                                                               "limit": 2})
+            assert r.text == "fs"
+            n = nomad.Nomad(host="127.0.0.1", port=agent.port)
+            assert n.client.cat.read_file(aid, "/t/local/greeting.txt") == "hello fs\n"
+            # never outside the allocation directory, never a task's secrets
+            r = api.get(f"/v1/client/fs/cat/{aid}", params={"path": "/../../../etc/passwd"})
+            assert r.status_code == 403 and "outside the allocation directory" in r.text
+            r = api.get(f"/v1/client/fs/ls/{aid}", params={"path": "/t/secrets"})
+            assert (r.status_code, r.text) == (403, "Reading secret files is disallowed")
+            r = api.get(f"/v1/client/fs/stat/{aid}", params={"path": "/t/nope"})
+            assert r.status_code == 404
+            # the CLI
+            res = run_yurt("alloc", "fs", "-address", agent.url, aid[:8], "t/local")
+            assert res.returncode == 0 and "greeting.txt" in res.stdout, res.stderr
+            res = run_yurt("alloc", "fs", "-address", agent.url, aid[:8], "t/local/greeting.txt")
+            assert (res.returncode, res.stdout) == (0, "hello fs\n")
+        finally:
+            api.delete("/v1/job/fsjob", params={"purge": "true"})

@@ -15,7 +15,7 @@ from . import acl, authz
 from . import mesh
 from . import events, monitor
 from . import ui
-from . import client_allocs
+from . import client_allocs, client_fs
 
 
 def create_app(agent) -> FastAPI:
@@ -29,6 +29,7 @@ def create_app(agent) -> FastAPI:
         app.include_router(module.router)
     app.include_router(nodes.router)
     app.include_router(client_allocs.router)
+    app.include_router(client_fs.router)
     app.include_router(metrics.router)
     app.include_router(acl.router)
     app.include_router(mesh.router)

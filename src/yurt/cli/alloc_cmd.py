@@ -239,3 +239,30 @@ def alloc_restart_cmd(alloc_id: str, task: str | None, task_opt: str | None, ver
         stub = find_alloc(client, alloc_id, verbose)
         name = task_opt or task or ""
         client.put(f"/v1/client/allocation/{stub['ID']}/restart", {"TaskName": name, "AllTasks": not name})
+
+
+@alloc_group.command("fs")
+@click.argument("alloc_id", metavar="ALLOC")
+@click.argument("path", required=False, default="/", metavar="[PATH]")
+@click.option("-stat", "--stat", "show_stat", is_flag=True, help="Show the file's or directory's details only.")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@address_option
+@api_errors
+def alloc_fs_cmd(alloc_id: str, path: str, show_stat: bool, verbose: bool, address: str | None) -> None:
+    """List a directory or print a file of an allocation's directory, as `nomad alloc fs`."""
+    with connect(address) as client:
+        stub = find_alloc(client, alloc_id, verbose)
+        info = client.request("GET", f"/v1/client/fs/stat/{stub['ID']}", params={"path": path}).json()
+        if show_stat:
+            print_table(["Mode", "Size", "Modified Time", "Content Type", "Name"],
+                        [[info["FileMode"], info["Size"], info["ModTime"], info["ContentType"], info["Name"]]])
+            return
+        if info["IsDir"]:
+            rows = client.request("GET", f"/v1/client/fs/ls/{stub['ID']}", params={"path": path}).json()
+            print_table(["Mode", "Size", "Modified Time", "Name"],
+                        [[r["FileMode"], r["Size"], r["ModTime"], r["Name"] + ("/" if r["IsDir"] else "")]
+                         for r in rows])
+            return
+        resp = client.request("GET", f"/v1/client/fs/cat/{stub['ID']}", params={"path": path})
+        sys.stdout.buffer.write(resp.content)
+        sys.stdout.flush()
