@@ -92,3 +92,24 @@ def test_the_allocation_directory_through_the_fs_api_and_alloc_fs(agent):
             assert (res.returncode, res.stdout) == (0, "hello fs\n")
         finally:
             api.delete("/v1/job/fsjob", params={"purge": "true"})
+
+
+def test_search_by_prefix_and_fuzzy(agent):
+    """Nomad's /v1/search (ID prefixes per context) and /v1/search/fuzzy (names with a text)."""
+    with agent.api() as api:
+        register(api, sh_job("findme-web", "exec sleep 600"))
+        try:
+            (alloc,) = wait_for(lambda: allocs(api, "findme-web"), timeout=60, what="an allocation")
+            n = nomad.Nomad(host="127.0.0.1", port=agent.port)
+            res = n.search.search("findme", "jobs")
+            assert res["Matches"]["jobs"] == ["findme-web"] and res["Truncations"]["jobs"] is False
+            res = api.put("/v1/search", json={"Prefix": alloc["ID"][:6], "Context": "all"}).json()
+            assert alloc["ID"] in res["Matches"]["allocs"] and set(res["Matches"]) >= {"jobs", "nodes", "evals"}
+            res = api.put("/v1/search/fuzzy", json={"Text": "dme-w", "Context": "all"}).json()
+            assert res["Matches"]["jobs"] == [{"ID": "findme-web", "Scope": ["default"]}]
+            res = api.put("/v1/search/fuzzy", json={"Text": "g", "Context": "all"})
+            assert res.status_code == 400 and "at least 2 characters" in res.text
+            res = api.put("/v1/search", json={"Prefix": "x", "Context": "planets"})
+            assert res.status_code == 400 and 'Context "planets" is not one of all' in res.text
+        finally:
+            api.delete("/v1/job/findme-web", params={"purge": "true"})

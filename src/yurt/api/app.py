@@ -15,7 +15,7 @@ from . import acl, authz
 from . import mesh
 from . import events, monitor
 from . import ui
-from . import client_allocs, client_fs
+from . import client_allocs, client_fs, search
 
 
 def create_app(agent) -> FastAPI:
@@ -30,6 +30,7 @@ def create_app(agent) -> FastAPI:
     app.include_router(nodes.router)
     app.include_router(client_allocs.router)
     app.include_router(client_fs.router)
+    app.include_router(search.router)
     app.include_router(metrics.router)
     app.include_router(acl.router)
     app.include_router(mesh.router)

@@ -1,0 +1,102 @@
+"""Nomad's search: /v1/search (ID prefixes) and /v1/search/fuzzy (names containing a text).
+
+`{"Prefix": "ab", "Context": "all"}` answers {"Matches": {"jobs": [...], "allocs": [...],
+"nodes": [...], "evals": [...], "deployment": [...]}, "Truncations": {...}}, at most 20 per
+context; `{"Text": "web", "Context": "all"}` matches job, group, task, service and node names
+that contain the text, each with its scope ([namespace, job] ...), as Nomad's fuzzy search.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from yurt.errors import InvalidInput
+
+from .common import json_body, reply
+from .forward import ServerReads
+
+router = APIRouter()
+LIMIT = 20
+PREFIX_CONTEXTS = ("jobs", "allocs", "nodes", "evals", "deployment", "namespaces")
+FUZZY_CONTEXTS = ("jobs", "groups", "tasks", "services", "nodes", "namespaces")
+
+
+def _context(body: dict, allowed: tuple[str, ...]) -> list[str]:
+    ctx = body.get("Context") or "all"
+    if ctx == "all":
+        return list(allowed)
+    if ctx not in allowed:
+        raise InvalidInput(f'Context "{ctx}" is not one of all, {", ".join(allowed)}')
+    return [ctx]
+
+
+async def _body(request: Request) -> dict:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def _cut(found: list, matches: dict, truncations: dict, ctx: str) -> None:
+    matches[ctx] = found[:LIMIT]
+    truncations[ctx] = len(found) > LIMIT
+
+
+@router.put("/v1/search")
+@router.post("/v1/search")
+async def search(request: Request, reads: ServerReads):
+    body = await _body(request)
+    prefix = body.get("Prefix")
+    if not isinstance(prefix, str):
+        raise InvalidInput('Prefix must be a string: {"Prefix": "<ID prefix>", "Context": "all"}')
+    matches: dict[str, list] = {}
+    truncations: dict[str, bool] = {}
+    for ctx in _context(body, PREFIX_CONTEXTS):
+        if ctx == "jobs":
+            found = [j.id for j in reads.jobs(None, prefix)]
+        elif ctx == "allocs":
+            found = [a.id for a in reads.allocs(prefix)]
+        elif ctx == "nodes":
+            found = [n.id for n in reads.nodes(prefix)]
+        elif ctx == "evals":
+            found = [e.id for e in reads.evals(prefix)]
+        elif ctx == "deployment":
+            found = [d.id for d in reads.deployments(None, prefix)]
+        else:
+            found = ["default"] if "default".startswith(prefix) else []
+        _cut(sorted(found), matches, truncations, ctx)
+    return reply({"Matches": matches, "Truncations": truncations}, reads.index())
+
+
+@router.put("/v1/search/fuzzy")
+@router.post("/v1/search/fuzzy")
+async def fuzzy(request: Request, reads: ServerReads):
+    body = await _body(request)
+    text = body.get("Text")
+    if not isinstance(text, str) or len(text) < 2:
+        raise InvalidInput('Text must be a string of at least 2 characters: {"Text": "web", "Context": "all"}')
+    want = text.lower()
+    found: dict[str, list[dict]] = {c: [] for c in FUZZY_CONTEXTS}
+    for job in reads.jobs(None, ""):
+        ns = job.namespace or "default"
+        if want in job.id.lower():
+            found["jobs"].append({"ID": job.id, "Scope": [ns]})
+        for g in job.task_groups or []:
+            if want in g.name.lower():
+                found["groups"].append({"ID": g.name, "Scope": [ns, job.id]})
+            for s in g.services or []:
+                if s.name and want in s.name.lower():
+                    found["services"].append({"ID": s.name, "Scope": [ns, job.id, g.name]})
+            for t in g.tasks or []:
+                if want in t.name.lower():
+                    found["tasks"].append({"ID": t.name, "Scope": [ns, job.id, g.name]})
+    for node in reads.nodes(""):
+        if want in node.name.lower():
+            found["nodes"].append({"ID": node.name, "Scope": [node.id]})
+    if want in "default":
+        found["namespaces"].append({"ID": "default", "Scope": []})
+    matches: dict[str, list] = {}
+    truncations: dict[str, bool] = {}
+    for ctx in _context(body, FUZZY_CONTEXTS):
+        _cut(found[ctx], matches, truncations, ctx)
+    return reply({"Matches": matches, "Truncations": truncations}, reads.index())
