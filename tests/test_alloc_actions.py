@@ -113,3 +113,25 @@ def test_search_by_prefix_and_fuzzy(agent):
             assert res.status_code == 400 and 'Context "planets" is not one of all' in res.text
         finally:
             api.delete("/v1/job/findme-web", params={"purge": "true"})
+
+
+def test_allocation_and_host_stats(agent):
+    """Nomad's /v1/client/allocation/<id>/stats (each running task's CPU and memory) and
+    /v1/client/stats (the host: memory, CPUs, the data dir's disk, uptime)."""
+    with agent.api() as api:
+        register(api, sh_job("statjob", "exec sleep 600"))
+        try:
+            (alloc,) = wait_for(lambda: [a for a in allocs(api, "statjob") if a["ClientStatus"] == "running"],
+                                timeout=60, what="the job running")
+            n = nomad.Nomad(host="127.0.0.1", port=agent.port)
+            usage = wait_for(lambda: (u := n.client.allocation.read_allocation_stats(alloc["ID"]))["Tasks"] and u,
+                             what="the task's figures")
+            assert usage["Tasks"]["t"]["ResourceUsage"]["MemoryStats"]["RSS"] > 0
+            assert usage["ResourceUsage"]["MemoryStats"]["RSS"] == usage["Tasks"]["t"]["ResourceUsage"]["MemoryStats"]["RSS"]
+            host = n.client.stats.read_stats()
+            assert host["Memory"]["Total"] > host["Memory"]["Available"] > 0 and host["CPU"] and host["Uptime"] > 0
+            assert host["DiskStats"][0]["Size"] > 0
+            r = api.get(f"/v1/client/allocation/{alloc['ID']}/stats", params={"task": "nope"})
+            assert r.status_code == 404 and 'task "nope"' in r.text
+        finally:
+            api.delete("/v1/job/statjob", params={"purge": "true"})

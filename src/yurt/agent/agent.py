@@ -149,6 +149,18 @@ class Agent:
     def alloc_done(self, alloc_id: str) -> bool:
         return self.client.alloc_done(alloc_id) if self.client else True
 
+    def alloc_stats(self, alloc_id: str, task: str = "") -> dict:
+        """/v1/client/allocation/<id>/stats for an allocation this agent's client runs."""
+        from yurt.client.host_stats import alloc_usage
+        assert self.client is not None
+        return alloc_usage(self.client, alloc_id, task)
+
+    def host_stats(self) -> dict:
+        """/v1/client/stats: this node's host figures."""
+        from yurt.client.host_stats import host_stats
+        assert self.client is not None
+        return host_stats(str(self.client.config.data_dir))
+
     def mesh_probe(self, probes: list[dict]) -> list[dict]:
         """`yurt mesh explain`'s probes of this node's allocations (client/mesh_probe.py); the
         source's leaf comes from this agent's cache, as its sidecar's does."""

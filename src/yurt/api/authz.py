@@ -144,6 +144,8 @@ _add("GET", "/v1/catalog/datacenters", _r("service", "read"))
 _add("GET", "/v1/agent/servers", _r("agent", "read"))
 _add("PUT POST", "/v1/client/allocation/{alloc_id}/signal", _r(NS, "alloc-lifecycle"))
 _add("PUT POST", "/v1/search", READ_JOB)
+_add("GET", "/v1/client/allocation/{alloc_id}/stats", READ_JOB)
+_add("GET", "/v1/client/stats", _r("node", "read"))
 _add("PUT POST", "/v1/search/fuzzy", READ_JOB)
 for _fs in ("ls", "stat", "cat", "readat"):
     _add("GET", f"/v1/client/fs/{_fs}/{{alloc_id}}", _r(NS, "read-fs"))

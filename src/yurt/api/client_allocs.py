@@ -62,3 +62,21 @@ async def restart(request: Request, alloc_id: str):
         return await _elsewhere(request, alloc_id)
     await run_in_threadpool(agent.client.restart_alloc, alloc_id, task, bool(body.get("AllTasks", True)))
     return reply({})
+
+
+@router.get("/v1/client/allocation/{alloc_id}/stats")
+async def alloc_stats(request: Request, alloc_id: str):
+    """Nomad's AllocResourceUsage: each running task's CPU and memory (?task= for one)."""
+    agent = request.app.state.agent
+    if agent.client is None or agent.local_alloc(alloc_id) is None:
+        return await _elsewhere(request, alloc_id)
+    return reply(await run_in_threadpool(agent.alloc_stats, alloc_id, request.query_params.get("task", "")))
+
+
+@router.get("/v1/client/stats")
+async def client_stats(request: Request):
+    """Nomad's HostStats of this agent's node (a server without a client: 400, naming why)."""
+    agent = request.app.state.agent
+    if agent.client is None:
+        raise InvalidInput("this agent has no client: ask the agent of the node (or its node_id's agent)")
+    return reply(await run_in_threadpool(agent.host_stats))
