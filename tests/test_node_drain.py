@@ -252,7 +252,9 @@ def test_drain_disable_cancels_and_the_rest_stays(fresh):
     c = fresh
     a, b = c.node_id("node-a"), c.node_id("node-b")
     c.cli("node", "eligibility", "-disable", "node-b")
-    register(c.api, sleep_job("halfway", 2, migrate_block(max_parallel=1, min_healthy_time="4s")))
+    # min_healthy_time: long enough that the disable below comes before the second allocation is
+    # marked, even on a loaded machine (4s was not: the CLI calls in between took longer)
+    register(c.api, sleep_job("halfway", 2, migrate_block(max_parallel=1, min_healthy_time="15s")))
     running_on(c.api, "halfway", a, 2)
     c.cli("node", "eligibility", "-enable", "node-b")
     r = c.cli("node", "drain", "-enable", "-yes", "-detach", "node-a")
@@ -279,9 +281,9 @@ def test_drain_disable_cancels_and_the_rest_stays(fresh):
     assert node["SchedulingEligibility"] == "eligible"      # -disable makes it eligible (no -keep-ineligible)
     assert "Node drain disabled" in [e["Message"] for e in node["Events"]]
     # had the drain gone on, the second allocation would have been marked once the first
-    # replacement had run 4s; well past that, it still runs on node-a, unmarked
+    # replacement had run 15s; well past that, it still runs on node-a, unmarked
     started = parse_rfc3339(moved["TaskStates"]["t"]["StartedAt"])
-    wait_for(lambda: time.time_ns() - started > 8 * 10**9, timeout=30, what="8s past the replacement's start")
+    wait_for(lambda: time.time_ns() - started > 19 * 10**9, timeout=40, what="19s past the replacement's start")
     stay = [x for x in allocs(c.api, "halfway") if x["NodeID"] == a and x["DesiredStatus"] == "run"]
     assert len(stay) == 1 and stay[0]["ClientStatus"] == "running"
     assert not (stay[0]["DesiredTransition"] or {}).get("Migrate")
