@@ -50,7 +50,9 @@ class Agent:
                 from yurt.state.events import EventBuffer
                 self.store.events = EventBuffer(config.event_buffer_size)
             self.server = Server(self.store, num_workers=config.num_schedulers,
-                                 heartbeat_ttl=config.heartbeat_ttl, region=config.region,
+                                 heartbeat_ttl=config.heartbeat_ttl,
+                                 max_heartbeats_per_second=config.max_heartbeats_per_second,
+                                 region=config.region,
                                  datacenter=config.datacenter,
                                  default_intention_policy=config.default_intention_policy,
                                  leaf_cert_ttl=config.leaf_cert_ttl)
