@@ -75,9 +75,12 @@ test: deps lint images
 demo: deps
 	examples/countdash/demo.sh
 
-# Benchmarks (not part of the tests): the scheduler, the state store's writes against SQLite alone,
-# the sidecar proxy against HAProxy, and the etcd clients etcd3gw and aetcd side by side (a client
-# not installed is skipped: pip install aetcd etcd3gw).
+# Benchmarks (not part of the tests; bench/README.md says what each measures, against what, and the
+# last figures): the scheduler (pure, through the server, over HTTP with 5,000 nodes heartbeating
+# and watching, SQLite and etcd; failover; the fleet), the state store's writes against SQLite
+# alone, the sidecar proxy against HAProxy, the etcd clients etcd3gw and aetcd side by side (a
+# client not installed is skipped: pip install aetcd etcd3gw), and one node running 200
+# allocations (compiled supervisor vs Python executor).
 BENCH_DEBS := nginx haproxy wrk
 bench: deps
 	@missing=$$(for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -86,6 +89,7 @@ bench: deps
 	$(PY) bench/state_store.py
 	$(PY) bench/proxy.py
 	$(PY) bench/etcd_clients.py
+	$(PY) bench/node.py
 
 clean:
 	rm -rf $(VENV) .stamp-* build *.egg-info src/*.egg-info .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -15,20 +15,29 @@ store), in one run, with the ratio between them.
 
 ``http``: the whole path as a user's ``job run`` takes it, over HTTP, against a real server agent
 process (``yurt agent -config``, server only): on SQLite, then on a 3-member loopback etcd
-(tests/etcd_cluster.py), side by side with the ratio etcd / SQLite. ``--http-nodes`` nodes register
-through the client agents' route (each with its own SecretID) and heartbeat at their TTL for the
-whole run; ``--http-clients`` threads then submit ``--http-jobs`` jobs of ``--http-count``
-allocations (``PUT /v1/jobs``, the body ``job run`` sends) as fast as the server takes them. A
-job is placed when an evaluation of it is complete and ``/v1/job/<id>/allocations`` holds all
-its allocations (the bench follows evaluations with one blocking query). Prints placements/s from
-the first registration until every allocation is stored, and p50/p99 of each job's
-"register -> all placed" (under that full load, so queueing included).
+(tests/etcd_cluster.py), side by side with the ratio etcd / SQLite (``--http-stores sqlite``:
+SQLite alone). ``--http-nodes`` nodes (5,000) register through the client agents' route (each
+with its own SecretID), heartbeat at half the TTL the server answers and keep a blocking query on
+their allocations open for the whole run, as the node agent does (bench/loadgen.py:
+``--loadgen-procs`` asyncio processes play them). ``--http-clients`` threads then submit
+``--http-jobs`` jobs of ``--http-count`` allocations (``PUT /v1/jobs``, the body ``job run``
+sends) as fast as the server takes them. A job is placed when an evaluation of it is complete and
+``/v1/job/<id>/allocations`` holds all its allocations (the bench follows evaluations with one
+blocking query). Prints placements/s from the first registration until every allocation is
+stored, and p50/p99 of each job's "register -> all placed" (under that full load, so queueing
+included). With ``pure`` in the same run (``--only pure,http``) the ratio HTTP / pure scheduler
+is printed.
+
+``fleet`` (``--only fleet``): one server agent on SQLite holding ``--fleet-nodes`` nodes, played by
+bench/loadgen.py as the http section's: RSS per node, server CPU while only heartbeats and watch
+renewals flow, and the time from one job registration (an allocation on every node) until the
+last node's watch saw its allocation.
 
 ``failover``: three server agents on one etcd; the leader (``/v1/status/leader``) is SIGKILLed,
 and the time until a surviving server names a new leader and accepts a job registration is
 printed; then the same for a graceful stop (SIGTERM: the leader revokes its lease).
-``--server-profile DIR`` records the etcd server process of ``http`` with py-spy (if installed)
-into DIR (a flame graph and a raw top list).
+``--server-profile DIR`` records the server agent processes of ``http`` with py-spy (if installed)
+into DIR/sqlite, DIR/etcd (raw stacks; the top functions are printed).
 """
 
 from __future__ import annotations
@@ -50,7 +59,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -299,82 +307,92 @@ class ServerAgent:
 
 
 class Nodes:
-    """Client nodes as the client agents are to the server: each registers through
-    `PUT /v1/internal/node/register` with its own SecretID, then heartbeats at half its TTL
-    (`threads` threads, each spreading its share of nodes evenly over the period)."""
+    """Client nodes as the client agents are to the server, played by `parts` load generator
+    processes (bench/loadgen.py, asyncio): each node registers through
+    `PUT /v1/internal/node/register` with its own SecretID, heartbeats at half the TTL the server
+    answers and keeps a blocking query on its allocations open, as the node agent does."""
 
-    def __init__(self, url: str, count: int, threads: int = 2) -> None:
-        self.url = url
-        self.nodes = build_nodes(count)
-        for node in self.nodes:
-            node.secret_id = str(uuid.uuid4())
-        self.threads = threads
+    def __init__(self, url: str, count: int, parts: int = 2, max_seconds: float = 900.0) -> None:
+        self.url, self.count, self.parts, self.max_seconds = url, count, max(1, min(parts, count)), max_seconds
+        self.procs: list[subprocess.Popen[str]] = []
         self.ttl = 10.0
         self.sent = self.failed = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._workers: list[threading.Thread] = []
+        self.final: list[dict[str, Any]] = []
 
-    def register(self, parallel: int = 8) -> None:
-        import httpx
-        bodies = [(n.id, n.secret_id, json.dumps({"Node": n.to_json()})) for n in self.nodes]
-        work: queue.Queue[tuple[str, str, str]] = queue.Queue()
-        for b in bodies:
-            work.put(b)
-        errors: list[str] = []
+    def register(self) -> None:
+        """Start the generators; return when every node is registered (RuntimeError otherwise)."""
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        for k in range(self.parts):
+            self.procs.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "loadgen.py"), self.url, "--nodes", str(self.count),
+                 "--part", str(k), "--parts", str(self.parts), "--max-seconds", str(self.max_seconds)],
+                cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                start_new_session=True))
+        failed = 0
+        for proc in self.procs:
+            first = self._line(proc, 600)
+            if "error" in first:
+                raise RuntimeError(f"node registration failed: {first['error']}")
+            failed += first["register failed"]
+            self.ttl = first["ttl"]
+        if failed:
+            raise RuntimeError(f"{failed} node registrations failed")
 
-        def run() -> None:
-            with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as c:
-                while True:
-                    try:
-                        _, secret, body = work.get_nowait()
-                    except queue.Empty:
-                        return
-                    r = c.put("/v1/internal/node/register", content=body,
-                              headers={"X-Nomad-Token": secret, "Content-Type": "application/json"})
-                    if r.status_code != 200:
-                        errors.append(r.text)
-                        continue
-                    self.ttl = r.json()["HeartbeatTTL"] / 1e9
-        threads = [threading.Thread(target=run) for _ in range(parallel)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise RuntimeError(f"{len(errors)} node registrations failed; the first: {errors[0]}")
+    @staticmethod
+    def _line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+        assert proc.stdout is not None
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout)
+        if not result or not result[0]:
+            raise RuntimeError(f"the load generator (pid {proc.pid}) answered nothing within {timeout:.0f} s")
+        return dict(json.loads(result[0]))
+
+    def ask(self, command: str) -> list[dict[str, Any]]:
+        out = []
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+            out.append(self._line(proc, 60))
+        return out
+
+    def stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for part in self.ask("stats"):
+            for k, v in part.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def seen(self) -> dict[str, tuple[int, float]]:
+        """Per job: allocations the nodes saw, and when the last of them first saw one (monotonic)."""
+        total: dict[str, tuple[int, float]] = {}
+        for part in self.ask("seen"):
+            for job, (n, last) in part.items():
+                m, t = total.get(job, (0, 0.0))
+                total[job] = (m + n, max(t, last))
+        return total
 
     def start_heartbeats(self) -> None:
-        for k in range(self.threads):
-            share = [(n.id, n.secret_id) for n in self.nodes[k::self.threads]]
-            t = threading.Thread(target=self._beat, args=(share,), name=f"heartbeats-{k}", daemon=True)
-            t.start()
-            self._workers.append(t)
-
-    def _beat(self, share: list[tuple[str, str]]) -> None:
-        import httpx
-        period = self.ttl / 2
-        with httpx.Client(base_url=self.url, timeout=self.ttl, trust_env=False) as c:
-            cycle = time.monotonic()
-            while not self._stop.is_set():
-                for j, (node_id, secret) in enumerate(share):
-                    delay = cycle + j * period / len(share) - time.monotonic()
-                    if delay > 0 and self._stop.wait(delay):
-                        return
-                    try:
-                        ok = c.put(f"/v1/internal/node/{node_id}/heartbeat",
-                                   headers={"X-Nomad-Token": secret}).status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
-                    with self._lock:
-                        self.sent += 1
-                        self.failed += not ok
-                cycle += period
+        """The generators heartbeat from their registration on (kept for the callers' order)."""
 
     def stop(self) -> None:
-        self._stop.set()
-        for t in self._workers:
-            t.join(timeout=30)
+        if not self.procs:
+            return
+        try:
+            self.final = self.ask("stop")
+        except (RuntimeError, OSError, ValueError):
+            self.final = []
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        self.sent = sum(f.get("heartbeats", 0) for f in self.final)
+        self.failed = sum(f.get("heartbeats failed", 0) for f in self.final)
+        self.procs = []
 
 
 def _submit_and_wait(url: str, jobs: list[Job], count: int, clients: int,
@@ -456,7 +474,7 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
     args._runs += 1   # a data dir of its own
     server = ServerAgent(root, f"http-{label}-{args._runs}", workers=args.workers, etcd=etcd,
                          prefix=f"/bench-{label}/", src=src).start()
-    nodes = Nodes(server.url, args.http_nodes)
+    nodes = Nodes(server.url, args.http_nodes, parts=args.loadgen_procs)
     spy = None
     try:
         server.wait_ready(leader=etcd is not None)
@@ -465,15 +483,15 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
         register_nodes_s = time.perf_counter() - t0
         nodes.start_heartbeats()
         jobs = [build_job(i, args.http_count, False, HTTP_CPU, HTTP_MEMORY_MB) for i in range(args.http_jobs)]
-        if args.server_profile and etcd is not None and src is None:
-            spy = _start_py_spy(server.pid, Path(args.server_profile))
+        if args.server_profile and src is None:
+            spy = _start_py_spy(server.pid, Path(args.server_profile) / label)
         cpu0, etcd0, own0 = _cpu_seconds(server.pid), sum(map(_cpu_seconds, members)), time.process_time()
         run = _submit_and_wait(server.url, jobs, args.http_count, args.http_clients, args.http_timeout)
         cpu = _cpu_seconds(server.pid) - cpu0
         etcd_cpu = sum(map(_cpu_seconds, members)) - etcd0
         own_cpu = time.process_time() - own0
         if spy is not None:
-            _stop_py_spy(spy, Path(args.server_profile))
+            _stop_py_spy(spy, Path(args.server_profile) / label)
         nodes.stop()
         down = sum(1 for n in server.http.get("/v1/nodes").json() if n["Status"] != "ready")
         placements = run["jobs placed"] * args.http_count
@@ -513,7 +531,7 @@ def _start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
         return None
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([exe, "record", "--gil", "--nonblocking", "-p", str(pid), "-r", "400", "-f", "raw", "-o",
-                             str(out / "etcd-server.txt")], cwd=ROOT, stdin=subprocess.DEVNULL,
+                             str(out / "server.txt")], cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -529,7 +547,7 @@ def _stop_py_spy(spy: subprocess.Popen[bytes], out: Path, top: int = 25) -> None
     incl: dict[str, int] = {}
     total = 0
     try:
-        lines = (out / "etcd-server.txt").read_text(errors="replace").splitlines()
+        lines = (out / "server.txt").read_text(errors="replace").splitlines()
     except OSError:
         print("  (py-spy wrote no profile)")
         return
@@ -542,7 +560,8 @@ def _stop_py_spy(spy: subprocess.Popen[bytes], out: Path, top: int = 25) -> None
         own[frames[-1]] = own.get(frames[-1], 0) + int(n)
         for f in set(frames):
             incl[f] = incl.get(f, 0) + int(n)
-    print(f"  py-spy: {total} samples of the etcd server process (raw stacks: {out / 'etcd-server.txt'})")
+    print(f"  py-spy: {total} samples of the {out.name} server process, the GIL holder's (raw stacks: "
+          f"{out / 'server.txt'})")
     for title, table in (("own", own), ("inclusive", incl)):
         print(f"  top {top} by {title} samples:")
         for f, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
@@ -573,7 +592,7 @@ def http_path(args) -> dict[str, dict[str, float]]:
     print(f"  {args.http_nodes} nodes heartbeating, {args.http_jobs} jobs x {args.http_count} allocs "
           f"({HTTP_CPU} MHz / {HTTP_MEMORY_MB} MB), {args.http_clients} clients", flush=True)
     runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "baseline": [], "etcd": []}
-    etcd_missing = _etcd_missing()
+    etcd_missing = "--http-stores sqlite" if args.http_stores == "sqlite" else _etcd_missing()
     if etcd_missing:
         print(f"  (no etcd column: {etcd_missing})")
     for r in range(args.repeat):   # interleaved, so a slow moment of the machine hits every store
@@ -606,6 +625,84 @@ def http_path(args) -> dict[str, dict[str, float]]:
             row["etcd/baseline"] = round(b / base[key], 2)
         out[key] = row
     return out
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def fleet(args) -> dict[str, Any]:
+    """A server agent (SQLite) holding --fleet-nodes nodes that heartbeat at their TTL, each with a
+    blocking query on its allocations open: server RSS per node, server CPU while only heartbeats
+    and the watches' renewals flow (a watch waits 30 s, then asks again, as the node agent's),
+    and the time from one job registration (an allocation on every node: count = nodes,
+    distinct_hosts) until the last node saw its allocation."""
+    import httpx
+    root = Path(args._root)
+    args._runs += 1
+    server = ServerAgent(root, f"fleet-{args._runs}", workers=args.workers).start()
+    nodes = Nodes(server.url, args.fleet_nodes, parts=args.loadgen_procs)
+    try:
+        server.wait_ready()
+        time.sleep(1.0)
+        rss0 = _rss_mb(server.pid)
+        t0 = time.perf_counter()
+        nodes.register()
+        registered_s = time.perf_counter() - t0
+        # a node heartbeats half a TTL after its registration: wait until every node beats, then
+        # measure over a window while only heartbeats flow (the watches are open and quiet)
+        time.sleep(max(0.0, t0 + nodes.ttl / 2 + 2 - time.perf_counter()))
+        window = min(max(10.0, nodes.ttl / 2), args.fleet_window)
+        hb0, cpu0, gen0 = nodes.stats(), _cpu_seconds(server.pid), sum(map(_cpu_seconds, (p.pid for p in nodes.procs)))
+        time.sleep(window)
+        hb1, cpu1, gen1 = nodes.stats(), _cpu_seconds(server.pid), sum(map(_cpu_seconds, (p.pid for p in nodes.procs)))
+        rss1 = _rss_mb(server.pid)
+        beats = hb1["heartbeats"] - hb0["heartbeats"]
+        renewals = hb1["watch answers"] - hb0["watch answers"]
+        job = build_job(0, args.fleet_nodes, False, HTTP_CPU, HTTP_MEMORY_MB)
+        job.id = "fleet"
+        job.constraints = [Constraint(operand="distinct_hosts", r_target="true")]
+        body = json.dumps(job.to_document()).encode()
+        c0 = _cpu_seconds(server.pid)
+        t_reg = time.monotonic()
+        r = server.http.put("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        if r.status_code != 200:
+            raise RuntimeError(f"registering the fleet job failed: HTTP {r.status_code}: {r.text[:300]}")
+        deadline = time.monotonic() + args.http_timeout
+        seen: tuple[int, float] = (0, 0.0)
+        while time.monotonic() < deadline:
+            seen = nodes.seen().get("fleet", (0, 0.0))
+            if seen[0] >= args.fleet_nodes:
+                break
+            time.sleep(0.2)
+        cpu_job = _cpu_seconds(server.pid) - c0
+        stored = len(server.http.get("/v1/job/fleet/allocations", timeout=60).json())
+        stats = nodes.stats()
+        nodes.stop()
+        down = sum(1 for n in server.http.get("/v1/nodes").json() if n["Status"] != "ready")
+        return {"nodes": args.fleet_nodes, "load generator processes": len(nodes.final) or args.loadgen_procs,
+                "nodes registered in (s)": round(registered_s, 2), "heartbeat TTL (s)": nodes.ttl,
+                "server RSS before nodes (MB)": round(rss0, 1), "server RSS with nodes (MB)": round(rss1, 1),
+                "server RSS per node (KB)": round(1024 * (rss1 - rss0) / args.fleet_nodes, 1),
+                "heartbeats/s (measured)": round(beats / window),
+                "watch renewals/s (30 s waits)": round(renewals / window),
+                "server CPU, idle fleet (% of a core)": round(100 * (cpu1 - cpu0) / window, 1),
+                "server CPU per node (ms/s)": round(1000 * (cpu1 - cpu0) / window / args.fleet_nodes, 4),
+                "load generator CPU (% of a core)": round(100 * (gen1 - gen0) / window, 1),
+                "job allocations stored": stored, "nodes that saw theirs": seen[0],
+                "register -> last node saw its alloc (s)": round(seen[1] - t_reg, 2) if seen[0] else None,
+                "server CPU for that job (s)": round(cpu_job, 2),
+                "watch answers": stats.get("watch answers", 0), "watch failed": stats.get("watch failed", 0),
+                "heartbeats failed": stats.get("heartbeats failed", 0), "nodes not ready": down}
+    except (Exception, httpx.HTTPError):
+        print(f"  (fleet server log, the end:)\n{server.tail()}", file=sys.stderr)
+        raise
+    finally:
+        nodes.stop()
+        server.stop()
 
 
 def _until_new_leader_writes(servers: list[ServerAgent], old: str, job: bytes,
@@ -682,6 +779,7 @@ SECTIONS: list[tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = [
     ("http path (a server agent process: PUT /v1/jobs -> eval -> plan -> stored allocs), SQLite and etcd",
      http_path),
     ("failover (3 server agents on a 3-member etcd)", failover),
+    ("fleet (a server agent, SQLite, holding --fleet-nodes heartbeating nodes with their watches open)", fleet),
 ]
 
 
@@ -694,20 +792,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="cProfile the schedule() calls")
     p.add_argument("--sort", default="tottime", help="profile sort key (tottime, cumulative)")
     p.add_argument("--workers", type=int, default=2, help="scheduler workers in the server path")
-    p.add_argument("--only", choices=["pure", "server", "http", "failover"], help="run one section")
-    p.add_argument("--http-nodes", type=int, default=200, help="nodes registered and heartbeating (http)")
+    p.add_argument("--only", metavar="SECTIONS", help="run these sections only, comma-separated: "
+                   "pure, server, http, failover, fleet (e.g. --only pure,http)")
+    p.add_argument("--http-nodes", type=int, default=5000, help="nodes registered, heartbeating and watching "
+                   "their allocations (http)")
+    p.add_argument("--fleet-nodes", type=int, default=5000, help="nodes of the fleet section")
+    p.add_argument("--fleet-window", type=float, default=30.0, help="seconds the heartbeat CPU is measured over")
+    p.add_argument("--loadgen-procs", type=int, default=2, help="load generator processes playing the nodes")
     p.add_argument("--http-jobs", type=int, default=100, help="jobs submitted over HTTP")
     p.add_argument("--http-count", type=int, default=40, help="allocations per job over HTTP")
     p.add_argument("--http-clients", type=int, default=4, help="concurrent HTTP clients submitting jobs")
+    p.add_argument("--http-stores", choices=["both", "sqlite"], default="both",
+                   help="http: SQLite and a 3-member etcd side by side, or SQLite alone")
     p.add_argument("--http-timeout", type=float, default=300.0, help="seconds to wait for every placement")
     p.add_argument("--repeat", type=int, default=1, help="http: run each store this many times (interleaved) "
                    "and print the medians")
     p.add_argument("--lease-ttl", type=int, default=None, help="the servers' etcd lease TTL in failover "
                    "(default: the agent's, 10 s)")
-    p.add_argument("--server-profile", metavar="DIR", help="py-spy the etcd server of the http section into DIR")
+    p.add_argument("--server-profile", metavar="DIR", help="py-spy the server agents of the http section into "
+                   "DIR/<store> (the thread holding the GIL: what the server spends its one core on)")
     p.add_argument("--baseline-src", metavar="DIR", help="http: also run the etcd server from this src directory "
                    "(e.g. `git archive HEAD src | tar -x -C /tmp/base` then /tmp/base/src), before the current one")
     args = p.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",")] if args.only else []
+    bad = [s for s in only if s not in ("pure", "server", "http", "failover", "fleet")]
+    if bad:
+        p.error(f"--only {bad[0]!r}: the sections are pure, server, http, failover, fleet")
     print(f"cluster: {args.nodes} nodes, 2 DCs, {RACKS} racks; {args.jobs} jobs x {args.count} allocs"
           f"{' with spread' if args.spread else ''}")
     args._root = tempfile.mkdtemp(prefix="yurt-bench-")
@@ -716,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     try:
         for title, section in SECTIONS:
-            if args.only and not title.startswith(args.only):
+            if only and not any(title.startswith(s) for s in only):
                 continue
             print(f"\n== {title}", flush=True)
             results[section.__name__] = figures = section(args)
@@ -729,6 +839,11 @@ def main(argv: list[str] | None = None) -> int:
         ratio = results["server_path"]["placements/s"] / results["pure_scheduler"]["placements/s"]
         print(f"\nserver path / pure scheduler: {ratio:.2f}x  "
               f"(goal: >= 1,000 placements/s through the server path; Nomad C2M ~1,500/s on 3 servers)")
+    if "http_path" in results and "pure_scheduler" in results:
+        http = results["http_path"]["placements/s"]["sqlite"]
+        pure = results["pure_scheduler"]["placements/s"]
+        print(f"\nhttp path (SQLite, {args.http_nodes} nodes heartbeating and watching) / pure scheduler: "
+              f"{http / pure:.2f}x  ({http} vs {pure} placements/s; goal: >= 3,750 over HTTP)")
     if "http_path" in results and "etcd (3 members)" in results["http_path"]["placements/s"]:
         row = results["http_path"]["placements/s"]
         print(f"http path, etcd / SQLite: {row.get('etcd/sqlite', 0):.2f}x  "

@@ -133,3 +133,51 @@ def test_wait_async_many_waiters(store):
 
     assert asyncio.run(main()) == [1] * 20
     assert store._waiters._async == []
+
+
+def test_a_node_allocations_watch_wakes_only_for_that_node(store):
+    """The client agent's watch (GET /v1/node/<id>/allocations?index=): a write that changes
+    allocations on other nodes leaves it waiting; one on its node (placed, updated, or
+    collected) wakes it, with that write's index."""
+    from yurt.state import NODE_ALLOCS
+    job = mock.job("web")
+    store.upsert_job(job)
+    job = store.job("default", "web")
+    n1, n2 = NODE_ALLOCS + "n1", NODE_ALLOCS + "n2"
+    assert store.table_index(n1) == 0     # never changed since the store opened
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, store.upsert_allocs, [mock.alloc(job, "n2")])
+        other = await store.wait_async(0, 0.3, table=n1)
+        on_n2 = store.table_index(n2)
+        placed = mock.alloc(job, "n1")
+        loop.call_later(0.05, lambda: threading.Thread(target=store.upsert_allocs, args=([placed],)).start())
+        mine = await store.wait_async(other, LONG, table=n1)
+        return other, on_n2, mine
+
+    other, on_n2, mine = asyncio.run(main())
+    assert other == 0 and on_n2 == store.table_index("allocs") - 1
+    assert mine == store.table_index("allocs") == store.table_index(n1)
+    assert store._waiters._by_key == {}
+    # thread waiters see the same index
+    assert store.wait(mine, 0, table=n1) == mine
+    assert store.wait(0, 0, table=n2) == on_n2
+
+
+def test_node_allocations_index_survives_a_reopen(tmp_path):
+    """After a restart a node's watch index is the allocs index at load: a client's next
+    ?index= from before the restart still blocks until its allocations change."""
+    from yurt.state import NODE_ALLOCS
+    s = StateStore(str(tmp_path / "state.db"))
+    job = mock.job("web")
+    s.upsert_job(job)
+    s.upsert_allocs([mock.alloc(s.job("default", "web"), "n1")])
+    allocs = s.table_index("allocs")
+    s.close()
+    s = StateStore(str(tmp_path / "state.db"))
+    try:
+        assert s.table_index(NODE_ALLOCS + "n1") == allocs
+        assert s.wait(allocs, 0.05, table=NODE_ALLOCS + "n1") == allocs
+    finally:
+        s.close()

@@ -42,8 +42,8 @@ class EtcdSettings:
 
 
 _ETCD_KEYS = {"endpoints", "ca_file", "cert_file", "key_file", "prefix", "lease_ttl"}
-_SERVER_KEYS = {"enabled", "num_schedulers", "min_heartbeat_ttl", "store", "bootstrap_expect",
-                "enable_event_broker", "event_buffer_size"}
+_SERVER_KEYS = {"enabled", "num_schedulers", "min_heartbeat_ttl", "max_heartbeats_per_second", "store",
+                "bootstrap_expect", "enable_event_broker", "event_buffer_size"}
 
 
 @dataclass
@@ -72,6 +72,7 @@ class AgentConfig:
     meta: dict[str, str] = field(default_factory=dict)
     num_schedulers: int = 2
     heartbeat_ttl: float = 10.0
+    max_heartbeats_per_second: float = 50.0   # server { max_heartbeats_per_second }: the TTL grows past it
     enable_event_broker: bool = True          # server { enable_event_broker }: /v1/event/stream
     event_buffer_size: int = 100              # server { event_buffer_size }: writes kept for ?index=
     log_level: str = "INFO"
@@ -264,6 +265,9 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
             cfg.num_schedulers = _int(server["num_schedulers"], path, "server.num_schedulers")
         if "min_heartbeat_ttl" in server:   # how long a client may go without a heartbeat
             cfg.heartbeat_ttl = _seconds(server["min_heartbeat_ttl"], path, "server.min_heartbeat_ttl")
+        if "max_heartbeats_per_second" in server:   # Nomad's: larger fleets get a longer TTL
+            cfg.max_heartbeats_per_second = _positive(server["max_heartbeats_per_second"], path,
+                                                      "server.max_heartbeats_per_second")
         _events(server, path, cfg)
     client = _first(raw.get("client"))
     if client is not None:
@@ -453,6 +457,16 @@ def _seconds(value: Any, path: str, name: str) -> float:
     if ns < 10**9:
         raise ConfigError(f'{path}: {name} = "{value}" is too short: at least "1s"')
     return ns / 1e9
+
+
+def _positive(value: Any, path: str, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: {name} must be a number, not {value!r}") from None
+    if not number > 0:
+        raise ConfigError(f"{path}: {name} = {value!r} must be more than 0 (Nomad's default: 50)")
+    return number
 
 
 def _int(value: Any, path: str, name: str) -> int:

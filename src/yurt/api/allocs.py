@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from yurt.errors import NotFound
 from yurt.structs import Allocation
 
-from .common import block, flag, reply
+from .common import block, flag, reply, reply_structs
 from .forward import ServerReads, need_server
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
@@ -90,7 +90,7 @@ async def read_node(request: Request, reads: ServerReads, node_id: str):
 @router.get("/v1/node/{node_id}/allocations")
 async def node_allocs(request: Request, reads: ServerReads, node_id: str):
     """Full allocations of a node; the client agent watches this with a blocking query."""
-    index = await block(request, reads, "allocs")
+    index = await block(request, reads, reads.node_allocs_target(node_id))
     if reads.node(node_id) is None:
         raise NotFound("node not found")
-    return reply([a.to_json() for a in reads.node_allocs(node_id)], index)
+    return reply_structs(reads.node_allocs(node_id), index)

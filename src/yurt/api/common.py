@@ -5,6 +5,7 @@ Errors are raised as `yurt.errors` values and answered by `errors.install` in on
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import Request
@@ -14,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from yurt.errors import InvalidInput
 from yurt.server.reads import Reads, Tables
 from yurt.structs import parse_duration
+from yurt.structs.base import Struct
 
 DEFAULT_WAIT = 300.0   # Nomad's default blocking-query wait: 5 minutes
 MAX_WAIT = 600.0       # and its cap: 10 minutes
@@ -52,6 +54,17 @@ def reply(body: Any, index: int | None = None, status: int = 200, headers: dict 
     if headers:
         h.update(headers)
     return JSONResponse(body, status_code=status, headers=h)
+
+
+def reply_structs(rows: Iterable[Struct], index: int | None = None) -> Response:
+    """`reply([r.to_json() for r in rows], index)` with the rows serialized by pydantic's own
+    encoder straight to JSON (the same document, ~4 x less CPU than dumping to dicts and then
+    through the json module): for the hot lists, a node's allocations its client watches."""
+    body = b"[" + b",".join(r.model_dump_json(by_alias=True).encode() for r in rows) + b"]"
+    h = {"X-Nomad-KnownLeader": "true", "X-Nomad-LastContact": "0"}
+    if index is not None:
+        h["X-Nomad-Index"] = str(index)
+    return Response(body, media_type="application/json", headers=h)
 
 
 def write_reply(result: dict[str, Any]) -> Response:

@@ -29,8 +29,26 @@ def _is_glob(p: str) -> bool:
     return any(ch in p for ch in "*?[")
 
 
+_ready_of: dict[tuple[str, tuple[str, ...]], tuple[list[Node], list[Node], dict[str, int], int]] = {}
+"""ready_nodes' answers for the node list they were computed from (the state's, shared while no
+node changes), by pool and datacenters: one filtering of 5,000 nodes, not one per evaluation."""
+
+
 def ready_nodes(job: Job, nodes: list[Node]) -> tuple[list[Node], dict[str, int], int]:
-    """(ready nodes in the job's datacenters and pool, ready count per datacenter, pool size)."""
+    """(ready nodes in the job's datacenters and pool, ready count per datacenter, pool size);
+    the list and dict are the caller's own (a Stack shuffles its list in place)."""
+    key = (job.node_pool or "default", tuple(job.datacenters or ()))
+    hit = _ready_of.get(key)
+    if hit is not None and hit[0] is nodes:
+        return list(hit[1]), dict(hit[2]), hit[3]
+    ready, by_dc, in_pool = _ready_nodes(job, nodes)
+    if len(_ready_of) > 64:
+        _ready_of.clear()
+    _ready_of[key] = (nodes, ready, by_dc, in_pool)
+    return list(ready), dict(by_dc), in_pool
+
+
+def _ready_nodes(job: Job, nodes: list[Node]) -> tuple[list[Node], dict[str, int], int]:
     patterns = job.datacenters or ["*"]
     pool = job.node_pool or "default"
     any_pool = pool == "all"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from yurt.state import StateStore
+from yurt.state import NODE_ALLOCS, StateStore
 from yurt.structs import Allocation, Deployment, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
 
 from .events import EventBuffer
@@ -38,6 +38,12 @@ class Reads:
     def table_index(self, tables: str | Iterable[str]) -> int:
         """The index of the last write to `tables` (the largest of several)."""
         return self._store.table_index(tables)
+
+    @staticmethod
+    def node_allocs_target(node_id: str) -> str:
+        """The blocking-query target of one node's allocations (for `block`): a write wakes
+        only the queries of the nodes whose allocations it changed."""
+        return NODE_ALLOCS + node_id
 
     def current(self, tables: Tables = None) -> int:
         """`table_index(tables)`, or the store's index for None."""

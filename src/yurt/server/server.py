@@ -29,7 +29,7 @@ from .intentions import Intentions
 from .connect_inject import inject_sidecars
 from .deployments import Deployments
 from .drain import Drainer
-from .heartbeat import FAILOVER_GRACE, Heartbeats
+from .heartbeat import FAILOVER_GRACE, MAX_PER_SECOND as MAX_HEARTBEATS_PER_SECOND, Heartbeats
 from .identity import WorkloadIdentity
 from .plan_apply import PlanApplier
 from .reads import Reads
@@ -41,7 +41,8 @@ log = logging.getLogger("yurt.server")
 
 class Server:
     def __init__(self, store: StateStore, *, num_workers: int = 2, heartbeat_ttl: float = 10.0,
-                 region: str = "global", datacenter: str = "dc1",
+                 max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND, region: str = "global",
+                 datacenter: str = "dc1",
                  default_intention_policy: str = "allow", leaf_cert_ttl: str | None = None) -> None:
         self.store = store
         self.reads = Reads(store)  # what the HTTP API reads
@@ -51,11 +52,12 @@ class Server:
         self.datacenter = datacenter
         self.num_workers = num_workers
         self.heartbeat_ttl = heartbeat_ttl
+        self.max_heartbeats_per_second = max_heartbeats_per_second
         # the leader's duties (made again each time this server is elected): the broker, the
         # workers, heartbeat expiry, the drainer, CA bootstrap and pruning
         self.broker = EvalBroker()
         self.applier = PlanApplier(store)
-        self.heartbeats = Heartbeats(self._node_expired, heartbeat_ttl)
+        self.heartbeats = Heartbeats(self._node_expired, heartbeat_ttl, max_heartbeats_per_second)
         self.workers = [Worker(self, i) for i in range(num_workers)]
         self._leading = False
         self._duty_lock = threading.Lock()
@@ -125,7 +127,7 @@ class Server:
         done, restored from the store."""
         with self._duty_lock:
             self.broker = EvalBroker()
-            self.heartbeats = Heartbeats(self._node_expired, self.heartbeat_ttl)
+            self.heartbeats = Heartbeats(self._node_expired, self.heartbeat_ttl, self.max_heartbeats_per_second)
             self.check_ttls = Heartbeats(self._check_ttl_expired, every=0.2, name="yurt-check-ttls")
             self.workers = [Worker(self, i) for i in range(self.num_workers)]
             self.drainer = Drainer(self)

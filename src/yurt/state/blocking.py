@@ -15,20 +15,47 @@ from collections.abc import Callable, Iterable
 Target = str | Iterable[str] | None
 
 
+Entry = tuple[int, Target, asyncio.AbstractEventLoop, asyncio.Future]
+
+
 class Waiters:
-    def __init__(self, lock: threading.Lock, current: Callable[[Target], int]) -> None:
+    """`current(target)` is the index a waiter compares with its own. Targets that start with
+    `keyed` (one node's allocations: a fleet keeps one such query open per node) are kept by
+    target and checked only when a write names them in `notify(keys)`; the others are checked
+    at every write."""
+
+    def __init__(self, lock: threading.Lock, current: Callable[[Target], int], keyed: str = "") -> None:
         self._cond = threading.Condition(lock)
         self._lock = lock
         self._current = current  # called with the lock held
-        self._async: list[tuple[int, Target, asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._keyed = keyed
+        self._async: list[Entry] = []
+        self._by_key: dict[str, list[Entry]] = {}
 
-    def notify(self) -> None:
-        """Wake waiters whose index moved; call with the lock held."""
+    def _is_keyed(self, target: Target) -> bool:
+        return bool(self._keyed) and isinstance(target, str) and target.startswith(self._keyed)
+
+    def notify(self, keys: Iterable[str] | None = None) -> None:
+        """Wake waiters whose index moved; call with the lock held. `keys`: the keyed targets
+        (without the prefix) this write changed; None checks every keyed waiter too."""
         self._cond.notify_all()
-        if not self._async:
+        if self._async:
+            self._async = self._wake(self._async)
+        if not self._by_key:
             return
+        targets = list(self._by_key) if keys is None else [self._keyed + k for k in keys]
+        for target in targets:
+            waiting = self._by_key.get(target)
+            if waiting:
+                left = self._wake(waiting)
+                if left:
+                    self._by_key[target] = left
+                else:
+                    del self._by_key[target]
+
+    def _wake(self, entries: list[Entry]) -> list[Entry]:
         keep = []
-        for w in self._async:
+        for w in entries:
             min_index, target, loop, fut = w
             if self._current(target) > min_index:
                 try:
@@ -37,7 +64,7 @@ class Waiters:
                     pass
             else:
                 keep.append(w)
-        self._async = keep
+        return keep
 
     def wait(self, min_index: int, timeout_s: float, target: Target = None) -> int:
         deadline = time.monotonic() + max(0.0, timeout_s)
@@ -52,18 +79,28 @@ class Waiters:
     async def wait_async(self, min_index: int, timeout_s: float, target: Target = None) -> int:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
-        entry = (min_index, target, loop, fut)
+        entry: Entry = (min_index, target, loop, fut)
+        keyed = self._is_keyed(target)
         with self._lock:
             if self._current(target) > min_index:
                 return self._current(target)
-            self._async.append(entry)
+            if keyed:
+                self._by_key.setdefault(str(target), []).append(entry)
+            else:
+                self._async.append(entry)
         try:
             await asyncio.wait_for(asyncio.shield(fut), max(0.0, timeout_s))
         except TimeoutError:
             pass
         finally:
             with self._lock:
-                if entry in self._async:
+                if keyed:
+                    waiting = self._by_key.get(str(target))
+                    if waiting is not None and entry in waiting:
+                        waiting.remove(entry)
+                        if not waiting:
+                            del self._by_key[str(target)]
+                elif entry in self._async:
                     self._async.remove(entry)
         with self._lock:
             return self._current(target)

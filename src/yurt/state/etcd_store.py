@@ -45,7 +45,7 @@ from .blocking import Waiters
 from .errors import StateError
 from .etcd_codec import OWN_ROWS, PENDING, Codec, restamp, stamp
 from .etcd_leader import Leadership
-from .memory import TABLES, Tables
+from .memory import NODE_ALLOCS, TABLES, Tables
 from .sqlite_backend import Changes
 from .store import StateStore, apply_changes
 from .view import StateView
@@ -97,7 +97,7 @@ class EtcdStateStore(StateStore):
         self.leader_create_revision = 0
         self.leadership = Leadership(self, lease_ttl)
         self._compacted = 0
-        self._waiters = Waiters(self._mem_lock, self._current)
+        self._waiters = Waiters(self._mem_lock, self._current, NODE_ALLOCS)
         self._load_retrying()
         self._watcher = threading.Thread(target=self._watch_loop, name="yurt-etcd-watch", daemon=True)
         self._watcher.start()
@@ -145,6 +145,7 @@ class EtcdStateStore(StateStore):
                 table_index[kv.key[len(index_prefix):].decode()] = kv.mod_revision
         apply_changes(t, dec.changes, table_index)
         t.index = rev
+        t.node_allocs_base = table_index["allocs"]
         self.members = {k: v for k, v in dec.members.items() if v is not None}
         self.servers = {k: v for k, v in dec.servers.items() if v is not None}
         if dec.leader is not None:
@@ -223,7 +224,7 @@ class EtcdStateStore(StateStore):
                 table_index[name] = rev
             top = max(rev, self._t.index)
             dec.changes.index = top   # a late lease key never moves the index back
-            self._apply(dec.changes, table_index)
+            nodes = self._apply(dec.changes, table_index)
             for table, rows in ((self.members, dec.members), (self.servers, dec.servers)):
                 for name, m in rows.items():
                     if m is None:
@@ -233,7 +234,7 @@ class EtcdStateStore(StateStore):
             if dec.leader is not None:
                 self.leader_value, self.leader_create_revision = dec.leader
             self._snap = None
-            self._waiters.notify()
+            self._waiters.notify(nodes)
             self._applied_cond.notify_all()
         if dec.leader_changed:
             self.leadership.leader_changed()

@@ -24,6 +24,8 @@ ServiceKey = tuple[str, str]        # (node ID or name, service ID)
 
 # "ca" is the CA's state (roots, config); "ca_serial" its certificate serial counter, apart so
 # that signing a leaf does not wake everyone watching the roots.
+NODE_ALLOCS = "allocs@"
+"""A blocking-query target for one node's allocations: NODE_ALLOCS + the node's ID."""
 TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "ca_serial", "acl", "deployment")
 
 _TOP = ("jobs", "versions", "job_cache", "evals", "evals_by_job", "allocs", "allocs_by_job",
@@ -106,6 +108,12 @@ class Tables:
         self.node_usage: dict[str, NodeUsed] = {}          # what each node's non-terminal allocations hold
         self._owned_keys: dict[str, set[Any]] = {n: set() for n in _NESTED + ("counts", "node_usage")}
         self._all_owned = True
+        # Blocking queries on one node's allocations (the client agent's watch): the index of
+        # the last write that changed an allocation on each node, kept on the live tables only.
+        # A node not in it had no change since `node_allocs_base` (the allocs index at load).
+        # A write wakes the watches of the nodes it touched, not the whole fleet's.
+        self.node_allocs_index: dict[str, int] = {}
+        self.node_allocs_base = 0
 
     # --- snapshots -----------------------------------------------------------------------------
 
@@ -118,6 +126,7 @@ class Tables:
             setattr(snap, name, getattr(self, name))
         snap.ca_state, snap.ca_serial = self.ca_state, self.ca_serial
         snap.acl_bootstrap = self.acl_bootstrap
+        snap.node_allocs_index, snap.node_allocs_base = {}, self.table_index.get("allocs", 0)
         snap._owned, snap._owned_keys, snap._all_owned = set(), {}, False
         self._owned = set()
         for keys in self._owned_keys.values():

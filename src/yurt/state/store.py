@@ -30,7 +30,7 @@ from . import derive
 from .blocking import Target, Waiters
 from .errors import NotFound
 from .events import EventBuffer
-from .memory import TABLES, Tables, job_key, version_key
+from .memory import NODE_ALLOCS, TABLES, Tables, job_key, version_key
 from .acl_store import ACLStore
 from .mesh_store import MeshStore
 from .sqlite_backend import Changes, SqliteBackend
@@ -60,7 +60,7 @@ class StateStore(MeshStore, ACLStore):
         self._snap: Snapshot | None = None
         self._tmpdir: str | None = None
         self._load()
-        self._waiters = Waiters(self._mem_lock, self._current)
+        self._waiters = Waiters(self._mem_lock, self._current, NODE_ALLOCS)
 
     @classmethod
     def temporary(cls, **kw: Any) -> StateStore:
@@ -101,6 +101,7 @@ class StateStore(MeshStore, ACLStore):
         t = self._t
         t.index = loaded.index
         t.table_index = loaded.table_index
+        t.node_allocs_base = t.table_index.get("allocs", 0)
         for job, _purged in loaded.versions:
             t.put_version(job)
         for job, purged in loaded.versions:
@@ -146,15 +147,16 @@ class StateStore(MeshStore, ACLStore):
                 table_index[name] = ch.index
             self._backend.commit(ch, table_index)
             with self._mem_lock:
-                self._apply(ch, table_index)
+                nodes = self._apply(ch, table_index)
                 self._snap = None
-                self._waiters.notify()
+                self._waiters.notify(nodes)
             return ch.index
 
-    def _apply(self, ch: Changes, table_index: dict[str, int]) -> None:
+    def _apply(self, ch: Changes, table_index: dict[str, int]) -> set[str]:
+        """Apply one write; the IDs of the nodes whose allocations it changed."""
         if self.events is not None:   # before the model changes: it records the rows replaced
             self.events.capture(ch, self._t)
-        apply_changes(self._t, ch, table_index)
+        return apply_changes(self._t, ch, table_index)
 
     def fixed(self, obj: T, index: int) -> T:
         """An object a write returns, as stored at `index` (here: as it is; the etcd store fills
@@ -385,6 +387,8 @@ class StateStore(MeshStore, ACLStore):
 
     def table_index(self, table: str | Iterable[str]) -> int:
         with self._mem_lock:
+            if isinstance(table, str) and table.startswith(NODE_ALLOCS):
+                return self._current(table)
             return self._view.table_index(table)
 
     def job(self, namespace: str, job_id: str) -> Job | None:
@@ -449,10 +453,15 @@ class StateStore(MeshStore, ACLStore):
     def _current(self, target: Target) -> int:
         if target is None:
             return self._t.index
+        if isinstance(target, str) and target.startswith(NODE_ALLOCS):
+            t = self._t
+            return t.node_allocs_index.get(target[len(NODE_ALLOCS):], t.node_allocs_base)
         return self._view.table_index(target)
 
     @staticmethod
     def _check(target: Target) -> Target:
+        if isinstance(target, str) and target.startswith(NODE_ALLOCS):
+            return target
         names = [target] if isinstance(target, str) else list(target or ())
         bad = [n for n in names if n not in TABLES]
         if bad:
@@ -478,8 +487,9 @@ def _apply_rows(rows: Mapping[K, V | None], put: Callable[[V], object], drop: Ca
             put(row)
 
 
-def apply_changes(t: Tables, ch: Changes, table_index: dict[str, int]) -> None:
-    """One write's changes into the read model `t`."""
+def apply_changes(t: Tables, ch: Changes, table_index: dict[str, int]) -> set[str]:
+    """One write's changes into the read model `t`; the IDs of the nodes whose allocations
+    changed (their `node_allocs_index` is now this write's index)."""
     t.index = ch.index
     t.table_index = table_index
     for v in ch.versions:
@@ -490,6 +500,15 @@ def apply_changes(t: Tables, ch: Changes, table_index: dict[str, int]) -> None:
     for vkey in ch.versions_dropped:
         t.drop_version(vkey)
     _apply_rows(ch.evals, t.put_eval, t.drop_eval)
+    nodes: set[str] = set()
+    if ch.allocs:
+        for alloc_id, new in ch.allocs.items():
+            old = t.allocs.get(alloc_id)
+            if old is not None:
+                nodes.add(old.node_id)
+            if new is not None:
+                nodes.add(new.node_id)
+        t.node_allocs_index.update(dict.fromkeys(nodes, ch.index))
     _apply_rows(ch.allocs, t.put_alloc, t.drop_alloc)
     _apply_rows(ch.nodes, t.put_node, t.drop_node)
     _apply_rows(ch.services, t.put_service, t.drop_service)
@@ -503,3 +522,4 @@ def apply_changes(t: Tables, ch: Changes, table_index: dict[str, int]) -> None:
     if ch.acl_bootstrap is not None:
         t.acl_bootstrap = ch.acl_bootstrap
     _apply_rows(ch.deployments, t.put_deployment, t.drop_deployment)
+    return nodes
