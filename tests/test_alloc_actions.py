@@ -133,5 +133,11 @@ def test_allocation_and_host_stats(agent):
             assert host["DiskStats"][0]["Size"] > 0
             r = api.get(f"/v1/client/allocation/{alloc['ID']}/stats", params={"task": "nope"})
             assert r.status_code == 404 and 'task "nope"' in r.text
+            node_id = alloc["NodeID"]
+            assert api.get("/v1/client/stats", params={"node_id": node_id}).json()["Memory"]["Total"] > 0
+            r = api.get("/v1/client/stats", params={"node_id": "no-such-node"})
+            assert (r.status_code, r.text) == (404, 'node "no-such-node" not found')
+            res = run_yurt("node", "status", "-address", agent.url, "-stats", node_id[:8])
+            assert res.returncode == 0 and "Host Resource Utilization" in res.stdout, res.stderr
         finally:
             api.delete("/v1/job/statjob", params={"purge": "true"})

@@ -157,6 +157,8 @@ _add("PUT", "/v1/catalog/deregister", _r("service", "write"))
 _add("GET", "/v1/catalog/nodes", _r("node", "read"))
 _add("GET", "/v1/catalog/node/{name}", _r("node", "read"))
 _add("GET", "/v1/health/node/{name}", _r("node", "read"))
+_add("GET", "/v1/health/ingress/{name}", _r("service", "read"))
+_add("GET", "/v1/catalog/gateway-services/{gateway}", _r("service", "read"))
 _add("PUT", "/v1/agent/check/deregister/{check_id:path}", _r("service", "write"))
 _add("GET", "/v1/catalog/services", _r("service", "read"))
 for p in ("/v1/catalog/service/{name}", "/v1/catalog/connect/{name}", "/v1/health/service/{name}",

@@ -75,8 +75,22 @@ async def alloc_stats(request: Request, alloc_id: str):
 
 @router.get("/v1/client/stats")
 async def client_stats(request: Request):
-    """Nomad's HostStats of this agent's node (a server without a client: 400, naming why)."""
+    """Nomad's HostStats of this agent's node, or of `?node_id=` (a server forwards the request
+    to that node's agent; a client-only agent asks its server)."""
+    from yurt.errors import NotFound
+
+    from .forward import proxy, to_server
     agent = request.app.state.agent
-    if agent.client is None:
-        raise InvalidInput("this agent has no client: ask the agent of the node (or its node_id's agent)")
-    return reply(await run_in_threadpool(agent.host_stats))
+    wanted = request.query_params.get("node_id", "")
+    if agent.client is not None and wanted in ("", agent.node_id):
+        return reply(await run_in_threadpool(agent.host_stats))
+    if not wanted:
+        raise InvalidInput("this agent has no client: give ?node_id= of the node to ask")
+    if agent.server is None:
+        return await to_server(request)
+    node = agent.server.reads.node(wanted)
+    if node is None:
+        raise NotFound(f'node "{wanted}" not found')
+    if not node.http_addr:
+        raise NotFound(f"node {wanted[:8]} advertises no HTTP address to read its figures from")
+    return await proxy(request, node.http_addr if "://" in node.http_addr else f"http://{node.http_addr}")

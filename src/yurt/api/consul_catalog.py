@@ -184,6 +184,23 @@ async def catalog_node(request: Request, name: str):
     return creply(request, {"Node": row, "Services": {s.id: s.agent_json() for s in services}}, index)
 
 
+@router.get("/v1/health/ingress/{name}")
+@consul_route
+async def health_ingress(request: Request, name: str):
+    """The ingress gateways serving `name`: Yurt runs no gateways yet, so none (Consul's answer
+    for a service no gateway exposes)."""
+    index = await cblock(request, "services")
+    return creply(request, [], index)
+
+
+@router.get("/v1/catalog/gateway-services/{gateway}")
+@consul_route
+async def catalog_gateway_services(request: Request, gateway: str):
+    """The services a gateway is configured for: Yurt has no gateways yet, so none."""
+    index = await cblock(request, "services")
+    return creply(request, [], index)
+
+
 @router.get("/v1/health/node/{name}")
 @consul_route
 async def health_node(request: Request, name: str):

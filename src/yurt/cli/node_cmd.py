@@ -41,9 +41,11 @@ HEADERS = ["ID", "DC", "Name", "Class", "Drain", "Eligibility", "Status"]
 @click.option("-verbose", "--verbose", is_flag=True, help="Full IDs and every attribute.")
 @click.option("-json", "--json", "as_json", is_flag=True, help="Print the node(s) as JSON.")
 @click.option("-self", "--self", "self_", is_flag=True, help="Show the node of the agent the command talks to.")
+@click.option("-stats", "--stats", "stats", is_flag=True, help="Also show the host's resource utilization.")
 @address_option
 @api_errors
-def node_status_cmd(node_id: str | None, verbose: bool, as_json: bool, self_: bool, address: str | None) -> None:
+def node_status_cmd(node_id: str | None, verbose: bool, as_json: bool, self_: bool, stats: bool,
+                    address: str | None) -> None:
     """List client nodes, or show one (NODE may be a unique prefix of its ID)."""
     with connect(address) as client:
         if self_:
@@ -61,6 +63,7 @@ def node_status_cmd(node_id: str | None, verbose: bool, as_json: bool, self_: bo
                        missing=f'No node(s) with prefix "{node_id}" found')
         node = client.node(stub["ID"])
         allocs, _ = client.node_allocations(stub["ID"])
+        host = client.request("GET", "/v1/client/stats", params={"node_id": stub["ID"]}).json() if stats else None
     if as_json:
         echo(json.dumps(node, indent=4))
         return
@@ -88,6 +91,16 @@ def node_status_cmd(node_id: str | None, verbose: bool, as_json: bool, self_: bo
                 [(f"{cpu}/{(res.get('Cpu') or {}).get('CpuShares', 0)} MHz",
                   f"{mem} MiB/{(res.get('Memory') or {}).get('MemoryMB', 0)} MiB",
                   f"{disk} MiB/{(res.get('Disk') or {}).get('DiskMB', 0)} MiB")])
+    if host is not None:
+        echo()
+        heading("Host Resource Utilization")
+        mem, disk = host["Memory"], (host.get("DiskStats") or [{}])[0]
+        busy = sum(c["Total"] - c["Idle"] for c in host["CPU"])
+        total = sum(c["Total"] for c in host["CPU"]) or 1
+        print_table(["CPU", "Memory", "Disk"],
+                    [(f"{100 * busy / total:.1f}% busy since boot ({len(host['CPU'])} CPUs)",
+                      f"{mem['Used'] // 2**20} MiB/{mem['Total'] // 2**20} MiB",
+                      f"{disk.get('Used', 0) // 2**20} MiB/{disk.get('Size', 0) // 2**20} MiB")])
     echo()
     heading("Drivers")
     print_table(["Driver", "Detected", "Healthy", "Description"],
