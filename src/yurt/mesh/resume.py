@@ -148,49 +148,28 @@ def _prove(n: _Native, client: ssl.SSLContext, server: ssl.SSLContext) -> bool:
     """Two handshakes in memory between the sidecar's own contexts, the second offering the
     first's session natively: true when every pointer read is what it should be and the second
     handshake resumed."""
+    from .tls import handshake_in_memory
 
-    def handshake(ticket: int) -> tuple[bool, ssl.SSLSession | None]:
-        c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-        cli = client.wrap_bio(c_in, c_out, server_side=False)
-        srv = server.wrap_bio(s_in, s_out, server_side=True)
-        s = n.ssl_of(cli, client)   # type: ignore[arg-type]
+    def finished(cli: ssl.SSLObject | None) -> ssl.SSLObject | None:
+        s = n.ssl_of(cli, client) if cli is not None else 0   # type: ignore[arg-type]
         if not s:
-            return False, None
-        if ticket:
-            own = n.session_dup(ticket)
-            n.set_session(s, own)
-            n.session_free(own)
-        done_c = done_s = False
-        for _ in range(10):
-            if not done_c:
-                try:
-                    cli.do_handshake()
-                    done_c = True
-                except ssl.SSLWantReadError:
-                    pass
-            s_in.write(c_out.read())
-            if not done_s:
-                try:
-                    srv.do_handshake()
-                    done_s = True
-                except ssl.SSLWantReadError:
-                    pass
-            c_in.write(s_out.read())
-            if done_c and done_s:
-                break
-        c_in.write(s_out.read())
-        try:
-            cli.read(1)   # takes in the ticket the server sent after the handshake
-        except ssl.SSLWantReadError:
-            pass
+            return None
         n.set_shutdown(s, SENT_AND_RECEIVED_SHUTDOWN)   # as `finish`
-        return cli.session_reused, cli.session
+        return cli
 
-    _, py = handshake(0)
+    first = finished(handshake_in_memory(client, server))
+    py = first.session if first is not None else None
     if py is None or not py.has_ticket:
         return False
     ptr = _field(py, _SESSION_OFFSET)
     if not ptr or n.session_time(ptr) != py.time:
         return False
-    reused, _ = handshake(ptr)
-    return reused
+
+    def offer(cli: ssl.SSLObject) -> None:
+        s = n.ssl_of(cli, client)   # type: ignore[arg-type]
+        if s:
+            own = n.session_dup(ptr)
+            n.set_session(s, own)
+            n.session_free(own)
+    second = finished(handshake_in_memory(client, server, before=offer))
+    return second is not None and second.session_reused

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # A TCP FIN without close_notify reads as a clean EOF: the proxy half-closes at the TCP level,
@@ -148,9 +149,20 @@ def build_material(trust_domain: str, service: str, cert_pem: str, key_pem: str,
 def self_check(m: TLSMaterial) -> None:
     """Handshake the two contexts with each other in memory: proves the leaf matches its key and
     chains to the roots before we announce readiness. Raises ssl.SSLError otherwise."""
+    if handshake_in_memory(m.client, m.server) is None:
+        raise ssl.SSLError("leaf self-check did not complete")
+
+
+def handshake_in_memory(client: ssl.SSLContext, server: ssl.SSLContext,
+                        before: Callable[[ssl.SSLObject], None] | None = None) -> ssl.SSLObject | None:
+    """A TLS handshake between two contexts over memory BIOs, the client's post-handshake
+    messages (its session ticket) read in; the client's SSLObject, or None if it did not
+    complete. `before(client)` runs before the first flight (resume.py offers a session there)."""
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    cli = m.client.wrap_bio(c_in, c_out, server_side=False)
-    srv = m.server.wrap_bio(s_in, s_out, server_side=True)
+    cli = client.wrap_bio(c_in, c_out, server_side=False)
+    srv = server.wrap_bio(s_in, s_out, server_side=True)
+    if before is not None:
+        before(cli)
     done_c = done_s = False
     for _ in range(10):
         if not done_c:
@@ -168,8 +180,12 @@ def self_check(m: TLSMaterial) -> None:
                 pass
         c_in.write(s_out.read())
         if done_c and done_s:
-            return
-    raise ssl.SSLError("leaf self-check did not complete")
+            try:
+                cli.read(1)   # takes in what the server sent after the handshake (a ticket)
+            except ssl.SSLWantReadError:
+                pass
+            return cli
+    return None
 
 
 def roots_bundle(roots_json: dict) -> str:
