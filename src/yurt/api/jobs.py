@@ -293,3 +293,14 @@ async def scale(request: Request, reads: ServerReads, job_id: str):
     result = await run_in_threadpool(request.app.state.agent.server.scale_job, job.namespace or "default",
                                      job_id, group, count, str(body.get("Message") or ""))
     return write_reply(result)
+
+
+@router.put("/v1/system/gc")
+@router.post("/v1/system/gc")
+async def system_gc(request: Request):
+    """Nomad's forced garbage collection: every terminal evaluation with its allocations, every
+    stopped job whose evaluations and allocations are all terminal, whatever their age."""
+    server = request.app.state.agent.server
+    collected = await run_in_threadpool(server.gc.collect, True)
+    return reply({"Jobs": collected.jobs, "Evals": collected.evals, "Allocs": collected.allocs},
+                 server.reads.index())

@@ -24,6 +24,7 @@ from .mesh_cmd import mesh_group
 from .tls_cmd import tls_group
 from .node_cmd import node_group
 from .server_cmd import server_group
+from .system_cmd import system_group
 from .status import eval_group, job_status_cmd
 
 
@@ -50,6 +51,7 @@ cli.add_command(alloc_group)
 cli.add_command(eval_group)
 cli.add_command(node_group)
 cli.add_command(server_group)
+cli.add_command(system_group)
 cli.add_command(doctor_cmd)
 cli.add_command(intention_group)
 cli.add_command(connect_group)

@@ -63,6 +63,8 @@ class Server:
         self._duty_lock = threading.Lock()
         self.started_at = time.time()
         self.catalog = Catalog(store, datacenter)
+        from .gc import GarbageCollector
+        self.gc = GarbageCollector(store)   # terminal evaluations, allocations and stopped jobs
         self.check_ttls = Heartbeats(self._check_ttl_expired, every=0.2, name="yurt-check-ttls")
         self.catalog.on_ttl = self._check_ttl
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
@@ -140,6 +142,7 @@ class Server:
             self._restore()
             self.catalog.arm_all()
             self.check_ttls.start()
+            self.gc.start()
             self.heartbeats.start()
             for w in self.workers:
                 w.start()
@@ -156,6 +159,7 @@ class Server:
         self.broker.close()
         self.heartbeats.stop()
         self.check_ttls.stop()
+        self.gc.stop()
         self._ca_prune_stop.set()
 
     def stop(self) -> None:
