@@ -39,6 +39,7 @@ LOCK_FILE = ".executor.lock"
 START_TIMEOUT = 30.0
 POLL = 0.05
 IDLE_CHECK = 1.0   # seconds: the longest a follower sleeps without looking at the status file
+RETIRE_AFTER = 120.0   # seconds a finished task's waker stays open for threads still waiting on it
 KILL_GRACE = 10.0
 MB = 1024 * 1024
 _YURT_SRC = str(Path(__file__).resolve().parents[3])
@@ -100,6 +101,7 @@ class RawExecDriver(BaseDriver):
         self._children: dict[int, subprocess.Popen] = {}  # executors this agent started
         self._lock = threading.Lock()
         self._wakers: dict[int, int] = {}   # executor pid -> the eventfd `interrupt` writes
+        self._retired: list[tuple[float, int]] = []   # (when, eventfd) of finished tasks, closed later
 
     # --- fingerprint ------------------------------------------------------------------------
 
@@ -278,10 +280,18 @@ class RawExecDriver(BaseDriver):
             return fd
 
     def _drop_waker(self, handle: TaskHandle) -> None:
+        """The task is gone: its waker is retired, and closed a while later. Closing it at once
+        let another thread still in `wait` (a restart's stop) read or select on the number after
+        the kernel gave it to another file."""
+        now = time.monotonic()
         with self._lock:
             fd = self._wakers.pop(handle.executor_pid, None)
-        if fd is not None:
-            os.close(fd)
+            if fd is not None:
+                self._retired.append((now, fd))
+            old = [f for t, f in self._retired if now - t > RETIRE_AFTER]
+            self._retired = [(t, f) for t, f in self._retired if now - t <= RETIRE_AFTER]
+        for f in old:
+            os.close(f)
 
     @staticmethod
     def _take_wake(fd: int) -> bool:
