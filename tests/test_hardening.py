@@ -431,7 +431,9 @@ def test_past_the_cap_new_connections_are_closed_and_half_open_ones_time_out(mes
             except OSError:
                 got = b""
             assert got == b""
-        refusals = mesh.events("server-api", "connection-limit")
+        # the client-side sidecar may see the reset before the server-side one has logged it
+        refusals = mesh_wait(lambda: mesh.events("server-api", "connection-limit"), timeout=10,
+                             what="the refusal logged")
         assert refusals and refusals[0]["refused"] == 1 and refusals[0]["limit"] == 5, refusals
         # one closes: a new one gets through
         held.pop().close()
