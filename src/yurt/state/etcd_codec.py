@@ -33,6 +33,7 @@ from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, 
                           ServiceRegistration)
 
 from . import etcd_client as ec
+from .keyed import KEYED
 from .memory import Tables, VersionKey, version_key
 from .sqlite_backend import Changes
 
@@ -192,6 +193,8 @@ class Codec:
         rows("deployments", ch.deployments.items())
         rows("acl/policies", ch.acl_policies.items())
         rows("acl/tokens", ch.acl_tokens.items(), lambda tok: _dump(tok, exclude={"secret_id"}))
+        for tbl, krows in ch.keyed.items():
+            rows(f"k/{tbl}", krows.items())
         if ch.acl_bootstrap is not None:
             put(self.key("acl", "bootstrap"), json.dumps({"BootstrapIndex": ch.acl_bootstrap}).encode())
         for table in sorted(ch.tables()):
@@ -279,6 +282,10 @@ class Codec:
                 ch.ca_state = CAState.model_validate(_obj(value, rev))
             elif parts[1] == "serial":
                 ch.ca_serial = int(value)
+        elif table == "k":
+            model = KEYED.get(parts[1])
+            if model is not None:   # a table a newer server wrote: not ours to read
+                ch.keyed_rows(parts[1])[parts[2]] = None if value is None else model.model_validate(_obj(value, rev))
         elif table == "acl":
             if parts[1] == "policies":
                 ch.acl_policies[parts[2]] = None if value is None else ACLPolicy.model_validate(_obj(value, rev))

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
                           NodeUsed, ServiceRegistration)
+
+from .keyed import KEYED
 
 JobKey = tuple[str, str]            # (namespace, job id)
 VersionKey = tuple[str, str, int]   # (namespace, job id, JobModifyIndex of that version)
@@ -26,15 +30,16 @@ ServiceKey = tuple[str, str]        # (node ID or name, service ID)
 # that signing a leaf does not wake everyone watching the roots.
 NODE_ALLOCS = "allocs@"
 """A blocking-query target for one node's allocations: NODE_ALLOCS + the node's ID."""
-TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "ca_serial", "acl", "deployment")
+TABLES = ("jobs", "evals", "allocs", "nodes", "services", "intentions", "ca", "ca_serial", "acl",
+          "deployment") + tuple(KEYED)
 
 _TOP = ("jobs", "versions", "job_cache", "evals", "evals_by_job", "allocs", "allocs_by_job",
         "allocs_by_node", "allocs_by_eval", "nodes", "counts", "services", "services_by_name",
         "services_by_dest", "services_by_alloc", "services_by_node", "intentions", "acl_policies",
-        "acl_tokens", "deployments", "deployments_by_job", "node_usage")
+        "acl_tokens", "deployments", "deployments_by_job", "node_usage", "keyed")
 _NESTED = ("versions", "evals_by_job", "allocs_by_job", "allocs_by_node", "allocs_by_eval",
            "services_by_name", "services_by_dest", "services_by_alloc", "services_by_node",
-           "deployments_by_job")
+           "deployments_by_job", "keyed")
 
 
 def job_key(job: Job) -> JobKey:
@@ -104,6 +109,7 @@ class Tables:
         self.acl_bootstrap = 0                              # the index of the bootstrap; 0: not done
         self.deployments: dict[str, Deployment] = {}
         self.deployments_by_job: dict[JobKey, dict[str, Deployment]] = {}
+        self.keyed: dict[str, dict[str, BaseModel]] = {}    # keyed tables (state/keyed.py): table -> key -> row
         self._owned: set[str] = set(_TOP)
         self.node_usage: dict[str, NodeUsed] = {}          # what each node's non-terminal allocations hold
         self._owned_keys: dict[str, set[Any]] = {n: set() for n in _NESTED + ("counts", "node_usage")}
@@ -314,3 +320,12 @@ class Tables:
 
     def drop_acl_token(self, accessor: str) -> None:
         self._top("acl_tokens").pop(accessor, None)
+
+    # --- keyed tables --------------------------------------------------------------------------
+
+    def put_keyed(self, table: str, key: str, row: BaseModel) -> None:
+        self._bucket("keyed", table)[key] = row
+
+    def drop_keyed(self, table: str, key: str) -> None:
+        if key in self.keyed.get(table, {}):
+            self._unbucket("keyed", table, key)

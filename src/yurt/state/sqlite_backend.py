@@ -22,6 +22,9 @@ from typing import Any
 from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
                           ServiceRegistration)
 
+from pydantic import BaseModel
+
+from .keyed import KEYED
 from .memory import TABLES
 
 SCHEMA = """
@@ -58,6 +61,8 @@ CREATE TABLE IF NOT EXISTS ca (key TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS deployments (
     id TEXT PRIMARY KEY, namespace TEXT NOT NULL, job_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS acl_policies (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keyed (tbl TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (tbl, key));
 CREATE TABLE IF NOT EXISTS acl_tokens (accessor TEXT PRIMARY KEY, secret_hash TEXT NOT NULL,
     body TEXT NOT NULL);
 """
@@ -89,9 +94,17 @@ class Changes:
     acl_tokens: dict[str, ACLToken | None] = field(default_factory=dict)
     acl_bootstrap: int | None = None    # set: the index of the bootstrap (0: reset)
     deployments: dict[str, Deployment | None] = field(default_factory=dict)
+    keyed: dict[str, dict[str, BaseModel | None]] = field(default_factory=dict)   # table -> key -> row
+
+    def keyed_rows(self, table: str) -> dict[str, BaseModel | None]:
+        """This write's rows of one keyed table (made on first use)."""
+        rows = self.keyed.get(table)
+        if rows is None:
+            rows = self.keyed[table] = {}
+        return rows
 
     def tables(self) -> set[str]:
-        t = set()
+        t = {name for name, rows in self.keyed.items() if rows}
         if self.deployments:
             t.add("deployment")
         if self.services:
@@ -132,6 +145,7 @@ class Loaded:
     acl_tokens: list[ACLToken] = field(default_factory=list)
     acl_bootstrap: int = 0
     deployments: list[Deployment] = field(default_factory=list)
+    keyed: dict[str, dict[str, BaseModel]] = field(default_factory=dict)
 
 
 def _private(path: str) -> None:
@@ -195,9 +209,15 @@ class SqliteBackend:
         policies = [ACLPolicy.model_validate_json(b) for (b,) in c.execute("SELECT body FROM acl_policies")]
         tokens = [ACLToken.model_validate_json(b) for (b,) in c.execute("SELECT body FROM acl_tokens")]
         deployments = [Deployment.model_validate_json(b) for (b,) in c.execute("SELECT body FROM deployments")]
+        keyed: dict[str, dict[str, BaseModel]] = {}
+        for tbl, key, body in c.execute("SELECT tbl, key, body FROM keyed"):
+            model = KEYED.get(tbl)
+            if model is None:
+                raise RuntimeError(f"{self.path}: keyed table {tbl!r} is unknown to this version of yurt")
+            keyed.setdefault(tbl, {})[key] = model.model_validate_json(body)
         return Loaded(meta.get("index", 0), table_index, jobs, versions, evals, allocs, nodes,
                       services, intentions, ca_state, int(ca.get("serial", 0)), policies, tokens,
-                      int(meta.get("acl_bootstrap", 0)), deployments)
+                      int(meta.get("acl_bootstrap", 0)), deployments, keyed)
 
     # --- write ---------------------------------------------------------------------------------
 
@@ -316,6 +336,13 @@ class SqliteBackend:
                           (accessor, tok.secret_hash, dump(tok, exclude={"secret_id"})))
         if ch.acl_bootstrap is not None:
             c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('acl_bootstrap', ?)", (ch.acl_bootstrap,))
+        for tbl, rows in ch.keyed.items():
+            puts = [(tbl, k, dump(r)) for k, r in rows.items() if r is not None]
+            dels = [(tbl, k) for k, r in rows.items() if r is None]
+            if puts:
+                c.executemany("INSERT OR REPLACE INTO keyed (tbl, key, body) VALUES (?,?,?)", puts)
+            if dels:
+                c.executemany("DELETE FROM keyed WHERE tbl=? AND key=?", dels)
         for dep_id, d in ch.deployments.items():
             if d is None:
                 c.execute("DELETE FROM deployments WHERE id=?", (dep_id,))

@@ -30,6 +30,7 @@ from . import derive
 from .blocking import Target, Waiters
 from .errors import NotFound
 from .events import EventBuffer
+from .keyed_store import KeyedStore
 from .memory import NODE_ALLOCS, TABLES, Tables, job_key, version_key
 from .acl_store import ACLStore
 from .mesh_store import MeshStore
@@ -46,7 +47,7 @@ class _Unchanged(Exception):
     """Raised inside a write that turns out to change nothing: it is dropped, not committed."""
 
 
-class StateStore(MeshStore, ACLStore):
+class StateStore(MeshStore, ACLStore, KeyedStore):
     # the event stream's buffer (`events.py`); None: no events are kept (enable_event_broker = false)
     events: EventBuffer | None = None
 
@@ -129,6 +130,9 @@ class StateStore(MeshStore, ACLStore):
         t.acl_bootstrap = loaded.acl_bootstrap
         for d in loaded.deployments:
             t.put_deployment(d)
+        for tbl, krows in loaded.keyed.items():
+            for rkey, row in krows.items():
+                t.put_keyed(tbl, rkey, row)
         for key, job in list(t.jobs.items()):  # status is stored, but heal it if it drifted
             counts = t.counts.get((key[0], key[1], job.create_index))
             status = derive.job_status(job, counts, t.evals_by_job.get(key, {}).values())
@@ -522,4 +526,10 @@ def apply_changes(t: Tables, ch: Changes, table_index: dict[str, int]) -> set[st
     if ch.acl_bootstrap is not None:
         t.acl_bootstrap = ch.acl_bootstrap
     _apply_rows(ch.deployments, t.put_deployment, t.drop_deployment)
+    for tbl, rows in ch.keyed.items():
+        for key, row in rows.items():
+            if row is None:
+                t.drop_keyed(tbl, key)
+            else:
+                t.put_keyed(tbl, key, row)
     return nodes

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from pydantic import BaseModel
+
 from yurt.structs import AllocDeploymentStatus, Allocation, Deployment, DesiredTransition, Evaluation, Job, Node
 from yurt.structs.times import parse_rfc3339, rfc3339
 from yurt.structs.alloc import ALLOC_DESIRED_STOP, ALLOC_LOST, ALLOC_UNKNOWN
@@ -50,6 +52,30 @@ class Txn(MeshTxn):
     def node(self, node_id: str) -> Node | None:
         ch = self.ch.nodes
         return ch[node_id] if node_id in ch else self.t.nodes.get(node_id)
+
+    # --- keyed tables (state/keyed.py) -----------------------------------------------------------
+
+    def keyed(self, table: str, key: str) -> BaseModel | None:
+        rows = self.ch.keyed.get(table)
+        if rows is not None and key in rows:
+            return rows[key]
+        return self.t.keyed.get(table, {}).get(key)
+
+    def keyed_items(self, table: str, prefix: str = "") -> list[tuple[str, BaseModel]]:
+        """The rows of `table` whose key starts with `prefix`, as this write sees them, by key."""
+        rows = dict(self.t.keyed.get(table, {}))
+        for k, r in self.ch.keyed.get(table, {}).items():
+            if r is None:
+                rows.pop(k, None)
+            else:
+                rows[k] = r
+        return sorted((k, r) for k, r in rows.items() if k.startswith(prefix))
+
+    def put_keyed(self, table: str, key: str, row: BaseModel) -> None:
+        self.ch.keyed_rows(table)[key] = row
+
+    def drop_keyed(self, table: str, key: str) -> None:
+        self.ch.keyed_rows(table)[key] = None
 
     # --- jobs ----------------------------------------------------------------------------------
 
