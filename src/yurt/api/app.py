@@ -16,6 +16,7 @@ from . import mesh
 from . import events, monitor
 from . import ui
 from . import client_allocs, client_fs, search
+from . import openapi
 
 
 def create_app(agent) -> FastAPI:
@@ -38,5 +39,6 @@ def create_app(agent) -> FastAPI:
     app.include_router(monitor.router)
     app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
+    openapi.install(app)
     app.add_middleware(limits.RequestLimits, max_request_bytes=agent.config.http_max_request_bytes)
     return app
