@@ -81,3 +81,43 @@ def test_the_periodic_pass_waits_for_the_thresholds():
         assert store.job("default", "svc") is None
     finally:
         store.close()
+
+
+def test_finished_deployments_and_long_down_nodes_are_collected():
+    """Nomad's deployment GC (an hour after a deployment finished, never while one of its
+    allocations lives) and node GC (a node down for a day with nothing live on it)."""
+    from yurt.state import StateStore
+    from yurt.structs import Deployment
+
+    from . import mock
+    from yurt.server.gc import DEPLOYMENT_GC_THRESHOLD, NODE_GC_THRESHOLD
+    store = StateStore.temporary()
+    try:
+        up, down, busy = mock.node(), mock.node(), mock.node()
+        for n in (up, down, busy):
+            store.upsert_node(n)
+        store.upsert_job(mock.job("svc"))
+        svc = store.job("default", "svc")
+        running = Deployment(id=mock.new_id(), job_id="svc", status="running")
+        finished = Deployment(id=mock.new_id(), job_id="svc", status="successful")
+        held = Deployment(id=mock.new_id(), job_id="svc", status="failed")
+        live = mock.alloc(svc, busy.id, index=0).model_copy(update={"deployment_id": held.id})
+        store.upsert_allocs([live], deployments=[running, finished, held])
+        store.update_allocs_from_client([store.alloc(live.id).model_copy(update={"client_status": "running"})])
+        for n in (down, busy):
+            store.update_node_status(n.id, "down")
+        gc = GarbageCollector(store)
+        t = max(d.modify_time for d in store.deployments())
+        assert gc.collect(now=t + DEPLOYMENT_GC_THRESHOLD // 2).deployments == 0     # too young
+        got = gc.collect(now=t + DEPLOYMENT_GC_THRESHOLD + 1)
+        # the running one stays; the failed one stays while its allocation lives
+        assert got.deployments == 1 and store.deployment(finished.id) is None
+        assert {d.id for d in store.deployments()} == {running.id, held.id}
+        went_down = store.node(down.id).status_updated_at * 10**9
+        assert gc.collect(now=went_down + NODE_GC_THRESHOLD // 2).nodes == 0
+        got = gc.collect(now=went_down + NODE_GC_THRESHOLD + 1)
+        # the down node with nothing on it goes; the one still holding a live allocation stays
+        assert got.nodes == 1 and store.node(down.id) is None
+        assert store.node(busy.id) is not None and store.node(up.id) is not None
+    finally:
+        store.close()

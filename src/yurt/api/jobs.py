@@ -302,5 +302,6 @@ async def system_gc(request: Request):
     stopped job whose evaluations and allocations are all terminal, whatever their age."""
     server = request.app.state.agent.server
     collected = await run_in_threadpool(server.gc.collect, True)
-    return reply({"Jobs": collected.jobs, "Evals": collected.evals, "Allocs": collected.allocs},
+    return reply({"Jobs": collected.jobs, "Evals": collected.evals, "Allocs": collected.allocs,
+                  "Deployments": collected.deployments, "Nodes": collected.nodes},
                  server.reads.index())

@@ -20,4 +20,5 @@ def system_gc_cmd(address: str | None) -> None:
     """Collect every terminal evaluation and allocation and every finished stopped job now."""
     with connect(address) as client:
         res = client.put("/v1/system/gc")
-    echo(f"Collected {res['Jobs']} jobs, {res['Evals']} evaluations and {res['Allocs']} allocations")
+    echo(f"Collected {res['Jobs']} jobs, {res['Evals']} evaluations, {res['Allocs']} allocations, "
+         f"{res.get('Deployments', 0)} deployments and {res.get('Nodes', 0)} nodes")

@@ -1,11 +1,15 @@
 """Garbage collection of what is done (Nomad's core scheduler GC): terminal evaluations with their
-terminal allocations, and stopped jobs whose every evaluation and allocation is terminal.
+terminal allocations, stopped jobs whose every evaluation and allocation is terminal, finished
+deployments, and nodes down for a day with nothing left on them.
 
 Thresholds are Nomad's defaults: an evaluation is collected an hour after its last change (a
 batch job's after 24 hours: its allocations' outcome is what users come back for), a stopped
-job four hours after it was stopped. An allocation is only ever collected with its evaluation,
-and only once both the server and the client are done with it (a stopped allocation still
-running on its node stays, whatever its age). `POST /v1/system/gc` collects everything
+job four hours after it was stopped, a finished deployment (successful, failed, cancelled) an
+hour after its last change once no live allocation belongs to it (at once when its job is
+gone), a down node 24 hours after it went down, once it holds no live allocation. An
+allocation is only ever collected with its evaluation, and only once both the server and the
+client are done with it (a stopped allocation still running on its node stays, whatever its
+age). `POST /v1/system/gc` collects everything
 terminal now, whatever its age, as Nomad's forced GC does.
 """
 
@@ -25,6 +29,8 @@ HOUR = 3600 * 10**9
 EVAL_GC_THRESHOLD = 1 * HOUR
 BATCH_EVAL_GC_THRESHOLD = 24 * HOUR
 JOB_GC_THRESHOLD = 4 * HOUR
+DEPLOYMENT_GC_THRESHOLD = 1 * HOUR
+NODE_GC_THRESHOLD = 24 * HOUR
 GC_INTERVAL = 300.0   # seconds between two periodic passes (Nomad's job_gc_interval)
 
 
@@ -33,6 +39,8 @@ class Collected:
     jobs: int = 0
     evals: int = 0
     allocs: int = 0
+    deployments: int = 0
+    nodes: int = 0
 
 
 def _done(a: Allocation) -> bool:
@@ -96,10 +104,38 @@ class GarbageCollector:
             self.store.delete_evals(gone_evals, gone_allocs)
             out.evals += len(gone_evals)
             out.allocs += len(gone_allocs)
-        if out.jobs or out.evals:
-            log.info("garbage collection%s: %d jobs, %d evaluations, %d allocations",
-                     " (forced)" if force else "", out.jobs, out.evals, out.allocs)
+        out.deployments = self._deployments(force, now)
+        out.nodes = self._nodes(force, now)
+        if out.jobs or out.evals or out.deployments or out.nodes:
+            log.info("garbage collection%s: %d jobs, %d evaluations, %d allocations, %d deployments, %d nodes",
+                     " (forced)" if force else "", out.jobs, out.evals, out.allocs, out.deployments, out.nodes)
         return out
+
+    def _deployments(self, force: bool, now: int) -> int:
+        live = {a.deployment_id for a in self.store.allocs() if a.deployment_id and not a.terminal()}
+        gone = []
+        for d in self.store.deployments():
+            if d.active() or d.id in live:
+                continue
+            job_gone = self.store.job(d.namespace or "default", d.job_id) is None
+            if force or job_gone or now - d.modify_time >= DEPLOYMENT_GC_THRESHOLD:
+                gone.append(d.id)
+        if gone:
+            self.store.delete_deployments(gone)
+        return len(gone)
+
+    def _nodes(self, force: bool, now: int) -> int:
+        n = 0
+        for node in self.store.nodes():
+            if node.status != "down":
+                continue
+            if not force and now - node.status_updated_at * 10**9 < NODE_GC_THRESHOLD:   # StatusUpdatedAt: seconds
+                continue
+            if any(not a.terminal() for a in self.store.allocs_by_node(node.id)):
+                continue
+            self.store.delete_node(node.id)
+            n += 1
+        return n
 
     @staticmethod
     def _job_collectable(job: Job, evals: list[Evaluation], by_eval: dict[str, list[Allocation]],

@@ -275,6 +275,13 @@ class StateStore(MeshStore, ACLStore, KeyedStore):
                 txn.upsert_eval(e)
         return self._write(build)
 
+    def delete_deployments(self, deployment_ids: Iterable[str]) -> int:
+        """Garbage collection: deployments by ID, unknown IDs ignored."""
+        def build(txn: Txn) -> None:
+            for i in deployment_ids:
+                txn.delete_deployment(i)
+        return self._write(build)
+
     def set_job_stable(self, namespace: str, job_id: str, version: int, stable: bool) -> int:
         return self._write(lambda txn: txn.set_job_stable((namespace, job_id), version, stable))
 

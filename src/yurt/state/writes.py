@@ -233,6 +233,10 @@ class Txn(MeshTxn):
         self.ch.deployments[d.id] = new
         return new
 
+    def delete_deployment(self, deployment_id: str) -> None:
+        if self.deployment(deployment_id) is not None:
+            self.ch.deployments[deployment_id] = None
+
     def _count_in_deployment(self, old: Allocation | None, new: Allocation) -> None:
         """Nomad's updateDeploymentWithAlloc: an allocation joining a deployment counts as
         placed (a canary also by ID); its first health, or a change of it, moves the healthy and
