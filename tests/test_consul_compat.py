@@ -436,8 +436,64 @@ def test_catalog_register_and_deregister_an_external_service(agent, api):
     _, node = c.catalog.node("ext-db-host")
     assert list(node["Services"]) == ["extdb-1"]
     assert c.catalog.deregister("ext-db-host", check_id="extdb-alive")
-    assert [ch["CheckID"] for ch in c.health.service("extdb")[1][0]["Checks"]] == ["serfHealth"]
+    # an external node has no serfHealth (no agent runs it), as in Consul
+    assert [ch["CheckID"] for ch in c.health.service("extdb")[1][0]["Checks"]] == []
     assert c.catalog.deregister("ext-db-host", service_id="extdb-1")
     assert c.catalog.service("extdb")[1] == []
-    r = api.put("/v1/catalog/register", json={"Node": "lonely", "Address": "10.0.0.9"})
-    assert r.status_code == 400 and "registering a node without a Service is not supported yet" in r.text
+    assert c.catalog.deregister("ext-db-host")
+    assert "ext-db-host" not in [n["Node"] for n in c.catalog.nodes()[1]]
+
+
+def test_external_nodes_and_node_level_checks(agent, api):
+    """Consul's catalog takes a node with no service (an external node, as consul-esm
+    registers them) and node-level checks (no ServiceID); a node's checks count in the health of
+    its services (`?passing`), on external nodes and on the agent's own node."""
+    c = consul.Consul(host="127.0.0.1", port=agent.port)
+    r = api.put("/v1/catalog/register", json={"Node": "lonely", "Address": "10.0.0.9", "NodeMeta": {"rack": "r1"}})
+    assert r.status_code == 200 and r.json() is True, r.text
+    nodes = {n["Node"]: n for n in c.catalog.nodes()[1]}
+    assert nodes["lonely"]["Address"] == "10.0.0.9" and nodes["lonely"]["Meta"] == {"rack": "r1"}
+    # a node-level check on the external node, then a service on it
+    r = api.put("/v1/catalog/register", json={
+        "Node": "lonely", "Address": "10.0.0.9", "Service": {"Service": "legacy", "ID": "legacy-1", "Port": 80},
+        "Checks": [{"CheckID": "lonely-ping", "Name": "ping", "Status": "critical"},
+                   {"CheckID": "legacy-http", "Name": "http", "Status": "passing", "ServiceID": "legacy-1"}]})
+    assert r.status_code == 200, r.text
+    _, entries = c.health.service("legacy")
+    assert [ch["CheckID"] for ch in entries[0]["Checks"]] == ["lonely-ping", "legacy-http"]
+    assert c.health.service("legacy", passing=True)[1] == []       # the node's check is critical
+    assert [ch["CheckID"] for ch in c.health.node("lonely")[1]] == ["lonely-ping", "legacy-http"]
+    assert api.put("/v1/catalog/register", json={"Node": "lonely", "Address": "10.0.0.9", "SkipNodeUpdate": True,
+                                                  "Check": {"CheckID": "lonely-ping", "Name": "ping",
+                                                            "Status": "passing"}}).status_code == 200
+    assert [e["Service"]["ID"] for e in c.health.service("legacy", passing=True)[1]] == ["legacy-1"]
+    assert {n["Node"]: n for n in c.catalog.nodes()[1]}["lonely"]["Meta"] == {"rack": "r1"}   # kept
+    critical = [ch["CheckID"] for ch in c.health.state("critical")[1]]
+    assert "lonely-ping" not in critical
+    # a check naming a service the registration does not carry is refused, naming it
+    r = api.put("/v1/catalog/register", json={"Node": "lonely", "Address": "10.0.0.9",
+                                               "Check": {"Name": "x", "ServiceID": "nope"}})
+    assert r.status_code == 400 and 'ServiceID "nope" is not the service of this registration' in r.text
+    # a Yurt node is its agent's, not the catalog's
+    own = api.get("/v1/agent/self").json()["member"]["Name"]
+    r = api.put("/v1/catalog/register", json={"Node": own, "Address": "10.0.0.1"})
+    assert r.status_code == 400 and "is a Yurt node" in r.text
+    assert c.catalog.deregister("lonely")
+    assert "lonely" not in [n["Node"] for n in c.catalog.nodes()[1]]
+    assert c.health.service("legacy")[1] == []
+
+    # a node-level TTL check on the agent's own node: it holds every service of the node
+    assert c.agent.service.register("nodechk-svc", service_id="nodechk-svc-1", port=7070)
+    assert c.agent.check.register("node-ttl", check=consul.Check.ttl("1s"))
+    assert "node-ttl" in c.agent.checks()
+    assert c.agent.check.ttl_pass("node-ttl")
+    assert [e["Service"]["ID"] for e in c.health.service("nodechk-svc", passing=True)[1]] == ["nodechk-svc-1"]
+    assert "node-ttl" in [ch["CheckID"] for ch in c.health.service("nodechk-svc")[1][0]["Checks"]]
+    # its TTL runs out: critical, and the node's services drop out of ?passing
+    wait_for(lambda: c.health.service("nodechk-svc", passing=True)[1] == [], timeout=15,
+             what="the node-level TTL check to expire")
+    assert c.agent.checks()["node-ttl"]["Status"] == "critical"
+    assert c.agent.check.deregister("node-ttl")
+    assert "node-ttl" not in c.agent.checks()
+    assert [e["Service"]["ID"] for e in c.health.service("nodechk-svc", passing=True)[1]] == ["nodechk-svc-1"]
+    c.agent.service.deregister("nodechk-svc-1")

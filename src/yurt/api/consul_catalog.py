@@ -4,7 +4,7 @@
 /v1/agent/checks, /v1/agent/check/pass|warn|fail|update/<id>, /v1/catalog/services,
 /v1/catalog/service/<name>, /v1/catalog/connect/<name>, /v1/health/service/<name>,
 /v1/health/connect/<name>, /v1/health/checks/<name>, /v1/health/state/<state>.
-Reads are blocking queries on the "services" table (?index=&wait=) and always send
+Reads are blocking queries on the "services" and "catalog_nodes" tables (?index=&wait=) and always send
 X-Consul-Index. On a client-only agent everything goes to the server; the agent endpoints add
 this agent's node so the server knows whose services they are.
 """
@@ -21,6 +21,8 @@ from .common import flag, json_body
 from .consul_filter import apply as filtered
 from .consul_common import agent_of, cblock, consul_route, consul_router, creply, local_node, node_key, reads_of
 from .forward import to_server
+
+CATALOG = ("services", "catalog_nodes")   # the tables the catalog's answers come from
 
 router = consul_router()
 
@@ -62,7 +64,7 @@ async def agent_services(request: Request):
     reads = reads_of(request)
     rows = reads.services_by_node(node_key(request))
     return creply(request, filtered(request.query_params.get("filter"), {s.id: s.agent_view() for s in rows}),
-                  reads.table_index("services"))
+                  reads.table_index(CATALOG))
 
 
 @router.get("/v1/agent/service/{service_id}")
@@ -70,7 +72,7 @@ async def agent_services(request: Request):
 async def agent_service(request: Request, service_id: str):
     if agent_of(request).server is None:
         return await to_server(request, params={"node": node_key(request)})
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     svc = reads_of(request).service(node_key(request), service_id)
     if svc is None:
         raise NotFound(f'unknown service ID "{service_id}"')
@@ -83,9 +85,10 @@ async def agent_checks(request: Request):
     if agent_of(request).server is None:
         return await to_server(request, params={"node": node_key(request)})
     cat, reads = _catalog(request), reads_of(request)
-    checks = {c.check_id: c.public() for s in reads.services_by_node(node_key(request))
-              for c in cat.checks_of(s)}
-    return creply(request, checks, reads.table_index("services"))
+    key = node_key(request)
+    checks = {c.check_id: c.public() for c in cat.node_level_checks(key)}
+    checks.update({c.check_id: c.public() for s in reads.services_by_node(key) for c in cat.checks_of(s)})
+    return creply(request, checks, reads.table_index(CATALOG))
 
 
 async def _set_check(request: Request, check_id: str, status: str, output: str | None):
@@ -101,7 +104,8 @@ async def check_register(request: Request):
     body = await json_body(request)
     if agent_of(request).server is None:
         return await to_server(request, params={"node": node_key(request)})
-    check = _catalog(request).register_check(node_key(request), body)
+    node_id, name, _ = local_node(request)
+    check = _catalog(request).register_check(node_id or name, body, name)
     return creply(request, None, check.modify_index)
 
 
@@ -169,14 +173,14 @@ async def catalog_datacenters(request: Request):
 @router.get("/v1/catalog/nodes")
 @consul_route
 async def catalog_nodes(request: Request):
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     return creply(request, filtered(request.query_params.get("filter"), _catalog(request).nodes()), index)
 
 
 @router.get("/v1/catalog/node/{name}")
 @consul_route
 async def catalog_node(request: Request, name: str):
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     found = _catalog(request).node_services(name)
     if found is None:
         return creply(request, None, index)   # Consul answers null for an unknown node
@@ -189,7 +193,7 @@ async def catalog_node(request: Request, name: str):
 async def health_ingress(request: Request, name: str):
     """The ingress gateways serving `name`: Yurt runs no gateways yet, so none (Consul's answer
     for a service no gateway exposes)."""
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     return creply(request, [], index)
 
 
@@ -197,14 +201,14 @@ async def health_ingress(request: Request, name: str):
 @consul_route
 async def catalog_gateway_services(request: Request, gateway: str):
     """The services a gateway is configured for: Yurt has no gateways yet, so none."""
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     return creply(request, [], index)
 
 
 @router.get("/v1/health/node/{name}")
 @consul_route
 async def health_node(request: Request, name: str):
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     return creply(request, filtered(request.query_params.get("filter"), _catalog(request).node_checks(name) or []),
                   index)
 
@@ -212,14 +216,14 @@ async def health_node(request: Request, name: str):
 @router.get("/v1/catalog/services")
 @consul_route
 async def catalog_services(request: Request):
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     return creply(request, _catalog(request).service_map(), index)
 
 
 @router.get("/v1/catalog/service/{name}")
 @consul_route
 async def catalog_service(request: Request, name: str):
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     cat = _catalog(request)
     rows = cat.instances(name, request.query_params.get("tag"))
     return creply(request, filtered(request.query_params.get("filter"), [cat.catalog_entry(s) for s in rows]),
@@ -229,7 +233,7 @@ async def catalog_service(request: Request, name: str):
 @router.get("/v1/catalog/connect/{name}")
 @consul_route
 async def catalog_connect(request: Request, name: str):
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     cat = _catalog(request)
     rows = cat.instances(name, request.query_params.get("tag"), connect=True)
     return creply(request, [cat.catalog_entry(s) for s in rows], index)
@@ -246,7 +250,7 @@ def _passing(request: Request) -> bool:
 @consul_route
 async def health_service(request: Request, name: str):
     _no_peer(request)
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     cat = _catalog(request)
     rows = cat.instances(name, request.query_params.get("tag"), passing=_passing(request))
     return creply(request, filtered(request.query_params.get("filter"), [cat.health_entry(s) for s in rows]),
@@ -264,7 +268,7 @@ def _no_peer(request: Request) -> None:
 async def health_connect(request: Request, name: str):
     """The mesh endpoints of `name`: its sidecars (and Connect-native instances). Proxies use
     this, with ?passing, to find where to dial."""
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     cat = _catalog(request)
     rows = cat.instances(name, request.query_params.get("tag"), connect=True, passing=_passing(request))
     return creply(request, [cat.health_entry(s) for s in rows], index)
@@ -273,7 +277,7 @@ async def health_connect(request: Request, name: str):
 @router.get("/v1/health/checks/{name}")
 @consul_route
 async def health_checks(request: Request, name: str):
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     return creply(request, filtered(request.query_params.get("filter"), _catalog(request).checks_for_service(name)),
                   index)
 
@@ -281,6 +285,6 @@ async def health_checks(request: Request, name: str):
 @router.get("/v1/health/state/{state}")
 @consul_route
 async def health_state(request: Request, state: str):
-    index = await cblock(request, "services")
+    index = await cblock(request, CATALOG)
     return creply(request, filtered(request.query_params.get("filter"), _catalog(request).checks_in_state(state)),
                   index)

@@ -7,6 +7,10 @@ explicitly (Kind "connect-proxy" with a Proxy block) with the real host port. Bo
 
 Instances live in the state store's "services" table, keyed by (node, service ID); checks travel
 with their service. Alias checks take their status from the aliased service when read.
+Node-level checks (no ServiceID) and external nodes registered through the catalog live in the
+keyed table "catalog_nodes" (`CatalogNode`), by the same node key as the services: an agent
+node's ID, an external node's name. A node's checks count in the health of each of its services,
+as Consul's do (`?passing`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from yurt.errors import InvalidInput, NotFound
-from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, HealthCheck,
+from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, CatalogNode, HealthCheck,
                           ServiceRegistration, format_duration, parse_duration)
 from yurt.structs.catalog import CHECK_STATES, KIND_CONNECT_PROXY, SIDECAR_SUFFIX
 from yurt.state import StateStore
@@ -161,12 +165,62 @@ class Catalog:
                     self.store.update_check(node_key, check_id, CHECK_CRITICAL,
                                             f"TTL expired (last update more than {c.ttl} ago)")
                     return
+        row = self._node_row_of(node_key)
+        for c in row.checks if row else []:
+            if c.check_id == check_id and c.type == "ttl" and c.status != CHECK_CRITICAL:
+                self._set_node_check(node_key, check_id, CHECK_CRITICAL,
+                                     f"TTL expired (last update more than {c.ttl} ago)")
+                return
 
     def arm_all(self) -> None:
         """A new leader: every TTL check not critical gets its full TTL from now."""
         for svc in self.store.services():
             for c in svc.checks:
                 self._arm(svc.key[0], c)
+        for key, row in self._node_rows():
+            for c in row.checks:
+                self._arm(key, c)
+
+    # -- catalog nodes (external nodes, node-level checks) -------------------------------------
+    def _node_rows(self) -> list[tuple[str, CatalogNode]]:
+        return [(k, r) for k, r in self.store.keyed_list("catalog_nodes") if isinstance(r, CatalogNode)]
+
+    def _node_row_of(self, node_key: str) -> CatalogNode | None:
+        row = self.store.keyed_get("catalog_nodes", node_key)
+        return row if isinstance(row, CatalogNode) else None
+
+    def node_level_checks(self, node_key: str) -> list[HealthCheck]:
+        row = self._node_row_of(node_key)
+        return list(row.checks) if row else []
+
+    def _put_node_row(self, node_key: str, change: Callable[[CatalogNode | None], CatalogNode | None]) -> int:
+        """One write of a node's row: `change(current)` gives the new row (None: delete)."""
+        def build(txn: Any) -> None:
+            cur = txn.keyed("catalog_nodes", node_key)
+            new = change(cur if isinstance(cur, CatalogNode) else None)
+            if new is None:
+                if cur is not None:
+                    txn.drop_keyed("catalog_nodes", node_key)
+                return
+            upd = {"create_index": cur.create_index if isinstance(cur, CatalogNode) else txn.index,
+                   "modify_index": txn.index,
+                   "checks": [c.model_copy(update={"node": new.node, "modify_index": txn.index,
+                                                   "create_index": c.create_index or txn.index})
+                              for c in new.checks]}
+            txn.put_keyed("catalog_nodes", node_key, new.model_copy(update=upd))
+        return self.store.keyed_write(build)[0]
+
+    def _set_node_check(self, node_key: str, check_id: str, status: str, output: str | None) -> HealthCheck:
+        def change(cur: CatalogNode | None) -> CatalogNode:
+            if cur is None or not any(c.check_id == check_id for c in cur.checks):
+                raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed, not the check '
+                               "name.")
+            return cur.model_copy(update={"checks": [
+                c.model_copy(update={"status": status, **({"output": output} if output is not None else {})})
+                if c.check_id == check_id else c for c in cur.checks]})
+        self._put_node_row(node_key, change)
+        row = self._node_row_of(node_key)
+        return next(c for c in (row.checks if row else []) if c.check_id == check_id)
 
     # -- registration -----------------------------------------------------------------------
     def build(self, body: Any, node_id: str, node: str, node_address: str = "") -> list[ServiceRegistration]:
@@ -265,9 +319,10 @@ class Catalog:
             self.store.delete_services([(parent.key[0], parent.id + SIDECAR_SUFFIX)])
         return services
 
-    def register_check(self, node_key: str, body: Any) -> HealthCheck:
+    def register_check(self, node_key: str, body: Any, node_name: str = "") -> HealthCheck:
         """`PUT /v1/agent/check/register`: a check added to one of this node's services
-        (`ServiceID`), replaced if its ID is taken. Its ID defaults to its Name, as Consul's."""
+        (`ServiceID`), or to the node itself (none), replaced if its ID is taken. Its ID
+        defaults to its Name, as Consul's."""
         c = canon(body, _CHECK)
         name = c.get("Name")
         if not name or not isinstance(name, str):
@@ -277,8 +332,7 @@ class Catalog:
                                "to true (Yurt's agent does not run script checks: use an HTTP, TCP or TTL check)")
         service_id = c.get("ServiceID") or ""
         if not service_id:
-            raise CatalogError(f'check "{name}": node-level checks (no ServiceID) are not supported yet; give the '
-                               'ServiceID of a service registered on this agent')
+            return self._register_node_check(node_key, node_name, c, name)
         svc = self.store.service(node_key, service_id)
         if svc is None:
             raise CatalogError(f'ServiceID "{service_id}" does not exist')
@@ -294,8 +348,33 @@ class Catalog:
         self._arm(node_key, out)
         return out
 
+    def _register_node_check(self, node_key: str, node_name: str, c: dict[str, Any], name: str) -> HealthCheck:
+        check = _check({**c, "CheckID": c.get("CheckID") or c.get("ID") or name}, "", "", 0, False)
+        if check.type == "alias":
+            raise CatalogError(f'check "{name}": an alias check belongs to a service; give its ServiceID')
+
+        def change(cur: CatalogNode | None) -> CatalogNode:
+            row = cur or CatalogNode(node=node_name or node_key, id="" if node_key == node_name else node_key)
+            old = next((x for x in row.checks if x.check_id == check.check_id), None)
+            new = check
+            if old is not None and "status" not in check.model_fields_set:
+                new = check.model_copy(update={"status": old.status, "output": old.output})
+            return row.model_copy(update={"checks": [*(x for x in row.checks if x.check_id != check.check_id), new]})
+        self._put_node_row(node_key, change)
+        out = next(x for x in self.node_level_checks(node_key) if x.check_id == check.check_id)
+        self._arm(node_key, out)
+        return out
+
     def deregister_check(self, node_key: str, check_id: str) -> int | None:
-        """`PUT /v1/agent/check/deregister/<id>`: the check goes from its service (unknown: None)."""
+        """`PUT /v1/agent/check/deregister/<id>`: the check goes from its service or its node
+        (unknown: None)."""
+        if any(c.check_id == check_id for c in self.node_level_checks(node_key)):
+            def change(cur: CatalogNode | None) -> CatalogNode | None:
+                if cur is None:
+                    return None
+                rest = [c for c in cur.checks if c.check_id != check_id]
+                return None if not rest and not cur.external else cur.model_copy(update={"checks": rest})
+            return self._put_node_row(node_key, change)
         for svc in self.store.services_by_node(node_key):
             if any(c.check_id == check_id for c in svc.checks):
                 self.store.upsert_services([svc.model_copy(
@@ -312,7 +391,10 @@ class Catalog:
         status = {"pass": CHECK_PASSING, "warn": CHECK_WARNING, "fail": CHECK_CRITICAL}.get(status, status)
         if status not in CHECK_STATES:
             raise CatalogError(f'Status must be passing, warning or critical, not "{status}"')
-        check = self.store.update_check(node_key, check_id, status, output)
+        if any(c.check_id == check_id for c in self.node_level_checks(node_key)):
+            check = self._set_node_check(node_key, check_id, status, output)
+        else:
+            check = self.store.update_check(node_key, check_id, status, output)
         self._arm(node_key, check)
         return check
 
@@ -321,6 +403,8 @@ class Catalog:
         return self.store.delete_services_of_allocs(alloc_ids) if alloc_ids else None
 
     def remove_node(self, node_id: str) -> int | None:
+        if self._node_row_of(node_id) is not None:
+            self._put_node_row(node_id, lambda cur: None)
         return self.store.delete_services_of_node(node_id)
 
     # -- views ------------------------------------------------------------------------------
@@ -357,11 +441,17 @@ class Catalog:
         if tag:
             rows = [s for s in rows if tag in s.tags]
         if passing:
-            rows = [s for s in rows if self.status(s) == CHECK_PASSING]
+            rows = [s for s in rows if self.status(s) == CHECK_PASSING
+                    and all(c.status == CHECK_PASSING for c in self.node_level_checks(s.key[0]))]
         return rows
 
     def node_json(self, svc: ServiceRegistration) -> dict[str, Any]:
         node = self.store.node(svc.node_id) if svc.node_id else None
+        row = self._node_row_of(svc.key[0]) if node is None else None
+        if row is not None and row.external:
+            return {"ID": row.id, "Node": row.node, "Address": row.address, "Datacenter": self.datacenter,
+                    "TaggedAddresses": dict(row.tagged_addresses), "Meta": dict(row.meta),
+                    "CreateIndex": row.create_index, "ModifyIndex": row.modify_index}
         return {"ID": svc.node_id, "Node": svc.node or (node.name if node else ""),
                 "Address": svc.node_address or (node.attributes.get("unique.network.ip-address", "") if node else ""),
                 "Datacenter": self.datacenter, "TaggedAddresses": {}, "Meta": dict(node.meta) if node else {},
@@ -401,12 +491,21 @@ class Catalog:
             a.pop(k)
         node = self.node_json(svc)
         return {"Node": node, "Service": a,
-                "Checks": [self.serf_health(svc.node_id, node["Node"]), *(c.public() for c in self.checks_of(svc))]}
+                "Checks": [*self._node_health(svc.key[0], svc.node_id, node["Node"]),
+                           *(c.public() for c in self.checks_of(svc))]}
+
+    def _node_health(self, node_key: str, node_id: str, name: str) -> list[dict[str, Any]]:
+        """A node's own checks: serfHealth for a node an agent runs (an external node has none,
+        as in Consul), then the node-level checks registered for it."""
+        row = self._node_row_of(node_key)
+        serf = [] if row is not None and row.external else [self.serf_health(node_id, name)]
+        return [*serf, *(c.public() for c in (row.checks if row else []))]
 
     # -- external services (/v1/catalog/register, /v1/catalog/deregister) ---------------------
     def catalog_register(self, body: Any) -> int | None:
-        """Consul's catalog registration: a service on a node no agent runs (an external
-        service), with its checks, filed under the node's name."""
+        """Consul's catalog registration: a node no agent runs (an external node) with its
+        address, meta and node-level checks (no ServiceID), and optionally a service on it with
+        its checks, filed under the node's name. `SkipNodeUpdate` keeps the node's stored fields."""
         c = canon(body, ("Node", "Address", "Datacenter", "ID", "TaggedAddresses", "NodeMeta", "Service",
                          "Check", "Checks", "SkipNodeUpdate"))
         node = c.get("Node")
@@ -414,19 +513,55 @@ class Catalog:
             raise CatalogError('a catalog registration needs a "Node"')
         if c.get("Datacenter") and c["Datacenter"] != self.datacenter:
             raise CatalogError(f'datacenter "{c["Datacenter"]}" is not this one ("{self.datacenter}")')
-        if not c.get("Service"):
-            raise CatalogError(f'node "{node}": registering a node without a Service is not supported yet; '
-                               "add a Service")
-        svc = canon(c["Service"], _TOP)
+        if any(n.name == node for n in self.store.nodes()):
+            raise CatalogError(f'node "{node}" is a Yurt node, run by its agent: register its services through '
+                               "that agent (/v1/agent/service/register), not the catalog")
+        if not c.get("Address") and self._node_row_of(node) is None:
+            raise CatalogError(f'node "{node}": a catalog registration needs the node\'s "Address"')
+        svc = canon(c["Service"], _TOP) if c.get("Service") else None
+        svc_id = (svc.get("ID") or svc.get("Service") or svc.get("Name")) if svc else None
         checks = ([c["Check"]] if c.get("Check") else []) + list(c.get("Checks") or [])
-        for chk in checks:
+        node_checks, svc_checks = [], []
+        for i, chk in enumerate(checks):
             cc = canon(chk, _CHECK)
+            label = cc.get("Name") or cc.get("CheckID") or f"#{i + 1}"
             if not cc.get("ServiceID"):
-                raise CatalogError(f'check "{cc.get("Name") or cc.get("CheckID")}": node-level checks (no '
-                                   "ServiceID) are not supported yet; give the ServiceID")
-        services = self.build({**svc, "Node": node, "NodeAddress": c.get("Address") or "",
-                               "Checks": [{k: v for k, v in canon(x, _CHECK).items() if k != "ServiceID"}
-                                          for x in checks]}, "", node, c.get("Address") or "")
+                hc = _check({**cc, "CheckID": cc.get("CheckID") or cc.get("ID") or cc.get("Name")
+                             or f"node:{node}:{i + 1}"}, "", "", 0, False)
+                if hc.type == "alias":
+                    raise CatalogError(f'check "{label}": an alias check belongs to a service; give its ServiceID')
+                node_checks.append(hc.model_copy(update={"name": cc.get("Name") or hc.check_id}))
+            elif svc is None or cc["ServiceID"] != svc_id:
+                raise CatalogError(f'check "{label}": ServiceID "{cc["ServiceID"]}" is not the service of this '
+                                   "registration; register the service with it")
+            else:
+                svc_checks.append({k: v for k, v in cc.items() if k != "ServiceID"})
+        tagged = c.get("TaggedAddresses") or {}
+        meta = c.get("NodeMeta") or {}
+        if not isinstance(tagged, dict) or not isinstance(meta, dict):
+            raise CatalogError(f'node "{node}": TaggedAddresses and NodeMeta are objects of strings')
+
+        def change(cur: CatalogNode | None) -> CatalogNode:
+            row = cur or CatalogNode(node=node, external=True)
+            if cur is None or not c.get("SkipNodeUpdate"):
+                row = row.model_copy(update={
+                    "id": str(c.get("ID") or row.id), "address": str(c.get("Address") or row.address),
+                    "tagged_addresses": {str(k): str(v) for k, v in tagged.items()} or row.tagged_addresses,
+                    "meta": {str(k): str(v) for k, v in meta.items()} or row.meta, "external": True})
+            kept = {x.check_id: x for x in row.checks}
+            for hc in node_checks:
+                old = kept.get(hc.check_id)
+                if old is not None and "status" not in hc.model_fields_set:
+                    hc = hc.model_copy(update={"status": old.status, "output": old.output})
+                kept[hc.check_id] = hc
+            return row.model_copy(update={"checks": list(kept.values())})
+        index = self._put_node_row(node, change)
+        for hc in self.node_level_checks(node):
+            self._arm(node, hc)
+        if svc is None:
+            return index
+        address = c.get("Address") or (self._node_row_of(node) or CatalogNode()).address
+        services = self.build({**svc, "Node": node, "NodeAddress": address, "Checks": svc_checks}, "", node, address)
         self.store.upsert_services(services)
         stored = self.store.service(*services[0].key)
         return stored.modify_index if stored else None
@@ -443,7 +578,10 @@ class Catalog:
         if c.get("CheckID"):
             return self.deregister_check(node, c["CheckID"])
         keys = [s.key for s in self.store.services() if s.key[0] == node]
-        return self.store.delete_services(keys) if keys else None
+        index = self.store.delete_services(keys) if keys else None
+        if self._node_row_of(node) is not None:
+            index = self._put_node_row(node, lambda cur: None)
+        return index
 
     # -- nodes ------------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
@@ -453,6 +591,11 @@ class Catalog:
         for n in self.store.nodes():
             out[n.name] = self._node_row(n.id, n.name, n.attributes.get("unique.network.ip-address", ""),
                                          dict(n.meta), n.create_index, n.modify_index)
+        for _key, row in self._node_rows():
+            if row.external and row.node not in out:
+                out[row.node] = {**self._node_row(row.id, row.node, row.address, dict(row.meta), row.create_index,
+                                                  row.modify_index),
+                                 "TaggedAddresses": dict(row.tagged_addresses)}
         for svc in [*self.store.services(), *self._consul_service()]:
             if svc.node not in out:
                 out[svc.node] = self._node_row(svc.node_id, svc.node, svc.node_address, {}, svc.create_index,
@@ -480,7 +623,9 @@ class Catalog:
         if found is None:
             return None
         row, services = found
-        return [self.serf_health(row["ID"], row["Node"]), *(c.public() for s in services for c in self.checks_of(s))]
+        key = row["ID"] if row["ID"] and self.store.node(row["ID"]) is not None else row["Node"]
+        return [*self._node_health(key, row["ID"], row["Node"]),
+                *(c.public() for s in services for c in self.checks_of(s))]
 
     # -- maintenance --------------------------------------------------------------------------
     def set_maintenance(self, node_key: str, service_id: str, enable: bool, reason: str) -> int | None:
@@ -510,11 +655,13 @@ class Catalog:
         if state != "any" and state not in CHECK_STATES:
             raise CatalogError(f'state must be any, passing, warning or critical, not "{state}"')
         services = self.store.services()
-        nodes: dict[tuple[str, str], None] = {}
+        nodes: dict[tuple[str, str, str], None] = {}
         for svc in services:
-            nodes.setdefault((svc.node_id, svc.node), None)
-        serf = [self.serf_health(node_id, name) for node_id, name in nodes]
-        return [c for c in (*serf, *(c.public() for s in services for c in self.checks_of(s)))
+            nodes.setdefault((svc.key[0], svc.node_id, svc.node), None)
+        for key, row in self._node_rows():
+            nodes.setdefault((key, row.id, row.node), None)
+        own = [c for key, node_id, name in nodes for c in self._node_health(key, node_id, name)]
+        return [c for c in (*own, *(c.public() for s in services for c in self.checks_of(s)))
                 if state == "any" or c["Status"] == state]
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from yurt.structs import KVEntry, Namespace, Session, StoredVariable
+from yurt.structs import CatalogNode, KVEntry, Namespace, Session, StoredVariable
 
 KEYED: dict[str, type[BaseModel]] = {
     "kv": KVEntry,                 # by the key
     "sessions": Session,           # by ID
     "variables": StoredVariable,   # by "<namespace>\x00<path>" (var_key)
     "namespaces": Namespace,       # by name
+    "catalog_nodes": CatalogNode,  # by node key: an external node's name, an agent node's ID
 }
 
 

@@ -22,7 +22,7 @@ from .alloc import (AllocDeploymentStatus, AllocatedCpuResources, AllocMetric, A
                     TaskEvent, TaskState)
 from .evaluation import (DesiredUpdates, Evaluation, JobSummary, Plan, PlanAnnotations,
                          PlanResult, TaskGroupSummary)
-from .catalog import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, ConnectProxyConfig, HealthCheck,
+from .catalog import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, CatalogNode, ConnectProxyConfig, HealthCheck,
                       ServiceRegistration, UpstreamConfig)
 from .connect import (CAConfig, CARoot, CAState, Intention, IssuedCert, SpiffeService,
                       parse_service_uri, service_uri)
@@ -52,7 +52,7 @@ __all__ = [
     "Allocation", "AllocNetworkStatus", "DesiredTransition", "RescheduleEvent", "RescheduleTracker",
     "TaskEvent", "TaskState", "AllocMetric", "DesiredUpdates", "Evaluation", "JobSummary", "Plan",
     "PlanAnnotations", "PlanResult", "TaskGroupSummary", "alloc_status", "eval_status", "node_status",
-    "CHECK_CRITICAL", "CHECK_PASSING", "CHECK_WARNING", "ConnectProxyConfig", "HealthCheck",
+    "CHECK_CRITICAL", "CHECK_PASSING", "CHECK_WARNING", "CatalogNode", "ConnectProxyConfig", "HealthCheck",
     "ServiceRegistration", "UpstreamConfig", "CAConfig", "CARoot", "CAState", "Intention",
     "IssuedCert", "SpiffeService", "parse_service_uri", "service_uri",
     "Deployment", "DeploymentState", "deployment_status", "merged_update", "NodeUsed",

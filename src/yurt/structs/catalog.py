@@ -63,6 +63,22 @@ class HealthCheck(Lenient):
                 "CreateIndex": self.create_index, "ModifyIndex": self.modify_index}
 
 
+class CatalogNode(Lenient):
+    """A node as Consul's catalog knows it beyond Yurt's own nodes: an external node registered
+    through `/v1/catalog/register` (by name), or the node-level checks (no ServiceID) of an
+    agent's node (by the node's ID). Stored in the keyed table "catalog_nodes"."""
+
+    node: str = ""
+    id: str = field("", json="ID")
+    address: str = ""
+    tagged_addresses: dict[str, str] = field(factory=dict)
+    meta: dict[str, str] = field(factory=dict)
+    checks: list[HealthCheck] = field(factory=list)
+    external: bool = False              # registered through the catalog (no agent runs it)
+    create_index: int = 0
+    modify_index: int = 0
+
+
 class UpstreamConfig(Lenient):
     destination_type: str = "service"
     destination_name: str = ""
