@@ -21,6 +21,7 @@ from yurt.structs.duration import SECOND
 
 from .alloc_hooks import AllocHook, AllocHookContext
 from .checks import CRITICAL, PASSING, WARNING, CheckRunner, CheckSpec
+from .taskenv import group_env, interpolate
 
 if TYPE_CHECKING:
     from yurt.api.client import YurtClient
@@ -106,7 +107,9 @@ class ServiceHook(AllocHook):
         regs: list[dict] = []
         specs: list[CheckSpec] = []
         restarts: dict[str, tuple[str, Any]] = {}
+        env = group_env(alloc, ctx.node)
         for svc in group.services or []:
+            svc = interpolated(svc, env, ctx)
             sid = service_id(alloc.id, group.name, svc)
             if svc.port_label.isdigit():
                 address, port, inner = alloc_ip or host_ip, int(svc.port_label), int(svc.port_label)
@@ -129,9 +132,15 @@ class ServiceHook(AllocHook):
             if _is_canary(ctx):   # a canary of a deployment, until it is promoted
                 tags = svc.canary_tags if svc.canary_tags is not None else tags
                 meta = svc.canary_meta if svc.canary_meta is not None else meta
-            regs.append({"ID": sid, "Name": svc.name, "Tags": tags or [], "Address": address,
-                         "Port": port, "Meta": {**(meta or {}), "external-source": "yurt", "alloc_id": alloc.id},
-                         "AllocID": alloc.id, "NodeID": self.node_id, "Checks": checks})
+            reg = {"ID": sid, "Name": svc.name, "Tags": tags or [], "Address": svc.address or address,
+                   "Port": port, "Meta": {**(meta or {}), "external-source": "yurt", "alloc_id": alloc.id},
+                   "AllocID": alloc.id, "NodeID": self.node_id, "Checks": checks,
+                   "EnableTagOverride": svc.enable_tag_override}
+            if svc.tagged_addresses:
+                reg["TaggedAddresses"] = tagged_addresses(svc.tagged_addresses, port)
+            if svc.weights is not None:
+                reg["Weights"] = {"Passing": svc.weights.passing, "Warning": svc.weights.warning}
+            regs.append(reg)
             sidecar = svc.connect.sidecar_service if svc.connect is not None else None
             if sidecar is not None:   # svc.has_sidecar
                 regs.append(self._sidecar(ctx, svc, sidecar, sid, ports, host_ip, checks, specs, restarts))
@@ -271,6 +280,37 @@ class _RestartTracker:
                             self.ctx.alloc_id[:8], task, limit)
             self.failures[check_id] = 0
             self.since[check_id] = time.monotonic()
+
+
+def tagged_addresses(given: dict[str, str], port: int) -> dict[str, dict[str, Any]]:
+    """Nomad's `tagged_addresses { wan = "198.18.0.1" }` as Consul's service TaggedAddresses:
+    "host" or "host:port" each, the service's port when none is given."""
+    out: dict[str, dict[str, Any]] = {}
+    for tag, value in given.items():
+        host, sep, p = value.rpartition(":")
+        if sep and p.isdigit() and not host.endswith(":"):
+            out[tag] = {"Address": host.strip("[]"), "Port": int(p)}
+        else:
+            out[tag] = {"Address": value, "Port": port}
+    return out
+
+
+def interpolated(svc: Service, env: dict[str, str], ctx: AllocHookContext) -> Service:
+    """The service with `${NOMAD_*}`, `${node.*}`, `${attr.*}` and `${meta.*}` replaced in the
+    fields Nomad interpolates: name, tags, canary tags, meta, canary meta, address and tagged
+    addresses; in its checks the name, command, args, path, protocol, method, headers, body,
+    gRPC service, initial status and notes."""
+    def i(v: Any) -> Any:
+        return interpolate(v, env, ctx.node)
+    checks = [c.model_copy(update={
+        "name": i(c.name), "command": i(c.command), "args": i(c.args), "path": i(c.path),
+        "protocol": i(c.protocol), "method": i(c.method), "header": i(c.header), "body": i(c.body),
+        "grpc_service": i(c.grpc_service), "initial_status": i(c.initial_status), "notes": i(c.notes)})
+        for c in svc.checks or []]
+    return svc.model_copy(update={
+        "name": i(svc.name), "tags": i(svc.tags), "canary_tags": i(svc.canary_tags), "meta": i(svc.meta),
+        "canary_meta": i(svc.canary_meta), "address": i(svc.address), "tagged_addresses": i(svc.tagged_addresses),
+        "checks": checks if svc.checks is not None else None})
 
 
 def _is_canary(ctx: AllocHookContext) -> bool:

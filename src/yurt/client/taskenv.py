@@ -198,6 +198,36 @@ def base_vars(alloc: Allocation, task: Task, task_dir: TaskDir, node: Node | Non
     return env
 
 
+def group_env(alloc: Allocation, node: Node | None = None, region: str | None = None) -> dict[str, str]:
+    """The variables a group service's fields are interpolated with, as Nomad's: the
+    allocation's, the job's and group's, the group's ports and upstreams, and NOMAD_META_* from
+    the job's and the group's meta (no task's)."""
+    job = alloc.job
+    region = region or node_region(node, alloc)
+    env = {
+        "NOMAD_ALLOC_ID": alloc.id, "NOMAD_SHORT_ALLOC_ID": alloc.id[:8], "NOMAD_ALLOC_NAME": alloc.name,
+        "NOMAD_ALLOC_INDEX": str(alloc.index), "NOMAD_GROUP_NAME": alloc.task_group,
+        "NOMAD_JOB_ID": job.id if job else alloc.job_id,
+        "NOMAD_JOB_NAME": (job.name or job.id) if job else alloc.job_id,
+        "NOMAD_NAMESPACE": (job.namespace if job and job.namespace else alloc.namespace) or "default",
+        "NOMAD_REGION": region,
+    }
+    if job is not None and job.parent_id:
+        env["NOMAD_JOB_PARENT_ID"] = job.parent_id
+    if node is not None:
+        env["NOMAD_DC"] = node.datacenter
+    env.update(port_vars(alloc))
+    env.update(upstream_vars(_group(alloc)))
+    group = _group(alloc)
+    values = node_values(node, region)
+    meta: dict[str, str] = {**((job.meta if job else None) or {}), **((group.meta if group else None) or {})}
+    for key, value in meta.items():
+        value = _interpolate(value, values, env)
+        env[f"NOMAD_META_{key}"] = value
+        env[f"NOMAD_META_{key.upper()}"] = value
+    return clean_keys(env)
+
+
 def build_task_env(alloc: Allocation, task: Task, task_dir: TaskDir, node: Node | None = None,
                    *, host_env: Mapping[str, str] | None = None,
                    hook_env: Mapping[str, str] | None = None,

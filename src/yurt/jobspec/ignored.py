@@ -156,11 +156,6 @@ RULES: tuple[Rule, ...] = (
     Rule(_S + ("AddressMode",),
          f"address_mode {NO_EFFECT}: the service is registered with the node's address (the "
          "allocation's address when port is a number)", unset=("auto",)),
-    Rule(_S + ("Address",),
-         f"address {NO_EFFECT}: the service is registered with the node's address"),
-    Rule(_S + ("EnableTagOverride",), f"enable_tag_override {NO_EFFECT}"),
-    Rule(_S + ("TaggedAddresses",), f"tagged_addresses {NO_EFFECT}: the service is registered "
-                                    "without them"),
     Rule(_S + ("Cluster",), f"cluster {NO_EFFECT}: services are registered in Yurt's own catalog",
          unset=("default",)),
     Rule(_S + ("Kind",), f"kind {NO_EFFECT}: the service is registered as a plain service"),

@@ -43,6 +43,11 @@ def validate_service(r: Report, job: Job, group: TaskGroup, s: Service, path: Pa
     elif not _RFC1123.match(strip_interpolation(s.name)):
         r.error(path + ("Name",), f'service name "{s.name}" is not a valid DNS label: use 1 to 63 '
                                   'letters, digits and dashes, starting and ending with a letter or digit')
+    elif s.connect is not None and "${" in s.name:
+        r.error(path + ("Name",), f'the Connect service "{s.name}" has an interpolated name: a Connect '
+                                  "service's name is its identity in the mesh (its certificate, the "
+                                  "intentions that name it), so Yurt needs it written out; interpolate its "
+                                  "tags or meta instead")
     provider = s.provider or "consul"
     if provider not in CHECK_TYPES:
         r.error(path + ("Provider",), f'service provider "{s.provider}" is not known: '
