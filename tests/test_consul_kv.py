@@ -314,6 +314,13 @@ def test_a_session_goes_when_its_node_goes_down_or_away(tmp_path):
         # a down node takes no new sessions on its serfHealth
         with pytest.raises(Exception, match="Check 'serfHealth' is in critical state"):
             kv.create_session({}, "n1")
+        # a server agent that is no client node is a node too, while it is a live server
+        servers = [("srv1", "10.0.0.1")]
+        kv.catalog.servers = lambda: list(servers)
+        on_server = kv.create_session({"Node": "srv1"}, "n1")
+        assert kv.sweep() == []
+        servers.clear()
+        assert kv.sweep() == [on_server.id]
     finally:
         store.close()
 
@@ -332,3 +339,40 @@ def test_a_new_leader_gives_every_ttl_session_two_ttls_afresh(tmp_path):
             kv.step_down()
     finally:
         store.close()
+
+
+def test_cas_locks_and_invalidation_on_etcd(tmp_path):
+    """The same writes on etcd (HA): the checks run inside the write, the indexes are the commit's."""
+    from tests.etcd_cluster import EtcdCluster
+    from yurt.server.catalog import Catalog
+    from yurt.server.kv import ConsulKV
+    from yurt.state.etcd_store import EtcdStateStore
+    from yurt.structs import Node
+    cluster = EtcdCluster(tmp_path / "etcd", members=1)
+    try:
+        cluster.wait_healthy(30)
+        store = EtcdStateStore(cluster.endpoints, prefix=f"/kv-{time.monotonic_ns()}/", lease_ttl=5)
+        won = threading.Event()
+        store.leadership.join({"Name": "a", "HTTPAddr": "http://a:4646"}, won.set, lambda: None)
+        assert won.wait(15)
+        try:
+            store.upsert_node(Node(id="node-1", name="n1", status="ready"))
+            kv = ConsulKV(store, Catalog(store), lambda: True)
+            assert kv.put("k", b"one", cas=0) and not kv.put("k", b"two", cas=0)
+            e = store.keyed_get("kv", "k")
+            assert e.create_index == e.modify_index == store.table_index("kv") > 0
+            assert not kv.put("k", b"two", cas=e.modify_index + 1) and kv.put("k", b"two", cas=e.modify_index)
+            a = kv.create_session({"LockDelay": 0}, "n1")
+            b = kv.create_session({"LockDelay": 0}, "n1")
+            assert a.create_index > 0 and kv.put("k", b"a", acquire=a.id) and not kv.put("k", b"b", acquire=b.id)
+            assert store.keyed_get("kv", "k").lock_index == 1
+            assert kv.invalidate(a.id) and not kv.invalidate(a.id)
+            e = store.keyed_get("kv", "k")
+            assert (e.session, e.lock_index) == ("", 1)
+            assert kv.put("k", b"b", acquire=b.id) and store.keyed_get("kv", "k").lock_index == 2
+            assert not kv.delete("k", cas=1) and kv.delete("k")
+            assert store.keyed_get("kv", "k") is None
+        finally:
+            store.close()
+    finally:
+        cluster.stop()

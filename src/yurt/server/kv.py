@@ -167,7 +167,7 @@ class ConsulKV:
                 gone.append(s.id)
         return gone
 
-    def _unhealthy(self, s: Session, nodes: dict[str, Node]) -> str:
+    def _unhealthy(self, s: Session, nodes: dict[str, Node | None]) -> str:
         if not self._node_known(s.node, nodes):
             return f'its node "{s.node}" is gone'
         for check_id in [*s.node_checks, *(str(c.get("ID", "")) for c in s.service_checks)]:
@@ -179,28 +179,36 @@ class ConsulKV:
         return ""
 
     # -- nodes and checks, as sessions see them -----------------------------------------------
-    def _nodes(self) -> dict[str, Node]:
-        """Yurt's nodes by name and by ID."""
-        out: dict[str, Node] = {}
+    def _nodes(self) -> dict[str, Node | None]:
+        """Yurt's nodes by name and by ID, and the live servers by name (None: a server agent
+        that is no client node, which Consul counts as a node too)."""
+        out: dict[str, Node | None] = {}
+        try:
+            servers = self.catalog.servers()
+        except Exception:   # the agent cannot tell now: the servers are not counted this time
+            log.exception("listing the servers for the sessions' nodes failed")
+            servers = []
         for n in self.store.nodes():
             out.setdefault(n.name, n)
             out[n.id] = n
+        for name, _ in servers:
+            out.setdefault(name, None)   # a client node of that name speaks for itself
         return out
 
-    def _node_services(self, name: str, nodes: dict[str, Node]) -> list:
+    def _node_services(self, name: str, nodes: dict[str, Node | None]) -> list:
         node = nodes.get(name)
         keys = {name} | ({node.id, node.name} if node is not None else set())
         return [svc for k in sorted(keys) for svc in self.store.services_by_node(k)]
 
-    def _node_known(self, name: str, nodes: dict[str, Node]) -> bool:
+    def _node_known(self, name: str, nodes: dict[str, Node | None]) -> bool:
         return name in nodes or bool(self._node_services(name, nodes))
 
-    def _check_status(self, node_name: str, check_id: str, nodes: dict[str, Node]) -> str | None:
+    def _check_status(self, node_name: str, check_id: str, nodes: dict[str, Node | None]) -> str | None:
         """A check's status on the node (None: no such check). serfHealth: whether the node is up."""
         if check_id == SERF_HEALTH:
-            node = nodes.get(node_name)
-            if node is not None:
-                return CHECK_CRITICAL if node.status == NODE_DOWN else CHECK_PASSING
+            if node_name in nodes:
+                node = nodes[node_name]
+                return CHECK_CRITICAL if node is not None and node.status == NODE_DOWN else CHECK_PASSING
             return CHECK_PASSING if self._node_services(node_name, nodes) else None
         for svc in self._node_services(node_name, nodes):
             for c in self.catalog.checks_of(svc):
