@@ -28,8 +28,12 @@ def agent(tmp_path_factory):
 
 
 @pytest.fixture
-def c(agent) -> consul.Consul:
-    return consul.Consul(host="127.0.0.1", port=agent.consul_port)
+def c(agent, monkeypatch) -> consul.Consul:
+    """py-consul as its users point it at Consul: CONSUL_HTTP_ADDR."""
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", f"127.0.0.1:{agent.consul_port}")
+    client = consul.Consul()
+    assert client.http.base_uri == f"http://127.0.0.1:{agent.consul_port}"
+    return client
 
 
 @pytest.fixture
@@ -376,3 +380,23 @@ def test_cas_locks_and_invalidation_on_etcd(tmp_path):
             store.close()
     finally:
         cluster.stop()
+
+
+def test_a_client_only_agent_forwards_kv_and_its_sessions_name_its_node(agent):
+    from tests.test_client_only import ClientAgent
+    client = ClientAgent([f"127.0.0.1:{agent.port}"])
+    client.start()
+    try:
+        c = consul.Consul(host="127.0.0.1", port=client.port)
+        wait_for(lambda: "client-only" in [n["Node"] for n in c.catalog.nodes()[1]], 60,
+                 what="the client-only node registered")
+        assert c.kv.put("via-client/k", "v") is True
+        assert c.kv.get("via-client/k")[1]["Value"] == b"v"
+        sid = c.session.create(name="from-client", lock_delay=0)
+        assert c.session.info(sid)[1]["Node"] == "client-only"   # this agent's node, not the server's
+        assert c.kv.put("via-client/k", "locked", acquire=sid) is True
+        assert c.session.destroy(sid) is True
+        assert "Session" not in c.kv.get("via-client/k")[1]
+        assert c.kv.delete("via-client/", recurse=True)
+    finally:
+        client.close()
