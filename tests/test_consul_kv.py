@@ -400,3 +400,30 @@ def test_a_client_only_agent_forwards_kv_and_its_sessions_name_its_node(agent):
         assert c.kv.delete("via-client/", recurse=True)
     finally:
         client.close()
+
+
+def test_with_acls_kv_and_sessions_need_operator_read_and_write(tmp_path):
+    import re
+    conf = tmp_path / "acl.hcl"
+    conf.write_text('acl {\n  enabled = true\n}\n')
+    with AgentProcess(extra=["-acl-enabled", "-config", str(conf)]) as a:
+        m = re.search(r"ACL Token: ([0-9a-f-]{36})", a.log())
+        assert m, a.log()[:2000]
+        root = consul.Consul(host="127.0.0.1", port=a.port, token=m.group(1))
+        with a.api() as api:
+            pol = {"Name": "kvread", "Rules": 'operator {\n  policy = "read"\n}\n'}
+            assert api.put("/v1/acl/policy/kvread", json=pol, headers={"X-Nomad-Token": m.group(1)}).status_code == 200
+            tok = api.put("/v1/acl/token", json={"Name": "kv", "Policies": ["kvread"]},
+                          headers={"X-Nomad-Token": m.group(1)}).json()["SecretID"]
+        reader = consul.Consul(host="127.0.0.1", port=a.port, token=tok)
+        anonymous = consul.Consul(host="127.0.0.1", port=a.port)
+        assert root.kv.put("acl/k", "v") is True
+        assert reader.kv.get("acl/k")[1]["Value"] == b"v"
+        with pytest.raises(consul.ACLPermissionDenied, match="operator:write"):
+            reader.kv.put("acl/k", "w")
+        with pytest.raises(consul.ACLPermissionDenied, match="operator:write"):
+            reader.session.create()
+        with pytest.raises(consul.ACLPermissionDenied, match="operator:read"):
+            anonymous.kv.get("acl/k")
+        assert reader.session.list()[1] == []
+        assert root.kv.get("acl/k")[1]["Value"] == b"v"
