@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from yurt.state import NODE_ALLOCS, StateStore
-from yurt.structs import Allocation, Deployment, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
+from yurt.structs import (Allocation, Deployment, Evaluation, Intention, Job, JobSummary, KVEntry, Node,
+                          ServiceRegistration, Session)
 
 from .events import EventBuffer
 
@@ -154,3 +155,22 @@ class Reads:
 
     def intentions(self) -> list[Intention]:
         return self._store.intentions()
+
+    # -- Consul's KV and sessions (the writes: `Server.kv`) -----------------------------------
+    def kv_get(self, key: str) -> KVEntry | None:
+        """The KV entry at `key` (its Value is base64, as Consul answers it)."""
+        row = self._store.keyed_get("kv", key)
+        return row if isinstance(row, KVEntry) else None
+
+    def kv_list(self, prefix: str = "") -> list[KVEntry]:
+        """The KV entries whose key starts with `prefix`, by key."""
+        return [r for _, r in self._store.keyed_list("kv", prefix) if isinstance(r, KVEntry)]
+
+    def session(self, session_id: str) -> Session | None:
+        row = self._store.keyed_get("sessions", session_id)
+        return row if isinstance(row, Session) else None
+
+    def sessions(self, node: str | None = None) -> list[Session]:
+        """Every session (or the node's), by CreateIndex."""
+        rows = [r for _, r in self._store.keyed_list("sessions") if isinstance(r, Session)]
+        return sorted((r for r in rows if node is None or r.node == node), key=lambda s: (s.create_index, s.id))

@@ -68,6 +68,8 @@ class Server:
         self.check_ttls = Heartbeats(self._check_ttl_expired, every=0.2, name="yurt-check-ttls")
         self.catalog.on_ttl = self._check_ttl
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
+        from .kv import ConsulKV
+        self.kv = ConsulKV(store, self.catalog, lambda: self._leading)   # Consul's KV and sessions
         self.ca = ConnectCA(store, datacenter, leaf_cert_ttl=leaf_cert_ttl)
         self.metrics = ServerMetrics()   # /v1/metrics: this server's own registry
         self.metrics.watch(self)
@@ -142,6 +144,7 @@ class Server:
             self._restore()
             self.catalog.arm_all()
             self.check_ttls.start()
+            self.kv.lead()   # session TTL timers (2 x TTL afresh) and the session health sweep
             self.gc.start()
             self.heartbeats.start()
             for w in self.workers:
@@ -159,6 +162,7 @@ class Server:
         self.broker.close()
         self.heartbeats.stop()
         self.check_ttls.stop()
+        self.kv.step_down()
         self.gc.stop()
         self._ca_prune_stop.set()
 
