@@ -280,6 +280,21 @@ def test_a_session_on_a_critical_service_check_is_invalidated(c):
         c.kv.delete("chk/", recurse=True)
 
 
+def test_a_session_on_a_critical_node_level_check_is_invalidated(c):
+    """Consul's common lock pattern: a session tied to a node check (no ServiceID)."""
+    assert c.agent.check.register("node-alive", check=consul.Check.ttl("60s"))
+    try:
+        assert c.agent.check.ttl_pass("node-alive")
+        s = c.session.create(name="on-node-check", checks=["serfHealth", "node-alive"], lock_delay=0)
+        assert c.kv.put("nodechk/lock", "x", acquire=s)
+        assert c.agent.check.ttl_fail("node-alive")
+        wait_for(lambda: c.session.info(s)[1] is None, 20, what="the session to go with its node's critical check")
+        assert "Session" not in c.kv.get("nodechk/lock")[1]
+    finally:
+        c.agent.check.deregister("node-alive")
+        c.kv.delete("nodechk/", recurse=True)
+
+
 def test_the_nomad_port_serves_kv_too(agent, c):
     assert c.kv.put("both/k", "v")
     other = consul.Consul(host="127.0.0.1", port=agent.port)

@@ -201,7 +201,12 @@ class ConsulKV:
         return [svc for k in sorted(keys) for svc in self.store.services_by_node(k)]
 
     def _node_known(self, name: str, nodes: dict[str, Node | None]) -> bool:
-        return name in nodes or bool(self._node_services(name, nodes))
+        return (name in nodes or bool(self._node_services(name, nodes))
+                or any(n["Node"] == name for n in self.catalog.nodes()))
+
+    def _node_keys(self, name: str, nodes: dict[str, Node | None]) -> list[str]:
+        node = nodes.get(name)
+        return sorted({name} | ({node.id, node.name} if node is not None else set()))
 
     def _check_status(self, node_name: str, check_id: str, nodes: dict[str, Node | None]) -> str | None:
         """A check's status on the node (None: no such check). serfHealth: whether the node is up."""
@@ -210,6 +215,10 @@ class ConsulKV:
                 node = nodes[node_name]
                 return CHECK_CRITICAL if node is not None and node.status == NODE_DOWN else CHECK_PASSING
             return CHECK_PASSING if self._node_services(node_name, nodes) else None
+        for key in self._node_keys(node_name, nodes):   # the node's own checks (no ServiceID)
+            for c in self.catalog.node_level_checks(key):
+                if c.check_id == check_id:
+                    return c.status
         for svc in self._node_services(node_name, nodes):
             for c in self.catalog.checks_of(svc):
                 if c.check_id == check_id:
