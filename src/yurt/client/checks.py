@@ -42,6 +42,8 @@ class CheckSpec:
     headers: dict[str, list[str]] = field(default_factory=dict)
     body: str = ""
     tls_skip_verify: bool = False
+    grpc_service: str = ""
+    grpc_use_tls: bool = False
     command: str = ""
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -107,12 +109,141 @@ def run_script(spec: CheckSpec) -> CheckResult:
     return CheckResult(status, out)
 
 
+GRPC_SERVING = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def _grpc_request(service: str) -> bytes:
+    """A grpc.health.v1.HealthCheckRequest{service} as one gRPC message: a 5-byte prefix
+    (uncompressed, length) and the protobuf (field 1, length-delimited)."""
+    raw = service.encode()
+    msg = (b"\x0a" + _varint(len(raw)) + raw) if raw else b""
+    return b"\x00" + len(msg).to_bytes(4, "big") + msg
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _grpc_status(data: bytes) -> int | None:
+    """HealthCheckResponse.status (field 1, varint) from one gRPC message; None if malformed."""
+    if len(data) < 5:
+        return None
+    msg = data[5:5 + int.from_bytes(data[1:5], "big")]
+    i = 0
+    while i < len(msg):
+        key, i = _read_varint(msg, i)
+        if key is None:
+            return None
+        if key == 0x08:
+            value, i = _read_varint(msg, i)
+            return value
+        wire = key & 7
+        if wire == 0:
+            _, i = _read_varint(msg, i)
+        elif wire == 2:
+            n, i = _read_varint(msg, i)
+            i += n or 0
+        else:
+            return None
+    return 0   # status left out: its default, UNKNOWN
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int | None, int]:
+    shift = value = 0
+    while i < len(buf):
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+    return None, i
+
+
 def run_grpc(spec: CheckSpec) -> CheckResult:
-    """gRPC health checking needs HTTP/2; without grpcio the check is a TCP connect."""
-    result = run_tcp(spec)
-    if result.status == PASSING:
-        return CheckResult(PASSING, f"gRPC endpoint {spec.address}:{spec.port} accepts connections")
-    return result
+    """The gRPC health checking protocol (grpc.health.v1.Health/Check) over HTTP/2 (`h2`), on a
+    socket this thread opens, so inside the allocation's network namespace. SERVING is passing,
+    anything else critical, as Consul's. `grpc_service` names the service to ask about
+    ("" is the server as a whole); `grpc_use_tls` speaks TLS (ALPN h2), `tls_skip_verify` too."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+
+    target = f"{spec.address}:{spec.port}"
+    svc = spec.grpc_service
+    where = f"gRPC {target}" + (f"/{svc}" if svc else "")
+    deadline = time.monotonic() + spec.timeout
+    try:
+        sock: socket.socket = socket.create_connection((spec.address, spec.port), timeout=spec.timeout)
+    except OSError as e:
+        return CheckResult(CRITICAL, f"{where}: dial tcp {target}: {e.strerror or e}")
+    try:
+        if spec.grpc_use_tls:
+            ctx = ssl.create_default_context()
+            if spec.tls_skip_verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2"])
+            sock = ctx.wrap_socket(sock, server_hostname=spec.address)
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "POST"), (":scheme", "https" if spec.grpc_use_tls else "http"),
+                                (":path", "/grpc.health.v1.Health/Check"), (":authority", target),
+                                ("content-type", "application/grpc"), ("te", "trailers"),
+                                ("grpc-timeout", f"{max(1, int(spec.timeout * 1000))}m")])
+        conn.send_data(sid, _grpc_request(svc), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        body, grpc_status, grpc_message, done = b"", None, "", False
+        while not done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return CheckResult(CRITICAL, f"{where}: timed out after {spec.timeout:g}s")
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                return CheckResult(CRITICAL, f"{where}: the server closed the connection")
+            for ev in conn.receive_data(chunk):
+                if isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                    body += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)) and ev.stream_id == sid:
+                    for k, v in ev.headers:
+                        k = k.decode() if isinstance(k, bytes) else k
+                        v = v.decode() if isinstance(v, bytes) else v
+                        if k == "grpc-status":
+                            grpc_status = int(v)
+                        elif k == "grpc-message":
+                            grpc_message = v
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    done = True
+                elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    return CheckResult(CRITICAL, f"{where}: the server reset the stream")
+            out = conn.data_to_send()
+            if out:
+                sock.sendall(out)
+    except (OSError, ssl.SSLError) as e:
+        return CheckResult(CRITICAL, f"{where}: {e}")
+    except (h2.exceptions.ProtocolError, ValueError) as e:   # a peer that does not speak HTTP/2
+        return CheckResult(CRITICAL, f"{where}: not a gRPC server: {type(e).__name__}: {e}")
+    finally:
+        sock.close()
+    if grpc_status not in (None, 0):
+        what = {5: "NOT_FOUND", 12: "UNIMPLEMENTED (no health service)"}.get(grpc_status, str(grpc_status))
+        return CheckResult(CRITICAL, f"{where}: rpc error: code = {what} desc = {grpc_message}")
+    status = _grpc_status(body)
+    if status is None:
+        return CheckResult(CRITICAL, f"{where}: a malformed health response")
+    name = GRPC_SERVING.get(status, str(status))
+    return CheckResult(PASSING if status == 1 else CRITICAL, f"{where}: status = {name}")
 
 
 RUNNERS: dict[str, Callable[[CheckSpec], CheckResult]] = {

@@ -160,6 +160,7 @@ class ServiceHook(AllocHook):
             type=check.type, address="127.0.0.1" if in_netns else host_ip, port=port,
             path=check.path or "/", method=check.method or "GET", protocol=check.protocol or "http",
             headers=dict(check.header or {}), body=check.body, tls_skip_verify=check.tls_skip_verify,
+            grpc_service=check.grpc_service, grpc_use_tls=check.grpc_use_tls,
             command=check.command, args=list(check.args or []),
             interval=max((check.interval or 10 * SECOND) / SECOND, 0.5),
             timeout=max((check.timeout or 2 * SECOND) / SECOND, 0.1),

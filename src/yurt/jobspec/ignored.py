@@ -165,9 +165,6 @@ RULES: tuple[Rule, ...] = (
          f'provider "nomad" {NO_EFFECT}: the service is registered in Yurt\'s catalog, which answers '
          "Consul's API (/v1/catalog, /v1/health), not Nomad's /v1/services", only=("nomad",)),
     # --- check --------------------------------------------------------------------------------
-    Rule(_C + ("Type",),
-         'a grpc check only tests that the port accepts TCP connections in Yurt: the gRPC '
-         "health protocol is not spoken yet", only=("grpc",)),
     Rule(_C + ("AddressMode",),
          f"address_mode {NO_EFFECT}: the check runs inside the group's network namespace "
          "(bridge) or against the node's address (host)"),
@@ -175,8 +172,6 @@ RULES: tuple[Rule, ...] = (
     Rule(_C + ("Notes",), f"notes {NO_EFFECT}: the check is registered without them"),
     Rule(_C + ("TLSServerName",),
          f"tls_server_name {NO_EFFECT}: the certificate is verified against the address checked"),
-    Rule(_C + ("GRPCService",), f"grpc_service {NO_EFFECT}: a grpc check is a TCP connect"),
-    Rule(_C + ("GRPCUseTLS",), f"grpc_use_tls {NO_EFFECT}: a grpc check is a TCP connect"),
     Rule(_C + ("FailuresBeforeWarning",),
          f"failures_before_warning {NO_EFFECT}: a failing check goes critical"),
     # --- connect ------------------------------------------------------------------------------
