@@ -15,6 +15,7 @@ from yurt.state import NODE_ALLOCS, StateStore
 from yurt.structs import Allocation, Deployment, Evaluation, Intention, Job, JobSummary, Node, ServiceRegistration
 
 from .events import EventBuffer
+from .variables import Variables
 
 Tables = str | Iterable[str] | None
 """What a blocking query watches: one table ("jobs", "allocs", "services" ...), several (the
@@ -24,6 +25,7 @@ largest of their indexes), or None for the store's index."""
 class Reads:
     def __init__(self, store: StateStore) -> None:
         self._store = store
+        self.vars: Variables | None = None   # the server's variables (decrypting needs its keystore)
 
     @property
     def events(self) -> EventBuffer | None:
@@ -154,3 +156,8 @@ class Reads:
 
     def intentions(self) -> list[Intention]:
         return self._store.intentions()
+
+    # -- variables (their rows are encrypted: `Variables` decrypts) ---------------------------
+    def variable(self, namespace: str, path: str) -> dict[str, str] | None:
+        """The items of the variable at `path` in `namespace`, decrypted; None if there is none."""
+        return self.vars.items(namespace or "default", path) if self.vars is not None else None
