@@ -223,7 +223,7 @@ def test_the_server_reads_items_and_the_keystore_setting(tmp_path):
 
 def test_the_var_commands(agent):
     addr = ["-address", agent.url]
-    r = run_yurt("var", "put", *addr, "cli/one", "user=bob", f"pass={SECRET}")
+    r = run_yurt("var", "put", *addr, "-out", "none", "cli/one", "user=bob", f"pass={SECRET}")
     assert r.returncode == 0 and re.match(r'Created variable "cli/one" with modify index \d+', r.stdout), r.stderr
     r = run_yurt("var", "put", *addr, "cli/one", "user=carol")   # exists: a check-and-set conflict
     assert r.returncode == 1 and "Check-and-Set conflict" in r.stderr and "-force" in r.stderr
@@ -235,7 +235,7 @@ def test_the_var_commands(agent):
     r = run_yurt("var", "get", *addr, "cli/one")
     assert r.returncode == 0 and json.loads(r.stdout)["Items"] == {"user": "dave"}
     r = run_yurt("var", "get", *addr, "-item", "user", "cli/one")
-    assert (r.returncode, r.stdout) == (0, "dave\n")
+    assert (r.returncode, r.stdout) == (0, "dave")   # no newline, as Nomad's: ready to pipe
     r = run_yurt("var", "get", *addr, "-item", "nope", "cli/one")
     assert r.returncode == 1 and '"nope"' in r.stderr
     r = run_yurt("var", "get", *addr, "cli/missing")
@@ -247,11 +247,23 @@ def test_the_var_commands(agent):
     assert json.loads(r.stdout)["Items"] == {"a": "1", "b": "2"}
     r = run_yurt("var", "put", *addr, "-namespace", "team", "cli/ns", "k=v")
     assert r.returncode == 0, r.stderr
-    r = run_yurt("var", "list", *addr, "cli/")
+    r = run_yurt("var", "get", *addr, "-out", "hcl", "cli/spec")   # a specification put reads back
+    assert r.returncode == 0 and 'path         = "cli/spec"' in r.stdout and 'b = "2"' in r.stdout
+    spec_file = Path(agent.data_dir).parent / "spec.hcl"
+    spec_file.write_text(r.stdout)
+    r = run_yurt("var", "put", *addr, f"@{spec_file}", "b=3")   # its modify_index is the check index
+    assert r.returncode == 0 and json.loads(r.stdout)["Items"] == {"a": "1", "b": "3"}, r.stderr
+    r = run_yurt("var", "put", *addr, f"@{spec_file}")           # now stale
+    assert r.returncode == 1 and "Check-and-Set conflict" in r.stderr
+    r = run_yurt("var", "put", *addr, "cli/from-hcl", f"@{spec_file}")   # a copy to a new path
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run_yurt("var", "get", *addr, "cli/from-hcl").stdout)["Items"] == {"a": "1", "b": "2"}
+    r = run_yurt("var", "list", *addr, "-out", "table", "cli/")
     assert r.returncode == 0 and "cli/one" in r.stdout and "cli/spec" in r.stdout and "cli/ns" not in r.stdout
     r = run_yurt("var", "list", *addr, "-namespace", "*", "-out", "json", "cli/")
     assert {(v["Namespace"], v["Path"]) for v in json.loads(r.stdout)} >= {("team", "cli/ns"), ("default", "cli/one")}
-    r = run_yurt("var", "list", *addr, "zzz-none")
+    assert [v["Path"] for v in json.loads(run_yurt("var", "list", *addr, "cli/s").stdout)] == ["cli/spec"]
+    r = run_yurt("var", "list", *addr, "-out", "table", "zzz-none")
     assert r.returncode == 0 and "No matching variables found" in r.stdout
     r = run_yurt("var", "put", *addr, "cli/../x", "k=v")
     assert r.returncode == 1 and '".." is not allowed' in r.stderr

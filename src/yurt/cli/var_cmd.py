@@ -33,6 +33,11 @@ def _ns(namespace: str | None, *, wildcard: bool = False) -> str:
     return ns
 
 
+def _default_out(on_terminal: str) -> str:
+    """Nomad's default -out: one for a terminal, json when stdout is redirected."""
+    return on_terminal if sys.stdout.isatty() else "json"
+
+
 def _check_index(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
@@ -144,12 +149,12 @@ def _item_value(value: str) -> str:
 @click.option("-force", "--force", is_flag=True, help="Write whatever the variable's index on the server.")
 @click.option("-in", "--in", "in_fmt", type=click.Choice(["hcl", "json"]), default=None,
               help="The format of a specification from stdin or a file (default json).")
-@click.option("-out", "--out", "out_fmt", type=click.Choice(["none", "json", "table"]), default="none",
-              help="How to show the written variable (default none: one line).")
+@click.option("-out", "--out", "out_fmt", type=click.Choice(["none", "json", "hcl", "table"]), default=None,
+              help="How to show the written variable (default none on a terminal: one line; else json).")
 @click.argument("args", nargs=-1, required=True)
 @api_errors
 def var_put_cmd(address: str | None, namespace: str | None, check_index: str | None, force: bool,
-                in_fmt: str | None, out_fmt: str, args: tuple[str, ...]) -> None:
+                in_fmt: str | None, out_fmt: str | None, args: tuple[str, ...]) -> None:
     """Create or update the variable at PATH: `yurt var put PATH [@file|-] [key=value ...]`."""
     rest = list(args)
     spec: dict[str, Any] = {}
@@ -186,18 +191,42 @@ def var_put_cmd(address: str | None, namespace: str | None, check_index: str | N
         except Conflict as c:
             _cas_failed(cas or 0, c)
     var = resp.json()
-    if out_fmt == "json":
-        echo(json.dumps(var, indent=2))
-    elif out_fmt == "table":
-        _show_table(var)
-    else:
+    out_fmt = out_fmt or _default_out("none")
+    if out_fmt == "none":
         echo(f'Created variable "{var.get("Path", path)}" with modify index {var.get("ModifyIndex")}')
+    else:
+        _show(var, out_fmt)
+
+
+def _show(var: dict[str, Any], out_fmt: str) -> None:
+    if out_fmt == "table":
+        _show_table(var)
+    elif out_fmt == "hcl":
+        _show_hcl(var)
+    else:
+        echo(json.dumps(var, indent=2))
+
+
+def _show_hcl(var: dict[str, Any]) -> None:
+    """Nomad's HCL rendering: a specification `yurt var put @file.hcl` reads back."""
+    items = var.get("Items") or {}
+    pad = max((len(k) for k in items), default=0)
+    lines = [f'namespace    = {json.dumps(var.get("Namespace", "default"))}',
+             f'path         = {json.dumps(var.get("Path", ""))}',
+             f'create_index = {var.get("CreateIndex", 0)}  # Set by server',
+             f'modify_index = {var.get("ModifyIndex", 0)}  # Set by server; consulted for check-and-set',
+             f'create_time  = {var.get("CreateTime", 0)}   # Set by server',
+             f'modify_time  = {var.get("ModifyTime", 0)}   # Set by server', "", "items = {"]
+    lines += [f"  {k.rjust(pad)} = {json.dumps(items[k])}" for k in sorted(items)]
+    echo("\n".join(lines + ["}"]))
 
 
 def _show_table(var: dict[str, Any]) -> None:
     echo(f'Namespace   = {var.get("Namespace")}')
     echo(f'Path        = {var.get("Path")}')
     echo(f'Create Time = {fmt_time(var.get("CreateTime"))}')
+    if var.get("ModifyTime") != var.get("CreateTime"):
+        echo(f'Modify Time = {fmt_time(var.get("ModifyTime"))}')
     echo(f'Check Index = {var.get("ModifyIndex")}')
     echo("\nItems")
     items = var.get("Items") or {}
@@ -210,12 +239,14 @@ def _show_table(var: dict[str, Any]) -> None:
 @var_group.command("get", context_settings=CTX)
 @address_option
 @_namespace_option
-@click.option("-item", "--item", "item", metavar="KEY", default=None, help="Print only this item's value.")
-@click.option("-out", "--out", "out_fmt", type=click.Choice(["json", "table"]), default="json",
-              help="json (default) or table.")
+@click.option("-item", "--item", "item", metavar="KEY", default=None,
+              help="Print only this item's value (with no newline after it).")
+@click.option("-out", "--out", "out_fmt", type=click.Choice(["json", "hcl", "table"]), default=None,
+              help="table (default on a terminal), json (default otherwise) or hcl.")
 @click.argument("path")
 @api_errors
-def var_get_cmd(address: str | None, namespace: str | None, item: str | None, out_fmt: str, path: str) -> None:
+def var_get_cmd(address: str | None, namespace: str | None, item: str | None, out_fmt: str | None,
+                path: str) -> None:
     """Show the variable at PATH (its items decrypted)."""
     ns = _ns(namespace)
     with connect(address) as client:
@@ -227,42 +258,38 @@ def var_get_cmd(address: str | None, namespace: str | None, item: str | None, ou
         items = var.get("Items") or {}
         if item not in items:
             fail(f'Variable does not contain "{item}" item')
-        click.echo(items[item])
+        click.echo(items[item], nl=False)   # as Nomad's: ready to pipe
         return
-    if out_fmt == "table":
-        _show_table(var)
-    else:
-        echo(json.dumps(var, indent=2))
+    _show(var, out_fmt or _default_out("table"))
 
 
 # -- list -------------------------------------------------------------------------------------
 @var_group.command("list", context_settings=CTX)
 @address_option
 @_namespace_option
-@click.option("-out", "--out", "out_fmt", type=click.Choice(["table", "json", "terse"]), default="table",
-              help="table (default), json or terse (paths only).")
+@click.option("-out", "--out", "out_fmt", type=click.Choice(["table", "json", "terse"]), default=None,
+              help="table (default on a terminal), json (default otherwise) or terse (paths only).")
 @click.argument("prefix", required=False, default="")
 @api_errors
-def var_list_cmd(address: str | None, namespace: str | None, out_fmt: str, prefix: str) -> None:
+def var_list_cmd(address: str | None, namespace: str | None, out_fmt: str | None, prefix: str) -> None:
     """List the variables (metadata only) whose path starts with PREFIX."""
     ns = _ns(namespace, wildcard=True)
     with connect(address) as client:
         rows, _ = client.get("/v1/vars", namespace=ns, prefix=prefix)
+    out_fmt = out_fmt or _default_out("table")
     if out_fmt == "json":
         echo(json.dumps(rows, indent=2))
         return
     if not rows:
         echo("No matching variables found")
         return
+    rows = sorted(rows, key=lambda r: (r["Namespace"], r["Path"]))
     if out_fmt == "terse":
         for r in rows:
-            echo(r["Path"])
+            echo(f'{r["Namespace"]}  {r["Path"]}' if ns == "*" else r["Path"])
         return
-    if ns == "*":
-        print_table(["Namespace", "Path", "Last Updated"],
-                    [[r["Namespace"], r["Path"], fmt_time(r.get("ModifyTime"))] for r in rows])
-    else:
-        print_table(["Path", "Last Updated"], [[r["Path"], fmt_time(r.get("ModifyTime"))] for r in rows])
+    print_table(["Namespace", "Path", "Last Updated"],
+                [[r["Namespace"], r["Path"], fmt_time(r.get("ModifyTime"))] for r in rows])
 
 
 # -- purge ------------------------------------------------------------------------------------
