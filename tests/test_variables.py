@@ -61,6 +61,11 @@ def test_put_get_list_with_python_nomad(n):
     assert [v["Path"] for v in listed] == ["app/cache", "app/db"]
     assert set(listed[0]) == {"Namespace", "Path", "CreateIndex", "ModifyIndex", "CreateTime", "ModifyTime"}
     assert [v["Path"] for v in n.variables.get_variables()] == ["app/cache", "app/db"]   # default namespace only
+    with httpx.Client(base_url=f"http://127.0.0.1:{n.port}", timeout=30) as api:   # Nomad's pagination
+        r = api.get("/v1/vars", params={"prefix": "app/", "per_page": 1})
+        assert [v["Path"] for v in r.json()] == ["app/cache"] and r.headers["X-Nomad-NextToken"] == "default.app/db"
+        r = api.get("/v1/vars", params={"prefix": "app/", "per_page": 1, "next_token": "default.app/db"})
+        assert [v["Path"] for v in r.json()] == ["app/db"] and "X-Nomad-NextToken" not in r.headers
     everywhere = n.variables.get_variables(namespace="*")
     assert {(v["Namespace"], v["Path"]) for v in everywhere} >= {("default", "app/db"), ("prod", "other/x")}
     assert n.variable.get_variable("other/x", namespace="prod")["Items"] == {"k": "v"}

@@ -104,7 +104,28 @@ async def list_variables(request: Request, reads: ServerReads):
     rows = _server(request).variables.rows(ns, request.query_params.get("prefix", ""))
     from yurt.server.variables import metadata
     out = [metadata(r) for r in rows if allowed(request, r.namespace, r.path, "list")]
-    return reply(out, index)
+    # Nomad's pagination: ?per_page=N, ?next_token=<namespace>.<path> (X-Nomad-NextToken)
+    start = request.query_params.get("next_token", "")
+    if start:
+        out = [v for v in out if f'{v["Namespace"]}.{v["Path"]}' >= start]
+    headers = {}
+    per_page = _per_page(request)
+    if per_page and len(out) > per_page:
+        nxt = out[per_page]
+        headers["X-Nomad-NextToken"] = f'{nxt["Namespace"]}.{nxt["Path"]}'
+        out = out[:per_page]
+    return reply(out, index, headers=headers)
+
+
+def _per_page(request: Request) -> int:
+    raw = request.query_params.get("per_page", "")
+    try:
+        value = int(raw) if raw else 0
+    except ValueError:
+        raise InvalidInput(f'invalid per_page "{raw}": must be a whole number') from None
+    if value < 0:
+        raise InvalidInput(f"invalid per_page {value}: must be 0 (no paging) or more")
+    return value
 
 
 @router.get("/v1/var/{path:path}")
