@@ -57,7 +57,8 @@ class Agent:
                                  region=config.region,
                                  datacenter=config.datacenter,
                                  default_intention_policy=config.default_intention_policy,
-                                 leaf_cert_ttl=config.leaf_cert_ttl)
+                                 leaf_cert_ttl=config.leaf_cert_ttl,
+                                 keystore_dir=config.keystore_dir or str(config.data_dir / "server" / "keystore"))
             self.server.catalog.servers = self._catalog_servers
         self.bootstrap_secret = ""   # -dev -acl-enabled: the bootstrap token's SecretID
         from .log_monitor import LogMonitor

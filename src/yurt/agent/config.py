@@ -43,7 +43,7 @@ class EtcdSettings:
 
 _ETCD_KEYS = {"endpoints", "ca_file", "cert_file", "key_file", "prefix", "lease_ttl"}
 _SERVER_KEYS = {"enabled", "num_schedulers", "min_heartbeat_ttl", "max_heartbeats_per_second", "store",
-                "bootstrap_expect", "enable_event_broker", "event_buffer_size"}
+                "bootstrap_expect", "enable_event_broker", "event_buffer_size", "keystore_dir"}
 
 
 @dataclass
@@ -84,6 +84,7 @@ class AgentConfig:
     acl_token_max_ttl: str = "24h"            # acl { token_max_expiration_ttl }
     http_max_request_bytes: int = 16 * 1024 * 1024   # limits { http_max_request_bytes }
     etcd: EtcdSettings | None = None          # server { store { etcd { } } }; None: SQLite
+    keystore_dir: str = ""                    # server { keystore_dir }: variables' root keys ("": data dir)
     # found by resolve(): the node address and the HTTP host advertised to other hosts
     node_ip: str = ""
     http_host: str = ""
@@ -269,6 +270,11 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
             cfg.max_heartbeats_per_second = _positive(server["max_heartbeats_per_second"], path,
                                                       "server.max_heartbeats_per_second")
         _events(server, path, cfg)
+        if "keystore_dir" in server:   # the variables' root keys (servers on etcd share one)
+            value = server["keystore_dir"]
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f'{path}: server {{ keystore_dir = {value!r} }} must be a directory path')
+            cfg.keystore_dir = value
     client = _first(raw.get("client"))
     if client is not None:
         cfg.client = bool(client.get("enabled", False))

@@ -18,6 +18,7 @@ from . import ui
 from . import client_allocs, client_fs, search
 from . import openapi
 from . import consul_kv
+from . import variables
 
 
 def create_app(agent) -> FastAPI:
@@ -39,6 +40,7 @@ def create_app(agent) -> FastAPI:
     app.include_router(events.router)
     app.include_router(monitor.router)
     app.include_router(consul_kv.router)   # Consul's KV and sessions
+    app.include_router(variables.router)
     app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
     openapi.install(app)

@@ -25,6 +25,7 @@ from .tls_cmd import tls_group
 from .node_cmd import node_group
 from .server_cmd import server_group
 from .system_cmd import system_group
+from .var_cmd import var_group
 from .status import eval_group, job_status_cmd
 
 
@@ -60,6 +61,7 @@ cli.add_command(tls_group)
 cli.add_command(acl_group)
 cli.add_command(deployment_group)
 cli.add_command(mesh_group)
+cli.add_command(var_group)
 
 
 def main(argv: list[str] | None = None) -> None:

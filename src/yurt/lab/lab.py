@@ -363,7 +363,9 @@ def _server_block(lab: Lab, host: Host) -> str:
     if not (host.is_server and lab.has_etcd):
         return f"server {{ enabled = {str(host.is_server).lower()} }}"
     endpoints = ", ".join(f'"{e}"' for e in lab.etcd_endpoints)
-    return ("server {\n  enabled = true\n  store {\n    etcd {\n"
+    # the servers share one keystore (variables' root keys): every one decrypts what another wrote
+    return ("server {\n  enabled = true\n"
+            f'  keystore_dir = "{lab.dir / "keystore"}"\n  store {{\n    etcd {{\n'
             f"      endpoints = [{endpoints}]\n    }}\n  }}\n}}")
 
 

@@ -58,10 +58,16 @@ class Rules:
     namespaces: dict[str, set[str]] = field(default_factory=dict)   # name or glob -> capabilities
     simple: dict[str, str] = field(default_factory=dict)            # node/agent/operator -> level
     mesh: dict[str, dict[str, str]] = field(default_factory=dict)   # service/... -> name -> level
+    # namespace (or glob) -> variable path (or glob) -> capabilities (read, list, write, destroy, deny)
+    variables: dict[str, dict[str, set[str]]] = field(default_factory=dict)
 
     def merge(self, other: Rules) -> None:
         for ns, caps in other.namespaces.items():
             self.namespaces.setdefault(ns, set()).update(caps)
+        for ns, paths in other.variables.items():
+            mine_paths = self.variables.setdefault(ns, {})
+            for path, vcaps in paths.items():
+                mine_paths.setdefault(path, set()).update(vcaps)
         for k, lvl in other.simple.items():
             self.simple[k] = _union(self.simple.get(k, ""), lvl)
         for kind, names in other.mesh.items():
@@ -186,8 +192,8 @@ def _namespace(policy: str, text: str, rules: Rules, label: str, body: dict[str,
         raise _bad(policy, text, where, "a namespace rule's name is letters, digits, - and * globs")
     unknown = sorted(set(body) - {"policy", "capabilities", "variables"})
     if unknown:
-        raise _bad(policy, text, where + [unknown[0]], 'unknown key; a namespace rule takes "policy" and '
-                   '"capabilities"')
+        raise _bad(policy, text, where + [unknown[0]], 'unknown key; a namespace rule takes "policy", '
+                   '"capabilities" and "variables"')
     caps: set[str] = set()
     if "policy" in body:
         lvl = _unquote(body["policy"])
@@ -201,6 +207,65 @@ def _namespace(policy: str, text: str, rules: Rules, label: str, body: dict[str,
                        f'"{cap}" is not a namespace capability; use one of {", ".join(NAMESPACE_CAPS)}')
         caps.add(cap)
     rules.namespaces.setdefault(label, set()).update(caps)
+    if "variables" in body:
+        _variables(policy, text, rules, label, body["variables"])
+
+
+VARIABLE_CAPS = ("read", "list", "write", "destroy", "deny")
+
+
+def _variables(policy: str, text: str, rules: Rules, ns: str, value: Any) -> None:
+    """`variables { path "<path|glob>" { capabilities = [...] } }` in a namespace rule (Nomad's):
+    read implies list; deny wins."""
+    where = [f'namespace "{ns}"', "variables"]
+    paths = rules.variables.setdefault(ns, {})
+    found = False
+    for item in value if isinstance(value, list) else [value]:
+        if not isinstance(item, dict):
+            raise _bad(policy, text, where, 'takes path blocks: variables { path "<path>" { capabilities = '
+                       '["read"] } }')
+        unknown = sorted(k for k in item if not k.startswith("__") and k != "path")
+        if unknown:
+            raise _bad(policy, text, where + [unknown[0]], 'unknown key; variables takes "path" blocks')
+        for spec, body in _blocks(item.get("path", [])):
+            found = True
+            if not spec:
+                raise _bad(policy, text, where + ["path"], 'needs a path: path "<path or glob>" { ... }')
+            if spec.startswith("/"):
+                raise _bad(policy, text, where + [f'path "{spec}"'], "a variable path cannot start with a "
+                           "leading '/'")
+            extra = sorted(set(body) - {"capabilities"})
+            if extra:
+                raise _bad(policy, text, where + [f'path "{spec}"', extra[0]],
+                           'unknown key; a variables path takes "capabilities"')
+            caps = set(_unquote(body.get("capabilities", [])) or [])
+            for cap in caps:
+                if cap not in VARIABLE_CAPS:
+                    raise _bad(policy, text, where + [f'path "{spec}"', "capabilities"],
+                               f'"{cap}" is not a variables capability; use one of {", ".join(VARIABLE_CAPS)}')
+            if "deny" in caps:
+                caps = {"deny"}
+            elif "read" in caps:
+                caps.add("list")
+            paths.setdefault(spec, set()).update(caps)
+    if not found:
+        raise _bad(policy, text, where, f"no variable paths in namespace {ns}: give at least one "
+                   'path "<path>" { capabilities = ["read"] }')
+
+
+def _closest(patterns: Iterable[str], name: str) -> str | None:
+    """The exact `name`, else the glob matching it with the fewest characters left to the `*`s
+    (Nomad's closest matching glob)."""
+    pats = list(patterns)
+    if name in pats:
+        return name
+    best: tuple[int, str] | None = None
+    for p in pats:
+        if "*" in p and fnmatch.fnmatchcase(name, p):
+            diff = len(name) - len(p) + p.count("*")
+            if best is None or diff < best[0]:
+                best = (diff, p)
+    return best[1] if best else None
 
 
 # --- rights ----------------------------------------------------------------------------------
@@ -231,6 +296,30 @@ class ACL:
             return any(cap in c and "deny" not in c for c in self.rules.namespaces.values())
         caps = self.namespace_caps(ns)
         return "deny" not in caps and cap in caps
+
+    def allow_variable(self, ns: str, path: str, cap: str) -> bool:
+        """Variable capability `cap` (read, list, write, destroy) on `path` in namespace `ns`:
+        the exact path rule, else the closest glob, in the closest namespace rule."""
+        if self.management:
+            return True
+        ns_key = _closest(self.rules.variables, ns)
+        if ns_key is None:
+            return False
+        paths = self.rules.variables[ns_key]
+        path_key = _closest(paths, path)
+        if path_key is None:
+            return False
+        caps = paths[path_key]
+        return "deny" not in caps and cap in caps
+
+    def may_search_variables(self, ns: str) -> bool:
+        """Any variables rule for namespace `ns` (any namespace for "*")."""
+        if self.management:
+            return True
+        if ns == "*":
+            return any(self.rules.variables.values())
+        key = _closest(self.rules.variables, ns)
+        return key is not None and bool(self.rules.variables[key])
 
     def allow(self, kind: str, level: str) -> bool:
         """node / agent / operator at `level` (read or write)."""

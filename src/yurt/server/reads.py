@@ -16,6 +16,7 @@ from yurt.structs import (Allocation, Deployment, Evaluation, Intention, Job, Jo
                           ServiceRegistration, Session)
 
 from .events import EventBuffer
+from .variables import Variables
 
 Tables = str | Iterable[str] | None
 """What a blocking query watches: one table ("jobs", "allocs", "services" ...), several (the
@@ -25,6 +26,7 @@ largest of their indexes), or None for the store's index."""
 class Reads:
     def __init__(self, store: StateStore) -> None:
         self._store = store
+        self.vars: Variables | None = None   # the server's variables (decrypting needs its keystore)
 
     @property
     def events(self) -> EventBuffer | None:
@@ -174,3 +176,7 @@ class Reads:
         """Every session (or the node's), by CreateIndex."""
         rows = [r for _, r in self._store.keyed_list("sessions") if isinstance(r, Session)]
         return sorted((r for r in rows if node is None or r.node == node), key=lambda s: (s.create_index, s.id))
+    # -- variables (their rows are encrypted: `Variables` decrypts) ---------------------------
+    def variable(self, namespace: str, path: str) -> dict[str, str] | None:
+        """The items of the variable at `path` in `namespace`, decrypted; None if there is none."""
+        return self.vars.items(namespace or "default", path) if self.vars is not None else None

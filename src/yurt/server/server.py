@@ -43,7 +43,8 @@ class Server:
     def __init__(self, store: StateStore, *, num_workers: int = 2, heartbeat_ttl: float = 10.0,
                  max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND, region: str = "global",
                  datacenter: str = "dc1",
-                 default_intention_policy: str = "allow", leaf_cert_ttl: str | None = None) -> None:
+                 default_intention_policy: str = "allow", leaf_cert_ttl: str | None = None,
+                 keystore_dir: str | None = None) -> None:
         self.store = store
         self.reads = Reads(store)  # what the HTTP API reads
         from .acl_admin import ACLAdmin
@@ -86,6 +87,12 @@ class Server:
             key_dir = None if store.path in ("", ":memory:") else os.path.dirname(os.path.abspath(store.path))
             self.identity = WorkloadIdentity(key_dir, region)
         self.acl.resolver.verifier = self.identity   # a workload's JWT is an identity ACLs know
+        # variables, encrypted with root keys kept outside the store (server/variables.py)
+        from .variables import Keyring, Variables
+        if keystore_dir is None and store.path not in ("", ":memory:") and not self.ha:
+            keystore_dir = os.path.join(os.path.dirname(os.path.abspath(store.path)), "keystore")
+        self.variables = Variables(store, Keyring(keystore_dir))
+        self.reads.vars = self.variables
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
