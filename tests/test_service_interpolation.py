@@ -1,4 +1,4 @@
-"""Group services as Nomad registers them: `${NOMAD_*}`, `${node.*}`, `${attr.*}` and `${meta.*}`
+"""Group and task services as Nomad registers them: `${NOMAD_*}`, `${node.*}`, `${attr.*}` and `${meta.*}`
 interpolated in the name, tags, meta and the checks' paths and headers; `address`,
 `tagged_addresses` and `enable_tag_override` registered as given. A Connect service's name,
 its mesh identity, is refused when interpolated."""
@@ -54,6 +54,19 @@ job "interp" {
       resources {
         memory = 64
       }
+      meta {
+        role = "front"
+      }
+      service {
+        name = "${NOMAD_TASK_NAME}-svc"
+        port = "http"
+        tags = ["task-${NOMAD_META_role}", "job-${NOMAD_JOB_NAME}"]
+        check {
+          type     = "tcp"
+          interval = "1s"
+          timeout  = "1s"
+        }
+      }
     }
   }
 }
@@ -87,6 +100,11 @@ def test_a_group_service_is_registered_interpolated(agent):
                                           "lan6": {"Address": "10.1.1.1", "Port": 9000}}
         (check,) = [c for c in e["Checks"] if c["ServiceID"] == svc["ID"]]
         assert check["Name"] == "health of interp" and check["Status"] == "passing"
+        # the task's own service: registered too, interpolated with the task's name and meta
+        (t,) = wait_for(lambda: api.get("/v1/health/service/server-svc", params={"passing": "true"}).json(),
+                        timeout=60, what="the task service registered and passing")
+        assert t["Service"]["Tags"] == ["task-front", "job-interp"] and t["Service"]["Port"] == port
+        assert f"-{alloc['ID']}-server-server-svc-" in t["Service"]["ID"]
         api.delete("/v1/job/interp", params={"purge": "true"})
 
 

@@ -33,7 +33,10 @@ SIDECAR_RESTART_LIMIT = 3        # consecutive failures before the sidecar is re
 SIDECAR_RESTART_GRACE = 10.0     # seconds after (re)start before failures count
 
 
-def service_id(alloc_id: str, group: str, service: Service) -> str:
+def service_id(alloc_id: str, group: str, service: Service, task: str = "") -> str:
+    """A group service's ID, or a task service's (`task`), as Nomad forms them."""
+    if task:
+        return f"_yurt-task-{alloc_id}-{task}-{service.name}-{service.port_label}"
     return f"_yurt-task-{alloc_id}-group-{group}-{service.name}-{service.port_label}"
 
 
@@ -108,9 +111,18 @@ class ServiceHook(AllocHook):
         specs: list[CheckSpec] = []
         restarts: dict[str, tuple[str, Any]] = {}
         env = group_env(alloc, ctx.node)
-        for svc in group.services or []:
-            svc = interpolated(svc, env, ctx)
-            sid = service_id(alloc.id, group.name, svc)
+        owned = [("", svc) for svc in group.services or []]
+        owned += [(t.name, svc) for t in group.tasks or [] for svc in t.services or []]
+        for task_name, svc in owned:
+            if task_name:   # a task's service: the task's name and meta too; its checks and restarts are the task's
+                task = group.task(task_name)
+                task_meta = {f"NOMAD_META_{k}": v for k, v in ((task.meta if task else None) or {}).items()}
+                task_meta.update({k.upper(): v for k, v in task_meta.items()})
+                svc = interpolated(svc, {**env, "NOMAD_TASK_NAME": task_name, **task_meta}, ctx)
+                svc = svc.model_copy(update={"task_name": task_name})
+            else:
+                svc = interpolated(svc, env, ctx)
+            sid = service_id(alloc.id, group.name, svc, task_name)
             if svc.port_label.isdigit():
                 address, port, inner = alloc_ip or host_ip, int(svc.port_label), int(svc.port_label)
             elif svc.port_label in ports:

@@ -18,12 +18,14 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   network and service hooks. Not read: max_client_disconnect, stop_after_client_disconnect,
   ephemeral_disk sticky and migrate, network mbits/device/cidr/ip, port ignore_collision.
 - Task: driver, config, user, lifecycle, env, meta, resources cpu/memory/memory_max, restart,
-  kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity: the scheduler
-  and the client. Not read: template (nothing renders it), task-level service (only group
-  services are registered and checked), resources cores and secrets, restart render_templates.
+  kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity, service (as a
+  group service, registered with the allocation, its checks and restarts the task's): the
+  scheduler and the client. Not read: template (nothing renders it), resources cores and
+  secrets, restart render_templates.
 - Group service: name, port, tags, meta, canary_tags and canary_meta (a canary's, until it is
-  promoted), check (name, type, command, args, path, protocol,
-  method, header, body, port, interval, timeout, initial_status, tls_skip_verify,
+  promoted), address, tagged_addresses, enable_tag_override, check (name, type, command, args,
+  path, protocol, method, header, body, port, interval, timeout, initial_status, tls_skip_verify,
+  grpc_service, grpc_use_tls,
   success_before_passing, failures_before_critical, check_restart, on_update, task, expose: the
   checks run inside the group's namespace, so an exposed check works without a listener),
   check_restart, on_update, task, connect sidecar_service (port, tags, meta, proxy
@@ -140,9 +142,6 @@ RULES: tuple[Rule, ...] = (
     # --- task ---------------------------------------------------------------------------------
     Rule(_T + ("Templates", "*"),
          f"template {NO_EFFECT}: nothing is rendered, and the task starts without this file", present=True),
-    Rule(_T + ("Services", "*"),
-         f"a task-level service {NO_EFFECT}: it is not registered and its checks do not run; "
-         "move the service block into the group (group services are registered)", present=True),
     Rule(_T + ("Resources", "Cores"),
          f"cores {NO_EFFECT}: no core is reserved or pinned, and the task gets no CPU reservation; "
          "ask for cpu (in MHz) instead"),
