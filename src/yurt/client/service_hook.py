@@ -115,8 +115,8 @@ class ServiceHook(AllocHook):
         owned += [(t.name, svc) for t in group.tasks or [] for svc in t.services or []]
         for task_name, svc in owned:
             if task_name:   # a task's service: the task's name and meta too; its checks and restarts are the task's
-                task = group.task(task_name)
-                task_meta = {f"NOMAD_META_{k}": v for k, v in ((task.meta if task else None) or {}).items()}
+                owner = group.task(task_name)
+                task_meta = {f"NOMAD_META_{k}": v for k, v in ((owner.meta if owner else None) or {}).items()}
                 task_meta.update({k.upper(): v for k, v in task_meta.items()})
                 svc = interpolated(svc, {**env, "NOMAD_TASK_NAME": task_name, **task_meta}, ctx)
                 svc = svc.model_copy(update={"task_name": task_name})
