@@ -362,10 +362,15 @@ def test_the_consul_listener_answers_as_consul_and_the_http_port_as_nomad(tmp_pa
         assert me["Stats"]["consul"]["leader"] == "true"
         assert me["Stats"]["consul"]["leader_addr"] == c.status.leader() == "127.0.0.1:8300"
         assert c.status.peers() == ["127.0.0.1:8300"]
+        # Consul's members: a list; a dev agent is one member, a server (its client node has its name)
+        (m,) = c.agent.members()
+        assert (m["Name"], m["Tags"]["role"], m["Status"], m["Port"], m["Addr"]) == \
+            (me["Config"]["NodeName"], "consul", 1, 8301, "127.0.0.1")
         assert c.agent.service.register("via8500", service_id="via8500-1", port=9)
         with a.api() as api:   # the same catalog, and Nomad's shapes on the HTTP port
             assert [e["ServiceID"] for e in api.get("/v1/catalog/service/via8500").json()] == ["via8500-1"]
             assert set(api.get("/v1/agent/self").json()) == {"config", "member", "stats"}
+            assert set(api.get("/v1/agent/members").json()) == {"ServerName", "ServerRegion", "ServerDC", "Members"}
             assert api.get("/v1/status/leader").json() == f"127.0.0.1:{a.port}"
         n = nomad.Nomad(host="127.0.0.1", port=a.port)
         assert n.status.leader.get_leader() == f"127.0.0.1:{a.port}"

@@ -133,11 +133,39 @@ async def set_agent_servers(request: Request):
     return reply(None)
 
 
+CONSUL_LAN_PORT = 8301   # the port Consul's members show (its Serf LAN port)
+
+
+def _consul_members(request: Request) -> list[dict]:
+    """Consul's /v1/agent/members: the servers (role consul) and the client nodes (role node),
+    Status 1 alive, 4 failed; Consul's protocol fields as a current agent reports them."""
+    agent = request.app.state.agent
+    cfg = agent.config
+    proto = {"ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2, "DelegateMin": 2, "DelegateMax": 5,
+             "DelegateCur": 4}
+    out: dict[str, dict] = {}
+    for m in _servers(request):
+        name = m["Name"].rsplit(".", 1)[0]
+        out[name] = {"Name": name, "Addr": m["Addr"], "Port": CONSUL_LAN_PORT,
+                     "Tags": {"role": "consul", "dc": m["Tags"]["dc"] or cfg.datacenter,
+                              "port": str(CONSUL_SERVER_PORT), "build": m["Tags"]["build"]},
+                     "Status": 1 if m["Status"] == "alive" else 4, **proto}
+    for n in agent.server.reads.nodes():
+        if n.name in out:
+            continue
+        out[n.name] = {"Name": n.name, "Addr": n.attributes.get("unique.network.ip-address", ""),
+                       "Port": CONSUL_LAN_PORT, "Tags": {"role": "node", "dc": n.datacenter},
+                       "Status": 4 if n.status == "down" else 1, **proto}
+    return [out[k] for k in sorted(out)]
+
+
 @router.get("/v1/agent/members")
 async def agent_members(request: Request):
     agent = request.app.state.agent
     if agent.server is None:
         raise ToServer()
+    if consul_listener(request):
+        return reply(_consul_members(request))
     cfg = agent.config
     return reply({"ServerName": cfg.name, "ServerRegion": cfg.region, "ServerDC": cfg.datacenter,
                   "Members": _servers(request)})
