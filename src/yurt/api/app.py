@@ -17,6 +17,7 @@ from . import events, monitor
 from . import ui
 from . import client_allocs, client_fs, search
 from . import openapi
+from . import namespaces
 
 
 def create_app(agent) -> FastAPI:
@@ -37,6 +38,7 @@ def create_app(agent) -> FastAPI:
     app.include_router(mesh.router)
     app.include_router(events.router)
     app.include_router(monitor.router)
+    app.include_router(namespaces.router)
     app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
     openapi.install(app)

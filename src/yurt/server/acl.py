@@ -232,6 +232,16 @@ class ACL:
         caps = self.namespace_caps(ns)
         return "deny" not in caps and cap in caps
 
+    def sees_namespace(self, ns: str) -> bool:
+        """Nomad's AllowNamespace: some capability (not deny) in the namespace -- whether the
+        namespace is listed and may be read."""
+        if self.management:
+            return True
+        if ns == "*":   # some namespace
+            return any(caps and "deny" not in caps for caps in self.rules.namespaces.values())
+        caps = self.namespace_caps(ns)
+        return bool(caps) and "deny" not in caps
+
     def allow(self, kind: str, level: str) -> bool:
         """node / agent / operator at `level` (read or write)."""
         if self.management:
