@@ -7,10 +7,16 @@ from fastapi import APIRouter, Depends, Request
 from yurt.errors import NotFound
 from yurt.structs import Allocation
 
+from .authz import may
 from .common import block, flag, reply, reply_structs
 from .forward import ServerReads, need_server
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
+
+
+def _ns(request: Request) -> str:
+    """The namespace a list is of: ?namespace=, default without; "*" is every namespace."""
+    return request.query_params.get("namespace") or "default"
 
 
 def _full_alloc(alloc: Allocation) -> dict:
@@ -21,7 +27,9 @@ def _full_alloc(alloc: Allocation) -> dict:
 async def list_allocs(request: Request, reads: ServerReads):
     index = await block(request, reads, "allocs")
     rows = []
-    for a in reads.allocs(request.query_params.get("prefix", "")):
+    for a in reads.allocs(request.query_params.get("prefix", ""), _ns(request)):
+        if not may(request, a.namespace, "read-job"):
+            continue
         row = a.stub()
         if request.query_params.get("task_states", "true").lower() == "false":
             row["TaskStates"] = None
@@ -50,8 +58,8 @@ async def stop_alloc(request: Request, alloc_id: str):
 @router.get("/v1/evaluations")
 async def list_evals(request: Request, reads: ServerReads):
     index = await block(request, reads, "evals")
-    evals = reads.evals(request.query_params.get("prefix", ""))
-    return reply([e.to_json() for e in evals], index)
+    evals = reads.evals(request.query_params.get("prefix", ""), _ns(request))
+    return reply([e.to_json() for e in evals if may(request, e.namespace, "read-job")], index)
 
 
 @router.get("/v1/evaluation/{eval_id}")

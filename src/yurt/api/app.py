@@ -19,6 +19,7 @@ from . import client_allocs, client_fs, search
 from . import openapi
 from . import consul_kv
 from . import variables
+from . import namespaces
 
 
 def create_app(agent) -> FastAPI:
@@ -41,6 +42,7 @@ def create_app(agent) -> FastAPI:
     app.include_router(monitor.router)
     app.include_router(consul_kv.router)   # Consul's KV and sessions
     app.include_router(variables.router)
+    app.include_router(namespaces.router)
     app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
     openapi.install(app)

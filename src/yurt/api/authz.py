@@ -36,7 +36,8 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset({
 
 @dataclass(frozen=True)
 class Requirement:
-    """kind: namespace (cap), node/agent/operator (cap = read|write), service/intention (cap =
+    """kind: namespace (cap), namespace_any (some capability in the namespace `name_from`, or
+    in any namespace without one), node/agent/operator (cap = read|write), service/intention (cap =
     read|write, the name from path or query parameter `name_from`, "*" if absent), management,
     node_identity (a client agent's node secret), any (any resolved identity)."""
 
@@ -47,6 +48,8 @@ class Requirement:
     def describe(self, name: str) -> str:
         if self.kind == "namespace":
             return f'namespace "{name}" capability {self.cap}'
+        if self.kind == "namespace_any":
+            return "a capability in some namespace" if name == "*" else f'a capability in namespace "{name}"'
         if self.kind in ("service", "intention"):
             return f'{self.kind} "{name}" {self.cap}'
         if self.kind in ("node", "agent", "operator"):
@@ -145,6 +148,12 @@ _add("GET", "/v1/agent/servers", _r("agent", "read"))
 _add("PUT POST", "/v1/client/allocation/{alloc_id}/signal", _r(NS, "alloc-lifecycle"))
 _add("PUT POST", "/v1/search", READ_JOB)
 _add("PUT POST", "/v1/system/gc", MGMT)
+# namespaces: the list shows (and a read answers) only namespaces the caller has some capability
+# in (the list filters itself, api/namespaces.py); writes are for management tokens, as Nomad's
+_add("GET", "/v1/namespaces", _r("namespace_any"))
+_add("GET", "/v1/namespace/{name}", _r("namespace_any", "", "name"))
+_add("PUT POST DELETE", "/v1/namespace/{name}", MGMT)
+_add("PUT POST", "/v1/namespace", MGMT)
 _add("GET", "/v1/client/allocation/{alloc_id}/stats", READ_JOB)
 _add("GET", "/v1/client/stats", _r("node", "read"))
 _add("PUT POST", "/v1/search/fuzzy", READ_JOB)
@@ -267,6 +276,8 @@ def check(ident: Identity, req: Requirement, name: str) -> bool:
         return req.kind in ("service", "intention") and ident.allow_mesh(req.kind, name, req.cap)
     if req.kind == "namespace":
         return ident.acl.allow_namespace(name, req.cap)
+    if req.kind == "namespace_any":
+        return ident.acl.sees_namespace(name)
     if req.kind in ("node", "agent", "operator"):
         return ident.acl.allow(req.kind, req.cap)
     if req.kind in ("service", "intention"):
@@ -363,6 +374,15 @@ def may(request: Request, namespace: str, cap: str) -> bool:
     every namespace (`?namespace=*`) show only what the caller may see."""
     ident = identity(request)
     return ident is None or check(ident, Requirement("namespace", cap), namespace)
+
+
+def may_see_namespace(request: Request, namespace: str) -> bool:
+    """Whether the caller has some capability in `namespace` (always, with ACLs off): the
+    namespaces it may list and read (Nomad's AllowNamespace)."""
+    ident = identity(request)
+    if ident is None or ident.management:
+        return True
+    return ident.workload is None and ident.acl.sees_namespace(namespace)
 
 
 def require_namespace(request: Request, namespace: str, cap: str) -> None:

@@ -137,6 +137,7 @@ class YurtClient:
         self._current = 0
         self._clients: dict[str, httpx.Client] = {}
         self.token = ""   # sent as X-Nomad-Token (ACLs); a client agent sets its node SecretID
+        self.namespace = ""   # sent as ?namespace= (the CLI's -namespace / $NOMAD_NAMESPACE) unless given
 
     @property
     def address(self) -> str:
@@ -180,6 +181,8 @@ class YurtClient:
     def request(self, method: str, path: str, *, params: dict | None = None, json: Any = None,
                 timeout: float | None = None) -> httpx.Response:
         failed: list[str] = []
+        if self.namespace and "namespace" not in (params or {}):
+            params = {**(params or {}), "namespace": self.namespace}
         while True:
             try:
                 resp = self._http.request(method, path, params=params, json=json,
@@ -357,6 +360,7 @@ class YurtClient:
     def logs(self, alloc_id: str, task: str, *, stderr: bool = False, follow: bool = False,
              origin: str = "start", offset: int = 0) -> Iterator[bytes]:
         params = {"task": task, "type": "stderr" if stderr else "stdout", "plain": "true",
+                  **({"namespace": self.namespace} if self.namespace else {}),
                   "follow": "true" if follow else "false", "origin": origin, "offset": offset}
         try:
             with self._http.stream("GET", f"/v1/client/fs/logs/{alloc_id}", params=params,

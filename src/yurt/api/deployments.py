@@ -42,7 +42,7 @@ async def _body(request: Request, deployment_id: str) -> dict[str, Any]:
 @router.get("/v1/deployments")
 async def list_deployments(request: Request, reads: ServerReads):
     index = await block(request, reads, TABLES)
-    ds = reads.deployments(request.query_params.get("namespace"), request.query_params.get("prefix", ""))
+    ds = reads.deployments(request.query_params.get("namespace") or "default", request.query_params.get("prefix", ""))
     return reply([d.to_json() for d in ds if may(request, d.namespace, "read-job")], index)
 
 

@@ -35,6 +35,16 @@ def _ns(request: Request) -> str:
     return request.query_params.get("namespace") or "default"
 
 
+def _in_namespace(request: Request, body: dict, job: Job) -> Job:
+    """The job in the namespace Nomad puts it in (namespaceForJob): ?namespace= (the CLI's
+    -namespace), else the body's Namespace, else the job's own, else default."""
+    given = body["Job"].get("Namespace") if isinstance(body.get("Job"), dict) else None
+    namespace = request.query_params.get("namespace") or body.get("Namespace") or given or "default"
+    if not isinstance(namespace, str):
+        raise InvalidInput(f'Namespace must be a string, not {namespace!r}')
+    return job if job.namespace == namespace else job.model_copy(update={"namespace": namespace})
+
+
 def _job(request: Request, reads: Reads, job_id: str) -> Job:
     job = reads.job(_ns(request), job_id)
     if job is None:
@@ -45,7 +55,7 @@ def _job(request: Request, reads: Reads, job_id: str) -> Job:
 @router.get("/v1/jobs")
 async def list_jobs(request: Request, reads: ServerReads):
     index = await block(request, reads, "jobs")
-    jobs = reads.jobs(request.query_params.get("namespace"), request.query_params.get("prefix", ""))
+    jobs = reads.jobs(_ns(request), request.query_params.get("prefix", ""))
     jobs = [j for j in jobs if may(request, j.namespace or "default", "list-jobs")]
     return reply([_stub(j, reads.job_summary(j.namespace, j.id)) for j in jobs], index)
 
@@ -66,6 +76,7 @@ def enforce_index(body: dict) -> int | None:
 async def register(request: Request):
     body = await json_body(request)
     job, warnings = await run_in_threadpool(admit_job, body)
+    job = _in_namespace(request, body, job)
     check_region(job, request.app.state.agent.server.region)
     require_namespace(request, job.namespace or "default", "submit-job")  # the body's namespace
     result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
@@ -128,7 +139,9 @@ async def update_job(request: Request, job_id: str):
     job, warnings = await run_in_threadpool(admit_job, body)
     if job.id != job_id:
         raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
+    job = _in_namespace(request, body, job)
     check_region(job, request.app.state.agent.server.region)
+    require_namespace(request, job.namespace or "default", "submit-job")
     result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
                                      enforce_index=enforce_index(body))
     result["Warnings"] = "\n".join(warnings)
@@ -153,7 +166,9 @@ async def plan_job(request: Request, job_id: str):
     job, warnings = await run_in_threadpool(admit_job, body)
     if job.id != job_id:
         raise InvalidInput(f'job ID "{job.id}" does not match the URL ("{job_id}")')
+    job = _in_namespace(request, body, job)
     check_region(job, request.app.state.agent.server.region)
+    require_namespace(request, job.namespace or "default", "submit-job")
     result = await run_in_threadpool(request.app.state.agent.server.plan_job, job,
                                      diff=bool(body.get("Diff", True)))
     result["Warnings"] = "\n".join(warnings)

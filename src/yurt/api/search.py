@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 
 from yurt.errors import InvalidInput
 
+from .authz import may_see_namespace
 from .common import json_body, reply
 from .forward import ServerReads
 
@@ -37,6 +38,20 @@ async def _body(request: Request) -> dict:
     return body
 
 
+def _namespace(request: Request, body: dict) -> str:
+    """The namespace searched: ?namespace=, else the body's Namespace, else default; "*": all."""
+    ns = request.query_params.get("namespace") or body.get("Namespace") or "default"
+    return ns if isinstance(ns, str) else "default"
+
+
+def _namespaces(request: Request, text: str, fuzzy: bool = False) -> list[str]:
+    """The names of the namespaces the caller may see that start with (fuzzy: contain) `text`."""
+    server = request.app.state.agent.server
+    names = [n.name for n in server.namespaces.by_prefix("" if fuzzy else text)] if server is not None else ["default"]
+    return [n for n in names if (text.lower() in n.lower() if fuzzy else n.startswith(text))
+            and may_see_namespace(request, n)]
+
+
 def _cut(found: list, matches: dict, truncations: dict, ctx: str) -> None:
     matches[ctx] = found[:LIMIT]
     truncations[ctx] = len(found) > LIMIT
@@ -51,19 +66,20 @@ async def search(request: Request, reads: ServerReads):
         raise InvalidInput('Prefix must be a string: {"Prefix": "<ID prefix>", "Context": "all"}')
     matches: dict[str, list] = {}
     truncations: dict[str, bool] = {}
+    ns = _namespace(request, body)
     for ctx in _context(body, PREFIX_CONTEXTS):
         if ctx == "jobs":
-            found = [j.id for j in reads.jobs(None, prefix)]
+            found = [j.id for j in reads.jobs(ns, prefix)]
         elif ctx == "allocs":
-            found = [a.id for a in reads.allocs(prefix)]
+            found = [a.id for a in reads.allocs(prefix, ns)]
         elif ctx == "nodes":
             found = [n.id for n in reads.nodes(prefix)]
         elif ctx == "evals":
-            found = [e.id for e in reads.evals(prefix)]
+            found = [e.id for e in reads.evals(prefix, ns)]
         elif ctx == "deployment":
-            found = [d.id for d in reads.deployments(None, prefix)]
+            found = [d.id for d in reads.deployments(ns, prefix)]
         else:
-            found = ["default"] if "default".startswith(prefix) else []
+            found = _namespaces(request, prefix)
         _cut(sorted(found), matches, truncations, ctx)
     return reply({"Matches": matches, "Truncations": truncations}, reads.index())
 
@@ -77,7 +93,7 @@ async def fuzzy(request: Request, reads: ServerReads):
         raise InvalidInput('Text must be a string of at least 2 characters: {"Text": "web", "Context": "all"}')
     want = text.lower()
     found: dict[str, list[dict]] = {c: [] for c in FUZZY_CONTEXTS}
-    for job in reads.jobs(None, ""):
+    for job in reads.jobs(_namespace(request, body), ""):
         ns = job.namespace or "default"
         if want in job.id.lower():
             found["jobs"].append({"ID": job.id, "Scope": [ns]})
@@ -93,8 +109,7 @@ async def fuzzy(request: Request, reads: ServerReads):
     for node in reads.nodes(""):
         if want in node.name.lower():
             found["nodes"].append({"ID": node.name, "Scope": [node.id]})
-    if want in "default":
-        found["namespaces"].append({"ID": "default", "Scope": []})
+    found["namespaces"] = [{"ID": n, "Scope": []} for n in _namespaces(request, want, fuzzy=True)]
     matches: dict[str, list] = {}
     truncations: dict[str, bool] = {}
     for ctx in _context(body, FUZZY_CONTEXTS):

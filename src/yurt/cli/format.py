@@ -39,9 +39,28 @@ def token() -> str:
     return given or os.environ.get("YURT_TOKEN") or os.environ.get("NOMAD_TOKEN") or ""
 
 
+def _remember_namespace(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta["yurt.namespace"] = value
+
+
+def namespace() -> str:
+    """The namespace the command works in: `-namespace`, else $YURT_NAMESPACE, else
+    $NOMAD_NAMESPACE, else "" (the agent's: default, or the job file's for a job run)."""
+    import os
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get("yurt.namespace") if ctx is not None else None
+    return given or os.environ.get("YURT_NAMESPACE") or os.environ.get("NOMAD_NAMESPACE") or ""
+
+
 def address_option(fn: Callable) -> Callable:
     """`-address ADDR` (default: $YURT_ADDR, then $NOMAD_ADDR, then http://127.0.0.1:4646), the
-    TLS flags (`tls_options`) and `-token SECRET` (default: $YURT_TOKEN, then $NOMAD_TOKEN)."""
+    TLS flags (`tls_options`), `-token SECRET` (default: $YURT_TOKEN, then $NOMAD_TOKEN) and
+    `-namespace NS` (default: $YURT_NAMESPACE, then $NOMAD_NAMESPACE; "*" lists every one)."""
+    fn = click.option("-namespace", "--namespace", metavar="NS", default=None, expose_value=False,
+                      callback=_remember_namespace,
+                      help='The namespace (default $YURT_NAMESPACE, $NOMAD_NAMESPACE or "default"; '
+                           '"*" lists every namespace).')(fn)
     fn = click.option("-token", "--token", metavar="SECRET", default=None, expose_value=False,
                       callback=_remember_token,
                       help="The ACL token's SecretID (default $YURT_TOKEN or $NOMAD_TOKEN).")(fn)
@@ -104,6 +123,7 @@ def connect(address: str | None) -> YurtClient:
         tls = dataclasses.replace(tls, **flags)
     client = YurtClient(address or default_address(), tls=tls)
     client.token = token()
+    client.namespace = namespace()
     return client
 
 

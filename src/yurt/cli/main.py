@@ -21,6 +21,7 @@ from .job import job_group, plan_cmd, run_cmd, stop_cmd
 from .job_versions import COMMANDS as JOB_COMMANDS
 from .lab_cmd import lab_group
 from .mesh_cmd import mesh_group
+from .namespace_cmd import namespace_group
 from .tls_cmd import tls_group
 from .node_cmd import node_group
 from .server_cmd import server_group
@@ -62,6 +63,7 @@ cli.add_command(acl_group)
 cli.add_command(deployment_group)
 cli.add_command(mesh_group)
 cli.add_command(var_group)
+cli.add_command(namespace_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from .flags import NomadCommand, NomadGroup
 from .format import (address_option, api_errors, connect, echo, fmt_time, heading, kv, print_table,
                      relative, resolve, short)
 from .monitor import placement_failures
-from .output import fail
+from .output import EXIT_ERROR, fail
 
 
 def status_string(status: str, stop: bool) -> str:
@@ -21,12 +21,30 @@ def status_string(status: str, stop: bool) -> str:
 
 
 def find_job(client: YurtClient, ident: str) -> dict:
-    """The job stub whose ID is `ident` or uniquely starts with it (else list matches / exit 1)."""
+    """The job stub whose ID is `ident` or uniquely starts with it (else list matches / exit 1).
+    Looking in every namespace (`-namespace "*"`), the client then works in the job's own."""
     jobs = client.jobs(prefix=ident)
-    return resolve("job(s)", ident, jobs, ["ID", "Type", "Priority", "Status", "Submit Date"],
-                   lambda j: (j["ID"], j.get("Type"), j.get("Priority"),
-                              status_string(j.get("Status", ""), j.get("Stop", False)), fmt_time(j.get("SubmitTime"))),
-                   plural="jobs", missing=f'No job(s) with prefix or ID "{ident}" found')
+    every = client.namespace == "*"
+    same = [j for j in jobs if j["ID"] == ident]
+    if every and len(same) > 1:   # one ID in several namespaces: which one?
+        echo("Prefix matched multiple jobs\n")
+        print_table(_job_headers(every), [_job_row(j, every) for j in same])
+        raise SystemExit(EXIT_ERROR)
+    found = resolve("job(s)", ident, jobs, _job_headers(every), lambda j: _job_row(j, every),
+                    plural="jobs", missing=f'No job(s) with prefix or ID "{ident}" found')
+    if every:
+        client.namespace = found.get("Namespace") or "default"
+    return found
+
+
+def _job_headers(every: bool) -> list[str]:
+    """Nomad's job list columns (with the namespace when listing every namespace)."""
+    return ["ID", *(["Namespace"] if every else []), "Type", "Priority", "Status", "Submit Date"]
+
+
+def _job_row(j: dict, every: bool) -> tuple:
+    return (j["ID"], *([j.get("Namespace")] if every else []), j.get("Type"), j.get("Priority"),
+            status_string(j.get("Status", ""), j.get("Stop", False)), fmt_time(j.get("SubmitTime")))
 
 
 def alloc_rows(allocs: list[dict], verbose: bool) -> tuple[list[str], list[tuple]]:
@@ -66,10 +84,8 @@ def job_status_cmd(job_id: str | None, verbose: bool, as_json: bool, evals: bool
             elif not jobs:
                 echo("No running jobs")
             else:
-                print_table(["ID", "Type", "Priority", "Status", "Submit Date"],
-                            [(j["ID"], j.get("Type"), j.get("Priority"),
-                              status_string(j.get("Status", ""), j.get("Stop", False)),
-                              fmt_time(j.get("SubmitTime"))) for j in jobs])
+                every = client.namespace == "*"
+                print_table(_job_headers(every), [_job_row(j, every) for j in jobs])
             return
         stub = find_job(client, job_id)
         job = client.job(stub["ID"])

@@ -320,6 +320,15 @@ class ACL:
             return any(self.rules.variables.values())
         key = _closest(self.rules.variables, ns)
         return key is not None and bool(self.rules.variables[key])
+    def sees_namespace(self, ns: str) -> bool:
+        """Nomad's AllowNamespace: some capability (not deny) in the namespace -- whether the
+        namespace is listed and may be read."""
+        if self.management:
+            return True
+        if ns == "*":   # some namespace
+            return any(caps and "deny" not in caps for caps in self.rules.namespaces.values())
+        caps = self.namespace_caps(ns)
+        return bool(caps) and "deny" not in caps
 
     def allow(self, kind: str, level: str) -> bool:
         """node / agent / operator at `level` (read or write)."""

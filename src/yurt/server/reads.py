@@ -112,16 +112,20 @@ class Reads:
     def alloc(self, alloc_id: str) -> Allocation | None:
         return self._store.alloc(alloc_id)
 
-    def allocs(self, prefix: str = "") -> list[Allocation]:
-        """Allocations by CreateIndex (then ID), optionally with an ID prefix."""
-        return sorted(self._store.allocs(prefix), key=lambda a: a.create_index)
+    def allocs(self, prefix: str = "", namespace: str | None = None) -> list[Allocation]:
+        """Allocations by CreateIndex (then ID), optionally with an ID prefix (of one namespace,
+        or of every one for None or "*")."""
+        return sorted(self._store.allocs(prefix, None if namespace in (None, "*") else namespace),
+                      key=lambda a: a.create_index)
 
     def eval(self, eval_id: str) -> Evaluation | None:
         return self._store.eval(eval_id)
 
-    def evals(self, prefix: str = "") -> list[Evaluation]:
-        """Evaluations by CreateIndex (then ID), optionally with an ID prefix."""
-        return sorted(self._store.evals(prefix=prefix), key=lambda e: e.create_index)
+    def evals(self, prefix: str = "", namespace: str | None = None) -> list[Evaluation]:
+        """Evaluations by CreateIndex (then ID), optionally with an ID prefix (of one namespace,
+        or of every one for None or "*")."""
+        return sorted(self._store.evals(None if namespace in (None, "*") else namespace, prefix=prefix),
+                      key=lambda e: e.create_index)
 
     def eval_allocs(self, eval_id: str) -> list[Allocation]:
         """The allocations an evaluation placed or changed."""

@@ -34,6 +34,7 @@ from .identity import WorkloadIdentity
 from .plan_apply import PlanApplier
 from .reads import Reads
 from .metrics import ServerMetrics
+from .namespaces import Namespaces
 from .worker import Worker
 
 log = logging.getLogger("yurt.server")
@@ -71,6 +72,7 @@ class Server:
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
         from .kv import ConsulKV
         self.kv = ConsulKV(store, self.catalog, lambda: self._leading)   # Consul's KV and sessions
+        self.namespaces = Namespaces(store, region)   # Nomad's namespaces; jobs only in ones that exist
         self.ca = ConnectCA(store, datacenter, leaf_cert_ttl=leaf_cert_ttl)
         self.metrics = ServerMetrics()   # /v1/metrics: this server's own registry
         self.metrics.watch(self)
@@ -217,6 +219,7 @@ class Server:
     def register_job(self, job: Job, *, enforce_index: int | None = None) -> dict[str, Any]:
         """Store a new job or version and evaluate it (Nomad's Job.Register). With
         `enforce_index` (EnforceIndex), only if the job's JobModifyIndex is still that (0: new)."""
+        self.namespaces.admit(job)
         job = inject_sidecars(job.model_copy(update={"stop": False}, deep=True))
         namespace = job.namespace or "default"
         # the job and the eval that schedules it are one write: a crash keeps both or neither,
@@ -251,6 +254,7 @@ class Server:
 
         from .job_diff import job_diff
 
+        self.namespaces.admit(job)
         snap = self.store.snapshot()
         old = snap.job(job.namespace or "default", job.id)
         job = inject_sidecars(job.model_copy(deep=True))

@@ -42,7 +42,10 @@ class Namespace(Struct):
     description: str = ""
     quota: str = ""
     meta: dict[str, str] | None = None
-    capabilities: dict | None = None
+    capabilities: dict | None = None              # EnabledTaskDrivers, DisabledNetworkModes ...
+    node_pool_configuration: dict | None = None   # kept and shown; Yurt has one node pool
+    vault_configuration: dict | None = None       # kept and shown; no effect
+    consul_configuration: dict | None = None      # kept and shown; no effect
     create_index: int = 0
     modify_index: int = 0
 
