@@ -54,6 +54,11 @@ def test_put_get_list_with_python_nomad(n):
     assert out["Items"] == {"user": "alice", "password": SECRET}
     assert out["CreateIndex"] == out["ModifyIndex"] > 0 and out["CreateTime"] > 0
     n.variable.create_variable("app/cache", {"Items": {"size": "10"}})
+    # a variable lives in a namespace that exists (Nomad refuses a nonexistent one)
+    with pytest.raises(nomad.api.exceptions.BadRequestNomadException) as err:
+        n.variable.create_variable("other/x", {"Items": {"k": "v"}}, namespace="prod")
+    assert 'nonexistent namespace "prod"' in err.value.nomad_resp.text
+    n.namespace.create_namespace({"Name": "prod"})
     n.variable.create_variable("other/x", {"Items": {"k": "v"}}, namespace="prod")
     got = n.variable.get_variable("app/db")
     assert got["Items"] == {"user": "alice", "password": SECRET} and got["ModifyIndex"] == out["ModifyIndex"]
@@ -215,9 +220,9 @@ def test_the_server_reads_items_and_the_keystore_setting(tmp_path):
     store = StateStore(str(tmp_path / "server" / "state.db"))
     try:
         server = Server(store, num_workers=0)
-        server.variables.put("web", "nomad/jobs/web", {"greeting": "hi"})
-        assert server.reads.variable("web", "nomad/jobs/web") == {"greeting": "hi"}
-        assert server.reads.variable("web", "nomad/jobs/none") is None
+        server.variables.put("default", "nomad/jobs/web", {"greeting": "hi"})
+        assert server.reads.variable("default", "nomad/jobs/web") == {"greeting": "hi"}
+        assert server.reads.variable("default", "nomad/jobs/none") is None
         assert list((tmp_path / "server" / "keystore").glob("*.json"))   # next to the store by default
     finally:
         store.close()
@@ -250,6 +255,9 @@ def test_the_var_commands(agent):
     assert r.returncode == 0, r.stderr
     r = run_yurt("var", "get", *addr, "cli/spec")
     assert json.loads(r.stdout)["Items"] == {"a": "1", "b": "2"}
+    r = run_yurt("var", "put", *addr, "-namespace", "team", "cli/ns", "k=v")   # no such namespace yet
+    assert r.returncode == 1 and 'nonexistent namespace "team"' in r.stderr
+    assert run_yurt("namespace", "apply", *addr, "team").returncode == 0
     r = run_yurt("var", "put", *addr, "-namespace", "team", "cli/ns", "k=v")
     assert r.returncode == 0, r.stderr
     r = run_yurt("var", "get", *addr, "-out", "hcl", "cli/spec")   # a specification put reads back

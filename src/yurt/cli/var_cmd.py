@@ -4,6 +4,7 @@ Exit codes as Nomad's: 0, or 1 on any error (a check-and-set conflict included).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -16,14 +17,19 @@ from yurt.errors import Conflict, NotFound
 
 from .flags import NomadGroup
 from .format import address_option, api_errors, connect, echo, fmt_time, print_table
+from .format import namespace as current_namespace
 from .output import fail
 
 CTX = {"help_option_names": ["-h", "-help", "--help"]}
 
 
 def _namespace_option(fn: Any) -> Any:
-    return click.option("-namespace", "--namespace", "namespace", metavar="NS", default=None,
-                        help="The variable's namespace (default $NOMAD_NAMESPACE, else default).")(fn)
+    """The command gets `namespace`: the `-namespace` every command with `-address` takes
+    (format.address_option), else $YURT_NAMESPACE / $NOMAD_NAMESPACE (None: default)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, namespace=current_namespace() or None, **kwargs)
+    return wrapper
 
 
 def _ns(namespace: str | None, *, wildcard: bool = False) -> str:

@@ -250,6 +250,9 @@ class Variables:
         k = var_key(namespace, path)
 
         def build(txn: Any) -> StoredVariable:
+            if namespace != "default" and txn.keyed("namespaces", namespace) is None:   # checked in the write
+                raise InvalidInput(f'variable "{path}" is in nonexistent namespace "{namespace}": create it first '
+                                   f"(yurt namespace apply {namespace})")
             old = txn.keyed(TABLE, k)
             self._cas(namespace, path, old, cas)
             if old is not None and old.lock:
