@@ -40,6 +40,7 @@ class AllocResources:
     network_status: dict[str, Any] | None = None   # the allocation's NetworkStatus; None in host mode
     resolv_conf: str = ""        # the text of the namespace's /etc/resolv.conf ("" = not set)
     hostname: str = ""           # the group's hostname ("" = not set)
+    agent_socket: str = ""       # the agent's API socket, for Connect-native tasks ("" = none served)
 
 
 @dataclass
@@ -107,18 +108,34 @@ class AllocDirHook(AllocHook):
         ctx.alloc_dir.destroy()
 
 
+class ConnectNativeHook(AllocHook):
+    """A group with a `connect { native = true }` service: its task is given the agent's API
+    socket (`AllocResources.agent_socket`; the task runner sets CONSUL_HTTP_ADDR and YURT_ADDR
+    from it, see taskenv.native_vars), so `yurt.connect` in the task gets its leaf and roots."""
+    name = "connect_native"
+
+    def __init__(self, agent_socket: str = "") -> None:
+        self.agent_socket = agent_socket
+
+    def prerun(self, ctx: AllocHookContext) -> None:
+        if any(s.is_native for s in ctx.group.services or []):
+            ctx.resources.agent_socket = self.agent_socket
+
+
 def default_hooks(services: ServiceHook | None = None, *, loopback_ports: bool = False,
-                  identity: AllocHook | None = None) -> list[AllocHook]:
+                  identity: AllocHook | None = None, agent_socket: str = "") -> list[AllocHook]:
     """The hooks an allocation runs with, in order: alloc dir, network (namespace + CNI), mesh
     inbound (the namespace's firewall), then ``services`` (catalog registration and checks: one
     hook for all of a client's allocations, as it talks to the server) when given.
     ``loopback_ports``: host ports are mapped on 127.0.0.1 too (a -dev-connect node).
     ``identity`` (the node agent's `IdentityHook`: each task's workload identity token) comes
-    right after the alloc dir."""
+    right after the alloc dir. ``agent_socket``: the agent's API socket, handed to Connect-native
+    tasks (`ConnectNativeHook`)."""
     from .network.mesh_inbound import MeshInboundHook
     from .network.network_hook import NetworkHook
     hooks: list[AllocHook] = [AllocDirHook(), *([identity] if identity is not None else []),
-                              NetworkHook(loopback_too=loopback_ports), MeshInboundHook()]
+                              NetworkHook(loopback_too=loopback_ports), MeshInboundHook(),
+                              ConnectNativeHook(agent_socket)]
     if services is not None:
         hooks.append(services)
     return hooks
