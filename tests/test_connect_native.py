@@ -355,3 +355,114 @@ def _pid_of(alloc_id: str) -> int:
         except OSError:
             continue
     raise AssertionError(f"no process of allocation {alloc_id} has YURT_CONNECT_SERVICE")
+
+
+# -- the client's side, without an agent: what a native task is given, what is registered ----------
+
+def _native_alloc(tmp_path, script: str):
+    from yurt.structs import ConsulConnect
+    from yurt.structs import Service as JobService
+
+    from .test_client_util import make_alloc, sh
+    app = sh("app", script)
+    helper = sh("helper", "env > $NOMAD_TASK_DIR/env; exec sleep 600")
+    return make_alloc([app, helper], services=[JobService(name="native-api", port_label="9443", task_name="app",
+                                                          connect=ConsulConnect(native=True))])
+
+
+def test_a_native_task_is_given_the_agent_its_identity_and_its_service(tmp_path):
+    from yurt.client.alloc_hooks import AllocDirHook, ConnectNativeHook
+
+    from .test_client_util import start_alloc
+    from .test_client_util import wait_for as wait_short
+    alloc = _native_alloc(tmp_path, "env > $NOMAD_TASK_DIR/env; exec sleep 600")
+    runner, _ = start_alloc(alloc, tmp_path, hooks=[AllocDirHook(), ConnectNativeHook("/run/yurt/yurt.sock")])
+    try:
+        def env_of(task: str) -> dict[str, str]:
+            path = runner.alloc_dir.task_dir(task).local / "env"
+            text = path.read_text() if path.exists() else ""
+            return dict(line.split("=", 1) for line in text.splitlines() if "=" in line) if text else {}
+        app = wait_short(lambda: env_of("app"), what="the app's environment")
+        assert app["CONSUL_HTTP_ADDR"] == app["YURT_ADDR"] == "unix:///run/yurt/yurt.sock"
+        assert app["YURT_CONNECT_SERVICE"] == "native-api"
+        assert app["CONSUL_HTTP_TOKEN_FILE"] == app["YURT_TOKEN_FILE"] == \
+            str(runner.alloc_dir.task_dir("app").secrets / "nomad_token")
+        helper = wait_short(lambda: env_of("helper"), what="the helper's environment")
+        assert "YURT_CONNECT_SERVICE" not in helper   # only the task that implements the service
+        assert helper.get("CONSUL_HTTP_ADDR") != "unix:///run/yurt/yurt.sock"
+    finally:
+        runner.destroy(30)
+
+
+def test_a_task_env_block_wins_over_what_native_sets(tmp_path):
+    """As Nomad's connect_native_hook: CONSUL_HTTP_ADDR only if the task does not set it."""
+    from yurt.client.taskenv import build_task_env, native_vars
+    from yurt.structs import Task
+    alloc = _native_alloc(tmp_path, "true")
+    task = Task(name="app", driver="raw_exec", env={"CONSUL_HTTP_ADDR": "http://10.0.0.1:8500"})
+
+    class Dir:   # what build_task_env reads of a task dir
+        shared = local = secrets = tmp_path
+    env = build_task_env(alloc, task, Dir(), hook_env=native_vars("/s.sock", ["native-api"]), host_env={})
+    assert env["CONSUL_HTTP_ADDR"] == "http://10.0.0.1:8500" and env["YURT_ADDR"] == "unix:///s.sock"
+
+
+def test_a_native_service_is_registered_connect_capable_at_its_own_port(tmp_path):
+    from types import SimpleNamespace
+
+    from yurt.client.alloc_hooks import AllocHookContext, AllocResources
+    from yurt.client.allocdir import AllocDir
+    from yurt.client.service_hook import ServiceHook
+    from yurt.structs import AllocatedPortMapping
+    alloc = _native_alloc(tmp_path, "true")
+    group = alloc.job.task_groups[0]
+    group.services[0].port_label = "https"
+    alloc.allocated_resources.shared.ports = [AllocatedPortMapping(label="https", value=23456, to=9443,
+                                                                   host_ip="127.0.0.1")]
+
+    def ctx(status: dict | None) -> AllocHookContext:
+        return AllocHookContext(alloc=alloc, group=group, node=None, region=None, data_dir=tmp_path,
+                                alloc_dir=AllocDir(tmp_path, alloc.id), restart_task=lambda *_: False,
+                                resources=AllocResources(netns="x" if status else "", network_status=status))
+    hook = ServiceHook(SimpleNamespace())
+    (reg,) = hook._plan(ctx(None))[0]
+    assert reg["Connect"] == {"Native": True} and (reg["Address"], reg["Port"]) == ("127.0.0.1", 23456)
+    # a dev node advertising loopback, the group on the bridge: peers dial the app's bridge address
+    (reg,) = hook._plan(ctx({"Address": "172.26.64.9"}))[0]
+    assert reg["Connect"] == {"Native": True} and (reg["Address"], reg["Port"]) == ("172.26.64.9", 9443)
+    assert "Kind" not in reg and "Proxy" not in reg
+
+
+def test_a_client_agent_asks_its_server_whether_an_identity_is_revoked():
+    from yurt.agent.leaf_cert import RemoteCA
+    from yurt.errors import NotFound as NotFoundError
+    from yurt.server.identity import WorkloadClaims
+
+    class Server:
+        def __init__(self) -> None:
+            self.allocs: dict[str, dict] = {}
+            self.asked = 0
+
+        def get(self, path: str):
+            self.asked += 1
+            alloc = self.allocs.get(path.rsplit("/", 1)[1])
+            if alloc is None:
+                raise NotFoundError("alloc not found")
+            return alloc, 1
+
+    server = Server()
+    ca = RemoteCA(server)
+    claims = WorkloadClaims("default", "job", "group", "a1b2c3d4-0000", "app", ["native-api"])
+    server.allocs["a1b2c3d4-0000"] = {"ClientStatus": "running", "DesiredStatus": "run"}
+    assert ca.revoked(claims) == ""
+    server.allocs["a1b2c3d4-0000"] = {"ClientStatus": "complete", "DesiredStatus": "stop"}
+    assert ca.revoked(claims) == ""   # kept REVOKED_TTL seconds
+    ca._revoked.clear()
+    assert ca.revoked(claims) == "its allocation a1b2c3d4 has stopped (complete)"
+    del server.allocs["a1b2c3d4-0000"]
+    ca._revoked.clear()
+    assert ca.revoked(claims) == "its allocation a1b2c3d4 no longer exists"
+    # a draining allocation (stop asked, its tasks still running) keeps its identity
+    server.allocs["a1b2c3d4-0000"] = {"ClientStatus": "running", "DesiredStatus": "stop"}
+    ca._revoked.clear()
+    assert ca.revoked(claims) == ""
