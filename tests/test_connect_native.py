@@ -466,3 +466,66 @@ def test_a_client_agent_asks_its_server_whether_an_identity_is_revoked():
     server.allocs["a1b2c3d4-0000"] = {"ClientStatus": "running", "DesiredStatus": "stop"}
     ca._revoked.clear()
     assert ca.revoked(claims) == ""
+
+
+def test_an_exec_task_reaches_the_agent_through_the_relay_in_its_allocation():
+    """exec's chroot cannot see the agent's socket: the agent relays its API at the allocation's
+    alloc/tmp/yurt_http.sock, which the task sees as /alloc/tmp/yurt_http.sock."""
+    from yurt.client import AllocRunner
+    from yurt.client.alloc_hooks import AllocDirHook, ConnectNativeHook
+    from yurt.client.drivers.exec import ExecDriver
+    from yurt.structs import ConsulConnect, Resources, Task
+    from yurt.structs import Service as JobService
+
+    from .test_client_util import Recorder, make_alloc
+    driver = ExecDriver()
+    if driver.missing():
+        pytest.skip("; ".join(driver.missing()))
+    short = tempfile.mkdtemp(prefix="yn-")   # the relay's path must fit in sun_path
+    agent_path = os.path.join(short, "agent.sock")
+    agent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    agent.bind(agent_path)
+    agent.listen(8)
+    seen: list[bytes] = []
+
+    def serve() -> None:   # a stand-in for the agent's API: one answer per connection
+        while True:
+            try:
+                c, _ = agent.accept()
+            except OSError:
+                return
+            with c:
+                seen.append(c.recv(65536))
+                c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nagent")
+    threading.Thread(target=serve, daemon=True).start()
+    script = ("import os, socket\n"
+              "addr = os.environ['CONSUL_HTTP_ADDR']\n"
+              "s = socket.socket(socket.AF_UNIX)\n"
+              "s.connect(addr[len('unix://'):])\n"
+              "s.sendall(b'GET /v1/agent/self HTTP/1.0\\r\\n\\r\\n')\n"
+              "data = b''\n"
+              "while True:\n"
+              "    d = s.recv(4096)\n"
+              "    if not d:\n"
+              "        break\n"
+              "    data += d\n"
+              "print(addr, os.environ['CONSUL_HTTP_TOKEN_FILE'], data.split(b'\\r\\n\\r\\n')[1].decode())\n")
+    task = Task(name="app", driver="exec", config={"command": "/usr/bin/python3", "args": ["-c", script]},
+                resources=Resources(cpu=100, memory_mb=64))
+    alloc = make_alloc([task], job_type="batch",
+                       services=[JobService(name="native-api", port_label="9443",
+                                            connect=ConsulConnect(native=True))])
+    runner = AllocRunner(alloc, data_dir=short, drivers={"exec": driver}, on_update=Recorder(),
+                         hooks=[AllocDirHook(), ConnectNativeHook(agent_path)])
+    try:
+        runner.run()
+        assert runner.wait(60)
+        out = (runner.alloc_dir.logs / "app.stdout.0").read_text()
+        err = (runner.alloc_dir.logs / "app.stderr.0").read_text()
+        assert out == "unix:///alloc/tmp/yurt_http.sock /secrets/nomad_token agent\n", err
+        assert seen and seen[0].startswith(b"GET /v1/agent/self")
+        assert not (runner.alloc_dir.shared / "tmp" / "yurt_http.sock").exists()   # closed when it ended
+    finally:
+        runner.destroy(30)
+        agent.close()
+        shutil.rmtree(short, ignore_errors=True)

@@ -14,6 +14,7 @@ putting it in `default_hooks`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,10 @@ from .allocdir import AllocDir, TaskDir
 from .drivers.base import NetnsHolder
 
 if TYPE_CHECKING:
+    from .agent_relay import AgentRelay
     from .service_hook import ServiceHook
+
+log = logging.getLogger("yurt.client")
 
 # restart_task(task name, reason) -> True when the task was running and is being restarted
 RestartTask = Callable[[str, str], bool]
@@ -41,6 +45,7 @@ class AllocResources:
     resolv_conf: str = ""        # the text of the namespace's /etc/resolv.conf ("" = not set)
     hostname: str = ""           # the group's hostname ("" = not set)
     agent_socket: str = ""       # the agent's API socket, for Connect-native tasks ("" = none served)
+    agent_relay: bool = False    # the agent's API is relayed at alloc/tmp/yurt_http.sock (isolated drivers)
 
 
 @dataclass
@@ -110,16 +115,45 @@ class AllocDirHook(AllocHook):
 
 class ConnectNativeHook(AllocHook):
     """A group with a `connect { native = true }` service: its task is given the agent's API
-    socket (`AllocResources.agent_socket`; the task runner sets CONSUL_HTTP_ADDR and YURT_ADDR
-    from it, see taskenv.native_vars), so `yurt.connect` in the task gets its leaf and roots."""
+    (`AllocResources.agent_socket`; the task runner sets CONSUL_HTTP_ADDR and YURT_ADDR from it,
+    see taskenv.native_vars), so `yurt.connect` in the task gets its leaf and roots. raw_exec
+    uses the agent's socket by its host path; for drivers with filesystem isolation (exec,
+    docker) the agent relays its API from the allocation's `alloc/tmp/yurt_http.sock`
+    (agent_relay.py), which they see as /alloc/tmp/yurt_http.sock."""
     name = "connect_native"
 
     def __init__(self, agent_socket: str = "") -> None:
         self.agent_socket = agent_socket
+        self._relay: AgentRelay | None = None
 
     def prerun(self, ctx: AllocHookContext) -> None:
-        if any(s.is_native for s in ctx.group.services or []):
-            ctx.resources.agent_socket = self.agent_socket
+        if not self.agent_socket or not any(s.is_native for s in ctx.group.services or []):
+            return
+        ctx.resources.agent_socket = self.agent_socket
+        if ctx.ended or self._relay is not None:
+            return
+        from .agent_relay import SOCKET_NAME
+        from .agent_relay import AgentRelay as Relay
+        relay = Relay(ctx.alloc_dir.shared / "tmp" / SOCKET_NAME, self.agent_socket)
+        try:
+            started = relay.start()
+        except OSError as e:
+            log.warning("allocation %s: cannot relay the agent's API into it: %s", ctx.alloc_id[:8], e)
+            started = False
+        if started:
+            self._relay = relay
+            ctx.resources.agent_relay = True
+
+    def postrun(self, ctx: AllocHookContext) -> None:
+        self._close()
+
+    def destroy(self, ctx: AllocHookContext) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.stop()
 
 
 def default_hooks(services: ServiceHook | None = None, *, loopback_ports: bool = False,

@@ -360,15 +360,20 @@ class TaskRunner:
         isolated = self.driver.capabilities.fs_isolation != "none"
         hook_env = dict(resources.env)
         native = native_services(self.alloc, self.task) if resources.agent_socket else []
-        if native and not isolated:
+        if native:
             # a Connect-native task: the agent's socket by its host path (raw_exec sees the host's
-            # files); an isolated task (exec's chroot, docker) cannot reach it, see README
+            # files), or its relay in the allocation's shared dir (exec's chroot, docker: /alloc)
+            from .agent_relay import IN_TASK_PATH
             from .identity_hook import TOKEN_FILE
-            hook_env.update(native_vars(resources.agent_socket, native,
-                                        str(self.task_dir.secrets / TOKEN_FILE) if self.task.token_file else ""))
-        elif native:
-            log.warning("task %s: Connect native needs a driver without filesystem isolation (raw_exec); "
-                        "the agent's socket is not reachable from %s", self.name, self.driver.name)
+            token = ("/secrets/" + TOKEN_FILE if isolated else str(self.task_dir.secrets / TOKEN_FILE)) \
+                if self.task.token_file else ""
+            if not isolated:
+                hook_env.update(native_vars(resources.agent_socket, native, token))
+            elif resources.agent_relay:
+                hook_env.update(native_vars(IN_TASK_PATH, native, token))
+            else:
+                log.warning("task %s: the agent's API is not relayed into the allocation: the Connect native "
+                            "task gets no CONSUL_HTTP_ADDR", self.name)
         env = build_task_env(self.alloc, self.task, self.task_dir, self.node,
                              hook_env=hook_env, region=self.region, isolated=isolated)
         if self.task.token_env:   # identity { env = true }: the workload identity's JWT
