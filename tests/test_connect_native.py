@@ -529,3 +529,49 @@ def test_an_exec_task_reaches_the_agent_through_the_relay_in_its_allocation():
         runner.destroy(30)
         agent.close()
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_an_asyncio_server_enforces_the_intentions_too(mesh):
+    """server_context() with asyncio (SSLObject over memory BIOs): web allowed, then denied."""
+    import asyncio
+    svc = native(mesh, "native")
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    port: list[int] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(65536)
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=svc.server_context())
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    def run() -> None:
+        loop.set_exception_handler(lambda *_: None)   # a refused handshake is logged by asyncio
+        try:
+            loop.run_until_complete(main())
+        except (RuntimeError, asyncio.CancelledError):
+            pass
+    threading.Thread(target=run, daemon=True).start()
+    assert ready.wait(10)
+    register_native(mesh, "native", port[0])
+    cli = mesh.client(service="web", dest="native")
+    up = cli.upstream_ports["native"]
+    assert roundtrip(up, b"async hello") == b"async hello"
+    mesh.agent.intention("web", "native", "deny")
+
+    def refused() -> bool:
+        try:
+            return roundtrip(up, b"after", timeout=3) == b""
+        except OSError:
+            return True
+    wait_for(refused, 10, what="web refused by the asyncio server")
+    web = f"spiffe://{mesh.trust_domain}/ns/default/dc/dc1/svc/web"
+    assert svc._authz[web][0] is False   # refused by the intentions check, at the end of the handshake
+    loop.call_soon_threadsafe(loop.stop)

@@ -183,7 +183,7 @@ class Service:
     def server_context(self) -> ssl.SSLContext:
         """An SSLContext for serving the mesh (TLS 1.3, client certificate required, intentions
         checked when the handshake completes). Works with `wrap_socket` (http.server,
-        socketserver) and `wrap_bio` (asyncio, uvicorn: `ssl=svc.server_context()`)."""
+        socketserver) and `wrap_bio` (asyncio: `asyncio.start_server(..., ssl=svc.server_context())`)."""
         if self._front is not None:
             return self._front
         m = self.material
