@@ -275,11 +275,18 @@ def example():
     finally:
         for log in sorted(Path(data_dir).glob("**/alloc/logs/*.stderr.0")):   # shown for a failed test
             print(f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}")
-        api.delete("/v1/job/connect-native", params={"purge": "true"})
-        api.close()
-        agent.stop()
-        print(agent.log()[-4000:])
-        shutil.rmtree(data_dir, ignore_errors=True)
+        # stop the job and let the client end its tasks and networks before the agent goes (the
+        # tasks run detached, to outlive an agent restart: an agent stopped first leaves them)
+        ids = [a["ID"] for a in allocs(api, "connect-native")]
+        api.delete("/v1/job/connect-native")
+        try:
+            wait_long(lambda: not any(alloc_processes(i) for i in ids), timeout=90, what="the example's tasks ended")
+        finally:
+            api.delete("/v1/job/connect-native", params={"purge": "true"})
+            api.close()
+            agent.stop()
+            print(agent.log()[-4000:])
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_the_native_example_talks_both_ways_with_a_sidecar_service(example):
