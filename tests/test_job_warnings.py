@@ -182,8 +182,6 @@ WARNED = [
     ("check-failures-before-warning", ("TaskGroups", "*", "Services", "*", "Checks", "*", "FailuresBeforeWarning"),
      "CHECK", "failures_before_warning = 2", f"{SVC} > check[0] > failures_before_warning",
      "a failing check goes critical"),
-    ("connect-native", ("TaskGroups", "*", "Services", "*", "Connect", "Native"), "CONNECT", "native = true",
-     f"{SVC} > connect > native", "use sidecar_service {} instead"),
     ("connect-gateway", ("TaskGroups", "*", "Services", "*", "Connect", "Gateway"), "CONNECT",
      "gateway {\n          ingress {\n          }\n        }", f"{SVC} > connect > gateway",
      "no gateway proxy is started"),

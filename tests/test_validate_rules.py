@@ -218,11 +218,10 @@ def test_countdash_is_valid():
 KITCHEN_SINK_IGNORED = [
     G0 + ("Tasks", 0, "Templates", 0), G0 + ("Tasks", 0, "Templates", 1), G0 + ("Tasks", 0, "Templates", 2),
     G0 + ("Tasks", 0, "Resources", "Cores"), G0 + ("Tasks", 0, "Resources", "SecretsMB"),
-    G0 + ("Services", 1, "Weights"), G0 + ("Services", 0, "Checks", 1, "Type"),
+    G0 + ("Services", 1, "Weights"),
     ("TaskGroups", 1, "Services", 0, "Connect", "SidecarService", "Proxy", "Expose"),
     ("TaskGroups", 1, "Services", 0, "Connect", "SidecarService", "Proxy", "Upstreams", 1, "MeshGateway", "Mode"),
     ("TaskGroups", 2, "Networks", 0, "ReservedPorts", 1, "IgnoreCollision"),
-    ("TaskGroups", 2, "Services", 0, "Connect", "Native"),
 ]
 
 

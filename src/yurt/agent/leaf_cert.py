@@ -7,7 +7,8 @@ never leaves the agent except to the caller of the leaf endpoint.
 
 A caller presenting a workload identity (a JWT signed by the server, `server/identity.py`)
 gets a certificate only for one of the services that identity names (`LeafCerts.check_identity`);
-a server agent verifies it with its own key, a client-only agent with its server's JWKS.
+a server agent verifies it with its own key, a client-only agent with its server's JWKS. An
+identity whose allocation has stopped or is gone is revoked: refused, the message saying so.
 
 Renewal: at a random 60-90 % of the certificate's lifetime, and at once (within a small jitter)
 when the CA's active root changes. A blocking leaf query returns when a new certificate is issued.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from collections.abc import Callable
 
-from yurt.errors import PermissionDenied, YurtError
+from yurt.errors import NotFound, PermissionDenied, YurtError
 from yurt.server import ca_x509 as x
 from yurt.server.identity import JWKSVerifier, WorkloadClaims, looks_like_jwt
 from yurt.structs.connect import service_uri
@@ -59,14 +60,25 @@ class LocalCA:
     def verify_identity(self, token: str) -> WorkloadClaims | None:
         return self.server.identity.verify(token)
 
+    def revoked(self, claims: WorkloadClaims) -> str:
+        """Why the identity's allocation no longer holds it ("" = it does): gone, or stopped."""
+        alloc = self.server.store.alloc(claims.alloc_id)
+        if alloc is None:
+            return f"its allocation {claims.alloc_id[:8]} no longer exists"
+        if alloc.client_terminal() or (alloc.server_terminal() and alloc.client_status != "running"):
+            return f"its allocation {claims.alloc_id[:8]} has stopped ({alloc.client_status})"
+        return ""
+
 
 class RemoteCA:
     """A client-only agent: ask the server over HTTP."""
 
     JWKS_REFRESH = 5.0   # seconds: an unknown key ID refetches the server's keys at most this often
+    REVOKED_TTL = 5.0    # seconds an allocation's state is kept for `revoked`
 
     def __init__(self, client) -> None:
         self.client = client
+        self._revoked: dict[str, tuple[float, str]] = {}
         self._jwks: JWKSVerifier | None = None
         self._jwks_at = 0.0
 
@@ -75,6 +87,28 @@ class RemoteCA:
 
     def roots(self, index: int, wait: float) -> tuple[dict[str, Any], int]:
         return self.client.ca_roots(index=index, wait=f"{int(wait)}s")
+
+    def revoked(self, claims: WorkloadClaims) -> str:
+        """As LocalCA.revoked, asking the server (kept REVOKED_TTL seconds per allocation); ""
+        when the server cannot say (unreachable, or this agent may not read the allocation)."""
+        now = time.monotonic()
+        hit = self._revoked.get(claims.alloc_id)
+        if hit is not None and now - hit[0] < self.REVOKED_TTL:
+            return hit[1]
+        try:
+            alloc = self.client.get(f"/v1/allocation/{claims.alloc_id}")[0] or {}
+            status, desired = alloc.get("ClientStatus", ""), alloc.get("DesiredStatus", "")
+            why = (f"its allocation {claims.alloc_id[:8]} has stopped ({status})"
+                   if status in ("complete", "failed", "lost") or (desired in ("stop", "evict") and status != "running")
+                   else "")
+        except NotFound:
+            why = f"its allocation {claims.alloc_id[:8]} no longer exists"
+        except YurtError:
+            return ""
+        if len(self._revoked) > 4096:
+            self._revoked.clear()
+        self._revoked[claims.alloc_id] = (now, why)
+        return why
 
     def verify_identity(self, token: str) -> WorkloadClaims | None:
         """Against the server's JWKS (kept; fetched again for a key ID it does not know)."""
@@ -135,6 +169,13 @@ class LeafCerts:
         if service not in claims.services:
             raise PermissionDenied(f"this workload identity is for services {', '.join(claims.services) or '(none)'}; "
                                    f"not {service}")
+        revoked = getattr(self.backend, "revoked", None)   # a server agent knows its allocations
+        why = revoked(claims) if revoked is not None else ""
+        if why:
+            raise PermissionDenied(f"the workload identity of task {claims.task!r} (job {claims.job_id!r}) is "
+                                   f"revoked: {why}. A leaf is issued only to a running allocation's identity: "
+                                   f"run the app as a task of a running allocation, or give it the token "
+                                   f"(secrets/nomad_token) of one")
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:

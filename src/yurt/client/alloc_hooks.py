@@ -14,6 +14,7 @@ putting it in `default_hooks`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,10 @@ from .allocdir import AllocDir, TaskDir
 from .drivers.base import NetnsHolder
 
 if TYPE_CHECKING:
+    from .agent_relay import AgentRelay
     from .service_hook import ServiceHook
+
+log = logging.getLogger("yurt.client")
 
 # restart_task(task name, reason) -> True when the task was running and is being restarted
 RestartTask = Callable[[str, str], bool]
@@ -40,6 +44,8 @@ class AllocResources:
     network_status: dict[str, Any] | None = None   # the allocation's NetworkStatus; None in host mode
     resolv_conf: str = ""        # the text of the namespace's /etc/resolv.conf ("" = not set)
     hostname: str = ""           # the group's hostname ("" = not set)
+    agent_socket: str = ""       # the agent's API socket, for Connect-native tasks ("" = none served)
+    agent_relay: bool = False    # the agent's API is relayed at alloc/tmp/yurt_http.sock (isolated drivers)
 
 
 @dataclass
@@ -107,18 +113,63 @@ class AllocDirHook(AllocHook):
         ctx.alloc_dir.destroy()
 
 
+class ConnectNativeHook(AllocHook):
+    """A group with a `connect { native = true }` service: its task is given the agent's API
+    (`AllocResources.agent_socket`; the task runner sets CONSUL_HTTP_ADDR and YURT_ADDR from it,
+    see taskenv.native_vars), so `yurt.connect` in the task gets its leaf and roots. raw_exec
+    uses the agent's socket by its host path; for drivers with filesystem isolation (exec,
+    docker) the agent relays its API from the allocation's `alloc/tmp/yurt_http.sock`
+    (agent_relay.py), which they see as /alloc/tmp/yurt_http.sock."""
+    name = "connect_native"
+
+    def __init__(self, agent_socket: str = "") -> None:
+        self.agent_socket = agent_socket
+        self._relay: AgentRelay | None = None
+
+    def prerun(self, ctx: AllocHookContext) -> None:
+        if not self.agent_socket or not any(s.is_native for s in ctx.group.services or []):
+            return
+        ctx.resources.agent_socket = self.agent_socket
+        if ctx.ended or self._relay is not None:
+            return
+        from .agent_relay import SOCKET_NAME
+        from .agent_relay import AgentRelay as Relay
+        relay = Relay(ctx.alloc_dir.shared / "tmp" / SOCKET_NAME, self.agent_socket)
+        try:
+            started = relay.start()
+        except OSError as e:
+            log.warning("allocation %s: cannot relay the agent's API into it: %s", ctx.alloc_id[:8], e)
+            started = False
+        if started:
+            self._relay = relay
+            ctx.resources.agent_relay = True
+
+    def postrun(self, ctx: AllocHookContext) -> None:
+        self._close()
+
+    def destroy(self, ctx: AllocHookContext) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.stop()
+
+
 def default_hooks(services: ServiceHook | None = None, *, loopback_ports: bool = False,
-                  identity: AllocHook | None = None) -> list[AllocHook]:
+                  identity: AllocHook | None = None, agent_socket: str = "") -> list[AllocHook]:
     """The hooks an allocation runs with, in order: alloc dir, network (namespace + CNI), mesh
     inbound (the namespace's firewall), then ``services`` (catalog registration and checks: one
     hook for all of a client's allocations, as it talks to the server) when given.
     ``loopback_ports``: host ports are mapped on 127.0.0.1 too (a -dev-connect node).
     ``identity`` (the node agent's `IdentityHook`: each task's workload identity token) comes
-    right after the alloc dir."""
+    right after the alloc dir. ``agent_socket``: the agent's API socket, handed to Connect-native
+    tasks (`ConnectNativeHook`)."""
     from .network.mesh_inbound import MeshInboundHook
     from .network.network_hook import NetworkHook
     hooks: list[AllocHook] = [AllocDirHook(), *([identity] if identity is not None else []),
-                              NetworkHook(loopback_too=loopback_ports), MeshInboundHook()]
+                              NetworkHook(loopback_too=loopback_ports), MeshInboundHook(),
+                              ConnectNativeHook(agent_socket)]
     if services is not None:
         hooks.append(services)
     return hooks

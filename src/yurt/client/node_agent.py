@@ -294,7 +294,7 @@ class NodeAgent:
         if self._identity_hook is None:
             self._identity_hook = IdentityHook(self.api, lambda: self.node_id)
         return default_hooks(services=self._service_hook, loopback_ports=self.config.loopback_ports,
-                             identity=self._identity_hook)
+                             identity=self._identity_hook, agent_socket=self.config.api_socket)
 
     def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
         from .network import network_status

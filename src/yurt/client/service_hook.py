@@ -1,7 +1,9 @@
 """Registers an allocation's services in the catalog and runs their health checks.
 
 For each group service: the service itself, and for a Connect service its
-`<service>-sidecar-proxy` (kind connect-proxy) at the host address and the sidecar's host port.
+`<service>-sidecar-proxy` (kind connect-proxy) at the host address and the sidecar's host port;
+a Connect-native service (`native = true`) is registered with Connect.Native, so the mesh's
+`/v1/health/connect/<service>` lists it at its own port.
 Checks run on the client, from inside the allocation's network namespace (see checks.py);
 their results are pushed to the catalog. A stop deregisters them first (`prekill`), before the
 shutdown delays and the sidecar's drain. The sidecar's own "listening" check restarts the
@@ -152,6 +154,13 @@ class ServiceHook(AllocHook):
                 reg["TaggedAddresses"] = tagged_addresses(svc.tagged_addresses, port)
             if svc.weights is not None:
                 reg["Weights"] = {"Passing": svc.weights.passing, "Warning": svc.weights.warning}
+            if svc.is_native:   # Connect-capable itself: /v1/health/connect/<name> lists it
+                reg["Connect"] = {"Native": True}
+                if (host_ip.startswith("127.") and alloc_ip and svc.port_label in ports
+                        and not svc.address):
+                    # a dev node advertising loopback: peers in other namespaces reach the app
+                    # on the bridge, at the port it listens on (as for a sidecar)
+                    reg["Address"], reg["Port"] = alloc_ip, inner
             regs.append(reg)
             sidecar = svc.connect.sidecar_service if svc.connect is not None else None
             if sidecar is not None:   # svc.has_sidecar

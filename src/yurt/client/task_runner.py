@@ -22,7 +22,7 @@ from .alloc_hooks import AllocResources
 from .allocdir import AllocDir
 from .drivers.base import Driver, DriverError, ExitResult, TaskConfig, TaskHandle
 from .restarts import NOT_RESTARTING, TERMINATED, Decision, RestartTracker
-from .taskenv import build_task_env, interpolate, task_limits
+from .taskenv import build_task_env, interpolate, native_services, native_vars, task_limits
 
 log = logging.getLogger(__name__)
 
@@ -357,9 +357,25 @@ class TaskRunner:
     def _config(self) -> TaskConfig:
         self.task_dir.build()
         resources = self.resources
+        isolated = self.driver.capabilities.fs_isolation != "none"
+        hook_env = dict(resources.env)
+        native = native_services(self.alloc, self.task) if resources.agent_socket else []
+        if native:
+            # a Connect-native task: the agent's socket by its host path (raw_exec sees the host's
+            # files), or its relay in the allocation's shared dir (exec's chroot, docker: /alloc)
+            from .agent_relay import IN_TASK_PATH
+            from .identity_hook import TOKEN_FILE
+            token = ("/secrets/" + TOKEN_FILE if isolated else str(self.task_dir.secrets / TOKEN_FILE)) \
+                if self.task.token_file else ""
+            if not isolated:
+                hook_env.update(native_vars(resources.agent_socket, native, token))
+            elif resources.agent_relay:
+                hook_env.update(native_vars(IN_TASK_PATH, native, token))
+            else:
+                log.warning("task %s: the agent's API is not relayed into the allocation: the Connect native "
+                            "task gets no CONSUL_HTTP_ADDR", self.name)
         env = build_task_env(self.alloc, self.task, self.task_dir, self.node,
-                             hook_env=dict(resources.env), region=self.region,
-                             isolated=self.driver.capabilities.fs_isolation != "none")
+                             hook_env=hook_env, region=self.region, isolated=isolated)
         if self.task.token_env:   # identity { env = true }: the workload identity's JWT
             from .identity_hook import ENV_TOKEN_FILE
             try:

@@ -142,6 +142,27 @@ def upstream_vars(group: TaskGroup | None) -> dict[str, str]:
     return env
 
 
+def native_services(alloc: Allocation, task: Task) -> list[str]:
+    """The group's `connect { native = true }` services that `task` implements (its `task =`,
+    or the group's only task)."""
+    group = _group(alloc)
+    if group is None:
+        return []
+    only = len(group.tasks or []) == 1
+    return [s.name for s in group.services or []
+            if s.is_native and (s.task_name == task.name or (not s.task_name and only))]
+
+
+def native_vars(agent_socket: str, services: list[str], token_file: str = "") -> dict[str, str]:
+    """What a Connect-native task is given (Nomad's connect_native_hook sets CONSUL_HTTP_ADDR and
+    the token the same way): the agent's API, where its workload identity is, and its services."""
+    addr = f"unix://{agent_socket}"
+    env = {"CONSUL_HTTP_ADDR": addr, "YURT_ADDR": addr, "YURT_CONNECT_SERVICE": ",".join(services)}
+    if token_file:
+        env["CONSUL_HTTP_TOKEN_FILE"] = env["YURT_TOKEN_FILE"] = token_file
+    return env
+
+
 def task_limits(alloc: Allocation, task: Task) -> tuple[int, int, int]:
     """(cpu MHz, memory MB, memory_max MB) allocated to ``task`` (else its resources block)."""
     allocated = alloc.allocated_resources.tasks.get(task.name)

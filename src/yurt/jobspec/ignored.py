@@ -174,9 +174,6 @@ RULES: tuple[Rule, ...] = (
     Rule(_C + ("FailuresBeforeWarning",),
          f"failures_before_warning {NO_EFFECT}: a failing check goes critical"),
     # --- connect ------------------------------------------------------------------------------
-    Rule(_CONNECT + ("Native",),
-         f"native {NO_EFFECT}: the service is registered as a plain service, not as Connect-capable, "
-         "and the task gets no Connect certificates; use sidecar_service {} instead"),
     Rule(_CONNECT + ("Gateway",), f"gateway {NO_EFFECT}: no gateway proxy is started", present=True),
     Rule(_CONNECT + ("SidecarTask", "Resources", "Cores"),
          f"cores {NO_EFFECT}: no core is reserved or pinned for the sidecar; ask for cpu (in MHz) instead"),

@@ -157,3 +157,8 @@ class Service(Struct):
     @property
     def has_sidecar(self) -> bool:
         return self.connect is not None and self.connect.has_sidecar
+
+    @property
+    def is_native(self) -> bool:
+        """`connect { native = true }`: the task joins the mesh itself (yurt.connect)."""
+        return self.connect is not None and self.connect.native
