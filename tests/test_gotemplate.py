@@ -541,3 +541,21 @@ def test_unicode_and_large_outputs() -> None:
     assert execute("{{ range . }}{{ . }}{{ end }}", ["é", "日本", "🙂"]) == "é日本🙂"
     assert execute("{{ printf \"%-4s|%4s\" \"日\" \"é\" }}") == "日   |   é"
     assert len(execute("{{ range . }}x{{ end }}", list(range(10000)))) == 10000
+
+
+def test_no_traceback_whatever_goes_wrong() -> None:
+    # a function failing in any way, a nesting too deep to parse, a private attribute: all TemplateErrors
+    with pytest.raises(TemplateError, match=r"at <sprig_get \(sprig_lis\.\.\.>: error calling sprig_get: "):
+        execute('{{ sprig_get (sprig_list 1) "a" }}')
+    with pytest.raises(TemplateError, match=r"at <call \.F>: error calling call: division by zero"):
+        execute("{{ call .F }}", {"F": lambda: 1 / 0})
+    with pytest.raises(TemplateError, match=r"too deeply nested"):
+        execute("{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}")
+    with pytest.raises(TemplateError, match=r"__class__"):
+        execute("{{ .Obj.__class__ }}", DATA)
+    with pytest.raises(TemplateError, match=r"lower is an unexported field of struct type Obj"):
+        execute("{{ .Obj.lower }}", {"Obj": type("Obj", (), {"lower": "x"})()})
+    with pytest.raises(TemplateError, match=r"can't evaluate field upper in type string"):
+        execute("{{ .S.upper }}", DATA)
+    with pytest.raises(TemplateError, match=r"can't evaluate field Contains in type \[\]interface \{\}"):
+        execute('{{ .L.Contains "a" }}', DATA)  # a plain list has no methods; ServiceTags has Contains

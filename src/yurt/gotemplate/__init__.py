@@ -18,7 +18,14 @@ What is supported (Go's semantics, Go's output, Go's error messages):
   read from a ``Source`` (``service`` takes ``tag.name`` and ``name|any``/``|passing,warning``
   filters, healthy only by default), and the helpers (``toJSON parseJSON split join replaceAll
   regexReplaceAll byKey byTag explode indent loop add ... sprig_*``; see ``library.HELPERS``).
-  Not supported: Vault (``secret``), ``plugin``, ``sockaddr``, ``file``, ``writeToFile``, YAML/TOML.
+  Not supported: Vault (``secret``), ``plugin``, ``sockaddr``, ``file``, ``writeToFile``,
+  ``executeTemplate``, ``scratch``, YAML/TOML, Consul's ``node``/``nodes``/``connect``/``caLeaf``.
+
+Where it differs from Go (knowingly): regular expressions are Python's ``re`` (RE2's syntax is
+nearly a subset; no linear-time guarantee); ``service``'s ``@dc`` and ``~near`` are accepted and
+ignored (one datacenter); ``nomadService N "key" "name"`` picks a stable subset by a hash of its
+own, not Nomad's; ``loop`` returns a list (Go: a channel); ``timestamp`` is in UTC; nested
+``{{template}}`` calls stop at depth 100; parse errors carry a column (Go's carry only the line).
 
 ``render(text, source, ...)`` parses once (the parsed template is cached by its text, name and
 delimiters) and executes; it answers the text, every ``Dependency`` it read (to watch) and those

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -45,7 +46,17 @@ class FuncSpec:
 
 
 def spec(fn: Callable[..., Any]) -> FuncSpec:
-    """The FuncSpec of a Python function, from its signature."""
+    """The FuncSpec of a Python function, from its signature (counted once per function)."""
+    func = getattr(fn, "__func__", None)
+    if func is not None and getattr(fn, "__self__", None) is not None:  # a bound method: self is given
+        lo, hi = _arity(func)
+        return FuncSpec(fn, max(lo - 1, 0), None if hi is None else hi - 1)
+    lo, hi = _arity(fn)
+    return FuncSpec(fn, lo, hi)
+
+
+@functools.lru_cache(maxsize=4096)
+def _arity(fn: Callable[..., Any]) -> tuple[int, int | None]:
     sig = inspect.signature(fn)
     lo = 0
     hi: int | None = 0
@@ -57,7 +68,7 @@ def spec(fn: Callable[..., Any]) -> FuncSpec:
                 hi += 1
             if p.default is p.empty:
                 lo += 1
-    return FuncSpec(fn, lo, hi)
+    return lo, hi
 
 
 def truth(v: Any) -> bool:
@@ -138,14 +149,19 @@ class _State:
     # walking
     def walk(self, dot: Any, node: Node) -> None:
         self.node = node
-        if isinstance(node, TextNode):
-            self.out.append(node.text)
-        elif isinstance(node, ActionNode):
-            val = self.eval_pipeline(dot, node.pipe)
-            if not node.pipe.decls:
-                self.print_value(node, val)
-        elif isinstance(node, ListNode):
-            for n in node.nodes:
+        t = type(node)
+        if t is TextNode:
+            self.out.append(node.text)  # type: ignore[attr-defined]
+        elif t is ActionNode:
+            pipe = node.pipe  # type: ignore[attr-defined]
+            val = self.eval_pipeline(dot, pipe)
+            if not pipe.decls:
+                if type(val) is str:
+                    self.out.append(val)
+                else:
+                    self.print_value(node, val)
+        elif t is ListNode:
+            for n in node.nodes:  # type: ignore[attr-defined]
                 self.walk(dot, n)
         elif isinstance(node, BranchNode):
             if node.kind == "range":
@@ -326,6 +342,16 @@ class _State:
 
     def eval_field(self, dot: Any, name: str, node: Node, args: list[Node], final: Any, receiver: Any) -> Any:
         self.node = node
+        t = type(receiver)
+        if len(args) <= 1 and final is _NOFINAL:  # the common cases first: a map's key, a struct's field
+            if t is dict:
+                value = receiver.get(name, _NOFINAL)
+                if value is not _NOFINAL:
+                    return value
+            else:
+                fields = getattr(t, "__dataclass_fields__", None)
+                if fields is not None and name in fields and name[:1].isupper():
+                    return getattr(receiver, name)
         if receiver is NO_VALUE:
             if self.missing_error:
                 raise self.error(f"nil data; no entry for key {gofmt.go_quote(name)}")
@@ -348,9 +374,10 @@ class _State:
                 return NO_VALUE
             except TypeError:
                 raise self.error(f"can't evaluate field {name} in type {type_name(receiver)}") from None
-        if isinstance(receiver, (str, int, float, bool, list, tuple, bytes)) or name.startswith("_") \
-                or not hasattr(receiver, name):
+        if isinstance(receiver, (str, int, float, bool, list, tuple, bytes)) or not hasattr(receiver, name):
             raise self.error(f"can't evaluate field {name} in type {type_name(receiver)}")
+        if not name[:1].isupper():  # Go reaches only exported (capitalized) fields and methods
+            raise self.error(f"{name} is an unexported field of struct type {type_name(receiver)}")
         value = getattr(receiver, name)
         if callable(value) and not dataclasses.is_dataclass(value):
             return self.call(dot, value, name, node, args[1:], final)
@@ -394,7 +421,9 @@ class _State:
             return fs.fn(*values)
         except TemplateError:
             raise
-        except (FuncError, ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, OverflowError) as e:
+        except (_Break, _Continue, RecursionError):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a function raises is the template's error, never a traceback
             self.node = node
             raise self.error(f"error calling {name}: {e}") from None
 

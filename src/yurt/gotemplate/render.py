@@ -9,6 +9,7 @@ from typing import Any
 
 from . import library
 from .exec import BUILTINS, FuncSpec, Template, spec
+from .parse import TemplateError
 from .parse import parse as parse_tree
 from .source import Dependency, Source
 
@@ -33,7 +34,10 @@ def _parse_cached(text: str, name: str, left: str, right: str, known: frozenset[
 def parse(text: str, *, name: str = "template", left_delim: str = "{{", right_delim: str = "}}",
           extra_funcs: frozenset[str] = frozenset()) -> Template:
     """A parsed template (cached by its text, name, delimiters); raises TemplateError."""
-    return _parse_cached(text, name, left_delim or "{{", right_delim or "}}", _KNOWN | extra_funcs)
+    try:
+        return _parse_cached(text, name, left_delim or "{{", right_delim or "}}", _KNOWN | extra_funcs)
+    except RecursionError:
+        raise TemplateError(f"template: {name}: too deeply nested", name=name) from None
 
 
 def render(text: str, source: Source, *, name: str = "template", left_delim: str = "{{", right_delim: str = "}}",
