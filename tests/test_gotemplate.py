@@ -559,3 +559,74 @@ def test_no_traceback_whatever_goes_wrong() -> None:
         execute("{{ .S.upper }}", DATA)
     with pytest.raises(TemplateError, match=r"can't evaluate field Contains in type \[\]interface \{\}"):
         execute('{{ .L.Contains "a" }}', DATA)  # a plain list has no methods; ServiceTags has Contains
+
+
+# ---------------------------------------------------------------------------------------------
+# cases from Go's own tests (src/text/template/exec_test.go)
+
+
+def _tree(v: int, left: Any = None, right: Any = None) -> dict[str, Any]:
+    return {"Val": v, "Left": left, "Right": right}
+
+
+def test_go_tree_example_with_paren_delimiters_and_trimming() -> None:
+    tree = _tree(1, _tree(2, _tree(3, _tree(4)), _tree(5, _tree(6))), _tree(7, _tree(8, _tree(9)), _tree(10, _tree(11))))
+    template = (
+        '\n\t(- define "tree" -)\n\t[\n\t\t(- .Val -)\n\t\t(- with .Left -)\n\t\t\t(template "tree" . -)\n'
+        '\t\t(- end -)\n\t\t(- with .Right -)\n\t\t\t(- template "tree" . -)\n\t\t(- end -)\n\t]\n\t(- end -)\n'
+        '(- template "tree" . -)')
+    assert execute(template, tree, left_delim="(", right_delim=")") == "[1[2[3[4]][5[6]]][7[8[9]][10[11]]]]"
+
+
+@pytest.mark.parametrize(("left", "right"), [("", ""), ("{{", "}}"), ("<<", ">>"), ("|", "|"), ("(日)", "(本)")])
+def test_go_delimiters(left: str, right: str) -> None:
+    tl, tr = left or "{{", right or "}}"
+    text = tl + ".Str" + tr + tl + "/*comment*/" + tr + tl + '"' + tl + '"' + tr
+    assert execute(text, {"Str": "Hello, world"}, left_delim=left, right_delim=right) == "Hello, world" + tl
+
+
+def test_go_exec_error_in_nested_template() -> None:
+    text = ('line 1\nline 2\nline 3\n{{template "one" .}}\n{{define "one"}}{{template "two" .}}{{end}}\n'
+            '{{define "two"}}{{template "three" .}}{{end}}\n{{define "three"}}{{index "hi" $}}{{end}}')
+    with pytest.raises(TemplateError) as info:
+        execute(text, 5, name="top")
+    assert str(info.value) == ('template: top:7:20: executing "three" at <index "hi" $>: '
+                               "error calling index: index out of range: 5")
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    ("{{and false 0}} {{and 1 0}} {{and 0 true}} {{and 1 1}}", "false 0 0 1"),
+    ("{{or 0 0}} {{or 1 0}} {{or 0 true}} {{or 1 1}}", "0 1 true 1"),
+    ('{{printf "%04x" 127}}', "007f"),
+    ('{{"http://www.example.org/"|urlquery}}', "http%3A%2F%2Fwww.example.org%2F"),
+    ("{{if $x := true}}{{with $x := 17}}{{$x}},{{end}}{{$x}}{{end}}", "17,true"),
+    ('{{"x" | printf}}', "x"),
+    ("{{eq (index `x` 0) 'x'}} {{eq (index `x` 0) 'y'}}", "true false"),
+    ("{{eq 3 4 5 6 3}} {{eq 3 4 5 6 7}} {{le `xy` `xyz`}} {{ge `xyz` `xy`}}", "true false true true"),
+    ("{{print nil}}|{{println 1 2 3}}", "<nil>|1 2 3\n"),
+    ('{{html "<script>alert(\\"XSS\\");</script>"}}', "&lt;script&gt;alert(&#34;XSS&#34;);&lt;/script&gt;"),
+    ("{{js .}}", "It\\'d be nice."),
+])
+def test_go_exec_cases(template: str, expected: str) -> None:
+    data: Any = "It'd be nice." if "js" in template else None
+    assert execute(template, data) == expected
+
+
+def test_go_declare_in_range() -> None:
+    assert execute("{{range $x := .}}<{{$foo:=$x}}{{$x}}>{{end}}", [21, 22, 23]) == "<21><22><23>"
+
+
+@pytest.mark.parametrize("template", [
+    "{{if nil}}x{{end}}", "{{3 2}}", "{{$x := 1}}{{$x 2}}", "{{$x := 1}}{{3 | $x}}", "{{true|printf}}",
+    "{{(nil).True}}", "{{$x := nil}}{{$x.anything}}", '{{$x := (1.0)}}{{$y := ("hello")}}{{$x.anything}}{{$y.true}}',
+    "{{eq `xy` 1}}", "{{eq 2 2.0}}", "{{lt true true}}", "{{index .SI 10}}", "{{index .SI `hello`}}",
+    "{{index .SI nil}}", "{{index nil 1}}", "{{len 3}}", "{{len .Empty0}}", "{{call nil}}",
+])
+def test_go_exec_errors(template: str) -> None:
+    with pytest.raises(TemplateError):
+        execute(template, {"SI": [3, 4, 5]})
+
+
+def test_go_unterminated_raw_string_names_its_opening_line() -> None:
+    with pytest.raises(TemplateError, match=r"^template: X:3:2: unterminated raw quoted string$"):
+        execute("hello\n\n{{`unterminated\n\n\n\n}}\n some more\n\n", name="X")
