@@ -7,6 +7,7 @@ docs); pure and fast: no agent, no network.
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from typing import Any
 
@@ -630,3 +631,56 @@ def test_go_exec_errors(template: str) -> None:
 def test_go_unterminated_raw_string_names_its_opening_line() -> None:
     with pytest.raises(TemplateError, match=r"^template: X:3:2: unterminated raw quoted string$"):
         execute("hello\n\n{{`unterminated\n\n\n\n}}\n some more\n\n", name="X")
+
+
+# Go's parse errorTests (src/text/template/parse/parse_test.go): (name, text, what Go's message contains);
+# ours carries a column after the line, dropped here to compare
+GO_PARSE_ERRORS: list[tuple[str, str, str]] = [
+("unclosed1","line1\n{{","unclosed1:2: unclosed action"),
+("unclosed2","line1\n{{define `x`}}line2\n{{","unclosed2:3: unclosed action"),
+("unclosed3","line1\n{{\"x\"\n\"y\"\n","unclosed3:4: unclosed action started at unclosed3:2"),
+("unclosed4","{{\n\n\n\n\n","unclosed4:6: unclosed action started at unclosed4:1"),
+("var1","line1\n{{\nx\n}}",'var1:3: function "x" not defined'),
+("function","{{foo}}",'function "foo" not defined'),
+("comment1","{{/*}}","comment1:1: unclosed comment"),
+("comment2","{{/*\nhello\n}}","comment2:1: unclosed comment"),
+("lparen","{{.X (1 2 3}}","unclosed left paren"),
+("rparen","{{.X 1 2 3 ) }}","unexpected right paren"),
+("rparen2","{{(.X 1 2 3","unclosed action"),
+("space","{{`x`3}}","in operand"),
+("idchar","{{a#}}","'#'"),
+("charconst","{{'a}}","unterminated character constant"),
+("stringconst",'{{"a}}',"unterminated quoted string"),
+("rawstringconst","{{`a}}","unterminated raw quoted string"),
+("number","{{0xi}}","number syntax"),
+("eof","{{range .X}}","unexpected EOF"),
+("variable","{{$x := 23}}{{with $x.y := 3}}{{$x 23}}{{end}}",'unexpected ":="'),
+("multidecl","{{$a,$b,$c := 23}}","too many declarations"),
+("undefvar","{{$a}}","undefined variable"),
+("wrongdot","{{true.any}}","unexpected . after term"),
+("wrongpipeline","{{12|false}}","non executable command in pipeline"),
+("emptypipeline","{{ ( ) }}","missing value for parenthesized pipeline"),
+("multilinerawstring","{{ $v := `\n` }} {{","multilinerawstring:2: unclosed action"),
+("rangeundefvar","{{range $k}}{{end}}","undefined variable"),
+("rangeundefvars","{{range $k, $v}}{{end}}","undefined variable"),
+("rangemissingvalue1","{{range $k,}}{{end}}","missing value for range"),
+("rangemissingvalue2","{{range $k, $v := }}{{end}}","missing value for range"),
+("rangenotvariable1","{{range $k, .}}{{end}}","range can only initialize variables"),
+("rangenotvariable2","{{range $k, 123 := .}}{{end}}","range can only initialize variables"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "want"), GO_PARSE_ERRORS)
+def test_go_parse_errors(name: str, text: str, want: str) -> None:
+    with pytest.raises(TemplateError) as info:
+        execute(text, None, name=name)
+    assert want in re.sub(r"(:\d+):\d+:", r"\1:", str(info.value))
+
+
+def test_what_may_follow_a_name() -> None:
+    # Go's lexer: an identifier, a field or a variable ends at a space, . , | : ( ) or the delimiter
+    with pytest.raises(TemplateError, match=r"^template: t:1:4: bad character U\+003D '='$"):
+        execute("{{$x=1}}", name="t")
+    with pytest.raises(TemplateError, match=r"bad character U\+0023 '#'"):
+        execute("{{ .A# }}")
+    assert execute("{{$x:=1}}{{$x}}|{{(len .L)}}|{{.L|len}}", {"L": [1]}) == "1|1|1"

@@ -61,6 +61,7 @@ class Token:
     typ: str
     val: str
     pos: int
+    start: int = -1  # an error token: where its action started
 
     def __str__(self) -> str:
         if self.typ == EOF:
@@ -129,6 +130,7 @@ def lex(text: str, left: str = "{{", right: str = "}}") -> list[Token]:
             continue
         res = _lex_action(text, start, right, toks)
         if res is None:
+            toks[-1].start = i
             toks.append(Token(EOF, "", n))
             return toks
         pos, trim_next = res
@@ -216,6 +218,9 @@ def _lex_action(text: str, p: int, right: str, toks: list[Token]) -> tuple[int, 
         elif c == "$":
             m = _IDENT_RE.match(text, p + 1)
             q = m.end() if m else p + 1
+            if not _at_terminator(text, q, right):
+                toks.append(Token(ERROR, _bad_char(text[q]), q))
+                return None
             toks.append(Token(VARIABLE, text[p:q], p))
             p = q
         elif c == ".":
@@ -226,6 +231,9 @@ def _lex_action(text: str, p: int, right: str, toks: list[Token]) -> tuple[int, 
             else:
                 m = _IDENT_RE.match(text, p + 1)
                 if m:
+                    if not _at_terminator(text, m.end(), right):
+                        toks.append(Token(ERROR, _bad_char(text[m.end()]), m.end()))
+                        return None
                     toks.append(Token(FIELD, text[p:m.end()], p))
                     p = m.end()
                 else:
@@ -239,6 +247,9 @@ def _lex_action(text: str, p: int, right: str, toks: list[Token]) -> tuple[int, 
             m = _IDENT_RE.match(text, p)
             assert m is not None
             word = m.group(0)
+            if not _at_terminator(text, m.end(), right):
+                toks.append(Token(ERROR, _bad_char(text[m.end()]), m.end()))
+                return None
             if word in KEYWORDS:
                 toks.append(Token("keyword", word, p))
             elif word in ("true", "false"):
@@ -267,9 +278,21 @@ def _lex_action(text: str, p: int, right: str, toks: list[Token]) -> tuple[int, 
             return None
 
 
+def _at_terminator(text: str, q: int, right: str) -> bool:
+    """Go's atTerminator: what may follow an identifier, a field or a variable."""
+    return q >= len(text) or text[q] in " \t\r\n.,|:()" or text.startswith(right, q)
+
+
+def _bad_char(c: str) -> str:
+    return f"bad character U+{ord(c):04X} {go_quote_rune(c)}"
+
+
 def _lex_number(text: str, p: int, toks: list[Token]) -> int:
     m = _NUMBER_RE.match(text, p)
     q = m.end() if m else p
+    digits = text[p:q].lstrip("+-").removesuffix("i")
+    if digits[:2].lower() in ("0x", "0b", "0o") and not digits[2:].strip("_."):
+        q = p  # a base prefix and no digits
     if q == p or (q < len(text) and (text[q].isalnum() or text[q] == "_")):
         while q < len(text) and (text[q].isalnum() or text[q] in "_."):
             q += 1
@@ -641,10 +664,20 @@ class _Parser:
         self.defines: dict[str, ListNode] = {}
 
     # token stream
+    def lex_error(self, tok: Token) -> TemplateError:
+        """Go's: a lexical error inside an action that started on another line says where it started."""
+        message = tok.val
+        if tok.start >= 0:
+            started = line_col(self.text, tok.start)[0]
+            if started != line_col(self.text, tok.pos)[0]:
+                where = f" started at {self.name}:{started}"
+                message += where if message.endswith(" action") else " in action" + where
+        return self.error(tok, message)
+
     def next(self) -> Token:
         tok = self.toks[min(self.i, len(self.toks) - 1)]
         if tok.typ == ERROR:
-            raise self.error(tok, tok.val)
+            raise self.lex_error(tok)
         self.i += 1
         return tok
 
@@ -654,7 +687,7 @@ class _Parser:
     def peek(self) -> Token:
         tok = self.toks[min(self.i, len(self.toks) - 1)]
         if tok.typ == ERROR:
-            raise self.error(tok, tok.val)
+            raise self.lex_error(tok)
         return tok
 
     def next_non_space(self) -> Token:
@@ -675,7 +708,7 @@ class _Parser:
 
     def unexpected(self, tok: Token, context: str) -> TemplateError:
         if tok.typ == ERROR:
-            return self.error(tok, tok.val)
+            return self.lex_error(tok)
         return self.error(tok, f"unexpected {tok} in {context}")
 
     def expect(self, typ: str, context: str) -> Token:
