@@ -291,7 +291,8 @@ def _source() -> MemorySource:
         health=[
             HealthService("redis", "10.0.0.2", 6380, ID="r2", Node="n2", Tags=["replica"]),
             HealthService("redis", "10.0.0.1", 6379, ID="r1", Node="n1", Tags=["primary"],
-                          ServiceMeta={"zone": "a"}),
+                          ServiceMeta={"zone": "a"},
+                          ServiceTaggedAddresses={"wan": {"Address": "203.0.113.1", "Port": 16379}}),
             HealthService("redis", "10.0.0.3", 6381, ID="r3", Node="n3", Status="critical", Tags=["replica"]),
             HealthService("redis", "10.0.0.4", 6382, ID="r4", Node="n4", Status="warning", Tags=["replica"]),
             HealthService("web", "10.0.0.9", 80, ID="w1", Node="n1", Tags=["public", "http"]),
@@ -331,7 +332,13 @@ LIBRARY_CASES: list[tuple[str, str]] = [
     ('{{ range $tag, $s := service "redis|any" | byTag }}{{ $tag }}={{ range $s }}{{ .ID }}{{ end }};{{ end }}',
      "primary=r1;replica=r2r3r4;"),
     ('{{ range $p, $s := service "redis" | byPort }}{{ $p }};{{ end }}', "6379;6380;"),
-    ('{{ range $zone, $s := service "redis" | byMeta "zone|none" }}{{ $zone }}={{ len $s }};{{ end }}', "a=1;none=1;"),
+    ('{{ range $zone, $s := service "redis" | byMeta "zone" }}{{ $zone }}={{ len $s }};{{ end }}', "_no_zone_=1;a=1;"),
+    ('{{ with index (service "redis|any" | byMeta "zone,shard|int") "a_00000" }}{{ (index . 0).ID }}{{ end }}', "r1"),
+    ('{{ define "custom" }}my custom template {{ . }}{{ end }}{{ executeTemplate "custom" }}|'
+     '{{ executeTemplate "custom" 42 }}|{{ $v := executeTemplate "custom" "x" }}{{ $v | toUpper }}',
+     "my custom template <no value>|my custom template 42|MY CUSTOM TEMPLATE X"),
+    ('{{ range service "redis" }}{{ with .ServiceTaggedAddresses.wan }}http://{{ .Address }}:{{ .Port }}{{ end }}{{ end }}',
+     "http://203.0.113.1:16379"),
     # Nomad services and variables
     ('{{ range nomadService "api" }}{{ .Address }}:{{ .Port }} {{ .JobID }} {{ .AllocID }}; {{ end }}',
      "10.1.0.1:8080 api x1; 10.1.0.2:8081 api x2; "),

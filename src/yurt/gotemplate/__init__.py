@@ -17,9 +17,10 @@ What is supported (Go's semantics, Go's output, Go's error messages):
   safeTree service services nomadService nomadServices nomadVar nomadVarExists nomadVarList``,
   read from a ``Source`` (``service`` takes ``tag.name`` and ``name|any``/``|passing,warning``
   filters, healthy only by default), and the helpers (``toJSON parseJSON split join replaceAll
-  regexReplaceAll byKey byTag explode indent loop add ... sprig_*``; see ``library.HELPERS``).
+  regexReplaceAll byKey byTag byMeta explode indent loop add ... sprig_*``; see ``library.HELPERS``;
+  ``executeTemplate`` is a built-in of the executor).
   Not supported: Vault (``secret``), ``plugin``, ``sockaddr``, ``file``, ``writeToFile``,
-  ``executeTemplate``, ``scratch``, YAML/TOML, Consul's ``node``/``nodes``/``connect``/``caLeaf``.
+  ``scratch``, YAML/TOML, Consul's ``node``/``nodes``/``connect``/``caLeaf``.
 
 Where it differs from Go (knowingly): regular expressions are Python's ``re`` (RE2's syntax is
 nearly a subset; no linear-time guarantee); ``service``'s ``@dc`` and ``~near`` are accepted and

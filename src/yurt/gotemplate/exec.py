@@ -43,6 +43,7 @@ class FuncSpec:
     min_args: int
     max_args: int | None
     lazy: bool = False  # and/or: gets the unevaluated arguments
+    with_state: bool = False  # executeTemplate: gets the executing state first
 
 
 def spec(fn: Callable[..., Any]) -> FuncSpec:
@@ -417,6 +418,8 @@ class _State:
         if final is not _NOFINAL:
             values.append(final)
         self.node = node
+        if fs.with_state:
+            values.insert(0, self)
         try:
             return fs.fn(*values)
         except TemplateError:
@@ -611,6 +614,26 @@ def _and(*args: Any) -> Any:  # never called: evaluated lazily by the executor
     raise AssertionError
 
 
+def _execute_template(state: _State, name: Any, *data: Any) -> str:
+    """consul-template's executeTemplate: a defined template's output, as a string."""
+    if not isinstance(name, str):
+        raise FuncError(f"wrong type for value; expected string; got {type_name(name)}")
+    if len(data) > 1:
+        raise FuncError(f"executeTemplate: wrong number of arguments, expected 1 or 2, but got {len(data) + 1}")
+    body = state.tmpl.defines.get(name)
+    if body is None:
+        raise FuncError(f"template: no template {gofmt.go_quote(name)} associated with template "
+                        f"{gofmt.go_quote(state.tmpl.name)}")
+    if state.depth >= MAX_DEPTH:
+        raise FuncError(f"exceeded maximum template depth ({MAX_DEPTH})")
+    new_dot = data[0] if data and data[0] is not None else NO_VALUE
+    out: list[str] = []
+    inner = _State(state.tmpl, state.funcs, out, state.missing_error)
+    inner.vars, inner.tname, inner.depth = [("$", new_dot)], name, state.depth + 1
+    inner.walk(new_dot, body)
+    return "".join(out)
+
+
 BUILTINS: dict[str, FuncSpec] = {
     "and": FuncSpec(_and, 1, None, lazy=True),
     "or": FuncSpec(_and, 1, None, lazy=True),
@@ -631,4 +654,5 @@ BUILTINS: dict[str, FuncSpec] = {
     "html": spec(lambda *a: gofmt.html_escape(_eval_args(a))),
     "js": spec(lambda *a: gofmt.js_escape(_eval_args(a))),
     "urlquery": spec(lambda *a: gofmt.query_escape(_eval_args(a))),
+    "executeTemplate": FuncSpec(_execute_template, 1, None, with_state=True),  # consul-template's
 }

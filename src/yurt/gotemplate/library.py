@@ -321,12 +321,28 @@ def by_port(items: Any) -> dict[int, list[Any]]:
 
 
 def by_meta(meta: Any, items: Any) -> dict[str, list[Any]]:
-    key, _, default = _str(meta, "byMeta").partition("|")
-    m: dict[str, list[Any]] = {}
+    """Services grouped by ServiceMeta values: keys joined by "_", "key|int" padded as %05d."""
+    def value_of(m: Mapping[str, str], key: str) -> str:
+        real = key.removesuffix("|int")
+        if m.get(real):
+            return m[real]
+        return "0" if key.endswith("|int") else f"_no_{real}_"
+
+    metas = _str(meta, "byMeta").split(",")
+    groups: dict[str, list[Any]] = {}
     for s in _list(items, "byMeta"):
-        v = getattr(s, "ServiceMeta", {}).get(key, "") or default
-        m.setdefault(v, []).append(s)
-    return m
+        sm = getattr(s, "ServiceMeta", None) or {}
+        parts = []
+        for key in metas:
+            value = value_of(sm, key)
+            if key.endswith("|int"):
+                if not re.fullmatch(r"[+-]?[0-9]+", value):
+                    raise FuncError(f"cannot parse {value} as number : strconv.Atoi: parsing "
+                                    f"{gofmt.go_quote(value)}: invalid syntax")
+                value = f"{int(value):05d}"
+            parts.append(re.sub(r"[^a-zA-Z0-9_-]", "_", value))
+        groups.setdefault("_".join(parts), []).append(s)
+    return groups
 
 
 def _in(lst: Any, v: Any) -> bool:

@@ -71,6 +71,7 @@ class HealthService:
     NodeTaggedAddresses: dict[str, str] = field(default_factory=dict)
     NodeMeta: dict[str, str] = field(default_factory=dict)
     ServiceMeta: dict[str, str] = field(default_factory=dict)
+    ServiceTaggedAddresses: dict[str, dict[str, str | int]] = field(default_factory=dict)  # {"wan": {Address, Port}}
     Tags: ServiceTags = field(default_factory=ServiceTags)
     Checks: list[HealthCheck] = field(default_factory=list)
     Status: str = "passing"
