@@ -404,6 +404,16 @@ LIBRARY_CASES: list[tuple[str, str]] = [
      '"a" "1" 1,2 two {"a":1}'),
     ('{{ sprig_squote "a" }} {{ sprig_cat "a" 1 nil "b" }} {{ sprig_ternary "y" "n" true }} {{ sprig_coalesce "" 0 "c" }}',
      "'a' a 1 b y c"),
+    ('{{ sprig_substr 1 3 "hello" }} {{ sprig_trunc 2 "hello" }} {{ sprig_abbrev 5 "hello world" }} '
+     '{{ sprig_uniq (sprig_list 1 1 2) }} {{ sprig_sortAlpha (sprig_list "b" "a") }} {{ sprig_add 1 2 3 }} {{ sprig_max 1 5 3 }}',
+     "el he he... [1 2] [a b] 6 5"),
+    ('{{ sprig_regexFind "[0-9]+" "ab12cd34" }} {{ sprig_regexReplaceAll "a(x*)b" "-ab-axxb-" "${1}W" }} '
+     '{{ sprig_regexSplit "z+" "pizza" -1 }} {{ sprig_snakecase "FirstName" }} {{ sprig_kebabcase "first_name" }}',
+     "12 -W-xxW- [pi a] first_name first-name"),
+    ('{{ sprig_semverCompare ">=1.2.0" "1.3.4" }} {{ sprig_semverCompare "~1.2.0" "1.3.0" }} {{ sprig_semverCompare "^1.2" "1.9.9" }}',
+     "true false true"),
+    ('{{ (sprig_fromJson "{\\"a\\": [1]}").a }} {{ sprig_toJson (sprig_dict "a" 1) }} {{ sprig_compact (sprig_list 0 "a" "") }}',
+     '[1] {"a":1} [a]'),
     ('{{ "ab" | sprig_repeat 2 }} {{ "a-b" | sprig_replace "-" "+" }} {{ sprig_hasPrefix "a" "abc" }} {{ sprig_b64enc "hi" }}',
      "abab a+b true aGk="),
 ]

@@ -210,7 +210,8 @@ class Data:
         if m is None:
             raise FuncError(f"nomad.service: invalid format: {gofmt.go_quote(query)}")
         self._use("nomad_service", query)
-        found = list(self.source.nomad_services(m["name"], m["tag"] or "", m["ns"] or self.namespace))
+        found = sorted(self.source.nomad_services(m["name"], m["tag"] or "", m["ns"] or self.namespace),
+                       key=lambda s: s.Name)
         if count > 0:  # a stable subset: the instances with the highest hash of key and ID
             found.sort(key=lambda s: hashlib.sha256(f"{hash_key}/{s.ID}".encode()).digest(), reverse=True)
             found = found[:count]
@@ -769,7 +770,110 @@ _SPRIG: dict[str, Callable[..., Any]] = {
                                                                  else 0),
     "add1": lambda v: _num(v, "add1") + 1,
     "until": lambda n: list(range(_int(n, "until"))),
+    "substr": lambda start, end, s: _substr(_int(start, "substr"), _int(end, "substr"), _strval(s)),
+    "trunc": lambda n, s: _trunc(_int(n, "trunc"), _strval(s)),
+    "abbrev": lambda n, s: _strval(s) if len(_strval(s)) <= _int(n, "abbrev") else
+    (_strval(s)[:max(_int(n, "abbrev") - 3, 0)] + "..." if _int(n, "abbrev") >= 4 else _strval(s)),
+    "plural": lambda one, many, n: one if _int(n, "plural") == 1 else many,
+    "uniq": lambda lst: [x for i, x in enumerate(_list(lst, "uniq")) if x not in _list(lst, "uniq")[:i]],
+    "sortAlpha": lambda lst: sorted(_strval(x) for x in _list(lst, "sortAlpha")),
+    "append": lambda lst, v: _list(lst, "append") + [v],
+    "prepend": lambda lst, v: [v] + _list(lst, "prepend"),
+    "rest": lambda lst: _list(lst, "rest")[1:],
+    "initial": lambda lst: _list(lst, "initial")[:-1],
+    "reverse": lambda lst: _list(lst, "reverse")[::-1],
+    "compact": lambda lst: [x for x in _list(lst, "compact") if not _empty(x)],
+    "without": lambda lst, *vs: [x for x in _list(lst, "without") if x not in vs],
+    "max": lambda a, *more: max([_num(a, "max"), *(_num(x, "max") for x in more)]),
+    "min": lambda a, *more: min([_num(a, "min"), *(_num(x, "min") for x in more)]),
+    "add": lambda *ns: sum(int(_num(x, "add")) for x in ns),
+    "sub": lambda a, b: int(_num(a, "sub")) - int(_num(b, "sub")),
+    "mul": lambda *ns: _product([int(_num(x, "mul")) for x in ns]),
+    "div": lambda a, b: _divide(int(_num(a, "div")), int(_num(b, "div"))),
+    "mod": lambda a, b: _modulo(int(_num(a, "mod")), int(_num(b, "mod"))),
+    "toJson": lambda v: gofmt.to_json(v),
+    "toPrettyJson": lambda v: gofmt.to_json(v, "  "),
+    "fromJson": lambda s: _from_json(_strval(s)),
+    "regexMatch": lambda rx, s: _compile(_strval(rx), "regexMatch").search(_strval(s)) is not None,
+    "regexFind": lambda rx, s: _regex_find(_strval(rx), _strval(s)),
+    "regexFindAll": lambda rx, s, n: [m.group(0) for m in _compile(_strval(rx), "regexFindAll").finditer(_strval(s))]
+    [:None if _int(n, "regexFindAll") < 0 else _int(n, "regexFindAll")],
+    "regexReplaceAll": lambda rx, s, repl: _compile(_strval(rx), "regexReplaceAll").sub(_go_replacement(_strval(repl)),
+                                                                                           _strval(s)),
+    "regexSplit": lambda rx, s, n: _regex_split(_strval(rx), _strval(s), _int(n, "regexSplit")),
+    "snakecase": lambda s: _case(_strval(s), "_"),
+    "kebabcase": lambda s: _case(_strval(s), "-"),
+    "semverCompare": lambda c, v: _semver_compare(_strval(c), _strval(v)),
 }
+
+
+def _regex_find(rx: str, s: str) -> str:
+    m = _compile(rx, "regexFind").search(s)
+    return m.group(0) if m else ""
+
+
+def _case(s: str, sep: str) -> str:
+    return re.sub(r"[-_ ]+", sep, re.sub(r"([a-z0-9])([A-Z])", r"\1" + sep + r"\2", s)).lower()
+
+
+def _substr(start: int, end: int, s: str) -> str:
+    if start < 0:
+        return s[:end]
+    if end < 0 or end > len(s):
+        return s[start:]
+    return s[start:end]
+
+
+def _trunc(n: int, s: str) -> str:
+    if n < 0:
+        return s[max(len(s) + n, 0):]
+    return s[:n]
+
+
+def _product(ns: list[int]) -> int:
+    out = 1
+    for n in ns:
+        out *= n
+    return out
+
+
+def _from_json(s: str) -> Any:
+    try:
+        return json.loads(s, parse_int=float)
+    except ValueError:
+        return {}
+
+
+def _regex_split(rx: str, s: str, n: int) -> list[str]:
+    if n == 0:
+        return []
+    parts = _compile(rx, "regexSplit").split(s, maxsplit=0 if n < 0 else n - 1)
+    return parts
+
+
+def _semver(v: str) -> tuple[int, int, int]:
+    m = re.fullmatch(r"v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[-+].*)?", v.strip())
+    if m is None:
+        raise FuncError(f"invalid semantic version: {v}")
+    return int(m[1]), int(m[2] or 0), int(m[3] or 0)
+
+
+def _semver_compare(constraints: str, version: str) -> bool:
+    """sprig's semverCompare for the common forms: "=", "!=", ">", ">=", "<", "<=", "~", "^", ","-joined (and)."""
+    have = _semver(version)
+    for c in constraints.split(","):
+        c = c.strip()
+        m = re.fullmatch(r"(>=|<=|!=|=|>|<|~|\^)?\s*(.+)", c)
+        if m is None:
+            raise FuncError(f"improper constraint: {c}")
+        op, want = m[1] or "=", _semver(m[2])
+        ok = {"=": have == want, "!=": have != want, ">": have > want, ">=": have >= want, "<": have < want,
+              "<=": have <= want,
+              "~": want <= have < (want[0], want[1] + 1, 0),
+              "^": want <= have < ((want[0] + 1, 0, 0) if want[0] else (0, want[1] + 1, 0))}[op]
+        if not ok:
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

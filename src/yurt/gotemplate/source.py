@@ -79,8 +79,7 @@ class HealthService:
     Namespace: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.Tags, ServiceTags):
-            self.Tags = ServiceTags(self.Tags)
+        self.Tags = ServiceTags(sorted(self.Tags))  # consul-template sorts them
 
 
 @dataclass
@@ -110,8 +109,7 @@ class NomadService:
     Namespace: str = "default"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.Tags, ServiceTags):
-            self.Tags = ServiceTags(self.Tags)
+        self.Tags = ServiceTags(sorted(self.Tags))  # consul-template sorts them
 
 
 @dataclass
