@@ -701,3 +701,19 @@ def test_what_may_follow_a_name() -> None:
     with pytest.raises(TemplateError, match=r"bad character U\+0023 '#'"):
         execute("{{ .A# }}")
     assert execute("{{$x:=1}}{{$x}}|{{(len .L)}}|{{.L|len}}", {"L": [1]}) == "1|1|1"
+
+
+def test_a_render_asks_its_source_once_per_argument() -> None:
+    calls: list[tuple[str, str]] = []
+
+    class Counting(MemorySource):
+        def key(self, path: str) -> str | None:
+            calls.append(("key", path))
+            return super().key(path)
+
+    src = Counting(kv={"a": "1"})
+    out = render('{{ range loop 5 }}{{ key "a" }}{{ keyOrDefault "a" "x" }}{{ if keyExists "b" }}{{ end }}{{ end }}', src)
+    assert out.text == "11" * 5
+    assert calls == [("key", "a"), ("key", "b")]
+    render('{{ key "a" }}', src)  # a new render asks again
+    assert calls[-1] == ("key", "a") and len(calls) == 3

@@ -323,6 +323,8 @@ def _format_str(s: str, verb: str, flags: str, width: int, prec: int) -> str:
     if prec >= 0:
         s = s[:prec]
     if verb == "s":
+        if "0" in flags and "-" not in flags and 0 <= len(s) < width:  # Go pads strings with zeros too
+            return "0" * (width - len(s)) + s
         return _pad(s, flags, width)
     if verb == "q":
         if "#" in flags and "`" not in s and all(c.isprintable() or c == "\t" for c in s):

@@ -67,6 +67,16 @@ class Data:
         self.namespace = namespace
         self.deps: set[Dependency] = set()
         self.missing: set[Dependency] = set()
+        self._memo: dict[tuple[Any, ...], Any] = {}
+
+    def _ask(self, method: str, *args: Any) -> Any:
+        """The source's answer, asked once per render for the same arguments (one consistent view)."""
+        memo_key = (method, *args)
+        try:
+            return self._memo[memo_key]
+        except KeyError:
+            value = self._memo[memo_key] = getattr(self.source, method)(*args)
+            return value
 
     def _use(self, kind: str, arg: str) -> Dependency:
         d = Dependency(kind, arg)
@@ -77,18 +87,18 @@ class Data:
     def env(self, name: Any) -> str:
         name = _str(name, "env")
         self._use("env", name)
-        return self.source.env(name) or ""
+        return self._ask("env", name) or ""
 
     def envOrDefault(self, name: Any, default: Any) -> str:
         name = _str(name, "envOrDefault")
         self._use("env", name)
-        v = self.source.env(name)
+        v = self._ask("env", name)
         return v if v else _str(default, "envOrDefault")
 
     def mustEnv(self, name: Any) -> str:
         name = _str(name, "mustEnv")
         self._use("env", name)
-        v = self.source.env(name)
+        v = self._ask("env", name)
         if v is None:
             raise FuncError(f"mustEnv: environment variable {name!s} is not set")
         return v
@@ -99,7 +109,7 @@ class Data:
         if not path:
             return ""
         d = self._use("kv", path)
-        v = self.source.key(path)
+        v = self._ask("key", path)
         if v is None:
             self.missing.add(d)
             return ""
@@ -110,21 +120,21 @@ class Data:
         if not path:
             return False
         self._use("kv", path)
-        return self.source.key(path) is not None
+        return self._ask("key", path) is not None
 
     def keyOrDefault(self, path: Any, default: Any) -> str:
         path, default = _str(path, "keyOrDefault"), _str(default, "keyOrDefault")
         if not path:
             return default
         self._use("kv", path)
-        v = self.source.key(path)
+        v = self._ask("key", path)
         return v if v else default
 
     def _list(self, prefix: str) -> tuple[Dependency, list[KeyPair]]:
         prefix = prefix.lstrip("/")
         d = self._use("kv_list", prefix)
         pairs = []
-        for p in self.source.ls(prefix):
+        for p in self._ask("ls", prefix):
             key = p.Path[len(prefix):] if p.Path.startswith(prefix) else p.Path
             pairs.append(KeyPair(p.Path, key.lstrip("/"), p.Value, p.CreateIndex, p.ModifyIndex, p.LockIndex,
                                  p.Flags, p.Session))
@@ -183,7 +193,7 @@ class Data:
                     filters.append(f)
         self._use("service", query)
         healthy_only = filters == ["passing"]
-        found = self.source.services(m["name"], m["tag"] or "", healthy_only)
+        found = self._ask("services", m["name"], m["tag"] or "", healthy_only)
         if "any" not in filters and not healthy_only:
             found = [s for s in found if s.Status in filters]
         return sorted(found, key=lambda s: (s.Node, s.ID))
@@ -191,7 +201,7 @@ class Data:
     def services(self, *args: Any) -> list[CatalogSnippet]:
         query = "".join(_str(a, "services") for a in args)
         self._use("catalog_services", query)
-        return sorted(self.source.catalog_services(), key=lambda s: s.Name)
+        return sorted(self._ask("catalog_services"), key=lambda s: s.Name)
 
     # Nomad services and variables
     def nomadService(self, *args: Any) -> list[NomadService]:
@@ -210,7 +220,7 @@ class Data:
         if m is None:
             raise FuncError(f"nomad.service: invalid format: {gofmt.go_quote(query)}")
         self._use("nomad_service", query)
-        found = sorted(self.source.nomad_services(m["name"], m["tag"] or "", m["ns"] or self.namespace),
+        found = sorted(self._ask("nomad_services", m["name"], m["tag"] or "", m["ns"] or self.namespace),
                        key=lambda s: s.Name)
         if count > 0:  # a stable subset: the instances with the highest hash of key and ID
             found.sort(key=lambda s: hashlib.sha256(f"{hash_key}/{s.ID}".encode()).digest(), reverse=True)
@@ -220,7 +230,7 @@ class Data:
     def nomadServices(self, *args: Any) -> list[NomadServicesSnippet]:
         ns = "".join(_str(a, "nomadServices") for a in args).lstrip("@") or self.namespace
         self._use("nomad_services", ns)
-        return sorted(self.source.nomad_service_list(ns), key=lambda s: s.Name)
+        return sorted(self._ask("nomad_service_list", ns), key=lambda s: s.Name)
 
     def _var_path(self, s: str) -> tuple[str, str]:
         path, _, ns = s.partition("@")
@@ -232,7 +242,7 @@ class Data:
             return NomadVarItems()
         p, ns = self._var_path(path)
         d = self._use("nomad_var", path)
-        var = self.source.nomad_var(p, ns)
+        var = self._ask("nomad_var", p, ns)
         if var is None:
             self.missing.add(d)
             return NomadVarItems()
@@ -244,7 +254,7 @@ class Data:
             return False
         p, ns = self._var_path(path)
         self._use("nomad_var", path)
-        return self.source.nomad_var(p, ns) is not None
+        return self._ask("nomad_var", p, ns) is not None
 
     def nomadVarList(self, *args: Any) -> list[NomadVarMeta]:
         if len(args) > 1:
@@ -253,7 +263,7 @@ class Data:
         prefix = _str(args[0], "nomadVarList") if args else ""
         p, ns = self._var_path(prefix)
         self._use("nomad_var_list", prefix)
-        return sorted(self.source.nomad_var_list(p, ns), key=lambda v: v.Path)
+        return sorted(self._ask("nomad_var_list", p, ns), key=lambda v: v.Path)
 
     def nomadVarListSafe(self, *args: Any) -> list[NomadVarMeta]:
         result = self.nomadVarList(*args)

@@ -207,7 +207,15 @@ class NomadVarItems(dict[str, NomadVarItem]):
 
 
 class Source(Protocol):
-    """What the data functions read. ``None`` for a key or a variable means "does not exist (yet)"."""
+    """What the data functions read. ``None`` for a key or a variable means "does not exist (yet)".
+
+    Over Yurt's agent these are its Consul- and Nomad-shaped reads: ``key`` GET /v1/kv/<path>,
+    ``ls`` GET /v1/kv/<prefix>?recurse, ``services`` GET /v1/health/service/<name>(?passing&tag=),
+    ``catalog_services`` GET /v1/catalog/services, ``nomad_services`` GET /v1/service/<name>,
+    ``nomad_service_list`` GET /v1/services, ``nomad_var`` GET /v1/var/<path>, ``nomad_var_list``
+    GET /v1/vars?prefix=; ``env`` is the task's environment. Each render calls each at most once
+    per distinct argument it uses (a Source may cache nothing).
+    """
 
     def env(self, name: str) -> str | None:
         """The task's environment variable."""
