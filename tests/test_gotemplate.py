@@ -717,3 +717,9 @@ def test_a_render_asks_its_source_once_per_argument() -> None:
     assert calls == [("key", "a"), ("key", "b")]
     render('{{ key "a" }}', src)  # a new render asks again
     assert calls[-1] == ("key", "a") and len(calls) == 3
+
+
+def test_a_template_calls_itself_by_its_name() -> None:
+    assert execute('{{ if gt . 0 }}{{ . }},{{ template "t" (add -1 .) }}{{ end }}', 3, name="t") == "3,2,1,"
+    with pytest.raises(TemplateError, match=r'at <\{\{template "t"\}\}>: exceeded maximum template depth \(100\)'):
+        execute('{{ template "t" }}', None, name="t")

@@ -91,6 +91,7 @@ class Template:
         self.text = tree.text
         self.root = tree.root
         self.defines = dict(tree.defines)
+        self.defines.setdefault(tree.name, tree.root)  # Go: the template is associated under its own name
 
     def execute(self, data: Any, funcs: Mapping[str, FuncSpec], *, missing_key_error: bool = False) -> str:
         out: list[str] = []
