@@ -1,0 +1,55 @@
+"""Go's text/template with consul-template's functions: the engine of Nomad's ``template`` block.
+
+Pure Python, standard library only; of yurt it imports only ``yurt.errors``.
+
+What is supported (Go's semantics, Go's output, Go's error messages):
+
+* the syntax of ``text/template``: text and actions, ``{{- `` / `` -}}`` trim markers, comments
+  ``{{/* */}}``, pipelines with ``|``, variables (``$x := ...``, ``$x = ...``, ``$``, ``range $i, $e :=``)
+  scoped to the enclosing control structure, fields ``.Foo.Bar`` on maps and objects (and Go-style
+  methods, e.g. ``.Tags.Contains "x"``), ``if``/``else if``/``else``, ``range`` (lists; maps in
+  key order; integers; ``else``; ``break``/``continue``), ``with``/``else with``/``else``,
+  ``define``/``template``/``block``, string (Go escapes), raw string, character, number, bool and
+  nil literals, parenthesized pipelines, Go's truth; custom delimiters;
+* the built-ins ``and or not len index slice eq ne lt le gt ge print printf println html js
+  urlquery call``; ``printf`` with Go's verbs, flags, widths and precisions;
+* consul-template's library: the data functions ``env key keyOrDefault keyExists ls safeLs tree
+  safeTree service services nomadService nomadServices nomadVar nomadVarExists nomadVarList``,
+  read from a ``Source`` (``service`` takes ``tag.name`` and ``name|any``/``|passing,warning``
+  filters, healthy only by default), and the helpers (``toJSON parseJSON split join replaceAll
+  regexReplaceAll byKey byTag byMeta explode indent loop add ... sprig_*``; see ``library.HELPERS``;
+  ``executeTemplate`` is a built-in of the executor).
+  Not supported: Vault (``secret``), ``plugin``, ``sockaddr``, ``file``, ``writeToFile``,
+  ``scratch``, YAML/TOML, Consul's ``node``/``nodes``/``connect``/``caLeaf``.
+
+Where it differs from Go (knowingly): regular expressions are Python's ``re`` (RE2's syntax is
+nearly a subset; no linear-time guarantee); ``service``'s ``@dc`` and ``~near`` are accepted and
+ignored (one datacenter); ``nomadService N "key" "name"`` picks a stable subset by a hash of its
+own, not Nomad's; ``loop`` returns a list (Go: a channel); ``timestamp`` is in UTC; nested
+``{{template}}`` calls stop at depth 100; parse errors carry a column (Go's carry only the line).
+
+``render(text, source, ...)`` parses once (the parsed template is cached by its text, name and
+delimiters) and executes; it answers the text, every ``Dependency`` it read (to watch) and those
+that are missing (a KV key or a variable that does not exist yet: consul-template would block
+on them, the caller waits for them instead). Every error is a ``TemplateError`` (an
+``InvalidInput``) whose message is Go's, e.g. ``template: x.tpl:3:14: unexpected "}" in operand``
+or ``template: x.tpl:1:2: executing "x.tpl" at <.Foo>: map has no entry for key "Foo"``; the
+column is Go's (the offset in the line, from 0).
+"""
+
+from __future__ import annotations
+
+from .exec import BUILTINS, FuncSpec, Template
+from .gofmt import NO_VALUE, FuncError
+from .parse import TemplateError
+from .render import Rendered, execute, parse, render
+from .source import (CatalogSnippet, Dependency, HealthCheck, HealthService, KeyPair, MemorySource, NomadService,
+                     NomadServicesSnippet, NomadVariable, NomadVarItem, NomadVarItems, NomadVarMeta, ServiceTags,
+                     Source)
+
+__all__ = [
+    "render", "Rendered", "parse", "execute", "Template", "TemplateError", "FuncError", "FuncSpec", "BUILTINS",
+    "NO_VALUE", "Source", "MemorySource", "Dependency", "KeyPair", "HealthService", "HealthCheck", "CatalogSnippet",
+    "NomadService", "NomadServicesSnippet", "NomadVariable", "NomadVarItem", "NomadVarItems", "NomadVarMeta",
+    "ServiceTags",
+]
