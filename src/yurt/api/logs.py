@@ -107,6 +107,9 @@ async def _elsewhere(request: Request, alloc_id: str) -> Response:
     if alloc is None:
         raise NotFound("alloc not found")
     if alloc.node_id == agent.node_id:
+        if alloc.client_terminal() or alloc.server_terminal():
+            raise NotFound(f"allocation {alloc_id[:8]} is not on this node any more: it finished and was "
+                           "garbage-collected, its directory removed")
         raise NotFound(f"allocation {alloc_id[:8]} has not started on this agent yet")
     node = reads.node(alloc.node_id)
     if node is None or not node.http_addr:
