@@ -184,3 +184,36 @@ def test_alloc_fs_follow_and_the_client_gc(agent):
         finally:
             for job in ("ticker", "ticker2", "keeper"):
                 api.delete(f"/v1/job/{job}", params={"purge": "true"})
+
+
+def test_a_server_forwards_stream_and_gc_to_the_node_that_runs_the_allocation():
+    """A server-only agent and a client-only one: the stream and the client GC asked of the
+    server are answered by the client's agent (as Nomad's servers forward them)."""
+    from .mesh_agent import MeshAgent
+    from .test_client_only import ClientAgent
+
+    server = MeshAgent().start()
+    client = ClientAgent([f"127.0.0.1:{server.port}"]).start()
+    try:
+        with server.api() as api:
+            wait_for(lambda: api.get("/v1/nodes").json(), timeout=60, what="the client's node")
+            register(api, sh_job("remote", "echo far away > $NOMAD_ALLOC_DIR/far.txt", kind="batch"))
+            alloc = _complete(api, "remote")
+            aid, node_id = alloc["ID"], alloc["NodeID"]
+            r = api.get(f"/v1/client/fs/stream/{aid}", params={"path": "alloc/far.txt", "plain": "true"})
+            assert (r.status_code, r.text) == (200, "far away\n")
+            r = api.get(f"/v1/client/fs/stream/{aid}", params={"path": "alloc/far.txt"})
+            (frame,) = [json.loads(line) for line in r.text.splitlines()]
+            assert base64.b64decode(frame["Data"]) == b"far away\n"
+            alloc_dir = Path(client.data_dir) / "client" / "alloc" / aid
+            assert alloc_dir.exists()
+            r = api.put("/v1/client/gc", params={"node_id": node_id})
+            assert r.status_code == 200, r.text
+            assert not alloc_dir.exists()
+            r = api.get(f"/v1/client/fs/stream/{aid}", params={"path": "alloc/far.txt", "plain": "true"})
+            assert r.status_code == 404, r.text
+            assert "garbage-collected" in r.text   # said by the client's agent, the server passing it on
+            api.delete("/v1/job/remote", params={"purge": "true"})
+    finally:
+        client.close()
+        server.close()

@@ -16,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from yurt.errors import InvalidInput, NotFound
 
 from .common import flag
-from .forward import proxy, to_server
+from .forward import HOP, proxy, to_server
 
 router = APIRouter()
 
@@ -101,6 +101,9 @@ async def _elsewhere(request: Request, alloc_id: str) -> Response:
     agent asks its server (which does that)."""
     agent = request.app.state.agent
     if agent.server is None:
+        if request.headers.get(HOP):   # its server sent it here, the allocation's node: not here
+            raise NotFound(f"allocation {alloc_id[:8]} is not on this node: it finished and was "
+                           "garbage-collected, or it has not started here yet")
         return await to_server(request)
     reads = agent.server.reads
     alloc = reads.alloc(alloc_id)
