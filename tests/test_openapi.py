@@ -104,6 +104,28 @@ def test_the_document_is_valid_openapi_with_every_reference_resolved():
     assert "TaskGroups" in schemas["Job"]["properties"]
 
 
+def test_two_models_of_one_name_are_refused(monkeypatch):
+    from pydantic import BaseModel
+
+    from yurt.api import openapi
+    monkeypatch.setattr(openapi, "_DEFS", {})
+
+    class Thing(BaseModel):
+        a: int
+
+    first = openapi.body(Thing)
+    assert first["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Thing"}
+    assert openapi.body(Thing) == first   # the same one again: fine
+    Same = Thing
+
+    class Thing(BaseModel):  # type: ignore[no-redef]  # another model of that name
+        b: str
+
+    assert Same is not Thing
+    with pytest.raises(ValueError, match="two different models are named Thing"):
+        openapi.body(Thing)
+
+
 # -- the fuzzer ---------------------------------------------------------------------------------
 
 # Operations the fuzzer does not call, each with its reason.

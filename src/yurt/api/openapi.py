@@ -22,13 +22,22 @@ def body(model: type[BaseModel] | dict[str, Any], *, required: bool = True,
         schema = model
     else:
         schema = model.model_json_schema(by_alias=True, ref_template=REF, mode="validation")
-        _DEFS.update(schema.pop("$defs", {}))
-        _DEFS.setdefault(model.__name__, schema)
+        for name, definition in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+            _define(name, definition)
         schema = {"$ref": REF.format(model=model.__name__)}
     rb: dict[str, Any] = {"required": required, "content": {"application/json": {"schema": schema}}}
     if description:
         rb["description"] = description
     return {"requestBody": rb}
+
+
+def _define(name: str, definition: dict[str, Any]) -> None:
+    """One shared definition per name: two different models of one name would make every
+    reference to it ambiguous, so that is refused where the second is declared."""
+    known = _DEFS.setdefault(name, definition)
+    if known != definition:
+        raise ValueError(f"two different models are named {name} in the OpenAPI description: "
+                         "rename one (components/schemas holds one definition per name)")
 
 
 def install(app: FastAPI) -> None:
