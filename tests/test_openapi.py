@@ -104,11 +104,18 @@ def test_the_document_is_valid_openapi_with_every_reference_resolved():
     assert "TaskGroups" in schemas["Job"]["properties"]
 
 
-def test_two_models_of_one_name_are_refused(monkeypatch):
+def test_no_two_models_of_one_name():
+    from yurt.api import openapi
+    _app()
+    assert openapi.clashes() == [], "two different request-body models share these names: rename one"
+
+
+def test_two_models_of_one_name_are_noted(monkeypatch):
     from pydantic import BaseModel
 
     from yurt.api import openapi
     monkeypatch.setattr(openapi, "_DEFS", {})
+    monkeypatch.setattr(openapi, "_CLASHES", [])
 
     class Thing(BaseModel):
         a: int
@@ -122,8 +129,10 @@ def test_two_models_of_one_name_are_refused(monkeypatch):
         b: str
 
     assert Same is not Thing
-    with pytest.raises(ValueError, match="two different models are named Thing"):
-        openapi.body(Thing)
+    assert openapi.clashes() == []
+    openapi.body(Thing)
+    assert openapi.clashes() == ["Thing"]
+    assert openapi._DEFS["Thing"]["properties"] == {"a": {"title": "A", "type": "integer"}}   # the first kept
 
 
 # -- the fuzzer ---------------------------------------------------------------------------------

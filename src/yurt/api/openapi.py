@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 REF = "#/components/schemas/{model}"
 _DEFS: dict[str, Any] = {}
+_CLASHES: list[str] = []
 
 
 def body(model: type[BaseModel] | dict[str, Any], *, required: bool = True,
@@ -33,11 +34,16 @@ def body(model: type[BaseModel] | dict[str, Any], *, required: bool = True,
 
 def _define(name: str, definition: dict[str, Any]) -> None:
     """One shared definition per name: two different models of one name would make every
-    reference to it ambiguous, so that is refused where the second is declared."""
+    reference to it ambiguous. The first is kept and the clash noted (`clashes`, which
+    tests/test_openapi.py checks is empty): a description's mistake must not stop the agent."""
     known = _DEFS.setdefault(name, definition)
-    if known != definition:
-        raise ValueError(f"two different models are named {name} in the OpenAPI description: "
-                         "rename one (components/schemas holds one definition per name)")
+    if known != definition and name not in _CLASHES:
+        _CLASHES.append(name)
+
+
+def clashes() -> list[str]:
+    """Names given to two different models in request bodies (rename one of each)."""
+    return list(_CLASHES)
 
 
 def install(app: FastAPI) -> None:
