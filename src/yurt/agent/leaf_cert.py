@@ -26,15 +26,22 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from collections.abc import Callable
 
-from yurt.errors import NotFound, PermissionDenied, YurtError
+from yurt.errors import InvalidInput, NotFound, PermissionDenied, YurtError
 from yurt.server import ca_x509 as x
 from yurt.server.identity import JWKSVerifier, WorkloadClaims, looks_like_jwt
-from yurt.structs.connect import service_uri
+from yurt.structs.connect import service_name_problem, service_uri
 
 log = logging.getLogger("yurt.leaf")
 
 ROOT_CHANGE_JITTER = 1.0     # seconds: spread re-issues after a root rotation
 RETRY_AFTER_ERROR = 5.0
+
+
+def check_service_name(service: str) -> None:
+    """InvalidInput (400) naming the rule unless `service` can be the last segment of a SPIFFE ID."""
+    problem = service_name_problem(service)
+    if problem:
+        raise InvalidInput(problem)
 
 
 class CABackend(Protocol):
@@ -203,6 +210,7 @@ class LeafCerts:
     def get(self, service: str) -> dict[str, Any]:
         """The current certificate for `service`, issued now if there is none, it has expired,
         or it was signed by a root that is no longer active."""
+        check_service_name(service)
         with self._lock:
             e = self._certs.get(service)
         if e is not None and self.clock() < e.expires and e.root_id == self.roots().get("ActiveRootID"):

@@ -12,10 +12,13 @@ from fastapi.responses import Response
 
 from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server.acl import anonymous_token
+from yurt.structs.acl import ACLPolicy
 
 from .authz import acl_enabled, decide, identity
 from .common import json_body, reply
 from .forward import need_server
+from .bodies import ACLBootstrapRequest, ACLCheckRequest, ACLTokenRequest
+from .openapi import body
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
@@ -31,8 +34,8 @@ def _written(index: int) -> Response:
     return Response(status_code=200, headers={"X-Nomad-Index": str(index)})
 
 
-@router.put("/v1/acl/bootstrap")
-@router.post("/v1/acl/bootstrap")
+@router.put("/v1/acl/bootstrap", openapi_extra=body(ACLBootstrapRequest, required=False))
+@router.post("/v1/acl/bootstrap", openapi_extra=body(ACLBootstrapRequest, required=False))
 async def bootstrap(request: Request):
     acl = _enabled(request)
     body = await json_body(request, required=False)
@@ -64,8 +67,8 @@ async def get_policy(request: Request, name: str):
     return reply(p.to_json(), p.modify_index)
 
 
-@router.put("/v1/acl/policy/{name}")
-@router.post("/v1/acl/policy/{name}")
+@router.put("/v1/acl/policy/{name}", openapi_extra=body(ACLPolicy))
+@router.post("/v1/acl/policy/{name}", openapi_extra=body(ACLPolicy))
 async def put_policy(request: Request, name: str):
     acl = _enabled(request)
     return _written(acl.upsert_policy(name, await json_body(request)))
@@ -83,8 +86,8 @@ async def tokens(request: Request):
     return reply([t.stub() for t in acl.tokens()], acl.store.table_index("acl"))
 
 
-@router.put("/v1/acl/token")
-@router.post("/v1/acl/token")
+@router.put("/v1/acl/token", openapi_extra=body(ACLTokenRequest))
+@router.post("/v1/acl/token", openapi_extra=body(ACLTokenRequest))
 async def create_token(request: Request):
     acl = _enabled(request)
     token = acl.create_token(await json_body(request))
@@ -112,8 +115,8 @@ async def get_token(request: Request, accessor: str):
     return reply(tok.public(), tok.modify_index)
 
 
-@router.put("/v1/acl/token/{accessor}")
-@router.post("/v1/acl/token/{accessor}")
+@router.put("/v1/acl/token/{accessor}", openapi_extra=body(ACLTokenRequest))
+@router.post("/v1/acl/token/{accessor}", openapi_extra=body(ACLTokenRequest))
 async def update_token(request: Request, accessor: str):
     acl = _enabled(request)
     tok = acl.update_token(accessor, await json_body(request))
@@ -126,7 +129,7 @@ async def delete_token(request: Request, accessor: str):
     return _written(acl.delete_token(accessor))
 
 
-@router.post("/v1/internal/acl/check")
+@router.post("/v1/internal/acl/check", openapi_extra=body(ACLCheckRequest, required=False))
 async def acl_check(request: Request):
     """A client-only agent asks whether its caller (the token headers it passes on) may do
     Method Path (the route template) on Name; 200 if so, 403 naming what is missing."""

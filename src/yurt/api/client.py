@@ -373,6 +373,22 @@ class YurtClient:
         except httpx.ConnectError as e:
             raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
 
+    def fs_stream(self, alloc_id: str, path: str, *, follow: bool = True, origin: str = "start",
+                  offset: int = 0) -> Iterator[bytes]:
+        """A file of an allocation's directory as it grows (`/v1/client/fs/stream`, plain)."""
+        params = {"path": path, "plain": "true", "follow": "true" if follow else "false",
+                  "origin": origin, "offset": offset}
+        try:
+            with self._http.stream("GET", f"/v1/client/fs/stream/{alloc_id}", params=params,
+                                   timeout=httpx.Timeout(30.0, read=None),
+                                   headers={"X-Nomad-Token": self.token} if self.token else None) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise error_for_status(resp.status_code, resp.text.strip())
+                yield from resp.iter_bytes()
+        except httpx.ConnectError as e:
+            raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
+
     def agent_monitor(self, *, log_level: str = "info", log_json: bool = False, node_id: str = "",
                       server_id: str = "", include_location: bool = False) -> Iterator[bytes]:
         """The agent's log lines as it writes them (`/v1/agent/monitor`, plain text), until the

@@ -1,4 +1,5 @@
-"""Nomad's client allocation actions: /v1/client/allocation/<id>/signal and /restart.
+"""Nomad's client allocation actions: /v1/client/allocation/<id>/signal, /restart and /gc, and
+the node's garbage collection /v1/client/gc.
 
 The agent whose client runs the allocation acts; a server forwards the request to that node's
 agent (as it does `alloc logs`), a client-only agent that does not run it asks its server.
@@ -13,6 +14,8 @@ from yurt.errors import InvalidInput
 
 from .common import json_body, reply
 from .logs import _elsewhere
+from .bodies import AllocRestartRequest, AllocSignalRequest
+from .openapi import body
 
 router = APIRouter()
 
@@ -34,8 +37,8 @@ async def _body(request: Request) -> dict:
     return body
 
 
-@router.put("/v1/client/allocation/{alloc_id}/signal")
-@router.post("/v1/client/allocation/{alloc_id}/signal")
+@router.put("/v1/client/allocation/{alloc_id}/signal", openapi_extra=body(AllocSignalRequest, required=False))
+@router.post("/v1/client/allocation/{alloc_id}/signal", openapi_extra=body(AllocSignalRequest, required=False))
 async def signal(request: Request, alloc_id: str):
     """{"Signal": "SIGHUP", "Task": "web"}: the signal to the task (no Task: every running task)."""
     agent = request.app.state.agent
@@ -50,8 +53,8 @@ async def signal(request: Request, alloc_id: str):
     return reply({})
 
 
-@router.put("/v1/client/allocation/{alloc_id}/restart")
-@router.post("/v1/client/allocation/{alloc_id}/restart")
+@router.put("/v1/client/allocation/{alloc_id}/restart", openapi_extra=body(AllocRestartRequest, required=False))
+@router.post("/v1/client/allocation/{alloc_id}/restart", openapi_extra=body(AllocRestartRequest, required=False))
 async def restart(request: Request, alloc_id: str):
     """{"TaskName": "web", "AllTasks": false}: the task restarted in place (no TaskName: every
     running task)."""
@@ -93,4 +96,41 @@ async def client_stats(request: Request):
         raise NotFound(f'node "{wanted}" not found')
     if not node.http_addr:
         raise NotFound(f"node {wanted[:8]} advertises no HTTP address to read its figures from")
+    return await proxy(request, node.http_addr if "://" in node.http_addr else f"http://{node.http_addr}")
+
+
+@router.get("/v1/client/allocation/{alloc_id}/gc")
+@router.put("/v1/client/allocation/{alloc_id}/gc")
+async def gc_alloc(request: Request, alloc_id: str):
+    """Nomad's: a stopped or finished allocation destroyed on its node now, its directory
+    removed (the server keeps its record until its own garbage collection)."""
+    agent = request.app.state.agent
+    if agent.client is None or agent.local_alloc(alloc_id) is None:
+        return await _elsewhere(request, alloc_id)
+    await run_in_threadpool(agent.client.gc, alloc_id)
+    return reply(None)
+
+
+@router.get("/v1/client/gc")
+@router.put("/v1/client/gc")
+async def gc_node(request: Request):
+    """Nomad's client GC: every stopped or finished allocation of this agent's node, or of
+    `?node_id=` (a server forwards the request to that node's agent), destroyed there."""
+    from yurt.errors import NotFound
+
+    from .forward import proxy, to_server
+    agent = request.app.state.agent
+    wanted = request.query_params.get("node_id", "")
+    if agent.client is not None and wanted in ("", agent.node_id):
+        await run_in_threadpool(agent.client.gc)
+        return reply(None)
+    if not wanted:
+        raise InvalidInput("this agent has no client: give ?node_id= of the node to collect")
+    if agent.server is None:
+        return await to_server(request)
+    node = agent.server.reads.node(wanted)
+    if node is None:
+        raise NotFound(f'node "{wanted}" not found')
+    if not node.http_addr:
+        raise NotFound(f"node {wanted[:8]} advertises no HTTP address to ask")
     return await proxy(request, node.http_addr if "://" in node.http_addr else f"http://{node.http_addr}")

@@ -1,4 +1,4 @@
-"""Nomad's allocation filesystem API: /v1/client/fs/{ls,stat,cat,readat}/<alloc>?path=...
+"""Nomad's allocation filesystem API: /v1/client/fs/{ls,stat,cat,readat,stream}/<alloc>?path=...
 
 Paths are inside the allocation directory (`/alloc/logs`, `/<task>/local/...`), never outside it
 (symbolic links included); a task's `secrets` directory is not readable, as in Nomad. The agent
@@ -7,14 +7,19 @@ whose client runs the allocation answers; a server forwards the request to that 
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import mimetypes
 import os
 import stat
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from yurt.errors import InvalidInput, NotFound, PermissionDenied
 
@@ -112,3 +117,96 @@ async def readat(request: Request, alloc_id: str):
     if offset < 0 or limit < 0:
         raise InvalidInput("offset and limit must not be negative")
     return Response(_read(target, offset, limit), media_type="text/plain; charset=utf-8")
+
+
+STREAM_POLL = 0.2          # seconds between looks at a followed file
+STREAM_FRAME = 64 * 1024   # the most one frame carries
+STREAM_HEARTBEAT = 10.0    # an empty frame ({}) after this long with nothing to send (NDJSON)
+
+
+def _stream_params(request: Request) -> tuple[str, int, bool, bool]:
+    q = request.query_params
+    origin = q.get("origin") or "start"
+    if origin not in ("start", "end"):
+        raise InvalidInput('origin must be "start" or "end"')
+    try:
+        offset = int(q.get("offset") or 0)
+    except ValueError:
+        raise InvalidInput("offset must be a whole number of bytes") from None
+    if offset < 0:
+        raise InvalidInput("offset must not be negative")
+    follow = (q.get("follow") or "true").lower() in ("1", "true", "yes")
+    plain = (q.get("plain") or "").lower() in ("1", "true", "yes")
+    return origin, offset, follow, plain
+
+
+@router.get("/v1/client/fs/stream/{alloc_id}")
+async def stream(request: Request, alloc_id: str):
+    """Nomad's file stream: the file at ?path= from ?offset= (counted from the end with
+    ?origin=end), followed as it grows unless ?follow=false, as NDJSON frames {Offset, Data
+    (base64), File, FileEvent} (Offset: where the frame's data ends) or, with ?plain=true, the
+    bytes themselves. A truncated file is read again from its start (FileEvent "file
+    truncated"); a deleted one ends the stream (FileEvent "file deleted"). A followed stream also
+    ends once the allocation has finished and everything in the file has been sent."""
+    if not request.query_params.get("path"):
+        raise InvalidInput("must provide a file path: ?path=/alloc/logs/...")
+    origin, offset, follow, plain = _stream_params(request)
+    target, forwarded = await _local_or_forward(request, alloc_id)
+    if forwarded is not None:
+        return forwarded
+    if target.is_dir():
+        raise InvalidInput(f'"{request.query_params["path"]}" is a directory: use /v1/client/fs/ls')
+    agent = request.app.state.agent
+    name = request.query_params["path"].lstrip("/")
+    size = target.stat().st_size
+    start = max(0, size - offset) if origin == "end" else min(offset, size)
+
+    def frame(data: bytes, pos: int, event: str = "") -> bytes:
+        doc: dict = {"Offset": pos, "Data": base64.b64encode(data).decode(), "File": name}
+        if event:
+            doc["FileEvent"] = event
+        return json.dumps(doc).encode() + b"\n"
+
+    def read_from(pos: int) -> bytes:
+        try:
+            with open(target, "rb") as f:
+                f.seek(pos)
+                return f.read(STREAM_FRAME)
+        except FileNotFoundError:
+            return b""
+
+    async def frames() -> AsyncIterator[bytes]:
+        pos = start
+        idle = 0.0
+        while True:
+            data = await run_in_threadpool(read_from, pos)
+            if data:
+                pos += len(data)
+                idle = 0.0
+                yield data if plain else frame(data, pos)
+                continue
+            if not follow or await request.is_disconnected():
+                return
+            try:
+                now = target.stat().st_size
+            except FileNotFoundError:
+                if not plain:
+                    yield frame(b"", pos, "file deleted")
+                return
+            if now < pos:
+                pos = 0
+                if not plain:
+                    yield frame(b"", pos, "file truncated")
+                continue
+            if agent.alloc_done(alloc_id):   # finished: what it wrote last, then the end
+                if not await run_in_threadpool(read_from, pos):
+                    return
+                continue
+            await asyncio.sleep(STREAM_POLL)
+            idle += STREAM_POLL
+            if idle >= STREAM_HEARTBEAT and not plain:
+                idle = 0.0
+                yield b"{}\n"
+
+    media = "text/plain; charset=utf-8" if plain else "application/json"
+    return StreamingResponse(frames(), media_type=media)

@@ -89,3 +89,11 @@ async def json_body(request: Request, *, required: bool = True) -> Any:
 
 def flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON, which must be an object (400 saying so if it is not)."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidInput(f"the body must be a JSON object, not {type(body).__name__}: {json.dumps(body)[:80]}")
+    return body

@@ -17,14 +17,18 @@ from fastapi import Request
 
 from yurt.errors import InvalidInput, NotFound
 
-from .common import flag, json_body
+from .common import flag, json_body, json_object
 from .consul_filter import apply as filtered
 from .consul_common import agent_of, cblock, consul_route, consul_router, creply, local_node, node_key, reads_of
 from .forward import to_server
+from . import bodies as b
+from .openapi import body
 
 CATALOG = ("services", "catalog_nodes")   # the tables the catalog's answers come from
 
 router = consul_router()
+_CHECK_UPDATE = body(b.CheckUpdateRequest, required=False,
+                     description="update only; pass, warn and fail take ?note=")
 
 
 def _catalog(request: Request):
@@ -33,7 +37,7 @@ def _catalog(request: Request):
 
 # -- agent: local services and checks --------------------------------------------------------
 
-@router.put("/v1/agent/service/register")
+@router.put("/v1/agent/service/register", openapi_extra=body(b.AgentServiceRegistration))
 @consul_route(forward=False)
 async def register(request: Request):
     body = await json_body(request)
@@ -98,7 +102,7 @@ async def _set_check(request: Request, check_id: str, status: str, output: str |
     return creply(request, None, check.modify_index)
 
 
-@router.put("/v1/agent/check/register")
+@router.put("/v1/agent/check/register", openapi_extra=body(b.CheckDefinition))
 @consul_route(forward=False)
 async def check_register(request: Request):
     body = await json_body(request)
@@ -120,13 +124,13 @@ async def check_deregister(request: Request, check_id: str):
     return creply(request, None, index)
 
 
-@router.put("/v1/agent/check/{verb}/{check_id:path}")
+@router.put("/v1/agent/check/{verb}/{check_id:path}", openapi_extra=_CHECK_UPDATE)
 @consul_route(forward=False)
 async def check_ttl(request: Request, verb: str, check_id: str):
     """pass|warn|fail with ?note=, or update with {"Status", "Output"}: how the client's check
     runner reports results."""
     if verb == "update":
-        body = await json_body(request)
+        body = await json_object(request)
         return await _set_check(request, check_id, str(body.get("Status", "")).lower(), body.get("Output"))
     if verb not in ("pass", "warn", "fail"):
         raise NotFound(f"unknown check operation {verb!r}: use pass, warn, fail or update")
@@ -150,14 +154,14 @@ async def service_maintenance(request: Request, service_id: str):
 
 # -- catalog ---------------------------------------------------------------------------------
 
-@router.put("/v1/catalog/register")
+@router.put("/v1/catalog/register", openapi_extra=body(b.CatalogRegistration))
 @consul_route
 async def catalog_register(request: Request):
     index = _catalog(request).catalog_register(await json_body(request))
     return creply(request, True, index)
 
 
-@router.put("/v1/catalog/deregister")
+@router.put("/v1/catalog/deregister", openapi_extra=body(b.CatalogDeregistration))
 @consul_route
 async def catalog_deregister(request: Request):
     index = _catalog(request).catalog_deregister(await json_body(request))

@@ -19,9 +19,12 @@ from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server import intentions as ixmod
 from yurt.server.identity import group_services
 from yurt.structs import Intention, parse_service_uri
+from yurt.structs.connect import service_name_problem
 
-from .common import json_body, query_index, wait_seconds
+from .common import json_body, json_object, query_index, wait_seconds
 from .consul_common import (agent_of, cblock, consul_route, consul_router, creply, headers)
+from .bodies import CAConfigRequest, CASignRequest, ConnectAuthorizeRequest
+from .openapi import body
 
 router = consul_router()
 
@@ -51,17 +54,17 @@ async def ca_config(request: Request):
     return creply(request, _ca(request).configuration(), index)
 
 
-@router.put("/v1/connect/ca/configuration")
+@router.put("/v1/connect/ca/configuration", openapi_extra=body(CAConfigRequest))
 @consul_route
 async def ca_set_config(request: Request):
     """A changed key (`Config.PrivateKey`) or `Config.ForceRotation: true` rotates the root,
     cross-signed by the old one. Other `Config` keys (LeafCertTTL ...) just apply."""
-    body = await json_body(request)
+    body = await json_object(request)
     state = await asyncio.to_thread(_ca(request).set_configuration, body)
     return creply(request, None, state.modify_index)
 
 
-@router.put("/v1/internal/connect/ca/sign")
+@router.put("/v1/internal/connect/ca/sign", openapi_extra=body(CASignRequest))
 @consul_route
 async def ca_sign(request: Request):
     """A client-only agent has its CSR signed here (the key stays on the client); only for a
@@ -79,7 +82,7 @@ async def ca_sign(request: Request):
     # a node has certificates signed only for the services of the allocations it runs
     allowed = {svc for a in reads.node_allocs(node.id) if not a.terminal() and a.job is not None
                for svc in group_services(a.job, a.task_group)}
-    body = await json_body(request)
+    body = await json_object(request)
     cert = await asyncio.to_thread(_ca(request).sign, str(body.get("CSR", "")), body.get("Service") or None,
                                    allowed, f'node "{node.name}"')
     return creply(request, cert.to_json(), cert.modify_index)
@@ -92,6 +95,8 @@ async def ca_sign(request: Request):
 async def leaf(request: Request, service: str):
     """This agent's certificate for `service` (made on demand; key generated here). With
     ?index=N it waits until a certificate newer than N is issued (renewal or root rotation)."""
+    if service_name_problem(service):
+        raise InvalidInput(service_name_problem(service))
     leafs = agent_of(request).leaf_certs
     await asyncio.to_thread(leafs.check_identity, service, _token(request))
     index = query_index(request)
@@ -111,8 +116,8 @@ def _token(request: Request) -> str:
 
 # -- authorize -------------------------------------------------------------------------------
 
-@router.post("/v1/agent/connect/authorize")
-@router.put("/v1/agent/connect/authorize")
+@router.post("/v1/agent/connect/authorize", openapi_extra=body(ConnectAuthorizeRequest))
+@router.put("/v1/agent/connect/authorize", openapi_extra=body(ConnectAuthorizeRequest))
 @consul_route(forward=False)
 async def authorize(request: Request):
     """May the holder of `ClientCertURI` connect to `Target`? Decided by the intentions that

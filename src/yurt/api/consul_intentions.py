@@ -7,9 +7,11 @@ from __future__ import annotations
 from fastapi import Request
 
 from yurt.errors import InvalidInput, NotFound
+from yurt.structs import Intention
 
-from .common import json_body
+from .common import json_object
 from .consul_common import agent_of, cblock, consul_route, consul_router, creply, reads_of
+from .openapi import body
 
 router = consul_router()
 
@@ -35,10 +37,10 @@ async def list_intentions(request: Request):
     return creply(request, [i.public() for i in _ix(request).list()], index)
 
 
-@router.post("/v1/connect/intentions")
+@router.post("/v1/connect/intentions", openapi_extra=body(Intention))
 @consul_route
 async def create(request: Request):
-    body = await json_body(request)
+    body = await json_object(request)
     ix = _ix(request).create(body)
     return creply(request, {"ID": ix.id}, ix.modify_index)
 
@@ -56,13 +58,13 @@ async def get_exact(request: Request):
     return creply(request, ix.public(), index)
 
 
-@router.put("/v1/connect/intentions/exact")
+@router.put("/v1/connect/intentions/exact", openapi_extra=body(Intention))
 @consul_route
 async def put_exact(request: Request):
     pair = _checked_pair(request)
     if pair is None:
         raise InvalidInput("source and destination are required query parameters")
-    ix = _ix(request).upsert_exact(*pair, await json_body(request))
+    ix = _ix(request).upsert_exact(*pair, await json_object(request))
     return creply(request, True, ix.modify_index)
 
 
@@ -109,10 +111,10 @@ async def get_by_id(request: Request, ix_id: str):
     return creply(request, ix.public(), index)
 
 
-@router.put("/v1/connect/intentions/{ix_id}")
+@router.put("/v1/connect/intentions/{ix_id}", openapi_extra=body(Intention))
 @consul_route
 async def update_by_id(request: Request, ix_id: str):
-    ix = _ix(request).update(ix_id, await json_body(request))
+    ix = _ix(request).update(ix_id, await json_object(request))
     return creply(request, None, ix.modify_index)
 
 

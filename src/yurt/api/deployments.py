@@ -15,10 +15,13 @@ from yurt.structs import Deployment
 from .authz import may
 from .common import block, json_body, reply, write_reply
 from .forward import ServerReads, need_server
+from . import bodies as b
+from .openapi import body
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
 TABLES = ("deployment",)
+_HEALTH = body(b.DeploymentAllocHealthRequest, required=False)
 
 
 def _get(reads: Reads, deployment_id: str) -> Deployment:
@@ -63,8 +66,8 @@ def _server(request: Request):
     return request.app.state.agent.server
 
 
-@router.put("/v1/deployment/promote/{deployment_id}")
-@router.post("/v1/deployment/promote/{deployment_id}")
+@router.put("/v1/deployment/promote/{deployment_id}", openapi_extra=body(b.DeploymentPromoteRequest))
+@router.post("/v1/deployment/promote/{deployment_id}", openapi_extra=body(b.DeploymentPromoteRequest))
 async def promote(request: Request, deployment_id: str):
     body = await _body(request, deployment_id)
     groups = body.get("Groups")
@@ -77,15 +80,15 @@ async def promote(request: Request, deployment_id: str):
     return write_reply(result)
 
 
-@router.put("/v1/deployment/fail/{deployment_id}")
-@router.post("/v1/deployment/fail/{deployment_id}")
+@router.put("/v1/deployment/fail/{deployment_id}", openapi_extra=body(b.DeploymentFailRequest, required=False))
+@router.post("/v1/deployment/fail/{deployment_id}", openapi_extra=body(b.DeploymentFailRequest, required=False))
 async def fail(request: Request, deployment_id: str):
     await _body(request, deployment_id)
     return write_reply(await run_in_threadpool(_server(request).deployments.fail, deployment_id))
 
 
-@router.put("/v1/deployment/pause/{deployment_id}")
-@router.post("/v1/deployment/pause/{deployment_id}")
+@router.put("/v1/deployment/pause/{deployment_id}", openapi_extra=body(b.DeploymentPauseRequest))
+@router.post("/v1/deployment/pause/{deployment_id}", openapi_extra=body(b.DeploymentPauseRequest))
 async def pause(request: Request, deployment_id: str):
     body = await _body(request, deployment_id)
     if not isinstance(body.get("Pause"), bool):
@@ -93,8 +96,8 @@ async def pause(request: Request, deployment_id: str):
     return write_reply(await run_in_threadpool(_server(request).deployments.pause, deployment_id, body["Pause"]))
 
 
-@router.put("/v1/deployment/allocation-health/{deployment_id}")
-@router.post("/v1/deployment/allocation-health/{deployment_id}")
+@router.put("/v1/deployment/allocation-health/{deployment_id}", openapi_extra=_HEALTH)
+@router.post("/v1/deployment/allocation-health/{deployment_id}", openapi_extra=_HEALTH)
 async def allocation_health(request: Request, deployment_id: str):
     body = await _body(request, deployment_id)
     healthy = body.get("HealthyAllocationIDs") or []

@@ -8,6 +8,8 @@ errors too; a Nomad-shaped route gets Nomad's plain answer.
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
@@ -17,6 +19,9 @@ from yurt.errors import InvalidInput, YurtError
 
 from .consul_common import headers, is_consul_route
 from .forward import ToLeader, ToServer, to_leader, to_server
+
+
+log = logging.getLogger("yurt.api")
 
 
 def error_response(request: Request, status: int, message: str) -> Response:
@@ -48,6 +53,13 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             return error_response(request, 405, f"Invalid method {request.method} for {request.url.path}")
         return error_response(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        """A bug: logged with its traceback (the agent's log is where it is looked for), answered
+        500 as before."""
+        log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+        return PlainTextResponse("Internal Server Error", status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:

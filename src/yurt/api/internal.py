@@ -17,17 +17,19 @@ from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server.identity import check_node_secret, check_registration
 from yurt.structs import Allocation, Node
 
-from .common import json_body, reply, write_reply
+from .common import json_body, json_object, reply, write_reply
 from .forward import need_server
+from .bodies import NodeAllocUpdateRequest, NodeRegisterRequest
+from .openapi import body
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
 CLIENT_FIELDS = ("ID", "ClientStatus", "ClientDescription", "TaskStates", "NetworkStatus")
 
 
-@router.put("/v1/internal/node/register")
+@router.put("/v1/internal/node/register", openapi_extra=body(NodeRegisterRequest))
 async def register_node(request: Request):
-    body = await json_body(request)
+    body = await json_object(request)
     try:
         node = Node.model_validate(body.get("Node", body))
     except ValidationError as e:
@@ -58,7 +60,7 @@ async def heartbeat(request: Request, node_id: str):
     return reply(result, result["Index"])
 
 
-@router.put("/v1/internal/node/{node_id}/allocations")
+@router.put("/v1/internal/node/{node_id}/allocations", openapi_extra=body(NodeAllocUpdateRequest))
 async def update_allocs(request: Request, node_id: str):
     body = await json_body(request)
     items = body.get("Allocs") if isinstance(body, dict) else None

@@ -13,8 +13,10 @@ from yurt.server.reads import Reads
 from yurt.structs import Job
 
 from .authz import may, require_namespace
-from .common import block, flag, json_body, reply, write_reply
+from .common import block, flag, json_body, json_object, reply, write_reply
 from .forward import ServerReads, need_server
+from . import bodies as b
+from .openapi import body
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
@@ -71,8 +73,8 @@ def enforce_index(body: dict) -> int | None:
         raise InvalidInput(f'JobModifyIndex "{body.get("JobModifyIndex")}" must be a whole number') from None
 
 
-@router.put("/v1/jobs")
-@router.post("/v1/jobs")
+@router.put("/v1/jobs", openapi_extra=body(b.JobRegisterRequest))
+@router.post("/v1/jobs", openapi_extra=body(b.JobRegisterRequest))
 async def register(request: Request):
     body = await json_body(request)
     job, warnings = await run_in_threadpool(admit_job, body)
@@ -85,8 +87,8 @@ async def register(request: Request):
     return write_reply(result)
 
 
-@router.put("/v1/jobs/parse")
-@router.post("/v1/jobs/parse")
+@router.put("/v1/jobs/parse", openapi_extra=body(b.JobsParseRequest))
+@router.post("/v1/jobs/parse", openapi_extra=body(b.JobsParseRequest))
 async def parse(request: Request):
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("JobHCL"), str):
@@ -110,8 +112,8 @@ def _parse_var_lines(text: str) -> dict[str, str]:
     return out
 
 
-@router.put("/v1/validate/job")
-@router.post("/v1/validate/job")
+@router.put("/v1/validate/job", openapi_extra=body(b.JobValidateRequest))
+@router.post("/v1/validate/job", openapi_extra=body(b.JobValidateRequest))
 async def validate_job(request: Request):
     body = await json_body(request)
     if not isinstance(body, dict) or not body.get("Job"):
@@ -132,8 +134,8 @@ async def read_job(request: Request, reads: ServerReads, job_id: str):
     return reply(_job(request, reads, job_id).to_json(), index)
 
 
-@router.put("/v1/job/{job_id}")
-@router.post("/v1/job/{job_id}")
+@router.put("/v1/job/{job_id}", openapi_extra=body(b.JobRegisterRequest))
+@router.post("/v1/job/{job_id}", openapi_extra=body(b.JobRegisterRequest))
 async def update_job(request: Request, job_id: str):
     body = await json_body(request)
     job, warnings = await run_in_threadpool(admit_job, body)
@@ -159,8 +161,8 @@ async def stop_job(request: Request, reads: ServerReads, job_id: str):
     return write_reply(result)
 
 
-@router.put("/v1/job/{job_id}/plan")
-@router.post("/v1/job/{job_id}/plan")
+@router.put("/v1/job/{job_id}/plan", openapi_extra=body(b.JobPlanRequest))
+@router.post("/v1/job/{job_id}/plan", openapi_extra=body(b.JobPlanRequest))
 async def plan_job(request: Request, job_id: str):
     body = await json_body(request)
     job, warnings = await run_in_threadpool(admit_job, body)
@@ -175,8 +177,8 @@ async def plan_job(request: Request, job_id: str):
     return reply(result, result.get("Index"))
 
 
-@router.put("/v1/job/{job_id}/evaluate")
-@router.post("/v1/job/{job_id}/evaluate")
+@router.put("/v1/job/{job_id}/evaluate", openapi_extra=body(b.JobEvaluateRequest, required=False))
+@router.post("/v1/job/{job_id}/evaluate", openapi_extra=body(b.JobEvaluateRequest, required=False))
 async def evaluate(request: Request, reads: ServerReads, job_id: str):
     _job(request, reads, job_id)
     result = request.app.state.agent.server.evaluate_job(_ns(request), job_id)
@@ -248,10 +250,10 @@ def _int(body: dict, name: str, *, required: bool = True) -> int | None:
     return value
 
 
-@router.put("/v1/job/{job_id}/revert")
-@router.post("/v1/job/{job_id}/revert")
+@router.put("/v1/job/{job_id}/revert", openapi_extra=body(b.JobRevertRequest))
+@router.post("/v1/job/{job_id}/revert", openapi_extra=body(b.JobRevertRequest))
 async def revert(request: Request, reads: ServerReads, job_id: str):
-    body = await json_body(request)
+    body = await json_object(request)
     _check_job_id(body, job_id)
     job = _job(request, reads, job_id)
     version = _int(body, "JobVersion")
@@ -261,10 +263,10 @@ async def revert(request: Request, reads: ServerReads, job_id: str):
     return write_reply(result)
 
 
-@router.put("/v1/job/{job_id}/stable")
-@router.post("/v1/job/{job_id}/stable")
+@router.put("/v1/job/{job_id}/stable", openapi_extra=body(b.JobStabilityRequest))
+@router.post("/v1/job/{job_id}/stable", openapi_extra=body(b.JobStabilityRequest))
 async def stable(request: Request, reads: ServerReads, job_id: str):
-    body = await json_body(request)
+    body = await json_object(request)
     _check_job_id(body, job_id)
     job = _job(request, reads, job_id)
     if not isinstance(body.get("Stable"), bool):
@@ -294,10 +296,10 @@ async def scale_status(request: Request, reads: ServerReads, job_id: str):
                   "JobModifyIndex": job.job_modify_index, "JobStopped": job.stop, "TaskGroups": groups}, index)
 
 
-@router.put("/v1/job/{job_id}/scale")
-@router.post("/v1/job/{job_id}/scale")
+@router.put("/v1/job/{job_id}/scale", openapi_extra=body(b.JobScaleRequest))
+@router.post("/v1/job/{job_id}/scale", openapi_extra=body(b.JobScaleRequest))
 async def scale(request: Request, reads: ServerReads, job_id: str):
-    body = await json_body(request)
+    body = await json_object(request)
     _check_job_id(body, job_id)
     job = _job(request, reads, job_id)
     target = body.get("Target") or {}

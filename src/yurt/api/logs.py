@@ -16,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from yurt.errors import InvalidInput, NotFound
 
 from .common import flag
-from .forward import proxy, to_server
+from .forward import HOP, proxy, to_server
 
 router = APIRouter()
 
@@ -101,12 +101,18 @@ async def _elsewhere(request: Request, alloc_id: str) -> Response:
     agent asks its server (which does that)."""
     agent = request.app.state.agent
     if agent.server is None:
+        if request.headers.get(HOP):   # its server sent it here, the allocation's node: not here
+            raise NotFound(f"allocation {alloc_id[:8]} is not on this node: it finished and was "
+                           "garbage-collected, or it has not started here yet")
         return await to_server(request)
     reads = agent.server.reads
     alloc = reads.alloc(alloc_id)
     if alloc is None:
         raise NotFound("alloc not found")
     if alloc.node_id == agent.node_id:
+        if alloc.client_terminal() or alloc.server_terminal():
+            raise NotFound(f"allocation {alloc_id[:8]} is not on this node any more: it finished and was "
+                           "garbage-collected, its directory removed")
         raise NotFound(f"allocation {alloc_id[:8]} has not started on this agent yet")
     node = reads.node(alloc.node_id)
     if node is None or not node.http_addr:

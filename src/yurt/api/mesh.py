@@ -22,6 +22,8 @@ from yurt.server.mesh_explain import WRONG, MeshExplain, Probe, finish
 
 from .common import json_body, reply
 from .forward import HOP, TOKEN_HEADERS, need_server
+from .bodies import MeshProbeRequest
+from .openapi import body
 
 router = APIRouter()
 
@@ -82,7 +84,7 @@ async def _on_node(request: Request, node_id: str, probes: list[Probe]) -> list[
     return list(results)
 
 
-@router.post("/v1/internal/mesh/probe")
+@router.post("/v1/internal/mesh/probe", openapi_extra=body(MeshProbeRequest))
 async def probe(request: Request):
     """Run a server's probes on this node (its allocations' namespaces)."""
     agent = request.app.state.agent

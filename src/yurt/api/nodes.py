@@ -17,6 +17,8 @@ from yurt.structs import DrainSpec
 
 from .common import json_body, write_reply
 from .forward import need_server
+from .bodies import NodeDrainRequest, NodeEligibilityRequest
+from .openapi import body
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
 
@@ -62,8 +64,8 @@ def _meta(raw: Any) -> dict[str, str] | None:
     return raw
 
 
-@router.put("/v1/node/{node_id}/drain")
-@router.post("/v1/node/{node_id}/drain")
+@router.put("/v1/node/{node_id}/drain", openapi_extra=body(NodeDrainRequest))
+@router.post("/v1/node/{node_id}/drain", openapi_extra=body(NodeDrainRequest))
 async def drain(request: Request, node_id: str):
     body = _object(await json_body(request), "the drain request", DRAIN_FIELDS)
     _node_id(body, node_id)
@@ -75,8 +77,8 @@ async def drain(request: Request, node_id: str):
     return write_reply(result)
 
 
-@router.put("/v1/node/{node_id}/eligibility")
-@router.post("/v1/node/{node_id}/eligibility")
+@router.put("/v1/node/{node_id}/eligibility", openapi_extra=body(NodeEligibilityRequest))
+@router.post("/v1/node/{node_id}/eligibility", openapi_extra=body(NodeEligibilityRequest))
 async def eligibility(request: Request, node_id: str):
     body = _object(await json_body(request), "the eligibility request", ELIGIBILITY_FIELDS)
     _node_id(body, node_id)

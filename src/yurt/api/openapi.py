@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 REF = "#/components/schemas/{model}"
 _DEFS: dict[str, Any] = {}
+_CLASHES: list[str] = []
 
 
 def body(model: type[BaseModel] | dict[str, Any], *, required: bool = True,
@@ -22,13 +23,27 @@ def body(model: type[BaseModel] | dict[str, Any], *, required: bool = True,
         schema = model
     else:
         schema = model.model_json_schema(by_alias=True, ref_template=REF, mode="validation")
-        _DEFS.update(schema.pop("$defs", {}))
-        _DEFS.setdefault(model.__name__, schema)
+        for name, definition in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+            _define(name, definition)
         schema = {"$ref": REF.format(model=model.__name__)}
     rb: dict[str, Any] = {"required": required, "content": {"application/json": {"schema": schema}}}
     if description:
         rb["description"] = description
     return {"requestBody": rb}
+
+
+def _define(name: str, definition: dict[str, Any]) -> None:
+    """One shared definition per name: two different models of one name would make every
+    reference to it ambiguous. The first is kept and the clash noted (`clashes`, which
+    tests/test_openapi.py checks is empty): a description's mistake must not stop the agent."""
+    known = _DEFS.setdefault(name, definition)
+    if known != definition and name not in _CLASHES:
+        _CLASHES.append(name)
+
+
+def clashes() -> list[str]:
+    """Names given to two different models in request bodies (rename one of each)."""
+    return list(_CLASHES)
 
 
 def install(app: FastAPI) -> None:

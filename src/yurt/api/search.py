@@ -15,6 +15,8 @@ from yurt.errors import InvalidInput
 from .authz import may_see_namespace
 from .common import json_body, reply
 from .forward import ServerReads
+from .bodies import FuzzySearchRequest, SearchRequest
+from .openapi import body
 
 router = APIRouter()
 LIMIT = 20
@@ -57,8 +59,8 @@ def _cut(found: list, matches: dict, truncations: dict, ctx: str) -> None:
     truncations[ctx] = len(found) > LIMIT
 
 
-@router.put("/v1/search")
-@router.post("/v1/search")
+@router.put("/v1/search", openapi_extra=body(SearchRequest))
+@router.post("/v1/search", openapi_extra=body(SearchRequest))
 async def search(request: Request, reads: ServerReads):
     body = await _body(request)
     prefix = body.get("Prefix")
@@ -84,8 +86,8 @@ async def search(request: Request, reads: ServerReads):
     return reply({"Matches": matches, "Truncations": truncations}, reads.index())
 
 
-@router.put("/v1/search/fuzzy")
-@router.post("/v1/search/fuzzy")
+@router.put("/v1/search/fuzzy", openapi_extra=body(FuzzySearchRequest))
+@router.post("/v1/search/fuzzy", openapi_extra=body(FuzzySearchRequest))
 async def fuzzy(request: Request, reads: ServerReads):
     body = await _body(request)
     text = body.get("Text")

@@ -245,11 +245,13 @@ def alloc_restart_cmd(alloc_id: str, task: str | None, task_opt: str | None, ver
 @click.argument("alloc_id", metavar="ALLOC")
 @click.argument("path", required=False, default="/", metavar="[PATH]")
 @click.option("-stat", "--stat", "show_stat", is_flag=True, help="Show the file's or directory's details only.")
+@click.option("-f", "follow", is_flag=True, help="Follow the file as it grows (until the allocation finishes).")
 @click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
 @address_option
 @api_errors
-def alloc_fs_cmd(alloc_id: str, path: str, show_stat: bool, verbose: bool, address: str | None) -> None:
-    """List a directory or print a file of an allocation's directory, as `nomad alloc fs`."""
+def alloc_fs_cmd(alloc_id: str, path: str, show_stat: bool, follow: bool, verbose: bool, address: str | None) -> None:
+    """List a directory or print a file of an allocation's directory, as `nomad alloc fs`; -f
+    follows the file (`/v1/client/fs/stream`)."""
     with connect(address) as client:
         stub = find_alloc(client, alloc_id, verbose)
         info = client.request("GET", f"/v1/client/fs/stat/{stub['ID']}", params={"path": path}).json()
@@ -262,6 +264,14 @@ def alloc_fs_cmd(alloc_id: str, path: str, show_stat: bool, verbose: bool, addre
             print_table(["Mode", "Size", "Modified Time", "Name"],
                         [[r["FileMode"], r["Size"], r["ModTime"], r["Name"] + ("/" if r["IsDir"] else "")]
                          for r in rows])
+            return
+        if follow:
+            try:
+                for chunk in client.fs_stream(stub["ID"], path):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            except (KeyboardInterrupt, BrokenPipeError):
+                raise SystemExit(0) from None
             return
         resp = client.request("GET", f"/v1/client/fs/cat/{stub['ID']}", params={"path": path})
         sys.stdout.buffer.write(resp.content)

@@ -170,6 +170,29 @@ class NodeAgent:
         runner = self.runners.get(alloc_id)
         return runner is None or runner.client_status in ("complete", "failed", "lost")
 
+    def gc(self, alloc_id: str = "") -> list[str]:
+        """Nomad's client garbage collection (`/v1/client/gc`, `/v1/client/allocation/<id>/gc`):
+        the terminal allocations of this node (or the one named) destroyed here, their
+        directories removed, as they would be once the server forgets them; the IDs collected.
+        One still running is not collected (InvalidInput when it is the one named)."""
+        from yurt.errors import InvalidInput
+        ids = [alloc_id] if alloc_id else list(self.runners)
+        done = []
+        for aid in ids:
+            runner = self.runners.get(aid)
+            if runner is None:
+                continue
+            if not self.alloc_done(aid):
+                if alloc_id:
+                    raise InvalidInput(f"allocation {aid[:8]} is still running on this node: only a stopped or "
+                                       "finished allocation is garbage-collected (yurt alloc stop first)")
+                continue
+            if self.runners.pop(aid, None) is runner:
+                runner.destroy(timeout=60)
+                done.append(aid)
+                log.info("allocation %s garbage-collected: its directory is removed", aid[:8])
+        return done
+
     def logs_dir(self, alloc_id: str) -> Path:
         return self.config.data_dir / "alloc" / alloc_id / "alloc" / "logs"
 
@@ -279,10 +302,11 @@ class NodeAgent:
             elif alloc.alloc_modify_index != runner.alloc.alloc_modify_index or \
                     alloc.desired_status != runner.alloc.desired_status:
                 runner.update(alloc)
-        for alloc_id in [a for a in self.runners if a not in seen]:
+        for alloc_id in [a for a in list(self.runners) if a not in seen]:
             # garbage-collected on the server: nothing of it should stay here
-            runner = self.runners.pop(alloc_id)
-            threading.Thread(target=runner.destroy, kwargs={"timeout": 60}, daemon=True).start()
+            gone = self.runners.pop(alloc_id, None)   # (or collected here meanwhile: `gc`)
+            if gone is not None:
+                threading.Thread(target=gone.destroy, kwargs={"timeout": 60}, daemon=True).start()
 
     def _hooks(self) -> list:
         """The allocation hooks, in order: alloc dir, identity, network, mesh inbound, service registration."""

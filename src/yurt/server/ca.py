@@ -132,6 +132,8 @@ class ConnectCA:
         if provider not in PROVIDERS:
             raise CAError(f'unknown CA provider "{provider}": Yurt has its built-in one, "yurt" '
                           '(alias "consul")')
+        if not isinstance(body.get("Config") or {}, dict):
+            raise CAError('Config must be an object of CA settings: {"LeafCertTTL": "72h", ...}')
         raw = dict(body.get("Config") or {})
         key_pem = raw.pop("PrivateKey", None) or None
         force = bool(raw.pop("ForceRotation", False))

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from yurt.errors import InvalidInput, NotFound
 from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, CatalogNode, HealthCheck,
                           ServiceRegistration, format_duration, parse_duration)
@@ -82,18 +84,27 @@ def _check(raw: Any, svc_id: str, svc_name: str, n: int, many: bool) -> HealthCh
     status = str(c.get("Status") or CHECK_CRITICAL).lower()
     if status not in CHECK_STATES:
         raise CatalogError(f'check "{check_id}": Status must be passing, warning or critical')
-    out = HealthCheck(check_id=check_id, name=c.get("Name") or f"Service '{svc_name}' check",
-                      status=status, notes=c.get("Notes") or "", output=c.get("Output") or "",
-                      type=kind, interval=_duration(c.get("Interval")),
-                      timeout=_duration(c.get("Timeout")), tcp=c.get("TCP") or "",
-                      http=c.get("HTTP") or "", method=c.get("Method") or "",
-                      ttl=_duration(c.get("TTL")), alias_service=c.get("AliasService") or "", args=args)
+    try:
+        out = HealthCheck(check_id=check_id, name=c.get("Name") or f"Service '{svc_name}' check",
+                          status=status, notes=c.get("Notes") or "", output=c.get("Output") or "",
+                          type=kind, interval=_duration(c.get("Interval")),
+                          timeout=_duration(c.get("Timeout")), tcp=c.get("TCP") or "",
+                          http=c.get("HTTP") or "", method=c.get("Method") or "",
+                          ttl=_duration(c.get("TTL")), alias_service=c.get("AliasService") or "", args=args)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise CatalogError(f'check "{check_id}": {".".join(str(x) for x in err["loc"])}: {err["msg"]}') from None
     if "Status" not in c:
         out.model_fields_set.discard("status")  # a re-registration keeps the current status
     return out
 
 
 def _checks(c: dict[str, Any], svc_id: str, svc_name: str) -> list[HealthCheck]:
+    if c.get("Check") and not isinstance(c["Check"], dict):
+        raise CatalogError(f'service "{svc_name}": Check must be an object, not {type(c["Check"]).__name__}')
+    if c.get("Checks") and not isinstance(c["Checks"], list):
+        raise CatalogError(f'service "{svc_name}": Checks must be a list of objects, not '
+                           f'{type(c["Checks"]).__name__}')
     raws = ([c["Check"]] if c.get("Check") else []) + list(c.get("Checks") or [])
     return [_check(r, svc_id, svc_name, i + 1, len(raws) > 1) for i, r in enumerate(raws)]
 
@@ -573,6 +584,9 @@ class Catalog:
         node = c.get("Node")
         if not node or not isinstance(node, str):
             raise CatalogError('a catalog deregistration needs a "Node"')
+        for key in ("ServiceID", "CheckID"):
+            if c.get(key) and not isinstance(c[key], str):
+                raise CatalogError(f'{key} must be a string, not {type(c[key]).__name__}')
         if c.get("ServiceID"):
             return self.store.delete_services([(node, c["ServiceID"])])
         if c.get("CheckID"):

@@ -87,8 +87,12 @@ class Intentions:
                old: Intention | None, keep_id: bool = True) -> Intention:
         action = body.get("Action")
         permissions = body.get("Permissions") or None
-        if permissions is not None and not isinstance(permissions, list):
-            raise IntentionError("Permissions must be a list")
+        if permissions is not None and not (isinstance(permissions, list)
+                                            and all(isinstance(x, dict) for x in permissions)):
+            raise IntentionError("Permissions must be a list of objects ({\"Action\": ..., \"HTTP\": {...}})")
+        meta = body.get("Meta") or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise IntentionError('Meta must be an object of strings, like {"owner": "team-a"}')
         if permissions and action:
             raise IntentionError("Action and Permissions are mutually exclusive")
         if not permissions:
@@ -100,7 +104,7 @@ class Intentions:
             id=old.id if old and keep_id else str(uuid.uuid4()),
             description=str(body.get("Description") or ""), source_name=source,
             destination_name=destination, source_type=str(body.get("SourceType") or "consul"),
-            action=action or "", permissions=permissions, meta=dict(body.get("Meta") or {}),
+            action=action or "", permissions=permissions, meta=dict(meta),
             precedence=precedence(source, destination),
             created_at=old.created_at if old else now, updated_at=now)
 

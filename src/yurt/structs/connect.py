@@ -132,6 +132,21 @@ class SpiffeService:
         return service_uri(self.trust_domain, self.datacenter, self.service, self.namespace)
 
 
+# a SPIFFE ID's path segment (a service's, in its certificate's URI SAN): ASCII letters, digits,
+# ".", "-" and "_" only (the SPIFFE ID specification, section 2.2); at most 64 characters, as the
+# certificate's common name is the service's name
+_SPIFFE_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def service_name_problem(service: str) -> str:
+    """Why `service` cannot be the service segment of a SPIFFE ID (a leaf certificate's), or ""."""
+    if _SPIFFE_SEGMENT.fullmatch(service) and service not in (".", ".."):
+        return ""
+    shown = service if len(service) <= 80 else service[:77] + "..."
+    return (f'service name "{shown}" cannot be in a certificate\'s SPIFFE ID: it must be 1 to 64 ASCII '
+            'letters, digits, ".", "-" and "_" (a SPIFFE path segment), and not "." or ".."')
+
+
 def service_uri(trust_domain: str, datacenter: str, service: str, namespace: str = "default") -> str:
     return f"spiffe://{trust_domain}/ns/{namespace}/dc/{datacenter}/svc/{service}"
 
