@@ -172,15 +172,16 @@ def test_sessions_create_info_list_node_renew_destroy(c, api):
         c.session.renew(sid)
     r = api.put(f"/v1/session/renew/{sid}")
     assert (r.status_code, r.text) == (404, f"Session id '{sid}' not found")
-    # bad input names the problem (Consul's status codes: its RPC errors are 500s)
+    # bad input names the problem, with Consul's messages (Consul answers them 500, an RPC error;
+    # Yurt 400: the request is at fault)
     r = api.put("/v1/session/create", json={"TTL": "5s"})
-    assert r.status_code == 500 and "Invalid Session TTL '5s'" in r.text
+    assert r.status_code == 400 and "Invalid Session TTL '5s'" in r.text
     r = api.put("/v1/session/create", json={"Behavior": "explode"})
-    assert r.status_code == 500 and "Invalid Behavior setting 'explode'" in r.text
+    assert r.status_code == 400 and "Invalid Behavior setting 'explode'" in r.text
     r = api.put("/v1/session/create", json={"Node": "ghost"})
-    assert r.status_code == 500 and "Missing node registration" in r.text and "ghost" in r.text
+    assert r.status_code == 400 and "Missing node registration" in r.text and "ghost" in r.text
     r = api.put("/v1/session/create", json={"NodeChecks": ["nope"]})
-    assert r.status_code == 500 and "Missing check 'nope'" in r.text
+    assert r.status_code == 400 and "Missing check 'nope'" in r.text
     r = api.put("/v1/session/create", json={"Bogus": 1})
     assert r.status_code == 400 and "Bogus" in r.text
 
@@ -211,9 +212,9 @@ def test_acquire_and_release_with_two_sessions(c, api):
         _, e = c.kv.get("lock/leader")
         assert "Session" not in e and e["LockIndex"] == 2 and e["Value"] == b"b"
         assert c.kv.put("lock/leader", "a", acquire=a) is True
-        # acquiring with a session that does not exist: Consul's 500, naming it
+        # acquiring with a session that does not exist: 400 (Consul's 500), naming it
         r = api.put("/v1/kv/lock/other", params={"acquire": "00000000-0000-0000-0000-000000000000"}, content=b"v")
-        assert r.status_code == 500 and "invalid session" in r.text
+        assert r.status_code == 400 and "invalid session" in r.text
         assert c.kv.get("lock/other")[1] is None
     finally:
         c.session.destroy(a)

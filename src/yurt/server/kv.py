@@ -13,7 +13,8 @@ the session's lock-delay. The TTL timers and the health sweep are the leader's d
 `step_down`), restored from the store when a server takes the lead.
 
 Errors Consul answers with 500 (its RPC errors: an unknown session on acquire, a bad TTL or
-behavior, a node that is not registered) are 500 here too, with Consul's message.
+behavior, a node that is not registered) carry Consul's message here, with 400: the request is
+at fault, and a 5xx from Yurt means a bug in Yurt (the API fuzzer holds every route to that).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ _SESSION_KEYS = ("ID", "Name", "Node", "LockDelay", "Behavior", "TTL", "Checks",
 
 
 class ConsulError(YurtError):
-    """What Consul answers with 500 (an RPC error), with Consul's message."""
+    """What Consul answers with 500 (an RPC error), with Consul's message; 400 here."""
 
-    status = 500
+    status = 400
 
 
 class _Refused(Exception):
