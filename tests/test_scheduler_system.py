@@ -234,3 +234,43 @@ def test_deterministic():
         ev = make_eval(job).model_copy(update={"id": "e1"})
         plans.append(schedule(ev, st, seed=3, now_ns=NOW).plan.to_json())
     assert plans[0] == plans[1]
+
+
+# -- the server: node changes evaluate system jobs (Nomad's createNodeEvals) -----------------------
+def test_server_places_a_system_job_on_nodes_that_register_later(tmp_path):
+    from yurt.server.server import Server
+    from yurt.state import StateStore
+
+    from .agent_util import wait_for
+
+    store = StateStore(str(tmp_path / "state.db"))
+    srv = Server(store, num_workers=1)
+    srv.start()
+    try:
+        srv.register_node(make_node(1))
+        job = make_job("sys", type_="system", driver="raw_exec", config={"command": "/bin/sleep"})
+        srv.register_job(job)
+
+        def nodes() -> list[str]:
+            return sorted(store.node(a.node_id).name for a in store.allocs_by_job("default", "sys")
+                          if not a.terminal())
+
+        wait_for(lambda: nodes() == ["node1"], what="the system job on node1")
+        srv.register_node(make_node(2))            # a node joins: an eval for the system job
+        wait_for(lambda: nodes() == ["node1", "node2"], what="the system job on node2")
+        evs = [e for e in store.evals_by_job("default", "sys") if e.triggered_by == "node-update"]
+        assert [e.node_id for e in evs] == [make_node(2).id]
+        # ineligible, then eligible again: evaluated again, nothing changes
+        srv.drainer.update_eligibility(make_node(2).id, "ineligible")
+        out = srv.drainer.update_eligibility(make_node(2).id, "eligible")
+        assert len(out["EvalIDs"]) == 1
+        wait_for(lambda: store.eval(out["EvalIDs"][0]).status == "complete", what="the eval done")
+        assert nodes() == ["node1", "node2"]
+        # a stopped system job is not evaluated when a node joins
+        srv.deregister_job("default", "sys")
+        wait_for(lambda: nodes() == [], what="the job stopped")
+        srv.register_node(make_node(3))
+        assert ("default", "sys") not in srv.node_jobs(make_node(3).id)
+    finally:
+        srv.stop()
+        store.close()
