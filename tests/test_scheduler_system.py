@@ -102,6 +102,19 @@ def test_node_without_room_is_a_placement_failure_and_blocks():
     assert res.blocked_eval.type == "system"
 
 
+def test_deployment_total_counts_the_nodes_that_can_run_the_group():
+    nodes = [make_node(0), make_node(1), make_node(2, cpu=50), make_node(3, drivers=("raw_exec",))]
+    job = _system(cpu=100, update=UpdateStrategy(max_parallel=1))
+    st = MemoryState(nodes=nodes, jobs=[job])
+    res = run(st, job)
+    assert res.plan.deployment.task_groups["g"].desired_total == 2    # node2 too small, node3 no docker
+    again = run(st, job)                                              # blocked eval: no change to write
+    assert again.plan.deployment is None and again.queued == {"g": 1}
+    st.upsert_node(make_node(4))
+    res = run(st, job, triggered_by="node-update")
+    assert res.plan.deployment.task_groups["g"].desired_total == 3
+
+
 def test_drain_stops_marked_allocs_and_ignore_system_keeps_them():
     st = MemoryState(nodes=[make_node(0), make_node(1)])
     job = _system()
@@ -221,6 +234,15 @@ def test_sysbatch_runs_once_per_node():
     st.upsert_job(v1)
     res = run(st, v1)
     assert sorted(st.node(a.node_id).name for a in placed(res)) == ["node0", "node1", "node2"]
+
+
+def test_sysbatch_count_runs_that_many_on_each_node():
+    st = MemoryState(nodes=[make_node(0), make_node(1)])
+    job = make_job("multi", type_="sysbatch", count=2)
+    st.upsert_job(job)
+    run(st, job)
+    assert sorted((st.node(a.node_id).name, a.name) for a in live(st, job)) == [
+        ("node0", "multi.g[0]"), ("node0", "multi.g[1]"), ("node1", "multi.g[0]"), ("node1", "multi.g[1]")]
 
 
 def test_deterministic():

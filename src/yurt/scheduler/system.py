@@ -1,6 +1,7 @@
 """The system and sysbatch scheduler (Nomad scheduler/scheduler_system.go, reconciler/reconcile_node.go).
 
-One allocation of each task group (count 1; count 0: none) on every ready, eligible node of the
+`count` allocations of each task group (a system job's count is 0 or 1; Nomad lets a sysbatch
+group have more, each node then runs that many) on every ready, eligible node of the
 job's datacenters and node pool that passes the group's checks (constraints, drivers, network)
 and has room. Per node, for each allocation of the job there (Nomad's NodeReconciler.Compute):
 
@@ -107,7 +108,7 @@ class _SystemScheduler(_Scheduler):
         eligible = {n.id: n for n in stack.order}
         groups = {tg.name: tg for tg in job.task_groups or []}
         required = {alloc_name(job.id, tg.name, i): tg
-                    for tg in job.task_groups or [] for i in range(min(tg.count or 0, 1))}
+                    for tg in job.task_groups or [] for i in range(tg.count or 0)}
         for name in groups:
             desired[name] = DesiredUpdates()
 
@@ -222,6 +223,16 @@ class _SystemScheduler(_Scheduler):
                 desired[a.task_group].ignore += 1
 
         self._place_nodes(job, replacing, places, eligible, group_of)
+        if dep is not None:
+            # nodes where the group did not fit are not part of the deployment (Nomad's
+            # candidate counts)
+            states = dict(dep.task_groups)
+            for name, n in res.queued.items():
+                st = states.get(name)
+                if st is not None and n:
+                    states[name] = st.model_copy(update={"desired_total": max(0, st.desired_total - n)})
+            if current is None or dep.id != current.id or states != current.task_groups:
+                self.plan.deployment = dep.model_copy(update={"task_groups": states})
         if res.failed_tg_allocs:
             res.blocked_eval = self._blocked(job)
         return res
@@ -231,13 +242,13 @@ class _SystemScheduler(_Scheduler):
                     group_of: dict[str, Group], required: dict[str, Any]) -> Deployment | None:
         """This version's deployment (Nomad's createDeployment: made the first time the version
         runs, or when it updates allocations; never again once one of this version ended), its
-        desired totals the eligible nodes that can run each group."""
+        desired totals the eligible nodes that can run each group (less, once placed, those
+        where it did not fit). The plan carries it only when it is new or changed."""
         if job.type != "system":
             return None
         stack = self.stack
         assert stack is not None
         dep = current
-        changed = False
         had = any(_same_version(a, job) and a.job is not None for a in allocs)
         for tg in job.task_groups or []:
             if not any(t is tg for t in required.values()):
@@ -269,9 +280,6 @@ class _SystemScheduler(_Scheduler):
                 continue
             assert dep is not None
             dep = dep.model_copy(update={"task_groups": {**dep.task_groups, tg.name: st}})
-            changed = True
-        if changed:
-            self.plan.deployment = dep
         return dep
 
     def _place_nodes(self, job: Job, replacing: list[tuple[Place, str]], places: list[tuple[Place, str]],
