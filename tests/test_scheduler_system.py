@@ -296,3 +296,39 @@ def test_server_places_a_system_job_on_nodes_that_register_later(tmp_path):
     finally:
         srv.stop()
         store.close()
+
+
+def test_server_drain_stops_system_allocs_last_unless_ignored(tmp_path):
+    from yurt.server.server import Server
+    from yurt.state import StateStore
+
+    from .agent_util import wait_for
+
+    store = StateStore(str(tmp_path / "state.db"))
+    srv = Server(store, num_workers=1)
+    srv.start()
+    try:
+        n1, n2 = make_node(1), make_node(2)
+        srv.register_node(n1)
+        srv.register_node(n2)
+        srv.register_job(make_job("sys", type_="system", driver="raw_exec", config={"command": "/bin/sleep"}))
+
+        def on(node) -> list:
+            return [a for a in store.allocs_by_job("default", "sys") if a.node_id == node.id and not a.terminal()]
+
+        wait_for(lambda: on(n1) and on(n2), what="the system job on both nodes")
+        # -ignore-system: the drain completes at once, the system allocation keeps running
+        srv.drainer.update_drain(n2.id, DrainSpec(deadline=0, ignore_system_jobs=True))
+        wait_for(lambda: store.node(n2.id).drain_strategy is None, what="the drain of node2 complete")
+        assert len(on(n2)) == 1 and on(n2)[0].desired_status == "run"
+        # a plain drain: the system allocation is stopped (not moved), then the drain completes
+        (a1,) = on(n1)
+        srv.drainer.update_drain(n1.id, DrainSpec(deadline=0))
+        wait_for(lambda: store.alloc(a1.id).desired_status == "stop", what="the system alloc of node1 stopped")
+        assert store.alloc(a1.id).desired_description == "alloc not needed as node is tainted"
+        srv.client_update_allocs(n1.id, [store.alloc(a1.id).model_copy(update={"client_status": "complete"})])
+        wait_for(lambda: store.node(n1.id).drain_strategy is None, what="the drain of node1 complete")
+        assert not on(n1) and len(on(n2)) == 1
+    finally:
+        srv.stop()
+        store.close()
