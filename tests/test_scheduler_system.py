@@ -332,3 +332,44 @@ def test_server_drain_stops_system_allocs_last_unless_ignored(tmp_path):
     finally:
         srv.stop()
         store.close()
+
+
+# -- job files ------------------------------------------------------------------------------------
+_JOBFILE = '''job "s" {
+  type = "%s"
+  %s
+  group "g" {
+    %s
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+    }
+  }
+}
+'''
+
+
+def test_system_and_sysbatch_job_files_load_without_warnings():
+    from yurt.jobspec import load
+
+    for type_ in ("system", "sysbatch"):
+        assert load(_JOBFILE % (type_, "", ""), "s.nomad").warnings == []
+    rolled = load(_JOBFILE % ("system", 'update {\n    max_parallel = 2\n  }', ""), "s.nomad")
+    assert rolled.warnings == [] and rolled.job.task_groups[0].update.max_parallel == 2
+    # Nomad allows a sysbatch group more than one: each node runs that many
+    assert load(_JOBFILE % ("sysbatch", "", "count = 3"), "s.nomad").job.task_groups[0].count == 3
+
+
+def test_system_job_count_above_one_is_refused_and_canary_warned():
+    import pytest
+
+    from yurt.jobspec import JobspecError, load
+
+    with pytest.raises(JobspecError) as info:
+        load(_JOBFILE % ("system", "", "count = 2"), "s.nomad")
+    assert "a system job runs one allocation per node" in str(info.value)
+    loaded = load(_JOBFILE % ("system", 'update {\n    canary = 1\n  }', ""), "s.nomad")
+    (warning,) = loaded.warnings
+    assert str(warning.pos) == "s.nomad:4:5" and "without canaries" in warning.message
