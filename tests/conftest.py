@@ -37,7 +37,7 @@ def seed_text() -> str:
 # and the labs (each names its hosts after its process, but they share the host's routes to
 # their subnets). The slowest groups are started first, so no worker is left with a long tail.
 SERIAL = {
-    "lab": ("test_ha_lab.py", "test_lab.py", "test_lab_etcd.py", "test_lab_secure.py"),
+    "lab": ("test_ha_lab.py", "test_lab.py", "test_lab_etcd.py", "test_lab_secure.py", "test_lab_system.py"),
     "countdash": ("test_mesh_countdash.py", "test_docker_countdash.py", "test_countdash_apps.py",
                   "test_mesh_handover.py", "test_ui_browser.py"),
 }

@@ -236,13 +236,6 @@ def test_affinity_prefers_matching_nodes():
         assert placed(run(st, anti, seed=seed, apply=False))[0].node_id != nodes[3].id
 
 
-def test_system_jobs_not_supported_yet():
-    job = make_job(type_="system")
-    st = MemoryState(nodes=[make_node(0)], jobs=[job])
-    res = run(st, job)
-    assert res.status == "failed" and res.status_description == "system jobs are not supported yet"
-
-
 def test_job_constraint_on_kernel():
     nodes = [make_node(0, attrs={"kernel.name": "darwin"}), make_node(1)]
     job = make_job(constraints=[Constraint(l_target="${attr.kernel.name}", r_target="linux", operand="=")])

@@ -110,7 +110,7 @@ def show_job(client: YurtClient, job: dict, verbose: bool, evals: bool, all_allo
     print_table(["Task Group", *cols],
                 [(g, *[s.get(c, 0) for c in cols]) for g, s in sorted((summary.get("Summary") or {}).items())])
 
-    if job.get("Type") == "service":
+    if job.get("Type") in ("service", "system"):    # system jobs have deployments since Nomad 1.11
         _latest_deployment(client, job, verbose)
 
     evaluations = sorted(client.job_evaluations(job["ID"]), key=lambda e: e.get("CreateIndex", 0), reverse=True)

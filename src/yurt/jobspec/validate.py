@@ -108,6 +108,9 @@ def validate_group(r: Report, job: Job, gi: int, g: TaskGroup) -> None:
         elif job.type == "system" and g.count > 1:
             r.error(base + ("Count",), f'a system job runs one allocation per node, so count {g.count} '
                                        'is not allowed: remove count or set it to 1')
+    if job.type == "system" and g.update is not None and (g.update.canary or 0) > 0:
+        r.warn(r.origin(base + ("Update", "Canary"), ("Update", "Canary")),
+               f"update canary {NO_CANARY_SYSTEM}")
     if g.scaling is not None:
         validate_scaling(r, g, base + ("Scaling",))
     for attr, field in (("shutdown_delay", "ShutdownDelay"), ("max_client_disconnect", "MaxClientDisconnect"),
@@ -203,6 +206,10 @@ def validate_group_policies(r: Report, job: Job, g: TaskGroup, base: Path) -> li
     found = restart_issues(g.restart_policy) if g.restart_policy is not None else []
     r.issues(base + ("RestartPolicy",), found)
     return found
+
+
+NO_CANARY_SYSTEM = ("has no effect yet in Yurt for a system job: its update rolls max_parallel nodes "
+                    "at a time, without canaries")
 
 
 def _not_allowed(jt: str, block: str) -> str:

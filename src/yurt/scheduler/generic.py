@@ -1,4 +1,5 @@
-"""The service and batch scheduler (Nomad scheduler/generic_sched.go), as one pure function.
+"""The service and batch scheduler (Nomad scheduler/generic_sched.go), as one pure function;
+system and sysbatch jobs go to system.py.
 
 ``schedule(eval, state, seed=, now_ns=)`` reads the job, its allocations and the nodes from a
 read-only state view, reconciles, places what must be placed and returns the plan and what the
@@ -25,7 +26,6 @@ from .stack import Group, NodeUsage, Stack
 from .state import SchedulerState
 from .util import ALLOC_RESCHEDULED, ALLOC_UPDATING, new_id
 
-UNSUPPORTED = "system jobs are not supported yet"
 BLOCKED_DESCRIPTION = "created to place remaining allocations"
 TRIGGER_QUEUED_ALLOCS = "queued-allocs"   # Nomad's trigger of a blocked eval
 
@@ -52,7 +52,8 @@ def schedule(ev: Evaluation, state: SchedulerState, *, seed: int, now_ns: int) -
         annotations=None, snapshot_index=state.index, deployment=None, deployment_updates=[])
     jtype = (job.type if job else ev.type) or "service"
     if jtype in ("system", "sysbatch"):
-        return SchedulerResult(plan=plan, status="failed", status_description=UNSUPPORTED)
+        from .system import schedule_system   # system.py builds on this module's _Scheduler
+        return schedule_system(ev, job, state, plan, seed=seed, now_ns=now_ns)
     # The eval's ID is mixed into the seed so two evals given the same seed still draw
     # different allocation IDs; the same (seed, eval) always gives the same plan.
     rng = random.Random(f"{seed}:{ev.id}")

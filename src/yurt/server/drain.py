@@ -125,10 +125,10 @@ class Drainer:
         return node
 
     def _node_evals(self, node_id: str, trigger: str) -> list[Evaluation]:
-        """One eval per job with allocations still on the node (Nomad's createNodeEvals)."""
-        jobs = {(a.namespace, a.job_id) for a in self.store.allocs_by_node(node_id) if not a.terminal()}
+        """One eval per job with allocations still on the node, and per system job (Nomad's
+        createNodeEvals)."""
         return [self.server._new_eval(self.store.job(ns, job_id), ns, job_id, trigger, node_id=node_id)
-                for ns, job_id in sorted(jobs)]
+                for ns, job_id in self.server.node_jobs(node_id)]
 
     def update_drain(self, node_id: str, spec: DrainSpec | None, *, mark_eligible: bool = False,
                      meta: dict[str, str] | None = None) -> dict[str, Any]:

@@ -383,10 +383,21 @@ class Server:
         self.catalog.remove_node(node_id)  # its services must not be offered to anyone
         self._evals_for_node_jobs(node_id)
 
-    def _evals_for_node_jobs(self, node_id: str) -> None:
+    def node_jobs(self, node_id: str) -> list[tuple[str, str]]:
+        """The jobs a change of the node concerns (Nomad's createNodeEvals): those with
+        allocations still on it, and every running system and sysbatch job of its node pool."""
         jobs = {(a.namespace, a.job_id) for a in self.store.allocs_by_node(node_id) if not a.terminal()}
+        node = self.store.node(node_id)
+        if node is not None:
+            for job in self.store.jobs("*"):
+                if (job.type in ("system", "sysbatch") and not job.stop
+                        and (job.node_pool or "default") in ("all", node.node_pool)):
+                    jobs.add((job.namespace or "default", job.id))
+        return sorted(jobs)
+
+    def _evals_for_node_jobs(self, node_id: str) -> None:
         evals = []
-        for ns, job_id in sorted(jobs):
+        for ns, job_id in self.node_jobs(node_id):
             job = self.store.job(ns, job_id)
             evals.append(self._new_eval(job, ns, job_id, TRIGGER_NODE_UPDATE, node_id=node_id))
         self._submit(evals)
@@ -413,7 +424,11 @@ class Server:
             if u.client_status in (ALLOC_FAILED, ALLOC_COMPLETE, ALLOC_LOST):
                 freed = True
                 stopped_allocs.append(u.id)
-        evals = [self._new_eval(self.store.job(ns, j), ns, j, TRIGGER_ALLOC_FAILURE) for ns, j in sorted(failed_jobs)]
+        # A system job's failed allocation is not rescheduled (Nomad gives it no reschedule
+        # policy): the job's next evaluation places it again on its node.
+        jobs = [(ns, j, self.store.job(ns, j)) for ns, j in sorted(failed_jobs)]
+        evals = [self._new_eval(job, ns, j, TRIGGER_ALLOC_FAILURE) for ns, j, job in jobs
+                 if job is None or job.type not in ("system", "sysbatch")]
         self._submit(evals)
         self.catalog.remove_allocs(stopped_allocs)  # a stopped allocation's services go with it
         if freed:
