@@ -1,0 +1,318 @@
+"""The template hook on a real `-dev` agent (raw_exec tasks), and its parts in process.
+
+A template is rendered before its task starts (KV and catalog data, `env = true` variables),
+waits for a missing key, renders again when what it read changes (a KV write, the instances of
+a service moving) and tells the task per change_mode (restart, signal); a template that cannot
+render fails its task with a clear event; a syntax error is refused at `job validate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+import pytest
+
+from yurt.client.template_hook import AgentSource, parse_env
+from yurt.gotemplate import render
+from yurt.jobspec import load
+
+from .agent_util import AgentProcess, allocs, register, wait_for
+from .conftest import run_yurt
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="raw_exec tasks write as root into tmp_path")
+
+
+@pytest.fixture(scope="module")
+def agent():
+    proc = AgentProcess().start()
+    try:
+        yield proc
+    finally:
+        try:
+            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
+                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
+        except (httpx.HTTPError, ValueError):
+            pass
+        proc.stop()
+
+
+def put_kv(c: httpx.Client, key: str, value: str) -> None:
+    r = c.put(f"/v1/kv/{key}", content=value.encode())
+    assert r.status_code == 200, r.text
+
+
+def running_alloc(c: httpx.Client, job: str) -> dict:
+    def one() -> dict | None:
+        for a in allocs(c, job):
+            if a["ClientStatus"] == "running":
+                return c.get(f"/v1/allocation/{a['ID']}").json()
+        return None
+    return wait_for(one, 60, what=f"a running allocation of {job}")
+
+
+def task_state(c: httpx.Client, alloc_id: str, task: str) -> dict:
+    return c.get(f"/v1/allocation/{alloc_id}").json()["TaskStates"].get(task) or {}
+
+
+def events(c: httpx.Client, alloc_id: str, task: str) -> list[dict]:
+    return task_state(c, alloc_id, task).get("Events") or []
+
+
+def sh_job(name: str, script: str, templates: str, restart: str = "") -> str:
+    return f"""
+job "{name}" {{
+  type = "service"
+  group "g" {{
+    restart {{
+      attempts = 3
+      delay    = "1s"
+      mode     = "fail"
+      {restart}
+    }}
+    task "t" {{
+      driver = "raw_exec"
+      config {{
+        command = "/bin/sh"
+        args    = ["-c", {json.dumps(script)}]
+      }}
+      {templates}
+    }}
+  }}
+}}
+"""
+
+
+API_JOB = """
+job "tpl-api" {
+  group "api" {
+    network {
+      port "http" {}
+    }
+    service {
+      name = "tpl-count-api"
+      port = "http"
+    }
+    task "web" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sleep"
+        args    = ["3600"]
+      }
+    }
+  }
+}
+"""
+
+
+# -- in process --------------------------------------------------------------------------------
+
+def test_env_template_output_is_key_value_lines():
+    assert parse_env("A=1\n# note\n\nexport B = 'two words'\nC=\"x=y\"\n") == {"A": "1", "B": "two words", "C": "x=y"}
+    with pytest.raises(ValueError, match="not KEY=value"):
+        parse_env("oops\n")
+
+
+def test_agent_source_reads_kv_and_the_catalog(agent):
+    from yurt.api.client import YurtClient
+    with httpx.Client(base_url=agent.url, timeout=30) as c, YurtClient(agent.url) as api:
+        put_kv(c, "src/a", "A")
+        put_kv(c, "src/dir/b", "B")
+        src = AgentSource(api, {"HOME_X": "h"})
+        out = render('{{ env "HOME_X" }} {{ key "src/a" }} {{ keyOrDefault "src/none" "d" }} '
+                     '{{ range ls "src/dir" }}{{ .Key }}={{ .Value }}{{ end }} {{ range services }}{{ .Name }},{{ end }}',
+                     src)
+        assert out.text.startswith("h A d b=B ")
+        missing = render('{{ key "src/none" }}', src)
+        assert [d.arg for d in missing.missing] == ["src/none"]
+
+
+# -- on a real agent ---------------------------------------------------------------------------
+
+def test_file_and_env_templates_are_rendered_before_the_task_starts(agent, tmp_path):
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        register(c, API_JOB)
+        running_alloc(c, "tpl-api")
+        put_kv(c, "app/greeting", "hello")
+        templates = """
+      template {
+        data        = <<EOT
+greeting={{ key "app/greeting" }}
+{{ range service "tpl-count-api" }}api={{ .Address }}:{{ .Port }}
+{{ end }}
+EOT
+        destination = "local/app.conf"
+        perms       = "0640"
+      }
+      template {
+        data        = "GREETING={{ key \\"app/greeting\\" }}\\nTASK_NAME={{ env \\"NOMAD_TASK_NAME\\" }}\\n"
+        destination = "secrets/app.env"
+        env         = true
+      }"""
+        script = f'cat $NOMAD_TASK_DIR/app.conf > {out}.tmp; echo "env=$GREETING/$TASK_NAME" >> {out}.tmp; ' \
+                 f'stat -c %a $NOMAD_TASK_DIR/app.conf >> {out}.tmp; mv {out}.tmp {out}; sleep 3600'
+        register(c, sh_job("tpl-file", script, templates))
+        running_alloc(c, "tpl-file")
+        text = wait_for(lambda: out.exists() and out.read_text(), 60, what="the task's output")
+        assert "greeting=hello\n" in text
+        assert "api=" in text and ":" in text.split("api=")[1]
+        assert "env=hello/t\n" in text
+        assert text.strip().endswith("640")
+
+
+def test_a_missing_key_blocks_the_start_until_it_is_written(agent, tmp_path):
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        templates = """
+      template {
+        data        = "v={{ key \\"app/late\\" }}"
+        destination = "local/late.conf"
+      }"""
+        register(c, sh_job("tpl-late", f"cp $NOMAD_TASK_DIR/late.conf {out}; sleep 3600", templates))
+        alloc = wait_for(lambda: allocs(c, "tpl-late"), 30, what="an allocation")[0]
+        wait_for(lambda: any(e["Type"] == "Template" and e["DisplayMessage"] == "Missing: kv.block(app/late)"
+                             for e in events(c, alloc["ID"], "t")), 30, what="the Missing event")
+        assert task_state(c, alloc["ID"], "t").get("State") == "pending"
+        assert not out.exists()
+        put_kv(c, "app/late", "now")
+        wait_for(lambda: out.exists() and out.read_text() == "v=now", 30, what="the rendered file")
+
+
+def test_a_kv_change_restarts_the_task(agent, tmp_path):
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        put_kv(c, "app/restart", "one")
+        templates = """
+      template {
+        data        = "{{ key \\"app/restart\\" }}"
+        destination = "local/r.conf"
+        change_mode = "restart"
+        splay       = "0s"
+        wait {
+          min = "0s"
+          max = "1s"
+        }
+      }"""
+        register(c, sh_job("tpl-restart", f'echo "start $(cat $NOMAD_TASK_DIR/r.conf)" >> {out}; sleep 3600', templates))
+        alloc = running_alloc(c, "tpl-restart")
+        wait_for(lambda: out.exists() and "start one" in out.read_text(), 30, what="the first start")
+        put_kv(c, "app/restart", "two")
+        wait_for(lambda: "start two" in out.read_text(), 60, what="the restart with the new value")
+        state = wait_for(lambda: (st := task_state(c, alloc["ID"], "t"))["Restarts"] >= 1 and st, 30,
+                         what="the restart reported")
+        assert any(e["Type"] == "Restart Signaled" and
+                   e["DisplayMessage"] == "Template with change_mode restart re-rendered" for e in state["Events"])
+        assert not state["Failed"]
+
+
+def test_a_kv_change_signals_the_task(agent, tmp_path):
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        put_kv(c, "app/signal", "one")
+        templates = """
+      template {
+        data          = "{{ key \\"app/signal\\" }}"
+        destination   = "local/s.conf"
+        change_mode   = "signal"
+        change_signal = "SIGHUP"
+        splay         = "0s"
+        wait {
+          min = "0s"
+        }
+      }"""
+        script = (f'trap \'echo "hup $(cat $NOMAD_TASK_DIR/s.conf)" >> {out}\' HUP; echo "start $(cat $NOMAD_TASK_DIR/s.conf)" >> {out}; '
+                  'while true; do sleep 0.2; done')
+        register(c, sh_job("tpl-signal", script, templates))
+        alloc = running_alloc(c, "tpl-signal")
+        wait_for(lambda: out.exists() and "start one" in out.read_text(), 30, what="the first start")
+        put_kv(c, "app/signal", "two")
+        wait_for(lambda: "hup two" in out.read_text(), 60, what="the task's SIGHUP trap")
+        state = wait_for(lambda: (st := task_state(c, alloc["ID"], "t")) and any(
+            e["Type"] == "Signaling" and "SIGHUP" in e["DisplayMessage"] for e in st["Events"]) and st, 30,
+            what="the Signaling event")
+        assert state["Restarts"] == 0 and state["State"] == "running"
+
+
+def test_a_template_re_renders_when_the_service_moves(agent, tmp_path):
+    """count-api moves (its allocation is replaced, on a new port): the template follows, the task restarts."""
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        register(c, API_JOB.replace('"tpl-api"', '"tpl-mover"').replace("tpl-count-api", "tpl-moving-api"))
+        api_alloc = running_alloc(c, "tpl-mover")
+        templates = """
+      template {
+        data        = "{{ range service \\"tpl-moving-api\\" }}{{ .Port }}{{ end }}"
+        destination = "local/api.conf"
+        splay       = "0s"
+        wait {
+          min = "0s"
+        }
+      }"""
+        register(c, sh_job("tpl-follow", f'echo "start $(cat $NOMAD_TASK_DIR/api.conf)" >> {out}; sleep 3600', templates))
+        alloc = running_alloc(c, "tpl-follow")
+        first = wait_for(lambda: out.exists() and out.read_text().strip(), 30, what="the first start")
+        assert first.startswith("start ") and first != "start"
+        r = c.put(f"/v1/allocation/{api_alloc['ID']}/stop")
+        assert r.status_code == 200, r.text
+
+        def moved() -> bool:
+            lines = out.read_text().strip().splitlines()
+            return len(lines) >= 2 and lines[-1] not in (first, "start")
+        wait_for(moved, 90, what="a restart with the new port")
+        wait_for(lambda: task_state(c, alloc["ID"], "t")["Restarts"] >= 1, 30, what="the restart reported")
+
+
+def test_error_on_missing_key_fails_the_task_with_a_clear_event(agent):
+    with agent.api() as c:
+        templates = """
+      template {
+        data                 = "{{ (parseJSON \\"{}\\").nokey }}"
+        destination          = "local/m.conf"
+        error_on_missing_key = true
+      }"""
+        register(c, sh_job("tpl-missing", "sleep 3600", templates))
+        alloc = wait_for(lambda: allocs(c, "tpl-missing"), 30, what="an allocation")[0]
+
+        def failed() -> dict | None:
+            state = task_state(c, alloc["ID"], "t")
+            return state if state.get("State") == "dead" else None
+        state = wait_for(failed, 30, what="the task to fail")
+        assert state["Failed"]
+        (event,) = [e for e in state["Events"] if e["Type"] == "Task hook failed"]
+        assert event["DisplayMessage"].startswith("Template failed: template: local/m.conf:1:")
+        assert 'map has no entry for key "nokey"' in event["DisplayMessage"]
+        assert "Traceback" not in json.dumps(state)
+
+
+def test_a_syntax_error_is_refused_at_validate_with_its_position(tmp_path):
+    f = tmp_path / "bad.nomad"
+    f.write_text(sh_job("tpl-bad", "true", """
+      template {
+        data        = <<EOT
+line one
+{{ key "a" }
+EOT
+        destination = "local/x.conf"
+      }"""))
+    res = run_yurt("job", "validate", str(f))
+    assert res.returncode == 1
+    line = f.read_text().splitlines().index('        data        = <<EOT') + 1
+    assert (f'{f}:{line}:9: group "g" > task "t" > template "local/x.conf" > data: template data does not '
+            'parse: template: local/x.conf:2:11: unexpected "}" in operand') in res.stderr, res.stderr
+
+
+def test_change_script_outside_raw_exec_is_refused():
+    text = sh_job("tpl-script", "true", """
+      template {
+        data        = "x"
+        destination = "local/x.conf"
+        change_mode = "script"
+        change_script {
+          command = "/bin/true"
+        }
+      }""").replace('"raw_exec"', '"exec"')
+    with pytest.raises(Exception, match="change_script cannot run inside task"):
+        load(text, "job.nomad")
+
