@@ -162,6 +162,21 @@ EOT
         assert text.strip().endswith("640")
 
 
+def test_a_variable_of_the_job_is_read_with_the_workload_identity(agent, tmp_path):
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        r = c.put("/v1/var/nomad/jobs/tpl-var", json={"Items": {"db_url": "postgres://db"}})
+        assert r.status_code == 200, r.text
+        templates = """
+      template {
+        data        = "DB_URL={{ with nomadVar \\"nomad/jobs/tpl-var\\" }}{{ .db_url }}{{ end }}"
+        destination = "secrets/db.env"
+        env         = true
+      }"""
+        register(c, sh_job("tpl-var", f'echo "$DB_URL" > {out}; sleep 3600', templates))
+        wait_for(lambda: out.exists() and out.read_text() == "postgres://db\n", 60, what="the variable in the env")
+
+
 def test_a_missing_key_blocks_the_start_until_it_is_written(agent, tmp_path):
     out = tmp_path / "out.txt"
     with agent.api() as c:
@@ -316,3 +331,16 @@ def test_change_script_outside_raw_exec_is_refused():
     with pytest.raises(Exception, match="change_script cannot run inside task"):
         load(text, "job.nomad")
 
+
+
+def test_kv_reads_are_for_operators_and_client_nodes():
+    """With ACLs on, a client node's identity reads KV (its templates), as operator:read does."""
+    from yurt.api.authz import REQUIREMENTS, check
+    from yurt.server.acl import ACL, Identity, Rules, node_rules
+    req = REQUIREMENTS[("GET", "/v1/kv/{key:path}")]
+    assert check(Identity("node", ACL(node_rules())), req, "*")
+    assert check(Identity("token", ACL(Rules(simple={"operator": "read"}))), req, "*")
+    assert not check(Identity("token", ACL(Rules(simple={"node": "read"}))), req, "*")
+    assert not check(Identity("anonymous", ACL(Rules())), req, "*")
+    assert "operator:read" in req.describe("*")
+    assert not check(Identity("node", ACL(node_rules())), REQUIREMENTS[("PUT", "/v1/kv/{key:path}")], "*")
