@@ -10,8 +10,9 @@ event. Files are written under the task directory (never outside it) with ``perm
 the agent runs as root, ``uid``/``gid``; ``env = true`` templates are parsed as KEY=value lines
 into the task's environment.
 
-Once the task runs, one watcher thread per task renders again whenever what it read may have
-changed (it polls the agent every `POLL` seconds; each render is one read per dependency),
+Once the task runs, one watcher thread per task (an asyncio loop) holds blocking queries on
+what the templates read (one for all KV keys, one per service, per variable...) and renders
+again when one wakes with a new index (polling every `POLL` seconds if that loop fails),
 debounced by ``wait { min, max }`` (the client's default: min 5s, max 4m, as Nomad's), and tells
 the task per ``change_mode``: ``restart`` (a "Restart Signaled" event, not counted as a
 failure), ``signal`` (``change_signal``), ``script`` (``change_script``, run as a script check
@@ -23,6 +24,7 @@ restart block's ``render_templates = true``; the files of the last render stay o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -35,6 +37,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import httpx
 
 from yurt.api.client import YurtClient
 from yurt.errors import NotFound, YurtError
@@ -54,6 +59,7 @@ DEFAULT_WAIT_MIN = 5.0        # Nomad's client template wait defaults (seconds)
 DEFAULT_WAIT_MAX = 240.0
 DEFAULT_SPLAY = 5.0           # Nomad's default splay
 SCRIPT_TIMEOUT = 5.0          # change_script's default timeout
+BLOCK_WAIT = 60.0             # seconds a blocking query waits for a change
 RESTART_REASON = "Template with change_mode restart re-rendered"
 SIGNAL_REASON = "Template re-rendered"
 
@@ -213,6 +219,8 @@ class TemplateHook(TaskHook):
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self._vars_api: YurtClient | None = None   # with the task's workload identity
+        self._deps: frozenset[Dependency] = frozenset()   # what the last render read
+        self._namespace = "default"
 
     # --- the hook ----------------------------------------------------------------------------
 
@@ -272,6 +280,7 @@ class TemplateHook(TaskHook):
                 self._vars_api.token = token
             vars_api = self._vars_api
         namespace = (ctx.alloc.job.namespace if ctx.alloc.job else "") or "default"
+        self._namespace = namespace
         return AgentSource(self.api, ctx.task_env(), vars_api, namespace)
 
     def _render_all(self, ctx: TaskHookContext) -> tuple[dict[int, str], list[str]]:
@@ -279,12 +288,16 @@ class TemplateHook(TaskHook):
         source = self._source(ctx)
         results: dict[int, str] = {}
         missing: list[str] = []
+        deps: set[Dependency] = set()
         for i, tpl in enumerate(self.templates):
             out = self._render_one(ctx, tpl, source)
+            if not tpl.once:
+                deps |= out.deps
             if out.missing:
                 missing.extend(_missing_name(d) for d in sorted(out.missing))
             else:
                 results[i] = out.text
+        self._deps = frozenset(deps)
         return results, missing
 
     def _render_one(self, ctx: TaskHookContext, tpl: Template, source: AgentSource) -> Rendered:
@@ -364,29 +377,123 @@ class TemplateHook(TaskHook):
                 if not self.templates[i].once and self._last.get(i) != text}
 
     def _watch(self, ctx: TaskHookContext) -> None:
+        """The watcher thread: blocking queries on what the templates read (one asyncio loop for
+        all of them); polling every `poll` seconds if that loop cannot run."""
+        try:
+            asyncio.run(self._watch_blocking(ctx))
+        except Exception:
+            log.exception("task %s: template blocking queries failed; polling instead", ctx.task.name)
+            self._watch_polling(ctx)
+
+    def _check(self, ctx: TaskHookContext) -> None:
+        """Render again; a change is debounced by `wait` and the task told (on this thread)."""
+        try:
+            changed = self._changed(ctx)
+            if not changed:
+                return
+            lo, hi = self._wait_bounds([self.templates[i] for i in changed])
+            first = last_change = time.monotonic()
+            while lo > 0:   # debounce: quiet for `min`, or `max` since the first change
+                now = time.monotonic()
+                if now - last_change >= lo or now - first >= hi:
+                    break
+                if self._stop.wait(min(self.poll, lo)):
+                    return
+                again = self._changed(ctx)
+                if again != changed:
+                    changed, last_change = again, time.monotonic()
+            if changed:
+                self._apply(ctx, changed)
+        except TaskHookError as e:
+            ctx.emit(ev.template(str(e)))
+            log.warning("task %s: %s", ctx.task.name, e)
+        except Exception:   # the watcher must survive the agent's hiccups
+            log.exception("task %s: template watcher", ctx.task.name)
+
+    def _watch_polling(self, ctx: TaskHookContext) -> None:
         while not self._stop.wait(self.poll):
+            self._check(ctx)
+
+    def _queries(self) -> dict[tuple[str, str], tuple[str, dict[str, str], bool]]:
+        """What to block on for the last render's dependencies: a key per query, its path, its
+        parameters and whether it is asked with the workload identity. Every KV read wakes on
+        any KV write, so one query watches them all."""
+        out: dict[tuple[str, str], tuple[str, dict[str, str], bool]] = {}
+        for kind, arg in self._deps:
+            if kind in ("kv", "kv_list"):
+                out[("kv", "")] = (f"/v1/kv/{quote(arg.lstrip('/'))}", {}, False)
+            elif kind in ("service", "nomad_service"):
+                name = arg.split("|")[0].split("~")[0].split("@")[0].rsplit(".", 1)[-1]
+                out[("service", name)] = (f"/v1/health/service/{quote(name)}", {}, False)
+            elif kind in ("catalog_services", "nomad_services"):
+                out[("catalog", "")] = ("/v1/catalog/services", {}, False)
+            elif kind in ("nomad_var", "nomad_var_list"):
+                path, _, ns = arg.partition("@")
+                params = {"namespace": ns.split(".")[0] or self._namespace}
+                if kind == "nomad_var":
+                    out[("var", arg)] = (f"/v1/var/{quote(path.strip('/'))}", params, True)
+                else:
+                    out[("vars", arg)] = ("/v1/vars", {**params, "prefix": path}, True)
+        return out
+
+    def _async_client(self) -> httpx.AsyncClient:
+        address = self.api.address
+        if address.startswith("unix://"):
+            return httpx.AsyncClient(base_url="http://localhost", timeout=BLOCK_WAIT + 15,
+                                     transport=httpx.AsyncHTTPTransport(uds=address[len("unix://"):]))
+        if address.startswith("https://"):
+            return httpx.AsyncClient(base_url=address, timeout=BLOCK_WAIT + 15, verify=self.api.tls.context())
+        return httpx.AsyncClient(base_url=address, timeout=BLOCK_WAIT + 15)
+
+    async def _watch_blocking(self, ctx: TaskHookContext) -> None:
+        indexes: dict[tuple[str, str], int] = {}
+        pending: dict[tuple[str, str], asyncio.Task[int]] = {}
+        failures = 0
+        if not self._deps:   # re-attached after an agent restart: nothing rendered by this hook yet
+            await asyncio.to_thread(self._check, ctx)
+        async with self._async_client() as client:
+            async def query(path: str, params: dict[str, str], with_identity: bool, index: int) -> int:
+                token = (self._vars_api.token if with_identity and self._vars_api is not None else self.api.token)
+                q = {**params, **({"index": str(index), "wait": f"{BLOCK_WAIT:g}s"} if index else {})}
+                resp = await client.get(path, params=q, headers={"X-Nomad-Token": token} if token else None)
+                if resp.status_code >= 400 and resp.status_code != 404:
+                    raise YurtError(f"{path}: {resp.status_code} {resp.text.strip()[:200]}")
+                return int(resp.headers.get("X-Nomad-Index") or resp.headers.get("X-Consul-Index") or 0)
+
             try:
-                changed = self._changed(ctx)
-                if not changed:
-                    continue
-                lo, hi = self._wait_bounds([self.templates[i] for i in changed])
-                first = last_change = time.monotonic()
-                while lo > 0:   # debounce: quiet for `min`, or `max` since the first change
-                    now = time.monotonic()
-                    if now - last_change >= lo or now - first >= hi:
-                        break
-                    if self._stop.wait(min(self.poll, lo)):
-                        return
-                    again = self._changed(ctx)
-                    if again != changed:
-                        changed, last_change = again, time.monotonic()
-                if changed:
-                    self._apply(ctx, changed)
-            except TaskHookError as e:
-                ctx.emit(ev.template(str(e)))
-                log.warning("task %s: %s", ctx.task.name, e)
-            except Exception:   # the watcher must survive the agent's hiccups
-                log.exception("task %s: template watcher", ctx.task.name)
+                while not self._stop.is_set():
+                    queries = self._queries()
+                    for key in [k for k in pending if k not in queries]:
+                        pending.pop(key).cancel()
+                    for key, (path, params, ident) in queries.items():
+                        if key not in pending:
+                            pending[key] = asyncio.create_task(query(path, params, ident, indexes.get(key, 0)))
+                    if not pending:   # nothing to watch (env only): look again now and then
+                        await asyncio.sleep(self.poll)
+                        continue
+                    done, _ = await asyncio.wait(pending.values(), timeout=self.poll,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    changed = False
+                    for key in [k for k, t in pending.items() if t in done]:
+                        task = pending.pop(key)
+                        try:
+                            index = task.result()
+                        except (httpx.HTTPError, YurtError, ValueError) as e:
+                            failures += 1
+                            log.debug("task %s: template query %s: %s", ctx.task.name, key, e)
+                            await asyncio.sleep(min(2.0 ** min(failures, 5) * 0.25, 10.0))
+                            changed = True   # render again: the agent may have missed nothing, or much
+                            continue
+                        failures = 0
+                        if indexes.get(key) != index:   # a first answer too: a change may fall before it
+                            changed = True
+                            indexes[key] = index
+                    if changed:
+                        await asyncio.to_thread(self._check, ctx)
+            finally:
+                for task in pending.values():
+                    task.cancel()
+                await asyncio.gather(*pending.values(), return_exceptions=True)
 
     def _apply(self, ctx: TaskHookContext, changed: dict[int, str]) -> None:
         for i, text in changed.items():
