@@ -128,6 +128,84 @@ def test_agent_source_reads_kv_and_the_catalog(agent):
         assert [d.arg for d in missing.missing] == ["src/none"]
 
 
+def test_task_hooks_see_every_phase_and_add_env(tmp_path):
+    """prestart (each start), poststart, exited, stop; prestart's env reaches the task; a
+    TaskHookError fails the task with its message (no traceback)."""
+    from yurt.client.task_hooks import TaskHook, TaskHookError
+    from yurt.structs import RestartPolicy
+    from yurt.structs.duration import MS, SECOND
+
+    from .test_client_util import event_types, logs, make_alloc, sh, start_alloc
+
+    calls: list[str] = []
+
+    class Recording(TaskHook):
+        name = "recording"
+
+        def prestart(self, ctx):
+            calls.append("prestart")
+            ctx.env["FROM_TASK_HOOK"] = f"hooked{calls.count('prestart')}"
+
+        def poststart(self, ctx):
+            calls.append("poststart")
+
+        def exited(self, ctx):
+            calls.append("exited")
+
+        def stop(self, ctx):
+            calls.append("stop")
+
+    task = sh("t", 'echo "$FROM_TASK_HOOK"; exit 1',
+              restart_policy=RestartPolicy(attempts=1, interval=60 * SECOND, delay=50 * MS, mode="fail"))
+    runner, _ = start_alloc(make_alloc([task], job_type="batch"), tmp_path / "a",
+                            task_hooks=[lambda t: Recording()])
+    assert runner.wait(30)
+    assert calls == ["prestart", "poststart", "exited", "prestart", "poststart", "exited", "stop"]
+    assert logs(runner, "t") == "hooked1\nhooked2\n"
+
+    class Refusing(TaskHook):
+        name = "refusing"
+
+        def prestart(self, ctx):
+            raise TaskHookError("Template failed: nope")
+
+    runner, rec = start_alloc(make_alloc([sh("t", "echo never")], job_type="batch"), tmp_path / "b",
+                              task_hooks=[lambda t: Refusing()])
+    assert runner.wait(30)
+    status, _, states = rec.last
+    assert status == "failed" and states["t"].failed
+    assert event_types(states["t"])[-1] == "Task hook failed"
+    assert states["t"].events[-1].display_message == "Template failed: nope"
+    assert not (runner.alloc_dir.logs / "t.stdout.0").exists()
+
+
+def test_destinations_are_relative_to_the_task_dir_inside_the_alloc_dir(tmp_path):
+    from yurt.client.allocdir import AllocDir
+    from yurt.client.task_hooks import TaskHookError
+    from yurt.client.template_hook import TemplateHook
+    from yurt.structs import Task
+
+    class Ctx:
+        task_dir = AllocDir(tmp_path, "a1").task_dir("web")
+    hook = TemplateHook(None, Task(name="web"))  # type: ignore[arg-type]
+    alloc_root = tmp_path / "alloc" / "a1"
+    assert hook._inside(Ctx(), "local/x.conf", "destination") == alloc_root / "web" / "local" / "x.conf"
+    assert hook._inside(Ctx(), "alloc/shared.conf", "destination") == alloc_root / "alloc" / "shared.conf"
+    assert hook._inside(Ctx(), "../alloc/shared.conf", "destination") == alloc_root / "alloc" / "shared.conf"
+    with pytest.raises(TaskHookError, match="escapes the allocation directory"):
+        hook._inside(Ctx(), "../../x", "destination")
+
+
+def test_destinations_cannot_escape_the_task_directory():
+    text = sh_job("tpl-escape", "true", """
+      template {
+        data        = "x"
+        destination = "../../etc/passwd"
+      }""")
+    with pytest.raises(Exception, match="escapes the allocation directory"):
+        load(text, "job.nomad")
+
+
 # -- on a real agent ---------------------------------------------------------------------------
 
 def test_file_and_env_templates_are_rendered_before_the_task_starts(agent, tmp_path):

@@ -319,12 +319,16 @@ class TemplateHook(TaskHook):
             raise TaskHookError(f"Template failed: {name}: reading the agent: {e}") from None
 
     def _inside(self, ctx: TaskHookContext, rel: str, what: str) -> Path:
-        """``rel`` under the task directory; TaskHookError when it would escape it."""
-        root = ctx.task_dir.root
-        norm = posixpath.normpath(rel.lstrip("/"))
+        """``rel`` relative to the task directory, inside the allocation directory (as validation
+        checks it: "../alloc/x" is the shared dir); TaskHookError when it would escape it."""
+        root = Path(ctx.task_dir.root)
+        norm = posixpath.normpath(posixpath.join(root.name, rel.lstrip("/")))
         if norm.startswith("..") or os.path.isabs(norm):
-            raise TaskHookError(f'Template failed: {what} "{rel}" escapes the task directory')
-        return Path(root) / norm
+            raise TaskHookError(f'Template failed: {what} "{rel}" escapes the allocation directory')
+        own_alloc = f"{root.name}/alloc"
+        if norm == own_alloc or norm.startswith(own_alloc + "/"):   # the task's alloc/ is the shared dir
+            norm = "alloc" + norm[len(own_alloc):]
+        return root.parent / norm
 
     def _write(self, ctx: TaskHookContext, i: int, text: str) -> None:
         tpl = self.templates[i]
