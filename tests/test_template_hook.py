@@ -328,6 +328,34 @@ def test_a_kv_change_signals_the_task(agent, tmp_path):
         assert state["Restarts"] == 0 and state["State"] == "running"
 
 
+def test_a_kv_change_runs_the_change_script(agent, tmp_path):
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        put_kv(c, "app/script", "one")
+        templates = f"""
+      template {{
+        data        = "{{{{ key \\"app/script\\" }}}}"
+        destination = "local/c.conf"
+        change_mode = "script"
+        change_script {{
+          command = "/bin/sh"
+          args    = ["-c", "echo script $(cat local/c.conf) $NOMAD_TASK_NAME >> {out}"]
+          timeout = "5s"
+        }}
+        wait {{
+          min = "0s"
+        }}
+      }}"""
+        register(c, sh_job("tpl-script", "sleep 3600", templates))
+        alloc = running_alloc(c, "tpl-script")
+        put_kv(c, "app/script", "two")
+        wait_for(lambda: out.exists() and "script two t\n" in out.read_text(), 60, what="the change script")
+        state = wait_for(lambda: (st := task_state(c, alloc["ID"], "t")) and any(
+            e["Type"] == "Template" and "ran script" in e["DisplayMessage"] for e in st["Events"]) and st, 30,
+            what="the script's event")
+        assert state["Restarts"] == 0 and state["State"] == "running"
+
+
 def test_a_template_re_renders_when_the_service_moves(agent, tmp_path):
     """count-api moves (its allocation is replaced, on a new port): the template follows, the task restarts."""
     out = tmp_path / "out.txt"

@@ -30,7 +30,6 @@ import logging
 import os
 import posixpath
 import random
-import shlex
 import subprocess
 import threading
 import time
@@ -42,7 +41,7 @@ from urllib.parse import quote
 import httpx
 
 from yurt.api.client import YurtClient
-from yurt.errors import NotFound, YurtError
+from yurt.errors import NotFound, Unavailable, Unreachable, YurtError
 from yurt.gotemplate import (CatalogSnippet, Dependency, HealthCheck, HealthService, KeyPair, NomadService,
                              NomadServicesSnippet, NomadVariable, NomadVarMeta, Rendered, ServiceTags, TemplateError,
                              render)
@@ -60,6 +59,7 @@ DEFAULT_WAIT_MAX = 240.0
 DEFAULT_SPLAY = 5.0           # Nomad's default splay
 SCRIPT_TIMEOUT = 5.0          # change_script's default timeout
 BLOCK_WAIT = 60.0             # seconds a blocking query waits for a change
+AGENT_RETRY = 60.0            # seconds the first render retries an agent it cannot reach
 RESTART_REASON = "Template with change_mode restart re-rendered"
 SIGNAL_REASON = "Template re-rendered"
 
@@ -74,6 +74,10 @@ def _missing_name(dep: Dependency) -> str:
     if kind == "nomad_var":
         return f"nomad.var.block({arg})"
     return f"{kind}({arg})"
+
+
+class _AgentDown(TaskHookError):
+    """The agent could not be asked (unreachable, or no leader): retried before it fails the task."""
 
 
 class AgentSource:
@@ -228,8 +232,19 @@ class TemplateHook(TaskHook):
         if self._rendered and not self._render_on_restart(ctx):
             return
         announced: frozenset[str] = frozenset()
+        down_since = 0.0
         while True:
-            results, missing = self._render_all(ctx)
+            try:
+                results, missing = self._render_all(ctx)
+            except _AgentDown:   # retried for a while, as Nomad retries Consul
+                now = time.monotonic()
+                down_since = down_since or now
+                if now - down_since > AGENT_RETRY:
+                    raise
+                if ctx.killed.wait(self.poll):
+                    return
+                continue
+            down_since = 0.0
             if not missing:
                 break
             names = frozenset(missing)
@@ -315,6 +330,8 @@ class TemplateHook(TaskHook):
                           namespace=source.namespace)
         except TemplateError as e:
             raise TaskHookError(f"Template failed: {e}") from None
+        except (Unreachable, Unavailable) as e:
+            raise _AgentDown(f"Template failed: {name}: the agent cannot be read: {e}") from None
         except YurtError as e:
             raise TaskHookError(f"Template failed: {name}: reading the agent: {e}") from None
 
@@ -542,13 +559,19 @@ class TemplateHook(TaskHook):
         except OSError as e:
             failed = e.strerror or str(e)
         if not failed:
-            ctx.emit(ev.template(f"Template ran script {shlex.join(argv)} with arguments "
-                                 f"{script.args or []} on change"))
+            ctx.emit(ev.template(f"Template ran script {script.command} with arguments {_go_list(script.args)} "
+                                 "on change"))
             return
-        message = f"Template failed to run script {shlex.join(argv)} on change: {failed}"
+        message = (f"Template failed to run script {script.command} with arguments {_go_list(script.args)} "
+                   f"on change: {failed}")
         ctx.emit(ev.template(message))
         if script.fail_on_error:
             ctx.runner.kill(ev.hook_failed(message))
+
+
+def _go_list(args: list[str] | None) -> str:
+    """A string list as Go's %v prints it: [a b c]."""
+    return "[" + " ".join(args or []) + "]"
 
 
 def template_hooks(api: YurtClient) -> TaskHookFactory:
