@@ -407,6 +407,32 @@ def test_error_on_missing_key_fails_the_task_with_a_clear_event(agent):
         assert "Traceback" not in json.dumps(state)
 
 
+def test_a_re_render_that_fails_kills_the_task(agent):
+    """error_on_missing_key: the value read later lacks the key; the task fails, as Nomad's."""
+    with agent.api() as c:
+        put_kv(c, "app/json", '{"port": 1}')
+        templates = """
+      template {
+        data                 = "{{ (key \\"app/json\\" | parseJSON).port }}"
+        destination          = "local/j.conf"
+        error_on_missing_key = true
+        wait {
+          min = "0s"
+        }
+      }"""
+        register(c, sh_job("tpl-refail", "sleep 3600", templates))
+        alloc = running_alloc(c, "tpl-refail")
+        put_kv(c, "app/json", "{}")
+
+        def failed() -> dict | None:
+            state = task_state(c, alloc["ID"], "t")
+            return state if state.get("State") == "dead" else None
+        state = wait_for(failed, 60, what="the task killed")
+        assert state["Failed"]
+        assert any(e["Type"] == "Task hook failed" and 'map has no entry for key "port"' in e["DisplayMessage"]
+                   for e in state["Events"])
+
+
 def test_a_syntax_error_is_refused_at_validate_with_its_position(tmp_path):
     f = tmp_path / "bad.nomad"
     f.write_text(sh_job("tpl-bad", "true", """

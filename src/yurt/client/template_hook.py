@@ -425,9 +425,12 @@ class TemplateHook(TaskHook):
                     changed, last_change = again, time.monotonic()
             if changed:
                 self._apply(ctx, changed)
-        except TaskHookError as e:
-            ctx.emit(ev.template(str(e)))
+        except _AgentDown as e:   # the blocking queries notice the agent back, and render again
             log.warning("task %s: %s", ctx.task.name, e)
+        except TaskHookError as e:   # as Nomad: a template that no longer renders kills its task
+            log.warning("task %s: %s", ctx.task.name, e)
+            self._stop.set()
+            ctx.runner.kill(ev.hook_failed(str(e)))
         except Exception:   # the watcher must survive the agent's hiccups
             log.exception("task %s: template watcher", ctx.task.name)
 
