@@ -225,12 +225,17 @@ class TemplateHook(TaskHook):
         self._vars_api: YurtClient | None = None   # with the task's workload identity
         self._deps: frozenset[Dependency] = frozenset()   # what the last render read
         self._namespace = "default"
+        self._lock = threading.RLock()   # a restart's prestart and the watcher render one at a time
 
     # --- the hook ----------------------------------------------------------------------------
 
     def prestart(self, ctx: TaskHookContext) -> None:
         if self._rendered and not self._render_on_restart(ctx):
             return
+        with self._lock:
+            self._first_render(ctx)
+
+    def _first_render(self, ctx: TaskHookContext) -> None:
         announced: frozenset[str] = frozenset()
         down_since = 0.0
         while True:
@@ -393,7 +398,8 @@ class TemplateHook(TaskHook):
         return lo, hi
 
     def _changed(self, ctx: TaskHookContext) -> dict[int, str]:
-        results, _ = self._render_all(ctx)   # a template with something missing keeps its last render
+        with self._lock:
+            results, _ = self._render_all(ctx)   # a template with something missing keeps its last render
         return {i: text for i, text in results.items()
                 if not self.templates[i].once and self._last.get(i) != text}
 
@@ -520,8 +526,9 @@ class TemplateHook(TaskHook):
                 await asyncio.gather(*pending.values(), return_exceptions=True)
 
     def _apply(self, ctx: TaskHookContext, changed: dict[int, str]) -> None:
-        for i, text in changed.items():
-            self._write(ctx, i, text)
+        with self._lock:
+            for i, text in changed.items():
+                self._write(ctx, i, text)
         tpls = [self.templates[i] for i in changed]
         modes = {t.change_mode or "restart" for t in tpls}
         if "restart" in modes:
