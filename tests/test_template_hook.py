@@ -223,6 +223,8 @@ greeting={{ key "app/greeting" }}
 EOT
         destination = "local/app.conf"
         perms       = "0640"
+        uid         = 65534
+        gid         = 65534
       }
       template {
         data        = "GREETING={{ key \\"app/greeting\\" }}\\nTASK_NAME={{ env \\"NOMAD_TASK_NAME\\" }}\\n"
@@ -230,14 +232,14 @@ EOT
         env         = true
       }"""
         script = f'cat $NOMAD_TASK_DIR/app.conf > {out}.tmp; echo "env=$GREETING/$TASK_NAME" >> {out}.tmp; ' \
-                 f'stat -c %a $NOMAD_TASK_DIR/app.conf >> {out}.tmp; mv {out}.tmp {out}; sleep 3600'
+                 f'stat -c %a:%u:%g $NOMAD_TASK_DIR/app.conf >> {out}.tmp; mv {out}.tmp {out}; sleep 3600'
         register(c, sh_job("tpl-file", script, templates))
         running_alloc(c, "tpl-file")
         text = wait_for(lambda: out.exists() and out.read_text(), 60, what="the task's output")
         assert "greeting=hello\n" in text
         assert "api=" in text and ":" in text.split("api=")[1]
         assert "env=hello/t\n" in text
-        assert text.strip().endswith("640")
+        assert text.strip().endswith("640:65534:65534")
 
 
 def test_a_variable_of_the_job_is_read_with_the_workload_identity(agent, tmp_path):
@@ -431,6 +433,27 @@ def test_a_re_render_that_fails_kills_the_task(agent):
         assert state["Failed"]
         assert any(e["Type"] == "Task hook failed" and 'map has no entry for key "port"' in e["DisplayMessage"]
                    for e in state["Events"])
+
+
+def test_with_acls_the_node_reads_kv_and_the_catalog_for_its_templates(tmp_path):
+    import re
+    out = tmp_path / "out.txt"
+    conf = tmp_path / "acl.hcl"
+    conf.write_text('acl {\n  enabled = true\n}\n')
+    with AgentProcess(extra=["-acl-enabled", "-config", str(conf)]) as a:
+        m = re.search(r"ACL Token: ([0-9a-f-]{36})", a.log())
+        assert m, a.log()[:2000]
+        with httpx.Client(base_url=a.url, timeout=30, headers={"X-Nomad-Token": m.group(1)}) as c:
+            put_kv(c, "acl/app", "secret-ish")
+            templates = """
+      template {
+        data        = "{{ key \\"acl/app\\" }} {{ range services }}{{ .Name }}{{ end }}"
+        destination = "local/acl.conf"
+      }"""
+            register(c, sh_job("tpl-acl", f"cp $NOMAD_TASK_DIR/acl.conf {out}; sleep 3600", templates))
+            wait_for(lambda: out.exists() and out.read_text().startswith("secret-ish "), 60,
+                     what="the template rendered with the node's identity")
+            c.delete("/v1/job/tpl-acl", params={"purge": "true"})
 
 
 def test_a_syntax_error_is_refused_at_validate_with_its_position(tmp_path):
