@@ -499,3 +499,66 @@ def test_kv_reads_are_for_operators_and_client_nodes():
     assert not check(Identity("anonymous", ACL(Rules())), req, "*")
     assert "operator:read" in req.describe("*")
     assert not check(Identity("node", ACL(node_rules())), REQUIREMENTS[("PUT", "/v1/kv/{key:path}")], "*")
+
+
+REATTACH_AGENT = """
+import json, sys, time
+from yurt.api.client import YurtClient
+from yurt.client import AllocRunner, RawExecDriver
+from yurt.client.template_hook import template_hooks
+from yurt.structs import Allocation
+data_dir, alloc_file, url = sys.argv[1], sys.argv[2], sys.argv[3]
+alloc = Allocation.model_validate(json.load(open(alloc_file)))
+runner = AllocRunner(alloc, data_dir=data_dir, drivers={"raw_exec": RawExecDriver()},
+                     task_hooks=[template_hooks(YurtClient(url))])
+runner.run()
+deadline = time.monotonic() + 60
+while runner.client_status != "running":
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.05)
+time.sleep(1)   # the state file (with the handle) is written just after
+print("RUNNING", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_restarted_agent_watches_the_templates_of_the_tasks_it_reattaches(agent, tmp_path):
+    """The agent dies, its task runs on; the new agent re-attaches and its template hook watches again."""
+    import signal
+    import subprocess
+    import sys
+
+    from yurt.api.client import YurtClient
+    from yurt.client import AllocRunner
+    from yurt.client.template_hook import template_hooks
+    from yurt.structs import Template, WaitConfig
+
+    from .test_client_util import DRIVERS, make_alloc, sh
+
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        put_kv(c, "app/reattach", "one")
+    tpl = Template(embedded_tmpl='{{ key "app/reattach" }}', dest_path="local/r.conf", change_mode="restart",
+                   splay=0, wait=WaitConfig(min=0))
+    alloc = make_alloc([sh("t", f'echo "start $(cat $NOMAD_TASK_DIR/r.conf)" >> {out}; exec sleep 3600',
+                           templates=[tpl])])
+    (tmp_path / "alloc.json").write_text(json.dumps(alloc.to_json()))
+    (tmp_path / "agent.py").write_text(REATTACH_AGENT)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "agent.py"), str(tmp_path / "data"),
+                             str(tmp_path / "alloc.json"), agent.url], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "RUNNING"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert out.read_text() == "start one\n"
+    with YurtClient(agent.url) as api:
+        runner = AllocRunner.restore(tmp_path / "data", alloc.id, drivers=DRIVERS, task_hooks=[template_hooks(api)])
+        runner.run()
+        try:
+            wait_for(lambda: runner.task_runners["t"].is_running(), 30, what="re-attached")
+            with agent.api() as c:
+                put_kv(c, "app/reattach", "two")
+            wait_for(lambda: out.read_text() == "start one\nstart two\n", 60, what="the restart by the new agent")
+            assert runner.task_runners["t"].state.restarts == 1
+        finally:
+            runner.destroy(timeout=30)
