@@ -456,6 +456,23 @@ def test_with_acls_the_node_reads_kv_and_the_catalog_for_its_templates(tmp_path)
             c.delete("/v1/job/tpl-acl", params={"purge": "true"})
 
 
+def test_a_source_file_that_is_not_there_fails_the_task_with_a_clear_event(agent):
+    with agent.api() as c:
+        templates = """
+      template {
+        source      = "local/missing.tpl"
+        destination = "local/out.conf"
+      }"""
+        register(c, sh_job("tpl-nosource", "sleep 3600", templates))
+        alloc = wait_for(lambda: allocs(c, "tpl-nosource"), 30, what="an allocation")[0]
+        state = wait_for(lambda: (st := task_state(c, alloc["ID"], "t")).get("State") == "dead" and st, 30,
+                         what="the task to fail")
+        assert state["Failed"]
+        assert state["Events"][-1]["Type"] == "Task hook failed"
+        assert state["Events"][-1]["DisplayMessage"] == \
+            'Template failed: source "local/missing.tpl": No such file or directory'
+
+
 def test_a_syntax_error_is_refused_at_validate_with_its_position(tmp_path):
     f = tmp_path / "bad.nomad"
     f.write_text(sh_job("tpl-bad", "true", """
