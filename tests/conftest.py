@@ -39,7 +39,7 @@ def seed_text() -> str:
 SERIAL = {
     "lab": ("test_ha_lab.py", "test_lab.py", "test_lab_etcd.py", "test_lab_secure.py", "test_lab_system.py"),
     "countdash": ("test_mesh_countdash.py", "test_docker_countdash.py", "test_countdash_apps.py",
-                  "test_mesh_handover.py", "test_ui_browser.py"),
+                  "test_mesh_handover.py", "test_ui_browser.py", "test_countdash_template.py"),
 }
 FIRST = ("lab", "countdash", "test_mesh_memory.py", "test_etcd_cluster.py", "test_mesh_explain.py")
 

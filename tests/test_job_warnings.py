@@ -134,9 +134,6 @@ WARNED = [
     ("ephemeral-disk-migrate", ("TaskGroups", "*", "EphemeralDisk", "Migrate"), "GROUP",
      "ephemeral_disk {\n      migrate = true\n    }", 'group "api" > ephemeral_disk > migrate',
      "not copied to a replacement"),
-    ("group-render-templates", ("TaskGroups", "*", "RestartPolicy", "RenderTemplates"), "GROUP",
-     "restart {\n      render_templates = true\n    }", 'group "api" > restart > render_templates',
-     "templates are not rendered"),
     ("network-mbits", ("TaskGroups", "*", "Networks", "*", "MBits"), "NET", "mbits = 10",
      'group "api" > network > mbits', "no bandwidth is reserved"),
     ("network-device", ("TaskGroups", "*", "Networks", "*", "Device"), "NET", 'device = "eth0"',
@@ -151,16 +148,10 @@ WARNED = [
     ("dynamic-port-ignore-collision", ("TaskGroups", "*", "Networks", "*", "DynamicPorts", "*", "IgnoreCollision"),
      "NET", 'port "debug" {\n        ignore_collision = true\n      }',
      'group "api" > network > port "debug" > ignore_collision', "only applies to static ports"),
-    ("template", ("TaskGroups", "*", "Tasks", "*", "Templates", "*"), "TASK",
-     'template {\n        data        = "x"\n        destination = "local/x.conf"\n      }',
-     f'{T} > template "local/x.conf"', "nothing is rendered, and the task starts without this file"),
     ("resources-cores", ("TaskGroups", "*", "Tasks", "*", "Resources", "Cores"), "TASK",
      "resources {\n        cores = 2\n      }", f"{T} > resources > cores", "ask for cpu (in MHz) instead"),
     ("resources-secrets", ("TaskGroups", "*", "Tasks", "*", "Resources", "SecretsMB"), "TASK",
      "resources {\n        secrets = 20\n      }", f"{T} > resources > secrets", "without a size limit"),
-    ("task-render-templates", ("TaskGroups", "*", "Tasks", "*", "RestartPolicy", "RenderTemplates"), "TASK",
-     "restart {\n        render_templates = true\n      }", f"{T} > restart > render_templates",
-     "templates are not rendered"),
     ("service-address-mode", ("TaskGroups", "*", "Services", "*", "AddressMode"), "SERVICE",
      'address_mode = "host"', f"{SVC} > address_mode", "registered with the node's address"),
     ("service-cluster", ("TaskGroups", "*", "Services", "*", "Cluster"), "SERVICE", 'cluster = "other"',
@@ -310,36 +301,38 @@ def test_defaults_written_out_are_not_warned_about():
     assert load(job_text("GROUP", "ephemeral_disk {\n      sticky = false\n    }"), FILE).warnings == []
 
 
-def test_a_group_policy_merged_into_its_tasks_is_warned_about_once():
-    text = job_text("GROUP", "restart {\n      render_templates = true\n    }")
-    (warning,) = load(text, FILE).warnings
-    assert warning.where == 'group "api" > restart > render_templates'
+def test_templates_and_render_templates_take_effect_now():
+    """The client's template hook renders them (tests/test_template_hook.py): no warning."""
+    assert load(job_text("GROUP", "restart {\n      render_templates = true\n    }"), FILE).warnings == []
+    assert load(job_text("TASK", "restart {\n        render_templates = true\n      }"), FILE).warnings == []
+    assert load(job_text("TASK", 'template {\n        data        = "x"\n        destination = "local/x.conf"\n'
+                                 '      }'), FILE).warnings == []
 
 
 def test_the_canonical_json_gives_the_same_warnings_once():
     """`yurt job run -output` JSON, read back: the same fields named, defaults not."""
-    text = job_text("TASK", 'template {\n        data        = "x"\n        destination = "local/x.conf"\n      }')
+    text = job_text("TASK", "resources {\n        cores = 2\n      }")
     doc = json.dumps(load(text, FILE).job.to_document())
     (warning,) = load(doc, "job.json").warnings
-    assert warning.where == f'{T} > template "local/x.conf"'
+    assert warning.where == f'{T} > resources > cores'
 
 
 # -- the CLI and the API ----------------------------------------------------------------------
 
-TEMPLATE_JOB = job_text("TASK", 'template {\n        data        = "x"\n        destination = "local/x.conf"\n      }')
-TEMPLATE_AT = position(TEMPLATE_JOB, "template {")
-TEMPLATE_WARNING = (f'{T} > template "local/x.conf": template has no effect yet in Yurt: nothing is rendered, '
-                    "and the task starts without this file")
+WARNED_JOB = job_text("TASK", "resources {\n        cores = 2\n      }")   # a warned field, as an example
+WARNED_AT = position(WARNED_JOB, "cores = 2")
+WARNED_WARNING = (f"{T} > resources > cores: cores has no effect yet in Yurt: no core is reserved or pinned, "
+                    "and the task gets no CPU reservation; ask for cpu (in MHz) instead")
 REFUSED_JOB = job_text("GROUP", 'stop_after_client_disconnect = "1m"')
 
 
 def test_cli_validate_prints_job_warnings_and_exits_0(tmp_path):
     f = tmp_path / "job.nomad"
-    f.write_text(TEMPLATE_JOB)
+    f.write_text(WARNED_JOB)
     res = run_yurt("job", "validate", str(f))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "Job validation successful"
-    assert res.stderr.splitlines() == ["Job Warnings:", f"* {f}:{TEMPLATE_AT}: {TEMPLATE_WARNING}"]
+    assert res.stderr.splitlines() == ["Job Warnings:", f"* {f}:{WARNED_AT}: {WARNED_WARNING}"]
 
 
 def test_cli_validate_refuses_an_unsafe_field(tmp_path):
@@ -373,8 +366,8 @@ def cli(agent: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
 
 def test_cli_plan_and_run_print_job_warnings_once(agent, tmp_path):
     f = tmp_path / "job.nomad"
-    f.write_text(TEMPLATE_JOB.replace('job "w"', 'job "warned"'))
-    expected = f"* {f}:{TEMPLATE_AT}: {TEMPLATE_WARNING}"
+    f.write_text(WARNED_JOB.replace('job "w"', 'job "warned"'))
+    expected = f"* {f}:{WARNED_AT}: {WARNED_WARNING}"
     plan = cli(agent, tmp_path, "job", "plan", str(f))
     assert plan.returncode == 1, plan.stdout + plan.stderr  # a new job: allocations would be created
     assert plan.stderr.count("Job Warnings:") == 1 and expected in plan.stderr.splitlines(), plan.stderr
@@ -396,16 +389,16 @@ def test_cli_run_refuses_an_unsafe_field_and_registers_nothing(agent, tmp_path):
 
 def test_api_register_plan_and_validate_carry_the_warnings(agent):
     """A job sent as JSON (python-nomad, `nomad job run -output`): the same rules, in `Warnings`."""
-    doc = load(TEMPLATE_JOB.replace('job "w"', 'job "api-warned"'), FILE).job.to_document()
+    doc = load(WARNED_JOB.replace('job "w"', 'job "api-warned"'), FILE).job.to_document()
     with httpx.Client(base_url=agent, timeout=30) as c:
         r = c.put("/v1/jobs", json=doc)
         assert r.status_code == 200, r.text
-        assert r.json()["Warnings"] == TEMPLATE_WARNING
+        assert r.json()["Warnings"] == WARNED_WARNING
         r = c.put("/v1/job/api-warned/plan", json={**doc, "Diff": True})
         assert r.status_code == 200, r.text
-        assert r.json()["Warnings"] == TEMPLATE_WARNING
+        assert r.json()["Warnings"] == WARNED_WARNING
         r = c.put("/v1/validate/job", json=doc)
-        assert r.json()["Warnings"] == TEMPLATE_WARNING and r.json()["ValidationErrors"] == []
+        assert r.json()["Warnings"] == WARNED_WARNING and r.json()["ValidationErrors"] == []
         # A hand-written JSON job with a refused field: 400, the place and the reason.
         bare = {"Job": {"ID": "api-refused", "TaskGroups": [{
             "Name": "g", "StopAfterClientDisconnect": 60_000_000_000,
@@ -511,7 +504,7 @@ def test_a_job_for_another_region_is_refused_by_the_server(agent, tmp_path):
 def test_python_nomad_register_gets_the_warnings(agent):
     import nomad
 
-    doc = load(TEMPLATE_JOB.replace('job "w"', 'job "pn-warned"'), FILE).job.to_document()
+    doc = load(WARNED_JOB.replace('job "w"', 'job "pn-warned"'), FILE).job.to_document()
     n = nomad.Nomad(address=agent, timeout=30)
     resp = n.jobs.register_job(doc)
-    assert resp["EvalID"] and resp["Warnings"] == TEMPLATE_WARNING
+    assert resp["EvalID"] and resp["Warnings"] == WARNED_WARNING

@@ -99,6 +99,8 @@ def kitchen_sink() -> Job:
         Template(embedded_tmpl="x={{ key \"x\" }}", dest_path="local/x.env", envvars=True),
         Template(source_path="tpl/a.tpl", dest_path="../alloc/shared.conf", change_mode="signal",
                  change_signal="SIGHUP", perms="0600", wait=WaitConfig(min=5 * S, max=S * 10)),
+    ]
+    api.tasks[-1].templates = [   # a change_script runs on the node: only a raw_exec task (without user) has one
         Template(embedded_tmpl="y", dest_path="local/y", change_mode="script",
                  change_script=ChangeScript(command="/bin/reload")),
     ]
@@ -216,7 +218,6 @@ def test_countdash_is_valid():
 # The kitchen sink's fields that Yurt accepts but does not act on yet: a warning each, and no
 # other problem (jobspec/ignored.py; tests/test_job_warnings.py has one test per field).
 KITCHEN_SINK_IGNORED = [
-    G0 + ("Tasks", 0, "Templates", 0), G0 + ("Tasks", 0, "Templates", 1), G0 + ("Tasks", 0, "Templates", 2),
     G0 + ("Tasks", 0, "Resources", "Cores"), G0 + ("Tasks", 0, "Resources", "SecretsMB"),
     G0 + ("Services", 1, "Weights"),
     ("TaskGroups", 1, "Services", 0, "Connect", "SidecarService", "Proxy", "Expose"),

@@ -37,7 +37,8 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset({
 @dataclass(frozen=True)
 class Requirement:
     """kind: namespace (cap), namespace_any (some capability in the namespace `name_from`, or
-    in any namespace without one), node/agent/operator (cap = read|write), service/intention (cap =
+    in any namespace without one), node/agent/operator (cap = read|write), kv_read (operator:read or
+    a client node's identity), service/intention (cap =
     read|write, the name from path or query parameter `name_from`, "*" if absent), management,
     node_identity (a client agent's node secret), any (any resolved identity)."""
 
@@ -54,6 +55,8 @@ class Requirement:
             return f'{self.kind} "{name}" {self.cap}'
         if self.kind in ("node", "agent", "operator"):
             return f"{self.kind}:{self.cap}"
+        if self.kind == "kv_read":
+            return "operator:read (or a client node's identity)"
         if self.kind == "any":
             return "an ACL token"
         if self.kind in ("node_identity", "node_register"):
@@ -190,8 +193,10 @@ _add("GET", "/v1/connect/intentions/check", _r("intention", "read", "destination
 _add("GET", "/v1/connect/intentions/{ix_id}", _r("intention", "read"))
 _add("PUT DELETE", "/v1/connect/intentions/{ix_id}", _r("intention", "write"))
 # Consul's KV and sessions (api/consul_kv.py): Yurt's policies have no key_prefix or session
-# rules; the KV store and its locks are cluster-wide data, so operator read (reads) / write (writes)
-_add("GET", "/v1/kv/{key:path}", _r("operator", "read"))
+# rules; the KV store and its locks are cluster-wide data, so operator read (reads) / write (writes).
+# A client node's identity may read it too: its template hook renders its allocations' templates
+# (`{{ key }}`, `{{ ls }}`) as the node, as Nomad's client reads Consul KV with its own token.
+_add("GET", "/v1/kv/{key:path}", _r("kv_read"))
 _add("PUT DELETE", "/v1/kv/{key:path}", _r("operator", "write"))
 _add("PUT", "/v1/session/create", _r("operator", "write"))
 _add("PUT", "/v1/session/destroy/{session_id}", _r("operator", "write"))
@@ -276,6 +281,8 @@ def check(ident: Identity, req: Requirement, name: str) -> bool:
         return ident.is_node and (ident.node is None or name in ("*", ident.node.id))
     if ident.workload is not None:
         return req.kind in ("service", "intention") and ident.allow_mesh(req.kind, name, req.cap)
+    if req.kind == "kv_read":   # KV reads: operators, and client nodes (their templates)
+        return ident.is_node or ident.acl.allow("operator", "read")
     if req.kind == "namespace":
         return ident.acl.allow_namespace(name, req.cap)
     if req.kind == "namespace_any":

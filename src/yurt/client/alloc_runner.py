@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from yurt.structs import Allocation, Node, TaskEvent, TaskState
 from yurt.structs.duration import SECOND
@@ -33,6 +33,7 @@ from .alloc_status import client_status
 from .allocdir import AllocDir
 from .drivers.base import (BaseDriver, Driver, DriverError, DriverFingerprint, ExitResult, NetnsHolder, TaskConfig,
                            TaskHandle, TaskStats)
+from .task_hooks import TaskHookFactory
 from .task_runner import TaskRunner
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class AllocRunner:
                  drivers: Mapping[str, Driver], node: Node | None = None,
                  on_update: OnUpdate | None = None, hooks: list[AllocHook] | None = None,
                  region: str | None = None,
+                 task_hooks: Sequence[TaskHookFactory] = (),
                  _restored: alloc_state.PersistedAlloc | None = None) -> None:
         group = alloc.job.group(alloc.task_group) if alloc.job is not None else None
         if group is None:
@@ -129,20 +131,23 @@ class AllocRunner:
             self.task_runners[task.name] = TaskRunner(
                 alloc, task, self.alloc_dir, task_drivers[task.name], node, on_change=self._task_changed,
                 resources=self.context.resources, region=region, state=saved.state if saved else None,
-                handle=saved.handle if saved else None)
+                handle=saved.handle if saved else None,
+                hooks=[h for h in (make(task) for make in task_hooks) if h is not None])
 
     # --- construction from disk -------------------------------------------------------------
 
     @classmethod
     def restore(cls, data_dir: str | os.PathLike, alloc_id: str, *, drivers: Mapping[str, Driver],
                 node: Node | None = None, on_update: OnUpdate | None = None,
-                hooks: list[AllocHook] | None = None, region: str | None = None) -> AllocRunner:
+                hooks: list[AllocHook] | None = None, region: str | None = None,
+                task_hooks: Sequence[TaskHookFactory] = ()) -> AllocRunner:
         """A runner for an allocation an earlier agent ran; `run()` re-attaches its tasks."""
         persisted = alloc_state.load(data_dir, alloc_id)
         if persisted is None:
             raise FileNotFoundError(f"no local state for allocation {alloc_id} in {data_dir}")
         return cls(persisted.alloc, data_dir=data_dir, drivers=drivers, node=node,
-                   on_update=on_update, hooks=hooks, region=region, _restored=persisted)
+                   on_update=on_update, hooks=hooks, region=region, task_hooks=task_hooks,
+                   _restored=persisted)
 
     @staticmethod
     def persisted_ids(data_dir: str | os.PathLike) -> list[str]:
@@ -198,6 +203,8 @@ class AllocRunner:
                 hook.update(self.context)
             except Exception:
                 log.exception("alloc %s: update hook %s failed", self.alloc_id, hook.name)
+        for runner in self.task_runners.values():
+            runner.update_hooks(alloc)
         self._persist()
         if alloc.server_terminal():
             self.stop()

@@ -253,7 +253,7 @@ class NodeAgent:
             try:
                 runner = AllocRunner.restore(self.config.data_dir, alloc_id, drivers=self.drivers,
                                              node=self.node, on_update=self._on_update, region=self.config.region,
-                                             hooks=self._hooks())
+                                             hooks=self._hooks(), task_hooks=self._task_hooks())
             except Exception as e:  # noqa: BLE001 - a corrupt state file must not stop the agent
                 log.warning("cannot restore allocation %s: %s", alloc_id[:8], e)
                 continue
@@ -293,7 +293,7 @@ class NodeAgent:
                 try:
                     runner = AllocRunner(alloc, data_dir=self.config.data_dir, drivers=self.drivers,
                                          node=self.node, on_update=self._on_update, region=self.config.region,
-                                         hooks=self._hooks())
+                                         hooks=self._hooks(), task_hooks=self._task_hooks())
                 except ValueError as e:
                     log.error("cannot run allocation %s: %s", alloc.id[:8], e)
                     continue
@@ -319,6 +319,11 @@ class NodeAgent:
             self._identity_hook = IdentityHook(self.api, lambda: self.node_id)
         return default_hooks(services=self._service_hook, loopback_ports=self.config.loopback_ports,
                              identity=self._identity_hook, agent_socket=self.config.api_socket)
+
+    def _task_hooks(self) -> list:
+        """The task runner hooks each task gets (the template hook, for a task with templates)."""
+        from .template_hook import template_hooks
+        return [template_hooks(self.api)]
 
     def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
         from .network import network_status

@@ -22,6 +22,8 @@ LEADER_DEAD = "Leader Task Dead"
 MAIN_DEAD = "Main Tasks Dead"
 RESTORE_FAILED = "Failed Restoring Task"
 WAITING_SHUTDOWN_DELAY = "Waiting for shutdown delay"
+HOOK_FAILED = "Task hook failed"
+TEMPLATE = "Template"
 
 
 def event(type_: str, display: str = "", **kw) -> TaskEvent:
@@ -112,3 +114,13 @@ def restore_failed(err: str) -> TaskEvent:
 def waiting_shutdown_delay(delay_ns: int) -> TaskEvent:
     return event(WAITING_SHUTDOWN_DELAY,
                  f"Waiting for shutdown_delay of {format_duration(delay_ns)} before killing the task.")
+
+
+def hook_failed(err: str) -> TaskEvent:
+    """A task hook refused the start (a template that cannot render): the task fails."""
+    return event(HOOK_FAILED, err, message=err, fails_task=True, details={"message": err, "fails_task": "true"})
+
+
+def template(message: str) -> TaskEvent:
+    """What the template hook says while it waits (``Missing: kv.block(app/x)``)."""
+    return event(TEMPLATE, message, message=message, details={"message": message})

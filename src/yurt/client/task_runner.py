@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,8 @@ from . import task_events as ev
 from .alloc_hooks import AllocResources
 from .allocdir import AllocDir
 from .drivers.base import Driver, DriverError, ExitResult, TaskConfig, TaskHandle
-from .restarts import NOT_RESTARTING, TERMINATED, Decision, RestartTracker
+from .restarts import NOT_RESTARTING, RESTARTING, TERMINATED, Decision, RestartTracker
+from .task_hooks import TaskHook, TaskHookContext, TaskHookError
 from .taskenv import build_task_env, interpolate, native_services, native_vars, task_limits
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class TaskRunner:
                  resources: AllocResources | None = None,
                  region: str | None = None, state: TaskState | None = None,
                  handle: TaskHandle | None = None,
-                 max_kill_timeout: int = MAX_KILL_TIMEOUT) -> None:
+                 max_kill_timeout: int = MAX_KILL_TIMEOUT,
+                 hooks: Sequence[TaskHook] = ()) -> None:
         self.alloc = alloc
         self.max_kill_timeout = max_kill_timeout
         self.task = task
@@ -82,6 +84,10 @@ class TaskRunner:
         self._state = state.model_copy(deep=True) if state is not None else TaskState()
         if not self._restored:
             self._state.events.append(ev.received())
+        self.hooks = list(hooks)
+        self.hook_context = TaskHookContext(self)
+        self._requested_restart = ""   # a hook asked for a restart: not a failure, no delay
+        self._hooks_stopped = False
 
     # --- what others see --------------------------------------------------------------------
 
@@ -155,15 +161,18 @@ class TaskRunner:
         if never_started:
             self._done.set()
 
-    def restart(self, reason: str) -> bool:
+    def restart(self, reason: str, requested: bool = False) -> bool:
         """Restart a running task (a failing health check asks for it): the task is stopped with
-        its kill signal and comes back per its restart policy, as a crash would. False if the
-        task is not running."""
+        its kill signal and comes back per its restart policy, as a crash would. ``requested``
+        (a template's change_mode = "restart"): it comes back at once, not counted as a failure.
+        False if the task is not running."""
         with self._lock:
             handle = self._handle
             if handle is None or self._kill.is_set() or self._state.state != TASK_RUNNING:
                 return False
             self._state.events.append(ev.restart_signaled(reason))
+            if requested:
+                self._requested_restart = reason
         self._changed()
         timeout = min(self.task.kill_timeout or DEFAULT_KILL_TIMEOUT, self.max_kill_timeout) / SECOND
         signal = self.task.kill_signal or DEFAULT_KILL_SIGNAL
@@ -237,6 +246,56 @@ class TaskRunner:
         except (DriverError, OSError, ValueError):
             return True
 
+    # --- what task hooks use ------------------------------------------------------------------
+
+    @property
+    def kill_event(self) -> threading.Event:
+        return self._kill
+
+    def emit_event(self, event: TaskEvent) -> None:
+        self._emit(event)
+
+    def base_env(self) -> dict[str, str]:
+        """The task's environment without what task hooks add (as the driver will see it)."""
+        isolated = self.driver.capabilities.fs_isolation != "none"
+        return build_task_env(self.alloc, self.task, self.task_dir, self.node,
+                              hook_env=dict(self.resources.env), region=self.region, isolated=isolated)
+
+    def _run_hooks(self, phase: str) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, phase)(self.hook_context)
+            except Exception:
+                log.exception("task %s: %s hook %s failed", self.name, phase, hook.name)
+
+    def _prestart(self) -> bool:
+        """Run the prestart hooks; False (and the task dead, failed) when one refuses."""
+        for hook in self.hooks:
+            try:
+                hook.prestart(self.hook_context)
+            except TaskHookError as e:
+                self._dead(ev.hook_failed(str(e)))
+                return False
+            except Exception as e:  # a bug: report it, never a traceback in the events
+                log.exception("task %s: prestart hook %s failed", self.name, hook.name)
+                self._dead(ev.hook_failed(f"{hook.name} hook: {e}"))
+                return False
+            if self._kill.is_set():
+                return True
+        return True
+
+    def update_hooks(self, alloc: Allocation) -> None:
+        """The allocation changed (an in-place update)."""
+        self.alloc = alloc
+        self._run_hooks("update")
+
+    def _stop_hooks(self) -> None:
+        with self._lock:
+            if self._hooks_stopped:
+                return
+            self._hooks_stopped = True
+        self._run_hooks("stop")
+
     # --- the loop ---------------------------------------------------------------------------
 
     def _changed(self) -> None:
@@ -280,6 +339,7 @@ class TaskRunner:
             log.exception("task %s: runner crashed", self.name)
             self._dead(ev.driver_failure(f"task runner error: {e}") if not self.is_dead() else None)
         finally:
+            self._stop_hooks()
             self._done.set()
 
     def _recover(self) -> TaskHandle | None:
@@ -303,8 +363,15 @@ class TaskRunner:
         handle = self._recover()
         if handle is None and not self._restored:
             self._emit(ev.setup())
+        if handle is not None:   # re-attached after an agent restart: the hooks watch again
+            self._run_hooks("poststart")
         while True:
             if handle is None:
+                if self._kill.is_set():
+                    self._dead()
+                    return
+                if not self._prestart():
+                    return
                 if self._kill.is_set():
                     self._dead()
                     return
@@ -323,10 +390,16 @@ class TaskRunner:
             handle = None
             self._emit(ev.terminated(result.exit_code, result.signal,
                                      "OOM Killed" if result.oom_killed else result.err))
+            self._run_hooks("exited")
             if self._kill.is_set():
                 self._dead()
                 return
-            decision = self.tracker.next(exit=result)
+            with self._lock:
+                requested, self._requested_restart = self._requested_restart, ""
+            if requested:
+                decision = Decision(RESTARTING, 0.0, requested)
+            else:
+                decision = self.tracker.next(exit=result)
             if not self._apply(decision):
                 return
             if not self._delay_or_killed():
@@ -383,6 +456,7 @@ class TaskRunner:
             except OSError as e:
                 raise DriverError(f"the task's workload identity is missing ({e}): NOMAD_TOKEN cannot be set") \
                     from None
+        env.update(self.hook_context.env)   # the task hooks' (env templates): over the rest, as Nomad
         config = interpolate(dict(self.task.config or {}), env, self.node, self.region)
         logs = self.task.log_config
         cpu, memory, memory_max = task_limits(self.alloc, self.task)
@@ -415,6 +489,7 @@ class TaskRunner:
                 self._state.started_at = now_rfc3339()
             self._state.events.append(ev.started())
         self._changed()
+        self._run_hooks("poststart")
         return handle
 
     def _start_failed(self, message: str, recoverable: bool) -> None:

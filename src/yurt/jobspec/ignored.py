@@ -19,9 +19,9 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   ephemeral_disk sticky and migrate, network mbits/device/cidr/ip, port ignore_collision.
 - Task: driver, config, user, lifecycle, env, meta, resources cpu/memory/memory_max, restart,
   kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity, service (as a
-  group service, registered with the allocation, its checks and restarts the task's): the
-  scheduler and the client. Not read: template (nothing renders it), resources cores and
-  secrets, restart render_templates.
+  group service, registered with the allocation, its checks and restarts the task's), template
+  and restart render_templates (the client's template hook): the scheduler and the client.
+  Not read: resources cores and secrets.
 - Group service: name, port, tags, meta, canary_tags and canary_meta (a canary's, until it is
   promoted), address, tagged_addresses, enable_tag_override, check (name, type, command, args,
   path, protocol, method, header, body, port, interval, timeout, initial_status, tls_skip_verify,
@@ -128,8 +128,6 @@ RULES: tuple[Rule, ...] = (
          f"sticky {NO_EFFECT}: a replacement allocation starts with an empty alloc directory"),
     Rule(_G + ("EphemeralDisk", "Migrate"),
          f"migrate {NO_EFFECT}: the alloc directory is not copied to a replacement allocation"),
-    Rule(_G + ("RestartPolicy", "RenderTemplates"),
-         f"render_templates {NO_EFFECT}: templates are not rendered at all"),
     Rule(_NET + ("MBits",), f"mbits {NO_EFFECT}: no bandwidth is reserved (Nomad ignores it too)"),
     Rule(_NET + ("Device",), f"device {NO_EFFECT}: the group gets its address from its network mode"),
     Rule(_NET + ("CIDR",), f"cidr {NO_EFFECT}: the group gets its address from its network mode"),
@@ -140,17 +138,12 @@ RULES: tuple[Rule, ...] = (
     Rule(_NET + ("DynamicPorts", "*", "IgnoreCollision"),
          f"ignore_collision {NO_EFFECT}: it only applies to static ports"),
     # --- task ---------------------------------------------------------------------------------
-    Rule(_T + ("Templates", "*"),
-         f"template {NO_EFFECT}: nothing is rendered, and the task starts without this file", present=True),
     Rule(_T + ("Resources", "Cores"),
          f"cores {NO_EFFECT}: no core is reserved or pinned, and the task gets no CPU reservation; "
          "ask for cpu (in MHz) instead"),
     Rule(_T + ("Resources", "SecretsMB"),
          f"secrets {NO_EFFECT}: the secrets directory is a plain directory (mode 0700) without a "
          "size limit"),
-    Rule(_T + ("RestartPolicy", "RenderTemplates"),
-         f"render_templates {NO_EFFECT}: templates are not rendered at all",
-         inherits=_G + ("RestartPolicy", "RenderTemplates")),
     # --- group service ------------------------------------------------------------------------
     Rule(_S + ("AddressMode",),
          f"address_mode {NO_EFFECT}: the service is registered with the node's address (the "

@@ -357,6 +357,14 @@ def validate_templates(r: Report, t: Task, base: Path) -> None:
     for i, tpl in enumerate(t.templates or []):
         path = base + ("Templates", i)
         validate_template(r, tpl, path)
+        if (tpl.change_mode == "script" and tpl.change_script is not None
+                and not (t.driver == "raw_exec" and not t.user)):
+            what = (f'as task "{t.name}"\'s user "{t.user}"' if t.driver == "raw_exec"
+                    else f'inside task "{t.name}" (driver "{t.driver}")')
+            r.error(path + ("ChangeMode",), f'a template change_script cannot run {what} in Yurt yet: Yurt runs '
+                                            "it on the node as the agent's user, which would escape the task's "
+                                            'isolation; use change_mode = "restart" or "signal", or a raw_exec '
+                                            'task without user')
         if tpl.dest_path and tpl.dest_path in seen:
             r.error(path + ("DestPath",), f'template destination "{tpl.dest_path}" is already used by '
                                           f'template {seen[tpl.dest_path] + 1} of the task: write each '
@@ -367,6 +375,16 @@ def validate_templates(r: Report, t: Task, base: Path) -> None:
 def validate_template(r: Report, tpl: Template, path: Path) -> None:
     if not tpl.source_path and not tpl.embedded_tmpl:
         r.error(path, 'template has nothing to render: set data = "..." or source = "<file>"')
+    if tpl.embedded_tmpl:   # parsed now: a syntax error is the job's, with the template's line:col
+        from yurt.gotemplate import TemplateError, parse
+        try:
+            parse(tpl.embedded_tmpl, name=tpl.dest_path or "data", left_delim=tpl.left_delim or "{{",
+                  right_delim=tpl.right_delim or "}}")
+        except TemplateError as e:
+            r.error(path + ("EmbeddedTmpl",), f"template data does not parse: {e}")
+    elif tpl.source_path and posixpath.normpath(tpl.source_path).startswith(".."):
+        r.error(path + ("SourcePath",), f'template source "{tpl.source_path}" escapes the task directory: '
+                                        'use a path inside it, like "local/config.tpl"')
     if not tpl.dest_path:
         r.error(path + ("DestPath",), 'template has no destination: set destination, like '
                                       '"local/config.txt"')
