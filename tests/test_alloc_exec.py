@@ -1,0 +1,188 @@
+"""`yurt alloc exec`: a command run inside a running task over Nomad's websocket protocol
+(/v1/client/allocation/<id>/exec), through the CLI and spoken directly; with a pty that follows
+resizes; refused clearly for a finished allocation; relayed from an agent that does not run it."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import urlencode
+
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from yurt.client.drivers.exec import ExecDriver
+
+from .agent_util import AgentProcess, allocs, register, wait_for
+from .conftest import run_yurt
+from .test_agent_core import sh_job
+
+EXEC_LACKS = ExecDriver().missing()
+
+CHROOT_JOB = '''
+job "ex-chroot" {
+  group "g" {
+    task "t" {
+      driver = "exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "printf hello > /local/greeting.txt; exec sleep 86400"]
+      }
+    }
+  }
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def agent():
+    with AgentProcess() as a:
+        yield a
+        with a.api() as api:
+            for job in api.get("/v1/jobs").json():
+                api.delete(f"/v1/job/{job['ID']}", params={"purge": "true"})
+
+
+def _running(api, job: str) -> dict:
+    (alloc,) = wait_for(lambda: [a for a in allocs(api, job) if a["ClientStatus"] == "running"], timeout=60,
+                        what=f"{job} running")
+    return alloc
+
+
+@pytest.fixture(scope="module")
+def raw(agent):
+    with agent.api() as api:
+        # raw_exec's working directory is the task's local/ ($NOMAD_TASK_DIR)
+        register(api, sh_job("ex-raw", "echo marker > here.txt; exec sleep 600"))
+        alloc = _running(api, "ex-raw")
+    wait_for(lambda: run_yurt("alloc", "exec", "-address", agent.url, alloc["ID"], "ls").stdout
+             .split().count("here.txt") == 1, timeout=30, what="the task's file written")
+    return alloc
+
+
+def exec_yurt(agent, *args: str, input: bytes | None = None):
+    return run_yurt("alloc", "exec", "-address", agent.url, *args, input=input)
+
+
+def session(url: str, alloc_id: str, command: list[str], tty: bool = False, task: str = ""):
+    query = urlencode({"task": task, "tty": str(tty).lower(), "command": json.dumps(command)})
+    return ws_connect(url.replace("http://", "ws://") + f"/v1/client/allocation/{alloc_id}/exec?{query}",
+                      open_timeout=30)
+
+
+def frames(ws) -> tuple[bytes, bytes, int | None]:
+    out, err, code = b"", b"", None
+    for message in ws:
+        frame = json.loads(message)
+        if "stdout" in frame:
+            out += base64.b64decode(frame["stdout"].get("data") or "")
+        if "stderr" in frame:
+            err += base64.b64decode(frame["stderr"].get("data") or "")
+        if frame.get("exited"):
+            code = frame["result"]["exit_code"]
+    return out, err, code
+
+
+def test_ls_in_the_tasks_working_directory(agent, raw):
+    r = exec_yurt(agent, raw["ID"][:8], "ls")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["here.txt"]
+    r = exec_yurt(agent, raw["ID"], "sh", "-c", 'ls "$NOMAD_TASK_DIR"; pwd')
+    assert r.stdout.split()[0] == "here.txt" and r.stdout.split()[1].endswith("/t/local"), r.stdout
+    # the task's environment: its NOMAD_ variables
+    r = exec_yurt(agent, "-task", "t", raw["ID"], "sh", "-c", "echo $NOMAD_ALLOC_ID $NOMAD_TASK_NAME")
+    assert r.stdout.split() == [raw["ID"], "t"], r.stderr
+
+
+def test_stdin_is_passed_and_the_exit_code_comes_back(agent, raw):
+    r = exec_yurt(agent, raw["ID"], "sh", "-c", "read x; echo got $x; echo oops >&2; exit 7", input=b"ping\n")
+    assert (r.returncode, r.stdout, r.stderr) == (7, "got ping\n", "oops\n")
+    r = exec_yurt(agent, raw["ID"], "cat", input=b"a\nb\n")
+    assert (r.returncode, r.stdout) == (0, "a\nb\n")
+    # -i=false: the command's stdin is closed at once
+    r = exec_yurt(agent, "-i=false", raw["ID"], "cat", input=b"never read\n")
+    assert (r.returncode, r.stdout) == (0, "")
+    # -job: a running allocation of the job
+    r = exec_yurt(agent, "-job", "ex-raw", "sh", "-c", "exit 3")
+    assert r.returncode == 3, r.stderr
+
+
+def test_a_missing_command_fails_with_its_message(agent, raw):
+    r = exec_yurt(agent, raw["ID"], "/no/such/command")
+    assert r.returncode == 1
+    assert "/no/such/command" in r.stderr and "No such file" in r.stderr
+
+
+def test_tty_is_a_pty_that_follows_resizes(agent, raw):
+    with session(agent.url, raw["ID"], ["/bin/sh"], tty=True) as ws:
+        ws.send(json.dumps({"tty_size": {"height": 33, "width": 111}}))
+        script = b"tty; stty size; exit 5\n"
+        ws.send(json.dumps({"stdin": {"data": base64.b64encode(script).decode()}}))
+        out, _err, code = frames(ws)
+    text = out.decode(errors="replace")
+    assert code == 5
+    assert "/dev/pts/" in text
+    assert "33 111" in text
+
+
+def test_the_protocol_spoken_directly(agent, raw):
+    with session(agent.url, raw["ID"], ["sh", "-c", "cat; echo done >&2"]) as ws:
+        ws.send(json.dumps({"stdin": {"data": base64.b64encode(b"hello\n").decode()}}))
+        ws.send(json.dumps({"stdin": {"close": True}}))
+        out, err, code = frames(ws)
+    assert (out, err, code) == (b"hello\n", b"done\n", 0)
+
+
+def test_bad_requests_are_refused_with_the_reason(agent, raw):
+    from websockets.exceptions import ConnectionClosed
+    with session(agent.url, raw["ID"], []) as ws:
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 1008 and "command must be a non-empty JSON array" in ws.close_reason
+    with session(agent.url, raw["ID"], ["ls"], task="nope") as ws:
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert 'has no task "nope"' in ws.close_reason
+
+
+def test_exec_into_a_finished_allocation_is_refused(agent):
+    with agent.api() as api:
+        register(api, sh_job("ex-done", "echo finished", kind="batch"))
+        (alloc,) = wait_for(lambda: [a for a in allocs(api, "ex-done") if a["ClientStatus"] == "complete"],
+                            timeout=60, what="batch job complete")
+    r = exec_yurt(agent, alloc["ID"], "ls")
+    assert r.returncode == 1
+    assert "is complete: alloc exec needs a running task" in r.stderr
+    # the API says so too, to a caller that does not check first
+    from websockets.exceptions import ConnectionClosed
+    with session(agent.url, alloc["ID"], ["ls"]) as ws:
+        with pytest.raises(ConnectionClosed):
+            ws.recv()
+        assert ws.close_code == 1008 and "alloc exec needs a running task" in ws.close_reason
+
+
+@pytest.mark.skipif(bool(EXEC_LACKS), reason="; ".join(EXEC_LACKS) or "ok")
+def test_exec_driver_runs_the_command_in_the_tasks_chroot_and_namespaces(agent):
+    with agent.api() as api:
+        register(api, CHROOT_JOB)
+        alloc = _running(api, "ex-chroot")
+    wait_for(lambda: exec_yurt(agent, alloc["ID"], "ls", "/local").stdout.split() == ["greeting.txt"],
+             timeout=30, what="ls /local in the chroot")
+    r = exec_yurt(agent, alloc["ID"], "ls", "-a", "/")   # the chroot: the task dir with its binds
+    assert {"alloc", "local", "secrets", "usr"} <= set(r.stdout.split()), r.stdout
+    assert "root" not in r.stdout.split()
+    r = exec_yurt(agent, alloc["ID"], "cat", "/local/greeting.txt")
+    assert r.stdout == "hello"
+    # the task's user, its environment, and its own pid namespace (the sleep is not far from 1)
+    r = exec_yurt(agent, alloc["ID"], "sh", "-c", 'id -un; echo "$NOMAD_TASK_DIR"; cat /proc/1/cmdline | tr "\\0" " "')
+    assert r.returncode == 0, r.stderr
+    user, task_dir = r.stdout.split("\n")[:2]
+    assert (user, task_dir) == ("nobody", "/local")
+    # the task's cgroup (its limits) holds the command too
+    r = exec_yurt(agent, alloc["ID"], "sh", "-c", "for p in /proc/[0-9]*; do [ \"$(head -c 5 $p/cmdline)\" = sleep ] && "
+                  "cat $p/cgroup; done; cat /proc/self/cgroup")
+    lines = r.stdout.split()
+    task_cgroup, own = lines[:len(lines) // 2], lines[len(lines) // 2:]
+    assert task_cgroup == own and any(alloc["ID"] in line for line in own), r.stdout
+    r = exec_yurt(agent, alloc["ID"], "sh", "-c", "read x; echo got $x", input=b"chroot\n")
+    assert r.stdout == "got chroot\n"
