@@ -186,3 +186,133 @@ def test_exec_driver_runs_the_command_in_the_tasks_chroot_and_namespaces(agent):
     assert task_cgroup == own and any(alloc["ID"] in line for line in own), r.stdout
     r = exec_yurt(agent, alloc["ID"], "sh", "-c", "read x; echo got $x", input=b"chroot\n")
     assert r.stdout == "got chroot\n"
+
+
+def test_an_agent_that_does_not_run_the_allocation_relays_the_session():
+    from .mesh_agent import MeshAgent
+    from .test_client_only import ClientAgent
+
+    server = MeshAgent().start()
+    client = ClientAgent([f"127.0.0.1:{server.port}"]).start()
+    try:
+        with client.api() as api:
+            register(api, sh_job("ex-far", "exec sleep 600"))
+            alloc = _running(api, "ex-far")
+        # the server-only agent runs nothing: it relays to the client's agent
+        r = exec_yurt(server, alloc["ID"], "sh", "-c", "read x; echo far $x; exit 4", input=b"away\n")
+        assert (r.returncode, r.stdout) == (4, "far away\n"), r.stderr
+        with session(server.url, alloc["ID"], ["/bin/sh"], tty=True) as ws:
+            ws.send(json.dumps({"tty_size": {"height": 20, "width": 70}}))
+            ws.send(json.dumps({"stdin": {"data": base64.b64encode(b"stty size; exit\n").decode()}}))
+            out, _err, code = frames(ws)
+        assert code == 0 and "20 70" in out.decode()
+        # errors of the agent that runs it come back as they are
+        from websockets.exceptions import ConnectionClosed
+        with session(server.url, alloc["ID"], ["ls"], task="nope") as ws:
+            with pytest.raises(ConnectionClosed):
+                ws.recv()
+            assert ws.close_code == 1008 and 'has no task "nope"' in ws.close_reason
+    finally:
+        with server.api() as api:
+            api.delete("/v1/job/ex-far", params={"purge": "true"})
+            wait_for(lambda: all(a["ClientStatus"] != "running" for a in api.get("/v1/allocations").json()),
+                     timeout=60, what="the allocation stopped")
+        client.close()
+        server.close()
+
+
+def test_docker_task_runs_the_command_with_the_engines_exec():
+    from .docker_util import agent as docker_agent
+    from .docker_util import engine
+    from .test_docker_driver import py_job
+
+    engine()
+    agent = docker_agent()
+    try:
+        with agent.api() as api:
+            register(api, py_job("ex-docker", "import time; time.sleep(600)"))
+            alloc = _running(api, "ex-docker")
+        code = "import os, sys; print('got', input()); os.listdir('/local'); print('err', file=sys.stderr); sys.exit(6)"
+        r = exec_yurt(agent, alloc["ID"], "python3.11", "-c", code, input=b"box\n")
+        assert (r.returncode, r.stdout, r.stderr) == (6, "got box\n", "err\n"), r.stderr
+        script = "import os, sys; input(); s = os.get_terminal_size(); print(s.lines, s.columns, os.isatty(0)); sys.exit(2)"
+        with session(agent.url, alloc["ID"], ["/usr/bin/python3.11", "-c", script], tty=True) as ws:
+            ws.send(json.dumps({"tty_size": {"height": 25, "width": 90}}))
+            ws.send(json.dumps({"stdin": {"data": base64.b64encode(b"go\n").decode()}}))
+            out, _err, exit_code = frames(ws)
+        assert exit_code == 2 and "25 90 True" in out.decode(), out
+    finally:
+        with agent.api() as api:
+            api.delete("/v1/job/ex-docker", params={"purge": "true"})
+            wait_for(lambda: all(a["ClientStatus"] != "running" for a in api.get("/v1/allocations").json()),
+                     timeout=60, what="the allocation stopped")
+        agent.stop()
+
+
+def test_with_acls_exec_needs_the_alloc_exec_capability(tmp_path):
+    import re
+    config = tmp_path / "acl.hcl"
+    config.write_text("acl {\n  enabled = true\n}\n")
+    with AgentProcess(extra=["-acl-enabled", "-config", str(config)]) as agent:
+        root = re.search(r"ACL Token: ([0-9a-f-]{36})", agent.log()).group(1)
+        env = {"NOMAD_TOKEN": root, "YURT_TOKEN": ""}
+        policy = tmp_path / "read.hcl"
+        policy.write_text('namespace "default" {\n  policy = "read"\n}\n')
+        assert run_yurt("acl", "policy", "apply", "-address", agent.url, "readonly", str(policy), env=env).returncode == 0
+        made = run_yurt("acl", "token", "create", "-address", agent.url, "-name", "reader", "-policy", "readonly",
+                        env=env)
+        reader = re.search(r"Secret ID\s+= (\S+)", made.stdout).group(1)
+        with agent.api() as api:
+            api.headers["X-Nomad-Token"] = root
+            register(api, sh_job("ex-acl", "exec sleep 600"))
+            alloc = _running(api, "ex-acl")
+        r = run_yurt("alloc", "exec", "-address", agent.url, alloc["ID"], "echo", "hi", env=env)
+        assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+        # the reader may see the allocation but not run commands in it
+        r = run_yurt("alloc", "exec", "-address", agent.url, alloc["ID"], "echo", "hi", env={**env, "NOMAD_TOKEN": reader})
+        assert r.returncode == 1
+        assert 'Permission denied: this needs namespace "default" capability alloc-exec' in r.stderr
+        with agent.api() as api:
+            api.delete("/v1/job/ex-acl", params={"purge": "true"}, headers={"X-Nomad-Token": root})
+            wait_for(lambda: all(a["ClientStatus"] != "running" for a in
+                                 api.get("/v1/allocations", headers={"X-Nomad-Token": root}).json()),
+                     timeout=60, what="the allocation stopped")
+
+
+def test_the_cli_on_a_terminal_gives_the_command_one_of_its_size(agent, raw):
+    import fcntl
+    import os
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    from .conftest import YURT
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen([*YURT, "alloc", "exec", "-address", agent.url, raw["ID"], "/bin/sh"],
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))   # its terminal: SIGWINCH
+    os.close(slave)
+    out = b""
+    try:
+        time.sleep(3)
+        os.write(master, b"stty size; tty\r")
+        time.sleep(2)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))   # SIGWINCH: resized
+        time.sleep(1)
+        os.write(master, b"stty size; exit 3\r")
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                out += os.read(master, 4096)
+            except OSError:
+                break
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 3, text
+    assert "30 100" in text and "/dev/pts/" in text and "40 120" in text, text
