@@ -194,10 +194,12 @@ def test_an_agent_that_does_not_run_the_allocation_relays_the_session():
 
     server = MeshAgent().start()
     client = ClientAgent([f"127.0.0.1:{server.port}"]).start()
+    other = ClientAgent([f"127.0.0.1:{server.port}"])
     try:
         with client.api() as api:
             register(api, sh_job("ex-far", "exec sleep 600"))
             alloc = _running(api, "ex-far")
+        other.start()
         # the server-only agent runs nothing: it relays to the client's agent
         r = exec_yurt(server, alloc["ID"], "sh", "-c", "read x; echo far $x; exit 4", input=b"away\n")
         assert (r.returncode, r.stdout) == (4, "far away\n"), r.stderr
@@ -212,7 +214,11 @@ def test_an_agent_that_does_not_run_the_allocation_relays_the_session():
             with pytest.raises(ConnectionClosed):
                 ws.recv()
             assert ws.close_code == 1008 and 'has no task "nope"' in ws.close_reason
+        # a client-only agent that does not run it: to its server, which relays to the node's agent
+        r = exec_yurt(other, alloc["ID"], "sh", "-c", "echo two hops; exit 9")
+        assert (r.returncode, r.stdout) == (9, "two hops\n"), r.stderr
     finally:
+        other.close()
         with server.api() as api:
             api.delete("/v1/job/ex-far", params={"purge": "true"})
             wait_for(lambda: all(a["ClientStatus"] != "running" for a in api.get("/v1/allocations").json()),
