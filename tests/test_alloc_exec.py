@@ -16,6 +16,7 @@ from yurt.client.drivers.exec import ExecDriver
 from .agent_util import AgentProcess, allocs, register, wait_for
 from .conftest import run_yurt
 from .test_agent_core import sh_job
+from .test_tls_api import mtls_cluster, pki  # noqa: F401 -- the HTTPS cluster's fixtures
 
 EXEC_LACKS = ExecDriver().missing()
 
@@ -322,3 +323,17 @@ def test_the_cli_on_a_terminal_gives_the_command_one_of_its_size(agent, raw):
     text = out.decode(errors="replace")
     assert proc.returncode == 3, text
     assert "30 100" in text and "/dev/pts/" in text and "40 120" in text, text
+
+
+def test_over_https_with_client_certificates_the_server_relays_to_the_client_agent(mtls_cluster, pki):  # noqa: F811
+    server, _client = mtls_cluster
+    flags = ["-address", server.url, "-ca-cert", str(pki / "yurt-agent-ca.pem"),
+             "-client-cert", str(pki / "global-cli-yurt.pem"), "-client-key", str(pki / "global-cli-yurt-key.pem")]
+    with server.api() as api:
+        register(api, sh_job("ex-tls", "exec sleep 600"))
+        alloc = _running(api, "ex-tls")
+    # the CLI speaks wss:// with its certificate; the server relays over wss:// with its own
+    r = run_yurt("alloc", "exec", *flags, alloc["ID"], "sh", "-c", "read x; echo tls $x", input=b"ok\n")
+    assert (r.returncode, r.stdout) == (0, "tls ok\n"), r.stderr
+    r = run_yurt("alloc", "exec", *flags[:2], alloc["ID"], "true")   # no CA: the reason, not a trace
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("Error:"), r.stderr
