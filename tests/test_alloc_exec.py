@@ -337,3 +337,15 @@ def test_over_https_with_client_certificates_the_server_relays_to_the_client_age
     assert (r.returncode, r.stdout) == (0, "tls ok\n"), r.stderr
     r = run_yurt("alloc", "exec", *flags[:2], alloc["ID"], "true")   # no CA: the reason, not a trace
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("Error:"), r.stderr
+
+
+def test_a_caller_that_hangs_up_ends_the_command(agent, raw):
+    import os
+    with session(agent.url, raw["ID"], ["sh", "-c", "echo $$; exec sleep 300"]) as ws:
+        frame = json.loads(ws.recv(timeout=30))
+        pid = int(base64.b64decode(frame["stdout"]["data"]))
+        assert os.path.exists(f"/proc/{pid}")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30, what="the command killed")
+    # the agent goes on serving sessions
+    r = exec_yurt(agent, raw["ID"], "echo", "still here")
+    assert r.stdout == "still here\n"

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import json
 import ssl
+import threading
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -119,21 +120,42 @@ async def _run(ws: WebSocket, session: Any) -> None:
             if isinstance(size, dict):
                 await run_in_threadpool(session.resize, int(size.get("height") or 0), int(size.get("width") or 0))
 
+    # the command's output is read by a thread of its own (not the threadpool the routes share:
+    # a session may last hours), its frames handed to the event loop
+    loop = asyncio.get_running_loop()
+    frames: asyncio.Queue[str] = asyncio.Queue(maxsize=64)
+
+    closed = threading.Event()   # the caller has gone: the rest of the output is dropped
+
+    def put(frame: dict) -> None:
+        if not closed.is_set():
+            asyncio.run_coroutine_threadsafe(frames.put(json.dumps(frame)), loop).result()
+
+    def pump() -> None:
+        try:
+            while (item := session.read()) is not None:
+                stream, data = item
+                put({stream: {"data": base64.b64encode(data).decode()}})
+            put({"exited": True, "result": {"exit_code": session.wait()}})
+        except RuntimeError:   # the loop has gone: the agent is stopping
+            session.kill()
+
+    threading.Thread(target=pump, daemon=True, name="alloc-exec").start()
     reader = asyncio.ensure_future(inbound())
     try:
         while True:
-            item = await run_in_threadpool(session.read)
-            if item is None:
+            message = await frames.get()
+            await ws.send_text(message)
+            if message.startswith('{"exited"'):
                 break
-            stream, data = item
-            await ws.send_text(json.dumps({stream: {"data": base64.b64encode(data).decode()}}))
-        code = await run_in_threadpool(session.wait)
-        await ws.send_text(json.dumps({"exited": True, "result": {"exit_code": code}}))
         await ws.close()
     except (WebSocketDisconnect, RuntimeError):
         await run_in_threadpool(session.kill)
     finally:
         reader.cancel()
+        closed.set()
+        while not frames.empty():   # a put waiting for room returns
+            frames.get_nowait()
 
 
 async def _relay(ws: WebSocket, base: str, hop: str) -> None:

@@ -326,13 +326,9 @@ def alloc_exec_cmd(alloc_id: str, command: tuple[str, ...], task: str | None, by
 def _exec(client: YurtClient, alloc_id: str, task: str, command: list[str], tty: bool, interactive: bool,
           escape: str) -> int:
     """The websocket session: stdin sent (raw terminal with -t), output written, its exit code."""
-    import base64
-    import os
-    import signal
-    import threading
     from urllib.parse import urlencode
 
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect as ws_connect
 
     base = client.address.rstrip("/")
@@ -346,11 +342,23 @@ def _exec(client: YurtClient, alloc_id: str, task: str, command: list[str], tty:
         if client.tls.server_name:
             kw["server_hostname"] = client.tls.server_name
     try:
-        ws = ws_connect(url, additional_headers=headers, max_size=None, open_timeout=30, **kw)
+        conn = ws_connect(url, additional_headers=headers, max_size=None, open_timeout=30, **kw)
     except InvalidStatus as e:
         fail(f"the agent refused the exec: HTTP {e.response.status_code} {e.response.body.decode(errors='replace')}")
     except (OSError, InvalidHandshake, TimeoutError) as e:
         fail(f"cannot reach the agent at {base}: {e}")
+    with conn as ws:
+        return _session(ws, tty, interactive, escape)
+
+
+def _session(ws, tty: bool, interactive: bool, escape: str) -> int:
+    """Nomad's frames both ways until the command's exit code comes (or the agent closes)."""
+    import base64
+    import os
+    import signal
+    import threading
+
+    from websockets.exceptions import ConnectionClosed
 
     def send(frame: dict) -> None:
         try:
