@@ -15,7 +15,7 @@ from . import acl, authz
 from . import mesh
 from . import events, monitor
 from . import ui
-from . import client_allocs, client_fs, search
+from . import client_allocs, client_exec, client_fs, search
 from . import openapi
 from . import consul_kv
 from . import variables
@@ -34,6 +34,7 @@ def create_app(agent) -> FastAPI:
     app.include_router(nodes.router)
     app.include_router(client_allocs.router)
     app.include_router(client_fs.router)
+    app.router.routes.extend(client_exec.routes)   # websockets: a Starlette route, not in the OpenAPI doc
     app.include_router(search.router)
     app.include_router(metrics.router)
     app.include_router(acl.router)

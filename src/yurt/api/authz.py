@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 
 import httpx
 
@@ -158,6 +159,7 @@ _add("GET", "/v1/namespace/{name}", _r("namespace_any", "", "name"))
 _add("PUT POST DELETE", "/v1/namespace/{name}", MGMT)
 _add("PUT POST", "/v1/namespace", MGMT)
 _add("GET", "/v1/client/allocation/{alloc_id}/stats", READ_JOB)
+_add("GET", "/v1/client/allocation/{alloc_id}/exec", _r(NS, "alloc-exec"))   # a websocket (api/client_exec.py)
 _add("GET", "/v1/client/stats", _r("node", "read"))
 _add("PUT POST", "/v1/search/fuzzy", READ_JOB)
 for _fs in ("ls", "stat", "cat", "readat", "stream"):
@@ -322,6 +324,24 @@ async def authorize(request: Request) -> None:
             return
         raise _denied(f"a management token: {request.method} {path} declares no capability")
     name = await _name_for(request, req)
+    if not check(ident, req, name):
+        raise _denied(req.describe(name))
+
+
+async def authorize_ws(ws: HTTPConnection, path: str) -> None:
+    """`authorize` for a websocket route (a GET upgraded), called by the route itself."""
+    if not acl_enabled(ws):   # type: ignore[arg-type]
+        return
+    key = ("GET", path)
+    req = REQUIREMENTS[key]
+    if ws.app.state.agent.server is None:
+        own = ws.app.state.agent.internal_token
+        if not (own and request_token(ws) == own):   # type: ignore[arg-type]
+            await _ask_server(ws, key, req)   # type: ignore[arg-type]
+        return
+    ident = identity(ws)   # type: ignore[arg-type]
+    assert ident is not None
+    name = await _name_for(ws, req)   # type: ignore[arg-type]
     if not check(ident, req, name):
         raise _denied(req.describe(name))
 

@@ -9,7 +9,7 @@ import click
 
 from yurt.api.client import YurtClient
 
-from .flags import NomadGroup
+from .flags import CommandLineCommand, NomadGroup
 from .format import (address_option, api_errors, connect, echo, fmt_iso, fmt_time, heading, kv, print_table,
                      relative, resolve, short)
 from .monitor import Monitor, event_rows
@@ -276,3 +276,168 @@ def alloc_fs_cmd(alloc_id: str, path: str, show_stat: bool, follow: bool, verbos
         resp = client.request("GET", f"/v1/client/fs/cat/{stub['ID']}", params={"path": path})
         sys.stdout.buffer.write(resp.content)
         sys.stdout.flush()
+
+
+def _running_alloc_of_job(client: YurtClient, job_id: str) -> dict:
+    """`alloc exec -job`: a running allocation of the job (Nomad picks one at random)."""
+    import random
+    running = [a for a in client.job_allocations(job_id) if a.get("ClientStatus") == "running"]
+    if not running:
+        fail(f'job "{job_id}" has no running allocation')
+    return random.choice(running)
+
+
+@alloc_group.command("exec", cls=CommandLineCommand)
+@click.argument("alloc_id", metavar="ALLOC")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="COMMAND [ARGS]...")
+@click.option("-task", "--task", "task", default=None, metavar="TASK",
+              help="The task to run the command in (may be left out when the allocation has one task).")
+@click.option("-job", "--job", "by_job", is_flag=True, help="ALLOC is a job ID: a running allocation of it is used.")
+@click.option("-i", "interactive", type=click.BOOL, default=True, metavar="BOOL",
+              help="Pass stdin to the command (default true; -i=false closes it).")
+@click.option("-t", "tty_flag", type=click.BOOL, default=None, metavar="BOOL",
+              help="Give the command a terminal (default: when stdin and stdout are terminals; -t=false not).")
+@click.option("-e", "escape", default="~", metavar="CHAR",
+              help='The escape character (with -t): "~." on a new line disconnects; "none" for none.')
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@address_option
+@api_errors
+def alloc_exec_cmd(alloc_id: str, command: tuple[str, ...], task: str | None, by_job: bool, interactive: bool,
+                   tty_flag: bool | None, escape: str, verbose: bool, address: str | None) -> None:
+    """Run a command inside a running allocation's task (in its namespaces and chroot), as
+    `nomad alloc exec`; exits with the command's exit code."""
+    if tty_flag is None:
+        tty_flag = interactive and sys.stdin.isatty() and sys.stdout.isatty()
+    if escape not in ("none", "") and len(escape) != 1:
+        fail("-e takes a single character, or none")
+    with connect(address) as client:
+        stub = _running_alloc_of_job(client, alloc_id) if by_job else find_alloc(client, alloc_id, verbose)
+        alloc = client.allocation(stub["ID"])
+        if alloc.get("ClientStatus") in ("complete", "failed", "lost") or alloc.get("DesiredStatus") == "stop":
+            fail(f'allocation "{short(alloc["ID"], verbose)}" is {alloc.get("ClientStatus")}: '
+                 "alloc exec needs a running task")
+        name = _pick_task(alloc, task)
+        code = _exec(client, alloc["ID"], name, list(command), tty_flag, interactive,
+                     escape if escape not in ("none", "") else "")
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def _exec(client: YurtClient, alloc_id: str, task: str, command: list[str], tty: bool, interactive: bool,
+          escape: str) -> int:
+    """The websocket session: stdin sent (raw terminal with -t), output written, its exit code."""
+    from urllib.parse import urlencode
+
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect as ws_connect
+
+    base = client.address.rstrip("/")
+    query = urlencode({"task": task, "tty": "true" if tty else "false", "command": json.dumps(command)})
+    url = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + \
+        f"/v1/client/allocation/{alloc_id}/exec?{query}"
+    headers = {"X-Nomad-Token": client.token} if client.token else {}
+    kw: dict = {}
+    if url.startswith("wss://"):
+        kw["ssl"] = client.tls.context()
+        if client.tls.server_name:
+            kw["server_hostname"] = client.tls.server_name
+    try:
+        conn = ws_connect(url, additional_headers=headers, max_size=None, open_timeout=30, **kw)
+    except InvalidStatus as e:
+        fail(f"the agent refused the exec: HTTP {e.response.status_code} {e.response.body.decode(errors='replace')}")
+    except (OSError, InvalidHandshake, TimeoutError) as e:
+        fail(f"cannot reach the agent at {base}: {e}")
+    with conn as ws:
+        return _session(ws, tty, interactive, escape)
+
+
+def _session(ws, tty: bool, interactive: bool, escape: str) -> int:
+    """Nomad's frames both ways until the command's exit code comes (or the agent closes)."""
+    import base64
+    import os
+    import signal
+    import threading
+
+    from websockets.exceptions import ConnectionClosed
+
+    def send(frame: dict) -> None:
+        try:
+            ws.send(json.dumps(frame))
+        except ConnectionClosed:
+            pass
+
+    def send_size(*_: object) -> None:
+        try:
+            size = os.get_terminal_size(sys.stdout.fileno())
+        except OSError:
+            return
+        send({"tty_size": {"height": size.lines, "width": size.columns}})
+
+    saved = None
+    if tty and sys.stdin.isatty():
+        import termios
+        import tty as ttymod
+        saved = termios.tcgetattr(sys.stdin.fileno())
+        ttymod.setraw(sys.stdin.fileno())
+    if tty:
+        send_size()
+        if hasattr(signal, "SIGWINCH"):
+            signal.signal(signal.SIGWINCH, send_size)
+
+    def pump_stdin() -> None:
+        fd = sys.stdin.fileno()
+        at_line_start, pending_escape = True, False
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                send({"stdin": {"close": True}})
+                return
+            if escape and saved is not None:   # "~." at the start of a line ends the session
+                out = bytearray()
+                for byte in data:
+                    ch = bytes([byte])
+                    if pending_escape:
+                        pending_escape = False
+                        if ch == b".":
+                            ws.close()
+                            return
+                        if ch != escape.encode():
+                            out += escape.encode()
+                    elif at_line_start and ch == escape.encode():
+                        pending_escape = True
+                        continue
+                    out += ch
+                    at_line_start = ch in (b"\r", b"\n")
+                data = bytes(out)
+            if data:
+                send({"stdin": {"data": base64.b64encode(data).decode()}})
+
+    if interactive:
+        threading.Thread(target=pump_stdin, daemon=True).start()
+    else:
+        send({"stdin": {"close": True}})
+    code = -1
+    try:
+        for message in ws:
+            frame = json.loads(message)
+            for stream, out in (("stdout", sys.stdout.buffer), ("stderr", sys.stderr.buffer)):
+                if isinstance(frame.get(stream), dict) and frame[stream].get("data"):
+                    out.write(base64.b64decode(frame[stream]["data"]))
+                    out.flush()
+            if frame.get("exited"):
+                code = int((frame.get("result") or {}).get("exit_code") or 0)
+    except ConnectionClosed:
+        pass
+    finally:
+        if saved is not None:
+            import termios
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+    if code == -1:
+        reason = ws.close_reason if ws.close_code not in (None, 1000) else ""
+        ws.close()
+        fail(reason or "the exec session ended without the command's exit code")
+    ws.close()
+    return code

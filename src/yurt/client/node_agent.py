@@ -160,6 +160,23 @@ class NodeAgent:
         if not any(restarted):
             raise Conflict(f"allocation {alloc_id[:8]}: {'task ' + task if task else 'no task'} is running")
 
+    def exec_alloc(self, alloc_id: str, task: str, command: list[str], tty: bool):
+        """`alloc exec`: the command started inside the running task (client/exec_session.py)."""
+        from yurt.errors import Conflict, InvalidInput
+        from .exec_session import ExecError, start
+        runner = self.runners.get(alloc_id)
+        if runner is not None and runner.client_status in ("complete", "failed", "lost"):
+            raise Conflict(f"allocation {alloc_id[:8]} is {runner.client_status}: alloc exec needs a running task")
+        tr = self._task_runners(alloc_id, task, all_tasks=False)[0]
+        handle = tr.handle
+        if handle is None or not tr.is_running():
+            raise Conflict(f'task "{tr.name}" is not running: alloc exec needs a running task')
+        docker = self.drivers.get("docker") if handle.driver == "docker" else None
+        try:
+            return start(handle, command, tty, docker.client() if docker is not None else None)
+        except ExecError as e:
+            raise InvalidInput(str(e)) from None
+
     def local_alloc(self, alloc_id: str) -> Allocation | None:
         """The allocation, if this node runs it (or ran it and still has it)."""
         runner = self.runners.get(alloc_id)
