@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -25,7 +27,8 @@ def _stub(job: Job, summary) -> dict[str, Any]:
     return {
         "ID": job.id, "ParentID": job.parent_id, "Name": job.name, "Namespace": job.namespace,
         "Datacenters": job.datacenters, "NodePool": job.node_pool, "Type": job.type,
-        "Priority": job.priority, "Periodic": False, "ParameterizedJob": False, "Stop": job.stop,
+        "Priority": job.priority, "Periodic": job.is_periodic(), "ParameterizedJob": job.is_parameterized(),
+        "Stop": job.stop,
         "Status": job.status, "StatusDescription": job.status_description,
         "JobSummary": summary.to_json() if summary else None,
         "CreateIndex": job.create_index, "ModifyIndex": job.modify_index,
@@ -182,6 +185,40 @@ async def plan_job(request: Request, job_id: str):
 async def evaluate(request: Request, reads: ServerReads, job_id: str):
     _job(request, reads, job_id)
     result = request.app.state.agent.server.evaluate_job(_ns(request), job_id)
+    return reply(result, result["Index"])
+
+
+@router.put("/v1/job/{job_id}/periodic/force")
+@router.post("/v1/job/{job_id}/periodic/force")
+async def periodic_force(request: Request, reads: ServerReads, job_id: str):
+    job = _job(request, reads, job_id)
+    result = await run_in_threadpool(request.app.state.agent.server.periodic_force, job.namespace or "default",
+                                     job_id)
+    return reply(result, result["Index"])
+
+
+@router.put("/v1/job/{job_id}/dispatch", openapi_extra=body(b.JobDispatchRequest, required=False))
+@router.post("/v1/job/{job_id}/dispatch", openapi_extra=body(b.JobDispatchRequest, required=False))
+async def dispatch(request: Request, reads: ServerReads, job_id: str):
+    raw = await request.body()
+    body = await json_object(request) if raw.strip() else {}
+    _check_job_id(body, job_id)
+    job = _job(request, reads, job_id)
+    payload_b64 = body.get("Payload") or ""
+    if not isinstance(payload_b64, str):
+        raise InvalidInput('"Payload" must be a base64 string')
+    try:
+        payload = base64.b64decode(payload_b64, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput(f'"Payload" is not valid base64: {e}') from e
+    meta = body.get("Meta") or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise InvalidInput('"Meta" must be an object of strings')
+    token, template = body.get("IdempotencyToken") or "", body.get("IdPrefixTemplate") or ""
+    if not isinstance(token, str) or not isinstance(template, str):
+        raise InvalidInput('"IdempotencyToken" and "IdPrefixTemplate" must be strings')
+    result = await run_in_threadpool(request.app.state.agent.server.dispatch_job, job.namespace or "default",
+                                     job_id, payload, meta, token, template)
     return reply(result, result["Index"])
 
 
