@@ -20,7 +20,42 @@ from .forward import ServerReads, need_server
 from . import bodies as b
 from .openapi import body
 
-router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
+# A child job's ID has a slash (`<parent>/periodic-<unix>`, `<parent>/dispatch-...`), escaped
+# (%2F) or not. Like Nomad's jobSpecificRequest, what follows /v1/job/ is the ID unless it ends in
+# one of the job routes' suffixes; `JobIDPaths` routes the ID as one path segment (its slashes
+# as SLASH), and `_job_id_slashes` turns them back into "/".
+SLASH = "\x1f"
+_SUFFIXES = ("periodic/force", "plan", "evaluate", "allocations", "evaluations", "versions", "summary",
+             "deployment", "deployments", "revert", "stable", "scale", "dispatch")
+
+
+class JobIDPaths:
+    """ASGI middleware: /v1/job/<parent>/<child>[/<suffix>] is routed with the ID in one segment."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope.get("type") == "http" else ""
+        if path.startswith("/v1/job/") and "/" in path[len("/v1/job/"):].strip("/"):
+            rest = path[len("/v1/job/"):]
+            job_id, suffix = rest, ""
+            for s in _SUFFIXES:
+                if rest.endswith("/" + s):
+                    job_id, suffix = rest[:-len(s) - 1], "/" + s
+                    break
+            if "/" in job_id:
+                scope = {**scope, "path": "/v1/job/" + job_id.replace("/", SLASH) + suffix}
+        await self.app(scope, receive, send)
+
+
+def _job_id_slashes(request: Request) -> None:
+    params = request.scope.get("path_params")
+    if params and isinstance(params.get("job_id"), str) and SLASH in params["job_id"]:
+        params["job_id"] = params["job_id"].replace(SLASH, "/")
+
+
+router = APIRouter(dependencies=[Depends(need_server), Depends(_job_id_slashes)])  # a client-only agent forwards these
 
 
 def _stub(job: Job, summary) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import os
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -390,7 +391,7 @@ def periodic_force_cmd(job_id: str, detach: bool, verbose: bool, address: str | 
         job = find_job(client, job_id)
         if not job.get("Periodic"):
             fail(f'job "{job["ID"]}" is not periodic')
-        resp = client.put(f"/v1/job/{job['ID']}/periodic/force")
+        resp = client.put(f"/v1/job/{quote(job['ID'], safe='')}/periodic/force")
         eval_id = resp.get("EvalID") or ""
         if detach or not eval_id:
             click.echo("Force periodic successful")
@@ -434,7 +435,7 @@ def dispatch_cmd(job_id: str, input_file: str | None, meta: tuple[str, ...], id_
     body: dict[str, Any] = {"Payload": base64.b64encode(payload).decode(), "Meta": pairs,
                             "IdempotencyToken": token, "IdPrefixTemplate": id_prefix}
     with connect(address) as client:
-        resp = client.put(f"/v1/job/{job_id}/dispatch", body)
+        resp = client.put(f"/v1/job/{quote(job_id, safe='')}/dispatch", body)
         eval_id = resp.get("EvalID") or ""
         click.echo("Dispatched Job ID = " + str(resp.get("DispatchedJobID")))
         click.echo("Evaluation ID     = " + (eval_id if verbose else eval_id[:8]))
