@@ -107,3 +107,81 @@ def test_periodic_force_and_status(agent):
     assert "tick/periodic-" in r.stdout
     r = _cli(agent, "job", "periodic", "force", "nope")
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+class _FakeStore:
+    def __init__(self, jobs: list) -> None:
+        self._jobs = {j.id: j for j in jobs}
+
+    def jobs(self, namespace=None, prefix=""):
+        return [j for i, j in sorted(self._jobs.items()) if i.startswith(prefix)]
+
+    def job(self, namespace, job_id):
+        return self._jobs.get(job_id)
+
+
+class _FakeServer:
+    def __init__(self, jobs: list) -> None:
+        self.store = _FakeStore(jobs)
+        self.launched: list[str] = []
+
+    def register_job(self, job, trigger=""):
+        assert trigger == "periodic-job" and job.parent_id and job.periodic is None
+        self.launched.append(job.id)
+        self.store._jobs[job.id] = job.model_copy(update={"status": "running"})
+        return {"EvalID": "e", "EvalCreateIndex": 1, "Index": 1}
+
+
+def _parent(cron: str = "0 * * * *", overlap: bool = False):
+    from yurt.structs.job import Job, PeriodicConfig
+    return Job(id="p", namespace="default", type="batch", job_modify_index=7,
+               periodic=PeriodicConfig(spec=cron, prohibit_overlap=overlap))
+
+
+def test_a_new_leader_recomputes_from_the_store_and_catches_up_once():
+    from yurt.server.periodic import PeriodicLauncher
+    last = _parent().model_copy(update={"id": "p/periodic-1767225600", "parent_id": "p", "periodic": None,
+                                        "status": "dead"})   # 2026-01-01T00:00Z
+    server = _FakeServer([_parent(), last])
+    launcher = PeriodicLauncher(server)   # type: ignore[arg-type]
+    now = datetime(2026, 1, 1, 3, 30, tzinfo=UTC)   # 01:00, 02:00 and 03:00 were missed
+    launcher.tick(now)
+    assert server.launched == ["p/periodic-1767229200"]   # the first missed one, once
+    launcher.tick(now)
+    assert len(server.launched) == 1
+    launcher.tick(datetime(2026, 1, 1, 4, 0, 1, tzinfo=UTC))
+    assert server.launched[-1] == "p/periodic-1767240000"   # 04:00
+
+
+def test_prohibit_overlap_skips_while_a_child_runs():
+    from yurt.server.periodic import PeriodicLauncher
+    server = _FakeServer([_parent("*/10 * * * * * *", overlap=True)])
+    launcher = PeriodicLauncher(server)   # type: ignore[arg-type]
+    launcher.tick(B)
+    launcher.tick(datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC))
+    assert server.launched == ["p/periodic-1767225610"]
+    launcher.tick(datetime(2026, 1, 1, 0, 0, 20, tzinfo=UTC))   # the child still runs: skipped
+    assert len(server.launched) == 1
+    server.store._jobs["p/periodic-1767225610"] = server.store._jobs["p/periodic-1767225610"].model_copy(
+        update={"status": "dead"})
+    launcher.tick(datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC))
+    assert server.launched[-1] == "p/periodic-1767225630"
+    assert launcher.force("default", "p") and server.launched[-1].startswith("p/periodic-")
+
+
+def test_run_plan_and_stop_of_a_periodic_job(agent, tmp_path):
+    f = tmp_path / "hourly.nomad"
+    f.write_text(PERIODIC.replace('"tick"', '"hourly"').replace('["*/5 * * * * * *"]', '["@hourly"]'))
+    r = _cli(agent, "job", "run", str(f))
+    assert r.returncode == 0 and "Approximate next launch time" in r.stdout, r.stdout + r.stderr
+    with agent.api() as api:
+        from yurt.jobspec import load_file
+        plan = api.put("/v1/job/hourly/plan", json=load_file(str(f)).job.to_document()).json()
+        assert plan["NextPeriodicLaunch"].endswith(":00:00Z")
+        listed = _cli(agent, "job", "status")
+        assert "batch/periodic" in listed.stdout
+        r = _cli(agent, "job", "stop", "-detach", "tick")
+        assert r.returncode == 0, r.stderr
+        before = len(_children(api, "tick"))
+        time.sleep(6)
+        assert len(_children(api, "tick")) == before

@@ -138,11 +138,29 @@ def run_cmd(file: str, output: bool, detach: bool, check_index: int | None, verb
         eval_id = resp.get("EvalID") or ""
         if detach or not eval_id:
             click.echo("Job registration successful")
+            _approximate_next_launch(loaded.job)
             if eval_id:
                 click.echo(f"Evaluation ID: {eval_id}")
             return
         from .monitor import Monitor
         raise SystemExit(Monitor(client, verbose=verbose, timeout=follow_for).monitor(eval_id))
+
+
+def _approximate_next_launch(job: Any) -> None:
+    """A periodic job's next launch, as Nomad's `job run` prints it."""
+    from datetime import UTC, datetime
+
+    from yurt.structs.cron import CronError, next_launch
+    p = job.periodic
+    if p is None or not p.enabled:
+        return
+    try:
+        nxt = next_launch(p.all_specs(), datetime.now(UTC), p.time_zone)
+    except CronError:
+        return
+    if nxt is not None:
+        delta = max(0, round((nxt - datetime.now(UTC)).total_seconds()))
+        click.echo(f"Approximate next launch time: {nxt.isoformat()} (in {delta}s from now)")
 
 
 @job_group.command("stop")
@@ -408,7 +426,7 @@ def periodic_force_cmd(job_id: str, detach: bool, verbose: bool, address: str | 
 @click.option("-id-prefix-template", "--id-prefix-template", "id_prefix", default="",
               help="A prefix in the dispatched job's ID.")
 @click.option("-idempotency-token", "--idempotency-token", "token", default="",
-              help="Dispatch at most once with this token (while its child is not stopped).")
+              help="Dispatch at most once with this token (until its child is garbage collected).")
 @click.option("-detach", "--detach", is_flag=True, help="Print the evaluation ID and return at once.")
 @click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
 @address_option

@@ -42,8 +42,14 @@ def _job_headers(every: bool) -> list[str]:
     return ["ID", *(["Namespace"] if every else []), "Type", "Priority", "Status", "Submit Date"]
 
 
+def _job_type(j: dict) -> str:
+    """Nomad's list shows a parent's kind: batch/periodic, batch/parameterized."""
+    kind = "/periodic" if j.get("Periodic") else "/parameterized" if j.get("ParameterizedJob") else ""
+    return str(j.get("Type") or "") + kind
+
+
 def _job_row(j: dict, every: bool) -> tuple:
-    return (j["ID"], *([j.get("Namespace")] if every else []), j.get("Type"), j.get("Priority"),
+    return (j["ID"], *([j.get("Namespace")] if every else []), _job_type(j), j.get("Priority"),
             status_string(j.get("Status", ""), j.get("Stop", False)), fmt_time(j.get("SubmitTime")))
 
 

@@ -108,11 +108,13 @@ class PeriodicLauncher:
             log.warning('periodic job "%s": %s', job.id, e)
             return None
 
-    def next_launch(self, job: Job) -> datetime | None:
-        known = self._next.get((job.namespace or "default", job.id))
-        if known is not None and known[0] == job.job_modify_index:
-            return known[1]
-        return self._next_after(job, datetime.now(UTC))
+    def next_launch_rfc3339(self, job: Job) -> str | None:
+        """For a plan: when a periodic job would launch next if submitted now (Nomad's
+        NextPeriodicLaunch), in UTC."""
+        if job.periodic is None or not job.periodic.enabled:
+            return None
+        nxt = self._next_after(job, datetime.now(UTC))
+        return nxt.astimezone(UTC).isoformat().replace("+00:00", "Z") if nxt else None
 
     def _launch(self, job: Job, when: datetime, force: bool = False) -> dict[str, Any] | None:
         namespace = job.namespace or "default"
@@ -125,7 +127,7 @@ class PeriodicLauncher:
                 return None
         child = _derived(job, f"{job.id}{PERIODIC_SUFFIX}{int(when.timestamp())}")
         log.info('periodic job "%s": launching %s', job.id, child.id)
-        return self.server.register_job(child)
+        return self.server.register_job(child, trigger="periodic-job")   # Nomad's EvalTriggerPeriodicJob
 
     def force(self, namespace: str, job_id: str) -> dict[str, Any]:
         job = self.server.store.job(namespace, job_id)
@@ -166,12 +168,12 @@ def dispatch(server: Server, namespace: str, job_id: str, payload: bytes, meta: 
     if extra:
         raise InvalidInput("dispatch included unpermitted meta keys: " + ", ".join(extra)
                            + (f" (allowed: {', '.join(sorted(allowed))})" if allowed else " (the job allows none)"))
-    if idempotency_token:
+    if idempotency_token:   # a retried request gets the child it made (Nomad's CheckIdempotencyToken)
         for c in children(server, namespace, job_id):
-            if c.dispatch_idempotency_token == idempotency_token and not c.stop:
+            if c.dispatch_idempotency_token == idempotency_token:   # until it is garbage collected
                 log.info('dispatch of "%s" with idempotency token: %s already exists', job_id, c.id)
                 return {"DispatchedJobID": c.id, "EvalID": "", "EvalCreateIndex": 0,
-                        "JobCreateIndex": c.create_index, "Index": server.store.index()}
+                        "JobCreateIndex": c.create_index, "Index": c.modify_index}
     now = int(time.time())
     suffix = f"{id_prefix_template}-{now}" if id_prefix_template else str(now)
     child_id = f"{job_id}{DISPATCH_SUFFIX}{suffix}-{uuid.uuid4().hex[:8]}"

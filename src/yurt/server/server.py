@@ -221,7 +221,8 @@ class Server:
         return index
 
     # -- jobs -------------------------------------------------------------------------------
-    def register_job(self, job: Job, *, enforce_index: int | None = None) -> dict[str, Any]:
+    def register_job(self, job: Job, *, enforce_index: int | None = None,
+                     trigger: str = TRIGGER_JOB_REGISTER) -> dict[str, Any]:
         """Store a new job or version and evaluate it (Nomad's Job.Register). With
         `enforce_index` (EnforceIndex), only if the job's JobModifyIndex is still that (0: new)."""
         self.namespaces.admit(job)
@@ -231,7 +232,7 @@ class Server:
         # and the index check happens inside it
         # a periodic or parameterized parent gets no evaluation: it runs nothing, its children do
         index, ev = self.store.register_job(
-            job, None if job.is_parent() else self._new_eval(job, namespace, job.id, TRIGGER_JOB_REGISTER),
+            job, None if job.is_parent() else self._new_eval(job, namespace, job.id, trigger),
             expect_modify_index=enforce_index)
         self.broker.drop_job(namespace, job.id)
         if ev is None:
@@ -293,7 +294,7 @@ class Server:
             "Annotations": {"DesiredTGUpdates": {k: v.to_json() for k, v in result.desired_updates.items()},
                             "PreemptedAllocs": None},
             "FailedTGAllocs": {k: v.to_json() for k, v in result.failed_tg_allocs.items()} or None,
-            "NextPeriodicLaunch": None, "Index": snap.index,
+            "NextPeriodicLaunch": self.periodic.next_launch_rfc3339(candidate), "Index": snap.index,
         }
 
     def evaluate_job(self, namespace: str, job_id: str) -> dict[str, Any]:
