@@ -96,6 +96,8 @@ def test_dispatch_with_meta_and_payload(agent, tmp_path):
         log = api.get(f"/v1/client/fs/logs/{alloc['ID']}", params={"task": "t", "type": "stdout",
                                                                    "plain": "true"}).text
         assert "hello payload" in log and "color=blue parent=work team=a" in log, log
+    r = _cli(agent, "job", "status", child_id)   # a child's ID has a slash: escaped by the client
+    assert r.returncode == 0 and "Allocations" in r.stdout and "complete" in r.stdout, r.stdout + r.stderr
 
 
 def test_dispatch_from_stdin_and_idempotency_token(agent):
