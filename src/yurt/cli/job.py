@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -443,7 +444,7 @@ def dispatch_cmd(job_id: str, input_file: str | None, meta: tuple[str, ...], id_
         pairs[key] = value
     payload = b""
     if input_file == "-":
-        payload = click.get_binary_stream("stdin").read()
+        payload = sys.stdin.buffer.read()
     elif input_file:
         try:
             with open(input_file, "rb") as f:
