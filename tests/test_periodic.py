@@ -178,6 +178,8 @@ def test_run_plan_and_stop_of_a_periodic_job(agent, tmp_path):
         from yurt.jobspec import load_file
         plan = api.put("/v1/job/hourly/plan", json=load_file(str(f)).job.to_document()).json()
         assert plan["NextPeriodicLaunch"].endswith(":00:00Z")
+        r = _cli(agent, "job", "plan", str(f))
+        assert "next periodic launch would be at" in r.stdout, r.stdout + r.stderr
         listed = _cli(agent, "job", "status")
         assert "batch/periodic" in listed.stdout
         r = _cli(agent, "job", "stop", "-detach", "tick")

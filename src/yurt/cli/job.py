@@ -375,6 +375,8 @@ def show_plan(resp: dict, file: str, verbose: bool, warned: bool = False) -> int
         _paint(format_job_diff(resp["Diff"], updates, verbose) + "\n")
     click.echo("Scheduler dry-run:")
     _paint(format_dry_run(resp))
+    if resp.get("NextPeriodicLaunch"):
+        click.echo(f"- If submitted now, next periodic launch would be at {resp['NextPeriodicLaunch']}")
     click.echo("")
     if resp.get("Warnings") and not warned:
         err.print("[bold yellow]Job Warnings:[/]")
