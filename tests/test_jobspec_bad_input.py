@@ -105,5 +105,5 @@ def test_no_job_block():
 
 
 def test_unsupported_nomad_block_is_named():
-    (p,) = problems_of('job "x" {\n  periodic {\n    cron = "@daily"\n  }\n}\n')
-    assert (p.pos.line, p.pos.col) == (2, 3) and 'the "periodic" block is not supported by Yurt yet' in p.message
+    (p,) = problems_of('job "x" {\n  multiregion {\n    cron = "@daily"\n  }\n}\n')
+    assert (p.pos.line, p.pos.col) == (2, 3) and 'the "multiregion" block is not supported by Yurt yet' in p.message

@@ -21,6 +21,8 @@ WRITES = {"PUT", "POST", "PATCH", "DELETE"}
 BODYLESS = {
     ("PUT", "/v1/system/gc"): "Nomad's forced GC takes nothing",
     ("POST", "/v1/system/gc"): "Nomad's forced GC takes nothing",
+    ("PUT", "/v1/job/{job_id}/periodic/force"): "Nomad's periodic force takes nothing",
+    ("POST", "/v1/job/{job_id}/periodic/force"): "Nomad's periodic force takes nothing",
     ("PUT", "/v1/allocation/{alloc_id}/stop"): "Nomad's alloc stop: the allocation is in the path",
     ("POST", "/v1/allocation/{alloc_id}/stop"): "Nomad's alloc stop: the allocation is in the path",
     ("PUT", "/v1/node/{node_id}/purge"): "the node is in the path",

@@ -48,4 +48,5 @@ def create_app(agent) -> FastAPI:
     errors.install(app)
     openapi.install(app)
     app.add_middleware(limits.RequestLimits, max_request_bytes=agent.config.http_max_request_bytes)
+    app.add_middleware(jobs.JobIDPaths)   # a child job's ID, "<parent>/periodic-<unix>", escaped as %2F
     return app

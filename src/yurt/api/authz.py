@@ -92,6 +92,8 @@ _add("GET", "/v1/job/{job_id}", READ_JOB)
 _add("PUT POST DELETE", "/v1/job/{job_id}", SUBMIT)
 _add("PUT POST", "/v1/job/{job_id}/plan", SUBMIT)
 _add("PUT POST", "/v1/job/{job_id}/evaluate", SUBMIT)
+_add("PUT POST", "/v1/job/{job_id}/periodic/force", SUBMIT)
+_add("PUT POST", "/v1/job/{job_id}/dispatch", _r(NS, "dispatch-job"))
 for sub in ("allocations", "evaluations", "versions", "summary", "deployment", "deployments"):
     _add("GET", f"/v1/job/{{job_id}}/{sub}", READ_JOB)
 _add("PUT POST", "/v1/job/{job_id}/revert", SUBMIT)

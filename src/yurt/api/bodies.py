@@ -84,6 +84,15 @@ class JobScaleRequest(Request):
     policy_override: bool = False
 
 
+class JobDispatchRequest(Request):
+    """PUT /v1/job/<id>/dispatch: the payload (base64), meta, and an idempotency token."""
+    job_id: str = field("", json="JobID")
+    payload: str | None = None
+    meta: dict[str, str] | None = None
+    idempotency_token: str = ""
+    id_prefix_template: str = field("", json="IdPrefixTemplate")
+
+
 class EvalOptions(Request):
     force_reschedule: bool = False
 

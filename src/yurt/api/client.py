@@ -9,6 +9,7 @@ An error answer comes back as the `yurt.errors` class the server raised (`NotFou
 from __future__ import annotations
 
 import os
+from urllib.parse import quote
 import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,11 @@ from typing import Any
 import httpx
 
 from yurt.errors import InvalidInput, Unreachable, error_for_status
+
+
+def _q(job_id: str) -> str:
+    """A job ID in a path: a child's slash ("<parent>/periodic-<unix>") escaped, as Nomad's API does."""
+    return quote(job_id, safe="")
 
 DEFAULT_ADDRESS = "http://127.0.0.1:4646"
 
@@ -236,48 +242,48 @@ class YurtClient:
         return self.put("/v1/jobs", job_doc)
 
     def plan_job(self, job_doc: dict, diff: bool = True) -> dict:
-        return self.put(f"/v1/job/{job_doc['Job']['ID']}/plan", {**job_doc, "Diff": diff})
+        return self.put(f"/v1/job/{_q(job_doc['Job']['ID'])}/plan", {**job_doc, "Diff": diff})
 
     def jobs(self, prefix: str = "") -> list[dict]:
         return self.get("/v1/jobs", prefix=prefix or None)[0]
 
     def job(self, job_id: str) -> dict:
-        return self.get(f"/v1/job/{job_id}")[0]
+        return self.get(f"/v1/job/{_q(job_id)}")[0]
 
     def job_allocations(self, job_id: str, all_: bool = False) -> list[dict]:
-        return self.get(f"/v1/job/{job_id}/allocations", all="true" if all_ else None)[0]
+        return self.get(f"/v1/job/{_q(job_id)}/allocations", all="true" if all_ else None)[0]
 
     def job_evaluations(self, job_id: str) -> list[dict]:
-        return self.get(f"/v1/job/{job_id}/evaluations")[0]
+        return self.get(f"/v1/job/{_q(job_id)}/evaluations")[0]
 
     def job_summary(self, job_id: str) -> dict:
-        return self.get(f"/v1/job/{job_id}/summary")[0]
+        return self.get(f"/v1/job/{_q(job_id)}/summary")[0]
 
     def job_versions(self, job_id: str) -> list[dict]:
-        return self.get(f"/v1/job/{job_id}/versions")[0]["Versions"]
+        return self.get(f"/v1/job/{_q(job_id)}/versions")[0]["Versions"]
 
     def stop_job(self, job_id: str, purge: bool = False) -> dict:
-        return self.delete(f"/v1/job/{job_id}", purge="true" if purge else None)
+        return self.delete(f"/v1/job/{_q(job_id)}", purge="true" if purge else None)
 
     def job_versions_diffs(self, job_id: str) -> tuple[list[dict], list[dict] | None]:
         """(versions newest first, diffs: each version against the one before it, or None)."""
-        body = self.get(f"/v1/job/{job_id}/versions", diffs="true")[0]
+        body = self.get(f"/v1/job/{_q(job_id)}/versions", diffs="true")[0]
         return body["Versions"], body.get("Diffs")
 
     def revert_job(self, job_id: str, version: int, enforce_prior_version: int | None = None) -> dict:
         body: dict[str, Any] = {"JobID": job_id, "JobVersion": version}
         if enforce_prior_version is not None:
             body["EnforcePriorVersion"] = enforce_prior_version
-        return self.put(f"/v1/job/{job_id}/revert", body)
+        return self.put(f"/v1/job/{_q(job_id)}/revert", body)
 
     def set_job_stable(self, job_id: str, version: int, stable: bool) -> dict:
-        return self.put(f"/v1/job/{job_id}/stable", {"JobID": job_id, "JobVersion": version, "Stable": stable})
+        return self.put(f"/v1/job/{_q(job_id)}/stable", {"JobID": job_id, "JobVersion": version, "Stable": stable})
 
     def scale_status(self, job_id: str) -> dict:
-        return self.get(f"/v1/job/{job_id}/scale")[0]
+        return self.get(f"/v1/job/{_q(job_id)}/scale")[0]
 
     def scale_job(self, job_id: str, group: str, count: int | None, message: str = "") -> dict:
-        return self.put(f"/v1/job/{job_id}/scale", {"JobID": job_id, "Count": count, "Target": {"Group": group},
+        return self.put(f"/v1/job/{_q(job_id)}/scale", {"JobID": job_id, "Count": count, "Target": {"Group": group},
                                                     "Message": message})
 
     # -- deployments ------------------------------------------------------------------------
@@ -293,10 +299,10 @@ class YurtClient:
 
     def job_deployment(self, job_id: str, index: int = 0, wait: str | None = None) -> tuple[dict | None, int]:
         """The job's latest deployment (None if it has none), blocking on ?index= when given."""
-        return self.get(f"/v1/job/{job_id}/deployment", index=index, wait=wait)
+        return self.get(f"/v1/job/{_q(job_id)}/deployment", index=index, wait=wait)
 
     def job_deployments(self, job_id: str, all_: bool = False) -> list[dict]:
-        return self.get(f"/v1/job/{job_id}/deployments", all="true" if all_ else None)[0]
+        return self.get(f"/v1/job/{_q(job_id)}/deployments", all="true" if all_ else None)[0]
 
     def promote_deployment(self, deployment_id: str, groups: Sequence[str] = ()) -> dict:
         """Promote the canaries of `groups`, or of every group when none is named."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -18,14 +20,50 @@ from .forward import ServerReads, need_server
 from . import bodies as b
 from .openapi import body
 
-router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
+# A child job's ID has a slash (`<parent>/periodic-<unix>`, `<parent>/dispatch-...`), escaped
+# (%2F) or not. Like Nomad's jobSpecificRequest, what follows /v1/job/ is the ID unless it ends in
+# one of the job routes' suffixes; `JobIDPaths` routes the ID as one path segment (its slashes
+# as SLASH), and `_job_id_slashes` turns them back into "/".
+SLASH = "\x1f"
+_SUFFIXES = ("periodic/force", "plan", "evaluate", "allocations", "evaluations", "versions", "summary",
+             "deployment", "deployments", "revert", "stable", "scale", "dispatch")
+
+
+class JobIDPaths:
+    """ASGI middleware: /v1/job/<parent>/<child>[/<suffix>] is routed with the ID in one segment."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope.get("type") == "http" else ""
+        if path.startswith("/v1/job/") and "/" in path[len("/v1/job/"):].strip("/"):
+            rest = path[len("/v1/job/"):]
+            job_id, suffix = rest, ""
+            for s in _SUFFIXES:
+                if rest.endswith("/" + s):
+                    job_id, suffix = rest[:-len(s) - 1], "/" + s
+                    break
+            if "/" in job_id:
+                scope = {**scope, "path": "/v1/job/" + job_id.replace("/", SLASH) + suffix}
+        await self.app(scope, receive, send)
+
+
+def _job_id_slashes(request: Request) -> None:
+    params = request.scope.get("path_params")
+    if params and isinstance(params.get("job_id"), str) and SLASH in params["job_id"]:
+        params["job_id"] = params["job_id"].replace(SLASH, "/")
+
+
+router = APIRouter(dependencies=[Depends(need_server), Depends(_job_id_slashes)])  # a client-only agent forwards these
 
 
 def _stub(job: Job, summary) -> dict[str, Any]:
     return {
         "ID": job.id, "ParentID": job.parent_id, "Name": job.name, "Namespace": job.namespace,
         "Datacenters": job.datacenters, "NodePool": job.node_pool, "Type": job.type,
-        "Priority": job.priority, "Periodic": False, "ParameterizedJob": False, "Stop": job.stop,
+        "Priority": job.priority, "Periodic": job.is_periodic(), "ParameterizedJob": job.is_parameterized(),
+        "Stop": job.stop,
         "Status": job.status, "StatusDescription": job.status_description,
         "JobSummary": summary.to_json() if summary else None,
         "CreateIndex": job.create_index, "ModifyIndex": job.modify_index,
@@ -182,6 +220,40 @@ async def plan_job(request: Request, job_id: str):
 async def evaluate(request: Request, reads: ServerReads, job_id: str):
     _job(request, reads, job_id)
     result = request.app.state.agent.server.evaluate_job(_ns(request), job_id)
+    return reply(result, result["Index"])
+
+
+@router.put("/v1/job/{job_id}/periodic/force")
+@router.post("/v1/job/{job_id}/periodic/force")
+async def periodic_force(request: Request, reads: ServerReads, job_id: str):
+    job = _job(request, reads, job_id)
+    result = await run_in_threadpool(request.app.state.agent.server.periodic_force, job.namespace or "default",
+                                     job_id)
+    return reply(result, result["Index"])
+
+
+@router.put("/v1/job/{job_id}/dispatch", openapi_extra=body(b.JobDispatchRequest, required=False))
+@router.post("/v1/job/{job_id}/dispatch", openapi_extra=body(b.JobDispatchRequest, required=False))
+async def dispatch(request: Request, reads: ServerReads, job_id: str):
+    raw = await request.body()
+    body = await json_object(request) if raw.strip() else {}
+    _check_job_id(body, job_id)
+    job = _job(request, reads, job_id)
+    payload_b64 = body.get("Payload") or ""
+    if not isinstance(payload_b64, str):
+        raise InvalidInput('"Payload" must be a base64 string')
+    try:
+        payload = base64.b64decode(payload_b64, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput(f'"Payload" is not valid base64: {e}') from e
+    meta = body.get("Meta") or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise InvalidInput('"Meta" must be an object of strings')
+    token, template = body.get("IdempotencyToken") or "", body.get("IdPrefixTemplate") or ""
+    if not isinstance(token, str) or not isinstance(template, str):
+        raise InvalidInput('"IdempotencyToken" and "IdPrefixTemplate" must be strings')
+    result = await run_in_threadpool(request.app.state.agent.server.dispatch_job, job.namespace or "default",
+                                     job_id, payload, meta, token, template)
     return reply(result, result["Index"])
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -137,11 +139,29 @@ def run_cmd(file: str, output: bool, detach: bool, check_index: int | None, verb
         eval_id = resp.get("EvalID") or ""
         if detach or not eval_id:
             click.echo("Job registration successful")
+            _approximate_next_launch(loaded.job)
             if eval_id:
                 click.echo(f"Evaluation ID: {eval_id}")
             return
         from .monitor import Monitor
         raise SystemExit(Monitor(client, verbose=verbose, timeout=follow_for).monitor(eval_id))
+
+
+def _approximate_next_launch(job: Any) -> None:
+    """A periodic job's next launch, as Nomad's `job run` prints it."""
+    from datetime import UTC, datetime
+
+    from yurt.structs.cron import CronError, next_launch
+    p = job.periodic
+    if p is None or not p.enabled:
+        return
+    try:
+        nxt = next_launch(p.all_specs(), datetime.now(UTC), p.time_zone)
+    except CronError:
+        return
+    if nxt is not None:
+        delta = max(0, round((nxt - datetime.now(UTC)).total_seconds()))
+        click.echo(f"Approximate next launch time: {nxt.isoformat()} (in {delta}s from now)")
 
 
 @job_group.command("stop")
@@ -355,6 +375,8 @@ def show_plan(resp: dict, file: str, verbose: bool, warned: bool = False) -> int
         _paint(format_job_diff(resp["Diff"], updates, verbose) + "\n")
     click.echo("Scheduler dry-run:")
     _paint(format_dry_run(resp))
+    if resp.get("NextPeriodicLaunch"):
+        click.echo(f"- If submitted now, next periodic launch would be at {resp['NextPeriodicLaunch']}")
     click.echo("")
     if resp.get("Warnings") and not warned:
         err.print("[bold yellow]Job Warnings:[/]")
@@ -370,3 +392,76 @@ def show_plan(resp: dict, file: str, verbose: bool, warned: bool = False) -> int
     if resp.get("Diff") is None:
         return 0
     return 1 if any(_changes(u) for u in updates.values()) else 0
+
+
+@job_group.group("periodic", cls=NomadGroup, context_settings={"help_option_names": ["-h", "-help", "--help"]})
+def periodic_group() -> None:
+    """Interact with periodic jobs."""
+
+
+@periodic_group.command("force")
+@click.argument("job_id", metavar="JOB")
+@click.option("-detach", "--detach", is_flag=True, help="Print the evaluation ID and return at once.")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@address_option
+@api_errors
+def periodic_force_cmd(job_id: str, detach: bool, verbose: bool, address: str | None) -> None:
+    """Launch a periodic job's child now, whatever its schedule (and prohibit_overlap) says."""
+    from .status import find_job
+    with connect(address) as client:
+        job = find_job(client, job_id)
+        if not job.get("Periodic"):
+            fail(f'job "{job["ID"]}" is not periodic')
+        resp = client.put(f"/v1/job/{quote(job['ID'], safe='')}/periodic/force")
+        eval_id = resp.get("EvalID") or ""
+        if detach or not eval_id:
+            click.echo("Force periodic successful")
+            click.echo(f"Evaluation ID: {eval_id}")
+            return
+        from .monitor import Monitor
+        raise SystemExit(Monitor(client, verbose=verbose).monitor(eval_id))
+
+
+@job_group.command("dispatch")
+@click.argument("job_id", metavar="JOB")
+@click.argument("input_file", metavar="[INPUT|-]", required=False)
+@click.option("-meta", "--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Meta of the dispatched job.")
+@click.option("-id-prefix-template", "--id-prefix-template", "id_prefix", default="",
+              help="A prefix in the dispatched job's ID.")
+@click.option("-idempotency-token", "--idempotency-token", "token", default="",
+              help="Dispatch at most once with this token (until its child is garbage collected).")
+@click.option("-detach", "--detach", is_flag=True, help="Print the evaluation ID and return at once.")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@address_option
+@api_errors
+def dispatch_cmd(job_id: str, input_file: str | None, meta: tuple[str, ...], id_prefix: str, token: str,
+                 detach: bool, verbose: bool, address: str | None) -> None:
+    """Run a parameterized job once, with meta and a payload (a file, or - for stdin)."""
+    import base64
+    pairs: dict[str, str] = {}
+    for m in meta:
+        key, sep, value = m.partition("=")
+        if not sep or not key:
+            fail(f'-meta "{m}" is not KEY=VALUE')
+        pairs[key] = value
+    payload = b""
+    if input_file == "-":
+        payload = sys.stdin.buffer.read()
+    elif input_file:
+        try:
+            with open(input_file, "rb") as f:
+                payload = f.read()
+        except OSError as e:
+            fail(f"cannot read the payload {input_file}: {e.strerror}")
+    body: dict[str, Any] = {"Payload": base64.b64encode(payload).decode(), "Meta": pairs,
+                            "IdempotencyToken": token, "IdPrefixTemplate": id_prefix}
+    with connect(address) as client:
+        resp = client.put(f"/v1/job/{quote(job_id, safe='')}/dispatch", body)
+        eval_id = resp.get("EvalID") or ""
+        click.echo("Dispatched Job ID = " + str(resp.get("DispatchedJobID")))
+        click.echo("Evaluation ID     = " + (eval_id if verbose else eval_id[:8]))
+        if detach or not eval_id:
+            return
+        click.echo()
+        from .monitor import Monitor
+        raise SystemExit(Monitor(client, verbose=verbose).monitor(eval_id))

@@ -8,6 +8,7 @@ plain line is printed on each change.
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 from rich.live import Live
 from rich.text import Text
@@ -192,7 +193,7 @@ class Monitor:
 
     # -- allocations ------------------------------------------------------------------------
     def _job_allocs(self, job_id: str, index: int) -> tuple[list[dict], int]:
-        return self.client.get(f"/v1/job/{job_id}/allocations", index=index,
+        return self.client.get(f"/v1/job/{quote(job_id, safe='')}/allocations", index=index,
                                wait=self._wait() if index else None)
 
     def _follow_placements(self, job_id: str, placed: list[dict], deployment: dict | None = None) -> int:

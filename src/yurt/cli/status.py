@@ -42,8 +42,14 @@ def _job_headers(every: bool) -> list[str]:
     return ["ID", *(["Namespace"] if every else []), "Type", "Priority", "Status", "Submit Date"]
 
 
+def _job_type(j: dict) -> str:
+    """Nomad's list shows a parent's kind: batch/periodic, batch/parameterized."""
+    kind = "/periodic" if j.get("Periodic") else "/parameterized" if j.get("ParameterizedJob") else ""
+    return str(j.get("Type") or "") + kind
+
+
 def _job_row(j: dict, every: bool) -> tuple:
-    return (j["ID"], *([j.get("Namespace")] if every else []), j.get("Type"), j.get("Priority"),
+    return (j["ID"], *([j.get("Namespace")] if every else []), _job_type(j), j.get("Priority"),
             status_string(j.get("Status", ""), j.get("Stop", False)), fmt_time(j.get("SubmitTime")))
 
 
@@ -101,8 +107,12 @@ def show_job(client: YurtClient, job: dict, verbose: bool, evals: bool, all_allo
         ("Type", job.get("Type")), ("Priority", job.get("Priority")),
         ("Datacenters", ",".join(job.get("Datacenters") or [])), ("Namespace", job.get("Namespace")),
         ("Node Pool", job.get("NodePool")), ("Status", status_string(job.get("Status", ""), job.get("Stop", False))),
-        ("Periodic", bool(job.get("Periodic"))), ("Parameterized", bool(job.get("ParameterizedJob"))),
+        ("Periodic", bool(job.get("Periodic"))),
+        ("Parameterized", bool(job.get("ParameterizedJob")) and not job.get("Dispatched")),
     ]))
+    if job.get("Periodic") or (job.get("ParameterizedJob") and not job.get("Dispatched")):
+        _show_children(client, job)
+        return
     summary = client.job_summary(job["ID"]) or {}
     echo()
     heading("Summary")
@@ -136,6 +146,38 @@ def show_job(client: YurtClient, job: dict, verbose: bool, evals: bool, all_allo
         return
     headers, rows = alloc_rows(allocs, verbose)
     print_table(headers, rows)
+
+
+def _show_children(client: YurtClient, job: dict) -> None:
+    """A periodic or parameterized parent: its next launch and its children (Nomad's
+    "Previously Launched Jobs" / "Dispatched Jobs"); the parent itself has no allocations."""
+    from datetime import UTC, datetime
+
+    from yurt.structs.cron import CronError, next_launch
+    periodic = job.get("Periodic")
+    if periodic:
+        specs = [s for s in [periodic.get("Spec"), *(periodic.get("Specs") or [])] if s]
+        try:
+            nxt = next_launch(specs, datetime.now(UTC), periodic.get("TimeZone") or "UTC")
+        except CronError:
+            nxt = None
+        if nxt is not None and periodic.get("Enabled", True) and not job.get("Stop"):
+            echo(kv([("Next Periodic Launch", f"{nxt.isoformat()} "
+                                              f"(in {max(0, round((nxt - datetime.now(UTC)).total_seconds()))}s)")]))
+    kids = [j for j in client.jobs(prefix=job["ID"] + "/") if j.get("ParentID") == job["ID"]]
+    counts: dict[str, int] = {}
+    for k in kids:
+        counts[k.get("Status") or "pending"] = counts.get(k.get("Status") or "pending", 0) + 1
+    echo()
+    heading("Children Job Summary")
+    print_table(["Pending", "Running", "Dead"], [(counts.get("pending", 0), counts.get("running", 0),
+                                                  counts.get("dead", 0))])
+    echo()
+    heading("Previously Launched Jobs" if periodic else "Dispatched Jobs")
+    if not kids:
+        echo("No instances of " + ("periodic" if periodic else "parameterized") + " job found")
+        return
+    print_table(["ID", "Status"], [(k["ID"], k.get("Status")) for k in sorted(kids, key=lambda k: k["ID"])])
 
 
 def _latest_deployment(client: YurtClient, job: dict, verbose: bool) -> None:

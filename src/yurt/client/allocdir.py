@@ -15,10 +15,15 @@ Layout (Nomad's client/allocdir)::
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from yurt.structs import Job, Task
 
 SHARED_DIR = "alloc"
 SHARED_SUBDIRS = ("logs", "tmp", "data")
@@ -53,6 +58,18 @@ class TaskDir:
             os.chmod(d, 0o777 if d == self.tmp else 0o755)
         self.secrets.mkdir(parents=True, exist_ok=True)
         os.chmod(self.secrets, 0o700)
+
+    def write_payload(self, task: Task, job: Job | None) -> None:
+        """A dispatched job's payload into local/<file> (Nomad's dispatch_payload { file })."""
+        file = task.dispatch_payload.file if task.dispatch_payload else ""
+        payload_b64 = job.payload if job else None
+        if not file or payload_b64 is None:
+            return
+        target = (self.local / file).resolve()
+        if not target.is_relative_to(self.local.resolve()):
+            raise ValueError(f"dispatch_payload file {file!r} escapes the task's local/ directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(base64.b64decode(payload_b64))
 
 
 class AllocDir:

@@ -429,6 +429,7 @@ class TaskRunner:
 
     def _config(self) -> TaskConfig:
         self.task_dir.build()
+        self.task_dir.write_payload(self.task, self.alloc.job)   # a dispatched job's payload (local/<file>)
         resources = self.resources
         isolated = self.driver.capabilities.fs_isolation != "none"
         hook_env = dict(resources.env)

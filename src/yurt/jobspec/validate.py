@@ -21,6 +21,8 @@ from yurt.structs.driver_config import config_problems
 from .errors import Path, Problem
 from .ignored import validate_ignored
 from .locate import Locator
+from yurt.structs.cron import CronError, cron_problem, zone
+
 from .validate_common import MAX_PORT, Issue, Report, dur, is_known_mode
 from .validate_connect import validate_group_connect
 from .validate_placement import validate_placement
@@ -43,6 +45,54 @@ def validate(job: Job, loc: Locator) -> list[Problem]:
 
 
 # --- job -----------------------------------------------------------------------------------
+
+def validate_periodic(r: Report, job: Job) -> None:
+    """Nomad's PeriodicConfig.Validate, and a cron that never fires is refused by name."""
+    p = job.periodic
+    if p is None:
+        return
+    if job.type not in (None, "batch", "sysbatch"):
+        r.error(("Periodic",), f'a periodic job must be of type "batch" or "sysbatch", not "{job.type}"')
+    if p.spec and p.specs:
+        r.error(("Periodic", "Spec"), 'periodic sets both "cron" and "crons": use one of them')
+    specs = p.all_specs()
+    if not specs:
+        r.error(("Periodic",), 'periodic has no "cron": give it one, like cron = "*/15 * * * *"')
+    if p.spec_type != "cron":
+        r.error(("Periodic", "SpecType"), f'periodic spec type "{p.spec_type}" is not known: use "cron"')
+        return
+    try:
+        zone(p.time_zone)
+    except CronError as e:
+        r.error(("Periodic", "TimeZone"), str(e))
+        return
+    for i, spec in enumerate(specs):
+        problem = cron_problem(spec, p.time_zone)
+        if problem:
+            r.error(("Periodic", "Spec") if p.spec and i == 0 else ("Periodic", "Specs", i - bool(p.spec)),
+                    problem)
+
+
+def validate_parameterized(r: Report, job: Job) -> None:
+    pj = job.parameterized_job
+    if pj is None or job.dispatched:
+        return
+    if job.type not in (None, "batch", "sysbatch"):
+        r.error(("ParameterizedJob",), f'a parameterized job must be of type "batch" or "sysbatch", not "{job.type}"')
+    if pj.payload not in ("", "optional", "required", "forbidden"):
+        r.error(("ParameterizedJob", "Payload"), f'payload "{pj.payload}" is not known: use "optional", '
+                                                 '"required" or "forbidden"')
+    both = set(pj.meta_required or []) & set(pj.meta_optional or [])
+    if both:
+        r.error(("ParameterizedJob", "MetaOptional"), 'meta keys both required and optional: '
+                                                      + ", ".join(sorted(both)))
+    if pj.payload == "forbidden":
+        for gi, g in enumerate(job.task_groups or []):
+            for ti, t in enumerate(g.tasks or []):
+                if t.dispatch_payload and t.dispatch_payload.file:
+                    r.error(("TaskGroups", gi, "Tasks", ti, "DispatchPayload"),
+                            'dispatch_payload is set but the job\'s payload is "forbidden"')
+
 
 def validate_job(r: Report, job: Job) -> None:
     if not job.id:
@@ -75,6 +125,8 @@ def validate_job(r: Report, job: Job) -> None:
     validate_placement(r, (), job, jt)
     validate_job_policies(r, job)
     validate_meta(r, job.meta, ("Meta",))
+    validate_periodic(r, job)
+    validate_parameterized(r, job)
     for gi, g in enumerate(groups):
         validate_group(r, job, gi, g)
 
@@ -309,6 +361,10 @@ def validate_task(r: Report, job: Job, g: TaskGroup, base: Path, t: Task,
         r.error(base + ("Name",), f'task name "{t.name}" contains a slash: remove "/" and "\\"')
     elif "\0" in t.name:
         r.error(base + ("Name",), 'task name contains a NUL character: remove it')
+    dp = t.dispatch_payload
+    if dp and dp.file and (posixpath.isabs(dp.file) or ".." in posixpath.normpath(dp.file).split("/")):
+        r.error(base + ("DispatchPayload", "File"), f'dispatch_payload file "{dp.file}" escapes the task\'s '
+                                                    'local/ directory: use a relative path inside it')
     if not t.driver:
         r.error(base + ("Driver",), 'task has no driver: set driver, like driver = "docker" or "raw_exec"')
     if t.lifecycle is not None:

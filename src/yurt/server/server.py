@@ -28,6 +28,7 @@ from .catalog import Catalog
 from .intentions import Intentions
 from .connect_inject import inject_sidecars
 from .deployments import Deployments
+from .periodic import PeriodicLauncher
 from .drain import Drainer
 from .heartbeat import FAILOVER_GRACE, MAX_PER_SECOND as MAX_HEARTBEATS_PER_SECOND, Heartbeats
 from .identity import WorkloadIdentity
@@ -80,6 +81,7 @@ class Server:
         self._ca_prune_stop = threading.Event()
         self.drainer = Drainer(self)   # node drain, eligibility and purge
         self.deployments = Deployments(self)   # the deployment watcher, promote/fail/pause
+        self.periodic = PeriodicLauncher(self)   # the leader's launcher of periodic children
         # workload identities; the signing key lives next to the store (in memory for ":memory:")
         if self.ha:   # every server signs and verifies with the same key, kept in the store
             from .identity import new_key_pem
@@ -145,6 +147,7 @@ class Server:
             self.workers = [Worker(self, i) for i in range(self.num_workers)]
             self.drainer = Drainer(self)
             self.deployments = Deployments(self)
+            self.periodic = PeriodicLauncher(self)
             self._ca_prune_stop = threading.Event()
             self._leading = True
             self.ca.bootstrap()
@@ -160,12 +163,14 @@ class Server:
                 w.start()
             self.drainer.start()
             self.deployments.start()
+            self.periodic.start()
 
     def _step_down(self) -> None:
         """Stop every duty at once (the store's fence refuses whatever they still try to write)."""
         self._leading = False
         self.drainer.stop()
         self.deployments.stop()
+        self.periodic.stop()
         for w in self.workers:
             w.stop()
         self.broker.close()
@@ -216,7 +221,8 @@ class Server:
         return index
 
     # -- jobs -------------------------------------------------------------------------------
-    def register_job(self, job: Job, *, enforce_index: int | None = None) -> dict[str, Any]:
+    def register_job(self, job: Job, *, enforce_index: int | None = None,
+                     trigger: str = TRIGGER_JOB_REGISTER) -> dict[str, Any]:
         """Store a new job or version and evaluate it (Nomad's Job.Register). With
         `enforce_index` (EnforceIndex), only if the job's JobModifyIndex is still that (0: new)."""
         self.namespaces.admit(job)
@@ -224,14 +230,30 @@ class Server:
         namespace = job.namespace or "default"
         # the job and the eval that schedules it are one write: a crash keeps both or neither,
         # and the index check happens inside it
-        index, ev = self.store.register_job(job, self._new_eval(job, namespace, job.id, TRIGGER_JOB_REGISTER),
-                                            expect_modify_index=enforce_index)
+        # a periodic or parameterized parent gets no evaluation: it runs nothing, its children do
+        index, ev = self.store.register_job(
+            job, None if job.is_parent() else self._new_eval(job, namespace, job.id, trigger),
+            expect_modify_index=enforce_index)
         self.broker.drop_job(namespace, job.id)
+        if ev is None:
+            log.info('job "%s" registered in namespace "%s" at index %d (%s: no evaluation)', job.id, namespace,
+                     index, "periodic" if job.is_periodic() else "parameterized")
+            return {"EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": index, "Warnings": "", "Index": index}
         self.broker.enqueue(ev)
         log.info('job "%s" registered in namespace "%s" at index %d: evaluation %s', job.id, namespace, index,
                  ev.id[:8])
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": index,
                 "Warnings": "", "Index": index}
+
+    def periodic_force(self, namespace: str, job_id: str) -> dict[str, Any]:
+        """Launch a periodic job's child now (Nomad's Periodic.Force)."""
+        return self.periodic.force(namespace, job_id)
+
+    def dispatch_job(self, namespace: str, job_id: str, payload: bytes, meta: dict[str, str],
+                     idempotency_token: str = "", id_prefix_template: str = "") -> dict[str, Any]:
+        """Run a parameterized job once (Nomad's Job.Dispatch)."""
+        from .periodic import dispatch
+        return dispatch(self, namespace, job_id, payload, meta, idempotency_token, id_prefix_template)
 
     def deregister_job(self, namespace: str, job_id: str, purge: bool = False) -> dict[str, Any]:
         job = self.store.job(namespace, job_id)
@@ -241,7 +263,8 @@ class Server:
         if purge:
             index = self.store.purge_job(namespace, job_id, ev)
         else:
-            index, ev = self.store.register_job(job.model_copy(update={"stop": True}), ev)
+            index, stored = self.store.register_job(job.model_copy(update={"stop": True}), ev)
+            ev = stored or ev
         self.broker.drop_job(namespace, job_id)
         self.broker.enqueue(ev)
         log.info('job "%s" %s in namespace "%s" at index %d: evaluation %s', job_id,
@@ -271,7 +294,7 @@ class Server:
             "Annotations": {"DesiredTGUpdates": {k: v.to_json() for k, v in result.desired_updates.items()},
                             "PreemptedAllocs": None},
             "FailedTGAllocs": {k: v.to_json() for k, v in result.failed_tg_allocs.items()} or None,
-            "NextPeriodicLaunch": None, "Index": snap.index,
+            "NextPeriodicLaunch": self.periodic.next_launch_rfc3339(candidate), "Index": snap.index,
         }
 
     def evaluate_job(self, namespace: str, job_id: str) -> dict[str, Any]:

@@ -35,8 +35,8 @@ def job_status(job: Job, counts: AllocCounts | None, evals: Iterable[Evaluation]
     """
     if job.stop:
         return JOB_DEAD
-    if job.type == "system":
-        return JOB_RUNNING
+    if job.type == "system" or job.is_parent():
+        return JOB_RUNNING   # a periodic or parameterized parent runs (launches) until stopped
     if counts is not None and counts.live > 0:
         return JOB_RUNNING
     has_eval = False

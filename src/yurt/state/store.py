@@ -174,8 +174,8 @@ class StateStore(MeshStore, ACLStore, KeyedStore):
         identical one keeps Version and JobModifyIndex and only gets a new ModifyIndex."""
         return self._write(lambda txn: txn.upsert_job(job))
 
-    def register_job(self, job: Job, ev: Evaluation, *,
-                     expect_modify_index: int | None = None) -> tuple[int, Evaluation]:
+    def register_job(self, job: Job, ev: Evaluation | None, *,
+                     expect_modify_index: int | None = None) -> tuple[int, Evaluation | None]:
         """`upsert_job(job)` and the evaluation that schedules it, in one transaction: a crash
         never leaves a stored job (or a stopped one) that no evaluation will act on. The eval
         gets the stored job's JobModifyIndex; returns (index, the eval as stored).
@@ -194,9 +194,10 @@ class StateStore(MeshStore, ACLStore, KeyedStore):
                     raise InvalidInput(f"Enforcing job modify index {expect_modify_index}: job exists with "
                                      f"conflicting job modify index: {have}")
             new = txn.upsert_job(job)
-            stored.append(txn.upsert_eval(ev.model_copy(update={"job_modify_index": new.job_modify_index})))
+            if ev is not None:   # None: a periodic or parameterized parent, never evaluated itself
+                stored.append(txn.upsert_eval(ev.model_copy(update={"job_modify_index": new.job_modify_index})))
         index = self._write(build)
-        return index, self.fixed(stored[0], index)
+        return index, (self.fixed(stored[0], index) if stored else None)
 
     def purge_job(self, namespace: str, job_id: str, ev: Evaluation) -> int:
         """`delete_job` and the evaluation that stops its allocations, in one transaction."""

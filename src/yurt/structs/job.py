@@ -55,6 +55,26 @@ class JobUI(Struct):
     links: list[JobUILink] | None = field(None, hcl="link")
 
 
+class PeriodicConfig(Struct):
+    """Nomad's `periodic` block: launch a child job on a cron schedule."""
+    enabled: bool = True
+    spec: str = field("", hcl="cron")
+    specs: list[str] | None = field(None, hcl="crons")
+    spec_type: str = field("cron", hcl="-")
+    prohibit_overlap: bool = False
+    time_zone: str = field("UTC", json="TimeZone")
+
+    def all_specs(self) -> list[str]:
+        return [s for s in [self.spec, *(self.specs or [])] if s]
+
+
+class ParameterizedJobConfig(Struct):
+    """Nomad's `parameterized` block: a job that runs once per `job dispatch`."""
+    payload: str = "optional"   # optional | required | forbidden
+    meta_required: list[str] | None = None
+    meta_optional: list[str] | None = None
+
+
 class Job(Struct):
     region: str | None = None
     namespace: str | None = None
@@ -74,10 +94,15 @@ class Job(Struct):
     migrate: MigrateStrategy | None = None
     meta: dict[str, str] | None = None
     ui: JobUI | None = field(None, json="UI")
+    periodic: PeriodicConfig | None = None
+    parameterized_job: ParameterizedJobConfig | None = field(None, json="ParameterizedJob", hcl="parameterized")
+    # a dispatched child's payload, base64 in JSON as Go's []byte
+    payload: str | None = field(None, hcl="-")
     # Set by the server, never by a job file.
     stop: bool = field(False, hcl="-")
     parent_id: str = field("", json="ParentID", hcl="-")
     dispatched: bool = field(False, hcl="-")
+    dispatch_idempotency_token: str = field("", hcl="-")
     status: str = field("", hcl="-")
     status_description: str = field("", hcl="-")
     stable: bool = field(False, hcl="-")
@@ -89,6 +114,16 @@ class Job(Struct):
 
     def group(self, name: str) -> TaskGroup | None:
         return next((g for g in self.task_groups or [] if g.name == name), None)
+
+    def is_periodic(self) -> bool:
+        return self.periodic is not None
+
+    def is_parameterized(self) -> bool:
+        return self.parameterized_job is not None and not self.dispatched
+
+    def is_parent(self) -> bool:
+        """A periodic or parameterized job: it launches children and runs nothing itself."""
+        return self.is_periodic() or self.is_parameterized()
 
     def to_document(self) -> dict[str, Any]:
         """``{"Job": {...}}``, the shape of Nomad's register request and `-output`."""

@@ -62,6 +62,11 @@ class TaskIdentity(Struct):
     service_name: str = ""
 
 
+class DispatchPayloadConfig(Struct):
+    """Nomad's `dispatch_payload`: where a dispatched job's payload is written (under local/)."""
+    file: str = ""
+
+
 class Task(Struct):
     name: str = field("", hcl="label")
     driver: str = ""
@@ -83,6 +88,7 @@ class Task(Struct):
     kill_signal: str = ""
     kind: str = ""
     identity: TaskIdentity | None = None
+    dispatch_payload: DispatchPayloadConfig | None = None
 
     @property
     def token_file(self) -> bool:
