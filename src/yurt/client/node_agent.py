@@ -338,9 +338,10 @@ class NodeAgent:
                              identity=self._identity_hook, agent_socket=self.config.api_socket)
 
     def _task_hooks(self) -> list:
-        """The task runner hooks each task gets (the template hook, for a task with templates)."""
+        """The task runner hooks each task gets, in Nomad's order: artifacts, then templates."""
+        from .artifact_hook import artifact_hooks
         from .template_hook import template_hooks
-        return [template_hooks(self.api)]
+        return [artifact_hooks(), template_hooks(self.api)]
 
     def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
         from .network import network_status

@@ -24,6 +24,8 @@ RESTORE_FAILED = "Failed Restoring Task"
 WAITING_SHUTDOWN_DELAY = "Waiting for shutdown delay"
 HOOK_FAILED = "Task hook failed"
 TEMPLATE = "Template"
+DOWNLOADING_ARTIFACTS = "Downloading Artifacts"
+ARTIFACT_FAILED = "Failed Artifact Download"
 
 
 def event(type_: str, display: str = "", **kw) -> TaskEvent:

@@ -26,7 +26,7 @@ from .hcl_syntax import Attribute, Block, Body
 
 # Blocks Nomad knows that Yurt does not run yet: a clear word instead of "unknown block".
 NOT_SUPPORTED = {
-    "vault", "artifact", "volume", "volume_mount", "csi_plugin", "scaling",
+    "vault", "volume", "volume_mount", "csi_plugin", "scaling",
     "multiregion", "secret", "consul", "device",
     "numa", "action", "disconnect", "schedule", "dynamic",
 }

@@ -206,6 +206,9 @@ def _task(task: Task, job: Job, group: TaskGroup) -> None:
     _placement(task.constraints, task.affinities)
     for template in task.templates or []:
         _template(template)
+    for artifact in task.artifacts or []:   # api/tasks.go TaskArtifact.Canonicalize
+        artifact.getter_mode = artifact.getter_mode or "any"
+        artifact.relative_dest = artifact.relative_dest or "local/"
     for service in task.services or []:
         _service(service, job, group, task)
 

@@ -20,7 +20,8 @@ The audit behind the table (who reads each field; `update` is left out: deployme
 - Task: driver, config, user, lifecycle, env, meta, resources cpu/memory/memory_max, restart,
   kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity, service (as a
   group service, registered with the allocation, its checks and restarts the task's), template
-  and restart render_templates (the client's template hook): the scheduler and the client.
+  and restart render_templates (the client's template hook), artifact (the client's artifact
+  hook): the scheduler and the client.
   Not read: resources cores and secrets.
 - Group service: name, port, tags, meta, canary_tags and canary_meta (a canary's, until it is
   promoted), address, tagged_addresses, enable_tag_override, check (name, type, command, args,

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from yurt.structs.artifact import artifact_problems
 from yurt.structs import JOB_TYPES, Job, NetworkResource, Task, TaskGroup, Template
 from yurt.structs.driver_config import config_problems
 
@@ -381,6 +382,9 @@ def validate_task(r: Report, job: Job, g: TaskGroup, base: Path, t: Task,
     if t.log_config is not None:
         validate_logs(r, t.log_config, base + ("LogConfig",), g.ephemeral_disk)
     validate_templates(r, t, base)
+    for i, a in enumerate(t.artifacts or []):
+        for where, problem in artifact_problems(a):
+            r.error(base + ("Artifacts", i) + where, problem)
     if t.restart_policy is not None:
         inherited = group_restart if g.restart_policy is not None else []
         r.issues(base + ("RestartPolicy",), restart_issues(t.restart_policy), inherited,

@@ -11,7 +11,7 @@ from .resources import Resources
 from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExposePath,
                       ConsulProxy, ConsulSidecarService, ConsulTransparentProxy, ConsulUpstream,
                       MeshGateway, Service, ServiceCheck, ServiceWeights, SidecarTask)
-from .task import ChangeScript, Task, TaskLifecycle, Template, WaitConfig
+from .task import ChangeScript, Task, TaskArtifact, TaskLifecycle, Template, WaitConfig
 from .node import (DrainMetadata, DrainSpec, DrainStrategy, DriverInfo, Node, NodeCpuResources,
                    NodeDiskResources, NodeEvent, NodeMemoryResources, NodeNetworkAddress, NodeNetworkResource,
                    NodeReservedResources, NodeResources)
@@ -42,7 +42,7 @@ __all__ = [
     "JOB_TYPES", "Job", "LogConfig", "MeshGateway", "MigrateStrategy", "NetworkResource", "Port",
     "ReschedulePolicy", "Resources", "ScalingPolicy", "RestartPolicy", "Service", "ServiceCheck", "ServiceWeights",
     "SidecarTask", "Spread", "SpreadTarget", "Struct", "Task", "TaskGroup", "TaskLifecycle",
-    "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",
+    "TaskArtifact", "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",
     "json_name", "parse_duration",
     "DrainMetadata", "DrainSpec", "DrainStrategy", "NodeEvent", "AllocDeploymentStatus",
     "DriverInfo", "Node", "NodeCpuResources", "NodeDiskResources", "NodeMemoryResources",

@@ -75,6 +75,7 @@ class TaskEvent(Struct):
     fails_task: bool = False
     restart_reason: str = ""
     driver_error: str = ""
+    download_error: str = ""
     kill_timeout: int = 0
 
 

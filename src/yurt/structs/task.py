@@ -1,4 +1,4 @@
-"""Tasks and what belongs to them only: lifecycle, templates (Nomad's api/tasks.go)."""
+"""Tasks and what belongs to them only: lifecycle, templates, artifacts (Nomad's api/tasks.go)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ class Template(Struct):
     err_missing_key: bool = field(False, hcl="error_on_missing_key")
 
 
+class TaskArtifact(Struct):
+    """Nomad's `artifact` block: fetched (and unpacked) into the task directory before it starts."""
+    getter_source: str = field("", hcl="source")
+    getter_options: dict[str, str] | None = field(None, hcl="options")
+    getter_headers: dict[str, str] | None = field(None, hcl="headers")
+    getter_mode: str = field("", hcl="mode")
+    relative_dest: str = field("", hcl="destination")
+    chown: bool = False
+
+
 class TaskIdentity(Struct):
     """A task's `identity` block. Yurt issues the default identity only: `env` puts its JWT in
     NOMAD_TOKEN, `file` in secrets/nomad_token (without the block: the file, as before)."""
@@ -83,6 +93,7 @@ class Task(Struct):
     kill_timeout: Duration | None = None
     log_config: LogConfig | None = field(None, hcl="logs")
     templates: list[Template] | None = field(None, hcl="template")
+    artifacts: list[TaskArtifact] | None = field(None, hcl="artifact")
     leader: bool = False
     shutdown_delay: Duration = 0
     kill_signal: str = ""
