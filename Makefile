@@ -10,8 +10,9 @@ YURT := $(VENV)/bin/yurt
 # a loopback etcd cluster (tests/etcd_cluster.py) and `yurt lab` runs an etcd member on each server host.
 # chromium and chromium-driver: the web UI's tests drive a real headless browser (selenium).
 # gcc and libc6-dev: the agent compiles the task supervisor (src/yurt/client/supervise.c) on first use.
+# git: git:: artifact sources (src/yurt/client/artifact_hook.py).
 DEBS := containernetworking-plugins iptables iproute2 podman runc catatonit curl openssl etcd-server etcd-client \
-	chromium chromium-driver gcc libc6-dev
+	chromium chromium-driver gcc libc6-dev git
 # The engine the docker driver's tests and `make images` use: podman's socket, unless DOCKER_HOST says otherwise.
 PODMAN_SOCK := /run/podman/podman.sock
 ENGINE := $(or $(DOCKER_HOST),unix://$(PODMAN_SOCK))

@@ -118,7 +118,8 @@ def _run(tmp_path: Path, *artifacts: TaskArtifact, driver: str = "raw_exec"):
         a.relative_dest = a.relative_dest or "local/"
     task = Task(name="t", driver=driver, artifacts=list(artifacts))
     events: list = []
-    ctx = SimpleNamespace(task=task, task_dir=td, killed=threading.Event(), emit=events.append)
+    ctx = SimpleNamespace(task=task, task_dir=td, killed=threading.Event(), emit=events.append, node=None,
+                          task_env=lambda: {"NOMAD_META_name": "plain", "NOMAD_TASK_DIR": str(td.local)})
     ArtifactHook(task).prestart(ctx)  # type: ignore[arg-type]
     return td, events
 
@@ -142,6 +143,12 @@ def test_checksum_in_the_url_and_md5(server, tmp_path):
     md5 = hashlib.md5(b"just text\n").hexdigest()
     td, _ = _run(tmp_path, TaskArtifact(getter_source=f"{server}/plain.txt?checksum=md5:{md5}"))
     assert (td.local / "plain.txt").read_text() == "just text\n"
+
+
+def test_source_and_destination_interpolated(server, tmp_path):
+    td, _ = _run(tmp_path, TaskArtifact(getter_source=server + "/${NOMAD_META_name}.txt",
+                                        relative_dest="local/${NOMAD_META_name}/"))
+    assert (td.local / "plain/plain.txt").read_text() == "just text\n"
 
 
 def test_wrong_checksum_fails_with_both_sums(server, tmp_path):

@@ -48,6 +48,7 @@ from yurt.structs import Task, TaskArtifact
 from yurt.structs.artifact import Source, parse_source
 
 from . import task_events as ev
+from .taskenv import interpolate
 from .task_hooks import TaskHook, TaskHookContext, TaskHookError, TaskHookFactory
 
 log = logging.getLogger("yurt.client.artifact")
@@ -280,8 +281,9 @@ class ArtifactHook(TaskHook):
         ctx.emit(ev.event(ev.DOWNLOADING_ARTIFACTS, "Client is downloading artifacts"))
         host_paths = ctx.task.driver == "raw_exec" and not ctx.task.user
         alloc_dir = ctx.task_dir.shared.parent
+        env = ctx.task_env()
         for i in todo:
-            a = self.artifacts[i]
+            a = self._interpolated(self.artifacts[i], env, ctx)
             delay = BACKOFF
             for attempt in range(1, ATTEMPTS + 1):
                 try:
@@ -305,6 +307,17 @@ class ArtifactHook(TaskHook):
             if a.chown:
                 _chown(ctx.task_dir.root / (a.relative_dest or "local/").lstrip("/"), ctx.task.user)
             self._done.add(i)
+
+
+    @staticmethod
+    def _interpolated(a: TaskArtifact, env: dict[str, str], ctx: TaskHookContext) -> TaskArtifact:
+        """``${...}`` in source, options, headers and destination from the node and the task's environment."""
+        def interp(value: object) -> object:
+            return interpolate(value, env, ctx.node)
+        return a.model_copy(update={"getter_source": interp(a.getter_source),
+                                    "getter_options": interp(a.getter_options),
+                                    "getter_headers": interp(a.getter_headers),
+                                    "relative_dest": interp(a.relative_dest)})
 
 
 def artifact_hooks() -> TaskHookFactory:
