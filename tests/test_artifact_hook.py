@@ -111,7 +111,7 @@ def _run(tmp_path: Path, *artifacts: TaskArtifact, driver: str = "raw_exec"):
     """The hook's prestart over a fresh task directory; returns (task dir, events)."""
     alloc = tmp_path / "alloc-1"
     td = TaskDir(alloc / "t", alloc / "alloc")
-    td.shared.mkdir(parents=True)
+    td.shared.mkdir(parents=True, exist_ok=True)
     td.build()
     for a in artifacts:
         a.getter_mode = a.getter_mode or "any"
@@ -180,6 +180,25 @@ def test_archive_traversal_refused(server, tmp_path, name, fragment):
     msg = _fails(tmp_path, TaskArtifact(getter_source=f"{server}/{name}"))
     assert fragment in msg, msg
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+@pytest.mark.parametrize("name,planted,fragment", [("bundle.zip", "z", "through a symlink"),
+                                                    ("app.tar.gz", "app", "unsafe archive"),
+                                                    ("plain.txt", "plain.txt", "through a symlink")])
+def test_symlink_already_in_the_destination_is_not_followed(server, tmp_path, name, planted, fragment):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if planted == "plain.txt":
+        (outside / "target").write_text("keep")
+    alloc = tmp_path / "alloc-1"
+    (alloc / "alloc").mkdir(parents=True)
+    # planted by another task of the allocation
+    (alloc / "alloc" / planted).symlink_to(outside / "target" if planted == "plain.txt" else outside)
+    msg = _fails(tmp_path, TaskArtifact(getter_source=f"{server}/{name}", relative_dest="../alloc"))
+    assert fragment in msg, msg
+    assert [p.name for p in outside.iterdir()] == (["target"] if planted == "plain.txt" else [])
+    if planted == "plain.txt":
+        assert (outside / "target").read_text() == "keep"
 
 
 def test_transient_failures_are_retried(server, tmp_path):

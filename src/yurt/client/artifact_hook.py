@@ -79,6 +79,16 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _target(path: Path, root: Path) -> Path:
+    """A path about to be written under root: refused if a symlink already there leads it out."""
+    if not _inside(path.parent, root) or (path.is_symlink() and not _inside(path, root)):
+        raise ArtifactError(f'"{path.relative_to(root) if path.is_relative_to(root) else path}" leads outside '
+                            'the destination through a symlink: refusing to write it')
+    if path.is_symlink():
+        path.unlink()
+    return path
+
+
 def _digest(path: Path, kind: str) -> str:
     h = hashlib.new(kind)
     with open(path, "rb") as f:
@@ -137,6 +147,8 @@ def _unzip(archive: Path, dest: Path) -> None:
                 _safe_member(info.filename, "escapes the destination")
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise ArtifactError(f'archive member "{info.filename}" is a symlink: refusing to unpack it')
+            for info in zf.infolist():
+                _target(dest / posixpath.normpath(info.filename), dest)
             zf.extractall(dest)
             for info in zf.infolist():   # keep the modes zip recorded (executables)
                 mode = (info.external_attr >> 16) & 0o777
@@ -154,6 +166,7 @@ def _unpack(kind: str, archive: Path, dest: Path, mode: str, name: str) -> None:
     if kind in _SINGLE:
         out = dest if mode == "file" else dest / name.rsplit(".", 1)[0]
         out.parent.mkdir(parents=True, exist_ok=True)
+        _target(out, out.parent if mode == "file" else dest)
         try:
             with _SINGLE[kind](archive, "rb") as src, open(out, "wb") as f:
                 shutil.copyfileobj(src, f)
@@ -231,6 +244,9 @@ def fetch(a: TaskArtifact, task_root: Path, alloc_dir: Path, *, host_paths: bool
             if path.is_dir():
                 if mode == "file":
                     raise ArtifactError(f'"{path}" is a directory and mode is "file"')
+                for d, _dirs, files in os.walk(path):
+                    for f in files + _dirs:
+                        _target(dest / Path(d).relative_to(path) / f, dest)
                 shutil.copytree(path, dest, symlinks=True, dirs_exist_ok=True)
                 return
             if not path.is_file():
@@ -251,6 +267,7 @@ def fetch(a: TaskArtifact, task_root: Path, alloc_dir: Path, *, host_paths: bool
             return
         out = dest if mode == "file" else dest / name
         out.parent.mkdir(parents=True, exist_ok=True)
+        _target(out, out.parent if mode == "file" else dest)
         shutil.move(str(got), str(out))
 
 
