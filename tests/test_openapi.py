@@ -202,6 +202,10 @@ def test_what_the_fuzzer_found_is_a_400_naming_the_rule(agent):
         r = api.put("/v1/connect/intentions/exact", params={"source": "a", "destination": "b"},
                     json={"Permissions": ["x"]})
         assert r.status_code == 400 and "Permissions must be a list of objects" in r.text
+        # an empty duration string in a job (parse_duration read its first character)
+        r = api.put("/v1/job/x/plan", json={"Job": {"ID": "x", "Name": "x", "TaskGroups": [
+            {"Name": "g", "RestartPolicy": {"Delay": ""}}]}})
+        assert r.status_code == 400 and 'invalid duration ""' in r.text, r.text
 
 
 def test_the_fuzzer_finds_no_server_error(agent):
