@@ -22,7 +22,7 @@ import pytest
 from yurt.client import AllocDir, RawExecDriver, TaskConfig
 from yurt.client.drivers.exec import ExecDriver
 from yurt.client.logrotate import FileRotator
-from yurt.client.procs import is_alive, read_json
+from yurt.client.procs import is_alive, read_json, start_time
 from yurt.client.supervise import Supervisor
 
 from .agent_util import AgentProcess, allocs, register, wait_for
@@ -240,13 +240,14 @@ def test_agent_killed_and_restarted_reattaches_the_supervised_task(tmp_path):
         pidfile = data / "client" / "alloc" / alloc["ID"] / "alloc" / "pid"
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=30, what="the task's pid")
         task_pid = int(pidfile.read_text())
+        task_start = start_time(task_pid)   # pids wrap at 32768 here: a busy run can reuse this one
         (task_dir,) = _task_dirs(data)
         pids = read_json(task_dir / ".executor-pid.json")
         (binary,) = (data / "client" / "bin").glob("yurt-supervise-*")   # built into the client's data dir
         supervised_by(pids["executor_pid"], str(binary))
 
         agent.kill(signal.SIGKILL)
-        assert is_alive(task_pid) and is_alive(pids["executor_pid"], pids["executor_start"])
+        assert is_alive(task_pid, task_start) and is_alive(pids["executor_pid"], pids["executor_start"])
         agent = AgentProcess(data_dir=str(data), port=agent.port).start()
         with agent.api() as api:
             wait_for(lambda: [a for a in allocs(api, "logger") if a["ClientStatus"] == "running"]
@@ -263,7 +264,7 @@ def test_agent_killed_and_restarted_reattaches_the_supervised_task(tmp_path):
             assert r.status_code == 200, r.text
             wait_for(lambda: all(a["ClientStatus"] == "complete" for a in allocs(api, "logger")),
                      timeout=60, what="the logger stopped")
-        assert not is_alive(task_pid) and not is_alive(pids["executor_pid"], pids["executor_start"])
+        assert not is_alive(task_pid, task_start) and not is_alive(pids["executor_pid"], pids["executor_start"])
         status = read_json(task_dir / ".executor-status.json")
         assert status is not None and status["signal"] in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
     finally:
