@@ -49,6 +49,7 @@ class ClientConfig:
     network_interface: str = ""
     loopback_ports: bool = False   # host ports on 127.0.0.1 too (-dev-connect: the node address is public)
     host_networks: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (address, reserved ports)
+    host_volumes: dict[str, tuple[str, bool]] = field(default_factory=dict)   # name -> (path, read-only)
     http_addr: str = ""
     options: dict[str, str] = field(default_factory=dict)
     api_socket: str = ""   # the agent's API on a unix socket, for sidecar proxies in namespaces
@@ -93,7 +94,8 @@ class NodeAgent:
         self.node = fingerprint_node(c.data_dir, drivers=self.drivers, name=c.node_name, datacenter=c.datacenter,
                                      region=c.region, node_class=c.node_class, node_pool=c.node_pool,
                                      address=c.network_ip, http_addr=c.http_addr, meta=c.meta,
-                                     network_interface=c.network_interface, host_networks=c.host_networks)
+                                     network_interface=c.network_interface, host_networks=c.host_networks,
+                                     host_volumes=c.host_volumes)
         # the server takes this node's register, heartbeats and allocation updates only with its
         # SecretID (and signs certificates for a client-only agent only with it)
         self.api.token = self.node.secret_id
