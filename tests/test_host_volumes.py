@@ -250,3 +250,42 @@ def test_docker_task_mounts_the_host_volume(volume_dir, tmp_path):
         assert (volume_dir / "docker-note").read_text().strip() == "from-docker"
     finally:
         a.stop()
+
+
+# -- ephemeral_disk sticky --------------------------------------------------------------------
+STICKY = '''job "sticky" {
+  group "g" {
+    ephemeral_disk {
+      sticky = true
+    }
+    task "t" {
+      driver = "raw_exec"
+      env {
+        VERSION = "%s"
+      }
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "echo $VERSION >> $NOMAD_ALLOC_DIR/data/runs; echo $VERSION >> $NOMAD_TASK_DIR/l; echo runs=$(cat $NOMAD_ALLOC_DIR/data/runs | tr '\\\\n' ,) local=$(cat $NOMAD_TASK_DIR/l | tr '\\\\n' ,); sleep 300"]
+      }
+    }
+  }
+}
+'''
+
+
+def test_sticky_disk_is_kept_by_the_replacement_on_the_same_node(agent):
+    with agent.api() as api:
+        register(api, STICKY % "v1")
+        first = wait_for(lambda: [a for a in allocs(api, "sticky") if a["ClientStatus"] == "running"], 60,
+                         what="v1 running")[0]
+        wait_for(lambda: "runs=v1," in _log(api, first["ID"]), 30, what="v1's output")
+        register(api, STICKY % "v2")   # a destructive update: a new allocation replaces the first
+
+        def second():
+            rows = [a for a in allocs(api, "sticky") if a["ID"] != first["ID"] and a["ClientStatus"] == "running"]
+            return rows and rows[0]
+        alloc = wait_for(second, 60, what="v2 running")
+        assert alloc["PreviousAllocation"] == first["ID"]
+        out = wait_for(lambda: "runs=" in _log(api, alloc["ID"]) and _log(api, alloc["ID"]), 30, what="v2's output")
+        assert "runs=v1,v2, local=v1,v2," in out
+        api.delete("/v1/job/sticky", params={"purge": "true"})

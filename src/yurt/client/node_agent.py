@@ -316,6 +316,7 @@ class NodeAgent:
                 except ValueError as e:
                     log.error("cannot run allocation %s: %s", alloc.id[:8], e)
                     continue
+                self._previous(runner, alloc)
                 self.runners[alloc.id] = runner
                 runner.run()
             elif alloc.alloc_modify_index != runner.alloc.alloc_modify_index or \
@@ -326,6 +327,19 @@ class NodeAgent:
             gone = self.runners.pop(alloc_id, None)   # (or collected here meanwhile: `gc`)
             if gone is not None:
                 threading.Thread(target=gone.destroy, kwargs={"timeout": 60}, daemon=True).start()
+
+    def _previous(self, runner: AllocRunner, alloc: Allocation) -> None:
+        """The allocation a replacement takes the ephemeral disk of (sticky), when it was on this node."""
+        from .alloc_hooks import PreviousAlloc
+        from .allocdir import AllocDir
+        prev_id = alloc.previous_allocation
+        if not prev_id:
+            return
+        prev_runner = self.runners.get(prev_id)
+        prev_dir = AllocDir(self.config.data_dir, prev_id)
+        if prev_runner is None and not prev_dir.exists():
+            return   # another node's (ephemeral_disk migrate across nodes is not done yet)
+        runner.context.previous = PreviousAlloc(prev_dir, prev_runner.wait_stopped if prev_runner else None)
 
     def _hooks(self) -> list:
         """The allocation hooks, in order: alloc dir, identity, network, mesh inbound, service registration."""
