@@ -143,6 +143,25 @@ def test_unknown_host_volume_is_a_placement_failure_naming_it():
     assert any('missing compatible host volumes (no host volume "shared")' in r for r in reasons), reasons
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_sticky_replacement_prefers_the_previous_node(seed):
+    from yurt.structs import EphemeralDisk, UpdateStrategy
+    nodes = [make_node(i) for i in range(1, 6)]
+    state = MemoryState(nodes=nodes)
+    job = make_job("s", driver="raw_exec", config={"command": "true"},
+                   group_kw={"update": UpdateStrategy(max_parallel=0)})
+    job.task_groups[0].ephemeral_disk = EphemeralDisk(size_mb=300, sticky=True)
+    state.upsert_job(job)
+    (first,) = placed(run(state, job, seed=seed))
+    job2 = job.model_copy(deep=True)
+    job2.version = 1
+    job2.task_groups[0].tasks[0].config = {"command": "false"}   # a destructive update
+    state.upsert_job(job2)
+    (second,) = placed(run(state, job2, seed=seed + 100))
+    assert second.previous_allocation == first.id
+    assert second.node_id == first.node_id
+
+
 # -- a real agent ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def volume_dir():
