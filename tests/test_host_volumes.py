@@ -97,6 +97,21 @@ def test_bad_volumes_are_refused(group, mount, message):
     assert message in str(info.value)
 
 
+def test_nomad_json_volume_fields_are_accepted_and_unused_ones_warned_about():
+    from yurt.structs import Job
+    doc = load(_job(VOLUME, MOUNT), "v.nomad").job.to_json()
+    g = doc["TaskGroups"][0]
+    g["Volumes"]["data"].update({"AccessMode": "single-node-writer", "AttachmentMode": "", "PerAlloc": False,
+                                 "Sticky": False, "MountOptions": None})
+    g["Tasks"][0]["VolumeMounts"][0].update({"PropagationMode": "private", "SELinuxLabel": ""})
+    job = Job.model_validate(doc)
+    assert job.task_groups[0].volumes["data"].access_mode == "single-node-writer"
+    loaded = load(_job(VOLUME.replace('source = "shared"', 'source = "shared"\n      access_mode = "x"'),
+                       MOUNT.replace('"/srv/data"', '"/srv/data"\n        selinux_label = "z"')), "v.nomad")
+    messages = sorted(w.message for w in loaded.warnings)
+    assert len(messages) == 2 and "access_mode has no effect yet" in messages[1] and "selinux_label" in messages[0]
+
+
 # -- placement ------------------------------------------------------------------------------
 def _hv(name: str, read_only: bool = False) -> dict:
     return {name: ClientHostVolumeConfig(name=name, path=f"/srv/{name}", read_only=read_only)}

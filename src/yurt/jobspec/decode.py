@@ -41,7 +41,7 @@ class FieldSpec:
     attr: str
     json: str
     hcl: str
-    kind: str  # "value" | "map" | "block" | "blocks" | "label"
+    kind: str  # "value" | "map" | "block" | "blocks" | "named" (labelled blocks -> a map) | "label"
     model: type[BaseModel] | None
     annotation: Any
 

@@ -27,10 +27,14 @@ def validate_group_volumes(r: Report, g: TaskGroup, base: Path) -> None:
                                         'host_volume name>"')
         if v.per_alloc:
             r.error(path + ("PerAlloc",), f'volume "{name}": per_alloc only applies to csi volumes: remove it')
-        for attr, field in (("access_mode", "AccessMode"), ("attachment_mode", "AttachmentMode")):
+        if v.mount_options is not None and (v.mount_options.fs_type or v.mount_options.mount_flags):
+            r.warn(path + ("MountOptions",), f'volume "{name}": mount_options has no effect yet in Yurt: they '
+                                             'apply to csi volumes; a host volume is bind-mounted')
+        for attr, field in (("access_mode", "AccessMode"), ("attachment_mode", "AttachmentMode"),
+                            ("sticky", "Sticky")):
             if getattr(v, attr):
-                r.warn(path + (field,), f'volume "{name}": {attr} has no effect yet in Yurt: a host volume '
-                                        'is mounted as its read_only says')
+                r.warn(path + (field,), f'volume "{name}": {attr} has no effect yet in Yurt: it applies to csi '
+                                        'and dynamic host volumes; a host volume is mounted as read_only says')
 
 
 def validate_volume_mounts(r: Report, g: TaskGroup, t: Task, base: Path) -> None:
@@ -58,3 +62,6 @@ def validate_volume_mounts(r: Report, g: TaskGroup, t: Task, base: Path) -> None
         if m.propagation_mode not in ("", "private"):
             r.warn(path + ("PropagationMode",), f'propagation_mode "{m.propagation_mode}" has no effect yet in '
                                                 'Yurt: mounts are private')
+        if m.selinux_label:
+            r.warn(path + ("SELinuxLabel",), "selinux_label has no effect yet in Yurt: the volume is mounted "
+                                             "without relabelling")

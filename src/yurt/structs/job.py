@@ -19,6 +19,11 @@ JOB_TYPES = ("service", "batch", "system", "sysbatch")
 VOLUME_TYPES = ("host", "csi")
 
 
+class CSIMountOptions(Struct):
+    fs_type: str = field("", json="FSType")
+    mount_flags: list[str] | None = None
+
+
 class VolumeRequest(Struct):
     """A group's `volume "name" { type, source, read_only }` (Nomad's VolumeRequest)."""
     name: str = field("", hcl="label")
@@ -28,6 +33,8 @@ class VolumeRequest(Struct):
     access_mode: str = ""
     attachment_mode: str = ""
     per_alloc: bool = False
+    sticky: bool = False
+    mount_options: CSIMountOptions | None = None
 
 
 class TaskGroup(Struct):

@@ -73,6 +73,7 @@ class VolumeMount(Struct):
     destination: str = ""
     read_only: bool = False
     propagation_mode: str = ""
+    selinux_label: str = field("", json="SELinuxLabel")
 
 
 class Task(Struct):
