@@ -6,6 +6,7 @@ the next (raw_exec, exec, docker)."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -181,8 +182,9 @@ def test_sticky_replacement_prefers_the_previous_node(seed):
 @pytest.fixture(scope="module")
 def volume_dir():
     d = tempfile.mkdtemp(prefix="yurt-hv-")
-    os.chmod(d, 0o777)
+    os.chmod(d, 0o777)   # exec tasks run as nobody
     yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
