@@ -61,6 +61,8 @@ class AgentConfig:
     advertise: str = ""                       # advertise { http }: the host other agents dial
     network_interface: str = ""               # client { network_interface }: the node address's interface
     host_networks: list[HostNetwork] = field(default_factory=list)
+    # client { host_volume "name" { path, read_only } }: name -> (absolute path, read-only)
+    host_volumes: dict[str, tuple[str, bool]] = field(default_factory=dict)
     server: bool = True
     client: bool = True
     dev: bool = False
@@ -292,6 +294,9 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
                 cfg.host_networks.append(HostNetwork(name=name, cidr=str(body.get("cidr", "")),
                                                      interface=str(body.get("interface", "")),
                                                      reserved_ports=str(body.get("reserved_ports", ""))))
+        for block in client.get("host_volume", []) or []:
+            for name, body in (block or {}).items():
+                _host_volume(cfg, path, name, _first(body) or {})
         cfg.node_class = str(client.get("node_class", cfg.node_class))
         cfg.node_pool = str(client.get("node_pool", cfg.node_pool))
         cfg.meta.update({k: str(v) for k, v in (_first(client.get("meta")) or {}).items()})
@@ -480,3 +485,27 @@ def _int(value: Any, path: str, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: {name} must be a whole number, not {value!r}") from None
+
+
+def _host_volume(cfg: AgentConfig, path: Any, name: str, body: dict[str, Any]) -> None:
+    """client { host_volume "name" { path = "/abs/dir", read_only = false } }: the directory must exist."""
+    import os
+    where = f'{path}: client.host_volume "{name}"'
+    unknown = set(body) - {"path", "read_only"}
+    if unknown:
+        raise ConfigError(f'{where}: unknown setting "{sorted(unknown)[0]}"; it takes path and read_only')
+    if name in cfg.host_volumes:
+        raise ConfigError(f"{where} is declared twice")
+    host_path = body.get("path")
+    if not isinstance(host_path, str) or not host_path:
+        raise ConfigError(f'{where} has no path: set path = "/an/existing/directory"')
+    if not os.path.isabs(host_path):
+        raise ConfigError(f'{where}: path "{host_path}" is not absolute')
+    if not os.path.isdir(host_path):
+        raise ConfigError(f'{where}: path "{host_path}" does not exist or is not a directory; create it first')
+    read_only = body.get("read_only", False)
+    if read_only in ("true", "false"):
+        read_only = read_only == "true"
+    if not isinstance(read_only, bool):
+        raise ConfigError(f"{where}: read_only must be true or false")
+    cfg.host_volumes[name] = (os.path.realpath(host_path), read_only)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .service_hook import ServiceHook
 
 log = logging.getLogger("yurt.client")
+STICKY_WAIT = 300   # seconds a replacement waits for the allocation it takes the disk of to stop
 
 # restart_task(task name, reason) -> True when the task was running and is being restarted
 RestartTask = Callable[[str, str], bool]
@@ -49,6 +51,12 @@ class AllocResources:
 
 
 @dataclass
+class PreviousAlloc:
+    alloc_dir: AllocDir
+    wait: Callable[[float], bool] | None = None
+
+
+@dataclass
 class AllocHookContext:
     """One allocation, as its hooks see it."""
 
@@ -64,6 +72,9 @@ class AllocHookContext:
     netns_holder: NetnsHolder | None = None
     ended: bool = False          # restored after it ended: nothing will run in it
     resources: AllocResources = field(default_factory=AllocResources)
+    # the allocation this one replaces on this node (its directory, and a wait for its tasks to
+    # stop: None when it no longer runs here): ephemeral_disk sticky/migrate moves its data over
+    previous: PreviousAlloc | None = None
 
     @property
     def alloc_id(self) -> str:
@@ -107,7 +118,38 @@ class AllocDirHook(AllocHook):
     name = "alloc_dir"
 
     def prerun(self, ctx: AllocHookContext) -> None:
+        fresh = not ctx.alloc_dir.exists()
         ctx.alloc_dir.build([t.name for t in ctx.tasks])
+        disk = ctx.group.ephemeral_disk
+        if fresh and ctx.previous is not None and disk is not None and (disk.sticky or disk.migrate):
+            self._take_over(ctx, ctx.previous)
+
+    @staticmethod
+    def _take_over(ctx: AllocHookContext, prev: PreviousAlloc) -> None:
+        """ephemeral_disk sticky (Nomad's allocwatcher): once the previous allocation's tasks have
+        stopped, its alloc/data and its tasks' local/ are moved into this allocation's directory."""
+        if prev.wait is not None and not prev.wait(STICKY_WAIT):
+            log.warning("alloc %s: the previous allocation %s did not stop within %ds; its data is not "
+                        "moved", ctx.alloc_id[:8], prev.alloc_dir.alloc_id[:8], STICKY_WAIT)
+            return
+        moves = [(prev.alloc_dir.shared / "data", ctx.alloc_dir.shared / "data")]
+        for t in ctx.tasks:
+            try:
+                moves.append((prev.alloc_dir.task_dir(t.name).local, ctx.alloc_dir.task_dir(t.name).local))
+            except ValueError:
+                continue
+        for src, dst in moves:
+            if not src.is_dir():
+                continue
+            try:
+                shutil.rmtree(dst, ignore_errors=True)
+                os.rename(src, dst)
+            except OSError as e:
+                log.warning("alloc %s: could not move %s from the previous allocation: %s", ctx.alloc_id[:8],
+                            src, e)
+                dst.mkdir(parents=True, exist_ok=True)
+        log.info("alloc %s: took over the ephemeral disk of allocation %s", ctx.alloc_id[:8],
+                 prev.alloc_dir.alloc_id[:8])
 
     def destroy(self, ctx: AllocHookContext) -> None:
         ctx.alloc_dir.destroy()

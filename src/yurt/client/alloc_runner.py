@@ -218,6 +218,10 @@ class AllocRunner:
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
+    def wait_stopped(self, timeout: float) -> bool:
+        """True once nothing of the allocation runs (at once when it never ran here)."""
+        return self._finished or self._thread is None or self._done.wait(timeout)
+
     def destroy(self, timeout: float | None = None) -> None:
         """Stop everything (poststop tasks too), run destroy hooks, forget the allocation."""
         self._destroying.set()

@@ -17,7 +17,7 @@ from pathlib import Path
 from collections.abc import Mapping
 
 import yurt
-from yurt.structs import DriverInfo, Node
+from yurt.structs import ClientHostVolumeConfig, DriverInfo, Node
 from yurt.structs.node import (NodeCpuResources, NodeDiskResources, NodeMemoryResources, NodeNetworkAddress,
                                NodeNetworkResource, NodeResources)
 
@@ -125,6 +125,7 @@ def fingerprint_node(data_dir: str | os.PathLike, *, drivers: Mapping[str, Drive
                      meta: Mapping[str, str] | None = None,
                      network_interface: str = "",
                      host_networks: Mapping[str, tuple[str, str]] | None = None,
+                     host_volumes: Mapping[str, tuple[str, bool]] | None = None,
                      cni_paths: tuple[str, ...] | list[str] = CNI_PATHS) -> Node:
     """Fingerprint this machine into a Node (status "initializing")."""
     client_dir = Path(data_dir) / "client"
@@ -160,6 +161,8 @@ def fingerprint_node(data_dir: str | os.PathLike, *, drivers: Mapping[str, Drive
         id=_persisted_id(client_dir / "node-id"), secret_id=_persisted_id(client_dir / "secret-id"),
         name=name or hostname, datacenter=datacenter, node_pool=node_pool, node_class=node_class,
         http_addr=http_addr, attributes=attrs, meta=dict(meta or {}), drivers=driver_infos,
+        host_volumes={n: ClientHostVolumeConfig(name=n, path=p, read_only=ro)
+                      for n, (p, ro) in sorted((host_volumes or {}).items())},
         node_resources=NodeResources(
             cpu=NodeCpuResources(cpu_shares=compute, total_cpu_cores=cores),
             memory=NodeMemoryResources(memory_mb=mem // (1024 * 1024)),

@@ -49,6 +49,7 @@ class ClientConfig:
     network_interface: str = ""
     loopback_ports: bool = False   # host ports on 127.0.0.1 too (-dev-connect: the node address is public)
     host_networks: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (address, reserved ports)
+    host_volumes: dict[str, tuple[str, bool]] = field(default_factory=dict)   # name -> (path, read-only)
     http_addr: str = ""
     options: dict[str, str] = field(default_factory=dict)
     api_socket: str = ""   # the agent's API on a unix socket, for sidecar proxies in namespaces
@@ -93,7 +94,8 @@ class NodeAgent:
         self.node = fingerprint_node(c.data_dir, drivers=self.drivers, name=c.node_name, datacenter=c.datacenter,
                                      region=c.region, node_class=c.node_class, node_pool=c.node_pool,
                                      address=c.network_ip, http_addr=c.http_addr, meta=c.meta,
-                                     network_interface=c.network_interface, host_networks=c.host_networks)
+                                     network_interface=c.network_interface, host_networks=c.host_networks,
+                                     host_volumes=c.host_volumes)
         # the server takes this node's register, heartbeats and allocation updates only with its
         # SecretID (and signs certificates for a client-only agent only with it)
         self.api.token = self.node.secret_id
@@ -314,6 +316,7 @@ class NodeAgent:
                 except ValueError as e:
                     log.error("cannot run allocation %s: %s", alloc.id[:8], e)
                     continue
+                self._previous(runner, alloc)
                 self.runners[alloc.id] = runner
                 runner.run()
             elif alloc.alloc_modify_index != runner.alloc.alloc_modify_index or \
@@ -324,6 +327,19 @@ class NodeAgent:
             gone = self.runners.pop(alloc_id, None)   # (or collected here meanwhile: `gc`)
             if gone is not None:
                 threading.Thread(target=gone.destroy, kwargs={"timeout": 60}, daemon=True).start()
+
+    def _previous(self, runner: AllocRunner, alloc: Allocation) -> None:
+        """The allocation a replacement takes the ephemeral disk of (sticky), when it was on this node."""
+        from .alloc_hooks import PreviousAlloc
+        from .allocdir import AllocDir
+        prev_id = alloc.previous_allocation
+        if not prev_id:
+            return
+        prev_runner = self.runners.get(prev_id)
+        prev_dir = AllocDir(self.config.data_dir, prev_id)
+        if prev_runner is None and not prev_dir.exists():
+            return   # another node's (ephemeral_disk migrate across nodes is not done yet)
+        runner.context.previous = PreviousAlloc(prev_dir, prev_runner.wait_stopped if prev_runner else None)
 
     def _hooks(self) -> list:
         """The allocation hooks, in order: alloc dir, identity, network, mesh inbound, service registration."""

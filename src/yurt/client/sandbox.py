@@ -107,6 +107,8 @@ def build_root(iso: dict) -> None:
         if os.path.exists(host):
             _bind(host, root / inside.lstrip("/"), read_only=True)
     _bind(iso["alloc_dir"], root / "alloc", read_only=False)
+    for host, inside, read_only in iso.get("volumes") or []:   # the task's host volume mounts
+        _bind(host, root / inside.lstrip("/"), read_only=read_only)
     _build_dev(root / "dev")
     (root / "proc").mkdir(exist_ok=True)
     (root / "sys").mkdir(exist_ok=True)

@@ -471,7 +471,29 @@ class TaskRunner:
             logs_disabled=bool(logs and logs.disabled),
             netns=resources.netns,
             cpu_shares=cpu, memory_mb=memory, memory_max_mb=memory_max,
-            resolv_conf=resources.resolv_conf, hostname=resources.hostname, kill_timeout=self.kill_timeout)
+            resolv_conf=resources.resolv_conf, hostname=resources.hostname, kill_timeout=self.kill_timeout,
+            mounts=self._volume_mounts())
+
+    def _volume_mounts(self) -> list[tuple[str, str, bool]]:
+        """The task's volume_mounts as (host path, destination, read-only), from the group's
+        host volume requests and this node's host volumes (Nomad's volume_hook)."""
+        if not self.task.volume_mounts:
+            return []
+        group = self.alloc.job.group(self.alloc.task_group) if self.alloc.job else None
+        volumes = (group.volumes if group else None) or {}
+        host_volumes = self.node.host_volumes if self.node else {}
+        out = []
+        for m in self.task.volume_mounts:
+            req = volumes.get(m.volume)
+            if req is None:
+                raise DriverError(f'volume_mount names volume "{m.volume}", which the group does not declare',
+                                  recoverable=False)
+            hv = host_volumes.get(req.source)
+            if hv is None:
+                raise DriverError(f'host volume "{req.source}" (group volume "{m.volume}") is not configured '
+                                  'on this client', recoverable=False)
+            out.append((hv.path, m.destination, req.read_only or m.read_only or hv.read_only))
+        return out
 
     def _start(self) -> TaskHandle | None:
         try:

@@ -26,7 +26,7 @@ from .hcl_syntax import Attribute, Block, Body
 
 # Blocks Nomad knows that Yurt does not run yet: a clear word instead of "unknown block".
 NOT_SUPPORTED = {
-    "vault", "volume", "volume_mount", "csi_plugin", "scaling",
+    "vault", "csi_plugin", "scaling",
     "multiregion", "secret", "consul", "device",
     "numa", "action", "disconnect", "schedule", "dynamic",
 }
@@ -41,7 +41,7 @@ class FieldSpec:
     attr: str
     json: str
     hcl: str
-    kind: str  # "value" | "map" | "block" | "blocks" | "label"
+    kind: str  # "value" | "map" | "block" | "blocks" | "named" (labelled blocks -> a map) | "label"
     model: type[BaseModel] | None
     annotation: Any
 
@@ -74,6 +74,9 @@ def schema(model: type[BaseModel]) -> dict[str, tuple[FieldSpec, ...]]:
         elif origin is list and isinstance(typing.get_args(t)[0], type) \
                 and issubclass(typing.get_args(t)[0], BaseModel):
             kind, sub = "blocks", typing.get_args(t)[0]
+        elif origin is dict and isinstance(typing.get_args(t)[1], type) \
+                and issubclass(typing.get_args(t)[1], BaseModel):
+            kind, sub = "named", typing.get_args(t)[1]   # `volume "name" { }` blocks -> {"name": {...}}
         elif origin is dict:
             kind = "map"
         else:
@@ -241,6 +244,13 @@ class Decoder:
                 return
             seen[blk.type] = blk.pos
             doc[f.json] = self.block(f.model, blk, path + (f.json,), _join(where, blk.type))
+        elif f.kind == "named":
+            named = doc.setdefault(f.json, {})
+            name = blk.labels[0] if blk.labels else ""
+            if name in named:
+                self.error(blk.pos, where, f'{blk.type} "{name}" is declared twice; keep one')
+                return
+            named[name] = self.block(f.model, blk, path + (f.json, name), _join(where, f'{blk.type} "{name}"'))
         else:
             items = doc.setdefault(f.json, [])
             child_path = path + (f.json, len(items))

@@ -30,6 +30,7 @@ from .validate_placement import validate_placement
 from .validate_policies import (migrate_issues, reschedule_issues, restart_issues, update_issues,
                                 validate_ephemeral_disk, validate_logs, validate_resources)
 from .validate_service import validate_services
+from .validate_volumes import validate_group_volumes, validate_volume_mounts
 
 LIFECYCLE_HOOKS = ("prestart", "poststart", "poststop")
 CHANGE_MODES = ("", "noop", "restart", "signal", "script")
@@ -175,6 +176,7 @@ def validate_group(r: Report, job: Job, gi: int, g: TaskGroup) -> None:
         r.error(base + ("StopAfterClientDisconnect",), 'stop_after_client_disconnect only applies to '
                                                        'service and batch jobs: remove it')
     validate_group_tasks(r, g, base)
+    validate_group_volumes(r, g, base)
     if g.ephemeral_disk is not None:
         validate_ephemeral_disk(r, g.ephemeral_disk, base + ("EphemeralDisk",))
     group_restart = validate_group_policies(r, job, g, base)
@@ -393,6 +395,7 @@ def validate_task(r: Report, job: Job, g: TaskGroup, base: Path, t: Task,
     validate_placement(r, base, t, job.type, task_level=True)
     validate_env(r, t.env, base + ("Env",))
     validate_meta(r, t.meta, base + ("Meta",))
+    validate_volume_mounts(r, g, t, base)
     for key, message in config_problems(t.driver, t.config):
         r.error(base + ("Config", key), message)
 

@@ -111,6 +111,11 @@ class GroupChecker:
         self.constraints = _plain(tg.constraints)
         for t in tg.tasks or []:
             self.constraints += _plain(t.constraints)
+        # host volumes by source: read-write if any request of it is (Nomad's HostVolumeChecker)
+        self.host_volumes: dict[str, bool] = {}
+        for v in (tg.volumes or {}).values():
+            if v.type == "host" and v.source:
+                self.host_volumes[v.source] = self.host_volumes.get(v.source, True) and v.read_only
         self.cache: dict[str, str | None] = {}
 
     def __call__(self, node: Node) -> str | None:
@@ -128,7 +133,22 @@ class GroupChecker:
                 if f"plugins.cni.version.{p}" not in node.attributes:
                     return (f'missing CNI plugin "{p}" (install containernetworking-plugins; '
                             'yurt doctor on the node shows what else bridge networking needs)')
+        reason = host_volumes_reason(node, self.host_volumes)
+        if reason:
+            return reason
         return _check_constraints(node, self.constraints)
+
+
+def host_volumes_reason(node: Node, wanted: dict[str, bool]) -> str | None:
+    """Why the node cannot give the group its host volumes (source -> read-only), or None.
+    The reason starts as Nomad's metric does: "missing compatible host volumes"."""
+    for source, read_only in sorted(wanted.items()):
+        have = node.host_volumes.get(source)
+        if have is None:
+            return f'missing compatible host volumes (no host volume "{source}")'
+        if have.read_only and not read_only:
+            return f'missing compatible host volumes ("{source}" is read-only; the group asks to write to it)'
+    return None
 
 
 class DistinctRules:

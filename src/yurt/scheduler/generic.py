@@ -188,7 +188,14 @@ class _Scheduler:
         if destructive and prev is not None:
             self.stop(prev, ALLOC_UPDATING)
         penalty = reschedule.penalty_nodes(prev) if (prev is not None and p.reschedule) else None
-        node, ports, metric = stack.select(group, penalty, self.usage_of)
+        node = None
+        disk = group.tg.ephemeral_disk
+        if prev is not None and not p.reschedule and disk is not None and disk.sticky:
+            chosen = stack.select_preferred(prev.node_id, group, self.usage_of)
+            if chosen is not None:
+                node, ports, metric = chosen
+        if node is None:
+            node, ports, metric = stack.select(group, penalty, self.usage_of)
         if node is None:
             if destructive and prev is not None:
                 self.unstop(prev)

@@ -137,6 +137,20 @@ class Stack:
                 return "distinct_property"
         return None
 
+    def select_preferred(self, node_id: str, group: Group, usage_of: Callable[[Node], NodeUsage]
+                         ) -> tuple[Node | None, list[tuple[str, int, int, str]] | None, AllocMetric] | None:
+        """``select`` on one node only (ephemeral_disk sticky: the previous allocation's node is
+        tried first, as Nomad's findPreferredNode); None when it is not a ready node of the job."""
+        node = next((n for n in self.order if n.id == node_id), None)
+        if node is None:
+            return None
+        saved = self.order, self.offset, self.fixed
+        self.order, self.offset, self.fixed = [node], 0, 1
+        try:
+            return self.select(group, None, usage_of)
+        finally:
+            self.order, self.offset, self.fixed = saved
+
     def select(self, group: Group, penalty: set[str] | None, usage_of: Callable[[Node], NodeUsage]
                ) -> tuple[Node | None, list[tuple[str, int, int, str]] | None, AllocMetric]:
         """The best node for one more allocation of ``group`` and its ports, and the metric of

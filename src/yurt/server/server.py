@@ -369,7 +369,7 @@ class Server:
         index = self.store.upsert_node(node)
         ttl = self.heartbeats.reset(node.id)
         self.metrics.heartbeats.inc()
-        if old is None or old.status != NODE_READY:
+        if old is None or old.status != NODE_READY or old.host_volumes != node.host_volumes:
             self._capacity_changed(node_evals_for=node.id)
         return {"HeartbeatTTL": int(ttl * 1e9), "Index": index, "NodeModifyIndex": index,
                 "EvalIDs": []}

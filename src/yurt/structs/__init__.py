@@ -2,7 +2,7 @@
 
 from .base import Struct, field, hcl_name, json_name
 from .duration import Duration, format_duration, parse_duration
-from .job import JOB_TYPES, Job, TaskGroup
+from .job import JOB_TYPES, Job, TaskGroup, VolumeRequest
 from .network import CNIConfig, DNSConfig, NetworkResource, Port
 from .placement import Affinity, Constraint, Spread, SpreadTarget
 from .policies import (EphemeralDisk, LogConfig, MigrateStrategy, ReschedulePolicy,
@@ -11,8 +11,8 @@ from .resources import Resources
 from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExposePath,
                       ConsulProxy, ConsulSidecarService, ConsulTransparentProxy, ConsulUpstream,
                       MeshGateway, Service, ServiceCheck, ServiceWeights, SidecarTask)
-from .task import ChangeScript, Task, TaskArtifact, TaskLifecycle, Template, WaitConfig
-from .node import (DrainMetadata, DrainSpec, DrainStrategy, DriverInfo, Node, NodeCpuResources,
+from .task import ChangeScript, Task, TaskArtifact, TaskLifecycle, Template, VolumeMount, WaitConfig
+from .node import (ClientHostVolumeConfig, DrainMetadata, DrainSpec, DrainStrategy, DriverInfo, Node, NodeCpuResources,
                    NodeDiskResources, NodeEvent, NodeMemoryResources, NodeNetworkAddress, NodeNetworkResource,
                    NodeReservedResources, NodeResources)
 from .alloc import (AllocDeploymentStatus, AllocatedCpuResources, AllocMetric, AllocatedMemoryResources,
@@ -43,7 +43,7 @@ __all__ = [
     "ReschedulePolicy", "Resources", "ScalingPolicy", "RestartPolicy", "Service", "ServiceCheck", "ServiceWeights",
     "SidecarTask", "Spread", "SpreadTarget", "Struct", "Task", "TaskGroup", "TaskLifecycle",
     "TaskArtifact", "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",
-    "json_name", "parse_duration",
+    "json_name", "parse_duration", "VolumeMount", "VolumeRequest", "ClientHostVolumeConfig",
     "DrainMetadata", "DrainSpec", "DrainStrategy", "NodeEvent", "AllocDeploymentStatus",
     "DriverInfo", "Node", "NodeCpuResources", "NodeDiskResources", "NodeMemoryResources",
     "NodeNetworkAddress", "NodeNetworkResource",

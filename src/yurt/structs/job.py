@@ -16,6 +16,27 @@ from .task import Task
 JOB_TYPES = ("service", "batch", "system", "sysbatch")
 
 
+VOLUME_TYPES = ("host", "csi")
+
+
+class CSIMountOptions(Struct):
+    fs_type: str = field("", json="FSType")
+    mount_flags: list[str] | None = None
+
+
+class VolumeRequest(Struct):
+    """A group's `volume "name" { type, source, read_only }` (Nomad's VolumeRequest)."""
+    name: str = field("", hcl="label")
+    type: str = ""
+    source: str = ""
+    read_only: bool = False
+    access_mode: str = ""
+    attachment_mode: str = ""
+    per_alloc: bool = False
+    sticky: bool = False
+    mount_options: CSIMountOptions | None = None
+
+
 class TaskGroup(Struct):
     name: str = field("", hcl="label")
     count: int | None = None
@@ -31,6 +52,7 @@ class TaskGroup(Struct):
     migrate: MigrateStrategy | None = None
     scaling: ScalingPolicy | None = None
     ephemeral_disk: EphemeralDisk | None = None
+    volumes: dict[str, VolumeRequest] | None = field(None, hcl="volume")
     meta: dict[str, str] | None = None
     shutdown_delay: Duration | None = None
     stop_after_client_disconnect: Duration | None = None

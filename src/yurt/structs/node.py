@@ -146,6 +146,13 @@ class NodeReservedResources(Struct):
     networks: NodeReservedNetworkResources = field(factory=NodeReservedNetworkResources)
 
 
+class ClientHostVolumeConfig(Struct):
+    """A host volume the client offers (Nomad's Node.HostVolumes value): a host path, maybe read-only."""
+    name: str = ""
+    path: str = ""
+    read_only: bool = False
+
+
 class Node(Struct):
     id: str = field("", json="ID")
     secret_id: str = field("", json="SecretID")
@@ -157,6 +164,7 @@ class Node(Struct):
     attributes: dict[str, str] = field(factory=dict)
     meta: dict[str, str] = field(factory=dict)
     drivers: dict[str, DriverInfo] = field(factory=dict)
+    host_volumes: dict[str, ClientHostVolumeConfig] = field(factory=dict)
     node_resources: NodeResources = field(factory=NodeResources)
     reserved_resources: NodeReservedResources = field(factory=NodeReservedResources)
     status: str = NODE_INIT

@@ -77,6 +77,15 @@ class DispatchPayloadConfig(Struct):
     file: str = ""
 
 
+class VolumeMount(Struct):
+    """A task's `volume_mount { volume, destination, read_only }` (Nomad's VolumeMount)."""
+    volume: str = ""
+    destination: str = ""
+    read_only: bool = False
+    propagation_mode: str = ""
+    selinux_label: str = field("", json="SELinuxLabel")
+
+
 class Task(Struct):
     name: str = field("", hcl="label")
     driver: str = ""
@@ -100,6 +109,7 @@ class Task(Struct):
     kind: str = ""
     identity: TaskIdentity | None = None
     dispatch_payload: DispatchPayloadConfig | None = None
+    volume_mounts: list[VolumeMount] | None = field(None, hcl="volume_mount")
 
     @property
     def token_file(self) -> bool:

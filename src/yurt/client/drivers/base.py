@@ -94,6 +94,8 @@ class TaskConfig:
     hostname: str = ""
     # seconds the task has between its kill signal and SIGKILL (the task's kill_timeout, capped)
     kill_timeout: float = 5.0
+    # the task's volume_mounts of host volumes: (host path, destination, read-only)
+    mounts: list[tuple[str, str, bool]] = field(default_factory=list)
 
     @property
     def id(self) -> str:

@@ -194,6 +194,8 @@ class DockerDriver(BaseDriver):
         mounts = [Mount("/alloc", str(cfg.alloc_dir), type="bind"),
                   Mount("/local", str(cfg.local_dir), type="bind"),
                   Mount("/secrets", str(task_dir / "secrets"), type="bind")]
+        for host, dest, read_only in cfg.mounts:   # volume_mounts of host volumes
+            mounts.append(Mount(dest, host, type="bind", read_only=read_only))
         for spec in conf.get("volumes", []):
             parts = spec.split(":")
             if len(parts) < 2:

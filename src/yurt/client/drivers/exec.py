@@ -98,6 +98,8 @@ class ChrootPaths:
         self.binds = sorted(((posixpath.normpath(inside), host) for host, inside in chroot_env.items()
                              if os.path.exists(host)), key=lambda b: -len(b[0]))
         self.binds.append(("/alloc", str(cfg.alloc_dir)))
+        self.binds[:0] = sorted(((posixpath.normpath("/" + dest), host) for host, dest, _ in cfg.mounts),
+                                key=lambda b: -len(b[0]))
         self.root = str(cfg.task_dir)
 
     def host(self, inside: str) -> str:
@@ -245,6 +247,7 @@ class ExecDriver(RawExecDriver):
                 "uid": user.pw_uid, "gid": user.pw_gid, "cwd": "/local",
                 "groups": os.getgrouplist(user.pw_name, user.pw_gid),
                 "cgroup": cgroup.to_dict(),
+                "volumes": [[host, dest, read_only] for host, dest, read_only in cfg.mounts],
             },
         }
         spec_file = task_dir / SPEC_FILE

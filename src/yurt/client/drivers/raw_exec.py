@@ -127,6 +127,7 @@ class RawExecDriver(BaseDriver):
 
         task_dir = Path(cfg.task_dir)
         task_dir.mkdir(parents=True, exist_ok=True)
+        link_mounts(task_dir, cfg.mounts)
         claimed = self.claim(task_dir, cfg)
         if isinstance(claimed, TaskHandle):
             return claimed
@@ -357,3 +358,21 @@ class RawExecDriver(BaseDriver):
 
     def stats(self, handle: TaskHandle) -> TaskStats:
         return process_stats(handle.pid)
+
+
+def link_mounts(task_dir: Path, mounts: list[tuple[str, str, bool]]) -> None:
+    """raw_exec has no file system isolation to mount into (Nomad mounts nothing for it): each
+    volume_mount's destination becomes a symlink in the task dir (<alloc>/<task>/<destination>,
+    where an exec task's chroot would have it) to the host volume's path. read_only is not
+    enforced: the task runs as its user on the host."""
+    for host, dest, _ in mounts:
+        link = task_dir / dest.lstrip("/")
+        if link.is_symlink():
+            if os.readlink(link) == host:
+                continue
+            link.unlink()
+        elif link.exists():
+            raise DriverError(f'volume_mount destination "{dest}" already exists in the task directory',
+                              recoverable=False)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(host, link)
