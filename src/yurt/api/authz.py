@@ -167,7 +167,9 @@ _add("PUT POST", "/v1/search/fuzzy", READ_JOB)
 for _fs in ("ls", "stat", "cat", "readat", "stream"):
     _add("GET", f"/v1/client/fs/{_fs}/{{alloc_id}}", _r(NS, "read-fs"))
 _add("PUT POST", "/v1/client/allocation/{alloc_id}/restart", _r(NS, "alloc-lifecycle"))
-_add("GET PUT", "/v1/client/allocation/{alloc_id}/gc", SUBMIT)   # Nomad's: submit-job in its namespace
+_add("GET PUT", "/v1/client/allocation/{alloc_id}/gc", SUBMIT)
+# ephemeral_disk migrate: the new node's client downloads it (Nomad: node identity only)
+_add("GET", "/v1/client/allocation/{alloc_id}/snapshot", NODE_ID)   # Nomad's: submit-job in its namespace
 _add("GET PUT", "/v1/client/gc", _r("node", "write"))
 _add("PUT", "/v1/agent/servers", _r("agent", "write"))
 _add("POST", "/v1/agent/servers", _r("agent", "write"))

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import ssl
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -394,6 +394,23 @@ class YurtClient:
                 yield from resp.iter_bytes()
         except httpx.ConnectError as e:
             raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
+
+    def alloc_snapshot(self, alloc_id: str, out: BinaryIO) -> None:
+        """A terminal allocation's snapshot (`/v1/client/allocation/<id>/snapshot`: a tar of its
+        alloc/data and tasks' local/), written to ``out`` (ephemeral_disk migrate)."""
+        try:
+            with self._http.stream("GET", f"/v1/client/allocation/{alloc_id}/snapshot",
+                                   timeout=httpx.Timeout(30.0, read=300.0),
+                                   headers={"X-Nomad-Token": self.token} if self.token else None) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise error_for_status(resp.status_code, resp.text.strip())
+                for chunk in resp.iter_bytes():
+                    out.write(chunk)
+        except httpx.ConnectError as e:
+            raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
+        except httpx.HTTPError as e:
+            raise Unreachable(self.address, str(e) or type(e).__name__) from None
 
     def agent_monitor(self, *, log_level: str = "info", log_json: bool = False, node_id: str = "",
                       server_id: str = "", include_location: bool = False) -> Iterator[bytes]:

@@ -1,5 +1,5 @@
-"""Nomad's client allocation actions: /v1/client/allocation/<id>/signal, /restart and /gc, and
-the node's garbage collection /v1/client/gc.
+"""Nomad's client allocation actions: /v1/client/allocation/<id>/signal, /restart, /gc and
+/snapshot (ephemeral_disk migrate), and the node's garbage collection /v1/client/gc.
 
 The agent whose client runs the allocation acts; a server forwards the request to that node's
 agent (as it does `alloc logs`), a client-only agent that does not run it asks its server.
@@ -97,6 +97,32 @@ async def client_stats(request: Request):
     if not node.http_addr:
         raise NotFound(f"node {wanted[:8]} advertises no HTTP address to read its figures from")
     return await proxy(request, node.http_addr if "://" in node.http_addr else f"http://{node.http_addr}")
+
+
+@router.get("/v1/client/allocation/{alloc_id}/snapshot")
+async def snapshot(request: Request, alloc_id: str):
+    """Nomad's alloc snapshot (ephemeral_disk migrate): a tar of a terminal allocation's
+    alloc/data and each task's local/, from the agent whose client has its directory (a server
+    forwards it there); 409 while the allocation runs. For client nodes (their node secret)."""
+    import tempfile
+
+    from starlette.responses import StreamingResponse
+    agent = request.app.state.agent
+    if agent.client is None or agent.local_alloc(alloc_id) is None:
+        return await _elsewhere(request, alloc_id)
+    tmp = tempfile.TemporaryFile()
+    try:
+        await run_in_threadpool(agent.client.snapshot, alloc_id, tmp)
+        tmp.seek(0)
+    except BaseException:
+        tmp.close()
+        raise
+
+    def chunks():
+        with tmp:
+            while chunk := tmp.read(1 << 16):
+                yield chunk
+    return StreamingResponse(chunks(), media_type="application/x-tar")
 
 
 @router.get("/v1/client/allocation/{alloc_id}/gc")

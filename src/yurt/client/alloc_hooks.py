@@ -54,6 +54,9 @@ class AllocResources:
 class PreviousAlloc:
     alloc_dir: AllocDir
     wait: Callable[[float], bool] | None = None
+    # on another node (ephemeral_disk migrate): waits for it to be terminal and unpacks its
+    # snapshot into the new allocation's directory (client/migrate.py), given the task names
+    fetch: Callable[[AllocDir, list[str]], None] | None = None
 
 
 @dataclass
@@ -127,7 +130,11 @@ class AllocDirHook(AllocHook):
     @staticmethod
     def _take_over(ctx: AllocHookContext, prev: PreviousAlloc) -> None:
         """ephemeral_disk sticky (Nomad's allocwatcher): once the previous allocation's tasks have
-        stopped, its alloc/data and its tasks' local/ are moved into this allocation's directory."""
+        stopped, its alloc/data and its tasks' local/ are moved into this allocation's directory;
+        migrate from another node: its snapshot is downloaded and unpacked here."""
+        if prev.fetch is not None:
+            prev.fetch(ctx.alloc_dir, [t.name for t in ctx.tasks])
+            return
         if prev.wait is not None and not prev.wait(STICKY_WAIT):
             log.warning("alloc %s: the previous allocation %s did not stop within %ds; its data is not "
                         "moved", ctx.alloc_id[:8], prev.alloc_dir.alloc_id[:8], STICKY_WAIT)

@@ -212,6 +212,21 @@ class NodeAgent:
                 log.info("allocation %s garbage-collected: its directory is removed", aid[:8])
         return done
 
+    def snapshot(self, alloc_id: str, out) -> None:
+        """Nomad's alloc snapshot for ephemeral_disk migrate: a tar of the terminal allocation's
+        alloc/data and tasks' local/ written to ``out`` (Conflict while it still runs)."""
+        from yurt.errors import Conflict, NotFound
+
+        from .allocdir import AllocDir, write_snapshot
+        runner = self.runners.get(alloc_id)
+        if runner is None:
+            raise NotFound(f"allocation {alloc_id[:8]} is not on this node")
+        if not self.alloc_done(alloc_id):
+            raise Conflict(f"allocation {alloc_id[:8]} is still running: its snapshot is only taken once it "
+                           "has stopped (stop it, or wait for it to finish)")
+        tg = runner.alloc.job.group(runner.alloc.task_group) if runner.alloc.job else None
+        write_snapshot(AllocDir(self.config.data_dir, alloc_id), [t.name for t in (tg.tasks if tg else [])], out)
+
     def logs_dir(self, alloc_id: str) -> Path:
         return self.config.data_dir / "alloc" / alloc_id / "alloc" / "logs"
 
@@ -329,7 +344,8 @@ class NodeAgent:
                 threading.Thread(target=gone.destroy, kwargs={"timeout": 60}, daemon=True).start()
 
     def _previous(self, runner: AllocRunner, alloc: Allocation) -> None:
-        """The allocation a replacement takes the ephemeral disk of (sticky), when it was on this node."""
+        """The allocation a replacement takes the ephemeral disk of (sticky, migrate), on this node or
+        (migrate) another."""
         from .alloc_hooks import PreviousAlloc
         from .allocdir import AllocDir
         prev_id = alloc.previous_allocation
@@ -338,7 +354,18 @@ class NodeAgent:
         prev_runner = self.runners.get(prev_id)
         prev_dir = AllocDir(self.config.data_dir, prev_id)
         if prev_runner is None and not prev_dir.exists():
-            return   # another node's (ephemeral_disk migrate across nodes is not done yet)
+            # another node's: ephemeral_disk migrate downloads its snapshot (client/migrate.py)
+            tg = alloc.job.group(alloc.task_group) if alloc.job else None
+            disk = tg.ephemeral_disk if tg else None
+            if disk is not None and disk.migrate:
+                from .migrate import RemoteMigration
+
+                def emit(event) -> None:
+                    for tr in runner.task_runners.values():
+                        tr.emit_event(event)
+                runner.context.previous = PreviousAlloc(prev_dir, fetch=RemoteMigration(self.api, prev_id, emit,
+                                                                                         self._stop))
+            return
         runner.context.previous = PreviousAlloc(prev_dir, prev_runner.wait_stopped if prev_runner else None)
 
     def _hooks(self) -> list:

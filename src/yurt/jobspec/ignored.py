@@ -14,10 +14,10 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   would forward there (server/admission.py check_region; the job file alone cannot tell).
 - Group: count, constraint/affinity/spread, network (mode, hostname, dns, cni.args, ports'
   label/static/to/host_network), service, restart, reschedule, migrate, ephemeral_disk size,
-  meta, shutdown_delay (waited after the services are deregistered), ephemeral_disk sticky (and
-  migrate on the same node), volume (host volumes): the scheduler, the client's alloc dir, network
-  and service hooks. Not read: max_client_disconnect, stop_after_client_disconnect, ephemeral_disk
-  migrate across nodes, network mbits/device/cidr/ip, port ignore_collision.
+  meta, shutdown_delay (waited after the services are deregistered), ephemeral_disk sticky and
+  migrate (on the same node, or from another node's snapshot), volume (host volumes): the
+  scheduler, the client's alloc dir, network and service hooks. Not read: max_client_disconnect,
+  stop_after_client_disconnect, network mbits/device/cidr/ip, port ignore_collision.
 - Task: driver, config, user, lifecycle, env, meta, resources cpu/memory/memory_max, restart,
   kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity, service (as a
   group service, registered with the allocation, its checks and restarts the task's), template
@@ -126,9 +126,6 @@ RULES: tuple[Rule, ...] = (
          "keeps its allocations running while the servers place replacements, so two copies would "
          "run at once; remove it, and do not rely on Yurt to stop a disconnected allocation",
          refuse=True),
-    Rule(_G + ("EphemeralDisk", "Migrate"),
-         "migrate has no effect across nodes yet in Yurt: a replacement on the same node takes the previous "
-         "allocation's alloc/data and local/ (as with sticky), one on another node starts empty"),
     Rule(_NET + ("MBits",), f"mbits {NO_EFFECT}: no bandwidth is reserved (Nomad ignores it too)"),
     Rule(_NET + ("Device",), f"device {NO_EFFECT}: the group gets its address from its network mode"),
     Rule(_NET + ("CIDR",), f"cidr {NO_EFFECT}: the group gets its address from its network mode"),
