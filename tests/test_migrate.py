@@ -102,3 +102,39 @@ def test_migrate_moves_the_disk_across_nodes_and_back(cluster):
         assert output(api, third["ID"]) == "data 3 local 3"
         r = api.get(f"/v1/client/allocation/{second['ID']}/snapshot")
         assert r.status_code == 200 and r.headers["content-type"] == "application/x-tar"
+
+
+def test_snapshot_round_trip_and_unsafe_entries_skipped(tmp_path):
+    import io
+    import tarfile
+
+    from yurt.client.allocdir import AllocDir, restore_snapshot, write_snapshot
+
+    old = AllocDir(tmp_path, "old")
+    old.build(["t"])
+    (old.shared / "data" / "d").write_text("data")
+    (old.task_dir("t").local / "l").write_text("local")
+    (old.task_dir("t").secrets / "s").write_text("secret")
+    buf = io.BytesIO()
+    write_snapshot(old, ["t"], buf)
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        assert not [n for n in tar.getnames() if "secrets" in n]
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        for name in ("alloc/data/../../../escape", "/tmp/abs", "t/secrets/s", "alloc/logs/x", "other/local/x"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        link = tarfile.TarInfo("alloc/data/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    new = AllocDir(tmp_path / "n", "new")
+    new.build(["t"])
+    buf.seek(0)
+    assert restore_snapshot(new, ["t"], buf) == 2
+    assert (new.shared / "data" / "d").read_text() == "data"
+    assert (new.task_dir("t").local / "l").read_text() == "local"
+    evil.seek(0)
+    assert restore_snapshot(new, ["t"], evil) == 0
+    assert not (new.shared / "data" / "link").exists() and not (new.task_dir("t").secrets / "s").exists()
+    assert not list(tmp_path.rglob("escape"))
