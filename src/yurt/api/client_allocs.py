@@ -107,8 +107,19 @@ async def snapshot(request: Request, alloc_id: str):
     import tempfile
 
     from starlette.responses import StreamingResponse
+    from yurt.errors import Conflict, NotFound
     agent = request.app.state.agent
     if agent.client is None or agent.local_alloc(alloc_id) is None:
+        if agent.server is not None:   # the new node asks only this route (a node's token reads nothing else)
+            alloc = agent.server.reads.alloc(alloc_id)
+            if alloc is None:
+                raise NotFound(f"allocation {alloc_id[:8]} not found")
+            node = agent.server.reads.node(alloc.node_id)
+            if node is None or node.status == "down":
+                raise NotFound(f"the node {alloc.node_id[:8]} of allocation {alloc_id[:8]} is gone or down")
+            if not alloc.client_terminal():
+                raise Conflict(f"allocation {alloc_id[:8]} is still running: its snapshot is only taken once it "
+                               "has stopped (stop it, or wait for it to finish)")
         return await _elsewhere(request, alloc_id)
     tmp = tempfile.TemporaryFile()
     try:
