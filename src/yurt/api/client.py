@@ -368,9 +368,12 @@ class YurtClient:
         params = {"task": task, "type": "stderr" if stderr else "stdout", "plain": "true",
                   **({"namespace": self.namespace} if self.namespace else {}),
                   "follow": "true" if follow else "false", "origin": origin, "offset": offset}
+        yield from self._stream(f"/v1/client/fs/logs/{alloc_id}", params)
+
+    def _stream(self, path: str, params: dict[str, Any]) -> Iterator[bytes]:
+        """A GET whose answer is read as it comes (no read timeout); an error status raised."""
         try:
-            with self._http.stream("GET", f"/v1/client/fs/logs/{alloc_id}", params=params,
-                                   timeout=httpx.Timeout(30.0, read=None),
+            with self._http.stream("GET", path, params=params, timeout=httpx.Timeout(30.0, read=None),
                                    headers={"X-Nomad-Token": self.token} if self.token else None) as resp:
                 if resp.status_code >= 400:
                     resp.read()
@@ -384,16 +387,7 @@ class YurtClient:
         """A file of an allocation's directory as it grows (`/v1/client/fs/stream`, plain)."""
         params = {"path": path, "plain": "true", "follow": "true" if follow else "false",
                   "origin": origin, "offset": offset}
-        try:
-            with self._http.stream("GET", f"/v1/client/fs/stream/{alloc_id}", params=params,
-                                   timeout=httpx.Timeout(30.0, read=None),
-                                   headers={"X-Nomad-Token": self.token} if self.token else None) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise error_for_status(resp.status_code, resp.text.strip())
-                yield from resp.iter_bytes()
-        except httpx.ConnectError as e:
-            raise Unreachable(self.address, self.tls.reason(e) or str(e)) from None
+        yield from self._stream(f"/v1/client/fs/stream/{alloc_id}", params)
 
     def alloc_snapshot(self, alloc_id: str, out: BinaryIO) -> None:
         """A terminal allocation's snapshot (`/v1/client/allocation/<id>/snapshot`: a tar of its

@@ -7,7 +7,7 @@ agent (as it does `alloc logs`), a client-only agent that does not run it asks i
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from yurt.errors import InvalidInput
@@ -80,23 +80,14 @@ async def alloc_stats(request: Request, alloc_id: str):
 async def client_stats(request: Request):
     """Nomad's HostStats of this agent's node, or of `?node_id=` (a server forwards the request
     to that node's agent; a client-only agent asks its server)."""
-    from yurt.errors import NotFound
 
-    from .forward import proxy, to_server
     agent = request.app.state.agent
     wanted = request.query_params.get("node_id", "")
     if agent.client is not None and wanted in ("", agent.node_id):
         return reply(await run_in_threadpool(agent.host_stats))
     if not wanted:
         raise InvalidInput("this agent has no client: give ?node_id= of the node to ask")
-    if agent.server is None:
-        return await to_server(request)
-    node = agent.server.reads.node(wanted)
-    if node is None:
-        raise NotFound(f'node "{wanted}" not found')
-    if not node.http_addr:
-        raise NotFound(f"node {wanted[:8]} advertises no HTTP address to read its figures from")
-    return await proxy(request, node.http_addr if "://" in node.http_addr else f"http://{node.http_addr}")
+    return await _to_node(request, wanted, "to read its figures from")
 
 
 @router.get("/v1/client/allocation/{alloc_id}/snapshot")
@@ -153,9 +144,7 @@ async def gc_alloc(request: Request, alloc_id: str):
 async def gc_node(request: Request):
     """Nomad's client GC: every stopped or finished allocation of this agent's node, or of
     `?node_id=` (a server forwards the request to that node's agent), destroyed there."""
-    from yurt.errors import NotFound
 
-    from .forward import proxy, to_server
     agent = request.app.state.agent
     wanted = request.query_params.get("node_id", "")
     if agent.client is not None and wanted in ("", agent.node_id):
@@ -163,11 +152,21 @@ async def gc_node(request: Request):
         return reply(None)
     if not wanted:
         raise InvalidInput("this agent has no client: give ?node_id= of the node to collect")
+    return await _to_node(request, wanted, "to ask")
+
+
+async def _to_node(request: Request, node_id: str, why: str) -> Response:
+    """The request answered by node `node_id`'s agent: through the server on a client-only
+    agent, else proxied to the node's advertised HTTP address."""
+    from yurt.errors import NotFound
+
+    from .forward import proxy, to_server
+    agent = request.app.state.agent
     if agent.server is None:
         return await to_server(request)
-    node = agent.server.reads.node(wanted)
+    node = agent.server.reads.node(node_id)
     if node is None:
-        raise NotFound(f'node "{wanted}" not found')
+        raise NotFound(f'node "{node_id}" not found')
     if not node.http_addr:
-        raise NotFound(f"node {wanted[:8]} advertises no HTTP address to ask")
+        raise NotFound(f"node {node_id[:8]} advertises no HTTP address {why}")
     return await proxy(request, node.http_addr if "://" in node.http_addr else f"http://{node.http_addr}")

@@ -11,6 +11,8 @@ with `wait`.
 
 from __future__ import annotations
 
+import abc
+
 import fcntl
 import os
 import queue
@@ -98,24 +100,26 @@ def start(handle: TaskHandle, command: list[str], tty: bool, docker_client: Any 
     return ProcessSession(command, env, cwd, -1 if same_user else uid, -1 if same_user else gid, tty, [])
 
 
-class ExecSession:
-    def read(self) -> Output | None:
-        raise NotImplementedError
+class ExecSession(abc.ABC):
+    """One running `alloc exec` command, whatever runs it (a local process, a docker exec)."""
 
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read(self) -> Output | None: ...
 
-    def close_stdin(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
 
-    def resize(self, height: int, width: int) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close_stdin(self) -> None: ...
 
-    def wait(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def resize(self, height: int, width: int) -> None: ...
 
-    def kill(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def wait(self) -> int: ...
+
+    @abc.abstractmethod
+    def kill(self) -> None: ...
 
 
 class ProcessSession(ExecSession):
