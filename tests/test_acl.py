@@ -424,3 +424,30 @@ def test_acl_tables_survive_a_restart_of_the_store(tmp_path):
             admin.bootstrap()
     finally:
         store.close()
+
+
+def test_the_client_agents_hot_routes_check_and_answer_as_every_route(agent, root):
+    """A node's heartbeat and allocation watch are answered before FastAPI's routing (api/hot.py):
+    the same ACL checks, the same errors, the same documents."""
+    with agent.api() as c:
+        c.headers.update(h(root))
+        register(c, JOB.replace('"sleepy"', '"hot"'))
+        (node,) = c.get("/v1/nodes").json()
+        nid = node["ID"]
+        r = wait_for(lambda: (r := c.get(f"/v1/node/{nid}/allocations")).json() and r, 60,
+                     what="the node's allocation")
+        assert r.status_code == 200 and int(r.headers["X-Nomad-Index"]) > 0
+        assert r.headers["content-type"] == "application/json"
+        for a in r.json():   # the same document as the allocation's own route
+            assert a == c.get(f"/v1/allocation/{a['ID']}", headers=h(root)).json() | {"Job": a["Job"]}
+            assert a["Job"]["ID"] == a["JobID"]
+        denied = c.get(f"/v1/node/{nid}/allocations", headers=h("00000000-0000-0000-0000-000000000000"))
+        assert denied.status_code == 403 and denied.text.startswith("Permission denied")
+        assert c.get("/v1/node/nope/allocations", headers=h(root)).status_code == 404
+        beat = c.put(f"/v1/internal/node/{nid}/heartbeat", headers=h(root))
+        assert beat.status_code == 403
+        assert beat.text == (f"a heartbeat needs node {nid}'s SecretID in the X-Nomad-Token "
+                             "header; the token given is not it")
+        missing = c.put("/v1/internal/node/nope/heartbeat", headers=h(root))
+        assert missing.status_code == 404 and missing.text == "node nope not found"
+        c.delete("/v1/job/hot", params={"purge": "true"})

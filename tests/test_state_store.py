@@ -503,3 +503,24 @@ def test_the_usage_kept_per_node_is_what_its_allocations_add_up_to_in_every_snap
             assert _used_kept(s, n.id) == want[n.id], n.name
     assert expected[0] != expected[-1], "the writes changed what the nodes hold"
     assert expected[0][nodes[0].id][5] == {("default", "web"): 2, ("default", "api"): 1}
+
+
+def test_the_api_serializes_a_stored_allocation_once_and_a_new_copy_again():
+    """api/common.JSONCache: the document is pydantic's own (the job spliced in, serialized once
+    per job object); a changed allocation is a new stored object and is serialized anew."""
+    import json
+
+    from yurt.api.common import JSONCache
+    from yurt.structs import Allocation, Job
+
+    cache = JSONCache(size=2)
+    job = Job(id="web", name="web", type="service", datacenters=["dc1"])
+    a = Allocation(id="a1", job_id="web", job=job, task_group="g", name="web.g[0]")
+    assert json.loads(cache.alloc(a)) == json.loads(a.model_dump_json(by_alias=True))
+    assert cache.alloc(a) is cache.alloc(a)
+    b = a.model_copy(update={"client_status": "running"})
+    assert json.loads(cache.alloc(b))["ClientStatus"] == "running"
+    bare = Allocation(id="a2")
+    assert json.loads(cache.alloc(bare)) == json.loads(bare.model_dump_json(by_alias=True))
+    cache.alloc(Allocation(id="a3"))   # past the size: the oldest entry goes
+    assert json.loads(cache.alloc(b))["ClientStatus"] == "running"

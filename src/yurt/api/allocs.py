@@ -8,7 +8,7 @@ from yurt.errors import NotFound
 from yurt.structs import Allocation
 
 from .authz import may
-from .common import block, flag, reply, reply_structs
+from .common import block, flag, reply, reply_allocs
 from .forward import ServerReads, need_server
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
@@ -101,4 +101,4 @@ async def node_allocs(request: Request, reads: ServerReads, node_id: str):
     index = await block(request, reads, reads.node_allocs_target(node_id))
     if reads.node(node_id) is None:
         raise NotFound("node not found")
-    return reply_structs(reads.node_allocs(node_id), index)
+    return reply_allocs(reads.node_allocs(node_id), index)

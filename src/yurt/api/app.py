@@ -20,6 +20,7 @@ from . import openapi
 from . import consul_kv
 from . import variables
 from . import namespaces
+from . import hot
 
 
 def create_app(agent) -> FastAPI:
@@ -47,6 +48,7 @@ def create_app(agent) -> FastAPI:
     app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
     openapi.install(app)
+    app.add_middleware(hot.HotRoutes, fastapi=app)   # the client agents' heartbeat and allocation watch
     app.add_middleware(limits.RequestLimits, max_request_bytes=agent.config.http_max_request_bytes)
     app.add_middleware(jobs.JobIDPaths)   # a child job's ID, "<parent>/periodic-<unix>", escaped as %2F
     return app

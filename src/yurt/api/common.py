@@ -5,7 +5,9 @@ Errors are raised as `yurt.errors` values and answered by `errors.install` in on
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import Request
@@ -14,8 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from yurt.errors import InvalidInput
 from yurt.server.reads import Reads, Tables
-from yurt.structs import parse_duration
-from yurt.structs.base import Struct
+from yurt.structs import Allocation, parse_duration
 
 DEFAULT_WAIT = 300.0   # Nomad's default blocking-query wait: 5 minutes
 MAX_WAIT = 600.0       # and its cap: 10 minutes
@@ -56,11 +57,55 @@ def reply(body: Any, index: int | None = None, status: int = 200, headers: dict 
     return JSONResponse(body, status_code=status, headers=h)
 
 
-def reply_structs(rows: Iterable[Struct], index: int | None = None) -> Response:
-    """`reply([r.to_json() for r in rows], index)` with the rows serialized by pydantic's own
-    encoder straight to JSON (the same document, ~4 x less CPU than dumping to dicts and then
-    through the json module): for the hot lists, a node's allocations its client watches."""
-    body = b"[" + b",".join(r.model_dump_json(by_alias=True).encode() for r in rows) + b"]"
+class JSONCache:
+    """Serialized allocations, kept by the stored object itself.
+
+    The store never changes a stored allocation in place (every write stores a new copy), so the
+    same object always serializes to the same document: a node's watch answering its whole list
+    after each change re-serializes only what changed. The job, the largest part of an
+    allocation and shared by every allocation of one plan, is serialized once per job object.
+    Entries hold their object (so its id is not reused while cached) and the oldest go first."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._rows: OrderedDict[str, tuple[Any, bytes]] = OrderedDict()
+        self._jobs: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, table: OrderedDict[Any, tuple[Any, bytes]], key: Any, obj: Any,
+             dump: Callable[[], bytes], size: int) -> bytes:
+        with self._lock:
+            hit = table.get(key)
+            if hit is not None and hit[0] is obj:
+                return hit[1]
+        data = dump()
+        with self._lock:
+            table[key] = (obj, data)
+            table.move_to_end(key)
+            while len(table) > size:
+                table.popitem(last=False)
+        return data
+
+    def alloc(self, a: Allocation) -> bytes:
+        def dump() -> bytes:
+            if a.job is None:
+                return a.model_dump_json(by_alias=True).encode()
+            head = a.model_dump_json(by_alias=True, exclude={"job"}).encode()
+            job = self._get(self._jobs, id(a.job), a.job,
+                            lambda: a.job.model_dump_json(by_alias=True).encode(),  # type: ignore[union-attr]
+                            max(64, self.size // 20))
+            return b'{"Job":' + job + (b"," + head[1:] if len(head) > 2 else b"}")
+        return self._get(self._rows, a.id, a, dump, self.size)
+
+
+ALLOC_JSON = JSONCache()
+
+
+def reply_allocs(allocs: Iterable[Allocation], index: int | None = None) -> Response:
+    """Allocations serialized by pydantic straight to JSON (~4 x less CPU than dicts through the
+    json module), each once per stored version (`JSONCache`): a node's allocations, which its
+    client watches with a blocking query."""
+    body = b"[" + b",".join(ALLOC_JSON.alloc(a) for a in allocs) + b"]"
     h = {"X-Nomad-KnownLeader": "true", "X-Nomad-LastContact": "0"}
     if index is not None:
         h["X-Nomad-Index"] = str(index)

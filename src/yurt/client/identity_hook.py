@@ -39,9 +39,10 @@ RETRY_FOR = 60.0   # seconds an unreachable server is retried before the allocat
 class IdentityHook(AllocHook):
     name = "identity"
 
-    def __init__(self, api: YurtClient, node_id: Callable[[], str]) -> None:
+    def __init__(self, api: YurtClient, node_id: Callable[[], str], stop: threading.Event | None = None) -> None:
         self.api = api
         self.node_id = node_id
+        self.stop = stop or threading.Event()   # set when the agent stops: retrying ends then
 
     def prerun(self, ctx: AllocHookContext) -> None:
         if ctx.ended or self._current(ctx):
@@ -100,10 +101,11 @@ class IdentityHook(AllocHook):
             try:
                 return self.api.alloc_identity(alloc_id, self.node_id())
             except Unreachable as e:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self.stop.is_set():
                     raise
                 log.warning("getting the workload identity of allocation %s: %s; retrying", alloc_id[:8], e)
-                time.sleep(1.0)
+                if self.stop.wait(1.0):
+                    raise
 
 
 def write_token(path: Path, token: str, user: str = "") -> None:

@@ -376,7 +376,7 @@ class NodeAgent:
         if self._service_hook is None:
             self._service_hook = ServiceHook(self.api, self.node.id if self.node else "")
         if self._identity_hook is None:
-            self._identity_hook = IdentityHook(self.api, lambda: self.node_id)
+            self._identity_hook = IdentityHook(self.api, lambda: self.node_id, self._stop)
         return default_hooks(services=self._service_hook, loopback_ports=self.config.loopback_ports,
                              identity=self._identity_hook, agent_socket=self.config.api_socket)
 

@@ -1,0 +1,82 @@
+"""The client agents' two hot routes, answered before FastAPI's routing and dependency solving.
+
+Every client agent heartbeats (`PUT /v1/internal/node/<id>/heartbeat`) and keeps a blocking
+query on its allocations open (`GET /v1/node/<id>/allocations`); with thousands of nodes these
+are most of a server's requests, and matching them against every route and solving their
+dependencies cost more than answering them (bench/scheduler.py's http section, profiled). This
+ASGI middleware answers them itself, with the same checks and the same documents as the routes
+(the routes stay: they answer whatever this does not take, and describe the API):
+
+- only on a server that answers from its own model (a non-HA server, or the HA leader); a client
+  agent forwards, a follower waits for consistency: both go the usual way;
+- the ACL check is the routes' own (`authz.authorize`, given the matched route), and errors are
+  answered as `errors.install` answers them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.routing import Route
+
+from yurt.errors import YurtError
+
+from . import authz
+from . import allocs, internal
+from .allocs import node_allocs
+from .errors import error_response
+from .internal import heartbeat
+
+_ALLOCS = re.compile(r"/v1/node/([^/]+)/allocations")
+_HEARTBEAT = re.compile(r"/v1/internal/node/([^/]+)/heartbeat")
+
+
+class HotRoutes:
+    def __init__(self, app: Any, fastapi: FastAPI) -> None:
+        self.app = app
+        self.fastapi = fastapi
+        self._routes: dict[tuple[str, str], Any] = {}
+
+    def _route(self, method: str, path: str) -> Any:
+        """The route object the app's routing would have matched (authz reads its path template)."""
+        key = (method, path)
+        if key not in self._routes:
+            self._routes[key] = next(r for router in (allocs.router, internal.router) for r in router.routes
+                                     if isinstance(r, Route) and r.path == path
+                                     and r.methods is not None and method in r.methods)
+        return self._routes[key]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            method = scope["method"]
+            if method == "GET":
+                m = _ALLOCS.fullmatch(scope["path"])
+                if m is not None and await self._answer(scope, receive, send, m.group(1),
+                                                        "/v1/node/{node_id}/allocations", node_allocs):
+                    return
+            elif method == "PUT":
+                m = _HEARTBEAT.fullmatch(scope["path"])
+                if m is not None and await self._answer(scope, receive, send, m.group(1),
+                                                        "/v1/internal/node/{node_id}/heartbeat", heartbeat):
+                    return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Any, receive: Any, send: Any, node_id: str, path: str, handler: Any) -> bool:
+        server = getattr(self.fastapi.state.agent, "server", None)
+        if server is None or (server.ha and not server.is_leader()):
+            return False
+        route = self._route(scope["method"], path)
+        scope = {**scope, "app": self.fastapi, "route": route, "path_params": {"node_id": node_id}}
+        request = Request(scope, receive)
+        try:
+            await authz.authorize(request)
+            if handler is node_allocs:
+                response = await node_allocs(request, server.reads, node_id)
+            else:
+                response = await heartbeat(request, node_id)
+        except YurtError as e:
+            response = error_response(request, e.status, e.message)
+        await response(scope, receive, send)
+        return True
