@@ -111,5 +111,5 @@ async def chain(request: Request, service: str):
     """Yurt's own: what a sidecar needs about `service` (protocol, intentions, routes, splits,
     targets), blocking on everything it is compiled from."""
     entries = _entries(request)
-    index = await cblock(request, ("config_entries", "intentions", "services"))
+    index = await cblock(request, ("config_entries", "intentions", "jobs"))
     return creply(request, entries.chain(service), index)
