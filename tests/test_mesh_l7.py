@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 from collections import Counter
 
@@ -14,6 +15,7 @@ import pytest
 
 from yurt.mesh.accesslog import AccessLog
 from yurt.mesh.config import ProxyConfig, UpstreamConfig
+from yurt.mesh.l7 import decide, http_matches
 from yurt.mesh.proxy import Proxy
 from yurt.mesh.source import AgentSource
 
@@ -114,6 +116,7 @@ class L7Mesh:
     def client(self, service: str, dest: str) -> str:
         """A sidecar of `service` with an upstream to `dest`: its base URL."""
         p = self.start(ProxyConfig(service=service, upstreams=[UpstreamConfig(dest, 0)]), f"client-{service}")
+        self.last_client = p
         return f"http://127.0.0.1:{p.upstream_ports[dest]}"
 
     def config(self, entry: dict) -> None:
@@ -209,6 +212,14 @@ def test_a_retry_masks_one_instances_failures(mesh):
             assert len(bad.seen) > before, "the failing instance was never tried"
     retried = [r for r in mesh.requests(dir="upstream", dst="retry-api", status=200) if r["retries"] > 0]
     assert retried, "no request was retried"
+    # the client sidecar's Prometheus series count the requests and the retries
+    p = mesh.last_client
+    text = p.metrics.render(p)
+    ok = re.search(r'yurt_sidecar_http_requests_total\{service="retry-web",direction="upstream",peer="retry-api",'
+                   r'code="2xx"\} (\d+)', text)
+    assert ok and int(ok.group(1)) >= 61, text
+    retries = re.search(r'yurt_sidecar_http_retries_total\{service="retry-web",upstream="retry-api"\} (\d+)', text)
+    assert retries and int(retries.group(1)) >= len(retried), text
 
 
 def test_a_router_by_path_prefix_to_two_services(mesh):
@@ -224,3 +235,34 @@ def test_a_router_by_path_prefix_to_two_services(mesh):
         assert c.get("/v2/items?x=1").text == "two GET /items?x=1"
         assert c.get("/items").text == "one GET /items"
         assert c.post("/v2/").text == "two POST /"
+
+
+def test_l7_matching_as_consul_evaluates_it():
+    """The per-request decision with no agent: first matching intention, its first matching
+    permission, else the default policy; every kind of match."""
+    h = {"x-debug": ["1"], "user-agent": ["curl/8.5"]}
+    assert http_matches({"PathExact": "/a"}, "GET", "/a", "", h)
+    assert not http_matches({"PathExact": "/a"}, "GET", "/a/b", "", h)
+    assert http_matches({"PathRegex": "/items/[0-9]+"}, "GET", "/items/42", "", h)
+    assert not http_matches({"PathRegex": "/items/[0-9]+"}, "GET", "/items/42/x", "", h)
+    assert http_matches({"Methods": ["get", "HEAD"]}, "GET", "/", "", h)
+    assert not http_matches({"Methods": ["POST"]}, "GET", "/", "", h)
+    assert http_matches({"Header": [{"Name": "X-Debug", "Present": True}]}, "GET", "/", "", h)
+    assert http_matches({"Header": [{"Name": "user-agent", "Prefix": "curl/"}]}, "GET", "/", "", h)
+    assert http_matches({"Header": [{"Name": "user-agent", "Suffix": "8.5"}]}, "GET", "/", "", h)
+    assert http_matches({"Header": [{"Name": "user-agent", "Regex": "curl/[0-9.]+"}]}, "GET", "/", "", h)
+    assert not http_matches({"Header": [{"Name": "x-debug", "Exact": "1", "Invert": True}]}, "GET", "/", "", h)
+    assert http_matches({"Header": [{"Name": "x-missing", "Present": True, "Invert": True}]}, "GET", "/", "", h)
+    assert http_matches({"QueryParam": [{"Name": "v", "Exact": "2"}]}, "GET", "/", "v=2&w", h)
+    assert not http_matches({"QueryParam": [{"Name": "w", "Regex": "[0-9]+"}]}, "GET", "/", "v=2&w", h)
+    chain = {"Service": "api", "DefaultAllow": False, "Intentions": [
+        {"SourceName": "web", "DestinationName": "api", "Permissions": [
+            {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}},
+            {"Action": "allow", "HTTP": {"PathPrefix": "/", "Methods": ["GET"]}}]},
+        {"SourceName": "*", "DestinationName": "api", "Action": "allow"}]}
+    assert decide(chain, "web", "GET", "/items", "", {})[0] is True
+    allowed, reason = decide(chain, "web", "GET", "/admin/x", "", {})
+    assert not allowed and "intention web => api, permission 1: deny PathPrefix /admin" in reason
+    allowed, reason = decide(chain, "web", "POST", "/items", "", {})   # no permission: the default (deny)
+    assert not allowed and "no permission matched POST /items; default policy deny" in reason
+    assert decide(chain, "other", "POST", "/admin", "", {}) == (True, "intention * => api (allow)")

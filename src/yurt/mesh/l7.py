@@ -374,11 +374,18 @@ class L7:
         self._spawn(lambda s, a: self._serve_upstream(up, s, a), sock, addr, "upstream")
 
     def _spawn(self, fn: Callable[[Any, Any], None], sock: socket.socket, addr: Any, side: str) -> None:
+        cap = self.proxy.cfg.max_connections
         with self.lock:
-            if side == "inbound":
-                self.open_inbound += 1
-            else:
-                self.open_upstream += 1
+            full = bool(cap) and (self.open_inbound if side == "inbound" else self.open_upstream) >= cap
+            if not full:
+                if side == "inbound":
+                    self.open_inbound += 1
+                else:
+                    self.open_upstream += 1
+        if full:   # -max-connections: HTTP connections of one side at once, each a thread
+            sock.close()
+            self.proxy.log.event("connection-limit", side=f"http-{side}", limit=cap)
+            return
 
         def run() -> None:
             try:
