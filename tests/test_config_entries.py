@@ -262,3 +262,49 @@ def test_cli_write_read_list_delete(agent, tmp_path):
     r = yurt("read", *env_addr, "-kind", "service-defaults", "-name", "tcpsvc-none")
     assert r.returncode == 1 and "Config entry not found" in r.stderr
     wait_for(lambda: True)
+
+
+def test_config_entries_on_etcd(tmp_path):
+    """The same entries on the etcd store: written by the leader, read by a follower through its
+    watch, with the indexes the commit gave them; service-intentions in the same write as well."""
+    from tests.etcd_cluster import EtcdCluster
+    from yurt.server.config_entries import ConfigEntries
+    from yurt.server.intentions import Intentions
+    from yurt.state.etcd_store import EtcdStateStore
+
+    cluster = EtcdCluster(tmp_path / "etcd", members=1)
+    try:
+        cluster.wait_healthy(30)
+        prefix = f"/ce-{time.monotonic_ns()}/"
+        a = EtcdStateStore(cluster.endpoints, prefix=prefix, lease_ttl=5)
+        won = threading.Event()
+        a.leadership.join({"Name": "a", "HTTPAddr": "http://a:4646"}, won.set, lambda: None)
+        assert won.wait(15)
+        b = EtcdStateStore(cluster.endpoints, prefix=prefix, lease_ttl=5)
+        try:
+            leader, follower = ConfigEntries(a, Intentions(a)), ConfigEntries(b, Intentions(b))
+            ok, index = leader.apply({"Kind": "service-defaults", "Name": "api", "Protocol": "http"})
+            assert ok
+            leader.apply({"Kind": "service-resolver", "Name": "api", "Subsets": {
+                "v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}})
+            ok, _ = leader.apply({"Kind": "service-splitter", "Name": "api", "Splits": [
+                {"Weight": 90, "ServiceSubset": "v1"}, {"Weight": 10, "ServiceSubset": "v2"}]})
+            assert ok
+            assert leader.apply({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}, cas=index)[0]
+            assert not leader.apply({"Kind": "service-defaults", "Name": "api", "Protocol": "http"}, cas=index)[0]
+            leader.apply({"Kind": "service-intentions", "Name": "api", "Sources": [
+                {"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"PathPrefix": "/", "Methods": ["GET"]}}]}]})
+            wait_for(lambda: follower.entry("service-intentions", "api") is not None, 15,
+                     what="the follower to see the writes")
+            got = follower.get("service-defaults", "api")
+            assert got["Protocol"] == "http" and got["ModifyIndex"] > index
+            assert got == leader.get("service-defaults", "api")
+            chain = follower.chain("api")
+            assert chain["Routes"][-1]["Splits"] == [{"Weight": 90.0, "Target": "v1.api"},
+                                                     {"Weight": 10.0, "Target": "v2.api"}]
+            assert chain["Intentions"][0]["Permissions"][0]["HTTP"]["Methods"] == ["GET"]
+        finally:
+            a.close()
+            b.close()
+    finally:
+        cluster.stop()
