@@ -266,3 +266,34 @@ def test_l7_matching_as_consul_evaluates_it():
     allowed, reason = decide(chain, "web", "POST", "/items", "", {})   # no permission: the default (deny)
     assert not allowed and "no permission matched POST /items; default policy deny" in reason
     assert decide(chain, "other", "POST", "/admin", "", {}) == (True, "intention * => api (allow)")
+
+
+def test_expect_continue_is_answered_and_upgrades_are_refused(mesh):
+    mesh.instance("misc-api", "misc")
+    mesh.config({"Kind": "service-defaults", "Name": "misc-api", "Protocol": "http"})
+    base = mesh.client("misc-web", "misc-api")
+    port = int(base.rsplit(":", 1)[1])
+    with httpx.Client(base_url=base, timeout=10) as c:
+        wait_for(lambda: c.get("/warm").status_code == 200, 20, what="the upstream answering")
+    import socket
+    body = b"x" * 4096
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        # as curl sends a large body: the head, then the body once 100 Continue has come
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: misc-api\r\nContent-Length: 4096\r\nExpect: 100-continue\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 ")
+        s.sendall(body)
+        answer = b""
+        while b"misc POST /upload" not in answer:
+            chunk = s.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: misc-api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        answer = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 501 ") and b"give the service protocol tcp" in answer

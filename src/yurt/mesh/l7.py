@@ -61,7 +61,7 @@ MAX_ATTEMPTS = 3                # instances tried for one request when dialling 
 IDLE_POOL = 16                  # idle kept-alive connections kept per instance
 REQUEST_TIMEOUT = 60.0          # seconds for an answer when no route or resolver sets one
 HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-                 b"upgrade", b"content-length"})
+                 b"upgrade", b"content-length", b"expect"})
 
 
 class Reset(Exception):
@@ -197,6 +197,8 @@ def _read(conn: h11.Connection, sock: Any) -> tuple[Any, bytes] | None:
             continue
         if isinstance(ev, (h11.Request, h11.Response)):
             head = ev
+            if conn.they_are_waiting_for_100_continue:   # curl's Expect: 100-continue: ask for the body now
+                sock.sendall(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
         elif isinstance(ev, h11.Data):
             body += ev.data
             if len(body) > MAX_BODY:
@@ -242,8 +244,14 @@ def _answer(conn: h11.Connection, sock: Any, status: int, text: str, keep: bool 
         pass
 
 
-def _status_class(status: int) -> str:
-    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+def _upgrade(conn: h11.Connection, sock: Any, req: Any) -> bool:
+    """CONNECT and protocol upgrades (WebSocket, h2c) are not proxied per request: 501, closed."""
+    if req.method == b"CONNECT" or any(k.lower() == b"upgrade" for k, _ in req.headers):
+        _answer(conn, sock, 501, "the mesh's HTTP-aware path proxies HTTP/1.1 requests only: CONNECT and "
+                                 "Upgrade (WebSocket, h2c) are not supported; give the service protocol tcp",
+                keep=False)
+        return True
+    return False
 
 
 def _next_cycle(conn: h11.Connection) -> bool:
@@ -446,6 +454,8 @@ class L7:
                 if msg is None:
                     return
                 req, body = msg
+                if _upgrade(conn, tls, req):
+                    return
                 t0 = time.monotonic()
                 method, target = req.method.decode(), req.target.decode("latin-1")
                 path, _, query = target.partition("?")
@@ -562,6 +572,8 @@ class L7:
                 if msg is None:
                     return
                 req, body = msg
+                if _upgrade(conn, sock, req):
+                    return
                 self._route(up, conn, sock, req, body)
                 if not _next_cycle(conn):
                     return
