@@ -308,3 +308,34 @@ def test_config_entries_on_etcd(tmp_path):
             b.close()
     finally:
         cluster.stop()
+
+
+def test_acls_guard_the_entries_and_the_chain():
+    a = MeshAgent(extra=["-acl-enabled"]).start()
+    try:
+        root = a.http.put("/v1/acl/bootstrap").json()["SecretID"]
+
+        def token(name: str, rules: str) -> dict[str, str]:
+            assert a.http.put(f"/v1/acl/policy/{name}", json={"Name": name, "Rules": rules},
+                              headers={"X-Nomad-Token": root}).status_code == 200
+            tok = a.http.put("/v1/acl/token", json={"Name": name, "Policies": [name]},
+                             headers={"X-Nomad-Token": root}).json()
+            return {"X-Consul-Token": tok["SecretID"]}
+        entry = {"Kind": "service-defaults", "Name": "api", "Protocol": "http"}
+        r = a.http.put("/v1/config", json=entry)
+        assert r.status_code == 403 and "operator:write" in r.text
+        reader = token("opread", 'operator {\n  policy = "read"\n}\n')
+        r = a.http.put("/v1/config", json=entry, headers=reader)
+        assert r.status_code == 403 and "operator:write" in r.text
+        writer = token("opwrite", 'operator {\n  policy = "write"\n}\n')
+        assert a.http.put("/v1/config", json=entry, headers=writer).json() is True
+        assert a.http.get("/v1/config/service-defaults/api", headers=reader).json()["Protocol"] == "http"
+        assert a.http.get("/v1/config/service-defaults", headers={}).status_code == 403
+        assert a.http.delete("/v1/config/service-defaults/api", headers=reader).status_code == 403
+        # a sidecar reads its services' chains with service read
+        svc = token("apiread", 'service "api" {\n  policy = "read"\n}\n')
+        assert a.http.get("/v1/agent/connect/chain/api", headers=svc).json()["Protocol"] == "http"
+        r = a.http.get("/v1/agent/connect/chain/web", headers=svc)
+        assert r.status_code == 403 and 'service "web" read' in r.text
+    finally:
+        a.close()
