@@ -339,3 +339,25 @@ def test_acls_guard_the_entries_and_the_chain():
         assert r.status_code == 403 and 'service "web" read' in r.text
     finally:
         a.close()
+
+
+def test_the_chain_blocks_until_the_chain_itself_changes(agent, api):
+    """A sidecar's chain query waits past registrations that leave its chain as it was."""
+    r = api.get("/v1/agent/connect/chain/chained")
+    assert r.json()["Protocol"] == "tcp"
+    index = int(r.headers["X-Consul-Index"])
+    out: dict = {}
+
+    def block() -> None:
+        with httpx.Client(base_url=str(api.base_url), timeout=30) as c:
+            resp = c.get("/v1/agent/connect/chain/chained", params={"index": index, "wait": "20s"})
+            out["index"], out["protocol"] = int(resp.headers["X-Consul-Index"]), resp.json()["Protocol"]
+    t = threading.Thread(target=block)
+    t.start()
+    time.sleep(0.5)   # the query is waiting (one sent after the registration would answer at once)
+    agent.register_sidecar("unrelated", free_port())   # the services table moves, the chain does not
+    time.sleep(0.5)
+    assert not out, "the chain query answered though the chain had not changed"
+    assert put(api, {"Kind": "service-defaults", "Name": "chained", "Protocol": "http"}).json() is True
+    t.join(25)
+    assert out["protocol"] == "http" and out["index"] > index

@@ -6,6 +6,7 @@ catalog with."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import Request
@@ -13,12 +14,15 @@ from fastapi import Request
 from yurt.errors import InvalidInput
 from yurt.server.config_entries import check_kind
 
-from .common import json_body
-from .consul_common import agent_of, cblock, consul_route, consul_router, creply
+from .common import json_body, query_index, wait_seconds
+from .consul_common import agent_of, cblock, consul_route, consul_router, creply, reads_of
 from .consul_filter import compile_filter
 from .openapi import body
 
 router = consul_router()
+# what a chain is compiled from: the entries, the intentions, and the protocols that sidecars'
+# registrations and jobs declare
+CHAIN_TABLES = ("config_entries", "intentions", "jobs", "services")
 
 CONFIG_BODY = body({"type": "object", "required": ["Kind", "Name"], "additionalProperties": True, "properties": {
     "Kind": {"type": "string", "enum": ["service-defaults", "proxy-defaults", "service-router", "service-splitter",
@@ -111,5 +115,18 @@ async def chain(request: Request, service: str):
     """Yurt's own: what a sidecar needs about `service` (protocol, intentions, routes, splits,
     targets), blocking on everything it is compiled from."""
     entries = _entries(request)
-    index = await cblock(request, ("config_entries", "intentions", "jobs"))
-    return creply(request, entries.chain(service), index)
+    reads = reads_of(request)
+    since, wait = query_index(request), wait_seconds(request)
+    if since <= 0 or reads.current(CHAIN_TABLES) > since:   # the caller is behind: answer now
+        return creply(request, entries.chain(service), max(reads.current(CHAIN_TABLES), 1))
+    # the caller holds the chain as of now: wait until it changes, not merely its tables (a
+    # registration or a job's status moves them often; every sidecar asking again for the same
+    # chain each time would be a storm)
+    before = entries.chain(service)
+    deadline = time.monotonic() + wait
+    while True:
+        index = await reads.block(CHAIN_TABLES, since, max(0.0, deadline - time.monotonic()))
+        chain = entries.chain(service)
+        if chain != before or time.monotonic() >= deadline or index <= since:
+            return creply(request, chain, index)
+        since = index

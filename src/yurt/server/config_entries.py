@@ -231,6 +231,7 @@ class ConfigEntries:
         self.store = store
         self.intentions = intentions
         intentions.check_permissions = self.check_l7_intention
+        self._jobs_cache: tuple[int, dict[str, str]] | None = None
 
     # -- reads --------------------------------------------------------------------------------
     def _row(self, kind: str, name: str) -> ConfigEntry | None:
@@ -293,20 +294,30 @@ class ConfigEntries:
         return declared or "tcp"
 
     def _declared_protocol(self, service: str) -> str:
-        for reg in self.store.services(None):
-            if reg.proxy is not None and reg.proxy.destination_service_name == service:
-                p = (reg.proxy.config or {}).get("protocol")
-                if p:
-                    return str(p).lower()
+        for reg in self.store.connect_services(service):
+            p = ((reg.proxy.config or {}) if reg.proxy is not None else {}).get("protocol")
+            if p:
+                return str(p).lower()
+        return self._job_protocols().get(service, "")
+
+    def _job_protocols(self) -> dict[str, str]:
+        """service -> the protocol its jobs' sidecars declare; worked out once per change of the
+        jobs table (every sidecar's chain asks)."""
+        index = self.store.table_index("jobs")
+        cached = self._jobs_cache
+        if cached is not None and cached[0] == index:
+            return cached[1]
+        out: dict[str, str] = {}
         for job in self._jobs():
             for svc in _job_services(job):
-                if svc.name != service or svc.connect is None or svc.connect.sidecar_service is None:
+                if svc.connect is None or svc.connect.sidecar_service is None:
                     continue
                 proxy = svc.connect.sidecar_service.proxy
                 p = ((proxy.config if proxy else None) or {}).get("protocol")
-                if p:
-                    return str(p).lower()
-        return ""
+                if p and svc.name not in out:
+                    out[svc.name] = str(p).lower()
+        self._jobs_cache = (index, out)
+        return out
 
     def _jobs(self) -> list[Job]:
         return [j for j in self.store.jobs(None, "") if not j.stop]
