@@ -169,7 +169,8 @@ def test_l7_intentions_allow_get_and_deny_post_on_one_path(mesh):
         assert ("POST", "/api/count") not in app.seen and ("GET", "/api/count") in app.seen
         # another path: no permission matches, the default policy (allow) applies
         assert c.get("/other").status_code == 200
-    line = mesh.requests(dir="inbound", method="POST", status=403)[-1]
+    line = wait_for(lambda: mesh.requests(dir="inbound", method="POST", status=403), 10,
+                    what="the denied request's log line")[-1]
     assert line["src"] == "dashboard" and line["verdict"] == "denied" and "dashboard => count-api" in line["reason"]
     assert mesh.requests(dir="upstream", method="GET", path="/api/count", status=200)
 
@@ -214,10 +215,13 @@ def test_a_retry_masks_one_instances_failures(mesh):
     assert retried, "no request was retried"
     # the client sidecar's Prometheus series count the requests and the retries
     p = mesh.last_client
-    text = p.metrics.render(p)
-    ok = re.search(r'yurt_sidecar_http_requests_total\{service="retry-web",direction="upstream",peer="retry-api",'
-                   r'code="2xx"\} (\d+)', text)
-    assert ok and int(ok.group(1)) >= 61, text
+
+    def counted() -> str:   # a request is counted once its answer is sent: the last one maybe just now
+        text = p.metrics.render(p)
+        ok = re.search(r'yurt_sidecar_http_requests_total\{service="retry-web",direction="upstream",'
+                       r'peer="retry-api",code="2xx"\} (\d+)', text)
+        return text if ok and int(ok.group(1)) >= 61 else ""
+    text = wait_for(counted, 10, what="61 requests counted")
     retries = re.search(r'yurt_sidecar_http_retries_total\{service="retry-web",upstream="retry-api"\} (\d+)', text)
     assert retries and int(retries.group(1)) >= len(retried), text
 
