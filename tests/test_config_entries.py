@@ -257,11 +257,14 @@ def test_cli_write_read_list_delete(agent, tmp_path):
     bad.write_text('Kind = "service-splitter"\nName = "web"\nSplits = [{ Weight = 60 }, { Weight = 30, Service = "api" }]\n')
     r = yurt("write", *env_addr, str(bad))
     assert r.returncode == 1 and "the sum of all split weights must be 100, not 90" in r.stderr
+    r = yurt("write", *env_addr, "-cas", "-modify-index", "1", str(js))
+    assert r.returncode == 1 and "Config entry not updated: service-defaults/api" in r.stderr
+    index = json.loads(yurt("read", *env_addr, "-kind", "service-defaults", "-name", "api").stdout)["ModifyIndex"]
+    assert yurt("write", *env_addr, "-cas", "-modify-index", str(index), str(js)).returncode == 0
     r = yurt("delete", *env_addr, "-kind", "service-defaults", "-name", "tcpsvc-none")
     assert r.returncode == 0
     r = yurt("read", *env_addr, "-kind", "service-defaults", "-name", "tcpsvc-none")
     assert r.returncode == 1 and "Config entry not found" in r.stderr
-    wait_for(lambda: True)
 
 
 def test_config_entries_on_etcd(tmp_path):
@@ -361,3 +364,47 @@ def test_the_chain_blocks_until_the_chain_itself_changes(agent, api):
     assert put(api, {"Kind": "service-defaults", "Name": "chained", "Protocol": "http"}).json() is True
     t.join(25)
     assert out["protocol"] == "http" and out["index"] > index
+
+
+JOB_HTTP = '''job "proto" {
+  datacenters = ["dc1"]
+  group "g" {
+    network {
+      mode = "bridge"
+    }
+    service {
+      name = "job-declared"
+      port = "9001"
+      connect {
+        sidecar_service {
+          proxy {
+            config {
+              protocol = "http"
+            }
+          }
+        }
+      }
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/true"
+      }
+    }
+  }
+}
+'''
+
+
+def test_a_jobs_sidecar_protocol_makes_its_service_http(agent, api, tmp_path):
+    """`proxy { config { protocol = "http" } }` in a registered job: its service's chain says
+    http (its sidecars and their callers take the HTTP-aware path), and L7 entries are accepted."""
+    assert api.get("/v1/agent/connect/chain/job-declared").json()["Protocol"] == "tcp"
+    job = tmp_path / "proto.nomad"
+    job.write_text(JOB_HTTP)
+    r = subprocess.run([sys.executable, "-m", "yurt.cli.main", "job", "run", "-detach", "-address", agent.url,
+                        str(job)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert api.get("/v1/agent/connect/chain/job-declared").json()["Protocol"] == "http"
+    assert put(api, {"Kind": "service-intentions", "Name": "job-declared", "Sources": [
+        {"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"Methods": ["GET"]}}]}]}).json() is True
