@@ -8,6 +8,7 @@ import http.server
 import json
 import re
 import threading
+import time
 from collections import Counter
 
 import httpx
@@ -44,6 +45,8 @@ class App:
                 if length:
                     self.rfile.read(length)
                 app.seen.append((self.command, self.path))
+                if app.mode == "slow":
+                    time.sleep(3)
                 if app.mode == "close":
                     self.close_connection = True
                     self.connection.shutdown(2)
@@ -301,3 +304,19 @@ def test_expect_continue_is_answered_and_upgrades_are_refused(mesh):
                 break
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 501 ") and b"give the service protocol tcp" in answer
+
+
+def test_failover_and_request_timeout(mesh):
+    slow = mesh.instance("fo-backup", "backup")
+    for svc in ("fo-api", "fo-backup"):
+        mesh.config({"Kind": "service-defaults", "Name": svc, "Protocol": "http"})
+    mesh.config({"Kind": "service-resolver", "Name": "fo-api", "Failover": {"*": {"Service": "fo-backup"}}})
+    mesh.config({"Kind": "service-router", "Name": "fo-api", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/slow"}}, "Destination": {"RequestTimeout": "500ms"}}]})
+    base = mesh.client("fo-web", "fo-api")
+    with httpx.Client(base_url=base, timeout=10) as c:
+        # fo-api has no instance at all: its failover target answers
+        wait_for(lambda: c.get("/x").text == "backup GET /x", 20, what="the failover target answering")
+        slow.mode = "slow"
+        r = c.get("/slow")
+        assert r.status_code == 504 and "did not answer within 0.5s" in r.text
