@@ -49,7 +49,7 @@ import h11
 
 from .balancer import Instance, instances_from_health
 from .source import Watch
-from .tls import parse_spiffe, peer_cert, service_uri, ssl_reason
+from .tls import expired, parse_spiffe, peer_cert, service_uri, ssl_reason
 
 if TYPE_CHECKING:
     from .config import UpstreamConfig
@@ -434,6 +434,11 @@ class L7:
         app: tuple[socket.socket, h11.Connection] | None = None
         try:
             pc = peer_cert(tls)
+            if pc is not None and tls.session_reused and expired(pc.not_after):
+                proxy.metrics.tls_failure("inbound")
+                proxy.log.conn("inbound", peer, cfg.service, peer, 0, 0, started, "refused",
+                               "resumed a session whose client certificate has expired")
+                return
             sid = parse_spiffe(pc.uri) if pc else None
             if sid is None or sid.trust_domain != material.trust_domain:
                 proxy.metrics.tls_failure("inbound")
