@@ -68,6 +68,11 @@ class Reset(Exception):
     """The instance closed or broke the connection before a whole answer."""
 
 
+class NoAnswer(Reset):
+    """The connection was closed (or failed to send) before any byte of an answer: on a kept-alive
+    connection, the peer had closed it while idle, so the request can go again on a new one."""
+
+
 class ConnectFailed(Exception):
     """Dial, TLS handshake or identity check failed."""
 
@@ -481,7 +486,7 @@ class L7:
                         app = self._dial_app()
                     try:
                         resp, rbody = self._exchange(app, req, target, body)
-                    except Reset:
+                    except NoAnswer:
                         if not reused:
                             raise
                         # a kept-alive connection the app had closed meanwhile: once more, anew
@@ -538,10 +543,10 @@ class L7:
         try:
             _send(conn, sock, head, body)
         except OSError as e:
-            raise Reset(str(e)) from None
+            raise NoAnswer(str(e)) from None
         msg = _read(conn, sock)
         if msg is None:
-            raise Reset("closed without an answer")
+            raise NoAnswer("closed without an answer")
         return msg
 
     def _close(self, sock: Any) -> None:
@@ -722,7 +727,7 @@ class L7:
         if pooled is not None:
             try:
                 return self._over(key, pooled, req, target, body, timeout)
-            except Reset:
+            except NoAnswer:
                 pass   # a kept connection the instance had closed: dial anew, not a retry
         return self._over(key, self._dial(t, inst), req, target, body, timeout)
 
