@@ -320,3 +320,21 @@ def test_failover_and_request_timeout(mesh):
         slow.mode = "slow"
         r = c.get("/slow")
         assert r.status_code == 504 and "did not answer within 0.5s" in r.text
+
+
+def test_a_sidecar_whose_agent_has_no_chain_route_still_gets_ready_on_tcp(mesh):
+    """An older agent (or server) without /v1/agent/connect/chain: readiness does not wait for
+    the chain, and the listeners stay on the TCP path."""
+    from yurt.errors import NotFound
+
+    class OldAgent(AgentSource):
+        def chain(self, service: str, index: int, wait: float):
+            raise NotFound("404 page not found")
+
+    src = OldAgent(mesh.agent.address)
+    mesh.sources.append(src)
+    p = Proxy(ProxyConfig(service="old-web", upstreams=[UpstreamConfig("old-api", 0)]), src,
+              mesh.log("old")).start_background()
+    mesh.proxies.append(p)
+    assert p.ready.wait(READY_TIMEOUT)
+    assert p.l7 is None and p.chains == {}

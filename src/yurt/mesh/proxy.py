@@ -164,10 +164,13 @@ class Proxy:
             return UpstreamConn(self, up, bal, sock, addr)
         return make
 
-    def _watch(self, name: str, fn, on_value) -> None:
+    def _watch(self, name: str, fn, on_value, on_error=None) -> None:
+        def failed(n: str, err: str) -> None:
+            self.log.event("watch-error", watch=n, error=err)
+            if on_error is not None:
+                on_error()
         w = Watch(name, fn, lambda v: self.reactor.call_soon_threadsafe(on_value, v),
-                  lambda n, err: self.reactor.call_soon_threadsafe(
-                      lambda: self.log.event("watch-error", watch=n, error=err)))
+                  lambda n, err: self.reactor.call_soon_threadsafe(failed, n, err))
         self.watches.append(w)
         w.start()
 
@@ -184,7 +187,7 @@ class Proxy:
             for svc in dict.fromkeys(services):
                 self._endpoints_pending.add(f"chain:{svc}")
                 self._watch(f"chain-{svc}", lambda i, w, s=svc: chain(s, i, w),
-                            lambda v, s=svc: self._on_chain(s, v))
+                            lambda v, s=svc: self._on_chain(s, v), lambda s=svc: self._chain_failed(s))
         for up in cfg.upstreams:
             bal = self.balancers[self.upstream_ports[up.destination]] if up.destination in self.upstream_ports else None
             if bal is None:
@@ -237,6 +240,14 @@ class Proxy:
         if proto != before:
             self.log.event("protocol", service=service, protocol=proto,
                            routes=len(self.chains[service].get("Routes") or []))
+        key = f"chain:{service}"
+        if key in self._endpoints_pending:
+            self._endpoints_pending.discard(key)
+            self._check_ready()
+
+    def _chain_failed(self, service: str) -> None:
+        """No chain yet (an agent or server without the route, say): readiness does not wait for
+        it; the listener stays on TCP until a chain comes (the watch keeps asking)."""
         key = f"chain:{service}"
         if key in self._endpoints_pending:
             self._endpoints_pending.discard(key)
