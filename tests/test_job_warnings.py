@@ -180,8 +180,6 @@ WARNED = [
      ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "DisableDefaultTCPCheck"), "SIDECAR",
      "disable_default_tcp_check = true", f"{SVC} > connect > sidecar_service > disable_default_tcp_check",
      "listening check is always registered"),
-    ("proxy-config", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Config"), "PROXY",
-     'config {\n              protocol = "http"\n            }', f"{PROXY} > config", "Yurt's proxy is not Envoy"),
     ("proxy-expose", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Expose"), "PROXY",
      'expose {\n              path {\n                path            = "/metrics"\n'
      '                protocol        = "http"\n                local_path_port = 8080\n'
@@ -502,3 +500,15 @@ def test_python_nomad_register_gets_the_warnings(agent):
     n = nomad.Nomad(address=agent, timeout=30)
     resp = n.jobs.register_job(doc)
     assert resp["EvalID"] and resp["Warnings"] == WARNED_WARNING
+
+
+def test_proxy_config_protocol_takes_effect_and_other_keys_are_warned_about():
+    """`proxy { config { protocol = "http" } }` picks the sidecar's HTTP-aware path (mesh/l7.py);
+    Yurt's proxy reads no other key, and a protocol it does not speak is refused."""
+    assert load(job_text("PROXY", 'config {\n              protocol = "http"\n            }'), FILE).warnings == []
+    lines = 'config {\n              protocol = "http"\n              envoy_stats_tags = ["a"]\n            }'
+    (warning,) = load(job_text("PROXY", lines), FILE).warnings
+    assert 'proxy config "envoy_stats_tags" has no effect yet in Yurt' in warning.message
+    with pytest.raises(JobspecError) as info:
+        load(job_text("PROXY", 'config {\n              protocol = "grpc"\n            }'), FILE)
+    assert 'proxy config protocol "grpc" is not supported' in str(info.value)

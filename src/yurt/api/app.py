@@ -21,6 +21,7 @@ from . import consul_kv
 from . import variables
 from . import namespaces
 from . import hot
+from . import consul_config
 
 
 def create_app(agent) -> FastAPI:
@@ -45,6 +46,7 @@ def create_app(agent) -> FastAPI:
     app.include_router(consul_kv.router)   # Consul's KV and sessions
     app.include_router(variables.router)
     app.include_router(namespaces.router)
+    app.include_router(consul_config.router)   # Consul's config entries, the sidecars' chain
     app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
     openapi.install(app)

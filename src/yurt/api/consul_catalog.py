@@ -275,7 +275,8 @@ async def health_connect(request: Request, name: str):
     index = await cblock(request, CATALOG)
     cat = _catalog(request)
     rows = cat.instances(name, request.query_params.get("tag"), connect=True, passing=_passing(request))
-    return creply(request, [cat.health_entry(s) for s in rows], index)
+    return creply(request, filtered(request.query_params.get("filter"), [cat.health_entry(s) for s in rows]),
+                  index)
 
 
 @router.get("/v1/health/checks/{name}")

@@ -17,6 +17,7 @@ from .alloc_cmd import alloc_group
 from .connect_cmd import connect_group
 from .deployment_cmd import deployment_group
 from .intention_cmd import intention_group
+from .config_cmd import config_group
 from .job import job_group, plan_cmd, run_cmd, stop_cmd
 from .job_versions import COMMANDS as JOB_COMMANDS
 from .lab_cmd import lab_group
@@ -56,6 +57,7 @@ cli.add_command(server_group)
 cli.add_command(system_group)
 cli.add_command(doctor_cmd)
 cli.add_command(intention_group)
+cli.add_command(config_group)
 cli.add_command(connect_group)
 cli.add_command(lab_group)
 cli.add_command(tls_group)

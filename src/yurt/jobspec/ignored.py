@@ -173,8 +173,6 @@ RULES: tuple[Rule, ...] = (
          "size limit"),
     Rule(_CONNECT + ("SidecarService", "DisableDefaultTCPCheck"),
          f"disable_default_tcp_check {NO_EFFECT}: the sidecar's listening check is always registered"),
-    Rule(_PROXY + ("Config",),
-         f"proxy config {NO_EFFECT}: Yurt's proxy is not Envoy and takes no options from the job"),
     Rule(_PROXY + ("Expose",),
          f"expose {NO_EFFECT}: the paths are not reachable from outside the group (checks still "
          "work: they run inside the group's namespace)", present=True),
@@ -230,6 +228,9 @@ def validate_ignored(r: Report, job: Job) -> None:
             _script_checks(r, group, service, base)
             if service.connect is not None and service.connect.sidecar_task is not None:
                 _sidecar_task(r, service.connect.sidecar_task, base + ("Connect", "SidecarTask"))
+            sidecar = service.connect.sidecar_service if service.connect is not None else None
+            if sidecar is not None and sidecar.proxy is not None and sidecar.proxy.config:
+                _proxy_config(r, sidecar.proxy.config, base + ("Connect", "SidecarService", "Proxy", "Config"))
 
 
 def _script_checks(r: Report, group: TaskGroup, service: Service, base: tuple[Any, ...]) -> None:
@@ -249,6 +250,18 @@ def _script_checks(r: Report, group: TaskGroup, service: Service, base: tuple[An
                 f"a script check cannot run {what} in Yurt yet: Yurt runs it on the node as the agent's "
                 "user, which would escape the task's isolation; use an http or tcp check, or a raw_exec "
                 "task without user")
+
+
+def _proxy_config(r: Report, config: dict[str, Any], path: tuple[Any, ...]) -> None:
+    """`proxy { config { ... } }`: Yurt's proxy reads `protocol` ("tcp" or "http": the HTTP-aware
+    path, mesh/l7.py); it is not Envoy, so every other key has no effect."""
+    for key, value in config.items():
+        if key != "protocol":
+            r.warn(path + (key,), f'proxy config "{key}" {NO_EFFECT}: Yurt\'s proxy is not Envoy and reads only '
+                                  '"protocol" from the job')
+        elif str(value).lower() not in ("tcp", "http"):
+            r.error(path + (key,), f'proxy config protocol "{value}" is not supported: Yurt\'s sidecars speak '
+                                   '"tcp" or "http" (HTTP/1.1)')
 
 
 def _sidecar_task(r: Report, st: SidecarTask, path: tuple[Any, ...]) -> None:

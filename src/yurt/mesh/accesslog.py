@@ -11,6 +11,10 @@ Two kinds, told apart by "type":
      handshake or a bad identity, "error" when the far side could not be reached. Inbound lines
      also carry "serial" (the client certificate's serial), upstream lines "upstream" (the
      instance address used) and "attempts".
+  {"type":"request","ts":...,"dir":"inbound"|"upstream","src":"<source service>","dst":"<service>",
+   "method":"GET","path":"/api","status":200,"upstream":"ip:port","dur_ms":1.2,"retries":0,
+   "verdict":"allowed"|"denied"|"error"[,"reason":"..."]}
+     one line per HTTP request on an HTTP-aware listener (mesh/l7.py), written when answered.
   {"type":"event","ts":...,"event":"ready"|"leaf"|"roots"|"watch-error"|...,...}
      lifecycle events: listeners bound, certificates rotated, watch failures.
 Every line also carries "pid", the process that wrote it: with -workers N, which worker
@@ -56,6 +60,12 @@ class AccessLog:
             rec["reason"] = reason
         rec.update(extra)
         self._emit(rec)
+
+    def request(self, direction: str, src: str, dst: str, method: str, path: str, status: int, upstream: str,
+                seconds: float, retries: int, verdict: str, **extra: object) -> None:
+        self._emit({"type": "request", "ts": _ts(), "pid": self.pid, "dir": direction, "src": src, "dst": dst,
+                    "method": method, "path": path, "status": status, "upstream": upstream,
+                    "dur_ms": round(seconds * 1000, 3), "retries": retries, "verdict": verdict, **extra})
 
     def event(self, name: str, **fields: object) -> None:
         self._emit({"type": "event", "ts": _ts(), "pid": self.pid, "event": name, **fields})

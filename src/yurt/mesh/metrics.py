@@ -18,11 +18,17 @@ Series (every one labelled with `service`, the service this sidecar fronts):
   yurt_sidecar_authz_denials_total{source}                  connections intentions refused (or closed)
   yurt_sidecar_inbound_errors_total{kind}                   the app behind the sidecar unreachable, ...
   yurt_sidecar_ready                                        1 once ready (certificate, endpoints)
+  yurt_sidecar_http_requests_total{direction,peer,code}     HTTP requests on HTTP-aware listeners (l7.py),
+                                                            by status class (2xx ...); peer: the upstream
+                                                            (upstream side) or the source (inbound side)
+  yurt_sidecar_http_request_duration_seconds{direction,peer} from the whole request read to the answer sent
+  yurt_sidecar_http_retries_total{upstream}                 requests sent again (NumRetries)
 """
 
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -59,6 +65,11 @@ class MeshMetrics:
         self.denials: dict[str, int] = {}                            # source service
         self.tls_resumed = {"inbound": 0, "upstream": 0}
         self.inbound_errors: dict[str, int] = {}
+        # HTTP-aware listeners (l7.py): counted from their connection threads, under http_lock
+        self.http_lock = threading.Lock()
+        self.http_requests: dict[tuple[str, str, str], int] = {}   # (direction, peer, status class)
+        self.http_seconds: dict[tuple[str, str], Histogram] = {}
+        self.http_retries: dict[str, int] = {}
 
     # -- counting (reactor thread) ---------------------------------------------------------------
     def inbound_closed(self, received: int, sent: int) -> None:
@@ -95,6 +106,20 @@ class MeshMetrics:
 
     def inbound_error(self, kind: str) -> None:
         self.inbound_errors[kind] = self.inbound_errors.get(kind, 0) + 1
+
+    def http_request(self, direction: str, peer: str, status: int, seconds: float, retries: int) -> None:
+        code = f"{status // 100}xx" if 100 <= status < 600 else "other"
+        with self.http_lock:
+            key = (direction, peer, code)
+            self.http_requests[key] = self.http_requests.get(key, 0) + 1
+            h = self.http_seconds.get((direction, peer))
+            if h is None:
+                h = self.http_seconds[(direction, peer)] = Histogram()
+            h.observe(seconds)
+
+    def http_retry(self, upstream: str) -> None:
+        with self.http_lock:
+            self.http_retries[upstream] = self.http_retries.get(upstream, 0) + 1
 
     # -- the scrape (reactor thread) -------------------------------------------------------------
     def render(self, proxy: Proxy) -> str:
@@ -168,6 +193,27 @@ class MeshMetrics:
         family("yurt_sidecar_inbound_errors_total", "counter", "Inbound connections that failed after "
                "authorization (local_service: the app behind the sidecar did not accept).",
                [("", {"kind": k}, n) for k, n in sorted(self.inbound_errors.items())])
+        with self.http_lock:
+            requests = sorted(self.http_requests.items())
+            seconds = {k: (list(h.counts), h.sum, h.n) for k, h in sorted(self.http_seconds.items())}
+            retries = sorted(self.http_retries.items())
+        if requests or retries:
+            family("yurt_sidecar_http_requests_total", "counter", "HTTP requests on HTTP-aware listeners, by "
+                   "direction, peer (the upstream, or the source service inbound) and status class.",
+                   [("", {"direction": d, "peer": p, "code": c}, n) for (d, p, c), n in requests])
+            rows: list[tuple[str, dict[str, str], float]] = []
+            for (d, p), (counts, total, n) in seconds.items():
+                running = 0
+                for bound, count in zip((*CONNECT_BUCKETS, float("inf")), counts, strict=True):
+                    running += count
+                    rows.append(("_bucket", {"direction": d, "peer": p,
+                                             "le": "+Inf" if bound == float("inf") else repr(bound)}, running))
+                rows += [("_sum", {"direction": d, "peer": p}, total), ("_count", {"direction": d, "peer": p}, n)]
+            family("yurt_sidecar_http_request_duration_seconds", "histogram", "Time from a whole HTTP request "
+                   "read to its answer sent (retries included).", rows)
+            family("yurt_sidecar_http_retries_total", "counter", "HTTP requests sent again to an upstream "
+                   "(a route's NumRetries: status codes, resets).",
+                   [("", {"upstream": u}, n) for u, n in retries])
         return "".join(out)
 
 

@@ -82,13 +82,17 @@ class Proxy:
         self._activity: dict[Pipe, tuple[tuple[int, int, bool], float]] = {}  # the idle sweep's
         self.closed_since_trim = 0  # accepted connections closed since memory was last trimmed
         self._trim: Any = False     # malloc_trim once looked up (None: not available)
+        # HTTP-aware proxying (l7.py): each service's chain; `l7` made (and h11 imported) only
+        # once a chain says "http"
+        self.chains: dict[str, dict] = {}
+        self.l7: Any = None
 
     # -- startup -------------------------------------------------------------------------------
     def bind(self) -> None:
         cfg = self.cfg
         if cfg.listen_port is not None:
             s = listen(cfg.listen_addr, cfg.listen_port, reuseport=cfg.workers > 1)
-            lst = Listener(self, s, lambda sock, addr: InboundConn(self, sock, addr), cfg.max_connections)
+            lst = Listener(self, s, self._inbound_maker, cfg.max_connections)
             self.public_port = lst.port
             self.public = lst
             self.listeners.append(lst)
@@ -148,13 +152,25 @@ class Proxy:
                 self._activity[p] = (mark, since)
         self.reactor.call_later(self._sweep_every(), self._sweep_idle)
 
-    def _upstream_maker(self, up: UpstreamConfig, bal: Balancer):
-        return lambda sock, addr: UpstreamConn(self, up, bal, sock, addr)
+    def _inbound_maker(self, sock: socket.socket, addr: Any) -> Any:
+        if self.l7 is not None and self.l7.http(self.cfg.service):
+            return self.l7.inbound(sock, addr)   # HTTP per request (l7.py)
+        return InboundConn(self, sock, addr)
 
-    def _watch(self, name: str, fn, on_value) -> None:
+    def _upstream_maker(self, up: UpstreamConfig, bal: Balancer):
+        def make(sock: socket.socket, addr: Any) -> Any:
+            if self.l7 is not None and self.l7.http(up.destination):
+                return self.l7.upstream(up, sock, addr)   # HTTP per request (l7.py)
+            return UpstreamConn(self, up, bal, sock, addr)
+        return make
+
+    def _watch(self, name: str, fn, on_value, on_error=None) -> None:
+        def failed(n: str, err: str) -> None:
+            self.log.event("watch-error", watch=n, error=err)
+            if on_error is not None:
+                on_error()
         w = Watch(name, fn, lambda v: self.reactor.call_soon_threadsafe(on_value, v),
-                  lambda n, err: self.reactor.call_soon_threadsafe(
-                      lambda: self.log.event("watch-error", watch=n, error=err)))
+                  lambda n, err: self.reactor.call_soon_threadsafe(failed, n, err))
         self.watches.append(w)
         w.start()
 
@@ -164,6 +180,14 @@ class Proxy:
         self._watch("roots", src.roots, self._on_roots)
         self._watch("leaf", lambda i, w: src.leaf(cfg.service, i, w), self._on_leaf)
         self._watch("intentions", lambda i, w: src.intentions(cfg.service, i, w), self._on_intentions)
+        chain = getattr(src, "chain", None)
+        if chain is not None:   # each service's protocol and routes: the HTTP-aware path where "http"
+            services = ([cfg.service] if cfg.listen_port is not None else []) + \
+                [up.destination for up in cfg.upstreams if up.destination in self.upstream_ports]
+            for svc in dict.fromkeys(services):
+                self._endpoints_pending.add(f"chain:{svc}")
+                self._watch(f"chain-{svc}", lambda i, w, s=svc: chain(s, i, w),
+                            lambda v, s=svc: self._on_chain(s, v), lambda s=svc: self._chain_failed(s))
         for up in cfg.upstreams:
             bal = self.balancers[self.upstream_ports[up.destination]] if up.destination in self.upstream_ports else None
             if bal is None:
@@ -203,6 +227,31 @@ class Proxy:
 
     def _on_intentions(self, _value: Any) -> None:
         self.authz.invalidate()
+
+    def _on_chain(self, service: str, chain: dict) -> None:
+        before = (self.chains.get(service) or {}).get("Protocol")
+        self.chains[service] = chain or {}
+        proto = self.chains[service].get("Protocol") or "tcp"
+        if proto == "http" and self.l7 is None:
+            from .l7 import L7
+            self.l7 = L7(self)
+        if self.l7 is not None:
+            self.l7.update(self.chains)
+        if proto != before:
+            self.log.event("protocol", service=service, protocol=proto,
+                           routes=len(self.chains[service].get("Routes") or []))
+        key = f"chain:{service}"
+        if key in self._endpoints_pending:
+            self._endpoints_pending.discard(key)
+            self._check_ready()
+
+    def _chain_failed(self, service: str) -> None:
+        """No chain yet (an agent or server without the route, say): readiness does not wait for
+        it; the listener stays on TCP until a chain comes (the watch keeps asking)."""
+        key = f"chain:{service}"
+        if key in self._endpoints_pending:
+            self._endpoints_pending.discard(key)
+            self._check_ready()
 
     def _on_endpoints(self, dest: str, bal: Balancer, dc: str, entries: list[dict]) -> None:
         bal.update(instances_from_health(entries, dc))
@@ -277,7 +326,8 @@ class Proxy:
 
     def _poll_inbound(self) -> None:
         workers_left = [f for f in self.cfg.worker_drained_files if not os.path.exists(f)]
-        if (self.public is not None and self.public.active > 0) or workers_left:
+        l7_open = self.l7.open_inbound if self.l7 is not None else 0
+        if (self.public is not None and self.public.active > 0) or workers_left or l7_open:
             self.reactor.call_later(DRAIN_POLL, self._poll_inbound)
             return
         self.log.event("drained", side="inbound")
@@ -302,7 +352,8 @@ class Proxy:
         self._poll_stop(deadline)
 
     def _open(self) -> int:
-        return sum(lst.active for lst in self.listeners)
+        l7_open = self.l7.open_inbound + self.l7.open_upstream if self.l7 is not None else 0
+        return sum(lst.active for lst in self.listeners) + l7_open
 
     def _poll_stop(self, deadline: float) -> None:
         left = self._open()
@@ -349,6 +400,8 @@ class Proxy:
         for w in self.watches:
             w.stop()
         self.authz.close()
+        if self.l7 is not None:
+            self.l7.close()
         for lst in self.listeners:
             try:
                 lst.close()

@@ -8,6 +8,7 @@ the item's index moves past `index` or after `wait` seconds (same index = nothin
 from __future__ import annotations
 
 import threading
+from urllib.parse import quote
 from typing import Any, Protocol
 from collections.abc import Callable
 
@@ -120,6 +121,19 @@ class AgentSource:
     def endpoints(self, destination: str, datacenter: str, index: int, wait: float) -> tuple[list[dict], int]:
         return _split(self.client.health_connect(destination, passing=True, index=index,
                                                  wait=_wait_str(wait)))
+
+    # HTTP-aware proxying (l7.py); a source without these methods keeps every listener on TCP
+    def chain(self, service: str, index: int, wait: float) -> tuple[dict, int]:
+        """`service`'s protocol, intentions and compiled routes (the server's config entries)."""
+        body, idx = self.client.get(f"/v1/agent/connect/chain/{quote(service, safe='')}", index=index,
+                                    wait=_wait_str(wait))
+        return body or {}, idx
+
+    def filtered_endpoints(self, service: str, filter_: str, index: int, wait: float) -> tuple[list[dict], int]:
+        """Passing mesh endpoints of `service` that match a subset's filter (`?filter=`)."""
+        body, idx = self.client.get(f"/v1/health/connect/{quote(service, safe='')}", index=index,
+                                    wait=_wait_str(wait), passing="1", filter=filter_ or None)
+        return body or [], idx
 
     def close(self) -> None:
         try:

@@ -11,7 +11,7 @@ import builtins
 import datetime as dt
 import uuid
 from typing import Any
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from yurt.errors import Conflict, InvalidInput, NotFound
 from yurt.state import StateError, StateStore
@@ -77,6 +77,8 @@ class Intentions:
     def __init__(self, store: StateStore, default_allow: bool = True) -> None:
         self.store = store
         self.default_allow = default_allow
+        # L7 permissions' check (set by the config entries: the destination must speak http)
+        self.check_permissions: Callable[[str, Any], list[dict[str, Any]]] | None = None
 
     @property
     def default_policy(self) -> str:
@@ -95,6 +97,8 @@ class Intentions:
             raise IntentionError('Meta must be an object of strings, like {"owner": "team-a"}')
         if permissions and action:
             raise IntentionError("Action and Permissions are mutually exclusive")
+        if permissions and self.check_permissions is not None:
+            permissions = self.check_permissions(destination, permissions)
         if not permissions:
             action = str(action or "").lower()
             if action not in (ACTION_ALLOW, ACTION_DENY):
@@ -107,6 +111,8 @@ class Intentions:
             action=action or "", permissions=permissions, meta=dict(meta),
             precedence=precedence(source, destination),
             created_at=old.created_at if old else now, updated_at=now)
+
+    build = _build
 
     def _write(self, ix: Intention) -> Intention:
         try:

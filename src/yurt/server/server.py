@@ -71,6 +71,8 @@ class Server:
         self.check_ttls = Heartbeats(self._check_ttl_expired, every=0.2, name="yurt-check-ttls")
         self.catalog.on_ttl = self._check_ttl
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
+        from .config_entries import ConfigEntries
+        self.config_entries = ConfigEntries(store, self.intentions)   # Consul's config entries; the sidecars' chain
         from .kv import ConsulKV
         self.kv = ConsulKV(store, self.catalog, lambda: self._leading)   # Consul's KV and sessions
         self.namespaces = Namespaces(store, region)   # Nomad's namespaces; jobs only in ones that exist

@@ -29,13 +29,13 @@ from .connect import (CAConfig, CARoot, CAState, Intention, IssuedCert, SpiffeSe
 from .deployment import Deployment, DeploymentState, merged_update
 from .usage import NodeUsed
 from . import deployment as deployment_status
-from .kv import KVEntry, Namespace, Session, StoredVariable
+from .kv import ConfigEntry, KVEntry, Namespace, Session, StoredVariable
 from .acl import TOKEN_CLIENT, TOKEN_MANAGEMENT, ACLPolicy, ACLToken, secret_hash
 from . import alloc as alloc_status, evaluation as eval_status, node as node_status
 
 __all__ = [
     "ACLPolicy", "ACLToken", "TOKEN_CLIENT", "TOKEN_MANAGEMENT", "secret_hash",
-    "KVEntry", "Namespace", "Session", "StoredVariable",
+    "ConfigEntry", "KVEntry", "Namespace", "Session", "StoredVariable",
     "Affinity", "CNIConfig", "ChangeScript", "CheckRestart", "Constraint", "ConsulConnect",
     "ConsulExposeConfig", "ConsulExposePath", "ConsulProxy", "ConsulSidecarService",
     "ConsulTransparentProxy", "ConsulUpstream", "DNSConfig", "Duration", "EphemeralDisk",

@@ -64,3 +64,15 @@ class StoredVariable(Struct):
     modify_time: int = 0
     create_index: int = 0
     modify_index: int = 0
+
+
+class ConfigEntry(Struct):
+    """One Consul config entry (`/v1/config/<kind>/<name>`) as stored: its kind and name, and
+    the rest of the entry in Consul's JSON shape (CamelCase keys), as validated by
+    `server/config_entries.py`. Stored in the keyed table "config_entries" by "<kind>/<name>"."""
+
+    kind: str = ""
+    name: str = ""
+    entry: dict = field(factory=dict)
+    create_index: int = 0
+    modify_index: int = 0
