@@ -165,7 +165,6 @@ RULES: tuple[Rule, ...] = (
     Rule(_C + ("FailuresBeforeWarning",),
          f"failures_before_warning {NO_EFFECT}: a failing check goes critical"),
     # --- connect ------------------------------------------------------------------------------
-    Rule(_CONNECT + ("Gateway",), f"gateway {NO_EFFECT}: no gateway proxy is started", present=True),
     Rule(_CONNECT + ("SidecarTask", "Resources", "Cores"),
          f"cores {NO_EFFECT}: no core is reserved or pinned for the sidecar; ask for cpu (in MHz) instead"),
     Rule(_CONNECT + ("SidecarTask", "Resources", "SecretsMB"),
