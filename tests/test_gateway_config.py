@@ -267,3 +267,17 @@ def test_an_http_listener_routes_by_host_as_consul():
     assert name(solo, "other.example.com") is None
     # the edge certificate names the DNS hosts only
     assert gw.edge_hosts() == ["api.example.com", "*.api.example.com", "web.example.com"]
+
+
+def test_a_static_port_taken_on_the_node_says_which_and_what_to_change():
+    """A gateway's host port (or any static port) already used: the scheduler's dimension, as
+    Nomad prints it, then what to change."""
+    from yurt.structs.alloc import AllocMetric
+
+    metric = AllocMetric.of_placement(evaluated=1, in_pool=1, available={"dc1": 1}, filtered={},
+                                      exhausted={"network: reserved port collision inbound=8080": 1}, score_meta=[])
+    assert metric.reasons() == [
+        "Resources exhausted on 1 node",
+        'Dimension "network: reserved port collision inbound=8080" exhausted on 1 node',
+        '  host port 8080 is already used on that node (by another allocation, or reserved by the node): '
+        'give port "inbound" another static value, or remove static to get a dynamic port']

@@ -23,7 +23,6 @@ from .agent_util import AgentProcess, allocs, free_port, wait_for
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root"),
               pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")]
 
-COUNTDASH = Path(__file__).resolve().parent.parent / "examples" / "countdash"
 
 WEB_B = ("import http.server as h\n"
          "class H(h.BaseHTTPRequestHandler):\n"
@@ -33,25 +32,13 @@ WEB_B = ("import http.server as h\n"
          "        self.wfile.write(b)\n"
          "h.HTTPServer(('127.0.0.1', 9003), H).serve_forever()\n")
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "gateways"
+
+# beside the README's example (examples/gateways/ingress.nomad): an http listener routing by
+# Host to two services (and to one that does not exist), and TLS at the edge
 INGRESS_JOB = """
 job "gw-ingress" {
   datacenters = ["dc1"]
-  group "api" {
-    network { mode = "bridge" }
-    service {
-      name = "count-api"
-      port = "9001"
-      connect { sidecar_service {} }
-    }
-    task "web" {
-      driver = "exec"
-      config {
-        command = "/usr/bin/python3"
-        args    = ["-c", file("counter_api.py")]
-      }
-    }
-  }
-
   group "web-b" {
     network { mode = "bridge" }
     service {
@@ -68,31 +55,20 @@ job "gw-ingress" {
     }
   }
 
-  group "ingress" {
+  group "web-gw" {
     network {
       mode = "bridge"
-      port "tcp" {
-        static = %(tcp)d
-        to     = 8080
-      }
       port "http" {
         static = %(http)d
         to     = 8081
       }
     }
     service {
-      name = "ingress-gw"
-      port = "8080"
+      name = "web-gw"
+      port = "8081"
       connect {
         gateway {
           ingress {
-            listener {
-              port     = 8080
-              protocol = "tcp"
-              service {
-                name = "count-api"
-              }
-            }
             listener {
               port     = 8081
               protocol = "http"
@@ -103,6 +79,10 @@ job "gw-ingress" {
               service {
                 name  = "web-b"
                 hosts = ["b.example.test", "*.b.example.test"]
+              }
+              service {
+                name  = "ghost"
+                hosts = ["ghost.example.test"]
               }
             }
           }
@@ -117,6 +97,10 @@ job "gw-ingress" {
       port "https" {
         static = %(https)d
         to     = 8443
+      }
+      port "tls" {
+        static = %(tls)d
+        to     = 8444
       }
     }
     service {
@@ -136,54 +120,15 @@ job "gw-ingress" {
                 hosts = ["api.example.test"]
               }
             }
-          }
-        }
-      }
-    }
-  }
-}
-"""
-
-TERMINATING_JOB = """
-job "gw-terminating" {
-  datacenters = ["dc1"]
-  group "gateway" {
-    network { mode = "bridge" }
-    service {
-      name = "legacy-gw"
-      connect {
-        gateway {
-          terminating {
-            service {
-              name = "legacy"
+            listener {
+              port     = 8444
+              protocol = "tcp"
+              service {
+                name = "count-api"
+              }
             }
           }
         }
-      }
-    }
-  }
-
-  group "client" {
-    network { mode = "bridge" }
-    service {
-      name = "legacy-client"
-      port = "9999"
-      connect {
-        sidecar_service {
-          proxy {
-            upstreams {
-              destination_name = "legacy"
-              local_bind_port  = 19090
-            }
-          }
-        }
-      }
-    }
-    task "idle" {
-      driver = "exec"
-      config {
-        command = "/bin/sleep"
-        args    = ["3600"]
       }
     }
   }
@@ -200,10 +145,12 @@ def running(api, job: str, n: int) -> bool:
     return len([a for a in allocs(api, job) if a["ClientStatus"] == "running"]) == n
 
 
-def register(api, text: str, name: str) -> None:
-    loaded = load(text, str(COUNTDASH / f"{name}.nomad"), base_dir=str(COUNTDASH))
+def register(api, text: str, name: str) -> str:
+    """Run a job file's text as `yurt job run` does; the run's warnings."""
+    loaded = load(text, str(EXAMPLES / f"{name}.nomad"), base_dir=str(EXAMPLES))
     r = api.put("/v1/jobs", json=loaded.job.to_document())
     assert r.status_code == 200, r.text
+    return r.json().get("Warnings") or ""
 
 
 def intention(api, source: str, destination: str, action: str | None) -> None:
@@ -220,7 +167,7 @@ def agent():
     agent = AgentProcess(extra=["-dev-connect"]).start()
     api = agent.api()
     yield agent, api
-    for job in ("gw-ingress", "gw-terminating"):
+    for job in ("ingress-demo", "gw-ingress", "terminating-demo"):
         api.delete(f"/v1/job/{job}", params={"purge": "true"})
     api.close()
     agent.stop()
@@ -229,9 +176,16 @@ def agent():
 @pytest.fixture(scope="module")
 def ingress(agent):
     _, api = agent
-    ports = {"tcp": free_port(), "http": free_port(), "https": free_port()}
-    register(api, INGRESS_JOB % {**ports, "web_b": json.dumps(WEB_B)}, "gw-ingress")
-    wait_for(lambda: running(api, "gw-ingress", 4), timeout=180, what="gw-ingress running")
+    ports = {"tcp": free_port(), "http": free_port(), "https": free_port(), "tls": free_port()}
+    example = (EXAMPLES / "ingress.nomad").read_text()
+    assert "static = 8080" in example
+    assert register(api, example.replace("static = 8080", f"static = {ports['tcp']}"), "ingress") == ""
+    warnings = register(api, INGRESS_JOB % {**ports, "web_b": json.dumps(WEB_B)}, "gw-ingress")
+    # a listener routing to a service nobody registered: warned at job run
+    assert 'routes to service "ghost", which the catalog does not know yet' in warnings, warnings
+    assert "count-api" not in warnings and "web-b" not in warnings
+    wait_for(lambda: running(api, "ingress-demo", 2) and running(api, "gw-ingress", 3), timeout=180,
+             what="the ingress jobs running")
     return api, ports
 
 
@@ -241,30 +195,38 @@ def count_via(port: int) -> dict | None:
 
 
 def test_curl_through_an_ingress_gateway_reaches_count_api_until_an_intention_denies_it(ingress):
+    """The README's example: curl on the host's port reaches count-api through ingress-gw."""
     api, ports = ingress
     first = wait_for(lambda: count_via(ports["tcp"]), timeout=60, what="count-api through the ingress gateway")
     assert set(first) == {"count", "hostname"} and first["count"] >= 1
-    # the gateway registered as Consul's do, and says what it carries
+    # the gateways registered as Consul's do, and say what they carry
     (gw,) = api.get("/v1/catalog/service/ingress-gw").json()
     assert gw["ServiceKind"] == "ingress-gateway"
     gateways = api.get("/v1/health/ingress/count-api").json()
-    assert sorted(e["Service"]["Service"] for e in gateways) == ["edge-gw", "ingress-gw"]
-    rows = api.get("/v1/catalog/gateway-services/ingress-gw").json()
+    assert sorted(e["Service"]["Service"] for e in gateways) == ["edge-gw", "ingress-gw", "web-gw"]
+    rows = api.get("/v1/catalog/gateway-services/web-gw").json()
     assert {(r["Service"]["Name"], r["Port"], r["Protocol"]) for r in rows} == {
-        ("count-api", 8080, "tcp"), ("count-api", 8081, "http"), ("web-b", 8081, "http")}
+        ("count-api", 8081, "http"), ("web-b", 8081, "http"), ("ghost", 8081, "http")}
+    web = f"http://127.0.0.1:{ports['http']}/"
+    wait_for(lambda: curl("-H", "Host: api.example.test", web).stdout.startswith("{"), timeout=60,
+             what="count-api through web-gw")
     try:
         intention(api, "ingress-gw", "count-api", "deny")
+        intention(api, "web-gw", "count-api", "deny")
         # the user sees the connection closed with nothing answered: curl fails (exit 52/56)
         wait_for(lambda: curl(f"http://127.0.0.1:{ports['tcp']}/").returncode in (52, 56), timeout=30,
                  what="curl refused once ingress-gw -> count-api is denied")
         r = curl(f"http://127.0.0.1:{ports['tcp']}/")
         assert r.returncode in (52, 56) and r.stdout == "", r
         # the http listener answers 503 naming the service and the intention
-        r = curl("-H", "Host: api.example.test", "-w", "\\n%{http_code}", f"http://127.0.0.1:{ports['http']}/")
-        assert r.stdout.endswith("\n503"), r
-        assert 'service "count-api"' in r.stdout and "ingress-gw -> count-api" in r.stdout, r.stdout
+        r = wait_for(lambda: (lambda r: r if r.stdout.endswith("\n503") else None)(
+            curl("-H", "Host: api.example.test", "-w", "\n%{http_code}", web)), timeout=30, what="503")
+        assert 'service "count-api"' in r.stdout and "web-gw -> count-api" in r.stdout, r.stdout
+        # another service on the same listener is not concerned
+        assert curl("-H", "Host: b.example.test", web).stdout == "web-b says hello to b.example.test"
     finally:
         intention(api, "ingress-gw", "count-api", None)
+        intention(api, "web-gw", "count-api", None)
     wait_for(lambda: count_via(ports["tcp"]), timeout=30, what="count-api again once the deny is gone")
 
 
@@ -286,9 +248,12 @@ def test_an_http_listener_routes_two_hosts_to_two_services(ingress):
     r = curl("-H", "Host: api.example.test", url, "--next", "-H", "Host: b.example.test", url)
     assert r.returncode == 0 and r.stdout.startswith("{") and r.stdout.endswith("web-b says hello to b.example.test")
     # a host no service serves: 404 naming the listener's hosts
-    r = curl("-H", "Host: nope.example.test", "-w", "\\n%{http_code}", url)
+    r = curl("-H", "Host: nope.example.test", "-w", "\n%{http_code}", url)
     assert r.stdout.endswith("\n404") and 'serves host "nope.example.test"' in r.stdout, r.stdout
     assert "api.example.test" in r.stdout and "b.example.test" in r.stdout
+    # a service that does not exist: 503 naming it
+    r = curl("-H", "Host: ghost.example.test", "-w", "\n%{http_code}", url)
+    assert r.stdout.endswith("\n503") and 'no healthy instance of service "ghost"' in r.stdout, r.stdout
 
 
 def test_tls_at_the_edge_with_a_certificate_from_the_cluster_ca(ingress, tmp_path):
@@ -299,63 +264,92 @@ def test_tls_at_the_edge_with_a_certificate_from_the_cluster_ca(ingress, tmp_pat
     url = f"https://api.example.test:{ports['https']}/"
     resolve = f"api.example.test:{ports['https']}:127.0.0.1"
 
-    def fetch() -> dict | None:
-        r = curl("--cacert", str(ca), "--resolve", resolve, url)
+    def fetch(*args: str) -> dict | None:
+        r = curl("--cacert", str(ca), *args)
         return json.loads(r.stdout) if r.returncode == 0 and r.stdout.startswith("{") else None
 
-    got = wait_for(fetch, timeout=60, what="count-api over TLS at the edge")
+    got = wait_for(lambda: fetch("--resolve", resolve, url), timeout=60, what="count-api over TLS at the edge")
     assert set(got) == {"count", "hostname"}
-    # the certificate names the host (SNI and the DNS SAN), and a client that does not trust the
-    # cluster's CA refuses it
+    # a tcp listener of the same gateway: TLS ends at the gateway, the bytes go on over mTLS
+    tls_url = f"https://api.example.test:{ports['tls']}/"
+    got = wait_for(lambda: fetch("--resolve", f"api.example.test:{ports['tls']}:127.0.0.1", tls_url), timeout=30,
+                   what="count-api through the TLS tcp listener")
+    assert set(got) == {"count", "hostname"}
+    # a client that does not trust the cluster's CA refuses the certificate, and so does one
+    # asking for a name the certificate does not carry (curl exit 60)
     r = curl("--resolve", resolve, url)
-    assert r.returncode == 60, r   # curl: peer certificate cannot be authenticated with known CA certificates
+    assert r.returncode == 60, r
     r = curl("--cacert", str(ca), "--resolve", f"other.example.test:{ports['https']}:127.0.0.1",
              f"https://other.example.test:{ports['https']}/")
     assert r.returncode == 60 and "other.example.test" in r.stderr, r
 
 
-@pytest.fixture
-def external_http():
-    """A plain HTTP server outside the mesh: python -m http.server on the host, on a free port."""
+def http_server(text: str):
+    """A plain HTTP server outside the mesh: python -m http.server on the host, on a free port,
+    serving hello.txt."""
     root = tempfile.mkdtemp(prefix="yurt-legacy-")
-    Path(root, "hello.txt").write_text("hello from outside the mesh\n")
+    Path(root, "hello.txt").write_text(text)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0"], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield port
-    finally:
+    return proc, port, root
+
+
+@pytest.fixture
+def outside():
+    servers = [http_server("hello from outside the mesh\n"), http_server("hello from legacy-b\n")]
+    yield [port for _, port, _ in servers]
+    for proc, _, root in servers:
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_terminating_gateway_lets_a_mesh_service_reach_an_outside_http_server(agent, external_http):
+def test_a_terminating_gateway_lets_a_mesh_service_reach_an_outside_http_server(agent, outside):
     _, api = agent
     (node,) = api.get("/v1/nodes").json()
-    r = api.put("/v1/catalog/register", json={"Node": "legacy-host", "Address": node["Address"],
-                                              "Service": {"Service": "legacy", "Port": external_http}})
-    assert r.status_code == 200, r.text
-    register(api, TERMINATING_JOB, "gw-terminating")
-    wait_for(lambda: running(api, "gw-terminating", 2), timeout=180, what="gw-terminating running")
+    for name, port in zip(("legacy", "legacy-b"), outside, strict=True):
+        r = api.put("/v1/catalog/register", json={"Node": f"{name}-host", "Address": node["Address"],
+                                                  "Service": {"Service": name, "Port": port}})
+        assert r.status_code == 200, r.text
+    # the README's example, with a second linked service (the client picks it by SNI) and one
+    # nobody registered (warned at job run)
+    text = (EXAMPLES / "terminating.nomad").read_text()
+    linked = 'service {\n              name = "legacy"\n            }'
+    upstream = 'upstreams {\n              destination_name = "legacy"\n              local_bind_port  = 19090\n            }'
+    assert linked in text and upstream in text
+    text = text.replace(linked, linked + "\n" + linked.replace('"legacy"', '"legacy-b"') + "\n"
+                        + linked.replace('"legacy"', '"nowhere"'))
+    text = text.replace(upstream, upstream + "\n" + upstream.replace('"legacy"', '"legacy-b"').replace("19090", "19091"))
+    warnings = register(api, text, "terminating")
+    assert 'service "nowhere" is not registered in the catalog' in warnings and "legacy-b" not in warnings, warnings
+    wait_for(lambda: running(api, "terminating-demo", 2), timeout=180, what="terminating-demo running")
     # the catalog lists the gateway as the external service's mesh endpoint
     (entry,) = wait_for(lambda: api.get("/v1/health/connect/legacy", params={"passing": "1"}).json(), timeout=30,
                         what="legacy's connect endpoint")
     assert entry["Service"]["Kind"] == "terminating-gateway" and entry["Service"]["Service"] == "legacy-gw"
-    (client,) = [a for a in allocs(api, "gw-terminating") if a["TaskGroup"] == "client"
+    rows = api.get("/v1/catalog/gateway-services/legacy-gw").json()
+    assert sorted(r["Service"]["Name"] for r in rows) == ["legacy", "legacy-b", "nowhere"]
+    assert {r["GatewayKind"] for r in rows} == {"terminating-gateway"}
+    (client,) = [a for a in allocs(api, "terminating-demo") if a["TaskGroup"] == "client"
                  and a["ClientStatus"] == "running"]
 
-    def fetch() -> subprocess.CompletedProcess:
+    def fetch(port: int = 19090) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", client["ID"], "curl", "-sS", "--max-time", "10",
-                               "http://127.0.0.1:19090/hello.txt"], capture_output=True, text=True, timeout=30)
+                               f"http://127.0.0.1:{port}/hello.txt"], capture_output=True, text=True, timeout=30)
 
     got = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(fetch()), timeout=60,
                    what="the outside server through the terminating gateway")
     assert got.stdout == "hello from outside the mesh\n"
+    got = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(fetch(19091)), timeout=60,
+                   what="the second outside server through the same gateway")
+    assert got.stdout == "hello from legacy-b\n"
     try:
         intention(api, "legacy-client", "legacy", "deny")
         wait_for(lambda: fetch().returncode in (52, 56), timeout=30, what="denied by the intention")
         r = fetch()
         assert r.returncode in (52, 56) and r.stdout == "", r
+        # the intention is per external service: legacy-b is still reachable
+        assert fetch(19091).stdout == "hello from legacy-b\n"
     finally:
         intention(api, "legacy-client", "legacy", None)
