@@ -281,3 +281,12 @@ def test_a_static_port_taken_on_the_node_says_which_and_what_to_change():
         'Dimension "network: reserved port collision inbound=8080" exhausted on 1 node',
         '  host port 8080 is already used on that node (by another allocation, or reserved by the node): '
         'give port "inbound" another static value, or remove static to get a dynamic port']
+
+
+def test_a_host_mode_listener_on_a_port_the_group_does_not_reserve_is_warned_about():
+    text = job().replace('mode = "bridge"', 'mode = "host"')
+    assert problems(text) == []   # port "inbound" reserves 8080 on the node
+    text = job(TCP_LISTENER.replace("8080", "9191")).replace('mode = "bridge"', 'mode = "host"')
+    (warning,) = problems(text)
+    assert "listener port 9191 binds on the node itself (network mode host)" in warning.message
+    assert 'port "ingress-9191" { static = 9191 }' in warning.message

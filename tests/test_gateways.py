@@ -284,14 +284,34 @@ def test_tls_at_the_edge_with_a_certificate_from_the_cluster_ca(ingress, tmp_pat
     assert r.returncode == 60 and "other.example.test" in r.stderr, r
 
 
+# inside the client's namespace: one request on a kept-alive connection through the gateway,
+# "answered" once the body is in, then "closed" when the connection ends
+HOLD = """
+import socket
+s = socket.create_connection(("127.0.0.1", 19090), timeout=60)
+s.sendall(b"GET /hello.txt HTTP/1.1\\r\\nHost: legacy\\r\\n\\r\\n")
+got = b""
+while not got.endswith(b"hello from outside the mesh\\n"):
+    got += s.recv(4096)
+print("answered", flush=True)
+try:
+    while s.recv(4096):
+        pass
+except ConnectionResetError:
+    pass
+print("closed", flush=True)
+"""
+
+
 def http_server(text: str):
     """A plain HTTP server outside the mesh: python -m http.server on the host, on a free port,
     serving hello.txt."""
     root = tempfile.mkdtemp(prefix="yurt-legacy-")
     Path(root, "hello.txt").write_text(text)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0"], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # HTTP/1.1: a client may keep its connection open after an answer
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0",
+                             "--protocol", "HTTP/1.1"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, port, root
 
 
@@ -344,12 +364,21 @@ def test_a_terminating_gateway_lets_a_mesh_service_reach_an_outside_http_server(
     got = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(fetch(19091)), timeout=60,
                    what="the second outside server through the same gateway")
     assert got.stdout == "hello from legacy-b\n"
+    # a connection that stays open (keep-alive, after one answer) ...
+    held = subprocess.Popen(["ip", "netns", "exec", client["ID"], sys.executable, "-c", HOLD], stdout=subprocess.PIPE,
+                            text=True)
     try:
+        assert held.stdout is not None and held.stdout.readline() == "answered\n"
         intention(api, "legacy-client", "legacy", "deny")
+        # ... is closed by the gateway once the intention denies it
+        held.wait(timeout=30)
+        assert held.stdout.read() == "closed\n"
         wait_for(lambda: fetch().returncode in (52, 56), timeout=30, what="denied by the intention")
         r = fetch()
         assert r.returncode in (52, 56) and r.stdout == "", r
         # the intention is per external service: legacy-b is still reachable
         assert fetch(19091).stdout == "hello from legacy-b\n"
     finally:
+        held.kill()
+        held.wait()
         intention(api, "legacy-client", "legacy", None)

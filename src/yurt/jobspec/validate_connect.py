@@ -90,6 +90,7 @@ def _validate_gateway(r: Report, group: TaskGroup, s: Service, gateway: dict, gp
     if kind != INGRESS:
         return
     mapped = {(p.to if p.to > 0 else p.value): label for label, p in group_ports(group).items()}
+    static = {p.value for p in group_ports(group).values() if p.value}
     isolated = is_group_isolated(group_mode(group))
     others = {int(o.port_label): f'service "{o.name}"' for o in group.services or []
               if o is not s and is_number(o.port_label)}
@@ -101,6 +102,10 @@ def _validate_gateway(r: Report, group: TaskGroup, s: Service, gateway: dict, gp
         if port in others:
             r.error(lpath, f"listener port {port} is already used by {others[port]} in group "
                            f'"{group.name}": give the listener another port')
+        if group_mode(group) == "host" and port not in static:
+            r.warn(lpath, f"listener port {port} binds on the node itself (network mode host), but the group "
+                          f"reserves no such port, so the scheduler may place something else on it: add "
+                          f"network {{ port \"ingress-{port}\" {{ static = {port} }} }}")
         if isolated and port not in mapped:
             r.warn(lpath, f"listener port {port} is not mapped to the host by the group network, so only "
                           f"the group reaches it: add network {{ port \"ingress-{port}\" {{ static = {port} "

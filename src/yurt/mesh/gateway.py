@@ -187,6 +187,9 @@ class Gateway:
         self._linked_leaf: dict[str, dict] = {}
         self.external: dict[str, list[tuple[str, int]]] = {}   # terminating: catalog addresses
         self.slots = threading.BoundedSemaphore(proxy.cfg.max_connections or 1 << 20)
+        # terminating: open connections per linked service, so a new deny closes them
+        self._open: dict[str, dict[int, _Open]] = {}
+        self._open_lock = threading.Lock()
 
     # -- startup (before the reactor runs) ------------------------------------------------------
     def bind(self) -> None:
@@ -237,6 +240,8 @@ class Gateway:
             p._endpoints_pending.update({f"leaf:{s.name}", f"catalog:{s.name}"})
             p._watch(f"leaf-{s.name}", lambda i, w, n=s.name: src.leaf(n, i, w),
                      lambda v, n=s.name: self._on_linked_leaf(n, v))
+            p._watch(f"intentions-{s.name}", lambda i, w, n=s.name: src.intentions(n, i, w),
+                     lambda _v, n=s.name: self._recheck(n))
             cpath = f"/v1/catalog/service/{quote(s.name, safe='')}"
             p._watch(f"catalog-{s.name}", lambda i, w, c=cpath: client.get(c, index=i, wait=f"{max(1, int(w))}s"),
                      lambda v, n=s.name: self._on_catalog(n, v))
@@ -297,6 +302,34 @@ class Gateway:
                 f'the catalog has no service "{name}": register it with PUT /v1/catalog/register '
                 "(Node, Address, Service { Service, Port })"))
         self._done(f"catalog:{name}")
+
+    def _recheck(self, name: str) -> None:
+        """The intentions for a linked service changed: ask again for every open connection to
+        it (off the reactor: the agent answers over HTTP) and close those now denied, as a
+        sidecar closes its denied inbound connections."""
+        with self._open_lock:
+            conns = list(self._open.get(name, {}).values())
+        if not conns:
+            return
+
+        def check() -> None:
+            decisions: dict[str, tuple[bool, str]] = {}
+            for c in conns:
+                if c.uri not in decisions:
+                    try:
+                        decisions[c.uri] = self.proxy.source.authorize(name, c.uri, c.serial)
+                    except Exception:  # noqa: BLE001 - unknown: keep the connection, the next change asks again
+                        decisions[c.uri] = (True, "")
+                allowed, reason = decisions[c.uri]
+                if not allowed:
+                    c.denied = f"intentions changed: {reason}"
+                    for sock in (c.client, c.server):
+                        try:
+                            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+
+        threading.Thread(target=check, name=f"yurt-gateway-recheck-{name}", daemon=True).start()
 
     # -- threads ----------------------------------------------------------------------------------
     def _spawn(self, fn: Any, lst: IngressListener | None, sock: socket.socket, addr: Any) -> None:
@@ -536,13 +569,32 @@ class Gateway:
             return
         tls.settimeout(p.cfg.idle_timeout or None)
         out.settimeout(p.cfg.idle_timeout or None)
-        a_to_b, b_to_a, why = relay(tls, out, p.cfg.idle_timeout)
-        out.close()
-        p.log.conn("terminating", src, name, peer, a_to_b, b_to_a, started, "allowed", why,
-                   upstream=f"{host}:{port}", serial=pc.serial)
+        conn = _Open(pc.uri, pc.serial, tls, out)
+        with self._open_lock:
+            self._open.setdefault(name, {})[id(conn)] = conn
+        try:
+            a_to_b, b_to_a, why = relay(tls, out, p.cfg.idle_timeout)
+        finally:
+            with self._open_lock:
+                self._open.get(name, {}).pop(id(conn), None)
+            out.close()
+        if conn.denied:
+            p.metrics.denied(src)
+        p.log.conn("terminating", src, name, peer, a_to_b, b_to_a, started, "denied" if conn.denied else "allowed",
+                   conn.denied or why, upstream=f"{host}:{port}", serial=pc.serial)
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+@dataclass
+class _Open:
+    """An open connection through a terminating gateway: who, and its two sockets."""
+    uri: str
+    serial: str
+    client: socket.socket
+    server: socket.socket
+    denied: str = ""
+
 
 def _next_event(conn: h11.Connection, sock: socket.socket) -> Any:
     while True:
