@@ -315,10 +315,57 @@ def http_server(text: str):
     return proc, port, root
 
 
+HTTPS = """
+import http.server, ssl, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+srv = http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"""
+
+
+def https_server(name: str):
+    """An HTTPS server outside the mesh, its certificate for `name` from a CA of its own (not the
+    cluster's): the gateway must be given that CA (ca_file) and the name (sni)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    root = tempfile.mkdtemp(prefix="yurt-legacy-tls-")
+    Path(root, "hello.txt").write_text("hello over TLS\n")
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "legacy CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pems = {"ca.pem": ca.public_bytes(serialization.Encoding.PEM),
+            "cert.pem": cert.public_bytes(serialization.Encoding.PEM),
+            "key.pem": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())}
+    for file, data in pems.items():
+        Path(root, file).write_bytes(data)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", HTTPS, str(port), f"{root}/cert.pem", f"{root}/key.pem"],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, port, root
+
+
 @pytest.fixture
 def outside():
-    servers = [http_server("hello from outside the mesh\n"), http_server("hello from legacy-b\n")]
-    yield [port for _, port, _ in servers]
+    servers = [http_server("hello from outside the mesh\n"), http_server("hello from legacy-b\n"),
+               https_server("legacy-tls.internal")]
+    yield [(port, root) for _, port, root in servers]
     for proc, _, root in servers:
         proc.terminate()
         proc.wait(timeout=10)
@@ -328,19 +375,23 @@ def outside():
 def test_a_terminating_gateway_lets_a_mesh_service_reach_an_outside_http_server(agent, outside):
     _, api = agent
     (node,) = api.get("/v1/nodes").json()
-    for name, port in zip(("legacy", "legacy-b"), outside, strict=True):
+    for name, (port, _) in zip(("legacy", "legacy-b", "legacy-tls"), outside, strict=True):
         r = api.put("/v1/catalog/register", json={"Node": f"{name}-host", "Address": node["Address"],
                                                   "Service": {"Service": name, "Port": port}})
         assert r.status_code == 200, r.text
-    # the README's example, with a second linked service (the client picks it by SNI) and one
-    # nobody registered (warned at job run)
+    # the README's example, with a second linked service (the client picks it by SNI), one the
+    # gateway reaches over TLS (its CA and name given), and one nobody registered (warned at job run)
     text = (EXAMPLES / "terminating.nomad").read_text()
     linked = 'service {\n              name = "legacy"\n            }'
     upstream = 'upstreams {\n              destination_name = "legacy"\n              local_bind_port  = 19090\n            }'
     assert linked in text and upstream in text
+    tls_dir = outside[2][1]
+    tls_linked = linked.replace('"legacy"', f'"legacy-tls"\n              ca_file = "{tls_dir}/ca.pem"\n'
+                                            '              sni     = "legacy-tls.internal"')
     text = text.replace(linked, linked + "\n" + linked.replace('"legacy"', '"legacy-b"') + "\n"
-                        + linked.replace('"legacy"', '"nowhere"'))
-    text = text.replace(upstream, upstream + "\n" + upstream.replace('"legacy"', '"legacy-b"').replace("19090", "19091"))
+                        + linked.replace('"legacy"', '"nowhere"') + "\n" + tls_linked)
+    text = text.replace(upstream, upstream + "\n" + upstream.replace('"legacy"', '"legacy-b"').replace("19090", "19091")
+                        + "\n" + upstream.replace('"legacy"', '"legacy-tls"').replace("19090", "19092"))
     warnings = register(api, text, "terminating")
     assert 'service "nowhere" is not registered in the catalog' in warnings and "legacy-b" not in warnings, warnings
     wait_for(lambda: running(api, "terminating-demo", 2), timeout=180, what="terminating-demo running")
@@ -349,7 +400,8 @@ def test_a_terminating_gateway_lets_a_mesh_service_reach_an_outside_http_server(
                         what="legacy's connect endpoint")
     assert entry["Service"]["Kind"] == "terminating-gateway" and entry["Service"]["Service"] == "legacy-gw"
     rows = api.get("/v1/catalog/gateway-services/legacy-gw").json()
-    assert sorted(r["Service"]["Name"] for r in rows) == ["legacy", "legacy-b", "nowhere"]
+    assert sorted(r["Service"]["Name"] for r in rows) == ["legacy", "legacy-b", "legacy-tls", "nowhere"]
+    assert next(r for r in rows if r["Service"]["Name"] == "legacy-tls")["SNI"] == "legacy-tls.internal"
     assert {r["GatewayKind"] for r in rows} == {"terminating-gateway"}
     (client,) = [a for a in allocs(api, "terminating-demo") if a["TaskGroup"] == "client"
                  and a["ClientStatus"] == "running"]
@@ -364,6 +416,10 @@ def test_a_terminating_gateway_lets_a_mesh_service_reach_an_outside_http_server(
     got = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(fetch(19091)), timeout=60,
                    what="the second outside server through the same gateway")
     assert got.stdout == "hello from legacy-b\n"
+    # plain HTTP from the client, TLS from the gateway to the outside server (its name checked)
+    got = wait_for(lambda: (lambda r: r if r.returncode == 0 else None)(fetch(19092)), timeout=60,
+                   what="the outside HTTPS server through the gateway")
+    assert got.stdout == "hello over TLS\n"
     # a connection that stays open (keep-alive, after one answer) ...
     held = subprocess.Popen(["ip", "netns", "exec", client["ID"], sys.executable, "-c", HOLD], stdout=subprocess.PIPE,
                             text=True)
