@@ -19,6 +19,7 @@ import pytest
 from yurt.jobspec import load
 
 from .agent_util import AgentProcess, allocs, free_port, wait_for
+from .conftest import run_yurt
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root"),
               pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")]
@@ -438,3 +439,52 @@ def test_a_terminating_gateway_lets_a_mesh_service_reach_an_outside_http_server(
         held.kill()
         held.wait()
         intention(api, "legacy-client", "legacy", None)
+
+
+def test_job_run_warns_about_a_gateway_service_nobody_knows(agent, tmp_path):
+    """`yurt job run` prints the file's warnings at their line, then the server's: the
+    listener's service that neither the catalog nor any job knows."""
+    ag, api = agent
+    port = free_port()
+    job = tmp_path / "lonely.nomad"
+    job.write_text(f"""job "lonely-gw" {{
+  datacenters = ["dc1"]
+  group "gw" {{
+    network {{
+      mode = "bridge"
+      port "in" {{
+        static = {port}
+        to     = 7070
+      }}
+    }}
+    service {{
+      name = "lonely-gw"
+      port = "7070"
+      connect {{
+        gateway {{
+          proxy {{
+            envoy_gateway_no_default_bind = true
+          }}
+          ingress {{
+            listener {{
+              port = 7070
+              service {{
+                name = "nobody-home"
+              }}
+            }}
+          }}
+        }}
+      }}
+    }}
+  }}
+}}
+""")
+    try:
+        r = run_yurt("job", "run", "-detach", str(job), env={"YURT_ADDR": ag.url})
+        assert r.returncode == 0, r.stderr
+        # the file's own warning, with its position
+        assert f"{job}:17:13:" in r.stderr and "envoy_gateway_no_default_bind has no effect in Yurt" in r.stderr
+        # and the server's, once
+        assert r.stderr.count('routes to service "nobody-home", which the catalog does not know yet') == 1, r.stderr
+    finally:
+        api.delete("/v1/job/lonely-gw", params={"purge": "true"})
