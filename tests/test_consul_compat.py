@@ -418,7 +418,7 @@ def test_service_maintenance_and_the_node_views(agent, api):
         assert c.catalog.node("no-such-node")[1] is None
         _, checks = c.health.node(yurt_node["Name"])
         assert checks[0]["CheckID"] == "serfHealth" and checks[0]["Status"] == "passing"
-        # no gateways in Yurt yet: no ingress gateway serves mnt, a gateway serves nothing
+        # no gateway runs here: none exposes mnt, and an unknown gateway carries nothing (tests/test_gateways.py has real ones)
         assert api.get("/v1/health/ingress/mnt").json() == []
         assert api.get("/v1/catalog/gateway-services/ingress-gw").json() == []
     finally:

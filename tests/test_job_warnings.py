@@ -167,9 +167,6 @@ WARNED = [
     ("check-failures-before-warning", ("TaskGroups", "*", "Services", "*", "Checks", "*", "FailuresBeforeWarning"),
      "CHECK", "failures_before_warning = 2", f"{SVC} > check[0] > failures_before_warning",
      "a failing check goes critical"),
-    ("connect-gateway", ("TaskGroups", "*", "Services", "*", "Connect", "Gateway"), "CONNECT",
-     "gateway {\n          ingress {\n          }\n        }", f"{SVC} > connect > gateway",
-     "no gateway proxy is started"),
     ("sidecar-task-cores", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarTask", "Resources", "Cores"),
      "CONNECT", "sidecar_service {}\n        sidecar_task {\n          resources {\n            cores = 1\n"
      "          }\n        }", f"{SVC} > connect > sidecar_task > resources > cores", "no core is reserved"),

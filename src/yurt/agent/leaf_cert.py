@@ -29,7 +29,7 @@ from collections.abc import Callable
 from yurt.errors import InvalidInput, NotFound, PermissionDenied, YurtError
 from yurt.server import ca_x509 as x
 from yurt.server.identity import JWKSVerifier, WorkloadClaims, looks_like_jwt
-from yurt.structs.connect import service_name_problem, service_uri
+from yurt.structs.connect import service_name_problem, service_uri, split_key
 
 log = logging.getLogger("yurt.leaf")
 
@@ -210,7 +210,7 @@ class LeafCerts:
     def get(self, service: str) -> dict[str, Any]:
         """The current certificate for `service`, issued now if there is none, it has expired,
         or it was signed by a root that is no longer active."""
-        check_service_name(service)
+        check_service_name(split_key(service)[0])
         with self._lock:
             e = self._certs.get(service)
         if e is not None and self.clock() < e.expires and e.root_id == self.roots().get("ActiveRootID"):
@@ -253,8 +253,9 @@ class LeafCerts:
                 return e  # another caller issued it meanwhile
             roots = self.roots()
             key = x.new_key()
-            uri = service_uri(roots["TrustDomain"], self.datacenter, service)
-            signed = self.backend.sign(x.make_csr(key, uri), service)
+            name, dns = split_key(service)
+            uri = service_uri(roots["TrustDomain"], self.datacenter, name)
+            signed = self.backend.sign(x.make_csr(key, uri, dns), name)
             cert = {**signed, "PrivateKeyPEM": x.key_pem(key)}
             after, before = _epoch(cert["ValidAfter"]), _epoch(cert["ValidBefore"])
             new = _Entry(cert, cert["ModifyIndex"], roots.get("ActiveRootID", ""),

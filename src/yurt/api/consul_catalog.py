@@ -195,18 +195,18 @@ async def catalog_node(request: Request, name: str):
 @router.get("/v1/health/ingress/{name}")
 @consul_route
 async def health_ingress(request: Request, name: str):
-    """The ingress gateways serving `name`: Yurt runs no gateways yet, so none (Consul's answer
-    for a service no gateway exposes)."""
+    """The ingress gateways with a listener for `name` ([] when none exposes it, as Consul)."""
     index = await cblock(request, CATALOG)
-    return creply(request, [], index)
+    cat = _catalog(request)
+    return creply(request, [cat.health_entry(s) for s in cat.ingress_gateways(name, _passing(request))], index)
 
 
 @router.get("/v1/catalog/gateway-services/{gateway}")
 @consul_route
 async def catalog_gateway_services(request: Request, gateway: str):
-    """The services a gateway is configured for: Yurt has no gateways yet, so none."""
+    """The services a gateway is configured for (from its instances' config entry)."""
     index = await cblock(request, CATALOG)
-    return creply(request, [], index)
+    return creply(request, _catalog(request).gateway_services(gateway), index)
 
 
 @router.get("/v1/health/node/{name}")

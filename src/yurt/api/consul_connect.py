@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -19,7 +20,7 @@ from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server import intentions as ixmod
 from yurt.server.identity import group_services
 from yurt.structs import Intention, parse_service_uri
-from yurt.structs.connect import service_name_problem
+from yurt.structs.connect import leaf_key, service_name_problem
 
 from .common import json_body, json_object, query_index, wait_seconds
 from .consul_common import (agent_of, cblock, consul_route, consul_router, creply, headers)
@@ -100,8 +101,19 @@ async def leaf(request: Request, service: str):
     leafs = agent_of(request).leaf_certs
     await asyncio.to_thread(leafs.check_identity, service, _token(request))
     index = query_index(request)
-    cert = await leafs.wait(service, index, wait_seconds(request) if index else 0)
+    # Yurt's extension for ingress gateways (Consul adds them from the gateway's config entry):
+    # ?dns_san=a.example.com,b.example.com adds those DNS SANs, for TLS at the edge
+    dns = [d for d in request.query_params.get("dns_san", "").split(",") if d.strip()]
+    for d in dns:
+        if not _DNS_SAN.fullmatch(d.strip()):
+            raise InvalidInput(f'dns_san "{d}" is not a DNS name: give names like api.example.com '
+                               "or *.example.com, separated by commas")
+    cert = await leafs.wait(leaf_key(service, dns), index, wait_seconds(request) if index else 0)
     return creply(request, cert, cert["ModifyIndex"])
+
+
+_LABEL = r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_DNS_SAN = re.compile(rf"(\*\.)?({_LABEL}\.)*{_LABEL}")
 
 
 def _token(request: Request) -> str:

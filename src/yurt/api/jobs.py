@@ -121,7 +121,7 @@ async def register(request: Request):
     require_namespace(request, job.namespace or "default", "submit-job")  # the body's namespace
     result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
                                      enforce_index=enforce_index(body))
-    result["Warnings"] = "\n".join(warnings)
+    result["Warnings"] = "\n".join([*warnings, *filter(None, [result.get("Warnings")])])
     return write_reply(result)
 
 
@@ -184,7 +184,7 @@ async def update_job(request: Request, job_id: str):
     require_namespace(request, job.namespace or "default", "submit-job")
     result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
                                      enforce_index=enforce_index(body))
-    result["Warnings"] = "\n".join(warnings)
+    result["Warnings"] = "\n".join([*warnings, *filter(None, [result.get("Warnings")])])
     return write_reply(result)
 
 

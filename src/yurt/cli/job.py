@@ -133,9 +133,13 @@ def run_cmd(file: str, output: bool, detach: bool, check_index: int | None, verb
         doc["JobModifyIndex"] = check_index
     with connect(address) as client:
         resp = client.register_job(doc)
-        if resp.get("Warnings") and not loaded.warnings:
+        # the file's own warnings were shown with their positions; the server's others (a
+        # gateway's service the catalog does not know) are shown here
+        mine = {f"{w.where}: {w.message}" if w.where else w.message for w in loaded.warnings}
+        server = [ln for ln in str(resp.get("Warnings") or "").splitlines() if ln.strip() and ln not in mine]
+        if server:
             err.print("[bold yellow]Job Warnings:[/]")
-            err.print(str(resp["Warnings"]), markup=False)
+            err.print("\n".join(server), markup=False)
         eval_id = resp.get("EvalID") or ""
         if detach or not eval_id:
             click.echo("Job registration successful")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from yurt.structs import ConsulSidecarService, Service, ServiceCheck
 from yurt.structs.duration import SECOND
+from yurt.structs.gateway import INGRESS, TERMINATING, gateway_entry, gateway_kind
 
 from .alloc_hooks import AllocHook, AllocHookContext
 from .checks import CRITICAL, PASSING, WARNING, CheckRunner, CheckSpec
@@ -161,11 +162,31 @@ class ServiceHook(AllocHook):
                     # a dev node advertising loopback: peers in other namespaces reach the app
                     # on the bridge, at the port it listens on (as for a sidecar)
                     reg["Address"], reg["Port"] = alloc_ip, inner
+            gateway = svc.connect.gateway if svc.connect is not None else None
+            if gateway_kind(gateway) in (INGRESS, TERMINATING):
+                self._gateway(reg, svc, gateway or {}, ports, host_ip, alloc_ip)
             regs.append(reg)
             sidecar = svc.connect.sidecar_service if svc.connect is not None else None
             if sidecar is not None:   # svc.has_sidecar
                 regs.append(self._sidecar(ctx, svc, sidecar, sid, ports, host_ip, checks, specs, restarts))
         return regs, specs, restarts
+
+    @staticmethod
+    def _gateway(reg: dict, svc: Service, gateway: dict, ports: dict, host_ip: str, alloc_ip: str) -> None:
+        """A gateway registers as Consul's do: Kind ingress-gateway / terminating-gateway, its
+        config entry in Proxy.Config["Gateway"] (the catalog lists a terminating gateway under
+        each service it links, /v1/health/connect/<service>). A terminating gateway is dialled
+        by the mesh on its injected port `connect-terminating-<service>`."""
+        entry, _ = gateway_entry(svc.name, gateway)
+        reg["Kind"] = entry["Kind"]
+        reg["Proxy"] = {"Config": {"Gateway": entry}}
+        if entry["Kind"] == TERMINATING:
+            p = ports.get(f"connect-terminating-{svc.name}")
+            if p is not None:
+                reg["Address"], reg["Port"] = host_ip, p.value
+                if host_ip.startswith("127.") and alloc_ip:
+                    # a dev node advertising loopback: the mesh reaches it on the bridge (as a sidecar)
+                    reg["Address"], reg["Port"] = alloc_ip, (p.to if p.to > 0 else p.value)
 
     def _spec(self, sid: str, i: int, svc: Service, check: ServiceCheck, ports: dict, inner: int,
               in_netns: bool, host_ip: str, ctx: AllocHookContext) -> CheckSpec:

@@ -228,7 +228,7 @@ class Decoder:
             seen[blk.type] = blk.pos
             if blk.labels:
                 self.error(blk.label_pos[0], where, f"{blk.type} takes no label")
-            value = self.opaque(blk.body)
+            value = self.opaque(blk.body, path + (f.json,) if f.json == "Gateway" else None)
             ok, converted = self.convert(value, f.annotation)
             if not ok:
                 self.error(blk.pos, _join(where, blk.type), f"must be {_type_word(f.annotation)}")
@@ -278,14 +278,23 @@ class Decoder:
         self.error(pos, where, f'unknown {what} "{name}"{hint}')
 
     # -- values -----------------------------------------------------------------------------
-    def opaque(self, body: Body) -> dict[str, Any]:
-        """A free-form map block (`config`, `env`, `meta`): attributes, and nested blocks as lists."""
+    def opaque(self, body: Body, path: Path | None = None) -> dict[str, Any]:
+        """A free-form map block (`config`, `env`, `meta`): attributes, and nested blocks as lists.
+        With `path` (a connect gateway block, validated key by key) the positions inside it are
+        kept too, so its problems point at their line."""
         out: dict[str, Any] = {a.name: self.ev.evaluate(a.expr) for a in body.attributes}
+        if path is not None:
+            for a in body.attributes:
+                self.positions[path + (a.name,)] = a.pos
         for blk in body.blocks:
-            value = self.opaque(blk.body)
+            items = out.setdefault(blk.type, [])
+            child = path + (blk.type, len(items)) if path is not None and not blk.labels else None
+            if child is not None:
+                self.positions[child] = blk.pos
+            value = self.opaque(blk.body, child)
             for label in reversed(blk.labels):
                 value = {label: value}
-            out.setdefault(blk.type, []).append(value)
+            items.append(value)
         return out
 
     def convert(self, value: Any, t: Any) -> tuple[bool, Any]:

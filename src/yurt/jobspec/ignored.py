@@ -32,8 +32,9 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   checks run inside the group's namespace, so an exposed check works without a listener),
   check_restart, on_update, task, connect sidecar_service (port, tags, meta, proxy
   local_service_address/port, upstreams destination_name/local_bind_address/local_bind_port),
-  sidecar_task: the client's service hook and the server's sidecar injection. Not read: the
-  rest, listed below.
+  sidecar_task: the client's service hook and the server's sidecar injection; connect gateway
+  (ingress and terminating, structs/gateway.py: the server injects the gateway's proxy task;
+  a mesh gateway is warned about in validate_connect). Not read: the rest, listed below.
 
 Two rules need more than one field, and are functions below the table: a `script` check runs on
 the node as the agent's user (client/checks.py), so it is refused unless its task runs that way
@@ -165,7 +166,6 @@ RULES: tuple[Rule, ...] = (
     Rule(_C + ("FailuresBeforeWarning",),
          f"failures_before_warning {NO_EFFECT}: a failing check goes critical"),
     # --- connect ------------------------------------------------------------------------------
-    Rule(_CONNECT + ("Gateway",), f"gateway {NO_EFFECT}: no gateway proxy is started", present=True),
     Rule(_CONNECT + ("SidecarTask", "Resources", "Cores"),
          f"cores {NO_EFFECT}: no core is reserved or pinned for the sidecar; ask for cpu (in MHz) instead"),
     Rule(_CONNECT + ("SidecarTask", "Resources", "SecretsMB"),

@@ -18,6 +18,7 @@ from typing import Any
 from yurt.structs.artifact import artifact_problems
 from yurt.structs import JOB_TYPES, Job, NetworkResource, Task, TaskGroup, Template
 from yurt.structs.driver_config import config_problems
+from yurt.structs.gateway import INGRESS, TERMINATING, gateway_kind
 
 from .errors import Path, Problem
 from .ignored import validate_ignored
@@ -210,8 +211,15 @@ def validate_scaling(r: Report, g: TaskGroup, base: Path) -> None:
                 f"count {g.count} is outside the scaling block's bounds [{lo}, {sc.max}]: change one of them")
 
 
+def _has_gateway(g: TaskGroup) -> bool:
+    return any(s.connect is not None and gateway_kind(s.connect.gateway) in (INGRESS, TERMINATING)
+               for s in g.services or [])
+
+
 def validate_group_tasks(r: Report, g: TaskGroup, base: Path) -> None:
     tasks = g.tasks or []
+    if not tasks and _has_gateway(g):
+        return   # the server injects the gateway's proxy task (connect-ingress-<service>, ...)
     if not tasks:
         r.error(base + ("Tasks",), f'group "{g.name}" has no tasks: add a task "name" '
                                    '{ driver = "..." } block')

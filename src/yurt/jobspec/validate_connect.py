@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from yurt.structs import ConsulProxy, Job, Service, SidecarTask, TaskGroup
 
+from yurt.structs.gateway import INGRESS, MESH, gateway_entry, gateway_kind
+
 from .errors import Path
 from .validate_common import (MAX_PORT, Report, dur, group_mode, group_ports, is_group_isolated,
                               is_known_mode, is_number)
@@ -65,9 +67,49 @@ def validate_connect(r: Report, job: Job, group: TaskGroup, s: Service, path: Pa
             r.error(path + ("PortLabel",), f'connect native service "{s.name}" needs a port: '
                                            'set port on the service')
     if c.gateway is not None:
-        if "mesh" in c.gateway and not s.port_label:
+        _validate_gateway(r, group, s, c.gateway, cpath + ("Gateway",), path)
+
+
+def _validate_gateway(r: Report, group: TaskGroup, s: Service, gateway: dict, gpath: Path, path: Path) -> None:
+    """The gateway block as Consul's config entry (structs/gateway.py): its problems, and the
+    listeners' ports against the group's network."""
+    kind = gateway_kind(gateway)
+    if kind == MESH:
+        if not s.port_label:
             r.error(path + ("PortLabel",), 'a mesh gateway needs the port of its WAN listener: '
                                            'set port on the service')
+        r.warn(gpath + ("mesh",), "mesh gateway has no effect yet in Yurt: no mesh gateway proxy is "
+                                  "started (ingress and terminating gateways are)")
+        return
+    entry, problems = gateway_entry(s.name, gateway)
+    for sub, message, is_error in problems:
+        (r.error if is_error else r.warn)(gpath + tuple(sub), message)
+    if s.name != s.name.lower():
+        r.error(path + ("Name",), f'gateway service name "{s.name}" must be lowercase: '
+                                  f'rename it "{s.name.lower()}"')
+    if kind != INGRESS:
+        return
+    mapped = {(p.to if p.to > 0 else p.value): label for label, p in group_ports(group).items()}
+    static = {p.value for p in group_ports(group).values() if p.value}
+    isolated = is_group_isolated(group_mode(group))
+    others = {int(o.port_label): f'service "{o.name}"' for o in group.services or []
+              if o is not s and is_number(o.port_label)}
+    for li, lst in enumerate(entry.get("Listeners") or []):
+        port = lst["Port"]
+        if not port:
+            continue
+        lpath = gpath + ("ingress", 0, "listener", li, "port")
+        if port in others:
+            r.error(lpath, f"listener port {port} is already used by {others[port]} in group "
+                           f'"{group.name}": give the listener another port')
+        if group_mode(group) == "host" and port not in static:
+            r.warn(lpath, f"listener port {port} binds on the node itself (network mode host), but the group "
+                          f"reserves no such port, so the scheduler may place something else on it: add "
+                          f"network {{ port \"ingress-{port}\" {{ static = {port} }} }}")
+        if isolated and port not in mapped:
+            r.warn(lpath, f"listener port {port} is not mapped to the host by the group network, so only "
+                          f"the group reaches it: add network {{ port \"ingress-{port}\" {{ static = {port} "
+                          f"to = {port} }} }} (or any host port with to = {port})")
 
 
 def _validate_proxy(r: Report, group: TaskGroup, proxy: ConsulProxy, path: Path) -> None:

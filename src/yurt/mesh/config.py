@@ -18,7 +18,8 @@ JSON (every key optional except service):
    "connect_timeout_ms": 3000,            # a TCP connect to an upstream instance
    "max_connections": 1024,               # open connections per listener; past it new ones are closed
    "idle_timeout_ms": 300000,             # an established connection with no bytes either way is closed
-   "workers": 1}                           # >1: that many processes share the listeners (SO_REUSEPORT)
+   "workers": 1,                           # >1: that many processes share the listeners (SO_REUSEPORT)
+   "gateway": {"Kind": "ingress-gateway", ...}}  # gateway mode: Consul's config entry (mesh/gateway.py)
 
 Identity, trust, intentions and endpoints always come from the agent at "address".
 """
@@ -64,10 +65,17 @@ class ProxyConfig:
     drained_file: str = ""  # written when the inbound drain (SIGUSR1) is done
     drain_timeout: float = 5.0  # seconds open connections may take to finish after SIGTERM/SIGINT
     worker_drained_files: list[str] = field(default_factory=list)  # -workers: set at fork, not configured
+    gateway: dict | None = None  # an ingress or terminating gateway's config entry (mesh/gateway.py)
 
     def validate(self) -> ProxyConfig:
         if not self.service:
             raise ConfigError("-service is required: the name of the service this sidecar fronts")
+        if self.gateway is not None:
+            from .gateway import GatewayConfig
+            GatewayConfig.from_entry(self.gateway)   # raises ConfigError naming what is wrong
+            if self.workers > 1:
+                raise ConfigError("a gateway runs one worker: remove -workers")
+            return self
         if self.listen_port is not None and not self.local_port:
             raise ConfigError("-local-port is required with -listen: the port of the app behind the proxy")
         if self.listen_port is None and not self.upstreams:
@@ -148,6 +156,10 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
         cfg.idle_timeout = _whole(doc["idle_timeout_ms"], "idle_timeout_ms") / 1000
     cfg.debug_modules = bool(doc.get("debug_modules", cfg.debug_modules))
     cfg.workers = int(doc.get("workers", cfg.workers) or 1)
+    if doc.get("gateway") is not None:
+        if not isinstance(doc["gateway"], dict):
+            raise ConfigError("gateway must be a config entry object: {\"Kind\": \"ingress-gateway\", ...}")
+        cfg.gateway = doc["gateway"]
     return cfg
 
 

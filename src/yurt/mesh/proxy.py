@@ -86,11 +86,16 @@ class Proxy:
         # once a chain says "http"
         self.chains: dict[str, dict] = {}
         self.l7: Any = None
+        self.gateway: Any = None    # mesh.gateway.Gateway in a gateway mode
 
     # -- startup -------------------------------------------------------------------------------
     def bind(self) -> None:
         cfg = self.cfg
-        if cfg.listen_port is not None:
+        if cfg.gateway is not None:   # a gateway mode: its own listeners (mesh/gateway.py)
+            from .gateway import Gateway
+            self.gateway = Gateway(self)
+            self.gateway.bind()
+        elif cfg.listen_port is not None:
             s = listen(cfg.listen_addr, cfg.listen_port, reuseport=cfg.workers > 1)
             lst = Listener(self, s, self._inbound_maker, cfg.max_connections)
             self.public_port = lst.port
@@ -196,6 +201,8 @@ class Proxy:
             self._watch(f"endpoints-{up.destination}",
                         lambda i, w, d=up.destination, dc=dc: src.endpoints(d, dc, i, w),
                         lambda v, b=bal, dc=dc, d=up.destination: self._on_endpoints(d, b, dc, v))
+        if self.gateway is not None:
+            self.gateway.start_watches()
 
     # -- watch results (reactor thread) ---------------------------------------------------------
     def _on_roots(self, roots: dict) -> None:

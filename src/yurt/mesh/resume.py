@@ -115,12 +115,16 @@ def take(sock: ssl.SSLSocket) -> Ticket | None:
     return Ticket(py) if py is not None and py.has_ticket else None
 
 
-def wrap(context: ssl.SSLContext, sock: Any, ticket: Ticket | None) -> ssl.SSLSocket:
-    """A client SSLSocket for a connected non-blocking socket, offering `ticket` to resume."""
+def wrap(context: ssl.SSLContext, sock: Any, ticket: Ticket | None,
+         server_hostname: str | None = None) -> ssl.SSLSocket:
+    """A client SSLSocket for a connected non-blocking socket, offering `ticket` to resume, with
+    `server_hostname` as SNI (a terminating gateway presents the linked service it names)."""
     if ticket is None or not ticket.ptr:   # none yet, or the ssl module's route
         return context.wrap_socket(sock, server_side=False, do_handshake_on_connect=False,
-                                   session=ticket.py if ticket is not None else None)
-    tls = context.wrap_socket(sock, server_side=False, do_handshake_on_connect=False)
+                                   session=ticket.py if ticket is not None else None,
+                                   server_hostname=server_hostname)
+    tls = context.wrap_socket(sock, server_side=False, do_handshake_on_connect=False,
+                              server_hostname=server_hostname)
     n = _native
     s = n.ssl_of(tls, context) if n is not None else 0
     if s and n is not None:

@@ -11,6 +11,7 @@ the client's connection is closed at once.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import ssl
@@ -32,6 +33,18 @@ MAX_ATTEMPTS = 3
 # started 9,000 handshakes together at the instance's sidecar, which answered them all late,
 # and ~1,000 timed out; with it they are answered at the rate the instance can handshake.
 MAX_DIALING = 128
+
+
+@functools.lru_cache(maxsize=1024)
+def sni_name(service: str, datacenter: str, trust_domain: str) -> str | None:
+    """Consul's SNI for a service, `<service>.default.<dc>.internal.<trust domain>`: a terminating
+    gateway linking several services presents the one named (a sidecar ignores it). None when
+    the name is no valid host name."""
+    name = f"{service}.default.{datacenter}.internal.{trust_domain}".lower()
+    if len(name) > 253 or not all(0 < len(label) < 64 and label.replace("-", "").replace("_", "").isalnum()
+                                  for label in name.split(".")):
+        return None
+    return name
 
 
 class UpstreamConn:
@@ -136,6 +149,12 @@ class UpstreamConn:
         if err not in (0, errno.EINPROGRESS):
             self._retry(os.strerror(err), "connect")
 
+    def _session_key(self) -> tuple[str, str, int]:
+        """Sessions are kept per destination and instance: a terminating gateway is one instance
+        of several services, each with its own certificate, and a session resumed for one would
+        present another's."""
+        return (self.up.destination, *self.inst.key)   # type: ignore[union-attr]
+
     def _keep_session(self) -> None:
         """The connection ends: keep the session ticket its server sent (TLS 1.3 sends it after
         the handshake, so it is here once any reply was read) for the next connections to this
@@ -143,16 +162,17 @@ class UpstreamConn:
         there is none, when the one offered was not accepted (the server's certificate or roots
         rotated), or when half its lifetime is gone."""
         sessions = self.material.sessions
-        kept = sessions.get(self.inst.key)
+        key = self._session_key()
+        kept = sessions.get(key)
         sock = self.server.sock   # type: ignore[union-attr]
         resume.finish(sock, self.material.client)
         if kept is not None and kept is self.offered and sock.session_reused and kept.fresh():
             return
         ticket = resume.take(sock)
         if ticket is not None:
-            if len(sessions) >= 4096 and self.inst.key not in sessions:
+            if len(sessions) >= 4096 and key not in sessions:
                 sessions.clear()   # instances come and go: the ones still used fill it again
-            sessions[self.inst.key] = ticket
+            sessions[key] = ticket
 
     def _timeout(self) -> None:
         self.timer = None
@@ -174,8 +194,9 @@ class UpstreamConn:
                 self._retry(os.strerror(err), "connect")
                 return
             material = self.proxy.material
-            self.offered = material.sessions.get(self.inst.key)
-            side.sock = resume.wrap(material.client, side.sock, self.offered)
+            self.offered = material.sessions.get(self._session_key())
+            side.sock = resume.wrap(material.client, side.sock, self.offered,
+                                    sni_name(self.up.destination, self.inst.datacenter, material.trust_domain))
             side.tls = True
             self.state = "handshake"
             # the handshake has its own deadline: a burst of new connections queues handshakes
@@ -208,7 +229,7 @@ class UpstreamConn:
             return
         if side.sock.session_reused:
             if expired(pc.not_after):   # type: ignore[union-attr]
-                self.material.sessions.pop(self.inst.key, None)
+                self.material.sessions.pop(self._session_key(), None)
                 self._retry("resumed a session whose server certificate has expired", "tls")
                 return
             self.proxy.metrics.tls_resumed["upstream"] += 1

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from yurt.errors import InvalidInput, NotFound
 from yurt.structs import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, CatalogNode, HealthCheck,
                           ServiceRegistration, format_duration, parse_duration)
-from yurt.structs.catalog import CHECK_STATES, KIND_CONNECT_PROXY, SIDECAR_SUFFIX
+from yurt.structs.catalog import (CHECK_STATES, KIND_CONNECT_PROXY, KIND_INGRESS_GATEWAY,
+                                  KIND_TERMINATING_GATEWAY, SIDECAR_SUFFIX)
 from yurt.state import StateStore
 
 SIDECAR_MIN_PORT, SIDECAR_MAX_PORT = 21000, 21255
@@ -255,8 +256,9 @@ class Catalog:
                   "alloc_id": c.get("AllocID") or ""}
         svc_id = c.get("ID") or name
         kind = c.get("Kind") or ""
-        if kind not in ("", KIND_CONNECT_PROXY):
-            raise CatalogError(f'Kind "{kind}" is not supported: use "" or "connect-proxy"')
+        if kind not in ("", KIND_CONNECT_PROXY, KIND_INGRESS_GATEWAY, KIND_TERMINATING_GATEWAY):
+            raise CatalogError(f'Kind "{kind}" is not supported: use "", "connect-proxy", '
+                               '"ingress-gateway" or "terminating-gateway"')
         connect = canon(c.get("Connect") or {}, _CONNECT)
         proxy = _proxy(c.get("Proxy")) if (kind or c.get("Proxy")) else None
         if kind == KIND_CONNECT_PROXY and not (proxy or {}).get("DestinationServiceName"):
@@ -455,6 +457,39 @@ class Catalog:
             rows = [s for s in rows if self.status(s) == CHECK_PASSING
                     and all(c.status == CHECK_PASSING for c in self.node_level_checks(s.key[0]))]
         return rows
+
+    def ingress_gateways(self, name: str, passing: bool = False) -> list[ServiceRegistration]:
+        """The ingress gateway instances with a listener for `name` (/v1/health/ingress/<name>)."""
+        rows = [s for s in self.store.services() if s.kind == KIND_INGRESS_GATEWAY
+                and any(name == svc.get("Name") for lst in _entry(s).get("Listeners") or []
+                        for svc in lst.get("Services") or [])]
+        if passing:
+            rows = [s for s in rows if self.status(s) == CHECK_PASSING]
+        return rows
+
+    def gateway_services(self, gateway: str) -> list[dict[str, Any]]:
+        """`/v1/catalog/gateway-services/<gateway>`: what a gateway carries, from its config entry
+        (the job's gateway block the instances registered with), one row per service."""
+        out: dict[tuple[str, int], dict[str, Any]] = {}
+        for s in self.store.services(gateway):
+            entry = _entry(s)
+            if s.kind == KIND_INGRESS_GATEWAY:
+                for lst in entry.get("Listeners") or []:
+                    for svc in lst.get("Services") or []:
+                        out.setdefault((svc.get("Name", ""), lst.get("Port", 0)), {
+                            "Gateway": {"Name": gateway}, "Service": {"Name": svc.get("Name", "")},
+                            "GatewayKind": s.kind, "Port": lst.get("Port", 0), "Protocol": lst.get("Protocol", "tcp"),
+                            "Hosts": svc.get("Hosts") or None, "CAFile": "", "CertFile": "", "KeyFile": "",
+                            "SNI": "", "FromWildcard": False, "CreateIndex": s.create_index,
+                            "ModifyIndex": s.modify_index})
+            elif s.kind == KIND_TERMINATING_GATEWAY:
+                for svc in entry.get("Services") or []:
+                    out.setdefault((svc.get("Name", ""), 0), {
+                        "Gateway": {"Name": gateway}, "Service": {"Name": svc.get("Name", "")},
+                        "GatewayKind": s.kind, "CAFile": svc.get("CAFile", ""), "CertFile": svc.get("CertFile", ""),
+                        "KeyFile": svc.get("KeyFile", ""), "SNI": svc.get("SNI", ""), "FromWildcard": False,
+                        "CreateIndex": s.create_index, "ModifyIndex": s.modify_index})
+        return list(out.values())
 
     def node_json(self, svc: ServiceRegistration) -> dict[str, Any]:
         node = self.store.node(svc.node_id) if svc.node_id else None
@@ -677,6 +712,12 @@ class Catalog:
         own = [c for key, node_id, name in nodes for c in self._node_health(key, node_id, name)]
         return [c for c in (*own, *(c.public() for s in services for c in self.checks_of(s)))
                 if state == "any" or c["Status"] == state]
+
+
+def _entry(svc: ServiceRegistration) -> dict[str, Any]:
+    """A gateway instance's config entry (Proxy.Config["Gateway"], as the client registers it)."""
+    entry = svc.proxy.config.get("Gateway") if svc.proxy is not None else None
+    return entry if isinstance(entry, dict) else {}
 
 
 def _aliases(common: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,12 @@ client registers that port in the sidecar's catalog entry, Meta `metrics_port`).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from yurt.structs import (ConsulConnect, ConsulProxy, Job, LogConfig, NetworkResource, Port, Resources,
                           Service, SidecarTask, Task, TaskGroup, TaskLifecycle)
 from yurt.structs.duration import SECOND
+from yurt.structs.gateway import INGRESS, TERMINATING, gateway_entry, gateway_kind
 
 PROXY_DRIVER = "connect-proxy"
 # Much less than Nomad's 250 MHz / 128 MB for Envoy: Yurt's proxy is small (see bench/proxy.py).
@@ -41,7 +43,72 @@ def inject_sidecars(job: Job) -> Job:
             connect = service.connect
             if service.has_sidecar and connect is not None and connect.sidecar_service is not None:
                 _inject(group, group.networks[0], service, connect)
+            elif connect is not None and gateway_kind(connect.gateway) in (INGRESS, TERMINATING):
+                _inject_gateway(group, group.networks[0], service, connect.gateway or {})
     return job
+
+
+def gateway_warnings(job: Job, known: Callable[[str], bool]) -> list[str]:
+    """What `job run` warns about a gateway: a service an ingress listener routes to, or a
+    terminating gateway links, that neither the catalog nor any job knows (`known`). Not an
+    error: it may be registered later; until then the gateway answers 503 / closes, naming it."""
+    out: list[str] = []
+    for group in job.task_groups or []:
+        for service in group.services or []:
+            gateway = service.connect.gateway if service.connect is not None else None
+            kind = gateway_kind(gateway)
+            if kind not in (INGRESS, TERMINATING):
+                continue
+            entry, _ = gateway_entry(service.name, gateway or {})
+            where = f'group "{group.name}" > service "{service.name}" > connect > gateway'
+            if kind == INGRESS:
+                for lst in entry.get("Listeners") or []:
+                    for s in lst.get("Services") or []:
+                        if s.get("Name") and not known(s["Name"]):
+                            out.append(f'{where}: listener {lst.get("Port")} routes to service "{s["Name"]}", '
+                                       "which the catalog does not know yet: until it is registered the "
+                                       "gateway answers 503 (http) or closes the connection (tcp)")
+            else:
+                for s in entry.get("Services") or []:
+                    if s.get("Name") and not known(s["Name"]):
+                        out.append(f'{where}: service "{s["Name"]}" is not registered in the catalog: register '
+                                   "the external service with PUT /v1/catalog/register (Node, Address, "
+                                   "Service { Service, Port }) so the gateway knows where to forward")
+    return out
+
+
+def gateway_task_prefix(kind: str) -> str:
+    """`connect-ingress` or `connect-terminating` (Nomad's task names and kinds)."""
+    return "connect-" + kind.split("-")[0]
+
+
+def _inject_gateway(group: TaskGroup, network: NetworkResource, service: Service, gateway: dict) -> None:
+    """Nomad's gateway task: `connect-ingress-<service>` / `connect-terminating-<service>` (kind
+    `connect-ingress:<service>` ...) running Yurt's proxy in a gateway mode, its config the
+    gateway block as Consul's config entry (structs/gateway.py). An ingress gateway binds its
+    listeners' ports itself (the group network maps them to the host); a terminating gateway
+    gets a dynamic port `connect-terminating-<service>` (to = -1) for the mesh's mTLS."""
+    entry, _ = gateway_entry(service.name, gateway)
+    prefix = gateway_task_prefix(entry["Kind"])
+    kind = f"{prefix}:{service.name}"
+    if any(t.kind == kind for t in group.tasks or []):
+        return
+    config: dict = {"service": service.name, "gateway": entry,
+                    "connect_timeout_ms": entry.get("ConnectTimeoutMs") or 5000}
+    if entry["Kind"] == TERMINATING:
+        label = f"{prefix}-{service.name}"
+        if not any(p.label == label for p in network.ports()):
+            network.dynamic_ports = list(network.dynamic_ports or []) + [Port(label=label, to=-1,
+                                                                              host_network="default")]
+        config["listen"] = f"0.0.0.0:${{NOMAD_PORT_{clean(label)}}}"
+    name = f"{prefix}-{service.name}"
+    if group.task(name) is not None:
+        name = f"{name}-{uuid.uuid4().hex[:6]}"
+    group.tasks = list(group.tasks or []) + [Task(
+        name=name, driver=PROXY_DRIVER, kind=kind, config=config,
+        resources=Resources(cpu=PROXY_CPU, cores=0, memory_mb=PROXY_MEMORY, memory_max_mb=0, disk_mb=0, secrets_mb=0),
+        restart_policy=group.restart_policy, kill_timeout=5 * SECOND, shutdown_delay=0,
+        log_config=LogConfig(max_files=2, max_file_size_mb=2, disabled=False))]
 
 
 def _inject(group: TaskGroup, network: NetworkResource, service: Service, connect: ConsulConnect) -> None:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from yurt.errors import NotFound, PermissionDenied
 from yurt.structs import Allocation, Job, Node
+from yurt.structs.gateway import linked_services
 
 AUDIENCE = "nomadproject.io"
 ALGORITHM = "RS256"
@@ -169,7 +170,9 @@ def group_services(job: Job, group_name: str) -> list[str]:
         for t in g.tasks or []:
             services.extend(t.services or [])
         for s in services:
-            for name in (s.name, s.name + SIDECAR_SUFFIX if s.has_sidecar else ""):
+            # a terminating gateway holds the identity of each external service it links
+            linked = linked_services(s.connect.gateway) if s.connect is not None else []
+            for name in (s.name, s.name + SIDECAR_SUFFIX if s.has_sidecar else "", *linked):
                 if name and name not in names:
                     names.append(name)
     return names

@@ -26,7 +26,7 @@ from .broker import EvalBroker
 from .ca import ConnectCA
 from .catalog import Catalog
 from .intentions import Intentions
-from .connect_inject import inject_sidecars
+from .connect_inject import gateway_warnings, inject_sidecars
 from .deployments import Deployments
 from .periodic import PeriodicLauncher
 from .drain import Drainer
@@ -229,6 +229,8 @@ class Server:
         `enforce_index` (EnforceIndex), only if the job's JobModifyIndex is still that (0: new)."""
         self.namespaces.admit(job)
         job = inject_sidecars(job.model_copy(update={"stop": False}, deep=True))
+        own = {s.name for g in job.task_groups or [] for s in g.services or []}
+        warnings = "\n".join(gateway_warnings(job, lambda n: n in own or self._service_known(n)))
         namespace = job.namespace or "default"
         # the job and the eval that schedules it are one write: a crash keeps both or neither,
         # and the index check happens inside it
@@ -240,12 +242,20 @@ class Server:
         if ev is None:
             log.info('job "%s" registered in namespace "%s" at index %d (%s: no evaluation)', job.id, namespace,
                      index, "periodic" if job.is_periodic() else "parameterized")
-            return {"EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": index, "Warnings": "", "Index": index}
+            return {"EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": index, "Warnings": warnings,
+                    "Index": index}
         self.broker.enqueue(ev)
         log.info('job "%s" registered in namespace "%s" at index %d: evaluation %s', job.id, namespace, index,
                  ev.id[:8])
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": index,
-                "Warnings": "", "Index": index}
+                "Warnings": warnings, "Index": index}
+
+    def _service_known(self, name: str) -> bool:
+        """A service the catalog has, or that a group of a stored job declares."""
+        if self.store.services(name):
+            return True
+        return any(svc.name == name for j in self.store.jobs() if not j.stop for g in j.task_groups or []
+                   for svc in [*(g.services or []), *(ts for t in g.tasks or [] for ts in t.services or [])])
 
     def periodic_force(self, namespace: str, job_id: str) -> dict[str, Any]:
         """Launch a periodic job's child now (Nomad's Periodic.Force)."""

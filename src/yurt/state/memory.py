@@ -274,8 +274,8 @@ class Tables:
         self._top("services")[svc.key] = svc
         self._bucket("services_by_name", svc.service)[svc.key] = svc
         self._bucket("services_by_node", svc.key[0])[svc.key] = svc
-        if svc.connect_destination:
-            self._bucket("services_by_dest", svc.connect_destination)[svc.key] = svc
+        for dest in svc.connect_destinations:
+            self._bucket("services_by_dest", dest)[svc.key] = svc
         if svc.alloc_id:
             self._bucket("services_by_alloc", svc.alloc_id)[svc.key] = svc
 
@@ -287,8 +287,8 @@ class Tables:
     def _unindex_service(self, old: ServiceRegistration) -> None:
         self._unbucket("services_by_name", old.service, old.key)
         self._unbucket("services_by_node", old.key[0], old.key)
-        if old.connect_destination:
-            self._unbucket("services_by_dest", old.connect_destination, old.key)
+        for dest in old.connect_destinations:
+            self._unbucket("services_by_dest", dest, old.key)
         if old.alloc_id:
             self._unbucket("services_by_alloc", old.alloc_id, old.key)
 

@@ -126,6 +126,9 @@ class AllocNetworkStatus(Struct):
     dns: dict[str, Any] | None = field(None, json="DNS")
 
 
+PORT_COLLISION = "network: reserved port collision "   # the scheduler's dimension: "<prefix><label>=<port>"
+
+
 class AllocMetric(Struct):
     """Why placement went as it did (Nomad's AllocMetric): the scheduler makes one per placement
     (`of_placement`); allocations and failed placements carry it, the CLI prints `reasons()`."""
@@ -177,6 +180,11 @@ class AllocMetric(Struct):
             lines.append(f"Resources exhausted on {n} node{'s' if n != 1 else ''}")
         for dim, n in sorted(self.dimension_exhausted.items()):
             lines.append(f'Dimension "{dim}" exhausted on {n} node{"s" if n != 1 else ""}')
+            if dim.startswith(PORT_COLLISION):
+                label, _, port = dim[len(PORT_COLLISION):].rpartition("=")
+                lines.append(f'  host port {port} is already used on {"that node" if n == 1 else "those nodes"} '
+                             "(by another allocation, or reserved by the node): give port "
+                             f'"{label}" another static value, or remove static to get a dynamic port')
         return lines
 
 

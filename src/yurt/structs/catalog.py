@@ -20,6 +20,8 @@ CHECK_CRITICAL = "critical"
 CHECK_STATES = (CHECK_PASSING, CHECK_WARNING, CHECK_CRITICAL)
 
 KIND_CONNECT_PROXY = "connect-proxy"
+KIND_INGRESS_GATEWAY = "ingress-gateway"
+KIND_TERMINATING_GATEWAY = "terminating-gateway"
 SIDECAR_SUFFIX = "-sidecar-proxy"
 
 
@@ -138,6 +140,18 @@ class ServiceRegistration(Lenient):
         if self.connect.get("Native"):
             return self.service
         return ""
+
+    @property
+    def connect_destinations(self) -> list[str]:
+        """Every service this instance serves mesh traffic for: `connect_destination`, or for a
+        terminating gateway each external service it links (Proxy.Config["Gateway"], the
+        gateway's config entry), as Consul's /v1/health/connect/<service> lists the gateway."""
+        if self.kind == KIND_TERMINATING_GATEWAY and self.proxy is not None:
+            entry = self.proxy.config.get("Gateway") or {}
+            return [str(s.get("Name")) for s in entry.get("Services") or []
+                    if isinstance(s, dict) and s.get("Name")]
+        dest = self.connect_destination
+        return [dest] if dest else []
 
     def agent_view(self) -> dict[str, Any]:
         """`/v1/agent/services` as Consul's agent answers it: the keys Consul leaves out when

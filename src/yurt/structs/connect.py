@@ -165,3 +165,15 @@ def parse_service_uri(uri: str) -> SpiffeService | None:
     if not m:
         return None
     return SpiffeService(host.lower(), m.group(1), m.group(2), m.group(3))
+
+
+def leaf_key(service: str, dns_sans: list[str] | tuple[str, ...] = ()) -> str:
+    """The cache key of a leaf: the service, or with DNS SANs (an ingress gateway's certificate
+    for its hosts, served at the edge) `<service>?dns=<a>,<b>`."""
+    dns = sorted({d.strip().lower() for d in dns_sans if d.strip()})
+    return f"{service}?dns={','.join(dns)}" if dns else service
+
+
+def split_key(key: str) -> tuple[str, tuple[str, ...]]:
+    service, _, dns = key.partition("?dns=")
+    return service, tuple(d for d in dns.split(",") if d)

@@ -27,7 +27,7 @@ REQUIRED = {"docker": ("image",), "exec": ("command",), "raw_exec": ("command",)
 # connect-proxy-<service>-metrics port the catalog advertises) when it injects the task.
 CONNECT_PROXY_KEYS = ("service", "listen", "local_addr", "local_port", "upstreams", "datacenter",
                       "handshake_timeout_ms", "connect_timeout_ms", "max_connections", "idle_timeout_ms",
-                      "workers", "debug_modules", "ready_addr", "metrics_addr")
+                      "workers", "debug_modules", "ready_addr", "metrics_addr", "gateway")
 MOUNT_KEYS = {"type", "source", "target", "readonly", "bind_options", "volume_options", "tmpfs_options"}
 
 

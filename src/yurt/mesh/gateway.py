@@ -1,0 +1,670 @@
+"""Gateways: the sidecar proxy in a gateway mode (config key "gateway", Consul's config entry).
+
+Ingress gateway (`Kind: ingress-gateway`): listeners on the gateway's ports (the group network
+maps them to the host), each carrying outside traffic into mesh services over mTLS, the gateway
+being the source identity (so intentions `<gateway> -> <service>` apply at the service's sidecar):
+
+  protocol "tcp", no TLS   one service per listener; the reactor's upstream path (upstream.py,
+                           balancer.py) exactly as a sidecar's upstream listener, on 0.0.0.0
+  protocol "tcp", TLS      the edge TLS handshake, then the same mTLS dial, on a thread
+  protocol "http"          HTTP/1.1 per request (h11), on a thread per client connection: the
+                           Host header picks the service (`Hosts`, default `<service>.ingress.*`
+                           as Consul's); a host no service matches is answered 404, a service
+                           with no healthy instance 503, and a dial that fails or a connection
+                           the service's sidecar closes before answering (an intention denies)
+                           502/503, each with a log line naming the service
+
+  TLS at the edge (`TLS.Enabled`): the listener serves a certificate from the cluster's CA for
+  the gateway's hosts (DNS SANs; the agent's leaf endpoint with ?dns_san=), TLS 1.2+ (or
+  `TLSMinVersion`), no client certificate.
+
+Terminating gateway (`Kind: terminating-gateway`): one mTLS listener (the injected port
+`connect-terminating-<service>`) for mesh services dialling a linked external service; the
+catalog lists the gateway as that service's connect endpoint. The gateway holds each linked
+service's leaf (it presents the one the client asked for by SNI, `<service>.<...>`, or the
+first), checks intentions `<source> -> <linked service>`, and forwards plain TCP (or TLS with
+`CAFile`/`CertFile`/`KeyFile`/`SNI`) to the address the catalog has for the service
+(`PUT /v1/catalog/register`). A service the catalog does not know closes the connection, with a
+log line naming it.
+
+The threaded paths use blocking sockets and one thread per connection (capped at
+max_connections): gateways carry edge traffic, and the TCP fast path stays the reactor's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import h11
+
+from yurt.errors import ConfigError
+
+from .balancer import Balancer
+from .config import UpstreamConfig
+from .inbound import Listener, listen
+from .tls import (TLSMaterial, _load_chain, build_material, parse_spiffe, peer_cert, roots_bundle, service_uri,
+                  ssl_reason)
+from .upstream import UpstreamConn
+
+if TYPE_CHECKING:
+    from .proxy import Proxy
+
+INGRESS, TERMINATING = "ingress-gateway", "terminating-gateway"
+HOP_HEADERS = {b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te", b"trailer"}
+MAX_ATTEMPTS = 3
+
+
+class GatewayError(Exception):
+    """Why a connection or request could not be carried (answered on the wire, logged)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- the config entry ----------------------------------------------------------------------------
+
+@dataclass
+class IngressService:
+    name: str
+    hosts: list[str] = field(default_factory=list)
+
+    def patterns(self) -> list[str]:
+        return [h.lower() for h in self.hosts] or [f"{self.name}.ingress.*"]
+
+
+@dataclass
+class IngressListener:
+    port: int
+    protocol: str = "tcp"
+    services: list[IngressService] = field(default_factory=list)
+
+
+@dataclass
+class LinkedService:
+    name: str
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    sni: str = ""
+
+
+@dataclass
+class GatewayConfig:
+    """Consul's ingress-gateway / terminating-gateway config entry, typed. The job's gateway
+    block arrives in this shape (structs/gateway.py writes it), and so would an entry from
+    `/v1/config/<kind>/<name>`."""
+    kind: str
+    name: str = ""
+    listeners: list[IngressListener] = field(default_factory=list)
+    services: list[LinkedService] = field(default_factory=list)
+    tls_enabled: bool = False
+    tls_min_version: str = ""
+
+    @classmethod
+    def from_entry(cls, d: dict[str, Any]) -> GatewayConfig:
+        kind = d.get("Kind") or ""
+        if kind not in (INGRESS, TERMINATING):
+            raise ConfigError(f'gateway Kind "{kind}" is not served: use "{INGRESS}" or "{TERMINATING}"')
+        tls = d.get("TLS") or {}
+        cfg = cls(kind=kind, name=str(d.get("Name") or ""), tls_enabled=bool(tls.get("Enabled")),
+                  tls_min_version=str(tls.get("TLSMinVersion") or ""))
+        if cfg.tls_min_version not in ("", "TLSv1_2", "TLSv1_3"):
+            raise ConfigError(f'gateway TLS.TLSMinVersion "{cfg.tls_min_version}": use TLSv1_2 or TLSv1_3')
+        for name in ("CipherSuites", "TLSMaxVersion", "SDS"):
+            if tls.get(name):
+                raise ConfigError(f"gateway TLS.{name} cannot be honoured by Yurt's gateway: remove it")
+        seen: set[int] = set()
+        for lst in d.get("Listeners") or []:
+            port = lst.get("Port")
+            if not isinstance(port, int) or not 1 <= port <= 65535 or port in seen:
+                raise ConfigError(f"gateway listener port {port!r}: give each listener its own port (1-65535)")
+            seen.add(port)
+            protocol = lst.get("Protocol") or "tcp"
+            if protocol not in ("tcp", "http"):
+                raise ConfigError(f'gateway listener {port}: protocol "{protocol}" is not served: use tcp or http')
+            services = [IngressService(str(s.get("Name") or ""), [str(h) for h in s.get("Hosts") or []])
+                        for s in lst.get("Services") or []]
+            if not services or not all(s.name for s in services):
+                raise ConfigError(f"gateway listener {port}: every listener needs a named service")
+            if protocol == "tcp" and len(services) != 1:
+                raise ConfigError(f"gateway listener {port}: a tcp listener carries exactly one service")
+            cfg.listeners.append(IngressListener(port, protocol, services))
+        for s in d.get("Services") or []:
+            if not s.get("Name"):
+                raise ConfigError("terminating gateway service without a Name: name the external service")
+            cfg.services.append(LinkedService(str(s["Name"]), s.get("CAFile") or "", s.get("CertFile") or "",
+                                              s.get("KeyFile") or "", s.get("SNI") or ""))
+        if kind == INGRESS and not cfg.listeners:
+            raise ConfigError("an ingress gateway needs at least one listener")
+        if kind == TERMINATING and not cfg.services:
+            raise ConfigError("a terminating gateway needs at least one service")
+        return cfg
+
+    def edge_hosts(self) -> list[str]:
+        """The DNS names the edge certificate carries: every listener service's hosts that are
+        DNS names (a leading `*.` allowed); `<service>.ingress.*` patterns cannot be."""
+        out: list[str] = []
+        for lst in self.listeners:
+            for s in lst.services:
+                for h in s.hosts:
+                    h = h.lower().split(":")[0]
+                    plain = h[2:] if h.startswith("*.") else h
+                    if plain and "*" not in plain and h not in out:
+                        out.append(h)
+        return out
+
+
+def route(listener: IngressListener, host: str) -> IngressService | None:
+    """The service of an http listener a request's Host header picks (port ignored), or None."""
+    host = host.strip().lower()
+    bare = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    for s in listener.services:
+        for p in s.patterns():
+            if fnmatch.fnmatchcase(bare, p) or fnmatch.fnmatchcase(host, p):
+                return s
+    return None
+
+
+# -- the gateway -------------------------------------------------------------------------------
+
+class Gateway:
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.cfg = GatewayConfig.from_entry(proxy.cfg.gateway or {})
+        self.balancers: dict[str, Balancer] = {}
+        self.edge: ssl.SSLContext | None = None
+        self.linked: dict[str, TLSMaterial] = {}     # terminating: each linked service's identity
+        self._linked_leaf: dict[str, dict] = {}
+        self.external: dict[str, list[tuple[str, int]]] = {}   # terminating: catalog addresses
+        self.slots = threading.BoundedSemaphore(proxy.cfg.max_connections or 1 << 20)
+        # terminating: open connections per linked service, so a new deny closes them
+        self._open: dict[str, dict[int, _Open]] = {}
+        self._open_lock = threading.Lock()
+
+    # -- startup (before the reactor runs) ------------------------------------------------------
+    def bind(self) -> None:
+        p = self.proxy
+        if self.cfg.kind == INGRESS:
+            for lst in self.cfg.listeners:
+                for s in lst.services:
+                    self.balancers.setdefault(s.name, Balancer())
+                sock = listen("0.0.0.0", lst.port)
+                p.listeners.append(Listener(p, sock, self._maker(lst), p.cfg.max_connections))
+            p.log.event("gateway", kind=INGRESS, listeners=[
+                {"port": lst.port, "protocol": lst.protocol, "services": [s.name for s in lst.services]}
+                for lst in self.cfg.listeners], tls=self.cfg.tls_enabled)
+        else:
+            if p.cfg.listen_port is None:
+                raise ConfigError("a terminating gateway needs -listen ADDR:PORT (its mTLS listener)")
+            sock = listen(p.cfg.listen_addr, p.cfg.listen_port)
+            lst = Listener(p, sock, lambda s, a: self._spawn(self._serve_terminating, None, s, a))
+            p.public, p.public_port = lst, lst.port
+            p.listeners.append(lst)
+            p.log.event("gateway", kind=TERMINATING, port=lst.port, services=[s.name for s in self.cfg.services])
+
+    def _maker(self, lst: IngressListener) -> Any:
+        """A plain tcp listener is a sidecar's upstream listener on 0.0.0.0 (the reactor's fast
+        path); the others go to a thread each."""
+        p = self.proxy
+        if lst.protocol == "tcp" and not self.cfg.tls_enabled:
+            up = UpstreamConfig(lst.services[0].name, lst.port, "0.0.0.0")
+            bal = self.balancers[up.destination]
+            return lambda s, a: UpstreamConn(p, up, bal, s, a)
+        return lambda s, a: self._spawn(self._serve_ingress, lst, s, a)
+
+    def start_watches(self) -> None:
+        p, src = self.proxy, self.proxy.source
+        dc = p.cfg.datacenter
+        for dest, bal in self.balancers.items():
+            p._endpoints_pending.add(dest)
+            p._watch(f"endpoints-{dest}", lambda i, w, d=dest: src.endpoints(d, dc, i, w),
+                     lambda v, b=bal, d=dest: p._on_endpoints(d, b, dc, v))
+        client = getattr(src, "client", None)
+        if self.cfg.kind == INGRESS and self.cfg.tls_enabled:
+            p._endpoints_pending.add("edge-certificate")
+            hosts = ",".join(self.cfg.edge_hosts())
+            path = f"/v1/agent/connect/ca/leaf/{quote(p.cfg.service, safe='')}"
+            p._watch("edge-leaf", lambda i, w: client.get(path, index=i, wait=f"{max(1, int(w))}s",
+                                                          dns_san=hosts or None), self._on_edge_leaf)
+        for s in self.cfg.services:
+            p._endpoints_pending.update({f"leaf:{s.name}", f"catalog:{s.name}"})
+            p._watch(f"leaf-{s.name}", lambda i, w, n=s.name: src.leaf(n, i, w),
+                     lambda v, n=s.name: self._on_linked_leaf(n, v))
+            p._watch(f"intentions-{s.name}", lambda i, w, n=s.name: src.intentions(n, i, w),
+                     lambda _v, n=s.name: self._recheck(n))
+            cpath = f"/v1/catalog/service/{quote(s.name, safe='')}"
+            p._watch(f"catalog-{s.name}", lambda i, w, c=cpath: client.get(c, index=i, wait=f"{max(1, int(w))}s"),
+                     lambda v, n=s.name: self._on_catalog(n, v))
+
+    # -- watch results (reactor thread) -----------------------------------------------------------
+    def _done(self, what: str) -> None:
+        p = self.proxy
+        if what in p._endpoints_pending:
+            p._endpoints_pending.discard(what)
+            p._check_ready()
+
+    def _on_edge_leaf(self, leaf: dict) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = (ssl.TLSVersion.TLSv1_3 if self.cfg.tls_min_version == "TLSv1_3"
+                               else ssl.TLSVersion.TLSv1_2)
+        try:
+            _load_chain(ctx, leaf["CertPEM"], leaf["PrivateKeyPEM"])
+        except (ssl.SSLError, KeyError, OSError) as e:
+            self.proxy.log.event("tls-error", cause="edge-leaf", error=str(e))
+            return
+        self.edge = ctx
+        self.proxy.log.event("edge-leaf", serial=leaf.get("SerialNumber", ""), hosts=self.cfg.edge_hosts())
+        self._done("edge-certificate")
+
+    def _on_linked_leaf(self, name: str, leaf: dict) -> None:
+        self._linked_leaf[name] = leaf
+        self._build_linked(name)
+
+    def _build_linked(self, name: str) -> None:
+        roots, leaf = self.proxy._roots, self._linked_leaf.get(name)
+        if leaf is None:
+            return
+        if not roots:
+            self.proxy.reactor.call_later(0.2, self._build_linked, name)
+            return
+        try:
+            m = build_material(roots.get("TrustDomain") or "", name, leaf["CertPEM"], leaf["PrivateKeyPEM"],
+                               roots_bundle(roots), leaf.get("SerialNumber", ""), leaf.get("ValidBefore", ""))
+        except Exception as e:  # noqa: BLE001 - keep serving with the previous material
+            self.proxy.log.event("tls-error", cause=f"leaf {name}", error=str(e))
+            return
+        m.server.sni_callback = self._sni
+        self.linked[name] = m
+        self.proxy.log.event("linked-leaf", service=name, serial=m.serial)
+        self._done(f"leaf:{name}")
+
+    def _on_catalog(self, name: str, entries: Any) -> None:
+        addrs = []
+        for e in entries or []:
+            addr = e.get("ServiceAddress") or e.get("Address")
+            port = e.get("ServicePort")
+            if addr and port:
+                addrs.append((str(addr), int(port)))
+        self.external[name] = addrs
+        self.proxy.log.event("external", service=name, addresses=[f"{a}:{p}" for a, p in addrs])
+        if not addrs:
+            self.proxy.log.event("external-unknown", service=name, reason=(
+                f'the catalog has no service "{name}": register it with PUT /v1/catalog/register '
+                "(Node, Address, Service { Service, Port })"))
+        self._done(f"catalog:{name}")
+
+    def _recheck(self, name: str) -> None:
+        """The intentions for a linked service changed: ask again for every open connection to
+        it (off the reactor: the agent answers over HTTP) and close those now denied, as a
+        sidecar closes its denied inbound connections."""
+        with self._open_lock:
+            conns = list(self._open.get(name, {}).values())
+        if not conns:
+            return
+
+        def check() -> None:
+            decisions: dict[str, tuple[bool, str]] = {}
+            for c in conns:
+                if c.uri not in decisions:
+                    try:
+                        decisions[c.uri] = self.proxy.source.authorize(name, c.uri, c.serial)
+                    except Exception:  # noqa: BLE001 - unknown: keep the connection, the next change asks again
+                        decisions[c.uri] = (True, "")
+                allowed, reason = decisions[c.uri]
+                if not allowed:
+                    c.denied = f"intentions changed: {reason}"
+                    for sock in (c.client, c.server):
+                        try:
+                            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+
+        threading.Thread(target=check, name=f"yurt-gateway-recheck-{name}", daemon=True).start()
+
+    # -- threads ----------------------------------------------------------------------------------
+    def _spawn(self, fn: Any, lst: IngressListener | None, sock: socket.socket, addr: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            sock.close()
+            self.proxy.log.event("connection-limit", limit=self.proxy.cfg.max_connections)
+            return
+
+        def run() -> None:
+            try:
+                fn(lst, sock, addr)
+            except Exception as e:  # noqa: BLE001 - one connection's failure is logged, never fatal
+                self.proxy.log.event("internal-error", error=repr(e))
+            finally:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+                self.slots.release()
+
+        threading.Thread(target=run, name="yurt-gateway-conn", daemon=True).start()
+
+    def _peer(self, addr: Any) -> str:
+        return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+    # ingress --------------------------------------------------------------------------------------
+    def _serve_ingress(self, lst: IngressListener, sock: socket.socket, addr: Any) -> None:
+        p = self.proxy
+        started = time.monotonic()
+        peer = self._peer(addr)
+        sock.setblocking(True)
+        sock.settimeout(p.cfg.handshake_timeout)
+        conn: socket.socket = sock
+        if self.cfg.tls_enabled:
+            edge = self.edge
+            if edge is None:
+                p.log.conn("ingress", peer, lst.services[0].name, peer, 0, 0, started, "refused",
+                           "no edge certificate yet")
+                return
+            try:
+                conn = edge.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                p.log.conn("ingress", peer, lst.services[0].name, peer, 0, 0, started, "refused",
+                           f"edge tls handshake: {ssl_reason(e)}")
+                return
+        conn.settimeout(p.cfg.idle_timeout or None)
+        if lst.protocol == "http":
+            self._http(lst, conn, peer, started)
+            return
+        name = lst.services[0].name
+        try:
+            up, inst = self._dial(name)
+        except GatewayError as e:
+            p.log.conn("ingress", peer, name, peer, 0, 0, started, "error", str(e))
+            return
+        a_to_b, b_to_a, why = relay(conn, up, p.cfg.idle_timeout)
+        up.close()
+        p.log.conn("ingress", peer, name, peer, a_to_b, b_to_a, started, "allowed", why, upstream=inst)
+
+    def _dial(self, name: str) -> tuple[ssl.SSLSocket, str]:
+        """An mTLS connection to a healthy instance of `name`, its identity checked."""
+        p = self.proxy
+        material = p.material
+        if material is None:
+            raise GatewayError(503, "gateway not ready: no certificate yet")
+        bal = self.balancers.get(name)
+        instances = list(bal.instances) if bal is not None else []
+        if not instances:
+            raise GatewayError(503, f'no healthy instance of service "{name}" (is it running, with a '
+                                    "sidecar, and passing its checks?)")
+        random.shuffle(instances)
+        errors = []
+        for inst in instances[:MAX_ATTEMPTS]:
+            s: socket.socket | None = None
+            try:
+                s = socket.create_connection((inst.address, inst.port), timeout=p.cfg.connect_timeout)
+                s.settimeout(p.cfg.handshake_timeout)
+                tls = material.client.wrap_socket(s, server_side=False)
+                pc = peer_cert(tls)
+                want = service_uri(material.trust_domain, inst.datacenter, name)
+                if pc is None or pc.uri.lower() != want.lower():
+                    tls.close()
+                    errors.append(f"{inst.address}:{inst.port}: server identity {pc.uri if pc else '(none)'} "
+                                  f"is not {want}")
+                    continue
+                tls.settimeout(p.cfg.idle_timeout or None)
+                return tls, f"{inst.address}:{inst.port}"
+            except (OSError, ssl.SSLError) as e:
+                if s is not None:
+                    s.close()
+                errors.append(f"{inst.address}:{inst.port}: {ssl_reason(e)}")
+        raise GatewayError(502, f'service "{name}" could not be reached: ' + "; ".join(errors))
+
+    def _http(self, lst: IngressListener, conn: socket.socket, peer: str, started: float) -> None:
+        p = self.proxy
+        server = h11.Connection(h11.SERVER)
+        while True:
+            ev = _next_event(server, conn)
+            if not isinstance(ev, h11.Request):
+                return
+            host = _header(ev.headers, b"host") or ev.target.decode("latin-1", "replace").split("/")[0]
+            svc = route(lst, host)
+            t0 = time.monotonic()
+            if svc is None:
+                hosts = ", ".join(f"{s.name}: {' '.join(s.patterns())}" for s in lst.services)
+                why = f'no service of listener {lst.port} serves host "{host}" (hosts here: {hosts})'
+                _drain_body(server, conn)
+                _answer(server, conn, 404, why)
+                p.log.conn("ingress", peer, "", peer, 0, 0, t0, "error", why, host=host, status=404)
+            else:
+                status, why = self._forward(server, conn, ev, svc.name, peer)
+                p.log.conn("ingress", peer, svc.name, peer, 0, 0, t0, "allowed" if status < 500 else "error",
+                           why, host=host, status=status, method=ev.method.decode(), path=ev.target.decode())
+            if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
+                return
+            try:
+                server.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    def _forward(self, server: h11.Connection, conn: socket.socket, req: h11.Request, name: str,
+                 peer: str) -> tuple[int, str]:
+        try:
+            up, inst = self._dial(name)
+        except GatewayError as e:
+            _drain_body(server, conn)
+            _answer(server, conn, e.status, str(e))
+            return e.status, str(e)
+        try:
+            client = h11.Connection(h11.CLIENT)
+            headers = [(k, v) for k, v in req.headers if k.lower() not in HOP_HEADERS]
+            headers.append((b"x-forwarded-for", peer.rsplit(":", 1)[0].encode()))
+            headers.append((b"connection", b"close"))
+            up.sendall(client.send(h11.Request(method=req.method, target=req.target, headers=headers)))
+            while True:
+                ev = _next_event(server, conn)
+                if isinstance(ev, h11.Data):
+                    up.sendall(client.send(h11.Data(data=ev.data)))
+                elif isinstance(ev, h11.EndOfMessage):
+                    up.sendall(client.send(h11.EndOfMessage()))
+                    break
+                else:
+                    return 400, "the client went away before sending its whole request"
+            responded = False
+            while True:
+                try:
+                    rev = _next_event(client, up)
+                except (h11.RemoteProtocolError, OSError, ssl.SSLError) as e:
+                    rev = e
+                if isinstance(rev, h11.InformationalResponse):
+                    continue
+                if isinstance(rev, h11.Response):
+                    headers = [(k, v) for k, v in rev.headers if k.lower() not in HOP_HEADERS]
+                    conn.sendall(server.send(h11.Response(status_code=rev.status_code, headers=headers,
+                                                          reason=rev.reason)))
+                    responded = True
+                    status = rev.status_code
+                elif isinstance(rev, h11.Data):
+                    conn.sendall(server.send(h11.Data(data=rev.data)))
+                elif isinstance(rev, h11.EndOfMessage):
+                    conn.sendall(server.send(h11.EndOfMessage()))
+                    return status, f"via {inst}"
+                else:
+                    why = (f'service "{name}" ({inst}) closed the connection before answering: its '
+                           f"sidecar refused the gateway (an intention {self.proxy.cfg.service} -> {name} "
+                           "denies it?) or the app failed")
+                    if not responded:
+                        _answer(server, conn, 503, why)
+                        return 503, why
+                    return 502, why + " (in the middle of its answer)"
+        finally:
+            up.close()
+
+    # terminating ----------------------------------------------------------------------------------
+    def _sni(self, sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        """Present the linked service the client named in its SNI (`<service>.<anything>` or
+        the service itself), else the first one."""
+        if not server_name:
+            return
+        name = server_name.lower()
+        for svc, m in self.linked.items():
+            if name == svc or name.startswith(svc + "."):
+                sslobj.context = m.server
+                return
+
+    def _serve_terminating(self, _lst: Any, sock: socket.socket, addr: Any) -> None:
+        p = self.proxy
+        started = time.monotonic()
+        peer = self._peer(addr)
+        first = next((m for s in self.cfg.services if (m := self.linked.get(s.name)) is not None), None)
+        if first is None:
+            p.log.conn("terminating", peer, "", peer, 0, 0, started, "refused", "no linked service's certificate yet")
+            return
+        sock.setblocking(True)
+        sock.settimeout(p.cfg.handshake_timeout)
+        try:
+            tls = first.server.wrap_socket(sock, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            p.log.conn("terminating", peer, "", peer, 0, 0, started, "refused", f"tls handshake: {ssl_reason(e)}")
+            return
+        name = tls.context is not None and next((s for s, m in self.linked.items() if m.server is tls.context), "")
+        name = name or ""
+        pc = peer_cert(tls)
+        sid = parse_spiffe(pc.uri) if pc else None
+        if pc is None or sid is None or sid.trust_domain != first.trust_domain:
+            p.log.conn("terminating", peer, name, peer, 0, 0, started, "refused",
+                       f"client certificate {pc.uri if pc else '(none)'} is not a service of this trust domain")
+            return
+        src = sid.service
+        try:
+            allowed, reason = p.source.authorize(name, pc.uri, pc.serial)
+        except Exception as e:  # noqa: BLE001 - fail closed
+            allowed, reason = False, f"authorization unavailable: {e}"
+        if not allowed:
+            p.metrics.denied(src)
+            p.log.conn("terminating", src, name, peer, 0, 0, started, "denied", reason, serial=pc.serial)
+            return
+        linked = next(s for s in self.cfg.services if s.name == name)
+        addrs = list(self.external.get(name) or [])
+        if not addrs:
+            p.log.conn("terminating", src, name, peer, 0, 0, started, "error",
+                       f'the catalog has no address for external service "{name}": register it with '
+                       "PUT /v1/catalog/register")
+            return
+        host, port = random.choice(addrs)
+        try:
+            out: socket.socket = socket.create_connection((host, port), timeout=p.cfg.connect_timeout)
+            if linked.ca_file or linked.cert_file:
+                ctx = ssl.create_default_context(cafile=linked.ca_file or None)
+                if linked.cert_file:
+                    ctx.load_cert_chain(linked.cert_file, linked.key_file or None)
+                ctx.check_hostname = bool(linked.sni)
+                out = ctx.wrap_socket(out, server_hostname=linked.sni or host)
+        except (OSError, ssl.SSLError) as e:
+            p.log.conn("terminating", src, name, peer, 0, 0, started, "error",
+                       f"external service {name} at {host}:{port}: {ssl_reason(e)}")
+            return
+        tls.settimeout(p.cfg.idle_timeout or None)
+        out.settimeout(p.cfg.idle_timeout or None)
+        conn = _Open(pc.uri, pc.serial, tls, out)
+        with self._open_lock:
+            self._open.setdefault(name, {})[id(conn)] = conn
+        try:
+            a_to_b, b_to_a, why = relay(tls, out, p.cfg.idle_timeout)
+        finally:
+            with self._open_lock:
+                self._open.get(name, {}).pop(id(conn), None)
+            out.close()
+        if conn.denied:
+            p.metrics.denied(src)
+        p.log.conn("terminating", src, name, peer, a_to_b, b_to_a, started, "denied" if conn.denied else "allowed",
+                   conn.denied or why, upstream=f"{host}:{port}", serial=pc.serial)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+@dataclass
+class _Open:
+    """An open connection through a terminating gateway: who, and its two sockets."""
+    uri: str
+    serial: str
+    client: socket.socket
+    server: socket.socket
+    denied: str = ""
+
+
+def _next_event(conn: h11.Connection, sock: socket.socket) -> Any:
+    while True:
+        ev = conn.next_event()
+        if ev is not h11.NEED_DATA:
+            return ev
+        try:
+            data = sock.recv(65536)
+        except (OSError, ssl.SSLError):
+            data = b""
+        conn.receive_data(data)
+
+
+def _header(headers: Any, name: bytes) -> str:
+    for k, v in headers:
+        if k.lower() == name:
+            return bytes(v).decode("latin-1")
+    return ""
+
+
+def _drain_body(server: h11.Connection, sock: socket.socket) -> None:
+    while server.their_state is h11.SEND_BODY:
+        ev = _next_event(server, sock)
+        if isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)) or ev is h11.PAUSED:
+            return
+
+
+def _answer(server: h11.Connection, sock: socket.socket, status: int, message: str) -> None:
+    body = (message + "\n").encode()
+    try:
+        sock.sendall(server.send(h11.Response(status_code=status, headers=[
+            (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())])))
+        sock.sendall(server.send(h11.Data(data=body)))
+        sock.sendall(server.send(h11.EndOfMessage()))
+    except (OSError, h11.LocalProtocolError):
+        pass
+
+
+def relay(a: socket.socket, b: socket.socket, idle: float) -> tuple[int, int, str]:
+    """Copy both ways until both sides are done (half-closes passed on) or `idle` seconds pass
+    with no byte; (bytes a->b, bytes b->a, how it ended)."""
+    peer = {a: b, b: a}
+    counts = {a: 0, b: 0}
+    open_ = {a: True, b: True}
+    why = ""
+    while open_[a] or open_[b]:
+        ready = [s for s in (a, b) if open_[s] and isinstance(s, ssl.SSLSocket) and s.pending()]
+        if not ready:
+            ready, _, _ = select.select([s for s in (a, b) if open_[s]], [], [], idle or None)
+            if not ready:
+                why = f"idle for {idle:g}s (no bytes either way)"
+                break
+        for s in ready:
+            try:
+                data = s.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                continue
+            except (OSError, ssl.SSLError) as e:
+                why = ssl_reason(e)
+                return counts[a], counts[b], why
+            if not data:
+                open_[s] = False
+                try:
+                    socket.socket.shutdown(peer[s], socket.SHUT_WR)
+                except OSError:
+                    pass
+                continue
+            try:
+                peer[s].sendall(data)
+            except (OSError, ssl.SSLError) as e:
+                return counts[a], counts[b], ssl_reason(e)
+            counts[s] += len(data)
+    return counts[a], counts[b], why
