@@ -30,6 +30,9 @@ class MeshSource(Protocol):
     def endpoints(self, destination: str, datacenter: str, index: int, wait: float) -> tuple[list[dict], int]:
         """Passing mesh endpoints of `destination` (Consul /v1/health/connect entries)."""
 
+    def virtual_ips(self, index: int, wait: float) -> tuple[dict, int]:
+        """{"CIDR": range, "Services": {name: virtual IP}} (a transparent proxy's map)."""
+
     def close(self) -> None: ...
 
 
@@ -120,6 +123,9 @@ class AgentSource:
     def endpoints(self, destination: str, datacenter: str, index: int, wait: float) -> tuple[list[dict], int]:
         return _split(self.client.health_connect(destination, passing=True, index=index,
                                                  wait=_wait_str(wait)))
+
+    def virtual_ips(self, index: int, wait: float) -> tuple[dict, int]:
+        return self.client.get("/v1/agent/connect/virtual-ips", index=index, wait=_wait_str(wait))
 
     def close(self) -> None:
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from yurt.structs import CatalogNode, KVEntry, Namespace, Session, StoredVariable
+from yurt.structs import CatalogNode, KVEntry, Namespace, Session, StoredVariable, VirtualIP
 
 KEYED: dict[str, type[BaseModel]] = {
     "kv": KVEntry,                 # by the key
@@ -17,6 +17,7 @@ KEYED: dict[str, type[BaseModel]] = {
     "variables": StoredVariable,   # by "<namespace>\x00<path>" (var_key)
     "namespaces": Namespace,       # by name
     "catalog_nodes": CatalogNode,  # by node key: an external node's name, an agent node's ID
+    "virtual_ips": VirtualIP,      # by service name (Connect services' virtual IPs)
 }
 
 

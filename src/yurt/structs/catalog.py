@@ -165,3 +165,14 @@ class ServiceRegistration(Lenient):
                 "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
                 "ContentHash": f"{self.modify_index:016x}",
                 **({"Locality": dict(self.locality)} if self.locality else {})}
+
+
+class VirtualIP(Struct):
+    """The stable virtual IP of a Connect service (Consul's `consul-virtual` tagged address),
+    stored in the keyed table "virtual_ips" by service name: `<service>.virtual.yurt` answers it
+    and a transparent proxy maps a connection to it back to the service."""
+
+    service: str = ""
+    ip: str = field("", json="IP")
+    create_index: int = 0
+    modify_index: int = 0
