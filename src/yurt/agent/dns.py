@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import struct
 import threading
@@ -37,6 +38,7 @@ DOMAINS = ("yurt", "consul")
 TTL = 0                  # Consul's default dns_config.node_ttl / service_ttl
 CACHE_SECONDS = 1.0      # the virtual IP table is asked again at most this often
 FORWARD_TIMEOUT = 2.0
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 class Catalog:
@@ -124,6 +126,9 @@ class MeshDNS:
         body = labels[:-1]
         if len(body) == 3 and body[2] == self.datacenter:
             body = body[:2]
+        if len(body) == 2 and not SERVICE_NAME.match(body[0]):   # never a path into the API
+            log.debug("dns: %s: %r is not a service name", qname, body[0])
+            return self._reply(q, RCODE.NXDOMAIN)
         if len(body) == 2 and body[1] == "virtual":
             ip = self.catalog.virtual_ip(body[0])
             if not ip:
