@@ -187,11 +187,6 @@ WARNED = [
      '                protocol        = "http"\n                local_path_port = 8080\n'
      '                listener_port   = "http"\n              }\n            }', f"{PROXY} > expose",
      "not reachable from outside the group"),
-    ("proxy-transparent-proxy-inbound",
-     ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "TransparentProxy",
-      "ExcludeInboundPorts"), "PROXY",
-     "transparent_proxy {\n              exclude_inbound_ports = [\"9090\"]\n            }",
-     f"{PROXY} > transparent_proxy > exclude_inbound_ports", "inbound traffic is not redirected"),
     ("upstream-datacenter", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
                              "*", "Datacenter"), "UPSTREAM", 'datacenter = "dc2"', f"{UPSTREAM} > datacenter",
      "resolved as if it were not set"),

@@ -58,6 +58,23 @@ while True:
 """
 
 
+# plain listeners in the transparent-proxied group: its service port and an excluded inbound port
+PLAIN_APP = """
+import socket, threading
+def serve(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(8)
+    while True:
+        c, _ = s.accept()
+        c.sendall(b"plain\\n")
+        c.close()
+threading.Thread(target=serve, args=(9100,), daemon=True).start()
+serve(9191)
+"""
+
+
 def job_hcl(excluded_port: int, excluded_cidr: str) -> str:
     return f"""
 job "tproxy" {{
@@ -88,6 +105,7 @@ job "tproxy" {{
             transparent_proxy {{
               exclude_outbound_ports = [{excluded_port}]
               exclude_outbound_cidrs = ["{excluded_cidr}"]
+              exclude_inbound_ports  = ["9191"]
             }}
           }}
         }}
@@ -98,6 +116,13 @@ job "tproxy" {{
       config {{
         command = "/usr/bin/python3"
         args    = ["-c", {json.dumps(CLIENT_APP)}]
+      }}
+    }}
+    task "plain" {{
+      driver = "raw_exec"
+      config {{
+        command = {json.dumps(sys.executable)}
+        args    = ["-c", {json.dumps(PLAIN_APP)}]
       }}
     }}
     task "app-raw" {{
@@ -308,6 +333,34 @@ def test_excluded_port_and_cidr_go_around_the_sidecar(scene):
 
 
 @needs_root
+def test_inbound_goes_to_the_sidecar_except_excluded_ports(scene):
+    s = scene
+    ip = s.api.get(f"/v1/allocation/{s.alloc('client')['ID']}").json()["NetworkStatus"]["Address"]
+    # exclude_inbound_ports: reached directly (the mesh-only firewall opens it)
+    got = wait_for(lambda: _recv_from(ip, 9191), what="the excluded inbound port answering")
+    assert got == b"plain\n"
+    # the service's own port: redirected to the sidecar's public listener, which wants mTLS
+    got = _recv_from(ip, 9100, send=b"GET / HTTP/1.0\r\n\r\n")
+    assert got in (b"", None), got   # closed (or reset) by the sidecar; never the app's bytes
+    wait_for(lambda: [e for e in s.sidecar_log() if e.get("dir") == "inbound" and e.get("verdict") == "refused"
+                      and e.get("reason", "").startswith("tls handshake")
+                      and not e.get("peer", "").startswith("127.")],
+             what="the sidecar refusing the plain connection redirected to it")
+
+
+def _recv_from(host: str, port: int, send: bytes = b"") -> bytes | None:
+    """What a plain TCP client reads (None: the connection was reset)."""
+    with socket.create_connection((host, port), timeout=5) as c:
+        c.settimeout(5)
+        if send:
+            c.sendall(send)
+        try:
+            return c.recv(100)
+        except ConnectionResetError:
+            return None
+
+
+@needs_root
 def test_unknown_virtual_ip_is_closed_and_logged(scene):
     s = scene
     got = s.in_netns("import socket; c = socket.create_connection(('240.0.0.250', 80), timeout=5); "
@@ -325,7 +378,7 @@ def test_nat_rules_exclude_before_redirecting():
     from yurt.structs import ConsulTransparentProxy
     tp = ConsulTransparentProxy(outbound_port=15555, exclude_outbound_ports=[5432],
                                 exclude_outbound_cidrs=["10.0.0.0/8"], exclude_uids=["1000"])
-    rules = [" ".join(r) for r in nat_rules(tp, dns=True)]
+    rules = [" ".join(r) for r in nat_rules(tp, dns=True, inbound=(21000, [9102, 9191]))]
     out = [r for r in rules if r.startswith("-A YURT_PROXY_OUTPUT")]
     assert out == ["-A YURT_PROXY_OUTPUT -m mark --mark 0x5955 -j RETURN",
                    "-A YURT_PROXY_OUTPUT -o lo -j RETURN",
@@ -337,6 +390,13 @@ def test_nat_rules_exclude_before_redirecting():
     # DNS first, so TCP port 53 goes to the agent's DNS, not to the sidecar
     assert rules.index("-A OUTPUT -p tcp --dport 53 -j YURT_DNS_REDIRECT") < rules.index(
         "-A OUTPUT -p tcp -j YURT_PROXY_OUTPUT")
+    assert [r for r in rules if "INBOUND" in r or "IN_REDIRECT" in r] == [
+        "-N YURT_PROXY_INBOUND", "-N YURT_PROXY_IN_REDIRECT",
+        "-A YURT_PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-ports 21000",
+        "-A YURT_PROXY_INBOUND -p tcp --dport 9102 -j RETURN",
+        "-A YURT_PROXY_INBOUND -p tcp --dport 9191 -j RETURN",
+        "-A YURT_PROXY_INBOUND -p tcp -j YURT_PROXY_IN_REDIRECT",
+        "-A PREROUTING -p tcp -j YURT_PROXY_INBOUND"]
     no_dns = [" ".join(r) for r in nat_rules(tp, dns=False)]
     assert not [r for r in no_dns if "DNS" in r]
 

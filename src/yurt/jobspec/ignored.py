@@ -32,7 +32,7 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   checks run inside the group's namespace, so an exposed check works without a listener),
   check_restart, on_update, task, connect sidecar_service (port, tags, meta, proxy
   local_service_address/port, upstreams destination_name/local_bind_address/local_bind_port,
-  transparent_proxy but exclude_inbound_ports: client/network/tproxy.py and the sidecar),
+  transparent_proxy: client/network/tproxy.py, mesh_inbound.py and the sidecar),
   sidecar_task: the client's service hook and the server's sidecar injection. Not read: the
   rest, listed below.
 
@@ -179,9 +179,6 @@ RULES: tuple[Rule, ...] = (
     Rule(_PROXY + ("Expose",),
          f"expose {NO_EFFECT}: the paths are not reachable from outside the group (checks still "
          "work: they run inside the group's namespace)", present=True),
-    Rule(_PROXY + ("TransparentProxy", "ExcludeInboundPorts"),
-         f"exclude_inbound_ports {NO_EFFECT}: inbound traffic is not redirected to the sidecar (the "
-         "mesh-only firewall admits only its public port and the mapped ports); only outbound is"),
     Rule(_UP + ("Datacenter",),
          f"upstream datacenter {NO_EFFECT}: the upstream is resolved as if it were not set"),
     Rule(_UP + ("MeshGateway", "Mode"),

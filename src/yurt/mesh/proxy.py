@@ -74,8 +74,10 @@ class Proxy:
         self.upstream_pipes: set[Pipe] = set()
         # transparent proxy (mesh/transparent.py): the virtual IP table, one balancer per
         # destination reached through it, and the connections passed through to non-mesh ones
-        from .transparent import VirtualIPTable
-        self.vips = VirtualIPTable()
+        self.vips: Any = None   # a VirtualIPTable with an outbound listener (imported only then)
+        if cfg.outbound_port:
+            from .transparent import VirtualIPTable
+            self.vips = VirtualIPTable()
         self.tp_balancers: dict[str, Balancer] = {}
         self.passthrough_pipes: set[Pipe] = set()
         self._vips_pending = bool(cfg.outbound_port)

@@ -15,10 +15,18 @@ allocation's namespace, nat rules shaped like Consul's `sdk/iptables` (chain nam
     YURT_PROXY_OUTPUT -j YURT_PROXY_REDIRECT
     YURT_PROXY_REDIRECT -p tcp -j REDIRECT --to-ports <outbound_port>   the sidecar's outbound listener
 
+    PREROUTING -p tcp -j YURT_PROXY_INBOUND
+    YURT_PROXY_INBOUND -p tcp --dport P -j RETURN        every other open port: metrics, mapped
+                                                         ports, exclude_inbound_ports
+    YURT_PROXY_INBOUND -p tcp -j YURT_PROXY_IN_REDIRECT
+    YURT_PROXY_IN_REDIRECT -p tcp -j REDIRECT --to-ports <the sidecar's public port>
+
 The sidecar is told apart by the socket mark it puts on everything it dials (`MARK`, the same
 number as `yurt.mesh.transparent.MARK`), not by its uid as Consul's Envoy is: Yurt's sidecar
-runs as the agent's user, like a raw_exec task. Inbound traffic is not redirected: the
-mesh-only firewall (`mesh_inbound.py`) already admits only the sidecar's public port.
+runs as the agent's user, like a raw_exec task. Inbound, a new connection from outside to the
+app's port (which the mesh-only firewall would refuse) reaches the sidecar's public listener
+instead, so it must be mTLS; `exclude_inbound_ports` are opened in the mesh-only firewall
+(`mesh_inbound.alloc_open_ports`) and reach the app directly, as Consul's do.
 
 DNS (unless `no_dns`): the agent serves its DNS on 127.0.0.1:53 inside the namespace (sockets
 made by a thread that joined it, served by the agent: `DNSAttach`), the namespace's
@@ -33,7 +41,7 @@ import logging
 import subprocess
 from typing import Protocol
 
-from yurt.structs import ConsulTransparentProxy, TaskGroup
+from yurt.structs import Allocation, ConsulTransparentProxy, Service, TaskGroup
 
 from ..alloc_hooks import AllocHook, AllocHookContext
 from . import netns
@@ -46,6 +54,8 @@ DEFAULT_OUTBOUND_PORT = 15001
 OUTPUT_CHAIN = "YURT_PROXY_OUTPUT"
 REDIRECT_CHAIN = "YURT_PROXY_REDIRECT"
 DNS_CHAIN = "YURT_DNS_REDIRECT"
+INBOUND_CHAIN = "YURT_PROXY_INBOUND"
+IN_REDIRECT_CHAIN = "YURT_PROXY_IN_REDIRECT"
 RESOLV_CONF = "nameserver 127.0.0.1\noptions ndots:1\n"
 
 
@@ -67,9 +77,60 @@ def transparent_proxy(group: TaskGroup) -> ConsulTransparentProxy | None:
     return None
 
 
-def nat_rules(tp: ConsulTransparentProxy, dns: bool) -> list[list[str]]:
+def _tproxy_service(group: TaskGroup) -> Service | None:
+    for svc in group.services or []:
+        connect = svc.connect
+        sidecar = connect.sidecar_service if connect is not None else None
+        if sidecar is not None and sidecar.proxy is not None and sidecar.proxy.transparent_proxy is not None:
+            return svc
+    return None
+
+
+def excluded_inbound(alloc: Allocation) -> list[int]:
+    """`exclude_inbound_ports` as ports inside the namespace (numbers; a static port label: its
+    `to`, else its number); the mesh-only firewall opens them, the inbound redirect skips them."""
+    group = alloc.job.group(alloc.task_group) if alloc.job is not None else None
+    tp = transparent_proxy(group) if group is not None else None
+    if tp is None:
+        return []
+    ports = {p.label: p for p in alloc.allocated_resources.shared.ports}
+    out = set()
+    for entry in tp.exclude_inbound_ports or []:
+        if entry.isdigit():
+            out.add(int(entry))
+        elif entry in ports:
+            p = ports[entry]
+            out.add(p.to if p.to > 0 else p.value)
+    return sorted(out)
+
+
+def inbound_ports(alloc: Allocation, group: TaskGroup) -> tuple[int, list[int]] | None:
+    """(the sidecar's public port in the namespace, the ports not redirected to it: every other
+    port the mesh-only firewall opens, `exclude_inbound_ports` included); None without one."""
+    from .mesh_inbound import alloc_open_ports
+    svc = _tproxy_service(group)
+    if svc is None or svc.connect is None or svc.connect.sidecar_service is None:
+        return None
+    label = svc.connect.sidecar_service.port or f"connect-proxy-{svc.name}"
+    public = next((p for p in alloc.allocated_resources.shared.ports if p.label == label), None)
+    if public is None or not public.value:
+        return None
+    port = public.to if public.to > 0 else public.value
+    return port, [p for p in alloc_open_ports(alloc) if p != port]
+
+
+def nat_rules(tp: ConsulTransparentProxy, dns: bool,
+              inbound: tuple[int, list[int]] | None = None) -> list[list[str]]:
     """The nat table's commands (arguments after `iptables -w -t nat`), in order."""
     out: list[list[str]] = [["-N", OUTPUT_CHAIN], ["-N", REDIRECT_CHAIN]]
+    if inbound is not None:   # new inbound TCP to any other port goes to the sidecar's public listener
+        public, excluded = inbound
+        out += [["-N", INBOUND_CHAIN], ["-N", IN_REDIRECT_CHAIN],
+                ["-A", IN_REDIRECT_CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(public)]]
+        for skip in excluded:
+            out.append(["-A", INBOUND_CHAIN, "-p", "tcp", "--dport", str(skip), "-j", "RETURN"])
+        out.append(["-A", INBOUND_CHAIN, "-p", "tcp", "-j", IN_REDIRECT_CHAIN])
+        out.append(["-A", "PREROUTING", "-p", "tcp", "-j", INBOUND_CHAIN])
     port = str(tp.outbound_port or DEFAULT_OUTBOUND_PORT)
     out.append(["-A", REDIRECT_CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", port])
     if dns:
@@ -90,7 +151,8 @@ def nat_rules(tp: ConsulTransparentProxy, dns: bool) -> list[list[str]]:
     return out
 
 
-def apply(netns_name: str, tp: ConsulTransparentProxy, dns: bool) -> None:
+def apply(netns_name: str, tp: ConsulTransparentProxy, dns: bool,
+          inbound: tuple[int, list[int]] | None = None) -> None:
     """Write the rules in the namespace (once: a namespace found again after an agent restart
     that already has the chain keeps its rules)."""
     exe = binary("iptables")
@@ -107,7 +169,7 @@ def apply(netns_name: str, tp: ConsulTransparentProxy, dns: bool) -> None:
 
     if ipt("-S", OUTPUT_CHAIN, check=False).returncode == 0:
         return
-    for rule in nat_rules(tp, dns):
+    for rule in nat_rules(tp, dns, inbound):
         ipt(*rule)
 
 
@@ -126,7 +188,7 @@ class TransparentProxyHook(AllocHook):
             return
         name = path.rsplit("/", 1)[-1]
         with_dns = not tp.no_dns and self.dns is not None
-        apply(name, tp, with_dns)
+        apply(name, tp, with_dns, inbound_ports(ctx.alloc, ctx.group))
         if with_dns:
             assert self.dns is not None
             self.dns.attach(ctx.alloc_id, path)
