@@ -463,3 +463,23 @@ def test_virtual_ips_are_stable_across_a_reopen():
             small.assign("svc-2")
         assert "cannot allocate any more unique service virtual IPs in 10.99.0.0/30" in str(e.value)
         store.close()
+
+
+def test_agent_config_dns_and_virtual_ip_settings(tmp_path):
+    from yurt.agent.config import AgentConfig, load_file
+    from yurt.errors import ConfigError
+    conf = tmp_path / "agent.hcl"
+    conf.write_text('ports {\n  dns = 8653\n}\naddresses {\n  dns = "127.0.0.2"\n}\n'
+                    'recursors = ["1.1.1.1"]\nconnect {\n  virtual_ip_cidr = "10.240.0.0/16"\n}\n')
+    cfg = load_file(str(conf), AgentConfig())
+    assert (cfg.dns_listener, cfg.dns_addr, cfg.recursors, cfg.virtual_ip_cidr) == (
+        8653, "127.0.0.2", ["1.1.1.1"], "10.240.0.0/16")
+    assert AgentConfig().dns_listener == 0 and AgentConfig(dev_connect=True).dns_listener == 8600
+    conf.write_text('connect {\n  virtual_ip_cidr = "240.0.0.0/40"\n}\n')
+    with pytest.raises(ConfigError) as e:
+        load_file(str(conf), AgentConfig())
+    assert 'connect { virtual_ip_cidr } = "240.0.0.0/40" is not an IPv4 CIDR' in str(e.value)
+    conf.write_text('recursors = "1.1.1.1"\n')
+    with pytest.raises(ConfigError) as e:
+        load_file(str(conf), AgentConfig())
+    assert "recursors must be a list of DNS server addresses" in str(e.value)

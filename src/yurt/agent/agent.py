@@ -270,7 +270,7 @@ class Agent:
         port = self.config.dns_listener
         if not port:
             return
-        host = self.config.dns_addr or self.config.bind
+        host = self.config.dns_addr or "127.0.0.1"   # Consul's client_addr: never an open resolver by default
         try:
             self.dns.listen(host, port)
         except OSError as e:

@@ -91,7 +91,7 @@ class AgentConfig:
     # ports { dns = N }: the agent's DNS server (UDP and TCP) answering <svc>.virtual.yurt and
     # <svc>.service.yurt. None: 8600 with -dev-connect (a port taken is then only a warning), else off; 0: off
     dns_port: int | None = None
-    dns_addr: str = ""                        # addresses { dns }: where it listens ("": the bind address)
+    dns_addr: str = ""                        # addresses { dns }: where it listens ("": 127.0.0.1)
     recursors: list[str] = field(default_factory=list)   # recursors: where other names are asked
     # found by resolve(): the node address and the HTTP host advertised to other hosts
     node_ip: str = ""

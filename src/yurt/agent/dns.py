@@ -8,7 +8,7 @@ A name in the mesh domains that does not exist is NXDOMAIN (DNS has no room for 
 agent logs the name at debug level). Other names go to `recursors` (else to the host's
 resolvers) and their answer comes back as it is; with none reachable, SERVFAIL.
 
-Where it listens: `ports { dns }` on `addresses { dns }` (default the bind address), and, for
+Where it listens: `ports { dns }` on `addresses { dns }` (default 127.0.0.1), and, for
 each allocation whose group has a transparent proxy, 127.0.0.1:53 inside the allocation's
 network namespace (`attach`: the sockets are made by a thread that joined the namespace, then
 served here like the others), which the namespace's resolv.conf and nat rules point at. The wire
