@@ -257,6 +257,9 @@ def test_app_reaches_count_api_by_its_virtual_name(scene):
     got = s.in_netns("import socket; print(socket.gethostbyname('count-api.virtual.yurt'))")
     assert got.returncode == 0 and got.stdout.strip() == vip, got.stderr
     assert s.api.get("/v1/agent/connect/virtual-ips").json()["Services"]["count-api"] == vip
+    (client_sidecar,) = s.api.get("/v1/health/connect/tp-client").json()
+    assert client_sidecar["Service"]["Proxy"]["Mode"] == "transparent"
+    assert svc["Proxy"]["Mode"] == ""
 
 
 @needs_root

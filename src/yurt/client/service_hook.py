@@ -230,7 +230,9 @@ class ServiceHook(AllocHook):
                 "Meta": {**(sidecar.meta or {}), **metrics_meta, "external-source": "yurt", "alloc_id": ctx.alloc_id},
                 "Proxy": {"DestinationServiceName": svc.name, "DestinationServiceID": sid,
                           "LocalServiceAddress": "127.0.0.1", "LocalServicePort": local_port,
-                          "Upstreams": upstreams},
+                          "Upstreams": upstreams,
+                          # Consul's proxy mode: "transparent" with transparent_proxy {}
+                          "Mode": "transparent" if proxy_cfg and proxy_cfg.transparent_proxy else ""},
                 "Checks": [{"CheckID": check_id, "Name": "Connect Sidecar Listening", "Type": "tcp",
                             "Status": CRITICAL, "Interval": f"{SIDECAR_CHECK_INTERVAL:g}s"},
                            *[{**c, "CheckID": f"{c['CheckID']}-alias", "Name": f"Connect Sidecar Aliasing {sid}",
