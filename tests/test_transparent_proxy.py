@@ -161,6 +161,35 @@ class EchoServer:
         self.sock.close()
 
 
+class Recursor:
+    """A small real DNS server on the host for the agent's `recursors`: it answers
+    example.test A 192.0.2.77 and NXDOMAIN for anything else, over UDP."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            q = DNSRecord.parse(data)
+            r = q.reply()
+            if str(q.q.qname).rstrip(".") == "example.test" and q.q.qtype == QTYPE.A:
+                r.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("192.0.2.77"), ttl=5))
+            else:
+                r.header.rcode = RCODE.NXDOMAIN
+            self.sock.sendto(r.pack(), peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Scene:
     def __init__(self, agent: AgentProcess, api, dns_port: int, node_ip: str, echo_p: EchoServer,
                  echo_q: EchoServer) -> None:
@@ -202,8 +231,10 @@ class Scene:
 @pytest.fixture(scope="module")
 def scene():
     dns_port, consul_port = free_port(), free_port()
+    recursor = Recursor()
     conf = Path(tempfile.mkstemp(prefix="yurt-tp-", suffix=".hcl")[1])
-    conf.write_text(f"ports {{\n  dns = {dns_port}\n  consul = {consul_port}\n}}\n")
+    conf.write_text(f"ports {{\n  dns = {dns_port}\n  consul = {consul_port}\n}}\n"
+                    f'recursors = ["127.0.0.1:{recursor.port}"]\n')
     agent = AgentProcess(extra=["-dev-connect", "-config", str(conf)]).start()
     api = agent.api()
     echo_p, echo_q = EchoServer(), EchoServer()
@@ -221,6 +252,7 @@ def scene():
         agent.stop()
         echo_p.close()
         echo_q.close()
+        recursor.close()
         conf.unlink(missing_ok=True)
 
 
@@ -283,6 +315,12 @@ def test_dns_answers_virtual_and_service_names(scene):
             r.resolve(unknown, "A")
     # over TCP as well
     assert [a.address for a in r.resolve("count-api.virtual.yurt", "A", tcp=True)] == [vip]
+    # other names go to the recursors, from the agent's port and from inside the namespace
+    assert [a.address for a in r.resolve("example.test", "A")] == ["192.0.2.77"]
+    with pytest.raises(dns.resolver.NXDOMAIN):
+        r.resolve("nothing.test", "A")
+    got = s.in_netns("import socket; print(socket.gethostbyname('example.test'))")
+    assert got.returncode == 0 and got.stdout.strip() == "192.0.2.77", got.stderr
 
 
 @needs_root

@@ -199,7 +199,8 @@ class MeshDNS:
         t.start()
         t.join()
         if made and isinstance(made[0], BaseException):
-            raise OSError(f"DNS in namespace {netns_path}: {made[0]}")
+            raise OSError(f"cannot serve DNS on 127.0.0.1:53 in the allocation's namespace {netns_path}: "
+                          f"{made[0]}; if the group serves port 53 itself, set no_dns = true in transparent_proxy")
         self._serve(alloc_id, made[0], made[1])
 
     def detach(self, alloc_id: str) -> None:
