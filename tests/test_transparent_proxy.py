@@ -291,6 +291,7 @@ def test_app_reaches_count_api_by_its_virtual_name(scene):
     assert s.api.get("/v1/agent/connect/virtual-ips").json()["Services"]["count-api"] == vip
     (client_sidecar,) = s.api.get("/v1/health/connect/tp-client").json()
     assert client_sidecar["Service"]["Proxy"]["Mode"] == "transparent"
+    assert client_sidecar["Service"]["Proxy"]["TransparentProxy"] == {"OutboundListenerPort": 15001}
     assert svc["Proxy"]["Mode"] == ""
 
 
@@ -399,6 +400,15 @@ def _recv_from(host: str, port: int, send: bytes = b"") -> bytes | None:
             return c.recv(100)
         except ConnectionResetError:
             return None
+
+
+@needs_root
+def test_mesh_explain_checks_the_outbound_listener(scene):
+    s = scene
+    res = subprocess.run([sys.executable, "-m", "yurt.cli.main", "mesh", "explain", "tp-client", "count-api"],
+                         capture_output=True, text=True, env={**os.environ, "YURT_ADDR": s.agent.url}, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "listens on 127.0.0.1:15001 for count-api" in res.stdout, res.stdout
 
 
 @needs_root

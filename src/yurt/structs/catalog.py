@@ -98,6 +98,7 @@ class ConnectProxyConfig(Lenient):
     config: dict[str, Any] = field(factory=dict)
     upstreams: list[UpstreamConfig] = field(factory=list)
     expose: dict[str, Any] = field(factory=dict)
+    transparent_proxy: dict[str, Any] = field(factory=dict)   # {"OutboundListenerPort": 15001} (Mode "transparent")
 
 
 class ServiceRegistration(Lenient):
