@@ -126,7 +126,13 @@ class UpstreamConn:
         s.setblocking(False)
         set_nodelay(s)
         if self.proxy.cfg.mark:   # a transparent proxy's own connection: iptables lets it out
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.proxy.cfg.mark)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.proxy.cfg.mark)
+            except OSError as e:
+                s.close()
+                self.fail(f"cannot mark the connection to {inst.address}:{inst.port} (SO_MARK needs "
+                          f"CAP_NET_ADMIN: run the sidecar as root): {e.strerror}")
+                return
         err = s.connect_ex((inst.address, inst.port))
         self.state = "connect"
         self.server = Side(self.proxy.reactor, s, False, self, OUT)
