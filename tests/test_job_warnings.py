@@ -182,9 +182,6 @@ WARNED = [
      '                protocol        = "http"\n                local_path_port = 8080\n'
      '                listener_port   = "http"\n              }\n            }', f"{PROXY} > expose",
      "not reachable from outside the group"),
-    ("proxy-transparent-proxy",
-     ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "TransparentProxy"), "PROXY",
-     "transparent_proxy {\n            }", f"{PROXY} > transparent_proxy", "reach upstreams at their local_bind_port"),
     ("upstream-datacenter", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
                              "*", "Datacenter"), "UPSTREAM", 'datacenter = "dc2"', f"{UPSTREAM} > datacenter",
      "resolved as if it were not set"),

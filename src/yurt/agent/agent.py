@@ -58,7 +58,8 @@ class Agent:
                                  datacenter=config.datacenter,
                                  default_intention_policy=config.default_intention_policy,
                                  leaf_cert_ttl=config.leaf_cert_ttl,
-                                 keystore_dir=config.keystore_dir or str(config.data_dir / "server" / "keystore"))
+                                 keystore_dir=config.keystore_dir or str(config.data_dir / "server" / "keystore"),
+                                 virtual_ip_cidr=config.virtual_ip_cidr)
             self.server.catalog.servers = self._catalog_servers
         self.bootstrap_secret = ""   # -dev -acl-enabled: the bootstrap token's SecretID
         from .log_monitor import LogMonitor
@@ -79,6 +80,10 @@ class Agent:
         # the HTTP API on a unix socket too: a sidecar inside an allocation's network namespace
         # reaches its agent there (127.0.0.1:4646 in the namespace is not the agent)
         self.api_socket = str(config.data_dir / "yurt.sock")
+        # the DNS server (agent/dns.py): ports { dns }, and 127.0.0.1:53 in transparent proxies' namespaces
+        from .dns import Catalog, MeshDNS
+        dns_api = _with_token(YurtClient(config.address, tls=self.tls), self.internal_token)
+        self.dns = MeshDNS(Catalog(dns_api.get), config.recursors, config.datacenter)
         if config.client:
             from yurt.client.node_agent import ClientConfig, NodeAgent
             assert self.api_client is not None, "AgentConfig.validate: a client has servers"
@@ -91,7 +96,8 @@ class Agent:
                 host_networks={hn.name: (config.host_network_ips[hn.name], hn.reserved_ports)
                                for hn in config.host_networks},
                 host_volumes=dict(config.host_volumes),
-                http_addr=config.address, api_socket=self.api_socket if len(self.api_socket) <= 100 else ""),
+                http_addr=config.address, api_socket=self.api_socket if len(self.api_socket) <= 100 else "",
+                dns=self.dns),
                 self.api_client)
         from .metrics import build_registry
         self.metrics = build_registry(self)   # /v1/metrics
@@ -190,6 +196,7 @@ class Agent:
         self._checks.start()
         self._serve_socket()
         self._serve_consul()
+        self._serve_dns()
         # uvicorn stops on SIGINT/SIGTERM and then re-raises the signal with the handler that was
         # there before it: with the default SIGTERM handler the process would die right there,
         # before shutdown() (a dev agent would leave its tasks running). Ours ends run() instead.
@@ -258,6 +265,23 @@ class Agent:
                          daemon=True).start()
         log.info("Consul's API on %s:%d (CONSUL_HTTP_ADDR)", self.config.bind, port)
 
+    def _serve_dns(self) -> None:
+        """ports { dns }: mesh names over UDP and TCP on addresses { dns } (agent/dns.py)."""
+        port = self.config.dns_listener
+        if not port:
+            return
+        host = self.config.dns_addr or "127.0.0.1"   # Consul's client_addr: never an open resolver by default
+        try:
+            self.dns.listen(host, port)
+        except OSError as e:
+            msg = (f"cannot serve DNS on {host}:{port}: {e.strerror}; set ports {{ dns = N }} to another "
+                   "port, or 0 for none")
+            if self.config.dns_port is None:   # -dev-connect's default: everything else still serves
+                log.warning("%s", msg)
+                return
+            raise OSError(e.errno, msg) from None
+        log.info("DNS on %s:%d (<service>.virtual.yurt, <service>.service.yurt)", host, port)
+
     def _start_client_when_serving(self) -> None:
         while self._http is not None and not self._http.started and not self._http.should_exit:
             threading.Event().wait(0.05)
@@ -282,6 +306,7 @@ class Agent:
             # dev mode keeps nothing: its allocations go with it. Otherwise tasks keep running and a
             # restarted agent re-attaches to them.
             self.client.stop(destroy_allocs=self.config.dev)
+        self.dns.close()
         if self.server:
             self.server.stop()
         if self.store is not None:

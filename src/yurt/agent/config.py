@@ -87,6 +87,12 @@ class AgentConfig:
     http_max_request_bytes: int = 16 * 1024 * 1024   # limits { http_max_request_bytes }
     etcd: EtcdSettings | None = None          # server { store { etcd { } } }; None: SQLite
     keystore_dir: str = ""                    # server { keystore_dir }: variables' root keys ("": data dir)
+    virtual_ip_cidr: str = ""                 # connect { virtual_ip_cidr }: Connect services' VIPs ("": 240.0.0.0/4)
+    # ports { dns = N }: the agent's DNS server (UDP and TCP) answering <svc>.virtual.yurt and
+    # <svc>.service.yurt. None: 8600 with -dev-connect (a port taken is then only a warning), else off; 0: off
+    dns_port: int | None = None
+    dns_addr: str = ""                        # addresses { dns }: where it listens ("": 127.0.0.1)
+    recursors: list[str] = field(default_factory=list)   # recursors: where other names are asked
     # found by resolve(): the node address and the HTTP host advertised to other hosts
     node_ip: str = ""
     http_host: str = ""
@@ -108,6 +114,13 @@ class AgentConfig:
         if self.consul_port is None:
             return 8500 if self.dev_connect else 0
         return self.consul_port
+
+    @property
+    def dns_listener(self) -> int:
+        """The DNS server's port (0: none)."""
+        if self.dns_port is None:
+            return 8600 if self.dev_connect else 0
+        return self.dns_port
 
     @property
     def address(self) -> str:
@@ -222,7 +235,7 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
     raw = _unwrap(raw)
     known = {"name", "region", "datacenter", "data_dir", "bind_addr", "ports", "server", "client",
              "plugin", "log_level", "advertise", "leave_on_interrupt", "leave_on_terminate",
-             "connect", "tls", "acl", "limits"}
+             "connect", "tls", "acl", "limits", "addresses", "recursors"}
     for key in raw:
         if key not in known:
             raise ConfigError(f'{path}: unknown setting "{key}"; Yurt reads: {", ".join(sorted(known))}')
@@ -240,9 +253,24 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
         cfg.consul_port = _int(ports["consul"], path, "ports.consul")
         if not (0 <= cfg.consul_port < 65536):
             raise ConfigError(f"{path}: ports.consul = {cfg.consul_port} is not a TCP port (1-65535, or 0 for none)")
-    for key in sorted(set(ports or {}) - {"http", "consul"}):
+    if ports and "dns" in ports:
+        cfg.dns_port = _int(ports["dns"], path, "ports.dns")
+        if not (0 <= cfg.dns_port < 65536):
+            raise ConfigError(f"{path}: ports.dns = {cfg.dns_port} is not a port (1-65535, or 0 for none)")
+    for key in sorted(set(ports or {}) - {"http", "consul", "dns"}):
         cfg.warnings.append(f'{path}: ports {{ {key} }} is ignored: Yurt agents talk over HTTP only '
-                            '(ports { http, consul })')
+                            '(ports { http, consul, dns })')
+    addrs = _first(raw.get("addresses"))
+    for key in sorted(set(addrs or {}) - {"dns"}):
+        cfg.warnings.append(f'{path}: addresses {{ {key} }} is ignored: Yurt binds its HTTP listeners to '
+                            'bind_addr; only addresses { dns } is read')
+    if addrs and "dns" in addrs:
+        cfg.dns_addr = str(addrs["dns"])
+    if "recursors" in raw:
+        rec = raw["recursors"]
+        if not isinstance(rec, list) or not all(isinstance(r, str) and r for r in rec):
+            raise ConfigError(f'{path}: recursors must be a list of DNS server addresses, e.g. ["1.1.1.1"]')
+        cfg.recursors = list(rec)
     advertise = _first(raw.get("advertise"))
     if advertise:
         for key in advertise:
@@ -309,6 +337,10 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
             cfg.default_intention_policy = str(connect["default_intention_policy"])
         if "leaf_cert_ttl" in connect:
             cfg.leaf_cert_ttl = str(connect["leaf_cert_ttl"])
+        if "virtual_ip_cidr" in connect:   # checked here, so a typo stops the agent with its name
+            from yurt.server.virtual_ips import parse_cidr
+            parse_cidr(str(connect["virtual_ip_cidr"]), f"{path}: connect {{ virtual_ip_cidr }}")
+            cfg.virtual_ip_cidr = str(connect["virtual_ip_cidr"])
     tls = _first(raw.get("tls"))
     if tls is not None:
         _load_tls(tls, path, cfg.tls)

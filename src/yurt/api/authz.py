@@ -189,6 +189,7 @@ _add("GET", "/v1/health/state/{state}", _r("service", "read"))
 _add("GET", "/v1/connect/ca/configuration", _r("operator", "read"))
 _add("PUT", "/v1/connect/ca/configuration", _r("operator", "write"))
 _add("GET", "/v1/agent/connect/ca/leaf/{service}", _r("service", "write", "service"))
+_add("GET", "/v1/agent/connect/virtual-ips", _r("service", "read"))   # a transparent proxy's map
 _add("POST PUT", "/v1/agent/connect/authorize", _r("intention", "read", "body:Target"))
 _add("GET", "/v1/connect/intentions", _r("intention", "read"))
 _add("POST", "/v1/connect/intentions", _r("intention", "write", "body:DestinationName"))

@@ -3,7 +3,8 @@
 GET /v1/connect/ca/roots (?pem=true), GET /v1/agent/connect/ca/roots, GET|PUT
 /v1/connect/ca/configuration, GET /v1/agent/connect/ca/leaf/<service> (blocking: returns when a
 new certificate is issued; with a workload identity token only for one of its services), POST
-/v1/agent/connect/authorize, and the client agents' side door PUT /v1/internal/connect/ca/sign
+/v1/agent/connect/authorize, GET /v1/agent/connect/virtual-ips (blocking), and the client
+agents' side door PUT /v1/internal/connect/ca/sign
 {CSR, Service} (a node's SecretID required).
 """
 
@@ -32,6 +33,19 @@ router = consul_router()
 
 def _ca(request: Request):
     return agent_of(request).server.ca
+
+
+# -- virtual IPs -------------------------------------------------------------------------------
+
+@router.get("/v1/agent/connect/virtual-ips")
+@consul_route
+async def virtual_ips(request: Request):
+    """Every Connect service's virtual IP and the range they come from (`{"CIDR": "240.0.0.0/4",
+    "Services": {"count-api": "240.0.0.1"}}`), a blocking query on the table: what a
+    transparent proxy maps an original destination back to a service with."""
+    index = await cblock(request, "virtual_ips")
+    vips = agent_of(request).server.virtual_ips
+    return creply(request, {"CIDR": str(vips.network), "Services": dict(sorted(vips.table().items()))}, index)
 
 
 # -- roots and configuration -------------------------------------------------------------------

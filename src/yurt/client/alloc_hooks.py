@@ -206,19 +206,22 @@ class ConnectNativeHook(AllocHook):
 
 
 def default_hooks(services: ServiceHook | None = None, *, loopback_ports: bool = False,
-                  identity: AllocHook | None = None, agent_socket: str = "") -> list[AllocHook]:
+                  identity: AllocHook | None = None, agent_socket: str = "",
+                  dns: Any = None) -> list[AllocHook]:
     """The hooks an allocation runs with, in order: alloc dir, network (namespace + CNI), mesh
     inbound (the namespace's firewall), then ``services`` (catalog registration and checks: one
     hook for all of a client's allocations, as it talks to the server) when given.
     ``loopback_ports``: host ports are mapped on 127.0.0.1 too (a -dev-connect node).
     ``identity`` (the node agent's `IdentityHook`: each task's workload identity token) comes
     right after the alloc dir. ``agent_socket``: the agent's API socket, handed to Connect-native
-    tasks (`ConnectNativeHook`)."""
+    tasks (`ConnectNativeHook`). ``dns``: the agent's DNS server, served inside the namespace of a
+    group with a transparent proxy (`network.tproxy.TransparentProxyHook`, after mesh inbound)."""
     from .network.mesh_inbound import MeshInboundHook
     from .network.network_hook import NetworkHook
+    from .network.tproxy import TransparentProxyHook
     hooks: list[AllocHook] = [AllocDirHook(), *([identity] if identity is not None else []),
                               NetworkHook(loopback_too=loopback_ports), MeshInboundHook(),
-                              ConnectNativeHook(agent_socket)]
+                              TransparentProxyHook(dns), ConnectNativeHook(agent_socket)]
     if services is not None:
         hooks.append(services)
     return hooks

@@ -53,6 +53,7 @@ class ClientConfig:
     http_addr: str = ""
     options: dict[str, str] = field(default_factory=dict)
     api_socket: str = ""   # the agent's API on a unix socket, for sidecar proxies in namespaces
+    dns: Any = None        # the agent's DNS server (network.tproxy.DNSAttach), served in tproxy namespaces
 
 
 class NodeAgent:
@@ -378,7 +379,8 @@ class NodeAgent:
         if self._identity_hook is None:
             self._identity_hook = IdentityHook(self.api, lambda: self.node_id, self._stop)
         return default_hooks(services=self._service_hook, loopback_ports=self.config.loopback_ports,
-                             identity=self._identity_hook, agent_socket=self.config.api_socket)
+                             identity=self._identity_hook, agent_socket=self.config.api_socket,
+                             dns=self.config.dns)
 
     def _task_hooks(self) -> list:
         """The task runner hooks each task gets, in Nomad's order: artifacts, then templates."""

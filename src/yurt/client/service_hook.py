@@ -231,6 +231,7 @@ class ServiceHook(AllocHook):
                                interval=SIDECAR_CHECK_INTERVAL, timeout=1.0))
         if task:
             restarts[check_id] = (task, None)
+        tproxy = proxy_cfg.transparent_proxy if proxy_cfg else None
         upstreams = [{"DestinationType": "service", "DestinationName": u.destination_name,
                       "LocalBindAddress": u.local_bind_address or "127.0.0.1", "LocalBindPort": u.local_bind_port}
                      for u in ((proxy_cfg.upstreams if proxy_cfg else None) or [])]
@@ -251,7 +252,11 @@ class ServiceHook(AllocHook):
                 "Meta": {**(sidecar.meta or {}), **metrics_meta, "external-source": "yurt", "alloc_id": ctx.alloc_id},
                 "Proxy": {"DestinationServiceName": svc.name, "DestinationServiceID": sid,
                           "LocalServiceAddress": "127.0.0.1", "LocalServicePort": local_port,
-                          "Upstreams": upstreams},
+                          "Upstreams": upstreams,
+                          # Consul's proxy mode: "transparent" with transparent_proxy {}
+                          "Mode": "transparent" if tproxy else "",
+                          "TransparentProxy": ({"OutboundListenerPort": tproxy.outbound_port or 15001}
+                                               if tproxy else {})},
                 "Checks": [{"CheckID": check_id, "Name": "Connect Sidecar Listening", "Type": "tcp",
                             "Status": CRITICAL, "Interval": f"{SIDECAR_CHECK_INTERVAL:g}s"},
                            *[{**c, "CheckID": f"{c['CheckID']}-alias", "Name": f"Connect Sidecar Aliasing {sid}",

@@ -3,6 +3,9 @@ and the connect-proxy tasks (Nomad's job_endpoint_hook_connect.go groupConnectVa
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from yurt.structs import ConsulProxy, Job, Service, SidecarTask, TaskGroup
 
 from yurt.structs.gateway import INGRESS, MESH, gateway_entry, gateway_kind
@@ -160,11 +163,34 @@ def _validate_proxy(r: Report, group: TaskGroup, proxy: ConsulProxy, path: Path)
                 r.error(tpath + ("ExcludeInboundPorts", i),
                         f'exclude_inbound_ports entry "{entry}" is neither a number nor a static '
                         'port label of the group: use a number or a port with static = ...')
+        for i, port in enumerate(tp.exclude_outbound_ports or []):
+            if not 1 <= port <= MAX_PORT:
+                r.error(tpath + ("ExcludeOutboundPorts", i),
+                        f'exclude_outbound_ports entry {port} is not a port: use 1 to {MAX_PORT}')
+        for i, cidr in enumerate(tp.exclude_outbound_cidrs or []):
+            try:
+                net4 = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                net4 = None
+            if not isinstance(net4, ipaddress.IPv4Network):
+                r.error(tpath + ("ExcludeOutboundCIDRs", i),
+                        f'exclude_outbound_cidrs entry "{cidr}" is not an IPv4 CIDR: write it like '
+                        '"10.0.0.0/8" (or "10.1.2.3/32" for one address)')
+        for i, uid in enumerate([*(tp.exclude_uids or [])]):
+            if not _UID.match(uid):
+                r.error(tpath + ("ExcludeUIDs", i),
+                        f'exclude_uids entry "{uid}" is not a user ID: write a number like "1000" '
+                        'or a range like "1000-1999"')
+        if tp.uid and not _UID.match(tp.uid):
+            r.error(tpath + ("UID",), f'uid "{tp.uid}" is not a user ID: write a number like "101"')
         net = group.network
         if net is not None and net.dns is not None and not tp.no_dns:
             r.error(group_path_of(path) + ("Networks", 0, "DNS"),
                     'a network dns block cannot be used with transparent_proxy: remove dns or '
                     'set no_dns = true in transparent_proxy')
+
+
+_UID = re.compile(r"^\d+(-\d+)?$")
 
 
 def group_path_of(path: Path) -> Path:

@@ -49,6 +49,9 @@ class Balancer:
         # waiting for a place, oldest first
         self.dialing = 0
         self.waiting: deque = deque()
+        # a transparent proxy's destination whose first endpoints have not come yet: its
+        # connections wait in `waiting` until they do (`warm`)
+        self.cold = False
 
     def update(self, instances: list[Instance]) -> None:
         self.instances = list(instances)

@@ -19,7 +19,10 @@ JSON (every key optional except service):
    "max_connections": 1024,               # open connections per listener; past it new ones are closed
    "idle_timeout_ms": 300000,             # an established connection with no bytes either way is closed
    "workers": 1,                           # >1: that many processes share the listeners (SO_REUSEPORT)
-   "gateway": {"Kind": "ingress-gateway", ...}}  # gateway mode: Consul's config entry (mesh/gateway.py)
+   "gateway": {"Kind": "ingress-gateway", ...},  # gateway mode: Consul's config entry (mesh/gateway.py)
+   "transparent_proxy": {"outbound_port": 15001,        # the outbound listener on 127.0.0.1 that
+                         "mark": 22869,                 # iptables redirects to; the SO_MARK of the
+                         "mesh_destinations_only": false}}  # proxy's own sockets; passthrough or not
 
 Identity, trust, intentions and endpoints always come from the agent at "address".
 """
@@ -66,6 +69,11 @@ class ProxyConfig:
     drain_timeout: float = 5.0  # seconds open connections may take to finish after SIGTERM/SIGINT
     worker_drained_files: list[str] = field(default_factory=list)  # -workers: set at fork, not configured
     gateway: dict | None = None  # an ingress or terminating gateway's config entry (mesh/gateway.py)
+    # transparent proxy (mesh/transparent.py): 0 = none; else the outbound listener's port
+    outbound_port: int = 0
+    outbound_addr: str = "127.0.0.1"
+    mark: int = 0                     # SO_MARK on every socket the proxy dials (0: none)
+    mesh_destinations_only: bool = False   # redirected non-mesh destinations are closed, not passed
 
     def validate(self) -> ProxyConfig:
         if not self.service:
@@ -78,7 +86,7 @@ class ProxyConfig:
             return self
         if self.listen_port is not None and not self.local_port:
             raise ConfigError("-local-port is required with -listen: the port of the app behind the proxy")
-        if self.listen_port is None and not self.upstreams:
+        if self.listen_port is None and not self.upstreams and not self.outbound_port:
             raise ConfigError("nothing to do: give -listen ADDR:PORT and/or -upstream DEST:PORT")
         if self.max_connections < 0:
             raise ConfigError(f"-max-connections {self.max_connections}: must be 0 (no cap) or more")
@@ -154,6 +162,14 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
         cfg.max_connections = _whole(doc["max_connections"], "max_connections")
     if "idle_timeout_ms" in doc:
         cfg.idle_timeout = _whole(doc["idle_timeout_ms"], "idle_timeout_ms") / 1000
+    tp = doc.get("transparent_proxy")
+    if tp is not None:
+        if not isinstance(tp, dict):
+            raise ConfigError("transparent_proxy must be an object: {\"outbound_port\": 15001}")
+        from .transparent import DEFAULT_OUTBOUND_PORT, MARK
+        cfg.outbound_port = _whole(tp.get("outbound_port") or DEFAULT_OUTBOUND_PORT, "transparent_proxy.outbound_port")
+        cfg.mark = _whole(tp.get("mark", MARK), "transparent_proxy.mark")
+        cfg.mesh_destinations_only = bool(tp.get("mesh_destinations_only", False))
     cfg.debug_modules = bool(doc.get("debug_modules", cfg.debug_modules))
     cfg.workers = int(doc.get("workers", cfg.workers) or 1)
     if doc.get("gateway") is not None:

@@ -72,11 +72,21 @@ class Proxy:
         self.balancers: dict[int, Balancer] = {}
         self.inbound: dict[str, set[Pipe]] = {}  # source URI → open pipes
         self.upstream_pipes: set[Pipe] = set()
+        # transparent proxy (mesh/transparent.py): the virtual IP table, one balancer per
+        # destination reached through it, and the connections passed through to non-mesh ones
+        self.vips: Any = None   # a VirtualIPTable with an outbound listener (imported only then)
+        if cfg.outbound_port:
+            from .transparent import VirtualIPTable
+            self.vips = VirtualIPTable()
+        self.tp_balancers: dict[str, Balancer] = {}
+        self.passthrough_pipes: set[Pipe] = set()
+        self._vips_pending = bool(cfg.outbound_port)
         self.watches: list[Watch] = []
         self.ready = threading.Event()
         self.public_port = 0
         self.metrics_port = 0
         self.upstream_ports: dict[str, int] = {}
+        self.outbound_port = 0
         self._endpoints_pending: set[str] = set()  # upstreams whose first endpoints have not come
         self._thread: threading.Thread | None = None
         self._activity: dict[Pipe, tuple[tuple[int, int, bool], float]] = {}  # the idle sweep's
@@ -107,6 +117,12 @@ class Proxy:
             lst = Listener(self, s, self._upstream_maker(up, bal), cfg.max_connections)
             self.balancers[lst.port] = bal
             self.upstream_ports[up.destination] = lst.port
+            self.listeners.append(lst)
+        if cfg.outbound_port:
+            from .transparent import accept_outbound
+            s = listen(cfg.outbound_addr, cfg.outbound_port, reuseport=cfg.workers > 1)
+            lst = Listener(self, s, lambda sock, addr: accept_outbound(self, sock, addr), cfg.max_connections)
+            self.outbound_port = lst.port
             self.listeners.append(lst)
         if cfg.ready_addr:
             from .config import split_hostport
@@ -144,7 +160,8 @@ class Proxy:
         still queued for a slow reader is not idle)."""
         now = time.monotonic()
         idle = self.cfg.idle_timeout
-        pipes = [p for ps in self.inbound.values() for p in ps] + list(self.upstream_pipes)
+        pipes = ([p for ps in self.inbound.values() for p in ps] + list(self.upstream_pipes)
+                 + list(self.passthrough_pipes))
         seen = self._activity
         self._activity = {}
         for p in pipes:
@@ -193,6 +210,8 @@ class Proxy:
                 self._endpoints_pending.add(f"chain:{svc}")
                 self._watch(f"chain-{svc}", lambda i, w, s=svc: chain(s, i, w),
                             lambda v, s=svc: self._on_chain(s, v), lambda s=svc: self._chain_failed(s))
+        if cfg.outbound_port:
+            self._watch("virtual-ips", src.virtual_ips, self._on_virtual_ips)
         for up in cfg.upstreams:
             bal = self.balancers[self.upstream_ports[up.destination]] if up.destination in self.upstream_ports else None
             if bal is None:
@@ -264,12 +283,42 @@ class Proxy:
         bal.update(instances_from_health(entries, dc))
         self.log.event("endpoints", destination=dest,
                        instances=[f"{i.address}:{i.port}" for i in bal.instances])
+        if bal.cold:   # a transparent proxy's destination: the connections that waited go now
+            from .upstream import start_waiting
+            bal.cold = False
+            start_waiting(bal)
         if dest in self._endpoints_pending:
             self._endpoints_pending.discard(dest)
             self._check_ready()
 
+    def _on_virtual_ips(self, value: Any) -> None:
+        self.vips.update(value)
+        self.log.event("virtual-ips", services=len(self.vips.by_ip))
+        if self._vips_pending:
+            self._vips_pending = False
+            self._check_ready()
+
+    def transparent_upstream(self, service: str, sock: socket.socket, addr: Any) -> UpstreamConn:
+        """A redirected connection to `service`'s virtual IP: an upstream connection to it, its
+        endpoints watched from the first one on (connections wait for their first answer)."""
+        bal = self.tp_balancers.get(service)
+        if bal is None:
+            bal = self.tp_balancers[service] = Balancer()
+            bal.cold = True
+            dc = self.cfg.datacenter
+            self._watch(f"endpoints-{service}",
+                        lambda i, w, d=service, dc=dc: self.source.endpoints(d, dc, i, w),
+                        lambda v, b=bal, d=service, dc=dc: self._on_endpoints(d, b, dc, v))
+        return UpstreamConn(self, UpstreamConfig(service, 0), bal, sock, addr)
+
+    def passthrough_closed(self, pipe: Pipe, verdict: str, reason: str) -> None:
+        conn = pipe.meta
+        self._activity.pop(pipe, None)
+        self.passthrough_pipes.discard(pipe)
+        conn._log(verdict, reason, pipe.a_to_b, pipe.b_to_a)
+
     def _check_ready(self) -> None:
-        if self.ready.is_set() or self.material is None or self._endpoints_pending:
+        if self.ready.is_set() or self.material is None or self._endpoints_pending or self._vips_pending:
             return
         if self.cfg.ready_file:
             tmp = self.cfg.ready_file + ".tmp"
@@ -277,7 +326,9 @@ class Proxy:
                 f.write("LIVE\n")
             os.replace(tmp, self.cfg.ready_file)
         self.ready.set()
-        extra = {"metrics_port": self.metrics_port} if self.metrics_port else {}
+        extra: dict[str, Any] = {"metrics_port": self.metrics_port} if self.metrics_port else {}
+        if self.outbound_port:
+            extra["outbound_port"] = self.outbound_port
         self.log.event("ready", service=self.cfg.service, public_port=self.public_port,
                        upstreams=self.upstream_ports, **extra)
         if self.cfg.debug_modules:
@@ -417,7 +468,7 @@ class Proxy:
         for pipes in list(self.inbound.values()):
             for p in list(pipes):
                 p.close("allowed", "proxy stopping")
-        for p in list(self.upstream_pipes):
+        for p in list(self.upstream_pipes) + list(self.passthrough_pipes):
             p.close("allowed", "proxy stopping")
         for path in (self.cfg.ready_file, self.cfg.drained_file):
             if path:

@@ -31,6 +31,9 @@ class MeshSource(Protocol):
     def endpoints(self, destination: str, datacenter: str, index: int, wait: float) -> tuple[list[dict], int]:
         """Passing mesh endpoints of `destination` (Consul /v1/health/connect entries)."""
 
+    def virtual_ips(self, index: int, wait: float) -> tuple[dict, int]:
+        """{"CIDR": range, "Services": {name: virtual IP}} (a transparent proxy's map)."""
+
     def close(self) -> None: ...
 
 
@@ -134,6 +137,8 @@ class AgentSource:
         body, idx = self.client.get(f"/v1/health/connect/{quote(service, safe='')}", index=index,
                                     wait=_wait_str(wait), passing="1", filter=filter_ or None)
         return body or [], idx
+    def virtual_ips(self, index: int, wait: float) -> tuple[dict, int]:
+        return self.client.get("/v1/agent/connect/virtual-ips", index=index, wait=_wait_str(wait))
 
     def close(self) -> None:
         try:

@@ -65,7 +65,7 @@ class UpstreamConn:
         self.timer = None
         self.offered = None   # the TLS session offered to the instance for resumption
         self.gated = False    # holds one of the balancer's MAX_DIALING places
-        if balancer.dialing >= MAX_DIALING:
+        if balancer.dialing >= MAX_DIALING or balancer.cold:
             self.state = "queued"
             balancer.waiting.append(self)   # no deadline: each attempt has its own once it dials
             return
@@ -81,12 +81,8 @@ class UpstreamConn:
         if not self.gated:
             return
         self.gated = False
-        bal = self.balancer
-        bal.dialing -= 1
-        while bal.waiting and bal.dialing < MAX_DIALING:
-            nxt = bal.waiting.popleft()
-            if not nxt.done:
-                nxt._start()
+        self.balancer.dialing -= 1
+        start_waiting(self.balancer)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _log(self, verdict: str, reason: str) -> None:
@@ -142,6 +138,14 @@ class UpstreamConn:
         s = socket.socket(socket.AF_INET6 if ":" in inst.address else socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
         set_nodelay(s)
+        if self.proxy.cfg.mark:   # a transparent proxy's own connection: iptables lets it out
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.proxy.cfg.mark)
+            except OSError as e:
+                s.close()
+                self.fail(f"cannot mark the connection to {inst.address}:{inst.port} (SO_MARK needs "
+                          f"CAP_NET_ADMIN: run the sidecar as root): {e.strerror}")
+                return
         err = s.connect_ex((inst.address, inst.port))
         self.state = "connect"
         self.server = Side(self.proxy.reactor, s, False, self, OUT)
@@ -243,3 +247,11 @@ class UpstreamConn:
         pipe.before_close = self._keep_session
         self.proxy.upstream_opened(pipe)
         pipe.start()
+
+
+def start_waiting(bal: Balancer) -> None:
+    """Start the connections waiting for a place (or for a cold balancer's first endpoints)."""
+    while bal.waiting and bal.dialing < MAX_DIALING and not bal.cold:
+        nxt = bal.waiting.popleft()
+        if not nxt.done:
+            nxt._start()

@@ -153,6 +153,8 @@ class Catalog:
         # the servers, (name, address) each: the catalog lists them as the "consul" service, as
         # Consul's always has its servers there (set by the agent)
         self.servers: Callable[[], list[tuple[str, str]]] = lambda: []
+        # a Connect service's virtual IP, assigned on first use (`virtual_ips.VirtualIPs.assign`)
+        self.virtual_ip: Callable[[str], str] | None = None
 
     def _consul_service(self) -> list[ServiceRegistration]:
         return [ServiceRegistration(id="consul", service="consul", port=CONSUL_SERVER_PORT, address=addr,
@@ -319,6 +321,12 @@ class Catalog:
 
     def register(self, body: Any, node_id: str, node: str, node_address: str = "") -> list[ServiceRegistration]:
         services = self.build(body, node_id, node, node_address)
+        if self.virtual_ip is not None:
+            for svc in services:
+                dest = svc.connect_destination
+                if dest:   # Consul's TaggedAddresses["consul-virtual"] on the mesh endpoint
+                    port = svc.proxy.local_service_port if svc.proxy is not None else svc.port
+                    svc.tagged_addresses["consul-virtual"] = {"Address": self.virtual_ip(dest), "Port": port}
         parent = services[0]
         before = self.store.service(*parent.key)
         self.store.upsert_services(services)

@@ -139,6 +139,10 @@ def _inject(group: TaskGroup, network: NetworkResource, service: Service, connec
         resources=Resources(cpu=PROXY_CPU, cores=0, memory_mb=PROXY_MEMORY, memory_max_mb=0, disk_mb=0, secrets_mb=0),
         restart_policy=group.restart_policy, kill_timeout=5 * SECOND, shutdown_delay=5 * SECOND,
         log_config=LogConfig(max_files=2, max_file_size_mb=2, disabled=False))
+    tp = proxy.transparent_proxy if proxy else None
+    if tp is not None:   # the outbound listener the group's redirected traffic reaches
+        assert task.config is not None
+        task.config["transparent_proxy"] = {"outbound_port": tp.outbound_port or 15001}
     if connect.sidecar_task is not None:
         task = _merge(task, connect.sidecar_task)
     group.tasks = list(group.tasks or []) + [task]

@@ -193,7 +193,13 @@ class MeshExplain:
     def _source_probes(self, p: Plan, car: ServiceRegistration, dst_cars: list[ServiceRegistration],
                        roots: dict[str, Any], active: dict[str, Any] | None) -> None:
         ups = [u for u in (car.proxy.upstreams if car.proxy else []) if u.destination_name == p.destination]
-        if not ups:
+        if not ups and car.proxy is not None and car.proxy.mode == "transparent":
+            # a transparent proxy: the app dials <destination>.virtual.yurt, redirected to the outbound listener
+            port = int(car.proxy.transparent_proxy.get("OutboundListenerPort") or 15001)
+            p.probes.append(Probe(car.node_id, car.node, "upstream listener", where(car), {
+                "Kind": "upstream", "AllocID": car.alloc_id, "Destination": p.destination,
+                "Address": "127.0.0.1", "Port": port}))
+        elif not ups:
             p.rows.append(row("upstream listener", WRONG, where(car),
                               f"the sidecar of {p.source} has no upstream for {p.destination}",
                               f'add upstreams {{ destination_name = "{p.destination}"  local_bind_port = <port> }} '

@@ -46,7 +46,7 @@ class Server:
                  max_heartbeats_per_second: float = MAX_HEARTBEATS_PER_SECOND, region: str = "global",
                  datacenter: str = "dc1",
                  default_intention_policy: str = "allow", leaf_cert_ttl: str | None = None,
-                 keystore_dir: str | None = None) -> None:
+                 keystore_dir: str | None = None, virtual_ip_cidr: str = "") -> None:
         self.store = store
         self.reads = Reads(store)  # what the HTTP API reads
         from .acl_admin import ACLAdmin
@@ -70,6 +70,9 @@ class Server:
         self.gc = GarbageCollector(store)   # terminal evaluations, allocations and stopped jobs
         self.check_ttls = Heartbeats(self._check_ttl_expired, every=0.2, name="yurt-check-ttls")
         self.catalog.on_ttl = self._check_ttl
+        from .virtual_ips import DEFAULT_CIDR, VirtualIPs
+        self.virtual_ips = VirtualIPs(store, virtual_ip_cidr or DEFAULT_CIDR)   # Connect services' VIPs
+        self.catalog.virtual_ip = self.virtual_ips.assign
         self.intentions = Intentions(store, default_allow=default_intention_policy != "deny")
         from .config_entries import ConfigEntries
         self.config_entries = ConfigEntries(store, self.intentions)   # Consul's config entries; the sidecars' chain

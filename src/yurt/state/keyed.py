@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from yurt.structs import CatalogNode, ConfigEntry, KVEntry, Namespace, Session, StoredVariable
+from yurt.structs import CatalogNode, ConfigEntry, KVEntry, Namespace, Session, StoredVariable, VirtualIP
 
 KEYED: dict[str, type[BaseModel]] = {
     "kv": KVEntry,                 # by the key
@@ -18,6 +18,7 @@ KEYED: dict[str, type[BaseModel]] = {
     "namespaces": Namespace,       # by name
     "catalog_nodes": CatalogNode,  # by node key: an external node's name, an agent node's ID
     "config_entries": ConfigEntry,  # by "<kind>/<name>" (Consul's config entries but service-intentions)
+    "virtual_ips": VirtualIP,      # by service name (Connect services' virtual IPs)
 }
 
 

@@ -23,7 +23,7 @@ from .alloc import (AllocDeploymentStatus, AllocatedCpuResources, AllocMetric, A
 from .evaluation import (DesiredUpdates, Evaluation, JobSummary, Plan, PlanAnnotations,
                          PlanResult, TaskGroupSummary)
 from .catalog import (CHECK_CRITICAL, CHECK_PASSING, CHECK_WARNING, CatalogNode, ConnectProxyConfig, HealthCheck,
-                      ServiceRegistration, UpstreamConfig)
+                      ServiceRegistration, UpstreamConfig, VirtualIP)
 from .connect import (CAConfig, CARoot, CAState, Intention, IssuedCert, SpiffeService,
                       parse_service_uri, service_uri)
 from .deployment import Deployment, DeploymentState, merged_update
@@ -53,6 +53,7 @@ __all__ = [
     "TaskEvent", "TaskState", "AllocMetric", "DesiredUpdates", "Evaluation", "JobSummary", "Plan",
     "PlanAnnotations", "PlanResult", "TaskGroupSummary", "alloc_status", "eval_status", "node_status",
     "CHECK_CRITICAL", "CHECK_PASSING", "CHECK_WARNING", "CatalogNode", "ConnectProxyConfig", "HealthCheck",
+    "VirtualIP",
     "ServiceRegistration", "UpstreamConfig", "CAConfig", "CARoot", "CAState", "Intention",
     "IssuedCert", "SpiffeService", "parse_service_uri", "service_uri",
     "Deployment", "DeploymentState", "deployment_status", "merged_update", "NodeUsed",

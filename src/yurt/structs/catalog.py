@@ -100,6 +100,7 @@ class ConnectProxyConfig(Lenient):
     config: dict[str, Any] = field(factory=dict)
     upstreams: list[UpstreamConfig] = field(factory=list)
     expose: dict[str, Any] = field(factory=dict)
+    transparent_proxy: dict[str, Any] = field(factory=dict)   # {"OutboundListenerPort": 15001} (Mode "transparent")
 
 
 class ServiceRegistration(Lenient):
@@ -179,3 +180,14 @@ class ServiceRegistration(Lenient):
                 "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
                 "ContentHash": f"{self.modify_index:016x}",
                 **({"Locality": dict(self.locality)} if self.locality else {})}
+
+
+class VirtualIP(Struct):
+    """The stable virtual IP of a Connect service (Consul's `consul-virtual` tagged address),
+    stored in the keyed table "virtual_ips" by service name: `<service>.virtual.yurt` answers it
+    and a transparent proxy maps a connection to it back to the service."""
+
+    service: str = ""
+    ip: str = field("", json="IP")
+    create_index: int = 0
+    modify_index: int = 0

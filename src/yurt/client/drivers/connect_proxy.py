@@ -65,6 +65,9 @@ class ConnectProxyDriver(RawExecDriver):
                 "drain_timeout_ms": int(max(cfg.kill_timeout - DRAIN_MARGIN, cfg.kill_timeout / 2) * 1000),
                 **({"token_file": str(token)} if token.exists() else {}),
                 "datacenter": given.get("datacenter") or cfg.env.get("NOMAD_DC", "dc1")}
+        if isinstance(conf.get("transparent_proxy"), dict):   # the mark the namespace's rules let out
+            from ..network.tproxy import MARK
+            conf["transparent_proxy"] = {**conf["transparent_proxy"], "mark": MARK}
         path = secrets / CONFIG_FILE
         path.write_text(json.dumps(conf, indent=2))
         path.chmod(0o600)

@@ -35,7 +35,8 @@ def open_ports(ctx: AllocHookContext) -> list[int]:
 def alloc_open_ports(alloc: Allocation) -> list[int]:
     """`open_ports` of an allocation (`yurt mesh explain` checks the rules written from them)."""
     ports = {p.label: p for p in alloc.allocated_resources.shared.ports}
-    return sorted({(p.to if p.to > 0 else p.value) for p in ports.values() if p.value})
+    from .tproxy import excluded_inbound   # a transparent proxy's exclude_inbound_ports
+    return sorted({(p.to if p.to > 0 else p.value) for p in ports.values() if p.value} | set(excluded_inbound(alloc)))
 
 
 def has_sidecar(ctx: AllocHookContext) -> bool:
