@@ -98,6 +98,7 @@ def build_nodes(n: int, seed: int = 1) -> list[Node]:
             status="ready", status_description="", status_updated_at=0,
             scheduling_eligibility="eligible", drain=False, computed_class="",
             create_index=0, modify_index=0))
+        nodes[-1].computed_class = nodes[-1].compute_class()   # as the store sets it on registration
     return nodes
 
 

@@ -149,3 +149,38 @@ def test_distinct_property():
     st.upsert_job(job2)
     racks = sorted(st.node(a.node_id).meta["rack"] for a in placed(run(st, job2)))
     assert racks == ["r0", "r0", "r1", "r1", "r2", "r2"]
+
+
+def _classed(node):
+    node.computed_class = node.compute_class()   # as the store sets it when a node registers
+    return node
+
+
+def test_computed_class_groups_nodes_alike_but_for_their_unique_attributes():
+    a, b = make_node(1), make_node(2)   # differ only in unique.network.ip-address, id and name
+    assert a.compute_class() == b.compute_class()
+    assert make_node(3, meta={"rack": "r1"}).compute_class() != a.compute_class()
+    assert make_node(4, drivers=("docker",)).compute_class() != a.compute_class()
+    assert make_node(5, dc="dc2").compute_class() != a.compute_class()
+    assert make_node(6, attrs={"unique.hostname": "x"}).compute_class() == a.compute_class()
+
+
+@pytest.mark.parametrize("target", ["${node.unique.name}", "${attr.unique.network.ip-address}"])
+def test_a_constraint_on_a_unique_target_is_checked_node_by_node_in_one_class(target):
+    nodes = [_classed(make_node(i)) for i in range(1, 5)]
+    assert len({n.computed_class for n in nodes}) == 1
+    wanted = nodes[2]
+    value = wanted.name if "name" in target else wanted.attributes["unique.network.ip-address"]
+    job = make_job(count=3, constraints=[Constraint(l_target=target, operand="=", r_target=value)])
+    res = run(MemoryState(nodes=nodes, jobs=[job]), job)
+    allocs = placed(res)
+    assert len(allocs) == 3 and {a.node_id for a in allocs} == {wanted.id}
+
+
+def test_class_wide_checks_are_answered_once_per_class_and_still_filter():
+    ok = [_classed(make_node(i, meta={"tier": "web"})) for i in range(1, 4)]
+    other = [_classed(make_node(i, meta={"tier": "db"})) for i in range(4, 7)]
+    job = make_job(count=6, constraints=[Constraint(l_target="${meta.tier}", operand="=", r_target="web")])
+    res = run(MemoryState(nodes=ok + other, jobs=[job]), job)
+    assert {a.node_id for a in placed(res)} <= {n.id for n in ok}
+    assert len(placed(res)) == 6

@@ -68,6 +68,29 @@ def _ready_nodes(job: Job, nodes: list[Node]) -> tuple[list[Node], dict[str, int
     return ready, by_dc, in_pool
 
 
+def escapes_class(constraints: list[Constraint] | None) -> bool:
+    """Whether a constraint reads what the computed node class does not cover (a `unique.`
+    target, or one the class does not hash), so it must be checked node by node (Nomad's
+    escaped computed class)."""
+    for c in constraints or []:
+        for target in (c.l_target, c.r_target):
+            if not target or not target.startswith("${"):
+                continue
+            inner = target[2:-1] if target.endswith("}") else target[2:]
+            if "unique." in inner or not (inner in CLASS_FIELDS or inner.startswith(("attr.", "meta."))):
+                return True
+    return False
+
+
+CLASS_FIELDS = frozenset({"node.datacenter", "node.class", "node.pool", "node.region"})
+
+
+def _key(node: Node, escaped: bool) -> str:
+    """What a checker's answer for `node` is kept by: its computed class when the checks read
+    only what the class covers, else the node itself."""
+    return node.id if escaped or not node.computed_class else node.computed_class
+
+
 def _plain(constraints: list[Constraint] | None) -> list[tuple[Callable[[Node], bool], str]]:
     return [(compile_constraint(c.l_target, c.operand, c.r_target),
              describe(c.l_target, c.operand, c.r_target))
@@ -93,12 +116,14 @@ class JobChecker:
 
     def __init__(self, job: Job) -> None:
         self.constraints = _plain(job.constraints)
-        self.cache: dict[str, str | None] = {}
+        self.escaped = escapes_class(job.constraints)
+        self.cache: dict[str, str | None] = {}   # by computed class (or node id when escaped)
 
     def __call__(self, node: Node) -> str | None:
-        reason = self.cache.get(node.id, _UNSET)
+        key = _key(node, self.escaped)
+        reason = self.cache.get(key, _UNSET)
         if reason is _UNSET:
-            reason = self.cache[node.id] = _check_constraints(node, self.constraints)
+            reason = self.cache[key] = _check_constraints(node, self.constraints)
         return reason
 
 
@@ -116,12 +141,14 @@ class GroupChecker:
         for v in (tg.volumes or {}).values():
             if v.type == "host" and v.source:
                 self.host_volumes[v.source] = self.host_volumes.get(v.source, True) and v.read_only
-        self.cache: dict[str, str | None] = {}
+        self.escaped = escapes_class(tg.constraints) or any(escapes_class(t.constraints) for t in tg.tasks or [])
+        self.cache: dict[str, str | None] = {}   # by computed class (or node id when escaped)
 
     def __call__(self, node: Node) -> str | None:
-        reason = self.cache.get(node.id, _UNSET)
+        key = _key(node, self.escaped)
+        reason = self.cache.get(key, _UNSET)
         if reason is _UNSET:
-            reason = self.cache[node.id] = self._check(node)
+            reason = self.cache[key] = self._check(node)
         return reason
 
     def _check(self, node: Node) -> str | None:

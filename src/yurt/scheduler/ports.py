@@ -38,13 +38,24 @@ def parse_port_spec(spec: str) -> frozenset[int]:
     return frozenset(out)
 
 
+_RESERVED: dict[str, tuple[Node, frozenset[int]]] = {}   # node id -> (the node object, its ports)
+
+
 def reserved_ports(node: Node) -> frozenset[int]:
     """The node's reserved host ports, those of its host networks included (one port space per
-    node: a port reserved on one of its addresses is not handed out on another)."""
+    node: a port reserved on one of its addresses is not handed out on another). Kept per node
+    object: a stored node is never changed in place (an update stores a new object)."""
+    hit = _RESERVED.get(node.id)
+    if hit is not None and hit[0] is node:
+        return hit[1]
     spec = node.reserved_resources.networks.reserved_host_ports
     extra = [a.reserved_ports for net in node.node_resources.node_networks for a in net.addresses
              if a.reserved_ports]
-    return parse_port_spec(",".join([spec, *extra])) if extra else parse_port_spec(spec)
+    ports = parse_port_spec(",".join([spec, *extra])) if extra else parse_port_spec(spec)
+    if len(_RESERVED) > 100_000:   # nodes long gone: start over
+        _RESERVED.clear()
+    _RESERVED[node.id] = (node, ports)
+    return ports
 
 
 def host_ip(node: Node, host_network: str = DEFAULT_HOST_NETWORK) -> str:

@@ -358,6 +358,7 @@ class Txn(MeshTxn):
                    "events": exist.events,
                    "status_updated_at": (now_s if node.status != exist.status
                                          else exist.status_updated_at)}
+        upd["computed_class"] = node.compute_class()
         self.ch.nodes[node.id] = node.model_copy(update=upd)
 
     def update_node(self, node_id: str, **fields: object) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from typing import Any
 
 from pydantic import ConfigDict, computed_field
@@ -181,6 +184,19 @@ class Node(Struct):
 
     def ready(self) -> bool:
         return self.status == NODE_READY and self.scheduling_eligibility == ELIGIBLE and not self.drain
+
+    def compute_class(self) -> str:
+        """Nomad's computed node class: a hash of what feasibility reads that is not unique to
+        the node (datacenter, pool, class, attributes and meta but their `unique.` keys, drivers,
+        host volumes). Nodes of one class pass or fail a job's checks alike, so the scheduler
+        checks a class once (constraints on `unique.` targets are checked per node)."""
+        doc = {"dc": self.datacenter, "pool": self.node_pool, "class": self.node_class,
+               "attr": {k: v for k, v in self.attributes.items() if not k.startswith("unique.")},
+               "meta": {k: v for k, v in self.meta.items() if not k.startswith("unique.")},
+               "drivers": {k: (d.detected, d.healthy) for k, d in self.drivers.items()},
+               "volumes": {k: v.read_only for k, v in self.host_volumes.items()}}
+        digest = hashlib.blake2b(json.dumps(doc, sort_keys=True).encode(), digest_size=8).hexdigest()
+        return "v1:" + digest
 
     def stub(self, resources: bool = False, os: bool = False) -> dict:
         """The row of `/v1/nodes` (Nomad's NodeListStub); `?resources=true` adds NodeResources
