@@ -432,8 +432,8 @@ def test_the_client_agents_hot_routes_check_and_answer_as_every_route(agent, roo
     with agent.api() as c:
         c.headers.update(h(root))
         register(c, JOB.replace('"sleepy"', '"hot"'))
-        (node,) = c.get("/v1/nodes").json()
-        nid = node["ID"]
+        (placed,) = wait_for(lambda: c.get("/v1/job/hot/allocations").json(), 60, what="the allocation placed")
+        nid = placed["NodeID"]
         r = wait_for(lambda: (r := c.get(f"/v1/node/{nid}/allocations")).json() and r, 60,
                      what="the node's allocation")
         assert r.status_code == 200 and int(r.headers["X-Nomad-Index"]) > 0
