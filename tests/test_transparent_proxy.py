@@ -375,6 +375,43 @@ def test_excluded_port_and_cidr_go_around_the_sidecar(scene):
 
 
 @needs_root
+def test_mesh_entry_mesh_destinations_only_closes_passthrough_live(scene):
+    from yurt.client.network import bridge
+    s = scene
+    gw = bridge.gateway()
+    dst = f"{gw}:{s.echo_p.port}"
+    sidecar = "connect-proxy-tp-client"
+
+    def sidecar_state() -> tuple:
+        st = s.api.get(f"/v1/allocation/{s.alloc('client')['ID']}").json()["TaskStates"][sidecar]
+        return st["State"], st["Restarts"], st["StartedAt"]
+    before = sidecar_state()
+    assert before[0] == "running"
+    wait_for(lambda: ok_after(s, 0), timeout=60, what="the app reaching count-api")
+    # passthrough to a destination outside the mesh, by default
+    assert _dial(s, gw, s.echo_p.port) == "echo"
+    r = s.api.put("/v1/config", json={"Kind": "mesh", "Name": "mesh", "TransparentProxy": {"MeshDestinationsOnly": True}})
+    assert r.status_code == 200 and r.json() is True, r.text
+    try:
+        # the running sidecar follows the entry: the same connection is now closed unanswered
+        wait_for(lambda: _dial(s, gw, s.echo_p.port) == "", what="the passthrough closed by the mesh entry")
+        refusals = wait_for(lambda: [e for e in s.sidecar_log() if e.get("event") == "outbound-refused"
+                                     and e.get("destination") == dst], what="the refusal logged")
+        assert "TransparentProxy.MeshDestinationsOnly" in refusals[-1]["reason"], refusals[-1]
+        assert "not a mesh destination" in refusals[-1]["reason"], refusals[-1]
+        assert [e for e in s.sidecar_log() if e.get("event") == "mesh-config" and e.get("value") is True]
+        # not restarted, and the mesh service still answers through it
+        assert sidecar_state() == before
+        n = last_n(s)
+        wait_for(lambda: ok_after(s, n), what="the app reaching count-api with the mesh entry set")
+    finally:
+        assert s.api.delete("/v1/config/mesh/mesh").json() is True
+    # deleting the entry lets the passthrough through again
+    wait_for(lambda: _dial(s, gw, s.echo_p.port) == "echo", what="the passthrough back after deleting the entry")
+    assert sidecar_state() == before
+
+
+@needs_root
 def test_inbound_goes_to_the_sidecar_except_excluded_ports(scene):
     s = scene
     ip = s.api.get(f"/v1/allocation/{s.alloc('client')['ID']}").json()["NetworkStatus"]["Address"]
