@@ -235,7 +235,7 @@ def test_the_sidecars_chain_compiles_router_splitter_resolver(api):
         assert api.delete(f"/v1/config/{kind}/api").json() is True
 
 
-def test_the_mesh_entry_and_what_it_refuses(agent, api):
+def test_the_mesh_entry_and_what_it_refuses(agent, api, tmp_path):
     assert api.get("/v1/config/mesh/mesh").status_code == 404
     assert api.get("/v1/agent/connect/chain/api").json()["MeshDestinationsOnly"] is False
     # snake_case as Consul's HCL writes it; the chain of every service carries the setting
@@ -276,6 +276,19 @@ def test_the_mesh_entry_and_what_it_refuses(agent, api):
     text = refused(api, {"Kind": "mesh", "Name": "mesh", "TransparentProxy": {"MeshDestinationOnly": True}})
     assert 'did you mean "MeshDestinationsOnly"' in text
     assert api.get("/v1/config/mesh/mesh").status_code == 404
+    # the HCL Consul's docs show, through `yurt config write`
+    hcl = tmp_path / "mesh.hcl"
+    hcl.write_text('Kind = "mesh"\nTransparentProxy {\n  MeshDestinationsOnly = true\n}\n'
+                   'TLS {\n  Incoming {\n    TLSMinVersion = "TLSv1_3"\n  }\n}\n')
+    r = subprocess.run([sys.executable, "-m", "yurt.cli.main", "config", "write", "-address", agent.url, str(hcl)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Config entry written: mesh/mesh" in r.stdout, (r.stdout, r.stderr)
+    try:
+        got = api.get("/v1/config/mesh/mesh").json()
+        assert got["TransparentProxy"] == {"MeshDestinationsOnly": True}
+        assert got["TLS"] == {"Incoming": {"TLSMinVersion": "TLSv1_3"}}
+    finally:
+        assert api.delete("/v1/config/mesh/mesh").json() is True
 
 
 def test_cli_write_read_list_delete(agent, tmp_path):
