@@ -220,6 +220,14 @@ def test_l7_intentions_allow_get_and_deny_post_through_the_jobs_sidecars(scene):
                       what="the api sidecar logging the denied POST")
     assert denied[0]["verdict"] == "denied" and denied[0]["src"] == "l7-web", denied
     assert "l7-web => l7-api" in denied[0]["reason"] and "deny" in denied[0]["reason"], denied
+    # the same lines as a user reads them: `yurt alloc logs <alloc> connect-proxy-l7-web`
+    res = subprocess.run([sys.executable, "-m", "yurt.cli.main", "alloc", "logs", s.alloc("web")["ID"],
+                          "connect-proxy-l7-web"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "YURT_ADDR": s.agent.url})
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith('{"type":"request"')]
+    assert {(e["method"], e["path"], e["status"]) for e in lines} >= {("POST", "/api/items", 403),
+                                                                      ("GET", "/api/items", 200)}, res.stdout[-2000:]
 
 
 def test_an_l4_check_of_an_l7_intention_says_so(scene):
