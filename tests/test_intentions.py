@@ -93,3 +93,27 @@ def test_intentions_persist(tmp_path):
         Intentions(s).upsert_exact("web", "db", {"Action": "deny"})
     with StateStore(path) as s:
         assert Intentions(s).check("web", "db") == (False, "Matched L4 intention: web => db (deny)")
+
+
+def test_mesh_explain_says_what_l7_permissions_let_through(store):
+    from types import SimpleNamespace
+
+    from yurt.server.mesh_explain import MeshExplain, l7_summary
+    perms = [{"Action": "allow", "HTTP": {"PathPrefix": "/api/", "Methods": ["GET", "HEAD"]}},
+             {"Action": "deny", "HTTP": {"PathExact": "/admin", "Header": [{"Name": "x-debug", "Present": True}]}}]
+    assert l7_summary(perms, False) == ("GET,HEAD /api/* allow; /admin header x-debug deny; "
+                                        "else deny (default policy)")
+    ixs = Intentions(store, default_allow=False)
+    ixs.upsert_exact("web", "db", {"Permissions": perms})
+    explain = MeshExplain(SimpleNamespace(intentions=ixs))   # type: ignore[arg-type]
+    got = explain._intention("web", "db")
+    assert got["Status"] == "ok", got
+    assert got["Detail"].startswith("allowed for some requests (L7 permissions of web => db, precedence 9): GET,HEAD")
+    # only deny permissions and a deny default: nothing gets through, and the fix says so
+    ixs.upsert_exact("web", "db", {"Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "/"}}]})
+    got = explain._intention("web", "db")
+    assert got["Status"] == "wrong" and got["Detail"].startswith("denied for every request (L7 permissions"), got
+    assert "service-intentions" in got["Fix"], got
+    # an L4 intention is explained as before
+    ixs.upsert_exact("web", "db", {"Action": "allow"})
+    assert explain._intention("web", "db")["Detail"].startswith("Matched L4 intention: web => db (allow)")

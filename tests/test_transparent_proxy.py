@@ -161,6 +161,49 @@ class EchoServer:
         self.sock.close()
 
 
+class HoldServer:
+    """A plain TCP server on the host that answers each connection with a line and keeps it open
+    until the other side closes it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._hold, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _hold(c: socket.socket) -> None:
+        with c:
+            c.sendall(b"hold\n")
+            while c.recv(100):
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# in the namespace: one connection that waits for the other side to close it
+HOLD_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+c.settimeout(120)
+print(c.recv(100).decode().strip(), flush=True)
+while c.recv(100):
+    pass
+print("closed", flush=True)
+"""
+
+
 class Recursor:
     """A small real DNS server on the host for the agent's `recursors`: it answers
     example.test A 192.0.2.77 and NXDOMAIN for anything else, over UDP."""
@@ -372,6 +415,62 @@ def test_excluded_port_and_cidr_go_around_the_sidecar(scene):
                                                            for e in entries) else None)(s.sidecar_log()),
                    what="the passthrough logged by the sidecar")
     assert not [e for e in log if e.get("dst") in passed], log
+
+
+@needs_root
+def test_mesh_entry_mesh_destinations_only_closes_passthrough_live(scene):
+    from yurt.client.network import bridge
+    s = scene
+    gw = bridge.gateway()
+    dst = f"{gw}:{s.echo_p.port}"
+    sidecar = "connect-proxy-tp-client"
+
+    def sidecar_state() -> tuple:
+        st = s.api.get(f"/v1/allocation/{s.alloc('client')['ID']}").json()["TaskStates"][sidecar]
+        return st["State"], st["Restarts"], st["StartedAt"]
+    before = sidecar_state()
+    assert before[0] == "running"
+    wait_for(lambda: ok_after(s, 0), timeout=60, what="the app reaching count-api")
+    # passthrough to a destination outside the mesh, by default; one of them stays open
+    assert _dial(s, gw, s.echo_p.port) == "echo"
+    hold = HoldServer()
+    held = subprocess.Popen(["ip", "netns", "exec", s.alloc("client")["ID"], sys.executable, "-c", HOLD_CLIENT, gw,
+                             str(hold.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout is not None and held.stdout.readline().strip() == "hold"
+    except BaseException:
+        held.kill()
+        hold.close()
+        raise
+    r = s.api.put("/v1/config", json={"Kind": "mesh", "Name": "mesh", "TransparentProxy": {"MeshDestinationsOnly": True}})
+    assert r.status_code == 200 and r.json() is True, r.text
+    try:
+        # the running sidecar follows the entry: the same connection is now closed unanswered
+        wait_for(lambda: _dial(s, gw, s.echo_p.port) == "", what="the passthrough closed by the mesh entry")
+        refusals = wait_for(lambda: [e for e in s.sidecar_log() if e.get("event") == "outbound-refused"
+                                     and e.get("destination") == dst], what="the refusal logged")
+        assert "TransparentProxy.MeshDestinationsOnly" in refusals[-1]["reason"], refusals[-1]
+        assert "not a mesh destination" in refusals[-1]["reason"], refusals[-1]
+        assert [e for e in s.sidecar_log() if e.get("event") == "mesh-config" and e.get("value") is True]
+        # the passthrough that was open when the entry came is closed by the sidecar too
+        out, err = held.communicate(timeout=60)
+        assert held.returncode == 0 and out.strip() == "closed", (out, err)
+        wait_for(lambda: [e for e in s.sidecar_log() if e.get("dir") == "passthrough"
+                          and e.get("dst") == f"{gw}:{hold.port}" and "MeshDestinationsOnly" in e.get("reason", "")],
+                 what="the closed passthrough logged naming the setting")
+        # not restarted, and the mesh service still answers through it
+        assert sidecar_state() == before
+        n = last_n(s)
+        wait_for(lambda: ok_after(s, n), what="the app reaching count-api with the mesh entry set")
+    finally:
+        if held.poll() is None:
+            held.kill()
+            held.wait()
+        hold.close()
+        assert s.api.delete("/v1/config/mesh/mesh").json() is True
+    # deleting the entry lets the passthrough through again
+    wait_for(lambda: _dial(s, gw, s.echo_p.port) == "echo", what="the passthrough back after deleting the entry")
+    assert sidecar_state() == before
 
 
 @needs_root

@@ -27,7 +27,7 @@ CHAIN_TABLES = ("config_entries", "intentions", "jobs", "services")
 CONFIG_BODY = body({"type": "object", "required": ["Kind", "Name"], "additionalProperties": True, "properties": {
     "Kind": {"type": "string", "enum": ["service-defaults", "proxy-defaults", "service-router", "service-splitter",
                                         "service-resolver", "service-intentions", "ingress-gateway",
-                                        "terminating-gateway"]},
+                                        "terminating-gateway", "mesh"]},
     "Name": {"type": "string", "description": 'the service (proxy-defaults: "global")'},
     "Protocol": {"type": "string", "enum": ["tcp", "http"], "description": "service-defaults"},
     "Config": {"type": "object", "description": 'proxy-defaults: {"protocol": "http"}'},
@@ -37,6 +37,7 @@ CONFIG_BODY = body({"type": "object", "required": ["Kind", "Name"], "additionalP
     "Sources": {"type": "array", "items": {"type": "object"}, "description": "service-intentions"},
     "Listeners": {"type": "array", "items": {"type": "object"}, "description": "ingress-gateway"},
     "Services": {"type": "array", "items": {"type": "object"}, "description": "terminating-gateway"},
+    "TransparentProxy": {"type": "object", "description": 'mesh: {"MeshDestinationsOnly": true}'},
     "Meta": {"type": "object", "additionalProperties": {"type": "string"}}}},
     description="a config entry in Consul's shape (CamelCase or snake_case keys)")
 

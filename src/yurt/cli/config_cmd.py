@@ -69,7 +69,7 @@ def write_cmd(file: str, cas: bool, modify_index: int, address: str | None) -> N
     with connect(address) as client:
         ok = client.put("/v1/config", entry, **params)
     kind = entry.get("Kind", entry.get("kind", ""))
-    name = entry.get("Name", entry.get("name", ""))
+    name = entry.get("Name", entry.get("name", "")) or ("mesh" if kind == "mesh" else "")   # the one mesh entry
     if ok is False:
         fail(f"Config entry not updated: {kind}/{name} (its ModifyIndex is no longer {modify_index})")
     echo(f"Config entry written: {kind}/{name}")

@@ -80,6 +80,8 @@ class Proxy:
             self.vips = VirtualIPTable()
         self.tp_balancers: dict[str, Balancer] = {}
         self.passthrough_pipes: set[Pipe] = set()
+        # the mesh config entry's TransparentProxy.MeshDestinationsOnly, from this service's chain
+        self.mesh_destinations_only = False
         self._vips_pending = bool(cfg.outbound_port)
         self.watches: list[Watch] = []
         self.ready = threading.Event()
@@ -204,7 +206,7 @@ class Proxy:
         self._watch("intentions", lambda i, w: src.intentions(cfg.service, i, w), self._on_intentions)
         chain = getattr(src, "chain", None)
         if chain is not None:   # each service's protocol and routes: the HTTP-aware path where "http"
-            services = ([cfg.service] if cfg.listen_port is not None else []) + \
+            services = ([cfg.service] if cfg.listen_port is not None or cfg.outbound_port else []) + \
                 [up.destination for up in cfg.upstreams if up.destination in self.upstream_ports]
             for svc in dict.fromkeys(services):
                 self._endpoints_pending.add(f"chain:{svc}")
@@ -266,10 +268,25 @@ class Proxy:
         if proto != before:
             self.log.event("protocol", service=service, protocol=proto,
                            routes=len(self.chains[service].get("Routes") or []))
+        if service == self.cfg.service and self.cfg.outbound_port:
+            self._on_mesh_destinations_only(bool(self.chains[service].get("MeshDestinationsOnly")))
         key = f"chain:{service}"
         if key in self._endpoints_pending:
             self._endpoints_pending.discard(key)
             self._check_ready()
+
+    def _on_mesh_destinations_only(self, value: bool) -> None:
+        """The mesh entry's TransparentProxy.MeshDestinationsOnly changed: from now on a
+        redirected connection to a destination outside the mesh is closed (or passed through
+        again); the connections already passed through are closed when it turns on."""
+        if value == self.mesh_destinations_only:
+            return
+        self.mesh_destinations_only = value
+        self.log.event("mesh-config", setting="TransparentProxy.MeshDestinationsOnly", value=value,
+                       passthrough="closed" if value or self.cfg.mesh_destinations_only else "allowed")
+        if value:
+            for pipe in list(self.passthrough_pipes):
+                pipe.close("error", "closed: the mesh config entry sets TransparentProxy.MeshDestinationsOnly")
 
     def _chain_failed(self, service: str) -> None:
         """No chain yet (an agent or server without the route, say): readiness does not wait for

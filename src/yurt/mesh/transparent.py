@@ -12,7 +12,9 @@ destination is read with SO_ORIGINAL_DST, then:
   for it (`Balancer.cold`);
 - an address in the virtual IP range that no service has: closed, and logged naming the IP;
 - anything else: passed through to the original destination as plain TCP (Consul's default,
-  `mesh_destinations_only = false`), or closed when `mesh_destinations_only` is set.
+  `mesh_destinations_only = false`), or closed when `mesh_destinations_only` is set, in the
+  sidecar's config or by the `mesh` config entry's TransparentProxy.MeshDestinationsOnly
+  (followed live: it comes with the service's chain, `Proxy._on_mesh_destinations_only`).
 """
 
 from __future__ import annotations
@@ -163,9 +165,11 @@ def accept_outbound(proxy: Proxy, sock: socket.socket, addr) -> object:
         proxy.log.event("outbound-refused", destination=f"{dst[0]}:{dst[1]}",
                         reason=f"no service has the virtual IP {dst[0]}")
         return Refused()
-    if proxy.cfg.mesh_destinations_only:
+    if proxy.cfg.mesh_destinations_only or proxy.mesh_destinations_only:
         sock.close()
+        setting = ("mesh_destinations_only is set" if proxy.cfg.mesh_destinations_only else
+                   'the mesh config entry sets TransparentProxy.MeshDestinationsOnly = true')
         proxy.log.event("outbound-refused", destination=f"{dst[0]}:{dst[1]}",
-                        reason="not a mesh destination, and mesh_destinations_only is set")
+                        reason=f"not a mesh destination, and {setting}")
         return Refused()
     return PassthroughConn(proxy, sock, addr, dst)

@@ -42,7 +42,8 @@ RESOLVER = "service-resolver"
 INTENTIONS = "service-intentions"
 INGRESS = "ingress-gateway"
 TERMINATING = "terminating-gateway"
-KINDS = (SERVICE_DEFAULTS, PROXY_DEFAULTS, ROUTER, SPLITTER, RESOLVER, INTENTIONS, INGRESS, TERMINATING)
+MESH = "mesh"
+KINDS = (SERVICE_DEFAULTS, PROXY_DEFAULTS, ROUTER, SPLITTER, RESOLVER, INTENTIONS, INGRESS, TERMINATING, MESH)
 GLOBAL = "global"
 PROTOCOLS = ("tcp", "http")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
@@ -58,12 +59,14 @@ _TOP: dict[str, tuple[str, ...]] = {
     INTENTIONS: ("Sources",),
     INGRESS: ("Listeners", "TLS"),
     TERMINATING: ("Services",),
+    MESH: ("TransparentProxy", "AllowEnablingPermissiveMutualTLS", "TLS", "HTTP"),
 }
 _COMMON = ("Kind", "Name", "Meta", "Namespace", "Partition", "CreateIndex", "ModifyIndex")
 _SPECIAL = {"http": "HTTP", "tls": "TLS", "sni": "SNI", "ca": "CA", "id": "ID", "tcp": "TCP"}
 _OPAQUE = ("Meta", "Config")            # maps kept as they are
 _NAMED = ("Subsets", "Failover")        # maps whose keys are names and whose values are objects
-_OBJECTS = ("Match", "HTTP", "Destination", "Redirect", "TLS")   # HCL blocks come as [ {...} ]
+# HCL blocks come as [ {...} ]
+_OBJECTS = ("Match", "HTTP", "Destination", "Redirect", "TLS", "TransparentProxy", "Incoming", "Outgoing")
 
 
 def key_of(kind: str, name: str) -> str:
@@ -363,11 +366,13 @@ class ConfigEntries:
         body = normalize(raw)
         kind = _str(body.get("Kind"), "Kind")
         check_kind(kind)
-        name = _str(body.get("Name"), "Name").strip()
+        name = _str(body.get("Name"), "Name").strip() or (MESH if kind == MESH else "")
         if not name:
             raise InvalidInput(f'{kind}: Name is required (the service it is about)')
         if kind == PROXY_DEFAULTS and name != GLOBAL:
             raise InvalidInput(f'invalid name "{name}" for proxy-defaults: it must be "global"')
+        if kind == MESH and name != MESH:
+            raise InvalidInput(f'invalid name "{name}" for mesh: it must be "mesh" (there is one mesh entry)')
         where = _where(kind, name)
         _known_keys(body, _COMMON + _TOP[kind], where)
         for k in ("Namespace", "Partition"):
@@ -581,6 +586,8 @@ class ConfigEntries:
             _check_ingress(where, entry, lambda s: self.protocol(s, pending))
         elif kind == TERMINATING:
             _check_terminating(where, entry)
+        elif kind == MESH:
+            check_mesh(where, entry)
         return entry
 
     def _dependents(self, pending: dict[tuple[str, str], dict | None]) -> None:
@@ -682,6 +689,7 @@ class ConfigEntries:
         out: dict[str, Any] = {
             "Service": service, "Protocol": proto, "DefaultAllow": self.intentions.default_allow,
             "Intentions": [ix.public() for ix in self.intentions.match("destination", service)],
+            "MeshDestinationsOnly": self.mesh_destinations_only(),
             "Routes": [], "Targets": {}}
         if proto != "http":
             return out
@@ -704,6 +712,13 @@ class ConfigEntries:
                     "RetryOnStatusCodes": list(dest.get("RetryOnStatusCodes") or [])},
                 "Splits": splits})
         return out
+
+    def mesh_destinations_only(self) -> bool:
+        """The mesh entry's TransparentProxy.MeshDestinationsOnly (false without the entry):
+        every chain carries it, so a transparent sidecar follows it through the chain it
+        already watches."""
+        mesh = self._body(MESH, MESH) or {}
+        return bool((mesh.get("TransparentProxy") or {}).get("MeshDestinationsOnly"))
 
     def _splits(self, svc: str, subset: str, targets: dict[str, dict[str, Any]], depth: int) -> list[dict[str, Any]]:
         if not subset and depth < 4:
@@ -850,3 +865,49 @@ def _check_terminating(where: str, entry: dict[str, Any]) -> None:
             raise InvalidInput(f"{w}: CertFile and KeyFile go together; give both or neither")
 
 
+
+
+# -- the mesh entry -----------------------------------------------------------------------------
+
+TLS_VERSIONS = ("TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3")   # Consul's types.TLSVersion
+
+
+def check_mesh(where: str, entry: dict[str, Any]) -> None:
+    """Consul's `mesh` entry, as far as Yurt's sidecars apply it: TransparentProxy
+    { MeshDestinationsOnly } (followed live by transparent sidecars through their chain); TLS
+    Incoming / Outgoing TLSMinVersion and TLSMaxVersion where they say what the sidecars do
+    (TLS 1.3 only, mesh/tls.py); the rest is refused naming it."""
+    tp = _obj(entry.get("TransparentProxy"), f"{where}: TransparentProxy", '{"MeshDestinationsOnly": true}')
+    _known_keys(tp, ("MeshDestinationsOnly",), f"{where}: TransparentProxy")
+    if tp.get("MeshDestinationsOnly") is not None and not isinstance(tp["MeshDestinationsOnly"], bool):
+        raise InvalidInput(f"{where}: TransparentProxy.MeshDestinationsOnly must be true or false")
+    if tp:
+        entry["TransparentProxy"] = tp
+    permissive = entry.get("AllowEnablingPermissiveMutualTLS")
+    if permissive is not None and not isinstance(permissive, bool):
+        raise InvalidInput(f"{where}: AllowEnablingPermissiveMutualTLS must be true or false")
+    if permissive:
+        raise InvalidInput(f"{where}: AllowEnablingPermissiveMutualTLS: Yurt's sidecars accept mutual TLS only "
+                           "(there is no permissive mode to enable); leave it out or false")
+    http = _obj(entry.get("HTTP"), f"{where}: HTTP", "{}")
+    if http:
+        field = next(iter(http))
+        raise InvalidInput(f'{where}: HTTP.{field} is not supported: Yurt\'s sidecars neither add nor strip '
+                           "X-Forwarded-Client-Cert (nor normalize requests as Envoy's options do); leave HTTP out")
+    entry.pop("HTTP", None)
+    tls = _obj(entry.get("TLS"), f"{where}: TLS", '{"Incoming": {"TLSMinVersion": "TLSv1_3"}}')
+    _known_keys(tls, ("Incoming", "Outgoing"), f"{where}: TLS")
+    for side in ("Incoming", "Outgoing"):
+        w = f"{where}: TLS.{side}"
+        d = _obj(tls.get(side), w, '{"TLSMinVersion": "TLSv1_3"}')
+        _known_keys(d, ("TLSMinVersion", "TLSMaxVersion", "CipherSuites"), w)
+        for k in ("TLSMinVersion", "TLSMaxVersion"):
+            v = _str(d.get(k), f"{w}.{k}")
+            if v and v not in TLS_VERSIONS:
+                raise InvalidInput(f'{w}.{k} "{v}" is not a TLS version; use one of {", ".join(TLS_VERSIONS)}')
+            if v not in ("", "TLS_AUTO", "TLSv1_3"):
+                raise InvalidInput(f'{w}.{k} "{v}": Yurt\'s sidecars speak TLS 1.3 only, in both directions, and '
+                                   'cannot be set to another version; use "TLSv1_3" (or "TLS_AUTO") or leave it out')
+        if d.get("CipherSuites"):
+            raise InvalidInput(f"{w}.CipherSuites: cipher suites only apply to connections negotiated with TLS 1.2 "
+                               "or earlier, and Yurt's sidecars speak TLS 1.3 only; leave CipherSuites out")

@@ -175,6 +175,8 @@ class MeshExplain:
         allowed, reason = decide(matched, source, destination, intentions.default_allow)
         ix = next((i for i in ordered(matched) if i.source_name in ("*", source)), None)
         pair = f"{source} => {destination}"
+        if ix is not None and ix.permissions:
+            return _l7_row(pair, ix, intentions.default_allow)
         if ix is not None:
             detail = f"{reason}, precedence {ix.precedence}"
             if allowed:
@@ -239,3 +241,37 @@ def finish(plan: Plan, answers: list[dict[str, Any]]) -> dict[str, Any]:
     ok = bool(rows) and all(r["Status"] != WRONG for r in rows) and any(
         r["Hop"] == "app listening" and r["Status"] == OK for r in rows)
     return {"Source": plan.source, "Destination": plan.destination, "OK": ok, "Rows": rows}
+
+
+def l7_summary(permissions: list[dict[str, Any]], default_allow: bool) -> str:
+    """L7 permissions in one line, in evaluation order: "GET /api/* allow; POST deny; else deny"."""
+    parts = []
+    for p in permissions:
+        http = p.get("HTTP") or {}
+        what = []
+        if http.get("Methods"):
+            what.append(",".join(http["Methods"]))
+        if http.get("PathExact"):
+            what.append(http["PathExact"])
+        elif http.get("PathPrefix"):
+            what.append(http["PathPrefix"] + "*")
+        elif http.get("PathRegex"):
+            what.append(f"~{http['PathRegex']}")
+        for h in http.get("Header") or []:
+            what.append(f"header {h.get('Name')}")
+        parts.append(f"{' '.join(what) or 'any request'} {p.get('Action')}")
+    parts.append(f"else {'allow' if default_allow else 'deny'} (default policy)")
+    return "; ".join(parts)
+
+
+def _l7_row(pair: str, ix: Intention, default_allow: bool) -> dict[str, str]:
+    """The deciding intention has L7 permissions: the connection is let through and each HTTP
+    request is decided by them (Consul's /v1/agent/connect/authorize, an L4 check, answers
+    false for it, naming the L7 intention)."""
+    summary = l7_summary(ix.permissions or [], default_allow)
+    where = f"{ix.source_name} => {ix.destination_name}, precedence {ix.precedence}"
+    if default_allow or any(p.get("Action") == "allow" for p in ix.permissions or []):
+        return row("intention", OK, pair, f"allowed for some requests (L7 permissions of {where}): {summary}")
+    return row("intention", WRONG, pair, f"denied for every request (L7 permissions of {where}): {summary}",
+               f"add an allow permission for {pair.split(' => ')[0]} to the service-intentions entry of "
+               f"{ix.destination_name} (yurt config write)")
