@@ -599,13 +599,26 @@ def http_path(args) -> dict[str, dict[str, float]]:
     for r in range(args.repeat):   # interleaved, so a slow moment of the machine hits every store
         runs["sqlite"].append(_http_run(root, args, None))
         if etcd_missing:
+            if args.baseline_src:   # SQLite only: the baseline's server on SQLite beside it
+                runs["baseline"].append(_http_run(root, args, None, Path(args.baseline_src)))
             continue
         if args.baseline_src:
             runs["baseline"].append(_http_run(root, args, _etcd_cluster(args, f"etcd-baseline-{r}"),
                                               Path(args.baseline_src)))
         runs["etcd"].append(_http_run(root, args, _etcd_cluster(args, f"etcd-http-{r}")))
     if etcd_missing:
-        return {k: {"sqlite": v} for k, v in _median(runs["sqlite"]).items()}
+        if args.repeat > 1 or runs["baseline"]:
+            print("  (placements/s of every run: "
+                  + "; ".join(f"{k} {[x['placements/s'] for x in v]}" for k, v in runs.items() if v) + ")")
+        sqlite_only = _median(runs["sqlite"])
+        if not runs["baseline"]:
+            return {k: {"sqlite": v} for k, v in sqlite_only.items()}
+        base_sqlite = _median(runs["baseline"])
+        return {k: {"sqlite": v, "sqlite baseline": base_sqlite[k],
+                    **({"sqlite/baseline": round(v / base_sqlite[k], 2)}
+                       if k in ("placements/s", "server CPU ms/placement", "register->placed p50 ms",
+                                "register->placed p99 ms", "seconds to all stored") and base_sqlite[k] else {})}
+                for k, v in sqlite_only.items()}
     if args.repeat > 1:
         print(f"  (medians of {args.repeat} runs each; placements/s of every run: "
               + "; ".join(f"{k} {[x['placements/s'] for x in v]}" for k, v in runs.items() if v) + ")")
@@ -812,7 +825,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the agent's, 10 s)")
     p.add_argument("--server-profile", metavar="DIR", help="py-spy the server agents of the http section into "
                    "DIR/<store> (the thread holding the GIL: what the server spends its one core on)")
-    p.add_argument("--baseline-src", metavar="DIR", help="http: also run the etcd server from this src directory "
+    p.add_argument("--baseline-src", metavar="DIR",
+                   help="http: also run the server (etcd, or SQLite with --http-stores sqlite) from this src directory "
                    "(e.g. `git archive HEAD src | tar -x -C /tmp/base` then /tmp/base/src), before the current one")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",")] if args.only else []
