@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from .agent_util import AgentProcess, allocs, free_port, wait_for
+from .mesh_agent import MeshAgent
 from .test_gateways import WEB_B, curl, register, running
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root"),
-              pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")]
+needs_bridge = [pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root"),
+                pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")]
 
 JOB = """
 job "gw-entries" {
@@ -118,6 +119,8 @@ def agent():
     agent.stop()
 
 
+@needs_bridge[0]
+@needs_bridge[1]
 def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent):
     _, api = agent
     ports = {"http": free_port(), "extra": free_port()}
@@ -150,6 +153,9 @@ def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent)
              timeout=60, what="web-b by the entry's new host")
     r = curl("-H", "Host: old.example.test", "-w", "\n%{http_code}", web)
     assert r.stdout.endswith("\n404") and 'serves host "old.example.test"' in r.stdout, r.stdout
+    # the catalog says what the gateway carries now
+    rows = api.get("/v1/catalog/gateway-services/entry-gw").json()
+    assert [(r["Service"]["Name"], r["Port"], r["Hosts"]) for r in rows] == [("web-b", 8081, ["new.example.test"])]
 
     # a listener added through the entry binds its port (the job's network maps it already)
     extra = f"http://127.0.0.1:{ports['extra']}/"
@@ -163,6 +169,18 @@ def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent)
     wait_for(lambda: curl("-H", "Host: web-b.ingress.test", extra).returncode == 7, timeout=30,
              what="the removed listener's port closed")
     assert curl("-H", "Host: new.example.test", web).stdout == "web-b says hello to new.example.test"
+    # a listener on a port the job's network does not map: bound, and the gateway's log says so
+    entry["Listeners"].append({"Port": 8083, "Protocol": "http", "Services": [{"Name": "web-b"}]})
+    assert put(api, entry).json() is True
+
+    def gateway_log() -> str:
+        return api.get(f"/v1/client/fs/logs/{gw_alloc}", params={
+            "task": "connect-ingress-entry-gw", "type": "stdout", "plain": "true"}).text
+    line = wait_for(lambda: next((ln for ln in gateway_log().splitlines() if '"listener-added"' in ln
+                                  and '"port":8083' in ln), None), timeout=30, what="the listener-added line")
+    assert "no port of the group's network maps to 8083" in line and "to = 8083" in line, line
+    entry["Listeners"].pop()
+    assert put(api, entry).json() is True
 
     # all of it without a restart: the same allocation, the same proxy process
     assert [a["ID"] for a in allocs(api, "gw-entries") if a["TaskGroup"] == "gw"] == [gw_alloc]
@@ -186,3 +204,32 @@ def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent)
     register(api, JOB % {**ports, "web_b": json.dumps(WEB_B)}, "gw-entries")
     assert api.get("/v1/config/ingress-gateway/entry-gw").json()["Listeners"][0]["Services"] == [
         {"Name": "web-b", "Hosts": ["old.example.test"]}]
+
+
+def test_a_gateway_reads_its_own_entry_with_service_read_as_in_consul():
+    """With ACLs on, an ingress/terminating gateway entry is readable with `service:read` on the
+    gateway's name (so the gateway's workload identity can follow it); other entries need
+    operator:read."""
+    a = MeshAgent(extra=["-acl-enabled"]).start()
+    try:
+        root = {"X-Nomad-Token": a.http.put("/v1/acl/bootstrap").json()["SecretID"]}
+
+        def token(name: str, rules: str) -> dict[str, str]:
+            assert a.http.put(f"/v1/acl/policy/{name}", json={"Name": name, "Rules": rules},
+                              headers=root).status_code == 200
+            tok = a.http.put("/v1/acl/token", json={"Name": name, "Policies": [name]}, headers=root).json()
+            return {"X-Consul-Token": tok["SecretID"]}
+        ig = {"Kind": "ingress-gateway", "Name": "ig", "Listeners": [
+            {"Port": 8080, "Protocol": "tcp", "Services": [{"Name": "api"}]}]}
+        assert a.http.put("/v1/config", json=ig, headers=root).json() is True
+        assert a.http.put("/v1/config", json={"Kind": "service-defaults", "Name": "ig", "Protocol": "tcp"},
+                          headers=root).json() is True
+        gw = token("igread", 'service "ig" {\n  policy = "read"\n}\n')
+        assert a.http.get("/v1/config/ingress-gateway/ig", headers=gw).json()["Listeners"] == ig["Listeners"]
+        r = a.http.get("/v1/config/service-defaults/ig", headers=gw)
+        assert r.status_code == 403 and "operator:read" in r.text, r.text
+        other = token("apiread", 'service "api" {\n  policy = "read"\n}\n')
+        r = a.http.get("/v1/config/ingress-gateway/ig", headers=other)
+        assert r.status_code == 403 and 'service "ig" read, for its ingress-gateway entry' in r.text, r.text
+    finally:
+        a.close()
