@@ -40,6 +40,22 @@ job "gw-entries" {
     }
   }
 
+  group "web-c" {
+    network { mode = "bridge" }
+    service {
+      name = "web-c"
+      port = "9004"
+      connect { sidecar_service {} }
+    }
+    task "web" {
+      driver = "exec"
+      config {
+        command = "/usr/bin/python3"
+        args    = ["-c", %(web_c)s]
+      }
+    }
+  }
+
   group "gw" {
     network {
       mode = "bridge"
@@ -91,6 +107,10 @@ job "gw-entries" {
 """
 
 
+WEB_C = WEB_B.replace("web-b", "web-c").replace("9003", "9004")
+ARGS = {"web_b": json.dumps(WEB_B), "web_c": json.dumps(WEB_C)}
+
+
 def proxy_pid(alloc_id: str) -> int | None:
     """The gateway proxy process of an allocation (`python -m yurt.mesh -config <its task dir>`)."""
     for d in Path("/proc").iterdir():
@@ -124,7 +144,7 @@ def agent():
 def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent):
     _, api = agent
     ports = {"http": free_port(), "extra": free_port()}
-    register(api, JOB % {**ports, "web_b": json.dumps(WEB_B)}, "gw-entries")
+    register(api, JOB % {**ports, **ARGS}, "gw-entries")
 
     # job run wrote each gateway's entry from the job's block, in Consul's shape
     ig = api.get("/v1/config/ingress-gateway/entry-gw").json()
@@ -134,7 +154,7 @@ def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent)
     tg = api.get("/v1/config/terminating-gateway/entry-tgw").json()
     assert [s["Name"] for s in tg["Services"]] == ["outside-x"]
 
-    wait_for(lambda: running(api, "gw-entries", 3), timeout=180, what="the gateway job running")
+    wait_for(lambda: running(api, "gw-entries", 4), timeout=180, what="the gateway job running")
     web = f"http://127.0.0.1:{ports['http']}/"
     wait_for(lambda: curl("-H", "Host: old.example.test", web).stdout == "web-b says hello to old.example.test",
              timeout=60, what="web-b through the gateway by the job's host")
@@ -156,6 +176,15 @@ def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent)
     # the catalog says what the gateway carries now
     rows = api.get("/v1/catalog/gateway-services/entry-gw").json()
     assert [(r["Service"]["Name"], r["Port"], r["Hosts"]) for r in rows] == [("web-b", 8081, ["new.example.test"])]
+
+    # an http service's discovery chain is honoured: a router sends /c to web-c (split, retries
+    # and timeouts go the same way, as a sidecar's HTTP upstream)
+    assert put(api, {"Kind": "service-defaults", "Name": "web-c", "Protocol": "http"}).json() is True
+    assert put(api, {"Kind": "service-router", "Name": "web-b", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/c"}}, "Destination": {"Service": "web-c"}}]}).json() is True
+    wait_for(lambda: curl("-H", "Host: new.example.test", web + "c").stdout == "web-c says hello to new.example.test",
+             timeout=60, what="/c routed to web-c through the gateway")
+    assert curl("-H", "Host: new.example.test", web).stdout == "web-b says hello to new.example.test"
 
     # a listener added through the entry binds its port (the job's network maps it already)
     extra = f"http://127.0.0.1:{ports['extra']}/"
@@ -201,7 +230,7 @@ def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent)
     wait_for(lambda: running(api, "gw-entries", 0), timeout=60, what="the job stopped")
     assert api.get("/v1/config/ingress-gateway/entry-gw").status_code == 200
     # and running it again writes the job's block over what PUT /v1/config changed
-    register(api, JOB % {**ports, "web_b": json.dumps(WEB_B)}, "gw-entries")
+    register(api, JOB % {**ports, **ARGS}, "gw-entries")
     assert api.get("/v1/config/ingress-gateway/entry-gw").json()["Listeners"][0]["Services"] == [
         {"Name": "web-b", "Hosts": ["old.example.test"]}]
 

@@ -255,6 +255,8 @@ class Gateway:
         p = self.proxy
         for dest in list(self.balancers):
             p._endpoints_pending.add(dest)
+            if getattr(p.source, "chain", None) is not None:
+                p._endpoints_pending.add(f"chain:{dest}")
             self._watch_destination(dest)
         client = getattr(p.source, "client", None)
         if self.cfg.kind == INGRESS and self.cfg.tls_enabled:
@@ -280,6 +282,10 @@ class Gateway:
         self._watched.add(dest)
         p._watch(f"endpoints-{dest}", lambda i, w, d=dest: src.endpoints(d, dc, i, w),
                  lambda v, b=bal, d=dest: p._on_endpoints(d, b, dc, v))
+        chain = getattr(src, "chain", None)
+        if chain is not None:   # its discovery chain: an http service's routes, splits, retries (l7.py)
+            p._watch(f"chain-{dest}", lambda i, w, d=dest: chain(d, i, w), lambda v, d=dest: p._on_chain(d, v),
+                     lambda d=dest: p._chain_failed(d))
 
     def _watch_edge_leaf(self) -> None:
         p = self.proxy
@@ -351,7 +357,10 @@ class Gateway:
         for dest in sorted(self._watched - dests):
             self._watched.discard(dest)
             self.balancers.pop(dest, None)
-            self._unwatch(f"endpoints-{dest}")
+            self._unwatch(f"endpoints-{dest}", f"chain-{dest}")
+            p.chains.pop(dest, None)
+            if p.l7 is not None:
+                p.l7.update(p.chains)
         for port in sorted(old_ports - new_ports):
             lst = self.ports.pop(port, None)
             if lst is not None:
@@ -595,6 +604,8 @@ class Gateway:
                 _drain_body(server, conn)
                 _answer(server, conn, 404, why)
                 p.log.conn("ingress", peer, "", peer, 0, 0, t0, "error", why, host=host, status=404)
+            elif p.l7 is not None and p.l7.http(svc.name):
+                self._via_chain(server, conn, ev, svc.name)
             else:
                 status, why = self._forward(server, conn, ev, svc.name, peer)
                 p.log.conn("ingress", peer, svc.name, peer, 0, 0, t0, "allowed" if status < 500 else "error",
@@ -605,6 +616,25 @@ class Gateway:
                 server.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+    def _via_chain(self, server: h11.Connection, conn: socket.socket, req: h11.Request, name: str) -> None:
+        """An http service (its chain says so): the request, read whole, goes the way a
+        sidecar's HTTP upstream sends it (l7.py: the chain's routes, splits, failover, retries
+        and timeouts, pooled mTLS connections), which logs it."""
+        from .l7 import MAX_BODY
+        body = bytearray()
+        while True:
+            ev = _next_event(server, conn)
+            if isinstance(ev, h11.Data):
+                body += ev.data
+                if len(body) > MAX_BODY:
+                    _answer(server, conn, 413, f"request body larger than {MAX_BODY} bytes")
+                    return
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            else:
+                return   # the client went away before sending its whole request
+        self.proxy.l7._route(UpstreamConfig(name, 0), server, conn, req, bytes(body))
 
     def _forward(self, server: h11.Connection, conn: socket.socket, req: h11.Request, name: str,
                  peer: str) -> tuple[int, str]:
