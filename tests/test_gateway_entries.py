@@ -211,6 +211,9 @@ def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent)
     entry["Listeners"].pop()
     assert put(api, entry).json() is True
 
+    log = gateway_log()
+    assert '"event":"config-entry"' in log and "internal-error" not in log, log[-2000:]
+
     # all of it without a restart: the same allocation, the same proxy process
     assert [a["ID"] for a in allocs(api, "gw-entries") if a["TaskGroup"] == "gw"] == [gw_alloc]
     assert proxy_pid(gw_alloc) == pid
@@ -224,6 +227,11 @@ def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent)
     r = put(api, {"Kind": "terminating-gateway", "Name": "entry-tgw",
                   "Services": [{"Name": "outside-x", "SNI": "x.example.test"}]})
     assert r.json() is True, r.text
+    (tgw_alloc,) = [a["ID"] for a in allocs(api, "gw-entries") if a["TaskGroup"] == "tgw"]
+    wait_for(lambda: any('"config-entry"' in ln and '"changed":true' in ln for ln in api.get(
+        f"/v1/client/fs/logs/{tgw_alloc}", params={"task": "connect-terminating-entry-tgw", "type": "stdout",
+                                                    "plain": "true"}).text.splitlines()),
+             timeout=30, what="the terminating gateway applying its changed entry")
 
     # stopping the job leaves the entries, as Nomad does
     assert api.delete("/v1/job/gw-entries").status_code == 200

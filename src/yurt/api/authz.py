@@ -41,7 +41,9 @@ class Requirement:
     in any namespace without one), node/agent/operator (cap = read|write), kv_read (operator:read or
     a client node's identity), service/intention (cap =
     read|write, the name from path or query parameter `name_from`, "*" if absent), management,
-    node_identity (a client agent's node secret), any (any resolved identity)."""
+    node_identity (a client agent's node secret), any (any resolved identity), config_read
+    (a config entry, the name "<kind>/<name>": operator:read, or service:read on the name for
+    an ingress-gateway or terminating-gateway entry, as Consul's)."""
 
     kind: str
     cap: str = ""

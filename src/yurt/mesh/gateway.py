@@ -318,7 +318,7 @@ class Gateway:
         p = self.proxy
         if not isinstance(body, dict):
             if self._entry_index:
-                p.log.event("config-entry-missing", kind=self.cfg.kind, name=self.cfg.name, reason=(
+                p.log.event("config-entry-missing", kind=self.cfg.kind, entry=self.cfg.name, reason=(
                     "the entry was deleted: the gateway keeps serving what it had; `job run` (or "
                     "PUT /v1/config) writes it again"))
             return
@@ -328,20 +328,20 @@ class Gateway:
             if new.kind != self.cfg.kind:
                 raise ConfigError(f'the entry is a {new.kind}, and this gateway runs as a {self.cfg.kind}')
         except ConfigError as e:
-            p.log.event("config-entry-error", kind=self.cfg.kind, name=self.cfg.name, index=index,
+            p.log.event("config-entry-error", kind=self.cfg.kind, entry=self.cfg.name, index=index,
                         error=f"{e}; the gateway keeps serving what it had")
             return
         first = not self._entry_index
         self._entry_index = index or self._entry_index or 1
         if new == self.cfg:
             if first:
-                p.log.event("config-entry", kind=new.kind, name=new.name, index=index, changed=False)
+                p.log.event("config-entry", kind=new.kind, entry=new.name, index=index, changed=False)
             return
         if new.kind == INGRESS:
             self._apply_ingress(new)
         else:
             self._apply_terminating(new)
-        p.log.event("config-entry", kind=new.kind, name=new.name, index=index, changed=True,
+        p.log.event("config-entry", kind=new.kind, entry=new.name, index=index, changed=True,
                     **({"listeners": [{"port": lst.port, "protocol": lst.protocol,
                                        "services": {s.name: s.hosts for s in lst.services}}
                                       for lst in new.listeners], "tls": new.tls_enabled}
