@@ -41,7 +41,9 @@ class Requirement:
     in any namespace without one), node/agent/operator (cap = read|write), kv_read (operator:read or
     a client node's identity), service/intention (cap =
     read|write, the name from path or query parameter `name_from`, "*" if absent), management,
-    node_identity (a client agent's node secret), any (any resolved identity)."""
+    node_identity (a client agent's node secret), any (any resolved identity), config_read
+    (a config entry, the name "<kind>/<name>": operator:read, or service:read on the name for
+    an ingress-gateway or terminating-gateway entry, as Consul's)."""
 
     kind: str
     cap: str = ""
@@ -58,6 +60,10 @@ class Requirement:
             return f"{self.kind}:{self.cap}"
         if self.kind == "kv_read":
             return "operator:read (or a client node's identity)"
+        if self.kind == "config_read":
+            kind, _, entry = name.partition("/")
+            return ("operator:read" + (f' (or service "{entry}" read, for its {kind} entry)'
+                                       if kind in GATEWAY_KINDS else ""))
         if self.kind == "any":
             return "an ACL token"
         if self.kind in ("node_identity", "node_register"):
@@ -76,6 +82,7 @@ MGMT = _r("management")
 NODE_ID = _r("node_identity")
 
 REQUIREMENTS: dict[tuple[str, str], Requirement] = {}
+GATEWAY_KINDS = ("ingress-gateway", "terminating-gateway")
 
 
 def _add(methods: str, path: str, req: Requirement) -> None:
@@ -210,7 +217,7 @@ _add("PUT", "/v1/session/create", _r("operator", "write"))
 # write; a sidecar reads what it needs of them through the chain of its service (service read)
 _add("PUT", "/v1/config", _r("operator", "write"))
 _add("GET", "/v1/config/{kind}", _r("operator", "read"))
-_add("GET", "/v1/config/{kind}/{name}", _r("operator", "read"))
+_add("GET", "/v1/config/{kind}/{name}", _r("config_read"))   # a gateway's own entry: service read, as Consul
 _add("DELETE", "/v1/config/{kind}/{name}", _r("operator", "write"))
 _add("GET", "/v1/agent/connect/chain/{service}", _r("service", "read", "service"))
 _add("PUT", "/v1/session/destroy/{session_id}", _r("operator", "write"))
@@ -293,6 +300,11 @@ def check(ident: Identity, req: Requirement, name: str) -> bool:
         return False
     if req.kind in ("node_identity", "node_register"):   # a node speaks only for itself
         return ident.is_node and (ident.node is None or name in ("*", ident.node.id))
+    if req.kind == "config_read":   # Consul: an ingress/terminating gateway entry is read with service:read
+        kind, _, entry = name.partition("/")
+        if kind in GATEWAY_KINDS and entry and ident.allow_mesh("service", entry, "read"):
+            return True
+        return ident.workload is None and ident.acl.allow("operator", "read")
     if ident.workload is not None:
         return req.kind in ("service", "intention") and ident.allow_mesh(req.kind, name, req.cap)
     if req.kind == "kv_read":   # KV reads: operators, and client nodes (their templates)
@@ -361,6 +373,9 @@ async def authorize_ws(ws: HTTPConnection, path: str) -> None:
 async def _name_for(request: Request, req: Requirement) -> str:
     if req.kind == "namespace":
         return request.query_params.get("namespace") or "default"
+    if req.kind == "config_read":
+        return f'{request.path_params.get("kind", "")}/{request.path_params.get("name", "")}'
+
     return await _name(request, req.name_from)
 
 

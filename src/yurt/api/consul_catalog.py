@@ -25,6 +25,7 @@ from . import bodies as b
 from .openapi import body
 
 CATALOG = ("services", "catalog_nodes")   # the tables the catalog's answers come from
+GATEWAYS = (*CATALOG, "config_entries")   # what a gateway carries: its config entry, else its registration
 
 router = consul_router()
 _CHECK_UPDATE = body(b.CheckUpdateRequest, required=False,
@@ -196,7 +197,7 @@ async def catalog_node(request: Request, name: str):
 @consul_route
 async def health_ingress(request: Request, name: str):
     """The ingress gateways with a listener for `name` ([] when none exposes it, as Consul)."""
-    index = await cblock(request, CATALOG)
+    index = await cblock(request, GATEWAYS)
     cat = _catalog(request)
     return creply(request, [cat.health_entry(s) for s in cat.ingress_gateways(name, _passing(request))], index)
 
@@ -205,7 +206,7 @@ async def health_ingress(request: Request, name: str):
 @consul_route
 async def catalog_gateway_services(request: Request, gateway: str):
     """The services a gateway is configured for (from its instances' config entry)."""
-    index = await cblock(request, CATALOG)
+    index = await cblock(request, GATEWAYS)
     return creply(request, _catalog(request).gateway_services(gateway), index)
 
 

@@ -29,11 +29,23 @@ log line naming it.
 
 The threaded paths use blocking sockets and one thread per connection (capped at
 max_connections): gateways carry edge traffic, and the TCP fast path stays the reactor's.
+
+The config entry: the gateway starts from the job's block (the task's config, in the entry's
+shape) and then follows `/v1/config/<kind>/<name>` (a blocking watch through the agent), which
+the server writes from the job at `job run` and which `PUT /v1/config` may change. A new entry
+is applied live on the reactor thread: an ingress listener's services and hosts, its protocol,
+TLS at the edge and its hosts; a listener added binds its port (a warning when the group's
+network maps no host port to it), a listener removed closes its port (connections already
+accepted finish). A terminating gateway's linked services' TLS settings change; a linked
+service added gets its watches (its leaf needs the gateway's identity to name it, which only
+the job gives: the server refuses that change for a gateway a job runs), one removed is closed.
+An entry that is deleted or cannot be served is logged and the gateway keeps what it serves.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import random
 import select
 import socket
@@ -46,7 +58,7 @@ from urllib.parse import quote
 
 import h11
 
-from yurt.errors import ConfigError
+from yurt.errors import ConfigError, NotFound
 
 from .balancer import Balancer
 from .config import UpstreamConfig
@@ -190,6 +202,9 @@ class Gateway:
         # terminating: open connections per linked service, so a new deny closes them
         self._open: dict[str, dict[int, _Open]] = {}
         self._open_lock = threading.Lock()
+        self.ports: dict[int, Listener] = {}   # ingress: each listener's bound socket, by port
+        self._watched: set[str] = set()        # ingress destinations / linked services with watches
+        self._entry_index = 0                  # the ModifyIndex of the entry applied (0: the job's block)
 
     # -- startup (before the reactor runs) ------------------------------------------------------
     def bind(self) -> None:
@@ -198,8 +213,7 @@ class Gateway:
             for lst in self.cfg.listeners:
                 for s in lst.services:
                     self.balancers.setdefault(s.name, Balancer())
-                sock = listen("0.0.0.0", lst.port)
-                p.listeners.append(Listener(p, sock, self._maker(lst), p.cfg.max_connections))
+                self._bind_port(lst.port)
             p.log.event("gateway", kind=INGRESS, listeners=[
                 {"port": lst.port, "protocol": lst.protocol, "services": [s.name for s in lst.services]}
                 for lst in self.cfg.listeners], tls=self.cfg.tls_enabled)
@@ -212,39 +226,189 @@ class Gateway:
             p.listeners.append(lst)
             p.log.event("gateway", kind=TERMINATING, port=lst.port, services=[s.name for s in self.cfg.services])
 
-    def _maker(self, lst: IngressListener) -> Any:
-        """A plain tcp listener is a sidecar's upstream listener on 0.0.0.0 (the reactor's fast
-        path); the others go to a thread each."""
+    def _bind_port(self, port: int) -> Listener:
         p = self.proxy
+        lst = Listener(p, listen("0.0.0.0", port), lambda s, a, n=port: self._accept(n, s, a),
+                       p.cfg.max_connections)
+        p.listeners.append(lst)
+        self.ports[port] = lst
+        return lst
+
+    def _listener(self, port: int) -> IngressListener | None:
+        """The listener on `port` as the entry now says (it may have changed since an accept)."""
+        return next((lst for lst in self.cfg.listeners if lst.port == port), None)
+
+    def _accept(self, port: int, sock: socket.socket, addr: Any) -> Any:
+        """A plain tcp listener is a sidecar's upstream listener on 0.0.0.0 (the reactor's fast
+        path); the others go to a thread each. Looked up per accept: the entry may change."""
+        lst = self._listener(port)
+        if lst is None:
+            sock.close()
+            return None
         if lst.protocol == "tcp" and not self.cfg.tls_enabled:
             up = UpstreamConfig(lst.services[0].name, lst.port, "0.0.0.0")
-            bal = self.balancers[up.destination]
-            return lambda s, a: UpstreamConn(p, up, bal, s, a)
-        return lambda s, a: self._spawn(self._serve_ingress, lst, s, a)
+            bal = self.balancers.setdefault(up.destination, Balancer())
+            return UpstreamConn(self.proxy, up, bal, sock, addr)
+        return self._spawn(self._serve_ingress, lst, sock, addr)
 
     def start_watches(self) -> None:
-        p, src = self.proxy, self.proxy.source
-        dc = p.cfg.datacenter
-        for dest, bal in self.balancers.items():
+        p = self.proxy
+        for dest in list(self.balancers):
             p._endpoints_pending.add(dest)
-            p._watch(f"endpoints-{dest}", lambda i, w, d=dest: src.endpoints(d, dc, i, w),
-                     lambda v, b=bal, d=dest: p._on_endpoints(d, b, dc, v))
-        client = getattr(src, "client", None)
+            if getattr(p.source, "chain", None) is not None:
+                p._endpoints_pending.add(f"chain:{dest}")
+            self._watch_destination(dest)
+        client = getattr(p.source, "client", None)
         if self.cfg.kind == INGRESS and self.cfg.tls_enabled:
             p._endpoints_pending.add("edge-certificate")
-            hosts = ",".join(self.cfg.edge_hosts())
-            path = f"/v1/agent/connect/ca/leaf/{quote(p.cfg.service, safe='')}"
-            p._watch("edge-leaf", lambda i, w: client.get(path, index=i, wait=f"{max(1, int(w))}s",
-                                                          dns_san=hosts or None), self._on_edge_leaf)
+            self._watch_edge_leaf()
         for s in self.cfg.services:
             p._endpoints_pending.update({f"leaf:{s.name}", f"catalog:{s.name}"})
-            p._watch(f"leaf-{s.name}", lambda i, w, n=s.name: src.leaf(n, i, w),
-                     lambda v, n=s.name: self._on_linked_leaf(n, v))
-            p._watch(f"intentions-{s.name}", lambda i, w, n=s.name: src.intentions(n, i, w),
-                     lambda _v, n=s.name: self._recheck(n))
-            cpath = f"/v1/catalog/service/{quote(s.name, safe='')}"
-            p._watch(f"catalog-{s.name}", lambda i, w, c=cpath: client.get(c, index=i, wait=f"{max(1, int(w))}s"),
-                     lambda v, n=s.name: self._on_catalog(n, v))
+            self._watch_linked(s.name)
+        if client is not None:   # the config entry (readiness does not wait: the job's block is the start)
+            path = f"/v1/config/{self.cfg.kind}/{quote(self.cfg.name or p.cfg.service, safe='')}"
+
+            def entry(i: int, w: float) -> tuple[Any, int]:
+                try:
+                    body, idx = client.get(path, index=i, wait=f"{max(1, int(w))}s")
+                    return body, idx
+                except NotFound:
+                    return None, 0   # no entry: asked again each second (Watch polls at index 0)
+            p._watch("config-entry", entry, self._on_entry)
+
+    def _watch_destination(self, dest: str) -> None:
+        p, src, dc = self.proxy, self.proxy.source, self.proxy.cfg.datacenter
+        bal = self.balancers.setdefault(dest, Balancer())
+        self._watched.add(dest)
+        p._watch(f"endpoints-{dest}", lambda i, w, d=dest: src.endpoints(d, dc, i, w),
+                 lambda v, b=bal, d=dest: p._on_endpoints(d, b, dc, v))
+        chain = getattr(src, "chain", None)
+        if chain is not None:   # its discovery chain: an http service's routes, splits, retries (l7.py)
+            p._watch(f"chain-{dest}", lambda i, w, d=dest: chain(d, i, w), lambda v, d=dest: p._on_chain(d, v),
+                     lambda d=dest: p._chain_failed(d))
+
+    def _watch_edge_leaf(self) -> None:
+        p = self.proxy
+        client = getattr(p.source, "client", None)
+        hosts = ",".join(self.cfg.edge_hosts())
+        path = f"/v1/agent/connect/ca/leaf/{quote(p.cfg.service, safe='')}"
+        p._watch("edge-leaf", lambda i, w: client.get(path, index=i, wait=f"{max(1, int(w))}s",
+                                                      dns_san=hosts or None), self._on_edge_leaf)
+
+    def _watch_linked(self, name: str) -> None:
+        p, src = self.proxy, self.proxy.source
+        client = getattr(src, "client", None)
+        self._watched.add(name)
+        p._watch(f"leaf-{name}", lambda i, w, n=name: src.leaf(n, i, w),
+                 lambda v, n=name: self._on_linked_leaf(n, v))
+        p._watch(f"intentions-{name}", lambda i, w, n=name: src.intentions(n, i, w),
+                 lambda _v, n=name: self._recheck(n))
+        cpath = f"/v1/catalog/service/{quote(name, safe='')}"
+        p._watch(f"catalog-{name}", lambda i, w, c=cpath: client.get(c, index=i, wait=f"{max(1, int(w))}s"),
+                 lambda v, n=name: self._on_catalog(n, v))
+
+    def _unwatch(self, *names: str) -> None:
+        p = self.proxy
+        for w in [w for w in p.watches if w.watch_name in names]:
+            w.stop()
+            p.watches.remove(w)
+
+    # -- the config entry (reactor thread) --------------------------------------------------------
+    def _on_entry(self, body: Any) -> None:
+        p = self.proxy
+        if not isinstance(body, dict):
+            if self._entry_index:
+                p.log.event("config-entry-missing", kind=self.cfg.kind, entry=self.cfg.name, reason=(
+                    "the entry was deleted: the gateway keeps serving what it had; `job run` (or "
+                    "PUT /v1/config) writes it again"))
+            return
+        index = int(body.get("ModifyIndex") or 0)
+        try:
+            new = GatewayConfig.from_entry(body)
+            if new.kind != self.cfg.kind:
+                raise ConfigError(f'the entry is a {new.kind}, and this gateway runs as a {self.cfg.kind}')
+        except ConfigError as e:
+            p.log.event("config-entry-error", kind=self.cfg.kind, entry=self.cfg.name, index=index,
+                        error=f"{e}; the gateway keeps serving what it had")
+            return
+        first = not self._entry_index
+        self._entry_index = index or self._entry_index or 1
+        if new == self.cfg:
+            if first:
+                p.log.event("config-entry", kind=new.kind, entry=new.name, index=index, changed=False)
+            return
+        if new.kind == INGRESS:
+            self._apply_ingress(new)
+        else:
+            self._apply_terminating(new)
+        p.log.event("config-entry", kind=new.kind, entry=new.name, index=index, changed=True,
+                    **({"listeners": [{"port": lst.port, "protocol": lst.protocol,
+                                       "services": {s.name: s.hosts for s in lst.services}}
+                                      for lst in new.listeners], "tls": new.tls_enabled}
+                       if new.kind == INGRESS else {"services": [s.name for s in new.services]}))
+
+    def _apply_ingress(self, new: GatewayConfig) -> None:
+        p, old = self.proxy, self.cfg
+        old_ports = {lst.port for lst in old.listeners}
+        new_ports = {lst.port for lst in new.listeners}
+        dests = {s.name for lst in new.listeners for s in lst.services}
+        for dest in sorted(dests - self._watched):
+            self._watch_destination(dest)
+        for dest in sorted(self._watched - dests):
+            self._watched.discard(dest)
+            self.balancers.pop(dest, None)
+            self._unwatch(f"endpoints-{dest}", f"chain-{dest}")
+            p.chains.pop(dest, None)
+            if p.l7 is not None:
+                p.l7.update(p.chains)
+        for port in sorted(old_ports - new_ports):
+            lst = self.ports.pop(port, None)
+            if lst is not None:
+                lst.close()
+                if lst in p.listeners:
+                    p.listeners.remove(lst)
+            p.log.event("listener-closed", port=port, reason="the config entry has no listener on it now")
+        mapped = _mapped_ports()
+        for port in sorted(new_ports - old_ports):
+            try:
+                self._bind_port(port)
+            except OSError as e:
+                p.log.event("listener-error", port=port, error=str(e))
+                continue
+            extra: dict[str, Any] = {}
+            if mapped is not None and port not in mapped:
+                extra["warning"] = (f"no port of the group's network maps to {port}: it is reachable only "
+                                    f"inside the allocation; add port \"...\" {{ to = {port} }} to the job's "
+                                    "network and run it")
+            p.log.event("listener-added", port=port, **extra)
+        edge_before = (old.tls_enabled, old.edge_hosts())
+        self.cfg = new
+        if new.tls_enabled and (new.tls_enabled, new.edge_hosts()) != edge_before:
+            self._unwatch("edge-leaf")
+            self._watch_edge_leaf()   # a certificate for the new hosts; until it comes, the old one serves
+        elif not new.tls_enabled:
+            self._unwatch("edge-leaf")
+
+    def _apply_terminating(self, new: GatewayConfig) -> None:
+        names = {s.name for s in new.services}
+        for name in sorted(names - self._watched):
+            self._watch_linked(name)
+        self.cfg = new
+        for name in sorted(self._watched - names):
+            self._watched.discard(name)
+            self._unwatch(f"leaf-{name}", f"intentions-{name}", f"catalog-{name}")
+            self.linked.pop(name, None)
+            self._linked_leaf.pop(name, None)
+            self.external.pop(name, None)
+            with self._open_lock:
+                conns = list(self._open.get(name, {}).values())
+            for c in conns:
+                c.denied = f'the config entry no longer links "{name}"'
+                for sock in (c.client, c.server):
+                    try:
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
     # -- watch results (reactor thread) -----------------------------------------------------------
     def _done(self, what: str) -> None:
@@ -431,6 +595,7 @@ class Gateway:
             if not isinstance(ev, h11.Request):
                 return
             host = _header(ev.headers, b"host") or ev.target.decode("latin-1", "replace").split("/")[0]
+            lst = self._listener(lst.port) or lst   # the entry as it is now (hosts may have changed)
             svc = route(lst, host)
             t0 = time.monotonic()
             if svc is None:
@@ -439,6 +604,8 @@ class Gateway:
                 _drain_body(server, conn)
                 _answer(server, conn, 404, why)
                 p.log.conn("ingress", peer, "", peer, 0, 0, t0, "error", why, host=host, status=404)
+            elif p.l7 is not None and p.l7.http(svc.name):
+                self._via_chain(server, conn, ev, svc.name)
             else:
                 status, why = self._forward(server, conn, ev, svc.name, peer)
                 p.log.conn("ingress", peer, svc.name, peer, 0, 0, t0, "allowed" if status < 500 else "error",
@@ -449,6 +616,25 @@ class Gateway:
                 server.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+    def _via_chain(self, server: h11.Connection, conn: socket.socket, req: h11.Request, name: str) -> None:
+        """An http service (its chain says so): the request, read whole, goes the way a
+        sidecar's HTTP upstream sends it (l7.py: the chain's routes, splits, failover, retries
+        and timeouts, pooled mTLS connections), which logs it."""
+        from .l7 import MAX_BODY
+        body = bytearray()
+        while True:
+            ev = _next_event(server, conn)
+            if isinstance(ev, h11.Data):
+                body += ev.data
+                if len(body) > MAX_BODY:
+                    _answer(server, conn, 413, f"request body larger than {MAX_BODY} bytes")
+                    return
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            else:
+                return   # the client went away before sending its whole request
+        self.proxy.l7._route(UpstreamConfig(name, 0), server, conn, req, bytes(body))
 
     def _forward(self, server: h11.Connection, conn: socket.socket, req: h11.Request, name: str,
                  peer: str) -> tuple[int, str]:
@@ -547,8 +733,12 @@ class Gateway:
             p.metrics.denied(src)
             p.log.conn("terminating", src, name, peer, 0, 0, started, "denied", reason, serial=pc.serial)
             return
-        linked = next(s for s in self.cfg.services if s.name == name)
+        linked = next((s for s in self.cfg.services if s.name == name), None)
         addrs = list(self.external.get(name) or [])
+        if linked is None:
+            p.log.conn("terminating", src, name, peer, 0, 0, started, "refused",
+                       f'the config entry no longer links "{name}"')
+            return
         if not addrs:
             p.log.conn("terminating", src, name, peer, 0, 0, started, "error",
                        f'the catalog has no address for external service "{name}": register it with '
@@ -585,6 +775,18 @@ class Gateway:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+def _mapped_ports() -> set[int] | None:
+    """The ports the group's network makes reachable in the allocation (its NOMAD_PORT_<label>
+    values: the `to` ports of a bridge network), or None outside an allocation."""
+    if "NOMAD_ALLOC_ID" not in os.environ:
+        return None
+    out: set[int] = set()
+    for k, v in os.environ.items():
+        if k.startswith("NOMAD_PORT_") and v.isdigit():
+            out.add(int(v))
+    return out
+
 
 @dataclass
 class _Open:

@@ -469,18 +469,25 @@ class Catalog:
     def ingress_gateways(self, name: str, passing: bool = False) -> list[ServiceRegistration]:
         """The ingress gateway instances with a listener for `name` (/v1/health/ingress/<name>)."""
         rows = [s for s in self.store.services() if s.kind == KIND_INGRESS_GATEWAY
-                and any(name == svc.get("Name") for lst in _entry(s).get("Listeners") or []
+                and any(name == svc.get("Name") for lst in self.gateway_entry(s).get("Listeners") or []
                         for svc in lst.get("Services") or [])]
         if passing:
             rows = [s for s in rows if self.status(s) == CHECK_PASSING]
         return rows
 
+    def gateway_entry(self, svc: ServiceRegistration) -> dict[str, Any]:
+        """What a gateway instance carries: its config entry (`/v1/config/<kind>/<name>`, which
+        `job run` writes and the gateway follows), else the job's block it registered with."""
+        row = self.store.keyed_get("config_entries", f"{svc.kind}/{svc.service}")
+        entry = getattr(row, "entry", None)
+        return entry if isinstance(entry, dict) else _entry(svc)
+
     def gateway_services(self, gateway: str) -> list[dict[str, Any]]:
         """`/v1/catalog/gateway-services/<gateway>`: what a gateway carries, from its config entry
-        (the job's gateway block the instances registered with), one row per service."""
+        (else the job's gateway block the instances registered with), one row per service."""
         out: dict[tuple[str, int], dict[str, Any]] = {}
         for s in self.store.services(gateway):
-            entry = _entry(s)
+            entry = self.gateway_entry(s)
             if s.kind == KIND_INGRESS_GATEWAY:
                 for lst in entry.get("Listeners") or []:
                     for svc in lst.get("Services") or []:

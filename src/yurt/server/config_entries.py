@@ -25,11 +25,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from yurt.errors import InvalidInput, NotFound
+from yurt.errors import Conflict, InvalidInput, NotFound
 from yurt.state import StateStore
 from yurt.state.writes import Txn
 from yurt.structs import ConfigEntry, Intention, Job, parse_duration
 from yurt.structs.connect import ACTION_ALLOW, ACTION_DENY, WILDCARD
+from yurt.structs.gateway import gateway_entry, gateway_kind, linked_services
 
 from .intentions import Intentions, ordered, precedence
 
@@ -390,7 +391,7 @@ class ConfigEntries:
         return kind, name, entry
 
     def check(self, kind: str, name: str, entry: dict[str, Any],
-              pending: dict[tuple[str, str], dict | None]) -> dict[str, Any]:
+              pending: dict[tuple[str, str], dict | None], from_job: bool = False) -> dict[str, Any]:
         """Consul's checks of one entry against the others (as `pending` would leave them)."""
         where = _where(kind, name)
         known = self.known_services()
@@ -583,7 +584,7 @@ class ConfigEntries:
                     raise InvalidInput(f'{w}: Action must be "allow" or "deny" (or give L7 Permissions), not '
                                        f'{src.get("Action")!r}')
         elif kind == INGRESS:
-            _check_ingress(where, entry, lambda s: self.protocol(s, pending))
+            _check_ingress(where, entry, lambda s: self.protocol(s, pending), match_protocols=not from_job)
         elif kind == TERMINATING:
             _check_terminating(where, entry)
         elif kind == MESH:
@@ -616,8 +617,13 @@ class ConfigEntries:
         entry = self.check(kind, name, entry, pending)
         if kind in (SERVICE_DEFAULTS, PROXY_DEFAULTS):
             self._dependents(pending)
+        if kind == TERMINATING:
+            self._check_running_terminating(name, entry)
         if kind == INTENTIONS:
             return self._apply_intentions(name, entry, cas)
+        return self._put(kind, name, entry, cas)
+
+    def _put(self, kind: str, name: str, entry: dict[str, Any], cas: int | None) -> tuple[bool, int]:
         key = key_of(kind, name)
 
         def build(txn: Txn) -> bool:
@@ -630,6 +636,52 @@ class ConfigEntries:
             return True
         index, ok = self.store.keyed_write(build)
         return ok, index
+
+    # -- the gateways of jobs (server.register_job) --------------------------------------------
+    def write_job_gateways(self, job: Job) -> list[str]:
+        """Write the config entry of each ingress / terminating gateway the job declares
+        (`ingress-gateway/<service>`, `terminating-gateway/<service>`), overwriting what is
+        there, as Nomad's Job.Register does before it stores the job; a refused entry refuses
+        the job. Stopping or purging the job leaves the entries (Nomad never deletes them).
+        The gateway proxy follows its entry (mesh/gateway.py). Answers the keys written."""
+        written: list[str] = []
+        for svc in _job_services(job):
+            gateway = svc.connect.gateway if svc.connect is not None else None
+            if gateway_kind(gateway) not in (INGRESS, TERMINATING):
+                continue
+            block, _ = gateway_entry(svc.name, gateway or {})
+            body = {k: v for k, v in block.items() if k != "ConnectTimeoutMs"}
+            kind, name, entry = self.validate(body)
+            try:
+                # the job's own listeners may carry HTTP at the edge into a tcp service (Yurt's
+                # gateway parses the request itself), which the job's validation accepts
+                entry = self.check(kind, name, entry, {(kind, name): entry}, from_job=True)
+            except InvalidInput as e:
+                raise InvalidInput(f'service "{svc.name}" > connect > gateway: its config entry '
+                                   f"{kind}/{name} is refused: {e}") from None
+            self._put(kind, name, entry, None)
+            written.append(key_of(kind, name))
+        return written
+
+    def _check_running_terminating(self, name: str, entry: dict[str, Any]) -> None:
+        """A terminating gateway that a job runs holds the identity (the workload identity's
+        services) and the catalog entries of the services its job links: its entry may change
+        how each linked service is reached (CAFile, CertFile, KeyFile, SNI; followed live),
+        not which services it links."""
+        wanted = sorted(str(s.get("Name")) for s in entry.get("Services") or [] if isinstance(s, dict))
+        for job in self._jobs():
+            for svc in _job_services(job):
+                if svc.name != name or svc.connect is None or gateway_kind(svc.connect.gateway) != TERMINATING:
+                    continue
+                linked = sorted(linked_services(svc.connect.gateway))
+                if linked != wanted:
+                    raise Conflict(
+                        f'terminating-gateway "{name}" is run by job "{job.id}", which links '
+                        f'{", ".join(linked) or "nothing"}; this entry links {", ".join(wanted) or "nothing"}. '
+                        "A linked service needs the gateway's workload identity and catalog entry, which "
+                        "come from the job: change the job's gateway { terminating { service { ... } } } "
+                        "and run it (that writes this entry too); CAFile, CertFile, KeyFile and SNI of the "
+                        "linked services may be changed here")
 
     def delete(self, kind: str, name: str, cas: int | None = None) -> tuple[bool, int]:
         """DELETE /v1/config/<kind>/<name>: (deleted, index); deleting what is not there is fine."""
@@ -806,11 +858,15 @@ def _job_services(job: Job) -> list[Any]:
     return out
 
 
-def _check_ingress(where: str, entry: dict[str, Any], protocol: Callable[[str], str]) -> None:
+def _check_ingress(where: str, entry: dict[str, Any], protocol: Callable[[str], str],
+                   match_protocols: bool = True) -> None:
     tls = _obj(entry.get("TLS"), f"{where}: TLS", '{"Enabled": true}')
-    _known_keys(tls, ("Enabled",), f"{where}: TLS")
+    _known_keys(tls, ("Enabled", "TLSMinVersion"), f"{where}: TLS")
     if tls.get("Enabled") is not None and not isinstance(tls["Enabled"], bool):
         raise InvalidInput(f"{where}: TLS.Enabled must be true or false")
+    if tls.get("TLSMinVersion") not in (None, "", "TLSv1_2", "TLSv1_3"):
+        raise InvalidInput(f'{where}: TLS.TLSMinVersion "{tls["TLSMinVersion"]}" is not served: use "TLSv1_2" '
+                           'or "TLSv1_3"')
     listeners = _list(entry.get("Listeners"), f"{where}: Listeners",
                       '[{"Port": 8080, "Protocol": "tcp", "Services": [{"Name": "api"}]}]')
     ports: set[int] = set()
@@ -843,9 +899,10 @@ def _check_ingress(where: str, entry: dict[str, Any], protocol: Callable[[str], 
                 raise InvalidInput(f"{sw}.Hosts must be a list of host names")
             if proto == "tcp" and (sname == WILDCARD or hosts):
                 raise InvalidInput(f'{sw}: "*" and Hosts are only for http listeners')
-            if sname == WILDCARD and hosts:
-                raise InvalidInput(f'{sw}: a "*" service takes no Hosts')
-            if sname != WILDCARD and protocol(sname) != proto:
+            if sname == WILDCARD:
+                raise InvalidInput(f'{sw}: the wildcard service "*" is not served by Yurt\'s ingress gateway: '
+                                   "name each service (with its Hosts)")
+            if match_protocols and protocol(sname) != proto:
                 raise InvalidInput(f'{sw}: service "{sname}" has protocol "{protocol(sname)}", which does not match '
                                    f'defined listener protocol "{proto}"; write a service-defaults entry for "{sname}" '
                                    f'with Protocol = "{proto}", or change the listener\'s Protocol')

@@ -235,6 +235,16 @@ class Server:
         own = {s.name for g in job.task_groups or [] for s in g.services or []}
         warnings = "\n".join(gateway_warnings(job, lambda n: n in own or self._service_known(n)))
         namespace = job.namespace or "default"
+        if enforce_index is not None:   # checked again inside the write; here so a refused one writes nothing
+            current = self.store.job(namespace, job.id)
+            have = current.job_modify_index if current is not None else 0
+            if enforce_index == 0 and current is not None:
+                raise InvalidInput(f"Enforcing job modify index 0: job {job.id} already exists")
+            if enforce_index != have:
+                raise InvalidInput(f"Enforcing job modify index {enforce_index}: job exists with "
+                                   f"conflicting job modify index: {have}")
+        # the job's gateways' config entries, written (overwritten) before the job as Nomad does
+        self.config_entries.write_job_gateways(job)
         # the job and the eval that schedules it are one write: a crash keeps both or neither,
         # and the index check happens inside it
         # a periodic or parameterized parent gets no evaluation: it runs nothing, its children do
