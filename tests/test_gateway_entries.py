@@ -17,7 +17,7 @@ from .agent_util import AgentProcess, allocs, free_port, wait_for
 from .mesh_agent import MeshAgent
 from .test_gateways import WEB_B, curl, register, running
 
-needs_bridge = [pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root")]
+needs_bridge = pytest.mark.skipif(os.geteuid() != 0, reason="bridge networking needs root")
 
 JOB = """
 job "gw-entries" {
@@ -137,8 +137,7 @@ def agent():
     agent.stop()
 
 
-@needs_bridge[0]
-@needs_bridge[1]
+@needs_bridge
 def test_job_run_writes_the_entries_and_the_gateway_follows_put_v1_config(agent):
     _, api = agent
     ports = {"http": free_port(), "extra": free_port()}

@@ -403,12 +403,7 @@ class Gateway:
             with self._open_lock:
                 conns = list(self._open.get(name, {}).values())
             for c in conns:
-                c.denied = f'the config entry no longer links "{name}"'
-                for sock in (c.client, c.server):
-                    try:
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                c.cut(f'the config entry no longer links "{name}"')
 
     # -- watch results (reactor thread) -----------------------------------------------------------
     def _done(self, what: str) -> None:
@@ -486,12 +481,7 @@ class Gateway:
                         decisions[c.uri] = (True, "")
                 allowed, reason = decisions[c.uri]
                 if not allowed:
-                    c.denied = f"intentions changed: {reason}"
-                    for sock in (c.client, c.server):
-                        try:
-                            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                        except OSError:
-                            pass
+                    c.cut(f"intentions changed: {reason}")
 
         threading.Thread(target=check, name=f"yurt-gateway-recheck-{name}", daemon=True).start()
 
@@ -796,6 +786,15 @@ class _Open:
     client: socket.socket
     server: socket.socket
     denied: str = ""
+
+    def cut(self, why: str) -> None:
+        """Deny it from now on: both sockets shut down (their relay ends and logs `why`)."""
+        self.denied = why
+        for sock in (self.client, self.server):
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def _next_event(conn: h11.Connection, sock: socket.socket) -> Any:

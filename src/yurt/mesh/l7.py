@@ -259,6 +259,21 @@ def _upgrade(conn: h11.Connection, sock: Any, req: Any) -> bool:
     return False
 
 
+def _next_request(conn: h11.Connection, sock: Any) -> tuple[Any, bytes] | None:
+    """The next request on a server connection and its body; None when the connection is done
+    (closed, reset, timed out, a bad request answered 400, or an upgrade answered)."""
+    try:
+        msg = _read(conn, sock)
+    except (h11.RemoteProtocolError, h11.LocalProtocolError) as e:
+        _answer(conn, sock, getattr(e, "error_status_hint", 400), f"bad request: {e}", keep=False)
+        return None
+    except (Reset, TimeoutError):
+        return None
+    if msg is None or _upgrade(conn, sock, msg[0]):
+        return None
+    return msg
+
+
 def _next_cycle(conn: h11.Connection) -> bool:
     if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
         conn.start_next_cycle()
@@ -454,18 +469,10 @@ class L7:
             tls.settimeout(cfg.idle_timeout or None)
             conn = h11.Connection(h11.SERVER)
             while not self.closed:
-                try:
-                    msg = _read(conn, tls)
-                except (h11.RemoteProtocolError, h11.LocalProtocolError) as e:
-                    _answer(conn, tls, getattr(e, "error_status_hint", 400), f"bad request: {e}", keep=False)
-                    return
-                except (Reset, TimeoutError):
-                    return
+                msg = _next_request(conn, tls)
                 if msg is None:
                     return
                 req, body = msg
-                if _upgrade(conn, tls, req):
-                    return
                 t0 = time.monotonic()
                 method, target = req.method.decode(), req.target.decode("latin-1")
                 path, _, query = target.partition("?")
@@ -572,18 +579,10 @@ class L7:
         conn = h11.Connection(h11.SERVER)
         try:
             while not self.closed:
-                try:
-                    msg = _read(conn, sock)
-                except (h11.RemoteProtocolError, h11.LocalProtocolError) as e:
-                    _answer(conn, sock, getattr(e, "error_status_hint", 400), f"bad request: {e}", keep=False)
-                    return
-                except (Reset, TimeoutError):
-                    return
+                msg = _next_request(conn, sock)
                 if msg is None:
                     return
                 req, body = msg
-                if _upgrade(conn, sock, req):
-                    return
                 self._route(up, conn, sock, req, body)
                 if not _next_cycle(conn):
                     return
