@@ -218,3 +218,25 @@ def test_placements_capped_at_count_with_failed_and_lost():
     st.upsert_job(job2)
     run(st, job2, now=NOW + 3600 * S)
     assert len(live(st, job2)) == 1
+
+
+def test_a_sticky_disk_reschedule_prefers_the_node_it_failed_on():
+    """Nomad's findPreferredNode: with ephemeral_disk { sticky = true } a rescheduled allocation
+    is tried on its previous node first (where its data is), the failure penalty notwithstanding;
+    without sticky the penalty sends it elsewhere."""
+    from yurt.structs import EphemeralDisk
+    for sticky in (True, False):
+        st = MemoryState(nodes=[make_node(i) for i in range(3)])
+        job = make_job(count=1, type_="batch")
+        job.task_groups[0].ephemeral_disk = EphemeralDisk(size_mb=300, sticky=sticky)
+        st.upsert_job(job)
+        run(st, job)
+        (b,) = live(st, job)
+        _set_client(st, b, "failed", finished_at="2023-11-14T22:13:20Z")
+        res = run(st, job, now=NOW + 6 * S)
+        (new,) = placed(res)
+        assert new.previous_allocation == b.id
+        assert (new.node_id == b.node_id) is sticky, (sticky, new.node_id, b.node_id)
+        penalized = [m for m in new.metrics.score_meta_data if m["NodeID"] == b.node_id]
+        if sticky:
+            assert penalized and penalized[0]["Scores"].get("node-reschedule-penalty") == -1.0

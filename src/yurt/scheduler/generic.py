@@ -190,8 +190,10 @@ class _Scheduler:
         penalty = reschedule.penalty_nodes(prev) if (prev is not None and p.reschedule) else None
         node = None
         disk = group.tg.ephemeral_disk
-        if prev is not None and not p.reschedule and disk is not None and disk.sticky:
-            chosen = stack.select_preferred(prev.node_id, group, self.usage_of)
+        if prev is not None and disk is not None and disk.sticky:
+            # Nomad's findPreferredNode: the previous node first, a reschedule's too (its
+            # reschedule penalty still counts in the score the metric shows)
+            chosen = stack.select_preferred(prev.node_id, group, self.usage_of, penalty)
             if chosen is not None:
                 node, ports, metric = chosen
         if node is None:

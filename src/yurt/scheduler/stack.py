@@ -137,7 +137,8 @@ class Stack:
                 return "distinct_property"
         return None
 
-    def select_preferred(self, node_id: str, group: Group, usage_of: Callable[[Node], NodeUsage]
+    def select_preferred(self, node_id: str, group: Group, usage_of: Callable[[Node], NodeUsage],
+                         penalty: set[str] | None = None
                          ) -> tuple[Node | None, list[tuple[str, int, int, str]] | None, AllocMetric] | None:
         """``select`` on one node only (ephemeral_disk sticky: the previous allocation's node is
         tried first, as Nomad's findPreferredNode); None when it is not a ready node of the job."""
@@ -147,7 +148,7 @@ class Stack:
         saved = self.order, self.offset, self.fixed
         self.order, self.offset, self.fixed = [node], 0, 1
         try:
-            return self.select(group, None, usage_of)
+            return self.select(group, penalty, usage_of)
         finally:
             self.order, self.offset, self.fixed = saved
 
