@@ -298,3 +298,35 @@ def test_the_server_side_on_a_store_and_the_spec_file_parser():
     doc = parse_spec('name = "qa"\ndescription = "Q"\nmeta {\n  n = 3\n}\nnode_pool_config {\n  default = "x"\n}\n',
                      "qa.hcl")
     assert doc == {"Name": "qa", "Description": "Q", "Meta": {"n": "3"}, "NodePoolConfiguration": {"Default": "x"}}
+
+
+def test_acl_an_allocation_evaluation_and_deployment_by_id_are_checked_in_their_own_namespace(acl_agent):
+    """A token for namespace "default" cannot read another namespace's allocation by its ID by
+    leaving ?namespace= out (or naming "default"): the object's own namespace is checked."""
+    m = re.search(r"ACL Token: ([0-9a-f-]{36})", acl_agent.log())
+    root = {"X-Nomad-Token": m.group(1)}
+    with acl_agent.api() as c:
+        assert c.put("/v1/namespace/secret", json={"Name": "secret"}, headers=root).status_code == 200
+        rules = 'namespace "default" {\n  policy = "write"\n}\n'
+        assert c.put("/v1/acl/policy/dflt", json={"Name": "dflt", "Rules": rules}, headers=root).status_code == 200
+        tok = c.put("/v1/acl/token", json={"Name": "dflt", "Policies": ["dflt"]}, headers=root).json()
+        mine = {"X-Nomad-Token": tok["SecretID"]}
+        from yurt.jobspec import load
+        doc = load(JOB.replace('"cli-job"', '"hidden"'), "job.nomad").job.to_document()
+        doc["Namespace"] = "secret"
+        r = c.put("/v1/jobs", json=doc, params={"namespace": "secret"}, headers=root)
+        assert r.status_code == 200, r.text
+        eval_id = r.json()["EvalID"]
+        (alloc,) = wait_for(lambda: c.get("/v1/job/hidden/allocations", params={"namespace": "secret"},
+                                          headers=root).json(), 60, what="the allocation placed")
+        assert alloc["Namespace"] == "secret"
+        for path in (f"/v1/allocation/{alloc['ID']}", f"/v1/evaluation/{eval_id}",
+                     f"/v1/evaluation/{eval_id}/allocations"):
+            for params in ({}, {"namespace": "default"}):
+                r = c.get(path, params=params, headers=mine)
+                assert r.status_code == 403, (path, params, r.status_code, r.text)
+                assert 'namespace "secret" capability read-job' in r.text
+            assert c.get(path, headers=root).status_code == 200
+        r = c.put(f"/v1/allocation/{alloc['ID']}/stop", headers=mine)
+        assert r.status_code == 403 and 'namespace "secret" capability alloc-lifecycle' in r.text
+        c.delete("/v1/job/hidden", params={"namespace": "secret", "purge": "true"}, headers=root)

@@ -370,9 +370,33 @@ async def authorize_ws(ws: HTTPConnection, path: str) -> None:
         raise _denied(req.describe(name))
 
 
+_BY_ID = (("alloc_id", "alloc"), ("eval_id", "eval"), ("deployment_id", "deployment"))
+
+
+def _object_namespace(request: Request) -> str:
+    """The namespace of the allocation, evaluation or deployment a route names by ID ("" if it
+    names none, or none is known here): a read of or an action on one is checked against its
+    own namespace, as Nomad's, not against ?namespace=. A client-only agent knows the
+    allocations it runs; the rest it forwards to its server, which checks again."""
+    params = request.path_params
+    agent = request.app.state.agent
+    server = getattr(agent, "server", None)
+    for key, kind in _BY_ID:
+        oid = params.get(key)
+        if not oid:
+            continue
+        if server is not None:
+            obj = getattr(server.reads, kind)(oid)
+        else:
+            obj = agent.local_alloc(oid) if kind == "alloc" else None
+        if obj is not None:
+            return str(obj.namespace or "default")
+    return ""
+
+
 async def _name_for(request: Request, req: Requirement) -> str:
     if req.kind == "namespace":
-        return request.query_params.get("namespace") or "default"
+        return _object_namespace(request) or request.query_params.get("namespace") or "default"
     if req.kind == "config_read":
         return f'{request.path_params.get("kind", "")}/{request.path_params.get("name", "")}'
 
