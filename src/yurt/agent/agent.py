@@ -95,7 +95,7 @@ class Agent:
                 loopback_ports=(config.dev or config.dev_connect) and not addresses.is_loopback(config.node_ip),
                 host_networks={hn.name: (config.host_network_ips[hn.name], hn.reserved_ports)
                                for hn in config.host_networks},
-                host_volumes=dict(config.host_volumes),
+                host_volumes=dict(config.host_volumes), template=config.template,
                 http_addr=config.address, api_socket=self.api_socket if len(self.api_socket) <= 100 else "",
                 dns=self.dns),
                 self.api_client)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import hcl2
 
+from yurt.client.template_settings import TemplateRetry, TemplateSettings
 from yurt.errors import ConfigError
 
 from . import addresses
@@ -63,6 +64,7 @@ class AgentConfig:
     host_networks: list[HostNetwork] = field(default_factory=list)
     # client { host_volume "name" { path, read_only } }: name -> (absolute path, read-only)
     host_volumes: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    template: TemplateSettings = field(default_factory=TemplateSettings)   # client { template { } }
     server: bool = True
     client: bool = True
     dev: bool = False
@@ -325,6 +327,8 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
         for block in client.get("host_volume", []) or []:
             for name, body in (block or {}).items():
                 _host_volume(cfg, path, name, _first(body) or {})
+        if client.get("template") is not None:
+            cfg.template = _template_block(cfg, path, _first(client["template"]) or {})
         cfg.node_class = str(client.get("node_class", cfg.node_class))
         cfg.node_pool = str(client.get("node_pool", cfg.node_pool))
         cfg.meta.update({k: str(v) for k, v in (_first(client.get("meta")) or {}).items()})
@@ -517,6 +521,87 @@ def _int(value: Any, path: str, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{path}: {name} must be a whole number, not {value!r}") from None
+
+
+_TEMPLATE_KEYS = {"function_denylist", "disable_file_sandbox", "block_query_wait", "wait", "wait_bounds",
+                  "consul_retry", "nomad_retry", "vault_retry", "max_stale"}
+
+
+def _duration_s(value: Any, where: str) -> float:
+    from yurt.structs import parse_duration
+    try:
+        return parse_duration(str(value)) / 1e9
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _template_block(cfg: AgentConfig, path: Any, body: dict[str, Any]) -> TemplateSettings:
+    """client { template { ... } }: Nomad's client template settings (see TemplateSettings)."""
+    where = f"{path}: client {{ template"
+    unknown = sorted(set(body) - _TEMPLATE_KEYS)
+    if unknown:
+        raise ConfigError(f'{where} {{ {unknown[0]} }} }} is not a setting Yurt reads; template takes '
+                          f'{", ".join(sorted(_TEMPLATE_KEYS))}')
+    out = TemplateSettings()
+    if "function_denylist" in body:
+        deny = body["function_denylist"]
+        if not isinstance(deny, list) or not all(isinstance(f, str) for f in deny):
+            raise ConfigError(f'{where} {{ function_denylist }} }} must be a list of function names, like '
+                              '["plugin", "writeToFile"]')
+        out = replace(out, function_denylist=tuple(deny))
+    if "disable_file_sandbox" in body:
+        value = body["disable_file_sandbox"]
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} {{ disable_file_sandbox }} }} must be true or false, not {value!r}")
+        out = replace(out, disable_file_sandbox=value)
+    if "block_query_wait" in body:
+        out = replace(out, block_query_wait=_seconds(body["block_query_wait"], path,
+                                                     "client { template { block_query_wait } }"))
+    for key in ("wait", "wait_bounds"):
+        if key not in body:
+            continue
+        block = _first(body[key]) or {}
+        bad = sorted(set(block) - {"min", "max"})
+        if bad:
+            raise ConfigError(f"{where} {{ {key} {{ {bad[0]} }} }} }} is not a setting; {key} takes min and max")
+        lo = _duration_s(block["min"], f"{where} {{ {key} {{ min }} }} }}") if "min" in block else None
+        hi = _duration_s(block["max"], f"{where} {{ {key} {{ max }} }} }}") if "max" in block else None
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"{where} {{ {key} }} }}: min ({block['min']}) is greater than max ({block['max']})")
+        if key == "wait":
+            out = replace(out, wait_min=out.wait_min if lo is None else lo, wait_max=out.wait_max if hi is None else hi)
+        else:
+            out = replace(out, bounds_min=lo, bounds_max=hi)
+    retries = {}
+    for key in ("nomad_retry", "consul_retry"):   # one agent answers both: one retry setting
+        if key in body:
+            retries[key] = _retry(_first(body[key]) or {}, f"{where} {{ {key}")
+    if len(set(retries.values())) > 1:
+        raise ConfigError(f"{where} }}: nomad_retry and consul_retry differ, but Yurt's templates read the catalog "
+                          "and Nomad's data from one agent: give one of them (or the same values)")
+    if retries:
+        out = replace(out, retry=next(iter(retries.values())))
+    for key, why in (("vault_retry", "Yurt has no Vault integration"),
+                     ("max_stale", "Yurt's agent answers template reads from the leader's state, never stale")):
+        if key in body:
+            cfg.warnings.append(f"{where} {{ {key} }} }} is ignored: {why}")
+    return out
+
+
+def _retry(block: dict[str, Any], where: str) -> TemplateRetry:
+    bad = sorted(set(block) - {"attempts", "backoff", "max_backoff"})
+    if bad:
+        raise ConfigError(f"{where} {{ {bad[0]} }} }} }} is not a setting; it takes attempts, backoff and max_backoff")
+    default = TemplateRetry()
+    attempts = block.get("attempts", default.attempts)
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+        raise ConfigError(f"{where} {{ attempts }} }} }} = {attempts} must be 0 (retry without end) or more")
+    backoff = _duration_s(block["backoff"], f"{where} {{ backoff }} }} }}") if "backoff" in block else default.backoff
+    top = (_duration_s(block["max_backoff"], f"{where} {{ max_backoff }} }} }}") if "max_backoff" in block
+           else default.max_backoff)
+    if backoff <= 0 or top < backoff:
+        raise ConfigError(f"{where} }} }} }}: backoff must be more than 0 and max_backoff at least backoff")
+    return TemplateRetry(attempts, backoff, top)
 
 
 def _host_volume(cfg: AgentConfig, path: Any, name: str, body: dict[str, Any]) -> None:

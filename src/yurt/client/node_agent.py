@@ -26,6 +26,7 @@ from .drivers.docker import DockerDriver
 from .drivers.exec import ExecDriver
 from .drivers.raw_exec import RawExecDriver
 from .supervise import Supervisor
+from .template_settings import TemplateSettings
 
 log = logging.getLogger("yurt.client")
 
@@ -50,6 +51,7 @@ class ClientConfig:
     loopback_ports: bool = False   # host ports on 127.0.0.1 too (-dev-connect: the node address is public)
     host_networks: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (address, reserved ports)
     host_volumes: dict[str, tuple[str, bool]] = field(default_factory=dict)   # name -> (path, read-only)
+    template: TemplateSettings = field(default_factory=TemplateSettings)     # client { template { } }
     http_addr: str = ""
     options: dict[str, str] = field(default_factory=dict)
     api_socket: str = ""   # the agent's API on a unix socket, for sidecar proxies in namespaces
@@ -386,7 +388,7 @@ class NodeAgent:
         """The task runner hooks each task gets, in Nomad's order: artifacts, then templates."""
         from .artifact_hook import artifact_hooks
         from .template_hook import template_hooks
-        return [artifact_hooks(), template_hooks(self.api)]
+        return [artifact_hooks(), template_hooks(self.api, self.config.template)]
 
     def _on_update(self, alloc_id: str, status: str, description: str, states: dict[str, TaskState]) -> None:
         from .network import network_status

@@ -50,16 +50,13 @@ from yurt.structs.duration import SECOND
 
 from . import task_events as ev
 from .task_hooks import TaskHook, TaskHookContext, TaskHookError, TaskHookFactory
+from .template_settings import TemplateSettings
 
 log = logging.getLogger("yurt.client.template")
 
 POLL = 1.0                    # seconds between the watcher's renders
-DEFAULT_WAIT_MIN = 5.0        # Nomad's client template wait defaults (seconds)
-DEFAULT_WAIT_MAX = 240.0
 DEFAULT_SPLAY = 5.0           # Nomad's default splay
 SCRIPT_TIMEOUT = 5.0          # change_script's default timeout
-BLOCK_WAIT = 60.0             # seconds a blocking query waits for a change
-AGENT_RETRY = 60.0            # seconds the first render retries an agent it cannot reach
 RESTART_REASON = "Template with change_mode restart re-rendered"
 SIGNAL_REASON = "Template re-rendered"
 
@@ -120,7 +117,13 @@ class AgentSource:
         return out
 
     def services(self, name: str, tag: str, healthy_only: bool) -> Sequence[HealthService]:
-        body, _ = self.api.get(f"/v1/health/service/{name}", passing="1" if healthy_only else None,
+        return self._health("service", name, tag, healthy_only)
+
+    def connect_services(self, name: str, tag: str, healthy_only: bool) -> Sequence[HealthService]:
+        return self._health("connect", name, tag, healthy_only)
+
+    def _health(self, kind: str, name: str, tag: str, healthy_only: bool) -> Sequence[HealthService]:
+        body, _ = self.api.get(f"/v1/health/{kind}/{quote(name, safe='')}", passing="1" if healthy_only else None,
                                tag=tag or None)
         out = []
         for entry in body or []:
@@ -214,8 +217,11 @@ class TemplateHook(TaskHook):
 
     name = "template"
 
-    def __init__(self, api: YurtClient, task: Task, *, poll: float = POLL) -> None:
+    def __init__(self, api: YurtClient, task: Task, *, poll: float = POLL,
+                 settings: TemplateSettings | None = None) -> None:
         self.api = api
+        self.settings = settings or TemplateSettings()
+        self._files: dict[str, float] = {}          # file dependencies -> their mtime (watched by polling)
         self.templates = list(task.templates or [])
         self.poll = poll
         self._last: dict[int, str] = {}           # template index -> the text last written
@@ -237,19 +243,19 @@ class TemplateHook(TaskHook):
 
     def _first_render(self, ctx: TaskHookContext) -> None:
         announced: frozenset[str] = frozenset()
-        down_since = 0.0
+        failures = 0
+        retry = self.settings.retry
         while True:
             try:
                 results, missing = self._render_all(ctx)
-            except _AgentDown:   # retried for a while, as Nomad retries Consul
-                now = time.monotonic()
-                down_since = down_since or now
-                if now - down_since > AGENT_RETRY:
+            except _AgentDown:   # retried as the client's template { nomad_retry } says (Nomad's: 12 times)
+                failures += 1
+                if retry.attempts and failures > retry.attempts:
                     raise
-                if ctx.killed.wait(self.poll):
+                if ctx.killed.wait(retry.delay(failures)):
                     return
                 continue
-            down_since = 0.0
+            failures = 0
             if not missing:
                 break
             names = frozenset(missing)
@@ -318,6 +324,7 @@ class TemplateHook(TaskHook):
             else:
                 results[i] = out.text
         self._deps = frozenset(deps)
+        self._files = {arg: _mtime(arg) for kind, arg in deps if kind == "file"}
         return results, missing
 
     def _render_one(self, ctx: TaskHookContext, tpl: Template, source: AgentSource) -> Rendered:
@@ -332,7 +339,9 @@ class TemplateHook(TaskHook):
         try:
             return render(text, source, name=name, left_delim=tpl.left_delim or "{{",
                           right_delim=tpl.right_delim or "}}", missing_key_error=tpl.err_missing_key,
-                          namespace=source.namespace)
+                          namespace=source.namespace, task_dir=str(ctx.task_dir.root),
+                          file_sandbox=not self.settings.disable_file_sandbox,
+                          denied=frozenset(self.settings.function_denylist))
         except TemplateError as e:
             raise TaskHookError(f"Template failed: {e}") from None
         except (Unreachable, Unavailable) as e:
@@ -390,10 +399,15 @@ class TemplateHook(TaskHook):
 
     def _wait_bounds(self, tpls: list[Template]) -> tuple[float, float]:
         lo = hi = 0.0
+        st = self.settings
         for tpl in tpls:
             w = tpl.wait
-            t_lo = w.min / SECOND if w is not None and w.min is not None else DEFAULT_WAIT_MIN
-            t_hi = w.max / SECOND if w is not None and w.max is not None else max(DEFAULT_WAIT_MAX, t_lo)
+            t_lo = w.min / SECOND if w is not None and w.min is not None else st.wait_min
+            t_hi = w.max / SECOND if w is not None and w.max is not None else max(st.wait_max, t_lo)
+            if st.bounds_min is not None:   # the client's wait_bounds clamp a template's own wait
+                t_lo, t_hi = max(t_lo, st.bounds_min), max(t_hi, st.bounds_min)
+            if st.bounds_max is not None:
+                t_lo, t_hi = min(t_lo, st.bounds_max), min(t_hi, st.bounds_max)
             lo, hi = max(lo, t_lo), max(hi, t_hi)
         return lo, hi
 
@@ -452,9 +466,10 @@ class TemplateHook(TaskHook):
         for kind, arg in self._deps:
             if kind in ("kv", "kv_list"):
                 out[("kv", "")] = (f"/v1/kv/{quote(arg.lstrip('/'))}", {}, False)
-            elif kind in ("service", "nomad_service"):
-                name = arg.split("|")[0].split("~")[0].split("@")[0].rsplit(".", 1)[-1]
-                out[("service", name)] = (f"/v1/health/service/{quote(name)}", {}, False)
+            elif kind in ("service", "nomad_service", "connect"):
+                name = arg.split("|")[0].split("~")[0].split("@")[0].split("?")[0].rsplit(".", 1)[-1]
+                path = "connect" if kind == "connect" else "service"
+                out[(path, name)] = (f"/v1/health/{path}/{quote(name)}", {}, False)
             elif kind in ("catalog_services", "nomad_services"):
                 out[("catalog", "")] = ("/v1/catalog/services", {}, False)
             elif kind in ("nomad_var", "nomad_var_list"):
@@ -469,11 +484,12 @@ class TemplateHook(TaskHook):
     def _async_client(self) -> httpx.AsyncClient:
         address = self.api.address
         if address.startswith("unix://"):
-            return httpx.AsyncClient(base_url="http://localhost", timeout=BLOCK_WAIT + 15,
+            return httpx.AsyncClient(base_url="http://localhost", timeout=self.settings.block_query_wait + 15,
                                      transport=httpx.AsyncHTTPTransport(uds=address[len("unix://"):]))
         if address.startswith("https://"):
-            return httpx.AsyncClient(base_url=address, timeout=BLOCK_WAIT + 15, verify=self.api.tls.context())
-        return httpx.AsyncClient(base_url=address, timeout=BLOCK_WAIT + 15)
+            return httpx.AsyncClient(base_url=address, timeout=self.settings.block_query_wait + 15,
+                                     verify=self.api.tls.context())
+        return httpx.AsyncClient(base_url=address, timeout=self.settings.block_query_wait + 15)
 
     async def _watch_blocking(self, ctx: TaskHookContext) -> None:
         indexes: dict[tuple[str, str], int] = {}
@@ -484,7 +500,8 @@ class TemplateHook(TaskHook):
         async with self._async_client() as client:
             async def query(path: str, params: dict[str, str], with_identity: bool, index: int) -> int:
                 token = (self._vars_api.token if with_identity and self._vars_api is not None else self.api.token)
-                q = {**params, **({"index": str(index), "wait": f"{BLOCK_WAIT:g}s"} if index else {})}
+                blocking = {"index": str(index), "wait": f"{self.settings.block_query_wait:g}s"}
+                q = {**params, **(blocking if index else {})}
                 resp = await client.get(path, params=q, headers={"X-Nomad-Token": token} if token else None)
                 if resp.status_code >= 400 and resp.status_code != 404:
                     raise YurtError(f"{path}: {resp.status_code} {resp.text.strip()[:200]}")
@@ -498,12 +515,14 @@ class TemplateHook(TaskHook):
                     for key, (path, params, ident) in queries.items():
                         if key not in pending:
                             pending[key] = asyncio.create_task(query(path, params, ident, indexes.get(key, 0)))
-                    if not pending:   # nothing to watch (env only): look again now and then
+                    if not pending:   # nothing to watch (env, files): look again now and then
                         await asyncio.sleep(self.poll)
+                        if self._files_changed():
+                            await asyncio.to_thread(self._check, ctx)
                         continue
                     done, _ = await asyncio.wait(pending.values(), timeout=self.poll,
                                                  return_when=asyncio.FIRST_COMPLETED)
-                    changed = False
+                    changed = self._files_changed()
                     for key in [k for k, t in pending.items() if t in done]:
                         task = pending.pop(key)
                         try:
@@ -511,7 +530,7 @@ class TemplateHook(TaskHook):
                         except (httpx.HTTPError, YurtError, ValueError) as e:
                             failures += 1
                             log.debug("task %s: template query %s: %s", ctx.task.name, key, e)
-                            await asyncio.sleep(min(2.0 ** min(failures, 5) * 0.25, 10.0))
+                            await asyncio.sleep(self.settings.retry.delay(failures))
                             changed = True   # render again: the agent may have missed nothing, or much
                             continue
                         failures = 0
@@ -524,6 +543,10 @@ class TemplateHook(TaskHook):
                 for task in pending.values():
                     task.cancel()
                 await asyncio.gather(*pending.values(), return_exceptions=True)
+
+    def _files_changed(self) -> bool:
+        """Whether a file a template read (``file``) changed since the last render (by its mtime)."""
+        return any(_mtime(path) != seen for path, seen in list(self._files.items()))
 
     def _apply(self, ctx: TaskHookContext, changed: dict[int, str]) -> None:
         with self._lock:
@@ -584,8 +607,15 @@ def _go_list(args: list[str] | None) -> str:
     return "[" + " ".join(args or []) + "]"
 
 
-def template_hooks(api: YurtClient) -> TaskHookFactory:
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0
+
+
+def template_hooks(api: YurtClient, settings: TemplateSettings | None = None) -> TaskHookFactory:
     """The factory the node agent gives its allocation runners: a `TemplateHook` per task with templates."""
     def make(task: Task) -> TaskHook | None:
-        return TemplateHook(api, task) if task.templates else None
+        return TemplateHook(api, task, settings=settings) if task.templates else None
     return make

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import hashlib
 import hmac
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import tomli_w
+import yaml
 
 from . import gofmt
 from .exec import FuncSpec, spec, truth
@@ -59,15 +64,61 @@ _NOMAD_SERVICE_RE = re.compile(r"\A(?:(?P<tag>[\w=:.\-]+)\.)?(?P<name>[\w\-]+)(?
 _HEALTH_FILTERS = ("any", "passing", "warning", "critical", "maintenance")
 
 
+class Scratch:
+    """consul-template's ``scratch``: a render's key/value pad (``.Set``/``.Get``/``.MapSet``...)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+
+    def Key(self, k: str) -> bool:
+        return k in self._values
+
+    def Get(self, k: str) -> Any:
+        return self._values.get(k)
+
+    def Set(self, k: str, v: Any) -> str:
+        self._values[k] = v
+        return ""
+
+    def SetX(self, k: str, v: Any) -> str:
+        self._values.setdefault(k, v)
+        return ""
+
+    def _map(self, k: str, fn: str) -> dict[str, Any]:
+        m = self._values.setdefault(k, {})
+        if not isinstance(m, dict):
+            raise FuncError(f"scratch.{fn}: {k} is not a map")
+        return m
+
+    def MapSet(self, k: str, mk: str, v: Any) -> str:
+        self._map(k, "MapSet")[mk] = v
+        return ""
+
+    def MapSetX(self, k: str, mk: str, v: Any) -> str:
+        self._map(k, "MapSetX").setdefault(mk, v)
+        return ""
+
+    def MapValues(self, k: str) -> list[Any]:
+        m = self._values.get(k)
+        if m is None:
+            return []
+        if not isinstance(m, dict):
+            raise FuncError(f"scratch.MapValues: {k} is not a map")
+        return [m[mk] for mk in sorted(m)]
+
+
 class Data:
     """The data functions of one render: they read ``source`` and note what they read and what was missing."""
 
-    def __init__(self, source: Source, namespace: str = "") -> None:
+    def __init__(self, source: Source, namespace: str = "", *, task_dir: str = "", file_sandbox: bool = False) -> None:
         self.source = source
         self.namespace = namespace
+        self.task_dir = task_dir            # relative paths of ``file``/``writeToFile`` are relative to it
+        self.file_sandbox = file_sandbox    # ``file``/``writeToFile`` only inside ``task_dir``
         self.deps: set[Dependency] = set()
         self.missing: set[Dependency] = set()
         self._memo: dict[tuple[Any, ...], Any] = {}
+        self._scratch = Scratch()
 
     def _ask(self, method: str, *args: Any) -> Any:
         """The source's answer, asked once per render for the same arguments (one consistent view)."""
@@ -198,6 +249,26 @@ class Data:
             found = [s for s in found if s.Status in filters]
         return sorted(found, key=lambda s: (s.Node, s.ID))
 
+    def connect(self, *args: Any) -> list[HealthService]:
+        """Connect-capable instances (sidecars and native services) of a service: ``service``'s
+        query syntax over Consul's /v1/health/connect."""
+        if not args or args[0] == "":
+            return []
+        query = "|".join(_str(a, "connect") for a in args)
+        m = _SERVICE_RE.match(query)
+        if m is None:
+            raise FuncError(f"health.connect: invalid format: {gofmt.go_quote(query)}")
+        filters = [f.strip() for f in (m["filter"] or "passing").split(",") if f.strip()]
+        for f in filters:
+            if f not in _HEALTH_FILTERS:
+                raise FuncError(f"health.connect: invalid filter: {gofmt.go_quote(f)} in {gofmt.go_quote(query)}")
+        self._use("connect", query)
+        healthy_only = filters == ["passing"]
+        found = self._ask("connect_services", m["name"], m["tag"] or "", healthy_only)
+        if "any" not in filters and not healthy_only:
+            found = [s for s in found if s.Status in filters]
+        return sorted(found, key=lambda s: (s.Node, s.ID))
+
     def services(self, *args: Any) -> list[CatalogSnippet]:
         query = "".join(_str(a, "services") for a in args)
         self._use("catalog_services", query)
@@ -271,10 +342,73 @@ class Data:
             self.missing.add(Dependency("nomad_var_list", _str(args[0], "nomadVarListSafe") if args else ""))
         return result
 
+    def scratch(self) -> Scratch:
+        """The render's scratch pad (one per template render, as consul-template's)."""
+        return self._scratch
+
+    # files on the node (Nomad: inside the task directory unless the client's template
+    # { disable_file_sandbox = true })
+    def _path(self, path: str, fn: str) -> str:
+        full = os.path.join(self.task_dir, path) if self.task_dir else path
+        if self.file_sandbox and self.task_dir:
+            real, root = os.path.realpath(full), os.path.realpath(self.task_dir)
+            if real != root and not real.startswith(root.rstrip("/") + "/"):
+                raise FuncError(f"{fn}: '{path}' is outside of sandbox (the task directory; the agent's "
+                                "client { template { disable_file_sandbox = true } } lifts it)")
+        return full
+
+    def file(self, path: Any) -> str:
+        """The file's content; a file that does not exist yet is waited for, and a change renders again."""
+        path = _str(path, "file")
+        if not path:
+            return ""
+        full = self._path(path, "file")
+        d = self._use("file", full)
+        try:
+            with open(full, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            self.missing.add(d)
+            return ""
+        except OSError as e:
+            raise FuncError(f"file: {path}: {e.strerror or e}") from None
+
+    def writeToFile(self, path: Any, user: Any, group: Any, perms: Any, *args: Any) -> str:
+        """consul-template's writeToFile: path, user, group, perms[, flags "append"/"newline"], content."""
+        path, user, group, perms = (_str(path, "writeToFile"), _str(user, "writeToFile"), _str(group, "writeToFile"),
+                                    _str(perms, "writeToFile"))
+        if len(args) not in (1, 2):
+            raise FuncError("writeToFile: expected <path> <user> <group> <perms> [<flags>] <content>")
+        content = _str(args[-1], "writeToFile")
+        flags = _str(args[0], "writeToFile") if len(args) == 2 else ""
+        try:
+            mode = int(perms, 8)
+        except ValueError:
+            raise FuncError(f"writeToFile: perms {gofmt.go_quote(perms)} is not an octal mode like \"0644\"") from None
+        full = self._path(path, "writeToFile")
+        if "newline" in flags:
+            content += "\n"
+        try:
+            os.makedirs(os.path.dirname(full) or ".", exist_ok=True)
+            with open(full, "a" if "append" in flags else "w", encoding="utf-8") as f:
+                f.write(content)
+            os.chmod(full, mode)
+            if user or group:
+                import shutil
+                if user and group:
+                    shutil.chown(full, user, group)
+                elif user:
+                    shutil.chown(full, user=user)
+                else:
+                    shutil.chown(full, group=group)
+        except (OSError, LookupError) as e:
+            raise FuncError(f"writeToFile: {path}: {getattr(e, 'strerror', None) or e}") from None
+        return ""
+
 
 DATA_FUNCS = ("env", "envOrDefault", "mustEnv", "key", "keyExists", "keyOrDefault", "ls", "safeLs", "tree",
-              "safeTree", "service", "services", "nomadService", "nomadServices", "nomadVar", "nomadVarExists",
-              "nomadVarList", "nomadVarListSafe")
+              "safeTree", "service", "connect", "services", "nomadService", "nomadServices", "nomadVar",
+              "nomadVarExists", "nomadVarList", "nomadVarListSafe", "file", "writeToFile", "scratch")
 _DATA_SPECS = {name: spec(getattr(Data, name)) for name in DATA_FUNCS}
 
 
@@ -511,6 +645,44 @@ def parse_float(s: Any) -> float:
         return float(s.replace("_", ""))
     except ValueError:
         raise FuncError(f"parseFloat: strconv.ParseFloat: parsing {gofmt.go_quote(s)}: invalid syntax") from None
+
+
+def _plain(v: Any) -> Any:
+    """A template value as plain data for the YAML/TOML encoders (dataclasses as their fields)."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v) if not f.name.startswith("_")}
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def to_yaml(v: Any) -> str:
+    """consul-template's toYAML: a map as YAML (keys sorted), without the final newline."""
+    if not isinstance(v, Mapping):
+        raise FuncError(f"toYAML: expected a map, got {type_name(v)}")
+    text: str = yaml.safe_dump(_plain(v), default_flow_style=False, sort_keys=True, allow_unicode=True)
+    return text.removesuffix("\n")
+
+
+def parse_yaml(s: Any) -> Any:
+    s = _str(s, "parseYAML")
+    try:
+        return yaml.safe_load(s)
+    except yaml.YAMLError as e:
+        raise FuncError(f"parseYAML: {e}") from None
+
+
+def to_toml(v: Any) -> str:
+    """consul-template's toTOML: a map as TOML, without the final newline."""
+    if not isinstance(v, Mapping):
+        raise FuncError(f"toTOML: expected a map, got {type_name(v)}")
+    try:
+        text = tomli_w.dumps(_plain(v))
+    except (TypeError, ValueError) as e:
+        raise FuncError(f"toTOML: {e}") from None
+    return text.removesuffix("\n")
 
 
 def parse_json(s: Any) -> Any:
@@ -922,6 +1094,9 @@ HELPERS: dict[str, FuncSpec] = _pure({
     "parseFloat": parse_float,
     "parseInt": parse_int,
     "parseJSON": parse_json,
+    "parseYAML": parse_yaml,
+    "toYAML": to_yaml,
+    "toTOML": to_toml,
     "parseUint": parse_uint,
     "regexMatch": regex_match,
     "regexReplaceAll": regex_replace_all,
@@ -953,4 +1128,4 @@ HELPERS: dict[str, FuncSpec] = _pure({
 # every function name a template may use (parsing checks names against it)
 ALL_NAMES: frozenset[str] = frozenset(HELPERS) | frozenset(DATA_FUNCS)
 
-__all__ = ["ALL_NAMES", "DATA_FUNCS", "HELPERS", "Data", "ServiceTags", "data_funcs", "go_time_format"]
+__all__ = ["ALL_NAMES", "DATA_FUNCS", "HELPERS", "Data", "Scratch", "ServiceTags", "data_funcs", "go_time_format"]

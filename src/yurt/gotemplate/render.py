@@ -9,6 +9,7 @@ from typing import Any
 
 from . import library
 from .exec import BUILTINS, FuncSpec, Template, spec
+from .gofmt import FuncError
 from .parse import TemplateError
 from .parse import parse as parse_tree
 from .source import Dependency, Source
@@ -41,13 +42,27 @@ def parse(text: str, *, name: str = "template", left_delim: str = "{{", right_de
 
 
 def render(text: str, source: Source, *, name: str = "template", left_delim: str = "{{", right_delim: str = "}}",
-           missing_key_error: bool = False, namespace: str = "") -> Rendered:
-    """Render a Nomad template: consul-template's functions over ``source``; dot is nil, as in Nomad."""
+           missing_key_error: bool = False, namespace: str = "", task_dir: str = "", file_sandbox: bool = False,
+           denied: frozenset[str] = frozenset()) -> Rendered:
+    """Render a Nomad template: consul-template's functions over ``source``; dot is nil, as in Nomad.
+
+    ``file``/``writeToFile`` paths are relative to ``task_dir`` (and kept inside it with
+    ``file_sandbox``); a function in ``denied`` fails when called (the client's function_denylist)."""
     tmpl = parse(text, name=name, left_delim=left_delim, right_delim=right_delim)
-    data = library.Data(source, namespace)
+    data = library.Data(source, namespace, task_dir=task_dir, file_sandbox=file_sandbox)
     funcs = {**_CONSUL_FUNCS, **library.data_funcs(data)}
+    for fn in denied:
+        if fn in funcs:
+            funcs[fn] = FuncSpec(_denied(fn), 0, None)
     out = tmpl.execute(None, funcs, missing_key_error=missing_key_error)
     return Rendered(out, frozenset(data.deps), frozenset(data.missing))
+
+
+def _denied(fn: str) -> Any:
+    def call(*_: Any) -> Any:
+        raise FuncError(f"function {fn!r} is disabled: the agent's client {{ template {{ function_denylist }} }} "
+                        "lists it")
+    return call
 
 
 def execute(text: str, data: Any = None, *, name: str = "template", funcs: Mapping[str, Any] | None = None,

@@ -14,8 +14,9 @@ from typing import NamedTuple, Protocol
 
 
 class Dependency(NamedTuple):
-    """One thing a render read: ``kind`` is kv, kv_list, service, catalog_services, nomad_service,
-    nomad_services, nomad_var, nomad_var_list or env; ``arg`` the key, prefix, query or name."""
+    """One thing a render read: ``kind`` is kv, kv_list, service, connect, catalog_services, nomad_service,
+    nomad_services, nomad_var, nomad_var_list, file (an absolute path) or env; ``arg`` the key, prefix,
+    query or name."""
 
     kind: str
     arg: str
@@ -211,6 +212,7 @@ class Source(Protocol):
 
     Over Yurt's agent these are its Consul- and Nomad-shaped reads: ``key`` GET /v1/kv/<path>,
     ``ls`` GET /v1/kv/<prefix>?recurse, ``services`` GET /v1/health/service/<name>(?passing&tag=),
+    ``connect_services`` GET /v1/health/connect/<name>,
     ``catalog_services`` GET /v1/catalog/services, ``nomad_services`` GET /v1/service/<name>,
     ``nomad_service_list`` GET /v1/services, ``nomad_var`` GET /v1/var/<path>, ``nomad_var_list``
     GET /v1/vars?prefix=; ``env`` is the task's environment. Each render calls each at most once
@@ -228,6 +230,9 @@ class Source(Protocol):
 
     def services(self, name: str, tag: str, healthy_only: bool) -> Sequence[HealthService]:
         """The catalog's instances of ``name`` (with ``tag`` if not empty), only the passing ones if asked."""
+
+    def connect_services(self, name: str, tag: str, healthy_only: bool) -> Sequence[HealthService]:
+        """The Connect-capable instances of ``name`` (its sidecars' and native instances' addresses)."""
 
     def catalog_services(self) -> Sequence[CatalogSnippet]:
         """Every service name in the catalog with its tags."""
@@ -252,6 +257,7 @@ class MemorySource:
     environ: dict[str, str] = field(default_factory=dict)
     kv: dict[str, str] = field(default_factory=dict)
     health: list[HealthService] = field(default_factory=list)
+    mesh: list[HealthService] = field(default_factory=list)   # what connect_services answers
     nomad: list[NomadService] = field(default_factory=list)
     variables: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -266,6 +272,10 @@ class MemorySource:
 
     def services(self, name: str, tag: str, healthy_only: bool) -> Sequence[HealthService]:
         return [s for s in self.health if s.Name == name and (not tag or tag in s.Tags)
+                and (not healthy_only or s.Status == "passing")]
+
+    def connect_services(self, name: str, tag: str, healthy_only: bool) -> Sequence[HealthService]:
+        return [s for s in self.mesh if s.Name == name and (not tag or tag in s.Tags)
                 and (not healthy_only or s.Status == "passing")]
 
     def catalog_services(self) -> Sequence[CatalogSnippet]:
