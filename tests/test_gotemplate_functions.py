@@ -8,7 +8,8 @@ import pytest
 from yurt.agent.config import AgentConfig, load_file
 from yurt.client.template_settings import TemplateRetry, TemplateSettings
 from yurt.errors import ConfigError
-from yurt.gotemplate import Dependency, HealthService, MemorySource, TemplateError, render
+from yurt.gotemplate import (CARoot, CatalogNode, CatalogNodeInfo, CatalogNodeService, Dependency, HealthService, LeafCert,
+                             MemorySource, TemplateError, render)
 
 
 def test_file_reads_relative_to_the_task_dir_and_is_a_dependency(tmp_path):
@@ -105,6 +106,25 @@ def test_connect_lists_the_mesh_instances_of_a_service():
     assert Dependency("connect", "api") in out.deps
     with pytest.raises(TemplateError, match=r'health\.connect: invalid filter: "nope"'):
         render('{{ connect "api|nope" }}', src)
+
+
+def test_node_nodes_ca_roots_and_ca_leaf():
+    src = MemorySource(
+        catalog_nodes=[CatalogNode(CatalogNodeInfo("n1", "10.0.0.1", "id-1"),
+                                   [CatalogNodeService("web-1", "web", "10.0.0.1", 80, ["b", "a"])]),
+                       CatalogNode(CatalogNodeInfo("n0", "10.0.0.0", "id-0"))],
+        roots=[CARoot("r1", "old", "OLD"), CARoot("r2", "new", "NEW", Active=True)],
+        leaves={"web": LeafCert("web", "CERT", "KEY", ServiceURI="spiffe://x/svc/web")})
+    text = ('{{ with node }}{{ .Node.Node }}:{{ range .Services }}{{ .Service }}{{ .Tags }}{{ end }}{{ end }} '
+            '{{ (node "n0").Node.Address }} {{ with node "nope" }}x{{ else }}none{{ end }} {{ range nodes }}{{ .Node }},{{ end }} '
+            '{{ range caRoots }}{{ if .Active }}{{ .RootCertPEM }}{{ end }}{{ end }} '
+            '{{ with caLeaf "web" }}{{ .CertPEM }}/{{ .PrivateKeyPEM }}{{ end }}')
+    out = render(text, src)
+    assert out.text == "n1:web[a b] 10.0.0.0 none n0,n1, NEW CERT/KEY"
+    assert {Dependency("node", ""), Dependency("node", "n0"), Dependency("nodes", ""), Dependency("ca_roots", ""),
+            Dependency("ca_leaf", "web")} <= out.deps
+    with pytest.raises(TemplateError, match="caLeaf: db: no leaf for db"):
+        render('{{ caLeaf "db" }}', src)
 
 
 # -- the agent's client { template { } } block --------------------------------------------------

@@ -122,7 +122,7 @@ EOT
 
         (tmp_path / "go").write_text("")
         wait_for(lambda: "seed=two\n" in out.read_text(), 60, what="a restart with the file's new content")
-        assert task_state(c, alloc["ID"], "t")["Restarts"] >= 1
+        wait_for(lambda: task_state(c, alloc["ID"], "t")["Restarts"] >= 1, 30, what="the restart reported")
 
 
 def test_file_outside_the_task_directory_is_refused_naming_disable_file_sandbox(agent):
@@ -171,3 +171,29 @@ def test_an_agent_config_lifts_the_sandbox_and_the_denylist(tmp_path):
         assert written.read_text() == "w\n"
         assert oct(written.stat().st_mode & 0o777) == "0o600"
         c.delete("/v1/job/tplfn-lifted", params={"purge": "true"})
+
+
+def test_node_nodes_ca_roots_and_ca_leaf(agent, tmp_path):
+    out = tmp_path / "out.txt"
+    with agent.api() as c:
+        templates = """
+      template {
+        data        = <<EOT
+{{ with node }}node={{ .Node.Node }} {{ .Node.Address }}{{ end }}
+{{ range nodes }}nodes={{ .Node }}
+{{ end }}{{ range caRoots }}{{ if .Active }}root={{ .RootCertPEM | trimSpace | printf "%.27s" }}{{ end }}{{ end }}
+{{ with caLeaf "tplfn-web" }}leaf={{ .Service }} {{ .ServiceURI }} {{ .CertPEM | printf "%.27s" }} {{ .PrivateKeyPEM | printf "%.10s" }}{{ end }}
+EOT
+        destination = "local/n.conf"
+      }"""
+        task = sh_task("t", f"cp $NOMAD_TASK_DIR/n.conf {out}; sleep 3600", templates)
+        task = task.replace('      driver = "raw_exec"', '      driver = "raw_exec"\n      service {\n'
+                            '        name = "tplfn-web"\n        port = "8080"\n        address_mode = "host"\n      }', 1)
+        register(c, job("tplfn-node", task))
+        alloc = wait_for(lambda: allocs(c, "tplfn-node"), 30, what="an allocation")[0]
+        text = wait_for(lambda: out.exists() and out.read_text(), 60, what="the rendered template")
+        node = c.get(f"/v1/node/{alloc['NodeID']}").json()
+        assert f"node={node['Name']} " in text, text
+        assert f"nodes={node['Name']}\n" in text
+        assert "root=-----BEGIN CERTIFICATE-----\n" in text
+        assert "leaf=tplfn-web spiffe://" in text and "/svc/tplfn-web -----BEGIN CERTIFICATE----- -----BEGIN" in text

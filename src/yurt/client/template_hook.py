@@ -42,7 +42,8 @@ import httpx
 
 from yurt.api.client import YurtClient
 from yurt.errors import NotFound, Unavailable, Unreachable, YurtError
-from yurt.gotemplate import (CatalogSnippet, Dependency, HealthCheck, HealthService, KeyPair, NomadService,
+from yurt.gotemplate import (CARoot, CatalogNode, CatalogNodeInfo, CatalogNodeService, CatalogSnippet, Dependency,
+                             HealthCheck, HealthService, KeyPair, LeafCert, NomadService,
                              NomadServicesSnippet, NomadVariable, NomadVarMeta, Rendered, ServiceTags, TemplateError,
                              render)
 from yurt.structs import Task, Template
@@ -85,8 +86,9 @@ class AgentSource:
     """
 
     def __init__(self, api: YurtClient, env: dict[str, str], vars_api: YurtClient | None = None,
-                 namespace: str = "default") -> None:
+                 namespace: str = "default", node_name: str = "") -> None:
         self.api = api
+        self.node_name = node_name
         self.vars_api = vars_api or api
         self.environ = env
         self.namespace = namespace
@@ -156,6 +158,33 @@ class AgentSource:
         body, _ = self.api.get("/v1/catalog/services")
         return [CatalogSnippet(n, ServiceTags(t or [])) for n, t in sorted((body or {}).items())]
 
+    def node(self, name: str) -> CatalogNode | None:
+        body, _ = self.api.get(f"/v1/catalog/node/{quote(name or self.node_name, safe='')}")
+        if not body:
+            return None
+        return CatalogNode(_node_info(body.get("Node") or {}), [
+            CatalogNodeService(ID=s.get("ID", ""), Service=s.get("Service", ""), Address=s.get("Address", ""),
+                               Port=int(s.get("Port") or 0), Tags=ServiceTags(s.get("Tags") or []),
+                               Meta=s.get("Meta") or {})
+            for s in sorted((body.get("Services") or {}).values(), key=lambda s: s.get("Service", ""))])
+
+    def nodes(self) -> Sequence[CatalogNodeInfo]:
+        body, _ = self.api.get("/v1/catalog/nodes")
+        return [_node_info(n) for n in body or []]
+
+    def ca_roots(self) -> Sequence[CARoot]:
+        body, _ = self.api.get("/v1/agent/connect/ca/roots")
+        return [CARoot(ID=r.get("ID", ""), Name=r.get("Name", ""), RootCertPEM=r.get("RootCert", ""),
+                       Active=bool(r.get("Active"))) for r in (body or {}).get("Roots") or []]
+
+    def ca_leaf(self, service: str) -> LeafCert:
+        body, _ = self.vars_api.get(f"/v1/agent/connect/ca/leaf/{quote(service, safe='')}")
+        body = body or {}
+        return LeafCert(Service=body.get("Service", service), CertPEM=body.get("CertPEM", ""),
+                        PrivateKeyPEM=body.get("PrivateKeyPEM", ""), SerialNumber=body.get("SerialNumber", ""),
+                        ServiceURI=body.get("ServiceURI", ""), ValidAfter=str(body.get("ValidAfter", "")),
+                        ValidBefore=str(body.get("ValidBefore", "")))
+
     # Nomad's native services: Yurt has one catalog, so they are its services
     def nomad_services(self, name: str, tag: str, namespace: str) -> Sequence[NomadService]:
         return [NomadService(Name=s.Name, Address=s.Address, Port=s.Port, ID=s.ID, Node=s.NodeID,
@@ -181,6 +210,12 @@ class AgentSource:
         return [NomadVarMeta(v.get("Namespace", ""), v.get("Path", ""), v.get("CreateIndex", 0),
                              v.get("ModifyIndex", 0), v.get("CreateTime", 0), v.get("ModifyTime", 0))
                 for v in body or []]
+
+
+def _node_info(n: dict[str, Any]) -> CatalogNodeInfo:
+    return CatalogNodeInfo(Node=n.get("Node", ""), Address=n.get("Address", ""), ID=n.get("ID", ""),
+                           Datacenter=n.get("Datacenter", ""), TaggedAddresses=n.get("TaggedAddresses") or {},
+                           Meta=n.get("Meta") or {})
 
 
 def _decode(value: str | None) -> str:
@@ -231,6 +266,7 @@ class TemplateHook(TaskHook):
         self._vars_api: YurtClient | None = None   # with the task's workload identity
         self._deps: frozenset[Dependency] = frozenset()   # what the last render read
         self._namespace = "default"
+        self._node_name = ""
         self._lock = threading.RLock()   # a restart's prestart and the watcher render one at a time
 
     # --- the hook ----------------------------------------------------------------------------
@@ -307,7 +343,8 @@ class TemplateHook(TaskHook):
             vars_api = self._vars_api
         namespace = (ctx.alloc.job.namespace if ctx.alloc.job else "") or "default"
         self._namespace = namespace
-        return AgentSource(self.api, ctx.task_env(), vars_api, namespace)
+        self._node_name = ctx.node.name if ctx.node else ""
+        return AgentSource(self.api, ctx.task_env(), vars_api, namespace, node_name=ctx.node.name if ctx.node else "")
 
     def _render_all(self, ctx: TaskHookContext) -> tuple[dict[int, str], list[str]]:
         """Every template's text, and what is missing (empty: all rendered). Raises TaskHookError."""
@@ -472,6 +509,14 @@ class TemplateHook(TaskHook):
                 out[(path, name)] = (f"/v1/health/{path}/{quote(name)}", {}, False)
             elif kind in ("catalog_services", "nomad_services"):
                 out[("catalog", "")] = ("/v1/catalog/services", {}, False)
+            elif kind == "node":
+                out[("node", arg)] = (f"/v1/catalog/node/{quote(arg or self._node_name, safe='')}", {}, False)
+            elif kind == "nodes":
+                out[("nodes", "")] = ("/v1/catalog/nodes", {}, False)
+            elif kind == "ca_roots":
+                out[("ca_roots", "")] = ("/v1/agent/connect/ca/roots", {}, False)
+            elif kind == "ca_leaf":
+                out[("ca_leaf", arg)] = (f"/v1/agent/connect/ca/leaf/{quote(arg, safe='')}", {}, True)
             elif kind in ("nomad_var", "nomad_var_list"):
                 path, _, ns = arg.partition("@")
                 params = {"namespace": ns.split(".")[0] or self._namespace}

@@ -1,6 +1,7 @@
 """Go's text/template with consul-template's functions: the engine of Nomad's ``template`` block.
 
-Pure Python, standard library only; of yurt it imports only ``yurt.errors``.
+Pure Python, the standard library and PyYAML/tomli-w (``toYAML``/``parseYAML``/``toTOML``); of yurt it
+imports only ``yurt.errors``.
 
 What is supported (Go's semantics, Go's output, Go's error messages):
 
@@ -14,13 +15,15 @@ What is supported (Go's semantics, Go's output, Go's error messages):
 * the built-ins ``and or not len index slice eq ne lt le gt ge print printf println html js
   urlquery call``; ``printf`` with Go's verbs, flags, widths and precisions;
 * consul-template's library: the data functions ``env key keyOrDefault keyExists ls safeLs tree
-  safeTree service services nomadService nomadServices nomadVar nomadVarExists nomadVarList``,
+  safeTree service connect services node nodes caRoots caLeaf nomadService nomadServices nomadVar
+  nomadVarExists nomadVarList file writeToFile scratch``,
   read from a ``Source`` (``service`` takes ``tag.name`` and ``name|any``/``|passing,warning``
-  filters, healthy only by default), and the helpers (``toJSON parseJSON split join replaceAll
+  filters, healthy only by default), and the helpers (``toJSON parseJSON toYAML parseYAML toTOML split join replaceAll
   regexReplaceAll byKey byTag byMeta explode indent loop add ... sprig_*``; see ``library.HELPERS``;
   ``executeTemplate`` is a built-in of the executor).
-  Not supported: Vault (``secret``), ``plugin``, ``sockaddr``, ``file``, ``writeToFile``,
-  ``scratch``, YAML/TOML, Consul's ``node``/``nodes``/``connect``/``caLeaf``.
+  ``file``/``writeToFile`` use the node's files directly (``render(task_dir=, file_sandbox=)``);
+  ``render(denied=)`` makes functions fail when called (Nomad's ``function_denylist``).
+  Not supported: Vault (``secret``), ``plugin``, ``sockaddr``.
 
 Where it differs from Go (knowingly): regular expressions are Python's ``re`` (RE2's syntax is
 nearly a subset; no linear-time guarantee); ``service``'s ``@dc`` and ``~near`` are accepted and
@@ -43,7 +46,8 @@ from .exec import BUILTINS, FuncSpec, Template
 from .gofmt import NO_VALUE, FuncError
 from .parse import TemplateError
 from .render import Rendered, execute, parse, render
-from .source import (CatalogSnippet, Dependency, HealthCheck, HealthService, KeyPair, MemorySource, NomadService,
+from .source import (CARoot, CatalogNode, CatalogNodeInfo, CatalogNodeService, CatalogSnippet, Dependency, HealthCheck,
+                     HealthService, KeyPair, LeafCert, MemorySource, NomadService,
                      NomadServicesSnippet, NomadVariable, NomadVarItem, NomadVarItems, NomadVarMeta, ServiceTags,
                      Source)
 
@@ -51,5 +55,5 @@ __all__ = [
     "render", "Rendered", "parse", "execute", "Template", "TemplateError", "FuncError", "FuncSpec", "BUILTINS",
     "NO_VALUE", "Source", "MemorySource", "Dependency", "KeyPair", "HealthService", "HealthCheck", "CatalogSnippet",
     "NomadService", "NomadServicesSnippet", "NomadVariable", "NomadVarItem", "NomadVarItems", "NomadVarMeta",
-    "ServiceTags",
+    "ServiceTags", "CARoot", "CatalogNode", "CatalogNodeInfo", "CatalogNodeService", "LeafCert",
 ]

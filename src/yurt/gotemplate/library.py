@@ -24,7 +24,10 @@ import yaml
 from . import gofmt
 from .exec import FuncSpec, spec, truth
 from .gofmt import NO_VALUE, FuncError, type_name, value_string
-from .source import (CatalogSnippet, Dependency, HealthService, KeyPair, NomadService, NomadServicesSnippet,
+from yurt.errors import YurtError
+
+from .source import (CARoot, CatalogNode, CatalogNodeInfo, CatalogSnippet, Dependency, HealthService, KeyPair, LeafCert,
+                     NomadService, NomadServicesSnippet,
                      NomadVarItems, NomadVarMeta, ServiceTags, Source)
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +272,33 @@ class Data:
             found = [s for s in found if s.Status in filters]
         return sorted(found, key=lambda s: (s.Node, s.ID))
 
+    def node(self, *args: Any) -> CatalogNode | None:
+        """A node (none named: the local one) and its services; nil when there is no such node."""
+        name = "".join(_str(a, "node") for a in args).split("@")[0]
+        self._use("node", name)
+        found: CatalogNode | None = self._ask("node", name)
+        return found
+
+    def nodes(self, *args: Any) -> list[CatalogNodeInfo]:
+        query = "".join(_str(a, "nodes") for a in args)
+        self._use("nodes", query)
+        return sorted(self._ask("nodes"), key=lambda n: n.Node)
+
+    def caRoots(self) -> list[CARoot]:
+        self._use("ca_roots", "")
+        return list(self._ask("ca_roots"))
+
+    def caLeaf(self, service: Any) -> LeafCert:
+        service = _str(service, "caLeaf")
+        self._use("ca_leaf", service)
+        try:
+            leaf: LeafCert = self._ask("ca_leaf", service)
+        except YurtError as e:
+            if e.status in (401, 403, 404):
+                raise FuncError(f"caLeaf: {service}: {e}") from None
+            raise
+        return leaf
+
     def services(self, *args: Any) -> list[CatalogSnippet]:
         query = "".join(_str(a, "services") for a in args)
         self._use("catalog_services", query)
@@ -408,7 +438,8 @@ class Data:
 
 DATA_FUNCS = ("env", "envOrDefault", "mustEnv", "key", "keyExists", "keyOrDefault", "ls", "safeLs", "tree",
               "safeTree", "service", "connect", "services", "nomadService", "nomadServices", "nomadVar",
-              "nomadVarExists", "nomadVarList", "nomadVarListSafe", "file", "writeToFile", "scratch")
+              "nomadVarExists", "nomadVarList", "nomadVarListSafe", "file", "writeToFile", "scratch", "node", "nodes",
+              "caRoots", "caLeaf")
 _DATA_SPECS = {name: spec(getattr(Data, name)) for name in DATA_FUNCS}
 
 

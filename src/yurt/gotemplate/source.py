@@ -95,6 +95,64 @@ class CatalogSnippet:
 
 
 @dataclass
+class CatalogNodeInfo:
+    """A Consul node, as ``nodes`` lists them and ``(node).Node`` is."""
+
+    Node: str
+    Address: str = ""
+    ID: str = ""
+    Datacenter: str = ""
+    TaggedAddresses: dict[str, str] = field(default_factory=dict)
+    Meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CatalogNodeService:
+    """A service on a node, as ``(node).Services`` lists them."""
+
+    ID: str
+    Service: str
+    Address: str = ""
+    Port: int = 0
+    Tags: ServiceTags = field(default_factory=ServiceTags)
+    Meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.Tags = ServiceTags(sorted(self.Tags))
+
+
+@dataclass
+class CatalogNode:
+    """What ``node`` returns: the node and its services."""
+
+    Node: CatalogNodeInfo
+    Services: list[CatalogNodeService] = field(default_factory=list)
+
+
+@dataclass
+class CARoot:
+    """A Connect CA root, as ``caRoots`` lists them (``RootCertPEM``: its certificate)."""
+
+    ID: str
+    Name: str
+    RootCertPEM: str
+    Active: bool = False
+
+
+@dataclass
+class LeafCert:
+    """A Connect leaf certificate, as ``caLeaf`` returns it."""
+
+    Service: str
+    CertPEM: str
+    PrivateKeyPEM: str
+    SerialNumber: str = ""
+    ServiceURI: str = ""
+    ValidAfter: str = ""
+    ValidBefore: str = ""
+
+
+@dataclass
 class NomadService:
     """A Nomad service registration, as ``nomadService`` returns it."""
 
@@ -237,6 +295,18 @@ class Source(Protocol):
     def catalog_services(self) -> Sequence[CatalogSnippet]:
         """Every service name in the catalog with its tags."""
 
+    def node(self, name: str) -> CatalogNode | None:
+        """A node (``name`` empty: the local one) and its services; None if there is no such node."""
+
+    def nodes(self) -> Sequence[CatalogNodeInfo]:
+        """Every node of the catalog."""
+
+    def ca_roots(self) -> Sequence[CARoot]:
+        """The Connect CA's roots."""
+
+    def ca_leaf(self, service: str) -> LeafCert:
+        """A leaf certificate for ``service`` (what the task's workload identity may get)."""
+
     def nomad_services(self, name: str, tag: str, namespace: str) -> Sequence[NomadService]:
         """Nomad's registrations of ``name`` (``namespace`` empty: the task's own)."""
 
@@ -260,6 +330,9 @@ class MemorySource:
     mesh: list[HealthService] = field(default_factory=list)   # what connect_services answers
     nomad: list[NomadService] = field(default_factory=list)
     variables: dict[str, dict[str, str]] = field(default_factory=dict)
+    catalog_nodes: list[CatalogNode] = field(default_factory=list)   # the first is the local node
+    roots: list[CARoot] = field(default_factory=list)
+    leaves: dict[str, LeafCert] = field(default_factory=dict)
 
     def env(self, name: str) -> str | None:
         return self.environ.get(name)
@@ -304,3 +377,20 @@ class MemorySource:
 
     def nomad_var_list(self, prefix: str, namespace: str) -> Sequence[NomadVarMeta]:
         return [NomadVarMeta(namespace or "default", p) for p in sorted(self.variables) if p.startswith(prefix)]
+
+    def node(self, name: str) -> CatalogNode | None:
+        if not name:
+            return self.catalog_nodes[0] if self.catalog_nodes else None
+        return next((n for n in self.catalog_nodes if name in (n.Node.Node, n.Node.ID)), None)
+
+    def nodes(self) -> Sequence[CatalogNodeInfo]:
+        return [n.Node for n in self.catalog_nodes]
+
+    def ca_roots(self) -> Sequence[CARoot]:
+        return list(self.roots)
+
+    def ca_leaf(self, service: str) -> LeafCert:
+        from yurt.errors import PermissionDenied
+        if service not in self.leaves:
+            raise PermissionDenied(f"no leaf for {service}")
+        return self.leaves[service]
