@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+
 import pytest
 
 from yurt.agent.config import AgentConfig, load_file
@@ -58,6 +61,16 @@ def test_write_to_file_writes_appends_and_sets_the_mode(tmp_path):
     assert written.stat().st_mode & 0o777 == 0o640
     with pytest.raises(TemplateError, match="writeToFile: '/tmp/x' is outside of sandbox"):
         render('{{ "x" | writeToFile "/tmp/x" "" "" "0644" }}', src, task_dir=str(tmp_path), file_sandbox=True)
+    (tmp_path / "local" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(TemplateError, match='writeToFile: refusing to write to symlink "local/link"'):
+        render('{{ "x" | writeToFile "local/link" "" "" "0644" }}', src, task_dir=str(tmp_path))
+    assert not (tmp_path / "elsewhere").exists()
+    render('{{ "o" | writeToFile "local/own" "nobody" "0" "0644" }}', src, task_dir=str(tmp_path))
+    st = (tmp_path / "local" / "own").stat()
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (pwd.getpwnam("nobody").pw_uid, 0)
+    with pytest.raises(TemplateError, match="writeToFile: local/z: unknown user 'no-such-user-x'"):
+        render('{{ "x" | writeToFile "local/z" "no-such-user-x" "" "0644" }}', src, task_dir=str(tmp_path))
     with pytest.raises(TemplateError, match='perms "rw" is not an octal mode'):
         render('{{ "x" | writeToFile "local/y" "" "" "rw" }}', src, task_dir=str(tmp_path))
 
@@ -91,6 +104,7 @@ def test_yaml_and_toml():
         's = "v"\n\n[t]\nk = true'
     with pytest.raises(TemplateError, match="toYAML: expected a map"):
         render('{{ "x" | toYAML }}', src)
+    assert render('{{ parseYAML "" | len }}', src).text == "0"
     with pytest.raises(TemplateError, match="parseYAML: "):
         render('{{ parseYAML "a: [" }}', src)
 

@@ -67,6 +67,20 @@ _NOMAD_SERVICE_RE = re.compile(r"\A(?:(?P<tag>[\w=:.\-]+)\.)?(?P<name>[\w\-]+)(?
 _HEALTH_FILTERS = ("any", "passing", "warning", "critical", "maintenance")
 
 
+def _owner(name: str, kind: str) -> int:
+    """A user or group name (or number) as its ID; -1 (unchanged) when empty."""
+    if not name:
+        return -1
+    import grp
+    import pwd
+    try:
+        return pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise LookupError(f"unknown {kind} {name!r}") from None
+
+
 class Scratch:
     """consul-template's ``scratch``: a render's key/value pad (``.Set``/``.Get``/``.MapSet``...)."""
 
@@ -389,7 +403,7 @@ class Data:
 
     def file(self, path: Any) -> str:
         """The file's content; a file that does not exist yet is waited for, and a change renders again."""
-        path = _str(path, "file")
+        path = _str(path, "file").strip()
         if not path:
             return ""
         full = self._path(path, "file")
@@ -418,19 +432,22 @@ class Data:
         full = self._path(path, "writeToFile")
         if "newline" in flags:
             content += "\n"
+        full = os.path.normpath(full)
+        parent = os.path.dirname(full) or "."
         try:
-            os.makedirs(os.path.dirname(full) or ".", exist_ok=True)
-            with open(full, "a" if "append" in flags else "w", encoding="utf-8") as f:
+            os.makedirs(parent, exist_ok=True)
+            if os.path.islink(parent):   # as consul-template: no writes through symlinks
+                raise FuncError("writeToFile: refusing to write through symlinked directory in path "
+                                f"{gofmt.go_quote(path)}")
+            if os.path.islink(full):
+                raise FuncError(f"writeToFile: refusing to write to symlink {gofmt.go_quote(path)}")
+            how = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if "append" in flags else os.O_TRUNC)
+            fd = os.open(full, how, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(content)
             os.chmod(full, mode)
             if user or group:
-                import shutil
-                if user and group:
-                    shutil.chown(full, user, group)
-                elif user:
-                    shutil.chown(full, user=user)
-                else:
-                    shutil.chown(full, group=group)
+                os.chown(full, _owner(user, "user"), _owner(group, "group"))
         except (OSError, LookupError) as e:
             raise FuncError(f"writeToFile: {path}: {getattr(e, 'strerror', None) or e}") from None
         return ""
@@ -694,11 +711,13 @@ def to_yaml(v: Any) -> str:
     if not isinstance(v, Mapping):
         raise FuncError(f"toYAML: expected a map, got {type_name(v)}")
     text: str = yaml.safe_dump(_plain(v), default_flow_style=False, sort_keys=True, allow_unicode=True)
-    return text.removesuffix("\n")
+    return text.strip()
 
 
 def parse_yaml(s: Any) -> Any:
     s = _str(s, "parseYAML")
+    if not s:
+        return {}
     try:
         return yaml.safe_load(s)
     except yaml.YAMLError as e:
@@ -713,7 +732,7 @@ def to_toml(v: Any) -> str:
         text = tomli_w.dumps(_plain(v))
     except (TypeError, ValueError) as e:
         raise FuncError(f"toTOML: {e}") from None
-    return text.removesuffix("\n")
+    return text.strip()
 
 
 def parse_json(s: Any) -> Any:
