@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
-import shutil
 import subprocess
 import tarfile
 import threading
@@ -231,7 +230,6 @@ def test_file_source_outside_the_alloc_dir_only_for_raw_exec(tmp_path):
     assert "outside the allocation directory" in msg
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_git_source_from_a_local_bare_repo(tmp_path):
     work, bare = tmp_path / "work", tmp_path / "repo.git"
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",

@@ -464,3 +464,12 @@ def test_a_jobs_sidecar_protocol_makes_its_service_http(agent, api, tmp_path):
     assert api.get("/v1/agent/connect/chain/job-declared").json()["Protocol"] == "http"
     assert put(api, {"Kind": "service-intentions", "Name": "job-declared", "Sources": [
         {"Name": "web", "Permissions": [{"Action": "allow", "HTTP": {"Methods": ["GET"]}}]}]}).json() is True
+
+
+def test_config_write_names_the_line_of_an_hcl_syntax_error(tmp_path):
+    from tests.conftest import run_yurt
+    bad = tmp_path / "defaults.hcl"
+    bad.write_text('Kind = "service-defaults"\nName =\n')
+    res = run_yurt("config", "write", str(bad), env={"YURT_ADDR": "http://127.0.0.1:9"})
+    assert res.returncode == 1
+    assert res.stderr.strip() == f'Error: {bad}:2:7: invalid HCL: unexpected line break; "Name =" needs a value after "="'

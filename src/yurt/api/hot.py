@@ -53,13 +53,15 @@ class HotRoutes:
             method = scope["method"]
             if method == "GET":
                 m = _ALLOCS.fullmatch(scope["path"])
-                if m is not None and await self._answer(scope, receive, send, m.group(1),
-                                                        "/v1/node/{node_id}/allocations", node_allocs):
+                if m is not None and await self._answer(
+                        scope, receive, send, m.group(1), "/v1/node/{node_id}/allocations",
+                        lambda request, server, node_id: node_allocs(request, server.reads, node_id)):
                     return
             elif method == "PUT":
                 m = _HEARTBEAT.fullmatch(scope["path"])
-                if m is not None and await self._answer(scope, receive, send, m.group(1),
-                                                        "/v1/internal/node/{node_id}/heartbeat", heartbeat):
+                if m is not None and await self._answer(
+                        scope, receive, send, m.group(1), "/v1/internal/node/{node_id}/heartbeat",
+                        lambda request, server, node_id: heartbeat(request, node_id)):
                     return
         await self.app(scope, receive, send)
 
@@ -72,10 +74,7 @@ class HotRoutes:
         request = Request(scope, receive)
         try:
             await authz.authorize(request)
-            if handler is node_allocs:
-                response = await node_allocs(request, server.reads, node_id)
-            else:
-                response = await heartbeat(request, node_id)
+            response = await handler(request, server, node_id)
         except YurtError as e:
             response = error_response(request, e.status, e.message)
         await response(scope, receive, send)

@@ -46,10 +46,15 @@ def read_entry(path: str) -> dict[str, Any]:
             fail(f"{path}: invalid JSON: {e}")
     else:
         import hcl2
+
+        from yurt.jobspec import JobspecError, check_hcl_syntax
         try:
+            check_hcl_syntax(text, path)   # the line, the column and a hint, as for job files
             doc = _clean(hcl2.loads(text))
+        except JobspecError as e:
+            fail(str(e))
         except Exception as e:  # noqa: BLE001 - python-hcl2 raises lark's many error types
-            fail(f"{path}: invalid HCL: {e}")
+            fail(f"{path}: invalid HCL: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if not isinstance(doc, dict):
         fail(f'{path}: a config entry is an object with Kind and Name, like Kind = "service-defaults"')
     return doc

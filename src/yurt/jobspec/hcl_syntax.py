@@ -140,8 +140,18 @@ def _syntax_hint(text: str, line: int, col: int, tok: Token | None, expected: li
 
 def parse_body(text: str, file: str) -> Body:
     """Parse HCL2 text; a syntax error becomes a JobspecError at its line and column."""
+    return read_body(file, trees(parse_tree(text, file))[0])
+
+
+def check_syntax(text: str, file: str) -> None:
+    """Raise a JobspecError at the line and column of the first HCL syntax error in `text`, with
+    a hint at the fix (for HCL files other than job files: config entries, variables, namespaces)."""
+    parse_tree(text, file)
+
+
+def parse_tree(text: str, file: str) -> Tree:
     try:
-        tree = hcl2.parses_to_tree(text)
+        return hcl2.parses_to_tree(text)
     except UnexpectedToken as e:
         line = e.line if e.line > 0 else _last_line(text)
         col = max(e.column, 1)
@@ -162,7 +172,6 @@ def parse_body(text: str, file: str) -> Body:
     except UnexpectedInput as e:  # any other parse failure
         raise JobspecError.one(Position(file, getattr(e, "line", 1) or 1, getattr(e, "column", 1) or 1),
                                "invalid HCL") from None
-    return read_body(file, trees(tree)[0])
 
 
 def _last_line(text: str) -> int:
