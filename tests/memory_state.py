@@ -21,6 +21,7 @@ class MemoryState:
         self._by_job: dict[tuple[str, str], dict[str, Allocation]] = {}
         self._by_node: dict[str, dict[str, Allocation]] = {}
         self._deployments: dict[str, Deployment] = {}
+        self._used: dict[str, NodeUsed | None] = {}
         for n in nodes:
             self.upsert_node(n)
         for j in jobs:
@@ -33,11 +34,16 @@ class MemoryState:
         return self._jobs.get((namespace, job_id))
 
     def node_used(self, node_id: str) -> NodeUsed | None:
+        """Kept per node until an allocation on it is written, as the store keeps it (the
+        scheduler shares its view of a node while this object stays the same)."""
+        if node_id in self._used:
+            return self._used[node_id]
         used = NodeUsed()
         for a in self._by_node.get(node_id, {}).values():
             if not a.terminal():
                 used.add(a, 1)
-        return used if used.count else None
+        self._used[node_id] = answer = used if used.count else None
+        return answer
 
     def nodes(self) -> list[Node]:
         if self._node_list is None:
@@ -78,6 +84,9 @@ class MemoryState:
 
     def upsert_alloc(self, alloc: Allocation) -> None:
         old = self._allocs.get(alloc.id)
+        self._used.pop(alloc.node_id, None)
+        if old is not None:
+            self._used.pop(old.node_id, None)
         if old is not None and old.node_id != alloc.node_id:
             self._by_node.get(old.node_id, {}).pop(alloc.id, None)
         self._allocs[alloc.id] = alloc

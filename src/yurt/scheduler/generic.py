@@ -15,14 +15,14 @@ from typing import Any
 from yurt.structs import (AllocatedCpuResources, AllocatedMemoryResources, AllocatedResources,
                           AllocatedSharedResources, AllocatedTaskResources, AllocDeploymentStatus, Allocation,
                           AllocMetric, DesiredTransition, DesiredUpdates, Evaluation, Job, Node,
-                          Plan, PlanAnnotations, ReschedulePolicy)
+                          Plan, PlanAnnotations, ReschedulePolicy, copied)
 
 from . import reschedule
 from .ports import port_mappings
 from yurt.structs.times import rfc3339
 
 from .reconcile import Place, Reconciled, reconcile
-from .stack import Group, NodeUsage, Stack
+from .stack import Group, NodeUsage, Stack, base_usage
 from .state import SchedulerState
 from .util import ALLOC_RESCHEDULED, ALLOC_UPDATING, new_id
 
@@ -102,19 +102,21 @@ class _Scheduler:
         return job is not None and alloc.job_id == job.id and alloc.namespace == (job.namespace or "default")
 
     def usage_of(self, node: Node) -> NodeUsage:
-        """What `node` holds with this plan so far (only while placing: the stack exists)."""
+        """What `node` holds with this plan so far, the plan's own copy (only while placing: the
+        stack exists)."""
         assert self.stack is not None, "usage_of is called while placing"
         usage = self.stack.usage.get(node.id)
         if usage is None:
-            usage = self.stack.usage[node.id] = NodeUsage(node)
             used = self.state.node_used(node.id)
+            usage = self.stack.usage[node.id] = base_usage(node, used).private(
+                self.stack.job_key if self.job is not None else None)
             if used is not None:
-                job = self.job
-                usage.start_from(used, (job.namespace or "default", job.id) if job is not None else None)
-                held = dict(used.ports)
+                held: dict[int, int] | None = None
                 for stop in self.plan.node_update.get(node.id, ()):   # what this plan stops there
                     a = self.state.alloc(stop.id) if stop.id in self.stopped else None
                     if a is not None and a.node_id == node.id and not a.terminal():
+                        if held is None:
+                            held = dict(used.ports)
                         usage.add(a, self._mine(a), -1, held)
         return usage
 
@@ -141,7 +143,8 @@ class _Scheduler:
         return res
 
     def _place_all(self, job: Job, rec: Reconciled, allocs: list[Allocation]) -> None:
-        stack = self.stack = Stack(job, self.state.nodes(), self.rng)
+        stack = self.stack = Stack(job, self.state.nodes(), self.rng, node_used=self.state.node_used,
+                                   stops=self.plan.node_update)
         replaced = {p.previous.id for g in rec.groups for p in g.destructive if p.previous is not None}
         for a in allocs:
             if not a.terminal() and a.id not in self.stopped and a.id not in replaced:
@@ -206,8 +209,7 @@ class _Scheduler:
             return
         alloc = self._new_alloc(job, group, p, node, ports, metric)
         self.plan.node_allocation.setdefault(node.id, []).append(alloc)
-        usage = stack.usage[node.id]
-        usage.add(alloc, True)
+        self.usage_of(node).add(alloc, True)
         self.live.append((node, tg_name))
         group.count_placed(node, tg_name)
         if p.reschedule and prev is not None:
@@ -222,11 +224,10 @@ class _Scheduler:
         update: dict[str, Any] = {
             "id": new_id(self.rng), "name": p.name, "node_id": node.id, "node_name": node.name,
             "metrics": metric, "task_states": {},
-            "desired_transition": tmpl.desired_transition.model_copy(),
-            "allocated_resources": ar.model_copy(update={
+            "desired_transition": copied(tmpl.desired_transition, {}),
+            "allocated_resources": copied(ar, {
                 "tasks": dict(ar.tasks),
-                "shared": ar.shared.model_copy(update={
-                    "ports": port_mappings(ports) if ports else []})})}
+                "shared": copied(ar.shared, {"ports": port_mappings(ports) if ports else []})})}
         if group.deployment_id:
             update["deployment_id"] = group.deployment_id
             if p.canary:
@@ -237,7 +238,7 @@ class _Scheduler:
             if p.reschedule:
                 update["reschedule_tracker"] = reschedule.new_tracker(
                     prev, group.tg.reschedule_policy or ReschedulePolicy(), self.now)
-        return tmpl.model_copy(update=update)
+        return copied(tmpl, update)
 
     def _template(self, job: Job, group: Group) -> Allocation:
         """What every new allocation of the group shares; copied (shallowly) per placement."""

@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable
 from functools import lru_cache
 
-from yurt.structs import AllocatedPortMapping, Allocation, NetworkResource, Node
+from yurt.structs import AllocatedPortMapping, Allocation, NetworkResource, Node, built
 
 DEFAULT_HOST_IP = "127.0.0.1"
 DEFAULT_HOST_NETWORK = "default"
@@ -142,11 +142,8 @@ def _pick(lo: int, hi: int, used: set[int] | frozenset[int], taken: set[int], rn
     return rng.choice(free) if free else None
 
 
-_MAPPING = AllocatedPortMapping.model_construct(label="", value=0, to=0, host_ip="")
-
-
 def port_mappings(assigned: list[tuple[str, int, int, str]]) -> list[AllocatedPortMapping]:
-    return [_MAPPING.model_copy(update={"label": label, "value": value, "to": to, "host_ip": ip})
+    return [built(AllocatedPortMapping, {"label": label, "value": value, "to": to, "host_ip": ip})
             for label, value, to, ip in assigned]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from yurt.structs import Allocation, AllocMetric, Job, Node, NodeUsed, TaskGroup
 
@@ -27,10 +27,14 @@ MAX_SCORE_META = 5
 
 
 class NodeUsage:
-    """What a node holds once this plan is applied (so far)."""
+    """What a node holds once this plan is applied (so far).
+
+    A node no placement of this plan has touched is read from a shared usage (`base_usage`: the
+    store's model of the node, made once per node object and `NodeUsed` object, never changed);
+    the plan's own copy (`private`) is made when the plan places on the node or stops there."""
 
     __slots__ = ("cap_cpu", "cap_mem", "cap_disk", "cpu", "mem", "disk", "ports", "job_allocs",
-                 "tg_allocs")
+                 "tg_allocs", "used", "shared")
 
     def __init__(self, node: Node) -> None:
         nr, rr = node.node_resources, node.reserved_resources
@@ -40,6 +44,8 @@ class NodeUsage:
         self.cpu = self.mem = self.disk = self.job_allocs = 0
         self.ports: set[int] = set(reserved_ports(node))
         self.tg_allocs: dict[str, int] = {}
+        self.used: NodeUsed | None = None
+        self.shared = False
 
     def start_from(self, used: NodeUsed, job: tuple[str, str] | None) -> None:
         """What the store's model says the node's allocations hold; `job`'s counted as mine."""
@@ -49,9 +55,38 @@ class NodeUsage:
             self.job_allocs = used.jobs.get(job, 0)
             self.tg_allocs = dict(used.groups.get(job, {}))
 
+    def private(self, job: tuple[str, str] | None) -> NodeUsage:
+        """A copy of this shared usage for one plan to change, `job`'s allocations counted as mine."""
+        c = NodeUsage.__new__(NodeUsage)
+        c.cap_cpu, c.cap_mem, c.cap_disk = self.cap_cpu, self.cap_mem, self.cap_disk
+        c.cpu, c.mem, c.disk = self.cpu, self.mem, self.disk
+        c.ports = set(self.ports)
+        used = c.used = self.used
+        c.shared = False
+        if job is not None and used is not None:
+            c.job_allocs = used.jobs.get(job, 0)
+            c.tg_allocs = dict(used.groups.get(job, {}))
+        else:
+            c.job_allocs, c.tg_allocs = 0, {}
+        return c
+
+    def job_count(self, job: tuple[str, str]) -> int:
+        """Allocations of `job` on the node."""
+        if not self.shared:
+            return self.job_allocs
+        return self.used.jobs.get(job, 0) if self.used is not None else 0
+
+    def group_count(self, job: tuple[str, str], group: str) -> int:
+        """Allocations of `job`'s `group` on the node."""
+        if not self.shared:
+            return self.tg_allocs.get(group, 0)
+        groups = self.used.groups.get(job) if self.used is not None else None
+        return groups.get(group, 0) if groups else 0
+
     def add(self, alloc: Allocation, mine: bool, sign: int = 1, held: dict[int, int] | None = None) -> None:
         """Count `alloc` in or out; `held`: how many allocations hold each port, counted down as
         they are counted out (a port another allocation still holds stays taken)."""
+        assert not self.shared, "a shared usage is never changed"
         c, m, d = alloc_usage(alloc)
         self.cpu += sign * c
         self.mem += sign * m
@@ -68,6 +103,27 @@ class NodeUsage:
         if mine:
             self.job_allocs += sign
             self.tg_allocs[alloc.task_group] = self.tg_allocs.get(alloc.task_group, 0) + sign
+
+
+# node id -> (the node object, its NodeUsed object, their shared usage). Stored nodes and
+# NodeUsed objects are replaced, never changed, so the identity of both says it is current.
+_BASES: dict[str, tuple[Node, NodeUsed | None, NodeUsage]] = {}
+
+
+def base_usage(node: Node, used: NodeUsed | None) -> NodeUsage:
+    """What `node` holds by the store's model alone (no plan's changes), shared and read-only:
+    made once while neither the node nor its allocations change, not once per evaluation."""
+    hit = _BASES.get(node.id)
+    if hit is not None and hit[0] is node and hit[1] is used:
+        return hit[2]
+    u = NodeUsage(node)
+    if used is not None:
+        u.start_from(used, None)
+    u.used, u.shared = used, True
+    if len(_BASES) > 100_000:   # nodes long gone: start over
+        _BASES.clear()
+    _BASES[node.id] = (node, used, u)
+    return u
 
 
 class Group:
@@ -108,9 +164,14 @@ class Group:
 
 
 class Stack:
-    def __init__(self, job: Job, nodes: list[Node], rng: random.Random) -> None:
+    def __init__(self, job: Job, nodes: list[Node], rng: random.Random, *,
+                 node_used: Callable[[str], NodeUsed | None],
+                 stops: Mapping[str, object] | None = None) -> None:
         self.job = job
+        self.job_key = (job.namespace or "default", job.id)
         self.rng = rng
+        self.node_used = node_used           # the store's model of a node's allocations
+        self.stops: Mapping[str, object] = stops if stops is not None else {}   # nodes the plan stops allocations on
         ready, self.by_dc, self.in_pool = ready_nodes(job, nodes)
         # Shuffled lazily (Fisher-Yates one step per node reached): a uniform random order
         # without paying for the nodes no placement ever looks at.
@@ -125,9 +186,9 @@ class Stack:
 
     def _distinct(self, node: Node, group: Group, usage: NodeUsage) -> str | None:
         d = group.distinct
-        if d.hosts == "job" and usage.job_allocs > 0:
+        if d.hosts == "job" and usage.job_count(self.job_key) > 0:
             return "distinct_hosts"
-        if d.hosts == "group" and usage.tg_allocs.get(group.tg.name, 0) > 0:
+        if d.hosts == "group" and usage.group_count(self.job_key, group.tg.name) > 0:
             return "distinct_hosts"
         for (attr, limit, _), used in zip(d.properties, group.property_used, strict=True):
             value = property_value(node, attr)
@@ -172,6 +233,7 @@ class Stack:
         job_checker, group_checker = self.job_checker, group.checker
         feasible = group.feasible       # node id -> reason it is filtered, or None
         usages = self.usage
+        stops, node_used, bases, job_key = self.stops, self.node_used, _BASES, self.job_key
         distinct = bool(group.distinct)
         port_ask = group.ports if group.ports else None
         affinities = group.affinities if group.affinities else None
@@ -194,7 +256,15 @@ class Stack:
             if reason is not None:
                 filtered[reason] = filtered.get(reason, 0) + 1
                 continue
-            usage = usages.get(nid) or usage_of(node)
+            usage = usages.get(nid)
+            if usage is None:
+                if nid in stops:
+                    usage = usage_of(node)
+                else:   # untouched by this plan: the shared usage
+                    used = node_used(nid)
+                    hit = bases.get(nid)
+                    usage = hit[2] if hit is not None and hit[0] is node and hit[1] is used else \
+                        base_usage(node, used)
             if distinct:
                 reason = self._distinct(node, group, usage)
                 if reason is not None:
@@ -218,7 +288,11 @@ class Stack:
                     continue
             binpack = binpack_score(cpu, mem, usage.cap_cpu, usage.cap_mem)
             total, parts = binpack, 1
-            collisions = usage.tg_allocs.get(tg_name, 0) if usage.tg_allocs else 0
+            if usage.shared:
+                groups = usage.used.groups.get(job_key) if usage.used is not None else None
+                collisions = groups.get(tg_name, 0) if groups else 0
+            else:
+                collisions = usage.tg_allocs.get(tg_name, 0) if usage.tg_allocs else 0
             anti = -(collisions + 1) / count if collisions > 0 and count > 0 else 0.0
             if anti:
                 total += anti

@@ -104,7 +104,8 @@ class _SystemScheduler(_Scheduler):
         elif current is not None and current.status == ds.DEPLOYMENT_SUCCESSFUL:
             old, current = current, None
 
-        stack = self.stack = Stack(job, state.nodes(), self.rng)
+        stack = self.stack = Stack(job, state.nodes(), self.rng, node_used=state.node_used,
+                                   stops=self.plan.node_update)
         eligible = {n.id: n for n in stack.order}
         groups = {tg.name: tg for tg in job.task_groups or []}
         required = {alloc_name(job.id, tg.name, i): tg
@@ -314,4 +315,4 @@ class _SystemScheduler(_Scheduler):
                 res.desired_updates[tg_name].place += 1
             alloc = self._new_alloc(job, group, p, chosen, ports, metric)
             self.plan.node_allocation.setdefault(chosen.id, []).append(alloc)
-            stack.usage[chosen.id].add(alloc, True)
+            self.usage_of(chosen).add(alloc, True)

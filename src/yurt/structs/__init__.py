@@ -1,6 +1,6 @@
 """The data model, with Nomad's and Consul's JSON field names. Imports nothing else of yurt."""
 
-from .base import Struct, field, hcl_name, json_name
+from .base import Struct, built, copied, field, hcl_name, json_name
 from .duration import Duration, format_duration, parse_duration
 from .job import JOB_TYPES, Job, TaskGroup, VolumeRequest
 from .network import CNIConfig, DNSConfig, NetworkResource, Port
@@ -34,7 +34,7 @@ from .acl import TOKEN_CLIENT, TOKEN_MANAGEMENT, ACLPolicy, ACLToken, secret_has
 from . import alloc as alloc_status, evaluation as eval_status, node as node_status
 
 __all__ = [
-    "ACLPolicy", "ACLToken", "TOKEN_CLIENT", "TOKEN_MANAGEMENT", "secret_hash",
+    "built", "copied", "ACLPolicy", "ACLToken", "TOKEN_CLIENT", "TOKEN_MANAGEMENT", "secret_hash",
     "ConfigEntry", "KVEntry", "Namespace", "Session", "StoredVariable",
     "Affinity", "CNIConfig", "ChangeScript", "CheckRestart", "Constraint", "ConsulConnect",
     "ConsulExposeConfig", "ConsulExposePath", "ConsulProxy", "ConsulSidecarService",

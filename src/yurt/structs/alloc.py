@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Struct, field
+from .base import Struct, built, field
 from .job import Job
 
 # Desired status: what the server wants.
@@ -156,12 +156,12 @@ class AllocMetric(Struct):
         """The metric of one placement from the scheduler's counts (nodes filtered per reason,
         exhausted per dimension). Built without validation and with every field given, so no
         default factory runs: the scheduler makes one per placement."""
-        return cls.model_construct(
-            nodes_evaluated=evaluated, nodes_filtered=sum(filtered.values()), nodes_in_pool=in_pool,
-            nodes_available=available, class_filtered={}, constraint_filtered=filtered,
-            nodes_exhausted=sum(exhausted.values()), class_exhausted={}, dimension_exhausted=exhausted,
-            quota_exhausted=[], resources_exhausted=None, scores=None,
-            score_meta_data=score_meta or None, allocation_time=0, coalesced_failures=0)
+        return built(cls, {
+            "nodes_evaluated": evaluated, "nodes_filtered": sum(filtered.values()), "nodes_in_pool": in_pool,
+            "nodes_available": available, "class_filtered": {}, "constraint_filtered": filtered,
+            "nodes_exhausted": sum(exhausted.values()), "class_exhausted": {}, "dimension_exhausted": exhausted,
+            "quota_exhausted": [], "resources_exhausted": None, "scores": None,
+            "score_meta_data": score_meta or None, "allocation_time": 0, "coalesced_failures": 0})
 
     def reasons(self) -> list[str]:
         """Human lines, as `nomad job run` prints them under a failed placement."""

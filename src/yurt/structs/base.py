@@ -8,11 +8,13 @@ attribute name (``task_groups`` is written ``group`` in HCL); the job spec reade
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_pascal
 from pydantic.json_schema import JsonDict
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Struct(BaseModel):
@@ -52,3 +54,34 @@ def hcl_name(model: type[BaseModel], attr: str) -> str:
 def json_name(model: type[BaseModel], attr: str) -> str:
     info = model.model_fields[attr]
     return info.alias or to_pascal(attr)
+
+
+_set = object.__setattr__
+
+
+def built(cls: type[M], values: dict[str, Any]) -> M:
+    """An instance of `cls` holding `values` (every field, none validated): what
+    `cls.model_construct(**values)` makes, without its per-field walk. For the scheduler, which
+    makes several objects per placement; `values` is kept, not copied."""
+    m = cls.__new__(cls)
+    _set(m, "__dict__", values)
+    _set(m, "__pydantic_fields_set__", set(values))
+    _set(m, "__pydantic_extra__", None)
+    _set(m, "__pydantic_private__", None)
+    return m
+
+
+def copied(m: M, update: dict[str, Any]) -> M:
+    """A shallow copy of `m` with `update` (not validated): what `m.model_copy(update=update)`
+    makes, without going through the copy module. For models without private attributes and
+    without extra fields (every Struct)."""
+    c = type(m).__new__(type(m))
+    values = m.__dict__.copy()
+    values.update(update)
+    _set(c, "__dict__", values)
+    fields_set = set(m.__pydantic_fields_set__)
+    fields_set.update(update)
+    _set(c, "__pydantic_fields_set__", fields_set)
+    _set(c, "__pydantic_extra__", None)
+    _set(c, "__pydantic_private__", None)
+    return c
