@@ -33,14 +33,17 @@ class NodeUsage:
     store's model of the node, made once per node object and `NodeUsed` object, never changed);
     the plan's own copy (`private`) is made when the plan places on the node or stops there."""
 
-    __slots__ = ("cap_cpu", "cap_mem", "cap_disk", "cpu", "mem", "disk", "ports", "job_allocs",
-                 "tg_allocs", "used", "shared")
+    __slots__ = ("cap_cpu", "cap_mem", "cap_disk", "port_span", "cpu", "mem", "disk", "ports",
+                 "job_allocs", "tg_allocs", "used", "shared")
 
     def __init__(self, node: Node) -> None:
         nr, rr = node.node_resources, node.reserved_resources
         self.cap_cpu = nr.cpu.cpu_shares - rr.cpu.cpu_shares
         self.cap_mem = nr.memory.memory_mb - rr.memory.memory_mb
         self.cap_disk = nr.disk.disk_mb - rr.disk.disk_mb
+        # how many ports the dynamic range holds (ports taken outside it count against it too:
+        # a lower bound of what is free, as ports_free's)
+        self.port_span = (nr.max_dynamic_port or 32000) - (nr.min_dynamic_port or 20000) + 1
         self.cpu = self.mem = self.disk = self.job_allocs = 0
         self.ports: set[int] = set(reserved_ports(node))
         self.tg_allocs: dict[str, int] = {}
@@ -58,7 +61,7 @@ class NodeUsage:
     def private(self, job: tuple[str, str] | None) -> NodeUsage:
         """A copy of this shared usage for one plan to change, `job`'s allocations counted as mine."""
         c = NodeUsage.__new__(NodeUsage)
-        c.cap_cpu, c.cap_mem, c.cap_disk = self.cap_cpu, self.cap_mem, self.cap_disk
+        c.cap_cpu, c.cap_mem, c.cap_disk, c.port_span = self.cap_cpu, self.cap_mem, self.cap_disk, self.port_span
         c.cpu, c.mem, c.disk = self.cpu, self.mem, self.disk
         c.ports = set(self.ports)
         used = c.used = self.used
@@ -141,7 +144,7 @@ class Group:
         self.spreads = Spreads(job, tg)
         self.failed: AllocMetric | None = None
         self.template: Allocation | None = None     # built by the scheduler on first placement
-        self.feasible: dict[str, str | None] = {}   # job + group checks, per node id
+        self.feasible: dict[str, str | None] = {}   # job + group checks, per computed class or node id
         if self.affinities or self.spreads:
             self.limit = max(self.count, FEASIBILITY_LIMIT)
         elif job.type == "batch":
@@ -231,11 +234,16 @@ class Stack:
         offset = self.offset
         rand = self.rng.random
         job_checker, group_checker = self.job_checker, group.checker
-        feasible = group.feasible       # node id -> reason it is filtered, or None
+        feasible = group.feasible       # computed class (or node id) -> reason it is filtered, or None
+        by_node = job_checker.escaped or group_checker.escaped   # the checks read node-unique values
         usages = self.usage
         stops, node_used, bases, job_key = self.stops, self.node_used, _BASES, self.job_key
         distinct = bool(group.distinct)
         port_ask = group.ports if group.ports else None
+        # dynamic ports on the default network only: free enough when the node's range holds
+        # more than the ports taken plus the ask (ports_free only when it may be tight)
+        dynamic_only = len(port_ask.dynamic) if port_ask is not None and not port_ask.static \
+            and not port_ask.host_networks else 0
         affinities = group.affinities if group.affinities else None
         spreads = group.spreads if group.spreads else None
         evaluated = 0
@@ -250,9 +258,10 @@ class Stack:
                 offset = 0
             evaluated += 1
             nid = node.id
-            reason = feasible.get(nid, _UNSET)
+            key = nid if by_node else (node.computed_class or nid)
+            reason = feasible.get(key, _UNSET)
             if reason is _UNSET:
-                reason = feasible[nid] = job_checker(node) or group_checker(node)
+                reason = feasible[key] = job_checker(node) or group_checker(node)
             if reason is not None:
                 filtered[reason] = filtered.get(reason, 0) + 1
                 continue
@@ -281,7 +290,8 @@ class Stack:
             if usage.disk + ask_disk > usage.cap_disk:
                 exhausted["disk"] = exhausted.get("disk", 0) + 1
                 continue
-            if port_ask is not None:
+            if port_ask is not None and (dynamic_only == 0 or
+                                         usage.port_span - len(usage.ports) < dynamic_only):
                 dim = ports_free(port_ask, usage.ports, node)
                 if dim:
                     exhausted[dim] = exhausted.get(dim, 0) + 1
