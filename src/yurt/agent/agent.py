@@ -20,6 +20,7 @@ from yurt.api.client import TLSConfig, YurtClient
 from yurt.structs import Allocation
 
 from . import addresses
+from .corked import http_protocol
 from .config import AgentConfig
 
 log = logging.getLogger("yurt.agent")
@@ -186,7 +187,7 @@ class Agent:
             self.server.start(self.member_info())
         http_config = uvicorn.Config(self.app, host=self.config.bind, port=self.config.http_port, log_config=None,
                                      log_level="critical", access_log=False, lifespan="off",
-                                     timeout_graceful_shutdown=2, **_serving_tls(self.config))
+                                     timeout_graceful_shutdown=2, http=http_protocol(), **_serving_tls(self.config))
         self._http = _Server(http_config, on_exit=self._leave)
         if self.client:
             threading.Thread(target=self._start_client_when_serving, daemon=True).start()
@@ -234,7 +235,7 @@ class Agent:
         os.chmod(self.api_socket, 0o600)
         sock.listen(2048)
         config = uvicorn.Config(self.app, log_config=None, log_level="critical", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=2)
+                                lifespan="off", timeout_graceful_shutdown=2, http=http_protocol())
         self._uds = uvicorn.Server(config)  # off the main thread: it leaves signals alone
         threading.Thread(target=self._uds.run, kwargs={"sockets": [sock]}, name="yurt-api-socket",
                          daemon=True).start()
@@ -259,7 +260,8 @@ class Agent:
             raise OSError(e.errno, msg) from None
         sock.listen(2048)
         config = uvicorn.Config(self.app, log_config=None, log_level="critical", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=2, **_serving_tls(self.config))
+                                lifespan="off", timeout_graceful_shutdown=2, http=http_protocol(),
+                                **_serving_tls(self.config))
         self._consul = uvicorn.Server(config)
         threading.Thread(target=self._consul.run, kwargs={"sockets": [sock]}, name="yurt-api-consul",
                          daemon=True).start()

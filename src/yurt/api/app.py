@@ -3,6 +3,9 @@ to HTTP in one place (`errors.install`)."""
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from fastapi import Depends, FastAPI
 
 from yurt import __version__
@@ -24,11 +27,31 @@ from . import hot
 from . import consul_config
 
 
+class YurtAPI(FastAPI):
+    """FastAPI, with the client agents' hot routes answered before its stack (api/hot.py)."""
+
+    hot: hot.HotRoutes | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.hot is not None and await self.hot.take(scope, receive, send):
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _no_telemetry() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry hooks off (Yurt's metrics are Prometheus'): asked on every
+    request otherwise, reading the environment each time. Only where FastAPI has them."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
 def create_app(agent) -> FastAPI:
     # every route's ACL check (api/authz.py); with ACLs on, no unauthenticated API description
     acl_on = bool(getattr(getattr(agent, "config", None), "acl_enabled", False))
-    app = FastAPI(title="Yurt", version=__version__, docs_url=None if acl_on else "/ui/api", redoc_url=None,
-                  openapi_url=None if acl_on else "/openapi.json", dependencies=[Depends(authz.authorize)])
+    app = YurtAPI(title="Yurt", version=__version__, docs_url=None if acl_on else "/ui/api", redoc_url=None,
+                  openapi_url=None if acl_on else "/openapi.json", dependencies=[Depends(authz.authorize)],
+                  **_no_telemetry())
     app.state.agent = agent
     for module in (jobs, deployments, allocs, logs, agent_routes, internal, consul_catalog, consul_connect,
                    consul_intentions):
@@ -50,7 +73,8 @@ def create_app(agent) -> FastAPI:
     app.include_router(ui.router)   # the web UI at /ui (after FastAPI's /ui/api page)
     errors.install(app)
     openapi.install(app)
-    app.add_middleware(hot.HotRoutes, fastapi=app)   # the client agents' heartbeat and allocation watch
+    # the client agents' heartbeat and allocation watch, before the whole stack
+    app.hot = hot.HotRoutes(app, agent.config.http_max_request_bytes)
     app.add_middleware(limits.RequestLimits, max_request_bytes=agent.config.http_max_request_bytes)
     app.add_middleware(jobs.JobIDPaths)   # a child job's ID, "<parent>/periodic-<unix>", escaped as %2F
     return app

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from yurt.errors import InvalidInput
 from yurt.server.reads import Reads, Tables
 from yurt.structs import Allocation, parse_duration
+from yurt.structs.alloc import head_json
 
 DEFAULT_WAIT = 300.0   # Nomad's default blocking-query wait: 5 minutes
 MAX_WAIT = 600.0       # and its cap: 10 minutes
@@ -90,7 +91,7 @@ class JSONCache:
         def dump() -> bytes:
             if a.job is None:
                 return a.model_dump_json(by_alias=True).encode()
-            head = a.model_dump_json(by_alias=True, exclude={"job"}).encode()
+            head = head_json(a)
             job = self._get(self._jobs, id(a.job), a.job,
                             lambda: a.job.model_dump_json(by_alias=True).encode(),  # type: ignore[union-attr]
                             max(64, self.size // 20))

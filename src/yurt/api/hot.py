@@ -1,24 +1,30 @@
-"""The client agents' two hot routes, answered before FastAPI's routing and dependency solving.
+"""The client agents' two hot routes, answered before anything else of the HTTP stack.
 
 Every client agent heartbeats (`PUT /v1/internal/node/<id>/heartbeat`) and keeps a blocking
 query on its allocations open (`GET /v1/node/<id>/allocations`); with thousands of nodes these
-are most of a server's requests, and matching them against every route and solving their
-dependencies cost more than answering them (bench/scheduler.py's http section, profiled). This
-ASGI middleware answers them itself, with the same checks and the same documents as the routes
-(the routes stay: they answer whatever this does not take, and describe the API):
+are most of a server's requests, and the layers around the routes (Starlette's error and
+exception middleware, FastAPI's telemetry check, the route matching and dependency solving) cost
+more than answering them (bench/scheduler.py's http section, profiled). `HotRoutes.take` is
+called first by the app (`app.YurtAPI.__call__`) and answers them itself, with the same checks
+and the same documents as the routes (the routes stay: they answer whatever this does not take,
+and describe the API):
 
 - only on a server that answers from its own model (a non-HA server, or the HA leader); a client
   agent forwards, a follower waits for consistency: both go the usual way;
-- the ACL check is the routes' own (`authz.authorize`, given the matched route), and errors are
-  answered as `errors.install` answers them.
+- a request the request limits refuse by its headers (api/limits.py) goes the usual way too,
+  which answers it;
+- the ACL check is the routes' own (`authz.authorize`, given the matched route); errors are
+  answered as `errors.install` answers them, a bug logged and answered 500 as there.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from yurt.errors import YurtError
@@ -28,15 +34,18 @@ from . import allocs, internal
 from .allocs import node_allocs
 from .errors import error_response
 from .internal import heartbeat
+from .limits import refusal
+
+log = logging.getLogger("yurt.api")
 
 _ALLOCS = re.compile(r"/v1/node/([^/]+)/allocations")
 _HEARTBEAT = re.compile(r"/v1/internal/node/([^/]+)/heartbeat")
 
 
 class HotRoutes:
-    def __init__(self, app: Any, fastapi: FastAPI) -> None:
-        self.app = app
+    def __init__(self, fastapi: FastAPI, max_request_bytes: int) -> None:
         self.fastapi = fastapi
+        self.limit = max_request_bytes
         self._routes: dict[tuple[str, str], Any] = {}
 
     def _route(self, method: str, path: str) -> Any:
@@ -48,22 +57,22 @@ class HotRoutes:
                                      and r.methods is not None and method in r.methods)
         return self._routes[key]
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            method = scope["method"]
-            if method == "GET":
-                m = _ALLOCS.fullmatch(scope["path"])
-                if m is not None and await self._answer(
-                        scope, receive, send, m.group(1), "/v1/node/{node_id}/allocations",
-                        lambda request, server, node_id: node_allocs(request, server.reads, node_id)):
-                    return
-            elif method == "PUT":
-                m = _HEARTBEAT.fullmatch(scope["path"])
-                if m is not None and await self._answer(
-                        scope, receive, send, m.group(1), "/v1/internal/node/{node_id}/heartbeat",
-                        lambda request, server, node_id: heartbeat(request, node_id)):
-                    return
-        await self.app(scope, receive, send)
+    async def take(self, scope: Any, receive: Any, send: Any) -> bool:
+        """Answer the request if it is one of the hot routes; False: it goes the usual way."""
+        method = scope["method"]
+        if method == "GET":
+            m = _ALLOCS.fullmatch(scope["path"])
+            if m is not None:
+                return await self._answer(
+                    scope, receive, send, m.group(1), "/v1/node/{node_id}/allocations",
+                    lambda request, server, node_id: node_allocs(request, server.reads, node_id))
+        elif method == "PUT":
+            m = _HEARTBEAT.fullmatch(scope["path"])
+            if m is not None and refusal(scope, self.limit) is None:
+                return await self._answer(
+                    scope, receive, send, m.group(1), "/v1/internal/node/{node_id}/heartbeat",
+                    lambda request, server, node_id: heartbeat(request, node_id))
+        return False
 
     async def _answer(self, scope: Any, receive: Any, send: Any, node_id: str, path: str, handler: Any) -> bool:
         server = getattr(self.fastapi.state.agent, "server", None)
@@ -77,5 +86,8 @@ class HotRoutes:
             response = await handler(request, server, node_id)
         except YurtError as e:
             response = error_response(request, e.status, e.message)
+        except Exception as e:   # as errors.install's handler of a bug
+            log.error("%s %s failed: %s", request.method, request.url.path, e, exc_info=e)
+            response = PlainTextResponse("Internal Server Error", status_code=500)
         await response(scope, receive, send)
         return True

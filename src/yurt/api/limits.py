@@ -45,6 +45,22 @@ def _json_type(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+def refusal(scope: Scope, limit: int) -> PlainTextResponse | None:
+    """The answer to a request these limits refuse by its headers alone (413, 415), or None."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    length = headers.get("content-length")
+    declared = int(length) if length is not None and length.strip().isdigit() else None
+    if declared is not None and declared > limit:
+        return PlainTextResponse(too_large(limit), status_code=413)
+    content_type = headers.get("content-type")
+    if (scope["method"] in WITH_BODY and content_type is not None and declared != 0
+            and not _json_type(content_type)):
+        message = (f'{scope["method"]} {scope["path"]} takes a JSON body, not "{content_type}": '
+                   "send Content-Type: application/json (or no Content-Type)")
+        return PlainTextResponse(message, status_code=415)
+    return None
+
+
 class RequestLimits:
     def __init__(self, app: ASGIApp, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self.app = app
@@ -54,18 +70,9 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        length = headers.get("content-length")
-        declared = int(length) if length is not None and length.strip().isdigit() else None
-        if declared is not None and declared > self.limit:
-            await PlainTextResponse(too_large(self.limit), status_code=413)(scope, receive, send)
-            return
-        content_type = headers.get("content-type")
-        if (scope["method"] in WITH_BODY and content_type is not None and declared != 0
-                and not _json_type(content_type)):
-            message = (f'{scope["method"]} {scope["path"]} takes a JSON body, not "{content_type}": '
-                       "send Content-Type: application/json (or no Content-Type)")
-            await PlainTextResponse(message, status_code=415)(scope, receive, send)
+        refused = refusal(scope, self.limit)
+        if refused is not None:
+            await refused(scope, receive, send)
             return
         limit, seen = self.limit, 0
 

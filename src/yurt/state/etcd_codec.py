@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
                           ServiceRegistration)
+from yurt.structs.alloc import head_json
 
 from . import etcd_client as ec
 from .keyed import KEYED
@@ -309,7 +310,7 @@ def _alloc_value(a: Allocation, inline: bool) -> bytes:
             "JobModifyIndex": j.job_modify_index if j else 0}
     body = json.dumps(head)[:-1].encode()
     inline_job = _dump(j) if inline and j is not None else b"null"
-    return body + b',"InlineJob":' + inline_job + b',"Alloc":' + _dump(a, exclude={"job"}) + b"}"
+    return body + b',"InlineJob":' + inline_job + b',"Alloc":' + head_json(a) + b"}"
 
 
 def _alloc(value: bytes, revision: int, versions: dict[VersionKey, Job], t: Tables) -> Allocation:

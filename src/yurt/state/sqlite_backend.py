@@ -21,6 +21,7 @@ from typing import Any
 
 from yurt.structs import (ACLPolicy, ACLToken, Allocation, CAState, Deployment, Evaluation, Intention, Job, Node,
                           ServiceRegistration)
+from yurt.structs.alloc import head_json
 
 from pydantic import BaseModel
 
@@ -276,7 +277,7 @@ class SqliteBackend:
                              j.job_modify_index if j else 0, a.node_id, a.eval_id,
                              a.client_status, a.desired_status, a.modify_index,
                              dump(j) if i in ch.inline_jobs and j is not None else None,
-                             dump(a, exclude={"job"})))
+                             head_json(a).decode()))
             if puts:
                 c.executemany(
                     "INSERT OR REPLACE INTO allocs (id, namespace, job_id, job_version,"

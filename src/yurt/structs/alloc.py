@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from .base import Struct, built, field
@@ -259,3 +260,32 @@ class Allocation(Struct):
             "AllocModifyIndex": self.alloc_modify_index,
             "CreateTime": self.create_time, "ModifyTime": self.modify_time,
         }
+
+
+class _Heads:
+    """An allocation's JSON without its job, kept for the allocations written last.
+
+    The store writes this form of each allocation it stores (SQLite's row, etcd's value), and
+    the API answers a node's watch with it (plus the job) right after: one serialization for
+    both. Kept by the object itself (a stored allocation is never changed in place)."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._rows: dict[str, tuple[Allocation, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, a: Allocation) -> bytes:
+        hit = self._rows.get(a.id)
+        if hit is not None and hit[0] is a:
+            return hit[1]
+        data = a.model_dump_json(by_alias=True, exclude={"job"}).encode()
+        with self._lock:
+            rows = self._rows
+            rows.pop(a.id, None)
+            rows[a.id] = (a, data)
+            while len(rows) > self.size:
+                del rows[next(iter(rows))]
+        return data
+
+
+head_json = _Heads()
