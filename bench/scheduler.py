@@ -116,14 +116,25 @@ def build_job(i: int, count: int, spread: bool, cpu: int = 500, memory_mb: int =
         constraints=[Constraint(l_target="${meta.rack}", operand="set_contains_any", r_target=racks)]))
 
 
+def _server_gc() -> None:
+    """What a server agent does with the collector once its state is loaded."""
+    try:
+        from yurt.agent.agent import GC_THRESHOLDS
+    except ImportError:   # a --baseline-src tree from before it had them
+        GC_THRESHOLDS = (50_000, 20, 100)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def pure_scheduler(args) -> dict[str, float]:
     """Evaluations straight through ``schedule()`` on MemoryState, plans applied in memory."""
     state = MemoryState(nodes=build_nodes(args.nodes))
     jobs = [build_job(i, args.count, args.spread) for i in range(args.jobs)]
-    # Long-lived state (5,000 nodes) out of the cyclic GC's way, as a server holding its
-    # state would do after loading it; otherwise full collections rescan every node.
-    gc.collect()
-    gc.freeze()
+    # Long-lived state (5,000 nodes) out of the cyclic GC's way and the collector's thresholds
+    # a server agent sets (yurt.agent.agent._server_gc), as a server holding its state does
+    # after loading it; otherwise full collections rescan every node.
+    _server_gc()
     placements = failed = 0
     sched_time = apply_time = sched_cpu = 0.0
     profiler = cProfile.Profile() if args.profile else None
@@ -166,8 +177,7 @@ def server_path(args) -> dict[str, float]:
             store.upsert_node(node)
         jobs = [build_job(i, args.count, args.spread) for i in range(args.jobs)]
         server = Server(store, num_workers=args.workers, heartbeat_ttl=3600.0)
-        gc.collect()
-        gc.freeze()
+        _server_gc()
         server.start()
         want = args.jobs * args.count
         t0 = time.perf_counter()

@@ -5,6 +5,7 @@ stored only hashed, and the agent's own client still working with ACLs on."""
 from __future__ import annotations
 
 import re
+import socket
 import sqlite3
 
 import httpx
@@ -450,4 +451,13 @@ def test_the_client_agents_hot_routes_check_and_answer_as_every_route(agent, roo
                              "header; the token given is not it")
         missing = c.put("/v1/internal/node/nope/heartbeat", headers=h(root))
         assert missing.status_code == 404 and missing.text == "node nope not found"
+        # what the request limits refuse by its headers is answered by them, as on every route
+        form = c.put(f"/v1/internal/node/{nid}/heartbeat", content=b"a=1",
+                     headers={**h(root), "Content-Type": "application/x-www-form-urlencoded"})
+        assert form.status_code == 415 and "takes a JSON body" in form.text
+        with socket.create_connection((c.base_url.host, c.base_url.port), timeout=30) as raw:
+            raw.sendall(f"PUT /v1/internal/node/{nid}/heartbeat HTTP/1.1\r\nHost: x\r\n"
+                        f"X-Nomad-Token: {root}\r\nContent-Length: {64 * 1024 * 1024}\r\n\r\n{{}}".encode())
+            answer = raw.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 413") and "request body too large" in answer
         c.delete("/v1/job/hot", params={"purge": "true"})

@@ -41,6 +41,14 @@ class CorkedTransport:
         if not self._transport.is_closing():
             self._transport.write(data)
 
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def close(self) -> None:
         self.flush()
         self._transport.close()

@@ -115,14 +115,17 @@ def enforce_index(body: dict) -> int | None:
 @router.post("/v1/jobs", openapi_extra=body(b.JobRegisterRequest))
 async def register(request: Request):
     body = await json_body(request)
-    job, warnings = await run_in_threadpool(admit_job, body)
-    job = _in_namespace(request, body, job)
-    check_region(job, request.app.state.agent.server.region)
-    require_namespace(request, job.namespace or "default", "submit-job")  # the body's namespace
-    result = await run_in_threadpool(request.app.state.agent.server.register_job, job,
-                                     enforce_index=enforce_index(body))
-    result["Warnings"] = "\n".join([*warnings, *filter(None, [result.get("Warnings")])])
-    return write_reply(result)
+
+    def admit_and_register() -> dict[str, Any]:   # one trip to a worker thread, not two
+        job, warnings = admit_job(body)
+        job = _in_namespace(request, body, job)
+        check_region(job, request.app.state.agent.server.region)
+        require_namespace(request, job.namespace or "default", "submit-job")  # the body's namespace
+        result = request.app.state.agent.server.register_job(job, enforce_index=enforce_index(body))
+        result["Warnings"] = "\n".join([*warnings, *filter(None, [result.get("Warnings")])])
+        return result
+
+    return write_reply(await run_in_threadpool(admit_and_register))
 
 
 @router.put("/v1/jobs/parse", openapi_extra=body(b.JobsParseRequest))

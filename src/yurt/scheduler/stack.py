@@ -322,10 +322,15 @@ class Stack:
             final = total / parts
             if len(scores_meta) < MAX_SCORE_META:
                 detail = {"binpack": binpack}
-                for key, value in (("job-anti-affinity", anti), ("node-reschedule-penalty", pen),
-                                   ("node-affinity", aff), ("allocation-spread", spr)):
-                    if value:
-                        detail[key] = value
+                if parts > 1:
+                    if anti:
+                        detail["job-anti-affinity"] = anti
+                    if pen:
+                        detail["node-reschedule-penalty"] = pen
+                    if aff:
+                        detail["node-affinity"] = aff
+                    if spr:
+                        detail["allocation-spread"] = spr
                 scores_meta.append({"NodeID": nid, "Scores": detail, "NormScore": final})
             if final <= SCORE_THRESHOLD and len(skipped) < MAX_SKIP:
                 skipped.append((final, node))

@@ -88,11 +88,13 @@ class Waiters:
                 self._by_key.setdefault(str(target), []).append(entry)
             else:
                 self._async.append(entry)
+        # the deadline resolves the future as a write would (cheaper than wait_for + shield,
+        # which wrap it in two more futures and a task for each of thousands of watches)
+        deadline = loop.call_later(max(0.0, timeout_s), _resolve, fut)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), max(0.0, timeout_s))
-        except TimeoutError:
-            pass
+            await fut
         finally:
+            deadline.cancel()
             with self._lock:
                 if keyed:
                     waiting = self._by_key.get(str(target))

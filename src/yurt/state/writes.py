@@ -12,7 +12,8 @@ from collections import defaultdict
 
 from pydantic import BaseModel
 
-from yurt.structs import AllocDeploymentStatus, Allocation, Deployment, DesiredTransition, Evaluation, Job, Node
+from yurt.structs import (AllocDeploymentStatus, Allocation, Deployment, DesiredTransition, Evaluation, Job, Node,
+                          copied)
 from yurt.structs.times import parse_rfc3339, rfc3339
 from yurt.structs.alloc import ALLOC_DESIRED_STOP, ALLOC_LOST, ALLOC_UNKNOWN
 
@@ -139,7 +140,7 @@ class Txn(MeshTxn):
             else:
                 self.ch.inline_jobs.discard(new.id)
                 if cached is not job:  # same version: share the store's object (as Nomad does)
-                    new = new.model_copy(update={"job": cached})
+                    new = copied(new, {"job": cached})
         self.ch.allocs[new.id] = new
         self.touched.add((new.namespace, new.job_id))
 
@@ -168,7 +169,7 @@ class Txn(MeshTxn):
                 upd["deployment_status"] = exist.deployment_status
             if a.desired_transition == DesiredTransition():
                 upd["desired_transition"] = exist.desired_transition
-        self._put_alloc(a.model_copy(update=upd))
+        self._put_alloc(copied(a, upd))
 
     def stop_alloc(self, s: Allocation) -> None:
         """A plan's stop/evict: only the fields the plan sets change (Nomad's AllocsStopped)."""
