@@ -184,6 +184,9 @@ def test_sessions_create_info_list_node_renew_destroy(c, api):
     assert r.status_code == 400 and "Missing check 'nope'" in r.text
     r = api.put("/v1/session/create", json={"Bogus": 1})
     assert r.status_code == 400 and "Bogus" in r.text
+    for bad in (1.5, ["check-id"], {"ID": "x"}):   # the fuzzer's 1.5 was a 500 (TypeError)
+        r = api.put("/v1/session/create", json={"ServiceChecks": bad})
+        assert r.status_code == 400 and "ServiceChecks must be a list of objects" in r.text, r.text
 
 
 def test_acquire_and_release_with_two_sessions(c, api):

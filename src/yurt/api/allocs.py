@@ -8,7 +8,7 @@ from yurt.errors import NotFound
 from yurt.structs import Allocation
 
 from .authz import may
-from .common import block, flag, reply, reply_allocs
+from .common import block, flag, reply, reply_allocs, reply_stubs
 from .forward import ServerReads, need_server
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
@@ -74,7 +74,7 @@ async def read_eval(request: Request, reads: ServerReads, eval_id: str):
 @router.get("/v1/evaluation/{eval_id}/allocations")
 async def eval_allocs(request: Request, reads: ServerReads, eval_id: str):
     index = await block(request, reads, "allocs")
-    return reply([a.stub() for a in reads.eval_allocs(eval_id)], index)
+    return reply_stubs(reads.eval_allocs(eval_id), index)
 
 
 @router.get("/v1/nodes")

@@ -71,6 +71,7 @@ class JSONCache:
         self.size = size
         self._rows: OrderedDict[str, tuple[Any, bytes]] = OrderedDict()
         self._jobs: OrderedDict[int, tuple[Any, bytes]] = OrderedDict()
+        self._stubs: OrderedDict[str, tuple[Any, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _get(self, table: OrderedDict[Any, tuple[Any, bytes]], key: Any, obj: Any,
@@ -99,7 +100,27 @@ class JSONCache:
         return self._get(self._rows, a.id, a, dump, self.size)
 
 
+    def stub(self, a: Allocation) -> bytes:
+        """The allocation's list row (`Allocation.stub`), as `reply` would serialize it."""
+        return self._get(self._stubs, a.id, a, lambda: _compact(a.stub()), self.size)
+
+
+def _compact(body: Any) -> bytes:
+    """JSON as Starlette's JSONResponse renders it."""
+    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
 ALLOC_JSON = JSONCache()
+
+
+def reply_stubs(allocs: Iterable[Allocation], index: int | None = None) -> Response:
+    """Allocations' list rows (`/v1/job/<id>/allocations` and the like), each serialized once
+    per stored version (`JSONCache.stub`): `job status` and deployments are watched by polling."""
+    body = b"[" + b",".join(ALLOC_JSON.stub(a) for a in allocs) + b"]"
+    h = {"X-Nomad-KnownLeader": "true", "X-Nomad-LastContact": "0"}
+    if index is not None:
+        h["X-Nomad-Index"] = str(index)
+    return Response(body, media_type="application/json", headers=h)
 
 
 def reply_allocs(allocs: Iterable[Allocation], index: int | None = None) -> Response:

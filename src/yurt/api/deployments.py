@@ -13,7 +13,7 @@ from yurt.server.reads import Reads
 from yurt.structs import Deployment
 
 from .authz import may
-from .common import block, json_body, reply, write_reply
+from .common import block, json_body, reply, reply_stubs, write_reply
 from .forward import ServerReads, need_server
 from . import bodies as b
 from .openapi import body
@@ -53,7 +53,7 @@ async def list_deployments(request: Request, reads: ServerReads):
 async def deployment_allocations(request: Request, reads: ServerReads, deployment_id: str):
     index = await block(request, reads, ("deployment", "allocs"))
     d = _get(reads, deployment_id)
-    return reply([a.stub() for a in reads.deployment_allocs(d)], index)
+    return reply_stubs(reads.deployment_allocs(d), index)
 
 
 @router.get("/v1/deployment/{deployment_id}")

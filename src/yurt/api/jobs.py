@@ -15,7 +15,7 @@ from yurt.server.reads import Reads
 from yurt.structs import Job
 
 from .authz import may, require_namespace
-from .common import block, flag, json_body, json_object, reply, write_reply
+from .common import block, flag, json_body, json_object, reply, reply_stubs, write_reply
 from .forward import ServerReads, need_server
 from . import bodies as b
 from .openapi import body
@@ -264,7 +264,7 @@ async def dispatch(request: Request, reads: ServerReads, job_id: str):
 async def job_allocations(request: Request, reads: ServerReads, job_id: str):
     index = await block(request, reads, "allocs")
     job = _job(request, reads, job_id)
-    return reply([a.stub() for a in reads.job_allocs(job, all_jobs=flag(request, "all"))], index)
+    return reply_stubs(reads.job_allocs(job, all_jobs=flag(request, "all")), index)
 
 
 @router.get("/v1/job/{job_id}/evaluations")

@@ -447,7 +447,11 @@ def parse_session(body: Any, default_node: str) -> Session:
         if cid not in node_checks:
             node_checks.append(cid)
     service_checks = []
-    for raw in c.get("ServiceChecks") or []:
+    raw_service_checks = c.get("ServiceChecks") or []
+    if not isinstance(raw_service_checks, list) or not all(isinstance(r, dict) for r in raw_service_checks):
+        raise InvalidInput('Request decode failed: ServiceChecks must be a list of objects like '
+                           f'{{"ID": "<check id>", "Namespace": ""}}, not {raw_service_checks!r}')
+    for raw in raw_service_checks:
         sc = canon(raw, ("ID", "Namespace"))
         if not sc.get("ID"):
             raise InvalidInput("Request decode failed: each of ServiceChecks needs an ID (the check's ID)")
