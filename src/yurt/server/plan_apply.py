@@ -14,7 +14,8 @@ import itertools
 import threading
 import time
 
-from yurt.scheduler import allocs_fit
+from yurt.scheduler.ports import reserved_ports
+from yurt.scheduler.util import alloc_usage, node_capacity
 from yurt.structs import Allocation, Evaluation, Plan, PlanResult
 from yurt.state import Snapshot, StateStore
 
@@ -75,13 +76,50 @@ class PlanApplier:
         return result
 
     def _fits(self, snap: Snapshot, node_id: str, plan: Plan, new: list[Allocation]) -> bool:
+        """Whether the node's live allocations, but those this plan stops or replaces, plus the
+        plans checked before and still being written, plus `new` fit (Nomad's AllocsFit): from
+        the store's model of the node (`NodeUsed`), so only what changes is added up."""
         node = snap.node(node_id)
         if node is None or not node.ready():
             return False
         leaving = {a.id for a in plan.node_update.get(node_id, [])} | {a.id for a in new}
-        existing = {a.id: a for a in snap.allocs_by_node(node_id) if a.id not in leaving}
+        used = snap.node_used(node_id)
+        cpu = mem = disk = 0
+        ports: dict[int, int] = {}
+        if used is not None:
+            cpu, mem, disk, ports = used.cpu, used.mem, used.disk, dict(used.ports)
+        for alloc_id in leaving:   # live in the snapshot, on this node: counted out
+            a = snap.alloc(alloc_id)
+            if a is not None and a.node_id == node_id and not a.terminal():
+                c, m, d = alloc_usage(a)
+                cpu, mem, disk = cpu - c, mem - m, disk - d
+                for p in a.allocated_resources.shared.ports:
+                    if ports.get(p.value, 0) > 1:
+                        ports[p.value] -= 1
+                    else:
+                        ports.pop(p.value, None)
+        reserved = reserved_ports(node)
+        if any(n > 1 or port in reserved for port, n in ports.items()):
+            return False
+        added: list[Allocation] = []
+        seen: set[str] = set()
         for placed in self._inflight.values():   # checked before, not in this snapshot yet
             for a in placed.get(node_id, ()):
-                existing.setdefault(a.id, a)
-        ok, _ = allocs_fit(node, list(existing.values()) + new)  # cpu, memory, disk and port collisions
-        return ok
+                if a.id in seen:
+                    continue
+                seen.add(a.id)
+                s = snap.alloc(a.id)
+                if s is not None and s.id not in leaving and s.node_id == node_id and not s.terminal():
+                    continue    # the snapshot's copy is counted already
+                added.append(a)
+        cap_cpu, cap_mem, cap_disk = node_capacity(node)
+        for a in [*added, *new]:
+            if a.terminal():
+                continue
+            c, m, d = alloc_usage(a)
+            cpu, mem, disk = cpu + c, mem + m, disk + d
+            for p in a.allocated_resources.shared.ports:
+                if p.value in reserved or p.value in ports:
+                    return False     # a port collision
+                ports[p.value] = 1
+        return cpu <= cap_cpu and mem <= cap_mem and disk <= cap_disk
