@@ -185,9 +185,12 @@ class Agent:
         """Serve until SIGINT/SIGTERM, then shut down in order."""
         if self.server:
             self.server.start(self.member_info())
+        # proxy_headers off: nothing reads a request's client address, so uvicorn's rewriting of it
+        # from X-Forwarded-For is a layer on every request for nothing
         http_config = uvicorn.Config(self.app, host=self.config.bind, port=self.config.http_port, log_config=None,
                                      log_level="critical", access_log=False, lifespan="off",
-                                     timeout_graceful_shutdown=2, http=http_protocol(), **_serving_tls(self.config))
+                                     timeout_graceful_shutdown=2, http=http_protocol(), proxy_headers=False,
+                                     **_serving_tls(self.config))
         self._http = _Server(http_config, on_exit=self._leave)
         if self.client:
             threading.Thread(target=self._start_client_when_serving, daemon=True).start()
@@ -235,7 +238,7 @@ class Agent:
         os.chmod(self.api_socket, 0o600)
         sock.listen(2048)
         config = uvicorn.Config(self.app, log_config=None, log_level="critical", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=2, http=http_protocol())
+                                lifespan="off", timeout_graceful_shutdown=2, http=http_protocol(), proxy_headers=False)
         self._uds = uvicorn.Server(config)  # off the main thread: it leaves signals alone
         threading.Thread(target=self._uds.run, kwargs={"sockets": [sock]}, name="yurt-api-socket",
                          daemon=True).start()
@@ -260,7 +263,7 @@ class Agent:
             raise OSError(e.errno, msg) from None
         sock.listen(2048)
         config = uvicorn.Config(self.app, log_config=None, log_level="critical", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=2, http=http_protocol(),
+                                lifespan="off", timeout_graceful_shutdown=2, http=http_protocol(), proxy_headers=False,
                                 **_serving_tls(self.config))
         self._consul = uvicorn.Server(config)
         threading.Thread(target=self._consul.run, kwargs={"sockets": [sock]}, name="yurt-api-consul",
