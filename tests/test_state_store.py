@@ -524,3 +524,28 @@ def test_the_api_serializes_a_stored_allocation_once_and_a_new_copy_again():
     assert json.loads(cache.alloc(bare)) == json.loads(bare.model_dump_json(by_alias=True))
     cache.alloc(Allocation(id="a3"))   # past the size: the oldest entry goes
     assert json.loads(cache.alloc(b))["ClientStatus"] == "running"
+
+
+def test_an_allocation_row_is_serialized_once_for_the_store_and_the_api(store):
+    """structs.alloc.head_json: SQLite's row of an allocation is the API's document without the
+    job, made once per stored object; the list rows (JSONCache.stub) are what `reply` renders."""
+    import json
+    import sqlite3
+
+    from starlette.responses import JSONResponse
+
+    from yurt.api.common import ALLOC_JSON, reply_stubs
+    from yurt.structs.alloc import head_json
+
+    job = register(store, "web")
+    (a,) = place(store, job, ["n1"])
+    row = sqlite3.connect(store.path).execute("SELECT body FROM allocs WHERE id=?", (a.id,)).fetchone()[0]
+    assert row.encode() == head_json(a)
+    assert head_json(a) is head_json(a)
+    assert json.loads(ALLOC_JSON.alloc(a)) == json.loads(a.model_dump_json(by_alias=True))
+    assert reply_stubs([a], 7).body == JSONResponse([a.stub()]).body
+    assert ALLOC_JSON.stub(a) is ALLOC_JSON.stub(a)
+    store.update_allocs_from_client([a.model_copy(update={"client_status": "running"})])
+    b = store.alloc(a.id)
+    assert json.loads(ALLOC_JSON.stub(b))["ClientStatus"] == "running"
+    assert json.loads(head_json(b))["ClientStatus"] == "running"
