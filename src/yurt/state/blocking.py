@@ -1,15 +1,16 @@
 """Blocking queries: wait until an index passes a value, from threads or from asyncio.
 
 The store calls `notify()` with its memory lock held after every committed write. Thread
-waiters sleep on a Condition sharing that lock; asyncio waiters register a Future that the
-writing thread resolves through `loop.call_soon_threadsafe`, so the event loop never blocks.
+waiters sleep on an Event of their own, set only when their target's index moved (waking every
+sleeping thread at every write cost a futex wake each, and each woken thread the GIL, for
+nothing); asyncio waiters register a Future that the writing thread resolves through
+`loop.call_soon_threadsafe`, so the event loop never blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterable
 
 Target = str | Iterable[str] | None
@@ -25,8 +26,8 @@ class Waiters:
     at every write."""
 
     def __init__(self, lock: threading.Lock, current: Callable[[Target], int], keyed: str = "") -> None:
-        self._cond = threading.Condition(lock)
         self._lock = lock
+        self._threads: list[tuple[int, Target, threading.Event]] = []
         self._current = current  # called with the lock held
         self._keyed = keyed
         self._async: list[Entry] = []
@@ -38,7 +39,14 @@ class Waiters:
     def notify(self, keys: Iterable[str] | None = None) -> None:
         """Wake waiters whose index moved; call with the lock held. `keys`: the keyed targets
         (without the prefix) this write changed; None checks every keyed waiter too."""
-        self._cond.notify_all()
+        if self._threads:
+            keep = []
+            for w in self._threads:
+                if self._current(w[1]) > w[0]:
+                    w[2].set()
+                else:
+                    keep.append(w)
+            self._threads = keep
         if self._async:
             self._async = self._wake(self._async)
         if not self._by_key:
@@ -67,14 +75,20 @@ class Waiters:
         return keep
 
     def wait(self, min_index: int, timeout_s: float, target: Target = None) -> int:
-        deadline = time.monotonic() + max(0.0, timeout_s)
-        with self._cond:
-            while True:
-                now = self._current(target)
-                remaining = deadline - time.monotonic()
-                if now > min_index or remaining <= 0:
-                    return now
-                self._cond.wait(remaining)
+        with self._lock:
+            now = self._current(target)
+            if now > min_index or timeout_s <= 0:
+                return now
+            entry = (min_index, target, threading.Event())
+            self._threads.append(entry)
+        try:
+            entry[2].wait(timeout_s)
+        finally:
+            with self._lock:
+                if entry in self._threads:
+                    self._threads.remove(entry)
+        with self._lock:
+            return self._current(target)
 
     async def wait_async(self, min_index: int, timeout_s: float, target: Target = None) -> int:
         loop = asyncio.get_running_loop()
