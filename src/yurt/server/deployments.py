@@ -52,6 +52,9 @@ class Deployments:
         self._judge = HealthJudge(server.catalog.checks_of)
         self._stop = threading.Event()
         self._lock = threading.Lock()     # the watcher and the API's writes, one at a time
+        # deployments whose last look changed nothing, with what it saw and until when only a
+        # change of what it saw can change the answer: d.id -> (job, d, allocs, due)
+        self._quiet: dict[str, tuple[Job, Deployment, list[Allocation], int]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,12 +79,20 @@ class Deployments:
             with self._lock:
                 watched |= self._watch(snap, d, now)
         self._judge.keep_only(watched)
+        ids = {d.id for d in active}
+        for gone in [i for i in self._quiet if i not in ids]:
+            del self._quiet[gone]
 
     def _watch(self, snap: Snapshot, d: Deployment, now: int) -> set[str]:
         job = snap.job(d.namespace, d.job_id)
         if job is None or job.version != d.job_version or job.create_index != d.job_create_index:
             return set()        # the scheduler cancels it on the job's next evaluation
         allocs = [a for a in snap.allocs_by_job(d.namespace, d.job_id) if a.deployment_id == d.id]
+        quiet = self._quiet.pop(d.id, None)
+        if (quiet is not None and quiet[0] is job and quiet[1] is d and now < quiet[3]
+                and len(quiet[2]) == len(allocs) and all(x is y for x, y in zip(quiet[2], allocs, strict=True))):
+            self._quiet[d.id] = quiet     # the same job, deployment and allocations, before anything is due
+            return {a.id for a in allocs}
         health: dict[str, AllocDeploymentStatus] = {}
         groups = {tg.name: (tg, merged_update(job.update, tg.update)) for tg in job.task_groups or []}
         for a in allocs:
@@ -116,7 +127,43 @@ class Deployments:
             self.store.update_deployment(done, stable=(d.job_version, True), evals=[ev])
             self.server.broker.enqueue(ev)
             log.info("deployment %s of job %s version %d successful", d.id[:8], d.job_id, d.job_version)
+        elif not health:
+            due = self._quiet_until(d, allocs, groups, now)
+            if due > now:
+                self._quiet[d.id] = (job, d, allocs, due)
         return {a.id for a in allocs}
+
+    @staticmethod
+    def _quiet_until(d: Deployment, allocs: list[Allocation], groups: dict[str, Any], now: int) -> int:
+        """Until when looking again at `d` with the same job, deployment and allocations would
+        decide nothing (`now`: it might; look every tick). Only allocations the client has
+        not reported on yet are waited out: their health is undecided until their
+        healthy_deadline (HealthJudge); a running one depends on time and checks, one decided
+        unhealthy on its reschedule window, so either keeps the deployment looked at. A group's
+        progress deadline is due at its time."""
+        due = 2**63
+        for a in allocs:
+            if a.server_terminal():
+                continue
+            status = a.deployment_status
+            if status is not None and status.has_health():
+                if status.healthy is False:
+                    return now
+                continue
+            tg, up = groups.get(a.task_group, (None, None))
+            if tg is None or up is None or up.health_check == "manual":
+                continue
+            if a.client_status != "pending" or a.task_states:
+                return now
+            start = a.create_time
+            if status is not None and status.healthy is None:
+                start = max(start, parse_rfc3339(status.timestamp) or 0)
+            due = min(due, start + (up.healthy_deadline or 0))
+        for st in d.task_groups.values():
+            by = parse_rfc3339(st.require_progress_by) or 0
+            if st.progress_deadline and by > 0:
+                due = min(due, by)
+        return due
 
     @staticmethod
     def _done(d: Deployment) -> bool:
