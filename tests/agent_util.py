@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -142,6 +144,22 @@ class AgentProcess:
         self.stop()
 
 
+@contextmanager
+def dev_agent() -> Iterator[AgentProcess]:
+    """A `yurt agent -dev` on a free port for a module's tests; every job purged and the agent
+    stopped at the end."""
+    proc = AgentProcess().start()
+    try:
+        yield proc
+    finally:
+        try:
+            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
+                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
+        except (httpx.HTTPError, ValueError):
+            pass
+        proc.stop()
+
+
 def register(client: httpx.Client, hcl: str, name: str = "job.nomad") -> dict:
     """Parse a job file the way the CLI does and register it; returns the register response."""
     from yurt.jobspec import load
@@ -158,3 +176,7 @@ def allocs(client: httpx.Client, job_id: str) -> list[dict]:
 def task_events(client: httpx.Client, alloc_id: str, task: str) -> list[dict]:
     alloc = client.get(f"/v1/allocation/{alloc_id}").json()
     return alloc["TaskStates"].get(task, {}).get("Events", [])
+
+
+def task_state(client: httpx.Client, alloc_id: str, task: str) -> dict:
+    return client.get(f"/v1/allocation/{alloc_id}").json()["TaskStates"].get(task) or {}

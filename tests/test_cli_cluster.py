@@ -14,23 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .agent_util import AgentProcess, free_port, wait_for
+from .agent_util import dev_agent, free_port, wait_for
 from .conftest import run_yurt
 
 
 @pytest.fixture(scope="module")
 def agent():
     """A `yurt agent -dev` on a free port; yields its address; every job purged at the end."""
-    proc = AgentProcess().start()
-    try:
+    with dev_agent() as proc:
         yield proc.url
-    finally:
-        try:
-            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
-                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
-        except (httpx.HTTPError, ValueError):
-            pass
-        proc.stop()
 
 
 @pytest.fixture

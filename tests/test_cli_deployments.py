@@ -22,22 +22,14 @@ import httpx
 import nomad
 import pytest
 
-from .agent_util import AgentProcess, wait_for
+from .agent_util import dev_agent, wait_for
 from .conftest import YURT, run_yurt
 
 
 @pytest.fixture(scope="module")
 def agent():
-    proc = AgentProcess().start()
-    try:
+    with dev_agent() as proc:
         yield proc
-    finally:
-        try:
-            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
-                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
-        except (httpx.HTTPError, ValueError):
-            pass
-        proc.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from yurt.jobspec import JobspecError, load
 from yurt.jobspec.ignored import RULES
 
-from .agent_util import AgentProcess
+from .agent_util import dev_agent
 from .conftest import run_yurt
 
 FILE = "warn.nomad"
@@ -334,16 +334,8 @@ def test_cli_validate_refuses_an_unsafe_field(tmp_path):
 
 @pytest.fixture(scope="module")
 def agent():
-    proc = AgentProcess().start()
-    try:
+    with dev_agent() as proc:
         yield proc.url
-    finally:
-        try:
-            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
-                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
-        except (httpx.HTTPError, ValueError):
-            pass
-        proc.stop()
 
 
 def cli(agent: str, tmp_path, *args: str) -> subprocess.CompletedProcess:

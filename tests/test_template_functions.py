@@ -16,27 +16,16 @@ import os
 import httpx
 import pytest
 
-from .agent_util import AgentProcess, allocs, register, wait_for
+from .agent_util import AgentProcess, allocs, dev_agent, register, task_state, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="raw_exec tasks write as root into tmp_path")
 
 
 @pytest.fixture(scope="module")
 def agent():
-    proc = AgentProcess().start()
-    try:
+    with dev_agent() as proc:
         yield proc
-    finally:
-        try:
-            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
-                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
-        except (httpx.HTTPError, ValueError):
-            pass
-        proc.stop()
 
-
-def task_state(c: httpx.Client, alloc_id: str, task: str) -> dict:
-    return c.get(f"/v1/allocation/{alloc_id}").json()["TaskStates"].get(task) or {}
 
 
 def job(name: str, tasks: str) -> str:

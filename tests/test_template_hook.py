@@ -18,7 +18,7 @@ from yurt.client.template_hook import AgentSource, parse_env
 from yurt.gotemplate import render
 from yurt.jobspec import load
 
-from .agent_util import AgentProcess, allocs, register, wait_for
+from .agent_util import AgentProcess, allocs, dev_agent, register, task_state, wait_for
 from .conftest import run_yurt
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="raw_exec tasks write as root into tmp_path")
@@ -26,16 +26,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="raw_exec tasks write 
 
 @pytest.fixture(scope="module")
 def agent():
-    proc = AgentProcess().start()
-    try:
+    with dev_agent() as proc:
         yield proc
-    finally:
-        try:
-            for job in httpx.get(f"{proc.url}/v1/jobs", timeout=5).json():
-                httpx.delete(f"{proc.url}/v1/job/{job['ID']}", params={"purge": "true"}, timeout=5)
-        except (httpx.HTTPError, ValueError):
-            pass
-        proc.stop()
 
 
 def put_kv(c: httpx.Client, key: str, value: str) -> None:
@@ -51,9 +43,6 @@ def running_alloc(c: httpx.Client, job: str) -> dict:
         return None
     return wait_for(one, 60, what=f"a running allocation of {job}")
 
-
-def task_state(c: httpx.Client, alloc_id: str, task: str) -> dict:
-    return c.get(f"/v1/allocation/{alloc_id}").json()["TaskStates"].get(task) or {}
 
 
 def events(c: httpx.Client, alloc_id: str, task: str) -> list[dict]:

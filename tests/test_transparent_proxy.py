@@ -137,10 +137,12 @@ job "tproxy" {{
 """
 
 
-class EchoServer:
-    """A plain TCP server on the host (0.0.0.0:port) that answers each connection with a line."""
+class LineServer:
+    """A plain TCP server on the host (0.0.0.0:port) that answers each connection with a line;
+    with `hold`, it keeps the connection open until the other side closes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, line: bytes, hold: bool = False) -> None:
+        self.line, self.hold = line, hold
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("0.0.0.0", 0))
@@ -154,42 +156,17 @@ class EchoServer:
                 c, _ = self.sock.accept()
             except OSError:
                 return
-            with c:
-                c.sendall(b"echo\n")
+            threading.Thread(target=self._answer, args=(c,), daemon=True).start()
 
-    def close(self) -> None:
-        self.sock.close()
-
-
-class HoldServer:
-    """A plain TCP server on the host that answers each connection with a line and keeps it open
-    until the other side closes it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._hold, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _hold(c: socket.socket) -> None:
+    def _answer(self, c: socket.socket) -> None:
         with c:
-            c.sendall(b"hold\n")
-            while c.recv(100):
+            c.sendall(self.line)
+            while self.hold and c.recv(100):
                 pass
 
     def close(self) -> None:
         self.sock.close()
+
 
 
 # in the namespace: one connection that waits for the other side to close it
@@ -234,8 +211,8 @@ class Recursor:
 
 
 class Scene:
-    def __init__(self, agent: AgentProcess, api, dns_port: int, node_ip: str, echo_p: EchoServer,
-                 echo_q: EchoServer) -> None:
+    def __init__(self, agent: AgentProcess, api, dns_port: int, node_ip: str, echo_p: LineServer,
+                 echo_q: LineServer) -> None:
         self.agent, self.api, self.dns_port, self.node_ip = agent, api, dns_port, node_ip
         self.echo_p, self.echo_q = echo_p, echo_q
         self.register_warnings: list[str] = []
@@ -280,7 +257,7 @@ def scene():
                     f'recursors = ["127.0.0.1:{recursor.port}"]\n')
     agent = AgentProcess(extra=["-dev-connect", "-config", str(conf)]).start()
     api = agent.api()
-    echo_p, echo_q = EchoServer(), EchoServer()
+    echo_p, echo_q = LineServer(b"echo\n"), LineServer(b"echo\n")
     try:
         node_ip = wait_for(lambda: api.get("/v1/nodes").json()[0]["Address"], what="the node registered")
         s = Scene(agent, api, dns_port, node_ip, echo_p, echo_q)
@@ -433,7 +410,7 @@ def test_mesh_entry_mesh_destinations_only_closes_passthrough_live(scene):
     wait_for(lambda: ok_after(s, 0), timeout=60, what="the app reaching count-api")
     # passthrough to a destination outside the mesh, by default; one of them stays open
     assert _dial(s, gw, s.echo_p.port) == "echo"
-    hold = HoldServer()
+    hold = LineServer(b"hold\n", hold=True)
     held = subprocess.Popen(["ip", "netns", "exec", s.alloc("client")["ID"], sys.executable, "-c", HOLD_CLIENT, gw,
                              str(hold.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

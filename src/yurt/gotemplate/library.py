@@ -244,44 +244,28 @@ class Data:
 
     # Consul services
     def service(self, *args: Any) -> list[HealthService]:
-        if not args or args[0] == "":
-            return []
-        query = "|".join(_str(a, "service") for a in args)
-        m = _SERVICE_RE.match(query)
-        if m is None:
-            raise FuncError(f"health.service: invalid format: {gofmt.go_quote(query)}")
-        filters = ["passing"]
-        if m["filter"]:
-            filters = []
-            for f in m["filter"].split(","):
-                f = f.strip()
-                if f and f not in _HEALTH_FILTERS:
-                    raise FuncError(f"health.service: invalid filter: {gofmt.go_quote(f)} in {gofmt.go_quote(query)}")
-                if f:
-                    filters.append(f)
-        self._use("service", query)
-        healthy_only = filters == ["passing"]
-        found = self._ask("services", m["name"], m["tag"] or "", healthy_only)
-        if "any" not in filters and not healthy_only:
-            found = [s for s in found if s.Status in filters]
-        return sorted(found, key=lambda s: (s.Node, s.ID))
+        return self._health("service", "services", args)
 
     def connect(self, *args: Any) -> list[HealthService]:
         """Connect-capable instances (sidecars and native services) of a service: ``service``'s
         query syntax over Consul's /v1/health/connect."""
+        return self._health("connect", "connect_services", args)
+
+    def _health(self, func: str, source: str, args: tuple[Any, ...]) -> list[HealthService]:
+        """``service``/``connect``: "[tag.]name[?query][@dc][~near]|filter,..." (filter: passing)."""
         if not args or args[0] == "":
             return []
-        query = "|".join(_str(a, "connect") for a in args)
+        query = "|".join(_str(a, func) for a in args)
         m = _SERVICE_RE.match(query)
         if m is None:
-            raise FuncError(f"health.connect: invalid format: {gofmt.go_quote(query)}")
+            raise FuncError(f"health.{func}: invalid format: {gofmt.go_quote(query)}")
         filters = [f.strip() for f in (m["filter"] or "passing").split(",") if f.strip()]
         for f in filters:
             if f not in _HEALTH_FILTERS:
-                raise FuncError(f"health.connect: invalid filter: {gofmt.go_quote(f)} in {gofmt.go_quote(query)}")
-        self._use("connect", query)
+                raise FuncError(f"health.{func}: invalid filter: {gofmt.go_quote(f)} in {gofmt.go_quote(query)}")
+        self._use(func, query)
         healthy_only = filters == ["passing"]
-        found = self._ask("connect_services", m["name"], m["tag"] or "", healthy_only)
+        found = self._ask(source, m["name"], m["tag"] or "", healthy_only)
         if "any" not in filters and not healthy_only:
             found = [s for s in found if s.Status in filters]
         return sorted(found, key=lambda s: (s.Node, s.ID))

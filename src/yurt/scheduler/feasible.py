@@ -85,7 +85,7 @@ def escapes_class(constraints: list[Constraint] | None) -> bool:
 CLASS_FIELDS = frozenset({"node.datacenter", "node.class", "node.pool", "node.region"})
 
 
-def _key(node: Node, escaped: bool) -> str:
+def class_key(node: Node, escaped: bool) -> str:
     """What a checker's answer for `node` is kept by: its computed class when the checks read
     only what the class covers, else the node itself."""
     return node.id if escaped or not node.computed_class else node.computed_class
@@ -120,7 +120,7 @@ class JobChecker:
         self.cache: dict[str, str | None] = {}   # by computed class (or node id when escaped)
 
     def __call__(self, node: Node) -> str | None:
-        key = _key(node, self.escaped)
+        key = class_key(node, self.escaped)
         reason = self.cache.get(key, _UNSET)
         if reason is _UNSET:
             reason = self.cache[key] = _check_constraints(node, self.constraints)
@@ -145,7 +145,7 @@ class GroupChecker:
         self.cache: dict[str, str | None] = {}   # by computed class (or node id when escaped)
 
     def __call__(self, node: Node) -> str | None:
-        key = _key(node, self.escaped)
+        key = class_key(node, self.escaped)
         reason = self.cache.get(key, _UNSET)
         if reason is _UNSET:
             reason = self.cache[key] = self._check(node)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from yurt.structs import Allocation, AllocMetric, Job, Node, NodeUsed, TaskGroup
 
-from .feasible import _UNSET, DistinctRules, GroupChecker, JobChecker, property_value, ready_nodes
+from .feasible import _UNSET, DistinctRules, class_key, GroupChecker, JobChecker, property_value, ready_nodes
 from .ports import PortAsk, assign_ports, ports_free, reserved_ports
 from .rank import Affinities, Spreads, binpack_score
 from .util import GroupAsk, alloc_usage
@@ -50,13 +50,10 @@ class NodeUsage:
         self.used: NodeUsed | None = None
         self.shared = False
 
-    def start_from(self, used: NodeUsed, job: tuple[str, str] | None) -> None:
-        """What the store's model says the node's allocations hold; `job`'s counted as mine."""
+    def start_from(self, used: NodeUsed) -> None:
+        """What the store's model says the node's allocations hold."""
         self.cpu, self.mem, self.disk = used.cpu, used.mem, used.disk
         self.ports.update(used.ports)
-        if job is not None:
-            self.job_allocs = used.jobs.get(job, 0)
-            self.tg_allocs = dict(used.groups.get(job, {}))
 
     def private(self, job: tuple[str, str] | None) -> NodeUsage:
         """A copy of this shared usage for one plan to change, `job`'s allocations counted as mine."""
@@ -121,7 +118,7 @@ def base_usage(node: Node, used: NodeUsed | None) -> NodeUsage:
         return hit[2]
     u = NodeUsage(node)
     if used is not None:
-        u.start_from(used, None)
+        u.start_from(used)
     u.used, u.shared = used, True
     if len(_BASES) > 100_000:   # nodes long gone: start over
         _BASES.clear()
@@ -258,7 +255,7 @@ class Stack:
                 offset = 0
             evaluated += 1
             nid = node.id
-            key = nid if by_node else (node.computed_class or nid)
+            key = class_key(node, by_node)
             reason = feasible.get(key, _UNSET)
             if reason is _UNSET:
                 reason = feasible[key] = job_checker(node) or group_checker(node)
@@ -298,11 +295,7 @@ class Stack:
                     continue
             binpack = binpack_score(cpu, mem, usage.cap_cpu, usage.cap_mem)
             total, parts = binpack, 1
-            if usage.shared:
-                groups = usage.used.groups.get(job_key) if usage.used is not None else None
-                collisions = groups.get(tg_name, 0) if groups else 0
-            else:
-                collisions = usage.tg_allocs.get(tg_name, 0) if usage.tg_allocs else 0
+            collisions = usage.group_count(job_key, tg_name)
             anti = -(collisions + 1) / count if collisions > 0 and count > 0 else 0.0
             if anti:
                 total += anti
