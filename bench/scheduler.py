@@ -496,11 +496,14 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
         jobs = [build_job(i, args.http_count, False, HTTP_CPU, HTTP_MEMORY_MB) for i in range(args.http_jobs)]
         if args.server_profile and src is None:
             spy = _start_py_spy(server.pid, Path(args.server_profile) / label)
+        gen_pids = [p.pid for p in nodes.procs]
         cpu0, etcd0, own0 = _cpu_seconds(server.pid), sum(map(_cpu_seconds, members)), time.process_time()
+        gen0 = sum(map(_cpu_seconds, gen_pids))
         run = _submit_and_wait(server.url, jobs, args.http_count, args.http_clients, args.http_timeout)
         cpu = _cpu_seconds(server.pid) - cpu0
         etcd_cpu = sum(map(_cpu_seconds, members)) - etcd0
         own_cpu = time.process_time() - own0
+        gen_cpu = sum(map(_cpu_seconds, gen_pids)) - gen0
         if spy is not None:
             _stop_py_spy(spy, Path(args.server_profile) / label)
         nodes.stop()
@@ -517,7 +520,13 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
                 "register->placed p99 ms": round(1000 * _percentile(lat, 0.99), 1),
                 "server CPU s": round(cpu, 2),
                 "server CPU ms/placement": round(1000 * cpu / placements, 3) if placements else 0,
-                "etcd members CPU s": round(etcd_cpu, 2), "bench (clients) CPU s": round(own_cpu, 2)}
+                "etcd members CPU s": round(etcd_cpu, 2), "bench (clients) CPU s": round(own_cpu, 2),
+                "load generator CPU s": round(gen_cpu, 2),
+                # every process of the run shares this machine's cores: the rate they allow at most
+                "all processes CPU ms/placement": round(1000 * (cpu + etcd_cpu + own_cpu + gen_cpu) / placements, 3)
+                if placements else 0,
+                f"ceiling on {os.cpu_count()} cores (placements/s)":
+                round(os.cpu_count() * placements / (cpu + etcd_cpu + own_cpu + gen_cpu)) if placements else 0}
     except Exception:
         print(f"  ({label} server log, the end:)\n{server.tail()}", file=sys.stderr)
         raise

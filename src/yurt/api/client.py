@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import httpx
+import orjson
 
 from yurt.errors import InvalidInput, Unreachable, error_for_status
 
@@ -229,7 +230,8 @@ class YurtClient:
             timeout = _seconds(q["wait"]) + 15
         resp = self.request("GET", path, params=q, timeout=timeout)
         new_index = resp.headers.get("X-Nomad-Index") or resp.headers.get("X-Consul-Index") or "0"
-        return resp.json(), int(new_index)
+        # orjson: a client agent's watch answers its node's whole allocations, jobs included
+        return orjson.loads(resp.content), int(new_index)
 
     def put(self, path: str, body: Any = None, **params: Any) -> Any:
         return self.request("PUT", path, json=body, params={k: v for k, v in params.items() if v is not None}).json()

@@ -10,8 +10,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from yurt.errors import InvalidInput
@@ -74,7 +75,7 @@ def reply(body: Any, index: int | None = None, status: int = 200, headers: dict 
         h["X-Nomad-Index"] = str(index)
     if headers:
         h.update(headers)
-    return JSONResponse(body, status_code=status, headers=h)
+    return Response(_compact(body), status_code=status, headers=h, media_type="application/json")
 
 
 class JSONCache:
@@ -125,8 +126,13 @@ class JSONCache:
 
 
 def _compact(body: Any) -> bytes:
-    """JSON as Starlette's JSONResponse renders it."""
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON, as Starlette's JSONResponse renders it, by orjson (~5 x less CPU than
+    the json module for the answers' dicts and lists). What orjson does not take (an integer
+    past 64 bits) goes through the json module, which renders it or raises as it always did."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 ALLOC_JSON = JSONCache()
