@@ -246,7 +246,7 @@ class Txn(MeshTxn):
         state = d.task_groups.get(new.task_group) if d is not None else None
         if d is None or state is None:
             return
-        st = state.model_copy(deep=True)
+        st = copied(state, {"placed_canaries": list(state.placed_canaries)})   # the rest are scalars
         now = self.ch.now
         joined = old is None or old.deployment_id != new.deployment_id
         if joined:
@@ -270,7 +270,7 @@ class Txn(MeshTxn):
                                                      now + st.progress_deadline))
         elif after is False:
             st.unhealthy_allocs += 1
-        self.upsert_deployment(d.model_copy(update={"task_groups": {**d.task_groups, new.task_group: st}}))
+        self.upsert_deployment(copied(d, {"task_groups": {**d.task_groups, new.task_group: st}}))
 
     def set_job_stable(self, key: JobKey, version: int, stable: bool) -> None:
         """Mark one version of a job stable (a successful deployment, or `/stable`)."""
