@@ -10,12 +10,16 @@ watch is open):
 - registers through ``PUT /v1/internal/node/register`` with its SecretID,
 - heartbeats through ``PUT /v1/internal/node/<id>/heartbeat`` every half of the TTL the server
   answered (first beats spread over one period),
-- keeps a blocking query on its allocations open: ``GET /v1/node/<id>/allocations?index=N&wait=30s``,
-  the next one from the ``X-Nomad-Index`` of the last answer, and notes when it first sees each
-  allocation (``time.monotonic()``: the same clock in every process on Linux).
+- keeps a blocking query on its allocations open, as the node agent's:
+  ``GET /v1/internal/node/<id>/allocations?since=S&index=N&wait=30s`` (every allocation's
+  AllocModifyIndex, whole only those past ``since``; Nomad's ``/v1/node/<id>/allocations``, the
+  whole list, from a server without it), the next one from the ``X-Nomad-Index`` of the last
+  answer, and notes when it first sees each allocation (``time.monotonic()``: the same clock in
+  every process on Linux).
 
-The HTTP client is a minimal one on asyncio streams (uvloop when installed): an off-the-shelf
-async client costs ~10 x more CPU a request, and the generator shares the 2 cores with the server.
+The HTTP client is a minimal one on an asyncio protocol (uvloop when installed) and answers are
+parsed with orjson: an off-the-shelf async client costs ~10 x more CPU a request, and the
+generator shares the 2 cores with the server it measures.
 
 Commands on stdin, one a line; answers on stdout, one JSON object a line:
 ``stats`` (counters so far), ``seen`` (per job: allocations seen and the last first-seen time),
@@ -221,15 +225,27 @@ class Fleet:
             conn.close()
 
     async def watch(self, node) -> None:
+        """The node agent's watch (`AllocView`): every allocation's AllocModifyIndex, whole only
+        those past the highest it holds; a server without the route (an earlier release, for
+        --baseline-src) is watched through `/v1/node/<id>/allocations`, the whole list."""
         conn = Conn(self.host, self.port)
-        index = 0
+        index = since = 0
+        have: dict[str, int] = {}
+        legacy = False
         headers = {"X-Nomad-Token": node.secret_id}
         while not self._stop.is_set():
-            path = f"/v1/node/{node.id}/allocations" + (f"?index={index}&wait={WATCH_WAIT}" if index else "")
+            query = f"index={index}&wait={WATCH_WAIT}" if index else ""
+            if legacy:
+                path = f"/v1/node/{node.id}/allocations" + ("?" + query if query else "")
+            else:
+                path = f"/v1/internal/node/{node.id}/allocations?since={since}" + ("&" + query if query else "")
             try:
                 status, h, body = await conn.request("GET", path, headers)
             except HTTPError:
                 status, h, body = 0, {}, b""
+            if status == 405 and not legacy:
+                legacy = True
+                continue
             if status != 200:
                 self.stats["watch failed"] += 1
                 await asyncio.sleep(1.0)
@@ -238,7 +254,21 @@ class Fleet:
             self.stats["watch answers"] += 1
             self.stats["watch bytes"] += len(body)
             index = int(h.get("x-nomad-index", index))
-            for a in orjson.loads(body):
+            answer = orjson.loads(body)
+            if legacy:
+                changed = answer
+            else:
+                changed = answer["Changed"]
+                indexes: dict[str, int] = answer["Allocs"]
+                for a in changed:
+                    have[a["ID"]] = a["AllocModifyIndex"]
+                for gone in [i for i in have if i not in indexes]:
+                    del have[gone]
+                if all(have.get(i) == n for i, n in indexes.items()):
+                    since = max(indexes.values(), default=since)
+                else:
+                    since = index = 0
+            for a in changed:
                 if a["ID"] not in self._known:
                     self._known.add(a["ID"])
                     self.stats["allocs seen"] += 1

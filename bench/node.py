@@ -126,6 +126,7 @@ def run_mode(mode: str, count: int, rest: float, timeout: float) -> dict[str, fl
                     raise RuntimeError(f"{mode}: the agent did not start: {tail}") from None
                 time.sleep(0.2)
         t0 = time.monotonic()
+        start_cpu, _ = _proc_stat(agent.pid)
         _http(url + "/v1/jobs", "PUT", job(count))
         deadline = t0 + timeout
         running = 0
@@ -143,6 +144,7 @@ def run_mode(mode: str, count: int, rest: float, timeout: float) -> dict[str, fl
                                    f"{(root / 'agent.log').read_text()[-1500:]}")
             time.sleep(0.25)
         to_running = time.monotonic() - t0
+        start_cpu = _proc_stat(agent.pid)[0] - start_cpu
         time.sleep(1.0)   # the last starts' bookkeeping
         cpu0, _ = _proc_stat(agent.pid)
         time.sleep(rest)
@@ -155,7 +157,7 @@ def run_mode(mode: str, count: int, rest: float, timeout: float) -> dict[str, fl
             except OSError:
                 pass
         sup_rss = sum(_rss(pid) for pid in supervisors)
-        result = {"to_running_s": to_running, "agent_rss_mb": agent_rss / MB,
+        result = {"to_running_s": to_running, "agent_cpu_to_running_s": start_cpu, "agent_rss_mb": agent_rss / MB,
                   "agent_cpu_pct": 100 * (cpu1 - cpu0) / rest, "supervisors": len(supervisors),
                   "supervision_rss_mb": sup_rss / MB, "per_task_mb": sup_rss / MB / max(1, len(supervisors))}
         print(f"  {mode:8s} supervisors run {', '.join(sorted(exes))}", flush=True)
@@ -196,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         r = run_mode(mode, args.count, args.rest, args.timeout)
         results[mode] = r
-        print(f"  {mode:8s} all running after {r['to_running_s']:.1f} s; "
+        print(f"  {mode:8s} all running after {r['to_running_s']:.1f} s "
+              f"(the agent's CPU meanwhile: {r['agent_cpu_to_running_s']:.1f} s); "
               f"agent at rest: RSS {r['agent_rss_mb']:.0f} MB, "
               f"CPU {r['agent_cpu_pct']:.1f} %; supervision RSS {r['supervision_rss_mb']:.0f} MB for "
               f"{r['supervisors']} tasks = {r['per_task_mb']:.2f} MB per task", flush=True)

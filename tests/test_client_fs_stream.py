@@ -176,13 +176,16 @@ def test_alloc_fs_follow_and_the_client_gc(agent):
             assert api.get(f"/v1/allocation/{keeper}").json()["ClientStatus"] == "running"
             r = api.get(f"/v1/client/fs/ls/{keeper}", params={"path": "/"})
             assert r.status_code == 200
-            # the allocations the node forgot are not started again
-            time.sleep(2)
+            # the allocations the node forgot are not started again, at the node's next changes
+            # either (a job placed on it and running: its watch answered meanwhile)
+            register(api, sh_job("nudge", "exec sleep 600"))
+            _running(api, "nudge")
             assert not (data_dir / "alloc" / other).exists() and not (data_dir / "alloc" / aid).exists()
+            assert api.get(f"/v1/allocation/{other}").json()["ClientStatus"] == "complete"
             r = api.get("/v1/client/gc", params={"node_id": "nope"})
             assert r.status_code == 404 and 'node "nope" not found' in r.text
         finally:
-            for job in ("ticker", "ticker2", "keeper"):
+            for job in ("ticker", "ticker2", "keeper", "nudge"):
                 api.delete(f"/v1/job/{job}", params={"purge": "true"})
 
 

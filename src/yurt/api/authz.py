@@ -135,7 +135,7 @@ _add("GET", "/v1/regions", _r("agent", "read"))
 # the client agent's routes to its server
 _add("PUT", "/v1/internal/node/register", _r("node_register"))
 _add("PUT", "/v1/internal/node/{node_id}/heartbeat", _r("node_identity", "", "node_id"))
-_add("PUT", "/v1/internal/node/{node_id}/allocations", _r("node_identity", "", "node_id"))
+_add("GET PUT", "/v1/internal/node/{node_id}/allocations", _r("node_identity", "", "node_id"))
 _add("PUT", "/v1/internal/connect/ca/sign", NODE_ID)
 # the route itself also checks that the allocation is placed on the node whose secret is given
 _add("PUT", "/v1/internal/alloc/{alloc_id}/identity", NODE_ID)

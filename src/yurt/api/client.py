@@ -350,6 +350,12 @@ class YurtClient:
     def node_allocations(self, node_id: str, index: int = 0, wait: str | None = None) -> tuple[list[dict], int]:
         return self.get(f"/v1/node/{node_id}/allocations", index=index, wait=wait)
 
+    def client_allocations(self, node_id: str, since: int, index: int = 0,
+                           wait: str | None = None) -> tuple[dict[str, Any], int]:
+        """A client agent's watch of its node (`GET /v1/internal/node/<id>/allocations`):
+        ({"Allocs": {id: AllocModifyIndex}, "Changed": [allocations past `since`]}, index)."""
+        return self.get(f"/v1/internal/node/{node_id}/allocations", index=index, wait=wait, since=since)
+
     def node_drain(self, node_id: str, spec: dict | None, mark_eligible: bool = False,
                    meta: dict[str, str] | None = None) -> dict:
         """Set (`spec` = {"Deadline": ns, "IgnoreSystemJobs": bool}) or cancel (None) a drain."""

@@ -159,6 +159,19 @@ def reply_allocs(allocs: Iterable[Allocation], index: int | None = None) -> Resp
     return Response(body, media_type="application/json", headers=h)
 
 
+def reply_client_allocs(allocs: Iterable[Allocation], since: int, index: int) -> Response:
+    """A client agent's view of its node's allocations (`GET /v1/internal/node/<id>/allocations`):
+    every allocation's AllocModifyIndex (`Allocs`, Nomad's Node.GetClientAllocs) and the whole
+    document of those whose AllocModifyIndex is past `since` (`Changed`), so a change costs the
+    node what changed, not its whole list, jobs included."""
+    allocs = list(allocs)
+    body = (b'{"Allocs":' + orjson.dumps({a.id: a.alloc_modify_index for a in allocs})
+            + b',"Changed":[' + b",".join(ALLOC_JSON.alloc(a) for a in allocs if a.alloc_modify_index > since)
+            + b"]}")
+    return Response(body, media_type="application/json",
+                    headers={"X-Nomad-KnownLeader": "true", "X-Nomad-LastContact": "0", "X-Nomad-Index": str(index)})
+
+
 def write_reply(result: dict[str, Any]) -> Response:
     """The answer to a write: the server's result with Nomad's QueryMeta fields, at its index."""
     return reply({**result, "KnownLeader": True, "LastContact": 0}, result["Index"])

@@ -1,7 +1,8 @@
 """The client agents' two hot routes, answered before anything else of the HTTP stack.
 
 Every client agent heartbeats (`PUT /v1/internal/node/<id>/heartbeat`) and keeps a blocking
-query on its allocations open (`GET /v1/node/<id>/allocations`); with thousands of nodes these
+query on its allocations open (`GET /v1/internal/node/<id>/allocations`, or Nomad's
+`GET /v1/node/<id>/allocations` from an agent of an earlier release); with thousands of nodes these
 are most of a server's requests, and the layers around the routes (Starlette's error and
 exception middleware, FastAPI's telemetry check, the route matching and dependency solving) cost
 more than answering them (bench/scheduler.py's http section, profiled). `HotRoutes.take` is
@@ -33,13 +34,14 @@ from . import authz
 from . import allocs, internal
 from .allocs import node_allocs
 from .errors import error_response
-from .internal import heartbeat
+from .internal import client_allocs, heartbeat
 from .limits import refusal
 
 log = logging.getLogger("yurt.api")
 
 _ALLOCS = re.compile(r"/v1/node/([^/]+)/allocations")
 _HEARTBEAT = re.compile(r"/v1/internal/node/([^/]+)/heartbeat")
+_CLIENT_ALLOCS = re.compile(r"/v1/internal/node/([^/]+)/allocations")
 
 
 class HotRoutes:
@@ -66,6 +68,11 @@ class HotRoutes:
                 return await self._answer(
                     scope, receive, send, m.group(1), "/v1/node/{node_id}/allocations",
                     lambda request, server, node_id: node_allocs(request, server.reads, node_id))
+            m = _CLIENT_ALLOCS.fullmatch(scope["path"])
+            if m is not None:
+                return await self._answer(
+                    scope, receive, send, m.group(1), "/v1/internal/node/{node_id}/allocations",
+                    lambda request, server, node_id: client_allocs(request, node_id))
         elif method == "PUT":
             m = _HEARTBEAT.fullmatch(scope["path"])
             if m is not None and refusal(scope, self.limit) is None:

@@ -17,7 +17,7 @@ from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server.identity import check_node_secret, check_registration
 from yurt.structs import Allocation, Node
 
-from .common import json_body, json_object, reply, write_reply
+from .common import block, json_body, json_object, reply, reply_client_allocs, write_reply
 from .forward import need_server
 from .bodies import NodeAllocUpdateRequest, NodeRegisterRequest
 from .openapi import body
@@ -58,6 +58,23 @@ async def heartbeat(request: Request, node_id: str):
     _node(request, node_id, "a heartbeat")
     result = request.app.state.agent.server.heartbeat(node_id)
     return reply(result, result["Index"])
+
+
+@router.get("/v1/internal/node/{node_id}/allocations")
+async def client_allocs(request: Request, node_id: str):
+    """The allocations of a node as its client agent watches them (a blocking query): each one's
+    AllocModifyIndex under "Allocs", and under "Changed" the whole allocation of those whose
+    AllocModifyIndex is past `?since=` (0, the default: all of them). The index moves only with
+    what the servers change (placement, desired status, job), so an agent keeps what it has and
+    reads again only what moved; what it reports itself changes nothing here."""
+    raw = request.query_params.get("since", "0")
+    if not raw.isdigit():
+        raise InvalidInput(f'invalid since "{raw}": must be a whole number (the highest AllocModifyIndex '
+                           f"the client holds; 0 for every allocation)")
+    _node(request, node_id, "a watch of its allocations")
+    reads = request.app.state.agent.server.reads
+    index = await block(request, reads, reads.node_allocs_target(node_id))
+    return reply_client_allocs(reads.node_allocs(node_id), int(raw), index)
 
 
 @router.put("/v1/internal/node/{node_id}/allocations", openapi_extra=body(NodeAllocUpdateRequest))

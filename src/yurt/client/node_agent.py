@@ -36,6 +36,33 @@ WATCH_BACKOFF = (0.5, 10.0)   # seconds: first and longest wait before the watch
 SAY_EVERY = 60.0        # seconds between two log lines about the same server problem
 
 
+class AllocView:
+    """This node's allocations as its watch holds them (`GET /v1/internal/node/<id>/allocations`).
+
+    Each answer lists every allocation's AllocModifyIndex and carries whole only those past the
+    highest index this view holds (`since`): the servers move that index when they change what
+    the client acts on (placement, desired status, the job), never for what the client reports.
+    A view that finds an allocation missing or behind its index (nothing a correct server
+    sends) asks for everything again (`since` 0)."""
+
+    def __init__(self) -> None:
+        self.allocs: dict[str, Allocation] = {}
+        self.since = 0
+
+    def apply(self, answer: dict[str, Any]) -> tuple[list[Allocation], bool]:
+        """Take one answer; (the node's allocations, whether the view is whole: False asks for
+        everything at once)."""
+        indexes: dict[str, int] = answer["Allocs"]
+        for doc in answer["Changed"]:
+            a = Allocation.model_validate(doc)
+            self.allocs[a.id] = a
+        for gone in [i for i in self.allocs if i not in indexes]:
+            del self.allocs[gone]
+        whole = all(i in self.allocs and self.allocs[i].alloc_modify_index == n for i, n in indexes.items())
+        self.since = max(indexes.values(), default=self.since) if whole else 0
+        return [self.allocs[i] for i in indexes if i in self.allocs], whole
+
+
 @dataclass
 class ClientConfig:
     data_dir: Path
@@ -71,6 +98,9 @@ class NodeAgent:
                         "docker": DockerDriver(config.options.get("docker.endpoint", ""), owner=str(config.data_dir))}
         self.node: Node | None = None
         self.runners: dict[str, AllocRunner] = {}
+        # collected here (`gc`) while the server still lists them: never started again (the
+        # watch's copy of one keeps the client status it had when the server last changed it)
+        self._collected: set[str] = set()
         self._pending: dict[str, dict[str, Any]] = {}
         self._pending_lock = threading.Lock()
         self._registered = threading.Event()
@@ -210,6 +240,7 @@ class NodeAgent:
                                        "finished allocation is garbage-collected (yurt alloc stop first)")
                 continue
             if self.runners.pop(aid, None) is runner:
+                self._collected.add(aid)
                 runner.destroy(timeout=60)
                 done.append(aid)
                 log.info("allocation %s garbage-collected: its directory is removed", aid[:8])
@@ -301,14 +332,33 @@ class NodeAgent:
     def _watch(self) -> None:
         """Follow this node's allocations until the agent stops. Nothing else ends the loop:
         a failed query, or a failure while acting on its answer, is logged and retried with
-        backoff from the last index that was fully acted on (so nothing given is skipped)."""
+        backoff from the last index that was fully acted on (so nothing given is skipped).
+        Each answer carries whole only the allocations the servers changed (`AllocView`); a
+        server of an earlier release is watched through Nomad's `/v1/node/<id>/allocations`."""
         self._registered.wait()
         index = 0
         backoff = WATCH_BACKOFF[0]
+        view: AllocView | None = AllocView()
         while not self._stop.is_set():
             try:
-                allocs, new_index = self.api.node_allocations(self.node_id, index=index, wait=WATCH_WAIT)
-                self._reconcile([Allocation.model_validate(a) for a in allocs])
+                if view is not None:
+                    try:
+                        answer, new_index = self.api.client_allocations(self.node_id, view.since, index=index,
+                                                                        wait=WATCH_WAIT)
+                    except YurtError as e:
+                        if e.status != 405:
+                            raise
+                        log.info("the server has no GET /v1/internal/node/<id>/allocations (an earlier "
+                                 "release): watching GET /v1/node/<id>/allocations instead")
+                        view = None
+                        continue
+                    allocs, whole = view.apply(answer)
+                    if not whole:
+                        new_index = 0   # everything again, at once
+                else:
+                    docs, new_index = self.api.node_allocations(self.node_id, index=index, wait=WATCH_WAIT)
+                    allocs = [Allocation.model_validate(a) for a in docs]
+                self._reconcile(allocs)
             except YurtError as e:
                 log.debug("watching allocations failed: %s; retrying in %.1fs", e, backoff)
             except Exception:
@@ -325,7 +375,7 @@ class NodeAgent:
             seen.add(alloc.id)
             runner = self.runners.get(alloc.id)
             if runner is None:
-                if alloc.server_terminal() or alloc.client_terminal():
+                if alloc.server_terminal() or alloc.client_terminal() or alloc.id in self._collected:
                     continue
                 try:
                     runner = AllocRunner(alloc, data_dir=self.config.data_dir, drivers=self.drivers,
@@ -340,6 +390,7 @@ class NodeAgent:
             elif alloc.alloc_modify_index != runner.alloc.alloc_modify_index or \
                     alloc.desired_status != runner.alloc.desired_status:
                 runner.update(alloc)
+        self._collected.intersection_update(seen)
         for alloc_id in [a for a in list(self.runners) if a not in seen]:
             # garbage-collected on the server: nothing of it should stay here
             gone = self.runners.pop(alloc_id, None)   # (or collected here meanwhile: `gc`)
