@@ -87,6 +87,9 @@ def test_the_watch_answers_indexes_and_only_what_the_servers_changed(agent):
         assert api.get(path, headers={"X-Nomad-Token": "not-the-secret"}).status_code == 403
         bad = api.get(path, params={"since": "abc"}, headers={"X-Nomad-Token": SECRET})
         assert bad.status_code == 400 and "invalid since" in bad.text and "whole number" in bad.text
+        for odd in ("-1", "1.5", "²"):   # (a superscript is a digit to str.isdigit, not to int)
+            r = api.get(path, params={"since": odd}, headers={"X-Nomad-Token": SECRET})
+            assert r.status_code == 400 and "invalid since" in r.text, (odd, r.text)
 
         register(api, JOB)
         placed = wait_for(lambda: (lambda b: b if len(b["Allocs"]) == 2 else None)(_watch(api, 0).json()),

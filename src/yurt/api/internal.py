@@ -68,7 +68,7 @@ async def client_allocs(request: Request, node_id: str):
     what the servers change (placement, desired status, job), so an agent keeps what it has and
     reads again only what moved; what it reports itself changes nothing here."""
     raw = request.query_params.get("since", "0")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidInput(f'invalid since "{raw}": must be a whole number (the highest AllocModifyIndex '
                            f"the client holds; 0 for every allocation)")
     _node(request, node_id, "a watch of its allocations")
