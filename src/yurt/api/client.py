@@ -230,7 +230,7 @@ class YurtClient:
             timeout = _seconds(q["wait"]) + 15
         resp = self.request("GET", path, params=q, timeout=timeout)
         new_index = resp.headers.get("X-Nomad-Index") or resp.headers.get("X-Consul-Index") or "0"
-        # orjson: a client agent's watch answers its node's whole allocations, jobs included
+        # orjson: ~2.5 x less CPU than the json module to read an answer (allocations carry their jobs)
         return orjson.loads(resp.content), int(new_index)
 
     def put(self, path: str, body: Any = None, **params: Any) -> Any:
