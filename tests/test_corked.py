@@ -62,17 +62,19 @@ async def _app(scope, receive, send) -> None:
         await send({"type": "http.response.body", "body": b"second\n" if read else b"held back\n",
                     "more_body": False})
         return
-    body = scope["path"].encode() * 1000
+    if scope["path"] == "/big":      # more than a socket takes at once
+        body = bytes(range(256)) * (32 * 1024)
+    else:
+        body = scope["path"].encode() * 1000
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture
-def server():
+def _serve(**tls: str):
     port = _free_port()
     config = uvicorn.Config(_app, host="127.0.0.1", port=port, log_config=None, log_level="critical",
-                            lifespan="off", http=http_protocol())
+                            lifespan="off", http=http_protocol(), **tls)
     srv = uvicorn.Server(config)
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -80,9 +82,40 @@ def server():
     while not srv.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
+    yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     srv.should_exit = True
     t.join(timeout=10)
+
+
+@pytest.fixture
+def server():
+    yield from _serve()
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """The same app behind uvicorn's TLS: a certificate for 127.0.0.1 of its own."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    yield from _serve(ssl_certfile=str(tmp_path / "cert.pem"), ssl_keyfile=str(tmp_path / "key.pem"))
 
 
 def test_responses_are_whole_and_in_order_on_one_connection(server) -> None:
@@ -103,3 +136,24 @@ def test_a_streamed_chunk_is_not_held_back(server) -> None:
             assert next(lines) == "first"
             FIRST_READ.set()
             assert next(lines) == "second"
+
+
+def test_an_answer_bigger_than_the_socket_takes_at_once_arrives_whole(server) -> None:
+    """8 MB, more than the socket takes at once: the transport queues the rest, in order."""
+    with httpx.Client(base_url=server, trust_env=False, timeout=30) as c:
+        for _ in range(3):
+            r = c.get("/big")
+            assert r.status_code == 200 and r.content == bytes(range(256)) * (32 * 1024)
+            assert c.get("/after").text == "/after" * 1000   # the connection goes on in order
+
+
+def test_over_tls_the_answers_go_through_tls(tls_server, tmp_path) -> None:
+    """Over uvicorn's TLS the joined writes go through the TLS transport whole and in order,
+    small answers and big ones (the corked transport wraps the TLS transport, not the socket)."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    with httpx.Client(base_url=tls_server, trust_env=False, timeout=30, verify=ctx) as c:
+        for i in range(20):
+            assert c.get(f"/r{i}").text == f"/r{i}" * 1000
+        r = c.get("/big")
+        assert r.status_code == 200 and r.content == bytes(range(256)) * (32 * 1024)
