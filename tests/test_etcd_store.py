@@ -5,6 +5,7 @@ reloads, and a store started before etcd waits for it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -18,6 +19,8 @@ from tests.etcd_cluster import EtcdCluster
 from yurt.errors import InvalidInput, Unavailable
 from yurt.state import etcd_client as ec
 from yurt.state.etcd_store import EtcdStateStore, NotLeader
+from yurt.structs.alloc import head_json
+from yurt.api.common import ALLOC_JSON
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +112,13 @@ def test_a_follower_sees_every_write_and_its_blocking_queries_wake(pair):
     got = {x.id: x for x in b.allocs_by_job("default", "api")}
     assert set(got) == {x.id for x in allocs}
     assert all(x.job is not None and x.job.version == stored_job.version for x in got.values())
+    # the leader's own objects were stamped in place at the commit: the API's documents of them
+    # carry the revision, never the PENDING placeholder (the node watch compares these)
+    for x in allocs:
+        mine = a.alloc(x.id)
+        assert mine.alloc_modify_index == mine.modify_index == index
+        for doc in (json.loads(head_json(mine)), json.loads(ALLOC_JSON.alloc(mine))):
+            assert (doc["AllocModifyIndex"], doc["ModifyIndex"], doc["CreateIndex"]) == (index, index, index)
     # a purge: the job goes on both, the version an allocation still names is kept
     a.purge_job("default", "api", mock.evaluation(stored_job))
     b.wait_applied(a.index())

@@ -310,7 +310,9 @@ def _alloc_value(a: Allocation, inline: bool) -> bytes:
             "JobModifyIndex": j.job_modify_index if j else 0}
     body = json.dumps(head)[:-1].encode()
     inline_job = _dump(j) if inline and j is not None else b"null"
-    return body + b',"InlineJob":' + inline_job + b',"Alloc":' + head_json(a) + b"}"
+    # not head_json(a): its indexes are PENDING until the commit stamps the object in place, and
+    # the kept JSON would answer the API with PENDING for them
+    return body + b',"InlineJob":' + inline_job + b',"Alloc":' + head_json.dump(a) + b"}"
 
 
 def _alloc(value: bytes, revision: int, versions: dict[VersionKey, Job], t: Tables) -> Allocation:

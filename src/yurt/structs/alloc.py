@@ -265,20 +265,27 @@ class Allocation(Struct):
 class _Heads:
     """An allocation's JSON without its job, kept for the allocations written last.
 
-    The store writes this form of each allocation it stores (SQLite's row, etcd's value), and
-    the API answers a node's watch with it (plus the job) right after: one serialization for
-    both. Kept by the object itself (a stored allocation is never changed in place)."""
+    The store writes this form of each allocation it stores (SQLite's row), and the API answers
+    a node's watch with it (plus the job) right after: one serialization for both. Kept by the
+    object itself (a stored allocation is never changed in place once stored; etcd's writer,
+    whose indexes are stamped in place at the commit, serializes with `dump`, never kept)."""
 
     def __init__(self, size: int = 8192) -> None:
         self.size = size
         self._rows: dict[str, tuple[Allocation, bytes]] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def dump(a: Allocation) -> bytes:
+        """The same JSON, not kept: for a writer whose allocation's indexes are not final yet
+        (etcd's, which holds PENDING until the commit and stamps the object in place after)."""
+        return a.model_dump_json(by_alias=True, exclude={"job"}).encode()
+
     def __call__(self, a: Allocation) -> bytes:
         hit = self._rows.get(a.id)
         if hit is not None and hit[0] is a:
             return hit[1]
-        data = a.model_dump_json(by_alias=True, exclude={"job"}).encode()
+        data = self.dump(a)
         with self._lock:
             rows = self._rows
             rows.pop(a.id, None)
