@@ -142,8 +142,10 @@ def test_the_watch_answers_indexes_and_only_what_the_servers_changed(agent):
         assert by_id[kept].job is not None and by_id[kept].job.id == "watched"
         # the job purged: its running allocation is stopped by the servers, and comes again
         api.delete("/v1/job/watched", params={"purge": "true"})
-        purged = wait_for(lambda: (lambda b: b if b["Changed"] else None)(_watch(api, view.since).json()),
-                          what="the purged job's allocation stopped")
+        def kept_stopped() -> dict | None:   # (the stopped one's replacement may come first)
+            b = _watch(api, view.since).json()
+            return b if any(a["ID"] == kept and a["DesiredStatus"] == "stop" for a in b["Changed"]) else None
+        purged = wait_for(kept_stopped, what="the purged job's allocation stopped")
         assert (kept, "stop") in [(a["ID"], a["DesiredStatus"]) for a in purged["Changed"]]
         assert gone_id not in [a["ID"] for a in purged["Changed"]]
         allocs, whole = view.apply(purged)
