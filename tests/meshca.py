@@ -13,6 +13,7 @@ and for the fake agent of the lean client's tests. Not part of the product.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import itertools
 
 from cryptography import x509
@@ -25,6 +26,22 @@ LEAF_USAGE = x509.KeyUsage(True, False, True, True, True, False, False, False, F
 LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
 
 _serials = itertools.count(100)
+
+
+def self_signed() -> tuple[bytes, bytes]:
+    """A self-signed server certificate for 127.0.0.1 and its key, PEM: (cert, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
 
 
 def _now() -> dt.datetime:

@@ -148,9 +148,7 @@ def test_alloc_fs_follow_and_the_client_gc(agent):
                      .status_code == 200, what="the ticks file")
             res = run_yurt("alloc", "fs", "-f", "-address", agent.url, aid[:8], "alloc/ticks.txt", timeout=60)
             assert (res.returncode, res.stdout) == (0, "tick1\ntick2\ntick3\ntick4\n"), res.stderr
-            # the follow ends when the node has seen the allocation finish; the server learns it
-            # from the node's next batched status update (Nomad's client syncs the same way)
-            assert _complete(api, "ticker")["ID"] == aid
+            assert api.get(f"/v1/allocation/{aid}").json()["ClientStatus"] == "complete"
             # python-nomad's stream_file, of a finished allocation's file: all of it
             n = nomad.Nomad(host="127.0.0.1", port=agent.port)
             text = n.client.stream_file.stream(aid, 6, "start", "alloc/ticks.txt")

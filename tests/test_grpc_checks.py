@@ -4,8 +4,6 @@ SERVING is passing, NOT_SERVING and an unknown service critical, plain TCP or HT
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import signal
 import subprocess
 import sys
@@ -14,15 +12,12 @@ import uuid
 from concurrent import futures
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from yurt.client.checks import CRITICAL, PASSING, CheckRunner, CheckSpec, run_grpc
 
 from .agent_util import free_port, wait_for
+from .meshca import self_signed
 
 
 def _server(port: int, creds: grpc.ServerCredentials | None = None):
@@ -74,24 +69,9 @@ def test_a_port_that_is_not_grpc_is_critical():
         http.wait()
 
 
-def _self_signed() -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
-
-
 def test_grpc_use_tls():
     port = free_port()
-    cert, key = _self_signed()
+    cert, key = self_signed()
     server, servicer = _server(port, grpc.ssl_server_credentials([(key, cert)]))
     try:
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -162,6 +162,11 @@ class Agent:
     def alloc_done(self, alloc_id: str) -> bool:
         return self.client.alloc_done(alloc_id) if self.client else True
 
+    def report_alloc(self, alloc_id: str) -> None:
+        """The allocation's status to the server now (this agent's client runs it)."""
+        if self.client:
+            self.client.report_now(alloc_id)
+
     def alloc_stats(self, alloc_id: str, task: str = "") -> dict:
         """/v1/client/allocation/<id>/stats for an allocation this agent's client runs."""
         from yurt.client.host_stats import alloc_usage

@@ -200,6 +200,8 @@ async def stream(request: Request, alloc_id: str):
                 continue
             if agent.alloc_done(alloc_id):   # finished: what it wrote last, then the end
                 if not await run_in_threadpool(read_from, pos):
+                    # the server learns the end before the follower does (not at the next batch)
+                    await run_in_threadpool(agent.report_alloc, alloc_id)
                     return
                 continue
             await asyncio.sleep(STREAM_POLL)

@@ -261,6 +261,10 @@ class AllocRunner:
                              for name, tr in self.task_runners.items()}, self._finished)
             alloc_state.save(self.data_dir, persisted)
 
+    def report(self) -> None:
+        """Hand the allocation's status to `on_update` now, if it moved since the last report."""
+        self._report()
+
     def _report(self) -> None:
         with self._report_lock:
             if self._destroying.is_set() and self._done.is_set():

@@ -103,6 +103,7 @@ class NodeAgent:
         self._collected: set[str] = set()
         self._pending: dict[str, dict[str, Any]] = {}
         self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()   # one batch in flight: a newer status never overtaken
         self._registered = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -456,7 +457,19 @@ class NodeAgent:
         while not self._stop.wait(SYNC_INTERVAL):
             self._flush()
 
+    def report_now(self, alloc_id: str) -> None:
+        """Send the allocation's status to the server now, not at the batch's next turn: whoever
+        saw it finish here (`alloc fs -f` ending) then finds the server knowing it too."""
+        runner = self.runners.get(alloc_id)
+        if runner is not None:
+            runner.report()
+        self._flush()
+
     def _flush(self) -> None:
+        with self._flush_lock:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, {}
         if not batch or not self._registered.is_set():
