@@ -451,6 +451,16 @@ def test_the_client_agents_hot_routes_check_and_answer_as_every_route(agent, roo
                              "header; the token given is not it")
         missing = c.put("/v1/internal/node/nope/heartbeat", headers=h(root))
         assert missing.status_code == 404 and missing.text == "node nope not found"
+        # the client agents' watch, answered by the HTTP protocol itself (agent/corked.py): the
+        # route's ACL check first, then the node's secret
+        watch = f"/v1/internal/node/{nid}/allocations"
+        anonymous = c.get(watch, headers=h("00000000-0000-0000-0000-000000000000"))
+        assert anonymous.status_code == 403 and anonymous.text.startswith("Permission denied")
+        not_its = c.get(watch, params={"index": 1, "wait": "30s"}, headers=h(root))
+        assert not_its.status_code == 403 and not_its.text == (
+            f"a watch of its allocations needs node {nid}'s SecretID in the X-Nomad-Token header; "
+            "the token given is not it")
+        assert c.get("/v1/internal/node/nope/allocations", headers=h(root)).text == "node nope not found"
         # what the request limits refuse by its headers is answered by them, as on every route
         form = c.put(f"/v1/internal/node/{nid}/heartbeat", content=b"a=1",
                      headers={**h(root), "Content-Type": "application/x-www-form-urlencoded"})

@@ -73,10 +73,11 @@ async def _app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _serve(**tls: str):
+def _serve(app=_app, stopped: list | None = None, **tls: str):
     port = _free_port()
-    config = uvicorn.Config(_app, host="127.0.0.1", port=port, log_config=None, log_level="critical",
-                            lifespan="off", http=http_protocol(), **tls)
+    # proxy_headers off, as the agent's: uvicorn's middleware for them would wrap the app
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="critical",
+                            lifespan="off", http=http_protocol(), proxy_headers=False, **tls)
     srv = uvicorn.Server(config)
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -87,6 +88,8 @@ def _serve(**tls: str):
     yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     srv.should_exit = True
     t.join(timeout=10)
+    if stopped is not None:
+        stopped.append(not t.is_alive())
 
 
 @pytest.fixture
@@ -142,3 +145,163 @@ def test_over_tls_the_answers_go_through_tls(tls_server, tmp_path) -> None:
             assert c.get(f"/r{i}").text == f"/r{i}" * 1000
         r = c.get("/big")
         assert r.status_code == 200 and r.content == bytes(range(256)) * (32 * 1024)
+
+
+class _FastApp:
+    """An app with the protocol's fast path (`fast(request)`, agent/corked.py's FastRequest):
+    /fast/now answered at once, /fast/park parked until an ASGI request to /wake answers it
+    (or the wait is ended: `ended` records how); the rest through ASGI, as _app answers."""
+
+    def __init__(self) -> None:
+        self.parked: list = []
+        self.ended: list[bool] = []
+
+    @staticmethod
+    def _answer(request, body: bytes) -> None:
+        request.respond(200, [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())], body)
+
+    def fast(self, request) -> bool:
+        path = request.url.partition(b"?")[0]
+        if request.method == b"GET" and path == b"/fast/now":
+            self._answer(request, b"now:" + request.url)
+            return True
+        if request.method == b"GET" and path == b"/fast/park":
+            self.parked.append(request)
+
+            def end(answer: bool) -> None:
+                self.ended.append(answer)
+                if answer:
+                    self._answer(request, b"stopped")
+            request.park(end)
+            return True
+        return False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/wake":
+            woken, self.parked = self.parked, []
+            for request in woken:
+                self._answer(request, b"woken")
+            scope = {**scope, "path": f"/woke{len(woken)}"}
+        await _app(scope, receive, send)
+
+
+@pytest.fixture
+def fast_app():
+    return _FastApp()
+
+
+@pytest.fixture
+def fast_server(fast_app):
+    yield from _serve(fast_app)
+
+
+def _until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _raw(url: str) -> socket.socket:
+    host, port = url.split("://")[1].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def _read_answers(sock: socket.socket, n: int) -> list[tuple[bytes, bytes]]:
+    """n answers (head, body) framed by their content-length."""
+    buf, out = b"", []
+    while len(out) < n:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, f"the connection closed after {len(out)} answers"
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(buf) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "the connection closed in a body"
+            buf += chunk
+        out.append((head, buf[:length]))
+        buf = buf[length:]
+    return out
+
+
+def test_a_fast_answer_is_a_whole_http_answer_between_asgi_ones(fast_server) -> None:
+    """Answered by the app before any ASGI cycle: the default headers uvicorn adds (date,
+    server) are there, and the same keep-alive connection goes on with ASGI answers."""
+    with httpx.Client(base_url=fast_server, trust_env=False, timeout=10) as c:
+        for i in range(3):
+            r = c.get("/fast/now", params={"i": i})
+            assert r.status_code == 200 and r.text == f"now:/fast/now?i={i}"
+            assert "date" in r.headers and r.headers["server"] == "uvicorn"
+            assert c.get(f"/r{i}").text == f"/r{i}" * 1000
+            assert r.headers.get("connection") != "close"
+
+
+def test_a_parked_request_is_answered_later_and_its_connection_goes_on(fast_server, fast_app) -> None:
+    with httpx.Client(base_url=fast_server, trust_env=False, timeout=30) as c, \
+            httpx.Client(base_url=fast_server, trust_env=False, timeout=30) as other:
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(c.get("/fast/park")), daemon=True)
+        t.start()
+        _until(lambda: fast_app.parked, "the request was not parked")
+        assert other.get("/wake").text == "/woke1" * 1000
+        t.join(10)
+        assert got and got[0].status_code == 200 and got[0].text == "woken"
+        assert c.get("/after").text == "/after" * 1000
+        assert fast_app.ended == []
+
+
+def test_a_client_that_goes_ends_the_wait_without_an_answer(fast_server, fast_app) -> None:
+    sock = _raw(fast_server)
+    sock.sendall(b"GET /fast/park HTTP/1.1\r\nHost: x\r\n\r\n")
+    _until(lambda: fast_app.parked, "the request was not parked")
+    sock.close()
+    _until(lambda: fast_app.ended, "the wait was not ended when the client went")
+    assert fast_app.ended == [False]
+
+
+def test_a_request_pipelined_behind_a_parked_one_is_answered_after_it(fast_server, fast_app) -> None:
+    sock = _raw(fast_server)
+    try:
+        sock.sendall(b"GET /fast/park HTTP/1.1\r\nHost: x\r\n\r\nGET /r2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        _until(lambda: fast_app.parked, "the request was not parked")
+        with httpx.Client(base_url=fast_server, trust_env=False, timeout=10) as other:
+            assert other.get("/wake").status_code == 200
+        (_, first), (_, second) = _read_answers(sock, 2)
+        assert first == b"woken" and second == b"/r2" * 1000
+    finally:
+        sock.close()
+
+
+def test_http_1_0_gets_its_answer_and_the_connection_closes(fast_server) -> None:
+    sock = _raw(fast_server)
+    try:
+        sock.sendall(b"GET /fast/now HTTP/1.0\r\n\r\n")
+        [(head, body)] = _read_answers(sock, 1)
+        assert body == b"now:/fast/now" and b"connection: close" in head.lower()
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+    finally:
+        sock.close()
+
+
+def test_a_server_stopping_answers_its_parked_requests_at_once(fast_app) -> None:
+    """uvicorn asks each connection to finish: a parked request is answered then, its connection
+    closed, and the server stops (it does not wait out the requests' waits)."""
+    stopped: list[bool] = []
+    serving = _serve(fast_app, stopped)
+    url = next(serving)
+    sock = _raw(url)
+    try:
+        sock.sendall(b"GET /fast/park HTTP/1.1\r\nHost: x\r\n\r\n")
+        _until(lambda: fast_app.parked, "the request was not parked")
+        with pytest.raises(StopIteration):
+            next(serving)     # should_exit, then joins the server's thread
+        [(head, body)] = _read_answers(sock, 1)
+        assert body == b"stopped" and b"connection: close" in head.lower()
+        assert fast_app.ended == [True] and stopped == [True]
+    finally:
+        sock.close()

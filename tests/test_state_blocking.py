@@ -181,3 +181,48 @@ def test_node_allocations_index_survives_a_reopen(tmp_path):
         assert s.wait(allocs, 0.05, table=NODE_ALLOCS + "n1") == allocs
     finally:
         s.close()
+
+
+def test_reads_watch_calls_back_without_a_coroutine(store):
+    """`Reads.watch` (the hot path's blocking query, api/hot.py): `done` at once when nothing is
+    to wait for; once, with the write's index, when the node's allocations change; with the
+    same index when the wait ends; never after `end(False)` (the client went), at once after
+    `end(True)` (the server stops). Every parked entry is given back to the store."""
+    from yurt.server.reads import Reads
+    from yurt.state import NODE_ALLOCS
+    reads = Reads(store)
+    job = mock.job("web")
+    store.upsert_job(job)
+    job = store.job("default", "web")
+    target = NODE_ALLOCS + "n1"
+
+    async def main():
+        got: dict[str, list[int]] = {k: [] for k in ("now", "write", "deadline", "gone", "stop")}
+        assert reads.watch(target, 0, LONG, got["now"].append) is None      # no ?index=: at once
+        store.upsert_allocs([mock.alloc(job, "n1")])
+        mine = store.table_index(target)
+        assert reads.watch(target, mine - 1, LONG, got["now"].append) is None   # already past
+        wrote = asyncio.Event()
+        write = reads.watch(target, mine, LONG, lambda i: (got["write"].append(i), wrote.set()))
+        deadline = reads.watch(target, mine, 0.05, got["deadline"].append)
+        gone = reads.watch(target, mine, LONG, got["gone"].append)
+        stop = reads.watch(target, mine, LONG, got["stop"].append)
+        assert None not in (write, deadline, gone, stop)
+        assert len(store._waiters._by_key[target]) == 4
+        await asyncio.sleep(0.2)                 # the short wait ends; the others still wait
+        assert got["deadline"] == [mine] and got["write"] == []
+        gone(False)
+        stop(True)
+        assert got["stop"] == [mine]
+        await asyncio.to_thread(store.upsert_allocs, [mock.alloc(job, "n1")])
+        await asyncio.wait_for(wrote.wait(), LONG)
+        write(True)                              # after its answer: nothing more
+        gone(True)
+        await asyncio.sleep(0.05)
+        return got, mine
+
+    got, mine = asyncio.run(main())
+    assert got["now"] == [1, mine]               # never 0, as Nomad's
+    assert got["write"] == [store.table_index(target)] and got["write"][0] > mine
+    assert got["deadline"] == [mine] and got["gone"] == [] and got["stop"] == [mine]
+    assert store._waiters._by_key == {}

@@ -5,6 +5,10 @@ in a second write: two sends, two packets, for every answer. Under thousands of 
 blocking queries the sends were ~15 % of a server's time (bench/scheduler.py's http section,
 profiled). Here the writes made within one turn of the event loop are joined and sent together
 at the end of the turn (or before the connection is closed), so a response leaves in one send.
+
+The protocol also offers each request to the app's `fast(request)` before it makes an ASGI cycle
+of it (`FastRequest`): the client agents' allocation watches are answered, or parked until their
+node's allocations change, without uvicorn's cycle, its task and its ASGI messages (api/hot.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 from typing import Any
 
 try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 except ImportError:   # uvicorn without httptools: its own choice stays
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
@@ -60,6 +64,81 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
+class FastRequest:
+    """A request the app answers itself, before uvicorn makes an ASGI cycle of it (the app's
+    `fast(request) -> bool`: api/hot.py, the client agents' allocation watches). Thousands of
+    watches stay parked at once on a server; each holds this, not uvicorn's cycle with its task,
+    its coroutines, its event and its ASGI messages.
+
+    The protocol keeps it as its current cycle, so the attributes uvicorn's callbacks read and
+    set on one are here: `response_complete`, `body`, `more_body`, `message_event` (this: its
+    `set()` is called when data or the end of the connection arrive) and `disconnected` (the
+    client went: the app's wait is ended without an answer); `keep_alive` set to False (the
+    server is shutting down) answers a parked request at once, then closes the connection."""
+
+    __slots__ = ("method", "url", "headers", "scope", "response_complete", "disconnected", "body", "more_body",
+                 "message_event", "_keep_alive", "_end", "_proto")
+
+    def __init__(self, proto: Any, method: bytes, keep_alive: bool) -> None:
+        self._proto = proto
+        self.method, self.url, self.headers = method, proto.url, proto.headers
+        # what an ASGI scope of this request would say of its connection
+        self.scope: dict[str, Any] | None = {
+            "type": "http", "http_version": "1.1", "server": proto.server, "client": proto.client,
+            "scheme": proto.scheme, "root_path": proto.root_path}
+        self.response_complete = self.disconnected = False
+        self.body = bytearray()
+        self.more_body = True
+        self.message_event = self
+        self._keep_alive = keep_alive
+        self._end: Any = None
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Send the whole answer (headers as a Starlette response's `raw_headers`: lower-case,
+        with content-length), as uvicorn's cycle would: its default headers first."""
+        if self.response_complete:
+            return
+        self.response_complete = True
+        self._end = None
+        proto = self._proto
+        content = [STATUS_LINE[status]]
+        for name, value in proto.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            content += (name, b": ", value, b"\r\n")
+        if not self._keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        proto.transport.write(b"".join(content))
+        if not self._keep_alive:
+            proto.transport.close()
+        proto.on_response_complete()
+
+    def park(self, end: Any) -> None:
+        """The app waits before answering: `end(answer)` stops its wait (with answer=True it
+        answers at once, with False never)."""
+        if not self.response_complete:
+            self._end = end
+
+    # what uvicorn's protocol does to its cycle
+    def set(self) -> None:
+        """`message_event.set()`: more of the request, or the connection is gone."""
+        if self.disconnected and self._end is not None:
+            end, self._end = self._end, None
+            end(False)
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._keep_alive
+
+    @keep_alive.setter
+    def keep_alive(self, value: bool) -> None:
+        self._keep_alive = value
+        if not value and self._end is not None:
+            end, self._end = self._end, None
+            end(True)
+
+
 def http_protocol() -> Any:
     """uvicorn's `http=` setting: the corked httptools protocol, or "auto" without httptools."""
     if HttpToolsProtocol is None:
@@ -68,5 +147,21 @@ def http_protocol() -> Any:
     class CorkedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(CorkedTransport(transport, self.loop))
+            self.fast = getattr(self.app, "fast", None)
+
+        def on_headers_complete(self) -> None:
+            # a request the app answers itself (only when nothing is in flight on the connection,
+            # and not one that waits for "100 Continue" or asks for an upgrade)
+            if (self.fast is not None and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+                    and not self.expect_100_continue and not self.parser.should_upgrade()
+                    and self.limit_concurrency is None):
+                request = FastRequest(self, self.parser.get_method(), self.parser.should_keep_alive()
+                                      and self.parser.get_http_version() != "1.0")
+                self.cycle = request   # type: ignore[assignment]
+                if self.fast(request):
+                    request.scope = None   # what a parked request holds: as little as it needs
+                    return
+                self.cycle = None   # type: ignore[assignment]
+            super().on_headers_complete()
 
     return CorkedHttpToolsProtocol

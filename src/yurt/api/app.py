@@ -37,6 +37,11 @@ class YurtAPI(FastAPI):
             return
         await super().__call__(scope, receive, send)
 
+    def fast(self, exchange: hot.Exchange) -> bool:
+        """Called by the HTTP protocol (agent/corked.py) with each request before it makes an
+        ASGI cycle of it: True if the hot routes answered it (or parked it) themselves."""
+        return self.hot is not None and self.hot.fast(exchange)
+
 
 def _no_telemetry() -> dict[str, Any]:
     """FastAPI's own OpenTelemetry hooks off (Yurt's metrics are Prometheus'): asked on every

@@ -288,6 +288,13 @@ async def _name(request: Request, source: str) -> str:
             return "*"
         value = body.get(source[5:]) if isinstance(body, dict) else None
         return str(value) if value else "*"
+    return _param_name(request, source)
+
+
+def _param_name(request: Request, source: str) -> str:
+    """The name a requirement checks, from a path parameter or the query ("*" for none)."""
+    if not source:
+        return "*"
     return str(request.path_params.get(source) or request.query_params.get(source) or "*")
 
 
@@ -341,13 +348,29 @@ async def authorize(request: Request) -> None:
         if not (own and request_token(request) == own):
             await _ask_server(request, key, req)
         return
+    _decide(request, path, req, await _name_for(request, req) if req is not None else "")
+
+
+def authorize_node_route(request: Request) -> None:
+    """`authorize` for a route of a client agent's node (a `node_identity` requirement, named
+    by a path parameter) on an agent with a server: nothing in it waits, so the hot routes call
+    it without a coroutine (api/hot.py). The request's scope names the route matched."""
+    if not acl_enabled(request):
+        return
+    path = request.scope["route"].path
+    req = REQUIREMENTS[(request.method, path)]
+    assert req.kind == "node_identity" and request.app.state.agent.server is not None
+    _decide(request, path, req, _param_name(request, req.name_from))
+
+
+def _decide(request: Request, path: str, req: Requirement | None, name: str) -> None:
+    """The caller's identity against the route's requirement (on an agent with a server)."""
     ident = identity(request)
     assert ident is not None
     if req is None:   # fail closed: a route nobody declared is for management tokens only
         if ident.management:
             return
         raise _denied(f"a management token: {request.method} {path} declares no capability")
-    name = await _name_for(request, req)
     if not check(ident, req, name):
         raise _denied(req.describe(name))
 

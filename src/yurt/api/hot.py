@@ -16,16 +16,22 @@ and describe the API):
   which answers it;
 - the ACL check is the routes' own (`authz.authorize`, given the matched route); errors are
   answered as `errors.install` answers them, a bug logged and answered 500 as there.
+
+The watch (`GET /v1/internal/node/<id>/allocations`) goes further: the HTTP protocol hands it to
+`fast` before uvicorn makes an ASGI cycle of it (agent/corked.py), and it is checked at once and
+parked on the store by a callback (`Reads.watch`), with no task and no coroutine: a server holds
+one parked per node, thousands, and the collector walks what each holds.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from yurt.errors import YurtError
@@ -34,7 +40,8 @@ from . import authz
 from . import allocs, internal
 from .allocs import node_allocs
 from .errors import error_response
-from .internal import client_allocs, heartbeat
+from .common import reply_client_allocs
+from .internal import client_allocs, client_allocs_query, heartbeat
 from .limits import refusal
 
 log = logging.getLogger("yurt.api")
@@ -42,6 +49,24 @@ log = logging.getLogger("yurt.api")
 _ALLOCS = re.compile(r"/v1/node/([^/]+)/allocations")
 _HEARTBEAT = re.compile(r"/v1/internal/node/([^/]+)/heartbeat")
 _CLIENT_ALLOCS = re.compile(r"/v1/internal/node/([^/]+)/allocations")
+
+
+# a node ID of printable ASCII without "/" or "%" (anything else goes the usual way, unescaped)
+_FAST_CLIENT_ALLOCS = re.compile(rb"/v1/internal/node/([!-$&-.0-9:-~]+)/allocations")
+
+
+class Exchange(Protocol):
+    """A request the HTTP protocol lets the app answer before any ASGI cycle is made of it
+    (agent/corked.py's `FastRequest`)."""
+
+    method: bytes
+    url: bytes
+    headers: list[tuple[bytes, bytes]]
+    scope: dict[str, Any]
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None: ...
+
+    def park(self, end: Callable[[bool], None]) -> None: ...
 
 
 class HotRoutes:
@@ -81,6 +106,45 @@ class HotRoutes:
                     lambda request, server, node_id: heartbeat(request, node_id))
         return False
 
+    def fast(self, exchange: Exchange) -> bool:
+        """The client agents' allocation watch (`GET /v1/internal/node/<id>/allocations`),
+        answered without an ASGI cycle, a task or a coroutine: checked at once, then parked on
+        the store (`Reads.watch`) until its node's allocations change or its wait ends. The same
+        checks and documents as the route (`internal.client_allocs`). False: the request goes
+        the usual way (another route, a path to unescape, a server that does not answer from
+        its own model)."""
+        if exchange.method != b"GET":
+            return False
+        path, _, query = exchange.url.partition(b"?")
+        m = _FAST_CLIENT_ALLOCS.fullmatch(path)
+        if m is None:
+            return False
+        server = getattr(self.fastapi.state.agent, "server", None)
+        if server is None or (server.ha and not server.is_leader()):
+            return False
+        node_id = m.group(1).decode("ascii")
+        route = self._route("GET", "/v1/internal/node/{node_id}/allocations")
+        scope = {**exchange.scope, "method": "GET", "path": path.decode("ascii"), "raw_path": path,
+                 "query_string": query, "headers": exchange.headers, "app": self.fastapi, "route": route,
+                 "path_params": {"node_id": node_id}}
+        request = Request(scope)
+        try:
+            authz.authorize_node_route(request)
+            since, index, wait = client_allocs_query(request, node_id)
+        except YurtError as e:
+            _respond(exchange, error_response(request, e.status, e.message))
+            return True
+        except Exception as e:   # as errors.install's handler of a bug
+            log.error("GET %s failed: %s", scope["path"], e, exc_info=e)
+            _respond(exchange, PlainTextResponse("Internal Server Error", status_code=500))
+            return True
+        reads = server.reads
+        watch = _Watch(exchange, reads, node_id, since)
+        end = reads.watch(reads.node_allocs_target(node_id), index, wait, watch.answer)
+        if end is not None:
+            exchange.park(end)
+        return True
+
     async def _answer(self, scope: Any, receive: Any, send: Any, node_id: str, path: str, handler: Any) -> bool:
         server = getattr(self.fastapi.state.agent, "server", None)
         if server is None or (server.ha and not server.is_leader()):
@@ -98,3 +162,25 @@ class HotRoutes:
             response = PlainTextResponse("Internal Server Error", status_code=500)
         await response(scope, receive, send)
         return True
+
+
+def _respond(exchange: Exchange, response: Response) -> None:
+    exchange.respond(response.status_code, response.raw_headers, bytes(response.body))
+
+
+class _Watch:
+    """What a parked watch keeps until it is answered (the request's scope and the rest of its
+    checking are gone by then: fewer objects held per node for the collector to walk)."""
+
+    __slots__ = ("exchange", "reads", "node_id", "since")
+
+    def __init__(self, exchange: Exchange, reads: Any, node_id: str, since: int) -> None:
+        self.exchange, self.reads, self.node_id, self.since = exchange, reads, node_id, since
+
+    def answer(self, index: int) -> None:
+        try:
+            response = reply_client_allocs(self.reads.node_allocs(self.node_id), self.since, index)
+        except Exception as e:
+            log.error("GET /v1/internal/node/%s/allocations failed: %s", self.node_id, e, exc_info=e)
+            response = PlainTextResponse("Internal Server Error", status_code=500)
+        _respond(self.exchange, response)

@@ -17,7 +17,7 @@ from yurt.errors import InvalidInput, PermissionDenied
 from yurt.server.identity import check_node_secret, check_registration
 from yurt.structs import Allocation, Node
 
-from .common import block, json_body, json_object, reply, reply_client_allocs, write_reply
+from .common import json_body, json_object, query_index, reply, reply_client_allocs, wait_seconds, write_reply
 from .forward import need_server
 from .bodies import NodeAllocUpdateRequest, NodeRegisterRequest
 from .openapi import body
@@ -67,14 +67,22 @@ async def client_allocs(request: Request, node_id: str):
     AllocModifyIndex is past `?since=` (0, the default: all of them). The index moves only with
     what the servers change (placement, desired status, job), so an agent keeps what it has and
     reads again only what moved; what it reports itself changes nothing here."""
+    since, index, wait = client_allocs_query(request, node_id)
+    reads = request.app.state.agent.server.reads
+    index = await reads.block(reads.node_allocs_target(node_id), index, wait)
+    return reply_client_allocs(reads.node_allocs(node_id), since, index)
+
+
+def client_allocs_query(request: Request, node_id: str) -> tuple[int, int, float]:
+    """A watch's `since`, `index` and `wait`, once its node's secret is checked (the route's
+    and the hot path's, api/hot.py)."""
     raw = request.query_params.get("since", "0")
     if not (raw.isascii() and raw.isdigit()):
         raise InvalidInput(f'invalid since "{raw}": must be a whole number (the highest AllocModifyIndex '
                            f"the client holds; 0 for every allocation)")
     _node(request, node_id, "a watch of its allocations")
-    reads = request.app.state.agent.server.reads
-    index = await block(request, reads, reads.node_allocs_target(node_id))
-    return reply_client_allocs(reads.node_allocs(node_id), int(raw), index)
+    index = query_index(request)
+    return int(raw), index, wait_seconds(request) if index > 0 else 0.0
 
 
 @router.put("/v1/internal/node/{node_id}/allocations", openapi_extra=body(NodeAllocUpdateRequest))

@@ -90,36 +90,50 @@ class Waiters:
         with self._lock:
             return self._current(target)
 
-    async def wait_async(self, min_index: int, timeout_s: float, target: Target = None) -> int:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-        entry: Entry = (min_index, target, loop, fut)
-        keyed = self._is_keyed(target)
+    def park(self, min_index: int, target: Target, loop: asyncio.AbstractEventLoop) -> Entry | None:
+        """Register an asyncio waiter: its Future (the entry's last item) is resolved on `loop`
+        once `target` moves past `min_index`. None when it already has (nothing registered).
+        The caller unparks the entry when it stops waiting, resolved or not."""
+        entry: Entry = (min_index, target, loop, loop.create_future())
         with self._lock:
             if self._current(target) > min_index:
-                return self._current(target)
-            if keyed:
+                return None
+            if self._is_keyed(target):
                 self._by_key.setdefault(str(target), []).append(entry)
             else:
                 self._async.append(entry)
-        # the deadline resolves the future as a write would (cheaper than wait_for + shield,
-        # which wrap it in two more futures and a task for each of thousands of watches)
-        deadline = loop.call_later(max(0.0, timeout_s), _resolve, fut)
-        try:
-            await fut
-        finally:
-            deadline.cancel()
-            with self._lock:
-                if keyed:
-                    waiting = self._by_key.get(str(target))
-                    if waiting is not None and entry in waiting:
-                        waiting.remove(entry)
-                        if not waiting:
-                            del self._by_key[str(target)]
-                elif entry in self._async:
-                    self._async.remove(entry)
+        return entry
+
+    def unpark(self, entry: Entry) -> None:
+        with self._lock:
+            target = entry[1]
+            if self._is_keyed(target):
+                waiting = self._by_key.get(str(target))
+                if waiting is not None and entry in waiting:
+                    waiting.remove(entry)
+                    if not waiting:
+                        del self._by_key[str(target)]
+            elif entry in self._async:
+                self._async.remove(entry)
+
+    def current(self, target: Target = None) -> int:
         with self._lock:
             return self._current(target)
+
+    async def wait_async(self, min_index: int, timeout_s: float, target: Target = None) -> int:
+        loop = asyncio.get_running_loop()
+        entry = self.park(min_index, target, loop)
+        if entry is None:
+            return self.current(target)
+        # the deadline resolves the future as a write would (cheaper than wait_for + shield,
+        # which wrap it in two more futures and a task for each of thousands of watches)
+        deadline = loop.call_later(max(0.0, timeout_s), _resolve, entry[3])
+        try:
+            await entry[3]
+        finally:
+            deadline.cancel()
+            self.unpark(entry)
+        return self.current(target)
 
 
 def _resolve(fut: asyncio.Future) -> None:
