@@ -46,6 +46,7 @@ import argparse
 import cProfile
 import gc
 import json
+import math
 import os
 import pstats
 import queue
@@ -499,8 +500,10 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
         gen_pids = [p.pid for p in nodes.procs]
         cpu0, etcd0, own0 = _cpu_seconds(server.pid), sum(map(_cpu_seconds, members)), time.process_time()
         gen0 = sum(map(_cpu_seconds, gen_pids))
+        gc0 = _gc_pause_seconds(server)
         run = _submit_and_wait(server.url, jobs, args.http_count, args.http_clients, args.http_timeout)
         cpu = _cpu_seconds(server.pid) - cpu0
+        gc_s = _gc_pause_seconds(server) - gc0
         etcd_cpu = sum(map(_cpu_seconds, members)) - etcd0
         own_cpu = time.process_time() - own0
         gen_cpu = sum(map(_cpu_seconds, gen_pids)) - gen0
@@ -520,6 +523,9 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
                 "register->placed p99 ms": round(1000 * _percentile(lat, 0.99), 1),
                 "server CPU s": round(cpu, 2),
                 "server CPU ms/placement": round(1000 * cpu / placements, 3) if placements else 0,
+                # Python's cyclic collector in the server: every thread waits while it runs
+                "server GC pauses s": round(gc_s, 2),
+                "server GC share of CPU %": round(100 * gc_s / cpu, 1) if cpu else 0.0,
                 "etcd members CPU s": round(etcd_cpu, 2), "bench (clients) CPU s": round(own_cpu, 2),
                 "load generator CPU s": round(gen_cpu, 2),
                 # every process of the run shares this machine's cores: the rate they allow at most
@@ -537,6 +543,18 @@ def _http_run(root: Path, args, cluster, src: Path | None = None) -> dict[str, f
         server.stop()
         if cluster is not None:
             cluster.stop()
+
+
+def _gc_pause_seconds(server: ServerAgent) -> float:
+    """The server's seconds in Python's cyclic garbage collector so far (its
+    `yurt_gc_pause_seconds` metric); NaN from a server without the metric (an earlier release)."""
+    try:
+        text = server.http.get("/v1/metrics", params={"format": "prometheus"}).text
+    except Exception:   # noqa: BLE001 - a figure missing, not a failed run
+        return math.nan
+    found = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith("yurt_gc_pause_seconds_total{")]
+    return sum(found) if found else math.nan
 
 
 def _py_spy() -> str | None:

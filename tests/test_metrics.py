@@ -248,6 +248,9 @@ def test_agent_metrics_hold_the_server_and_client_series(cluster):
     assert m.value("yurt_ca_leaf_certificates_issued_total", service="metrics-api") >= 1
     assert m.value("yurt_ca_root_expiry_seconds") > 365 * 86400     # a 10-year root
     assert 0 < m.value("yurt_ca_leaf_expiry_seconds", service="metrics-api") <= 72 * 3600
+    # the process's time in Python's cyclic garbage collector, per generation
+    assert {s.labels["generation"] for s in m.samples("yurt_gc_pause_seconds_total")} == {"0", "1", "2"}
+    assert {s.labels["generation"] for s in m.samples("yurt_gc_collections_total")} == {"0", "1", "2"}
     # per task: memory and CPU of the running app, labelled with its allocation, job, group, task
     (web,) = running(api, "api")
     labels = {"alloc_id": web["ID"], "namespace": "default", "job": "metrics", "task_group": "api", "task": "web"}
@@ -413,3 +416,19 @@ def test_sidecar_text_format_parses_with_odd_label_values():
     assert scrape.value("yurt_sidecar_tls_handshake_failures_total", side="upstream", upstream="api") == 1
     assert scrape.value("yurt_sidecar_upstream_errors_total", address="", kind="no_instance") == 1
     assert scrape.value("yurt_sidecar_upstream_connections_total", upstream="api") == 4
+
+
+def test_gc_pauses_count_the_collectors_collections_and_time():
+    """`yurt_gc_pause_seconds` and `yurt_gc_collections` follow the collector of the agent's
+    process (gc.callbacks), generation by generation."""
+    import gc
+
+    from yurt.agent.metrics import _GCPauses, gc_pauses
+    pauses = gc_pauses()
+    assert gc_pauses() is pauses          # one timer per process, however many agents
+    count, seconds = pauses.collections[1], pauses.seconds[1]
+    gc.collect(1)
+    assert pauses.collections[1] == count + 1 and pauses.seconds[1] > seconds
+    samples = {(s.name, s.labels["generation"]): s.value for f in _GCPauses(pauses).collect() for s in f.samples}
+    assert samples[("yurt_gc_collections_total", "1")] == pauses.collections[1]
+    assert samples[("yurt_gc_pause_seconds_total", "1")] == pauses.seconds[1]

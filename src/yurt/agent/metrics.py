@@ -1,10 +1,13 @@
 """The agent's metrics registry, what `/v1/metrics` renders: the server's (`server/metrics.py`)
-when this agent is a server, the client's running tasks (CPU, memory) when it is a client, and
-the leaf certificates this agent holds for its sidecars (seconds to expiry). One registry per
-agent, so agents sharing a process (the tests) never mix their figures."""
+when this agent is a server, the client's running tasks (CPU, memory) when it is a client, the
+leaf certificates this agent holds for its sidecars (seconds to expiry), and the time the
+process spent in Python's cyclic garbage collector. One registry per agent, so agents sharing a
+process (the tests) never mix their figures (the collector's time is the process's)."""
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +28,7 @@ def build_registry(agent: Any) -> CollectorRegistry:
         from yurt.client.task_metrics import TaskMeter
         registry.register(_Tasks(TaskMeter(agent.client)))
     registry.register(_LeafCerts(agent.leaf_certs))
+    registry.register(_GCPauses(gc_pauses()))
     return registry
 
 
@@ -72,3 +76,53 @@ class _LeafCerts(Collector):
         for service, expires in sorted(self.leaf_certs.expiries().items()):
             leaf.add_metric([service], expires - now)
         yield leaf
+
+
+class GCPauses:
+    """The time this process spent in the cyclic garbage collector, and its collections, per
+    generation (a `gc.callbacks` timer; one per process). Every thread stops while it runs: on a
+    server with thousands of nodes it is a share of the CPU worth watching (bench/scheduler.py)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        # the collector runs with the GIL held, one collection at a time
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info.get("generation", 2)
+            self.seconds[generation] += time.perf_counter() - self._started
+            self.collections[generation] += 1
+
+
+_pauses: GCPauses | None = None
+_pauses_lock = threading.Lock()
+
+
+def gc_pauses() -> GCPauses:
+    global _pauses
+    with _pauses_lock:
+        if _pauses is None:
+            _pauses = GCPauses()
+        return _pauses
+
+
+class _GCPauses(Collector):
+    def __init__(self, pauses: GCPauses) -> None:
+        self.pauses = pauses
+
+    def collect(self) -> Iterator[Metric]:
+        seconds = CounterMetricFamily("yurt_gc_pause_seconds", "Seconds this agent's process spent in Python's "
+                                      "cyclic garbage collector (every thread waits meanwhile), by generation.",
+                                      labels=["generation"])
+        count = CounterMetricFamily("yurt_gc_collections", "Collections of Python's cyclic garbage collector in "
+                                    "this agent's process, by generation.", labels=["generation"])
+        for g in range(3):
+            seconds.add_metric([str(g)], self.pauses.seconds[g])
+            count.add_metric([str(g)], self.pauses.collections[g])
+        yield seconds
+        yield count
