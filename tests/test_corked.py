@@ -73,11 +73,12 @@ async def _app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _serve(app=_app, stopped: list | None = None, **tls: str):
+def _serve(app=_app, stopped: list | None = None, keep_alive: float = 5, **tls: str):
     port = _free_port()
     # proxy_headers off, as the agent's: uvicorn's middleware for them would wrap the app
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="critical",
-                            lifespan="off", http=http_protocol(), proxy_headers=False, **tls)
+                            lifespan="off", http=http_protocol(), proxy_headers=False,
+                            timeout_keep_alive=keep_alive, **tls)
     srv = uvicorn.Server(config)
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -305,3 +306,28 @@ def test_a_server_stopping_answers_its_parked_requests_at_once(fast_app) -> None
         assert fast_app.ended == [True] and stopped == [True]
     finally:
         sock.close()
+
+
+def test_a_parked_request_pipelined_behind_an_answered_one_outlives_the_keep_alive_timer(fast_app) -> None:
+    """The first request of a read answered at once arms uvicorn's keep-alive timer; the second,
+    parked, must not be cut by it (here 0.2 s: the connection stays open five times as long)."""
+    serving = _serve(fast_app, keep_alive=0.2)
+    url = next(serving)
+    sock = _raw(url)
+    try:
+        sock.sendall(b"GET /fast/now HTTP/1.1\r\nHost: x\r\n\r\nGET /fast/park HTTP/1.1\r\nHost: x\r\n\r\n")
+        [(_, first)] = _read_answers(sock, 1)
+        assert first == b"now:/fast/now"
+        _until(lambda: fast_app.parked, "the request was not parked")
+        sock.settimeout(1.0)
+        with pytest.raises(TimeoutError):   # neither an answer nor the connection's end
+            sock.recv(100)
+        sock.settimeout(10)
+        with httpx.Client(base_url=url, trust_env=False, timeout=10) as other:
+            assert other.get("/wake").status_code == 200
+        [(_, second)] = _read_answers(sock, 1)
+        assert second == b"woken"
+    finally:
+        sock.close()
+        for _ in serving:
+            pass

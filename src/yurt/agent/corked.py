@@ -155,6 +155,9 @@ def http_protocol() -> Any:
             if (self.fast is not None and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
                     and not self.expect_100_continue and not self.parser.should_upgrade()
                     and self.limit_concurrency is None):
+                # a request answered at once arms the keep-alive timer; the next one of the same
+                # read (pipelined) must not be cut by it while it waits
+                self._unset_keepalive_if_required()
                 request = FastRequest(self, self.parser.get_method(), self.parser.should_keep_alive()
                                       and self.parser.get_http_version() != "1.0")
                 self.cycle = request   # type: ignore[assignment]
