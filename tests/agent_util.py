@@ -144,6 +144,12 @@ class AgentProcess:
         self.stop()
 
 
+def purge_jobs(api: httpx.Client) -> None:
+    """Every job of the agent behind `api` stopped and purged (a fixture's teardown)."""
+    for job in api.get("/v1/jobs").json():
+        api.delete(f"/v1/job/{job['ID']}", params={"purge": "true"})
+
+
 @contextmanager
 def dev_agent() -> Iterator[AgentProcess]:
     """A `yurt agent -dev` on a free port for a module's tests; every job purged and the agent

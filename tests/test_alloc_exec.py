@@ -13,7 +13,7 @@ from websockets.sync.client import connect as ws_connect
 
 from yurt.client.drivers.exec import ExecDriver
 
-from .agent_util import AgentProcess, allocs, register, wait_for
+from .agent_util import AgentProcess, allocs, purge_jobs, register, wait_for
 from .conftest import run_yurt
 from .test_agent_core import sh_job
 from .test_tls_api import mtls_cluster, pki  # noqa: F401 -- the HTTPS cluster's fixtures
@@ -40,8 +40,7 @@ def agent():
     with AgentProcess() as a:
         yield a
         with a.api() as api:
-            for job in api.get("/v1/jobs").json():
-                api.delete(f"/v1/job/{job['ID']}", params={"purge": "true"})
+            purge_jobs(api)
 
 
 def _running(api, job: str) -> dict:

@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 
-from .agent_util import AgentProcess, alloc_processes, allocs, free_port, register, wait_for
+from .agent_util import AgentProcess, alloc_processes, allocs, free_port, purge_jobs, register, wait_for
 from .mesh_agent import MeshAgent
 from .test_agent_core import sh_job
 
@@ -52,8 +52,7 @@ def cluster():
         yield server, client
     finally:
         with server.api() as api:
-            for job in api.get("/v1/jobs").json():
-                api.delete(f"/v1/job/{job['ID']}", params={"purge": "true"})
+            purge_jobs(api)
             wait_for(lambda: all(a["ClientStatus"] != "running" for a in api.get("/v1/allocations").json()),
                      timeout=60, what="every allocation stopped")
         client.close()

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from .agent_util import allocs, register, wait_for
+from .agent_util import allocs, purge_jobs, register, wait_for
 from .mesh_agent import MeshAgent
 from .test_client_only import ClientAgent
 
@@ -108,8 +108,7 @@ def cluster():
         yield server, proxy, client
     finally:
         with server.api() as api:
-            for job in api.get("/v1/jobs").json():
-                api.delete(f"/v1/job/{job['ID']}", params={"purge": "true"})
+            purge_jobs(api)
         client.close()
         proxy.close()
         server.close()

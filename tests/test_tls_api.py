@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from .agent_util import AgentProcess, free_port, wait_for
+from .agent_util import AgentProcess, free_port, purge_jobs, wait_for
 from .conftest import run_yurt
 from .test_agent_core import sh_job
 
@@ -112,8 +112,7 @@ def mtls_cluster(pki):
         yield server, client
     finally:
         with server.api() as api:
-            for job in api.get("/v1/jobs").json():
-                api.delete(f"/v1/job/{job['ID']}", params={"purge": "true"})
+            purge_jobs(api)
         client.close()
         server.close()
 

@@ -123,9 +123,13 @@ class FastRequest:
     # what uvicorn's protocol does to its cycle
     def set(self) -> None:
         """`message_event.set()`: more of the request, or the connection is gone."""
-        if self.disconnected and self._end is not None:
+        if self.disconnected:
+            self._stop(False)
+
+    def _stop(self, answer: bool) -> None:
+        if self._end is not None:
             end, self._end = self._end, None
-            end(False)
+            end(answer)
 
     @property
     def keep_alive(self) -> bool:
@@ -134,9 +138,8 @@ class FastRequest:
     @keep_alive.setter
     def keep_alive(self, value: bool) -> None:
         self._keep_alive = value
-        if not value and self._end is not None:
-            end, self._end = self._end, None
-            end(True)
+        if not value:
+            self._stop(True)
 
 
 def http_protocol() -> Any:

@@ -279,8 +279,6 @@ def _denied(what: str) -> PermissionDenied:
 
 
 async def _name(request: Request, source: str) -> str:
-    if not source:
-        return "*"
     if source.startswith("body:"):
         try:
             body = await request.json()

@@ -119,8 +119,8 @@ class HotRoutes:
         m = _FAST_CLIENT_ALLOCS.fullmatch(path)
         if m is None:
             return False
-        server = getattr(self.fastapi.state.agent, "server", None)
-        if server is None or (server.ha and not server.is_leader()):
+        server = self._own_server()
+        if server is None:
             return False
         node_id = m.group(1).decode("ascii")
         route = self._route("GET", "/v1/internal/node/{node_id}/allocations")
@@ -145,9 +145,16 @@ class HotRoutes:
             exchange.park(end)
         return True
 
-    async def _answer(self, scope: Any, receive: Any, send: Any, node_id: str, path: str, handler: Any) -> bool:
+    def _own_server(self) -> Any:
+        """The agent's server when it answers from its own model (not HA, or the HA leader)."""
         server = getattr(self.fastapi.state.agent, "server", None)
         if server is None or (server.ha and not server.is_leader()):
+            return None
+        return server
+
+    async def _answer(self, scope: Any, receive: Any, send: Any, node_id: str, path: str, handler: Any) -> bool:
+        server = self._own_server()
+        if server is None:
             return False
         route = self._route(scope["method"], path)
         scope = {**scope, "app": self.fastapi, "route": route, "path_params": {"node_id": node_id}}

@@ -9,11 +9,9 @@ the route says what was not found.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 
 from yurt.state import NODE_ALLOCS, StateStore
-from yurt.state.blocking import Entry
 from yurt.structs import (Allocation, Deployment, Evaluation, Intention, Job, JobSummary, KVEntry, Node,
                           ServiceRegistration, Session)
 
@@ -67,21 +65,13 @@ class Reads:
 
     def watch(self, tables: Tables, min_index: int, wait: float,
               done: Callable[[int], None]) -> Callable[[bool], None] | None:
-        """`block` without a coroutine, on the event loop's thread (the client agents' watches:
-        thousands parked at once, each without a task): `done(index)` is called on the loop once
-        `tables` change past `min_index` or `wait` seconds pass; at once, before this returns
-        None, when `min_index` is 0 or already passed. Otherwise returns `end(answer)`, which
-        stops the wait: `done` is then called at once with the current index if `answer`, never
-        if not (the caller went away)."""
+        """`block` without a coroutine, on the event loop's thread (`Waiters.watch`): `done(index)`
+        once `tables` change past `min_index` or `wait` seconds pass, at once (returning None) when
+        `min_index` is 0 or already passed; else `end(answer)` to stop the wait."""
         if min_index <= 0:
             done(max(self.current(tables), 1))
             return None
-        loop = asyncio.get_running_loop()
-        entry = self._store.park(min_index, loop, tables)
-        if entry is None:
-            done(max(self.current(tables), 1))
-            return None
-        return _Watch(self, tables, entry, loop.call_later(max(0.0, wait), _resolve, entry[3]), done).end
+        return self._store.watch(min_index, wait, done, tables)
 
     # -- deployments ------------------------------------------------------------------------
     def deployment(self, deployment_id: str) -> Deployment | None:
@@ -205,33 +195,3 @@ class Reads:
         """The items of the variable at `path` in `namespace`, decrypted; None if there is none."""
         return self.vars.items(namespace or "default", path) if self.vars is not None else None
 
-
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-class _Watch:
-    """One parked `Reads.watch`: its store entry, its deadline, and whether it is over (a
-    resolved Future's callback may already be scheduled when `end` is called)."""
-
-    __slots__ = ("reads", "tables", "entry", "deadline", "done", "over")
-
-    def __init__(self, reads: Reads, tables: Tables, entry: Entry, deadline: asyncio.TimerHandle,
-                 done: Callable[[int], None]) -> None:
-        self.reads, self.tables, self.entry, self.deadline, self.done = reads, tables, entry, deadline, done
-        self.over = False
-        entry[3].add_done_callback(self._resolved)
-
-    def _resolved(self, _fut: asyncio.Future) -> None:
-        if not self.over:
-            self.end(True)
-
-    def end(self, answer: bool) -> None:
-        if self.over:
-            return
-        self.over = True
-        self.deadline.cancel()
-        self.reads._store.unpark(self.entry)
-        if answer:
-            self.done(max(self.reads.current(self.tables), 1))

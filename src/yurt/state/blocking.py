@@ -120,6 +120,21 @@ class Waiters:
         with self._lock:
             return self._current(target)
 
+    def watch(self, min_index: int, timeout_s: float, target: Target,
+              done: Callable[[int], None]) -> Callable[[bool], None] | None:
+        """`wait_async` without a coroutine, on the running event loop (the client agents'
+        watches: thousands parked at once, each without a task): `done(index)` is called on the
+        loop once `target` moves past `min_index` or `timeout_s` passes, with its index (never
+        below 1, as a blocking query answers); at once, before this returns None, when it
+        already has. Otherwise returns `end(answer)`, which stops the wait: `done` is then called
+        at once with the current index if `answer`, never if not (the caller went away)."""
+        loop = asyncio.get_running_loop()
+        entry = self.park(min_index, target, loop)
+        if entry is None:
+            done(max(self.current(target), 1))
+            return None
+        return _Watch(self, entry, loop.call_later(max(0.0, timeout_s), _resolve, entry[3]), done).end
+
     async def wait_async(self, min_index: int, timeout_s: float, target: Target = None) -> int:
         loop = asyncio.get_running_loop()
         entry = self.park(min_index, target, loop)
@@ -139,3 +154,28 @@ class Waiters:
 def _resolve(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+class _Watch:
+    """One parked `Waiters.watch`: its entry, its deadline, and whether it is over (a resolved
+    Future's callback may already be scheduled when `end` is called)."""
+
+    __slots__ = ("waiters", "entry", "deadline", "done", "over")
+
+    def __init__(self, waiters: Waiters, entry: Entry, deadline: asyncio.TimerHandle,
+                 done: Callable[[int], None]) -> None:
+        self.waiters, self.entry, self.deadline, self.done = waiters, entry, deadline, done
+        self.over = False
+        entry[3].add_done_callback(self._resolved)
+
+    def _resolved(self, _fut: asyncio.Future) -> None:
+        self.end(True)
+
+    def end(self, answer: bool) -> None:
+        if self.over:
+            return
+        self.over = True
+        self.deadline.cancel()
+        self.waiters.unpark(self.entry)
+        if answer:
+            self.done(max(self.waiters.current(self.entry[1]), 1))

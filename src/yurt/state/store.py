@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import gc
 import os
 import shutil
@@ -29,7 +27,7 @@ from yurt.structs import (AllocDeploymentStatus, Allocation, Deployment, Desired
                           JobSummary, Node)
 
 from . import derive
-from .blocking import Entry, Target, Waiters
+from .blocking import Target, Waiters
 from .errors import NotFound
 from .events import EventBuffer
 from .keyed_store import KeyedStore
@@ -491,14 +489,10 @@ class StateStore(MeshStore, ACLStore, KeyedStore):
         """`wait` for asyncio: the event loop is not blocked."""
         return await self._waiters.wait_async(min_index, timeout_s, self._check(table))
 
-    def park(self, min_index: int, loop: asyncio.AbstractEventLoop, table: Target = None) -> Entry | None:
-        """`wait_async` without a coroutine: an entry whose Future (its last item) `loop`
-        resolves once the index (or `table`'s) passes `min_index`; None if it already has.
-        Every entry returned is given back to `unpark` once its waiter stops waiting."""
-        return self._waiters.park(min_index, self._check(table), loop)
-
-    def unpark(self, entry: Entry) -> None:
-        self._waiters.unpark(entry)
+    def watch(self, min_index: int, timeout_s: float, done: Callable[[int], None],
+              table: Target = None) -> Callable[[bool], None] | None:
+        """`wait_async` without a coroutine (`Waiters.watch`): `done(index)` on the event loop."""
+        return self._waiters.watch(min_index, timeout_s, self._check(table), done)
 
 
 def _apply_rows(rows: Mapping[K, V | None], put: Callable[[V], object], drop: Callable[[K], object]) -> None:
