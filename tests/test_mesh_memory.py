@@ -155,9 +155,10 @@ class Pair:
             got, start = 0, time.monotonic()
             while d := c.recv(64 * 1024 if rate else 2**20):
                 got += len(d)
-                due = start + got / rate if rate else 0.0  # paced from the schedule
-                if due > time.monotonic():
-                    time.sleep(due - time.monotonic())
+                # paced from the schedule; the clock read once, or the wait could go negative
+                ahead = (start + got / rate - time.monotonic()) if rate else 0.0
+                if ahead > 0:
+                    time.sleep(ahead)
             return got
 
     def close(self) -> None:
