@@ -224,9 +224,9 @@ class _Scheduler:
         update: dict[str, Any] = {
             "id": new_id(self.rng), "name": p.name, "node_id": node.id, "node_name": node.name,
             "metrics": metric, "task_states": {},
-            "desired_transition": copied(tmpl.desired_transition, {}),
+            # the template's desired transition and task resources are shared, not copied: a
+            # stored allocation is never changed in place (fewer objects a stored allocation)
             "allocated_resources": copied(ar, {
-                "tasks": dict(ar.tasks),
                 "shared": copied(ar.shared, {"ports": port_mappings(ports) if ports else []})})}
         if group.deployment_id:
             update["deployment_id"] = group.deployment_id
