@@ -18,7 +18,6 @@ answers or etcd has no quorum (its message says which, and names the endpoints).
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 from etcd3gw.client import Etcd3Client
 
@@ -43,6 +43,9 @@ class StoreUnavailable(Unavailable):
 
 class StoreError(YurtError):
     """etcd refused a request for a reason of its own (the message is etcd's)."""
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 def b64(data: bytes | str) -> str:
@@ -177,7 +180,10 @@ class EtcdClient:
             k = (start + i) % n
             c = self._clients[k]
             try:
-                resp = c.session.post(c.get_url(path), json=body, timeout=timeout or self.timeout)
+                # orjson both ways: a plan's transaction is hundreds of puts (~5 x less CPU than
+                # requests' json module, the same JSON)
+                resp = c.session.post(c.get_url(path), data=orjson.dumps(body), headers=_JSON,
+                                      timeout=timeout or self.timeout)
             except requests.exceptions.SSLError as e:
                 errors.append(f"{self.endpoints[k]}: TLS failed ({e}); check store {{ etcd {{ ca_file "
                               "cert_file key_file }}")
@@ -187,7 +193,7 @@ class EtcdClient:
                 continue
             if resp.status_code == 200:
                 self._current = k
-                out: dict[str, Any] = resp.json()
+                out: dict[str, Any] = orjson.loads(resp.content)
                 if path in ("kv/txn", "kv/put") or (path == "kv/range" and not body.get("serializable")):
                     self.quorum_seen = time.monotonic()   # these go through the cluster's quorum
                 return out
@@ -316,7 +322,7 @@ class EtcdClient:
                     return
                 if not line:
                     continue
-                msg = json.loads(line)
+                msg = orjson.loads(line)
                 if "error" in msg:
                     raise StoreUnavailable(f"the state store's watch failed: {msg['error'].get('message', msg)}")
                 r = msg.get("result", {})
