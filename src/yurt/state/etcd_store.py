@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -57,6 +58,7 @@ T = TypeVar("T")
 MAX_ITEMS = 100          # items per transaction where a write is split
 MAX_COMPARES = 127       # compares per transaction: etcd's --max-txn-ops (128) less the leader guard
 MAX_OPS = 128            # operations per transaction: etcd's --max-txn-ops
+OWN_WAIT = 1.0           # seconds the watch waits for a write of this server on its way back (see _apply_events)
 MAX_OUTCOME = 10         # evals written in a plan's last transaction (more: a transaction of their own)
 APPLY_TIMEOUT = 30.0     # how long a write waits for its own watch to bring it back
 HISTORY_KEPT = 10_000    # revisions of history kept when etcd is compacted
@@ -85,6 +87,8 @@ class EtcdStateStore(StateStore):
         self._uncertain = False                 # a write may have committed unseen: apply from the watch
         self._quorum_check = ThreadPoolExecutor(1, thread_name_prefix="yurt-etcd-quorum")
         self._own: set[int] = set()              # own writes applied here that the watch has not brought back
+        self._decoded = threading.Condition(self._decode_lock)   # an own write applied, or none on the way
+        self._committing = False                 # a transaction of this server's is on its way to etcd and back
         self._applied_cond = threading.Condition(self._mem_lock)
         self._t = Tables()
         self._view = StateView(self._t)
@@ -194,14 +198,26 @@ class EtcdStateStore(StateStore):
         for e in events:
             by_rev.setdefault(e.kv.mod_revision, []).append(e)
         for rev in sorted(by_rev):
-            with self._decode_lock:
+            with self._decoded:
                 if rev <= self._watch_rev:
                     continue   # a reconnected watch may repeat what it sent
+                if rev not in self._own and self._committing:
+                    # most likely this server's own write, which the watch brought back before its
+                    # committer had the answer: the committer applies it from the objects it
+                    # wrote, so it is not decoded again here (bounded: a commit that hangs, or
+                    # another writer's revision, waits at most OWN_WAIT)
+                    self._decoded.wait_for(partial(self._back, rev), OWN_WAIT)
+                    if rev <= self._watch_rev:
+                        continue
                 self._watch_rev = rev
                 if rev in self._own:   # this server's own write, applied when it committed
                     self._own.discard(rev)
                     continue
                 self._apply_revision(rev, by_rev[rev])
+
+    def _back(self, rev: int) -> bool:
+        """Whether the committer applied `rev` as its own write, or has none on the way."""
+        return rev in self._own or not self._committing
 
     def _apply_revision(self, rev: int, events: list[ec.Event], own: Changes | None = None) -> None:
         """One revision into the model; the caller holds the decode lock (this is the only
@@ -363,11 +379,20 @@ class EtcdStateStore(StateStore):
         written = self.codec.encode(ch, self._t)
         ops = [ec.put(k, v) if v is not None else ec.delete(k) for k, v in written.items()]
         guard = [ec.compare(self.codec.leader_key, "CREATE", "EQUAL", fence)] + guards
+        with self._decoded:
+            self._committing = True
         try:
-            res = self._transient(lambda: self.kv.txn(guard, ops), uncertain=True)
-        except Exception:
-            self._uncertain = True   # it may still commit: the model follows the watch until it has
-            raise
+            try:
+                res = self._transient(lambda: self.kv.txn(guard, ops), uncertain=True)
+            except Exception:
+                self._uncertain = True   # it may still commit: the model follows the watch until it has
+                raise
+            if res.succeeded and not self._uncertain:
+                self._apply_own(written, res.revision, ch)
+        finally:
+            with self._decoded:
+                self._committing = False
+                self._decoded.notify_all()
         if not res.succeeded:
             _, held, _ = self.kv.range(self.codec.leader_key)
             if not (held and held[0].create_revision == fence):
@@ -386,8 +411,6 @@ class EtcdStateStore(StateStore):
             # revision than this one: the watch brings both, in order
             self.wait_applied(res.revision)
             self._uncertain = False
-        else:
-            self._apply_own(written, res.revision, ch)
         for w in batch:
             w.finish(index=res.revision)
         self._dequeue(batch)
