@@ -8,6 +8,7 @@ attribute name (``task_groups`` is written ``group`` in HCL); the job spec reade
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,12 +97,14 @@ class AllFields(set[str]):
 _ALL_FIELDS: dict[type, AllFields] = {}
 
 
-def _fields_set(cls: type[BaseModel], names: set[str]) -> set[str]:
-    """`names` as a fields-set: the class's shared one when it holds every field."""
+def _fields_set(cls: type[BaseModel], names: Collection[str]) -> set[str]:
+    """`names` as a fields-set: the class's shared one when they are every field (no set made)."""
     full = _ALL_FIELDS.get(cls)
     if full is None:
         full = _ALL_FIELDS[cls] = AllFields(cls.model_fields)
-    return full if len(names) == len(full) and names == full else names
+    if len(names) == len(full) and full.issuperset(names):
+        return full
+    return names if type(names) is set else set(names)
 
 
 def built(cls: type[M], values: dict[str, Any]) -> M:
@@ -110,7 +113,7 @@ def built(cls: type[M], values: dict[str, Any]) -> M:
     makes several objects per placement; `values` is kept, not copied."""
     m = cls.__new__(cls)
     _set(m, "__dict__", values)
-    _set(m, "__pydantic_fields_set__", _fields_set(cls, set(values)))
+    _set(m, "__pydantic_fields_set__", _fields_set(cls, values.keys()))
     _set(m, "__pydantic_extra__", None)
     _set(m, "__pydantic_private__", None)
     return m
