@@ -11,7 +11,9 @@ would. Prints placements per second and milliseconds per evaluation.
 
 Sections are listed in ``SECTIONS``: each is a function (args) -> dict of figures: the pure
 scheduler, then the server path (eval broker -> scheduler workers -> plan applier -> SQLite
-store), in one run, with the ratio between them.
+store), in one run, with the ratio between them. The server path also reports what each stored
+allocation holds alone in objects the cyclic GC walks (how many, their bytes); with
+``--baseline-src`` it runs again in a process importing that src tree, side by side.
 
 ``http``: the whole path as a user's ``job run`` takes it, over HTTP, against a real server agent
 process (``yurt agent -config``, server only): on SQLite, then on a 3-member loopback etcd
@@ -64,7 +66,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# YURT_BENCH_SRC: another src tree (the server section's --baseline-src run, in a process of its own)
+sys.path.insert(0, os.environ.get("YURT_BENCH_SRC") or str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/memory_state.py
 
 from yurt.jobspec import canonicalize
@@ -166,7 +169,7 @@ def pure_scheduler(args) -> dict[str, float]:
             "placements/s (CPU time)": round(placements / sched_cpu)}
 
 
-def server_path(args) -> dict[str, float]:
+def _server_path(args) -> dict[str, float]:
     """The whole control plane minus HTTP: register -> eval broker -> workers -> plan applier ->
     SQLite store, timed from the first registration until every allocation is stored."""
     from yurt.server.server import Server
@@ -192,11 +195,56 @@ def server_path(args) -> dict[str, float]:
         elapsed = time.perf_counter() - t0
         server.stop()
         blocked = sum(1 for e in store.evals() if e.status == "blocked")
+        objects, size = _alloc_objects([a for j in jobs for a in store.allocs_by_job("default", j.id)])
         return {"evals": len(jobs), "placements": stored, "blocked evals": blocked,
                 "seconds to all stored": round(elapsed, 3), "placements/s": round(stored / elapsed),
-                "ms per eval": round(1000 * elapsed / len(jobs), 2)}
+                "ms per eval": round(1000 * elapsed / len(jobs), 2),
+                # what the cyclic collector walks for each allocation the store holds
+                "GC-tracked objects a stored allocation": round(objects, 1),
+                "their bytes a stored allocation": round(size)}
     finally:
         store.close()
+
+
+def _alloc_objects(allocs: list[Any]) -> tuple[float, float]:
+    """The objects the cyclic GC tracks that each allocation holds alone (not shared with another
+    allocation: its job, a template's parts, classes), on average: how many, and their bytes."""
+    owners: dict[int, int] = {}
+    held: list[list[Any]] = []
+    for a in allocs:
+        seen: set[int] = set()
+        mine: list[Any] = []
+        stack: list[Any] = [a]
+        while stack:
+            o = stack.pop()
+            if id(o) in seen or not gc.is_tracked(o) or isinstance(o, type) or o is a.job:
+                continue
+            seen.add(id(o))
+            mine.append(o)
+            stack.extend(gc.get_referents(o))
+        held.append(mine)
+        for o in mine:
+            owners[id(o)] = owners.get(id(o), 0) + 1
+    alone = [[o for o in mine if owners[id(o)] == 1] for mine in held]
+    n = max(len(allocs), 1)
+    return sum(map(len, alone)) / n, sum(sys.getsizeof(o) for mine in alone for o in mine) / n
+
+
+def server_path(args) -> dict[str, Any]:
+    """The server section, and with --baseline-src the same in a process running that src tree,
+    side by side."""
+    now = _server_path(args)
+    if not args.baseline_src:
+        return now
+    out = Path(args._root) / "server-baseline.json"
+    cmd = [sys.executable, __file__, "--only", "server", "--nodes", str(args.nodes), "--jobs", str(args.jobs),
+           "--count", str(args.count), "--workers", str(args.workers), "--figures-json", str(out)]
+    env = {**os.environ, "YURT_BENCH_SRC": str(Path(args.baseline_src).resolve())}
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, timeout=1800)
+    before = json.loads(out.read_text())["server_path"]
+    return {k: {"now": v, "baseline": before.get(k, math.nan),
+                "now/baseline": round(v / before[k], 2) if before.get(k) else ""}
+            for k, v in now.items()}
 
 
 # --- over HTTP, against real server agent processes ------------------------------------------------
@@ -864,7 +912,9 @@ def main(argv: list[str] | None = None) -> int:
                    "DIR/<store> (the thread holding the GIL: what the server spends its one core on)")
     p.add_argument("--baseline-src", metavar="DIR",
                    help="http: also run the server (etcd, or SQLite with --http-stores sqlite) from this src directory "
-                   "(e.g. `git archive HEAD src | tar -x -C /tmp/base` then /tmp/base/src), before the current one")
+                   "(e.g. `git archive HEAD src | tar -x -C /tmp/base` then /tmp/base/src), before the current one; "
+                   "server: the same section in a process importing that src, side by side")
+    p.add_argument("--figures-json", metavar="FILE", help="also write every section's figures to FILE as JSON")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",")] if args.only else []
     bad = [s for s in only if s not in ("pure", "server", "http", "failover", "fleet")]
@@ -887,8 +937,12 @@ def main(argv: list[str] | None = None) -> int:
         for cluster in args._etcds:
             cluster.stop()
         shutil.rmtree(args._root, ignore_errors=True)
+    if args.figures_json:
+        Path(args.figures_json).write_text(json.dumps(results, default=str))
     if "server_path" in results and "pure_scheduler" in results:
-        ratio = results["server_path"]["placements/s"] / results["pure_scheduler"]["placements/s"]
+        server = results["server_path"]["placements/s"]
+        server = server["now"] if isinstance(server, dict) else server
+        ratio = server / results["pure_scheduler"]["placements/s"]
         print(f"\nserver path / pure scheduler: {ratio:.2f}x  "
               f"(goal: >= 1,000 placements/s through the server path; Nomad C2M ~1,500/s on 3 servers)")
     if "http_path" in results and "pure_scheduler" in results:
@@ -909,13 +963,14 @@ def _print_figures(figures: dict[str, Any]) -> None:
     for value in figures.values():
         if isinstance(value, dict):
             columns += [c for c in value if c not in columns]
+    w = max([26, *map(len, figures)])
     if columns:
-        print(f"  {'':<26}" + "".join(f"{c:>18}" for c in columns))
+        print(f"  {'':<{w}}" + "".join(f"{c:>18}" for c in columns))
     for key, value in figures.items():
         if isinstance(value, dict):
-            print(f"  {key:<26}" + "".join(f"{value.get(c, ''):>18}" for c in columns), flush=True)
+            print(f"  {key:<{w}}" + "".join(f"{value.get(c, ''):>18}" for c in columns), flush=True)
         else:
-            print(f"  {key:<26} {value}", flush=True)
+            print(f"  {key:<{w}} {value}", flush=True)
 
 
 if __name__ == "__main__":
