@@ -120,3 +120,16 @@ def test_a_plan_is_split_so_that_every_transaction_fits_etcds_limit() -> None:
     assert len(_alloc_chunks(spread)[0]) == 63
     assert [len(c) for c in _alloc_chunks(packed)] == [100, 100, 50]
     assert _alloc_chunks([]) == [[]]
+
+
+def test_a_watched_key_reads_as_the_key_etcd_sent():
+    """The watch's keys decode their value only when it is read; what they read is the same as
+    a range's key, and a deleted key (no value in etcd's JSON) reads empty."""
+    sent = {"key": ec.b64(b"/p/allocs/a1"), "value": ec.b64(b'{"Alloc":{}}'), "create_revision": "3",
+            "mod_revision": "5", "version": "2", "lease": "7"}
+    watched, ranged = ec.WatchedKV(sent), ec.KV.from_json(sent)
+    assert (watched.key, watched.value, watched.create_revision, watched.mod_revision, watched.version,
+            watched.lease) == (ranged.key, ranged.value, 3, 5, 2, 7)
+    assert watched.value == b'{"Alloc":{}}'
+    gone = ec.WatchedKV({"key": ec.b64(b"/p/allocs/a1"), "mod_revision": "6"})
+    assert (gone.value, gone.mod_revision, gone.create_revision) == (b"", 6, 0)

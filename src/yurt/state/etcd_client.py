@@ -82,6 +82,30 @@ class KV:
                    int(d.get("mod_revision", 0)), int(d.get("version", 0)), int(d.get("lease", 0)))
 
 
+class WatchedKV(KV):
+    """A key as the watch brings it: its value decoded from base64 when first read. The leader
+    reads few of them (it skips its own writes, most of what it watches)."""
+
+    def __init__(self, d: dict[str, Any]) -> None:   # the dataclass's fields, from etcd's JSON
+        self.key = unb64(d.get("key"))
+        self._raw: str | None = d.get("value")
+        self._value: bytes | None = None
+        self.create_revision = int(d.get("create_revision", 0))
+        self.mod_revision = int(d.get("mod_revision", 0))
+        self.version = int(d.get("version", 0))
+        self.lease = int(d.get("lease", 0))
+
+    @property
+    def value(self) -> bytes:
+        if self._value is None:
+            self._value = unb64(self._raw)
+        return self._value
+
+    @value.setter
+    def value(self, data: bytes) -> None:
+        self._value = data
+
+
 @dataclass
 class Event:
     kind: str          # "PUT" or "DELETE"
@@ -331,7 +355,7 @@ class EtcdClient:
                                     compact_revision=int(r.get("compact_revision", 0)),
                                     reason=str(r.get("cancel_reason", "")))
                 for e in r.get("events", []):
-                    out.events.append(Event(e.get("type", "PUT"), KV.from_json(e["kv"])))
+                    out.events.append(Event(e.get("type", "PUT"), WatchedKV(e["kv"])))
                 yield out
         except (requests.RequestException, ValueError) as e:
             if not stop.is_set():
