@@ -128,7 +128,7 @@ def copied(m: M, update: dict[str, Any]) -> M:
     values.update(update)
     _set(c, "__dict__", values)
     fields_set = m.__pydantic_fields_set__
-    if type(fields_set) is not AllFields:   # complete already: stays so, shared
+    if type(fields_set) is not AllFields:   # (an AllFields one is complete, and stays so: shared)
         fields_set = set(fields_set)
         fields_set.update(update)
         fields_set = _fields_set(type(m), fields_set)
