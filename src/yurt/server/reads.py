@@ -194,4 +194,3 @@ class Reads:
     def variable(self, namespace: str, path: str) -> dict[str, str] | None:
         """The items of the variable at `path` in `namespace`, decrypted; None if there is none."""
         return self.vars.items(namespace or "default", path) if self.vars is not None else None
-
