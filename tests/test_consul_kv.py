@@ -446,3 +446,96 @@ def test_with_acls_kv_and_sessions_need_operator_read_and_write(tmp_path):
             anonymous.kv.get("acl/k")
         assert reader.session.list()[1] == []
         assert root.kv.get("acl/k")[1]["Value"] == b"v"
+
+
+def test_key_and_session_rules_decide_per_key_and_node_and_lists_are_filtered(tmp_path):
+    """Consul's key, key_prefix (list, read, write, deny) and session, session_prefix rules: the
+    exact key rule, else the longest prefix rule, else operator; a recursive read and a key
+    listing show only what the token may see; a tree delete needs write on all of it."""
+    import re
+    conf = tmp_path / "acl.hcl"
+    conf.write_text('acl {\n  enabled = true\n}\n')
+    rules = ('key_prefix "" {\n  policy = "list"\n}\n'
+             'key_prefix "app/" {\n  policy = "write"\n}\n'
+             'key "app/secret" {\n  policy = "deny"\n}\n'
+             'key_prefix "app/ro/" {\n  policy = "read"\n}\n'
+             'session_prefix "" {\n  policy = "read"\n}\n'
+             'session "web-node" {\n  policy = "write"\n}\n')
+    with AgentProcess(extra=["-acl-enabled", "-config", str(conf)]) as a:
+        m = re.search(r"ACL Token: ([0-9a-f-]{36})", a.log())
+        assert m, a.log()[:2000]
+        root = consul.Consul(host="127.0.0.1", port=a.port, token=m.group(1))
+        with a.api() as api:
+            mgmt = {"X-Nomad-Token": m.group(1)}
+            assert api.put("/v1/acl/policy/app", json={"Name": "app", "Rules": rules}, headers=mgmt).status_code == 200
+            tok = api.put("/v1/acl/token", json={"Name": "app", "Policies": ["app"]}, headers=mgmt).json()["SecretID"]
+            other = 'session "elsewhere" {\n  policy = "read"\n}\n'
+            assert api.put("/v1/acl/policy/other", json={"Name": "other", "Rules": other}, headers=mgmt).status_code == 200
+            tok2 = api.put("/v1/acl/token", json={"Name": "o", "Policies": ["other"]}, headers=mgmt).json()["SecretID"]
+            bad = api.put("/v1/acl/policy/bad", json={"Name": "bad", "Rules": 'session "n" {\n  policy = "list"\n}\n'},
+                          headers=mgmt)
+            assert bad.status_code == 400 and '"list" is not a policy' in bad.text, bad.text
+        app = consul.Consul(host="127.0.0.1", port=a.port, token=tok)
+        for key in ("app/a", "app/secret", "app/ro/x", "other/x"):
+            assert root.kv.put(key, "v-" + key) is True
+        # writes: the longest prefix rule, an exact key rule over it
+        assert app.kv.put("app/a", "mine") is True
+        with pytest.raises(consul.ACLPermissionDenied, match='key "other/x" write'):
+            app.kv.put("other/x", "no")
+        with pytest.raises(consul.ACLPermissionDenied, match='key "app/ro/x" write'):
+            app.kv.put("app/ro/x", "no")
+        # reads: list is not read; an exact deny beats its prefix's write
+        assert app.kv.get("app/ro/x")[1]["Value"] == b"v-app/ro/x"
+        with pytest.raises(consul.ACLPermissionDenied, match='key "other/x" read'):
+            app.kv.get("other/x")
+        with pytest.raises(consul.ACLPermissionDenied, match='key "app/secret" read'):
+            app.kv.get("app/secret")
+        # lists: filtered by what the token may see
+        assert [e["Key"] for e in app.kv.get("app/", recurse=True)[1]] == ["app/a", "app/ro/x"]
+        assert app.kv.get("", keys=True)[1] == ["app/a", "app/ro/x", "other/x"]
+        with pytest.raises(consul.ACLPermissionDenied, match='key "other/" read'):
+            app.kv.get("other/", recurse=True)
+        assert sorted(e["Key"] for e in root.kv.get("", recurse=True)[1]) == ["app/a", "app/ro/x", "app/secret", "other/x"]
+        # a tree delete: refused while a rule under it gives less, and nothing is deleted
+        with pytest.raises(consul.ACLPermissionDenied, match='every key under "app/"'):
+            app.kv.delete("app/", recurse=True)
+        assert root.kv.get("app/a")[1]["Value"] == b"mine"
+        assert app.kv.delete("app/a") is True
+        assert root.kv.get("app/a")[1] is None
+        # sessions: write on the session's node, lists filtered by read
+        with pytest.raises(consul.ACLPermissionDenied, match='session "other-node" write'):
+            app.session.create(node="other-node")
+        assert root.kv.get("app/ro/x")[1]["Value"] == b"v-app/ro/x"
+        anonymous = consul.Consul(host="127.0.0.1", port=a.port)
+        with pytest.raises(consul.ACLPermissionDenied, match="key list or read on some key"):
+            anonymous.kv.get("", keys=True)
+        with pytest.raises(consul.ACLPermissionDenied, match="session read on some node"):
+            anonymous.session.list()
+        assert app.session.list()[1] == []
+        sid = root.session.create(name="root's", lock_delay=0)   # on the agent's own node
+        node = root.session.info(sid)[1]["Node"]
+        assert [s["ID"] for s in app.session.list()[1]] == [sid]   # session_prefix "" read
+        elsewhere = consul.Consul(host="127.0.0.1", port=a.port, token=tok2)
+        assert elsewhere.session.list()[1] == [] and elsewhere.session.info(sid)[1] is None   # filtered
+        with pytest.raises(consul.ACLPermissionDenied, match=f'session "{node}" write'):
+            app.session.destroy(sid)
+        assert root.session.info(sid)[1]["ID"] == sid   # refused: nothing destroyed
+        assert root.session.destroy(sid) is True
+
+
+def test_key_rules_exact_prefix_operator_and_merged_policies():
+    from yurt.server.acl import ACL, parse_rules
+    r = parse_rules("a", 'operator {\n  policy = "read"\n}\nkey_prefix "a/" {\n  policy = "write"\n}\n'
+                         'key_prefix "a/b/" {\n  policy = "list"\n}\nkey "a/b/c" {\n  policy = "read"\n}\n'
+                         'session_prefix "web" {\n  policy = "write"\n}\n')
+    acl = ACL(r)
+    assert acl.allow_key("a/x", "write") and not acl.allow_key("z", "write") and acl.allow_key("z", "read")
+    assert acl.allow_key("a/b/d", "list") and not acl.allow_key("a/b/d", "read")   # the longest prefix
+    assert acl.allow_key("a/b/c", "read") and not acl.allow_key("a/b/c", "write")  # the exact key
+    assert not acl.allow_key_tree("a/") and acl.allow_key_tree("a/x/") and not acl.allow_key_tree("")
+    assert acl.allow_session("web-1", "write") and acl.allow_session("db", "read") and not acl.allow_session("db", "write")
+    assert acl.may_use("key", "write") and acl.may_use("session", "write")
+    r.merge(parse_rules("b", 'key_prefix "a/" {\n  policy = "deny"\n}\n'))
+    assert not ACL(r).allow_key("a/x", "list")   # deny wins a merge
+    assert ACL(parse_rules("c", 'key "k" {\n  policy = "write"\n}\n')).may_use("key", "write")
+    assert not ACL(parse_rules("d", 'node {\n  policy = "write"\n}\n')).may_use("key", "list")

@@ -38,8 +38,9 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset({
 @dataclass(frozen=True)
 class Requirement:
     """kind: namespace (cap), namespace_any (some capability in the namespace `name_from`, or
-    in any namespace without one), node/agent/operator (cap = read|write), kv_read (operator:read or
-    a client node's identity), service/intention (cap =
+    in any namespace without one), node/agent/operator (cap = read|write), kv (cap = list|write:
+    some key at that level, or a client node's identity for reads; the route checks each key),
+    session (cap = read|write, some node's sessions; the route checks each), service/intention (cap =
     read|write, the name from path or query parameter `name_from`, "*" if absent), management,
     node_identity (a client agent's node secret), any (any resolved identity), config_read
     (a config entry, the name "<kind>/<name>": operator:read, or service:read on the name for
@@ -58,8 +59,12 @@ class Requirement:
             return f'{self.kind} "{name}" {self.cap}'
         if self.kind in ("node", "agent", "operator"):
             return f"{self.kind}:{self.cap}"
-        if self.kind == "kv_read":
-            return "operator:read (or a client node's identity)"
+        if self.kind == "kv":
+            if self.cap == "write":
+                return "key write on some key (a key or key_prefix rule, or operator:write)"
+            return "key list or read on some key (a key or key_prefix rule, or operator:read), or a client node"
+        if self.kind == "session":
+            return f"session {self.cap} on some node (a session or session_prefix rule, or operator:{self.cap})"
         if self.kind == "config_read":
             kind, _, entry = name.partition("/")
             return ("operator:read" + (f' (or service "{entry}" read, for its {kind} entry)'
@@ -206,13 +211,15 @@ _add("GET", "/v1/connect/intentions/match", _r("intention", "read", "name"))
 _add("GET", "/v1/connect/intentions/check", _r("intention", "read", "destination"))
 _add("GET", "/v1/connect/intentions/{ix_id}", _r("intention", "read"))
 _add("PUT DELETE", "/v1/connect/intentions/{ix_id}", _r("intention", "write"))
-# Consul's KV and sessions (api/consul_kv.py): Yurt's policies have no key_prefix or session
-# rules; the KV store and its locks are cluster-wide data, so operator read (reads) / write (writes).
-# A client node's identity may read it too: its template hook renders its allocations' templates
-# (`{{ key }}`, `{{ ls }}`) as the node, as Nomad's client reads Consul KV with its own token.
-_add("GET", "/v1/kv/{key:path}", _r("kv_read"))
-_add("PUT DELETE", "/v1/kv/{key:path}", _r("operator", "write"))
-_add("PUT", "/v1/session/create", _r("operator", "write"))
+# Consul's KV and sessions (api/consul_kv.py): Consul's key, key_prefix, session and
+# session_prefix rules, and operator for every key and node they do not name. The route asks for
+# the right on some key or node; the handler checks each key (a tree delete: all of it) and
+# session node, and filters what a list shows. A client node's identity reads every key: its
+# template hook renders its allocations' templates (`{{ key }}`, `{{ ls }}`) as the node, as
+# Nomad's client reads Consul KV with its own token.
+_add("GET", "/v1/kv/{key:path}", _r("kv", "list"))
+_add("PUT DELETE", "/v1/kv/{key:path}", _r("kv", "write"))
+_add("PUT", "/v1/session/create", _r("session", "write"))
 # Consul's config entries (api/consul_config.py): cluster-wide mesh configuration, operator read /
 # write; a sidecar reads what it needs of them through the chain of its service (service read)
 _add("PUT", "/v1/config", _r("operator", "write"))
@@ -220,11 +227,11 @@ _add("GET", "/v1/config/{kind}", _r("operator", "read"))
 _add("GET", "/v1/config/{kind}/{name}", _r("config_read"))   # a gateway's own entry: service read, as Consul
 _add("DELETE", "/v1/config/{kind}/{name}", _r("operator", "write"))
 _add("GET", "/v1/agent/connect/chain/{service}", _r("service", "read", "service"))
-_add("PUT", "/v1/session/destroy/{session_id}", _r("operator", "write"))
-_add("PUT", "/v1/session/renew/{session_id}", _r("operator", "write"))
-_add("GET", "/v1/session/info/{session_id}", _r("operator", "read"))
-_add("GET", "/v1/session/node/{node}", _r("operator", "read"))
-_add("GET", "/v1/session/list", _r("operator", "read"))
+_add("PUT", "/v1/session/destroy/{session_id}", _r("session", "write"))
+_add("PUT", "/v1/session/renew/{session_id}", _r("session", "write"))
+_add("GET", "/v1/session/info/{session_id}", _r("session", "read"))
+_add("GET", "/v1/session/node/{node}", _r("session", "read"))
+_add("GET", "/v1/session/list", _r("session", "read"))
 # variables (api/variables.py): each route checks the variable's path itself (its namespace's
 # variables { path } capabilities, or a workload identity's own job paths)
 _add("GET", "/v1/vars", _r("check"))
@@ -312,8 +319,10 @@ def check(ident: Identity, req: Requirement, name: str) -> bool:
         return ident.workload is None and ident.acl.allow("operator", "read")
     if ident.workload is not None:
         return req.kind in ("service", "intention") and ident.allow_mesh(req.kind, name, req.cap)
-    if req.kind == "kv_read":   # KV reads: operators, and client nodes (their templates)
-        return ident.is_node or ident.acl.allow("operator", "read")
+    if req.kind == "kv":   # some key: the handler checks each (api/consul_kv.py); client nodes read
+        return (ident.is_node and req.cap != "write") or ident.acl.may_use("key", req.cap)
+    if req.kind == "session":   # some node's sessions: the handler checks each
+        return ident.acl.may_use("session", req.cap)
     if req.kind == "namespace":
         return ident.acl.allow_namespace(name, req.cap)
     if req.kind == "namespace_any":

@@ -10,9 +10,11 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import Response
 
-from yurt.errors import InvalidInput, NotFound
-from yurt.server.kv import MAX_VALUE_SIZE, entry_json, key_list, session_json, too_large, value_bytes
+from yurt.errors import InvalidInput, NotFound, PermissionDenied
+from yurt.server.kv import (MAX_VALUE_SIZE, entry_json, key_list, parse_session, session_json, too_large,
+                            value_bytes)
 
+from .authz import identity
 from .common import json_body
 from .consul_common import agent_of, cblock, consul_route, consul_router, creply, headers, reads_of
 from .forward import to_server
@@ -36,6 +38,46 @@ SESSION_BODY = body({"type": "object", "properties": {
 
 def _kv(request: Request):
     return agent_of(request).server.kv
+
+
+class _Rights:
+    """What the caller may do with each key and session (ACLs on): Consul's `key`/`key_prefix`
+    and `session`/`session_prefix` rules, else `operator` (server/acl.py). The route checked
+    that the caller has the right on some key or node (api/authz.py); this checks each one."""
+
+    def __init__(self, request: Request) -> None:
+        self.ident = identity(request)
+
+    def key(self, key: str, level: str) -> bool:
+        i = self.ident
+        if i is None or i.management:
+            return True
+        if i.workload is not None:
+            return False
+        return (i.is_node and level != "write") or i.acl.allow_key(key, level)
+
+    def need_key(self, key: str, level: str) -> None:
+        if not self.key(key, level):
+            raise PermissionDenied(f'Permission denied: this needs key "{key}" {level} (a key or key_prefix rule, '
+                                   f'or operator:{"write" if level == "write" else "read"})')
+
+    def need_tree(self, prefix: str) -> None:
+        i = self.ident
+        if i is None or i.management:
+            return
+        if i.workload is None and not i.is_node and i.acl.allow_key_tree(prefix):
+            return
+        raise PermissionDenied(f'Permission denied: deleting every key under "{prefix}" needs key_prefix '
+                               f'"{prefix}" write (or operator:write) and no rule under it giving less')
+
+    def session(self, node: str, level: str) -> bool:
+        i = self.ident
+        return i is None or i.management or (i.workload is None and i.acl.allow_session(node, level))
+
+    def need_session(self, node: str, level: str) -> None:
+        if not self.session(node, level):
+            raise PermissionDenied(f'Permission denied: this needs session "{node}" {level} (a session or '
+                                   f'session_prefix rule, or operator:{level})')
 
 
 def _key(raw: str) -> str:
@@ -74,15 +116,27 @@ async def kv_get(request: Request, key: str):
     recurse, keys = "recurse" in q, "keys" in q
     if not (recurse or keys) and not key:
         raise InvalidInput("Missing key name")
+    rights = _Rights(request)
+    level = "list" if keys else "read"
+    if not (recurse or keys):
+        rights.need_key(key, "read")
     index = await cblock(request, "kv")
     reads = reads_of(request)
     if keys:
         sep = q.get("separator", q.get("seperator", ""))
-        listed = key_list([e.key for e in reads.kv_list(key)], key, sep)
+        shown = [e.key for e in reads.kv_list(key) if rights.key(e.key, level)]
+        if not shown and not rights.key(key, level):   # nothing to see here: say why, not "missing"
+            rights.need_key(key, level)
+        listed = key_list(shown, key, sep)
         if not listed and key:
             return Response(status_code=404, headers=headers(request, index))
         return creply(request, listed, index)
-    rows = reads.kv_list(key) if recurse else [e for e in [reads.kv_get(key)] if e is not None]
+    if recurse:
+        rows = [e for e in reads.kv_list(key) if rights.key(e.key, level)]
+        if not rows and not rights.key(key, level):
+            rights.need_key(key, level)
+    else:
+        rows = [e for e in [reads.kv_get(key)] if e is not None]
     if not rows:
         return Response(status_code=404, headers=headers(request, index))
     if "raw" in q and not recurse:
@@ -99,6 +153,7 @@ async def kv_put(request: Request, key: str):
     if not key:
         raise InvalidInput("Missing key name")
     _conflicting(request, "cas", "acquire", "release")
+    _Rights(request).need_key(key, "write")
     flags, cas = _uint(request, "flags") or 0, _uint(request, "cas")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > MAX_VALUE_SIZE:
@@ -118,6 +173,10 @@ async def kv_delete(request: Request, key: str):
     key = _key(key)
     _conflicting(request, "recurse", "cas")
     recurse = "recurse" in request.query_params
+    if recurse:
+        _Rights(request).need_tree(key)
+    else:
+        _Rights(request).need_key(key, "write")
     ok = _kv(request).delete(key, recurse=recurse, cas=_uint(request, "cas"))
     return creply(request, ok, reads_of(request).table_index("kv"))
 
@@ -134,13 +193,16 @@ async def session_create(request: Request):
 @consul_route
 async def _create(request: Request):
     default_node = request.query_params.get("node") or agent_of(request).config.name
-    s = _kv(request).create_session(await json_body(request, required=False), default_node)
+    body = await json_body(request, required=False)
+    _Rights(request).need_session(parse_session(body, default_node).node, "write")
+    s = _kv(request).create_session(body, default_node)
     return creply(request, {"ID": s.id}, s.modify_index)
 
 
 @router.put("/v1/session/destroy/{session_id}")
 @consul_route
 async def session_destroy(request: Request, session_id: str):
+    _own_session(request, session_id)
     _kv(request).invalidate(session_id)
     return creply(request, True, reads_of(request).table_index("sessions"))
 
@@ -148,6 +210,7 @@ async def session_destroy(request: Request, session_id: str):
 @router.put("/v1/session/renew/{session_id}")
 @consul_route
 async def session_renew(request: Request, session_id: str):
+    _own_session(request, session_id)
     s = _kv(request).renew(session_id)
     if s is None:
         raise NotFound(f"Session id '{session_id}' not found")
@@ -159,18 +222,31 @@ async def session_renew(request: Request, session_id: str):
 async def session_info(request: Request, session_id: str):
     index = await cblock(request, "sessions")
     s = reads_of(request).session(session_id)
-    return creply(request, [session_json(s)] if s is not None else [], index)
+    shown = s is not None and _Rights(request).session(s.node, "read")   # as Consul: filtered
+    return creply(request, [session_json(s)] if shown else [], index)
 
 
 @router.get("/v1/session/node/{node}")
 @consul_route
 async def session_node(request: Request, node: str):
     index = await cblock(request, "sessions")
-    return creply(request, [session_json(s) for s in reads_of(request).sessions(node)], index)
+    rights = _Rights(request)
+    return creply(request, [session_json(s) for s in reads_of(request).sessions(node)
+                            if rights.session(s.node, "read")], index)
 
 
 @router.get("/v1/session/list")
 @consul_route
 async def session_list(request: Request):
     index = await cblock(request, "sessions")
-    return creply(request, [session_json(s) for s in reads_of(request).sessions()], index)
+    rights = _Rights(request)
+    return creply(request, [session_json(s) for s in reads_of(request).sessions()
+                            if rights.session(s.node, "read")], index)
+
+
+def _own_session(request: Request, session_id: str) -> None:
+    """Destroying or renewing a session needs session write on its node (a missing one is
+    answered as before: destroy true, renew 404)."""
+    s = reads_of(request).session(session_id)
+    if s is not None:
+        _Rights(request).need_session(s.node, "write")

@@ -1,10 +1,12 @@
 """ACLs in Nomad's shape: the policy language, compiled rights, and who a request is.
 
 A policy is HCL (or JSON) with Nomad's rules -- `namespace "<name|glob>" { policy, capabilities }`,
-`node`, `agent`, `operator` -- and Consul's mesh rules -- `service`, `service_prefix`,
-`intention`, `intention_prefix` (`policy = "read|write|deny"`). Rules of several policies are
-united; `deny` wins; an exact name beats a glob or prefix (among globs the closest one wins,
-among prefixes the longest).
+`node`, `agent`, `operator` -- and Consul's named rules -- `service`, `service_prefix`,
+`intention`, `intention_prefix`, `session`, `session_prefix` (`policy = "read|write|deny"`) and
+`key`, `key_prefix` (also `"list"`: the key names, not their values). Rules of several policies
+are united; `deny` wins; an exact name beats a glob or prefix (among globs the closest one wins,
+among prefixes the longest). For KV and sessions, `operator` is the rule of every key and node
+no key or session rule names (the only rule they had before these).
 
 An identity is resolved from a secret by one function (`ACLResolver.resolve`), which asks its
 resolvers in turn: ACL tokens (by the sha256 of the secret), node secrets (a client agent's
@@ -45,10 +47,12 @@ EXPAND: dict[str, tuple[str, ...]] = {
     "scale": ("list-scaling-policies", "read-scaling-policy", "read-job-scaling", "scale-job", "read-job",
               "submit-recommendation"),
 }
-LEVELS = {"deny": -1, "": 0, "read": 1, "write": 2}   # node, agent, operator, service, intention
+# node, agent, operator, service, intention, session, key ("list": key names only, Consul's)
+LEVELS: dict[str, float] = {"deny": -1, "": 0, "list": 0.5, "read": 1, "write": 2}
 NAME_RE = re.compile(r"^[a-zA-Z0-9-]{1,128}$")
 _SIMPLE = ("node", "agent", "operator", "quota", "plugin")
-_MESH = ("service", "service_prefix", "intention", "intention_prefix")
+_MESH = ("service", "service_prefix", "intention", "intention_prefix", "session", "session_prefix",
+         "key", "key_prefix")
 
 
 @dataclass
@@ -57,7 +61,7 @@ class Rules:
 
     namespaces: dict[str, set[str]] = field(default_factory=dict)   # name or glob -> capabilities
     simple: dict[str, str] = field(default_factory=dict)            # node/agent/operator -> level
-    mesh: dict[str, dict[str, str]] = field(default_factory=dict)   # service/... -> name -> level
+    mesh: dict[str, dict[str, str]] = field(default_factory=dict)   # service/key/... -> name -> level
     # namespace (or glob) -> variable path (or glob) -> capabilities (read, list, write, destroy, deny)
     variables: dict[str, dict[str, set[str]]] = field(default_factory=dict)
 
@@ -169,7 +173,8 @@ def parse_rules(policy: str, text: str) -> Rules:
                 names[label] = _union(names.get(label, ""), lvl)
         else:
             raise _bad(policy, text, [kind], "unknown rule; a policy takes namespace, node, agent, "
-                       "operator, quota, plugin, service, service_prefix, intention, intention_prefix")
+                       "operator, quota, plugin, service, service_prefix, intention, intention_prefix, "
+                       "key, key_prefix, session, session_prefix")
     return rules
 
 
@@ -180,10 +185,11 @@ def _level(policy: str, text: str, where: list[str], body: dict[str, Any], kind:
     if "capabilities" in body and kind not in ("operator",):
         raise _bad(policy, text, where + ["capabilities"], 'unknown key; this rule takes "policy"')
     lvl = _unquote(body.get("policy", ""))
-    allowed = ("deny", "read", "write", "list") if kind == "plugin" else ("deny", "read", "write")
+    allowed = ("deny", "read", "write", "list") if kind in ("plugin", "key", "key_prefix") \
+        else ("deny", "read", "write")
     if lvl not in allowed:
         raise _bad(policy, text, where + ["policy"], f'"{lvl}" is not a policy; use one of {", ".join(allowed)}')
-    return "read" if lvl == "list" else str(lvl)
+    return "read" if lvl == "list" and kind == "plugin" else str(lvl)
 
 
 def _namespace(policy: str, text: str, rules: Rules, label: str, body: dict[str, Any]) -> None:
@@ -337,16 +343,57 @@ class ACL:
         have = self.rules.simple.get(kind, "")
         return have != "deny" and LEVELS[have] >= LEVELS[level]
 
-    def allow_mesh(self, kind: str, name: str, level: str) -> bool:
-        """service / intention `name` at `level`: exact rule, else the longest prefix rule."""
-        if self.management:
-            return True
+    def _named(self, kind: str, name: str) -> str | None:
+        """The level of the exact `kind` rule for `name`, else of the longest `<kind>_prefix`
+        rule it starts with; None when no rule matches."""
         have = self.rules.mesh.get(kind, {}).get(name)
         if have is None:
             prefixes = self.rules.mesh.get(kind + "_prefix", {})
             best = max((p for p in prefixes if name.startswith(p)), key=len, default=None)
-            have = prefixes[best] if best is not None else ""
+            have = prefixes[best] if best is not None else None
+        return have
+
+    def allow_mesh(self, kind: str, name: str, level: str) -> bool:
+        """service / intention `name` at `level`: exact rule, else the longest prefix rule."""
+        if self.management:
+            return True
+        have = self._named(kind, name) or ""
         return have != "deny" and LEVELS[have] >= LEVELS[level]
+
+    def allow_key(self, key: str, level: str) -> bool:
+        """Consul KV: `level` (list, read, write) on `key` by its `key` rule, else the longest
+        `key_prefix` rule, else `operator`. With `key`/`session`, `operator` is the fallback."""
+        return self._allow_named("key", key, level)
+
+    def allow_session(self, node: str, level: str) -> bool:
+        """Consul sessions on node `node` (read, write): `session`, `session_prefix`, else `operator`."""
+        return self._allow_named("session", node, level)
+
+    def _allow_named(self, kind: str, name: str, level: str) -> bool:
+        if self.management:
+            return True
+        have = self._named(kind, name)
+        if have is None:
+            have = self.rules.simple.get("operator", "")
+        return have != "deny" and LEVELS[have] >= LEVELS[level]
+
+    def allow_key_tree(self, prefix: str) -> bool:
+        """Write (delete) every key under `prefix` (Consul's KeyWritePrefix): write on the prefix
+        itself and no rule for a key or prefix under it giving less."""
+        if not self.allow_key(prefix, "write"):
+            return False
+        if self.management:
+            return True
+        return not any(name.startswith(prefix) and (lvl == "deny" or LEVELS[lvl] < LEVELS["write"])
+                       for kind in ("key", "key_prefix") for name, lvl in self.rules.mesh.get(kind, {}).items())
+
+    def may_use(self, kind: str, level: str) -> bool:
+        """Some key (`kind` "key") or session node at `level`: the route's own check, before its
+        handler checks each key or session (`allow_key`, `allow_session`) and filters lists."""
+        if self.management or self.allow(kind="operator", level=level):
+            return True
+        return any(lvl != "deny" and LEVELS[lvl] >= LEVELS[level]
+                   for k in (kind, kind + "_prefix") for lvl in self.rules.mesh.get(k, {}).values())
 
 
 # --- identities ------------------------------------------------------------------------------
