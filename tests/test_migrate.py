@@ -138,3 +138,43 @@ def test_snapshot_round_trip_and_unsafe_entries_skipped(tmp_path):
     assert restore_snapshot(new, ["t"], evil) == 0
     assert not (new.shared / "data" / "link").exists() and not (new.task_dir("t").secrets / "s").exists()
     assert not list(tmp_path.rglob("escape"))
+
+
+def test_migrate_with_acls_on(tmp_path):
+    """The same move with ACLs on: the replacement's node fetches the snapshot with its own node
+    secret, through the server, from the previous node's client-only agent, which checks it."""
+    import re
+
+    import httpx
+    conf = tmp_path / "acl.hcl"
+    conf.write_text("acl {\n  enabled = true\n}\n")
+    data_dir = tempfile.mkdtemp(prefix="yurt-mig-acl-")
+    server = AgentProcess(data_dir=data_dir, extra=["-node", "mig-a", "-acl-enabled", "-config", str(conf)]).start()
+    client = None
+    try:
+        m = re.search(r"ACL Token: ([0-9a-f-]{36})", server.log())
+        root = m.group(1) if m else httpx.put(f"{server.url}/v1/acl/bootstrap").json()["SecretID"]
+        client = ClientAgent([f"127.0.0.1:{server.port}"])
+        with open(client.config, "a") as f:
+            f.write("acl {\n  enabled = true\n}\n")
+        client.start()
+        with httpx.Client(base_url=server.url, timeout=30, headers={"X-Nomad-Token": root}) as api:
+            wait_for(lambda: {n["Name"] for n in api.get("/v1/nodes").json() if n["Status"] == "ready"}
+                     >= {"mig-a", "client-only"}, timeout=60, what="both nodes ready")
+            anonymous = httpx.get(f"{server.url}/v1/client/allocation/00000000-0000-0000-0000-000000000000/snapshot")
+            assert anonymous.status_code == 403, anonymous.text
+            register(api, job("client-only"))
+            first = running(api, "client-only")
+            assert output(api, first["ID"]) == "data 1 local 1"
+            register(api, job("mig-a"))   # from the client-only node's agent, with ACLs on
+            second = running(api, "mig-a")
+            assert second["PreviousAllocation"] == first["ID"]
+            assert output(api, second["ID"]) == "data 2 local 2"
+            messages = [e["DisplayMessage"] for e in task_events(api, second["ID"], "t")]
+            assert "Migrating data from previous allocation" in messages
+            api.delete("/v1/job/mig", params={"purge": "true"})
+    finally:
+        if client is not None:
+            client.close()
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
