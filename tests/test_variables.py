@@ -389,3 +389,110 @@ def test_servers_on_etcd_sharing_a_keystore_read_each_others_variables(tmp_path)
             b.close()
     finally:
         cluster.stop()
+
+
+def test_locks_acquire_renew_release_and_only_the_holder_changes_the_variable(agent):
+    """Nomad's variable locks: ?lock-acquire (a lock ID in the answer), ?lock-renew and
+    ?lock-release with it; only the holder changes or deletes a locked variable."""
+    with agent.api() as api:
+        url = "/v1/var/locks/a"
+        r = api.put(url, params={"lock-acquire": ""}, json={"Items": {"k": "v"}, "Lock": {"TTL": "10s", "LockDelay": "1s"}})
+        assert r.status_code == 200, r.text
+        lock = r.json()["Lock"]
+        assert lock["TTL"] == "10s" and lock["LockDelay"] == "1s" and lock["ID"] and r.json()["Items"] == {"k": "v"}
+        other = api.put(url, params={"lock-acquire": ""}, json={})
+        assert other.status_code == 409 and other.json() == {"Namespace": "default", "Path": "locks/a"}, other.text
+        # only the holder writes or deletes it, and it stays locked
+        assert api.put(url, json={"Items": {"k": "w"}}).status_code == 409
+        assert api.request("DELETE", url).status_code == 409
+        r = api.put(url, json={"Items": {"k": "w"}, "Lock": {"ID": lock["ID"]}})
+        assert r.status_code == 200 and r.json()["Items"] == {"k": "w"}, r.text
+        got = api.get(url).json()
+        assert got["Items"] == {"k": "w"} and got["Lock"]["ID"] == lock["ID"]
+        # renew and release need the lock's ID
+        assert api.put(url, params={"lock-renew": ""}, json={"Lock": {"ID": "not-it"}}).status_code == 409
+        assert api.put(url, params={"lock-renew": ""}, json={"Lock": {"ID": lock["ID"]}}).status_code == 200
+        wrong = api.put(url, params={"lock-release": ""}, json={"Lock": {"ID": "not-it"}})
+        assert wrong.status_code == 409 and wrong.json()["Lock"] == {}, wrong.text
+        r = api.put(url, params={"lock-release": ""}, json={"Lock": {"ID": lock["ID"]}})
+        assert r.status_code == 200 and "Lock" not in r.json(), r.text
+        got = api.get(url).json()
+        assert "Lock" not in got and got["Items"] == {"k": "w"}   # released, the items kept
+        assert api.put(url, params={"lock-renew": ""}, json={"Lock": {"ID": lock["ID"]}}).status_code == 409
+        # acquiring again without items keeps them; the holder deletes it
+        again = api.put(url, params={"lock-acquire": ""}, json={}).json()
+        assert again["Items"] == {"k": "w"} and again["Lock"]["TTL"] == "15s" and again["Lock"]["LockDelay"] == "15s"
+        assert api.request("DELETE", url, json={"Lock": {"ID": again["Lock"]["ID"]}}).status_code == 204
+        assert api.get(url).status_code == 404
+
+
+@pytest.mark.parametrize("params, body, message", [
+    ({"lock-acquire": ""}, {"Lock": {"TTL": "5s"}}, "TTL must be between 10 seconds and 24 hours"),
+    ({"lock-acquire": ""}, {"Lock": {"TTL": "ten"}}, "Lock.TTL"),
+    ({"lock-acquire": ""}, {"Lock": {"Holder": "me"}}, "Lock.Holder is not a lock field"),
+    ({"lock-acquire": "", "lock-release": ""}, {}, "multiple lock operations"),
+    ({"lock-acquire": "", "cas": "0"}, {}, "CAS can't be used with lock operations"),
+    ({"lock-release": ""}, {"Lock": {"ID": "x"}, "Items": {"a": "b"}}, "doesn't take variable items"),
+    ({"lock-release": ""}, {}, "missing lock information"),
+    ({}, {"Items": {"a": "b"}, "Lock": {"TTL": "15s"}}, "should not contain lock definition"),
+])
+def test_bad_lock_requests_are_400s_naming_the_fix(agent, params, body, message):
+    with agent.api() as api:
+        r = api.put("/v1/var/locks/bad", params=params, json=body)
+        assert r.status_code == 400 and message in r.text, r.text
+        assert api.get("/v1/var/locks/bad").status_code == 404   # nothing written
+
+
+def test_a_lock_not_renewed_is_lost_after_twice_its_ttl_and_its_delay(agent):
+    with agent.api() as api:
+        url = "/v1/var/locks/lost"
+        r = api.put(url, params={"lock-acquire": ""}, json={"Items": {"x": "1"}, "Lock": {"TTL": "10s", "LockDelay": "1s"}})
+        assert r.status_code == 200, r.text
+        first = r.json()["Lock"]["ID"]
+        wait_for(lambda: "Lock" not in api.get(url).json(), timeout=60, what="the lock removed (2 x 10 s + 1 s)")
+        assert api.get(url).json()["Items"] == {"x": "1"}
+        assert api.put(url, params={"lock-renew": ""}, json={"Lock": {"ID": first}}).status_code == 409
+        taken = api.put(url, params={"lock-acquire": ""}, json={})
+        assert taken.status_code == 200 and taken.json()["Lock"]["ID"] != first, taken.text
+        assert api.put(url, params={"lock-release": ""}, json={"Lock": {"ID": taken.json()["Lock"]["ID"]}}).status_code == 200
+
+
+def test_with_acls_a_locks_id_shows_only_to_its_holder_and_management(acl_agent):
+    agent, root = acl_agent
+    rules = ('namespace "default" {\n  variables {\n    path "lk/*" { capabilities = ["read", "list", "write"] }\n'
+             '  }\n}\n')
+    with agent.api() as c:
+        assert c.put("/v1/acl/policy/lk", json={"Name": "lk", "Rules": rules}, headers=_h(root)).status_code == 200
+        tok = c.put("/v1/acl/token", json={"Name": "lk", "Policies": ["lk"]}, headers=_h(root)).json()["SecretID"]
+        got = c.put("/v1/var/lk/a", params={"lock-acquire": ""}, json={"Items": {"k": "v"}}, headers=_h(tok))
+        assert got.status_code == 200 and got.json()["Lock"]["ID"], got.text   # the holder gets its ID
+        lock_id = got.json()["Lock"]["ID"]
+        assert "Lock" not in c.get("/v1/var/lk/a", headers=_h(tok)).json()           # a read: not shown
+        assert all("Lock" not in v for v in c.get("/v1/vars", headers=_h(tok)).json())
+        assert c.get("/v1/var/lk/a", headers=_h(root)).json()["Lock"]["ID"] == lock_id   # management sees it
+        assert c.put("/v1/var/other/x", params={"lock-acquire": ""}, json={}, headers=_h(tok)).status_code == 403
+        r = c.put("/v1/var/lk/a", params={"lock-release": ""}, json={"Lock": {"ID": lock_id}}, headers=_h(tok))
+        assert r.status_code == 200, r.text
+
+
+def test_var_lock_runs_the_command_while_holding_the_lock_and_releases_it(agent, tmp_path):
+    import sys
+    addr = ("-address", agent.url)
+    seen = tmp_path / "seen.json"
+    probe = (f"{sys.executable} -c \"import httpx, sys; open('{seen}', 'w').write(httpx.get('{agent.url}"
+             f"/v1/var/locks/cli', timeout=10).text); sys.exit(3)\"")
+    r = run_yurt("var", "lock", *addr, "-ttl", "10s", "-delay", "1s", "-verbose", "locks/cli", probe, timeout=120)
+    assert r.returncode == 3, r.stdout + r.stderr   # the command's exit code
+    held = json.loads(seen.read_text())
+    assert held["Lock"]["TTL"] == "10s" and held["Lock"]["LockDelay"] == "1s"   # locked while it ran
+    assert "released" in r.stderr, r.stderr
+    with agent.api() as api:
+        assert "Lock" not in api.get("/v1/var/locks/cli").json()   # released after
+        taken = api.put("/v1/var/locks/cli", params={"lock-acquire": ""}, json={}).json()["Lock"]["ID"]
+        r = run_yurt("var", "lock", *addr, "-early-return", "locks/cli", "true")
+        assert r.returncode == 1 and "locked by another holder" in r.stderr, r.stdout + r.stderr
+        api.put("/v1/var/locks/cli", params={"lock-release": ""}, json={"Lock": {"ID": taken}}).raise_for_status()
+    r = run_yurt("var", "lock", *addr, "-ttl", "5s", "locks/cli", "true")
+    assert r.returncode == 1 and "TTL must be between 10 seconds and 24 hours" in r.stderr, r.stderr
+    r = run_yurt("var", "lock", *addr, "-shell=false", "locks/cli", "/bin/sh", "-c", "exit 4")
+    assert r.returncode == 4, r.stdout + r.stderr

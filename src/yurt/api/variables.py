@@ -1,5 +1,6 @@
 """Nomad's variables API: GET /v1/vars, GET/PUT/DELETE /v1/var/<path> (?cas=, ?namespace=,
-blocking queries). The server's `Variables` (server/variables.py) encrypts and decrypts.
+blocking queries, ?lock-acquire/?lock-renew/?lock-release). The server's `Variables`
+(server/variables.py) encrypts and decrypts.
 
 ACLs: each route checks the variable's path itself (`allowed`): a management token; a token
 whose policies grant the capability in `namespace "<ns>" { variables { path "<glob>" {
@@ -29,8 +30,13 @@ TABLES = ("variables",)
 VAR_BODY = {
     "type": "object", "title": "Variable",
     "properties": {"Namespace": {"type": "string"}, "Path": {"type": "string"},
-                   "Items": {"type": "object", "additionalProperties": {"type": "string"}}},
-    "required": ["Items"],
+                   "Items": {"type": "object", "additionalProperties": {"type": "string"}},
+                   "Lock": {"type": "object", "description": "?lock-acquire: TTL, LockDelay; a locked variable's "
+                            "holder, ?lock-renew, ?lock-release: ID",
+                            "properties": {"ID": {"type": "string"}, "TTL": {"type": "string"},
+                                           "LockDelay": {"type": "string"}}}},
+    "description": "Items is required but with ?lock-acquire (the variable's own items are kept), "
+                   "?lock-renew and ?lock-release (which take only Lock.ID)",
 }
 
 
@@ -85,10 +91,28 @@ def _cas(request: Request) -> int | None:
     return value
 
 
-def _no_locks(request: Request) -> None:
-    for op in ("lock-acquire", "lock-release", "lock-renew"):
-        if op in request.query_params:
-            raise InvalidInput(f"?{op}: variable locks are not supported by Yurt yet")
+LOCK_OPS = ("lock-acquire", "lock-renew", "lock-release")
+
+
+def _lock_op(request: Request) -> str:
+    """The lock operation asked for (`?lock-acquire`, `?lock-renew`, `?lock-release`), "" if none."""
+    ops = [op for op in LOCK_OPS if op in request.query_params]
+    if len(ops) > 1:
+        raise InvalidInput(f"multiple lock operations: {', '.join('?' + o for o in ops)} (give one)")
+    if ops and "cas" in request.query_params:
+        raise InvalidInput(f"CAS can't be used with lock operations (?cas with ?{ops[0]})")
+    return ops[0] if ops else ""
+
+
+def _shown(request: Request, var: dict[str, Any], lock_id: str = "") -> dict[str, Any]:
+    """A variable as the caller may see it: its Lock (its ID above all) only to a management
+    token or the lock's holder, as Nomad's."""
+    if "Lock" not in var:
+        return var
+    ident = identity(request)
+    if ident is None or ident.management or (lock_id and var["Lock"].get("ID") == lock_id):
+        return var
+    return {k: v for k, v in var.items() if k != "Lock"}
 
 
 def _server(request: Request):
@@ -103,7 +127,7 @@ async def list_variables(request: Request, reads: ServerReads):
     index = await block(request, reads, TABLES)
     rows = _server(request).variables.rows(ns, request.query_params.get("prefix", ""))
     from yurt.server.variables import metadata
-    out = [metadata(r) for r in rows if allowed(request, r.namespace, r.path, "list")]
+    out = [_shown(request, metadata(r)) for r in rows if allowed(request, r.namespace, r.path, "list")]
     # Nomad's pagination: ?per_page=N, ?next_token=<namespace>.<path> (X-Nomad-NextToken)
     start = request.query_params.get("next_token", "")
     if start:
@@ -136,42 +160,64 @@ async def read_variable(request: Request, reads: ServerReads, path: str):
     got = _server(request).variables.get(ns, path)
     if got is None:
         raise NotFound("variable not found")
-    return reply(got, index)
+    return reply(_shown(request, got), index)
 
 
 @router.put("/v1/var/{path:path}", openapi_extra=body(VAR_BODY))
 @router.post("/v1/var/{path:path}", openapi_extra=body(VAR_BODY))
 async def put_variable(request: Request, path: str):
-    from yurt.server.variables import CasConflict
+    from yurt.server.variables import CasConflict, LockConflict, lock_id_of
     data = await json_body(request)
     ns = str((data.get("Namespace") if isinstance(data, dict) else None) or _namespace(request))
     _require(request, ns, path, "write")   # who may, before what is wrong with the request
-    _no_locks(request)
+    op = _lock_op(request)
     cas = _cas(request)
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object: {\"Items\": {\"key\": \"value\"}}")
-    if data.get("Lock"):
-        raise InvalidInput("Lock: variable locks are not supported by Yurt yet")
-    if not data.get("Items"):
-        raise InvalidInput(f'variable "{path}": missing required Items object')
+    variables = _server(request).variables
+    lock_id = lock_id_of(data)
     try:
-        index, out = await run_in_threadpool(_server(request).variables.put, ns, path, data.get("Items"), cas)
+        if op == "lock-acquire":
+            index, out = await run_in_threadpool(variables.acquire, ns, path, data.get("Items"), data.get("Lock"))
+            return reply(out, index)
+        if op == "lock-renew":
+            out = await run_in_threadpool(variables.renew, ns, path, lock_id)
+            return reply(out, int(out["ModifyIndex"]))
+        if op == "lock-release":
+            if data.get("Items"):
+                raise InvalidInput("lock release operation doesn't take variable items: send only "
+                                   '{"Lock": {"ID": "..."}}')
+            index, out = await run_in_threadpool(variables.release, ns, path, lock_id)
+            return reply(out, index)
+        lock = data.get("Lock")
+        if isinstance(lock, dict) and (lock.get("TTL") or lock.get("LockDelay")):
+            raise InvalidInput(f'variable "{path}": variable should not contain lock definition (TTL, LockDelay) '
+                               "outside ?lock-acquire")
+        if not data.get("Items"):
+            raise InvalidInput(f'variable "{path}": missing required Items object')
+        index, out = await run_in_threadpool(variables.put, ns, path, data.get("Items"), cas, lock_id)
     except CasConflict as c:
         return _conflict(request, ns, path, c.current)
-    return reply(out, index)
+    except LockConflict as c:
+        return reply(c.current, 0, status=409)
+    return reply(_shown(request, out, lock_id), index)
 
 
 @router.delete("/v1/var/{path:path}")
 async def delete_variable(request: Request, path: str):
-    from yurt.server.variables import CasConflict
+    from yurt.server.variables import CasConflict, LockConflict, lock_id_of
     ns = _namespace(request)
     _require(request, ns, path, "destroy")
-    _no_locks(request)
+    if _lock_op(request):
+        raise InvalidInput(f"?{_lock_op(request)}: lock operations are PUTs (DELETE /v1/var/<path> deletes)")
     cas = _cas(request)
+    data = await json_body(request, required=False)   # a locked variable: {"Lock": {"ID": ...}}
     try:
-        index = await run_in_threadpool(_server(request).variables.delete, ns, path, cas)
+        index = await run_in_threadpool(_server(request).variables.delete, ns, path, cas, lock_id_of(data))
     except CasConflict as c:
         return _conflict(request, ns, path, c.current)
+    except LockConflict as c:
+        return reply(c.current, 0, status=409)
     return Response(status_code=204, headers={"X-Nomad-Index": str(index), "X-Nomad-KnownLeader": "true",
                                               "X-Nomad-LastContact": "0"})
 

@@ -1,4 +1,4 @@
-"""`yurt var put|get|list|purge`: Nomad's variables from the command line (as `nomad var`).
+"""`yurt var put|get|list|purge|lock`: Nomad's variables from the command line (as `nomad var`).
 
 Exit codes as Nomad's: 0, or 1 on any error (a check-and-set conflict included)."""
 
@@ -316,3 +316,113 @@ def var_purge_cmd(address: str | None, namespace: str | None, check_index: str |
         except Conflict as c:
             _cas_failed(cas or 0, c)
     echo(f'Successfully purged variable "{path}"!')
+
+
+# -- lock -------------------------------------------------------------------------------------
+LOCK_FAILURES = 5   # renewals failing in a row (the server unreachable) before the lock is taken as lost
+
+
+@var_group.command("lock", context_settings={**CTX, "allow_interspersed_args": False,
+                                             "ignore_unknown_options": True})
+@address_option
+@_namespace_option
+@click.option("-ttl", "--ttl", "ttl", default="",
+              help="The lock's TTL (default 15s, 10s to 24h); renewed every half of it.")
+@click.option("-delay", "--delay", "delay", default="",
+              help="How long the variable stays locked after a lock is lost (default 15s).")
+@click.option("-early-return", "--early-return", "early_return", is_flag=True,
+              help="Exit 1 at once if another holder has the lock, instead of waiting for it.")
+@click.option("-backoff", "--backoff", "backoff", default="",
+              help="How long to wait between attempts to take the lock (default 1.1 x the TTL).")
+@click.option("-shell", "--shell", "shell", type=click.BOOL, default=True,
+              help="Run the command with $SHELL -c (default /bin/sh); -shell=false runs it as given.")
+@click.option("-verbose", "--verbose", "verbose", is_flag=True, help="Say on stderr what the lock does.")
+@click.argument("path")
+@click.argument("child", nargs=-1, required=True, type=click.UNPROCESSED)
+@api_errors
+def var_lock_cmd(address: str | None, namespace: str | None, ttl: str, delay: str, early_return: bool,
+                 backoff: str, shell: bool, verbose: bool, path: str, child: tuple[str, ...]) -> None:
+    """Take a lock on the variable at PATH, run CHILD while holding it, release it when CHILD
+    exits; the exit code is CHILD's (1 if the lock was lost while it ran)."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from yurt.structs.duration import parse_duration
+    if path.startswith("@") or path == "-":
+        fail("yurt var lock takes the variable's path; a variable specification (@file) is not supported: "
+             "write the variable with `yurt var put` first, then lock its path")
+    durations: dict[str, float] = {}
+    for flag, raw, default in (("-ttl", ttl, 15.0), ("-delay", delay, 15.0), ("-backoff", backoff, 0.0)):
+        try:
+            durations[flag] = parse_duration(raw) / 1e9 if raw else default
+        except ValueError as e:
+            fail(f"{flag}: {e}")
+    ttl_s = durations["-ttl"]
+    wait_s = durations["-backoff"] or 1.1 * ttl_s
+    ns = _ns(namespace)
+    lock = {k: v for k, v in (("TTL", ttl), ("LockDelay", delay)) if v}
+
+    def say(text: str) -> None:
+        if verbose:
+            click.echo(text, err=True)
+
+    with connect(address) as client:
+        while True:
+            try:
+                resp = client.request("PUT", _url(path), params={"namespace": ns, "lock-acquire": ""},
+                                      json={"Namespace": ns, "Path": path, "Lock": lock})
+                break
+            except Conflict:
+                if early_return:
+                    fail(f'Variable "{path}" is locked by another holder (-early-return: not waiting for it)')
+                say(f'Variable "{path}" is locked by another holder; trying again in {wait_s:.1f} s')
+                time.sleep(wait_s)
+        lock_id = str(resp.json()["Lock"]["ID"])
+        say(f'Lock on "{path}" taken ({lock_id[:8]}); running the command')
+        cmd = [os.environ.get("SHELL") or "/bin/sh", "-c", " ".join(child)] if shell else list(child)
+        try:
+            proc = subprocess.Popen(cmd)
+        except OSError as e:
+            _release(client, ns, path, lock_id)
+            fail(f"cannot run {cmd[0]}: {e}")
+        lost = threading.Event()
+        done = threading.Event()
+
+        def renew() -> None:
+            failures = 0
+            while not done.wait(ttl_s / 2):
+                try:
+                    client.request("PUT", _url(path), params={"namespace": ns, "lock-renew": ""},
+                                   json={"Namespace": ns, "Path": path, "Lock": {"ID": lock_id}})
+                    failures = 0
+                    continue
+                except (Conflict, NotFound):
+                    pass
+                except Exception:   # noqa: BLE001 - the server unreachable: ride out a few
+                    failures += 1
+                    if failures < LOCK_FAILURES:
+                        continue
+                lost.set()
+                click.echo(f'Error: the lock on "{path}" was lost; stopping the command', err=True)
+                proc.terminate()
+                return
+
+        threading.Thread(target=renew, name="yurt-var-lock-renew", daemon=True).start()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda s, _f: proc.send_signal(s))
+        rc = proc.wait()
+        done.set()
+        if not lost.is_set():
+            _release(client, ns, path, lock_id)
+            say(f'Lock on "{path}" released')
+    sys.exit(1 if lost.is_set() else rc)
+
+
+def _release(client: Any, ns: str, path: str, lock_id: str) -> None:
+    try:
+        client.request("PUT", _url(path), params={"namespace": ns, "lock-release": ""},
+                       json={"Namespace": ns, "Path": path, "Lock": {"ID": lock_id}})
+    except (Conflict, NotFound):
+        pass   # already lost

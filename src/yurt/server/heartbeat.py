@@ -41,6 +41,11 @@ class Heartbeats(threading.Thread):
         with self._lock:
             self._deadlines.pop(node_id, None)
 
+    def holds(self, node_id: str) -> bool:
+        """Whether `node_id` has a deadline that has not run out yet."""
+        with self._lock:
+            return node_id in self._deadlines
+
     def stop(self) -> None:
         self._stop_event.set()
 

@@ -162,6 +162,7 @@ class Server:
             self.catalog.arm_all()
             self.check_ttls.start()
             self.kv.lead()   # session TTL timers (2 x TTL afresh) and the session health sweep
+            self.variables.lead()   # variable lock timers (2 x TTL afresh)
             self.gc.start()
             self.heartbeats.start()
             for w in self.workers:
@@ -182,6 +183,7 @@ class Server:
         self.heartbeats.stop()
         self.check_ttls.stop()
         self.kv.step_down()
+        self.variables.step_down()
         self.gc.stop()
         self._ca_prune_stop.set()
 

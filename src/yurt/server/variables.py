@@ -11,12 +11,19 @@ by default, `server { keystore_dir = "..." }` to choose one; each key is `<key i
 must all be able to decrypt: give them one keystore directory they share (what `yurt lab`
 does), or copy the key files to each server's keystore. A row whose key is not there gets an
 error naming the key ID and the file it should be in. A store in memory keeps its key in memory.
+
+Locks (Nomad 1.7's, `PUT /v1/var/<path>?lock-acquire|lock-renew|lock-release`): a variable may
+hold one lock, `{"ID", "TTL", "LockDelay"}` in its row. Only the holder (the lock ID in the
+body) may change or delete a locked variable, renew the lock or release it. The leader keeps
+the timers: a lock not renewed within 2 x TTL is lost, and the variable stays locked for its
+LockDelay more before the lock is removed. A new leader gives every lock 2 x TTL afresh.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import threading
@@ -28,16 +35,63 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from yurt.errors import Conflict, InvalidInput, YurtError
+from yurt.errors import Conflict, InvalidInput, NotFound, YurtError
 from yurt.state import StateStore
 from yurt.state.keyed import var_key
 from yurt.structs import StoredVariable
+from yurt.structs.duration import SECOND, format_duration, parse_duration
+
+from .heartbeat import Heartbeats
+
+log = logging.getLogger("yurt.server.variables")
 
 TABLE = "variables"
 MAX_SIZE = 65536          # bytes of keys and values together (Nomad's maxVariableSize)
 MAX_PATH = 128
 _PATH_RE = re.compile(r"^[a-zA-Z0-9\-_~/]{1,128}$")
 ALGORITHM = "aes256-gcm"
+LOCK_TTL = 15 * SECOND           # Nomad's defaults and bounds for a lock
+LOCK_DELAY = 15 * SECOND
+MIN_LOCK_TTL, MAX_LOCK_TTL = 10 * SECOND, 24 * 3600 * SECOND
+
+
+class LockConflict(Conflict):
+    """Nomad's 409 for a lock: the variable's namespace and path only (`current`)."""
+
+    def __init__(self, message: str, current: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+def parse_lock(lock: Any) -> tuple[int, int]:
+    """A lock-acquire body's `Lock` ({"TTL", "LockDelay"}: Go durations, or nanoseconds) as
+    (ttl, delay) in nanoseconds, Nomad's defaults for what is missing; a 400 naming the field."""
+    if lock is None:
+        lock = {}
+    if not isinstance(lock, dict):
+        raise InvalidInput('Lock must be an object: {"TTL": "15s", "LockDelay": "15s"}')
+    unknown = sorted(set(lock) - {"ID", "TTL", "LockDelay"})
+    if unknown:
+        raise InvalidInput(f"Lock.{unknown[0]} is not a lock field; a lock takes TTL and LockDelay")
+    out = []
+    for name, default in (("TTL", LOCK_TTL), ("LockDelay", LOCK_DELAY)):
+        raw = lock.get(name)
+        try:
+            value = default if raw in (None, "", 0) else (raw if isinstance(raw, int) else parse_duration(str(raw)))
+        except ValueError as e:
+            raise InvalidInput(f"Lock.{name}: {e}") from None
+        if value < 0:
+            raise InvalidInput("Lock delay and TTL must be positive")
+        out.append(value)
+    if not MIN_LOCK_TTL <= out[0] <= MAX_LOCK_TTL:
+        raise InvalidInput(f"Lock.TTL {format_duration(out[0])}: TTL must be between 10 seconds and 24 hours")
+    return out[0], out[1]
+
+
+def lock_id_of(body: Any) -> str:
+    """The lock ID a request body carries (`Lock.ID`), "" if none."""
+    lock = body.get("Lock") if isinstance(body, dict) else None
+    return str(lock.get("ID") or "") if isinstance(lock, dict) else ""
 
 
 class KeyMissing(YurtError):
@@ -195,6 +249,56 @@ class Variables:
     def __init__(self, store: StateStore, keyring: Keyring) -> None:
         self.store = store
         self.keyring = keyring
+        self._leading = False
+        # the leader's lock timers, by "<namespace>\x00<path>\x00<lock id>": 2 x TTL, then LockDelay
+        self.lock_ttls = Heartbeats(self._lock_lost, every=0.2, name="yurt-var-lock-ttls")
+        self.lock_delays = Heartbeats(self._lock_delay_over, every=0.2, name="yurt-var-lock-delays")
+
+    # -- the leader's lock timers ---------------------------------------------------------------
+    def lead(self) -> None:
+        """Give every lock 2 x its TTL afresh (as Nomad's restoreLockTTLTimers)."""
+        self.lock_ttls = Heartbeats(self._lock_lost, every=0.2, name="yurt-var-lock-ttls")
+        self.lock_delays = Heartbeats(self._lock_delay_over, every=0.2, name="yurt-var-lock-delays")
+        self._leading = True
+        for row in self.rows():
+            if row.lock:
+                self._arm(row)
+        self.lock_ttls.start()
+        self.lock_delays.start()
+
+    def step_down(self) -> None:
+        self._leading = False
+        self.lock_ttls.stop()
+        self.lock_delays.stop()
+
+    @staticmethod
+    def _timer(row: StoredVariable) -> str:
+        return f"{row.namespace}\x00{row.path}\x00{(row.lock or {}).get('ID', '')}"
+
+    def _arm(self, row: StoredVariable) -> None:
+        if self._leading and row.lock:
+            ttl = parse_duration(str(row.lock.get("TTL") or "15s"))
+            self.lock_ttls.reset(self._timer(row), ttl=2 * ttl / SECOND)
+
+    def _lock_lost(self, timer: str) -> None:
+        """2 x TTL without a renew: the lock is lost, and stays for its LockDelay more."""
+        ns, path, lock_id = timer.split("\x00")
+        row = self.row(ns, path)
+        if row is None or not row.lock or row.lock.get("ID") != lock_id:
+            return
+        delay = parse_duration(str(row.lock.get("LockDelay") or "0s"))
+        log.info('the lock on variable "%s" (namespace %s) was not renewed in 2 x its TTL; it is removed in %s',
+                 path, ns, format_duration(delay))
+        self.lock_delays.reset(timer, ttl=delay / SECOND)
+
+    def _lock_delay_over(self, timer: str) -> None:
+        ns, path, lock_id = timer.split("\x00")
+        try:
+            self.release(ns, path, lock_id, expired=True)
+        except (NotFound, Conflict):
+            pass   # released or taken meanwhile
+        except Exception:
+            log.exception('removing the expired lock on variable "%s" failed', path)
 
     # -- reads ------------------------------------------------------------------------------
     def row(self, namespace: str, path: str) -> StoredVariable | None:
@@ -237,15 +341,28 @@ class Variables:
         return self.decrypt(row) if row is not None else None
 
     # -- writes -----------------------------------------------------------------------------
-    def put(self, namespace: str, path: str, items: Any, cas: int | None = None) -> tuple[int, dict[str, Any]]:
+    def put(self, namespace: str, path: str, items: Any, cas: int | None = None,
+            lock_id: str = "") -> tuple[int, dict[str, Any]]:
         """Set the variable (with `cas`: only if its ModifyIndex is that, 0: only if it does not
-        exist; else CasConflict carrying the current variable)."""
+        exist; else CasConflict carrying the current variable). A locked one only with its lock's
+        ID (`lock_id`), and it stays locked."""
+        return self._set(namespace, path, items, cas=cas, lock_id=lock_id)
+
+    def acquire(self, namespace: str, path: str, items: Any, lock: Any) -> tuple[int, dict[str, Any]]:
+        """Nomad's lock-acquire: lock the variable (made if it does not exist; its items replaced
+        when `items` are given), a new lock ID in the answer; LockConflict if it holds a lock."""
+        ttl, delay = parse_lock(lock)
+        new_lock = {"ID": str(uuid.uuid4()), "TTL": format_duration(ttl), "LockDelay": format_duration(delay)}
+        index, out = self._set(namespace, path, items, new_lock=new_lock)
+        return index, out
+
+    def _set(self, namespace: str, path: str, items: Any, *, cas: int | None = None, lock_id: str = "",
+             new_lock: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         namespace = check_namespace(namespace)
         check_path(path)
-        items = check_items(path, items)
+        keep_items = new_lock is not None and not items   # acquire without items: the variable's own
+        items = {} if keep_items else check_items(path, items)
         kid, key = self.keyring.active()
-        nonce = os.urandom(12)
-        sealed = AESGCM(key).encrypt(nonce, json.dumps(items, sort_keys=True).encode(), _aad(namespace, path))
         now = time.time_ns()
         k = var_key(namespace, path)
 
@@ -255,26 +372,84 @@ class Variables:
                                    f"(yurt namespace apply {namespace})")
             old = txn.keyed(TABLE, k)
             self._cas(namespace, path, old, cas)
-            if old is not None and old.lock:
-                raise Conflict(f'variable "{path}": attempting to modify locked variable')
+            if old is not None and old.lock and (new_lock is not None or lock_id != old.lock.get("ID")):
+                raise LockConflict(f'variable "{path}" in namespace "{namespace}" '
+                                   + ("already holds a lock" if new_lock is not None else
+                                      "is locked: only its lock's holder may change it (Lock.ID in the body)"),
+                                   {"Namespace": namespace, "Path": path})
+            plain = self.decrypt(old) if keep_items and old is not None else items
+            nonce = os.urandom(12)
+            sealed = AESGCM(key).encrypt(nonce, json.dumps(plain, sort_keys=True).encode(), _aad(namespace, path))
             row = StoredVariable(namespace=namespace, path=path, key_id=kid,
                                  nonce=base64.b64encode(nonce).decode(), ciphertext=base64.b64encode(sealed).decode(),
+                                 lock=new_lock if new_lock is not None else (old.lock if old is not None else None),
                                  create_time=old.create_time if old else now, modify_time=now,
                                  create_index=old.create_index if old else txn.index, modify_index=txn.index)
             txn.put_keyed(TABLE, k, row)
+            written["items"] = plain
+            return row
+        written: dict[str, dict[str, str]] = {}
+        index, row = self.store.keyed_write(build)
+        if new_lock is not None:
+            self._arm(row)
+        return index, {**metadata(row), "Items": written["items"]}
+
+    def renew(self, namespace: str, path: str, lock_id: str) -> dict[str, Any]:
+        """Nomad's lock-renew: the holder's lock lives 2 x TTL from now (the variable's metadata)."""
+        row = self._locked(check_namespace(namespace), path, lock_id)
+        if not self.lock_ttls.holds(self._timer(row)):   # lost, waiting out its delay
+            raise LockConflict(f'variable "{path}": its lock was not renewed in time and is being released',
+                               {"Namespace": row.namespace, "Path": path})
+        self._arm(row)
+        return metadata(row)
+
+    def release(self, namespace: str, path: str, lock_id: str, *, expired: bool = False) -> tuple[int, dict[str, Any]]:
+        """Nomad's lock-release: the holder's lock removed, the items kept (the metadata)."""
+        namespace = check_namespace(namespace)
+        k = var_key(namespace, path)
+
+        def build(txn: Any) -> StoredVariable:
+            old = txn.keyed(TABLE, k)
+            self._check_lock(namespace, path, old, lock_id)
+            row = old.model_copy(update={"lock": None, "modify_index": txn.index, "modify_time": time.time_ns()})
+            txn.put_keyed(TABLE, k, row)
             return row
         index, row = self.store.keyed_write(build)
-        return index, {**metadata(row), "Items": items}
+        timer = f"{namespace}\x00{path}\x00{lock_id}"
+        self.lock_ttls.forget(timer)
+        self.lock_delays.forget(timer)
+        if expired:
+            log.info('the expired lock on variable "%s" (namespace %s) is removed', path, namespace)
+        return index, metadata(row)
 
-    def delete(self, namespace: str, path: str, cas: int | None = None) -> int:
+    def _locked(self, namespace: str, path: str, lock_id: str) -> StoredVariable:
+        row = self.row(namespace, path)
+        self._check_lock(namespace, path, row, lock_id)
+        assert row is not None
+        return row
+
+    @staticmethod
+    def _check_lock(namespace: str, path: str, row: StoredVariable | None, lock_id: str) -> None:
+        if not lock_id:
+            raise InvalidInput('missing lock information: give the lock\'s ID in the body, {"Lock": {"ID": "..."}}')
+        if row is None:
+            raise NotFound(f'variable "{path}" in namespace "{namespace}" doesn\'t exist')
+        if not row.lock:
+            raise LockConflict(f'variable "{path}" doesn\'t hold a lock', {"Namespace": namespace, "Path": path})
+        if row.lock.get("ID") != lock_id:
+            raise LockConflict(f'variable "{path}" is locked by another lock ID',
+                               {"Namespace": namespace, "Path": path, "Lock": {}})
+
+    def delete(self, namespace: str, path: str, cas: int | None = None, lock_id: str = "") -> int:
         namespace = check_namespace(namespace)
         k = var_key(namespace, path)
 
         def build(txn: Any) -> None:
             old = txn.keyed(TABLE, k)
             self._cas(namespace, path, old, cas)
-            if old is not None and old.lock:
-                raise Conflict(f'variable "{path}": attempting to modify locked variable')
+            if old is not None and old.lock and lock_id != old.lock.get("ID"):
+                raise LockConflict(f'variable "{path}" in namespace "{namespace}" is locked: only its lock\'s '
+                                   "holder may delete it (Lock.ID in the body)", {"Namespace": namespace, "Path": path})
             if old is not None:
                 txn.drop_keyed(TABLE, k)
         index, _ = self.store.keyed_write(build)
