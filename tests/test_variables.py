@@ -496,3 +496,27 @@ def test_var_lock_runs_the_command_while_holding_the_lock_and_releases_it(agent,
     assert r.returncode == 1 and "TTL must be between 10 seconds and 24 hours" in r.stderr, r.stderr
     r = run_yurt("var", "lock", *addr, "-shell=false", "locks/cli", "/bin/sh", "-c", "exit 4")
     assert r.returncode == 4, r.stdout + r.stderr
+
+
+def test_a_restarted_server_arms_the_locks_it_holds_again(tmp_path):
+    """The lock timers are the leader's, in memory: a server that starts again on its data gives
+    every stored lock 2 x its TTL afresh, and one nobody renews is then removed."""
+    data_dir = str(tmp_path / "data")
+    first = AgentProcess(data_dir=data_dir).start()
+    try:
+        with first.api() as api:
+            r = api.put("/v1/var/locks/restart", params={"lock-acquire": ""},
+                        json={"Items": {"a": "1"}, "Lock": {"TTL": "10s", "LockDelay": "0s"}})
+            assert r.status_code == 200, r.text
+            lock_id = r.json()["Lock"]["ID"]
+    finally:
+        first.stop()
+    second = AgentProcess(data_dir=data_dir, port=first.port).start()
+    try:
+        with second.api() as api:
+            assert api.get("/v1/var/locks/restart").json()["Lock"]["ID"] == lock_id   # still held after the restart
+            wait_for(lambda: "Lock" not in api.get("/v1/var/locks/restart").json(), timeout=60,
+                     what="the lock removed by the restarted server (2 x 10 s)")
+            assert api.get("/v1/var/locks/restart").json()["Items"] == {"a": "1"}
+    finally:
+        second.stop()
