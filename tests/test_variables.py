@@ -471,6 +471,8 @@ def test_with_acls_a_locks_id_shows_only_to_its_holder_and_management(acl_agent)
         assert all("Lock" not in v for v in c.get("/v1/vars", headers=_h(tok)).json())
         assert c.get("/v1/var/lk/a", headers=_h(root)).json()["Lock"]["ID"] == lock_id   # management sees it
         assert c.put("/v1/var/other/x", params={"lock-acquire": ""}, json={}, headers=_h(tok)).status_code == 403
+        cas = c.put("/v1/var/lk/a", params={"cas": "1"}, json={"Items": {"k": "w"}}, headers=_h(tok))
+        assert cas.status_code == 409 and "Lock" not in cas.json(), cas.text   # a CAS conflict hides it too
         r = c.put("/v1/var/lk/a", params={"lock-release": ""}, json={"Lock": {"ID": lock_id}}, headers=_h(tok))
         assert r.status_code == 200, r.text
 

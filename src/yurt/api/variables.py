@@ -226,4 +226,4 @@ def _conflict(request: Request, ns: str, path: str, current: dict[str, Any]) -> 
     """Nomad's 409: the variable as it is (its items only for a caller who may read it)."""
     if not allowed(request, ns, path, "read"):
         current = {k: v for k, v in current.items() if k != "Items"}
-    return reply(current, int(current.get("ModifyIndex") or 0), status=409)
+    return reply(_shown(request, current), int(current.get("ModifyIndex") or 0), status=409)
