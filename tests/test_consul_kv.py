@@ -493,8 +493,9 @@ def test_key_and_session_rules_decide_per_key_and_node_and_lists_are_filtered(tm
         # lists: filtered by what the token may see
         assert [e["Key"] for e in app.kv.get("app/", recurse=True)[1]] == ["app/a", "app/ro/x"]
         assert app.kv.get("", keys=True)[1] == ["app/a", "app/ro/x", "other/x"]
-        with pytest.raises(consul.ACLPermissionDenied, match='key "other/" read'):
-            app.kv.get("other/", recurse=True)
+        with pytest.raises(consul.ACLPermissionDenied, match='key_prefix "other/" read'):
+            app.kv.get("other/", recurse=True)   # nothing under it could be read: refused, not filtered
+        assert app.kv.get("app/ro/none/", recurse=True)[1] is None   # could be: nothing there is a 404
         assert sorted(e["Key"] for e in root.kv.get("", recurse=True)[1]) == ["app/a", "app/ro/x", "app/secret", "other/x"]
         # a tree delete: refused while a rule under it gives less, and nothing is deleted
         with pytest.raises(consul.ACLPermissionDenied, match='every key under "app/"'):
@@ -539,3 +540,8 @@ def test_key_rules_exact_prefix_operator_and_merged_policies():
     assert not ACL(r).allow_key("a/x", "list")   # deny wins a merge
     assert ACL(parse_rules("c", 'key "k" {\n  policy = "write"\n}\n')).may_use("key", "write")
     assert not ACL(parse_rules("d", 'node {\n  policy = "write"\n}\n')).may_use("key", "list")
+    under = ACL(parse_rules("e", 'key_prefix "" {\n  policy = "deny"\n}\nkey "a/b/c" {\n  policy = "read"\n}\n'
+                                 'key_prefix "x/" {\n  policy = "list"\n}\n'))
+    assert under.may_see_under("a/", "read") and under.may_see_under("a/b/c", "read")   # a rule under it
+    assert not under.may_see_under("b/", "list") and not under.may_see_under("a/b/d", "read")
+    assert under.may_see_under("x/y/", "list") and not under.may_see_under("x/y/", "read")   # the prefix rule

@@ -61,6 +61,17 @@ class _Rights:
             raise PermissionDenied(f'Permission denied: this needs key "{key}" {level} (a key or key_prefix rule, '
                                    f'or operator:{"write" if level == "write" else "read"})')
 
+    def need_under(self, prefix: str, level: str) -> None:
+        """A recursive read or a key listing: refused at once when no key under `prefix` could
+        be seen (before a blocking query waits); otherwise its rows are filtered by `key`."""
+        i = self.ident
+        if i is None or i.management or (i.is_node and i.workload is None):
+            return
+        if i.workload is None and i.acl.may_see_under(prefix, level):
+            return
+        raise PermissionDenied(f'Permission denied: this needs key_prefix "{prefix}" {level} (or a key or '
+                               f'key_prefix rule under it, or operator:read)')
+
     def need_tree(self, prefix: str) -> None:
         i = self.ident
         if i is None or i.management:
@@ -118,23 +129,20 @@ async def kv_get(request: Request, key: str):
         raise InvalidInput("Missing key name")
     rights = _Rights(request)
     level = "list" if keys else "read"
-    if not (recurse or keys):
+    if recurse or keys:
+        rights.need_under(key, level)
+    else:
         rights.need_key(key, "read")
     index = await cblock(request, "kv")
     reads = reads_of(request)
     if keys:
         sep = q.get("separator", q.get("seperator", ""))
-        shown = [e.key for e in reads.kv_list(key) if rights.key(e.key, level)]
-        if not shown and not rights.key(key, level):   # nothing to see here: say why, not "missing"
-            rights.need_key(key, level)
-        listed = key_list(shown, key, sep)
+        listed = key_list([e.key for e in reads.kv_list(key) if rights.key(e.key, level)], key, sep)
         if not listed and key:
             return Response(status_code=404, headers=headers(request, index))
         return creply(request, listed, index)
     if recurse:
         rows = [e for e in reads.kv_list(key) if rights.key(e.key, level)]
-        if not rows and not rights.key(key, level):
-            rights.need_key(key, level)
     else:
         rows = [e for e in [reads.kv_get(key)] if e is not None]
     if not rows:

@@ -377,6 +377,21 @@ class ACL:
             have = self.rules.simple.get("operator", "")
         return have != "deny" and LEVELS[have] >= LEVELS[level]
 
+    def may_see_under(self, prefix: str, level: str) -> bool:
+        """Whether some key under `prefix` could be seen at `level` (list, read): the rule that
+        would govern a key there is one named under `prefix`, or else the longest `key_prefix`
+        rule `prefix` starts with (else `operator`). A list no key of which could be seen is
+        refused before it waits for anything."""
+        if self.management:
+            return True
+        if any(name.startswith(prefix) and lvl != "deny" and LEVELS[lvl] >= LEVELS[level]
+               for kind in ("key", "key_prefix") for name, lvl in self.rules.mesh.get(kind, {}).items()):
+            return True
+        prefixes = self.rules.mesh.get("key_prefix", {})
+        best = max((p for p in prefixes if prefix.startswith(p)), key=len, default=None)
+        have = prefixes[best] if best is not None else self.rules.simple.get("operator", "")
+        return have != "deny" and LEVELS[have] >= LEVELS[level]
+
     def allow_key_tree(self, prefix: str) -> bool:
         """Write (delete) every key under `prefix` (Consul's KeyWritePrefix): write on the prefix
         itself and no rule for a key or prefix under it giving less."""
