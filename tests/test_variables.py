@@ -435,6 +435,8 @@ def test_locks_acquire_renew_release_and_only_the_holder_changes_the_variable(ag
     ({"lock-release": ""}, {"Lock": {"ID": "x"}, "Items": {"a": "b"}}, "doesn't take variable items"),
     ({"lock-release": ""}, {}, "missing lock information"),
     ({}, {"Items": {"a": "b"}, "Lock": {"TTL": "15s"}}, "should not contain lock definition"),
+    ({}, {"Items": {"a": "b"}, "Lock": "x"}, "Lock takes only the holder's ID"),
+    ({}, {"Items": {"a": "b"}, "Lock": {"Holder": "me"}}, "Lock takes only the holder's ID"),
 ])
 def test_bad_lock_requests_are_400s_naming_the_fix(agent, params, body, message):
     with agent.api() as api:

@@ -193,6 +193,8 @@ async def put_variable(request: Request, path: str):
         if isinstance(lock, dict) and (lock.get("TTL") or lock.get("LockDelay")):
             raise InvalidInput(f'variable "{path}": variable should not contain lock definition (TTL, LockDelay) '
                                "outside ?lock-acquire")
+        if lock is not None and (not isinstance(lock, dict) or set(lock) - {"ID", "TTL", "LockDelay"}):
+            raise InvalidInput(f'variable "{path}": Lock takes only the holder\'s ID here: {{"Lock": {{"ID": "..."}}}}')
         if not data.get("Items"):
             raise InvalidInput(f'variable "{path}": missing required Items object')
         index, out = await run_in_threadpool(variables.put, ns, path, data.get("Items"), cas, lock_id)
