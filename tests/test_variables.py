@@ -524,3 +524,27 @@ def test_a_restarted_server_arms_the_locks_it_holds_again(tmp_path):
             assert api.get("/v1/var/locks/restart").json()["Items"] == {"a": "1"}
     finally:
         second.stop()
+
+
+def test_var_lock_stops_the_command_when_the_lock_cannot_be_renewed(tmp_path):
+    """The server gone: with -max-retry 0 the first failed renewal is a lost lock; the command
+    is stopped and `var lock` exits 1 saying so."""
+    import subprocess
+    import sys
+    server = AgentProcess().start()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "yurt.cli.main", "var", "lock", "-address", server.url,
+                                 "-ttl", "10s", "-max-retry", "0", "locks/gone", "sleep 600"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with server.api() as api:
+            wait_for(lambda: "Lock" in (api.get("/v1/var/locks/gone").json() if
+                                        api.get("/v1/var/locks/gone").status_code == 200 else {}),
+                     timeout=60, what="the lock taken")
+    finally:
+        server.stop()
+    try:
+        out, err = proc.communicate(timeout=60)   # the renewal, every 5 s, fails at once
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and 'the lock on "locks/gone" was lost' in err, out + err

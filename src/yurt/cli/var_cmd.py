@@ -319,7 +319,6 @@ def var_purge_cmd(address: str | None, namespace: str | None, check_index: str |
 
 
 # -- lock -------------------------------------------------------------------------------------
-LOCK_FAILURES = 5   # renewals failing in a row (the server unreachable) before the lock is taken as lost
 
 
 @var_group.command("lock", context_settings={**CTX, "allow_interspersed_args": False,
@@ -336,12 +335,15 @@ LOCK_FAILURES = 5   # renewals failing in a row (the server unreachable) before 
               help="How long to wait between attempts to take the lock (default 1.1 x the TTL).")
 @click.option("-shell", "--shell", "shell", type=click.BOOL, default=True,
               help="Run the command with $SHELL -c (default /bin/sh); -shell=false runs it as given.")
+@click.option("-max-retry", "--max-retry", "max_retry", type=click.IntRange(min=0), default=5,
+              help="Renewals that may fail in a row (the server unreachable) before the lock is taken as lost "
+                   "(default 5; 0: the first failure).")
 @click.option("-verbose", "--verbose", "verbose", is_flag=True, help="Say on stderr what the lock does.")
 @click.argument("path")
 @click.argument("child", nargs=-1, required=True, type=click.UNPROCESSED)
 @api_errors
 def var_lock_cmd(address: str | None, namespace: str | None, ttl: str, delay: str, early_return: bool,
-                 backoff: str, shell: bool, verbose: bool, path: str, child: tuple[str, ...]) -> None:
+                 backoff: str, shell: bool, max_retry: int, verbose: bool, path: str, child: tuple[str, ...]) -> None:
     """Take a lock on the variable at PATH, run CHILD while holding it, release it when CHILD
     exits; the exit code is CHILD's (1 if the lock was lost while it ran)."""
     import signal
@@ -402,7 +404,8 @@ def var_lock_cmd(address: str | None, namespace: str | None, ttl: str, delay: st
                     pass
                 except Exception:   # noqa: BLE001 - the server unreachable: ride out a few
                     failures += 1
-                    if failures < LOCK_FAILURES:
+                    if failures <= max_retry:
+                        say(f'Renewing the lock on "{path}" failed ({failures} of {max_retry} allowed in a row)')
                         continue
                 lost.set()
                 click.echo(f'Error: the lock on "{path}" was lost; stopping the command', err=True)
