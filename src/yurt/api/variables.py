@@ -210,8 +210,9 @@ async def delete_variable(request: Request, path: str):
     from yurt.server.variables import CasConflict, LockConflict, lock_id_of
     ns = _namespace(request)
     _require(request, ns, path, "destroy")
-    if _lock_op(request):
-        raise InvalidInput(f"?{_lock_op(request)}: lock operations are PUTs (DELETE /v1/var/<path> deletes)")
+    op = _lock_op(request)
+    if op:
+        raise InvalidInput(f"?{op}: lock operations are PUTs (DELETE /v1/var/<path> deletes)")
     cas = _cas(request)
     data = await json_body(request, required=False)   # a locked variable: {"Lock": {"ID": ...}}
     try:

@@ -373,8 +373,7 @@ def var_lock_cmd(address: str | None, namespace: str | None, ttl: str, delay: st
     with connect(address) as client:
         while True:
             try:
-                resp = client.request("PUT", _url(path), params={"namespace": ns, "lock-acquire": ""},
-                                      json={"Namespace": ns, "Path": path, "Lock": lock})
+                resp = _lock_request(client, "lock-acquire", ns, path, lock)
                 break
             except Conflict:
                 if early_return:
@@ -396,8 +395,7 @@ def var_lock_cmd(address: str | None, namespace: str | None, ttl: str, delay: st
             failures = 0
             while not done.wait(ttl_s / 2):
                 try:
-                    client.request("PUT", _url(path), params={"namespace": ns, "lock-renew": ""},
-                                   json={"Namespace": ns, "Path": path, "Lock": {"ID": lock_id}})
+                    _lock_request(client, "lock-renew", ns, path, {"ID": lock_id})
                     failures = 0
                     continue
                 except (Conflict, NotFound):
@@ -423,9 +421,14 @@ def var_lock_cmd(address: str | None, namespace: str | None, ttl: str, delay: st
     sys.exit(1 if lost.is_set() else rc)
 
 
+def _lock_request(client: Any, op: str, ns: str, path: str, lock: dict[str, str]) -> Any:
+    """`PUT /v1/var/<path>?<op>` (lock-acquire, lock-renew, lock-release) with `lock` as the body's Lock."""
+    return client.request("PUT", _url(path), params={"namespace": ns, op: ""},
+                          json={"Namespace": ns, "Path": path, "Lock": lock})
+
+
 def _release(client: Any, ns: str, path: str, lock_id: str) -> None:
     try:
-        client.request("PUT", _url(path), params={"namespace": ns, "lock-release": ""},
-                       json={"Namespace": ns, "Path": path, "Lock": {"ID": lock_id}})
+        _lock_request(client, "lock-release", ns, path, {"ID": lock_id})
     except (Conflict, NotFound):
         pass   # already lost

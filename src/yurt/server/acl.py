@@ -347,11 +347,18 @@ class ACL:
         """The level of the exact `kind` rule for `name`, else of the longest `<kind>_prefix`
         rule it starts with; None when no rule matches."""
         have = self.rules.mesh.get(kind, {}).get(name)
-        if have is None:
-            prefixes = self.rules.mesh.get(kind + "_prefix", {})
-            best = max((p for p in prefixes if name.startswith(p)), key=len, default=None)
-            have = prefixes[best] if best is not None else None
-        return have
+        return have if have is not None else self._longest_prefix(kind, name)
+
+    def _longest_prefix(self, kind: str, name: str) -> str | None:
+        """The level of the longest `<kind>_prefix` rule `name` starts with; None if none does."""
+        prefixes = self.rules.mesh.get(kind + "_prefix", {})
+        best = max((p for p in prefixes if name.startswith(p)), key=len, default=None)
+        return prefixes[best] if best is not None else None
+
+    def _key_rules_under(self, prefix: str) -> list[str]:
+        """The levels of the `key` and `key_prefix` rules named under `prefix`."""
+        return [lvl for kind in ("key", "key_prefix") for name, lvl in self.rules.mesh.get(kind, {}).items()
+                if name.startswith(prefix)]
 
     def allow_mesh(self, kind: str, name: str, level: str) -> bool:
         """service / intention `name` at `level`: exact rule, else the longest prefix rule."""
@@ -384,12 +391,11 @@ class ACL:
         refused before it waits for anything."""
         if self.management:
             return True
-        if any(name.startswith(prefix) and lvl != "deny" and LEVELS[lvl] >= LEVELS[level]
-               for kind in ("key", "key_prefix") for name, lvl in self.rules.mesh.get(kind, {}).items()):
+        if any(lvl != "deny" and LEVELS[lvl] >= LEVELS[level] for lvl in self._key_rules_under(prefix)):
             return True
-        prefixes = self.rules.mesh.get("key_prefix", {})
-        best = max((p for p in prefixes if prefix.startswith(p)), key=len, default=None)
-        have = prefixes[best] if best is not None else self.rules.simple.get("operator", "")
+        have = self._longest_prefix("key", prefix)
+        if have is None:
+            have = self.rules.simple.get("operator", "")
         return have != "deny" and LEVELS[have] >= LEVELS[level]
 
     def allow_key_tree(self, prefix: str) -> bool:
@@ -399,8 +405,7 @@ class ACL:
             return False
         if self.management:
             return True
-        return not any(name.startswith(prefix) and (lvl == "deny" or LEVELS[lvl] < LEVELS["write"])
-                       for kind in ("key", "key_prefix") for name, lvl in self.rules.mesh.get(kind, {}).items())
+        return not any(lvl == "deny" or LEVELS[lvl] < LEVELS["write"] for lvl in self._key_rules_under(prefix))
 
     def may_use(self, kind: str, level: str) -> bool:
         """Some key (`kind` "key") or session node at `level`: the route's own check, before its

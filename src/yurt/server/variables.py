@@ -250,15 +250,17 @@ class Variables:
         self.store = store
         self.keyring = keyring
         self._leading = False
-        # the leader's lock timers, by "<namespace>\x00<path>\x00<lock id>": 2 x TTL, then LockDelay
+        self._new_timers()
+
+    # -- the leader's lock timers ---------------------------------------------------------------
+    def _new_timers(self) -> None:
+        """The leader's lock timers, by `_timer_key`: 2 x TTL, then LockDelay."""
         self.lock_ttls = Heartbeats(self._lock_lost, every=0.2, name="yurt-var-lock-ttls")
         self.lock_delays = Heartbeats(self._lock_delay_over, every=0.2, name="yurt-var-lock-delays")
 
-    # -- the leader's lock timers ---------------------------------------------------------------
     def lead(self) -> None:
         """Give every lock 2 x its TTL afresh (as Nomad's restoreLockTTLTimers)."""
-        self.lock_ttls = Heartbeats(self._lock_lost, every=0.2, name="yurt-var-lock-ttls")
-        self.lock_delays = Heartbeats(self._lock_delay_over, every=0.2, name="yurt-var-lock-delays")
+        self._new_timers()
         self._leading = True
         for row in self.rows():
             if row.lock:
@@ -272,8 +274,11 @@ class Variables:
         self.lock_delays.stop()
 
     @staticmethod
-    def _timer(row: StoredVariable) -> str:
-        return f"{row.namespace}\x00{row.path}\x00{(row.lock or {}).get('ID', '')}"
+    def _timer_key(namespace: str, path: str, lock_id: str) -> str:
+        return f"{namespace}\x00{path}\x00{lock_id}"
+
+    def _timer(self, row: StoredVariable) -> str:
+        return self._timer_key(row.namespace, row.path, str((row.lock or {}).get("ID", "")))
 
     def _arm(self, row: StoredVariable) -> None:
         if self._leading and row.lock:
@@ -353,8 +358,7 @@ class Variables:
         when `items` are given), a new lock ID in the answer; LockConflict if it holds a lock."""
         ttl, delay = parse_lock(lock)
         new_lock = {"ID": str(uuid.uuid4()), "TTL": format_duration(ttl), "LockDelay": format_duration(delay)}
-        index, out = self._set(namespace, path, items, new_lock=new_lock)
-        return index, out
+        return self._set(namespace, path, items, new_lock=new_lock)
 
     def _set(self, namespace: str, path: str, items: Any, *, cas: int | None = None, lock_id: str = "",
              new_lock: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -415,7 +419,7 @@ class Variables:
             txn.put_keyed(TABLE, k, row)
             return row
         index, row = self.store.keyed_write(build)
-        timer = f"{namespace}\x00{path}\x00{lock_id}"
+        timer = self._timer_key(namespace, path, lock_id)
         self.lock_ttls.forget(timer)
         self.lock_delays.forget(timer)
         if expired:
