@@ -526,16 +526,85 @@ def test_a_restarted_server_arms_the_locks_it_holds_again(tmp_path):
         second.stop()
 
 
+def test_var_lock_in_a_terminal_gives_the_command_the_terminal(tmp_path):
+    """Run from a terminal, the command (in a process group of its own) is made the terminal's
+    foreground group: it can read what the user types instead of being stopped by SIGTTIN."""
+    import os
+    import pty
+    import select
+    import signal
+    import sys
+    import time
+    server = AgentProcess().start()
+    status = None
+    try:
+        pid, fd = pty.fork()
+        if pid == 0:   # the child: `yurt var lock` on the terminal
+            os.execv(sys.executable, [sys.executable, "-m", "yurt.cli.main", "var", "lock", "-address", server.url,
+                                      "locks/tty", "read answer; echo got:$answer"])
+        with server.api() as api:
+            wait_for(lambda: api.get("/v1/var/locks/tty").status_code == 200, timeout=60, what="the lock taken")
+        os.write(fd, b"yurt\n")
+        out, deadline = b"", time.monotonic() + 30
+        while b"got:yurt" not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:   # the terminal closed: the child exited
+                    break
+        while time.monotonic() < deadline + 10:
+            done, exited = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = exited
+                break
+            time.sleep(0.1)
+    finally:
+        if status is None:   # stopped or hung: stop it, and its command, for good
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        server.stop()
+    assert b"got:yurt" in out, out
+    assert status is not None and os.waitstatus_to_exitcode(status) == 0
+
+
+def test_var_lock_kills_a_command_that_ignores_sigterm_after_its_lock_is_lost(tmp_path):
+    """A command that ignores SIGTERM is killed once the grace after a lost lock is over,
+    and `var lock` exits 1 (not left running without its lock)."""
+    import os
+    import subprocess
+    import sys
+    server = AgentProcess().start()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "yurt.cli.main", "var", "lock", "-address", server.url,
+                                 "-ttl", "10s", "-max-retry", "0", "locks/stubborn", "trap '' TERM; sleep 600"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "SHELL": "/bin/sh"})
+        with server.api() as api:
+            wait_for(lambda: api.get("/v1/var/locks/stubborn").status_code == 200 and
+                     "Lock" in api.get("/v1/var/locks/stubborn").json(), timeout=60, what="the lock taken")
+    finally:
+        server.stop()
+    try:
+        out, err = proc.communicate(timeout=60)   # lost within 5 s, SIGKILL 10 s after SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and 'the lock on "locks/stubborn" was lost' in err, out + err
+
+
 def test_var_lock_stops_the_command_when_the_lock_cannot_be_renewed(tmp_path):
     """The server gone: with -max-retry 0 the first failed renewal is a lost lock; the command
-    is stopped and `var lock` exits 1 saying so."""
+    is stopped and `var lock` exits 1 saying so. The shell is dash, which does not exec its last
+    command: its child `sleep` must be stopped too (it holds the pipes `communicate` waits on)."""
+    import os
     import subprocess
     import sys
     server = AgentProcess().start()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "yurt.cli.main", "var", "lock", "-address", server.url,
                                  "-ttl", "10s", "-max-retry", "0", "locks/gone", "sleep 600"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "SHELL": "/bin/sh"})
         with server.api() as api:
             wait_for(lambda: "Lock" in (api.get("/v1/var/locks/gone").json() if
                                         api.get("/v1/var/locks/gone").status_code == 200 else {}),

@@ -383,11 +383,12 @@ def var_lock_cmd(address: str | None, namespace: str | None, ttl: str, delay: st
         lock_id = str(resp.json()["Lock"]["ID"])
         say(f'Lock on "{path}" taken ({lock_id[:8]}); running the command')
         cmd = [os.environ.get("SHELL") or "/bin/sh", "-c", " ".join(child)] if shell else list(child)
-        try:
-            proc = subprocess.Popen(cmd)
+        try:   # a process group of its own, so that a lost lock stops the shell's children too
+            proc = subprocess.Popen(cmd, process_group=0)
         except OSError as e:
             _release(client, ns, path, lock_id)
             fail(f"cannot run {cmd[0]}: {e}")
+        give_back_terminal = _hand_terminal(proc.pid)
         lost = threading.Event()
         done = threading.Event()
 
@@ -407,18 +408,57 @@ def var_lock_cmd(address: str | None, namespace: str | None, ttl: str, delay: st
                         continue
                 lost.set()
                 click.echo(f'Error: the lock on "{path}" was lost; stopping the command', err=True)
-                proc.terminate()
+                _signal_group(proc.pid, signal.SIGTERM)
+                if not done.wait(_KILL_AFTER_S):
+                    _signal_group(proc.pid, signal.SIGKILL)
                 return
 
         threading.Thread(target=renew, name="yurt-var-lock-renew", daemon=True).start()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, lambda s, _f: proc.send_signal(s))
+            signal.signal(sig, lambda s, _f: _signal_group(proc.pid, s))
         rc = proc.wait()
         done.set()
+        give_back_terminal()
         if not lost.is_set():
             _release(client, ns, path, lock_id)
             say(f'Lock on "{path}" released')
     sys.exit(1 if lost.is_set() else rc)
+
+
+_KILL_AFTER_S = 10.0   # a command still running this long after SIGTERM (its lock lost) gets SIGKILL
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """Signal the command's whole process group: with `$SHELL -c`, a shell that does not exec its
+    last command (dash) would otherwise die alone and leave its children running unlocked."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass   # already gone
+
+
+def _hand_terminal(pgid: int) -> Any:
+    """When `var lock` runs in the foreground of a terminal, make the command's group the
+    foreground one (as a shell does), so that it may read the terminal and Ctrl-C reaches it.
+    Returns the function that takes the terminal back."""
+    try:
+        fd = sys.stdin.fileno()
+        if not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp():
+            return lambda: None
+        os.tcsetpgrp(fd, pgid)
+    except (AttributeError, OSError, ValueError):   # no stdin, or not a real file
+        return lambda: None
+
+    def give_back() -> None:
+        import signal
+        old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)   # a background group may not set it otherwise
+        try:
+            os.tcsetpgrp(fd, os.getpgrp())
+        except OSError:
+            pass
+        finally:
+            signal.signal(signal.SIGTTOU, old)
+    return give_back
 
 
 def _lock_request(client: Any, op: str, ns: str, path: str, lock: dict[str, str]) -> Any:
