@@ -491,3 +491,142 @@ def test_job_run_warns_about_a_gateway_service_nobody_knows(agent, tmp_path):
         assert r.stderr.count('routes to service "nobody-home", which the catalog does not know yet') == 1, r.stderr
     finally:
         api.delete("/v1/job/lonely-gw", params={"purge": "true"})
+
+
+SLOW_APP = ("import http.server as h, threading\n"
+            "release = threading.Event()\n"
+            "class H(h.BaseHTTPRequestHandler):\n"
+            "    protocol_version = 'HTTP/1.1'\n"
+            "    def do_GET(self):\n"
+            "        if self.path == '/release':\n"
+            "            release.set()\n"
+            "        if self.path == '/slow':\n"
+            "            print('holding /slow', flush=True)\n"
+            "            release.wait(60)\n"
+            "        b = ('done ' + self.path).encode()\n"
+            "        self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers()\n"
+            "        self.wfile.write(b)\n"
+            "    def log_message(self, *a):\n"
+            "        pass\n"
+            "h.ThreadingHTTPServer(('127.0.0.1', 9004), H).serve_forever()\n")
+
+SLOW_JOBS = ("""
+job "gw-slow-app" {
+  datacenters = ["dc1"]
+  group "slow" {
+    network { mode = "bridge" }
+    service {
+      name = "slow-app"
+      port = "9004"
+      connect { sidecar_service {} }
+    }
+    task "web" {
+      driver = "exec"
+      config {
+        command = "/usr/bin/python3"
+        args    = ["-c", %(app)s]
+      }
+    }
+  }
+}
+""", """
+job "gw-drain" {
+  datacenters = ["dc1"]
+  group "gw" {
+    network {
+      mode = "bridge"
+      port "http" {
+        static = %(http)d
+        to     = 8085
+      }
+    }
+    service {
+      name = "drain-gw"
+      port = "8085"
+      connect {
+        gateway {
+          ingress {
+            listener {
+              port     = 8085
+              protocol = "http"
+              service {
+                name  = "slow-app"
+                hosts = ["slow.example.test"]
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+""")
+
+
+def test_a_stopping_ingress_gateway_finishes_the_request_in_flight_and_closes_idle_connections(agent):
+    """The gateway's connections are served on threads of their own. When its task is stopped
+    (SIGTERM), a request in flight still gets its whole answer, marked `Connection: close`; a
+    keep-alive connection waiting for its next request is closed at once; and the proxy stops
+    as soon as both are done ("drained"), not at the drain deadline with connections cut."""
+    import http.client
+    import threading
+    _, api = agent
+    port = free_port()
+    app_job, gw_job = SLOW_JOBS
+    register(api, app_job % {"app": json.dumps(SLOW_APP)}, "gw-slow-app")
+    register(api, gw_job % {"http": port}, "gw-drain")
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        wait_for(lambda: running(api, "gw-slow-app", 1) and running(api, "gw-drain", 1), timeout=180,
+                 what="the slow app and its gateway running")
+        (gw_alloc,) = [a for a in allocs(api, "gw-drain") if a["ClientStatus"] == "running"]
+        (app_alloc,) = [a for a in allocs(api, "gw-slow-app") if a["ClientStatus"] == "running"]
+        wait_for(lambda: curl("-H", "Host: slow.example.test", f"http://127.0.0.1:{port}/fast").stdout == "done /fast",
+                 timeout=60, what="the slow app through the gateway")
+
+        def log(alloc: dict, task: str) -> str:
+            return api.get(f"/v1/client/fs/logs/{alloc['ID']}", params={"task": task, "plain": "true"}).text
+
+        def gateway_log() -> list[dict]:
+            return [json.loads(ln) for ln in log(gw_alloc, "connect-ingress-drain-gw").splitlines()
+                    if ln.startswith("{")]
+
+        idle.request("GET", "/fast", headers={"Host": "slow.example.test"})   # keep-alive, then idle
+        first = idle.getresponse()
+        assert first.status == 200 and first.read() == b"done /fast"
+        answers: list = []
+
+        def slow() -> None:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            try:
+                c.request("GET", "/slow", headers={"Host": "slow.example.test"})
+                r = c.getresponse()
+                answers.append((r.status, r.read(), r.getheader("connection")))
+            except Exception as e:  # noqa: BLE001 - what the user would see, for the assertion below
+                answers.append(e)
+            finally:
+                c.close()
+        in_flight = threading.Thread(target=slow)
+        in_flight.start()
+        wait_for(lambda: "holding /slow" in log(app_alloc, "web"), timeout=30, what="the request in flight")
+        r = api.delete("/v1/job/gw-drain")
+        assert r.status_code == 200, r.text
+        wait_for(lambda: [e for e in gateway_log() if e.get("event") == "draining"], timeout=60,
+                 what="the gateway draining")
+        # the app answers now (asked in its own namespace, not through the gateway)
+        rel = subprocess.run(["ip", "netns", "exec", app_alloc["ID"], "curl", "-sS", "--max-time", "10",
+                              "http://127.0.0.1:9004/release"], capture_output=True, text=True, timeout=30)
+        assert rel.stdout == "done /release", rel
+        in_flight.join(timeout=60)
+        assert answers == [(200, b"done /slow", "close")], answers
+        # the idle keep-alive connection was closed by the gateway: its socket reads end of file
+        assert idle.sock is not None
+        idle.sock.settimeout(30)
+        assert idle.sock.recv(100) == b""
+        stopping = wait_for(lambda: [e for e in gateway_log() if e.get("event") == "stopping"], timeout=60,
+                            what="the gateway's stopping record")
+        assert stopping[-1]["reason"] == "drained", stopping
+    finally:
+        idle.close()
+        for job in ("gw-drain", "gw-slow-app"):
+            api.delete(f"/v1/job/{job}", params={"purge": "true"})

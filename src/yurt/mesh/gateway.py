@@ -199,6 +199,11 @@ class Gateway:
         self._linked_leaf: dict[str, dict] = {}
         self.external: dict[str, list[tuple[str, int]]] = {}   # terminating: catalog addresses
         self.slots = threading.BoundedSemaphore(proxy.cfg.max_connections or 1 << 20)
+        # connections served on threads (the proxy's drain waits for them), and those of them
+        # waiting for their next HTTP request (a drain closes these at once)
+        self.active = 0
+        self._idle: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
         # terminating: open connections per linked service, so a new deny closes them
         self._open: dict[str, dict[int, _Open]] = {}
         self._open_lock = threading.Lock()
@@ -492,6 +497,9 @@ class Gateway:
             self.proxy.log.event("connection-limit", limit=self.proxy.cfg.max_connections)
             return
 
+        with self._conns_lock:
+            self.active += 1
+
         def run() -> None:
             try:
                 fn(lst, sock, addr)
@@ -502,9 +510,34 @@ class Gateway:
                     sock.close()
                 except OSError:
                     pass
+                with self._conns_lock:
+                    self.active -= 1
                 self.slots.release()
 
         threading.Thread(target=run, name="yurt-gateway-conn", daemon=True).start()
+
+    def drain(self) -> None:
+        """The proxy drains (SIGTERM): HTTP connections waiting for their next request are closed
+        now; those with a request in flight finish it, then close (`Connection: close`)."""
+        with self._conns_lock:
+            idle = list(self._idle)
+        for sock in idle:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _next_request(self, server: h11.Connection, conn: socket.socket) -> Any:
+        """The next event of a connection between requests, counted idle while it waits."""
+        with self._conns_lock:
+            if self.proxy.draining == "all":
+                return None
+            self._idle.add(conn)
+        try:
+            return _next_event(server, conn)
+        finally:
+            with self._conns_lock:
+                self._idle.discard(conn)
 
     def _peer(self, addr: Any) -> str:
         return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
@@ -581,7 +614,7 @@ class Gateway:
         p = self.proxy
         server = h11.Connection(h11.SERVER)
         while True:
-            ev = _next_event(server, conn)
+            ev = self._next_request(server, conn)
             if not isinstance(ev, h11.Request):
                 return
             host = _header(ev.headers, b"host") or ev.target.decode("latin-1", "replace").split("/")[0]
@@ -659,6 +692,8 @@ class Gateway:
                     continue
                 if isinstance(rev, h11.Response):
                     headers = [(k, v) for k, v in rev.headers if k.lower() not in HOP_HEADERS]
+                    if self.proxy.draining:   # the last answer on this connection: say so
+                        headers.append((b"connection", b"close"))
                     conn.sendall(server.send(h11.Response(status_code=rev.status_code, headers=headers,
                                                           reason=rev.reason)))
                     responded = True

@@ -424,11 +424,14 @@ class Proxy:
         self.log.event("draining", side="all", open=self._open(), timeout=self.cfg.drain_timeout)
         for lst in self.listeners:
             lst.close()
+        if self.gateway is not None:
+            self.gateway.drain()
         self._poll_stop(deadline)
 
     def _open(self) -> int:
         l7_open = self.l7.open_inbound + self.l7.open_upstream if self.l7 is not None else 0
-        return sum(lst.active for lst in self.listeners) + l7_open
+        gateway_open = self.gateway.active if self.gateway is not None else 0   # served on threads
+        return sum(lst.active for lst in self.listeners) + l7_open + gateway_open
 
     def _poll_stop(self, deadline: float) -> None:
         left = self._open()
