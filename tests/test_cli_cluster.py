@@ -299,6 +299,35 @@ def test_detach_eval_status_and_prefixes(cli, agent, tmp_path):
     assert res.returncode == 1 and "No allocation(s)" in res.stderr
 
 
+def test_stop_with_no_shutdown_delay(cli, agent, tmp_path):
+    """A group with a ten-minute shutdown_delay: `alloc stop -no-shutdown-delay` and `job stop
+    -no-shutdown-delay` (Nomad's flags) stop it without waiting it; the allocations carry
+    DesiredTransition.NoShutdownDelay, and a bad value of the API's parameter is a 400 that
+    stops nothing."""
+    text = web_job("nodelay", count=2).replace('  group "web" {', '  group "web" {\n    shutdown_delay = "10m"', 1)
+    res = cli("job", "run", write(tmp_path, "nodelay.hcl", text))
+    assert res.returncode == 0, res.stdout + res.stderr
+    first, _ = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(running(agent, "nodelay")),
+                        what="two allocations running")
+    res = cli("alloc", "stop", "-no-shutdown-delay", first["ID"])   # follows the replacement
+    assert res.returncode == 0, res.stdout + res.stderr
+    wait_for(lambda: api(agent, f"/v1/allocation/{first['ID']}")["ClientStatus"] == "complete", timeout=60,
+             what="the stopped allocation complete without its ten minutes")
+    assert api(agent, f"/v1/allocation/{first['ID']}")["DesiredTransition"]["NoShutdownDelay"] is True
+
+    r = httpx.delete(f"{agent}/v1/job/nodelay", params={"no_shutdown_delay": "maybe"}, timeout=10)
+    assert r.status_code == 400 and "no_shutdown_delay" in r.text and "true or" in r.text, r.text
+    assert len(running(agent, "nodelay")) == 2
+    res = cli("job", "stop", "-no-shutdown-delay", "nodelay")
+    assert res.returncode == 0, res.stdout + res.stderr
+    left = [a for a in api(agent, "/v1/job/nodelay/allocations") if a["ID"] != first["ID"]]
+    assert left and all(a["DesiredTransition"]["NoShutdownDelay"] is True for a in left), left
+    wait_for(lambda: all(api(agent, f"/v1/allocation/{a['ID']}")["ClientStatus"] == "complete" for a in left),
+             timeout=60, what="every allocation complete without its ten minutes")
+    res = cli("job", "stop", "-h")
+    assert "-no-shutdown-delay" in res.stdout
+
+
 def test_node_status(cli, agent):
     res = cli("node", "status")
     assert res.returncode == 0, res.stderr

@@ -296,3 +296,46 @@ def test_stop_order_prekill_shutdown_delays_then_main_then_sidecar(tmp_path):
     assert "Waiting for shutdown delay" not in event_types(states["main"])  # main has none
     assert rec.last[0] == "complete"
 
+
+def _delayed_alloc():
+    """A sidecar and a main task that each have a minute of shutdown_delay, in a group that has
+    one too: three minutes of delays when stopped plainly."""
+    trap = "trap 'exit 0' INT; echo ready; while true; do sleep 0.1; done"
+    sidecar = sh("sidecar", trap, lifecycle=TaskLifecycle(hook="prestart", sidecar=True),
+                 shutdown_delay=60 * SECOND)
+    main = sh("main", trap, shutdown_delay=60 * SECOND)
+    return make_alloc([sidecar, main], shutdown_delay=60 * SECOND)
+
+
+def test_a_stop_with_no_shutdown_delay_skips_the_group_and_task_delays(tmp_path):
+    """`job stop` / `alloc stop -no-shutdown-delay`: the server's stop carries
+    DesiredTransition.NoShutdownDelay, and the client waits none of the delays (Nomad's)."""
+    from yurt.structs.alloc import DesiredTransition
+    runner, rec = start_alloc(_delayed_alloc(), tmp_path)
+    wait_for(lambda: runner.client_status == "running" and "ready" in logs(runner, "main"), what="running")
+    runner.update(runner.alloc.model_copy(update={
+        "desired_status": "stop", "desired_transition": DesiredTransition(no_shutdown_delay=True)}))
+    assert runner.wait(30), "the delays were waited"
+    states = rec.last[2]
+    for task in ("sidecar", "main"):
+        assert "Waiting for shutdown delay" not in event_types(states[task]), event_types(states[task])
+    assert rec.last[0] == "complete"
+
+
+def test_no_shutdown_delay_arriving_during_a_delay_ends_it(tmp_path):
+    """A plain stop waits the group's delay; the same stop marked NoShutdownDelay while it waits
+    ends the wait, and the tasks' delays are not waited either."""
+    from yurt.structs.alloc import DesiredTransition
+    mark = _PrekillMark()
+    runner, rec = start_alloc(_delayed_alloc(), tmp_path, hooks=[*default_hooks(), mark])
+    wait_for(lambda: runner.client_status == "running" and "ready" in logs(runner, "main"), what="running")
+    stopped = runner.alloc.model_copy(update={"desired_status": "stop"})
+    runner.update(stopped)
+    wait_for(lambda: mark.at, what="the stop begun (prekill), the group's delay being waited")
+    assert not runner.wait(1)   # still waiting the group's minute
+    runner.update(stopped.model_copy(update={"desired_transition": DesiredTransition(no_shutdown_delay=True)}))
+    assert runner.wait(30), "the delay went on"
+    states = rec.last[2]
+    for task in ("sidecar", "main"):
+        assert "Waiting for shutdown delay" not in event_types(states[task]), event_types(states[task])
+

@@ -8,7 +8,7 @@ from yurt.errors import NotFound
 from yurt.structs import Allocation
 
 from .authz import may
-from .common import block, flag, reply, reply_allocs, reply_stubs
+from .common import block, flag, reply, reply_allocs, reply_stubs, strict_flag
 from .forward import ServerReads, need_server
 
 router = APIRouter(dependencies=[Depends(need_server)])  # a client-only agent forwards these
@@ -51,7 +51,8 @@ async def read_alloc(request: Request, reads: ServerReads, alloc_id: str):
 @router.put("/v1/allocation/{alloc_id}/stop")
 @router.post("/v1/allocation/{alloc_id}/stop")
 async def stop_alloc(request: Request, alloc_id: str):
-    result = request.app.state.agent.server.stop_alloc(alloc_id)
+    result = request.app.state.agent.server.stop_alloc(alloc_id,
+                                                       no_shutdown_delay=strict_flag(request, "no_shutdown_delay"))
     return reply(result, result["Index"])
 
 

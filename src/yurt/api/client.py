@@ -264,8 +264,9 @@ class YurtClient:
     def job_versions(self, job_id: str) -> list[dict]:
         return self.get(f"/v1/job/{_q(job_id)}/versions")[0]["Versions"]
 
-    def stop_job(self, job_id: str, purge: bool = False) -> dict:
-        return self.delete(f"/v1/job/{_q(job_id)}", purge="true" if purge else None)
+    def stop_job(self, job_id: str, purge: bool = False, no_shutdown_delay: bool = False) -> dict:
+        return self.delete(f"/v1/job/{_q(job_id)}", purge="true" if purge else None,
+                           no_shutdown_delay="true" if no_shutdown_delay else None)
 
     def job_versions_diffs(self, job_id: str) -> tuple[list[dict], list[dict] | None]:
         """(versions newest first, diffs: each version against the one before it, or None)."""
@@ -338,8 +339,8 @@ class YurtClient:
     def allocation(self, alloc_id: str) -> dict:
         return self.get(f"/v1/allocation/{alloc_id}")[0]
 
-    def stop_allocation(self, alloc_id: str) -> dict:
-        return self.put(f"/v1/allocation/{alloc_id}/stop")
+    def stop_allocation(self, alloc_id: str, no_shutdown_delay: bool = False) -> dict:
+        return self.put(f"/v1/allocation/{alloc_id}/stop", no_shutdown_delay="true" if no_shutdown_delay else None)
 
     def nodes(self, prefix: str = "") -> list[dict]:
         return self.get("/v1/nodes", prefix=prefix or None)[0]

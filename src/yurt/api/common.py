@@ -196,6 +196,21 @@ def flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true", "yes")
 
 
+_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def strict_flag(request: Request, name: str) -> bool:
+    """A boolean query parameter as Nomad parses it (Go's ParseBool); absent or empty: false;
+    anything else is a 400 naming it."""
+    raw = request.query_params.get(name, "")
+    if raw == "" or raw in _GO_FALSE:
+        return False
+    if raw in _GO_TRUE:
+        return True
+    raise InvalidInput(f'query parameter {name}="{raw}" is not a boolean: write {name}=true or {name}=false')
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     """The request's JSON, which must be an object (400 saying so if it is not)."""
     body = await json_body(request)

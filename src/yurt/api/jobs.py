@@ -15,7 +15,7 @@ from yurt.server.reads import Reads
 from yurt.structs import Job
 
 from .authz import may, require_namespace
-from .common import block, flag, json_body, json_object, reply, reply_stubs, write_reply
+from .common import block, flag, json_body, json_object, reply, reply_stubs, strict_flag, write_reply
 from .forward import ServerReads, need_server
 from . import bodies as b
 from .openapi import body
@@ -193,12 +193,15 @@ async def update_job(request: Request, job_id: str):
 
 @router.delete("/v1/job/{job_id}")
 async def stop_job(request: Request, reads: ServerReads, job_id: str):
+    no_shutdown_delay = strict_flag(request, "no_shutdown_delay")   # a bad value is a 400 either way
     if reads.job(_ns(request), job_id) is None:
         # Nomad deregisters an unknown job successfully, with no evaluation (the CLI looks the
         # job up first and says it does not exist)
         index = reads.index()
         return write_reply({"EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": index, "Index": index})
-    result = request.app.state.agent.server.deregister_job(_ns(request), job_id, purge=flag(request, "purge"))
+    result = request.app.state.agent.server.deregister_job(
+        _ns(request), job_id, purge=flag(request, "purge"),
+        no_shutdown_delay=no_shutdown_delay)
     return write_reply(result)
 
 

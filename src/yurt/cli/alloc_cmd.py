@@ -193,15 +193,18 @@ def _last_lines(client: YurtClient, alloc_id: str, task: str, stderr: bool, n: i
 @click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
 @click.option("-timeout", "--timeout", "timeout", default="5m", metavar="DURATION",
               help="How long to follow the replacement.")
+@click.option("-no-shutdown-delay", "--no-shutdown-delay", "no_shutdown_delay", is_flag=True,
+              help="Stop it without waiting its group's and tasks' shutdown_delay.")
 @address_option
 @api_errors
-def alloc_stop_cmd(alloc_id: str, detach: bool, verbose: bool, timeout: str, address: str | None) -> None:
+def alloc_stop_cmd(alloc_id: str, detach: bool, verbose: bool, timeout: str, no_shutdown_delay: bool,
+                   address: str | None) -> None:
     """Stop an allocation; the scheduler places a replacement, which is followed unless -detach."""
     from .job import _seconds
     follow_for = _seconds(timeout)
     with connect(address) as client:
         stub = find_alloc(client, alloc_id, verbose)
-        resp = client.stop_allocation(stub["ID"])
+        resp = client.stop_allocation(stub["ID"], no_shutdown_delay=no_shutdown_delay)
         eval_id = resp.get("EvalID") or ""
         if detach or not eval_id:
             echo(eval_id)

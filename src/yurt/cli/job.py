@@ -174,11 +174,13 @@ def _approximate_next_launch(job: Any) -> None:
 @click.option("-detach", "--detach", is_flag=True, help="Print the evaluation ID and return at once.")
 @click.option("-yes", "--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@click.option("-no-shutdown-delay", "--no-shutdown-delay", "no_shutdown_delay", is_flag=True,
+              help="Stop the allocations without waiting their group's and tasks' shutdown_delay.")
 @_timeout_option("2m")
 @address_option
 @api_errors
-def stop_cmd(job_id: str, purge: bool, detach: bool, yes: bool, verbose: bool, timeout: str,
-             address: str | None) -> None:
+def stop_cmd(job_id: str, purge: bool, detach: bool, yes: bool, verbose: bool, no_shutdown_delay: bool,
+             timeout: str, address: str | None) -> None:
     """Stop a job (JOB may be a unique prefix of its ID) and follow until its allocations stop."""
     from .status import find_job
     follow_for = _seconds(timeout)
@@ -188,7 +190,7 @@ def stop_cmd(job_id: str, purge: bool, detach: bool, yes: bool, verbose: bool, t
             if not click.confirm(f'Are you sure you want to stop job "{job["ID"]}"?', default=False):
                 click.echo("Cancelling job stop")
                 raise SystemExit(0)
-        resp = client.stop_job(job["ID"], purge=purge)
+        resp = client.stop_job(job["ID"], purge=purge, no_shutdown_delay=no_shutdown_delay)
         eval_id = resp.get("EvalID") or ""
         if detach or not eval_id:
             click.echo(eval_id)

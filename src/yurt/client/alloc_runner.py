@@ -118,6 +118,8 @@ class AllocRunner:
         self._persist_lock = threading.Lock()
         self._stopping = threading.Event()
         self._destroying = threading.Event()
+        # set when the shutdown delays are cut short: destroying, or `-no-shutdown-delay`
+        self._delays_cut = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._finished = bool(_restored and _restored.done)
@@ -198,6 +200,8 @@ class AllocRunner:
         if alloc.job is None:  # keep the job we run when the server sends a stripped alloc
             alloc = alloc.model_copy(update={"job": self.alloc.job})
         self.context.alloc = alloc
+        if alloc.desired_transition.no_shutdown_delay:   # a delay being waited ends now (Nomad's)
+            self._delays_cut.set()
         for hook in self.hooks:
             try:
                 hook.update(self.context)
@@ -225,6 +229,7 @@ class AllocRunner:
     def destroy(self, timeout: float | None = None) -> None:
         """Stop everything (poststop tasks too), run destroy hooks, forget the allocation."""
         self._destroying.set()
+        self._delays_cut.set()
         self.stop()
         if self._thread is None:
             for tr in self.task_runners.values():
@@ -401,9 +406,9 @@ class AllocRunner:
         if self._destroying.is_set():
             return
         delay = (self.group.shutdown_delay or 0) / SECOND
-        if delay > 0:
-            self._destroying.wait(delay)
-        waits = [threading.Thread(target=tr.shutdown_delay, args=(self._destroying,), daemon=True,
+        if delay > 0 and not self._delays_cut.is_set():
+            self._delays_cut.wait(delay)
+        waits = [threading.Thread(target=tr.shutdown_delay, args=(self._delays_cut,), daemon=True,
                                   name=f"delay-{tr.name}") for tr in sidecars if tr.is_running()]
         for t in waits:
             t.start()

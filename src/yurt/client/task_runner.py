@@ -213,10 +213,14 @@ class TaskRunner:
             if not self.task.shutdown_delay or self._delay_waited or self._state.state != TASK_RUNNING:
                 return
             self._delay_waited = True
+        if self.alloc.desired_transition.no_shutdown_delay or (cancel is not None and cancel.is_set()):
+            return   # `-no-shutdown-delay`, or cut already
         delay = self.task.shutdown_delay
         self._emit(ev.waiting_shutdown_delay(delay))
         deadline = time.monotonic() + delay / SECOND
         while not self._done.is_set() and not (cancel is not None and cancel.is_set()):
+            if self.alloc.desired_transition.no_shutdown_delay:   # came while waiting
+                break
             left = deadline - time.monotonic()
             if left <= 0 or self._done.wait(min(left, WAIT_SLICE)):
                 break

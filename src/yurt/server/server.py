@@ -16,7 +16,7 @@ from typing import Any
 
 from yurt.errors import InvalidInput, NotFound, PermissionDenied
 from yurt.structs import Allocation, Evaluation, Job, Node
-from yurt.structs.alloc import (ALLOC_DESIRED_STOP, ALLOC_FAILED, ALLOC_LOST, ALLOC_COMPLETE)
+from yurt.structs.alloc import (ALLOC_DESIRED_STOP, ALLOC_FAILED, ALLOC_LOST, ALLOC_COMPLETE, DesiredTransition)
 from yurt.structs.evaluation import (EVAL_PENDING, TRIGGER_ALLOC_FAILURE, TRIGGER_ALLOC_STOP,
                                      TRIGGER_JOB_DEREGISTER, TRIGGER_JOB_REGISTER, TRIGGER_NODE_UPDATE)
 from yurt.structs.node import NODE_DOWN, NODE_READY
@@ -282,10 +282,17 @@ class Server:
         from .periodic import dispatch
         return dispatch(self, namespace, job_id, payload, meta, idempotency_token, id_prefix_template)
 
-    def deregister_job(self, namespace: str, job_id: str, purge: bool = False) -> dict[str, Any]:
+    def deregister_job(self, namespace: str, job_id: str, purge: bool = False,
+                       no_shutdown_delay: bool = False) -> dict[str, Any]:
+        """Stop (or purge) a job. `no_shutdown_delay`: its allocations are stopped without their
+        shutdown delays (marked first, so the stops the scheduler writes carry the mark)."""
         job = self.store.job(namespace, job_id)
         if job is None:
             raise NotFound("job not found")
+        if no_shutdown_delay:
+            self.store.update_alloc_transitions({
+                a.id: DesiredTransition(no_shutdown_delay=True)
+                for a in self.store.allocs_by_job(namespace, job_id) if not a.terminal()})
         ev = self._new_eval(job, namespace, job_id, TRIGGER_JOB_DEREGISTER)
         if purge:
             index = self.store.purge_job(namespace, job_id, ev)
@@ -485,14 +492,18 @@ class Server:
             self.broker.unblock()
         return index
 
-    def stop_alloc(self, alloc_id: str) -> dict[str, Any]:
-        """Stop one allocation; the scheduler places a replacement (Nomad's alloc stop)."""
+    def stop_alloc(self, alloc_id: str, no_shutdown_delay: bool = False) -> dict[str, Any]:
+        """Stop one allocation; the scheduler places a replacement (Nomad's alloc stop).
+        `no_shutdown_delay`: the client skips the group's and the tasks' shutdown_delay."""
         alloc = self.store.alloc(alloc_id)
         if alloc is None:
             raise NotFound("alloc not found")
-        stopped = alloc.model_copy(update={"desired_status": ALLOC_DESIRED_STOP,
-                                           "desired_description": "alloc was stopped by the operator",
-                                           "modify_time": time.time_ns()})
+        update: dict[str, Any] = {"desired_status": ALLOC_DESIRED_STOP,
+                                  "desired_description": "alloc was stopped by the operator",
+                                  "modify_time": time.time_ns()}
+        if no_shutdown_delay:
+            update["desired_transition"] = alloc.desired_transition.model_copy(update={"no_shutdown_delay": True})
+        stopped = alloc.model_copy(update=update)
         self.store.upsert_allocs([stopped])
         job = self.store.job(alloc.namespace, alloc.job_id)
         ev = self._new_eval(job, alloc.namespace, alloc.job_id, TRIGGER_ALLOC_STOP)

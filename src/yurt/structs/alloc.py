@@ -105,6 +105,9 @@ class DesiredTransition(Struct):
     migrate: bool | None = None
     reschedule: bool | None = None
     force_reschedule: bool | None = None
+    # `job stop` / `alloc stop -no-shutdown-delay`: the client skips the group's and the tasks'
+    # shutdown_delay when it stops this allocation (Nomad's)
+    no_shutdown_delay: bool | None = None
 
 
 class AllocDeploymentStatus(Struct):
