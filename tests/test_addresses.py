@@ -171,3 +171,95 @@ def test_host_network_reserved_ports_are_not_handed_out():
     res = run(st, job)
     assert not placed(res)
     assert "network: reserved port collision ssh=22" in " ".join(res.failed_tg_allocs["g"].reasons())
+
+
+# -- go-sockaddr templates in the addresses ------------------------------------------------------
+
+def test_sockaddr_templates_in_the_agent_config(netns_host, tmp_path):
+    """Nomad's and Consul's go-sockaddr templates, executed against the namespace's interfaces:
+    lab0 (10.201.0.2/24, the default route's), pub0 (198.51.100.7/24: RFC 6890, not forwardable)."""
+    got = _resolve_in(netns_host, 'bind_addr = "{{ GetPrivateIP }}"\n'
+                                  'advertise { http = "{{ GetInterfaceIP \\"lab0\\" }}:8080" }\n'
+                                  'client {\n enabled = true\n servers = ["10.201.0.1:4646"]\n'
+                                  ' network_interface = "{{ GetDefaultInterfaces | attr \\"name\\" }}" }\n', tmp_path)
+    assert got == '["10.201.0.2", "http://10.201.0.2:8080", {}]'
+    got = _resolve_in(netns_host, 'bind_addr = "0.0.0.0"\nclient {\n enabled = true\n servers = ["x:1"]\n'
+                                  ' network_interface = "{{ GetAllInterfaces | include \\"network\\" '
+                                  '\\"198.51.100.0/24\\" | attr \\"name\\" }}" }\n', tmp_path)
+    assert got == '["198.51.100.7", "http://198.51.100.7:4646", {}]'
+
+
+def test_get_public_ip_skips_private_and_unforwardable_addresses(netns_host, tmp_path):
+    # an address outside RFC 6890 on pub0 (an isolated namespace: nothing is sent anywhere)
+    subprocess.run(["ip", "-n", netns_host, "addr", "add", "11.0.0.7/24", "dev", "pub0"], check=True)
+    got = _resolve_in(netns_host, 'bind_addr = "0.0.0.0"\nadvertise { http = "{{ GetPublicIP }}" }\n'
+                                  'client { enabled = true\n servers = ["x:1"] }\n', tmp_path)
+    assert got == '["10.201.0.2", "http://11.0.0.7:4646", {}]'
+
+
+def test_sockaddr_templates_that_fail_are_named(netns_host, tmp_path):
+    got = _resolve_in(netns_host, 'bind_addr = "{{ GetInterfaceIP \\"wlan9\\" }}"\n', tmp_path)
+    assert got.startswith('ERROR bind_addr = "{{ GetInterfaceIP "wlan9" }}" gives no address on this host '
+                          "(its addresses: "), got
+    assert "lab0 10.201.0.2/24" in got and "pub0 198.51.100.7/24" in got and "write the address" in got
+    got = _resolve_in(netns_host, 'bind_addr = "{{ GetAllInterfaces | math \\"address\\" \\"+5\\" }}"\n', tmp_path)
+    assert got.startswith("ERROR bind_addr = ") and "go-sockaddr's math is not supported" in got, got
+    got = _resolve_in(netns_host, 'bind_addr = "{{ GetPrivateIP "\n', tmp_path)
+    assert got == 'ERROR bind_addr = "{{ GetPrivateIP ": template: bind_addr:1:16: unclosed action', got
+    got = _resolve_in(netns_host, 'bind_addr = "{{ GetAllInterfaces | sort \\"speed\\" | attr \\"address\\" }}"\n',
+                      tmp_path)
+    assert 'unknown sort key "speed"' in got and "address, default, name, private, size, type" in got, got
+
+
+def test_sockaddr_functions_on_a_table():
+    """The list functions on a table of addresses given directly (go-sockaddr's semantics)."""
+    from yurt.gotemplate import TemplateError
+    from yurt.gotemplate.sockaddr import IfAddr, execute_sockaddr
+    up = frozenset({"up", "broadcast", "multicast"})
+    table = [IfAddr("lo", ipaddress.ip_interface("127.0.0.1/8"), frozenset({"up", "loopback"})),
+             IfAddr("eth0", ipaddress.ip_interface("10.1.2.3/16"), up, default=True),
+             IfAddr("eth0", ipaddress.ip_interface("fd00::5/64"), up, default=True),
+             IfAddr("eth1", ipaddress.ip_interface("192.168.9.9/24"), up),
+             IfAddr("eth1", ipaddress.ip_interface("11.0.0.7/24"), up),
+             IfAddr("eth2", ipaddress.ip_interface("10.9.0.1/24"), frozenset({"broadcast"}))]   # down
+
+    def ev(text: str) -> str:
+        return execute_sockaddr(text, "x", table)
+    assert ev("{{ GetPrivateIP }}") == "10.1.2.3"          # the default interface, IPv4 first
+    assert ev("{{ GetPublicIP }}") == "11.0.0.7"
+    assert ev("{{ GetPrivateIPs }}") == "10.1.2.3 192.168.9.9 10.9.0.1 fd00::5"   # type, then the larger network
+    assert ev('{{ GetInterfaceIPs "eth1" }}') == "192.168.9.9 11.0.0.7"
+    assert ev('{{ GetAllInterfaces | include "flag" "up" | include "rfc" "1918" | join "address" "," }}') == \
+        "10.1.2.3,192.168.9.9"
+    assert ev('{{ GetAllInterfaces | exclude "flags" "loopback" | include "type" "ipv4" | sort "-address" | '
+              'limit 2 | join "name" " " }}') == "eth1 eth1"
+    assert ev('{{ GetAllInterfaces | include "type" "ipv4" | offset -1 | attr "address" }}') == "10.9.0.1"
+    assert ev('{{ GetAllInterfaces | include "name" "^eth" | unique "name" | join "name" " " }}') == "eth0 eth1 eth2"
+    assert ev('{{ GetAllInterfaces | include "address" "^10\\\\.1\\\\." | attr "network" }}') == "10.1.0.0"
+    assert ev('{{ GetDefaultInterfaces | attr "netmask" }}') == "255.255.0.0"
+    assert ev('{{ GetDefaultInterfaces | attr "mask_bits" }}/{{ GetDefaultInterfaces | attr "type" }}') == "16/IPv4"
+    assert ev('{{ GetAllInterfaces | include "flag" "down" | attr "name" }}') == "eth2"
+    with pytest.raises(TemplateError, match='error calling attr: unknown attribute "speed"'):
+        ev('{{ GetPrivateInterfaces | attr "speed" }}')
+    with pytest.raises(TemplateError, match='error calling include: unknown flag "fast"'):
+        ev('{{ GetAllInterfaces | include "flag" "fast" }}')
+
+
+def test_agent_that_cannot_listen_says_why(tmp_path):
+    """`yurt agent` exits 1 with the reason and the flag to change, not uvicorn's silent 3."""
+    import socket
+    from .conftest import run_yurt
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        r = run_yurt("agent", "-dev", "-http-port", str(port), "-data-dir", str(tmp_path / "a"), timeout=120)
+    finally:
+        busy.close()
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use; pick another with -http-port" in r.stderr, \
+        r.stderr
+    r = run_yurt("agent", "-dev", "-bind", "192.0.2.250", "-data-dir", str(tmp_path / "b"), timeout=120)
+    assert r.returncode == 1 and "cannot listen on 192.0.2.250:4646: cannot assign requested address" in r.stderr, \
+        (r.returncode, r.stderr)

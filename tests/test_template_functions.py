@@ -186,3 +186,31 @@ EOT
         assert f"nodes={node['Name']}\n" in text
         assert "root=-----BEGIN CERTIFICATE-----\n" in text
         assert "leaf=tplfn-web spiffe://" in text and "/svc/tplfn-web -----BEGIN CERTIFICATE----- -----BEGIN" in text
+
+
+def test_sockaddr_renders_this_hosts_addresses(agent, tmp_path):
+    """consul-template's `sockaddr`: a go-sockaddr expression over the client host's addresses."""
+    from yurt.gotemplate.sockaddr import default_route_interface
+    out = tmp_path / "sockaddr.txt"
+    templates = """
+      template {
+        data        = <<EOT
+lo={{ sockaddr `GetAllInterfaces | include "name" "^lo$" | include "type" "ipv4" | attr "address"` }}
+default={{ sockaddr `GetDefaultInterfaces | attr "name"` }}
+EOT
+        destination = "local/addr.conf"
+      }"""
+    with agent.api() as c:
+        register(c, job("tplfn-sockaddr", sh_task("t", f"cp $NOMAD_TASK_DIR/addr.conf {out}; exec sleep 3600",
+                                                   templates)))
+        text = wait_for(lambda: out.exists() and out.read_text(), 60, what="the rendered addresses")
+        assert text == f"lo=127.0.0.1\ndefault={default_route_interface()}\n", text
+        templates = """
+      template {
+        data        = "{{ sockaddr `GetAllInterfaces | math \\"address\\" \\"+1\\"` }}"
+        destination = "local/bad.conf"
+      }"""
+        register(c, job("tplfn-sockaddr-bad", sh_task("t", "sleep 3600", templates)))
+        message = hook_failure(dead(c, "tplfn-sockaddr-bad"))
+        assert message.startswith("Template failed: template: local/bad.conf:1:3: "), message
+        assert "error calling sockaddr: " in message and "go-sockaddr's math is not supported" in message, message

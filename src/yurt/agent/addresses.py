@@ -22,12 +22,11 @@ import json
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from yurt.errors import ConfigError
+from yurt.gotemplate.sockaddr import SBIN, default_route_interface
 
 WILDCARDS = ("0.0.0.0", "::", "")
-SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"
 
 
 @dataclass(frozen=True)
@@ -57,22 +56,6 @@ def interfaces() -> dict[str, list[ipaddress.IPv4Interface]]:
                  for a in link.get("addr_info") or [] if a.get("family") == "inet" and a.get("local")]
         out[str(link.get("ifname", ""))] = addrs
     return out
-
-
-def default_route_interface(route_table: str = "/proc/net/route") -> str:
-    """The interface of the IPv4 default route with the lowest metric, "" when there is none."""
-    try:
-        lines = Path(route_table).read_text().splitlines()[1:]
-    except OSError:
-        return ""
-    best: tuple[int, str] | None = None
-    for line in lines:
-        cols = line.split()
-        if len(cols) >= 8 and cols[1] == "00000000" and cols[7] == "00000000":
-            metric = int(cols[6]) if cols[6].isdigit() else 0
-            if best is None or metric < best[0]:
-                best = (metric, cols[0])
-    return best[1] if best else ""
 
 
 def interface_address(name: str, setting: str, table: dict[str, list[ipaddress.IPv4Interface]] | None = None

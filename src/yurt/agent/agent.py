@@ -214,12 +214,16 @@ class Agent:
             self._http.run()
         except _Terminated:
             pass
+        except SystemExit:   # uvicorn exits (3) when it cannot listen, its reason logged away
+            if self._http.started:
+                raise
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.shutdown()
         if not self._http.started:
-            raise OSError(f"cannot listen on {self.config.bind}:{self.config.http_port}: the address is "
-                          "in use or not available; pick another with -http-port or -bind")
+            raise OSError(f"cannot listen on {self.config.bind}:{self.config.http_port}: "
+                          f"{_why_not_listening(self.config.bind, self.config.http_port)}; "
+                          "pick another with -http-port or -bind (bind_addr)")
 
     def _leave(self) -> None:
         """A server on etcd that is told to stop hands leadership over first (its lease revoked,
@@ -324,6 +328,23 @@ class Agent:
         self.log_monitor.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _why_not_listening(host: str, port: int) -> str:
+    """Why the HTTP listener could not be opened, asked again of the system: a host name that
+    does not resolve, an address this host does not have, a port in use."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        return f'"{host}" is not an address of this host ({e.strerror})'
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            return str(e.strerror).lower()
+    return "the address is in use or not available"
 
 
 class _Server(uvicorn.Server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -133,7 +134,9 @@ class AgentConfig:
 
     def resolve(self) -> None:
         """Find the node address, the advertised HTTP host and the host networks' addresses.
-        Raises ConfigError naming the setting to fix (see ``addresses``)."""
+        Raises ConfigError naming the setting to fix (see ``addresses``). go-sockaddr templates
+        in the addresses (``bind_addr = "{{ GetPrivateIP }}"``) are executed first (``sockaddr``)."""
+        self._evaluate_templates()
         table = addresses.interfaces() if (self.network_interface or self.host_networks
                                            or self.bind in WILDCARDS) else {}
         self.node_ip = addresses.node_address(bind=self.bind, network_interface=self.network_interface,
@@ -141,6 +144,22 @@ class AgentConfig:
         self.http_host = addresses.http_address(advertise=self.advertise, bind=self.bind, node_ip=self.node_ip,
                                                 dev=self.dev or self.dev_connect)
         self.host_network_ips = addresses.host_network_addresses(self.host_networks, table)
+
+    def _evaluate_templates(self) -> None:
+        """go-sockaddr templates in the addresses, executed over this host's addresses."""
+        if "{{" not in "".join((self.bind, self.advertise, self.network_interface, self.dns_addr)):
+            return
+        from yurt.gotemplate.sockaddr import SockaddrError, host_addresses
+        try:
+            table = host_addresses()
+        except SockaddrError as e:
+            raise ConfigError(str(e)) from None
+        self.bind = _sockaddr(self.bind, "bind_addr", table)
+        self.network_interface = _sockaddr(self.network_interface, "client.network_interface", table)
+        self.dns_addr = _sockaddr(self.dns_addr, "addresses.dns", table)
+        if "{{" in self.advertise:
+            host, port = _host_port(_sockaddr(self.advertise, "advertise.http", table), "advertise.http")
+            self.advertise, self.advertise_port = host, port or self.advertise_port
 
     def check(self) -> None:
         import os
@@ -280,8 +299,11 @@ def load_file(path: str, cfg: AgentConfig) -> AgentConfig:
                 cfg.warnings.append(f'{path}: advertise {{ {key} }} is ignored: Yurt agents talk over HTTP '
                                     'only (advertise { http })')
         if "http" in advertise:
-            host, port = _host_port(str(advertise["http"]), f"{path}: advertise.http")
-            cfg.advertise, cfg.advertise_port = host, port
+            if "{{" in str(advertise["http"]):   # a go-sockaddr template: found by resolve()
+                cfg.advertise = str(advertise["http"])
+            else:
+                host, port = _host_port(str(advertise["http"]), f"{path}: advertise.http")
+                cfg.advertise, cfg.advertise_port = host, port
     server = _first(raw.get("server"))
     if server is not None:
         cfg.server = bool(server.get("enabled", False))
@@ -462,6 +484,24 @@ def _size(value: Any, path: str, name: str) -> int:
     return n
 
 
+def _sockaddr(value: str, setting: str, table: list[Any]) -> str:
+    """`value`, or what its go-sockaddr template gives on this host; ConfigError naming `setting`
+    for a template that fails or gives no address."""
+    if "{{" not in value:
+        return value
+    from yurt.gotemplate import TemplateError
+    from yurt.gotemplate.sockaddr import SockaddrError, execute_sockaddr
+    try:
+        out = execute_sockaddr(value, setting, table)
+    except (TemplateError, SockaddrError) as e:
+        raise ConfigError(f'{setting} = "{value}": {e}') from None
+    if not out:
+        have = ", ".join(f"{a.name} {a.iface}" for a in table) or "none"
+        raise ConfigError(f'{setting} = "{value}" gives no address on this host (its addresses: {have}); '
+                          "write the address, or a template that finds one")
+    return out
+
+
 def _unwrap(raw: Any) -> Any:
     """python-hcl2 marks blocks and keeps comments; drop its bookkeeping keys."""
     if isinstance(raw, dict):
@@ -469,8 +509,18 @@ def _unwrap(raw: Any) -> Any:
     if isinstance(raw, list):
         return [_unwrap(v) for v in raw]
     if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
-        return raw[1:-1]
+        return _HCL_ESCAPE.sub(_unescape_one, raw[1:-1])   # python-hcl2 keeps a string's quotes and escapes
     return raw
+
+
+_HCL_ESCAPE = re.compile(r'\\(["\\nrt]|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})')
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    c = m.group(1)
+    if c[0] in "uU":
+        return chr(int(c[1:], 16))
+    return {"n": "\n", "r": "\r", "t": "\t"}.get(c, c)
 
 
 def _host_port(value: str, setting: str) -> tuple[str, int]:

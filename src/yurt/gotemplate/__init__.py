@@ -23,7 +23,8 @@ What is supported (Go's semantics, Go's output, Go's error messages):
   ``executeTemplate`` is a built-in of the executor).
   ``file``/``writeToFile`` use the node's files directly (``render(task_dir=, file_sandbox=)``);
   ``render(denied=)`` makes functions fail when called (Nomad's ``function_denylist``).
-  Not supported: Vault (``secret``), ``plugin``, ``sockaddr``.
+  ``sockaddr`` runs go-sockaddr's functions over the host's addresses (``sockaddr.py``, which
+  also serves the agent config's address templates). Not supported: Vault (``secret``), ``plugin``.
 
 Where it differs from Go (knowingly): regular expressions are Python's ``re`` (RE2's syntax is
 nearly a subset; no linear-time guarantee); ``service``'s ``@dc`` and ``~near`` are accepted and

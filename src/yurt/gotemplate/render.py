@@ -8,14 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import library
+from . import sockaddr as sockaddr_mod
 from .exec import BUILTINS, FuncSpec, Template, spec
 from .gofmt import FuncError
 from .parse import TemplateError
 from .parse import parse as parse_tree
 from .source import Dependency, Source
 
-_KNOWN = frozenset(BUILTINS) | library.ALL_NAMES
-_CONSUL_FUNCS: dict[str, FuncSpec] = {**BUILTINS, **library.HELPERS}
+_KNOWN = frozenset(BUILTINS) | library.ALL_NAMES | {"sockaddr"}
+_CONSUL_FUNCS: dict[str, FuncSpec] = {**BUILTINS, **library.HELPERS,
+                                      "sockaddr": FuncSpec(sockaddr_mod.sockaddr, 1, None)}
 
 
 @dataclass(frozen=True)
