@@ -128,6 +128,11 @@ WARNED = [
      'update {\n      stagger = "10s"\n    }', 'group "api" > update > stagger', "max_parallel allocations at a time"),
     ("group-max-client-disconnect", ("TaskGroups", "*", "MaxClientDisconnect"), "GROUP",
      'max_client_disconnect = "1h"', 'group "api" > max_client_disconnect', "replaced as lost"),
+    ("disconnect-lost-after", ("TaskGroups", "*", "Disconnect", "LostAfter"), "GROUP",
+     'disconnect {\n      lost_after = "1h"\n    }', 'group "api" > disconnect > lost_after', "replaced as lost"),
+    ("disconnect-reconcile", ("TaskGroups", "*", "Disconnect", "Reconcile"), "GROUP",
+     'disconnect {\n      reconcile = "keep_original"\n    }', 'group "api" > disconnect > reconcile',
+     "which Yurt does not read"),
     ("network-mbits", ("TaskGroups", "*", "Networks", "*", "MBits"), "NET", "mbits = 10",
      'group "api" > network > mbits', "no bandwidth is reserved"),
     ("network-device", ("TaskGroups", "*", "Networks", "*", "Device"), "NET", 'device = "eth0"',
@@ -221,9 +226,9 @@ REFUSED = [
      f"{T} > identity > change_signal", "change_signal is not supported"),
     ("identity-service-name", _IDB + ("ServiceName",), "TASK", _identity('service_name = "api"'),
      f"{T} > identity > service_name", "service_name is not supported"),
-    ("stop-after-client-disconnect", ("TaskGroups", "*", "StopAfterClientDisconnect"), "GROUP",
-     'stop_after_client_disconnect = "1m"', 'group "api" > stop_after_client_disconnect',
-     "two copies would run at once"),
+    ("disconnect-replace-false", ("TaskGroups", "*", "Disconnect", "Replace"), "GROUP",
+     'disconnect {\n      replace = false\n    }', 'group "api" > disconnect > replace',
+     "so two copies could run"),
     ("upstream-socket-path", _UP + ("LocalBindSocketPath",), "UPSTREAM",
      'local_bind_socket_path = "/tmp/db.sock"', f"{UPSTREAM} > local_bind_socket_path",
      "set local_bind_port instead"),
@@ -309,7 +314,7 @@ WARNED_JOB = job_text("TASK", "resources {\n        cores = 2\n      }")   # a w
 WARNED_AT = position(WARNED_JOB, "cores = 2")
 WARNED_WARNING = (f"{T} > resources > cores: cores has no effect yet in Yurt: no core is reserved or pinned, "
                     "and the task gets no CPU reservation; ask for cpu (in MHz) instead")
-REFUSED_JOB = job_text("GROUP", 'stop_after_client_disconnect = "1m"')
+REFUSED_JOB = job_text("GROUP", 'disconnect {\n      replace = false\n    }')
 
 
 def test_cli_validate_prints_job_warnings_and_exits_0(tmp_path):
@@ -326,8 +331,8 @@ def test_cli_validate_refuses_an_unsafe_field(tmp_path):
     f.write_text(REFUSED_JOB)
     res = run_yurt("job", "validate", str(f))
     assert res.returncode == 1
-    at = position(REFUSED_JOB, "stop_after_client_disconnect")
-    assert f'{f}:{at}: group "api" > stop_after_client_disconnect: stop_after_client_disconnect cannot be ' \
+    at = position(REFUSED_JOB, "replace = false")
+    assert f'{f}:{at}: group "api" > disconnect > replace: disconnect replace = false cannot be ' \
            "honoured yet" in res.stderr
     assert res.stdout == ""
 
@@ -361,7 +366,7 @@ def test_cli_run_refuses_an_unsafe_field_and_registers_nothing(agent, tmp_path):
     f.write_text(REFUSED_JOB.replace('job "w"', 'job "refused"'))
     res = cli(agent, tmp_path, "job", "run", "-detach", str(f))
     assert res.returncode == 1
-    assert "stop_after_client_disconnect cannot be honoured yet" in res.stderr
+    assert "disconnect replace = false cannot be honoured yet" in res.stderr
     assert httpx.get(f"{agent}/v1/job/refused", timeout=10).status_code == 404
 
 
@@ -379,11 +384,11 @@ def test_api_register_plan_and_validate_carry_the_warnings(agent):
         assert r.json()["Warnings"] == WARNED_WARNING and r.json()["ValidationErrors"] == []
         # A hand-written JSON job with a refused field: 400, the place and the reason.
         bare = {"Job": {"ID": "api-refused", "TaskGroups": [{
-            "Name": "g", "StopAfterClientDisconnect": 60_000_000_000,
+            "Name": "g", "Disconnect": {"Replace": False},
             "Tasks": [{"Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"}}]}]}}
         r = c.put("/v1/jobs", json=bare)
         assert r.status_code == 400
-        assert 'group "g" > stop_after_client_disconnect: stop_after_client_disconnect cannot be honoured' in r.text
+        assert 'group "g" > disconnect > replace: disconnect replace = false cannot be honoured' in r.text
         assert c.get("/v1/job/api-refused").status_code == 404
 
 

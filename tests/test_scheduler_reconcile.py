@@ -127,6 +127,34 @@ def test_lost_allocs_on_down_node_are_replaced():
     assert new.node_id != victim.node_id
 
 
+def test_lost_allocs_with_stop_on_client_after_are_replaced_once_their_client_has_stopped_them():
+    """`disconnect { stop_on_client_after = "1m" }`: the alloc of a down node is marked lost at
+    once, but its replacement waits until its client has surely stopped it (a minute plus the
+    kill timeout, Nomad's WaitClientStop): no placement before, a follow-up evaluation then, and
+    an evaluation in between (a node update, say) keeps the name taken."""
+    from yurt.structs import DisconnectStrategy
+    st, job = _setup(count=2, n_nodes=2, group_kw={"disconnect": DisconnectStrategy(stop_on_client_after=60 * S)},
+                     task_kw={"kill_timeout": 10 * S})
+    victim = live(st, job)[0]
+    st.upsert_node(st.node(victim.node_id).model_copy(update={"status": "down"}))
+    res = run(st, job, now=NOW + 1 * S)
+    (stop,) = stopped(res)
+    assert stop.id == victim.id and stop.client_status == "lost"
+    assert placed(res) == []
+    (wake,) = res.followup_evals
+    assert wake.wait_until >= NOW + 1 * S + 70 * S and wake.triggered_by == "alloc-lost"
+    res = run(st, job, now=NOW + 30 * S)               # an evaluation in between: nothing yet
+    assert placed(res) == [] and stopped(res) == [] and not res.followup_evals
+    res = run(st, job, now=wake.wait_until)            # the follow-up: the replacement, same name
+    (new,) = placed(res)
+    assert new.name == victim.name and new.node_id != victim.node_id
+    # without the block, the replacement is placed at once (as before)
+    st2, job2 = _setup(count=2, n_nodes=2)
+    v2 = live(st2, job2)[0]
+    st2.upsert_node(st2.node(v2.node_id).model_copy(update={"status": "down"}))
+    assert len(placed(run(st2, job2))) == 1
+
+
 def test_drained_node_allocs_migrate_once_the_drainer_marks_them():
     """As in Nomad, a draining node's allocations stay until the drainer marks them
     (DesiredTransition.Migrate, max_parallel at a time); a marked one is stopped and replaced

@@ -213,9 +213,12 @@ class AllocRunner:
         if alloc.server_terminal():
             self.stop()
 
-    def stop(self) -> None:
+    def stop(self, reason: TaskEvent | None = None) -> None:
         """Take the services out of the catalog, wait the shutdown delays, drain the sidecars,
-        kill the tasks (main first, sidecars last); poststop tasks still run. Asynchronous."""
+        kill the tasks (main first, sidecars last); poststop tasks still run. Asynchronous.
+        `reason`: the event the tasks get for it (a local decision, not the server's)."""
+        if reason is not None and self._kill_event is None:
+            self._kill_event = reason
         self._stopping.set()
         self._notify()
 

@@ -19,7 +19,9 @@ from typing import Any
 from yurt.api.client import YurtClient
 from yurt.errors import NotFound, Unreachable, YurtError
 from yurt.structs import Allocation, Node, TaskState
+from yurt.structs.duration import format_duration
 
+from . import task_events
 from .alloc_runner import AllocRunner
 from .drivers.connect_proxy import ConnectProxyDriver
 from .drivers.docker import DockerDriver
@@ -108,6 +110,10 @@ class NodeAgent:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._heartbeat_ttl = 10.0
+        # the last time a heartbeat (or the registration) was answered; from the start until the
+        # first one, the start itself (Nomad's startup grace for stop_on_client_after)
+        self._last_ok = time.monotonic()
+        self._stopped_disconnected: set[str] = set()
         self._said: dict[str, float] = {}
         self._service_hook = None
         self._identity_hook = None
@@ -277,6 +283,7 @@ class NodeAgent:
                 else:
                     result = self.api.heartbeat(self.node.id)
                 self._heartbeat_ttl = max(1.0, result.get("HeartbeatTTL", 10e9) / 1e9)
+                self._last_ok = time.monotonic()
                 backoff = 0.2
                 self._stop.wait(self._heartbeat_ttl / 2)
                 continue
@@ -293,8 +300,27 @@ class NodeAgent:
                     log.warning("heartbeat failed: %s", e)
                 else:
                     self._registration_failed(e)
+            self._stop_disconnected()
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _stop_disconnected(self) -> None:
+        """`disconnect { stop_on_client_after }` (or `stop_after_client_disconnect`): the
+        allocations of such groups are stopped here once no heartbeat has been answered for that
+        long; the servers, which marked them lost, place their replacements only after it."""
+        silent = time.monotonic() - self._last_ok
+        for runner in list(self.runners.values()):
+            alloc = runner.alloc
+            if alloc.id in self._stopped_disconnected or alloc.terminal() or alloc.job is None:
+                continue
+            tg = alloc.job.group(alloc.task_group)
+            after = tg.stop_on_client_after() if tg is not None else 0
+            if after and silent * 1e9 >= after:
+                self._stopped_disconnected.add(alloc.id)
+                said = format_duration(after)
+                log.warning("alloc %s: no server answered for %s (stop_on_client_after): stopping it",
+                            alloc.id[:8], said)
+                runner.stop(task_events.disconnected(said))
 
     def _registration_failed(self, e: Exception) -> None:
         """Say why: a Yurt server that refused, or an address that is not a Yurt server."""

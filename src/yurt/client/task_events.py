@@ -105,6 +105,12 @@ def leader_dead() -> TaskEvent:
     return event(LEADER_DEAD, "Leader Task in Group dead")
 
 
+def disconnected(after: str) -> TaskEvent:
+    """Nomad's: the client could not reach the servers for the group's stop_on_client_after."""
+    return event("Killing", f"Client disconnected from the servers for {after} (stop_on_client_after): "
+                            "stopping the allocation", details={"disconnected_for": after})
+
+
 def main_dead() -> TaskEvent:
     return event(MAIN_DEAD, "Main tasks in the group died")
 

@@ -28,7 +28,7 @@ from .hcl_syntax import Attribute, Block, Body
 NOT_SUPPORTED = {
     "vault", "csi_plugin", "scaling",
     "multiregion", "secret", "consul", "device",
-    "numa", "action", "disconnect", "schedule", "dynamic",
+    "numa", "action", "schedule", "dynamic",
 }
 
 # Constraint and affinity shorthands: `distinct_hosts = true`, `regexp = "..."`.

@@ -17,7 +17,7 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   meta, shutdown_delay (waited after the services are deregistered), ephemeral_disk sticky and
   migrate (on the same node, or from another node's snapshot), volume (host volumes): the
   scheduler, the client's alloc dir, network and service hooks. Not read: max_client_disconnect,
-  stop_after_client_disconnect, network mbits/device/cidr/ip, port ignore_collision.
+  disconnect lost_after and reconcile, network mbits/device/cidr/ip, port ignore_collision.
 - Task: driver, config, user, lifecycle, env, meta, resources cpu/memory/memory_max, restart,
   kill_timeout, kill_signal, shutdown_delay, logs, leader, constraint/affinity, service (as a
   group service, registered with the allocation, its checks and restarts the task's), template
@@ -123,11 +123,17 @@ RULES: tuple[Rule, ...] = (
     Rule(_G + ("MaxClientDisconnect",),
          f"max_client_disconnect {NO_EFFECT}: allocations of a node that stops heartbeating are "
          "replaced as lost, as if it were not set"),
-    Rule(_G + ("StopAfterClientDisconnect",),
-         "stop_after_client_disconnect cannot be honoured yet: a Yurt client that loses the servers "
-         "keeps its allocations running while the servers place replacements, so two copies would "
-         "run at once; remove it, and do not rely on Yurt to stop a disconnected allocation",
-         refuse=True),
+    Rule(_G + ("Disconnect", "LostAfter"),
+         f"disconnect lost_after {NO_EFFECT}: allocations of a node that stops heartbeating are "
+         "replaced as lost, as if it were not set"),
+    Rule(_G + ("Disconnect", "Reconcile"),
+         f"disconnect reconcile {NO_EFFECT}: it chooses between an allocation and its replacement "
+         "after lost_after, which Yurt does not read", unset=("best_score",)),
+    Rule(_G + ("Disconnect", "Replace"),
+         "disconnect replace = false cannot be honoured yet: the allocations of a node that stops "
+         "heartbeating are replaced as lost, so two copies could run; remove it, or use "
+         "stop_on_client_after so that the disconnected client stops its copy first",
+         only=(False,), refuse=True),
     Rule(_NET + ("MBits",), f"mbits {NO_EFFECT}: no bandwidth is reserved (Nomad ignores it too)"),
     Rule(_NET + ("Device",), f"device {NO_EFFECT}: the group gets its address from its network mode"),
     Rule(_NET + ("CIDR",), f"cidr {NO_EFFECT}: the group gets its address from its network mode"),

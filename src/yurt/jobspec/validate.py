@@ -176,6 +176,8 @@ def validate_group(r: Report, job: Job, gi: int, g: TaskGroup) -> None:
     if g.stop_after_client_disconnect and job.type not in (None, "service", "batch"):
         r.error(base + ("StopAfterClientDisconnect",), 'stop_after_client_disconnect only applies to '
                                                        'service and batch jobs: remove it')
+    if g.disconnect is not None:
+        validate_disconnect(r, job, g, base)
     validate_group_tasks(r, g, base)
     validate_group_volumes(r, g, base)
     if g.ephemeral_disk is not None:
@@ -214,6 +216,33 @@ def validate_scaling(r: Report, g: TaskGroup, base: Path) -> None:
 def _has_gateway(g: TaskGroup) -> bool:
     return any(s.connect is not None and gateway_kind(s.connect.gateway) in (INGRESS, TERMINATING)
                for s in g.services or [])
+
+
+RECONCILE_OPTIONS = ("best_score", "longest_running", "keep_original", "keep_replacement")
+
+
+def validate_disconnect(r: Any, job: Job, g: TaskGroup, base: tuple[Any, ...]) -> None:
+    """`disconnect { }` as Nomad validates it, and beside the older fields it replaces."""
+    assert g.disconnect is not None
+    d, at = g.disconnect, base + ("Disconnect",)
+    for attr, field in (("lost_after", "LostAfter"), ("stop_on_client_after", "StopOnClientAfter")):
+        value = getattr(d, attr)
+        if value is not None and value < 0:
+            r.error(at + (field,), f"{attr} {dur(value)} is negative: use 0 or more")
+    if d.stop_on_client_after and d.lost_after:
+        r.error(at + ("StopOnClientAfter",), "disconnect cannot have both lost_after and stop_on_client_after "
+                                             "(as in Nomad): keep one")
+    if d.stop_on_client_after and job.type not in (None, "service", "batch"):
+        r.error(at + ("StopOnClientAfter",), "stop_on_client_after only applies to service and batch jobs: "
+                                             "remove it")
+    if d.reconcile and d.reconcile not in RECONCILE_OPTIONS:
+        r.error(at + ("Reconcile",), f'reconcile "{d.reconcile}" is not an option: use one of '
+                                     f'{", ".join(RECONCILE_OPTIONS)}')
+    for old, new, field in (("max_client_disconnect", "lost_after", "MaxClientDisconnect"),
+                            ("stop_after_client_disconnect", "stop_on_client_after", "StopAfterClientDisconnect")):
+        if getattr(g, old) is not None:
+            r.error(base + (field,), f"{old} and a disconnect block cannot both be set (as in Nomad): "
+                                     f"write disconnect {{ {new} }} only")
 
 
 def validate_group_tasks(r: Report, g: TaskGroup, base: Path) -> None:

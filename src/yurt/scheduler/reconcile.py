@@ -29,6 +29,8 @@ from .diff import tasks_updated
 from .util import (ALLOC_LOST, ALLOC_MIGRATING, ALLOC_NOT_NEEDED, ALLOC_UPDATING,
                    LOST_NODE_STATUSES, alloc_name, new_id)
 
+DEFAULT_KILL_TIMEOUT_NS = 5_000_000_000   # a task's kill_timeout when it has none (Nomad's 5s)
+
 
 @dataclass
 class Stop:
@@ -109,12 +111,14 @@ def reconcile(job: Job | None, allocs: list[Allocation], node_of: Callable[[str]
                     out.stops.append(Stop(a, ALLOC_NOT_NEEDED))
                     du.stop += 1
     later: list[tuple[int, Allocation]] = []
+    wakes: list[int] = []
     for tg in job.task_groups or []:
         du = out.desired[tg.name] = DesiredUpdates()
         gp = GroupPlan(tg)
         out.groups.append(gp)
-        _group(job, tg, by_group.get(tg.name, []), node_of, ev, now_ns, out, gp, du, later, ctx)
+        _group(job, tg, by_group.get(tg.name, []), node_of, ev, now_ns, out, gp, du, later, ctx, wakes)
     _followups(job, ev, later, rng, out)
+    _wake_ups(job, ev, wakes, rng, out)
     out.deployment = ctx.changed()
     return out
 
@@ -188,7 +192,7 @@ class _Deploying:
 
 def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[[str], Node | None],
            ev: Evaluation, now_ns: int, out: Reconciled, gp: GroupPlan, du: DesiredUpdates,
-           later: list[tuple[int, Allocation]], ctx: _Deploying) -> None:
+           later: list[tuple[int, Allocation]], ctx: _Deploying, wakes: list[int]) -> None:
     count = tg.count or 0
     up = merged_update(job.update, tg.update)
     deploys = job.type in (None, "", "service") and (up.max_parallel or 0) > 0
@@ -200,9 +204,13 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
     lost: list[Allocation] = []
     migrate: list[Allocation] = []
     resched_now: list[Allocation] = []
+    held: list[Allocation] = []            # lost, and their client may still be running them
+    wait = client_stop_wait(tg)
 
     for a in allocs:
         if a.server_terminal():
+            if a.client_status == "lost" and wait and a.modify_time + wait > now_ns:
+                held.append(a)             # its name stays taken until its client has stopped it
             continue                       # already stopped by the server
         if a.next_allocation and a.client_terminal():
             continue                       # already replaced
@@ -331,6 +339,18 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
     used_names = {a.name for a in untainted} | {a.name for a in migrate}
     room = count - len(untainted) - len(migrate)
 
+    # Lost allocs whose group has stop_on_client_after: their client stops them by itself once it
+    # has been cut off that long (plus the kill timeout); only then are they replaced, so that
+    # two copies never run. Their names are kept until then; a follow-up evaluation comes then.
+    for a in sorted(held + (lost if wait else []), key=lambda a: a.index):
+        if a.name in used_names:
+            continue
+        used_names.add(a.name)
+        room -= 1
+        if a not in held:   # marked lost now: one evaluation when it may be replaced (held: asked already)
+            wakes.append(now_ns + wait)
+        du.ignore += 1
+
     # Replacements for lost and failed allocs keep their names (lowest index first).
     for a in sorted(lost + resched_now, key=lambda a: a.index):
         if room <= 0 or a.name in used_names:
@@ -357,6 +377,32 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
 
     if deploys and (gp.places or gp.destructive or gp.inplace or gp.canaries):
         gp.deployment = ctx.join(tg, count, (up.canary or 0) if want_canaries else 0)
+
+
+def client_stop_wait(tg: TaskGroup) -> int:
+    """How long after an allocation of `tg` is marked lost its client has surely stopped it by
+    itself: the group's stop_on_client_after and its longest kill_timeout (Nomad's
+    WaitClientStop); 0 when the group makes no such promise."""
+    after = tg.stop_on_client_after()
+    if not after:
+        return 0
+    return after + max([t.kill_timeout or DEFAULT_KILL_TIMEOUT_NS for t in tg.tasks or []] or [DEFAULT_KILL_TIMEOUT_NS])
+
+
+def _wake_ups(job: Job, ev: Evaluation, wakes: list[int], rng: random.Random, out: Reconciled) -> None:
+    """One evaluation at each time lost allocations may be replaced (batched as failures are)."""
+    start = 0
+    for when in sorted(set(wakes)):
+        if start and when - start <= reschedule.FOLLOWUP_BATCH_NS:
+            continue
+        start = when
+        out.followup_evals.append(Evaluation(
+            id=new_id(rng), namespace=job.namespace or "default", priority=job.priority or 50,
+            type=job.type or "service", triggered_by="alloc-lost", job_id=job.id,
+            job_modify_index=job.job_modify_index, status="pending",
+            status_description="created to replace lost allocations once their client has stopped them "
+                               "(stop_on_client_after)",
+            wait_until=when + reschedule.FOLLOWUP_BATCH_NS, previous_eval=ev.id))
 
 
 def _followups(job: Job, ev: Evaluation, later: list[tuple[int, Allocation]], rng: random.Random,

@@ -5,7 +5,7 @@ from .duration import Duration, format_duration, parse_duration
 from .job import JOB_TYPES, Job, TaskGroup, VolumeRequest
 from .network import CNIConfig, DNSConfig, NetworkResource, Port
 from .placement import Affinity, Constraint, Spread, SpreadTarget
-from .policies import (EphemeralDisk, LogConfig, MigrateStrategy, ReschedulePolicy,
+from .policies import (DisconnectStrategy, EphemeralDisk, LogConfig, MigrateStrategy, ReschedulePolicy,
                        RestartPolicy, ScalingPolicy, UpdateStrategy)
 from .resources import Resources
 from .service import (CheckRestart, ConsulConnect, ConsulExposeConfig, ConsulExposePath,
@@ -39,7 +39,7 @@ __all__ = [
     "Affinity", "CNIConfig", "ChangeScript", "CheckRestart", "Constraint", "ConsulConnect",
     "ConsulExposeConfig", "ConsulExposePath", "ConsulProxy", "ConsulSidecarService",
     "ConsulTransparentProxy", "ConsulUpstream", "DNSConfig", "Duration", "EphemeralDisk",
-    "JOB_TYPES", "Job", "LogConfig", "MeshGateway", "MigrateStrategy", "NetworkResource", "Port",
+    "DisconnectStrategy", "JOB_TYPES", "Job", "LogConfig", "MeshGateway", "MigrateStrategy", "NetworkResource", "Port",
     "ReschedulePolicy", "Resources", "ScalingPolicy", "RestartPolicy", "Service", "ServiceCheck", "ServiceWeights",
     "SidecarTask", "Spread", "SpreadTarget", "Struct", "Task", "TaskGroup", "TaskLifecycle",
     "TaskArtifact", "Template", "UpdateStrategy", "WaitConfig", "field", "format_duration", "hcl_name",

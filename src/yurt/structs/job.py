@@ -8,8 +8,8 @@ from .base import Struct, field
 from .duration import Duration
 from .network import NetworkResource
 from .placement import Affinity, Constraint, Spread
-from .policies import (EphemeralDisk, MigrateStrategy, ReschedulePolicy, RestartPolicy, ScalingPolicy,
-                       UpdateStrategy)
+from .policies import (DisconnectStrategy, EphemeralDisk, MigrateStrategy, ReschedulePolicy, RestartPolicy,
+                       ScalingPolicy, UpdateStrategy)
 from .service import Service
 from .task import Task
 
@@ -57,6 +57,7 @@ class TaskGroup(Struct):
     shutdown_delay: Duration | None = None
     stop_after_client_disconnect: Duration | None = None
     max_client_disconnect: Duration | None = None
+    disconnect: DisconnectStrategy | None = None
 
     def task(self, name: str) -> Task | None:
         return next((t for t in self.tasks or [] if t.name == name), None)
@@ -64,6 +65,13 @@ class TaskGroup(Struct):
     @property
     def network(self) -> NetworkResource | None:
         return self.networks[0] if self.networks else None
+
+    def stop_on_client_after(self) -> int:
+        """Nanoseconds after which a client that cannot reach the servers stops this group's
+        allocations (`disconnect { stop_on_client_after }`, or the older
+        `stop_after_client_disconnect`); 0: never."""
+        d = self.disconnect.stop_on_client_after if self.disconnect is not None else None
+        return int(d or self.stop_after_client_disconnect or 0)
 
 
 class JobUILink(Struct):

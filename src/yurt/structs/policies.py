@@ -62,6 +62,18 @@ class MigrateStrategy(Struct):
     healthy_deadline: Duration | None = None
 
 
+class DisconnectStrategy(Struct):
+    """A group's `disconnect` block (Nomad 1.8+): what happens when its client loses the servers.
+    Yurt acts on stop_on_client_after (the client stops the allocation, the servers replace it
+    only once it has surely stopped); lost_after and reconcile are warned about, replace = false
+    is refused (jobspec/ignored.py)."""
+
+    lost_after: Duration | None = None
+    replace: bool | None = None
+    reconcile: str | None = None
+    stop_on_client_after: Duration | None = None
+
+
 class EphemeralDisk(Struct):
     sticky: bool | None = None
     migrate: bool | None = None
