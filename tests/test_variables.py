@@ -567,48 +567,21 @@ def test_var_lock_in_a_terminal_gives_the_command_the_terminal(tmp_path):
     assert status is not None and os.waitstatus_to_exitcode(status) == 0
 
 
-def test_var_lock_kills_a_command_that_ignores_sigterm_after_its_lock_is_lost(tmp_path):
-    """A command that ignores SIGTERM is killed once the grace after a lost lock is over,
-    and `var lock` exits 1 (not left running without its lock)."""
+def _lock_then_lose_the_server(path: str, command: str) -> tuple[int, str]:
+    """`yurt var lock -max-retry 0 PATH COMMAND` (dash as $SHELL), the server stopped once the
+    lock is taken; (its exit code, its output) once it has exited, within a minute."""
     import os
     import subprocess
     import sys
     server = AgentProcess().start()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "yurt.cli.main", "var", "lock", "-address", server.url,
-                                 "-ttl", "10s", "-max-retry", "0", "locks/stubborn", "trap '' TERM; sleep 600"],
+                                 "-ttl", "10s", "-max-retry", "0", path, command],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "SHELL": "/bin/sh"})
         with server.api() as api:
-            wait_for(lambda: api.get("/v1/var/locks/stubborn").status_code == 200 and
-                     "Lock" in api.get("/v1/var/locks/stubborn").json(), timeout=60, what="the lock taken")
-    finally:
-        server.stop()
-    try:
-        out, err = proc.communicate(timeout=60)   # lost within 5 s, SIGKILL 10 s after SIGTERM
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1 and 'the lock on "locks/stubborn" was lost' in err, out + err
-
-
-def test_var_lock_stops_the_command_when_the_lock_cannot_be_renewed(tmp_path):
-    """The server gone: with -max-retry 0 the first failed renewal is a lost lock; the command
-    is stopped and `var lock` exits 1 saying so. The shell is dash, which does not exec its last
-    command: its child `sleep` must be stopped too (it holds the pipes `communicate` waits on)."""
-    import os
-    import subprocess
-    import sys
-    server = AgentProcess().start()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "yurt.cli.main", "var", "lock", "-address", server.url,
-                                 "-ttl", "10s", "-max-retry", "0", "locks/gone", "sleep 600"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "SHELL": "/bin/sh"})
-        with server.api() as api:
-            wait_for(lambda: "Lock" in (api.get("/v1/var/locks/gone").json() if
-                                        api.get("/v1/var/locks/gone").status_code == 200 else {}),
-                     timeout=60, what="the lock taken")
+            wait_for(lambda: api.get(f"/v1/var/{path}").status_code == 200 and
+                     "Lock" in api.get(f"/v1/var/{path}").json(), timeout=60, what="the lock taken")
     finally:
         server.stop()
     try:
@@ -616,4 +589,19 @@ def test_var_lock_stops_the_command_when_the_lock_cannot_be_renewed(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 1 and 'the lock on "locks/gone" was lost' in err, out + err
+    return proc.returncode, out + err
+
+
+def test_var_lock_kills_a_command_that_ignores_sigterm_after_its_lock_is_lost(tmp_path):
+    """A command that ignores SIGTERM is killed once the grace after a lost lock is over (10 s),
+    and `var lock` exits 1 (not left running without its lock)."""
+    rc, output = _lock_then_lose_the_server("locks/stubborn", "trap '' TERM; sleep 600")
+    assert rc == 1 and 'the lock on "locks/stubborn" was lost' in output, output
+
+
+def test_var_lock_stops_the_command_when_the_lock_cannot_be_renewed(tmp_path):
+    """The server gone: with -max-retry 0 the first failed renewal is a lost lock; the command
+    is stopped and `var lock` exits 1 saying so. The shell is dash, which does not exec its last
+    command: its child `sleep` must be stopped too (it holds the pipes `communicate` waits on)."""
+    rc, output = _lock_then_lose_the_server("locks/gone", "sleep 600")
+    assert rc == 1 and 'the lock on "locks/gone" was lost' in output, output
