@@ -182,11 +182,6 @@ WARNED = [
      ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "DisableDefaultTCPCheck"), "SIDECAR",
      "disable_default_tcp_check = true", f"{SVC} > connect > sidecar_service > disable_default_tcp_check",
      "listening check is always registered"),
-    ("proxy-expose", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Expose"), "PROXY",
-     'expose {\n              path {\n                path            = "/metrics"\n'
-     '                protocol        = "http"\n                local_path_port = 8080\n'
-     '                listener_port   = "http"\n              }\n            }', f"{PROXY} > expose",
-     "not reachable from outside the group"),
     ("upstream-datacenter", ("TaskGroups", "*", "Services", "*", "Connect", "SidecarService", "Proxy", "Upstreams",
                              "*", "Datacenter"), "UPSTREAM", 'datacenter = "dc2"', f"{UPSTREAM} > datacenter",
      "resolved as if it were not set"),

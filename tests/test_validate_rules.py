@@ -220,7 +220,6 @@ def test_countdash_is_valid():
 KITCHEN_SINK_IGNORED = [
     G0 + ("Tasks", 0, "Resources", "Cores"), G0 + ("Tasks", 0, "Resources", "SecretsMB"),
     G0 + ("Services", 1, "Weights"),
-    ("TaskGroups", 1, "Services", 0, "Connect", "SidecarService", "Proxy", "Expose"),
     ("TaskGroups", 1, "Services", 0, "Connect", "SidecarService", "Proxy", "Upstreams", 1, "MeshGateway", "Mode"),
     ("TaskGroups", 2, "Networks", 0, "ReservedPorts", 1, "IgnoreCollision"),
 ]
@@ -390,6 +389,9 @@ CASES = [
      UP + (0, "MeshGateway", "Mode"), "not known"),
     ("expose-path-slash", lambda j: s(proxy(j), expose=ConsulExposeConfig(paths=[ConsulExposePath(path="m", local_path_port=9002, listener_port="http")])),
      ("TaskGroups", 1, "Services", 0, "Connect", "SidecarService", "Proxy", "Expose", "Paths", 0, "Path"), 'must start with "/"'),
+    ("expose-protocol-http2", lambda j: s(proxy(j), expose=ConsulExposeConfig(paths=[ConsulExposePath(path="/m", protocol="http2", local_path_port=9002, listener_port="http")])),
+     ("TaskGroups", 1, "Services", 0, "Connect", "SidecarService", "Proxy", "Expose", "Paths", 0, "Protocol"),
+     'expose protocol "http2" is not served by Yurt\'s sidecar yet'),
     ("expose-listener-label", lambda j: s(proxy(j), expose=ConsulExposeConfig(paths=[ConsulExposePath(path="/m", local_path_port=9002, listener_port="nope")])),
      ("TaskGroups", 1, "Services", 0, "Connect", "SidecarService", "Proxy", "Expose", "Paths", 0, "ListenerPort"), "not a port label"),
     ("tproxy-dns", lambda j: (s(proxy(j), transparent_proxy=ConsulTransparentProxy()), s(g1(j).networks[0], dns=DNSConfig(servers=["1.1.1.1"]))),

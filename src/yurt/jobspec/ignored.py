@@ -32,7 +32,8 @@ The audit behind the table (who reads each field; `update` is left out: deployme
   checks run inside the group's namespace, so an exposed check works without a listener),
   check_restart, on_update, task, connect sidecar_service (port, tags, meta, proxy
   local_service_address/port, upstreams destination_name/local_bind_address/local_bind_port,
-  transparent_proxy: client/network/tproxy.py, mesh_inbound.py and the sidecar),
+  transparent_proxy: client/network/tproxy.py, mesh_inbound.py and the sidecar; expose paths:
+  mesh/expose.py),
   sidecar_task: the client's service hook and the server's sidecar injection; connect gateway
   (ingress and terminating, structs/gateway.py: the server injects the gateway's proxy task;
   a mesh gateway is warned about in validate_connect). Not read: the rest, listed below.
@@ -180,9 +181,6 @@ RULES: tuple[Rule, ...] = (
          "size limit"),
     Rule(_CONNECT + ("SidecarService", "DisableDefaultTCPCheck"),
          f"disable_default_tcp_check {NO_EFFECT}: the sidecar's listening check is always registered"),
-    Rule(_PROXY + ("Expose",),
-         f"expose {NO_EFFECT}: the paths are not reachable from outside the group (checks still "
-         "work: they run inside the group's namespace)", present=True),
     Rule(_UP + ("Datacenter",),
          f"upstream datacenter {NO_EFFECT}: the upstream is resolved as if it were not set"),
     Rule(_UP + ("MeshGateway", "Mode"),

@@ -141,6 +141,9 @@ def _validate_proxy(r: Report, group: TaskGroup, proxy: ConsulProxy, path: Path)
             if p.protocol not in EXPOSE_PROTOCOLS:
                 r.error(ppath + ("Protocol",), f'expose protocol "{p.protocol}" is not known: '
                                                'use http, http2 or grpc')
+            elif p.protocol in ("http2", "grpc"):
+                r.error(ppath + ("Protocol",), f'expose protocol "{p.protocol}" is not served by Yurt\'s '
+                                               'sidecar yet (its exposed paths speak HTTP/1.1): use http')
             if not 1 <= p.local_path_port <= MAX_PORT:
                 r.error(ppath + ("LocalPathPort",), 'expose local_path_port must be the port the '
                                                     f'service listens on (1 to {MAX_PORT})')

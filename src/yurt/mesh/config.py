@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from yurt.errors import ConfigError
 
@@ -43,6 +44,16 @@ class UpstreamConfig:
     local_bind_port: int
     local_bind_address: str = "127.0.0.1"
     datacenter: str = ""
+
+
+@dataclass
+class ExposePath:
+    """`proxy { expose { path { ... } } }`: plain HTTP from outside the mesh to one path of the app."""
+    path: str
+    local_path_port: int
+    listen_port: int
+    listen_addr: str = "0.0.0.0"
+    protocol: str = "http"
 
 
 @dataclass
@@ -74,6 +85,7 @@ class ProxyConfig:
     outbound_addr: str = "127.0.0.1"
     mark: int = 0                     # SO_MARK on every socket the proxy dials (0: none)
     mesh_destinations_only: bool = False   # redirected non-mesh destinations are closed, not passed
+    expose: list[ExposePath] = field(default_factory=list)   # mesh/expose.py
 
     def validate(self) -> ProxyConfig:
         if not self.service:
@@ -105,6 +117,20 @@ class ProxyConfig:
                 raise ConfigError(f"upstream {u.destination}: {key[0]}:{key[1]} is bound twice")
             seen.add(key)
         return self
+
+
+def _expose_path(e: Any, i: int) -> ExposePath:
+    where = f"expose[{i}]"
+    if not isinstance(e, dict):
+        raise ConfigError(f'{where} must be an object: {{"path": "/metrics", "local_path_port": 9102, '
+                          '"listen": "0.0.0.0:21500"}')
+    path, protocol = str(e.get("path") or ""), str(e.get("protocol") or "http")
+    if not path.startswith("/"):
+        raise ConfigError(f'{where}: path "{path}" must start with "/"')
+    if protocol != "http":
+        raise ConfigError(f'{where}: protocol "{protocol}" is not served: exposed paths speak http')
+    addr, port = split_hostport(str(e.get("listen") or ""), f"{where}.listen")
+    return ExposePath(path, _whole(e.get("local_path_port"), f"{where}.local_path_port"), port, addr, protocol)
 
 
 def split_hostport(s: str, what: str) -> tuple[str, int]:
@@ -170,6 +196,8 @@ def from_dict(doc: dict, cfg: ProxyConfig | None = None) -> ProxyConfig:
         cfg.outbound_port = _whole(tp.get("outbound_port") or DEFAULT_OUTBOUND_PORT, "transparent_proxy.outbound_port")
         cfg.mark = _whole(tp.get("mark", MARK), "transparent_proxy.mark")
         cfg.mesh_destinations_only = bool(tp.get("mesh_destinations_only", False))
+    for i, e in enumerate(doc.get("expose") or []):
+        cfg.expose.append(_expose_path(e, i))
     cfg.debug_modules = bool(doc.get("debug_modules", cfg.debug_modules))
     cfg.workers = int(doc.get("workers", cfg.workers) or 1)
     if doc.get("gateway") is not None:

@@ -53,6 +53,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -63,6 +64,7 @@ from yurt.errors import ConfigError, NotFound
 from .balancer import Balancer
 from .config import UpstreamConfig
 from .inbound import Listener, listen
+from .threaded import ThreadedConns
 from .tls import (TLSMaterial, _load_chain, build_material, parse_spiffe, peer_cert, roots_bundle, service_uri,
                   ssl_reason)
 from .upstream import UpstreamConn
@@ -198,12 +200,7 @@ class Gateway:
         self.linked: dict[str, TLSMaterial] = {}     # terminating: each linked service's identity
         self._linked_leaf: dict[str, dict] = {}
         self.external: dict[str, list[tuple[str, int]]] = {}   # terminating: catalog addresses
-        self.slots = threading.BoundedSemaphore(proxy.cfg.max_connections or 1 << 20)
-        # connections served on threads (the proxy's drain waits for them), and those of them
-        # waiting for their next HTTP request (a drain closes these at once)
-        self.active = 0
-        self._idle: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
+        self.threads = ThreadedConns(proxy, proxy.cfg.max_connections)   # http and TLS listeners
         # terminating: open connections per linked service, so a new deny closes them
         self._open: dict[str, dict[int, _Open]] = {}
         self._open_lock = threading.Lock()
@@ -492,52 +489,7 @@ class Gateway:
 
     # -- threads ----------------------------------------------------------------------------------
     def _spawn(self, fn: Any, lst: IngressListener | None, sock: socket.socket, addr: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            sock.close()
-            self.proxy.log.event("connection-limit", limit=self.proxy.cfg.max_connections)
-            return
-
-        with self._conns_lock:
-            self.active += 1
-
-        def run() -> None:
-            try:
-                fn(lst, sock, addr)
-            except Exception as e:  # noqa: BLE001 - one connection's failure is logged, never fatal
-                self.proxy.log.event("internal-error", error=repr(e))
-            finally:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-                with self._conns_lock:
-                    self.active -= 1
-                self.slots.release()
-
-        threading.Thread(target=run, name="yurt-gateway-conn", daemon=True).start()
-
-    def drain(self) -> None:
-        """The proxy drains (SIGTERM): HTTP connections waiting for their next request are closed
-        now; those with a request in flight finish it, then close (`Connection: close`)."""
-        with self._conns_lock:
-            idle = list(self._idle)
-        for sock in idle:
-            try:
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def _next_request(self, server: h11.Connection, conn: socket.socket) -> Any:
-        """The next event of a connection between requests, counted idle while it waits."""
-        with self._conns_lock:
-            if self.proxy.draining == "all":
-                return None
-            self._idle.add(conn)
-        try:
-            return _next_event(server, conn)
-        finally:
-            with self._conns_lock:
-                self._idle.discard(conn)
+        self.threads.spawn(fn, lst, sock, addr, sock=sock)
 
     def _peer(self, addr: Any) -> str:
         return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
@@ -614,7 +566,7 @@ class Gateway:
         p = self.proxy
         server = h11.Connection(h11.SERVER)
         while True:
-            ev = self._next_request(server, conn)
+            ev = self.threads.next_request(server, conn)
             if not isinstance(ev, h11.Request):
                 return
             host = _header(ev.headers, b"host") or ev.target.decode("latin-1", "replace").split("/")[0]
@@ -667,50 +619,11 @@ class Gateway:
             _drain_body(server, conn)
             _answer(server, conn, e.status, str(e))
             return e.status, str(e)
+        why = (f'service "{name}" ({inst}) closed the connection before answering: its sidecar refused the '
+               f"gateway (an intention {self.proxy.cfg.service} -> {name} denies it?) or the app failed")
         try:
-            client = h11.Connection(h11.CLIENT)
-            headers = [(k, v) for k, v in req.headers if k.lower() not in HOP_HEADERS]
-            headers.append((b"x-forwarded-for", peer.rsplit(":", 1)[0].encode()))
-            headers.append((b"connection", b"close"))
-            up.sendall(client.send(h11.Request(method=req.method, target=req.target, headers=headers)))
-            while True:
-                ev = _next_event(server, conn)
-                if isinstance(ev, h11.Data):
-                    up.sendall(client.send(h11.Data(data=ev.data)))
-                elif isinstance(ev, h11.EndOfMessage):
-                    up.sendall(client.send(h11.EndOfMessage()))
-                    break
-                else:
-                    return 400, "the client went away before sending its whole request"
-            responded = False
-            while True:
-                try:
-                    rev = _next_event(client, up)
-                except (h11.RemoteProtocolError, OSError, ssl.SSLError) as e:
-                    rev = e
-                if isinstance(rev, h11.InformationalResponse):
-                    continue
-                if isinstance(rev, h11.Response):
-                    headers = [(k, v) for k, v in rev.headers if k.lower() not in HOP_HEADERS]
-                    if self.proxy.draining:   # the last answer on this connection: say so
-                        headers.append((b"connection", b"close"))
-                    conn.sendall(server.send(h11.Response(status_code=rev.status_code, headers=headers,
-                                                          reason=rev.reason)))
-                    responded = True
-                    status = rev.status_code
-                elif isinstance(rev, h11.Data):
-                    conn.sendall(server.send(h11.Data(data=rev.data)))
-                elif isinstance(rev, h11.EndOfMessage):
-                    conn.sendall(server.send(h11.EndOfMessage()))
-                    return status, f"via {inst}"
-                else:
-                    why = (f'service "{name}" ({inst}) closed the connection before answering: its '
-                           f"sidecar refused the gateway (an intention {self.proxy.cfg.service} -> {name} "
-                           "denies it?) or the app failed")
-                    if not responded:
-                        _answer(server, conn, 503, why)
-                        return 503, why
-                    return 502, why + " (in the middle of its answer)"
+            return forward_http(server, conn, req, up, peer, closing=lambda: bool(self.proxy.draining),
+                                via=f"via {inst}", failed=why)
         finally:
             up.close()
 
@@ -830,6 +743,53 @@ class _Open:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def forward_http(server: h11.Connection, conn: socket.socket, req: h11.Request, up: socket.socket, peer: str,
+                 *, closing: Callable[[], bool], via: str, failed: str) -> tuple[int, str]:
+    """Send `req` (its body read from `conn`) to `up` and its answer back; (the status, what to
+    log). `closing()`, asked when the answer comes: it says `Connection: close` (the proxy has
+    begun draining meanwhile). `failed` says why when `up` closes before answering (a 503), or in
+    the middle of its answer (a 502)."""
+    client = h11.Connection(h11.CLIENT)
+    headers = [(k, v) for k, v in req.headers if k.lower() not in HOP_HEADERS]
+    headers.append((b"x-forwarded-for", peer.rsplit(":", 1)[0].encode()))
+    headers.append((b"connection", b"close"))
+    up.sendall(client.send(h11.Request(method=req.method, target=req.target, headers=headers)))
+    while True:
+        ev = _next_event(server, conn)
+        if isinstance(ev, h11.Data):
+            up.sendall(client.send(h11.Data(data=ev.data)))
+        elif isinstance(ev, h11.EndOfMessage):
+            up.sendall(client.send(h11.EndOfMessage()))
+            break
+        else:
+            return 400, "the client went away before sending its whole request"
+    responded, status = False, 0
+    while True:
+        try:
+            rev = _next_event(client, up)
+        except (h11.RemoteProtocolError, OSError, ssl.SSLError) as e:
+            rev = e
+        if isinstance(rev, h11.InformationalResponse):
+            continue
+        if isinstance(rev, h11.Response):
+            headers = [(k, v) for k, v in rev.headers if k.lower() not in HOP_HEADERS]
+            if closing():   # the last answer on this connection: say so
+                headers.append((b"connection", b"close"))
+            conn.sendall(server.send(h11.Response(status_code=rev.status_code, headers=headers,
+                                                  reason=rev.reason)))
+            responded, status = True, rev.status_code
+        elif isinstance(rev, h11.Data):
+            conn.sendall(server.send(h11.Data(data=rev.data)))
+        elif isinstance(rev, h11.EndOfMessage):
+            conn.sendall(server.send(h11.EndOfMessage()))
+            return status, via
+        elif not responded:
+            _answer(server, conn, 503, failed)
+            return 503, failed
+        else:
+            return 502, failed + " (in the middle of its answer)"
 
 
 def _next_event(conn: h11.Connection, sock: socket.socket) -> Any:

@@ -99,6 +99,7 @@ class Proxy:
         self.chains: dict[str, dict] = {}
         self.l7: Any = None
         self.gateway: Any = None    # mesh.gateway.Gateway in a gateway mode
+        self.threaded: list[Any] = []   # mesh.threaded.ThreadedConns: connections served on threads
 
     # -- startup -------------------------------------------------------------------------------
     def bind(self) -> None:
@@ -120,6 +121,9 @@ class Proxy:
             self.balancers[lst.port] = bal
             self.upstream_ports[up.destination] = lst.port
             self.listeners.append(lst)
+        if cfg.expose:   # exposed paths (mesh/expose.py; h11 imported only then)
+            from .expose import Exposed
+            Exposed(self, cfg.expose).bind()
         if cfg.outbound_port:
             from .transparent import accept_outbound
             s = listen(cfg.outbound_addr, cfg.outbound_port, reuseport=cfg.workers > 1)
@@ -424,14 +428,14 @@ class Proxy:
         self.log.event("draining", side="all", open=self._open(), timeout=self.cfg.drain_timeout)
         for lst in self.listeners:
             lst.close()
-        if self.gateway is not None:
-            self.gateway.drain()
+        for threaded in self.threaded:
+            threaded.drain()
         self._poll_stop(deadline)
 
     def _open(self) -> int:
         l7_open = self.l7.open_inbound + self.l7.open_upstream if self.l7 is not None else 0
-        gateway_open = self.gateway.active if self.gateway is not None else 0   # served on threads
-        return sum(lst.active for lst in self.listeners) + l7_open + gateway_open
+        threaded = sum(t.active for t in self.threaded)   # gateways' and exposed paths' connections
+        return sum(lst.active for lst in self.listeners) + l7_open + threaded
 
     def _poll_stop(self, deadline: float) -> None:
         left = self._open()

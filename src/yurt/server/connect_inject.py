@@ -139,6 +139,12 @@ def _inject(group: TaskGroup, network: NetworkResource, service: Service, connec
         resources=Resources(cpu=PROXY_CPU, cores=0, memory_mb=PROXY_MEMORY, memory_max_mb=0, disk_mb=0, secrets_mb=0),
         restart_policy=group.restart_policy, kill_timeout=5 * SECOND, shutdown_delay=5 * SECOND,
         log_config=LogConfig(max_files=2, max_file_size_mb=2, disabled=False))
+    exposed = (proxy.expose.paths if proxy is not None and proxy.expose is not None else None) or []
+    if exposed:   # plain HTTP listeners for chosen paths of the app (mesh/expose.py)
+        assert task.config is not None
+        task.config["expose"] = [{"path": e.path, "protocol": e.protocol or "http",
+                                  "local_path_port": e.local_path_port,
+                                  "listen": f"0.0.0.0:${{NOMAD_PORT_{clean(e.listener_port)}}}"} for e in exposed]
     tp = proxy.transparent_proxy if proxy else None
     if tp is not None:   # the outbound listener the group's redirected traffic reaches
         assert task.config is not None
