@@ -328,6 +328,58 @@ def test_stop_with_no_shutdown_delay(cli, agent, tmp_path):
     assert "-no-shutdown-delay" in res.stdout
 
 
+def test_job_eval_and_force_reschedule(cli, agent, tmp_path):
+    """`yurt job eval` (Nomad's): a new evaluation; -force-reschedule reschedules a failed
+    allocation that its policy (no attempts) would leave alone; a periodic job is refused."""
+    text = '''job "evalme" {
+  type = "batch"
+  group "g" {
+    restart {
+      attempts = 0
+      mode     = "fail"
+    }
+    reschedule {
+      attempts  = 0
+      unlimited = false
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sh"
+        args    = ["-c", "exit 3"]
+      }
+    }
+  }
+}
+'''
+    res = cli("job", "run", "-detach", write(tmp_path, "evalme.hcl", text))
+    assert res.returncode == 0, res.stdout + res.stderr
+    (failed,) = wait_for(lambda: [a for a in api(agent, "/v1/job/evalme/allocations")
+                                  if a["ClientStatus"] == "failed"] or None, timeout=60, what="the failed allocation")
+    res = cli("job", "eval", "-detach", "-verbose", "evalme")   # a plain evaluation: the policy leaves it alone
+    assert res.returncode == 0 and res.stdout.startswith('Created eval ID: "'), res.stdout + res.stderr
+    eval_id = res.stdout.split('"')[1]
+    wait_for(lambda: api(agent, f"/v1/evaluation/{eval_id}")["Status"] == "complete", what="the evaluation done")
+    assert len(api(agent, "/v1/job/evalme/allocations")) == 1
+    # followed, as `job run` is: the new allocation fails as the first did, and the exit code says so
+    res = cli("job", "eval", "-force-reschedule", "evalme")
+    assert res.returncode == 1 and "Evaluation triggered by job \"evalme\"" in res.stdout, res.stdout + res.stderr
+    assert "created: node" in res.stdout and "failed: Failed tasks" in res.stdout, res.stdout
+    allocs = wait_for(lambda: (lambda a: a if len(a) == 2 else None)(api(agent, "/v1/job/evalme/allocations")),
+                      timeout=60, what="the rescheduled allocation")
+    (new,) = [a for a in allocs if a["ID"] != failed["ID"]]
+    assert api(agent, f"/v1/allocation/{new['ID']}")["PreviousAllocation"] == failed["ID"]
+    r = httpx.put(f"{agent}/v1/job/evalme/evaluate", json={"EvalOptions": {"ForceReschedule": "yes"}}, timeout=10)
+    assert r.status_code == 400 and "ForceReschedule" in r.text, r.text
+
+    periodic = text.replace('job "evalme" {', 'job "evalper" {\n  periodic {\n    crons = ["0 0 1 1 *"]\n  }', 1)
+    res = cli("job", "run", "-detach", write(tmp_path, "evalper.hcl", periodic))
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = cli("job", "eval", "evalper")
+    assert res.returncode == 1 and "can't evaluate periodic job 'evalper'" in res.stderr, res.stdout + res.stderr
+    no_traceback(res)
+
+
 def test_node_status(cli, agent):
     res = cli("node", "status")
     assert res.returncode == 0, res.stderr

@@ -189,6 +189,11 @@ def test_batch_complete_not_replaced_failed_rescheduled_once():
     _set_client(st, st.alloc(new.id), "failed", finished_at="2023-11-14T22:13:30Z")
     res = run(st, job, now=NOW + 60 * S)
     assert res.plan.is_noop() and not res.followup_evals
+    # `job eval -force-reschedule` marks it: rescheduled now, past the policy
+    st.upsert_alloc(st.alloc(new.id).model_copy(update={"desired_transition": DesiredTransition(force_reschedule=True)}))
+    res = run(st, job, now=NOW + 61 * S)
+    (forced,) = placed(res)
+    assert forced.name == new.name and forced.previous_allocation == new.id
 
 
 def test_reschedule_exponential_delay_followup_then_replacement():

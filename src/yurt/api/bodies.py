@@ -98,7 +98,8 @@ class EvalOptions(Request):
 
 
 class JobEvaluateRequest(Request):
-    """Read for Nomad's clients' sake; a forced evaluation takes no options here."""
+    """`EvalOptions.ForceReschedule`: the job's failed allocations are rescheduled now, even past
+    their reschedule policy (`yurt job eval -force-reschedule`)."""
 
     job_id: str = field("", json="JobID")
     eval_options: EvalOptions | None = None

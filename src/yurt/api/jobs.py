@@ -225,7 +225,12 @@ async def plan_job(request: Request, job_id: str):
 @router.post("/v1/job/{job_id}/evaluate", openapi_extra=body(b.JobEvaluateRequest, required=False))
 async def evaluate(request: Request, reads: ServerReads, job_id: str):
     _job(request, reads, job_id)
-    result = request.app.state.agent.server.evaluate_job(_ns(request), job_id)
+    body = await json_body(request, required=False)
+    options = body.get("EvalOptions") if isinstance(body, dict) else None
+    force = options.get("ForceReschedule", False) if isinstance(options, dict) else False
+    if (options is not None and not isinstance(options, dict)) or not isinstance(force, bool):
+        raise InvalidInput('EvalOptions must be an object like {"ForceReschedule": true}')
+    result = request.app.state.agent.server.evaluate_job(_ns(request), job_id, force_reschedule=force)
     return reply(result, result["Index"])
 
 

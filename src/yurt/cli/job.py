@@ -428,6 +428,30 @@ def periodic_force_cmd(job_id: str, detach: bool, verbose: bool, address: str | 
         raise SystemExit(Monitor(client, verbose=verbose).monitor(eval_id))
 
 
+@job_group.command("eval")
+@click.argument("job_id", metavar="JOB")
+@click.option("-force-reschedule", "--force-reschedule", "force", is_flag=True,
+              help="Reschedule the job's failed allocations now, even past their reschedule policy.")
+@click.option("-detach", "--detach", is_flag=True, help="Print the evaluation ID and return at once.")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@address_option
+@api_errors
+def eval_cmd(job_id: str, force: bool, detach: bool, verbose: bool, address: str | None) -> None:
+    """Evaluate a job again (JOB may be a unique prefix of its ID), as `nomad job eval`: a new
+    evaluation, followed unless -detach."""
+    from .status import find_job
+    with connect(address) as client:
+        job = find_job(client, job_id)
+        resp = client.put(f"/v1/job/{quote(job['ID'], safe='')}/evaluate",
+                          {"JobID": job["ID"], "EvalOptions": {"ForceReschedule": force}})
+        eval_id = resp.get("EvalID") or ""
+        if detach or not eval_id:
+            click.echo(f'Created eval ID: "{eval_id if verbose else eval_id[:8]}"')
+            return
+        from .monitor import Monitor
+        raise SystemExit(Monitor(client, verbose=verbose).monitor(eval_id))
+
+
 @job_group.command("dispatch")
 @click.argument("job_id", metavar="JOB")
 @click.argument("input_file", metavar="[INPUT|-]", required=False)

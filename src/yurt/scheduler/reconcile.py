@@ -222,6 +222,9 @@ def _group(job: Job, tg: TaskGroup, allocs: list[Allocation], node_of: Callable[
         if cs == "lost":
             continue
         if cs == "failed":
+            if a.desired_transition.force_reschedule:   # `job eval -force-reschedule`: now, whatever the policy
+                resched_now.append(a)
+                continue
             when, ok = reschedule.next_reschedule_time(a, policy)
             if ok and (a.followup_eval_id == ev.id or when - now_ns <= reschedule.RESCHEDULE_WINDOW_NS):
                 resched_now.append(a)

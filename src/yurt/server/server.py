@@ -331,10 +331,21 @@ class Server:
             "NextPeriodicLaunch": self.periodic.next_launch_rfc3339(candidate), "Index": snap.index,
         }
 
-    def evaluate_job(self, namespace: str, job_id: str) -> dict[str, Any]:
+    def evaluate_job(self, namespace: str, job_id: str, force_reschedule: bool = False) -> dict[str, Any]:
+        """A new evaluation of the job (Nomad's Job.Evaluate); `force_reschedule`: its failed
+        allocations not yet replaced are rescheduled now, whatever their reschedule policy says."""
         job = self.store.job(namespace, job_id)
         if job is None:
             raise NotFound("job not found")
+        if job.is_periodic() or job.is_parameterized():
+            kind, makes = (("periodic", "yurt job periodic force") if job.is_periodic()
+                           else ("parameterized", "yurt job dispatch"))
+            raise InvalidInput(f"can't evaluate {kind} job {job_id!r}: its children are evaluated ({makes} "
+                               "makes one)")
+        if force_reschedule:
+            self.store.update_alloc_transitions({
+                a.id: DesiredTransition(force_reschedule=True) for a in self.store.allocs_by_job(namespace, job_id)
+                if a.client_status == ALLOC_FAILED and not a.next_allocation and not a.server_terminal()})
         ev = self._new_eval(job, namespace, job_id, "job-eval")
         index = self._submit([ev])
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job.job_modify_index, "Index": index}
