@@ -64,6 +64,30 @@ def web_job(name: str, count: int = 1, greeting: str = "hello", driver: str = "r
 '''
 
 
+def failing_job(name: str, config: str, job_type: str = "service") -> str:
+    """A job whose raw_exec task (its `config` lines) fails, neither restarted nor rescheduled."""
+    return f'''job "{name}" {{
+  type = "{job_type}"
+  group "g" {{
+    restart {{
+      attempts = 0
+      mode     = "fail"
+    }}
+    reschedule {{
+      attempts  = 0
+      unlimited = false
+    }}
+    task "t" {{
+      driver = "raw_exec"
+      config {{
+        {config}
+      }}
+    }}
+  }}
+}}
+'''
+
+
 def write(tmp: Path, name: str, text: str) -> str:
     path = tmp / name
     path.write_text(text)
@@ -251,25 +275,7 @@ def test_batch_job_completes_and_failed_task_explained(cli, agent, tmp_path):
     alloc = api(agent, "/v1/job/hello/allocations")[0]
     assert cli("alloc", "logs", alloc["ID"]).stdout.strip() == "hello from batch"
 
-    bad = write(tmp_path, "bad.nomad.hcl", '''job "broken" {
-  group "g" {
-    restart {
-      attempts = 0
-      mode     = "fail"
-    }
-    reschedule {
-      attempts  = 0
-      unlimited = false
-    }
-    task "t" {
-      driver = "raw_exec"
-      config {
-        command = "/nonexistent/program"
-      }
-    }
-  }
-}
-''')
+    bad = write(tmp_path, "bad.nomad.hcl", failing_job("broken", 'command = "/nonexistent/program"'))
     res = cli("job", "run", "-timeout", "90s", bad)
     no_traceback(res)
     assert res.returncode == 1, res.stdout + res.stderr
@@ -331,27 +337,7 @@ def test_stop_with_no_shutdown_delay(cli, agent, tmp_path):
 def test_job_eval_and_force_reschedule(cli, agent, tmp_path):
     """`yurt job eval` (Nomad's): a new evaluation; -force-reschedule reschedules a failed
     allocation that its policy (no attempts) would leave alone; a periodic job is refused."""
-    text = '''job "evalme" {
-  type = "batch"
-  group "g" {
-    restart {
-      attempts = 0
-      mode     = "fail"
-    }
-    reschedule {
-      attempts  = 0
-      unlimited = false
-    }
-    task "t" {
-      driver = "raw_exec"
-      config {
-        command = "/bin/sh"
-        args    = ["-c", "exit 3"]
-      }
-    }
-  }
-}
-'''
+    text = failing_job("evalme", 'command = "/bin/sh"\n        args    = ["-c", "exit 3"]', job_type="batch")
     res = cli("job", "run", "-detach", write(tmp_path, "evalme.hcl", text))
     assert res.returncode == 0, res.stdout + res.stderr
     (failed,) = wait_for(lambda: [a for a in api(agent, "/v1/job/evalme/allocations")

@@ -21,7 +21,7 @@ import h11
 from .config import ExposePath
 from .gateway import _answer, _drain_body, forward_http
 from .inbound import Listener, listen
-from .threaded import ThreadedConns
+from .threaded import ThreadedConns, next_cycle
 
 if TYPE_CHECKING:
     from .proxy import Proxy
@@ -67,11 +67,7 @@ class Exposed:
                 status, why = self._forward(server, sock, ev, exposed, peer)
                 p.log.conn("expose", peer, p.cfg.service, peer, 0, 0, t0, "allowed" if status < 500 else "error",
                            why, path=path, status=status, method=ev.method.decode())
-            if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
-                return
-            try:
-                server.start_next_cycle()
-            except h11.LocalProtocolError:
+            if not next_cycle(server):
                 return
 
     def _forward(self, server: h11.Connection, sock: socket.socket, req: h11.Request, e: ExposePath,

@@ -64,7 +64,7 @@ from yurt.errors import ConfigError, NotFound
 from .balancer import Balancer
 from .config import UpstreamConfig
 from .inbound import Listener, listen
-from .threaded import ThreadedConns
+from .threaded import ThreadedConns, next_cycle
 from .tls import (TLSMaterial, _load_chain, build_material, parse_spiffe, peer_cert, roots_bundle, service_uri,
                   ssl_reason)
 from .upstream import UpstreamConn
@@ -585,11 +585,7 @@ class Gateway:
                 status, why = self._forward(server, conn, ev, svc.name, peer)
                 p.log.conn("ingress", peer, svc.name, peer, 0, 0, t0, "allowed" if status < 500 else "error",
                            why, host=host, status=status, method=ev.method.decode(), path=ev.target.decode())
-            if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
-                return
-            try:
-                server.start_next_cycle()
-            except h11.LocalProtocolError:
+            if not next_cycle(server):
                 return
 
     def _via_chain(self, server: h11.Connection, conn: socket.socket, req: h11.Request, name: str) -> None:

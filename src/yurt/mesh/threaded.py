@@ -74,3 +74,16 @@ class ThreadedConns:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def next_cycle(server: Any) -> bool:
+    """After an answer: True when the connection may take another request (both sides done,
+    h11 ready for the next cycle); False: close it."""
+    import h11
+    if server.our_state is not h11.DONE or server.their_state is not h11.DONE:
+        return False
+    try:
+        server.start_next_cycle()
+    except h11.LocalProtocolError:
+        return False
+    return True
