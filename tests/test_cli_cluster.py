@@ -366,6 +366,29 @@ def test_job_eval_and_force_reschedule(cli, agent, tmp_path):
     no_traceback(res)
 
 
+def test_job_start_runs_a_stopped_job_again(cli, agent, tmp_path):
+    """`yurt job start` (Nomad 1.9's): a stopped job's latest version runs again, followed as
+    `job run` is; a job that runs is refused with exit 1."""
+    res = cli("job", "run", write(tmp_path, "again.hcl", web_job("again")))
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = cli("job", "start", "again")
+    assert res.returncode == 1 and 'Job "again" has not been stopped' in res.stderr, res.stdout + res.stderr
+    res = cli("job", "stop", "again")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not running(agent, "again")
+    version = api(agent, "/v1/job/again")["Version"]
+    res = cli("job", "start", "again")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'Evaluation triggered by job "again"' in res.stdout and '-> "running"' in res.stdout, res.stdout
+    job = api(agent, "/v1/job/again")
+    assert job["Stop"] is False and job["Version"] == version + 1
+    wait_for(lambda: len(running(agent, "again")) == 1, what="the job running again")
+    res = cli("job", "stop", "-detach", "again")
+    assert res.returncode == 0
+    res = cli("job", "start", "-detach", "again")
+    assert res.returncode == 0 and res.stdout.startswith("Job start successful\nEvaluation ID: "), res.stdout
+
+
 def test_node_status(cli, agent):
     res = cli("node", "status")
     assert res.returncode == 0, res.stderr

@@ -428,6 +428,38 @@ def periodic_force_cmd(job_id: str, detach: bool, verbose: bool, address: str | 
         raise SystemExit(Monitor(client, verbose=verbose).monitor(eval_id))
 
 
+@job_group.command("start")
+@click.argument("job_id", metavar="JOB")
+@click.option("-detach", "--detach", is_flag=True, help="Print the evaluation ID and return at once.")
+@click.option("-verbose", "--verbose", is_flag=True, help="Full IDs.")
+@_timeout_option("5m")
+@address_option
+@api_errors
+def start_cmd(job_id: str, detach: bool, verbose: bool, timeout: str, address: str | None) -> None:
+    """Run a stopped job again (JOB may be a unique prefix of its ID), as `nomad job start`: its
+    latest version, registered again not stopped, followed as `job run` is unless -detach."""
+    from yurt.structs import Job
+
+    from .status import find_job
+    follow_for = _seconds(timeout)
+    with connect(address) as client:
+        stub = find_job(client, job_id)
+        doc = client.get(f"/v1/job/{quote(stub['ID'], safe='')}", namespace=stub.get("Namespace"))[0]
+        if not doc.get("Stop"):
+            fail(f'Job "{doc.get("Name") or doc["ID"]}" has not been stopped')
+        resp = client.register_job({"Job": {**doc, "Stop": False}})
+        eval_id = resp.get("EvalID") or ""
+        if detach or not eval_id:
+            click.echo("Job start successful")
+            if doc.get("Periodic"):
+                _approximate_next_launch(Job.model_validate(doc))
+            if eval_id:
+                click.echo(f"Evaluation ID: {eval_id}")
+            return
+        from .monitor import Monitor
+        raise SystemExit(Monitor(client, verbose=verbose, timeout=follow_for).monitor(eval_id))
+
+
 @job_group.command("eval")
 @click.argument("job_id", metavar="JOB")
 @click.option("-force-reschedule", "--force-reschedule", "force", is_flag=True,
