@@ -389,6 +389,41 @@ def test_job_start_runs_a_stopped_job_again(cli, agent, tmp_path):
     assert res.returncode == 0 and res.stdout.startswith("Job start successful\nEvaluation ID: "), res.stdout
 
 
+def test_job_restart_in_place_then_rescheduled_in_batches(cli, agent, tmp_path):
+    """`yurt job restart` (Nomad's): the running allocations' tasks restarted in place (a batch of
+    two, despite `restart { attempts = 0 }`: a restart asked for is not a failure); with
+    -reschedule -batch-size 50%, each stopped and replaced in turn; bad flags refused."""
+    res = cli("job", "run", write(tmp_path, "rs.hcl", web_job("rs", count=2)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    before = sorted(a["ID"] for a in running(agent, "rs"))
+    assert len(before) == 2
+    res = cli("job", "restart", "-yes", "-batch-size", "2", "rs")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Restarting 2 allocations" in res.stdout and "Restarting 1st batch of 2 allocations" in res.stdout
+    assert res.stdout.count("Restarting running tasks in allocation") == 2, res.stdout
+    assert res.stdout.rstrip().endswith("Job restarted successfully!"), res.stdout
+    restarted = wait_for(lambda: all(api(agent, f"/v1/allocation/{a}")["TaskStates"]["server"]["Restarts"] >= 1
+                                     for a in before), timeout=60, what="both tasks restarted in place")
+    assert restarted and sorted(a["ID"] for a in running(agent, "rs")) == before
+
+    # 50 % of 2: one at a time, the next once the replacement of the first runs
+    res = cli("job", "restart", "-yes", "-reschedule", "-batch-size", "50%", "rs")
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    said = [i for i, ln in enumerate(lines) if "Rescheduling allocation" in ln or '" is "running"' in ln]
+    assert [("Rescheduling" in lines[i]) for i in said] == [True, False, True, False], res.stdout
+    after = sorted(a["ID"] for a in running(agent, "rs"))
+    assert len(after) == 2 and not set(after) & set(before)
+
+    for args, words in ((["-batch-size", "0"], 'Invalid -batch-size value "0"'),
+                        (["-reschedule", "-task", "server"], "-reschedule option cannot be used with -task"),
+                        ([], "-on-error ask needs an interactive terminal: pass -yes")):
+        res = cli("job", "restart", *args, "rs")
+        assert res.returncode == 1 and words in res.stderr, (args, res.stdout, res.stderr)
+    res = cli("job", "stop", "rs")
+    assert res.returncode == 0
+
+
 def test_node_status(cli, agent):
     res = cli("node", "status")
     assert res.returncode == 0, res.stderr

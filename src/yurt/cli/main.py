@@ -19,6 +19,7 @@ from .deployment_cmd import deployment_group
 from .intention_cmd import intention_group
 from .config_cmd import config_group
 from .job import job_group, plan_cmd, run_cmd, stop_cmd
+from .job_restart import restart_cmd as job_restart_cmd
 from .job_versions import COMMANDS as JOB_COMMANDS
 from .lab_cmd import lab_group
 from .mesh_cmd import mesh_group
@@ -45,7 +46,7 @@ cli.add_command(agent_cmd)
 cli.add_command(monitor_cmd)  # `yurt monitor`, as `nomad monitor`
 cli.add_command(run_cmd, "run")  # `yurt run FILE`, as `nomad run`
 job_group.add_command(job_status_cmd, "status")
-for _command in JOB_COMMANDS:
+for _command in (*JOB_COMMANDS, job_restart_cmd):
     job_group.add_command(_command)
 cli.add_command(job_status_cmd, "status")  # `yurt status [JOB]`, as `nomad status`
 cli.add_command(stop_cmd, "stop")

@@ -194,10 +194,12 @@ class NodeAgent:
             raise Conflict(f"allocation {alloc_id[:8]} has no running task to signal")
 
     def restart_alloc(self, alloc_id: str, task: str, all_tasks: bool) -> None:
-        """`alloc restart`: the task named, or every running task, stopped with its kill signal
-        and started again as its restart policy says (as a failing check's restart)."""
+        """`alloc restart` (and `job restart`): the task named, or every running task, stopped
+        with its kill signal and started again at once. As in Nomad, a restart a user asks for
+        is not a failure: the restart policy neither delays nor refuses it (with `attempts = 0`
+        the task still comes back)."""
         from yurt.errors import Conflict
-        restarted = [tr.restart("restart requested by a user (alloc restart)")
+        restarted = [tr.restart("restart requested by a user (alloc restart)", requested=True)
                      for tr in self._task_runners(alloc_id, task)]
         if not any(restarted):
             raise Conflict(f"allocation {alloc_id[:8]}: {'task ' + task if task else 'no task'} is running")

@@ -504,21 +504,18 @@ class Server:
         return index
 
     def stop_alloc(self, alloc_id: str, no_shutdown_delay: bool = False) -> dict[str, Any]:
-        """Stop one allocation; the scheduler places a replacement (Nomad's alloc stop).
+        """Stop one allocation; the scheduler stops it and places its replacement, linked to it
+        (PreviousAllocation / NextAllocation), as Nomad's alloc stop does: the allocation is
+        marked to migrate (DesiredTransition.Migrate) in the same write as the evaluation.
         `no_shutdown_delay`: the client skips the group's and the tasks' shutdown_delay."""
         alloc = self.store.alloc(alloc_id)
         if alloc is None:
             raise NotFound("alloc not found")
-        update: dict[str, Any] = {"desired_status": ALLOC_DESIRED_STOP,
-                                  "desired_description": "alloc was stopped by the operator",
-                                  "modify_time": time.time_ns()}
-        if no_shutdown_delay:
-            update["desired_transition"] = alloc.desired_transition.model_copy(update={"no_shutdown_delay": True})
-        stopped = alloc.model_copy(update=update)
-        self.store.upsert_allocs([stopped])
         job = self.store.job(alloc.namespace, alloc.job_id)
         ev = self._new_eval(job, alloc.namespace, alloc.job_id, TRIGGER_ALLOC_STOP)
-        index = self._submit([ev])
+        transition = DesiredTransition(migrate=True, no_shutdown_delay=True if no_shutdown_delay else None)
+        index = self.store.update_alloc_transitions({alloc_id: transition}, [ev])
+        self.broker.enqueue(ev)
         return {"EvalID": ev.id, "Index": index}
 
 
