@@ -211,19 +211,16 @@ class Agent:
         # before shutdown() (a dev agent would leave its tasks running). Ours ends run() instead.
         previous = signal.signal(signal.SIGTERM, _terminate)
         try:
-            self._http.run()
+            # bound here, as the Consul listener is: uvicorn, binding itself, would exit (3)
+            # with its reason logged away
+            sock = _listen_tcp(self.config.bind, self.config.http_port,
+                               "pick another with -http-port or -bind (bind_addr)")
+            self._http.run(sockets=[sock])
         except _Terminated:
             pass
-        except SystemExit:   # uvicorn exits (3) when it cannot listen, its reason logged away
-            if self._http.started:
-                raise
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.shutdown()
-        if not self._http.started:
-            raise OSError(f"cannot listen on {self.config.bind}:{self.config.http_port}: "
-                          f"{_why_not_listening(self.config.bind, self.config.http_port)}; "
-                          "pick another with -http-port or -bind (bind_addr)")
 
     def _leave(self) -> None:
         """A server on etcd that is told to stop hands leadership over first (its lease revoked,
@@ -258,19 +255,14 @@ class Agent:
         port = self.config.consul_listener
         if not port:
             return
-        sock = socket.socket(socket.AF_INET6 if ":" in self.config.bind else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((self.config.bind, port))
+            sock = _listen_tcp(self.config.bind, port, "set ports { consul = N } to another port, or 0 for none",
+                               what="serve Consul's API on")
         except OSError as e:
-            sock.close()
-            msg = (f"cannot serve Consul's API on {self.config.bind}:{port}: {e.strerror}; "
-                   "set ports { consul = N } to another port, or 0 for none")
             if self.config.consul_port is None:   # -dev-connect's default: the Nomad API still serves
-                log.warning("%s", msg)
+                log.warning("%s", e.strerror)
                 return
-            raise OSError(e.errno, msg) from None
-        sock.listen(2048)
+            raise
         config = uvicorn.Config(self.app, log_config=None, log_level="critical", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=2, http=http_protocol(), proxy_headers=False,
                                 **_serving_tls(self.config))
@@ -330,21 +322,19 @@ class Agent:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def _why_not_listening(host: str, port: int) -> str:
-    """Why the HTTP listener could not be opened, asked again of the system: a host name that
-    does not resolve, an address this host does not have, a port in use."""
+def _listen_tcp(host: str, port: int, fix: str, what: str = "listen on") -> socket.socket:
+    """A listening TCP socket on host:port for uvicorn (`sockets=`); OSError whose strerror is a
+    sentence: what could not be done, why (the name does not resolve, the address is not this
+    host's, the port is taken) and `fix`."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        return f'"{host}" is not an address of this host ({e.strerror})'
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr)
-        except OSError as e:
-            return str(e.strerror).lower()
-    return "the address is in use or not available"
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot {what} {host}:{port}: {str(e.strerror).lower()}; {fix}") from None
+    sock.listen(2048)
+    return sock
 
 
 class _Server(uvicorn.Server):

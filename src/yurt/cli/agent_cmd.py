@@ -103,6 +103,6 @@ def agent_cmd(dev: bool, dev_connect: bool, config_files: tuple[str, ...], data_
               f"      Address: {cfg.address}\n{acl_line}\n==> Yurt agent started! Log data will stream in below:\n")
     try:
         agent.run()
-    except OSError as e:
-        fail(str(e))
+    except OSError as e:   # a sentence in strerror (agent._listen_tcp), else the error itself
+        fail(e.strerror or str(e))
     out.print("==> Yurt agent stopped")

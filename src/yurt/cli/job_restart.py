@@ -140,7 +140,6 @@ def _batch_wait(raw: str) -> tuple[float, bool]:
         return parse_duration(raw) / 1e9, False
     except (ValueError, TypeError):
         fail(f'Invalid -batch-wait value "{raw}": a duration like 10s, or ask')
-    raise AssertionError("unreachable")
 
 
 def _chosen(client: YurtClient, job: dict, groups: set[str], tasks: set[str], verbose: bool,

@@ -409,8 +409,8 @@ class AllocRunner:
         if self._destroying.is_set():
             return
         delay = (self.group.shutdown_delay or 0) / SECOND
-        if delay > 0 and not self._delays_cut.is_set():
-            self._delays_cut.wait(delay)
+        if delay > 0:
+            self._delays_cut.wait(delay)   # at once when cut already
         waits = [threading.Thread(target=tr.shutdown_delay, args=(self._delays_cut,), daemon=True,
                                   name=f"delay-{tr.name}") for tr in sidecars if tr.is_running()]
         for t in waits:

@@ -342,12 +342,12 @@ class Server:
                            else ("parameterized", "yurt job dispatch"))
             raise InvalidInput(f"can't evaluate {kind} job {job_id!r}: its children are evaluated ({makes} "
                                "makes one)")
-        if force_reschedule:
-            self.store.update_alloc_transitions({
-                a.id: DesiredTransition(force_reschedule=True) for a in self.store.allocs_by_job(namespace, job_id)
-                if a.client_status == ALLOC_FAILED and not a.next_allocation and not a.server_terminal()})
+        marks = {a.id: DesiredTransition(force_reschedule=True) for a in self.store.allocs_by_job(namespace, job_id)
+                 if a.client_status == ALLOC_FAILED and not a.next_allocation
+                 and not a.server_terminal()} if force_reschedule else {}
         ev = self._new_eval(job, namespace, job_id, "job-eval")
-        index = self._submit([ev])
+        index = self.store.update_alloc_transitions(marks, [ev])   # the marks and their eval: one write
+        self.broker.enqueue(ev)
         return {"EvalID": ev.id, "EvalCreateIndex": index, "JobModifyIndex": job.job_modify_index, "Index": index}
 
     def revert_job(self, namespace: str, job_id: str, version: int,
